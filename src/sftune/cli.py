@@ -18,6 +18,12 @@ app = typer.Typer(
 )
 console = Console()
 
+# Command groups. Each command stays thin and calls the module that does the work.
+data_app = typer.Typer(help="Read, check, convert, inspect and measure SFT data.", no_args_is_help=True)
+template_app = typer.Typer(help="Chat templates: list them, render data with them.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(template_app, name="template")
+
 
 def _version(value: bool) -> None:
     if value:
