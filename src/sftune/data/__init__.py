@@ -1,5 +1,38 @@
-"""Data layer: read any known SFT format, validate it, convert it to Conversations."""
+"""Data layer: read any known SFT format, validate it, convert it to Conversations.
 
+    read(paths, *, format=None, columns=None, on_error="raise", quarantine=None,
+         dataset_name=None, roles=None, cot_layout=None, task_templates=None,
+         max_chars=1_000_000, report=None) -> Iterator[Conversation]
+    check(paths, **read options) -> Report         (alias read_report; total, valid, invalid,
+                                                    reasons, validation_rate, to_dict())
+    mix([(examples, weight_or_ratio), ...], seed=0, *, by="weight" | "ratio", total=None) -> list
+    split(examples, *, val_ratio=None | val_count=None, seed=0) -> (train, val)
+
+Details: load.py (reading), formats.py (each format's meaning), validate.py (the checks),
+mix.py (mixing and splitting). Errors are DataError (a ValueError): file, line/record, field, fix.
+"""
+
+from sftune.data.errors import REASONS, DataError
+from sftune.data.formats import FORMATS, detect
+from sftune.data.load import Report, check, read, read_report
+from sftune.data.mix import mix, split
 from sftune.data.schema import MODEL_ROLES, ROLES, Conversation, Message
+from sftune.data.validate import validate
 
-__all__ = ["Conversation", "Message", "ROLES", "MODEL_ROLES"]
+__all__ = [
+    "Conversation",
+    "Message",
+    "ROLES",
+    "MODEL_ROLES",
+    "DataError",
+    "REASONS",
+    "FORMATS",
+    "Report",
+    "read",
+    "check",
+    "read_report",
+    "detect",
+    "validate",
+    "mix",
+    "split",
+]

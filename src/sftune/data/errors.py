@@ -1,0 +1,69 @@
+"""DataError: one bad record, said so that a user can find and fix it.
+
+The message reads `<file> <line N | record N>: <field> <problem>; <fix>`, for example
+`data.jsonl line 7: messages[0] is a string; each message needs a role and content, e.g. ...`.
+`reason` is a short stable code (one of REASONS) used to count rejections.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Every reason a record can be rejected for, with what it means (shown by `sftune data check`).
+REASONS = {
+    "invalid_utf8": "the line is not valid UTF-8",
+    "broken_json": "the line or file is not valid JSON",
+    "not_an_object": "the record is not a JSON object",
+    "unknown_format": "no known format matches the record's fields",
+    "missing_field": "a required field is missing",
+    "wrong_type": "a field has the wrong type",
+    "unknown_role": "a message role or speaker is not known",
+    "empty_assistant": "an assistant reply (or tool call) is empty",
+    "empty_user": "a user message is empty",
+    "empty_text": "a plain-text record is empty",
+    "roles_not_alternating": "roles do not alternate user / assistant",
+    "no_assistant_turn": "the conversation has no assistant turn to train on",
+    "too_long": "the record is longer than max_chars",
+    "unsupported": "the record uses something sftune cannot train on (images, preference pairs)",
+}
+
+
+class DataError(ValueError):
+    """A record that cannot become a valid Conversation: where it is, which field, and the fix."""
+
+    def __init__(
+        self,
+        reason: str,
+        field: str,
+        problem: str,
+        fix: str = "",
+        *,
+        source: str | None = None,
+        location: str | None = None,
+        record: Any = None,
+    ) -> None:
+        super().__init__(reason, field, problem, fix)
+        self.reason = reason
+        self.field = field  # e.g. "messages[0]", "output"; "" for the record as a whole
+        self.problem = problem  # e.g. "is a string"
+        self.fix = fix
+        self.source = source  # the file, as the user named it
+        self.location = location  # "line 7" (1-based) or "record 3" (0-based index)
+        self.record = record  # the raw record (or raw line text), for the quarantine file
+
+    def __str__(self) -> str:
+        where = " ".join(part for part in (self.source, self.location) if part)
+        what = f"{self.field} {self.problem}" if self.field else self.problem
+        text = f"{where}: {what}" if where else what
+        return f"{text}; {self.fix}" if self.fix else text
+
+    def to_dict(self) -> dict[str, Any]:
+        """The quarantine line for this rejection: where, why, and the record itself."""
+        return {
+            "source": self.source,
+            "location": self.location,
+            "reason": self.reason,
+            "field": self.field,
+            "error": str(self),
+            "record": self.record,
+        }

@@ -1,0 +1,493 @@
+"""Every known SFT data format, detected from a record's fields and converted with its exact meaning.
+
+A format is a name and a function `convert(record, options) -> Conversation` in FORMATS; DETECTORS
+says which fields give it away. Conversion is faithful: it moves text into roles and never rewrites
+it, except where a format's own meaning joins fields, documented per function:
+
+  alpaca             instruction, input?, output, system?, history? [[q, a], ...] (history first);
+                     the user turn is "instruction\\n\\ninput" (input left out when empty)
+  sharegpt / openai  a message list under `conversations` or `messages`, from/value or role/content,
+                     ShareGPT roles human/gpt/system/function_call/observation, OpenAI tool_calls,
+                     content parts, per-message weight; optional system and tools
+  prompt_completion  prompt/completion, prompt/response, query/response (system? optional)
+  qa                 question, answer, context? (the user turn is "context\\n\\nquestion")
+  cot                problem, reasoning_steps [..], final_answer -> one assistant reply (cot_layout)
+  multitask          task_type, source_lang, target_lang, source_text, target_text (TASK_TEMPLATES)
+  dialog             turns [{speaker, utterance, ...}] with a speaker -> role map (roles option)
+  firefly            conversation [{input, output}, ...]
+  text               text: continued pre-training, one assistant message with train=True and
+                     meta["pretrain"] = True, so every token is trained
+
+Options (a plain dict, all optional): roles {source name: schema role}, role_key / content_key
+(message field names other than role/content and from/value), cot_layout, task_templates.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sftune.data.errors import DataError
+from sftune.data.schema import ROLES, Conversation, Message
+
+# Source role names -> schema roles (ShareGPT, OpenAI, and the old OpenAI `function` result role).
+ROLE_ALIASES = {
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "system": "system",
+    "tool_call": "tool_call",
+    "function_call": "tool_call",
+    "tool": "tool",
+    "observation": "tool",
+    "function": "tool",
+}
+
+# Chain-of-thought layouts: {reasoning} is the steps joined by newlines, {steps} the numbered steps.
+COT_LAYOUTS = {
+    "steps": "{steps}\n\nFinal answer: {answer}",
+    "think": "<think>\n{reasoning}\n</think>\n\n{answer}",
+}
+
+# Multi-task instructions by task_type; {source_lang} and {target_lang} are language names.
+TASK_TEMPLATES = {
+    "translation": "Translate the following text from {source_lang} to {target_lang}.",
+    "summarization": "Summarize the following {source_lang} text in {target_lang}.",
+    "paraphrase": "Paraphrase the following {source_lang} text.",
+    "simplification": "Rewrite the following {source_lang} text in simpler {target_lang}.",
+    "question_generation": "Write a question in {target_lang} that the following {source_lang} text answers.",
+}
+DEFAULT_TASK_TEMPLATE = "Task: {task_type}. Source language: {source_lang}. Target language: {target_lang}."
+LANGUAGE_NAMES = {
+    "en": "English", "zh": "Chinese", "fr": "French", "de": "German", "es": "Spanish", "it": "Italian",
+    "pt": "Portuguese", "ru": "Russian", "ja": "Japanese", "ko": "Korean", "ar": "Arabic", "hi": "Hindi",
+    "nl": "Dutch", "tr": "Turkish", "vi": "Vietnamese", "pl": "Polish", "uk": "Ukrainian", "id": "Indonesian",
+}
+
+EXAMPLE_MESSAGE = '{"role": "user", "content": "hi"}'
+
+
+# --- field helpers: each failure names the field and the fix ---------------------------------
+
+
+def _missing(field: str, fix: str) -> DataError:
+    return DataError("missing_field", field, "is missing", fix)
+
+
+def _wrong_type(field: str, value: Any, expected: str, fix: str = "") -> DataError:
+    got = "null" if value is None else type(value).__name__
+    return DataError("wrong_type", field, f"is a {got}, expected {expected}", fix or f"make {field} {expected}")
+
+
+def _text(value: Any, field: str) -> str:
+    """A text field: str as is; a number becomes its text; anything else is an error."""
+    if type(value) is str:
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise _wrong_type(field, value, "a string")
+
+
+def _required(record: dict, field: str, fix: str = "") -> str:
+    value = record.get(field)
+    if value is None:
+        raise _missing(field, fix or f"add a {field!r} field")
+    return _text(value, field)
+
+
+def _optional(record: dict, field: str) -> str | None:
+    """An optional text field: absent, null and "" all mean absent."""
+    value = record.get(field)
+    if value is None or value == "":
+        return None
+    return _text(value, field)
+
+
+def _list(record: dict, field: str, fix: str, required: bool = True) -> list | None:
+    """A list field; a string holding a JSON list (CSV cells, LLaMA-Factory tools) is parsed."""
+    value = record.get(field)
+    if value is None or value == "":
+        if required:
+            raise _missing(field, fix)
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise _wrong_type(field, value, "a list", fix) from None
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list):
+        raise _wrong_type(field, value, "a list", fix)
+    return value
+
+
+def _system(record: dict) -> list[Message]:
+    system = _optional(record, "system")
+    return [Message("system", system)] if system else []
+
+
+def _tools(record: dict) -> list[dict] | None:
+    """Function schemas: a list of objects, or that list as JSON text (ShareGPT, LLaMA-Factory)."""
+    tools = _list(record, "tools", "give tools as a list of function schemas", required=False)
+    if tools is None:
+        return None
+    if isinstance(tools, dict):
+        tools = [tools]
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise _wrong_type(f"tools[{i}]", tool, "an object (a function schema)")
+    return tools or None
+
+
+def _role(name: Any, field: str, options: dict) -> str:
+    roles = options.get("roles")
+    if roles and name in roles:
+        return roles[name]
+    role = ROLE_ALIASES.get(name) if isinstance(name, str) else None
+    if role is None:
+        if not isinstance(name, str):
+            raise _wrong_type(field, name, "a string role")
+        raise DataError(
+            "unknown_role",
+            field,
+            f"is {name!r}, not a known role",
+            f"use one of {', '.join(ROLES)} (or ShareGPT's human, gpt, function_call, observation), "
+            f"or map it with roles={{{name!r}: 'assistant'}}",
+        )
+    return role
+
+
+# --- formats -----------------------------------------------------------------------------------
+
+
+def alpaca(record: dict, options: dict) -> Conversation:
+    """instruction + input -> user ("instruction\\n\\ninput"), output -> assistant; history first."""
+    instruction = _required(record, "instruction")
+    output = _required(record, "output")
+    extra = record.get("input")
+    if extra is not None and extra != "":
+        instruction = f"{instruction}\n\n{_text(extra, 'input')}"
+    system = record.get("system")
+    messages = [Message("system", _text(system, "system"))] if system else []
+    history = record.get("history")
+    if history:
+        for i, pair in enumerate(_list(record, "history", "", required=False)):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise DataError(
+                    "wrong_type",
+                    f"history[{i}]",
+                    f"is {json.dumps(pair, ensure_ascii=False)[:60]}",
+                    'each history item is a [question, answer] pair, e.g. [["hi", "hello!"]]',
+                )
+            messages.append(Message("user", _text(pair[0], f"history[{i}][0]")))
+            messages.append(Message("assistant", _text(pair[1], f"history[{i}][1]")))
+    messages.append(Message("user", instruction))
+    messages.append(Message("assistant", output))
+    return Conversation(messages)
+
+
+def _content(value: Any, field: str) -> str:
+    """Message content: a string, or OpenAI's list of typed parts (text parts joined by newlines)."""
+    if type(value) is str:
+        return value
+    if isinstance(value, list):
+        texts = []
+        for i, part in enumerate(value):
+            if isinstance(part, str):
+                texts.append(part)
+                continue
+            if not isinstance(part, dict):
+                raise _wrong_type(f"{field}[{i}]", part, 'a content part like {"type": "text", "text": "..."}')
+            kind = part.get("type", "text")
+            if kind != "text" or not isinstance(part.get("text"), str):
+                raise DataError(
+                    "unsupported",
+                    f"{field}[{i}]",
+                    f"is a {kind!r} part",
+                    "sftune trains on text only: keep only parts of type 'text', or drop the record",
+                )
+            texts.append(part["text"])
+        return "\n".join(texts)
+    return _text(value, field)
+
+
+def _tool_calls(calls: Any, field: str) -> str:
+    """OpenAI tool_calls -> the tool_call message text: {"name", "arguments"} (a list when several)."""
+    if not isinstance(calls, list):
+        raise _wrong_type(field, calls, "a list of tool calls")
+    out = []
+    for i, call in enumerate(calls):
+        function = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise DataError(
+                "wrong_type",
+                f"{field}[{i}]",
+                "has no function name",
+                'write each call as {"type": "function", "function": {"name": ..., "arguments": "{...}"}}',
+            )
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError:
+                raise DataError(
+                    "wrong_type",
+                    f"{field}[{i}].function.arguments",
+                    "is not valid JSON",
+                    "arguments must be a JSON object, or that object as a JSON string",
+                ) from None
+        out.append({"name": function["name"], "arguments": arguments if arguments is not None else {}})
+    return json.dumps(out[0] if len(out) == 1 else out, ensure_ascii=False)
+
+
+def messages(record: dict, options: dict) -> Conversation:
+    """ShareGPT and OpenAI message lists (both key names, both field spellings, tool calls)."""
+    key = "messages" if record.get("messages") is not None else "conversations"
+    items = _list(record, key, f"add a {key!r} list of {EXAMPLE_MESSAGE} objects")
+    role_key = options.get("role_key")
+    content_key = options.get("content_key")
+    out: list[Message] = []
+    for i, item in enumerate(items):
+        field = f"{key}[{i}]"
+        if not isinstance(item, dict):
+            kind = "string" if isinstance(item, str) else type(item).__name__
+            raise DataError(
+                "wrong_type", field, f"is a {kind}", f"each message needs a role and content, e.g. {EXAMPLE_MESSAGE}"
+            )
+        name = item.get(role_key) if role_key else item.get("role", item.get("from"))
+        if name is None:
+            raise _missing(f"{field}.role", f"each message needs a role and content, e.g. {EXAMPLE_MESSAGE}")
+        role = _role(name, f"{field}.role", options)
+        content = item.get(content_key) if content_key else item.get("content", item.get("value"))
+        calls = item.get("tool_calls") or item.get("function_call")
+        if calls and role == "assistant":
+            if isinstance(calls, dict):  # the old single `function_call`
+                calls = [calls]
+            if content:
+                out.append(Message("assistant", _content(content, f"{field}.content")))
+            out.append(Message("tool_call", _tool_calls(calls, f"{field}.tool_calls")))
+            continue
+        if content is None:
+            raise _missing(f"{field}.content", f"each message needs a role and content, e.g. {EXAMPLE_MESSAGE}")
+        message = Message(role, _content(content, f"{field}.content"))
+        weight = item.get("weight")
+        if weight is not None:
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                raise _wrong_type(f"{field}.weight", weight, "a number", "weight is a number, 0 or 1 in OpenAI's format")
+            message.weight = float(weight)
+            if weight == 0:
+                message.train = False
+        train = item.get("train")
+        if train is not None:
+            if not isinstance(train, bool):
+                raise _wrong_type(f"{field}.train", train, "true or false")
+            message.train = train
+        out.append(message)
+    if out and out[0].role != "system":
+        out[:0] = _system(record)
+    return Conversation(out, tools=_tools(record))
+
+
+def prompt_completion(record: dict, options: dict) -> Conversation:
+    """prompt/completion, prompt/response, query/response; a list-valued prompt is a message list."""
+    prompt_key = "prompt" if "prompt" in record else "query"
+    reply_key = "completion" if "completion" in record else "response"
+    prompt, reply = record.get(prompt_key), record.get(reply_key)
+    if isinstance(prompt, list) or isinstance(reply, list):  # TRL's conversational prompt/completion
+        turns = (prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]) + (
+            reply if isinstance(reply, list) else [{"role": "assistant", "content": reply}]
+        )
+        return messages({"messages": turns, "system": record.get("system"), "tools": record.get("tools")}, options)
+    return Conversation(
+        _system(record)
+        + [Message("user", _required(record, prompt_key)), Message("assistant", _required(record, reply_key))]
+    )
+
+
+def qa(record: dict, options: dict) -> Conversation:
+    """question (+ context before it, "context\\n\\nquestion") -> user; answer -> assistant."""
+    question = _required(record, "question")
+    context = _optional(record, "context")
+    user = f"{context}\n\n{question}" if context else question
+    return Conversation(_system(record) + [Message("user", user), Message("assistant", _required(record, "answer"))])
+
+
+def cot(record: dict, options: dict) -> Conversation:
+    """problem -> user; reasoning_steps + final_answer -> one assistant reply laid out by cot_layout.
+
+    cot_layout is "steps" ("Step 1: ..." lines, then "Final answer: ..."), "think" (the steps inside
+    <think>...</think>, then the answer), or a format string using {reasoning}, {steps}, {answer}.
+    """
+    steps = _list(record, "reasoning_steps", "add reasoning_steps, a list of strings")
+    steps = [_text(step, f"reasoning_steps[{i}]") for i, step in enumerate(steps)]
+    layout = options.get("cot_layout") or "steps"
+    layout = COT_LAYOUTS.get(layout, layout)
+    reply = layout.format(
+        reasoning="\n".join(steps),
+        steps="\n".join(f"Step {i}: {step}" for i, step in enumerate(steps, 1)),
+        answer=_required(record, "final_answer"),
+    )
+    return Conversation(_system(record) + [Message("user", _required(record, "problem")), Message("assistant", reply)])
+
+
+def multitask(record: dict, options: dict) -> Conversation:
+    """The instruction comes from task_type (TASK_TEMPLATES, overridable by task_templates).
+
+    user = instruction + "\\n\\n" + source_text; assistant = target_text. Language codes are written
+    as names (en -> English) where known.
+    """
+    task = _required(record, "task_type")
+    templates = {**TASK_TEMPLATES, **(options.get("task_templates") or {})}
+    template = templates.get(task, DEFAULT_TASK_TEMPLATE)
+    langs = {}
+    for field in ("source_lang", "target_lang"):
+        code = _optional(record, field)
+        if code is None and "{" + field + "}" in template:
+            raise _missing(field, f"task {task!r} needs {field} (a language code like 'en')")
+        langs[field] = LANGUAGE_NAMES.get(code, code) if code else "unspecified"
+    instruction = template.format(task_type=task, **langs)
+    user = f"{instruction}\n\n{_required(record, 'source_text')}"
+    return Conversation(_system(record) + [Message("user", user), Message("assistant", _required(record, "target_text"))])
+
+
+def dialog(record: dict, options: dict) -> Conversation:
+    """turns of speaker/utterance -> messages through the roles map; other turn fields go to meta.
+
+    Consecutive utterances of one speaker are one message (joined by newlines), as a chat log
+    splits a turn over several lines. Each turn's other fields (timestamp, action, ...) are kept in
+    meta["turns"], one dict per turn.
+    """
+    turns = _list(record, "turns", "add turns, a list of {speaker, utterance} objects")
+    out: list[Message] = []
+    turn_meta: list[dict] = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise _wrong_type(f"turns[{i}]", turn, 'an object like {"speaker": "customer", "utterance": "hi"}')
+        speaker = turn.get("speaker")
+        if speaker is None:
+            raise _missing(f"turns[{i}].speaker", "each turn needs a speaker and an utterance")
+        if not (options.get("roles") and speaker in options["roles"]) and speaker not in ROLE_ALIASES:
+            raise DataError(
+                "unknown_role",
+                f"turns[{i}].speaker",
+                f"is {speaker!r}, which the speaker map does not name",
+                f"map every speaker to a role, e.g. roles={{{speaker!r}: 'assistant', ...}} (--roles on the CLI)",
+            )
+        role = _role(speaker, f"turns[{i}].speaker", options)
+        utterance = turn.get("utterance")
+        if utterance is None:
+            raise _missing(f"turns[{i}].utterance", "each turn needs a speaker and an utterance")
+        text = _text(utterance, f"turns[{i}].utterance")
+        turn_meta.append({k: v for k, v in turn.items() if k not in ("speaker", "utterance")})
+        if out and out[-1].role == role:
+            out[-1].content = f"{out[-1].content}\n{text}"
+        else:
+            out.append(Message(role, text))
+    conversation = Conversation(_system(record) + out)
+    if any(turn_meta):
+        conversation.meta["turns"] = turn_meta
+    return conversation
+
+
+def firefly(record: dict, options: dict) -> Conversation:
+    """conversation [{input, output}, ...] -> user/assistant pairs in order."""
+    turns = _list(record, "conversation", "add conversation, a list of {input, output} objects")
+    out = _system(record)
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise _wrong_type(f"conversation[{i}]", turn, 'an object like {"input": "hi", "output": "hello!"}')
+        for field, role in (("input", "user"), ("output", "assistant")):
+            if turn.get(field) is None:
+                raise _missing(f"conversation[{i}].{field}", "each turn needs input and output")
+            out.append(Message(role, _text(turn[field], f"conversation[{i}].{field}")))
+    return Conversation(out)
+
+
+def text(record: dict, options: dict) -> Conversation:
+    """Continued pre-training: the text is one trained assistant message; meta["pretrain"] = True."""
+    return Conversation([Message("assistant", _required(record, "text"), train=True)], meta={"pretrain": True})
+
+
+FORMATS = {
+    "alpaca": alpaca,
+    "sharegpt": messages,
+    "openai": messages,
+    "prompt_completion": prompt_completion,
+    "qa": qa,
+    "cot": cot,
+    "multitask": multitask,
+    "dialog": dialog,
+    "firefly": firefly,
+    "text": text,
+}
+ALIASES = {"messages": "openai", "chatml": "openai", "pretrain": "text", "plain": "text"}
+# The fields each format is recognized by; the first match wins, so the order matters.
+DETECTORS = (
+    ("messages", ("messages",)),
+    ("messages", ("conversations",)),
+    ("firefly", ("conversation",)),
+    ("alpaca", ("instruction", "output")),
+    ("cot", ("problem", "reasoning_steps")),
+    ("multitask", ("task_type", "source_text")),
+    ("dialog", ("turns",)),
+    ("qa", ("question", "answer")),
+    ("prompt_completion", ("prompt", "completion")),
+    ("prompt_completion", ("prompt", "response")),
+    ("prompt_completion", ("query", "response")),
+    ("text", ("text",)),
+)
+# Fields each format reads; any others are kept in meta["extra"].
+KNOWN_FIELDS = {
+    "alpaca": {"instruction", "input", "output", "system", "history"},
+    "sharegpt": {"conversations", "messages", "system", "tools"},
+    "openai": {"conversations", "messages", "system", "tools"},
+    "prompt_completion": {"prompt", "completion", "query", "response", "system", "tools"},
+    "qa": {"question", "answer", "context", "system"},
+    "cot": {"problem", "reasoning_steps", "final_answer", "system"},
+    "multitask": {"task_type", "source_lang", "target_lang", "source_text", "target_text", "system"},
+    "dialog": {"turns", "system"},
+    "firefly": {"conversation", "system"},
+    "text": {"text"},
+}
+
+
+def format_name(name: str) -> str:
+    """A format name or alias -> the canonical name; unknown names raise with the list of names."""
+    name = ALIASES.get(name, name)
+    if name not in FORMATS:
+        raise ValueError(f"unknown format {name!r}; use one of {', '.join(FORMATS)} (or {', '.join(ALIASES)})")
+    return name
+
+
+def detect(record: dict) -> str | None:
+    """The format a record's fields give away, or None."""
+    for name, fields in DETECTORS:
+        if all(record.get(field) is not None for field in fields):
+            if name == "messages":
+                items = record.get(fields[0])
+                first = items[0] if isinstance(items, list) and items else None
+                return "sharegpt" if isinstance(first, dict) and "from" in first else "openai"
+            return name
+    return None
+
+
+def _get_path(record: Any, path: str) -> Any:
+    """A value by a dotted path with list indexes, e.g. "meta.question" or "turns[0].text"."""
+    value = record
+    for part in path.replace("[", ".").replace("]", "").split("."):
+        if isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, list) and part.lstrip("-").isdigit() and -len(value) <= int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+        if value is None:
+            return None
+    return value
+
+
+def remap(record: dict, columns: dict[str, str]) -> dict:
+    """The explicit column mapping {format field: source path}: a record holding only those fields."""
+    return {target: _get_path(record, source) for target, source in columns.items()}

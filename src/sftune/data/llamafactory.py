@@ -1,0 +1,119 @@
+"""LLaMA-Factory's dataset_info.json, read as it is, so that tool's users switch without converting.
+
+Each entry names a file (`file_name`, relative to the dataset_info.json folder), a `formatting`
+(alpaca, the default, or sharegpt / openai), `columns` (LLaMA-Factory's names: prompt, query,
+response, history, system for alpaca; messages, system, tools for sharegpt) and `tags` (role_tag,
+content_tag, user_tag, assistant_tag, observation_tag, function_tag, system_tag). They become the
+same format / columns / roles options `read` takes. An alpaca entry that maps only `prompt` (the
+pre-training layout, e.g. c4_demo) is plain text. Hub-only entries (no file_name), preference
+data (ranking, kto_tag) and image/video/audio columns cannot be trained here: named explicitly they
+raise, and when reading every entry they are left out with a warning that lists them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from sftune.data.errors import DataError
+
+logger = logging.getLogger("sftune.data")
+
+ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "system": "system", "history": "history"}
+SHAREGPT_COLUMNS = {"messages": "conversations", "system": "system", "tools": "tools"}
+TAG_ROLES = {
+    "user_tag": "user",
+    "assistant_tag": "assistant",
+    "observation_tag": "tool",
+    "function_tag": "tool_call",
+    "system_tag": "system",
+}
+MEDIA_COLUMNS = ("images", "videos", "audios")
+
+
+def _unsupported(entry: dict) -> str | None:
+    if "file_name" not in entry:
+        return "a hub dataset (no file_name); download it and point file_name at the files"
+    if entry.get("ranking"):
+        return "preference data (ranking), not SFT data"
+    columns = entry.get("columns") or {}
+    if "kto_tag" in columns:
+        return "KTO preference data (kto_tag), not SFT data"
+    media = [c for c in MEDIA_COLUMNS if c in columns]
+    if media:
+        return f"multimodal ({', '.join(media)}); sftune trains text-only models"
+    return None
+
+
+def _entry_source(name: str, entry: dict, folder: Path) -> dict[str, Any]:
+    """One entry -> the arguments for reading its files: path, format, columns, options, dataset."""
+    formatting = entry.get("formatting", "alpaca")
+    columns = entry.get("columns") or {}
+    options: dict[str, Any] = {}
+    if formatting == "alpaca":
+        if "prompt" in columns and not any(k in columns for k in ("query", "response", "history")):
+            fmt, mapped = "text", {"text": columns["prompt"]}
+        else:
+            fmt = "alpaca"
+            merged = {**ALPACA_COLUMNS, **columns}
+            mapped = {ours: merged[theirs] for theirs, ours in (
+                ("prompt", "instruction"), ("query", "input"), ("response", "output"),
+                ("system", "system"), ("history", "history"),
+            )}
+    elif formatting in ("sharegpt", "openai"):
+        fmt = "sharegpt"
+        default_messages = "messages" if formatting == "openai" else "conversations"
+        merged = {**SHAREGPT_COLUMNS, "messages": default_messages, **columns}
+        mapped = {"conversations": merged["messages"], "system": merged["system"], "tools": merged["tools"]}
+        tags = entry.get("tags") or {}
+        if "role_tag" in tags:
+            options["role_key"] = tags["role_tag"]
+        if "content_tag" in tags:
+            options["content_key"] = tags["content_tag"]
+        roles = {tags[tag]: role for tag, role in TAG_ROLES.items() if tag in tags}
+        if roles:
+            options["roles"] = roles
+    else:
+        raise DataError(
+            "unsupported",
+            f"{name}.formatting",
+            f"is {formatting!r}",
+            "use alpaca, sharegpt or openai, as LLaMA-Factory does",
+        )
+    return {"path": folder / entry["file_name"], "format": fmt, "columns": mapped, "options": options, "dataset": name}
+
+
+def sources(info_path: Path, names: str | None = None) -> list[dict[str, Any]]:
+    """The readable entries of a dataset_info.json (all, or those named, comma-separated)."""
+    try:
+        info = json.loads(Path(info_path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(
+            "broken_json", "", f"is not valid JSON ({err.msg} at line {err.lineno})", "fix the JSON",
+            source=str(info_path),
+        ) from None
+    folder = Path(info_path).parent
+    if names:
+        wanted = [n.strip() for n in names.split(",") if n.strip()]
+        missing = [n for n in wanted if n not in info]
+        if missing:
+            raise DataError(
+                "missing_field", ", ".join(missing), "is not an entry of dataset_info.json",
+                f"pick from: {', '.join(info)}", source=str(info_path),
+            )
+    else:
+        wanted = list(info)
+    out, left_out = [], []
+    for name in wanted:
+        reason = _unsupported(info[name])
+        if reason:
+            if names:
+                raise DataError("unsupported", name, f"is {reason}", "choose another entry", source=str(info_path))
+            left_out.append(f"{name} ({reason})")
+            continue
+        out.append(_entry_source(name, info[name], folder))
+    if left_out:
+        logger.warning("%s: not read: %s", info_path, "; ".join(left_out))
+    return out
