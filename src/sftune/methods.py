@@ -1,0 +1,404 @@
+"""Training methods: which parameters learn, through peft where an adapter is involved.
+
+`full` trains every weight; `freeze` trains the last N decoder layers and/or named modules;
+`lora` / `qlora` add low-rank adapters (qlora on a 4-bit NF4 base loaded through bitsandbytes);
+`prompt_tuning`, `prefix_tuning` and `p_tuning_v2` learn virtual tokens:
+
+- prompt_tuning: virtual input embeddings before the first token (Lester et al. 2021).
+- prefix_tuning: virtual keys and values in every layer, produced by a small MLP from a learned
+  embedding during training (the reparameterization of Li & Liang 2021); the MLP is folded into
+  plain keys/values when the adapter is saved.
+- p_tuning_v2: the same deep prompts on every layer, learned directly, without the MLP
+  (Liu et al. 2021). In peft both are `PrefixTuningConfig`; sftune names them apart by
+  `prefix_projection` (on for prefix_tuning, off for p_tuning_v2).
+
+The engine asks `load_kwargs` what `from_pretrained` needs, `apply_method` for the trainable model,
+and `packing_supported` / `gradient_checkpointing_supported` what the method allows.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MethodName = Literal["full", "freeze", "lora", "qlora", "prompt_tuning", "prefix_tuning", "p_tuning_v2"]
+PROMPT_METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning_v2")
+PREFIX_METHODS = ("prefix_tuning", "p_tuning_v2")  # virtual keys/values in every layer
+
+# Which options belong to which method; setting another method's option is an error.
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "full": (),
+    "freeze": ("trainable_layers", "trainable_modules"),
+    "lora": ("r", "alpha", "dropout", "target_modules", "rslora", "dora"),
+    "qlora": ("r", "alpha", "dropout", "target_modules", "rslora", "dora", "quant_type", "double_quant", "compute_dtype"),
+    "prompt_tuning": ("num_virtual_tokens", "init_text"),
+    "prefix_tuning": ("num_virtual_tokens", "prefix_projection", "projection_hidden_size"),
+    "p_tuning_v2": ("num_virtual_tokens",),
+}
+
+# Learning rates that work for each method (the usual values in the papers and peft examples);
+# the engine uses them when the configuration names none.
+DEFAULT_LEARNING_RATE: dict[str, float] = {
+    "full": 2e-5,
+    "freeze": 5e-5,
+    "lora": 2e-4,
+    "qlora": 2e-4,
+    "prompt_tuning": 3e-2,
+    "prefix_tuning": 1e-2,
+    "p_tuning_v2": 1e-2,
+}
+
+# Attention implementations that keep packed sequences apart from `position_ids` alone
+# (transformers' masking utilities, and flash-attention's varlen path).
+PACKING_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+class MethodConfig(BaseModel):
+    """The `method:` section of a training configuration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: MethodName = "lora"
+    # freeze
+    trainable_layers: int = Field(2, ge=0, description="freeze: train the last N decoder layers")
+    trainable_modules: list[str] = Field(
+        default_factory=list,
+        description="freeze: also train parameters whose name matches one of these patterns (fnmatch, e.g. '*.mlp.*', 'lm_head*')",
+    )
+    # lora / qlora
+    r: int = Field(16, ge=1, description="lora: rank")
+    alpha: float = Field(32, gt=0, description="lora: scaling numerator (alpha / r, or alpha / sqrt(r) with rslora)")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = Field(
+        "all-linear", description="lora: module names, or 'all-linear' (every linear layer except the output layer)"
+    )
+    rslora: bool = False
+    dora: bool = False
+    # qlora
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="qlora: dtype of the 4-bit matmuls; auto = bfloat16 on GPUs that have it, else float16 on GPU, float32 on CPU"
+    )
+    # prompt_tuning / prefix_tuning / p_tuning_v2
+    num_virtual_tokens: int = Field(20, ge=1)
+    init_text: str | None = Field(None, description="prompt_tuning: start the virtual tokens from this text's embeddings")
+    prefix_projection: bool = Field(True, description="prefix_tuning: learn the prefix through an MLP (off = p_tuning_v2)")
+    projection_hidden_size: int | None = Field(None, ge=1, description="prefix_tuning: MLP width (default: the model's hidden size)")
+
+    @model_validator(mode="after")
+    def _options_match_method(self) -> MethodConfig:
+        foreign = sorted(self.model_fields_set - {"name"} - set(OPTIONS[self.name]))
+        if foreign:
+            owners = {opt: [m for m, opts in OPTIONS.items() if opt in opts] for opt in foreign}
+            detail = "; ".join(f"'{opt}' is an option of {', '.join(ms)}" for opt, ms in owners.items())
+            allowed = ", ".join(OPTIONS[self.name]) or "none"
+            raise ValueError(
+                f"method '{self.name}' does not use {', '.join(repr(o) for o in foreign)} ({detail}). "
+                f"Options of '{self.name}': {allowed}. Remove them or change method.name."
+            )
+        return self
+
+
+def load_kwargs(method: MethodConfig, device: str | torch.device | None = None) -> dict[str, Any]:
+    """Keyword arguments for `from_pretrained` that the method needs (QLoRA: the 4-bit quantization).
+
+    For QLoRA this first checks that bitsandbytes runs 4-bit forward and backward on `device`
+    (default: the GPU when there is one, else the CPU), so an unsupported machine fails here,
+    before any model is loaded.
+    """
+    if method.name != "qlora":
+        return {}
+    from transformers import BitsAndBytesConfig
+
+    device = torch.device(device) if device is not None else _default_device()
+    compute_dtype = _compute_dtype(method.compute_dtype, device)
+    _check_4bit_runs(device, compute_dtype, method)
+    kwargs: dict[str, Any] = {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=method.quant_type,
+            bnb_4bit_use_double_quant=method.double_quant,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+    }
+    if device.type == "cuda":  # each process quantizes its own copy onto its own GPU
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    return kwargs
+
+
+def apply_method(model: Any, method: MethodConfig, tokenizer: Any = None, verbose: bool = True) -> Any:
+    """Return the model ready to train with `method`: adapters added or parameters frozen.
+
+    `tokenizer` is needed only for prompt_tuning with `init_text` (peft loads it again by its
+    path). Prints trainable and total parameters unless `verbose=False`.
+    """
+    if method.name == "full":
+        for param in model.parameters():
+            param.requires_grad_(True)
+    elif method.name == "freeze":
+        _freeze_all_but(model, method)
+    else:
+        from peft import get_peft_model
+
+        if method.name == "qlora":
+            model = _prepare_4bit(model)
+        model = get_peft_model(model, _peft_config(model, method, tokenizer))
+    if verbose:
+        print(trainable_summary(model))
+    return model
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameters; 4-bit weights count as the values they hold, not their bytes."""
+    trainable = total = 0
+    for param in model.parameters():
+        n = param.numel()
+        if param.__class__.__name__ == "Params4bit":  # two 4-bit values per byte of storage
+            n *= 2 * param.quant_storage.itemsize
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def trainable_summary(model: Any) -> str:
+    """One line for logs: trainable / total parameters, and what is trained."""
+    trainable, total = count_parameters(model)
+    share = 100 * trainable / total if total else 0.0
+    line = f"trainable parameters: {trainable:,} of {total:,} ({share:.4g}%)"
+    peft_config = getattr(model, "peft_config", {}).get("default")
+    if peft_config is None:
+        return line + "; trained: " + ("everything" if trainable == total else ", ".join(_trained_modules(model)))
+    kind = peft_config.peft_type.value.lower()
+    if kind == "prefix_tuning":
+        kind += " with projection MLP" if peft_config.prefix_projection else " without projection (p_tuning_v2)"
+    if getattr(peft_config, "use_dora", False):
+        kind += " (dora)"
+    if getattr(peft_config, "target_modules", None):
+        kind += " on " + ", ".join(sorted({str(t).rsplit(".", 1)[-1] for t in peft_config.target_modules}))
+    if getattr(peft_config, "num_virtual_tokens", None):
+        kind += f", {peft_config.num_virtual_tokens} virtual tokens"
+    return line + "; " + kind
+
+
+def _trained_modules(model: Any) -> list[str]:
+    """Trained parameters named by their highest module whose parameters are all trained."""
+    totals: dict[str, int] = {}
+    trained: dict[str, int] = {}
+    names = []
+    for name, param in model.named_parameters():
+        parts = name.split(".")
+        prefixes = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        for prefix in prefixes:
+            totals[prefix] = totals.get(prefix, 0) + 1
+            trained[prefix] = trained.get(prefix, 0) + int(param.requires_grad)
+        if param.requires_grad:
+            names.append(prefixes)
+    shown = {next(p for p in prefixes if trained[p] == totals[p]) for prefixes in names}
+    return sorted(shown)
+
+
+def packing_supported(method: MethodConfig, model: Any) -> tuple[bool, str]:
+    """Whether padding-free packed batches train this method correctly, and if not, why.
+
+    Packing is correct when each sequence in a pack sees exactly what it would see alone. For the
+    virtual-token methods that is not the case with peft 0.21 / transformers 5:
+    prompt_tuning prepends its virtual tokens once per row and peft drops `position_ids`, and the
+    prefix methods pass their keys/values as a cache, which turns off transformers' detection of
+    packed sequences; either way later sequences attend to earlier ones.
+    """
+    if method.name == "prompt_tuning":
+        return False, (
+            "prompt_tuning prepends its virtual tokens once per row, and peft ignores position_ids, "
+            "so in a packed row only the first sequence sees the prompt and the sequences attend to each other"
+        )
+    if method.name in PREFIX_METHODS:
+        return False, (
+            f"{method.name} passes its virtual keys/values as a cache, and transformers keeps packed "
+            "sequences apart only without one, so the sequences in a packed row would attend to each other"
+        )
+    attention = getattr(model.config, "_attn_implementation", None)
+    if attention not in PACKING_ATTENTION:
+        return False, (
+            f"attention implementation {attention!r} is not known to keep packed sequences apart; "
+            f"load the model with one of {', '.join(PACKING_ATTENTION)}"
+        )
+    return True, ""
+
+
+def gradient_checkpointing_supported(method: MethodConfig) -> tuple[bool, str]:
+    """Whether gradient checkpointing works with this method, and if not, why.
+
+    transformers drops `past_key_values` inside checkpointed layers, which is where the prefix
+    methods put their virtual keys/values: the forward pass then fails on a shape mismatch.
+    """
+    if method.name in PREFIX_METHODS:
+        return False, (
+            f"{method.name} passes its virtual keys/values as past_key_values, which transformers "
+            "drops inside checkpointed layers; train it without gradient checkpointing"
+        )
+    return True, ""
+
+
+def output_offset(model: Any) -> int:
+    """Virtual positions the model puts before the real ones in its outputs (prompt_tuning: the
+    virtual tokens), so `logits[:, output_offset(model):]` lines up with `input_ids`."""
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is None or peft_config.peft_type.value != "PROMPT_TUNING":
+        return 0
+    return peft_config.num_virtual_tokens
+
+
+def _peft_config(model: Any, method: MethodConfig, tokenizer: Any):
+    from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType
+
+    if method.name in ("lora", "qlora"):
+        return LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=method.r,
+            lora_alpha=method.alpha,
+            lora_dropout=method.dropout,
+            target_modules=method.target_modules,
+            use_rslora=method.rslora,
+            use_dora=method.dora,
+        )
+    if method.name == "prompt_tuning":
+        if method.init_text is None:
+            return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=method.num_virtual_tokens)
+        return PromptTuningConfig(
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=method.num_virtual_tokens,
+            prompt_tuning_init="TEXT",
+            prompt_tuning_init_text=method.init_text,
+            tokenizer_name_or_path=_tokenizer_path(model, tokenizer),
+        )
+    projection = method.name == "prefix_tuning" and method.prefix_projection
+    return PrefixTuningConfig(
+        task_type=TaskType.CAUSAL_LM,
+        num_virtual_tokens=method.num_virtual_tokens,
+        prefix_projection=projection,
+        encoder_hidden_size=method.projection_hidden_size or _text_config(model).hidden_size,
+    )
+
+
+def _tokenizer_path(model: Any, tokenizer: Any) -> str:
+    path = getattr(tokenizer, "name_or_path", None) or getattr(model, "name_or_path", None)
+    if not path or not (os.path.isdir(path) or _hub_id_like(path)):
+        raise ValueError(
+            "method.init_text needs the tokenizer, which peft loads again from its folder: pass "
+            "apply_method(model, method, tokenizer=tokenizer) with a tokenizer loaded from a folder, "
+            "or remove method.init_text to start the virtual tokens at random."
+        )
+    return path
+
+
+def _hub_id_like(path: str) -> bool:
+    return path.count("/") == 1 and not path.startswith((".", "/"))
+
+
+def _freeze_all_but(model: Any, method: MethodConfig) -> None:
+    layers = _decoder_layers(model)
+    if method.trainable_layers > len(layers):
+        raise ValueError(
+            f"method.trainable_layers is {method.trainable_layers} but the model has {len(layers)} "
+            f"decoder layers; use a number from 0 to {len(layers)}."
+        )
+    if method.trainable_layers == 0 and not method.trainable_modules:
+        raise ValueError(
+            "method 'freeze' with trainable_layers: 0 and no trainable_modules trains nothing; "
+            "set trainable_layers (the last N layers) and/or trainable_modules (name patterns)."
+        )
+    for param in model.parameters():
+        param.requires_grad_(False)
+    first = len(layers) - method.trainable_layers
+    for layer in list(layers)[first:]:
+        for param in layer.parameters():
+            param.requires_grad_(True)
+    names = [name for name, _ in model.named_parameters()]
+    params = dict(model.named_parameters())
+    for pattern in method.trainable_modules:
+        matched = [n for n in names if fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n, pattern + ".*")]
+        if not matched:
+            examples = ", ".join(names[:6])
+            raise ValueError(
+                f"method.trainable_modules pattern {pattern!r} matches no parameter of this model. "
+                f"Parameter names look like: {examples} (patterns are fnmatch, e.g. '*.mlp.*', 'model.norm')."
+            )
+        for name in matched:
+            params[name].requires_grad_(True)
+
+
+def _decoder_layers(model: Any) -> torch.nn.ModuleList:
+    """The stack of decoder layers: the ModuleList as long as the model's layer count."""
+    count = _text_config(model).num_hidden_layers
+    for _, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    raise ValueError(
+        f"could not find the {count} decoder layers of {type(model).__name__}; "
+        "use method.trainable_modules with name patterns instead of trainable_layers."
+    )
+
+
+def _text_config(model: Any):
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _prepare_4bit(model: Any) -> Any:
+    from peft import prepare_model_for_kbit_training
+
+    if not any(type(m).__name__ == "Linear4bit" for m in model.modules()):
+        raise ValueError(
+            "method 'qlora' needs a model loaded in 4-bit: load it with "
+            "from_pretrained(..., **sftune.methods.load_kwargs(method)) (or use method: lora)."
+        )
+    # Gradient checkpointing is the engine's choice (train.gradient_checkpointing), not peft's default.
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def _default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        return torch.device("xpu")
+    return torch.device("cpu")
+
+
+def _compute_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return getattr(torch, name)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32  # CPUs without bf16 units run bf16 matmuls far slower than fp32
+
+
+def _check_4bit_runs(device: torch.device, dtype: torch.dtype, method: MethodConfig) -> None:
+    """Run one tiny 4-bit layer forward and backward on `device`; raise a clear error if it cannot."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError as err:
+        raise RuntimeError(
+            "method 'qlora' needs bitsandbytes: pip install 'sftune[qlora]' "
+            "(bitsandbytes>=0.50 runs 4-bit on CPU and CUDA), or use method: lora."
+        ) from err
+    try:
+        layer = bnb.nn.Linear4bit(
+            64, 64, bias=False, compute_dtype=dtype, quant_type=method.quant_type, compress_statistics=method.double_quant
+        ).to(device)
+        x = torch.randn(2, 64, device=device, dtype=dtype, requires_grad=True)
+        layer(x).float().sum().backward()
+        if getattr(layer.weight, "quant_state", None) is None or x.grad is None:
+            raise RuntimeError("the layer was not quantized or gave no gradient")
+    except Exception as err:
+        raise RuntimeError(
+            f"method 'qlora' cannot run here: bitsandbytes {bnb.__version__} failed to run a 4-bit "
+            f"{method.quant_type} layer forward and backward on {device} with {str(dtype).removeprefix('torch.')} "
+            f"compute ({type(err).__name__}: {err}). Use a CUDA GPU or a CPU that bitsandbytes supports, "
+            "another method.compute_dtype, or method: lora."
+        ) from err
