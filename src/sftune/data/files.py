@@ -119,10 +119,13 @@ def iter_records(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
 
 def _jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     source = str(path)
+    decode = json.JSONDecoder().decode
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, 1):
             try:
-                yield number, json.loads(raw)  # bytes in: json detects UTF-8 (and a BOM) itself
+                if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]  # a UTF-8 byte-order mark
+                yield number, decode(raw.decode("utf-8"))
             except UnicodeDecodeError as err:
                 yield number, DataError(
                     "invalid_utf8",
