@@ -74,6 +74,234 @@ def demo_command(
     console.print(f"[bold]A:[/bold] {answer(loaded_model, tokenizer, question)}")
 
 
+# --- sftune data check | convert | stats | dedup ------------------------------------------------
+
+
+def _mapping(text: Optional[str], option: str) -> Optional[dict]:
+    """A mapping option: JSON ('{"instruction": "query"}') or pairs ('instruction=query,output=answer')."""
+    if not text:
+        return None
+    import json
+
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise typer.BadParameter(f"{option}: not valid JSON ({err.msg})") from None
+    pairs = [pair.split("=", 1) for pair in text.split(",") if pair.strip()]
+    if any(len(pair) != 2 for pair in pairs):
+        raise typer.BadParameter(f"{option}: write key=value pairs separated by commas, or a JSON object")
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _read_options(format, columns, roles, cot_layout, max_chars, dataset) -> dict:
+    return {
+        "format": format,
+        "columns": _mapping(columns, "--columns"),
+        "roles": _mapping(roles, "--roles"),
+        "cot_layout": cot_layout,
+        "max_chars": max_chars,
+        "dataset_name": dataset,
+    }
+
+
+_FORMAT = typer.Option(None, "--format", "-f", help="Force a format (default: detected per file).")
+_COLUMNS = typer.Option(None, help="Column mapping, e.g. 'instruction=query,output=meta.answer' or JSON.")
+_ROLES = typer.Option(None, help="Role / speaker map, e.g. 'agent=assistant,customer=user' or JSON.")
+_COT = typer.Option(None, help="Chain-of-thought layout: steps, think, or a format string.")
+_MAX_CHARS = typer.Option(1_000_000, help="Reject records longer than this many characters.")
+_DATASET = typer.Option(None, help="Dataset name for meta; for a dataset_info.json, the entries to read.")
+
+
+def _reading(conversations, description: str):
+    """Iterate with a live count (rich progress: the total is unknown while streaming)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn("{task.description} {task.completed:,} records"), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(description, total=None)
+        for count, conversation in enumerate(conversations, 1):
+            if count % 1000 == 0:
+                progress.update(task, completed=count)
+            yield conversation
+
+
+def _data_errors(function):
+    """Bad paths and bad records end the command with the message, not a traceback."""
+    import functools
+
+    from sftune.data import DataError
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except (DataError, FileNotFoundError, ValueError) as err:
+            Console(stderr=True).print(f"[red]error:[/red] {err}", markup=True, highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _print_report(report) -> None:
+    from sftune.data import REASONS
+
+    formats = Table(title="Files")
+    formats.add_column("file")
+    formats.add_column("format")
+    for source, fmt in report.formats.items():
+        formats.add_row(source, fmt)
+    console.print(formats)
+    console.print(
+        f"records: {report.total:,}   valid: {report.valid:,}   invalid: {report.invalid:,}   "
+        f"validation rate: {report.validation_rate:.2%}"
+    )
+    if report.invalid:
+        table = Table(title="Rejected, by reason")
+        for column in ("reason", "count", "meaning", "first example"):
+            table.add_column(column, overflow="fold")
+        for reason, count in report.reasons.most_common():
+            table.add_row(reason, f"{count:,}", REASONS.get(reason, ""), report.examples[reason])
+        console.print(table)
+        if report.quarantine:
+            console.print(f"Rejected records with their reasons: {report.quarantine}")
+
+
+@data_app.command("check")
+@_data_errors
+def data_check_command(
+    paths: list[str] = typer.Argument(..., help="Files, folders, globs, dataset_info.json."),
+    format: Optional[str] = _FORMAT,
+    columns: Optional[str] = _COLUMNS,
+    roles: Optional[str] = _ROLES,
+    cot_layout: Optional[str] = _COT,
+    max_chars: int = _MAX_CHARS,
+    dataset: Optional[str] = _DATASET,
+    quarantine: Optional[str] = typer.Option(None, help="Write each rejected record, with its reason, here (JSONL)."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object (total, valid, invalid, reasons...)."),
+    strict: bool = typer.Option(False, help="Exit 1 when any record is invalid."),
+) -> None:
+    """Validate every record; report counts per reason and the validation rate."""
+    import json
+
+    from sftune.data import Report, read
+
+    report = Report()
+    options = _read_options(format, columns, roles, cot_layout, max_chars, dataset)
+    for _ in _reading(read(paths, on_error="skip", quarantine=quarantine, report=report, **options), "checking"):
+        pass
+    if json_output:
+        print(json.dumps(report.to_dict(), ensure_ascii=False))
+    else:
+        _print_report(report)
+    if strict and report.invalid:
+        raise typer.Exit(1)
+
+
+@data_app.command("convert")
+@_data_errors
+def data_convert_command(
+    paths: list[str] = typer.Argument(..., help="Files, folders, globs, dataset_info.json."),
+    output: str = typer.Option(..., "--output", "-o", help="Output JSONL file."),
+    to: str = typer.Option("messages", help="Output shape: messages, alpaca or sharegpt."),
+    format: Optional[str] = _FORMAT,
+    columns: Optional[str] = _COLUMNS,
+    roles: Optional[str] = _ROLES,
+    cot_layout: Optional[str] = _COT,
+    max_chars: int = _MAX_CHARS,
+    dataset: Optional[str] = _DATASET,
+    on_error: str = typer.Option("skip", help="skip: quarantine bad records and go on; raise: stop at the first."),
+    quarantine: Optional[str] = typer.Option(None, help="Rejected records go here (default: OUTPUT.rejected.jsonl)."),
+) -> None:
+    """Convert any known format into messages, alpaca or sharegpt JSONL."""
+    from sftune.data.writers import convert
+
+    quarantine = quarantine or f"{output}.rejected.jsonl"
+    options = _read_options(format, columns, roles, cot_layout, max_chars, dataset)
+    report = convert(paths, output, to, on_error=on_error, quarantine=quarantine, **options)
+    _print_report(report)
+    console.print(f"Wrote {report.valid:,} conversations ({to}) to {output}")
+
+
+@data_app.command("stats")
+@_data_errors
+def data_stats_command(
+    paths: list[str] = typer.Argument(..., help="Files, folders, globs, dataset_info.json."),
+    format: Optional[str] = _FORMAT,
+    columns: Optional[str] = _COLUMNS,
+    roles: Optional[str] = _ROLES,
+    dataset: Optional[str] = _DATASET,
+    tokenizer: Optional[str] = typer.Option(None, help="Count tokens with this model's tokenizer (name or folder)."),
+    plot: Optional[str] = typer.Option(None, help="Save length histograms to this image file (PNG)."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Length, turn and token statistics with histograms; language mix; noise flags; kappa."""
+    import json
+
+    from sftune.data import Report, read
+    from sftune.data.quality import plot_histograms, stats
+
+    loaded_tokenizer = models.load(tokenizer, tokenizer_only=True)[1] if tokenizer else None
+    report = Report()
+    options = _read_options(format, columns, roles, None, None, dataset)
+    result = stats(_reading(read(paths, on_error="skip", report=report, **options), "reading"), tokenizer=loaded_tokenizer)
+    result["validation"] = report.to_dict()
+    if plot:
+        plot_histograms(result, plot)
+    if json_output:
+        print(json.dumps(result, ensure_ascii=False))
+        return
+    _print_report(report)
+    for name in ("characters", "user_turns", "tokens"):
+        summary = result.get(name)
+        if not summary or not summary.get("count"):
+            continue
+        console.print(
+            f"[bold]{name}[/bold] per conversation: min {summary['min']:,}  mean {summary['mean']:,}  "
+            f"p50 {summary['p50']:,.0f}  p90 {summary['p90']:,.0f}  p99 {summary['p99']:,.0f}  max {summary['max']:,}"
+        )
+        counts, edges = summary["histogram"]["counts"], summary["histogram"]["edges"]
+        widest = max(counts) or 1
+        for i, count in enumerate(counts):
+            console.print(f"  {edges[i]:>10,.0f} - {edges[i + 1]:>10,.0f} {count:>9,} {'█' * round(40 * count / widest)}")
+    console.print(f"languages: {result['languages']}")
+    for flag, found in result["flags"].items():
+        console.print(f"{flag}: {found['count']:,}" + (f"  e.g. {', '.join(found['examples'])}" if found["count"] else ""))
+    if "agreement" in result:
+        console.print(f"annotator agreement (Cohen's kappa): {result['agreement']}")
+    if plot:
+        console.print(f"Histograms saved to {plot}")
+
+
+@data_app.command("dedup")
+@_data_errors
+def data_dedup_command(
+    paths: list[str] = typer.Argument(..., help="Files, folders, globs, dataset_info.json."),
+    output: str = typer.Option(..., "--output", "-o", help="Output JSONL (messages) with duplicates removed."),
+    threshold: float = typer.Option(0.85, help="Near-duplicate Jaccard similarity threshold (MinHash LSH)."),
+    exact_only: bool = typer.Option(False, help="Remove exact duplicates only."),
+    removed: Optional[str] = typer.Option(None, help="Removed records go here (default: OUTPUT.duplicates.jsonl)."),
+    format: Optional[str] = _FORMAT,
+    columns: Optional[str] = _COLUMNS,
+    roles: Optional[str] = _ROLES,
+    dataset: Optional[str] = _DATASET,
+) -> None:
+    """Remove exact and near duplicates (MinHash/LSH); every removal is written down with what it repeats."""
+    from sftune.data import Report, read
+    from sftune.data.quality import write_dedup
+
+    report = Report()
+    removed = removed or f"{output}.duplicates.jsonl"
+    options = _read_options(format, columns, roles, None, None, dataset)
+    conversations = _reading(read(paths, on_error="skip", report=report, **options), "deduplicating")
+    counts = write_dedup(conversations, output, removed, threshold=threshold, near=not exact_only)
+    _print_report(report)
+    console.print(
+        f"kept {counts['kept']:,}; removed {counts['exact']:,} exact and {counts['near']:,} near duplicates "
+        f"(listed in {removed}); wrote {output}"
+    )
+
+
 def main() -> None:
     try:
         app()
