@@ -158,7 +158,8 @@ def _read(plan, on_error, quarantine, max_chars, report) -> Iterator[Conversatio
                             )
                         fields = remap(record, columns) if columns else record
                         if convert is None:
-                            fmt = detect(fields)
+                            # with a column mapping, the mapping's names say the format, present or not
+                            fmt = detect({k: "" if v is None else v for k, v in fields.items()} if columns else fields)
                             if fmt is None:
                                 raise DataError(
                                     "unknown_format",
