@@ -50,6 +50,8 @@ def kind_of(path: Path) -> str:
     if path.name == LLAMAFACTORY_INFO:
         return "llamafactory"
     kind = SUFFIXES.get(path.suffix.lower())
+    if kind == "json" and _is_json_lines(path):
+        return "jsonl"  # JSON lines under a .json name, as `datasets` also accepts
     if kind is None:
         raise DataError(
             "unsupported",
@@ -150,19 +152,23 @@ def _jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 )
 
 
-def _json(path: Path) -> Iterator[tuple[int, Any]]:
-    """A .json file: a JSON array of records, one object holding such an array, or JSON lines."""
-    source = str(path)
+def _is_json_lines(path: Path) -> bool:
+    """A .json file whose first line is a whole JSON object and which has more lines after it."""
     with open(path, "rb") as handle:
-        head = handle.read(1 << 16).lstrip()
-    if head.startswith(b"{"):
-        first_line = head.split(b"\n", 1)[0]
-        try:
-            json.loads(first_line)
-            yield from _jsonl(path)  # JSON lines under a .json name, as datasets also accepts
-            return
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            pass
+        first = handle.readline().lstrip(b"\xef\xbb\xbf").strip()
+        rest = handle.read(4096).strip()
+    if not first.startswith(b"{") or not rest:
+        return False
+    try:
+        json.loads(first)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def _json(path: Path) -> Iterator[tuple[int, Any]]:
+    """A .json file: a JSON array of records, or one object (a record, or one holding the array)."""
+    source = str(path)
     try:
         data = json.loads(path.read_bytes())
     except UnicodeDecodeError as err:
@@ -182,16 +188,13 @@ def _json(path: Path) -> Iterator[tuple[int, Any]]:
             source=source,
         ) from None
     if isinstance(data, dict):
+        from sftune.data.formats import detect
+
         lists = [key for key, value in data.items() if isinstance(value, list)]
-        if len(lists) != 1:
-            raise DataError(
-                "not_an_object",
-                "",
-                "is a JSON object, not an array of records",
-                "write the records as a JSON array or as JSONL, one object per line",
-                source=source,
-            )
-        data = data[lists[0]]  # e.g. {"data": [...]}, the layout `datasets` reads with field="data"
+        if detect(data) is None and len(lists) == 1:
+            data = data[lists[0]]  # e.g. {"data": [...]}, the layout `datasets` reads with field="data"
+        else:
+            data = [data]  # one record
     if not isinstance(data, list):
         raise DataError(
             "not_an_object", "", f"holds a JSON {type(data).__name__}, not an array of records",
