@@ -243,6 +243,7 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
     weighted = any(m.weight is not None if not isinstance(m, dict) else m.get("weight") is not None
                    for conv in records for m in (conv.messages if isinstance(conv, Conversation) else conv["messages"]))
     backend = tokenizer.backend_tokenizer
+    bos_id = getattr(tokenizer, "bos_token_id", None)
     columns: dict[str, list[np.ndarray]] = {"input_ids": [], "labels": [], "loss_weights": []}
     lengths: list[int] = []
     report: dict[str, Any] = {"total": len(records), "encoded": 0, "truncated": 0, "skipped": 0,
@@ -266,23 +267,21 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
                 continue
             batch.append((k, messages, tools, text, spans))
         encodings = backend.encode_batch([item[3] for item in batch], add_special_tokens=False)
-        for (k, messages, tools, text, spans), enc in zip(batch, encodings):
-            ids = enc.ids
-            try:
-                _check_bos(ids, tokenizer, template)
-            except TemplateError as err:
-                skip(k, "two_bos", str(err))
+        flat_ids, flat_labels, flat_weights, counts = _batch_labels(batch, encodings, weighted)
+        ends = np.cumsum(counts)
+        for (k, messages, tools, text, spans), enc, end, count in zip(batch, encodings, ends, counts):
+            ids_arr, labels = flat_ids[end - count:end], flat_labels[end - count:end]
+            w = flat_weights[end - count:end] if weighted else None
+            if count > 1 and ids_arr[0] == ids_arr[1] == bos_id:
+                skip(k, "two_bos", f"template {template.name!r} renders two BOS tokens at the start")
                 continue
-            if max_len is not None and len(ids) > max_len:
+            if max_len is not None and count > max_len:
                 result = _truncate(messages, tools, tokenizer, template, policy, max_len,
                                    _encode_messages(messages, tools, tokenizer, template, policy))
                 report["truncated"] += 1
                 labels = np.asarray(result["labels"], dtype=np.int32)
                 ids_arr = np.asarray(result["input_ids"], dtype=np.int32)
                 w = np.asarray(result.get("loss_weights", np.zeros(len(ids_arr))), dtype=np.float32)
-            else:
-                labels64, w = _labels(ids, enc.offsets, spans, len(text), weighted)
-                labels, ids_arr = labels64.astype(np.int32), np.asarray(ids, dtype=np.int32)
             if not (labels != IGNORE).any():
                 skip(k, "no_trained_token", "no token left to train" + (f" within max_len={max_len}"
                                                                          if max_len else ""))
@@ -290,7 +289,7 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
             columns["input_ids"].append(ids_arr)
             columns["labels"].append(labels)
             if weighted:
-                columns["loss_weights"].append(np.asarray(w, dtype=np.float32))
+                columns["loss_weights"].append(w)
             lengths.append(len(ids_arr))
         bar(min(lo + batch_size, len(records)))
     bar(None)
@@ -319,6 +318,38 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
         dataset = datasets.load_from_disk(str(folder))
     report["cache"] = "miss"
     return dataset, report
+
+
+def _batch_labels(batch: list[tuple], encodings: list, weighted: bool
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """`_labels` for a whole batch at once: flat ids, labels, weights and the token count of each."""
+    sizes = np.fromiter((len(item[3]) + 1 for item in batch), dtype=np.int64, count=len(batch))
+    base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    marks = np.zeros(int(sizes.sum()) + 1, dtype=np.int32)
+    starts = [base[i] + span[0] for i, item in enumerate(batch) for span in item[4]]
+    stops = [base[i] + span[1] for i, item in enumerate(batch) for span in item[4]]
+    np.add.at(marks, np.asarray(starts, dtype=np.int64), 1)
+    np.add.at(marks, np.asarray(stops, dtype=np.int64), -1)
+    inside = np.concatenate([[0], np.cumsum(np.cumsum(marks[:-1]) > 0)])
+    counts = np.fromiter((len(enc.ids) for enc in encodings), dtype=np.int64, count=len(encodings))
+    ids = np.fromiter((i for enc in encodings for i in enc.ids), dtype=np.int32, count=int(counts.sum()))
+    offsets = np.asarray([o for enc in encodings for o in enc.offsets], dtype=np.int64).reshape(-1, 2)
+    token_base = np.repeat(base, counts)
+    limit = np.repeat(base + sizes - 1, counts)
+    lo = np.minimum(offsets[:, 0] + token_base, limit)
+    hi = np.minimum(np.maximum(offsets[:, 1] + token_base, lo + 1), limit)
+    trained = (inside[hi] - inside[lo]) > 0
+    labels = np.where(trained, ids, IGNORE).astype(np.int32)
+    firsts = np.cumsum(counts) - counts
+    labels[firsts[counts > 0]] = IGNORE
+    weights = None
+    if weighted:
+        char_weights = np.zeros(len(marks), dtype=np.float32)
+        for i, item in enumerate(batch):
+            for start, end, weight in item[4]:
+                char_weights[base[i] + start:base[i] + end] = weight
+        weights = np.where(trained, char_weights[np.maximum(hi - 1, lo)], 0.0).astype(np.float32)
+    return ids, labels, weights, counts
 
 
 def _progress(enabled: bool, total: int):

@@ -263,7 +263,7 @@ class Template:
     def segments(self, messages: Iterable[Any], tools: list[dict] | None = None,
                  add_generation_prompt: bool = False) -> list[Segment]:
         """The rendered text as (text, message index or None, body) pieces; see module docstring."""
-        msgs = normalize_messages(messages)
+        msgs = messages if _normalized(messages) else normalize_messages(messages)
         if self.jinja is not None:
             return _jinja_segments(self, msgs, tools, add_generation_prompt)
         return _builtin_segments(self, msgs, tools, add_generation_prompt)
@@ -384,7 +384,7 @@ def normalize_messages(messages: Iterable[Any]) -> list[dict[str, Any]]:
     """
     if hasattr(messages, "messages"):  # a Conversation
         messages = messages.messages
-    out: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = _Normalized()
     for i, m in enumerate(messages):
         if isinstance(m, Message):
             out.append({"role": m.role, "content": m.content, "train": m.train, "weight": m.weight})
@@ -408,6 +408,15 @@ def normalize_messages(messages: Iterable[Any]) -> list[dict[str, Any]]:
             raise TemplateError(f"messages[{i}].content is {type(content).__name__}; it must be text")
         out.append({"role": role, "content": content, "train": m.get("train"), "weight": m.get("weight")})
     return out
+
+
+def _normalized(messages: Any) -> bool:
+    """True for the list `normalize_messages` returns (tagged so it is not normalized twice)."""
+    return isinstance(messages, _Normalized)
+
+
+class _Normalized(list):
+    pass
 
 
 def _call_dict(call: Any) -> dict[str, Any]:
@@ -469,10 +478,28 @@ def _tojson(value: Any, indent: int | None = None) -> str:
     return json.dumps(value, ensure_ascii=False, indent=indent)
 
 
+_COMPILED: dict[int, tuple[Template, dict[str, str]]] = {}
+
+
+def _compiled(t: Template) -> dict[str, str]:
+    """The template's formats with BOS/EOS filled in, computed once per Template."""
+    hit = _COMPILED.get(id(t))
+    if hit is None or hit[0] is not t:
+        keys = ("prefix", "system", "system_in_user", "user", "user_with_input", "assistant", "generation_prompt",
+                "end", "suffix", "tool")
+        formats = {key: _fill(t.spec.get(key) or "", t.bos, t.eos) for key in keys}
+        prompt, end = formats["generation_prompt"], formats["end"]
+        formats["reply_head"], tail = formats["assistant"][len(prompt):].split("{content}", 1)
+        formats["after_end"] = tail[len(end):]
+        hit = _COMPILED[id(t)] = (t, formats)
+    return hit[1]
+
+
 def _builtin_segments(t: Template, msgs: list[dict], tools: list[dict] | None,
                       add_generation_prompt: bool) -> list[Segment]:
     s = t.spec
-    f = lambda key: _fill(s.get(key) or "", t.bos, t.eos)  # noqa: E731
+    formats = _compiled(t)
+    f = formats.__getitem__
     strip = s.get("strip")
     style = s.get("tools")
     fold_system = s.get("system") is None
@@ -508,9 +535,7 @@ def _builtin_segments(t: Template, msgs: list[dict], tools: list[dict] | None,
     elif system_text is not None and not (s.get("skip_empty_system") and not system_text):
         add(_put(f("system"), content=system_text), system_index, True)
 
-    prompt, end = f("generation_prompt"), f("end")
-    reply_head, reply_tail = f("assistant")[len(prompt):].split("{content}", 1)
-    after_end = reply_tail[len(end):]
+    prompt, end, reply_head, after_end = f("generation_prompt"), f("end"), f("reply_head"), f("after_end")
 
     def model_turn(parts: list[tuple[int, str]]) -> None:
         """prompt | reply_head + parts joined + end (the body, trained) | what follows end."""
@@ -723,9 +748,10 @@ def _to_jinja(s: dict[str, Any]) -> str:
     # user
     user = ["{%- if m['role'] == 'user' -%}{%- set text = m['content']" + (" | trim" if strip == "content" else "") + " -%}"]
     if style == "llama3":
-        user.append("{%- if tools and i == ns.first_user -%}{%- set text = " + _jinja_literal(_LLAMA3_TOOLS_INTRO)
-                    + " -%}{%- for tool in tools -%}{%- set text = text + (tool | tojson(indent=4)) + '\\n\\n' -%}"
-                    "{%- endfor -%}{%- set text = text + (m['content'] | trim) -%}{%- endif -%}")
+        user.append("{%- if tools and i == ns.first_user -%}{%- set acc = namespace(text="
+                    + _jinja_literal(_LLAMA3_TOOLS_INTRO) + ") -%}{%- for tool in tools -%}"
+                    "{%- set acc.text = acc.text + (tool | tojson(indent=4)) + '\\n\\n' -%}{%- endfor -%}"
+                    "{%- set text = acc.text + (m['content'] | trim) -%}{%- endif -%}")
     if s.get("user_with_input"):
         user.append("{%- if '\\n\\n' in text -%}{%- set parts = text.split('\\n\\n', 1) -%}{{- "
                     + _jinja_expr(s["user_with_input"], instruction="parts[0]", input="parts[1]") + " -}}{%- else -%}")

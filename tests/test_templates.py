@@ -1,0 +1,197 @@
+"""Built-in templates render byte for byte what each family's official jinja chat_template renders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers.utils.chat_template_utils import render_jinja_template
+
+from sftune import templates
+from sftune.data.schema import Message
+
+FIXTURES = Path(__file__).parent / "fixtures" / "templates"
+
+PLAIN = [
+    {"role": "user", "content": "Hi there!"},
+    {"role": "assistant", "content": "Hello! How can I help?"},
+    {"role": "user", "content": "  What is 2 + 2?\n"},
+    {"role": "assistant", "content": "It is 4. "},
+]
+SYSTEM = [{"role": "system", "content": "You are terse."}] + PLAIN
+CHINESE = [{"role": "user", "content": "你好，请介绍一下北京。"}, {"role": "assistant", "content": "北京是中国的首都。"}]
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                              "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                             "required": ["city"]}}}]
+TOOL_CHAT = [
+    {"role": "system", "content": "You can look up the weather."},
+    {"role": "user", "content": "Weather in Paris and Zürich?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Zürich"}}}]},
+    {"role": "tool", "content": '{"temp": 21}'},
+    {"role": "tool", "content": '{"temp": 18}'},
+    {"role": "assistant", "content": "Paris 21°C, Zürich 18°C."},
+]
+SINGLE_CALL_CHAT = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+    {"role": "tool", "content": '{"temp": 21}'},
+    {"role": "assistant", "content": "It is 21°C."},
+]
+
+# family -> (official fixture, bos, eos, conversations the official template accepts)
+OFFICIAL = {
+    "chatml": ("chatml", "", "<|im_end|>", [PLAIN, SYSTEM, CHINESE]),
+    "qwen2.5": ("qwen2.5", "", "<|im_end|>", [PLAIN, SYSTEM, CHINESE, TOOL_CHAT, SINGLE_CALL_CHAT]),
+    "llama2": ("llama2", "<s>", "</s>", [PLAIN, SYSTEM, CHINESE]),
+    "llama3": ("llama3", "<|begin_of_text|>", "<|eot_id|>", [PLAIN, SYSTEM, CHINESE]),
+    "llama3.1": ("llama3.1", "<|begin_of_text|>", "<|eot_id|>", [PLAIN, SYSTEM, CHINESE, SINGLE_CALL_CHAT]),
+    "mistral": ("mistral", "<s>", "</s>", [PLAIN, CHINESE]),
+    "gemma": ("gemma", "<bos>", "<eos>", [PLAIN, SYSTEM, CHINESE]),
+    "phi3": ("phi3", "", "<|endoftext|>", [PLAIN, SYSTEM, CHINESE]),
+    "zephyr": ("zephyr", "", "</s>", [PLAIN, SYSTEM, CHINESE]),
+}
+
+
+def official(fixture: str, messages, bos: str, eos: str, tools=None, add_generation_prompt=False) -> str:
+    source = (FIXTURES / f"{fixture}.jinja").read_text().rstrip("\n")
+    rendered, _ = render_jinja_template(conversations=[messages], tools=tools, chat_template=source,
+                                        add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos)
+    return rendered[0]
+
+
+def cases():
+    for name, (fixture, bos, eos, chats) in OFFICIAL.items():
+        for k, chat in enumerate(chats):
+            for prompt in (False, True):
+                yield pytest.param(name, fixture, bos, eos, chat, prompt, id=f"{name}-{k}-{'gen' if prompt else 'full'}")
+
+
+@pytest.mark.parametrize("name,fixture,bos,eos,chat,prompt", list(cases()))
+def test_builtin_matches_official_template(name, fixture, bos, eos, chat, prompt):
+    if prompt:  # a generation prompt follows a user turn
+        chat = chat[:-1]
+    template = templates.get(name)
+    assert template.render(chat, add_generation_prompt=prompt) == official(fixture, chat, bos, eos,
+                                                                           add_generation_prompt=prompt)
+
+
+@pytest.mark.parametrize("name,chat", [("qwen2.5", TOOL_CHAT), ("qwen2.5", SINGLE_CALL_CHAT),
+                                       ("qwen2.5", PLAIN), ("llama3.1", SINGLE_CALL_CHAT), ("llama3.1", SYSTEM)])
+def test_builtin_matches_official_template_with_tools(name, chat):
+    fixture, bos, eos, _ = OFFICIAL[name]
+    assert templates.get(name).render(chat, tools=TOOLS) == official(fixture, chat, bos, eos, tools=TOOLS)
+
+
+def test_sftune_tool_call_messages_render_like_openai_tool_calls():
+    """The data layer's tool_call messages and OpenAI's tool_calls give the same text."""
+    ours = [Message("system", "You can look up the weather."), Message("user", "Weather in Paris and Zürich?"),
+            Message("tool_call", json.dumps([{"name": "get_weather", "arguments": {"city": "Paris"}},
+                                             {"name": "get_weather", "arguments": {"city": "Zürich"}}],
+                                            ensure_ascii=False)),
+            Message("tool", '{"temp": 21}'), Message("tool", '{"temp": 18}'),
+            Message("assistant", "Paris 21°C, Zürich 18°C.")]
+    for name in ("qwen2.5", "chatml"):
+        template = templates.get(name)
+        assert template.render(ours, tools=TOOLS) == template.render(TOOL_CHAT, tools=TOOLS)
+    assert templates.get("qwen2.5").render(ours, tools=TOOLS) == official("qwen2.5", TOOL_CHAT, "", "", tools=TOOLS)
+
+
+def test_assistant_text_followed_by_a_call_is_one_qwen_turn():
+    chat = [{"role": "user", "content": "Paris?"},
+            {"role": "assistant", "content": "Let me check.", "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+            {"role": "tool", "content": "21"}]
+    assert templates.get("qwen2.5").render(chat, tools=TOOLS) == official("qwen2.5", chat, "", "", tools=TOOLS)
+
+
+def test_vicuna_matches_fastchat_v1_1():
+    """FastChat vicuna_v1.1: system, sep ' ', sep2 '</s>', roles USER/ASSISTANT (add_colon_two)."""
+    system = templates.BUILTINS["vicuna"]["default_system"]
+    seps = [" ", "</s>"]
+    ret = system + seps[0]
+    turns = [("USER", PLAIN[0]["content"]), ("ASSISTANT", PLAIN[1]["content"]), ("USER", "Thanks"), ("ASSISTANT", None)]
+    for k, (role, message) in enumerate(turns):
+        ret += role + ": " + message + seps[k % 2] if message else role + ":"
+    chat = PLAIN[:2] + [{"role": "user", "content": "Thanks"}]
+    assert templates.get("vicuna").render(chat, add_generation_prompt=True) == "<s>" + ret
+
+
+def test_alpaca_matches_stanford_prompts():
+    no_input = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+                "request.\n\n### Instruction:\n{instruction}\n\n### Response:")
+    with_input = ("Below is an instruction that describes a task, paired with an input that provides further "
+                  "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
+                  "{instruction}\n\n### Input:\n{input}\n\n### Response:")
+    alpaca = templates.get("alpaca")
+    chat = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
+    assert alpaca.render(chat) == "<s>" + no_input.format(instruction="Name a colour.") + "Blue.</s>"
+    # the data layer writes instruction + input as "instruction\n\ninput"
+    chat = [{"role": "user", "content": "Translate.\n\nBonjour"}, {"role": "assistant", "content": "Hello"}]
+    assert alpaca.render(chat) == "<s>" + with_input.format(instruction="Translate.", input="Bonjour") + "Hello</s>"
+
+
+def test_chinese_layouts():
+    chat = [{"role": "user", "content": "翻译成英文\n\n你好"}, {"role": "assistant", "content": "Hello"}]
+    assert templates.get("zh_instruct").render(chat, add_generation_prompt=False) == "指令：翻译成英文\n输入：你好\n输出：Hello</s>\n"
+    assert templates.get("zh_instruct").render(chat[:1], add_generation_prompt=True) == "指令：翻译成英文\n输入：你好\n输出："
+    chat = [{"role": "user", "content": "天空为什么是蓝色的？"}, {"role": "assistant", "content": "因为瑞利散射。"}]
+    assert templates.get("zh_qa").render(chat) == "问题：天空为什么是蓝色的？\n回答：因为瑞利散射。</s>\n"
+
+
+def test_tokenizer_template_is_the_models_own(smollm2_tokenizer):
+    template = templates.get("tokenizer", smollm2_tokenizer)
+    for chat in (PLAIN, SYSTEM):
+        for prompt in (False, True):
+            assert template.render(chat, add_generation_prompt=prompt) == smollm2_tokenizer.apply_chat_template(
+                chat, tokenize=False, add_generation_prompt=prompt)
+
+
+def test_tokenizer_template_needs_a_chat_template():
+    with pytest.raises(templates.TemplateError, match="has none"):
+        templates.get("tokenizer")
+
+
+@pytest.mark.parametrize("name", list(templates.BUILTINS))
+def test_exported_jinja_renders_what_render_renders(name):
+    template = templates.get(name)
+    chats = [PLAIN, CHINESE, [{"role": "user", "content": "Q\n\nwith input"}, {"role": "assistant", "content": "A"}]]
+    if template.spec.get("system") is not None or name in ("llama2", "mistral", "gemma"):
+        chats.append(SYSTEM)
+    if template.spec.get("tools"):
+        chats.append(SINGLE_CALL_CHAT if template.spec["tools"] == "llama3" else TOOL_CHAT)
+    for chat in chats:
+        for tools in (None, TOOLS if template.spec.get("tools") else None):
+            assert template.render_jinja(chat, tools=tools) == template.render(chat, tools=tools)
+            upto = next(k for k, m in enumerate(chat) if m["role"] == "user") + 1
+            assert template.render_jinja(chat[:upto], tools=tools, add_generation_prompt=True) == template.render(
+                chat[:upto], tools=tools, add_generation_prompt=True)
+
+
+def test_save_to_tokenizer_makes_inference_render_the_training_template(smollm2_tokenizer):
+    import copy
+
+    tokenizer = copy.deepcopy(smollm2_tokenizer)
+    template = templates.get("qwen2.5", tokenizer)
+    templates.save_to_tokenizer(template, tokenizer)
+    assert tokenizer.apply_chat_template(SYSTEM, tokenize=False) == template.render(SYSTEM)
+    ids = tokenizer.apply_chat_template(PLAIN[:1], add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert list(ids) == tokenizer(template.render(PLAIN[:1], add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+
+
+def test_user_defined_template_and_errors():
+    custom = templates.get({"name": "mine", "user": "Q: {content}\n", "assistant": "A: {content}\n\n",
+                            "generation_prompt": "A:", "end": "\n"})
+    assert custom.render(PLAIN[:2]) == "Q: Hi there!\nA: Hello! How can I help?\n\n"
+    jinja = templates.get({"name": "j", "jinja": "{% for m in messages %}{{ m['content'] }};{% endfor %}"})
+    assert jinja.render(PLAIN[:2]) == "Hi there!;Hello! How can I help?;"
+    with pytest.raises(templates.TemplateError, match="missing assistant"):
+        templates.get({"user": "{content}"})
+    with pytest.raises(templates.TemplateError, match="unknown template 'nope'"):
+        templates.get("nope")
+    with pytest.raises(templates.TemplateError, match="only first"):
+        templates.get("gemma").render(PLAIN + [{"role": "system", "content": "late"}])
+    assert set(templates.BUILTINS) | {"tokenizer"} == set(templates.names())
