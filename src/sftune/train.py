@@ -1,0 +1,395 @@
+"""Training: the SFT loss, a `transformers.Trainer` subclass around it, the run folder, `train()`.
+
+The loss is token cross-entropy on trained positions only. Position t predicts labels[t + 1]; the
+hidden states at trained positions are gathered before the output layer and turned into logits a
+chunk at a time, so no [tokens x vocabulary] fp32 tensor is ever built for the whole batch. The sum
+over an optimizer step is divided once by the number of trained tokens in that step, counted over
+every micro-batch of the gradient accumulation and every process.
+
+Everything else (optimizer, schedules, mixed precision, gradient checkpointing, checkpoints and
+resume, DDP / FSDP / DeepSpeed through accelerate, reporting) is `transformers.Trainer`'s own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+
+IGNORE = -100
+CHECKPOINT_COMPLETE = ".sftune-complete"  # written after a checkpoint folder is fully saved
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum_i w_i * CE(h_i @ W.T + b, y_i), computed chunk by chunk.
+
+    Gradients are worked out inside the forward pass, chunk by chunk, while each chunk's logits
+    exist; only d(hidden) and d(W) are kept for backward. Peak memory is one chunk of logits.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, token_weights, chunk_size, softcap, want_grad):
+        need_h = want_grad and hidden.requires_grad
+        need_w = want_grad and weight.requires_grad
+        need_b = want_grad and bias is not None and bias.requires_grad
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
+        for start in range(0, hidden.shape[0], chunk_size):
+            h = hidden[start : start + chunk_size]
+            y = targets[start : start + chunk_size]
+            w = token_weights[start : start + chunk_size]
+            z = (h @ weight.T if bias is None else torch.addmm(bias, h, weight.T)).float()
+            if softcap:
+                tanh = torch.tanh(z / softcap)
+                z = tanh * softcap
+            lse = torch.logsumexp(z, dim=-1)
+            picked = z.gather(1, y[:, None]).squeeze(1)
+            total += ((lse - picked) * w).sum()
+            if need_h or need_w or need_b:
+                g = z.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                g[torch.arange(len(y), device=y.device), y] -= 1.0
+                g.mul_(w[:, None])
+                if softcap:
+                    g.mul_(1.0 - tanh * tanh)
+                if need_h:
+                    grad_h[start : start + chunk_size] = g.to(weight.dtype) @ weight
+                if need_w:
+                    grad_w.addmm_(g.T, h.float())
+                if need_b:
+                    grad_b += g.sum(0)
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        w_dtype, b_dtype = ctx.dtypes
+        return (
+            None if grad_h is None else grad_h * grad_out.to(grad_h.dtype),
+            None if grad_w is None else (grad_w * grad_out).to(w_dtype),
+            None if grad_b is None else (grad_b * grad_out).to(b_dtype),
+            None, None, None, None, None,
+        )
+
+
+def chunk_size_for(vocab_size: int) -> int:
+    """Rows per chunk so that one chunk of fp32 logits stays near 128 MB."""
+    return max(16, (1 << 25) // max(vocab_size, 1))
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    head: torch.nn.Module,
+    targets: torch.Tensor,
+    token_weights: torch.Tensor | None = None,
+    *,
+    softcap: float | None = None,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Summed (weighted) cross-entropy of `head(hidden)` against `targets`, one chunk at a time.
+
+    hidden: [n, H] states at trained positions only; head: the model's output layer (nn.Linear);
+    targets: [n] token ids. Differentiable in `hidden` and in the head's weight and bias.
+    """
+    weight, bias = head.weight, getattr(head, "bias", None)
+    if token_weights is None:
+        token_weights = torch.ones(targets.shape, dtype=torch.float32, device=targets.device)
+    return _LinearCrossEntropy.apply(
+        hidden,
+        weight,
+        bias,
+        targets,
+        token_weights.float(),
+        chunk_size or chunk_size_for(weight.shape[0]),
+        softcap,
+        torch.is_grad_enabled(),
+    )
+
+
+@torch.no_grad()
+def token_stats(
+    hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, *, softcap: float | None = None,
+    chunk_size: int | None = None,
+) -> tuple[float, int]:
+    """(summed cross-entropy, number of argmax hits) over the given positions, chunk by chunk."""
+    weight, bias = head.weight, getattr(head, "bias", None)
+    chunk_size = chunk_size or chunk_size_for(weight.shape[0])
+    loss, correct = 0.0, 0
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, y = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+        z = (h @ weight.T if bias is None else torch.addmm(bias, h, weight.T)).float()
+        if softcap:
+            z = torch.tanh(z / softcap) * softcap
+        loss += torch.nn.functional.cross_entropy(z, y, reduction="sum").item()
+        correct += int((z.argmax(-1) == y).sum())
+    return loss, correct
+
+
+def shifted_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """labels[:, 1:], i.e. what each position t < T-1 predicts, with -100 where nothing is trained.
+
+    In a padding-free pack, the first token of each sequence (position_ids == 0) is never a
+    target: the token before it belongs to another sequence.
+    """
+    targets = batch["labels"][:, 1:]
+    position_ids = batch.get("position_ids")
+    if position_ids is not None:
+        targets = targets.masked_fill(position_ids[:, 1:] == 0, IGNORE)
+    return targets
+
+
+def count_trained_tokens(batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """Trained (predicted) tokens over micro-batches, the loss's denominator for one optimizer step."""
+    return sum((shifted_targets(b) != IGNORE).sum() for b in batches)
+
+
+def _output_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under DDP / peft wrappers (it owns the output layer and config)."""
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def trained_hidden_states(model, batch: dict[str, torch.Tensor]):
+    """Run the model; return (hidden states at trained positions [n, H], their targets [n],
+    loss weights [n] or None, output layer, logit softcap).
+
+    The model returns logits for one position only (`logits_to_keep=1`); the loss builds the rest.
+    """
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_weights")}
+    outputs = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+    labels = batch["labels"]
+    hidden = outputs.hidden_states[-1]
+    # Prompt-learning methods prepend virtual tokens: keep the positions of the real tokens.
+    hidden = hidden[:, hidden.shape[1] - labels.shape[1] :]
+    targets = shifted_targets(batch)
+    mask = targets != IGNORE
+    weights = batch.get("loss_weights")
+    inner = _output_model(model)
+    softcap = getattr(inner.config, "final_logit_softcapping", None) or getattr(
+        getattr(inner.config, "text_config", None), "final_logit_softcapping", None
+    )
+    return (
+        hidden[:, :-1][mask],
+        targets[mask],
+        None if weights is None else weights[:, 1:][mask],
+        inner.get_output_embeddings(),
+        softcap,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The Trainer subclass
+
+
+class SFTTrainer(Trainer):
+    """`transformers.Trainer` with the SFT loss, token-level evaluation and a non-finite check.
+
+    Per optimizer step: loss = sum of (weighted) token losses / trained tokens in the step, where
+    the count covers all accumulated micro-batches and all processes. Each process's
+    contribution is multiplied by the number of processes because DDP averages gradients.
+    """
+
+    # compute_loss already divides by the whole step's token count: Trainer must not divide again.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.remove_callback(PrinterCallback)  # the rich progress bar replaces it
+        self.trained_tokens = 0  # over all processes, this session
+        self.train_started = None
+
+    # Which batches make one optimizer step, and how many trained tokens they hold in total.
+    def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int, device: torch.device):
+        batches = []
+        for _ in range(num_batches):
+            try:
+                batches.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        if not batches:
+            return batches, None
+        count = count_trained_tokens(batches).to(device)
+        if self.accelerator.num_processes > 1:
+            count = self.accelerator.reduce(count, reduction="sum")
+        self.trained_tokens += int(count)
+        if self.train_started is None:
+            self.train_started = time.perf_counter()
+        return batches, count
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        hidden, targets, weights, head, softcap = trained_hidden_states(model, inputs)
+        loss_sum = linear_cross_entropy(hidden, head, targets, weights, softcap=softcap)
+        if num_items_in_batch is None:  # called outside the training loop: this batch alone
+            num_items_in_batch = max(int(targets.numel()), 1)
+            scale = 1
+        else:
+            scale = self.accelerator.num_processes  # DDP averages gradients over processes
+        loss = loss_sum * scale / num_items_in_batch
+        return (loss, None) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss):
+            last = last_checkpoint(self.args.output_dir)
+            raise NonFiniteLossError(
+                f"The loss became {loss.item()} at step {self.state.global_step + 1}. "
+                + (
+                    f"Last good checkpoint: {last}; resume from it with a lower learning rate "
+                    "(train.lr=...) or check the data."
+                    if last
+                    else "No checkpoint was saved before it; lower the learning rate (train.lr=...), "
+                    "use fp32 (train.precision=fp32) or check the data."
+                )
+            )
+        return loss
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Held-out loss (per trained token), perplexity and token accuracy, over all processes."""
+        dataloader = self.get_eval_dataloader(eval_dataset)
+        model = self.model
+        was_training = model.training
+        model.eval()
+        totals = torch.zeros(3, dtype=torch.float64)
+        with torch.no_grad():
+            for batch in dataloader:
+                batch = self._prepare_inputs(batch)
+                with self.compute_loss_context_manager():
+                    hidden, targets, _, head, softcap = trained_hidden_states(model, batch)
+                    loss, correct = token_stats(hidden, head, targets, softcap=softcap)
+                totals += torch.tensor([loss, correct, targets.numel()], dtype=torch.float64)
+        if self.accelerator.num_processes > 1:
+            totals = self.accelerator.reduce(totals.to(self.args.device), reduction="sum").cpu()
+        model.train(was_training)
+        loss, correct, tokens = totals.tolist()
+        tokens = max(tokens, 1.0)
+        metrics = {
+            f"{metric_key_prefix}_loss": loss / tokens,
+            f"{metric_key_prefix}_perplexity": math.exp(min(loss / tokens, 50.0)),
+            f"{metric_key_prefix}_token_accuracy": correct / tokens,
+            f"{metric_key_prefix}_tokens": int(tokens),
+        }
+        self.log(dict(metrics))
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self.train_started is not None:
+            elapsed = time.perf_counter() - self.train_started
+            logs["trained_tokens"] = self.trained_tokens
+            logs["trained_tokens_per_second"] = round(self.trained_tokens / max(elapsed, 1e-9), 2)
+        super().log(logs, start_time)
+
+
+# ---------------------------------------------------------------------------------------------
+# Callbacks: checkpoint completion marker, metrics.jsonl, the progress bar
+
+
+def last_checkpoint(checkpoints_dir: str | os.PathLike) -> str | None:
+    """The newest checkpoint folder that was completely written, or None."""
+    folder = Path(checkpoints_dir)
+    if not folder.is_dir():
+        return None
+    done = [
+        p for p in folder.glob("checkpoint-*")
+        if p.name.split("-")[-1].isdigit() and (p / CHECKPOINT_COMPLETE).exists()
+    ]
+    return str(max(done, key=lambda p: int(p.name.split("-")[-1]))) if done else None
+
+
+class CheckpointCompleteCallback(TrainerCallback):
+    """Marks a checkpoint complete once Trainer has written all of it; resume uses only those."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                (folder / CHECKPOINT_COMPLETE).write_text(f"step {state.global_step}\n")
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Appends every log record (train and eval) to metrics.jsonl as one JSON line."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            record = {"step": state.global_step, "epoch": state.epoch, **logs}
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+class RichProgressCallback(TrainerCallback):
+    """One progress bar: steps, loss, learning rate, trained tokens per second, time left."""
+
+    def __init__(self, console=None):
+        self.console = console
+        self.progress = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s"),
+            TimeElapsedColumn(),
+            TextColumn("left"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(
+            "train", total=state.max_steps, completed=state.global_step, loss="-", lr="-", tps="-"
+        )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is None or not logs:
+            return
+        if "loss" in logs:
+            self.progress.update(
+                self.task,
+                loss=f"{logs['loss']:.4f}",
+                lr=f"{logs.get('learning_rate', 0):.2e}",
+                tps=f"{logs.get('trained_tokens_per_second', 0):.0f}",
+            )
+        elif "eval_loss" in logs:
+            self.progress.console.print(
+                f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}, perplexity "
+                f"{logs['eval_perplexity']:.2f}, token accuracy {logs['eval_token_accuracy']:.3f}"
+            )
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

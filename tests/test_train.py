@@ -1,0 +1,337 @@
+"""The training engine: loss against references, accumulation and process invariance, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback, TrainingArguments
+
+from sftune.train import (
+    CheckpointCompleteCallback,
+    NonFiniteLossError,
+    SFTTrainer,
+    last_checkpoint,
+    linear_cross_entropy,
+    token_stats,
+    trained_hidden_states,
+)
+from tests.conftest import tiny_model
+
+VOCAB = 512
+
+
+def encoded_examples(n: int = 16, seed: int = 0, vocab: int = VOCAB) -> list[dict]:
+    """Hand-made encoded records: a prompt (masked) then a response (trained), varied lengths."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        prompt = int(torch.randint(3, 12, (1,), generator=g))
+        answer = int(torch.randint(2, 10, (1,), generator=g))
+        start = int(torch.randint(0, vocab - 64, (1,), generator=g))
+        ids = [(start + 3 * i) % vocab for i in range(prompt + answer)]  # learnable: arithmetic
+        rows.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+    return rows
+
+
+def padding_free_collate(rows: list[dict]) -> dict[str, torch.Tensor]:
+    """Concatenate records into one [1, T] row; position_ids restart per record; no attention mask."""
+    ids, labels, pos, weights = [], [], [], []
+    for r in rows:
+        ids += r["input_ids"]
+        labels += r["labels"]
+        pos += list(range(len(r["input_ids"])))
+        weights += r.get("loss_weights", [1.0] * len(r["input_ids"]))
+    batch = {
+        "input_ids": torch.tensor([ids]),
+        "labels": torch.tensor([labels]),
+        "position_ids": torch.tensor([pos]),
+    }
+    if any("loss_weights" in r for r in rows):
+        batch["loss_weights"] = torch.tensor([weights])
+    return batch
+
+
+def make_args(tmp_path: Path, **overrides) -> TrainingArguments:
+    settings = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        learning_rate=1e-3,
+        max_steps=4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        train_sampling_strategy="sequential",
+        dataloader_num_workers=0,
+        seed=0,
+        max_grad_norm=0.0,
+        optim="adamw_torch",
+    )
+    settings.update(overrides)
+    return TrainingArguments(**settings)
+
+
+class GradientRecorder(TrainerCallback):
+    """Keeps the gradients just before each optimizer step."""
+
+    def __init__(self):
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.steps.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+
+
+def losses(trainer) -> list[float]:
+    return [r["loss"] for r in trainer.state.log_history if "loss" in r]
+
+
+# ------------------------------------------------------------------------------------------- loss
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma"])
+def test_loss_and_gradients_equal_transformers_reference(arch):
+    """Gathered, chunked loss == the model's own mean cross-entropy (with shifted labels)."""
+    extra = {"final_logit_softcapping": 30.0} if arch == "gemma" else {}
+    model = tiny_model(arch, vocab_size=VOCAB, **extra).train()
+    ids = torch.randint(0, VOCAB, (3, 20), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    labels[:, :7] = -100
+    labels[1, 12:] = -100
+    reference = model(input_ids=ids, labels=labels, use_cache=False).loss
+    reference.backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    hidden, targets, weights, head, softcap = trained_hidden_states(model, {"input_ids": ids, "labels": labels})
+    loss = linear_cross_entropy(hidden, head, targets, weights, softcap=softcap, chunk_size=7) / targets.numel()
+    loss.backward()
+    assert loss.item() == pytest.approx(reference.item(), abs=1e-5)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, want[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_loss_weights_scale_each_token():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=True)
+    hidden = torch.randn(9, 8, requires_grad=True)
+    targets = torch.randint(0, 50, (9,))
+    weights = torch.rand(9)
+    got = linear_cross_entropy(hidden, head, targets, weights, chunk_size=4)
+    got.backward()
+    grads = (hidden.grad.clone(), head.weight.grad.clone(), head.bias.grad.clone())
+    hidden.grad = head.weight.grad = head.bias.grad = None
+    want = (torch.nn.functional.cross_entropy(head(hidden), targets, reduction="none") * weights).sum()
+    want.backward()
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    for g, w in zip(grads, (hidden.grad, head.weight.grad, head.bias.grad)):
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-5)
+
+
+def test_token_stats_match_full_logits():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 40, bias=False)
+    hidden, targets = torch.randn(11, 8), torch.randint(0, 40, (11,))
+    loss, correct = token_stats(hidden, head, targets, chunk_size=3)
+    logits = head(hidden)
+    assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item(), rel=1e-6)
+    assert correct == int((logits.argmax(-1) == targets).sum())
+
+
+def test_pack_boundary_is_never_a_target():
+    """The last token of one packed sequence must not be trained to predict the next sequence's first."""
+    rows = [{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]}]
+    model = tiny_model("llama", vocab_size=VOCAB)
+    _, targets, _, _, _ = trained_hidden_states(model, padding_free_collate(rows))
+    assert targets.tolist() == [6, 7, 9]
+
+
+# -------------------------------------------------------------------------- the optimizer step
+
+
+def test_batch_8_accumulation_1_equals_batch_1_accumulation_8(tmp_path):
+    """The 2024 gradient-accumulation bug: the loss must be normalized once per optimizer step."""
+    data = encoded_examples(16)
+    results = []
+    # SGD: Adam's first step is about lr * sign(grad), which would blow 1e-9 rounding up to lr.
+    for batch, accumulation in ((8, 1), (1, 8)):
+        recorder = GradientRecorder()
+        trainer = SFTTrainer(
+            model=tiny_model("llama", vocab_size=VOCAB),
+            args=make_args(tmp_path / f"b{batch}", per_device_train_batch_size=batch,
+                           gradient_accumulation_steps=accumulation, max_steps=2, optim="sgd"),
+            train_dataset=data,
+            data_collator=padding_free_collate,
+            callbacks=[recorder],
+        )
+        trainer.train()
+        results.append((losses(trainer), recorder.steps))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert loss_a == pytest.approx(loss_b, abs=1e-5)
+    for step_a, step_b in zip(grads_a, grads_b, strict=True):
+        for name in step_a:
+            torch.testing.assert_close(step_a[name], step_b[name], atol=1e-5, rtol=0, msg=name)
+    # and the logged loss is the token-mean cross-entropy of the step, as the model computes it
+    reference = tiny_model("llama", vocab_size=VOCAB)
+    batch = padding_free_collate(data[:8])
+    with torch.no_grad():
+        logits = reference(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits
+    targets = batch["labels"][:, 1:].masked_fill(batch["position_ids"][:, 1:] == 0, -100)
+    want = torch.nn.functional.cross_entropy(logits[0, :-1], targets[0], ignore_index=-100)
+    assert loss_a[0] == pytest.approx(want.item(), abs=1e-5)
+
+
+def test_eval_metrics_equal_reference(tmp_path):
+    data = encoded_examples(6, seed=3)
+    model = tiny_model("qwen2", vocab_size=VOCAB)
+    trainer = SFTTrainer(
+        model=model,
+        args=make_args(tmp_path, per_device_eval_batch_size=2),
+        eval_dataset=data,
+        data_collator=padding_free_collate,
+    )
+    metrics = trainer.evaluate()
+    loss_sum, hits, count = 0.0, 0, 0
+    with torch.no_grad():
+        for row in data:
+            ids = torch.tensor([row["input_ids"]])
+            labels = torch.tensor([row["labels"]])[:, 1:]
+            logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
+            mask = labels != -100
+            loss_sum += torch.nn.functional.cross_entropy(logits[mask], labels[mask], reduction="sum").item()
+            hits += int((logits[mask].argmax(-1) == labels[mask]).sum())
+            count += int(mask.sum())
+    assert metrics["eval_tokens"] == count
+    assert metrics["eval_loss"] == pytest.approx(loss_sum / count, abs=1e-5)
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(loss_sum / count), rel=1e-5)
+    assert metrics["eval_token_accuracy"] == pytest.approx(hits / count)
+
+
+# ------------------------------------------------------------------------------ resume and stop
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+def _lora(model):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules="all-linear"))
+
+
+def test_resume_is_exact(tmp_path):
+    """2N steps straight == N steps, stop, resume N more (random order, dropout)."""
+    data = encoded_examples(24, seed=5)
+    n = 3
+
+    def run(folder, resume=None, stop=None):
+        args = make_args(folder, per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=2 * n,
+                         train_sampling_strategy="random", save_strategy="steps", save_steps=100,
+                         lr_scheduler_type="cosine", warmup_steps=1, max_grad_norm=1.0)
+        trainer = SFTTrainer(
+            model=_lora(tiny_model("llama", vocab_size=VOCAB)),
+            args=args,
+            train_dataset=data,
+            data_collator=padding_free_collate,
+            callbacks=[CheckpointCompleteCallback()] + ([StopAt(stop)] if stop else []),
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    straight = run(tmp_path / "straight")
+    first = run(tmp_path / "parts", stop=n)
+    assert first.state.global_step == n
+    checkpoint = last_checkpoint(tmp_path / "parts")
+    assert checkpoint is not None and checkpoint.endswith(f"checkpoint-{n}")
+    resumed = run(tmp_path / "parts", resume=checkpoint)
+    assert resumed.state.global_step == 2 * n
+    assert losses(resumed)[-1] == pytest.approx(losses(straight)[-1], abs=1e-6)
+    assert losses(resumed)[-n:] == pytest.approx(losses(straight)[-n:], abs=1e-6)
+
+
+class PoisonAt(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.step:
+            with torch.no_grad():
+                next(p for p in model.parameters() if p.requires_grad).fill_(float("nan"))
+
+
+def test_non_finite_loss_stops_and_names_step_and_checkpoint(tmp_path):
+    trainer = SFTTrainer(
+        model=tiny_model("llama", vocab_size=VOCAB),
+        args=make_args(tmp_path, per_device_train_batch_size=2, max_steps=8, save_strategy="steps", save_steps=2),
+        train_dataset=encoded_examples(16),
+        data_collator=padding_free_collate,
+        callbacks=[CheckpointCompleteCallback(), PoisonAt(3)],
+    )
+    with pytest.raises(NonFiniteLossError, match=r"step 4\b.*checkpoint-2"):
+        trainer.train()
+
+
+def test_incomplete_checkpoint_is_not_resumed(tmp_path):
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / ".sftune-complete").write_text("")
+    (tmp_path / "checkpoint-4").mkdir()  # interrupted while writing
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+
+
+# ---------------------------------------------------------------------------------- two processes
+
+DDP_SCRIPT = r"""
+import json, os, sys, torch
+sys.path.insert(0, {root!r})
+from tests.test_train import encoded_examples, make_args, padding_free_collate, losses, VOCAB
+from tests.conftest import tiny_model
+from sftune.train import SFTTrainer
+from pathlib import Path
+batch = int(sys.argv[1]); out = Path(sys.argv[2])
+trainer = SFTTrainer(
+    model=tiny_model("llama", vocab_size=VOCAB),
+    args=make_args(out, per_device_train_batch_size=batch, gradient_accumulation_steps=2, max_steps=3, ddp_backend="gloo"),
+    train_dataset=encoded_examples(48, seed=7),
+    data_collator=padding_free_collate,
+)
+trainer.train()
+if trainer.is_world_process_zero():
+    params = {{n: p.detach().flatten()[:50].tolist() for n, p in trainer.model.named_parameters()}}
+    (out / "result.json").write_text(json.dumps({{"losses": losses(trainer), "params": params}}))
+"""
+
+
+def test_two_processes_equal_one_process(tmp_path):
+    """DDP over gloo, 2 processes x batch 2 == 1 process x batch 4 (same global batch, same order)."""
+    root = str(Path(__file__).resolve().parents[1])
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT.format(root=root))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": root}
+    runs = {}
+    for procs, batch in ((1, 4), (2, 2)):
+        out = tmp_path / f"p{procs}"
+        out.mkdir()
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+               str(script), str(batch), str(out)]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[procs] = json.loads((out / "result.json").read_text())
+    assert runs[2]["losses"] == pytest.approx(runs[1]["losses"], abs=1e-5)
+    for name, values in runs[1]["params"].items():
+        assert runs[2]["params"][name] == pytest.approx(values, abs=1e-5), name
