@@ -1,0 +1,83 @@
+"""The benchmark's own instruments: the FLOP formula, the token meter, and a quick end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import tiny_model
+
+ROOT = Path(__file__).resolve().parent.parent
+pytest.importorskip("bench.flops", reason="bench/ is not importable from this checkout")
+
+
+def test_training_flops_match_torch_flop_counter_for_a_lora_step():
+    """bench/flops.py's formula equals what torch counts for one LoRA forward + backward."""
+    from peft import LoraConfig, get_peft_model
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bench import flops
+
+    model = tiny_model("llama")
+    shape = flops.shape_of(model)
+    model.config._attn_implementation = "eager"  # torch counts full (non-causal) score matrices
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))
+    lora.enable_input_require_grads()  # the first layer's input gradient is then computed too
+    lora.train()
+    lengths = [12, 7]
+    ids = torch.randint(0, 1000, (len(lengths), max(lengths)))
+    mask = torch.tensor([[1] * n + [0] * (max(lengths) - n) for n in lengths])
+    counter = FlopCounterMode(display=False)
+    with counter:
+        logits = lora(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        logits.float().sum().backward()
+    # The model computes every padded position and every logit: count the padded shape.
+    fed = ids.numel()
+    expected = flops.training_flops(shape, flops.lora_params(lora), real=fed, trained=fed,
+                                    lengths=[ids.shape[1]] * len(lengths), causal=False)
+    assert counter.get_total_flops() == pytest.approx(expected, rel=1e-9)
+
+
+def test_meter_counts_trained_positions_and_groups_micro_batches_into_steps():
+    from bench.workload import Meter, summarize
+
+    meter = Meter(accumulation=2)
+
+    def collate(features):
+        ids = torch.tensor([f["input_ids"] for f in features])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor(
+            [f["labels"] for f in features])}
+
+    counted = meter.wrap(collate)
+    example = {"input_ids": [1, 2, 3, 4], "labels": [-100, -100, 3, 4]}
+    for _ in range(4):
+        counted([example, example])
+    meter.start, meter.step_ends = 0.0, [1.0, 3.0]
+    steps = meter.steps()
+    assert [s["trained"] for s in steps] == [8, 8]  # 2 micro-batches x 2 examples x 2 trained positions
+    assert [s["examples"] for s in steps] == [4, 4]
+    summary = summarize(steps, warmup=1)
+    assert summary["trained_per_s"] == 8 / 2.0
+    assert summary["trained_total"] == 16
+
+
+@pytest.mark.slow
+def test_quick_benchmark_run_trains_the_same_tokens_in_every_system(tmp_path):
+    """`python -m bench.run --quick` on the real model: a results page, and identical work everywhere."""
+    pytest.importorskip("trl", reason="the peers come with the bench extra: pip install -e '.[bench]'")
+    command = [sys.executable, "-m", "bench.run", "--quick", "--examples", "4", "--batch", "2",
+               "--systems", "sftune,trl_best,tutorial", "--no-components", "--results", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    page = next(tmp_path.glob("*-quick.md")).read_text()
+    assert "sftune / peer" in page
+    table = json.loads(next(tmp_path.glob("*-quick.json")).read_text())["table"]
+    trained = {name: row["work"]["trained_total"] for name, row in table.items()}
+    expected = {row["work"]["expected_trained"] for row in table.values()}
+    assert len(expected) == 1 and set(trained.values()) == expected, trained
+    assert all(row["work"]["examples_total"] == 4 for row in table.values())
