@@ -642,18 +642,21 @@ def _jinja_render(t: Template, hf: list[dict], tools: list[dict] | None, add_gen
     return rendered[0]
 
 
-def _common(a: str, b: str) -> int:
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n  # binary search the first difference
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+def _boundary(t: Template, rendered: str, full: str) -> tuple[int, str]:
+    """Where a prefix render ends inside the full render.
+
+    A prefix-stable template renders a prefix of the full text. A template that closes every render
+    with a suffix (Phi-3 appends EOS) does not; the suffix is dropped before matching, never matched
+    by common characters (EOS and the next turn's header can share a start like "<|").
+    """
+    if full.startswith(rendered):
+        return len(rendered), ""
+    for closing in (t.eos, t.eos + "\n", "\n"):
+        if closing and rendered.endswith(closing) and full.startswith(rendered[: -len(closing)]):
+            return len(rendered) - len(closing), closing
+    raise TemplateError(f"template {t.name!r} is not prefix-stable (rendering the first messages gives text the "
+                        "whole conversation does not start with), so its spans cannot be found. "
+                        "Use a built-in template (--template)")
 
 
 def _jinja_segments(t: Template, msgs: list[dict], tools: list[dict] | None,
@@ -667,10 +670,15 @@ def _jinja_segments(t: Template, msgs: list[dict], tools: list[dict] | None,
     hf, owners = _hf_with_owners(msgs)
     try:
         full = _jinja_render(t, hf, tools, add_generation_prompt)
-        bounds = [0] + [_common(_jinja_render(t, hf[:k], tools, False), full) for k in range(1, len(hf))]
-        bounds.append(_common(_jinja_render(t, hf, tools, False), full))
-        starts = {k: _common(_jinja_render(t, hf[:k], tools, True), full) if k else 0
+        ends = [_boundary(t, _jinja_render(t, hf[:k], tools, False), full) for k in range(1, len(hf) + 1)]
+        closing = next((c for _, c in ends if c), "")
+        bounds = [0] + [end for end, _ in ends]
+        if closing and not add_generation_prompt and ends[-1][1] == "" and full.endswith(closing):
+            bounds[-1] -= len(closing)  # the closing suffix belongs to the template, not to the last turn
+        starts = {k: _boundary(t, _jinja_render(t, hf[:k], tools, True), full)[0] if k else 0
                   for k, m in enumerate(hf) if m["role"] == "assistant"}
+    except TemplateError:
+        raise
     except Exception as err:  # jinja raises anything (raise_exception, undefined keys)
         raise TemplateError(f"template {t.name!r} cannot render this conversation: {err}") from err
     segs: list[Segment] = []

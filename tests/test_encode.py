@@ -1,0 +1,166 @@
+"""Encoding: ids equal the whole rendered text's ids, labels follow message spans and policies."""
+
+from __future__ import annotations
+
+import pytest
+
+from sftune import encode as E
+from sftune import templates
+from sftune.data.schema import Conversation, Message
+
+CHAT = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Hi there!"},
+    {"role": "assistant", "content": "Hello! How can I help?"},
+    {"role": "user", "content": "What is 2 + 2?"},
+    {"role": "assistant", "content": "It is 4."},
+]
+
+
+def trained_text(tokenizer, result) -> list[str]:
+    """The trained tokens decoded, as contiguous runs."""
+    runs, current = [], []
+    for token, label in zip(result["input_ids"], result["labels"]):
+        if label != -100:
+            assert label == token
+            current.append(token)
+        elif current:
+            runs.append(tokenizer.decode(current))
+            current = []
+    if current:
+        runs.append(tokenizer.decode(current))
+    return runs
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizer():
+    """A small fast tokenizer that adds <s> by itself, like Llama's and Mistral's."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    special = ["<s>", "</s>", "[INST]", "[/INST]"]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = [m["content"] for m in CHAT] * 20 + ["The quick brown fox jumps over the lazy dog."] * 20
+    backend.train_from_iterator(corpus, trainer)
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="</s>")
+
+
+@pytest.mark.parametrize("name", ["tokenizer", "chatml", "qwen2.5", "llama3", "gemma", "phi3", "zephyr", "vicuna",
+                                  "alpaca", "zh_qa", "llama2", "mistral"])
+def test_ids_equal_the_ids_of_the_whole_rendered_text(smollm2_tokenizer, name):
+    template = templates.get(name, smollm2_tokenizer)
+    chat = CHAT if name not in ("mistral",) else CHAT[1:]
+    result = E.encode(chat, smollm2_tokenizer, template)
+    text = template.render(chat)
+    assert result["input_ids"] == smollm2_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(result["labels"]) == len(result["input_ids"])
+
+
+def test_assistant_policy_trains_replies_and_their_end_of_turn_even_when_pad_is_eos(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    assert tok.pad_token_id == tok.eos_token_id  # SmolLM2: <|im_end|> is both
+    result = E.encode(CHAT, tok, templates.get("tokenizer", tok))
+    assert trained_text(tok, result) == ["Hello! How can I help?<|im_end|>", "It is 4.<|im_end|>"]
+    eos_positions = [k for k, t in enumerate(result["input_ids"]) if t == tok.eos_token_id]
+    trained_eos = [k for k in eos_positions if result["labels"][k] == tok.eos_token_id]
+    assert len(trained_eos) == 2
+
+
+def test_builtin_and_jinja_spans_give_the_same_labels(smollm2_tokenizer):
+    """Spans from the template dict and from prefix renders of its exported jinja agree."""
+    for name in ("chatml", "llama3", "gemma", "zephyr", "vicuna", "phi3"):
+        builtin = templates.get(name, smollm2_tokenizer)
+        jinja = templates.get({"name": name, "jinja": builtin.to_jinja()}, smollm2_tokenizer)
+        assert E.encode(CHAT, smollm2_tokenizer, builtin) == E.encode(CHAT, smollm2_tokenizer, jinja), name
+
+
+def test_policies_and_per_message_flags(smollm2_tokenizer):
+    tok, template = smollm2_tokenizer, templates.get("chatml", smollm2_tokenizer)
+    last = E.encode(CHAT, tok, template, policy="last")
+    assert trained_text(tok, last) == ["It is 4.<|im_end|>"]
+    everything = E.encode(CHAT, tok, template, policy="all")
+    assert everything["labels"][0] == -100 and everything["labels"][1:] == everything["input_ids"][1:]
+    flagged = [dict(m) for m in CHAT]
+    flagged[2]["train"] = False
+    flagged[3]["train"] = True
+    result = E.encode(flagged, tok, template)
+    assert trained_text(tok, result) == ["<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n", "It is 4.<|im_end|>"]
+    with pytest.raises(ValueError, match="unknown masking policy"):
+        E.encode(CHAT, tok, template, policy="prompt")
+
+
+def test_tool_calls_are_trained_and_tool_results_are_not(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    chat = Conversation([Message("user", "Weather in Paris?"),
+                         Message("tool_call", '{"name": "get_weather", "arguments": {"city": "Paris"}}'),
+                         Message("tool", '{"temp": 21}'), Message("assistant", "It is 21 degrees.")])
+    result = E.encode(chat, tok, templates.get("qwen2.5", tok))
+    assert trained_text(tok, result) == [
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
+        "It is 21 degrees.<|im_end|>"]
+
+
+def test_never_two_bos_with_a_tokenizer_that_adds_one(bos_tokenizer):
+    tok = bos_tokenizer
+    for name in ("llama2", "mistral", "vicuna", "alpaca"):
+        template = templates.get(name, tok)
+        chat = CHAT[1:] if name == "mistral" else CHAT
+        text = template.render(chat)
+        assert text.startswith("<s>")
+        assert tok(text)["input_ids"][:2] == [0, 0]  # the trap: the tokenizer adds a second one
+        result = E.encode(chat, tok, template)
+        assert result["input_ids"][0] == 0 and result["input_ids"][1] != 0
+        assert result["input_ids"] == tok(text, add_special_tokens=False)["input_ids"]
+    doubled = templates.get({"name": "double", "prefix": "{bos}{bos}", "user": "{content}", "assistant": "{content}{eos}",
+                             "generation_prompt": "", "end": "{eos}"}, tok)
+    with pytest.raises(templates.TemplateError, match="two BOS"):
+        E.encode(CHAT, tok, doubled)
+
+
+def test_truncation_drops_history_first_then_cuts_the_prompt(smollm2_tokenizer):
+    tok, template = smollm2_tokenizer, templates.get("chatml", smollm2_tokenizer)
+    long_history = [CHAT[0]] + [{"role": "user", "content": "word " * 40}, {"role": "assistant", "content": "ok " * 40}] \
+        + CHAT[3:]
+    full = E.encode(long_history, tok, template)
+    last_only = E.encode(CHAT[:1] + CHAT[3:], tok, template)
+    result = E.encode(long_history, tok, template, max_len=len(last_only["input_ids"]) + 5)
+    assert result == last_only  # the old exchange went, the system prompt and last exchange stayed
+    assert len(full["input_ids"]) > len(result["input_ids"])
+    cut = E.encode(CHAT[:1] + CHAT[3:], tok, template, max_len=12)
+    assert len(cut["input_ids"]) == 12
+    assert trained_text(tok, cut) == ["It is 4.<|im_end|>"]  # every trained token kept
+    assert cut["input_ids"][-6:] == last_only["input_ids"][-6:]
+
+
+def test_a_record_with_nothing_to_train_is_none(smollm2_tokenizer):
+    tok, template = smollm2_tokenizer, templates.get("chatml", smollm2_tokenizer)
+    assert E.encode(CHAT[:2], tok, template) is None  # no assistant turn
+    flagged = [dict(m, train=False) for m in CHAT]
+    assert E.encode(flagged, tok, template) is None
+
+
+def test_encode_dataset_matches_encode_reports_skips_and_hits_its_cache(smollm2_tokenizer, tmp_path):
+    tok, template = smollm2_tokenizer, templates.get("tokenizer", smollm2_tokenizer)
+    conversations = [Conversation.from_dict({"messages": CHAT}),
+                     Conversation.from_dict({"messages": CHAT[:2], "meta": {"source": "a.jsonl", "line": 2}}),
+                     Conversation.from_dict({"messages": [{"role": "user", "content": "weighted"},
+                                                          {"role": "assistant", "content": "half", "weight": 0.5}]})]
+    dataset, report = E.encode_dataset(conversations, tok, template, cache_dir=tmp_path)
+    assert report["cache"] == "miss" and report["total"] == 3 and report["encoded"] == 2
+    assert report["skipped_by_reason"] == {"no_trained_token": 1}
+    assert report["skipped_records"][0]["where"] == "a.jsonl:2"
+    assert set(dataset.column_names) == {"input_ids", "labels", "loss_weights"}
+    for row, conv in zip(dataset, [conversations[0], conversations[2]]):
+        one = E.encode(conv, tok, template)
+        assert row["input_ids"] == one["input_ids"] and row["labels"] == one["labels"]
+    weights = dataset[1]["loss_weights"]
+    assert {w for w, label in zip(weights, dataset[1]["labels"]) if label != -100} == {0.5}
+    again, report2 = E.encode_dataset(conversations, tok, template, cache_dir=tmp_path)
+    assert report2["cache"] == "hit" and again["labels"] == dataset["labels"]
+    _, report3 = E.encode_dataset(conversations, tok, template, policy="all", cache_dir=tmp_path)
+    assert report3["cache"] == "miss"  # another policy is another fingerprint
