@@ -7,6 +7,7 @@ import json
 import pytest
 
 from sftune.data import DataError, read
+from sftune.data.load import prepare
 from sftune.data.writers import convert, to_alpaca
 
 MULTI_TURN = {
@@ -66,3 +67,38 @@ def test_messages_output_keeps_train_flags_weights_and_meta(jsonl, tmp_path):
     assert written["meta"]["line"] == 1 and written["meta"]["format"] == "openai"
     with pytest.raises(DataError, match="train flag or loss weight"):
         to_alpaca(next(read(tmp_path / "out.jsonl")))
+
+
+def test_parallel_workers_give_the_same_output_report_and_quarantine(tmp_path, monkeypatch):
+    from sftune.data import parallel
+
+    lines = []
+    for i in range(400):
+        record = {"instruction": f"q{i}", "output": f"a{i}"} if i % 37 else {"instruction": f"q{i}", "output": ""}
+        lines.append(json.dumps(record) if i % 101 != 5 else "{broken")
+    source = tmp_path / "big.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(parallel, "MIN_BYTES_PER_JOB", 1000)  # many small ranges
+    results = {}
+    for workers in (1, 2):
+        out, rejected = tmp_path / f"out{workers}.jsonl", tmp_path / f"rejected{workers}.jsonl"
+        report = convert(source, out, "messages", quarantine=rejected, workers=workers)
+        results[workers] = (out.read_text(), rejected.read_text().replace(str(rejected), ""), report.to_dict())
+    one, two = results[1], results[2]
+    assert one[0] == two[0] and one[1] == two[1]
+    for key in ("total", "valid", "invalid", "reasons"):
+        assert one[2][key] == two[2][key]
+    assert one[2]["reasons"] == {"empty_assistant": 11, "broken_json": 4}
+    assert len(parallel._jobs(prepare(source), 2)) > 2  # the file really was cut into ranges
+
+
+def test_ranges_cut_at_line_starts_with_line_numbers(tmp_path):
+    from sftune.data.parallel import ranges
+
+    path = tmp_path / "lines.txt"
+    path.write_bytes(b"".join(f"line {i}\n".encode() for i in range(1, 101)))
+    pieces = ranges(path, 4)
+    assert pieces[0][0] == 0 and pieces[-1][1] == path.stat().st_size
+    data = path.read_bytes()
+    for start, end, first in pieces:
+        assert data[start:].startswith(f"line {first}\n".encode())

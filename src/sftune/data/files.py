@@ -104,8 +104,13 @@ def expand(paths: str | Path | list[str | Path]) -> list[Path]:
     return found
 
 
-def iter_records(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
-    """The raw records of one file (see the module docstring for numbering and errors)."""
+def iter_records(path: Path, kind: str, byte_range: tuple[int, int, int] | None = None) -> Iterator[tuple[int, Any]]:
+    """The raw records of one file (see the module docstring for numbering and errors).
+
+    byte_range (start, end, first line number) reads part of a JSONL or text file, for workers.
+    """
+    if byte_range is not None:
+        return _jsonl(path, *byte_range) if kind == "jsonl" else _text(path, *byte_range)
     readers = {
         "jsonl": _jsonl,
         "json": _json,
@@ -119,37 +124,48 @@ def iter_records(path: Path, kind: str) -> Iterator[tuple[int, Any]]:
     return readers[kind](path)
 
 
-def _jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+def _lines(path: Path, start: int = 0, end: int | None = None, first: int = 1) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) of the lines that start in [start, end); start is a line start."""
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        position = start
+        for number, raw in enumerate(handle, first):
+            if end is not None and position >= end:
+                return
+            position += len(raw)
+            yield number, raw
+
+
+def _jsonl(path: Path, start: int = 0, end: int | None = None, first: int = 1) -> Iterator[tuple[int, Any]]:
     source = str(path)
     decode = json.JSONDecoder().decode
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            try:
-                if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                    raw = raw[3:]  # a UTF-8 byte-order mark
-                yield number, decode(raw.decode("utf-8"))
-            except UnicodeDecodeError as err:
-                yield number, DataError(
-                    "invalid_utf8",
-                    "",
-                    f"is not valid UTF-8 (byte {err.start} of the line)",
-                    "re-save the file as UTF-8 (e.g. iconv -f <encoding> -t utf-8)",
-                    source=source,
-                    location=f"line {number}",
-                    record=raw.decode("utf-8", errors="replace"),
-                )
-            except json.JSONDecodeError as err:
-                if not raw.strip():
-                    continue  # blank lines separate nothing in JSONL; they are not records
-                yield number, DataError(
-                    "broken_json",
-                    "",
-                    f"is not valid JSON ({err.msg} at column {err.colno})",
-                    "each line must hold one complete JSON object; fix or remove this line",
-                    source=source,
-                    location=f"line {number}",
-                    record=raw.decode("utf-8", errors="replace").rstrip("\n"),
-                )
+    for number, raw in _lines(path, start, end, first):
+        try:
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte-order mark
+            yield number, decode(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            yield number, DataError(
+                "invalid_utf8",
+                "",
+                f"is not valid UTF-8 (byte {err.start} of the line)",
+                "re-save the file as UTF-8 (e.g. iconv -f <encoding> -t utf-8)",
+                source=source,
+                location=f"line {number}",
+                record=raw.decode("utf-8", errors="replace"),
+            )
+        except json.JSONDecodeError as err:
+            if not raw.strip():
+                continue  # blank lines separate nothing in JSONL; they are not records
+            yield number, DataError(
+                "broken_json",
+                "",
+                f"is not valid JSON ({err.msg} at column {err.colno})",
+                "each line must hold one complete JSON object; fix or remove this line",
+                source=source,
+                location=f"line {number}",
+                record=raw.decode("utf-8", errors="replace").rstrip("\n"),
+            )
 
 
 def _is_json_lines(path: Path) -> bool:
@@ -220,22 +236,21 @@ def _csv(path: Path) -> Iterator[tuple[int, Any]]:
         ) from None
 
 
-def _text(path: Path) -> Iterator[tuple[int, Any]]:
+def _text(path: Path, start: int = 0, end: int | None = None, first: int = 1) -> Iterator[tuple[int, Any]]:
     """Plain text for continued pre-training: one document per non-blank line."""
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as err:
-                yield number, DataError(
-                    "invalid_utf8", "", f"is not valid UTF-8 (byte {err.start} of the line)",
-                    "re-save the file as UTF-8 (e.g. iconv -f <encoding> -t utf-8)",
-                    source=str(path), location=f"line {number}",
-                    record=raw.decode("utf-8", errors="replace"),
-                )
-                continue
-            if line.strip():
-                yield number, {"text": line}
+    for number, raw in _lines(path, start, end, first):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as err:
+            yield number, DataError(
+                "invalid_utf8", "", f"is not valid UTF-8 (byte {err.start} of the line)",
+                "re-save the file as UTF-8 (e.g. iconv -f <encoding> -t utf-8)",
+                source=str(path), location=f"line {number}",
+                record=raw.decode("utf-8", errors="replace"),
+            )
+            continue
+        if line.strip():
+            yield number, {"text": line}
 
 
 def _parquet(path: Path) -> Iterator[tuple[int, Any]]:

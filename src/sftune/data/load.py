@@ -92,6 +92,21 @@ def _plan(paths, format, columns, options, dataset_name) -> list[dict[str, Any]]
     return plan
 
 
+def prepare(
+    paths: Any,
+    format: str | None = None,
+    columns: dict[str, str] | None = None,
+    dataset_name: str | None = None,
+    roles: dict[str, str] | None = None,
+    cot_layout: str | None = None,
+    task_templates: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """The reading plan: every file with its kind, format, columns and options (paths checked now)."""
+    options = {"roles": roles, "cot_layout": cot_layout, "task_templates": task_templates}
+    options = {key: value for key, value in options.items() if value}
+    return _plan(paths, format, columns, options, dataset_name)
+
+
 def read(
     paths: str | Path | list[str | Path],
     *,
@@ -113,14 +128,12 @@ def read(
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error is {on_error!r}; use 'raise' or 'skip'")
-    options = {"roles": roles, "cot_layout": cot_layout, "task_templates": task_templates}
-    options = {key: value for key, value in options.items() if value}
-    plan = _plan(paths, format, columns, options, dataset_name)
+    plan = prepare(paths, format, columns, dataset_name, roles, cot_layout, task_templates)
     report = report if report is not None else Report()
     return _read(plan, on_error, Path(quarantine) if quarantine else None, max_chars, report)
 
 
-def _read(plan, on_error, quarantine, max_chars, report) -> Iterator[Conversation]:
+def _read(plan, on_error, quarantine, max_chars, report, log: bool = True) -> Iterator[Conversation]:
     sink = None
     if quarantine is not None:
         quarantine.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +159,7 @@ def _read(plan, on_error, quarantine, max_chars, report) -> Iterator[Conversatio
                 report.formats[source] = fmt
             base = {"dataset": item["dataset"], "source": source, "format": fmt}
             try:
-                for number, record in files.iter_records(item["path"], item["kind"]):
+                for number, record in files.iter_records(item["path"], item["kind"], item.get("range")):
                     report.total += 1
                     try:
                         if type(record) is not dict:
@@ -207,22 +220,39 @@ def _read(plan, on_error, quarantine, max_chars, report) -> Iterator[Conversatio
     finally:
         if sink is not None:
             sink.close()
+    if log:
+        log_rejections(report)
+
+
+def log_rejections(report: Report) -> None:
+    """Nothing is dropped silently: a skipped record is at least counted in the log."""
     if report.invalid:
         logger.warning(
             "%d of %d records rejected (%s)%s",
             report.invalid,
             report.total,
             ", ".join(f"{reason}: {count}" for reason, count in report.reasons.most_common()),
-            f"; see {quarantine}" if quarantine else "",
+            f"; see {report.quarantine}" if report.quarantine else "",
         )
 
 
-def check(paths: str | Path | list[str | Path], **options: Any) -> Report:
-    """Read everything with on_error="skip" and return the counts (total, valid, invalid, reasons)."""
-    options.setdefault("on_error", "skip")
-    report = Report()
-    for _ in read(paths, report=report, **options):
-        pass
+def check(
+    paths: str | Path | list[str | Path],
+    *,
+    quarantine: str | Path | None = None,
+    max_chars: int | None = DEFAULT_MAX_CHARS,
+    workers: int | None = None,
+    **read_options: Any,
+) -> Report:
+    """Read everything with on_error="skip" and return the counts (total, valid, invalid, reasons).
+
+    Takes read()'s options; large JSONL / text files are checked on `workers` processes.
+    """
+    from sftune.data import parallel
+
+    plan = prepare(paths, **read_options)
+    report = parallel.run(plan, out=None, quarantine=quarantine, max_chars=max_chars, workers=workers)
+    log_rejections(report)
     return report
 
 

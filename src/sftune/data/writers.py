@@ -15,11 +15,12 @@ from typing import Any
 
 from sftune.data.errors import DataError
 from sftune.data.schema import Conversation
+from sftune.data.validate import DEFAULT_MAX_CHARS
 
 SHAREGPT_ROLES = {"user": "human", "assistant": "gpt", "tool_call": "function_call", "tool": "observation"}
 STYLES = ("messages", "alpaca", "sharegpt")
 # One encoder for every line: json.dumps(..., ensure_ascii=False) would build a new one per call.
-_encode = json.JSONEncoder(ensure_ascii=False).encode
+_encode = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
 
 
 def _plain(conversation: Conversation, style: str) -> list:
@@ -92,6 +93,38 @@ def write_jsonl(conversations: Iterable[Conversation], path: str | Path, style: 
     return count
 
 
+def write_valid(conversations: Iterable[Conversation], out: str | Path, style: str, report, on_error: str) -> list[DataError]:
+    """Write conversations in `style`; those the style cannot hold are counted as rejected and returned."""
+    unwritable: list[DataError] = []
+    with open(out, "w", encoding="utf-8") as handle:
+        for conversation in conversations:
+            if style == "messages":
+                handle.write(_encode(conversation.to_dict()) + "\n")
+                continue
+            try:
+                record = to_record(conversation, style)
+            except DataError as error:
+                meta = conversation.meta
+                error.source = meta.get("source")
+                error.location = f"line {meta['line']}" if "line" in meta else f"record {meta.get('record')}"
+                error.record = conversation.to_dict()
+                report.valid -= 1
+                report.add_error(error)
+                if on_error == "raise":
+                    raise
+                unwritable.append(error)
+                continue
+            handle.write(_encode(record) + "\n")
+    return unwritable
+
+
+def append_rejected(errors: list[DataError], quarantine: str | Path | None) -> None:
+    if errors and quarantine:
+        with open(quarantine, "a", encoding="utf-8") as sink:
+            for error in errors:
+                sink.write(json.dumps(error.to_dict(), ensure_ascii=False, default=str) + "\n")
+
+
 def convert(
     paths: Any,
     out: str | Path,
@@ -99,41 +132,27 @@ def convert(
     *,
     on_error: str = "skip",
     quarantine: str | Path | None = None,
+    workers: int | None = None,
+    max_chars: int | None = DEFAULT_MAX_CHARS,
     **read_options: Any,
 ):
     """Read `paths` (any format) and write every valid conversation to `out` in `style`.
 
     Returns the read's Report. A conversation the style cannot hold counts as rejected, with
-    reason "unsupported", like a record that failed validation.
+    reason "unsupported", like a record that failed validation. With on_error="skip", large
+    JSONL / text files are split over `workers` processes (default: up to 2, see parallel.py).
     """
-    from sftune.data.load import Report, read
+    from sftune.data import parallel
+    from sftune.data.load import Report, log_rejections, prepare, read
 
     if style not in STYLES:
         raise ValueError(f"unknown output style {style!r}; use one of {', '.join(STYLES)}")
+    if on_error == "skip":
+        plan = prepare(paths, **read_options)
+        report = parallel.run(plan, out=out, style=style, quarantine=quarantine, max_chars=max_chars, workers=workers)
+        log_rejections(report)
+        return report
     report = Report()
-    conversations = read(paths, on_error=on_error, quarantine=quarantine, report=report, **read_options)
-    unwritable: list[DataError] = []
-    with open(out, "w", encoding="utf-8") as handle:
-        for conversation in conversations:
-            if style == "messages":
-                record = conversation.to_dict()
-            else:
-                try:
-                    record = to_record(conversation, style)
-                except DataError as error:
-                    meta = conversation.meta
-                    error.source = meta.get("source")
-                    error.location = f"line {meta['line']}" if "line" in meta else f"record {meta.get('record')}"
-                    error.record = conversation.to_dict()
-                    report.valid -= 1
-                    report.add_error(error)
-                    if on_error == "raise":
-                        raise
-                    unwritable.append(error)
-                    continue
-            handle.write(_encode(record) + "\n")
-    if unwritable and quarantine:
-        with open(quarantine, "a", encoding="utf-8") as sink:
-            for error in unwritable:
-                sink.write(json.dumps(error.to_dict(), ensure_ascii=False, default=str) + "\n")
+    conversations = read(paths, on_error=on_error, quarantine=quarantine, report=report, max_chars=max_chars, **read_options)
+    append_rejected(write_valid(conversations, out, style, report, on_error), quarantine)
     return report
