@@ -393,3 +393,326 @@ class RichProgressCallback(TrainerCallback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+# ---------------------------------------------------------------------------------------------
+# train(): configuration -> run folder
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: its folder, the summary written there, and the trained model in memory."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    model: Any = field(repr=False, default=None)
+    tokenizer: Any = field(repr=False, default=None)
+
+
+def resolve_precision(name: str) -> str:
+    """'fp32' | 'bf16' | 'fp16': auto picks what the hardware really accelerates."""
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "bf16" if amx else "fp32"  # bf16 autocast without bf16 units is slower than fp32
+
+
+def training_arguments(cfg, run_dir: Path, *, precision: str, has_eval: bool, packing: bool):
+    """Map the sftune configuration onto `transformers.TrainingArguments`."""
+    from transformers import TrainingArguments
+
+    from sftune.config import ConfigError
+    from sftune.methods import DEFAULT_LEARNING_RATE
+
+    t, e = cfg.train, cfg.eval
+    save_steps = t.save_steps
+    if has_eval and e.steps and save_steps is None:
+        save_steps = e.steps  # keep-best needs a checkpoint at every evaluation
+    keep_best = bool(e.keep_best and has_eval)
+    if keep_best and e.steps and save_steps and save_steps % e.steps:
+        raise ConfigError(
+            f"train.save_steps={save_steps} must be a multiple of eval.steps={e.steps} with eval.keep_best=true "
+            "(the best model is chosen among saved checkpoints); change one, or set eval.keep_best=false"
+        )
+    if keep_best and (save_steps is None) != (e.steps is None):
+        raise ConfigError(
+            "eval.keep_best=true needs checkpoints and evaluations on the same schedule: set both "
+            "train.save_steps and eval.steps, or neither (both each epoch)"
+        )
+    if e.early_stopping_patience and not has_eval:
+        raise ConfigError("eval.early_stopping_patience needs held-out data: set data.eval or data.val_ratio > 0")
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=e.batch_size or t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=t.lr or DEFAULT_LEARNING_RATE[cfg.method.name],
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup if t.warmup < 1 else int(t.warmup),
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optim,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not cuda,
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        neftune_noise_alpha=t.neftune_alpha,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        logging_nan_inf_filter=False,  # a non-finite loss stops the run instead of being hidden
+        save_strategy="steps" if save_steps else "epoch",
+        save_steps=save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        eval_strategy=("steps" if e.steps else "epoch") if has_eval else "no",
+        eval_steps=e.steps,
+        eval_on_start=e.on_start and has_eval,
+        load_best_model_at_end=keep_best,
+        metric_for_best_model="eval_loss" if has_eval else None,
+        greater_is_better=False if has_eval else None,
+        report_to=t.report_to,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        train_sampling_strategy="random" if packing else "group_by_length",
+        dataloader_num_workers=t.dataloader_workers,
+        dataloader_pin_memory=cuda,
+        ddp_find_unused_parameters=False,
+    )
+
+
+def prepare_data(cfg, tokenizer, template, *, console=None):
+    """Read, split and encode: (train dataset, eval dataset or None, encode reports)."""
+    from sftune import data, encode
+
+    from sftune.config import ConfigError
+
+    if not cfg.data.train:
+        raise ConfigError("data.train is empty: give the SFT data files, e.g. data.train=[data/train.jsonl]")
+    options = {"format": cfg.data.format, "columns": cfg.data.columns, "on_error": cfg.data.on_error}
+    conversations = list(data.read(cfg.data.train, **options))
+    if cfg.data.eval:
+        held_out = list(data.read(cfg.data.eval, **options))
+    elif cfg.data.val_ratio > 0:
+        conversations, held_out = data.split(conversations, val_ratio=cfg.data.val_ratio, seed=cfg.data.seed)
+    else:
+        held_out = []
+    encoded = {}
+    for name, convs in (("train", conversations), ("eval", held_out)):
+        if not convs:
+            encoded[name] = (None, None)
+            continue
+        dataset, report = encode.encode_dataset(
+            convs, tokenizer, template, policy=cfg.data.policy, max_len=cfg.data.max_len, progress=False
+        )
+        if console is not None and report.get("skipped"):
+            console.print(f"[yellow]{name}: skipped {report['skipped']} of {report['total']} records: "
+                          f"{report['skipped_by_reason']}[/yellow]")
+        encoded[name] = (dataset, report)
+    if encoded["train"][0] is None or len(encoded["train"][0]) == 0:
+        raise ConfigError("no training example is left after reading and encoding data.train; see the report above")
+    return encoded["train"][0], encoded["eval"][0], {k: v[1] for k, v in encoded.items()}
+
+
+def batches(dataset, *, packing: bool, max_len: int, pad_token_id: int):
+    """(dataset as the Trainer sees it, collator): packed rows and padding-free batches, or padded."""
+    import functools
+
+    from sftune import packing as packing_module
+
+    if dataset is None:
+        return None, None
+    if packing:
+        return packing_module.packed_rows(dataset, max_len), packing_module.collate_packed
+    lengths = [len(x) for x in dataset["input_ids"]]
+    dataset = dataset.add_column("length", lengths)
+    return dataset, functools.partial(packing_module.collate_padded, pad_token_id=pad_token_id)
+
+
+def _drop_length(collate):
+    def collate_without_length(features):
+        return collate([{k: v for k, v in f.items() if k != "length"} for f in features])
+
+    return collate_without_length
+
+
+def train(config, overrides: list[str] | None = None, *, console=None) -> TrainResult:
+    """Run one SFT training from a Config, a YAML path or a dict; write the run folder; return it.
+
+    Set-up model, data, method; train with SFTTrainer; save model (or adapter), tokenizer with the
+    chat template used, config.yaml, metrics.jsonl, curves.png and summary.json into output.dir.
+    """
+    import shutil
+
+    from rich.console import Console
+    from transformers import EarlyStoppingCallback
+
+    from sftune import methods, models, templates
+    from sftune.config import Config, ConfigError, load, to_yaml
+
+    cfg = config if isinstance(config, Config) else load(config, overrides)
+    console = console or Console()
+    run_dir = Path(cfg.output.dir)
+    checkpoints = run_dir / "checkpoints"
+    resume = _resolve_resume(cfg.train.resume_from, checkpoints, console)
+    if resume is None and (last_checkpoint(checkpoints) or (run_dir / "summary.json").exists()):
+        if not cfg.output.overwrite:
+            raise ConfigError(
+                f"{run_dir} already holds a run. Resume it with train.resume_from=last, replace it with "
+                "output.overwrite=true, or choose another output.dir"
+            )
+        if _is_main_process():
+            shutil.rmtree(checkpoints, ignore_errors=True)
+            for name in ("metrics.jsonl", "summary.json"):
+                (run_dir / name).unlink(missing_ok=True)
+
+    precision = resolve_precision(cfg.train.precision)
+    cuda = torch.cuda.is_available()
+    dtype = cfg.model.dtype
+    if dtype == "auto":
+        adapter = cfg.method.name not in ("full", "freeze")
+        dtype = "bfloat16" if cuda and precision == "bf16" and adapter else "float32"
+    load_kwargs = methods.load_kwargs(cfg.method)
+    model, tokenizer = models.load(
+        cfg.model.name,
+        dtype=getattr(torch, dtype),
+        attn_implementation=cfg.model.attn_implementation,
+        trust_remote_code=cfg.model.trust_remote_code,
+        **load_kwargs,
+    )
+    template = templates.get(cfg.data.template, tokenizer) if cfg.data.template else templates.default_for(tokenizer)
+    model = methods.apply_method(model, cfg.method, tokenizer, verbose=False)
+    console.print(f"[bold]{cfg.method.name}[/bold] on {cfg.model.name}: {methods.trainable_summary(model)}")
+
+    packing = cfg.data.packing
+    if packing:
+        ok, why = methods.packing_supported(cfg.method, model)
+        if not ok:
+            console.print(f"[yellow]packing off: {why}; batch_size now counts sequences[/yellow]")
+            packing = False
+    if cfg.train.gradient_checkpointing:
+        ok, why = methods.gradient_checkpointing_supported(cfg.method)
+        if not ok:
+            raise ConfigError(f"train.gradient_checkpointing=true: {why}")
+
+    probe = training_arguments(cfg, run_dir, precision=precision, has_eval=True, packing=packing)
+    with probe.main_process_first(desc="reading and encoding data"):
+        train_set, eval_set, reports = prepare_data(cfg, tokenizer, template, console=console)
+    args = training_arguments(cfg, run_dir, precision=precision, has_eval=eval_set is not None, packing=packing)
+    train_rows, collate = batches(train_set, packing=packing, max_len=cfg.data.max_len,
+                                  pad_token_id=tokenizer.pad_token_id)
+    eval_rows, _ = batches(eval_set, packing=packing, max_len=cfg.data.max_len, pad_token_id=tokenizer.pad_token_id)
+    if not packing:
+        collate = _drop_length(collate)
+        args.length_column_name = "length"
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if _is_main_process():
+        (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    callbacks = [CheckpointCompleteCallback(), MetricsFileCallback(run_dir / "metrics.jsonl"),
+                 RichProgressCallback(console)]
+    if cfg.eval.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.eval.early_stopping_patience))
+    templates.save_to_tokenizer(template, tokenizer)  # inference uses exactly the training template
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        data_collator=collate,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=resume)
+    elapsed = time.perf_counter() - started
+    final_eval = trainer.evaluate() if eval_rows is not None else {}
+
+    trainer.save_model(str(run_dir))  # model or adapter, plus the tokenizer with its chat template
+    trainable, total = methods.count_parameters(model)
+    summary = {
+        "model": cfg.model.name,
+        "method": cfg.method.name,
+        "precision": precision,
+        "device": "cuda" if cuda else "cpu",
+        "processes": trainer.accelerator.num_processes,
+        "packing": packing,
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "train_examples": len(train_set),
+        "eval_examples": 0 if eval_set is None else len(eval_set),
+        "skipped": {k: (r or {}).get("skipped", 0) for k, r in reports.items()},
+        "trained_tokens": trainer.trained_tokens,
+        "trained_tokens_per_second": round(trainer.trained_tokens / max(elapsed, 1e-9), 2),
+        "train_loss": output.training_loss,
+        "train_seconds": round(elapsed, 2),
+        "peak_memory_mb": round(_peak_memory_mb(), 1),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "resumed_from": resume,
+        **{k: v for k, v in final_eval.items()},
+    }
+    if trainer.is_world_process_zero():
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+    return TrainResult(run_dir=run_dir, summary=summary, model=trainer.model, tokenizer=tokenizer)
+
+
+def _resolve_resume(resume_from: str | None, checkpoints: Path, console) -> str | None:
+    from sftune.config import ConfigError
+
+    if resume_from is None:
+        return None
+    if resume_from == "last":
+        found = last_checkpoint(checkpoints)
+        if found is None:
+            console.print(f"[yellow]resume_from=last: no complete checkpoint in {checkpoints}; starting fresh[/yellow]")
+        return found
+    if not (Path(resume_from) / "trainer_state.json").exists():
+        raise ConfigError(f"train.resume_from={resume_from}: not a checkpoint folder (no trainer_state.json)")
+    return resume_from
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+
+
+def plot_curves(metrics_path: Path, png_path: Path) -> None:
+    """Training loss and learning rate against steps (held-out loss as points), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    train = [r for r in records if "loss" in r]
+    held = [r for r in records if "eval_loss" in r]
+    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+    if held:
+        ax_loss.plot([r["step"] for r in held], [r["eval_loss"] for r in held], "o-", label="held-out loss")
+    ax_loss.set_ylabel("loss per trained token")
+    ax_loss.legend()
+    ax_lr.plot([r["step"] for r in train], [r.get("learning_rate", 0) for r in train], color="tab:orange")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("optimizer step")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,207 @@
+"""The training configuration: one typed YAML file with sections model / data / method / train /
+eval / output, where every key can be overridden on the command line as `section.key=value`.
+
+    config = load("examples/lora.yaml", ["train.lr=1e-4", "method.r=8"])
+    print(to_yaml(config))
+
+An unknown key is an error that names it and suggests the closest known one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sftune.methods import MethodConfig
+
+
+class ConfigError(ValueError):
+    """The configuration file or an override is wrong; the message says where and how to fix it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelSection(_Section):
+    name: str = Field("smollm2-135m-instruct", description="embedded model name, checkpoint folder or hub id")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights dtype; auto = float32 on CPU, the training precision on GPU"
+    )
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+
+
+class DataSection(_Section):
+    train: list[str] = Field(default_factory=list, description="files, globs or folders of SFT data")
+    eval: list[str] = Field(default_factory=list, description="held-out files; empty = split from train")
+    val_ratio: float = Field(0.1, ge=0, lt=1, description="share of train held out when eval is empty")
+    format: str | None = Field(None, description="force a data format (default: detected per file)")
+    columns: dict[str, str] | None = Field(None, description="explicit column mapping, e.g. {instruction: query}")
+    on_error: Literal["raise", "skip"] = "raise"
+    template: str | dict[str, Any] | None = Field(
+        None, description="chat template name or definition; default: the model's own, else chatml"
+    )
+    policy: Literal["assistant", "last", "all"] = "assistant"
+    max_len: int = Field(1024, ge=8, description="tokens per sequence (longer ones are truncated)")
+    packing: bool = Field(True, description="padding-free best-fit-decreasing packing into rows of max_len")
+    seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paths_as_lists(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            for key in ("train", "eval"):
+                if isinstance(values.get(key), (str, os.PathLike)):
+                    values[key] = [str(values[key])]
+        return values
+
+
+class TrainSection(_Section):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
+    batch_size: int = Field(
+        4, ge=1, description="per process and micro-batch: packed rows (packing on) or sequences (packing off)"
+    )
+    grad_accum: int = Field(1, ge=1)
+    lr: float | None = Field(None, gt=0, description="learning rate; default: the method's usual value")
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup: float = Field(0.05, ge=0, description="warm-up: a share of the steps if < 1, else a step count")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping; 0 = off")
+    optim: str = "adamw_torch"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto = bf16 on GPUs with bf16, else fp16 on GPU; fp32 on CPUs without bf16 units"
+    )
+    gradient_checkpointing: bool = False
+    neftune_alpha: float | None = Field(None, gt=0, description="NEFTune noise alpha (e.g. 5); None = off")
+    seed: int = 42
+    logging_steps: int = Field(5, ge=1)
+    save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps; None = each epoch")
+    save_total_limit: int | None = Field(2, ge=1, description="checkpoints kept (the best one is kept too)")
+    resume_from: str | None = Field(None, description="'last' or a checkpoint folder")
+    report_to: list[str] = Field(default_factory=lambda: ["none"], description="tensorboard, wandb, mlflow ...")
+    dataloader_workers: int = Field(0, ge=0)
+
+
+class EvalSection(_Section):
+    steps: int | None = Field(None, ge=1, description="evaluate every N steps; None = each epoch")
+    batch_size: int | None = Field(None, ge=1, description="default: train.batch_size")
+    early_stopping_patience: int | None = Field(None, ge=1, description="stop after N evaluations without gain")
+    keep_best: bool = Field(True, description="load the best checkpoint (by eval loss) at the end")
+    on_start: bool = Field(False, description="also evaluate before the first step (the baseline)")
+
+
+class OutputSection(_Section):
+    dir: str = Field("runs/sftune", description="the run folder")
+    overwrite: bool = Field(False, description="allow reusing a run folder that already has a model")
+
+
+class Config(_Section):
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainSection = Field(default_factory=TrainSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def load(source: str | os.PathLike | dict | None = None, overrides: list[str] | None = None) -> Config:
+    """A Config from a YAML file (or a dict, or None for the defaults) plus `a.b=value` overrides."""
+    where = "configuration"
+    if source is None:
+        raw: dict[str, Any] = {}
+    elif isinstance(source, dict):
+        raw = _deep_copy(source)
+    else:
+        path = Path(source)
+        where = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such configuration file")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections ({', '.join(Config.model_fields)})")
+    for override in overrides or []:
+        apply_override(raw, override)
+    check_keys(raw, Config, where)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_explain(err, where)) from None
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set `section.key=value` (any depth) in the raw mapping; the value is read as YAML."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} needs the form key=value, e.g. train.lr=1e-4")
+    key, text = override.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {override!r} has no key; use e.g. train.lr=1e-4")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def check_keys(raw: Any, model: type[BaseModel], where: str, prefix: str = "") -> None:
+    """Every key must be a field of its section; otherwise name it and suggest the closest."""
+    if not isinstance(raw, dict):
+        return
+    known = list(model.model_fields)
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.5)
+            hint = f"did you mean '{prefix}{close[0]}'? " if close else ""
+            raise ConfigError(
+                f"{where}: unknown key '{dotted}'. {hint}Known keys"
+                f"{' in ' + prefix.rstrip('.') if prefix else ''}: {', '.join(known)}"
+            )
+        sub = _section_model(model.model_fields[key].annotation)
+        if sub is not None:
+            check_keys(value, sub, where, f"{dotted}.")
+
+
+def to_yaml(config: Config) -> str:
+    """The resolved configuration as YAML (what `--print-config` shows and the run folder keeps)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _explain(err: ValidationError, where: str) -> str:
+    lines = [f"{where}: invalid configuration"]
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        got = item.get("input")
+        shown = f" (got {got!r})" if not isinstance(got, dict) and got is not None else ""
+        lines.append(f"  {key}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
