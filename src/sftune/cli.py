@@ -111,6 +111,7 @@ _ROLES = typer.Option(None, help="Role / speaker map, e.g. 'agent=assistant,cust
 _COT = typer.Option(None, help="Chain-of-thought layout: steps, think, or a format string.")
 _MAX_CHARS = typer.Option(1_000_000, help="Reject records longer than this many characters.")
 _DATASET = typer.Option(None, help="Dataset name for meta; for a dataset_info.json, the entries to read.")
+_WORKERS = typer.Option(None, help="Processes for large JSONL / text files (default: up to 2).")
 
 
 def _reading(conversations, description: str):
@@ -180,16 +181,16 @@ def data_check_command(
     quarantine: Optional[str] = typer.Option(None, help="Write each rejected record, with its reason, here (JSONL)."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object (total, valid, invalid, reasons...)."),
     strict: bool = typer.Option(False, help="Exit 1 when any record is invalid."),
+    workers: Optional[int] = _WORKERS,
 ) -> None:
     """Validate every record; report counts per reason and the validation rate."""
     import json
 
-    from sftune.data import Report, read
+    from sftune.data import check
 
-    report = Report()
     options = _read_options(format, columns, roles, cot_layout, max_chars, dataset)
-    for _ in _reading(read(paths, on_error="skip", quarantine=quarantine, report=report, **options), "checking"):
-        pass
+    with Console(stderr=True).status("checking (large JSONL files on worker processes)"):
+        report = check(paths, quarantine=quarantine, workers=workers, **options)
     if json_output:
         print(json.dumps(report.to_dict(), ensure_ascii=False))
     else:
@@ -212,13 +213,15 @@ def data_convert_command(
     dataset: Optional[str] = _DATASET,
     on_error: str = typer.Option("skip", help="skip: quarantine bad records and go on; raise: stop at the first."),
     quarantine: Optional[str] = typer.Option(None, help="Rejected records go here (default: OUTPUT.rejected.jsonl)."),
+    workers: Optional[int] = _WORKERS,
 ) -> None:
     """Convert any known format into messages, alpaca or sharegpt JSONL."""
     from sftune.data.writers import convert
 
     quarantine = quarantine or f"{output}.rejected.jsonl"
     options = _read_options(format, columns, roles, cot_layout, max_chars, dataset)
-    report = convert(paths, output, to, on_error=on_error, quarantine=quarantine, **options)
+    with Console(stderr=True).status(f"converting to {to}"):
+        report = convert(paths, output, to, on_error=on_error, quarantine=quarantine, workers=workers, **options)
     _print_report(report)
     console.print(f"Wrote {report.valid:,} conversations ({to}) to {output}")
 
@@ -300,6 +303,115 @@ def data_dedup_command(
         f"kept {counts['kept']:,}; removed {counts['exact']:,} exact and {counts['near']:,} near duplicates "
         f"(listed in {removed}); wrote {output}"
     )
+
+
+# --- sftune template list | render, sftune data inspect ---------------------------------------------
+
+
+def _template_for(name: Optional[str], tokenizer):
+    from sftune import templates
+
+    if name is None:
+        return templates.default_for(tokenizer) if tokenizer is not None else templates.get("chatml")
+    return templates.get(name, tokenizer)
+
+
+@template_app.command("list")
+def template_list_command() -> None:
+    """List the chat templates (`tokenizer` is the model's own jinja chat_template)."""
+    from sftune import templates
+
+    table = Table(title="Chat templates (--template NAME)")
+    table.add_column("name")
+    table.add_column("layout")
+    for name, spec in templates.BUILTINS.items():
+        table.add_row(name, spec["description"])
+    table.add_row(templates.TOKENIZER, "the model's own jinja chat_template (default when it has one)")
+    console.print(table)
+
+
+@template_app.command("render")
+@_data_errors
+def template_render_command(
+    path: list[str] = typer.Argument(..., help="Data files (any format the data layer reads)."),
+    template: str = typer.Option(..., "--template", "-t", help="Template name (sftune template list)."),
+    generation_prompt: bool = typer.Option(
+        False, "--generation-prompt", help="Leave out the final reply and end with the generation prompt."
+    ),
+    model: Optional[str] = typer.Option(None, help="Model whose tokenizer gives BOS/EOS (needed for 'tokenizer')."),
+    format: Optional[str] = _FORMAT,
+) -> None:
+    """Print one JSON line {"text": ...} per record, rendered with the template."""
+    import json
+
+    from sftune.data import MODEL_ROLES, read
+    from sftune.templates import TemplateError
+
+    tokenizer = models.load(model, tokenizer_only=True)[1] if model else None
+    chosen = _template_for(template, tokenizer)
+    for conversation in read(path, format=format):
+        messages = conversation.messages
+        if generation_prompt:
+            while messages and messages[-1].role in MODEL_ROLES:
+                messages = messages[:-1]
+        try:
+            text = chosen.render(messages, tools=conversation.tools, add_generation_prompt=generation_prompt)
+        except TemplateError as err:
+            raise ValueError(f"{conversation.meta.get('source', '')}:{conversation.meta.get('line', '')}: {err}") from None
+        print(json.dumps({"text": text}, ensure_ascii=False))
+
+
+@data_app.command("inspect")
+@_data_errors
+def data_inspect_command(
+    path: list[str] = typer.Argument(..., help="Data files (any format the data layer reads)."),
+    model: str = typer.Option(models.DEFAULT_MODEL, help="Model name or folder (its tokenizer)."),
+    template: Optional[str] = typer.Option(None, "--template", "-t", help="Default: the model's own template."),
+    policy: str = typer.Option("assistant", help="Masking policy: assistant, last or all."),
+    max_len: Optional[int] = typer.Option(None, help="Truncate as training would."),
+    limit: int = typer.Option(3, help="How many records to show."),
+    plain: bool = typer.Option(False, help="No colours: one token per line, TRAIN or mask, then the token."),
+    format: Optional[str] = _FORMAT,
+) -> None:
+    """Show each token as trained (green) or masked (grey), so the mask is checked before training."""
+    from rich.text import Text
+
+    from sftune.data import read
+    from sftune.encode import encode, explain
+
+    tokenizer = models.load(model, tokenizer_only=True)[1]
+    chosen = _template_for(template, tokenizer)
+    console.print(f"template: {chosen.name}   policy: {policy}", highlight=False) if not plain else None
+    for k, conversation in enumerate(read(path, format=format)):
+        if k >= limit:
+            break
+        where = f"{conversation.meta.get('source', 'record')}:{conversation.meta.get('line', k + 1)}"
+        result = encode(conversation, tokenizer, chosen, policy=policy, max_len=max_len)
+        if result is None:
+            print(f"# {where}: no trained token (skipped in training)")
+            continue
+        tokens = explain(result, tokenizer)
+        trained = sum(flag for _, flag in tokens)
+        header = f"# {where}: {len(tokens)} tokens, {trained} trained"
+        if plain:
+            print(header)
+            for text, flag in tokens:
+                print(("TRAIN" if flag else "mask ") + "\t" + json_repr(text))
+            continue
+        console.print(header, style="bold", highlight=False)
+        line = Text()
+        for text, flag in tokens:
+            line.append(text, style="bold green" if flag else "grey50")
+        console.print(line, highlight=False)
+        console.print()
+    if not plain:
+        console.print(Text("trained", style="bold green") + Text("  masked", style="grey50"))
+
+
+def json_repr(text: str) -> str:
+    import json
+
+    return json.dumps(text, ensure_ascii=False)
 
 
 def main() -> None:
