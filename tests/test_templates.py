@@ -195,3 +195,23 @@ def test_user_defined_template_and_errors():
     with pytest.raises(templates.TemplateError, match="only first"):
         templates.get("gemma").render(PLAIN + [{"role": "system", "content": "late"}])
     assert set(templates.BUILTINS) | {"tokenizer"} == set(templates.names())
+
+
+def test_cli_template_render_and_data_inspect(tmp_path):
+    from typer.testing import CliRunner
+
+    from sftune.cli import app
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": SYSTEM[:3]}) + "\n")
+    runner = CliRunner()
+    out = runner.invoke(app, ["template", "render", "--template", "qwen2.5", str(data)])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output.strip()) == {"text": templates.get("qwen2.5").render(SYSTEM[:3])}
+    out = runner.invoke(app, ["template", "render", "-t", "llama3", "--generation-prompt", str(data)])
+    assert json.loads(out.output.strip())["text"] == templates.get("llama3").render(SYSTEM[:2], add_generation_prompt=True)
+    out = runner.invoke(app, ["data", "inspect", str(data), "--plain"])
+    assert out.exit_code == 0, out.output
+    trained = [line.split("\t", 1)[1] for line in out.output.splitlines() if line.startswith("TRAIN")]
+    assert "".join(json.loads(t) for t in trained) == "Hello! How can I help?<|im_end|>"
+    assert runner.invoke(app, ["template", "list"]).exit_code == 0

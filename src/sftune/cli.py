@@ -324,8 +324,10 @@ def template_list_command() -> None:
     table = Table(title="Chat templates (--template NAME)")
     table.add_column("name")
     table.add_column("layout")
+    from rich.markup import escape
+
     for name, spec in templates.BUILTINS.items():
-        table.add_row(name, spec["description"])
+        table.add_row(name, escape(spec["description"]))
     table.add_row(templates.TOKENIZER, "the model's own jinja chat_template (default when it has one)")
     console.print(table)
 

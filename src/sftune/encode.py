@@ -369,3 +369,9 @@ def _progress(enabled: bool, total: int):
             bar.update(task, completed=done)
 
     return update
+
+
+def explain(result: dict[str, list], tokenizer: Any) -> list[tuple[str, bool]]:
+    """Each token's text and whether it is trained: what `sftune data inspect` shows."""
+    return [(tokenizer.decode([token]), label != IGNORE)
+            for token, label in zip(result["input_ids"], result["labels"])]

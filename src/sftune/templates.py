@@ -78,6 +78,8 @@ _ALPACA_SYSTEM_INPUT = (
 #   tools              None, "qwen" (<tool_call> / <tool_response>) or "llama3" (JSON calls, ipython turns)
 #   tool               format of a tool result for templates without a tools style (default: as a user turn)
 #   bos, eos           the family's BOS / EOS text when no tokenizer is given
+#   bos_only_if_added  {bos} is written only for tokenizers that add a BOS themselves (a convention of
+#                      the layout, not a token of its own: a ChatML model's BOS is not written)
 BUILTINS: dict[str, dict[str, Any]] = {
     "chatml": {
         "description": "ChatML (<|im_start|>role ... <|im_end|>); tools as Qwen's <tool_call> tags",
@@ -188,6 +190,7 @@ BUILTINS: dict[str, dict[str, Any]] = {
     "vicuna": {
         "description": "Vicuna v1.1 (FastChat): SYSTEM USER: ... ASSISTANT: reply</s>",
         "prefix": "{bos}",
+        "bos_only_if_added": True,
         "system": "{content} ",
         "default_system": _VICUNA_SYSTEM,
         "user": "USER: {content} ",
@@ -200,6 +203,7 @@ BUILTINS: dict[str, dict[str, Any]] = {
     "alpaca": {
         "description": "Stanford Alpaca: ### Instruction: / ### Input: / ### Response:",
         "prefix": "{bos}",
+        "bos_only_if_added": True,
         "system": "{content}\n\n",
         "default_system": _ALPACA_SYSTEM,
         "default_system_with_input": _ALPACA_SYSTEM_INPUT,
@@ -214,6 +218,7 @@ BUILTINS: dict[str, dict[str, Any]] = {
     "zh_instruct": {
         "description": "Chinese instruction layout: 指令：...\\n输入：...\\n输出：...",
         "prefix": "{bos}",
+        "bos_only_if_added": True,
         "system": "{content}\n",
         "user": "指令：{content}\n",
         "user_with_input": "指令：{instruction}\n输入：{input}\n",
@@ -225,6 +230,7 @@ BUILTINS: dict[str, dict[str, Any]] = {
     "zh_qa": {
         "description": "Chinese question/answer layout: 问题：...\\n回答：...",
         "prefix": "{bos}",
+        "bos_only_if_added": True,
         "system": "{content}\n",
         "user": "问题：{content}\n",
         "assistant": "回答：{content}{eos}\n",
@@ -286,7 +292,10 @@ class Template:
 
     def to_jinja(self) -> str:
         """A jinja `chat_template` that renders what `render` renders (OpenAI-shaped messages)."""
-        return self.jinja if self.jinja is not None else _to_jinja(self.spec)
+        if self.jinja is not None:
+            return self.jinja
+        # A BOS written only for tokenizers that add one is resolved now, for the tokenizer bound.
+        return _to_jinja(self.spec, bos=self.bos if self.spec.get("bos_only_if_added") else None)
 
     @property
     def stop(self) -> str:
@@ -369,8 +378,12 @@ def _bind(template: Template, tokenizer: Any) -> Template:
         value = getattr(tokenizer, attr, None)
         if isinstance(value, str):
             special[attr] = value
-    return replace(template, bos=tokenizer.bos_token or "", eos=tokenizer.eos_token or "",
-                   special_tokens=special)
+    bos = tokenizer.bos_token or ""
+    if bos and template.spec.get("bos_only_if_added"):
+        bos_id = tokenizer.bos_token_id
+        with_special = tokenizer("a")["input_ids"]
+        bos = bos if with_special and with_special[0] == bos_id else ""
+    return replace(template, bos=bos, eos=tokenizer.eos_token or "", special_tokens=special)
 
 
 # --- messages -------------------------------------------------------------------------------------
@@ -702,9 +715,9 @@ def _jinja_literal(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def _jinja_expr(fmt: str, **variables: str) -> str:
+def _jinja_expr(fmt: str, bos: str | None = None, **variables: str) -> str:
     """A format string with {placeholders} as a jinja concatenation expression."""
-    names = {"bos": "bos_token", "eos": "eos_token", **variables}
+    names = {"bos": "bos_token" if bos is None else _jinja_literal(bos), "eos": "eos_token", **variables}
     pieces = []
     for k, piece in enumerate(re.split(r"\{(bos|eos|content|system|instruction|input)\}", fmt)):
         if k % 2:
@@ -714,7 +727,7 @@ def _jinja_expr(fmt: str, **variables: str) -> str:
     return " + ".join(pieces) if pieces else '""'
 
 
-def _to_jinja(s: dict[str, Any]) -> str:
+def _to_jinja(s: dict[str, Any], bos: str | None = None) -> str:
     """Generate the jinja chat_template of a built-in or user dict (mirrors `_builtin_segments`)."""
     strip, style, fold = s.get("strip"), s.get("tools"), s.get("system") is None
     trim = " | trim" if strip else ""
@@ -729,7 +742,7 @@ def _to_jinja(s: dict[str, Any]) -> str:
     if s.get("default_system_with_input"):
         out.append("{%- if ns.start == 0 and ns.first_user >= 0 and '\\n\\n' in messages[ns.first_user]['content'] -%}"
                    "{%- set ns.system = " + _jinja_literal(s["default_system_with_input"]) + " -%}{%- endif -%}")
-    out.append("{{- " + _jinja_expr(s.get("prefix") or "") + " -}}")
+    out.append("{{- " + _jinja_expr(s.get("prefix") or "", bos=bos) + " -}}")
     if style == "qwen":
         out.append("{%- if tools -%}{{- '<|im_start|>system\\n' -}}{%- if ns.system -%}{{- ns.system + '\\n\\n' -}}"
                    "{%- endif -%}{{- " + _jinja_literal(_QWEN_TOOLS_INTRO) + " -}}{%- for tool in tools -%}"
