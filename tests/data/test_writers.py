@@ -102,3 +102,19 @@ def test_ranges_cut_at_line_starts_with_line_numbers(tmp_path):
     data = path.read_bytes()
     for start, end, first in pieces:
         assert data[start:].startswith(f"line {first}\n".encode())
+
+
+def test_reading_sftune_output_keeps_the_original_provenance(jsonl, tmp_path):
+    convert(jsonl([MULTI_TURN]), tmp_path / "out.jsonl", "messages")
+    conversation = next(read(tmp_path / "out.jsonl"))
+    assert conversation.meta["origin"]["source"].endswith("data.jsonl") and conversation.meta["origin"]["line"] == 1
+    assert conversation.meta["source"].endswith("out.jsonl") and "extra" not in conversation.meta
+
+
+def test_fast_messages_line_equals_json_dumps_of_to_dict(jsonl):
+    from sftune.data.writers import messages_line
+
+    records = [MULTI_TURN, TOOLS, {"messages": [{"role": "user", "content": "q \"quoted\" \\ 你好\n"},
+                                               {"role": "assistant", "content": "a", "weight": 0}]}]
+    for conversation in read(jsonl(records)):
+        assert messages_line(conversation) == json.dumps(conversation.to_dict(), ensure_ascii=False)

@@ -127,6 +127,9 @@ def iter_records(path: Path, kind: str, byte_range: tuple[int, int, int] | None 
 def _lines(path: Path, start: int = 0, end: int | None = None, first: int = 1) -> Iterator[tuple[int, bytes]]:
     """(line number, raw line) of the lines that start in [start, end); start is a line start."""
     with open(path, "rb") as handle:
+        if start == 0 and end is None:
+            yield from enumerate(handle, first)
+            return
         handle.seek(start)
         position = start
         for number, raw in enumerate(handle, first):

@@ -36,6 +36,9 @@ ROLE_ALIASES = {
     "human": "user",
     "assistant": "assistant",
     "gpt": "assistant",
+    "chatgpt": "assistant",
+    "model": "assistant",  # Gemini's name for the assistant
+    "developer": "system",  # OpenAI's newer name for the system role
     "system": "system",
     "tool_call": "tool_call",
     "function_call": "tool_call",
@@ -287,7 +290,10 @@ def messages(record: dict, options: dict) -> Conversation:
         out.append(message)
     if out and out[0].role != "system":
         out[:0] = _system(record)
-    return Conversation(out, tools=_tools(record))
+    conversation = Conversation(out, tools=_tools(record))
+    if isinstance(record.get("meta"), dict):  # written by sftune before: keep where it came from
+        conversation.meta["origin"] = record["meta"]
+    return conversation
 
 
 def prompt_completion(record: dict, options: dict) -> Conversation:
@@ -441,8 +447,8 @@ DETECTORS = (
 # Fields each format reads; any others are kept in meta["extra"].
 KNOWN_FIELDS = {
     "alpaca": {"instruction", "input", "output", "system", "history"},
-    "sharegpt": {"conversations", "messages", "system", "tools"},
-    "openai": {"conversations", "messages", "system", "tools"},
+    "sharegpt": {"conversations", "messages", "system", "tools", "meta"},
+    "openai": {"conversations", "messages", "system", "tools", "meta"},
     "prompt_completion": {"prompt", "completion", "query", "response", "system", "tools"},
     "qa": {"question", "answer", "context", "system"},
     "cot": {"problem", "reasoning_steps", "final_answer", "system"},
