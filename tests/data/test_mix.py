@@ -65,3 +65,22 @@ def test_split_sizes_and_disjointness(kwargs, val_size):
 def test_bad_arguments_say_what_to_do(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_read_mix_reads_config_entries_and_mixes_them(tmp_path):
+    import json
+
+    from sftune.data import Report, read_mix
+
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"question": f"q{i}", "answer": "a"}) + "\n" for i in range(10)))
+    (tmp_path / "b.csv").write_text("prompt,completion\n" + "".join(f"p{i},c{i}\n" for i in range(4)))
+    report = Report()
+    mixed = read_mix(
+        [{"path": tmp_path / "a.jsonl", "weight": 0.5}, {"path": tmp_path / "b.csv", "format": "prompt_completion", "weight": 2}],
+        seed=0,
+        report=report,
+    )
+    assert Counter(c.meta["dataset"] for c in mixed) == {"a": 5, "b": 8}
+    assert report.valid == 14
+    with pytest.raises(ValueError, match="every dataset a ratio, or none"):
+        read_mix([{"path": tmp_path / "a.jsonl", "ratio": 0.5}, {"path": tmp_path / "b.csv"}])

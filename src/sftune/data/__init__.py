@@ -3,10 +3,12 @@
     read(paths, *, format=None, columns=None, on_error="raise", quarantine=None,
          dataset_name=None, roles=None, cot_layout=None, task_templates=None,
          max_chars=1_000_000, report=None) -> Iterator[Conversation]
-    check(paths, **read options) -> Report         (alias read_report; total, valid, invalid,
-                                                    reasons, validation_rate, to_dict())
+    check(paths, *, quarantine=None, max_chars=1_000_000, workers=None, **read options) -> Report
+        (alias read_report) Report: total, valid, invalid, reasons, examples, formats,
+        validation_rate, to_dict(); always on_error="skip"
     mix([(examples, weight_or_ratio), ...], seed=0, *, by="weight" | "ratio", total=None) -> list
     split(examples, *, val_ratio=None | val_count=None, seed=0) -> (train, val)
+    read_mix([{"path": ..., "format": ..., "weight": ...}, ...], seed=0, **read options) -> list
 
 Details: load.py (reading), formats.py (each format's meaning), validate.py (the checks),
 mix.py (mixing and splitting). Errors are DataError (a ValueError): file, line/record, field, fix.
@@ -15,7 +17,7 @@ mix.py (mixing and splitting). Errors are DataError (a ValueError): file, line/r
 from sftune.data.errors import REASONS, DataError
 from sftune.data.formats import FORMATS, detect
 from sftune.data.load import Report, check, read, read_report
-from sftune.data.mix import mix, split
+from sftune.data.mix import mix, read_mix, split
 from sftune.data.schema import MODEL_ROLES, ROLES, Conversation, Message
 from sftune.data.validate import validate
 
@@ -35,4 +37,5 @@ __all__ = [
     "validate",
     "mix",
     "split",
+    "read_mix",
 ]

@@ -13,9 +13,9 @@
     split(examples, *, val_ratio=None, val_count=None, seed=0) -> (train, val)
         A seeded shuffle, then the first val_count (or round(val_ratio * n)) examples are val.
 
-A training config `data: {train: [{path, format, weight}], val_ratio: 0.1}` maps onto
-`mix([(list(read(e["path"], format=e.get("format"))), e.get("weight", 1.0)) for e in train])`
-followed by `split(mixed, val_ratio=0.1, seed=seed)`.
+    read_mix(entries, seed=0, **read_options) -> list[Conversation]
+        A training config `data: {train: [{path, format, weight}], val_ratio: 0.1}` is
+        `train, val = split(read_mix(config["train"], seed), val_ratio=0.1, seed=seed)`.
 """
 
 from __future__ import annotations
@@ -100,3 +100,26 @@ def split(
     val = [items[i] for i in sorted(order[:val_count])]
     train = [items[i] for i in sorted(order[val_count:])]
     return train, val
+
+
+def read_mix(entries: Sequence[dict[str, Any]], seed: int = 0, **read_options: Any) -> list:
+    """A config's dataset list -> one mixed list of Conversations.
+
+    entries: [{"path": ..., "format"?, "columns"?, "roles"?, ..., "weight"? | "ratio"?}, ...];
+    every key but weight / ratio is passed to read() (as are read_options, e.g. on_error, report).
+    Entries with "ratio" mix by ratio (then every entry needs one), else by weight (default 1.0).
+    """
+    from sftune.data.load import read
+
+    with_ratio = [entry for entry in entries if "ratio" in entry]
+    if with_ratio and len(with_ratio) != len(entries):
+        raise ValueError("give every dataset a ratio, or none (then weights are used, default 1.0)")
+    by = "ratio" if with_ratio else "weight"
+    datasets = []
+    for entry in entries:
+        if "path" not in entry:
+            raise ValueError(f"dataset entry {entry} has no path")
+        options = {key: value for key, value in entry.items() if key not in ("weight", "ratio")}
+        paths = options.pop("path")
+        datasets.append((list(read(paths, **{**read_options, **options})), entry.get(by, 1.0)))
+    return mix(datasets, seed, by=by)
