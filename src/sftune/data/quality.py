@@ -66,11 +66,13 @@ def dedup(
     near: bool = True,
 ) -> Iterator[tuple[Conversation, dict[str, str] | None]]:
     """Each conversation with None (kept) or what it duplicates (see the module docstring)."""
+    import xxhash
     from datasketch import MinHash, MinHashLSH
 
     seen: dict[bytes, str] = {}
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm) if near else None
-    template = MinHash(num_perm=num_perm, seed=1)  # its permutations are reused: building them is slow
+    # xxhash instead of the default sha1: the same estimate, several times faster per shingle.
+    template = MinHash(num_perm=num_perm, seed=1, hashfunc=xxhash.xxh32_intdigest)
     for index, conversation in enumerate(conversations):
         text = _normalized(text_of(conversation))
         digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
@@ -79,7 +81,10 @@ def dedup(
             continue
         seen[digest] = where(conversation)
         if lsh is not None:
-            signature = MinHash(num_perm=num_perm, permutations=template.permutations, scheme=template.scheme)
+            signature = MinHash(  # the template's permutations are reused: building them is slow
+                num_perm=num_perm, hashfunc=xxhash.xxh32_intdigest,
+                permutations=template.permutations, scheme=template.scheme,
+            )
             signature.update_batch(list(_shingles(text)))
             matches = lsh.query(signature)
             if matches:
