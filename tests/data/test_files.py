@@ -159,3 +159,14 @@ def test_chinese_text_survives_every_step(tmp_path):
     path = tmp_path / "zh.jsonl"
     path.write_text(json.dumps({"instruction": "你好", "output": "你好！有什么可以帮你？"}, ensure_ascii=False) + "\n", encoding="utf-8")
     assert next(read(path)).messages[1].content == "你好！有什么可以帮你？"
+
+
+@pytest.mark.parametrize("name, opener", [("data.jsonl.gz", "gzip"), ("data.json.bz2", "bz2"), ("data.csv.xz", "lzma")])
+def test_compressed_files_read_like_plain_ones(tmp_path, name, opener):
+    import importlib
+
+    plain = {"data.jsonl.gz": "json-lines-named-json", "data.json.bz2": "json-array", "data.csv.xz": "csv"}[name]
+    source, _ = write(plain, tmp_path)
+    with importlib.import_module(opener).open(tmp_path / name, "wb") as packed:
+        packed.write(source.read_bytes())
+    assert messages_of(read(tmp_path / name)) == expected_messages()

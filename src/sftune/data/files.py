@@ -11,9 +11,13 @@ the record, so that the caller decides to raise or to quarantine it.
 
 from __future__ import annotations
 
+import bz2
 import csv
 import glob
+import gzip
+import io
 import json
+import lzma
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,14 +33,40 @@ SUFFIXES = {
     ".tsv": "tsv",
     ".parquet": "parquet",
     ".arrow": "arrow",
-    ".txt": "text",
+    ".txt": "text",  # each also as .gz, .bz2 or .xz
 }
 # Kinds whose location is a line number; the others count records.
 LINE_KINDS = ("jsonl", "csv", "tsv", "text")
 # Metadata files that live beside data files and are never data themselves.
 METADATA_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")
 LLAMAFACTORY_INFO = "dataset_info.json"
+COMPRESSED = (".gz", ".bz2", ".xz")
 BATCH_ROWS = 4096
+
+
+def suffix(path: Path) -> str:
+    """The data suffix, looking through a compression suffix: data.jsonl.gz -> .jsonl."""
+    name = path.name.lower()
+    for packed in COMPRESSED:
+        if name.endswith(packed):
+            name = name[: -len(packed)]
+    return Path(name).suffix
+
+
+def is_compressed(path: Path) -> bool:
+    return path.name.lower().endswith(COMPRESSED)
+
+
+def _open(path: Path):
+    """Binary reading, decompressing .gz / .bz2 / .xz on the fly."""
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if name.endswith(".bz2"):
+        return bz2.open(path, "rb")
+    if name.endswith(".xz"):
+        return lzma.open(path, "rb")
+    return open(path, "rb")
 
 
 def is_datasets_folder(path: Path) -> bool:
@@ -49,7 +79,7 @@ def kind_of(path: Path) -> str:
         return "datasets"
     if path.name == LLAMAFACTORY_INFO:
         return "llamafactory"
-    kind = SUFFIXES.get(path.suffix.lower())
+    kind = SUFFIXES.get(suffix(path))
     if kind == "json" and _is_json_lines(path):
         return "jsonl"  # JSON lines under a .json name, as `datasets` also accepts
     if kind is None:
@@ -92,7 +122,7 @@ def expand(paths: str | Path | list[str | Path]) -> list[Path]:
                 files = sorted(
                     p
                     for p in match.rglob("*")
-                    if p.is_file() and p.suffix.lower() in SUFFIXES and p.name not in METADATA_FILES
+                    if p.is_file() and suffix(p) in SUFFIXES and p.name not in METADATA_FILES
                 )
                 if not files:
                     raise FileNotFoundError(
@@ -126,7 +156,7 @@ def iter_records(path: Path, kind: str, byte_range: tuple[int, int, int] | None 
 
 def _lines(path: Path, start: int = 0, end: int | None = None, first: int = 1) -> Iterator[tuple[int, bytes]]:
     """(line number, raw line) of the lines that start in [start, end); start is a line start."""
-    with open(path, "rb") as handle:
+    with _open(path) as handle:
         if start == 0 and end is None:
             yield from enumerate(handle, first)
             return
@@ -173,7 +203,7 @@ def _jsonl(path: Path, start: int = 0, end: int | None = None, first: int = 1) -
 
 def _is_json_lines(path: Path) -> bool:
     """A .json file whose first line is a whole JSON object and which has more lines after it."""
-    with open(path, "rb") as handle:
+    with _open(path) as handle:
         first = handle.readline().lstrip(b"\xef\xbb\xbf").strip()
         rest = handle.read(4096).strip()
     if not first.startswith(b"{") or not rest:
@@ -189,7 +219,8 @@ def _json(path: Path) -> Iterator[tuple[int, Any]]:
     """A .json file: a JSON array of records, or one object (a record, or one holding the array)."""
     source = str(path)
     try:
-        data = json.loads(path.read_bytes())
+        with _open(path) as handle:
+            data = json.loads(handle.read())
     except UnicodeDecodeError as err:
         raise DataError(
             "invalid_utf8",
@@ -225,10 +256,10 @@ def _json(path: Path) -> Iterator[tuple[int, Any]]:
 def _csv(path: Path) -> Iterator[tuple[int, Any]]:
     """CSV/TSV with a header row; every value is text, and an empty cell means the field is absent."""
     csv.field_size_limit(sys.maxsize)
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    delimiter = "\t" if suffix(path) == ".tsv" else ","
     source = str(path)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
+        with io.TextIOWrapper(_open(path), newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle, delimiter=delimiter)
             for row in reader:
                 yield reader.line_num, {key: value for key, value in row.items() if value not in (None, "")}

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from sftune.data import files
 from sftune.data.load import Report, _read
 
 # A range smaller than this is not worth a process of its own.
@@ -48,7 +49,7 @@ def ranges(path: Path, parts: int) -> list[tuple[int, int, int]]:
 def _jobs(plan: list[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
     jobs = []
     for item in plan:
-        if item["kind"] in ("jsonl", "text") and workers > 1:
+        if item["kind"] in ("jsonl", "text") and workers > 1 and not files.is_compressed(item["path"]):
             parts = min(workers * 4, max(1, item["path"].stat().st_size // MIN_BYTES_PER_JOB))
             if parts > 1:
                 jobs.extend({**item, "range": piece} for piece in ranges(item["path"], parts))
