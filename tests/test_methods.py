@@ -32,10 +32,15 @@ LEARNABLE = {"initializer_range": 0.1}
 
 
 @pytest.fixture(autouse=True)
-def _quiet_peft():
+def _quiet_single_thread():
+    """Tiny models run fastest on one thread (and do not fight the other test processes); peft and
+    transformers deprecation chatter is not what these tests check."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # peft/transformers deprecation chatter
+        warnings.simplefilter("ignore")
         yield
+    torch.set_num_threads(threads)
 
 
 def make(options: dict, arch: str = "llama", **model_overrides):
