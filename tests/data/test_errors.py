@@ -155,3 +155,20 @@ def test_record_of_another_format_gets_a_hint(tmp_path):
     path.write_text(json.dumps(GOOD) + "\n" + json.dumps({"messages": [{"role": "user", "content": "q"}]}) + "\n")
     with pytest.raises(DataError, match="this file reads as alpaca.*this record looks like openai"):
         list(read(path))
+
+
+def test_raise_counts_the_bad_record_once(tmp_path):
+    from sftune.data import Report
+
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + json.dumps({"instruction": "x", "output": ""}) + "\n")
+    report = Report()
+    with pytest.raises(DataError):
+        list(read(path, report=report))
+    assert (report.total, report.valid, report.invalid) == (2, 1, 1)
+
+
+def test_unknown_format_name_lists_the_known_ones(tmp_path):
+    (tmp_path / "d.jsonl").write_text(json.dumps(GOOD) + "\n")
+    with pytest.raises(ValueError, match="unknown format 'alpacca'; use one of alpaca, sharegpt"):
+        read(tmp_path / "d.jsonl", format="alpacca")

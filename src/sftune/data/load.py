@@ -214,6 +214,8 @@ def _read(plan, on_error, quarantine, max_chars, report, log: bool = True) -> It
                     report.valid += 1
                     yield conversation
             except DataError as error:  # the file as a whole (a broken JSON array, bad bytes in a CSV)
+                if error.location:  # a record's error, already counted, on its way out (on_error="raise")
+                    raise
                 error.source = error.source or source
                 report.total += 1
                 reject(error)
