@@ -241,3 +241,36 @@ def test_unread_fields_are_kept_in_meta(jsonl):
         "line": 1,
         "extra": {"id": 7, "annotations": {"ann1": "good"}},
     }
+
+
+def test_llamafactory_v1_parts_reasoning_tool_call_and_loss_weight(jsonl):
+    """LLaMA-Factory v1 messages: parts spelled {"type", "value"}, reasoning and tool_call parts, loss_weight."""
+    record = {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "value": "Film?"}], "loss_weight": 0.0},
+            {"role": "assistant", "content": [{"type": "reasoning", "value": "Look it up."},
+                                              {"type": "tool_call", "value": '{"name": "film", "arguments": {"t": "x"}}'}]},
+            {"role": "tool", "content": [{"type": "text", "value": "found"}]},
+            {"role": "assistant", "content": [{"type": "reasoning", "value": "Got it."}, {"type": "text", "value": "It is x."}],
+             "loss_weight": 1.0},
+        ]
+    }
+    conversation = next(read(jsonl([record])))
+    assert roles_and_content(conversation) == [
+        ("user", "Film?"),
+        ("assistant", "<think>\nLook it up.\n</think>"),
+        ("tool_call", '{"name": "film", "arguments": {"t": "x"}}'),
+        ("tool", "found"),
+        ("assistant", "<think>\nGot it.\n</think>\n\nIt is x."),
+    ]
+    assert (conversation.messages[0].train, conversation.messages[0].weight) == (False, 0.0)
+    assert conversation.messages[-1].weight == 1.0
+
+
+def test_preference_pairs_are_refused_with_the_way_out(jsonl):
+    from sftune.data import DataError
+
+    record = {"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", "value": "good"},
+              "rejected": {"from": "gpt", "value": "bad"}}
+    with pytest.raises(DataError, match=r"is preference data \(chosen / rejected\), not SFT data"):
+        list(read(jsonl([record])))

@@ -191,29 +191,51 @@ def alpaca(record: dict, options: dict) -> Conversation:
     return Conversation(messages)
 
 
-def _content(value: Any, field: str) -> str:
-    """Message content: a string, or OpenAI's list of typed parts (text parts joined by newlines)."""
+def _content(value: Any, field: str) -> tuple[str, list]:
+    """Message content -> (text, tool calls found among its parts).
+
+    A string is the text. A list of typed parts (OpenAI; LLaMA-Factory v1 spells "text" as
+    "value"): text parts joined by newlines; reasoning parts become one leading
+    "<think>\n...\n</think>" block (then a blank line and the text), as reasoning models write it; tool_call parts (JSON text
+    {"name", "arguments"}) are calls. Image, audio and other parts are refused: sftune trains on text.
+    """
     if type(value) is str:
-        return value
-    if isinstance(value, list):
-        texts = []
-        for i, part in enumerate(value):
-            if isinstance(part, str):
-                texts.append(part)
-                continue
-            if not isinstance(part, dict):
-                raise _wrong_type(f"{field}[{i}]", part, 'a content part like {"type": "text", "text": "..."}')
-            kind = part.get("type", "text")
-            if kind != "text" or not isinstance(part.get("text"), str):
+        return value, []
+    if not isinstance(value, list):
+        return _text(value, field), []
+    texts, reasoning, calls = [], [], []
+    for i, part in enumerate(value):
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        if not isinstance(part, dict):
+            raise _wrong_type(f"{field}[{i}]", part, 'a content part like {"type": "text", "text": "..."}')
+        kind = part.get("type", "text")
+        body = part.get("text", part.get("value"))
+        if kind not in ("text", "reasoning", "tool_call"):
+            raise DataError(
+                "unsupported",
+                f"{field}[{i}]",
+                f"is a {kind!r} part",
+                "sftune trains on text only: keep only text parts, or drop the record",
+            )
+        if not isinstance(body, str):
+            raise _wrong_type(f"{field}[{i}].text", body, "a string", f'write the part as {{"type": "{kind}", "text": "..."}}')
+        if kind == "tool_call":
+            try:
+                calls.append(json.loads(body))
+            except json.JSONDecodeError:
                 raise DataError(
-                    "unsupported",
-                    f"{field}[{i}]",
-                    f"is a {kind!r} part",
-                    "sftune trains on text only: keep only parts of type 'text', or drop the record",
-                )
-            texts.append(part["text"])
-        return "\n".join(texts)
-    return _text(value, field)
+                    "wrong_type", f"{field}[{i}]", "is a tool_call part that is not valid JSON",
+                    'write the call as JSON text: {"name": ..., "arguments": {...}}',
+                ) from None
+        else:
+            (reasoning if kind == "reasoning" else texts).append(body)
+    text = "\n".join(texts)
+    if reasoning:
+        think = "<think>\n" + "\n".join(reasoning) + "\n</think>"
+        text = f"{think}\n\n{text}" if text else think
+    return text, calls
 
 
 def _tool_calls(calls: Any, field: str) -> str:
@@ -245,6 +267,21 @@ def _tool_calls(calls: Any, field: str) -> str:
     return json.dumps(out[0] if len(out) == 1 else out, ensure_ascii=False)
 
 
+def _train_and_weight(item: dict, field: str) -> tuple[bool | None, float | None]:
+    """A message's `weight` (or LLaMA-Factory's `loss_weight`; 0 means not trained) and `train` flag."""
+    weight = item.get("weight", item.get("loss_weight"))
+    train = item.get("train")
+    if weight is not None:
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise _wrong_type(f"{field}.weight", weight, "a number", "weight is a number, 0 or 1 in OpenAI's format")
+        weight = float(weight)
+        if weight == 0 and train is None:
+            train = False
+    if train is not None and not isinstance(train, bool):
+        raise _wrong_type(f"{field}.train", train, "true or false")
+    return train, weight
+
+
 def messages(record: dict, options: dict) -> Conversation:
     """ShareGPT and OpenAI message lists (both key names, both field spellings, tool calls)."""
     key = "messages" if record.get("messages") is not None else "conversations"
@@ -265,29 +302,19 @@ def messages(record: dict, options: dict) -> Conversation:
         role = _role(name, f"{field}.role", options)
         content = item.get(content_key) if content_key else item.get("content", item.get("value"))
         calls = item.get("tool_calls") or item.get("function_call")
-        if calls and role == "assistant":
-            if isinstance(calls, dict):  # the old single `function_call`
-                calls = [calls]
-            if content:
-                out.append(Message("assistant", _content(content, f"{field}.content")))
-            out.append(Message("tool_call", _tool_calls(calls, f"{field}.tool_calls")))
-            continue
-        if content is None:
+        if isinstance(calls, dict):  # the old single `function_call`
+            calls = [calls]
+        if content is None and not calls:
             raise _missing(f"{field}.content", f"each message needs a role and content, e.g. {EXAMPLE_MESSAGE}")
-        message = Message(role, _content(content, f"{field}.content"))
-        weight = item.get("weight")
-        if weight is not None:
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-                raise _wrong_type(f"{field}.weight", weight, "a number", "weight is a number, 0 or 1 in OpenAI's format")
-            message.weight = float(weight)
-            if weight == 0:
-                message.train = False
-        train = item.get("train")
-        if train is not None:
-            if not isinstance(train, bool):
-                raise _wrong_type(f"{field}.train", train, "true or false")
-            message.train = train
-        out.append(message)
+        text, part_calls = _content(content, f"{field}.content") if content is not None else ("", [])
+        calls = (calls or []) + part_calls
+        train, weight = _train_and_weight(item, field)
+        if calls and role == "assistant":
+            if text:
+                out.append(Message("assistant", text, train, weight))
+            out.append(Message("tool_call", _tool_calls(calls, f"{field}.tool_calls"), train, weight))
+        else:
+            out.append(Message(role, text, train, weight))
     if out and out[0].role != "system":
         out[:0] = _system(record)
     conversation = Conversation(out, tools=_tools(record))
@@ -416,6 +443,16 @@ def text(record: dict, options: dict) -> Conversation:
     return Conversation([Message("assistant", _required(record, "text"), train=True)], meta={"pretrain": True})
 
 
+def preference(record: dict, options: dict) -> Conversation:
+    """Preference pairs (chosen / rejected) are not SFT data: refused with the way out."""
+    raise DataError(
+        "unsupported",
+        "",
+        "is preference data (chosen / rejected), not SFT data",
+        "build SFT records from the prompt and the chosen reply, or train it with a preference method (DPO)",
+    )
+
+
 FORMATS = {
     "alpaca": alpaca,
     "sharegpt": messages,
@@ -427,10 +464,12 @@ FORMATS = {
     "dialog": dialog,
     "firefly": firefly,
     "text": text,
+    "preference": preference,
 }
 ALIASES = {"messages": "openai", "chatml": "openai", "pretrain": "text", "plain": "text"}
 # The fields each format is recognized by; the first match wins, so the order matters.
 DETECTORS = (
+    ("preference", ("chosen", "rejected")),
     ("messages", ("messages",)),
     ("messages", ("conversations",)),
     ("firefly", ("conversation",)),
@@ -456,6 +495,7 @@ KNOWN_FIELDS = {
     "dialog": {"turns", "system"},
     "firefly": {"conversation", "system"},
     "text": {"text"},
+    "preference": set(),
 }
 
 

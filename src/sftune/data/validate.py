@@ -25,6 +25,10 @@ NEXT_ROLES = {
 }
 
 
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
 def _quote(text: str, limit: int = 40) -> str:
     text = text.replace("\n", " ")
     return repr(text if len(text) <= limit else text[:limit] + "...")
@@ -65,7 +69,7 @@ def validate(conversation: Conversation, max_chars: int | None = DEFAULT_MAX_CHA
                 else:
                     problem = f"is {role} {_quote(content)} right after {previous}"
                     fix = (
-                        f"roles must alternate; a {previous} message is followed by "
+                        f"roles must alternate; {_article(previous)} {previous} message is followed by "
                         f"{' or '.join(NEXT_ROLES[previous])}: merge the two or add the missing turn"
                     )
                 raise DataError("roles_not_alternating", f"messages[{i}]", problem, fix)
