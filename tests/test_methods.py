@@ -285,6 +285,24 @@ def test_adapter_round_trips(method, tmp_path):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["prefix_tuning", "lora"])
+def test_trainable_state_restores_the_training_model(method):
+    """A checkpoint of the trained parameters restores a fresh model to the same outputs, with the
+    parameters still trainable (for prefix_tuning the saved adapter cannot: its MLP is folded)."""
+    trained = make(ALL_METHODS[method])
+    train(trained, TEST_LR[method], steps=3)
+    resumed = make(ALL_METHODS[method]).eval()  # no dropout
+    methods.load_trainable_state(resumed, methods.trainable_state(trained))
+    input_ids, attention_mask, _ = task_batch()
+    with torch.no_grad():
+        expected = trained(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        got = resumed(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    assert count_parameters(resumed)[0] == count_parameters(trained)[0] > 0
+    with pytest.raises(ValueError, match="missing"):
+        methods.load_trainable_state(make(ALL_METHODS["p_tuning_v2"]), methods.trainable_state(trained))
+
+
 # --- QLoRA --------------------------------------------------------------------------------------
 
 

@@ -254,6 +254,27 @@ def output_offset(model: Any) -> int:
     return peft_config.num_virtual_tokens
 
 
+def trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    """The trained parameters by name, as they are during training, for checkpoints that resume
+    exactly. `save_pretrained` writes the adapter for inference instead, and for prefix_tuning that
+    folds the projection MLP into plain keys/values, which cannot be trained on from."""
+    return {name: param.detach().clone() for name, param in model.named_parameters() if param.requires_grad}
+
+
+def load_trainable_state(model: Any, state: dict[str, torch.Tensor]) -> None:
+    """Put back what `trainable_state` took; the names must match the model's trained parameters."""
+    params = {name: param for name, param in model.named_parameters() if param.requires_grad}
+    missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+    if missing or unexpected:
+        raise ValueError(
+            f"the checkpoint's trained parameters do not match this model's: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}; resume with the same model and method configuration it was saved with."
+        )
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(state[name])
+
+
 def _peft_config(model: Any, method: MethodConfig, tokenizer: Any):
     from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType
 
