@@ -118,3 +118,12 @@ def test_fast_messages_line_equals_json_dumps_of_to_dict(jsonl):
                                                {"role": "assistant", "content": "a", "weight": 0}]}]
     for conversation in read(jsonl(records)):
         assert messages_line(conversation) == json.dumps(conversation.to_dict(), ensure_ascii=False)
+
+
+def test_default_train_flags_fit_every_style_and_pretraining_text_round_trips(jsonl, tmp_path):
+    record = {"messages": [{"role": "user", "content": "q", "loss_weight": 0.0},
+                           {"role": "assistant", "content": "a", "loss_weight": 1.0}]}
+    assert convert(jsonl([record]), tmp_path / "out.jsonl", "sharegpt").valid == 1  # the default policy: nothing lost
+    convert(jsonl([{"text": "Plain prose."}], "pt.jsonl"), tmp_path / "pt_out.jsonl", "messages")
+    (again,) = read(tmp_path / "pt_out.jsonl")
+    assert again.meta["pretrain"] is True and again.messages[0].train is True

@@ -196,8 +196,9 @@ def _content(value: Any, field: str) -> tuple[str, list]:
 
     A string is the text. A list of typed parts (OpenAI; LLaMA-Factory v1 spells "text" as
     "value"): text parts joined by newlines; reasoning parts become one leading
-    "<think>\n...\n</think>" block (then a blank line and the text), as reasoning models write it; tool_call parts (JSON text
-    {"name", "arguments"}) are calls. Image, audio and other parts are refused: sftune trains on text.
+    "<think>\n...\n</think>" block (then a blank line and the text), as reasoning models write
+    it; tool_call parts (JSON text {"name", "arguments"}) are calls. Image, audio and other parts
+    are refused: sftune trains on text.
     """
     if type(value) is str:
         return value, []
@@ -320,6 +321,8 @@ def messages(record: dict, options: dict) -> Conversation:
     conversation = Conversation(out, tools=_tools(record))
     if isinstance(record.get("meta"), dict):  # written by sftune before: keep where it came from
         conversation.meta["origin"] = record["meta"]
+        if record["meta"].get("pretrain"):
+            conversation.meta["pretrain"] = True
     return conversation
 
 

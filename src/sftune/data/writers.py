@@ -15,7 +15,7 @@ from json.encoder import encode_basestring
 from typing import Any
 
 from sftune.data.errors import DataError
-from sftune.data.schema import Conversation
+from sftune.data.schema import MODEL_ROLES, Conversation
 from sftune.data.validate import DEFAULT_MAX_CHARS
 
 SHAREGPT_ROLES = {"user": "human", "assistant": "gpt", "tool_call": "function_call", "tool": "observation"}
@@ -48,11 +48,13 @@ def _plain(conversation: Conversation, style: str) -> list:
             "unsupported", "", f"is pre-training text, which {style} cannot hold", "convert it --to messages"
         )
     for i, message in enumerate(conversation.messages):
-        if message.train is not None or (message.weight is not None and message.weight != 1.0):
+        default = message.role in MODEL_ROLES  # what a reader of this style will train
+        trained = default if message.train is None else message.train
+        if trained != default or (trained and message.weight not in (None, 1.0)):
             raise DataError(
                 "unsupported",
                 f"messages[{i}]",
-                f"has a train flag or loss weight, which {style} cannot hold",
+                f"has a train flag or loss weight other than the default, which {style} cannot hold",
                 "convert it --to messages",
             )
     return conversation.messages[1:] if conversation.system is not None else conversation.messages
