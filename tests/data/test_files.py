@@ -16,23 +16,16 @@ RECORDS = [
 ]
 
 
-def expected_messages():
-    return [[(m.role, m.content) for m in c.messages] for c in read_jsonl_reference()]
-
-
-def read_jsonl_reference():
-    """The reference: what the same records give through JSONL."""
-    import tempfile
-    from pathlib import Path
-
-    folder = Path(tempfile.mkdtemp())
-    path = folder / "reference.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
-    return list(read(path))
-
-
 def messages_of(conversations):
     return [[(m.role, m.content) for m in c.messages] for c in conversations]
+
+
+@pytest.fixture
+def expected(tmp_path_factory):
+    """The reference: what the same records give through JSONL."""
+    path = tmp_path_factory.mktemp("reference") / "reference.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    return messages_of(read(path))
 
 
 def write(kind: str, folder):
@@ -86,12 +79,12 @@ KINDS = ["json-array", "json-object", "json-lines-named-json", "csv", "tsv", "pa
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_every_file_kind_reads_like_jsonl(tmp_path, kind):
+def test_every_file_kind_reads_like_jsonl(tmp_path, kind, expected):
     path, unit = write(kind, tmp_path)
     conversations = list(read(path))
-    assert messages_of(conversations) == expected_messages()
-    numbers = [c.meta[unit] for c in conversations]
-    assert numbers == ([0, 1, 2] if unit == "record" else numbers) and len(set(numbers)) == 3
+    assert messages_of(conversations) == expected
+    first = {"record": 0, "line": 2 if kind in ("csv", "tsv") else 1}[unit]  # CSV line 1 is the header
+    assert [c.meta[unit] for c in conversations] == [first, first + 1, first + 2]
     assert {c.meta["format"] for c in conversations} == {"alpaca"}
 
 
@@ -100,14 +93,14 @@ def test_csv_line_numbers_are_file_lines(tmp_path):
     assert [c.meta["line"] for c in read(path)] == [2, 3, 4]  # line 1 is the header
 
 
-def test_dataset_dict_folder_reads_every_split(tmp_path):
+def test_dataset_dict_folder_reads_every_split(tmp_path, expected):
     from datasets import Dataset, DatasetDict
 
     DatasetDict({"train": Dataset.from_list(RECORDS[:2]), "test": Dataset.from_list(RECORDS[2:])}).save_to_disk(
         str(tmp_path / "dd")
     )
     conversations = list(read(tmp_path / "dd"))
-    assert messages_of(conversations) == expected_messages()
+    assert messages_of(conversations) == expected
     assert [c.meta["source"].rsplit("/", 1)[1] for c in conversations] == ["train", "train", "test"]
 
 
@@ -162,11 +155,11 @@ def test_chinese_text_survives_every_step(tmp_path):
 
 
 @pytest.mark.parametrize("name, opener", [("data.jsonl.gz", "gzip"), ("data.json.bz2", "bz2"), ("data.csv.xz", "lzma")])
-def test_compressed_files_read_like_plain_ones(tmp_path, name, opener):
+def test_compressed_files_read_like_plain_ones(tmp_path, name, opener, expected):
     import importlib
 
     plain = {"data.jsonl.gz": "json-lines-named-json", "data.json.bz2": "json-array", "data.csv.xz": "csv"}[name]
     source, _ = write(plain, tmp_path)
     with importlib.import_module(opener).open(tmp_path / name, "wb") as packed:
         packed.write(source.read_bytes())
-    assert messages_of(read(tmp_path / name)) == expected_messages()
+    assert messages_of(read(tmp_path / name)) == expected
