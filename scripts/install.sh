@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${SFTUNE_VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
-EXTRAS="${SFTUNE_EXTRAS:-test,gemma}"
+EXTRAS="${SFTUNE_EXTRAS:-test,gemma,qlora}"
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
