@@ -107,6 +107,12 @@ def test_option_of_another_method_is_an_error_naming_its_owner():
     assert "num_virtual_tokens" in str(err.value)
 
 
+def test_a_dumped_configuration_loads_back():
+    """The engine saves the resolved configuration (every field) and must be able to read it."""
+    config = MethodConfig(name="prefix_tuning", num_virtual_tokens=8, prefix_projection=False)
+    assert MethodConfig.model_validate(config.model_dump()) == config
+
+
 # --- every method learns -----------------------------------------------------------------------
 
 

@@ -92,7 +92,12 @@ class MethodConfig(BaseModel):
 
     @model_validator(mode="after")
     def _options_match_method(self) -> MethodConfig:
-        foreign = sorted(self.model_fields_set - {"name"} - set(OPTIONS[self.name]))
+        # Another method's option set to its default passes, so a dumped configuration loads back.
+        foreign = sorted(
+            field
+            for field in self.model_fields_set - {"name"} - set(OPTIONS[self.name])
+            if getattr(self, field) != type(self).model_fields[field].get_default(call_default_factory=True)
+        )
         if foreign:
             owners = {opt: [m for m, opts in OPTIONS.items() if opt in opts] for opt in foreign}
             detail = "; ".join(f"'{opt}' is an option of {', '.join(ms)}" for opt, ms in owners.items())
