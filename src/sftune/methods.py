@@ -262,7 +262,7 @@ def output_offset(model: Any) -> int:
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:
     """The trained parameters by name, as they are during training, for checkpoints that resume
     exactly. `save_pretrained` writes the adapter for inference instead, and for prefix_tuning that
-    folds the projection MLP into plain keys/values, which cannot be trained on from."""
+    folds the projection MLP into plain keys/values, from which training cannot go on."""
     return {name: param.detach().clone() for name, param in model.named_parameters() if param.requires_grad}
 
 
