@@ -62,16 +62,42 @@ def models_command() -> None:
 
 @app.command("demo")
 def demo_command(
-    model: str = typer.Option(models.DEFAULT_MODEL, help="Model name or folder."),
-    question: str = typer.Option("What is the capital of France?", help="Question to ask."),
+    config: Optional[str] = typer.Argument(None, help="A demo config (default: the embedded SmolLM2 + LoRA one)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. train.epochs=1"),
 ) -> None:
-    """Load the embedded default model and answer one question with its chat template."""
-    from sftune.generate import answer
+    """The main job: SFT on a generated Chinese + English task, held-out metric before and after."""
+    from sftune import demo
+    from sftune.config import ConfigError
 
-    with console.status(f"Loading {model} (the first time converts it, about a minute)"):
-        loaded_model, tokenizer = models.load(model)
-    console.print(f"[bold]Q:[/bold] {question}")
-    console.print(f"[bold]A:[/bold] {answer(loaded_model, tokenizer, question)}")
+    try:
+        demo.run(config, overrides or [], console=console)
+    except ConfigError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+
+
+@app.command("train")
+def train_command(
+    config: str = typer.Argument(..., help="The YAML configuration (see examples/)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. train.lr=1e-4 method.r=8"),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved configuration and exit."),
+) -> None:
+    """Fine-tune a model as the configuration says; writes the run folder (output.dir)."""
+    from sftune import config as config_module
+    from sftune.train import NonFiniteLossError, train
+
+    try:
+        cfg = config_module.load(config, overrides or [])
+        if print_config:
+            typer.echo(config_module.to_yaml(cfg), nl=False)
+            return
+        result = train(cfg, console=console)
+    except (config_module.ConfigError, NonFiniteLossError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    s = result.summary
+    console.print(f"Done: {s['steps']} steps, {s['trained_tokens']} trained tokens "
+                  f"({s['trained_tokens_per_second']:.0f}/s), run folder {result.run_dir}")
 
 
 # --- sftune data check | convert | stats | dedup ------------------------------------------------

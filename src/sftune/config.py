@@ -182,7 +182,12 @@ def check_keys(raw: Any, model: type[BaseModel], where: str, prefix: str = "") -
 
 def to_yaml(config: Config) -> str:
     """The resolved configuration as YAML (what `--print-config` shows and the run folder keeps)."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    from sftune.methods import OPTIONS
+
+    data = config.model_dump(mode="json")
+    # Only the chosen method's options: another method's option is an error when read back.
+    data["method"] = {k: v for k, v in data["method"].items() if k == "name" or k in OPTIONS[config.method.name]}
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
 def _section_model(annotation: Any) -> type[BaseModel] | None:
