@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+from itertools import chain
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -29,7 +31,7 @@ from sftune.templates import Template, TemplateError, normalize_messages
 
 POLICIES = ("assistant", "last", "all")
 IGNORE = -100
-_CACHE_VERSION = "encode-v1"
+_CACHE_VERSION = "encode-v2"
 
 
 def trained_flags(messages: list[dict[str, Any]], policy: str = "assistant") -> list[bool]:
@@ -191,6 +193,28 @@ def _template_fingerprint(template: Template) -> str:
                        template.special_tokens], sort_keys=True, ensure_ascii=False)
 
 
+def _record_key(conv: Conversation | dict) -> str:
+    """Everything of a record that can change its encoding or its report line, as unambiguous text.
+
+    Cheaper than JSON for the common case (a Conversation without tools or meta); content is
+    length-prefixed so no text inside a message can imitate a field boundary.
+    """
+    if not isinstance(conv, Conversation):
+        return json.dumps(conv, sort_keys=True, ensure_ascii=False)
+    extra = json.dumps([conv.tools, conv.meta], sort_keys=True, ensure_ascii=False) if conv.tools or conv.meta else ""
+    return "\x1e".join([extra, *(f"{m.role}|{m.train}|{m.weight}|{len(m.content)}|{m.content}"
+                                 for m in conv.messages)])
+
+
+def _fingerprint(records: list, template: Template, tokenizer: Any, policy: str, max_len: int | None) -> str:
+    digest = hashlib.sha256()
+    for part in (_CACHE_VERSION, _template_fingerprint(template), _tokenizer_fingerprint(tokenizer), policy,
+                 str(max_len)):
+        digest.update(part.encode() + b"\0")
+    digest.update("\x1d".join(map(_record_key, records)).encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()[:24]
+
+
 def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
@@ -208,6 +232,19 @@ def _where(conversation: Conversation | dict, k: int) -> str:
     return f"record {k}"
 
 
+def _plain_backend(tokenizer: Any) -> Any:
+    """The `tokenizers` backend, without padding or truncation a previous call may have left on it."""
+    backend = tokenizer.backend_tokenizer
+    if backend.padding is None and backend.truncation is None:
+        return backend
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(backend.to_str())
+    backend.no_padding()
+    backend.no_truncation()
+    return backend
+
+
 def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any, template: Template, *,
                    policy: str = "assistant", max_len: int | None = None, batch_size: int = 1000,
                    cache_dir: str | os.PathLike | None = None, use_cache: bool = True, progress: bool = True
@@ -215,34 +252,27 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
     """Encode many conversations: (datasets.Dataset, report).
 
     Columns: input_ids, labels, and loss_weights when any message has a weight. Rendering is per
-    conversation, tokenization is batched on the fast tokenizer. The result is cached on disk under a
-    fingerprint of the data, template, tokenizer, policy and max_len, so a re-run loads it instead.
-    The report counts total, encoded, truncated and skipped records (with reasons and places).
+    conversation, tokenization is batched on the fast tokenizer (its thread pool uses every core), and
+    labels come from a few token lookups at span edges instead of every token's offsets. The result is
+    cached on disk under a fingerprint of the data, template, tokenizer, policy and max_len, so a re-run
+    memory-maps it instead. The report counts total, encoded, truncated and skipped records (with
+    reasons and places).
     """
     import datasets
-    import pyarrow as pa
 
     if policy not in POLICIES:
         raise ValueError(f"unknown masking policy {policy!r}; use one of {', '.join(POLICIES)}")
     records = list(conversations)
-    digest = hashlib.sha256()
-    for part in (_CACHE_VERSION, _template_fingerprint(template), _tokenizer_fingerprint(tokenizer), policy,
-                 str(max_len)):
-        digest.update(part.encode() + b"\0")
-    for conv in records:
-        digest.update((conv.to_json() if isinstance(conv, Conversation) else json.dumps(conv, sort_keys=True,
-                                                                                         ensure_ascii=False)).encode())
-        digest.update(b"\n")
-    fingerprint = digest.hexdigest()[:24]
+    fingerprint = _fingerprint(records, template, tokenizer, policy, max_len)
     folder = _cache_root(cache_dir) / fingerprint
     if use_cache and (folder / "report.json").exists():
         report = json.loads((folder / "report.json").read_text())
         report["cache"] = "hit"
-        return datasets.load_from_disk(str(folder)), report
+        return datasets.Dataset.from_file(str(folder / _DATA_FILE)), report
 
     weighted = any(m.weight is not None if not isinstance(m, dict) else m.get("weight") is not None
                    for conv in records for m in (conv.messages if isinstance(conv, Conversation) else conv["messages"]))
-    backend = tokenizer.backend_tokenizer
+    backend = _plain_backend(tokenizer)
     bos_id = getattr(tokenizer, "bos_token_id", None)
     columns: dict[str, list[np.ndarray]] = {"input_ids": [], "labels": [], "loss_weights": []}
     lengths: list[int] = []
@@ -256,100 +286,211 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
             report["skipped_records"].append({"where": _where(records[k], k), "reason": reason, "detail": detail})
 
     bar = _progress(progress, len(records))
-    for lo in range(0, len(records), batch_size):
-        batch = []
-        for k in range(lo, min(lo + batch_size, len(records))):
-            try:
-                messages, tools = _messages_and_tools(records[k])
-                text, spans = _spans(template, messages, tools, policy)
-            except (TemplateError, ValueError) as err:
-                skip(k, "render_error", str(err))
-                continue
-            batch.append((k, messages, tools, text, spans))
-        encodings = backend.encode_batch([item[3] for item in batch], add_special_tokens=False)
-        flat_ids, flat_labels, flat_weights, counts = _batch_labels(batch, encodings, weighted)
-        ends = np.cumsum(counts)
-        for (k, messages, tools, text, spans), enc, end, count in zip(batch, encodings, ends, counts):
-            ids_arr, labels = flat_ids[end - count:end], flat_labels[end - count:end]
-            w = flat_weights[end - count:end] if weighted else None
-            if count > 1 and ids_arr[0] == ids_arr[1] == bos_id:
+    for done, items, errors, encodings in _tokenized_batches(records, template, policy, backend, batch_size):
+        for k, err in errors:
+            skip(k, "render_error", str(err))
+        ids, labels, weights, counts = _batch_labels(items, encodings, weighted)
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        padded = np.append(ids, [-1, -1])  # every row has a first and a second token to look at
+        two_bos = ((counts > 1) & (padded[bounds[:-1]] == bos_id) & (padded[bounds[:-1] + 1] == bos_id)
+                   if bos_id is not None else np.zeros(len(items), dtype=bool))
+        too_long = counts > max_len if max_len is not None else np.zeros(len(items), dtype=bool)
+        trained = np.concatenate([[0], np.cumsum(labels != IGNORE)])[bounds]
+        unusual = np.flatnonzero(two_bos | too_long | (trained[1:] == trained[:-1])).tolist()
+
+        row = 0
+        for special in unusual + [len(items)]:
+            if special > row:  # rows row..special-1 are kept as they are: one slice of the flat arrays
+                lo, hi = bounds[row], bounds[special]
+                columns["input_ids"].append(ids[lo:hi])
+                columns["labels"].append(labels[lo:hi])
+                if weighted:
+                    columns["loss_weights"].append(weights[lo:hi])
+                lengths.extend(counts[row:special].tolist())
+            row = special + 1
+            if special == len(items):
+                break
+            k, messages, tools = items[special][:3]
+            if two_bos[special]:
                 skip(k, "two_bos", f"template {template.name!r} renders two BOS tokens at the start")
                 continue
-            if max_len is not None and count > max_len:
-                result = _truncate(messages, tools, tokenizer, template, policy, max_len,
-                                   _encode_messages(messages, tools, tokenizer, template, policy))
-                report["truncated"] += 1
-                labels = np.asarray(result["labels"], dtype=np.int32)
-                ids_arr = np.asarray(result["input_ids"], dtype=np.int32)
-                w = np.asarray(result.get("loss_weights", np.zeros(len(ids_arr))), dtype=np.float32)
-            if not (labels != IGNORE).any():
-                skip(k, "no_trained_token", "no token left to train" + (f" within max_len={max_len}"
-                                                                         if max_len else ""))
+            if not too_long[special]:
+                skip(k, "no_trained_token", "no token left to train")
                 continue
-            columns["input_ids"].append(ids_arr)
-            columns["labels"].append(labels)
+            result = _truncate(messages, tools, tokenizer, template, policy, max_len,
+                               _encode_messages(messages, tools, tokenizer, template, policy))
+            report["truncated"] += 1
+            if all(label == IGNORE for label in result["labels"]):
+                skip(k, "no_trained_token", f"no token left to train within max_len={max_len}")
+                continue
+            columns["input_ids"].append(np.asarray(result["input_ids"], dtype=np.int32))
+            columns["labels"].append(np.asarray(result["labels"], dtype=np.int32))
             if weighted:
-                columns["loss_weights"].append(w)
-            lengths.append(len(ids_arr))
-        bar(min(lo + batch_size, len(records)))
+                columns["loss_weights"].append(np.asarray(result.get("loss_weights", np.zeros(len(result["labels"]))),
+                                                          dtype=np.float32))
+            lengths.append(len(result["input_ids"]))
+        bar(done)
     bar(None)
+
+    table = _table(columns, lengths, weighted)
     report["encoded"] = len(lengths)
     report["tokens"] = int(sum(lengths))
-    report["trained_tokens"] = int(sum(int((x != IGNORE).sum()) for x in columns["labels"]))
+    report["trained_tokens"] = int(np.count_nonzero(table.column("labels").combine_chunks().flatten().to_numpy()
+                                                    != IGNORE))
+    report["cache"] = "miss"
+    if not use_cache:
+        return datasets.Dataset(table), report
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    tmp.mkdir(exist_ok=True)
+    _write_arrow(table, tmp / _DATA_FILE)
+    (tmp / "report.json").write_text(json.dumps({k: v for k, v in report.items() if k != "cache"},
+                                                ensure_ascii=False))
+    if not folder.exists():
+        tmp.rename(folder)
+    else:
+        shutil.rmtree(tmp)
+    return datasets.Dataset.from_file(str(folder / _DATA_FILE)), report
+
+
+def _render_batch(records: list, ks: range, template: Template, policy: str
+                  ) -> tuple[list[tuple], list[tuple[int, Exception]]]:
+    """(k, messages, tools, text, spans) for each record of a batch that renders, and the errors of the rest."""
+    items, errors = [], []
+    for k in ks:
+        try:
+            messages, tools = _messages_and_tools(records[k])
+            text, spans = _spans(template, messages, tools, policy)
+        except (TemplateError, ValueError) as err:
+            errors.append((k, err))
+            continue
+        items.append((k, messages, tools, text, spans))
+    return items, errors
+
+
+def _tokenized_batches(records: list, template: Template, policy: str, backend: Any, batch_size: int):
+    """Yield (records done, items, render errors, encodings) per batch.
+
+    The tokenizer encodes a batch on its own threads, without the GIL, while this thread renders the
+    next batch and the caller labels the previous one: the Python work hides behind the tokenizer's.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def encode(items: list[tuple]) -> list:
+        return backend.encode_batch([item[3] for item in items], add_special_tokens=False)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
+        for lo in range(0, len(records), batch_size):
+            items, errors = _render_batch(records, range(lo, min(lo + batch_size, len(records))), template, policy)
+            job = pool.submit(encode, items)
+            if pending is not None:
+                yield lo, pending[0], pending[1], pending[2].result()
+            pending = (items, errors, job)
+        if pending is not None:
+            yield len(records), pending[0], pending[1], pending[2].result()
+
+
+_DATA_FILE = "data.arrow"
+
+
+def _table(columns: dict[str, list[np.ndarray]], lengths: list[int], weighted: bool) -> Any:
+    """The encoded rows as an Arrow table of list columns, built from flat arrays without a Python loop."""
+    import pyarrow as pa
 
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int32))
 
-    def list_column(parts: list[np.ndarray], dtype) -> pa.Array:
-        values = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+    def list_column(parts: list[np.ndarray], dtype: Any) -> pa.Array:
+        values = np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
         return pa.ListArray.from_arrays(offsets, pa.array(values))
 
     table = {"input_ids": list_column(columns["input_ids"], np.int32),
              "labels": list_column(columns["labels"], np.int32)}
     if weighted:
         table["loss_weights"] = list_column(columns["loss_weights"], np.float32)
-    dataset = datasets.Dataset(pa.table(table))
-    if use_cache:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-        dataset.save_to_disk(str(tmp))
-        (tmp / "report.json").write_text(json.dumps(report, ensure_ascii=False))
-        if not folder.exists():
-            tmp.rename(folder)
-        dataset = datasets.load_from_disk(str(folder))
-    report["cache"] = "miss"
-    return dataset, report
+    return pa.table(table)
+
+
+def _write_arrow(table: Any, path: Path) -> None:
+    """An Arrow stream file, the format `datasets.Dataset.from_file` memory-maps."""
+    import pyarrow as pa
+
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=100_000)
 
 
 def _batch_labels(batch: list[tuple], encodings: list, weighted: bool
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
-    """`_labels` for a whole batch at once: flat ids, labels, weights and the token count of each."""
-    sizes = np.fromiter((len(item[3]) + 1 for item in batch), dtype=np.int64, count=len(batch))
-    base = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    marks = np.zeros(int(sizes.sum()) + 1, dtype=np.int32)
-    starts = [base[i] + span[0] for i, item in enumerate(batch) for span in item[4]]
-    stops = [base[i] + span[1] for i, item in enumerate(batch) for span in item[4]]
-    np.add.at(marks, np.asarray(starts, dtype=np.int64), 1)
-    np.add.at(marks, np.asarray(stops, dtype=np.int64), -1)
-    inside = np.concatenate([[0], np.cumsum(np.cumsum(marks[:-1]) > 0)])
-    counts = np.fromiter((len(enc.ids) for enc in encodings), dtype=np.int64, count=len(encodings))
-    ids = np.fromiter((i for enc in encodings for i in enc.ids), dtype=np.int32, count=int(counts.sum()))
-    offsets = np.asarray([o for enc in encodings for o in enc.offsets], dtype=np.int64).reshape(-1, 2)
-    token_base = np.repeat(base, counts)
-    limit = np.repeat(base + sizes - 1, counts)
-    lo = np.minimum(offsets[:, 0] + token_base, limit)
-    hi = np.minimum(np.maximum(offsets[:, 1] + token_base, lo + 1), limit)
-    trained = (inside[hi] - inside[lo]) > 0
-    labels = np.where(trained, ids, IGNORE).astype(np.int32)
+    """Flat ids, labels and weights of a batch, and the token count of each conversation.
+
+    Trained token ranges come from `_trained_ranges` (lookups at span edges); a conversation it cannot
+    settle, or one with loss weights, goes through `_labels` on every token's offsets instead.
+    """
+    id_lists = [enc.ids for enc in encodings]
+    counts = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
     firsts = np.cumsum(counts) - counts
+    ids = np.fromiter(chain.from_iterable(id_lists), dtype=np.int32, count=int(counts.sum()))
+    weights = np.zeros(len(ids), dtype=np.float32) if weighted else None
+    edges: list[int] = []  # +1 at a trained range's first token, -1 after its last, in flat positions
+    exact: list[tuple[int, np.ndarray, np.ndarray | None]] = []
+    for item, enc, first in zip(batch, encodings, firsts.tolist()):
+        text, spans = item[3], item[4]
+        ranges = None if weighted else _trained_ranges(enc, spans, len(text))
+        if ranges is None:
+            labels, token_weights = _labels(enc.ids, enc.offsets, spans, len(text), weighted)
+            exact.append((first, labels, token_weights))
+            continue
+        for start, stop in ranges:
+            edges += (first + start, first + stop)
+    marks = (np.bincount(edges[0::2], minlength=len(ids) + 1)
+             - np.bincount(edges[1::2], minlength=len(ids) + 1))  # ranges may share a token
+    labels = np.where(np.cumsum(marks[:-1]) > 0, ids, IGNORE).astype(np.int32)
+    for first, row_labels, row_weights in exact:
+        labels[first:first + len(row_labels)] = row_labels
+        if weighted:
+            weights[first:first + len(row_labels)] = row_weights
     labels[firsts[counts > 0]] = IGNORE
-    weights = None
-    if weighted:
-        char_weights = np.zeros(len(marks), dtype=np.float32)
-        for i, item in enumerate(batch):
-            for start, end, weight in item[4]:
-                char_weights[base[i] + start:base[i] + end] = weight
-        weights = np.where(trained, char_weights[np.maximum(hi - 1, lo)], 0.0).astype(np.float32)
     return ids, labels, weights, counts
+
+
+def _trained_ranges(encoding: Any, spans: list[tuple[int, int, float]], n_chars: int
+                    ) -> list[tuple[int, int]] | None:
+    """Token ranges [start, stop) that overlap trained character spans, found at the span edges only.
+
+    Gives exactly the tokens `_labels` marks from every token's offsets (offsets run in text order),
+    with a few lookups per span instead of a Python object per token. Returns None where an edge needs
+    a token's full offsets to settle (no token covers the edge character, an empty token sits there, or
+    tokens overlap across it); the caller then uses `_labels`.
+    """
+    merged: list[list[int]] = []
+    for start, end, _ in spans:
+        if merged and merged[-1][1] == start:
+            merged[-1][1] = end
+        elif start < end:
+            merged.append([start, end])
+    n_tokens = len(encoding)
+    ranges = []
+    for start, end in merged:
+        first = encoding.char_to_token(start)
+        if first is None or (first > 0 and encoding.token_to_chars(first - 1) == (start, start)):
+            return None
+        if end >= n_chars:
+            if encoding.token_to_chars(n_tokens - 1)[0] >= n_chars:
+                return None
+            stop = n_tokens
+        else:
+            stop = encoding.char_to_token(end)  # the first token at or across the span's end
+            if stop is None:
+                return None
+            if encoding.token_to_chars(stop)[0] < end:  # it starts inside the span: it is trained
+                stop += 1
+                if stop < n_tokens and encoding.token_to_chars(stop)[0] < end:
+                    return None
+            elif encoding.token_to_chars(stop - 1) == (end, end):
+                return None
+        if first < stop:
+            ranges.append((first, stop))
+    return ranges
 
 
 def _progress(enabled: bool, total: int):
