@@ -18,8 +18,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -31,39 +29,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 CPU_SYSTEMS = ["sftune", "trl_defaults", "trl_packed", "trl_best", "tutorial"]
+MODEL = "smollm2-135m-instruct"
 COMPONENTS = ["bench/bench_data.py", "bench/bench_encode.py"]
 
 
-def machine() -> dict[str, Any]:
-    """What the figures were measured on, and a short name for the results file."""
-    import torch
-
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next(line for line in f if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        flags = []
-    cores = os.cpu_count() or 1
-    info = {
-        "cpu": cpu,
-        "cores": cores,
-        "bf16_units": any(f in flags for f in ("avx512_bf16", "amx_bf16")),
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-    for package in ("transformers", "peft", "trl", "accelerate"):
-        try:
-            info[package] = __import__(package).__version__
-        except ImportError:
-            info[package] = None
-    base = info["gpu"] or f"{cpu}-{cores}core"
-    info["name"] = re.sub(r"[^a-z0-9]+", "-", base.lower()).strip("-")
-    return info
+def probe(quick: bool) -> dict[str, Any]:
+    """Machine facts and the matmul rate, measured in a child process (see bench/machine.py)."""
+    command = [sys.executable, "-m", "bench.machine"] + (["--quick"] if quick else [])
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
 
 
 def available_systems(requested: list[str] | None, gpu: bool) -> tuple[list[str], dict[str, str]]:
@@ -78,9 +52,10 @@ def available_systems(requested: list[str] | None, gpu: bool) -> tuple[list[str]
             skipped[name] = "needs a CUDA GPU"
         elif name == "trl_liger" and importlib.util.find_spec("liger_kernel") is None:
             skipped[name] = "liger-kernel is not installed"
-        elif name == "unsloth" and importlib.util.find_spec("unsloth") is None:
-            skipped[name] = "unsloth is not installed"
-        elif name != "sftune" and importlib.util.find_spec("trl") is None:
+        elif name == "unsloth":
+            skipped[name] = ("no runner yet: Unsloth loads and patches the model itself, so it needs its own "
+                             "runner, to be written and checked on a GPU")
+        elif name.startswith("trl") and importlib.util.find_spec("trl") is None:
             skipped[name] = "trl is not installed (pip install -e '.[bench]')"
         else:
             run.append(name)
@@ -92,7 +67,8 @@ def run_one(name: str, args: argparse.Namespace, log: Path) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = Path(f.name)
     command = [sys.executable, "-m", "bench.worker", name, "--examples", str(args.examples),
-               "--batch", str(args.batch), "--warmup-steps", str(args.warmup_steps), "--json", str(out)]
+               "--batch", str(args.batch), "--warmup-steps", str(args.warmup_steps), "--model", args.model,
+               "--json", str(out)]
     started = time.perf_counter()
     with open(log, "a", encoding="utf-8") as err:
         err.write(f"\n=== {' '.join(command)}\n")
@@ -153,6 +129,7 @@ def aggregate(runs: list[dict[str, Any]], matmul: float) -> dict[str, Any]:
     out: dict[str, Any] = {k: {"median": statistics.median(v), "min": min(v), "max": max(v)}
                            for k, v in figures.items()}
     first = good[0]
+    out["settings"] = {**first["settings"], "layout": ", ".join(first["layout"])}
     out["work"] = {k: first[k] for k in ("examples_total", "trained_total", "expected_trained", "real_total",
                                          "fed_total", "steps", "timed_steps", "lora_params")}
     out["same_work_every_repeat"] = len({(r["trained_total"], r["examples_total"]) for r in good}) == 1
@@ -169,6 +146,9 @@ def _spread(figure: dict[str, float], scale: float = 1.0, digits: int = 1) -> st
 def report(info: dict[str, Any], args: argparse.Namespace, table: dict[str, dict[str, Any]], labels: dict[str, str],
            skipped: dict[str, str], matmul: dict[str, Any], components: list[dict[str, Any]], when: str) -> str:
     """The results page in Markdown: main table, ratio table, same-work check, MFU, components."""
+    from bench.workload import lora_settings
+
+    lora = lora_settings()
     gpu = info["gpu"] is not None
     memory = "peak GPU memory GB" if gpu else "peak RSS GB"
     lines = [
@@ -178,7 +158,8 @@ def report(info: dict[str, Any], args: argparse.Namespace, table: dict[str, dict
         f"bf16 units: {'yes' if info['bf16_units'] or gpu else 'no'}; torch {info['torch']}, transformers "
         f"{info['transformers']}, peft {info['peft']}, trl {info['trl']}, python {info['python']}.",
         f"Work: {args.examples} examples from bench/data/sharegpt_bench.jsonl, {args.batch} examples per optimizer "
-        f"step, one epoch, SmolLM2-135M-Instruct, LoRA r=16 on all linear layers (alpha 32, dropout 0.05), "
+        f"step, one epoch, {args.model}, LoRA r={lora['r']} on {lora['target_modules']} layers (alpha "
+        f"{lora['lora_alpha']}, dropout {lora['lora_dropout']}), "
         f"max length 512, response-only loss. Repeats: {args.repeats}, each in its own process; "
         f"first {args.warmup_steps} step(s) of each run are warm-up and not timed. Figures: median (min-max).",
         "",
@@ -212,6 +193,16 @@ def report(info: dict[str, Any], args: argparse.Namespace, table: dict[str, dict
                 f"{ours[mem_key]['median'] / row[mem_key]['median']:.2f}x |"
             )
 
+    lines += ["", "Configuration as run (read back from each trainer and its batches):", "",
+              "| system | precision | weights | activation checkpointing | packing | batches | micro-batch x accumulation |",
+              "|---|---|---|---|---|---|---|"]
+    for name, row in table.items():
+        if "error" in row:
+            continue
+        c = row["settings"]
+        lines.append(f"| {labels[name]} | {c['precision']} | {c['weights']} | "
+                     f"{'on' if c['activation_checkpointing'] else 'off'} | {'on' if c['packing'] else 'off'} | "
+                     f"{c['layout']} | {c['micro_batch']} x {c['accumulation']} |")
     lines += ["", "Same work (one run of each system; every repeat of a system trained the same tokens: "
               "'same' column):", "",
               "| system | examples | optimizer steps | trained tokens | expected | real tokens | tokens fed | same |",
@@ -253,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-steps", type=int, default=1)
     parser.add_argument("--systems", default=None, help="comma-separated subset of: " + ", ".join(
         CPU_SYSTEMS + ["trl_liger", "unsloth"]))
+    parser.add_argument("--model", default=MODEL, help="model name or checkpoint folder (default: %(default)s)")
     parser.add_argument("--no-components", action="store_true", help="skip the data and encoding benchmarks")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for DATE-MACHINE.md and .json")
     args = parser.parse_args(argv)
@@ -260,17 +252,16 @@ def main(argv: list[str] | None = None) -> int:
     args.examples = args.examples or (8 if args.quick else 64)
     args.batch = args.batch or (4 if args.quick else 8)
 
-    import torch
+    # The driver stays small (no torch here): on Linux a child's peak RSS starts from its parent's.
     from rich.console import Console
     from rich.progress import Progress
 
-    from bench import flops
     from bench.systems import SYSTEMS
-    from bench.workload import set_threads
 
     console = Console(stderr=True)
-    set_threads()
-    info = machine()
+    console.print("[bold]machine and matmul rate[/] ...")
+    first = probe(args.quick)
+    info = first["machine"]
     gpu = info["gpu"] is not None
     systems, skipped = available_systems(args.systems.split(",") if args.systems else None, gpu)
     labels = {"sftune": "sftune defaults", **{k: v[0] for k, v in SYSTEMS.items()}, "unsloth": "Unsloth"}
@@ -283,10 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     log = args.results / f"{stem}.log"
     log.write_text("")
 
-    matmul_args = {"seconds": 1.0 if args.quick else 3.0, "device": "cuda" if gpu else "cpu",
-                   "dtype": "bfloat16" if gpu else "float32"}
-    console.print(f"[bold]matmul rate[/] ({matmul_args['dtype']}) ...")
-    matmul_runs = [flops.matmul_rate(**matmul_args)]
+    matmul_runs = [first["matmul"]]
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
     with Progress(console=console) as progress:
         task = progress.add_task("systems", total=len(systems) * args.repeats)
@@ -301,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                     console.print(f"{name}: {result['trained_per_s']:.1f} trained tokens/s, "
                                   f"{result['s_per_step']:.2f} s/step, peak RSS {result['peak_rss'] / 2**30:.2f} GB")
                 progress.advance(task)
-    matmul_runs.append(flops.matmul_rate(**matmul_args))
+    matmul_runs.append(probe(args.quick)["matmul"])
     matmul = max(matmul_runs, key=lambda m: m["flops"])
     table = {name: aggregate(r, matmul["flops"]) for name, r in runs.items()}
     components = [] if args.no_components else [run_component(c, args.quick, log) for c in COMPONENTS]

@@ -8,14 +8,12 @@ checkpointing, padding and packing.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 from bench.workload import MAX_LENGTH, Meter, Workload, lora_settings
 
 # name -> (label shown in the table, builder); filled by @system below.
 SYSTEMS: dict[str, tuple[str, Callable[..., Any]]] = {}
-GPU_ONLY = {"trl_liger", "unsloth"}
 
 
 def system(name: str, label: str):
@@ -46,6 +44,7 @@ def _packs(encoded: list[dict[str, list[int]]]) -> int:
 
 
 def _trl(work: Workload, model, tokenizer, encoded, meter: Meter, out: str, **overrides):
+    import torch
     from trl import SFTConfig, SFTTrainer
 
     batch = work.batch
@@ -61,6 +60,8 @@ def _trl(work: Workload, model, tokenizer, encoded, meter: Meter, out: str, **ov
         report_to="none",
         save_strategy="no",
         disable_tqdm=True,
+        # TRL's default bf16=True refuses to start on a machine without a GPU unless use_cpu is set.
+        use_cpu=not torch.cuda.is_available(),
         **overrides,
     )
     trainer = SFTTrainer(
@@ -137,7 +138,3 @@ def tutorial(work, model, tokenizer, encoded, meter, out):
         data_collator=meter.wrap(default_data_collator),
         callbacks=[meter.callback()],
     )
-
-
-def steps_expected(work: Workload) -> int:
-    return math.ceil(work.examples / work.batch)

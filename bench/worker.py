@@ -16,7 +16,8 @@ import tempfile
 import time
 import warnings
 
-from bench.workload import Meter, Workload, encode_reference, read_conversations, set_threads, summarize
+from bench.workload import (Meter, Workload, encode_reference, read_conversations, set_threads, settings_of,
+                            summarize)
 
 
 def run(name: str, work: Workload) -> dict:
@@ -28,23 +29,25 @@ def run(name: str, work: Workload) -> dict:
 
     threads = set_threads()
     torch.manual_seed(work.seed)
-    model, tokenizer = models.load(work.model)
-    shape = flops.shape_of(model)
+    _, tokenizer = models.load(work.model, tokenizer_only=True)
+    shape = flops.shape_of(_meta_model(work.model))
     encoded = encode_reference(read_conversations(work.data, work.examples), tokenizer)
-    if torch.cuda.is_available():
-        model.to("cuda")
-        torch.cuda.reset_peak_memory_stats()
     meter = Meter()
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as out:
         if name == "sftune":
             from bench.sftune_runner import train_sftune
 
-            steps, lora = train_sftune(work, encoded, meter, out)
+            del tokenizer  # sftune loads its own
+            steps, lora, settings = train_sftune(work, encoded, meter, out)
         else:
-            label, build = SYSTEMS[name]
+            model, tokenizer = models.load(work.model)
+            if torch.cuda.is_available():
+                model.to("cuda")
+            build = SYSTEMS[name][1]
             trainer = build(work, model, tokenizer, encoded, meter, out)
             meter.accumulation = trainer.args.gradient_accumulation_steps
             lora = flops.lora_params(trainer.model)
+            settings = settings_of(trainer)
             trainer.train()
             steps = meter.steps()
     result = summarize(steps, work.warmup_steps)
@@ -58,12 +61,24 @@ def run(name: str, work: Workload) -> dict:
         examples=work.examples,
         batch=work.batch,
         lora_params=lora,
+        settings=settings,
         threads=threads,
         peak_rss_self=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         peak_gpu=torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
         finished=time.time(),
     )
     return result
+
+
+def _meta_model(name: str):
+    """The model's structure without its weights (for the FLOP count), so no memory is spent on it."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from sftune import models
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(models.resolve(name)))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -103,6 +103,7 @@ class Meter:
                 "real": int(mask.sum()) if mask is not None else int(ids.numel()),
                 "trained": trained_in(batch["labels"]),
                 "lengths": _lengths(batch),
+                "layout": layout_of(batch),
             })
             return batch
 
@@ -135,9 +136,30 @@ class Meter:
                 "real": sum(b["real"] for b in group),
                 "trained": sum(b["trained"] for b in group),
                 "lengths": [n for b in group for n in b["lengths"]],
+                "layouts": sorted({b["layout"] for b in group}),
             })
             previous = end
         return out
+
+
+def settings_of(trainer) -> dict[str, Any]:
+    """What a Trainer really runs with, read back from it (not from the label we gave it)."""
+    args = trainer.args
+    columns = getattr(trainer.train_dataset, "column_names", None) or []
+    return {
+        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+        "activation_checkpointing": bool(args.gradient_checkpointing),
+        "packing": bool(getattr(args, "packing", False)) or "position_ids" in columns,
+        "micro_batch": args.per_device_train_batch_size,
+        "accumulation": args.gradient_accumulation_steps,
+        "weights": str(next(trainer.model.parameters()).dtype).replace("torch.", ""),
+    }
+
+
+def layout_of(batch: dict[str, Any]) -> str:
+    if batch.get("attention_mask") is None and "position_ids" in batch:
+        return "padding-free"
+    return f"padded to {batch['input_ids'].shape[-1]}" if batch["input_ids"].shape[-1] >= MAX_LENGTH else "padded"
 
 
 def _sequences(batch: dict[str, Any]) -> int:
@@ -163,6 +185,7 @@ def summarize(steps: list[dict[str, Any]], warmup: int) -> dict[str, Any]:
         raise SystemExit(f"the run made {len(steps)} optimizer steps; nothing is left after {warmup} warm-up steps")
     seconds = sum(s["seconds"] for s in timed)
     return {
+        "layout": sorted({layout for s in steps for layout in s["layouts"]}),
         "steps": len(steps),
         "timed_steps": len(timed),
         "examples_total": sum(s["examples"] for s in steps),

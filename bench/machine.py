@@ -1,0 +1,66 @@
+"""What the benchmark runs on, and its measured matmul rate, printed as JSON.
+
+Run in its own process by bench/run.py (which keeps torch out of its own process so that the peak
+RSS of every child it starts is the child's own).
+
+    python -m bench.machine [--quick]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import sys
+from typing import Any
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on, and a short name for the results file."""
+    import torch
+
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next(line for line in f if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        flags = []
+    cores = os.cpu_count() or 1
+    info = {
+        "cpu": cpu,
+        "cores": cores,
+        "bf16_units": any(f in flags for f in ("avx512_bf16", "amx_bf16")),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    for package in ("transformers", "peft", "trl", "accelerate"):
+        try:
+            info[package] = __import__(package).__version__
+        except ImportError:
+            info[package] = None
+    base = info["gpu"] or f"{cpu}-{cores}core"
+    info["name"] = re.sub(r"[^a-z0-9]+", "-", base.lower()).strip("-")
+    return info
+
+
+def main() -> None:
+    import torch
+
+    from bench.flops import matmul_rate
+    from bench.workload import set_threads
+
+    set_threads()
+    gpu = torch.cuda.is_available()
+    quick = "--quick" in sys.argv[1:]
+    matmul = matmul_rate(seconds=1.0 if quick else 3.0, device="cuda" if gpu else "cpu",
+                         dtype="bfloat16" if gpu else "float32")
+    print(json.dumps({"machine": machine(), "matmul": matmul}))
+
+
+if __name__ == "__main__":
+    main()
