@@ -164,3 +164,83 @@ def test_encode_dataset_matches_encode_reports_skips_and_hits_its_cache(smollm2_
     assert report2["cache"] == "hit" and again["labels"] == dataset["labels"]
     _, report3 = E.encode_dataset(conversations, tok, template, policy="all", cache_dir=tmp_path)
     assert report3["cache"] == "miss"  # another policy is another fingerprint
+
+
+def _fast_labels(encoding, spans, n_chars):
+    """Labels from `_trained_ranges`, the way `encode_dataset` builds them, or None when it defers."""
+    ranges = E._trained_ranges(encoding, spans, n_chars)
+    if ranges is None:
+        return None
+    labels = [-100] * len(encoding.ids)
+    for start, stop in ranges:
+        labels[start:stop] = encoding.ids[start:stop]
+    if labels:
+        labels[0] = -100  # nothing predicts the first token
+    return labels
+
+
+@pytest.fixture(scope="module")
+def odd_offset_tokenizers():
+    """Backends whose offsets have empty tokens (trimmed byte-level) or skip characters (BERT-style)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+    corpus = ["hello world  and\n\n  more 🦜 text 你好 é", "the quick brown fox"] * 20
+    trimmed = Tokenizer(models.BPE())
+    trimmed.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trimmed.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300,
+                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    trimmed.post_processor = processors.ByteLevel(trim_offsets=True)
+    bert = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    bert.normalizer = normalizers.BertNormalizer()
+    bert.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    bert.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[UNK]"]))
+    return [trimmed, bert]
+
+
+def test_span_edge_lookups_give_the_labels_of_every_token_offset(smollm2_tokenizer, bos_tokenizer,
+                                                                   odd_offset_tokenizers):
+    """The fast path of encode_dataset marks exactly the tokens that overlap a trained span (the reference)."""
+    import random
+
+    rng = random.Random(0)
+    pieces = ["a", "b", " ", "  ", "\n", "\n\n", " \n ", "🦜", "你好", "hello", " world", "é", "<|im_end|>", "</s>",
+              "<s>", "42", "!?"]
+    backends = [smollm2_tokenizer.backend_tokenizer, bos_tokenizer.backend_tokenizer, *odd_offset_tokenizers]
+    for b, backend in enumerate(backends):
+        settled = 0
+        for _ in range(300):
+            segments = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 7))]
+            text, spans, pos = "".join(segments), [], 0
+            for segment in segments:
+                if rng.random() < 0.5:
+                    spans.append((pos, pos + len(segment), 1.0))
+                pos += len(segment)
+            encoding = backend.encode(text, add_special_tokens=False)
+            reference, _ = E._labels(encoding.ids, encoding.offsets, spans, len(text), False)
+            fast = _fast_labels(encoding, spans, len(text))
+            if fast is not None:
+                settled += 1
+                assert fast == reference.tolist(), (b, text, spans)
+        if b == 0:
+            assert settled > 250  # a byte-level tokenizer almost never needs every offset
+
+
+def test_encode_dataset_equals_encode_on_awkward_text(smollm2_tokenizer, bos_tokenizer, tmp_path):
+    """Emoji, CJK, leading and trailing whitespace, empty replies: the batched path equals the reference."""
+    awkward = [
+        [{"role": "user", "content": " 🦜🦜 你好"}, {"role": "assistant", "content": "  spaced  \n\n"}],
+        [{"role": "system", "content": "\n"}, {"role": "user", "content": "é"}, {"role": "assistant", "content": ""},
+         {"role": "user", "content": "again"}, {"role": "assistant", "content": "🦜"}],
+        [{"role": "user", "content": "x"}, {"role": "assistant", "content": "42!?", "train": False},
+         {"role": "user", "content": "y"}, {"role": "assistant", "content": " z"}],
+    ]
+    conversations = [Conversation.from_dict({"messages": m}) for m in awkward]
+    for tok, names in ((smollm2_tokenizer, ("chatml", "tokenizer", "llama3")), (bos_tokenizer, ("llama2", "vicuna"))):
+        for name in names:
+            template = templates.get(name, tok)
+            for policy in E.POLICIES:
+                dataset, _ = E.encode_dataset(conversations, tok, template, policy=policy, use_cache=False,
+                                              progress=False)
+                expected = [r for r in (E.encode(c, tok, template, policy=policy) for c in conversations) if r]
+                assert dataset["input_ids"] == [r["input_ids"] for r in expected], (name, policy)
+                assert dataset["labels"] == [r["labels"] for r in expected], (name, policy)
