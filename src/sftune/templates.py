@@ -648,13 +648,17 @@ def _hf_with_owners(msgs: list[dict]) -> tuple[list[dict], list[int]]:
     return hf, owners
 
 
-def _jinja_render(t: Template, hf: list[dict], tools: list[dict] | None, add_generation_prompt: bool) -> str:
+def _jinja_render(t: Template, chats: list[list[dict]], tools: list[dict] | None,
+                  add_generation_prompt: bool) -> list[str]:
+    """Render several conversations in one call to transformers' renderer (its per-call work is paid once)."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    rendered, _ = render_jinja_template(conversations=[hf], tools=tools, chat_template=t.jinja,
+    if not chats:
+        return []
+    rendered, _ = render_jinja_template(conversations=chats, tools=tools, chat_template=t.jinja,
                                         add_generation_prompt=add_generation_prompt, bos_token=t.bos,
                                         eos_token=t.eos, **t.special_tokens)
-    return rendered[0]
+    return rendered
 
 
 def _boundary(t: Template, rendered: str, full: str) -> tuple[int, str]:
@@ -684,14 +688,23 @@ def _jinja_segments(t: Template, msgs: list[dict], tools: list[dict] | None,
     """
     hf, owners = _hf_with_owners(msgs)
     try:
-        full = _jinja_render(t, hf, tools, add_generation_prompt)
-        ends = [_boundary(t, _jinja_render(t, hf[:k], tools, False), full) for k in range(1, len(hf) + 1)]
+        # Without a generation prompt the full render is also the render of the longest prefix.
+        if add_generation_prompt:
+            full = _jinja_render(t, [hf], tools, True)[0]
+            prefixes = _jinja_render(t, [hf[:k] for k in range(1, len(hf) + 1)], tools, False)
+        else:
+            full, *shorter = _jinja_render(t, [hf] + [hf[:k] for k in range(1, len(hf))], tools, False)
+            prefixes = shorter + [full] if hf else []
+        ends = [_boundary(t, rendered, full) for rendered in prefixes]
         closing = next((c for _, c in ends if c), "")
         bounds = [0] + [end for end, _ in ends]
         if closing and not add_generation_prompt and ends[-1][1] == "" and full.endswith(closing):
             bounds[-1] -= len(closing)  # the closing suffix belongs to the template, not to the last turn
-        starts = {k: _boundary(t, _jinja_render(t, hf[:k], tools, True), full)[0] if k else 0
-                  for k, m in enumerate(hf) if m["role"] == "assistant"}
+        replies = [k for k, m in enumerate(hf) if m["role"] == "assistant"]
+        later = [k for k in replies if k]
+        prompts = _jinja_render(t, [hf[:k] for k in later], tools, True)
+        starts = {k: 0 for k in replies}  # a reply that opens the conversation starts at 0
+        starts.update((k, _boundary(t, rendered, full)[0]) for k, rendered in zip(later, prompts))
     except TemplateError:
         raise
     except Exception as err:  # jinja raises anything (raise_exception, undefined keys)
