@@ -244,3 +244,21 @@ def test_encode_dataset_equals_encode_on_awkward_text(smollm2_tokenizer, bos_tok
                 expected = [r for r in (E.encode(c, tok, template, policy=policy) for c in conversations) if r]
                 assert dataset["input_ids"] == [r["input_ids"] for r in expected], (name, policy)
                 assert dataset["labels"] == [r["labels"] for r in expected], (name, policy)
+
+
+def test_encode_dataset_truncates_and_skips_like_encode_in_order(smollm2_tokenizer, bos_tokenizer):
+    tok, template = smollm2_tokenizer, templates.get("chatml", smollm2_tokenizer)
+    long_history = [CHAT[0]] + [{"role": "user", "content": "word " * 40}, {"role": "assistant", "content": "ok " * 40}] \
+        + CHAT[3:]
+    records = [{"messages": CHAT}, {"messages": long_history}, {"messages": CHAT[:2]}, {"messages": CHAT[:1] + CHAT[3:]}]
+    max_len = len(E.encode(CHAT[:1] + CHAT[3:], tok, template)["input_ids"]) + 5
+    dataset, report = E.encode_dataset(records, tok, template, max_len=max_len, use_cache=False, progress=False)
+    expected = [E.encode(r, tok, template, max_len=max_len) for r in records]
+    assert dataset["input_ids"] == [r["input_ids"] for r in expected if r]
+    assert dataset["labels"] == [r["labels"] for r in expected if r]
+    assert report["truncated"] == 2 and report["skipped_by_reason"] == {"no_trained_token": 1}
+    assert report["skipped_records"][0]["where"] == "record 2"
+    doubled = templates.get({"name": "double", "prefix": "{bos}{bos}", "user": "{content}", "assistant": "{content}{eos}",
+                             "generation_prompt": "", "end": "{eos}"}, bos_tokenizer)
+    dataset, report = E.encode_dataset([{"messages": CHAT}], bos_tokenizer, doubled, use_cache=False, progress=False)
+    assert len(dataset) == 0 and report["skipped_by_reason"] == {"two_bos": 1}

@@ -285,6 +285,7 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
         if len(report["skipped_records"]) < 100:
             report["skipped_records"].append({"where": _where(records[k], k), "reason": reason, "detail": detail})
 
+    nothing_left = "no token left to train" + (f" within max_len={max_len}" if max_len else "")
     bar = _progress(progress, len(records))
     for done, items, errors, encodings in _tokenized_batches(records, template, policy, backend, batch_size):
         for k, err in errors:
@@ -298,7 +299,7 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
         trained = np.concatenate([[0], np.cumsum(labels != IGNORE)])[bounds]
         unusual = np.flatnonzero(two_bos | too_long | (trained[1:] == trained[:-1])).tolist()
 
-        row = 0
+        row = 0  # rows are kept in order: runs of ordinary rows as slices, the unusual ones one by one
         for special in unusual + [len(items)]:
             if special > row:  # rows row..special-1 are kept as they are: one slice of the flat arrays
                 lo, hi = bounds[row], bounds[special]
@@ -315,13 +316,13 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
                 skip(k, "two_bos", f"template {template.name!r} renders two BOS tokens at the start")
                 continue
             if not too_long[special]:
-                skip(k, "no_trained_token", "no token left to train")
+                skip(k, "no_trained_token", nothing_left)
                 continue
             result = _truncate(messages, tools, tokenizer, template, policy, max_len,
                                _encode_messages(messages, tools, tokenizer, template, policy))
             report["truncated"] += 1
             if all(label == IGNORE for label in result["labels"]):
-                skip(k, "no_trained_token", f"no token left to train within max_len={max_len}")
+                skip(k, "no_trained_token", nothing_left)
                 continue
             columns["input_ids"].append(np.asarray(result["input_ids"], dtype=np.int32))
             columns["labels"].append(np.asarray(result["labels"], dtype=np.int32))
