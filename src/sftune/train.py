@@ -551,7 +551,7 @@ def train(config, overrides: list[str] | None = None, *, console=None) -> TrainR
     import shutil
 
     from rich.console import Console
-    from transformers import EarlyStoppingCallback
+    from transformers import EarlyStoppingCallback, set_seed
 
     from sftune import methods, models, templates
     from sftune.config import Config, ConfigError, load, to_yaml
@@ -579,6 +579,7 @@ def train(config, overrides: list[str] | None = None, *, console=None) -> TrainR
         adapter = cfg.method.name not in ("full", "freeze")
         dtype = "bfloat16" if cuda and precision == "bf16" and adapter else "float32"
     load_kwargs = methods.load_kwargs(cfg.method)
+    set_seed(cfg.train.seed)  # adapters are initialized randomly: the same seed, the same run
     model, tokenizer = models.load(
         cfg.model.name,
         dtype=getattr(torch, dtype),
