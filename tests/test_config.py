@@ -109,3 +109,12 @@ def test_print_config_cli(tmp_path):
     assert printed["data"]["train"] == ["a.jsonl"]
     bad = CliRunner().invoke(app, ["train", str(path), "train.lrr=1"])
     assert bad.exit_code == 2 and "did you mean 'train.lr'" in bad.output
+
+
+def test_sftune_train_is_lazy_and_callable():
+    import subprocess
+    import sys
+
+    code = ("import sys, sftune; assert 'torch' not in sys.modules; "
+            "import sftune.train as m; assert callable(sftune.train) and sftune.train.train is m.train")
+    subprocess.run([sys.executable, "-c", code], check=True)

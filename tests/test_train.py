@@ -429,3 +429,14 @@ def test_early_stopping_stops_when_eval_loss_stops_improving(tmp_path, tiny_chec
     result = train(run_config(tmp_path, tiny_checkpoint, train={"max_steps": 20, "lr": 1e-12, "scheduler": "constant",
                                                                 "warmup": 0}, eval={"early_stopping_patience": 2}))
     assert result.summary["steps"] == 6  # evaluations at 2 (best), 4, 6 without gain -> stop
+
+
+@pytest.mark.slow
+def test_demo_learns_the_task(tmp_path, monkeypatch):
+    """The README's main job on the real model: held-out exact match and loss improve clearly."""
+    from sftune import demo
+
+    monkeypatch.chdir(tmp_path)
+    result = demo.run()
+    assert result["loss_after"] < result["loss_before"]
+    assert result["exact_match_after"] >= result["exact_match_before"] + 0.3

@@ -717,3 +717,15 @@ def plot_curves(metrics_path: Path, png_path: Path) -> None:
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
+
+
+class _CallableModule(type(json)):
+    """Lets `sftune.train(config)` call train(): the package attribute and the module share a name."""
+
+    def __call__(self, config, overrides: list[str] | None = None, **options) -> TrainResult:
+        return train(config, overrides, **options)
+
+
+import sys as _sys  # noqa: E402
+
+_sys.modules[__name__].__class__ = _CallableModule
