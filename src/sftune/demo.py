@@ -27,14 +27,14 @@ method:
   alpha: 32
   dropout: 0.05
 train:
-  epochs: 2
+  epochs: 1
   batch_size: 2
   lr: 1.0e-3
   warmup: 0.05
   logging_steps: 5
   save_total_limit: 1
 eval:
-  steps: 20
+  steps: 16
   on_start: true
 output:
   dir: runs/demo
@@ -115,7 +115,7 @@ def is_correct(answer: str, truth: dict[str, Any]) -> bool:
         return False
 
 
-def generate(model, tokenizer, template, prompts: list[str], *, max_new_tokens: int = 40, batch_size: int = 20) -> list[str]:
+def generate(model, tokenizer, template, prompts: list[str], *, max_new_tokens: int = 32, batch_size: int = 20) -> list[str]:
     """Greedy answers, each prompt rendered with the training template (left-padded batches)."""
     import torch
 
