@@ -440,3 +440,22 @@ def test_demo_learns_the_task(tmp_path, monkeypatch):
     result = demo.run()
     assert result["loss_after"] < result["loss_before"]
     assert result["exact_match_after"] >= result["exact_match_before"] + 0.3
+
+
+def test_neftune_adds_noise_in_training_only(tmp_path):
+    """NEFTune (transformers' own hook): the first-step loss changes, evaluation does not."""
+    data = encoded_examples(8)
+    results = {}
+    for alpha in (None, 5.0):
+        trainer = SFTTrainer(
+            model=tiny_model("llama", vocab_size=VOCAB),
+            args=make_args(tmp_path / str(alpha), max_steps=1, neftune_noise_alpha=alpha),
+            train_dataset=data,
+            eval_dataset=data,
+            data_collator=padding_free_collate,
+        )
+        before = trainer.evaluate()["eval_loss"]
+        trainer.train()
+        results[alpha] = (before, losses(trainer)[0])
+    assert results[5.0][0] == pytest.approx(results[None][0], abs=1e-7)
+    assert abs(results[5.0][1] - results[None][1]) > 1e-4
