@@ -131,7 +131,7 @@ def aggregate(runs: list[dict[str, Any]], matmul: float) -> dict[str, Any]:
     first = good[0]
     out["settings"] = {**first["settings"], "layout": ", ".join(first["layout"])}
     out["work"] = {k: first[k] for k in ("examples_total", "trained_total", "expected_trained", "real_total",
-                                         "fed_total", "steps", "timed_steps", "lora_params")}
+                                         "fed_total", "steps", "timed_steps", "timed_trained", "lora_params")}
     out["same_work_every_repeat"] = len({(r["trained_total"], r["examples_total"]) for r in good}) == 1
     out["repeats"] = len(good)
     out["failed"] = len(runs) - len(good)
@@ -160,11 +160,11 @@ def report(info: dict[str, Any], args: argparse.Namespace, table: dict[str, dict
         f"Work: {args.examples} examples from bench/data/sharegpt_bench.jsonl, {args.batch} examples per optimizer "
         f"step, one epoch, {args.model}, LoRA r={lora['r']} on {lora['target_modules']} layers (alpha "
         f"{lora['lora_alpha']}, dropout {lora['lora_dropout']}), "
-        f"max length 512, response-only loss. Repeats: {args.repeats}, each in its own process; "
+        f"max length 512, response-only loss. Each run in its own process ('runs' column: how many); "
         f"first {args.warmup_steps} step(s) of each run are warm-up and not timed. Figures: median (min-max).",
         "",
-        f"| system | trained tokens/s | all tokens fed/s | s / optimizer step | {memory} | MFU |",
-        "|---|---|---|---|---|---|",
+        f"| system | trained tokens/s | all tokens fed/s | s / optimizer step | {memory} | MFU | runs |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, row in table.items():
         if "error" in row:
@@ -174,7 +174,7 @@ def report(info: dict[str, Any], args: argparse.Namespace, table: dict[str, dict
         lines.append(
             f"| {labels[name]} | {_spread(row['trained_per_s'])} | {_spread(row['fed_per_s'])} | "
             f"{_spread(row['s_per_step'], digits=2)} | {_spread(mem, 2**30, 2)} | "
-            f"{_spread(row['mfu'], 0.01)} % |"
+            f"{_spread(row['mfu'], 0.01)} % | {row['repeats']} |"
         )
     for name, why in skipped.items():
         lines.append(f"| {labels.get(name, name)} | skipped: {why} | | | | |")
@@ -205,15 +205,19 @@ def report(info: dict[str, Any], args: argparse.Namespace, table: dict[str, dict
                      f"{c['layout']} | {c['micro_batch']} x {c['accumulation']} |")
     lines += ["", "Same work (one run of each system; every repeat of a system trained the same tokens: "
               "'same' column):", "",
-              "| system | examples | optimizer steps | trained tokens | expected | real tokens | tokens fed | same |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| system | examples | optimizer steps | trained tokens | expected | real tokens | tokens fed | same | "
+              "trained in timed steps |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for name, row in table.items():
         if "error" in row:
             continue
         w = row["work"]
         lines.append(f"| {labels[name]} | {w['examples_total']} | {w['steps']} | {w['trained_total']} | "
                      f"{w['expected_trained']} | {w['real_total']} | {w['fed_total']} | "
-                     f"{'yes' if row['same_work_every_repeat'] else 'NO'} |")
+                     f"{'yes' if row['same_work_every_repeat'] else 'NO'} | {w.get('timed_trained', '')} |")
+    lines += ["", "Which examples fall in the timed steps depends on each system's batching (packed rows or "
+              "single examples, shuffled): with few steps, compare rates, not seconds per step, across systems "
+              "whose timed steps trained different token counts."]
     lines += [
         "",
         f"MFU: useful training FLOP/s divided by this machine's measured {matmul['dtype']} matmul rate, "
@@ -235,6 +239,24 @@ def report(info: dict[str, Any], args: argparse.Namespace, table: dict[str, dict
     return "\n".join(lines) + "\n"
 
 
+def rewrite(saved: Path) -> int:
+    """Render DATE-MACHINE.md again from DATE-MACHINE.json."""
+    from bench.systems import SYSTEMS
+
+    raw = json.loads(saved.read_text())
+    a = raw["args"]
+    args = argparse.Namespace(examples=int(a["examples"]), batch=int(a["batch"]),
+                              warmup_steps=int(a["warmup_steps"]), model=a["model"])
+    labels = {"sftune": "sftune defaults", **{k: v[0] for k, v in SYSTEMS.items()}, "unsloth": "Unsloth"}
+    matmul = max(raw["matmul"], key=lambda m: m["flops"])
+    table = {name: aggregate(r, matmul["flops"]) for name, r in raw["runs"].items() if r}
+    when = saved.name[:10]
+    page = report(raw["machine"], args, table, labels, raw.get("skipped", {}), matmul, raw["components"], when)
+    saved.with_suffix(".md").write_text(page, encoding="utf-8")
+    print(page)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: 8 examples, 4 per step, 1 repeat")
@@ -243,11 +265,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=None, help="examples per optimizer step (default 8; 4 quick)")
     parser.add_argument("--warmup-steps", type=int, default=1)
     parser.add_argument("--systems", default=None, help="comma-separated subset of: " + ", ".join(
-        CPU_SYSTEMS + ["trl_liger", "unsloth"]))
+        CPU_SYSTEMS + ["trl_liger", "unsloth"]) + "; NAME:N runs that one N times instead of --repeats")
     parser.add_argument("--model", default=MODEL, help="model name or checkpoint folder (default: %(default)s)")
     parser.add_argument("--no-components", action="store_true", help="skip the data and encoding benchmarks")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for DATE-MACHINE.md and .json")
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="rewrite the page from a run's saved .json (no training), e.g. after a report change")
     args = parser.parse_args(argv)
+    if args.from_json:
+        return rewrite(args.from_json)
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.examples = args.examples or (8 if args.quick else 64)
     args.batch = args.batch or (4 if args.quick else 8)
@@ -263,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     first = probe(args.quick)
     info = first["machine"]
     gpu = info["gpu"] is not None
-    systems, skipped = available_systems(args.systems.split(",") if args.systems else None, gpu)
+    # "name:N" runs that system N times instead of --repeats (for peers too slow to repeat in the time at hand).
+    requested = [part.split(":")[0] for part in args.systems.split(",")] if args.systems else None
+    repeats = {part.split(":")[0]: int(part.split(":")[1]) for part in (args.systems or "").split(",") if ":" in part}
+    systems, skipped = available_systems(requested, gpu)
     labels = {"sftune": "sftune defaults", **{k: v[0] for k, v in SYSTEMS.items()}, "unsloth": "Unsloth"}
     unknown = [s for s in systems if s not in labels]
     if unknown:
@@ -276,11 +305,29 @@ def main(argv: list[str] | None = None) -> int:
 
     matmul_runs = [first["matmul"]]
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
+
+    def write(final: bool) -> str:
+        """The results page and raw figures; rewritten after every round so a cut-off run leaves a table."""
+        measured = matmul_runs + ([probe(args.quick)["matmul"]] if final else [])
+        matmul = max(measured, key=lambda m: m["flops"])
+        table = {name: aggregate(r, matmul["flops"]) for name, r in runs.items() if r}
+        components = [] if args.no_components or not final else [
+            run_component(c, args.quick, log) for c in COMPONENTS]
+        page = report(info, args, table, labels, skipped, matmul, components, when)
+        (args.results / f"{stem}.md").write_text(page, encoding="utf-8")
+        (args.results / f"{stem}.json").write_text(json.dumps(
+            {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "matmul": measured, "skipped": skipped,
+             "runs": runs, "table": table, "components": components}, indent=1), encoding="utf-8")
+        return page
+
+    rounds = max([args.repeats, *repeats.values()])
     with Progress(console=console) as progress:
-        task = progress.add_task("systems", total=len(systems) * args.repeats)
-        for repeat in range(args.repeats):
+        task = progress.add_task("systems", total=sum(repeats.get(s, args.repeats) for s in systems))
+        for repeat in range(rounds):
             for name in systems:
-                progress.update(task, description=f"{name} (repeat {repeat + 1}/{args.repeats})")
+                if repeat >= repeats.get(name, args.repeats):
+                    continue
+                progress.update(task, description=f"{name} (repeat {repeat + 1}/{repeats.get(name, args.repeats)})")
                 result = run_one(name, args, log)
                 runs[name].append(result)
                 if "error" in result:
@@ -289,18 +336,11 @@ def main(argv: list[str] | None = None) -> int:
                     console.print(f"{name}: {result['trained_per_s']:.1f} trained tokens/s, "
                                   f"{result['s_per_step']:.2f} s/step, peak RSS {result['peak_rss'] / 2**30:.2f} GB")
                 progress.advance(task)
-    matmul_runs.append(probe(args.quick)["matmul"])
-    matmul = max(matmul_runs, key=lambda m: m["flops"])
-    table = {name: aggregate(r, matmul["flops"]) for name, r in runs.items()}
-    components = [] if args.no_components else [run_component(c, args.quick, log) for c in COMPONENTS]
-
-    page = report(info, args, table, labels, skipped, matmul, components, when)
-    (args.results / f"{stem}.md").write_text(page, encoding="utf-8")
-    (args.results / f"{stem}.json").write_text(json.dumps(
-        {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "matmul": matmul_runs,
-         "runs": runs, "table": table, "components": components}, indent=1), encoding="utf-8")
+            write(final=False)
+    page = write(final=True)
     print(page)
     console.print(f"written: {args.results / (stem + '.md')}")
+    table = json.loads((args.results / f"{stem}.json").read_text())["table"]
     failed = [n for n, row in table.items() if "error" in row]
     return 1 if failed else 0
 
