@@ -635,7 +635,7 @@ def train(config, overrides: list[str] | None = None, *, console=None) -> TrainR
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume)
     elapsed = time.perf_counter() - started
-    final_eval = trainer.evaluate() if eval_rows is not None else {}
+    final_eval = _final_evaluation(trainer) if eval_rows is not None else {}
 
     trainer.save_model(str(run_dir))  # model or adapter, plus the tokenizer with its chat template
     trainable, total = methods.count_parameters(model)
@@ -666,6 +666,16 @@ def train(config, overrides: list[str] | None = None, *, console=None) -> TrainR
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
     return TrainResult(run_dir=run_dir, summary=summary, model=trainer.model, tokenizer=tokenizer)
+
+
+def _final_evaluation(trainer: SFTTrainer) -> dict[str, Any]:
+    """Held-out metrics of the model as saved: the last evaluation when it was of this very model."""
+    state = trainer.state
+    last = next((r for r in reversed(state.log_history) if "eval_loss" in r), None)
+    same_model = not trainer.args.load_best_model_at_end or state.best_global_step in (None, state.global_step)
+    if last is not None and last["step"] == state.global_step and same_model:
+        return {k: v for k, v in last.items() if k.startswith("eval_")}
+    return trainer.evaluate()
 
 
 def _resolve_resume(resume_from: str | None, checkpoints: Path, console) -> str | None:
