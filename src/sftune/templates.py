@@ -128,20 +128,6 @@ BUILTINS: dict[str, dict[str, Any]] = {
         "bos": "<|begin_of_text|>",
         "eos": "<|eot_id|>",
     },
-    "llama3.1": {
-        "description": "Llama-3.1-Instruct: Llama 3 plus the dated system header and its tool calls",
-        "prefix": "{bos}",
-        "system": "<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
-        "user": "<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
-        "assistant": "<|start_header_id|>assistant<|end_header_id|>\n\n{content}<|eot_id|>",
-        "generation_prompt": "<|start_header_id|>assistant<|end_header_id|>\n\n",
-        "end": "<|eot_id|>",
-        "strip": "content",
-        "tools": "llama3",
-        "dated_system": True,
-        "bos": "<|begin_of_text|>",
-        "eos": "<|eot_id|>",
-    },
     "mistral": {
         "description": "Mistral-Instruct v0.1/v0.2: <s>[INST] ... [/INST]reply</s>; system before the first user text",
         "prefix": "{bos}",
@@ -241,6 +227,14 @@ BUILTINS: dict[str, dict[str, Any]] = {
 }
 
 TOKENIZER = "tokenizer"
+
+# Llama 3.1 is Llama 3 plus the dated system header its official template always writes.
+BUILTINS["llama3.1"] = {
+    **BUILTINS["llama3"],
+    "description": "Llama-3.1-Instruct: Llama 3 plus the dated system header and its tool calls",
+    "dated_system": True,
+}
+
 # Names that also resolve, for users who know a model by another name.
 ALIASES = {"qwen": "qwen2.5", "qwen2": "chatml", "smollm2": "chatml", "llama-2": "llama2", "llama-3": "llama3",
            "gemma3": "gemma", "phi-3": "phi3", "phi3.5": "phi3"}
