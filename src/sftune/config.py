@@ -33,7 +33,11 @@ class ModelSection(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights dtype; auto = float32 on CPU, the training precision on GPU"
     )
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = Field(
+        "auto",
+        description="auto = sftune's varlen attention (each packed sequence attends to itself only, no mask "
+        "built) when packing, else sdpa; or any transformers name: sdpa, eager, flash_attention_2 ...",
+    )
     trust_remote_code: bool = False
 
 
@@ -66,9 +70,15 @@ class TrainSection(_Section):
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
     batch_size: int = Field(
-        4, ge=1, description="per process and micro-batch: packed rows (packing on) or sequences (packing off)"
+        4, ge=1, description="per process and optimizer step (times grad_accum): packed rows (packing on) "
+        "or sequences (packing off)"
     )
-    grad_accum: int = Field(1, ge=1)
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="rows or sequences per forward pass; the rest of batch_size is accumulated, "
+        "with the same loss and gradients and less memory. None = 1 packed row on CPU (faster there), "
+        "batch_size on GPU",
+    )
+    grad_accum: int = Field(1, ge=1, description="batches of batch_size accumulated into one optimizer step")
     lr: float | None = Field(None, gt=0, description="learning rate; default: the method's usual value")
     scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     warmup: float = Field(0.05, ge=0, description="warm-up: a share of the steps if < 1, else a step count")
@@ -91,7 +101,7 @@ class TrainSection(_Section):
 
 class EvalSection(_Section):
     steps: int | None = Field(None, ge=1, description="evaluate every N steps; None = each epoch")
-    batch_size: int | None = Field(None, ge=1, description="default: train.batch_size")
+    batch_size: int | None = Field(None, ge=1, description="default: train's micro-batch size")
     early_stopping_patience: int | None = Field(None, ge=1, description="stop after N evaluations without gain")
     keep_best: bool = Field(True, description="load the best checkpoint (by eval loss) at the end")
     on_start: bool = Field(False, description="also evaluate before the first step (the baseline)")

@@ -54,7 +54,7 @@ DEFAULT_LEARNING_RATE: dict[str, float] = {
 
 # Attention implementations that keep packed sequences apart from `position_ids` alone
 # (transformers' masking utilities, and flash-attention's varlen path).
-PACKING_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+PACKING_ATTENTION = ("sftune_varlen", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 class MethodConfig(BaseModel):
@@ -208,7 +208,7 @@ def _trained_modules(model: Any) -> list[str]:
     return sorted(shown)
 
 
-def packing_supported(method: MethodConfig, model: Any) -> tuple[bool, str]:
+def packing_supported(method: MethodConfig, model: Any = None) -> tuple[bool, str]:
     """Whether padding-free packed batches train this method correctly, and if not, why.
 
     Packing is correct when each sequence in a pack sees exactly what it would see alone. For the
@@ -227,8 +227,8 @@ def packing_supported(method: MethodConfig, model: Any) -> tuple[bool, str]:
             f"{method.name} passes its virtual keys/values as a cache, and transformers keeps packed "
             "sequences apart only without one, so the sequences in a packed row would attend to each other"
         )
-    attention = getattr(model.config, "_attn_implementation", None)
-    if attention not in PACKING_ATTENTION:
+    attention = None if model is None else getattr(model.config, "_attn_implementation", None)
+    if model is not None and attention not in PACKING_ATTENTION:
         return False, (
             f"attention implementation {attention!r} is not known to keep packed sequences apart; "
             f"load the model with one of {', '.join(PACKING_ATTENTION)}"

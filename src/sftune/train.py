@@ -419,6 +419,22 @@ def resolve_precision(name: str) -> str:
     return "bf16" if amx else "fp32"  # bf16 autocast without bf16 units is slower than fp32
 
 
+def micro_batch_size(t, *, packing: bool, cuda: bool) -> int:
+    """Rows (or sequences) per forward pass. On a CPU one packed row at a time is faster than several
+    (the activations of ~512 tokens stay in cache; measured 175 vs 130 tokens/s with SmolLM2) and
+    needs a third of the memory; the loss and gradients are the same (normalized per optimizer step)."""
+    from sftune.config import ConfigError
+
+    micro = t.micro_batch_size or (1 if packing and not cuda else t.batch_size)
+    micro = min(micro, t.batch_size)
+    if t.batch_size % micro:
+        raise ConfigError(
+            f"train.micro_batch_size={micro} must divide train.batch_size={t.batch_size}: each optimizer step "
+            f"accumulates batch_size / micro_batch_size forward passes; e.g. train.micro_batch_size=1"
+        )
+    return micro
+
+
 def training_arguments(cfg, run_dir: Path, *, precision: str, has_eval: bool, packing: bool):
     """Map the sftune configuration onto `transformers.TrainingArguments`."""
     from transformers import TrainingArguments
@@ -444,11 +460,12 @@ def training_arguments(cfg, run_dir: Path, *, precision: str, has_eval: bool, pa
     if e.early_stopping_patience and not has_eval:
         raise ConfigError("eval.early_stopping_patience needs held-out data: set data.eval or data.val_ratio > 0")
     cuda = torch.cuda.is_available()
+    micro = micro_batch_size(t, packing=packing, cuda=cuda)
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=e.batch_size or t.batch_size,
-        gradient_accumulation_steps=t.grad_accum,
+        per_device_train_batch_size=micro,
+        per_device_eval_batch_size=e.batch_size or micro,
+        gradient_accumulation_steps=t.grad_accum * (t.batch_size // micro),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps or -1,
         learning_rate=t.lr or DEFAULT_LEARNING_RATE[cfg.method.name],
@@ -553,7 +570,7 @@ def train(config, overrides: list[str] | None = None, *, console=None) -> TrainR
     from rich.console import Console
     from transformers import EarlyStoppingCallback, set_seed
 
-    from sftune import methods, models, templates
+    from sftune import attention, methods, models, templates
     from sftune.config import Config, ConfigError, load, to_yaml
 
     cfg = config if isinstance(config, Config) else load(config, overrides)
@@ -579,11 +596,13 @@ def train(config, overrides: list[str] | None = None, *, console=None) -> TrainR
         adapter = cfg.method.name not in ("full", "freeze")
         dtype = "bfloat16" if cuda and precision == "bf16" and adapter else "float32"
     load_kwargs = methods.load_kwargs(cfg.method)
+    packing = cfg.data.packing and methods.packing_supported(cfg.method)[0]
+    attn = attention.resolve(cfg.model.attn_implementation, packing=packing)
     set_seed(cfg.train.seed)  # adapters are initialized randomly: the same seed, the same run
     model, tokenizer = models.load(
         cfg.model.name,
         dtype=getattr(torch, dtype),
-        attn_implementation=cfg.model.attn_implementation,
+        attn_implementation=attn,
         trust_remote_code=cfg.model.trust_remote_code,
         **load_kwargs,
     )
@@ -591,8 +610,7 @@ def train(config, overrides: list[str] | None = None, *, console=None) -> TrainR
     model = methods.apply_method(model, cfg.method, tokenizer, verbose=False)
     console.print(f"[bold]{cfg.method.name}[/bold] on {cfg.model.name}: {methods.trainable_summary(model)}")
 
-    packing = cfg.data.packing
-    if packing:
+    if cfg.data.packing:
         ok, why = methods.packing_supported(cfg.method, model)
         if not ok:
             console.print(f"[yellow]packing off: {why}; batch_size now counts sequences[/yellow]")
