@@ -22,7 +22,10 @@ from sftune.train import (
     token_stats,
     trained_hidden_states,
 )
+from sftune import methods
+from sftune.methods import MethodConfig
 from tests.conftest import tiny_model
+from tests.test_methods import ALL_METHODS
 
 VOCAB = 512
 
@@ -229,23 +232,30 @@ class StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
-def _lora(model):
-    from peft import LoraConfig, get_peft_model
-
-    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules="all-linear"))
+# lora with dropout: resume must also restore the random state that dropout draws from
+RESUME_METHODS = {**ALL_METHODS, "lora": {"name": "lora", "r": 4, "dropout": 0.1}}
 
 
-def test_resume_is_exact(tmp_path):
-    """2N steps straight == N steps, stop, resume N more (random order, dropout)."""
+def with_method(name: str):
+    return methods.apply_method(tiny_model("llama", vocab_size=VOCAB), MethodConfig(**RESUME_METHODS[name]),
+                                verbose=False)
+
+
+@pytest.mark.parametrize("method", list(RESUME_METHODS))
+def test_resume_is_exact(tmp_path, method):
+    """2N steps straight == N steps, stop, resume N more (random order, dropout), for every method.
+
+    One record per row: the prompt-learning methods cannot train packed rows.
+    """
     data = encoded_examples(24, seed=5)
     n = 3
 
     def run(folder, resume=None, stop=None):
-        args = make_args(folder, per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=2 * n,
+        args = make_args(folder, per_device_train_batch_size=1, gradient_accumulation_steps=4, max_steps=2 * n,
                          train_sampling_strategy="random", save_strategy="steps", save_steps=100,
                          lr_scheduler_type="cosine", warmup_steps=1, max_grad_norm=1.0)
         trainer = SFTTrainer(
-            model=_lora(tiny_model("llama", vocab_size=VOCAB)),
+            model=with_method(method),
             args=args,
             train_dataset=data,
             data_collator=padding_free_collate,
@@ -261,8 +271,29 @@ def test_resume_is_exact(tmp_path):
     assert checkpoint is not None and checkpoint.endswith(f"checkpoint-{n}")
     resumed = run(tmp_path / "parts", resume=checkpoint)
     assert resumed.state.global_step == 2 * n
-    assert losses(resumed)[-1] == pytest.approx(losses(straight)[-1], abs=1e-6)
     assert losses(resumed)[-n:] == pytest.approx(losses(straight)[-n:], abs=1e-6)
+    want = methods.trainable_state(straight.model)
+    for name, value in methods.trainable_state(resumed.model).items():
+        torch.testing.assert_close(value, want[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_best_prefix_tuning_checkpoint_is_loaded_at_the_end(tmp_path):
+    """keep-best with prefix_tuning: the model after training is the best checkpoint's, as trained."""
+    data = encoded_examples(8, seed=2)
+    trainer = SFTTrainer(
+        model=with_method("prefix_tuning"),
+        args=make_args(tmp_path, per_device_train_batch_size=1, max_steps=3, learning_rate=1e-2,
+                       eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
+                       load_best_model_at_end=True, metric_for_best_model="eval_loss",
+                       greater_is_better=True),  # "best" = the highest loss: not the last step's model
+        train_dataset=data,
+        eval_dataset=data[:2],
+        data_collator=padding_free_collate,
+    )
+    trainer.train()
+    evaluations = [r["eval_loss"] for r in trainer.state.log_history if "eval_loss" in r]
+    assert trainer.state.best_global_step != 3 and max(evaluations) != evaluations[-1]
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(max(evaluations), abs=1e-6)
 
 
 class PoisonAt(TrainerCallback):

@@ -26,6 +26,8 @@ from transformers.trainer_callback import PrinterCallback
 
 IGNORE = -100
 CHECKPOINT_COMPLETE = ".sftune-complete"  # written after a checkpoint folder is fully saved
+# Prompt-learning adapters as they are in training (prefix_tuning's projection MLP included), for resume.
+TRAINABLE_STATE = "sftune_trainable.safetensors"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -293,6 +295,46 @@ class SFTTrainer(Trainer):
         self.log(dict(metrics))
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    # Checkpoints of prompt-learning adapters. peft saves them for inference (prefix_tuning folds its
+    # projection MLP into plain keys/values), which Trainer then cannot load back into the training
+    # model; sftune keeps the trained parameters as they are beside the adapter and resumes from those.
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+        if self.args.should_save and self._resumes_trainable_state():
+            from safetensors.torch import save_file
+
+            from sftune.methods import trainable_state
+
+            save_file(trainable_state(self.model), folder / TRAINABLE_STATE)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        path = Path(resume_from_checkpoint) / TRAINABLE_STATE
+        if self._resumes_trainable_state() and path.is_file():
+            self._load_trainable_state(path)
+        else:
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        path = Path(self.state.best_model_checkpoint) / TRAINABLE_STATE
+        if self._resumes_trainable_state() and path.is_file():
+            self._load_trainable_state(path)
+        else:
+            super()._load_best_model()
+
+    def _resumes_trainable_state(self) -> bool:
+        """Prompt-learning adapters, outside FSDP / DeepSpeed (which keep their own model states)."""
+        peft_config = getattr(self.model, "active_peft_config", None)
+        sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
+        return bool(peft_config is not None and peft_config.is_prompt_learning and not sharded)
+
+    def _load_trainable_state(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        from sftune.methods import load_trainable_state
+
+        load_trainable_state(self.model, load_file(path, device=str(self.args.device)))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self.train_started is not None:
