@@ -297,11 +297,14 @@ def test_best_prefix_tuning_checkpoint_is_loaded_at_the_end(tmp_path):
 
 
 class PoisonAt(TrainerCallback):
-    def __init__(self, step: int):
+    """Turns a trained parameter into NaN after `step` (on one process only, if `process` is given)."""
+
+    def __init__(self, step: int, process: int | None = None):
         self.step = step
+        self.process = process
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step == self.step:
+        if state.global_step == self.step and self.process in (None, args.process_index):
             with torch.no_grad():
                 next(p for p in model.parameters() if p.requires_grad).fill_(float("nan"))
 
@@ -366,6 +369,44 @@ def test_two_processes_equal_one_process(tmp_path):
     assert runs[2]["losses"] == pytest.approx(runs[1]["losses"], abs=1e-5)
     for name, values in runs[1]["params"].items():
         assert runs[2]["params"][name] == pytest.approx(values, abs=1e-5), name
+
+
+NON_FINITE_SCRIPT = r"""
+import os, sys
+sys.path.insert(0, {root!r})
+from tests.test_train import encoded_examples, make_args, padding_free_collate, PoisonAt, VOCAB
+from tests.conftest import tiny_model
+from sftune.train import NonFiniteLossError, SFTTrainer
+from pathlib import Path
+out = Path(sys.argv[1])
+trainer = SFTTrainer(
+    model=tiny_model("llama", vocab_size=VOCAB),
+    args=make_args(out, per_device_train_batch_size=2, max_steps=4, ddp_backend="gloo", ddp_timeout=60),
+    train_dataset=encoded_examples(16),
+    data_collator=padding_free_collate,
+    callbacks=[PoisonAt(1, process=1)],
+)
+try:
+    trainer.train()
+except NonFiniteLossError as err:
+    (out / f"error-{{trainer.args.process_index}}.txt").write_text(str(err))
+"""
+
+
+def test_non_finite_loss_on_one_process_stops_every_process(tmp_path):
+    """Only process 1's loss is NaN (at step 2): both processes stop there, with the same message."""
+    root = str(Path(__file__).resolve().parents[1])
+    script = tmp_path / "non_finite.py"
+    script.write_text(NON_FINITE_SCRIPT.format(root=root))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": root}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    errors = [tmp_path / f"error-{rank}.txt" for rank in (0, 1)]
+    assert all(e.exists() for e in errors), done.stderr[-3000:]
+    messages = [e.read_text() for e in errors]
+    assert messages[0] == messages[1]
+    assert messages[0].startswith("The loss became nan at step 2 on process 1 of 2.")
 
 
 # ------------------------------------------------------------------------ train(): the run folder

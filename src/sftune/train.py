@@ -164,6 +164,16 @@ def count_trained_tokens(batches: list[dict[str, torch.Tensor]]) -> torch.Tensor
     return sum((shifted_targets(b) != IGNORE).sum() for b in batches)
 
 
+def non_finite_processes(loss: torch.Tensor, accelerator) -> list[tuple[int, float]]:
+    """(process index, loss) of every process whose loss is NaN or infinite, the same list on every
+    process: all of them stop together, where one stopping alone would leave the others waiting
+    in their next collective operation."""
+    losses = loss.detach().float().reshape(1)
+    if accelerator.num_processes > 1:
+        losses = accelerator.gather(losses)
+    return [(rank, value) for rank, value in enumerate(losses.tolist()) if not math.isfinite(value)]
+
+
 def _output_model(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model under DDP / peft wrappers (it owns the output layer and config)."""
     while hasattr(model, "module"):
@@ -253,10 +263,14 @@ class SFTTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if not torch.isfinite(loss):
+        bad = non_finite_processes(loss, self.accelerator)
+        if bad:
             last = last_checkpoint(self.args.output_dir)
+            where = "" if self.accelerator.num_processes == 1 else (
+                f" on process {', '.join(str(rank) for rank, _ in bad)} of {self.accelerator.num_processes}"
+            )
             raise NonFiniteLossError(
-                f"The loss became {loss.item()} at step {self.state.global_step + 1}. "
+                f"The loss became {bad[0][1]} at step {self.state.global_step + 1}{where}. "
                 + (
                     f"Last good checkpoint: {last}; resume from it with a lower learning rate "
                     "(train.lr=...) or check the data."
