@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -296,6 +297,48 @@ def test_best_prefix_tuning_checkpoint_is_loaded_at_the_end(tmp_path):
     assert trainer.evaluate()["eval_loss"] == pytest.approx(max(evaluations), abs=1e-6)
 
 
+class SlowEvaluationAndSaving(TrainerCallback):
+    """Makes each evaluation and each checkpoint save take `seconds` longer."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.pauses = 0
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        time.sleep(self.seconds)
+        self.pauses += 1
+
+    def on_save(self, args, state, control, **kwargs):
+        time.sleep(self.seconds)
+        self.pauses += 1
+
+
+def test_tokens_per_second_leave_out_evaluation_and_saving(tmp_path):
+    data = encoded_examples(12)
+    slow = SlowEvaluationAndSaving(0.2)
+    trainer = SFTTrainer(
+        model=tiny_model("llama", vocab_size=VOCAB),
+        args=make_args(tmp_path, per_device_train_batch_size=2, max_steps=3, eval_strategy="steps", eval_steps=1,
+                       save_strategy="steps", save_steps=1),
+        train_dataset=data,
+        eval_dataset=data[:2],
+        data_collator=padding_free_collate,
+        callbacks=[slow],
+    )
+    started = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - started
+    assert slow.pauses == 6
+    assert 0 < trainer.train_seconds <= wall - slow.pauses * slow.seconds
+    # each logged rate is the tokens so far over the training time so far
+    logged = [r for r in trainer.state.log_history if "trained_tokens_per_second" in r]
+    assert [r["step"] for r in logged] == [1, 2, 3]
+    assert logged[-1]["trained_tokens"] == trainer.trained_tokens
+    for record in logged:
+        seconds = record["trained_tokens"] / record["trained_tokens_per_second"]
+        assert seconds <= trainer.train_seconds * (1 + 1e-3)
+
+
 class PoisonAt(TrainerCallback):
     """Turns a trained parameter into NaN after `step` (on one process only, if `process` is given)."""
 
@@ -455,6 +498,9 @@ def test_train_writes_the_run_folder(tmp_path, tiny_checkpoint):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["trained_tokens"] > 0 and summary["peak_memory_mb"] > 0
     assert summary["trained_tokens_per_second"] > 0 and summary["packing"] is True
+    assert 0 < summary["train_seconds_excluding_eval"] < summary["train_seconds"]
+    assert summary["trained_tokens_per_second"] == pytest.approx(
+        summary["trained_tokens"] / summary["train_seconds_excluding_eval"], rel=1e-2)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in records if "eval_loss" in r][:3] == [2, 4, 6]

@@ -230,10 +230,32 @@ class SFTTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.remove_callback(PrinterCallback)  # the rich progress bar replaces it
         self.trained_tokens = 0  # over all processes, this session
-        self.train_started = None
+        self._seconds_done = 0.0  # training time before the running stretch
+        self._stretch_started = None  # perf_counter() when the running stretch began; None while paused
+
+    @property
+    def train_seconds(self) -> float:
+        """Seconds spent training: from the first batch on, without evaluations and checkpoint saving."""
+        running = 0.0 if self._stretch_started is None else time.perf_counter() - self._stretch_started
+        return self._seconds_done + running
+
+    def _pause_clock(self) -> None:
+        """Stop counting training time; the next batch fetched starts the clock again."""
+        if self._stretch_started is not None:
+            self._seconds_done += time.perf_counter() - self._stretch_started
+            self._stretch_started = None
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        self.trained_tokens, self._seconds_done, self._stretch_started = 0, 0.0, None
+        try:
+            return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        finally:
+            self._pause_clock()
 
     # Which batches make one optimizer step, and how many trained tokens they hold in total.
     def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int, device: torch.device):
+        if self._stretch_started is None:
+            self._stretch_started = time.perf_counter()
         batches = []
         for _ in range(num_batches):
             try:
@@ -246,8 +268,6 @@ class SFTTrainer(Trainer):
         if self.accelerator.num_processes > 1:
             count = self.accelerator.reduce(count, reduction="sum")
         self.trained_tokens += int(count)
-        if self.train_started is None:
-            self.train_started = time.perf_counter()
         return batches, count
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -283,6 +303,7 @@ class SFTTrainer(Trainer):
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Held-out loss (per trained token), perplexity and token accuracy, over all processes."""
+        self._pause_clock()  # evaluation time is not training time
         dataloader = self.get_eval_dataloader(eval_dataset)
         model = self.model
         was_training = model.training
@@ -314,6 +335,7 @@ class SFTTrainer(Trainer):
     # projection MLP into plain keys/values), which Trainer then cannot load back into the training
     # model; sftune keeps the trained parameters as they are beside the adapter and resumes from those.
     def _save_checkpoint(self, model, trial) -> None:
+        self._pause_clock()  # nor is saving
         super()._save_checkpoint(model, trial)
         folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
         if self.args.should_save and self._resumes_trainable_state():
@@ -351,10 +373,9 @@ class SFTTrainer(Trainer):
         load_trainable_state(self.model, load_file(path, device=str(self.args.device)))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self.train_started is not None:
-            elapsed = time.perf_counter() - self.train_started
+        if "loss" in logs and self.trained_tokens:
             logs["trained_tokens"] = self.trained_tokens
-            logs["trained_tokens_per_second"] = round(self.trained_tokens / max(elapsed, 1e-9), 2)
+            logs["trained_tokens_per_second"] = round(self.trained_tokens / max(self.train_seconds, 1e-9), 2)
         super().log(logs, start_time)
 
 
@@ -726,9 +747,10 @@ def train(config, overrides: list[str] | None = None, *, console=None) -> TrainR
         "eval_examples": 0 if eval_set is None else len(eval_set),
         "skipped": {k: (r or {}).get("skipped", 0) for k, r in reports.items()},
         "trained_tokens": trainer.trained_tokens,
-        "trained_tokens_per_second": round(trainer.trained_tokens / max(elapsed, 1e-9), 2),
+        "trained_tokens_per_second": round(trainer.trained_tokens / max(trainer.train_seconds, 1e-9), 2),
         "train_loss": output.training_loss,
         "train_seconds": round(elapsed, 2),
+        "train_seconds_excluding_eval": round(trainer.train_seconds, 3),
         "peak_memory_mb": round(_peak_memory_mb(), 1),
         "trainable_parameters": trainable,
         "total_parameters": total,
