@@ -273,6 +273,9 @@ def test_resume_is_exact(tmp_path, method):
     resumed = run(tmp_path / "parts", resume=checkpoint)
     assert resumed.state.global_step == 2 * n
     assert losses(resumed)[-n:] == pytest.approx(losses(straight)[-n:], abs=1e-6)
+    # the token count goes on from the checkpoint's, and so does the training time
+    assert resumed.trained_tokens == straight.trained_tokens
+    assert resumed.train_seconds > first.train_seconds
     want = methods.trainable_state(straight.model)
     for name, value in methods.trainable_state(resumed.model).items():
         torch.testing.assert_close(value, want[name], atol=1e-6, rtol=0, msg=name)
@@ -536,6 +539,7 @@ def test_train_resume_last_continues_to_the_same_loss(tmp_path, tiny_checkpoint)
     resumed = train(cfg, ["train.resume_from=last"])
     assert resumed.summary["resumed_from"].endswith("checkpoint-4")
     assert resumed.summary["steps"] == 6
+    assert resumed.summary["trained_tokens"] == straight.summary["trained_tokens"]
     loss = lambda r: [json.loads(l) for l in (r.run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in l][-1]["loss"]
     assert loss(resumed) == pytest.approx(loss(straight), abs=1e-6)
 

@@ -23,11 +23,16 @@ from typing import Any, Iterator
 import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 IGNORE = -100
 CHECKPOINT_COMPLETE = ".sftune-complete"  # written after a checkpoint folder is fully saved
 # Prompt-learning adapters as they are in training (prefix_tuning's projection MLP included), for resume.
 TRAINABLE_STATE = "sftune_trainable.safetensors"
+PROGRESS = "sftune_progress.json"  # trained tokens and training seconds so far, for resume
 
 
 class NonFiniteLossError(RuntimeError):
@@ -229,13 +234,14 @@ class SFTTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.remove_callback(PrinterCallback)  # the rich progress bar replaces it
-        self.trained_tokens = 0  # over all processes, this session
+        self.trained_tokens = 0  # over all processes, since the start of the run (resumes included)
         self._seconds_done = 0.0  # training time before the running stretch
         self._stretch_started = None  # perf_counter() when the running stretch began; None while paused
 
     @property
     def train_seconds(self) -> float:
-        """Seconds spent training: from the first batch on, without evaluations and checkpoint saving."""
+        """Seconds spent training: from the first batch on, without evaluations and checkpoint saving;
+        a resumed run goes on from the seconds its checkpoint recorded."""
         running = 0.0 if self._stretch_started is None else time.perf_counter() - self._stretch_started
         return self._seconds_done + running
 
@@ -247,12 +253,25 @@ class SFTTrainer(Trainer):
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         self.trained_tokens, self._seconds_done, self._stretch_started = 0, 0.0, None
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True  # Trainer reports none
+        if isinstance(resume_from_checkpoint, (str, os.PathLike)):
+            self._restore_progress(Path(resume_from_checkpoint))
         try:
             return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
         finally:
             self._pause_clock()
 
     # Which batches make one optimizer step, and how many trained tokens they hold in total.
+    def _restore_progress(self, checkpoint: Path) -> None:
+        path = checkpoint / PROGRESS
+        if not path.is_file():
+            logger.warning(f"{checkpoint} has no {PROGRESS} (saved by an older sftune): trained_tokens and "
+                           "tokens per second will count this session only")
+            return
+        progress = json.loads(path.read_text(encoding="utf-8"))
+        self.trained_tokens, self._seconds_done = int(progress["trained_tokens"]), float(progress["train_seconds"])
+
     def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int, device: torch.device):
         if self._stretch_started is None:
             self._stretch_started = time.perf_counter()
@@ -338,6 +357,9 @@ class SFTTrainer(Trainer):
         self._pause_clock()  # nor is saving
         super()._save_checkpoint(model, trial)
         folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+        if self.args.should_save:
+            progress = {"trained_tokens": self.trained_tokens, "train_seconds": self.train_seconds}
+            (folder / PROGRESS).write_text(json.dumps(progress) + "\n", encoding="utf-8")
         if self.args.should_save and self._resumes_trainable_state():
             from safetensors.torch import save_file
 
