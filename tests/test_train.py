@@ -525,6 +525,31 @@ def test_train_writes_the_run_folder(tmp_path, tiny_checkpoint):
         train(run_config(tmp_path, tiny_checkpoint))
 
 
+class StepRecorder(TrainerCallback):
+    """Records each step's end, and at each log whether metrics.jsonl already holds that record."""
+
+    def __init__(self, metrics_file: Path):
+        self.metrics_file = metrics_file
+        self.steps: list[int] = []
+        self.logged_before_me: list[bool] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        last = json.loads(self.metrics_file.read_text().splitlines()[-1])
+        self.logged_before_me.append(all(last.get(k) == v for k, v in logs.items()))
+
+
+def test_train_runs_the_callers_callbacks_after_its_own(tmp_path, tiny_checkpoint):
+    from sftune.train import train
+
+    recorder = StepRecorder(tmp_path / "run" / "metrics.jsonl")
+    result = train(run_config(tmp_path, tiny_checkpoint, train={"max_steps": 4}), callbacks=[recorder])
+    assert recorder.steps == [1, 2, 3, 4] and result.summary["steps"] == 4
+    assert len(recorder.logged_before_me) >= 6 and all(recorder.logged_before_me)  # 4 train + 2 eval logs
+
+
 def test_train_resume_last_continues_to_the_same_loss(tmp_path, tiny_checkpoint):
     from sftune.train import train
 

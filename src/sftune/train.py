@@ -658,11 +658,19 @@ def _drop_length(collate):
     return collate_without_length
 
 
-def train(config, overrides: list[str] | None = None, *, console=None) -> TrainResult:
+def train(
+    config,
+    overrides: list[str] | None = None,
+    *,
+    console=None,
+    callbacks: list[TrainerCallback] | None = None,
+) -> TrainResult:
     """Run one SFT training from a Config, a YAML path or a dict; write the run folder; return it.
 
     Set-up model, data, method; train with SFTTrainer; save model (or adapter), tokenizer with the
     chat template used, config.yaml, metrics.jsonl, curves.png and summary.json into output.dir.
+    `callbacks`: extra `transformers.TrainerCallback`s (instances or classes), run after sftune's own
+    (checkpoint marker, metrics file, progress bar, early stopping) at every event of the Trainer.
     """
     import shutil
 
@@ -733,10 +741,12 @@ def train(config, overrides: list[str] | None = None, *, console=None) -> TrainR
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_main_process():
         (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    extra_callbacks = list(callbacks or [])
     callbacks = [CheckpointCompleteCallback(), MetricsFileCallback(run_dir / "metrics.jsonl"),
                  RichProgressCallback(console)]
     if cfg.eval.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.eval.early_stopping_patience))
+    callbacks += extra_callbacks
     templates.save_to_tokenizer(template, tokenizer)  # inference uses exactly the training template
     trainer = SFTTrainer(
         model=model,
