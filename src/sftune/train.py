@@ -221,7 +221,8 @@ def trained_hidden_states(model, batch: dict[str, torch.Tensor]):
 
 
 class SFTTrainer(Trainer):
-    """`transformers.Trainer` with the SFT loss, token-level evaluation and a non-finite check.
+    """`transformers.Trainer` with the SFT loss, token-level evaluation, a non-finite check agreed by
+    all processes, trained-token bookkeeping and exact resume of every method.
 
     Per optimizer step: loss = sum of (weighted) token losses / trained tokens in the step, where
     the count covers all accumulated micro-batches and all processes. Each process's
@@ -252,6 +253,7 @@ class SFTTrainer(Trainer):
             self._stretch_started = None
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """Trainer.train, with the trained-token count and training time going on from a resumed checkpoint."""
         self.trained_tokens, self._seconds_done, self._stretch_started = 0, 0.0, None
         if resume_from_checkpoint is True:
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True  # Trainer reports none
@@ -262,7 +264,6 @@ class SFTTrainer(Trainer):
         finally:
             self._pause_clock()
 
-    # Which batches make one optimizer step, and how many trained tokens they hold in total.
     def _restore_progress(self, checkpoint: Path) -> None:
         path = checkpoint / PROGRESS
         if not path.is_file():
@@ -272,6 +273,7 @@ class SFTTrainer(Trainer):
         progress = json.loads(path.read_text(encoding="utf-8"))
         self.trained_tokens, self._seconds_done = int(progress["trained_tokens"]), float(progress["train_seconds"])
 
+    # Which batches make one optimizer step, and how many trained tokens they hold in total.
     def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int, device: torch.device):
         if self._stretch_started is None:
             self._stretch_started = time.perf_counter()
@@ -392,7 +394,7 @@ class SFTTrainer(Trainer):
 
         from sftune.methods import load_trainable_state
 
-        load_trainable_state(self.model, load_file(path, device=str(self.args.device)))
+        load_trainable_state(self.model, load_file(path))  # copied onto the parameters, wherever they are
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self.trained_tokens:
