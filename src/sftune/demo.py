@@ -25,7 +25,7 @@ method:
   name: lora
   r: 16
   alpha: 32
-  dropout: 0.05
+  dropout: 0.0
 train:
   max_steps: 30                # about 120 examples; the task is learned by then
   batch_size: 2

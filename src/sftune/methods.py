@@ -72,7 +72,10 @@ class MethodConfig(BaseModel):
     # lora / qlora
     r: int = Field(16, ge=1, description="lora: rank")
     alpha: float = Field(32, gt=0, description="lora: scaling numerator (alpha / r, or alpha / sqrt(r) with rslora)")
-    dropout: float = Field(0.05, ge=0, lt=1)
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="lora: dropout on the adapter input; 0 = off, as in peft, LLaMA-Factory and "
+        "Unsloth (on a CPU, 0.05 costs ~15% of the step time and stores a dropped copy of each adapter's input)",
+    )
     target_modules: str | list[str] = Field(
         "all-linear", description="lora: module names, or 'all-linear' (every linear layer except the output layer)"
     )
