@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -64,13 +65,18 @@ def models_command() -> None:
 def demo_command(
     config: Optional[str] = typer.Argument(None, help="A demo config (default: the embedded SmolLM2 + LoRA one)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. train.epochs=1"),
+    method: Optional[str] = typer.Option(
+        None, "--method", help="train with another method: full, freeze, lora, qlora, prompt_tuning, prefix_tuning, "
+        "p_tuning_v2 (run folder runs/demo-METHOD)"),
 ) -> None:
     """The main job: SFT on a generated Chinese + English task, held-out metric before and after."""
     from sftune import demo
     from sftune.config import ConfigError
 
+    if config and "=" in config and not Path(config).exists():  # `sftune demo train.max_steps=10`
+        overrides, config = [config, *(overrides or [])], None
     try:
-        demo.run(config, overrides or [], console=console)
+        demo.run(config, overrides or [], method=method, console=console)
     except ConfigError as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None
