@@ -60,12 +60,12 @@ def main() -> None:
         print(f"{method} ...", file=sys.stderr, flush=True)
         results.append(run_method(method, args.overrides))
         print(table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-    text = (f"# Every method on the demo task, {datetime.date.today()}, {machine()["name"]}\n\n"
+    text = (f"# Every method on the demo task, {datetime.date.today()}, {machine()['name']}\n\n"
             "SmolLM2-135M-Instruct, 320 generated Chinese + English extraction examples, 30 optimizer steps "
             "(`sftune demo --method NAME`), 40 held-out examples. Loss: per answer token; exact match: the "
             "answer parses as JSON equal to the truth.\n\n" + table(results) + "\n")
     print(text)
-    out = ROOT / "bench" / "results" / f"{datetime.date.today()}-{machine()["name"]}-methods.md"
+    out = ROOT / "bench" / "results" / f"{datetime.date.today()}-{machine()['name']}-methods.md"
     out.write_text(text, encoding="utf-8")
     (out.with_suffix(".json")).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
