@@ -24,3 +24,24 @@ def test_models_lists_both_embedded_models():
     assert "smollm2-135m-instruct" in result.output
     assert "gemma3-270m" in result.output
     assert "Apache-2.0" in result.output
+
+
+def test_demo_method_option_overrides_method_rate_and_folder(monkeypatch):
+    """`sftune demo --method M train.max_steps=2`: the override-only argument is not taken for a config
+    file, and the method, its demo learning rate and its own run folder reach the configuration."""
+    from sftune import demo
+
+    seen = {}
+    monkeypatch.setattr(demo, "run", lambda config, overrides, method=None, console=None: seen.update(
+        config=config, overrides=overrides, method=method))
+    result = runner.invoke(app, ["demo", "--method", "full", "train.max_steps=2"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"config": None, "overrides": ["train.max_steps=2"], "method": "full"}
+    assert demo.method_overrides("full") == ["method.name=full", "train.lr=5e-05", "output.dir=runs/demo-full"]
+
+
+def test_demo_unknown_method_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["demo", "--method", "lorra"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert "unknown method 'lorra'" in result.output and "qlora" in result.output
