@@ -3,8 +3,9 @@
 sftune reads the same examples from a JSONL file with its own data layer and encodes them with its
 own encoder (the same ids and labels the peers get). Only what the workload fixes is set: the
 examples, max length 512, the examples per optimizer step, one epoch, no held-out split. The rest
-(fp32 on a CPU without bf16 units, no checkpointing, padding-free packing, the chunked loss on
-trained positions) is sftune's default.
+(fp32 on a CPU without bf16 units, no checkpointing, padding-free packing with per-sequence
+varlen attention, one packed row per forward pass on a CPU, the chunked loss on trained positions)
+is sftune's default.
 
 `train()` builds its Trainer inside; the harness's instruments (the counting collator and the step
 clock that every peer gets too) are attached by a subclass of `sftune.train.SFTTrainer` put in its
