@@ -20,70 +20,146 @@ PLAIN = [
     {"role": "assistant", "content": "It is 4. "},
 ]
 SYSTEM = [{"role": "system", "content": "You are terse."}] + PLAIN
+EMPTY_SYSTEM = [{"role": "system", "content": ""}] + PLAIN
+SPACED_SYSTEM = [{"role": "system", "content": "  Be brief.\n"}] + PLAIN
 CHINESE = [{"role": "user", "content": "你好，请介绍一下北京。"}, {"role": "assistant", "content": "北京是中国的首都。"}]
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                                               "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                                                              "required": ["city"]}}}]
+
+
+def call(city: str, arguments: "dict | str | None" = None) -> dict:
+    return {"type": "function", "function": {"name": "get_weather", "arguments": arguments or {"city": city}}}
+
+
 TOOL_CHAT = [
     {"role": "system", "content": "You can look up the weather."},
     {"role": "user", "content": "Weather in Paris and Zürich?"},
-    {"role": "assistant", "content": None, "tool_calls": [
-        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
-        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Zürich"}}}]},
+    {"role": "assistant", "content": None, "tool_calls": [call("Paris"), call("Zürich")]},
     {"role": "tool", "content": '{"temp": 21}'},
     {"role": "tool", "content": '{"temp": 18}'},
     {"role": "assistant", "content": "Paris 21°C, Zürich 18°C."},
 ]
 SINGLE_CALL_CHAT = [
     {"role": "user", "content": "Weather in Paris?"},
-    {"role": "assistant", "content": None, "tool_calls": [
-        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+    {"role": "assistant", "content": None, "tool_calls": [call("Paris")]},
     {"role": "tool", "content": '{"temp": 21}'},
     {"role": "assistant", "content": "It is 21°C."},
 ]
+# Two rounds of call and result, then an answer and one more exchange; text with spaces to trim.
+MULTI_STEP_CHAT = [
+    {"role": "system", "content": " Plan, then act. "},
+    {"role": "user", "content": " Weather in Zürich, then in Paris? "},
+    {"role": "assistant", "content": None, "tool_calls": [call("Zürich")]},
+    {"role": "tool", "content": '{"temp": 18, "sky": "bewölkt"}'},
+    {"role": "assistant", "content": None, "tool_calls": [call("Paris")]},
+    {"role": "tool", "content": "21"},
+    {"role": "assistant", "content": "Zürich 18°C, Paris 21°C."},
+    {"role": "user", "content": "Thanks!"},
+    {"role": "assistant", "content": "You're welcome."},
+]
+TEXT_AND_CALL_CHAT = [
+    {"role": "user", "content": "Paris?"},
+    {"role": "assistant", "content": "Let me check.", "tool_calls": [call("Paris")]},
+    {"role": "tool", "content": "21"},
+    {"role": "assistant", "content": "21°C."},
+]
+CHATS = [PLAIN, SYSTEM, EMPTY_SYSTEM, SPACED_SYSTEM, CHINESE]
 
-# family -> (official fixture, bos, eos, conversations the official template accepts)
+# builtin -> [(official fixture, bos, eos, conversations that official template accepts)]; sources in
+# fixtures/templates/README.md. Gemma 1/2 refuse a system message; Gemma 3 folds it into the first turn.
 OFFICIAL = {
-    "chatml": ("chatml", "", "<|im_end|>", [PLAIN, SYSTEM, CHINESE]),
-    "qwen2.5": ("qwen2.5", "", "<|im_end|>", [PLAIN, SYSTEM, CHINESE, TOOL_CHAT, SINGLE_CALL_CHAT]),
-    "llama2": ("llama2", "<s>", "</s>", [PLAIN, SYSTEM, CHINESE]),
-    "llama3": ("llama3", "<|begin_of_text|>", "<|eot_id|>", [PLAIN, SYSTEM, CHINESE]),
-    "llama3.1": ("llama3.1", "<|begin_of_text|>", "<|eot_id|>", [PLAIN, SYSTEM, CHINESE, SINGLE_CALL_CHAT]),
-    "mistral": ("mistral", "<s>", "</s>", [PLAIN, CHINESE]),
-    "gemma": ("gemma", "<bos>", "<eos>", [PLAIN, SYSTEM, CHINESE]),
-    "phi3": ("phi3", "", "<|endoftext|>", [PLAIN, SYSTEM, CHINESE]),
-    "zephyr": ("zephyr", "", "</s>", [PLAIN, SYSTEM, CHINESE]),
+    "chatml": [("chatml", "", "<|im_end|>", CHATS)],
+    "smollm2": [("smollm2", "", "<|im_end|>", CHATS)],
+    "qwen2.5": [("qwen2.5", "", "<|im_end|>",
+                 CHATS + [TOOL_CHAT, SINGLE_CALL_CHAT, MULTI_STEP_CHAT, TEXT_AND_CALL_CHAT])],
+    "llama2": [("llama2", "<s>", "</s>", CHATS)],
+    "llama3": [("llama3", "<|begin_of_text|>", "<|eot_id|>", CHATS)],
+    "llama3.1": [("llama3.1", "<|begin_of_text|>", "<|eot_id|>", CHATS + [SINGLE_CALL_CHAT, MULTI_STEP_CHAT])],
+    "mistral": [("mistral", "<s>", "</s>", CHATS)],
+    "gemma": [("gemma", "<bos>", "<eos>", [PLAIN, CHINESE]), ("gemma3", "<bos>", "<eos>", CHATS)],
+    "phi3": [("phi3", "", "<|endoftext|>", CHATS)],
+    "phi3.5": [("phi3.5", "", "<|endoftext|>", CHATS)],
+    "zephyr": [("zephyr", "", "</s>", CHATS)],
 }
+TOOL_FAMILIES = {name: OFFICIAL[name][0][3] for name in ("qwen2.5", "llama3.1")}
 
 
 def official(fixture: str, messages, bos: str, eos: str, tools=None, add_generation_prompt=False) -> str:
-    source = (FIXTURES / f"{fixture}.jinja").read_text().rstrip("\n")
+    """Render with the official template text, through transformers' renderer (apply_chat_template's)."""
+    source = (FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8")
     rendered, _ = render_jinja_template(conversations=[messages], tools=tools, chat_template=source,
                                         add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos)
     return rendered[0]
 
 
-def cases():
-    for name, (fixture, bos, eos, chats) in OFFICIAL.items():
-        for k, chat in enumerate(chats):
-            for prompt in (False, True):
-                yield pytest.param(name, fixture, bos, eos, chat, prompt, id=f"{name}-{k}-{'gen' if prompt else 'full'}")
+def prompt_part(chat: list[dict]) -> list[dict]:
+    """The conversation up to the last reply: what a generation prompt follows."""
+    return chat[:-1] if chat[-1]["role"] == "assistant" else chat
 
 
-@pytest.mark.parametrize("name,fixture,bos,eos,chat,prompt", list(cases()))
+def cases(families: dict):
+    for name, fixtures in families.items():
+        for fixture, bos, eos, chats in fixtures:
+            for k, chat in enumerate(chats):
+                for prompt in (False, True):
+                    yield pytest.param(name, fixture, bos, eos, chat, prompt,
+                                       id=f"{name}-{fixture}-{k}-{'gen' if prompt else 'full'}")
+
+
+@pytest.mark.parametrize("name,fixture,bos,eos,chat,prompt", list(cases(OFFICIAL)))
 def test_builtin_matches_official_template(name, fixture, bos, eos, chat, prompt):
-    if prompt:  # a generation prompt follows a user turn
-        chat = chat[:-1]
+    chat = prompt_part(chat) if prompt else chat
     template = templates.get(name)
     assert template.render(chat, add_generation_prompt=prompt) == official(fixture, chat, bos, eos,
                                                                            add_generation_prompt=prompt)
 
 
-@pytest.mark.parametrize("name,chat", [("qwen2.5", TOOL_CHAT), ("qwen2.5", SINGLE_CALL_CHAT),
-                                       ("qwen2.5", PLAIN), ("llama3.1", SINGLE_CALL_CHAT), ("llama3.1", SYSTEM)])
-def test_builtin_matches_official_template_with_tools(name, chat):
-    fixture, bos, eos, _ = OFFICIAL[name]
-    assert templates.get(name).render(chat, tools=TOOLS) == official(fixture, chat, bos, eos, tools=TOOLS)
+@pytest.mark.parametrize("name,chat,prompt", [pytest.param(name, chat, prompt, id=f"{name}-{k}-{prompt}")
+                                              for name, chats in TOOL_FAMILIES.items()
+                                              for k, chat in enumerate(chats) for prompt in (False, True)])
+def test_builtin_matches_official_template_with_tools(name, chat, prompt):
+    fixture, bos, eos, _ = OFFICIAL[name][0]
+    chat = prompt_part(chat) if prompt else chat
+    assert templates.get(name).render(chat, tools=TOOLS, add_generation_prompt=prompt) == official(
+        fixture, chat, bos, eos, tools=TOOLS, add_generation_prompt=prompt)
+
+
+def test_every_builtin_of_a_model_family_is_checked_against_an_official_template():
+    """Only the layouts without a published jinja template (Vicuna, Alpaca, Chinese) are checked otherwise."""
+    assert set(templates.BUILTINS) - set(OFFICIAL) == {"vicuna", "alpaca", "zh_instruct", "zh_qa"}
+    readme = (FIXTURES / "README.md").read_text(encoding="utf-8")
+    for path in FIXTURES.glob("*.jinja"):
+        assert f"`{path.name}`" in readme, f"{path.name} has no source in fixtures/templates/README.md"
+
+
+def test_tool_call_arguments_given_as_json_text_render_as_the_object():
+    """OpenAI sends arguments as JSON text; the official templates expect the object (tojson of a string
+    would quote it twice), so the text is parsed first, as vLLM does before rendering."""
+    as_text = [{"role": "user", "content": "Paris?"},
+               {"role": "assistant", "content": "", "tool_calls": [call("Paris", '{"city": "Paris"}')]},
+               {"role": "tool", "content": "21"}]
+    as_object = [as_text[0], {**as_text[1], "tool_calls": [call("Paris")]}, as_text[2]]
+    for name in TOOL_FAMILIES:
+        fixture, bos, eos, _ = OFFICIAL[name][0]
+        assert templates.get(name).render(as_text, tools=TOOLS) == official(fixture, as_object, bos, eos, tools=TOOLS)
+
+
+@pytest.mark.parametrize("name", ["llama3.1", "llama3"])
+def test_llama3_refuses_what_llama_31s_template_cannot_render(name):
+    """Parallel calls make Meta's template raise; text beside a call is dropped by it. Both are refused."""
+    with pytest.raises(Exception, match="single tool-calls"):
+        official("llama3.1", TOOL_CHAT, "", "", tools=TOOLS)
+    with pytest.raises(templates.TemplateError, match="message 2 holds 2 tool calls"):
+        templates.get(name).render(TOOL_CHAT, tools=TOOLS)
+    with pytest.raises(templates.TemplateError, match="messages 1 and 2 are assistant text and a tool call"):
+        templates.get(name).render(TEXT_AND_CALL_CHAT, tools=TOOLS)
+    two_calls = [Message("user", "Paris and Rome?"), Message("tool_call", '{"name": "get_weather", "arguments": {}}'),
+                 Message("tool_call", '{"name": "get_weather", "arguments": {}}')]
+    with pytest.raises(templates.TemplateError, match="messages 1 and 2 are two tool calls in one assistant turn"):
+        templates.get(name).render(two_calls)
+    with pytest.raises(Exception, match="one tool call per assistant turn"):
+        templates.get(name).render_jinja(TEXT_AND_CALL_CHAT, tools=TOOLS)
 
 
 def test_sftune_tool_call_messages_render_like_openai_tool_calls():
@@ -98,14 +174,6 @@ def test_sftune_tool_call_messages_render_like_openai_tool_calls():
         template = templates.get(name)
         assert template.render(ours, tools=TOOLS) == template.render(TOOL_CHAT, tools=TOOLS)
     assert templates.get("qwen2.5").render(ours, tools=TOOLS) == official("qwen2.5", TOOL_CHAT, "", "", tools=TOOLS)
-
-
-def test_assistant_text_followed_by_a_call_is_one_qwen_turn():
-    chat = [{"role": "user", "content": "Paris?"},
-            {"role": "assistant", "content": "Let me check.", "tool_calls": [
-                {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
-            {"role": "tool", "content": "21"}]
-    assert templates.get("qwen2.5").render(chat, tools=TOOLS) == official("qwen2.5", chat, "", "", tools=TOOLS)
 
 
 def test_vicuna_matches_fastchat_v1_1():
@@ -143,11 +211,13 @@ def test_chinese_layouts():
 
 
 def test_tokenizer_template_is_the_models_own(smollm2_tokenizer):
-    template = templates.get("tokenizer", smollm2_tokenizer)
-    for chat in (PLAIN, SYSTEM):
-        for prompt in (False, True):
-            assert template.render(chat, add_generation_prompt=prompt) == smollm2_tokenizer.apply_chat_template(
-                chat, tokenize=False, add_generation_prompt=prompt)
+    """The `tokenizer` template and the `smollm2` built-in both render what SmolLM2's own template does."""
+    for template in (templates.get("tokenizer", smollm2_tokenizer), templates.get("smollm2", smollm2_tokenizer)):
+        for chat in CHATS:
+            for prompt in (False, True):
+                chat = prompt_part(chat) if prompt else chat
+                assert template.render(chat, add_generation_prompt=prompt) == smollm2_tokenizer.apply_chat_template(
+                    chat, tokenize=False, add_generation_prompt=prompt)
 
 
 def test_tokenizer_template_needs_a_chat_template():
@@ -158,11 +228,12 @@ def test_tokenizer_template_needs_a_chat_template():
 @pytest.mark.parametrize("name", list(templates.BUILTINS))
 def test_exported_jinja_renders_what_render_renders(name):
     template = templates.get(name)
-    chats = [PLAIN, CHINESE, [{"role": "user", "content": "Q\n\nwith input"}, {"role": "assistant", "content": "A"}]]
-    if template.spec.get("system") is not None or name in ("llama2", "mistral", "gemma"):
-        chats.append(SYSTEM)
-    if template.spec.get("tools"):
-        chats.append(SINGLE_CALL_CHAT if template.spec["tools"] == "llama3" else TOOL_CHAT)
+    chats = [PLAIN, CHINESE, [{"role": "user", "content": "Q\n\nwith input"}, {"role": "assistant", "content": "A"}],
+             SYSTEM, EMPTY_SYSTEM, SPACED_SYSTEM]
+    if template.spec.get("tools") == "llama3":
+        chats += [SINGLE_CALL_CHAT, MULTI_STEP_CHAT]
+    elif template.spec.get("tools"):
+        chats += [TOOL_CHAT, MULTI_STEP_CHAT, TEXT_AND_CALL_CHAT]
     for chat in chats:
         for tools in (None, TOOLS if template.spec.get("tools") else None):
             assert template.render_jinja(chat, tools=tools) == template.render(chat, tools=tools)

@@ -73,9 +73,11 @@ _ALPACA_SYSTEM_INPUT = (
 #   generation_prompt  what add_generation_prompt appends: the model's reply starts after it
 #   end                the end-of-turn text right after {content} in `assistant`; trained with the reply
 #   suffix             text after the last message when no generation prompt is asked (Phi-3's EOS)
+#   skip_empty_system  an empty system message renders nothing (Phi-3.5) instead of an empty system turn
 #   strip              "content": strip each message's text (jinja `| trim`); "turn": strip the user
 #                      text after the system is folded in (Llama 2's `content.strip()`); None: as is
-#   tools              None, "qwen" (<tool_call> / <tool_response>) or "llama3" (JSON calls, ipython turns)
+#   tools              None, "qwen" (<tool_call> / <tool_response>) or "llama3" (JSON calls, ipython turns;
+#                      one call per assistant turn and no text beside it, as Llama 3.1's template allows)
 #   tool               format of a tool result for templates without a tools style (default: as a user turn)
 #   bos, eos           the family's BOS / EOS text when no tokenizer is given
 #   bos_only_if_added  {bos} is written only for tokenizers that add a BOS themselves (a convention of
@@ -129,12 +131,13 @@ BUILTINS: dict[str, dict[str, Any]] = {
         "eos": "<|eot_id|>",
     },
     "mistral": {
-        "description": "Mistral-Instruct v0.1/v0.2: <s>[INST] ... [/INST]reply</s>; system before the first user text",
+        "description": "Mistral-Instruct v0.1/v0.2 (tokenizer v1): <s> [INST] ... [/INST] reply</s>; system before the "
+                       "first user text",
         "prefix": "{bos}",
         "system": None,
         "system_in_user": "{system}\n\n{content}",
-        "user": "[INST] {content} [/INST]",
-        "assistant": "{content}{eos}",
+        "user": " [INST] {content} [/INST]",
+        "assistant": " {content}{eos}",
         "generation_prompt": "",
         "end": "{eos}",
         "bos": "<s>",
@@ -154,14 +157,13 @@ BUILTINS: dict[str, dict[str, Any]] = {
         "eos": "<eos>",
     },
     "phi3": {
-        "description": "Phi-3 / Phi-3.5-mini-instruct: <|user|> ... <|end|> <|assistant|>",
+        "description": "Phi-3-mini-instruct: <|user|> ... <|end|> <|assistant|>; EOS after the last turn",
         "system": "<|system|>\n{content}<|end|>\n",
         "user": "<|user|>\n{content}<|end|>\n",
         "assistant": "<|assistant|>\n{content}<|end|>\n",
         "generation_prompt": "<|assistant|>\n",
         "end": "<|end|>",
         "suffix": "{eos}",
-        "skip_empty_system": True,
         "eos": "<|endoftext|>",
     },
     "zephyr": {
@@ -235,9 +237,23 @@ BUILTINS["llama3.1"] = {
     "dated_system": True,
 }
 
+# SmolLM2-Instruct is ChatML with a default system prompt when the conversation has none.
+BUILTINS["smollm2"] = {
+    **BUILTINS["chatml"],
+    "description": "SmolLM2-Instruct: ChatML with SmolLM's default system prompt",
+    "default_system": "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+}
+
+# Phi-3.5-mini is Phi-3-mini except that an empty system message is left out.
+BUILTINS["phi3.5"] = {
+    **BUILTINS["phi3"],
+    "description": "Phi-3.5-mini-instruct: Phi-3 layout; an empty system message is left out",
+    "skip_empty_system": True,
+}
+
 # Names that also resolve, for users who know a model by another name.
-ALIASES = {"qwen": "qwen2.5", "qwen2": "chatml", "smollm2": "chatml", "llama-2": "llama2", "llama-3": "llama3",
-           "gemma3": "gemma", "phi-3": "phi3", "phi3.5": "phi3"}
+ALIASES = {"qwen": "qwen2.5", "llama-2": "llama2", "llama-3": "llama3", "gemma2": "gemma", "gemma3": "gemma",
+           "phi-3": "phi3", "phi-3.5": "phi3.5"}
 
 
 class TemplateError(ValueError):
@@ -487,6 +503,26 @@ def _tojson(value: Any, indent: int | None = None) -> str:
     return json.dumps(value, ensure_ascii=False, indent=indent)
 
 
+def _check_single_call(name: str, msgs: list[dict], i: int, n_calls: int) -> None:
+    """Llama 3.1's template renders one tool call per assistant turn, and only the call.
+
+    It raises on parallel calls and drops the text of a turn that has text and a call; a training text
+    it cannot render is refused here rather than rendered in a layout inference never shows.
+    """
+    before = msgs[i - 1]["role"] if i else None
+    if n_calls > 1 or before == "tool_call":
+        where = f"message {i} holds {n_calls} tool calls" if n_calls > 1 else \
+            f"messages {i - 1} and {i} are two tool calls in one assistant turn"
+        raise TemplateError(f"template {name!r}: {where}; Llama 3.1's template allows one call per turn (it "
+                            "raises 'This model only supports single tool-calls at once!'). Put each call in its "
+                            "own turn after the previous call's result, or use a template with parallel calls "
+                            "(qwen2.5, chatml)")
+    if before == "assistant":
+        raise TemplateError(f"template {name!r}: messages {i - 1} and {i} are assistant text and a tool call in "
+                            "one turn; Llama 3.1's template renders only the call and drops the text. Remove "
+                            "the text, or use a template that keeps both (qwen2.5, chatml)")
+
+
 _COMPILED: dict[int, tuple[Template, dict[str, str]]] = {}
 
 
@@ -531,7 +567,7 @@ def _builtin_segments(t: Template, msgs: list[dict], tools: list[dict] | None,
         system_text = s["default_system_with_input"]
 
     if style == "qwen" and tools:
-        text = "<|im_start|>system\n" + (system_text + "\n\n" if system_text else "") + _QWEN_TOOLS_INTRO
+        text = "<|im_start|>system\n" + (system_text + "\n\n" if system_text is not None else "") + _QWEN_TOOLS_INTRO
         text += "".join("\n" + _tojson(tool) for tool in tools) + _QWEN_TOOLS_OUTRO
         add(text, system_index, True)
     elif style == "llama3" and s.get("dated_system"):
@@ -590,7 +626,10 @@ def _builtin_segments(t: Template, msgs: list[dict], tools: list[dict] | None,
             model_turn([(idx, ("\n" if k else "") + text) for k, (idx, text) in enumerate(parts)])
             i = j
         elif role == "tool_call":
-            for call in tool_calls(content):  # one turn per call
+            calls = tool_calls(content)
+            if style == "llama3":
+                _check_single_call(t.name, msgs, i, len(calls))
+            for call in calls:  # one turn per call
                 if style == "llama3":
                     text = '{"name": "' + call["name"] + '", "parameters": ' + _tojson(call["arguments"]) + "}"
                 else:
@@ -753,8 +792,9 @@ def _to_jinja(s: dict[str, Any], bos: str | None = None) -> str:
                    "{%- set ns.system = " + _jinja_literal(s["default_system_with_input"]) + " -%}{%- endif -%}")
     out.append("{{- " + _jinja_expr(s.get("prefix") or "", bos=bos) + " -}}")
     if style == "qwen":
-        out.append("{%- if tools -%}{{- '<|im_start|>system\\n' -}}{%- if ns.system -%}{{- ns.system + '\\n\\n' -}}"
-                   "{%- endif -%}{{- " + _jinja_literal(_QWEN_TOOLS_INTRO) + " -}}{%- for tool in tools -%}"
+        out.append("{%- if tools -%}{{- '<|im_start|>system\\n' -}}"
+                   "{%- if ns.system is not none -%}{{- ns.system + '\\n\\n' -}}{%- endif -%}"
+                   "{{- " + _jinja_literal(_QWEN_TOOLS_INTRO) + " -}}{%- for tool in tools -%}"
                    "{{- '\\n' + (tool | tojson) -}}{%- endfor -%}{{- " + _jinja_literal(_QWEN_TOOLS_OUTRO) + " -}}"
                    "{%- elif ns.system is not none -%}{{- " + _jinja_expr(s["system"], content="ns.system")
                    + " -}}{%- endif -%}")
@@ -802,6 +842,10 @@ def _to_jinja(s: dict[str, Any], bos: str | None = None) -> str:
                    " + '}\\n</tool_call>' -}}{%- set ns2.sep = '\\n' -%}{%- endfor -%}{{- "
                    + _jinja_expr(reply_tail) + " -}}")
     else:
+        if style == "llama3":  # as Llama 3.1's template: one call per turn, and no text beside it
+            out.append("{%- elif m['role'] == 'assistant' and m.tool_calls and (m.tool_calls | length > 1 "
+                       "or m['content']) -%}{{- raise_exception('This template renders one tool call per "
+                       "assistant turn, without text beside it') -}}")
         out.append("{%- elif m['role'] == 'assistant' -%}{%- if m['content'] or not m.tool_calls -%}{{- "
                    + turn("(m['content'] or '')" + trim) + " -}}{%- endif -%}"
                    "{%- for tc in m.tool_calls or [] -%}{%- set c = tc.function if tc.function is defined else tc -%}"
