@@ -606,3 +606,20 @@ def test_neftune_adds_noise_in_training_only(tmp_path):
         results[alpha] = (before, losses(trainer)[0])
     assert results[5.0][0] == pytest.approx(results[None][0], abs=1e-7)
     assert abs(results[5.0][1] - results[None][1]) > 1e-4
+
+
+def test_micro_batch_size_splits_the_step_without_changing_it():
+    """On a CPU with packing one packed row goes through the model at a time and the rest of
+    batch_size is accumulated; a micro-batch that does not divide batch_size is a clear error."""
+    from sftune.config import Config, ConfigError
+    from sftune.train import micro_batch_size
+
+    t = Config.model_validate({"train": {"batch_size": 6}}).train
+    assert micro_batch_size(t, packing=True, cuda=False) == 1
+    assert micro_batch_size(t, packing=True, cuda=True) == 6
+    assert micro_batch_size(t, packing=False, cuda=False) == 6
+    t = Config.model_validate({"train": {"batch_size": 6, "micro_batch_size": 3}}).train
+    assert micro_batch_size(t, packing=True, cuda=False) == 3
+    t = Config.model_validate({"train": {"batch_size": 6, "micro_batch_size": 4}}).train
+    with pytest.raises(ConfigError, match="must divide train.batch_size=6"):
+        micro_batch_size(t, packing=True, cuda=False)
