@@ -365,3 +365,38 @@ def test_qlora_that_cannot_run_fails_before_loading():
     pytest.importorskip("bitsandbytes")
     with pytest.raises(RuntimeError, match="method 'qlora' cannot run here.*on meta.*or method: lora"):
         methods.load_kwargs(MethodConfig(name="qlora"), device="meta")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_p_tuning_v2_starts_as_if_its_init_text_came_first(arch, smollm2_tokenizer):
+    """p_tuning_v2's virtual keys/values start as the frozen model's own for the init text: before
+    training, the model's logits on X equal the base model's logits for X after that text."""
+    tokenizer = smollm2_tokenizer
+    base = tiny_model(arch)
+    text_ids = tokenizer("Answer briefly.", add_special_tokens=False)["input_ids"]
+    x = tokenizer("The capital of France is", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        reference = base(input_ids=torch.tensor([text_ids + x]), use_cache=False).logits[0, len(text_ids):]
+    method = MethodConfig(name="p_tuning_v2", num_virtual_tokens=len(text_ids), init_text="Answer briefly.")
+    model = apply_method(tiny_model(arch), method, tokenizer, verbose=False)
+    with torch.no_grad():
+        got = model(input_ids=torch.tensor([x]), attention_mask=torch.ones(1, len(x), dtype=torch.long)).logits[0]
+    torch.testing.assert_close(got, reference, atol=1e-4, rtol=0)
+
+
+def test_prefix_tuning_starts_near_the_base_model(smollm2_tokenizer):
+    """With the projection MLP, every virtual token starts as the mean key/value of the init text:
+    the loss before training stays close to the base model's (peft's random start is far off)."""
+    tokenizer = smollm2_tokenizer
+    x = torch.tensor([tokenizer("The capital of France is Paris, and", add_special_tokens=False)["input_ids"]])
+
+    def loss(model):
+        with torch.no_grad():
+            return model(input_ids=x, attention_mask=torch.ones_like(x), labels=x).loss.item()
+
+    base_loss = loss(tiny_model("llama"))
+    method = MethodConfig(name="prefix_tuning", num_virtual_tokens=8)
+    ours = loss(apply_method(tiny_model("llama"), method, tokenizer, verbose=False))
+    peft_default = loss(apply_method(tiny_model("llama"), method, None, verbose=False))
+    assert abs(ours - base_loss) < abs(peft_default - base_loss)
+    assert abs(ours - base_loss) < 0.1 * base_loss

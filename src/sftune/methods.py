@@ -36,8 +36,8 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "lora": ("r", "alpha", "dropout", "target_modules", "rslora", "dora"),
     "qlora": ("r", "alpha", "dropout", "target_modules", "rslora", "dora", "quant_type", "double_quant", "compute_dtype"),
     "prompt_tuning": ("num_virtual_tokens", "init_text"),
-    "prefix_tuning": ("num_virtual_tokens", "prefix_projection", "projection_hidden_size"),
-    "p_tuning_v2": ("num_virtual_tokens",),
+    "prefix_tuning": ("num_virtual_tokens", "prefix_projection", "projection_hidden_size", "init_text"),
+    "p_tuning_v2": ("num_virtual_tokens", "init_text"),
 }
 
 # Learning rates that work for each method (the usual values in the papers and peft examples);
@@ -89,7 +89,10 @@ class MethodConfig(BaseModel):
     )
     # prompt_tuning / prefix_tuning / p_tuning_v2
     num_virtual_tokens: int = Field(20, ge=1)
-    init_text: str | None = Field(None, description="prompt_tuning: start the virtual tokens from this text's embeddings")
+    init_text: str | None = Field(
+        None, description="prompt_tuning: start the virtual tokens from this text's embeddings; prefix_tuning / "
+        "p_tuning_v2: from the keys and values the model computes for this text (default: PREFIX_INIT_TEXT)",
+    )
     prefix_projection: bool = Field(True, description="prefix_tuning: learn the prefix through an MLP (off = p_tuning_v2)")
     projection_hidden_size: int | None = Field(None, ge=1, description="prefix_tuning: MLP width (default: the model's hidden size)")
 
@@ -156,9 +159,51 @@ def apply_method(model: Any, method: MethodConfig, tokenizer: Any = None, verbos
         if method.name == "qlora":
             model = _prepare_4bit(model)
         model = get_peft_model(model, _peft_config(model, method, tokenizer))
+        if method.name in PREFIX_METHODS and tokenizer is not None:
+            init_prefix_from_text(model, tokenizer, method.init_text or PREFIX_INIT_TEXT)
     if verbose:
         print(trainable_summary(model))
     return model
+
+
+# The prefix methods start from the keys and values of real text, so that before training the model
+# behaves as if this text came before each example (Li & Liang 2021 found real-activation starts
+# train far better). peft's default, random N(0, 1) keys and values, is far from the scale of real
+# ones: measured on the demo, SmolLM2's held-out loss went from 0.47 to 12.0 before any training.
+PREFIX_INIT_TEXT = (
+    "You are a helpful assistant. Read the request carefully and answer it accurately, in the form the "
+    "user asks for, without extra words."
+)
+
+
+@torch.no_grad()
+def init_prefix_from_text(model: Any, tokenizer: Any, text: str) -> None:
+    """Set a prefix_tuning / p_tuning_v2 adapter's virtual keys and values to those the frozen model
+    computes for `text` (its tokens repeated or cut to the number of virtual tokens).
+
+    Without the projection MLP, the learned table holds the keys and values themselves and is set
+    exactly. With it (prefix_tuning), the MLP's last layer gets zero weights and the mean key/value
+    as its bias, so every virtual token starts as that average token.
+    """
+    config = model.active_peft_config
+    encoder = model.prompt_encoder[model.active_adapter]
+    n = config.num_virtual_tokens
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
+    ids = (ids * (n // len(ids) + 1))[:n]
+    base = model.get_base_model()
+    device = next(base.parameters()).device
+    with model.disable_adapter():
+        cache = base(input_ids=torch.tensor([ids], device=device), use_cache=True).past_key_values
+    layers = [(cache.layers[i].keys, cache.layers[i].values) for i in range(config.num_layers)]
+    # peft reads the table as [tokens, layers * 2 (key, value), kv heads, head dim]
+    table = torch.stack([torch.stack(kv) for kv in layers])  # [layers, 2, 1, heads, n, head dim]
+    table = table[:, :, 0].permute(3, 0, 1, 2, 4).reshape(n, -1)
+    if getattr(encoder, "prefix_projection", False):
+        last = encoder.transform[-1]
+        last.weight.zero_()
+        last.bias.copy_(table.mean(0).to(last.bias.dtype))
+    else:
+        encoder.embedding.weight.copy_(table.to(encoder.embedding.weight.dtype))
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
