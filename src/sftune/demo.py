@@ -154,7 +154,7 @@ DEMO_LEARNING_RATE = {
     "full": 5e-5,
     "freeze": 2e-4,
     "prompt_tuning": 3e-2,
-    "prefix_tuning": 1e-2,
+    "prefix_tuning": 5e-4,
     "p_tuning_v2": 1e-2,
 }
 
