@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 
 from bench.machine import machine
+from sftune.demo import DEMO_LEARNING_RATE
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ["lora", "qlora", "full", "freeze", "prompt_tuning", "prefix_tuning", "p_tuning_v2"]
+METHODS = list(DEMO_LEARNING_RATE)  # every method the demo trains
 
 
 def run_method(method: str, extra: list[str]) -> dict:

@@ -358,11 +358,12 @@ class SFTTrainer(Trainer):
     def _save_checkpoint(self, model, trial) -> None:
         self._pause_clock()  # nor is saving
         super()._save_checkpoint(model, trial)
+        if not self.args.should_save:
+            return
         folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
-        if self.args.should_save:
-            progress = {"trained_tokens": self.trained_tokens, "train_seconds": self.train_seconds}
-            (folder / PROGRESS).write_text(json.dumps(progress) + "\n", encoding="utf-8")
-        if self.args.should_save and self._resumes_trainable_state():
+        progress = {"trained_tokens": self.trained_tokens, "train_seconds": self.train_seconds}
+        (folder / PROGRESS).write_text(json.dumps(progress) + "\n", encoding="utf-8")
+        if self._resumes_trainable_state():
             from safetensors.torch import save_file
 
             from sftune.methods import trainable_state
@@ -370,17 +371,11 @@ class SFTTrainer(Trainer):
             save_file(trainable_state(self.model), folder / TRAINABLE_STATE)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        path = Path(resume_from_checkpoint) / TRAINABLE_STATE
-        if self._resumes_trainable_state() and path.is_file():
-            self._load_trainable_state(path)
-        else:
+        if not self._load_trainable_state(resume_from_checkpoint):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
 
     def _load_best_model(self) -> None:
-        path = Path(self.state.best_model_checkpoint) / TRAINABLE_STATE
-        if self._resumes_trainable_state() and path.is_file():
-            self._load_trainable_state(path)
-        else:
+        if not self._load_trainable_state(self.state.best_model_checkpoint):
             super()._load_best_model()
 
     def _resumes_trainable_state(self) -> bool:
@@ -389,12 +384,18 @@ class SFTTrainer(Trainer):
         sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
         return bool(peft_config is not None and peft_config.is_prompt_learning and not sharded)
 
-    def _load_trainable_state(self, path: Path) -> None:
+    def _load_trainable_state(self, checkpoint: str | os.PathLike) -> bool:
+        """Load sftune's saved training state of a prompt-learning adapter from `checkpoint`, if this
+        model resumes that way and the file is there; False leaves it to Trainer."""
+        path = Path(checkpoint) / TRAINABLE_STATE
+        if not (self._resumes_trainable_state() and path.is_file()):
+            return False
         from safetensors.torch import load_file
 
         from sftune.methods import load_trainable_state
 
         load_trainable_state(self.model, load_file(path))  # copied onto the parameters, wherever they are
+        return True
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self.trained_tokens:
