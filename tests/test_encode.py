@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from sftune import encode as E
 from sftune import templates
+from sftune.tokencache import tokenize_whole
 from sftune.data.schema import Conversation, Message
 
 CHAT = [
@@ -166,17 +168,17 @@ def test_encode_dataset_matches_encode_reports_skips_and_hits_its_cache(smollm2_
     assert report3["cache"] == "miss"  # another policy is another fingerprint
 
 
-def _fast_labels(encoding, spans, n_chars):
-    """Labels from `_trained_ranges`, the way `encode_dataset` builds them, or None when it defers."""
-    ranges = E._trained_ranges(encoding, spans, n_chars)
-    if ranges is None:
-        return None
-    labels = [-100] * len(encoding.ids)
-    for start, stop in ranges:
-        labels[start:stop] = encoding.ids[start:stop]
-    if labels:
-        labels[0] = -100  # nothing predicts the first token
-    return labels
+def _reference_labels(ids, offsets, spans, n_chars):
+    """A token is trained when one of its characters (an empty token: the next one) lies in a span."""
+    trained = set()
+    for a, b, _ in spans:
+        trained.update(range(a, b))
+    labels = []
+    for token, (start, end) in zip(ids, offsets):
+        start = min(start, n_chars)
+        chars = range(start, min(max(end, start + 1), n_chars))
+        labels.append(token if any(c in trained for c in chars) else -100)
+    return [-100] + labels[1:] if labels else labels
 
 
 @pytest.fixture(scope="module")
@@ -197,9 +199,9 @@ def odd_offset_tokenizers():
     return [trimmed, bert]
 
 
-def test_span_edge_lookups_give_the_labels_of_every_token_offset(smollm2_tokenizer, bos_tokenizer,
-                                                                   odd_offset_tokenizers):
-    """The fast path of encode_dataset marks exactly the tokens that overlap a trained span (the reference)."""
+def test_batched_labels_mark_exactly_the_tokens_that_overlap_a_trained_span(smollm2_tokenizer, bos_tokenizer,
+                                                                             odd_offset_tokenizers):
+    """Labels of a whole batch at once equal a token-by-token reference, also with empty or skipping offsets."""
     import random
 
     rng = random.Random(0)
@@ -207,22 +209,23 @@ def test_span_edge_lookups_give_the_labels_of_every_token_offset(smollm2_tokeniz
               "<s>", "42", "!?"]
     backends = [smollm2_tokenizer.backend_tokenizer, bos_tokenizer.backend_tokenizer, *odd_offset_tokenizers]
     for b, backend in enumerate(backends):
-        settled = 0
-        for _ in range(300):
+        texts, spans = [], []
+        for _ in range(200):
             segments = ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 7))]
-            text, spans, pos = "".join(segments), [], 0
+            text, row, pos = "".join(segments), [], 0
             for segment in segments:
                 if rng.random() < 0.5:
-                    spans.append((pos, pos + len(segment), 1.0))
+                    row.append((pos, pos + len(segment), 1.0))
                 pos += len(segment)
+            texts.append(text)
+            spans.append(row)
+        ids, starts, ends, counts = tokenize_whole(backend, texts)
+        labels, _ = E._flat_labels(ids, starts, ends, counts, np.array([len(t) for t in texts]), spans, False)
+        expected = []
+        for text, row in zip(texts, spans):
             encoding = backend.encode(text, add_special_tokens=False)
-            reference, _ = E._labels(encoding.ids, encoding.offsets, spans, len(text), False)
-            fast = _fast_labels(encoding, spans, len(text))
-            if fast is not None:
-                settled += 1
-                assert fast == reference.tolist(), (b, text, spans)
-        if b == 0:
-            assert settled > 250  # a byte-level tokenizer almost never needs every offset
+            expected += _reference_labels(encoding.ids, encoding.offsets, row, len(text))
+        assert labels.tolist() == expected, b
 
 
 def test_encode_dataset_equals_encode_on_awkward_text(smollm2_tokenizer, bos_tokenizer, tmp_path):
@@ -262,3 +265,67 @@ def test_encode_dataset_truncates_and_skips_like_encode_in_order(smollm2_tokeniz
                              "generation_prompt": "", "end": "{eos}"}, bos_tokenizer)
     dataset, report = E.encode_dataset([{"messages": CHAT}], bos_tokenizer, doubled, use_cache=False, progress=False)
     assert len(dataset) == 0 and report["skipped_by_reason"] == {"two_bos": 1}
+
+
+def _many(n: int) -> list[dict]:
+    """Conversations with repeated and unique words, a few that fail to render and a few too long."""
+    import random
+
+    rng = random.Random(1)
+    words = ["alpha", "beta", "gamma", "δέλτα", "日本", "🦜", "don't", "42", "  ", "\n"]
+    say = lambda k: " ".join(rng.choice(words) + str(rng.randint(0, 3)) for _ in range(k))  # noqa: E731
+    records = []
+    for i in range(n):
+        chat = [{"role": "user", "content": say(rng.randint(1, 12))}, {"role": "assistant", "content": say(rng.randint(1, 30))}]
+        if i % 97 == 5:
+            chat = chat[:1]  # nothing to train
+        records.append({"messages": chat})
+    return records
+
+
+def test_worker_processes_give_the_single_process_result(smollm2_tokenizer):
+    template = templates.get("chatml", smollm2_tokenizer)
+    records = _many(600)
+    one, report1 = E.encode_dataset(records, smollm2_tokenizer, template, max_len=48, batch_size=50, workers=1,
+                                    use_cache=False, progress=False)
+    two, report2 = E.encode_dataset(records, smollm2_tokenizer, template, max_len=48, batch_size=50, workers=2,
+                                    use_cache=False, progress=False)
+    assert one["input_ids"] == two["input_ids"] and one["labels"] == two["labels"]
+    assert {k: v for k, v in report1.items() if k != "tokenizer"} == {k: v for k, v in report2.items() if k != "tokenizer"}
+    assert report1["truncated"] > 0 and report1["skipped"] > 0
+    expected = [E.encode(r, smollm2_tokenizer, template, max_len=48) for r in records]
+    assert one["input_ids"] == [r["input_ids"] for r in expected if r]
+    assert one["labels"] == [r["labels"] for r in expected if r]
+    assert report1["tokenizer"].startswith("word cache")
+
+
+def test_tokenizers_the_word_cache_cannot_take_are_tokenized_whole(odd_offset_tokenizers):
+    from transformers import PreTrainedTokenizerFast
+
+    wordpiece = PreTrainedTokenizerFast(tokenizer_object=odd_offset_tokenizers[1], unk_token="[UNK]", eos_token="[UNK]")
+    template = templates.get("chatml", wordpiece)
+    records = _many(50)
+    dataset, report = E.encode_dataset(records, wordpiece, template, use_cache=False, progress=False)
+    assert report["tokenizer"] == "whole texts (not a BPE model without dropout)"
+    expected = [E.encode(r, wordpiece, template) for r in records]
+    assert dataset["labels"] == [r["labels"] for r in expected if r]
+
+
+def test_a_word_cache_that_disagrees_is_dropped_for_whole_texts(smollm2_tokenizer, monkeypatch, caplog):
+    """The first batch is checked against the tokenizer; a difference never reaches the dataset."""
+    from sftune.tokencache import PieceCache
+
+    real = PieceCache.encode
+
+    def off_by_one(self, texts):
+        ids, starts, ends, counts = real(self, texts)
+        return ids + 1, starts, ends, counts
+
+    monkeypatch.setattr(PieceCache, "encode", off_by_one)
+    template = templates.get("chatml", smollm2_tokenizer)
+    records = _many(120)
+    dataset, report = E.encode_dataset(records, smollm2_tokenizer, template, batch_size=40, workers=1,
+                                       use_cache=False, progress=False)
+    assert "disagreed" in report["tokenizer"] and "other ids than the tokenizer" in caplog.text
+    expected = [E.encode(r, smollm2_tokenizer, template) for r in records]
+    assert dataset["input_ids"] == [r["input_ids"] for r in expected if r]

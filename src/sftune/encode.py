@@ -16,8 +16,11 @@ labels[0] is always -100 (nothing predicts the first token), which is also what 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
+import multiprocessing
 import os
 import shutil
 from itertools import chain
@@ -31,6 +34,7 @@ from sftune.templates import Template, TemplateError, normalize_messages
 
 POLICIES = ("assistant", "last", "all")
 IGNORE = -100
+log = logging.getLogger("sftune.encode")
 _CACHE_VERSION = "encode-v2"
 
 
@@ -72,27 +76,41 @@ def _spans(template: Template, messages: list[dict], tools: list[dict] | None, p
 
 def _labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int, float]],
             n_chars: int, weighted: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Labels (and per-token weights) from character spans: a token is trained if it overlaps one."""
-    marks = np.zeros(n_chars + 1, dtype=np.int32)
-    weights = np.zeros(n_chars, dtype=np.float32) if weighted else None
-    for start, end, weight in spans:
-        marks[start] += 1
-        marks[end] -= 1
-        if weighted:
-            weights[start:end] = weight
-    # inside[c] = number of trained characters before character c
-    inside = np.concatenate([[0], np.cumsum(np.cumsum(marks[:-1]) > 0)])
+    """Labels (and per-token weights) of one text: a token is trained if its characters overlap a span."""
     off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-    starts = off[:, 0].clip(max=n_chars)
-    ends = np.maximum(off[:, 1], starts + 1).clip(max=n_chars)
-    trained = (inside[ends] - inside[starts]) > 0
-    labels = np.where(trained, np.asarray(ids, dtype=np.int64), IGNORE)
-    if len(labels):
-        labels[0] = IGNORE
-    token_weights = None
-    if weighted:
-        token_weights = np.where(trained, weights[np.maximum(ends - 1, 0)], 0.0).astype(np.float32)
-    return labels, token_weights
+    return _flat_labels(np.asarray(ids, dtype=np.int64), off[:, 0], off[:, 1], np.array([len(ids)]),
+                        np.array([n_chars]), [spans], weighted)
+
+
+def _flat_labels(ids: np.ndarray, starts: np.ndarray, ends: np.ndarray, counts: np.ndarray, n_chars: np.ndarray,
+                 spans: list[list[tuple[int, int, float]]], weighted: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels (and weights) of many texts at once, from every token's character offsets.
+
+    ids/starts/ends are flat over the texts (counts tokens each, offsets within each text); spans holds
+    each text's trained character spans. A token is trained when a character of [start, max(end,
+    start + 1)) lies in a span (an empty token counts its next character); its weight is the weight
+    of its last character. The first token of each text is never trained: nothing predicts it.
+    """
+    rows = np.repeat(np.arange(len(counts)), counts)
+    text_start = np.cumsum(n_chars) - n_chars
+    limit = n_chars[rows]
+    token_start = np.minimum(starts, limit)
+    token_end = np.minimum(np.maximum(ends, token_start + 1), limit) + text_start[rows]
+    token_start = token_start + text_start[rows]
+    total = int(n_chars.sum())
+    edges = [(int(base) + a, int(base) + b, w) for base, row in zip(text_start, spans) for a, b, w in row if b > a]
+    marks = (np.bincount([a for a, _, _ in edges], minlength=total + 1)
+             - np.bincount([b for _, b, _ in edges], minlength=total + 1))
+    inside = np.concatenate([[0], np.cumsum(np.cumsum(marks[:-1]) > 0)])  # trained characters before each one
+    trained = inside[token_end] > inside[token_start]
+    trained[(np.cumsum(counts) - counts)[counts > 0]] = False
+    labels = np.where(trained, ids, IGNORE)
+    if not weighted:
+        return labels, None
+    char_weights = np.zeros(max(total, 1), dtype=np.float32)
+    for a, b, weight in edges:
+        char_weights[a:b] = weight
+    return labels, np.where(trained, char_weights[np.maximum(token_end - 1, 0)], 0.0).astype(np.float32)
 
 
 def _tokenize(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
@@ -247,16 +265,17 @@ def _plain_backend(tokenizer: Any) -> Any:
 
 def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any, template: Template, *,
                    policy: str = "assistant", max_len: int | None = None, batch_size: int = 1000,
-                   cache_dir: str | os.PathLike | None = None, use_cache: bool = True, progress: bool = True
-                   ) -> tuple[Any, dict[str, Any]]:
+                   cache_dir: str | os.PathLike | None = None, use_cache: bool = True, progress: bool = True,
+                   workers: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Encode many conversations: (datasets.Dataset, report).
 
-    Columns: input_ids, labels, and loss_weights when any message has a weight. Rendering is per
-    conversation, tokenization is batched on the fast tokenizer (its thread pool uses every core), and
-    labels come from a few token lookups at span edges instead of every token's offsets. The result is
-    cached on disk under a fingerprint of the data, template, tokenizer, policy and max_len, so a re-run
-    memory-maps it instead. The report counts total, encoded, truncated and skipped records (with
-    reasons and places).
+    Columns: input_ids, labels, and loss_weights when any message has a weight. Batches of
+    conversations are rendered, tokenized (byte-level BPE tokenizers through a word cache, see
+    `sftune.tokencache`) and labelled with numpy, on `workers` processes (default: one per CPU core,
+    up to 4, for large inputs). The result is cached on disk under a fingerprint of the data,
+    template, tokenizer, policy and max_len, so a re-run memory-maps it instead. The report counts
+    total, encoded, truncated and skipped records (with reasons and places) and says how the text was
+    tokenized.
     """
     import datasets
 
@@ -272,7 +291,6 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
 
     weighted = any(m.weight is not None if not isinstance(m, dict) else m.get("weight") is not None
                    for conv in records for m in (conv.messages if isinstance(conv, Conversation) else conv["messages"]))
-    backend = _plain_backend(tokenizer)
     bos_id = getattr(tokenizer, "bos_token_id", None)
     columns: dict[str, list[np.ndarray]] = {"input_ids": [], "labels": [], "loss_weights": []}
     lengths: list[int] = []
@@ -286,52 +304,56 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
             report["skipped_records"].append({"where": _where(records[k], k), "reason": reason, "detail": detail})
 
     nothing_left = "no token left to train" + (f" within max_len={max_len}" if max_len else "")
-    bar = _progress(progress, len(records))
-    for done, items, errors, encodings in _tokenized_batches(records, template, policy, backend, batch_size):
-        for k, err in errors:
-            skip(k, "render_error", str(err))
-        ids, labels, weights, counts = _batch_labels(items, encodings, weighted)
-        bounds = np.concatenate([[0], np.cumsum(counts)])
-        padded = np.append(ids, [-1, -1])  # every row has a first and a second token to look at
-        two_bos = ((counts > 1) & (padded[bounds[:-1]] == bos_id) & (padded[bounds[:-1] + 1] == bos_id)
-                   if bos_id is not None else np.zeros(len(items), dtype=bool))
-        too_long = counts > max_len if max_len is not None else np.zeros(len(items), dtype=bool)
-        trained = np.concatenate([[0], np.cumsum(labels != IGNORE)])[bounds]
-        unusual = np.flatnonzero(two_bos | too_long | (trained[1:] == trained[:-1])).tolist()
+    job = {"records": records, "template": template, "policy": policy, "weighted": weighted,
+           "backend": _plain_backend(tokenizer)}
+    how = "nothing to tokenize"
+    with _batch_results(job, batch_size, _workers(workers, len(records), batch_size)) as results:
+        bar = _progress(progress, len(records))
+        for done, ks, errors, ids, labels, weights, counts, how in results:
+            for k, err in errors:
+                skip(k, "render_error", err)
+            bounds = np.concatenate([[0], np.cumsum(counts)])
+            padded = np.append(ids, [-1, -1])  # every row has a first and a second token to look at
+            two_bos = ((counts > 1) & (padded[bounds[:-1]] == bos_id) & (padded[bounds[:-1] + 1] == bos_id)
+                       if bos_id is not None else np.zeros(len(ks), dtype=bool))
+            too_long = counts > max_len if max_len is not None else np.zeros(len(ks), dtype=bool)
+            trained = np.concatenate([[0], np.cumsum(labels != IGNORE)])[bounds]
+            unusual = np.flatnonzero(two_bos | too_long | (trained[1:] == trained[:-1])).tolist()
 
-        row = 0  # rows are kept in order: runs of ordinary rows as slices, the unusual ones one by one
-        for special in unusual + [len(items)]:
-            if special > row:  # rows row..special-1 are kept as they are: one slice of the flat arrays
-                lo, hi = bounds[row], bounds[special]
-                columns["input_ids"].append(ids[lo:hi])
-                columns["labels"].append(labels[lo:hi])
+            row = 0  # rows are kept in order: runs of ordinary rows as slices, the unusual ones one by one
+            for special in unusual + [len(ks)]:
+                if special > row:  # rows row..special-1 are kept as they are: one slice of the flat arrays
+                    lo, hi = bounds[row], bounds[special]
+                    columns["input_ids"].append(ids[lo:hi])
+                    columns["labels"].append(labels[lo:hi])
+                    if weighted:
+                        columns["loss_weights"].append(weights[lo:hi])
+                    lengths.extend(counts[row:special].tolist())
+                row = special + 1
+                if special == len(ks):
+                    break
+                k = ks[special]
+                if two_bos[special]:
+                    skip(k, "two_bos", f"template {template.name!r} renders two BOS tokens at the start")
+                    continue
+                if not too_long[special]:
+                    skip(k, "no_trained_token", nothing_left)
+                    continue
+                messages, tools = _messages_and_tools(records[k])
+                result = _truncate(messages, tools, tokenizer, template, policy, max_len,
+                                   _encode_messages(messages, tools, tokenizer, template, policy))
+                report["truncated"] += 1
+                if all(label == IGNORE for label in result["labels"]):
+                    skip(k, "no_trained_token", nothing_left)
+                    continue
+                columns["input_ids"].append(np.asarray(result["input_ids"], dtype=np.int32))
+                columns["labels"].append(np.asarray(result["labels"], dtype=np.int32))
                 if weighted:
-                    columns["loss_weights"].append(weights[lo:hi])
-                lengths.extend(counts[row:special].tolist())
-            row = special + 1
-            if special == len(items):
-                break
-            k, messages, tools = items[special][:3]
-            if two_bos[special]:
-                skip(k, "two_bos", f"template {template.name!r} renders two BOS tokens at the start")
-                continue
-            if not too_long[special]:
-                skip(k, "no_trained_token", nothing_left)
-                continue
-            result = _truncate(messages, tools, tokenizer, template, policy, max_len,
-                               _encode_messages(messages, tools, tokenizer, template, policy))
-            report["truncated"] += 1
-            if all(label == IGNORE for label in result["labels"]):
-                skip(k, "no_trained_token", nothing_left)
-                continue
-            columns["input_ids"].append(np.asarray(result["input_ids"], dtype=np.int32))
-            columns["labels"].append(np.asarray(result["labels"], dtype=np.int32))
-            if weighted:
-                columns["loss_weights"].append(np.asarray(result.get("loss_weights", np.zeros(len(result["labels"]))),
-                                                          dtype=np.float32))
-            lengths.append(len(result["input_ids"]))
-        bar(done)
-    bar(None)
+                    columns["loss_weights"].append(np.asarray(result.get("loss_weights", np.zeros(len(result["labels"]))),
+                                                              dtype=np.float32))
+                lengths.append(len(result["input_ids"]))
+            bar(done)
+        bar(None)
 
     table = _table(columns, lengths, weighted)
     report["encoded"] = len(lengths)
@@ -339,6 +361,7 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
     report["trained_tokens"] = int(np.count_nonzero(table.column("labels").combine_chunks().flatten().to_numpy()
                                                     != IGNORE))
     report["cache"] = "miss"
+    report["tokenizer"] = how
     if not use_cache:
         return datasets.Dataset(table), report
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -369,27 +392,52 @@ def _render_batch(records: list, ks: range, template: Template, policy: str
     return items, errors
 
 
-def _tokenized_batches(records: list, template: Template, policy: str, backend: Any, batch_size: int):
-    """Yield (records done, items, render errors, encodings) per batch.
+MIN_RECORDS_PER_WORKER = 5000
+_JOB: dict[str, Any] = {}  # what a batch needs, set before worker processes fork so they share it
 
-    The tokenizer encodes a batch on its own threads, without the GIL, while this thread renders the
-    next batch and the caller labels the previous one: the Python work hides behind the tokenizer's.
-    """
-    from concurrent.futures import ThreadPoolExecutor
 
-    def encode(items: list[tuple]) -> list:
-        return backend.encode_batch([item[3] for item in items], add_special_tokens=False)
+def _workers(requested: int | None, n_records: int, batch_size: int) -> int:
+    if requested is not None:
+        return max(1, requested)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, 4, n_records // MIN_RECORDS_PER_WORKER, -(-n_records // batch_size)))
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = None
-        for lo in range(0, len(records), batch_size):
-            items, errors = _render_batch(records, range(lo, min(lo + batch_size, len(records))), template, policy)
-            job = pool.submit(encode, items)
-            if pending is not None:
-                yield lo, pending[0], pending[1], pending[2].result()
-            pending = (items, errors, job)
-        if pending is not None:
-            yield len(records), pending[0], pending[1], pending[2].result()
+
+@contextlib.contextmanager
+def _batch_results(job: dict[str, Any], batch_size: int, workers: int):
+    """An iterator of `_encode_batch` results in record order, computed here or on forked workers."""
+    n = len(job["records"])
+    bounds = [(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
+    _JOB.clear()
+    _JOB.update(job)
+    try:
+        if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+            with multiprocessing.get_context("fork").Pool(workers, initializer=_single_threaded_tokenizer) as pool:
+                yield pool.imap(_encode_batch, bounds)
+        else:
+            yield map(_encode_batch, bounds)
+    finally:
+        _JOB.clear()
+
+
+def _single_threaded_tokenizer() -> None:
+    """In a worker process: one core each, so the tokenizer's own thread pool stays off (and silent)."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+def _encode_batch(bounds: tuple[int, int]) -> tuple:
+    """Records lo..hi-1 of the job: (hi, rendered record indices, render errors, ids, labels, weights,
+    tokens per record, how the text was tokenized)."""
+    lo, hi = bounds
+    job = _JOB
+    if "tokenize" not in job:
+        job["tokenize"], job["describe"] = _batch_tokenizer(job["backend"])
+    items, errors = _render_batch(job["records"], range(lo, hi), job["template"], job["policy"])
+    ids, starts, ends, counts = job["tokenize"]([item[3] for item in items])
+    n_chars = np.fromiter((len(item[3]) for item in items), dtype=np.int64, count=len(items))
+    labels, weights = _flat_labels(ids, starts, ends, counts, n_chars, [item[4] for item in items], job["weighted"])
+    return (hi, [item[0] for item in items], [(k, str(err)) for k, err in errors], ids.astype(np.int32),
+            labels.astype(np.int32), weights, counts, job["describe"]())
 
 
 _DATA_FILE = "data.arrow"
@@ -420,78 +468,47 @@ def _write_arrow(table: Any, path: Path) -> None:
         writer.write_table(table, max_chunksize=100_000)
 
 
-def _batch_labels(batch: list[tuple], encodings: list, weighted: bool
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
-    """Flat ids, labels and weights of a batch, and the token count of each conversation.
+def _batch_tokenizer(backend: Any) -> tuple[Any, Any]:
+    """A function tokenizing a batch of texts -> (ids, starts, ends, counts), and one describing how it went.
 
-    Trained token ranges come from `_trained_ranges` (lookups at span edges); a conversation it cannot
-    settle, or one with loss weights, goes through `_labels` on every token's offsets instead.
+    Byte-level BPE tokenizers go through `PieceCache` (each distinct word tokenized once); the first
+    batch is also tokenized whole and compared, and any difference switches back to whole texts for
+    good (with a warning). Other tokenizers tokenize whole texts.
     """
-    id_lists = [enc.ids for enc in encodings]
-    counts = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
-    firsts = np.cumsum(counts) - counts
-    ids = np.fromiter(chain.from_iterable(id_lists), dtype=np.int32, count=int(counts.sum()))
-    weights = np.zeros(len(ids), dtype=np.float32) if weighted else None
-    edges: list[int] = []  # +1 at a trained range's first token, -1 after its last, in flat positions
-    exact: list[tuple[int, np.ndarray, np.ndarray | None]] = []
-    for item, enc, first in zip(batch, encodings, firsts.tolist()):
-        text, spans = item[3], item[4]
-        ranges = None if weighted else _trained_ranges(enc, spans, len(text))
-        if ranges is None:
-            labels, token_weights = _labels(enc.ids, enc.offsets, spans, len(text), weighted)
-            exact.append((first, labels, token_weights))
-            continue
-        for start, stop in ranges:
-            edges += (first + start, first + stop)
-    marks = (np.bincount(edges[0::2], minlength=len(ids) + 1)
-             - np.bincount(edges[1::2], minlength=len(ids) + 1))  # ranges may share a token
-    labels = np.where(np.cumsum(marks[:-1]) > 0, ids, IGNORE).astype(np.int32)
-    for first, row_labels, row_weights in exact:
-        labels[first:first + len(row_labels)] = row_labels
-        if weighted:
-            weights[first:first + len(row_labels)] = row_weights
-    labels[firsts[counts > 0]] = IGNORE
-    return ids, labels, weights, counts
+    from sftune.tokencache import PieceCache, tokenize_whole, why_not
 
+    reason = why_not(backend)
+    if reason is not None:
+        return (lambda texts: tokenize_whole(backend, texts)), (lambda: f"whole texts ({reason})")
+    cache = PieceCache(backend)
+    state = {"checked": False, "mismatch": None}
 
-def _trained_ranges(encoding: Any, spans: list[tuple[int, int, float]], n_chars: int
-                    ) -> list[tuple[int, int]] | None:
-    """Token ranges [start, stop) that overlap trained character spans, found at the span edges only.
+    def tokenize(texts: list[str]) -> tuple[np.ndarray, ...]:
+        if state["mismatch"] is not None:
+            return tokenize_whole(backend, texts)
+        out = cache.encode(texts)
+        if not state["checked"]:
+            state["checked"] = True
+            sample = texts[:200]
+            reference = tokenize_whole(backend, sample)
+            n = int(out[3][:len(sample)].sum())
+            if not all(np.array_equal(a[:n] if k < 3 else a[:len(sample)], b)
+                       for k, (a, b) in enumerate(zip(out, reference))):
+                state["mismatch"] = next((t for t in sample if not np.array_equal(
+                    cache.encode([t])[0], tokenize_whole(backend, [t])[0])), sample[0])
+                log.warning("the word cache gave other ids than the tokenizer for %r; tokenizing whole texts "
+                            "instead (slower, same result). Please report this.", state["mismatch"][:200])
+                return tokenize_whole(backend, texts)
+        return out
 
-    Gives exactly the tokens `_labels` marks from every token's offsets (offsets run in text order),
-    with a few lookups per span instead of a Python object per token. Returns None where an edge needs
-    a token's full offsets to settle (no token covers the edge character, an empty token sits there, or
-    tokens overlap across it); the caller then uses `_labels`.
-    """
-    merged: list[list[int]] = []
-    for start, end, _ in spans:
-        if merged and merged[-1][1] == start:
-            merged[-1][1] = end
-        elif start < end:
-            merged.append([start, end])
-    n_tokens = len(encoding)
-    ranges = []
-    for start, end in merged:
-        first = encoding.char_to_token(start)
-        if first is None or (first > 0 and encoding.token_to_chars(first - 1) == (start, start)):
-            return None
-        if end >= n_chars:
-            if encoding.token_to_chars(n_tokens - 1)[0] >= n_chars:
-                return None
-            stop = n_tokens
-        else:
-            stop = encoding.char_to_token(end)  # the first token at or across the span's end
-            if stop is None:
-                return None
-            if encoding.token_to_chars(stop)[0] < end:  # it starts inside the span: it is trained
-                stop += 1
-                if stop < n_tokens and encoding.token_to_chars(stop)[0] < end:
-                    return None
-            elif encoding.token_to_chars(stop - 1) == (end, end):
-                return None
-        if first < stop:
-            ranges.append((first, stop))
-    return ranges
+    def describe() -> str:
+        if state["mismatch"] is not None:
+            return "whole texts (the word cache disagreed with the tokenizer on the first batch)"
+        looked_up = cache.hits + cache.misses
+        return (f"word cache ({cache.size:,} distinct pieces, "
+                f"{cache.hits / max(looked_up, 1):.1%} of {looked_up:,} found)")
+
+    return tokenize, describe
 
 
 def _progress(enabled: bool, total: int):
