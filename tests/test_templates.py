@@ -115,6 +115,55 @@ def test_builtin_matches_official_template(name, fixture, bos, eos, chat, prompt
                                                                            add_generation_prompt=prompt)
 
 
+def trained_chars(messages, segments, policy):
+    """The characters the encoder trains under `policy` for these segments."""
+    from sftune import encode
+
+    flags = encode.trained_flags(messages, policy)
+    chars, pos = set(), 0
+    for text, index, body in segments:
+        if (policy == "all" and index is None) or (index is not None and flags[index] and (body or policy == "all")):
+            chars.update(range(pos, pos + len(text)))
+        pos += len(text)
+    return chars
+
+
+PLAIN_OFFICIAL = {name: [(fixture, bos, eos, [c for c in chats if c in CHATS]) for fixture, bos, eos, chats in fixtures]
+                  for name, fixtures in OFFICIAL.items()}
+
+
+@pytest.mark.parametrize("name,fixture,bos,eos,chat,prompt", list(cases(PLAIN_OFFICIAL)))
+def test_a_known_model_template_renders_through_its_builtin_twin_with_the_same_spans(name, fixture, bos, eos, chat,
+                                                                                      prompt):
+    """A model's own template, when it is one of the official texts, takes the built-in's fast path:
+    same text and same trained characters under every policy as rendering the jinja itself."""
+    from sftune import encode
+
+    source = (FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8")
+    template = templates.Template(templates.TOKENIZER, jinja=source, bos=bos, eos=eos)
+    messages = templates.normalize_messages(chat)
+    assert templates._twin(template, messages, None) is not None
+    fast = template.segments(messages, add_generation_prompt=prompt)
+    slow = templates._jinja_segments(template, messages, None, prompt)
+    assert "".join(t for t, _, _ in fast) == "".join(t for t, _, _ in slow)
+    for policy in encode.POLICIES:
+        assert trained_chars(messages, fast, policy) == trained_chars(messages, slow, policy), policy
+
+
+def test_other_conversations_and_templates_still_render_through_jinja(smollm2_tokenizer):
+    source = (FIXTURES / "gemma.jinja").read_text(encoding="utf-8")
+    gemma = templates.Template(templates.TOKENIZER, jinja=source, bos="<bos>", eos="<eos>")
+    assert templates._twin(gemma, templates.normalize_messages(SYSTEM), None) is None  # Gemma 1/2 refuse it
+    with pytest.raises(templates.TemplateError):
+        gemma.render(SYSTEM)
+    own = templates.get("tokenizer", smollm2_tokenizer)
+    assert templates._twin(own, templates.normalize_messages(PLAIN), None) is not None
+    assert templates._twin(own, templates.normalize_messages(PLAIN), TOOLS) is None
+    assert templates._twin(own, templates.normalize_messages(PLAIN[1:]), None) is None  # not user first
+    edited = templates.Template(templates.TOKENIZER, jinja=own.jinja + " ", bos=own.bos, eos=own.eos)
+    assert templates._twin(edited, templates.normalize_messages(PLAIN), None) is None
+
+
 @pytest.mark.parametrize("name,chat,prompt", [pytest.param(name, chat, prompt, id=f"{name}-{k}-{prompt}")
                                               for name, chats in TOOL_FAMILIES.items()
                                               for k, chat in enumerate(chats) for prompt in (False, True)])
@@ -286,3 +335,34 @@ def test_cli_template_render_and_data_inspect(tmp_path):
     trained = [line.split("\t", 1)[1] for line in out.output.splitlines() if line.startswith("TRAIN")]
     assert "".join(json.loads(t) for t in trained) == "Hello! How can I help?<|im_end|>"
     assert runner.invoke(app, ["template", "list"]).exit_code == 0
+
+
+def test_builtin_twins_agree_with_jinja_on_random_plain_chats():
+    """Awkward contents (whitespace at the edges, empty turns, newlines, markup) in random plain chats."""
+    import random
+
+    from sftune import encode
+
+    rng = random.Random(0)
+    words = ["", " ", "\n", "hi", "  two  words ", "line\nbreak", "<b>", "{{x}}", "ünï", "中文", "\t", "[INST]"]
+    for fixture, bos, eos, chats in (f for fixtures in PLAIN_OFFICIAL.values() for f in fixtures):
+        source = (FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8")
+        template = templates.Template(templates.TOKENIZER, jinja=source, bos=bos, eos=eos)
+        for _ in range(25):
+            say = lambda: "".join(rng.choice(words) for _ in range(rng.randint(1, 4))) or "x"  # noqa: E731
+            chat = [{"role": "system", "content": say()}] if fixture != "gemma" and rng.random() < 0.5 else []
+            for _ in range(rng.randint(1, 3)):
+                chat += [{"role": "user", "content": say()}, {"role": "assistant", "content": say()}]
+            messages = templates.normalize_messages(chat)
+            if templates._twin(template, messages, None) is None:
+                continue
+            for prompt in (False, True):
+                try:
+                    slow = templates._jinja_segments(template, messages, None, prompt)
+                except templates.TemplateError as err:
+                    raise AssertionError(f"{fixture} refuses a plain chat its twin renders: {chat}") from err
+                fast = template.segments(messages, add_generation_prompt=prompt)
+                assert "".join(t for t, _, _ in fast) == "".join(t for t, _, _ in slow), (fixture, chat)
+                for policy in encode.POLICIES:
+                    assert trained_chars(messages, fast, policy) == trained_chars(messages, slow, policy), \
+                        (fixture, chat, policy)

@@ -21,6 +21,7 @@ dicts in that schema, or OpenAI/Hugging Face dicts with `tool_calls`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -256,6 +257,28 @@ ALIASES = {"qwen": "qwen2.5", "llama-2": "llama2", "llama-3": "llama3", "gemma2"
            "phi-3": "phi3", "phi-3.5": "phi3.5"}
 
 
+# Official chat_template texts (sha256 of the verbatim copies in tests/fixtures/templates) whose
+# built-in renders the same text and the same trained spans for plain conversations: an optional
+# system message, then user and assistant turns in turn, no tools. A model template with one of
+# these texts renders such conversations through the built-in, several times faster than jinja;
+# every other conversation, and every other template, goes through jinja.
+_TWINS = {
+    "fcf7a096fe99a48fd9ad2b250bf9237e96e8f48bffec1c7ea4d3f225176cd40e": "chatml",
+    "ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15cfd6": "gemma",  # Gemma 1/2: no system turn
+    "7de1c58e208eda46e9c7f86397df37ec49883aeece39fb961e0a6b24088dd3c4": "gemma",  # Gemma 3
+    "e8d5b5a546d3f19df16a5320c614fab05bdc4edd50e850f1afd947b503ea41cf": "llama2",
+    "e10ca381b1ccc5cf9db52e371f3b6651576caee0a630b452e2816b2d404d4b65": "llama3.1",
+    "ba03a121d097859c7b5b9cd03af99aafe95275210d2876f642ad9929a150f122": "llama3",
+    "796853172235ab3aaa4810013ddfe2eab481bda3306dad4f700c00d436eed596": "mistral",
+    "78d976a442bcde2f0be15aafbb8e3050e1104f86732266f68403251b89982a90": "phi3.5",
+    "dcaee66df77bfbb789ec541fe713218da30225a526f1db97138fc39ee6dc56aa": "phi3",
+    "cd8e9439f0570856fd70470bf8889ebd8b5d1107207f67a5efb46e342330527f": "qwen2.5",
+    "872be49dbb638044ad01b60388f48d469ff2980e5f0dccdc22ec907db54d0788": "smollm2",
+    "66291cf0045c2425a3a667cf3cbb7af2b11f09e025c02f97245323ab79119362": "zephyr",
+}
+_REFUSES_SYSTEM = {"ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15cfd6"}
+
+
 class TemplateError(ValueError):
     """A conversation the template cannot render, or a template that is not usable."""
 
@@ -281,7 +304,10 @@ class Template:
         """The rendered text as (text, message index or None, body) pieces; see module docstring."""
         msgs = messages if _normalized(messages) else normalize_messages(messages)
         if self.jinja is not None:
-            return _jinja_segments(self, msgs, tools, add_generation_prompt)
+            twin = _twin(self, msgs, tools)
+            if twin is None:
+                return _jinja_segments(self, msgs, tools, add_generation_prompt)
+            return _builtin_segments(twin, msgs, tools, add_generation_prompt)
         return _builtin_segments(self, msgs, tools, add_generation_prompt)
 
     def render_jinja(self, messages: Iterable[Any], tools: list[dict] | None = None,
@@ -663,6 +689,30 @@ def _builtin_segments(t: Template, msgs: list[dict], tools: list[dict] | None,
 
 
 # --- jinja templates --------------------------------------------------------------------------------
+
+
+_TWIN_OF: dict[tuple[str, str, str], tuple[Template | None, bool]] = {}
+
+
+def _twin(t: Template, msgs: list[dict], tools: list[dict] | None) -> Template | None:
+    """The built-in that renders exactly what jinja template `t` renders for `msgs`, or None."""
+    if tools or not msgs:
+        return None
+    key = (t.jinja, t.bos, t.eos)
+    if key not in _TWIN_OF:
+        digest = hashlib.sha256(t.jinja.encode("utf-8")).hexdigest()
+        name = _TWINS.get(digest)
+        twin = None if name is None else Template(t.name, spec=_checked(name, BUILTINS[name]), bos=t.bos,
+                                                   eos=t.eos, special_tokens=t.special_tokens)
+        _TWIN_OF[key] = (twin, digest not in _REFUSES_SYSTEM)
+    twin, system_ok = _TWIN_OF[key]
+    if twin is None:
+        return None
+    first = 1 if system_ok and msgs[0]["role"] == "system" else 0
+    for k in range(first, len(msgs)):
+        if msgs[k]["role"] != ("user" if (k - first) % 2 == 0 else "assistant"):
+            return None
+    return twin
 
 
 def _hf_with_owners(msgs: list[dict]) -> tuple[list[dict], list[int]]:
