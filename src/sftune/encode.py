@@ -291,18 +291,9 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
 
     weighted = any(m.weight is not None if not isinstance(m, dict) else m.get("weight") is not None
                    for conv in records for m in (conv.messages if isinstance(conv, Conversation) else conv["messages"]))
+    rows = _Rows(records, weighted, {"total": len(records), "encoded": 0, "truncated": 0, "skipped": 0,
+                                     "skipped_by_reason": {}, "skipped_records": [], "fingerprint": fingerprint})
     bos_id = getattr(tokenizer, "bos_token_id", None)
-    columns: dict[str, list[np.ndarray]] = {"input_ids": [], "labels": [], "loss_weights": []}
-    lengths: list[int] = []
-    report: dict[str, Any] = {"total": len(records), "encoded": 0, "truncated": 0, "skipped": 0,
-                              "skipped_by_reason": {}, "skipped_records": [], "fingerprint": fingerprint}
-
-    def skip(k: int, reason: str, detail: str) -> None:
-        report["skipped"] += 1
-        report["skipped_by_reason"][reason] = report["skipped_by_reason"].get(reason, 0) + 1
-        if len(report["skipped_records"]) < 100:
-            report["skipped_records"].append({"where": _where(records[k], k), "reason": reason, "detail": detail})
-
     nothing_left = "no token left to train" + (f" within max_len={max_len}" if max_len else "")
     job = {"records": records, "template": template, "policy": policy, "weighted": weighted,
            "backend": _plain_backend(tokenizer)}
@@ -311,7 +302,7 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
         bar = _progress(progress, len(records))
         for done, ks, errors, ids, labels, weights, counts, how in results:
             for k, err in errors:
-                skip(k, "render_error", err)
+                rows.skip(k, "render_error", err)
             bounds = np.concatenate([[0], np.cumsum(counts)])
             padded = np.append(ids, [-1, -1])  # every row has a first and a second token to look at
             two_bos = ((counts > 1) & (padded[bounds[:-1]] == bos_id) & (padded[bounds[:-1] + 1] == bos_id)
@@ -319,45 +310,34 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
             too_long = counts > max_len if max_len is not None else np.zeros(len(ks), dtype=bool)
             trained = np.concatenate([[0], np.cumsum(labels != IGNORE)])[bounds]
             unusual = np.flatnonzero(two_bos | too_long | (trained[1:] == trained[:-1])).tolist()
-
             row = 0  # rows are kept in order: runs of ordinary rows as slices, the unusual ones one by one
             for special in unusual + [len(ks)]:
-                if special > row:  # rows row..special-1 are kept as they are: one slice of the flat arrays
-                    lo, hi = bounds[row], bounds[special]
-                    columns["input_ids"].append(ids[lo:hi])
-                    columns["labels"].append(labels[lo:hi])
-                    if weighted:
-                        columns["loss_weights"].append(weights[lo:hi])
-                    lengths.extend(counts[row:special].tolist())
+                lo, hi = bounds[row], bounds[special]
+                rows.keep(ids[lo:hi], labels[lo:hi], weights[lo:hi] if weighted else None, counts[row:special])
                 row = special + 1
                 if special == len(ks):
                     break
                 k = ks[special]
                 if two_bos[special]:
-                    skip(k, "two_bos", f"template {template.name!r} renders two BOS tokens at the start")
-                    continue
-                if not too_long[special]:
-                    skip(k, "no_trained_token", nothing_left)
-                    continue
-                messages, tools = _messages_and_tools(records[k])
-                result = _truncate(messages, tools, tokenizer, template, policy, max_len,
-                                   _encode_messages(messages, tools, tokenizer, template, policy))
-                report["truncated"] += 1
-                if all(label == IGNORE for label in result["labels"]):
-                    skip(k, "no_trained_token", nothing_left)
-                    continue
-                columns["input_ids"].append(np.asarray(result["input_ids"], dtype=np.int32))
-                columns["labels"].append(np.asarray(result["labels"], dtype=np.int32))
-                if weighted:
-                    columns["loss_weights"].append(np.asarray(result.get("loss_weights", np.zeros(len(result["labels"]))),
-                                                              dtype=np.float32))
-                lengths.append(len(result["input_ids"]))
+                    rows.skip(k, "two_bos", f"template {template.name!r} renders two BOS tokens at the start")
+                elif not too_long[special]:
+                    rows.skip(k, "no_trained_token", nothing_left)
+                else:
+                    messages, tools = _messages_and_tools(records[k])
+                    result = _truncate(messages, tools, tokenizer, template, policy, max_len,
+                                       _encode_messages(messages, tools, tokenizer, template, policy))
+                    rows.report["truncated"] += 1
+                    if all(label == IGNORE for label in result["labels"]):
+                        rows.skip(k, "no_trained_token", nothing_left)
+                    else:
+                        rows.keep_one(result)
             bar(done)
         bar(None)
 
-    table = _table(columns, lengths, weighted)
-    report["encoded"] = len(lengths)
-    report["tokens"] = int(sum(lengths))
+    table = rows.table()
+    report = rows.report
+    report["encoded"] = len(rows.lengths)
+    report["tokens"] = int(sum(rows.lengths))
     report["trained_tokens"] = int(np.count_nonzero(table.column("labels").combine_chunks().flatten().to_numpy()
                                                     != IGNORE))
     report["cache"] = "miss"
@@ -443,21 +423,54 @@ def _encode_batch(bounds: tuple[int, int]) -> tuple:
 _DATA_FILE = "data.arrow"
 
 
-def _table(columns: dict[str, list[np.ndarray]], lengths: list[int], weighted: bool) -> Any:
-    """The encoded rows as an Arrow table of list columns, built from flat arrays without a Python loop."""
-    import pyarrow as pa
+class _Rows:
+    """The rows `encode_dataset` keeps (slices of flat arrays, in record order) and its report."""
 
-    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int32))
+    def __init__(self, records: list, weighted: bool, report: dict[str, Any]):
+        self.records, self.weighted, self.report = records, weighted, report
+        self.columns: dict[str, list[np.ndarray]] = {"input_ids": [], "labels": [], "loss_weights": []}
+        self.lengths: list[int] = []
 
-    def list_column(parts: list[np.ndarray], dtype: Any) -> pa.Array:
-        values = np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
-        return pa.ListArray.from_arrays(offsets, pa.array(values))
+    def keep(self, ids: np.ndarray, labels: np.ndarray, weights: np.ndarray | None, counts: np.ndarray) -> None:
+        """Rows given as flat arrays and the token count of each."""
+        if not len(counts):
+            return
+        self.columns["input_ids"].append(ids)
+        self.columns["labels"].append(labels)
+        if self.weighted:
+            self.columns["loss_weights"].append(weights)
+        self.lengths.extend(counts.tolist())
 
-    table = {"input_ids": list_column(columns["input_ids"], np.int32),
-             "labels": list_column(columns["labels"], np.int32)}
-    if weighted:
-        table["loss_weights"] = list_column(columns["loss_weights"], np.float32)
-    return pa.table(table)
+    def keep_one(self, result: dict[str, list]) -> None:
+        """A row `encode` built (input_ids, labels and maybe loss_weights lists)."""
+        n = len(result["input_ids"])
+        weights = result.get("loss_weights", np.zeros(n)) if self.weighted else None
+        self.keep(np.asarray(result["input_ids"], dtype=np.int32), np.asarray(result["labels"], dtype=np.int32),
+                  None if weights is None else np.asarray(weights, dtype=np.float32), np.array([n]))
+
+    def skip(self, k: int, reason: str, detail: str) -> None:
+        report = self.report
+        report["skipped"] += 1
+        report["skipped_by_reason"][reason] = report["skipped_by_reason"].get(reason, 0) + 1
+        if len(report["skipped_records"]) < 100:
+            report["skipped_records"].append({"where": _where(self.records[k], k), "reason": reason,
+                                              "detail": detail})
+
+    def table(self) -> Any:
+        """The rows as an Arrow table of list columns, built from the flat arrays without a Python loop."""
+        import pyarrow as pa
+
+        offsets = pa.array(np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)]).astype(np.int32))
+
+        def list_column(parts: list[np.ndarray], dtype: Any) -> pa.Array:
+            values = np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
+            return pa.ListArray.from_arrays(offsets, pa.array(values))
+
+        table = {"input_ids": list_column(self.columns["input_ids"], np.int32),
+                 "labels": list_column(self.columns["labels"], np.int32)}
+        if self.weighted:
+            table["loss_weights"] = list_column(self.columns["loss_weights"], np.float32)
+        return pa.table(table)
 
 
 def _write_arrow(table: Any, path: Path) -> None:
