@@ -17,7 +17,7 @@ from sftune.tokencache import LLAMA3_PATTERN, QWEN2_PATTERN, PieceCache, why_not
 # threes by Llama 3, one by one by Qwen 2), combining marks (NFC composes them), CJK, emoji, special
 # tokens inside text, and characters Python and the regex engine may class differently.
 PIECES = [" ", "  ", "   ", "\n", "\n\n", " \n", "\n ", "\t", " \t ", "\r\n", "\u00a0", "\u3000", "\x1c", "\u200b",
-          "\u2028", "hello", "world", "Hello", "a", "I", "'s", "'S", "'ll", "don't", "12345", "7", "3.14", "e\u0301",
+          "\u2028", "\u180e", "\ufeff", "hello", "world", "Hello", "a", "I", "'s", "'S", "'ll", "don't", "12345", "7", "3.14", "e\u0301",
           "é", "你好", "世界", "🦜", "👩‍💻", "<|im_start|>", "<|im_end|>", "<|endoftext|>", "!?", "...", "(x)", "#",
           "_", "-", "—", "ß", "İ", "ﬁ", "Ⅻ", "½", "٣"]
 

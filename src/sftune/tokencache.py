@@ -35,9 +35,12 @@ QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| 
                  r"\s*[\r\n]+|\s+(?!\S)|\s+")
 KNOWN_PATTERNS = (LLAMA3_PATTERN, QWEN2_PATTERN)
 
-# Every character Python or Unicode counts as whitespace lies below U+3001.
-_WS_LIMIT = 0x3001
-_WHITESPACE = np.array([chr(c).isspace() for c in range(_WS_LIMIT)] + [False])
+# Characters next to which no cut is made: everything Python counts as whitespace (a superset of
+# Unicode's White_Space, which the regexes' \s means), and, in case a regex engine's Unicode tables
+# are older, the invisible characters once or elsewhere classed as spaces. All lie below U+FF00.
+_WS_LIMIT = 0xFF00
+_WHITESPACE = np.array([chr(c).isspace() or c in (0x180E, 0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF)
+                        for c in range(_WS_LIMIT)] + [False])
 _P = np.uint64(0x9E3779B97F4A7C15)
 _P_INV = np.uint64(pow(int(_P), -1, 1 << 64))
 _MAX_ENTRIES = 2_000_000
