@@ -251,8 +251,9 @@ def _tokenize_pieces(backend: Any, pieces: list[str]) -> tuple[np.ndarray, np.nd
     """Like `tokenize_whole`, with far fewer tokenizer calls for short pieces.
 
     A piece that starts with a space and a non-space and ends in a non-space can follow another such
-    piece with a cut between them (the rule of this module), so thousands of them are tokenized as
-    one text and split back by offsets. The others (a text's first or last piece) go alone.
+    piece with a cut between them (the rule of this module), so they are tokenized 16 to a text (the
+    fastest grouping measured: 4.9 us a piece against 12.3 alone) and split back by offsets. The
+    others (a text's first piece, a last piece ending in whitespace) go alone.
     """
     joinable = [k for k, p in enumerate(pieces) if len(p) > 1 and p[0] == " " and not p[1].isspace()
                 and not p[-1].isspace()]
