@@ -329,3 +329,15 @@ def test_a_word_cache_that_disagrees_is_dropped_for_whole_texts(smollm2_tokenize
     assert "disagreed" in report["tokenizer"] and "other ids than the tokenizer" in caplog.text
     expected = [E.encode(r, smollm2_tokenizer, template) for r in records]
     assert dataset["input_ids"] == [r["input_ids"] for r in expected if r]
+
+
+def test_long_batches_are_tokenized_a_few_characters_at_a_time(smollm2_tokenizer, monkeypatch):
+    template = templates.get("chatml", smollm2_tokenizer)
+    records = _many(80)
+    for record in records[::7]:
+        record["messages"][-1]["weight"] = 0.5
+    whole, _ = E.encode_dataset(records, smollm2_tokenizer, template, workers=1, use_cache=False, progress=False)
+    monkeypatch.setattr(E, "MAX_CHARS_AT_ONCE", 300)  # a few conversations per slice, some alone
+    sliced, _ = E.encode_dataset(records, smollm2_tokenizer, template, workers=1, use_cache=False, progress=False)
+    assert sliced["input_ids"] == whole["input_ids"] and sliced["labels"] == whole["labels"]
+    assert sliced["loss_weights"] == whole["loss_weights"] and {0.5, 1.0} <= {w for row in whole["loss_weights"] for w in row}

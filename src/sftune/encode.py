@@ -373,6 +373,7 @@ def _render_batch(records: list, ks: range, template: Template, policy: str
 
 
 MIN_RECORDS_PER_WORKER = 5000
+MAX_CHARS_AT_ONCE = 4_000_000
 _JOB: dict[str, Any] = {}  # what a batch needs, set before worker processes fork so they share it
 
 
@@ -413,11 +414,22 @@ def _encode_batch(bounds: tuple[int, int]) -> tuple:
     if "tokenize" not in job:
         job["tokenize"], job["describe"] = _batch_tokenizer(job["backend"])
     items, errors = _render_batch(job["records"], range(lo, hi), job["template"], job["policy"])
-    ids, starts, ends, counts = job["tokenize"]([item[3] for item in items])
     n_chars = np.fromiter((len(item[3]) for item in items), dtype=np.int64, count=len(items))
-    labels, weights = _flat_labels(ids, starts, ends, counts, n_chars, [item[4] for item in items], job["weighted"])
-    return (hi, [item[0] for item in items], [(k, str(err)) for k, err in errors], ids.astype(np.int32),
-            labels.astype(np.int32), weights, counts, job["describe"]())
+    parts = []  # long conversations: a few million characters at a time keep the numpy arrays small
+    cuts = np.searchsorted(np.cumsum(n_chars), np.arange(1, 1 + int(n_chars.sum()) // MAX_CHARS_AT_ONCE)
+                           * MAX_CHARS_AT_ONCE)
+    for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(items)]):
+        if b > a:
+            ids, starts, ends, counts = job["tokenize"]([item[3] for item in items[a:b]])
+            labels, weights = _flat_labels(ids, starts, ends, counts, n_chars[a:b], [item[4] for item in items[a:b]],
+                                           job["weighted"])
+            parts.append((ids.astype(np.int32), labels.astype(np.int32), weights, counts))
+    if not parts:
+        parts.append((np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int64)))
+    ids, labels, weights, counts = (np.concatenate(column) if column[0] is not None else None
+                                    for column in zip(*parts))
+    return (hi, [item[0] for item in items], [(k, str(err)) for k, err in errors], ids, labels, weights, counts,
+            job["describe"]())
 
 
 _DATA_FILE = "data.arrow"
