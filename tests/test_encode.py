@@ -341,3 +341,25 @@ def test_long_batches_are_tokenized_a_few_characters_at_a_time(smollm2_tokenizer
     sliced, _ = E.encode_dataset(records, smollm2_tokenizer, template, workers=1, use_cache=False, progress=False)
     assert sliced["input_ids"] == whole["input_ids"] and sliced["labels"] == whole["labels"]
     assert sliced["loss_weights"] == whole["loss_weights"] and {0.5, 1.0} <= {w for row in whole["loss_weights"] for w in row}
+
+
+def test_cli_data_encode_reports_what_training_would_get(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from sftune.cli import app
+
+    data = tmp_path / "chat.jsonl"
+    unique = {"role": "system", "content": f"Run {tmp_path.name}."}  # a fresh fingerprint each run
+    rows = [[unique, *CHAT[1:3]], [unique, *CHAT[1:]],
+            [unique, CHAT[1], {"role": "assistant", "content": "not trained", "train": False}]]
+    data.write_text("".join(json.dumps({"messages": m}) + "\n" for m in rows))
+    runner = CliRunner()
+    out = runner.invoke(app, ["data", "encode", str(data), "--template", "chatml"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "records: 3   encoded: 2   truncated: 0   skipped: 1" in out.output
+    assert "no_trained_token" in out.output and "chat.jsonl:3" in out.output
+    assert "tokenized by word cache" in out.output
+    again = runner.invoke(app, ["data", "encode", str(data), "--template", "chatml"], env={"COLUMNS": "200"})
+    assert "from the cache" in again.output

@@ -442,6 +442,49 @@ def data_inspect_command(
         console.print(Text("trained", style="bold green") + Text("  masked", style="grey50"))
 
 
+@data_app.command("encode")
+@_data_errors
+def data_encode_command(
+    path: list[str] = typer.Argument(..., help="Data files (any format the data layer reads)."),
+    model: str = typer.Option(models.DEFAULT_MODEL, help="Model name or folder (its tokenizer)."),
+    template: Optional[str] = typer.Option(None, "--template", "-t", help="Default: the model's own template."),
+    policy: str = typer.Option("assistant", help="Masking policy: assistant, last or all."),
+    max_len: int = typer.Option(1024, help="Truncate as training would (train's data.max_len)."),
+    workers: Optional[int] = typer.Option(None, help="Processes (default: one per core, up to 4, for 10,000+ records)."),
+    format: Optional[str] = _FORMAT,
+) -> None:
+    """Encode the data as training would and report it: tokens, trained tokens, truncated and skipped
+    records (why, where), speed. The result is cached, so encoding the same records again is instant."""
+    import time
+
+    from sftune.data import read
+    from sftune.encode import encode_dataset
+
+    tokenizer = models.load(model, tokenizer_only=True)[1]
+    chosen = _template_for(template, tokenizer)
+    records = list(_reading(read(path, format=format), "reading"))
+    start = time.perf_counter()
+    dataset, report = encode_dataset(records, tokenizer, chosen, policy=policy, max_len=max_len, workers=workers)
+    seconds = time.perf_counter() - start
+    console.print(f"template: {chosen.name}   policy: {policy}   max_len: {max_len}", highlight=False)
+    console.print(f"records: {report['total']:,}   encoded: {report['encoded']:,}   truncated: {report['truncated']:,}   "
+                  f"skipped: {report['skipped']:,}", highlight=False)
+    if report["encoded"]:
+        console.print(f"tokens: {report['tokens']:,} ({report['tokens'] / report['encoded']:,.0f} per record)   "
+                      f"trained: {report['trained_tokens']:,} ({report['trained_tokens'] / report['tokens']:.1%})",
+                      highlight=False)
+    if report["skipped"]:
+        table = Table(title="Skipped, by reason (first places)")
+        for column in ("reason", "count", "where", "detail"):
+            table.add_column(column, overflow="fold")
+        for reason, count in report["skipped_by_reason"].items():
+            first = next(r for r in report["skipped_records"] if r["reason"] == reason)
+            table.add_row(reason, f"{count:,}", first["where"], first["detail"])
+        console.print(table)
+    how = "from the cache" if report["cache"] == "hit" else f"tokenized by {report['tokenizer']}"
+    console.print(f"{seconds:.2f} s ({report['total'] / max(seconds, 1e-9):,.0f} records/s), {how}", highlight=False)
+
+
 def json_repr(text: str) -> str:
     import json
 
