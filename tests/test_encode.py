@@ -363,3 +363,15 @@ def test_cli_data_encode_reports_what_training_would_get(tmp_path):
     assert "tokenized by word cache" in out.output
     again = runner.invoke(app, ["data", "encode", str(data), "--template", "chatml"], env={"COLUMNS": "200"})
     assert "from the cache" in again.output
+
+
+def test_last_policy_trains_the_whole_last_turn_text_and_its_tool_calls():
+    messages = templates.normalize_messages([
+        {"role": "user", "content": "Paris?"},
+        {"role": "assistant", "content": "Checking.", "tool_calls": [
+            {"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}]},
+    ])
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool_call"]
+    assert E.trained_flags(messages, "last") == [False, True, True]
+    two_turns = messages + [{"role": "tool", "content": "21"}, {"role": "assistant", "content": "21°C."}]
+    assert E.trained_flags(templates.normalize_messages(two_turns), "last") == [False, False, False, False, True]

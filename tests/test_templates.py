@@ -366,3 +366,72 @@ def test_builtin_twins_agree_with_jinja_on_random_plain_chats():
                 for policy in encode.POLICIES:
                     assert trained_chars(messages, fast, policy) == trained_chars(messages, slow, policy), \
                         (fixture, chat, policy)
+
+
+def random_tool_chat(rng, say, parallel: bool) -> list[dict]:
+    """A user turn, then rounds of calls and results, replies and more user turns."""
+    chat = [{"role": "system", "content": say()}] if rng.random() < 0.5 else []
+    for _ in range(rng.randint(1, 3)):
+        chat.append({"role": "user", "content": say()})
+        for _ in range(rng.randint(0, 2)):
+            n = rng.randint(1, 3) if parallel else 1
+            text = say() if parallel and rng.random() < 0.3 else None
+            arguments = {"city": "Oslo", "days": 3} if rng.random() < 0.3 else None
+            chat.append({"role": "assistant", "content": text,
+                         "tool_calls": [call(rng.choice(["Paris", "Zürich"]), arguments) for _ in range(n)]})
+            chat += [{"role": "tool", "content": say()} for _ in range(rng.randint(1, n))]
+        chat.append({"role": "assistant", "content": say()})
+    return chat
+
+
+@pytest.mark.parametrize("name", ["qwen2.5", "llama3.1"])
+def test_tool_chats_through_a_known_model_template_match_the_official_render_and_spans(name):
+    import random
+
+    from sftune import encode
+
+    rng = random.Random(0)
+    words = ["", " ", "\n", "hi", " two words ", "ünï", '{"a": 1}']
+    say = lambda: "".join(rng.choice(words) for _ in range(rng.randint(1, 3))) or "x"  # noqa: E731
+    fixture, bos, eos, _ = OFFICIAL[name][0]
+    template = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8"),
+                                  bos=bos, eos=eos)
+    segmented = 0
+    for _ in range(60):
+        chat = random_tool_chat(rng, say, parallel=name == "qwen2.5")
+        tools = TOOLS if rng.random() < 0.8 else None
+        messages = templates.normalize_messages(chat)
+        assert templates._twin(template, messages, tools) is not None
+        for prompt in (False, True):
+            shown = prompt_part(chat) if prompt else chat
+            fast = template.segments(templates.normalize_messages(shown), tools, prompt)
+            assert "".join(t for t, _, _ in fast) == official(fixture, shown, bos, eos, tools, prompt)
+            try:
+                slow = templates._jinja_segments(template, templates.normalize_messages(shown), tools, prompt)
+            except templates.TemplateError:
+                continue  # Llama 3.1 with tools and a system message: its prefix renders raise
+            segmented += 1
+            for policy in encode.POLICIES:
+                shown_messages = templates.normalize_messages(shown)
+                assert trained_chars(shown_messages, fast, policy) == trained_chars(shown_messages, slow, policy)
+    assert segmented > 40
+
+
+def test_the_jinja_path_trains_the_end_of_turn_of_the_last_reply():
+    """After a run of tool results (Qwen closes the run only after its last result) and with Phi-3's
+    closing EOS: the reply's end-of-turn is trained, a template-wide closing suffix is not."""
+    qwen = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / "qwen2.5.jinja").read_text(encoding="utf-8"),
+                              eos="<|im_end|>")
+    messages = templates.normalize_messages(TOOL_CHAT)
+    segments = templates._jinja_segments(qwen, messages, TOOLS, False)
+    text = "".join(t for t, _, _ in segments)
+    trained = trained_chars(messages, segments, "last")
+    assert "".join(text[i] for i in sorted(trained)) == "Paris 21°C, Zürich 18°C.<|im_end|>"
+    phi3 = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / "phi3.jinja").read_text(encoding="utf-8"),
+                              eos="<|endoftext|>")
+    messages = templates.normalize_messages(PLAIN)
+    segments = templates._jinja_segments(phi3, messages, None, False)
+    text = "".join(t for t, _, _ in segments)
+    assert text.endswith("It is 4. <|end|>\n<|endoftext|>")
+    trained = trained_chars(messages, segments, "last")
+    assert "".join(text[i] for i in sorted(trained)) == "It is 4. <|end|>"

@@ -7,7 +7,7 @@ trained span. Spans come from `Template.segments`; nothing searches the text for
 
 Policies (per-message `train` flags override them):
   assistant  every model turn (assistant and tool_call): content and the end-of-turn marker (default)
-  last       the last model turn only
+  last       the last model turn only (an assistant text and the tool calls right after it are one turn)
   all        every token, the prompt included (continued pre-training, plain text)
 
 The end-of-turn / EOS token after a reply is part of its span and trained, whatever the pad token.
@@ -44,6 +44,12 @@ def trained_flags(messages: list[dict[str, Any]], policy: str = "assistant") -> 
         raise ValueError(f"unknown masking policy {policy!r}; use one of {', '.join(POLICIES)}")
     model_turns = [i for i, m in enumerate(messages) if m["role"] in MODEL_ROLES]
     last = model_turns[-1] if model_turns else -1
+    first_of_last = last  # the last turn: text and the tool calls right after it are one turn
+    if last >= 0 and messages[last]["role"] == "tool_call":
+        while first_of_last > 0 and messages[first_of_last - 1]["role"] == "tool_call":
+            first_of_last -= 1
+        if first_of_last > 0 and messages[first_of_last - 1]["role"] == "assistant":
+            first_of_last -= 1
     flags = []
     for i, m in enumerate(messages):
         if m.get("train") is not None:
@@ -51,7 +57,7 @@ def trained_flags(messages: list[dict[str, Any]], policy: str = "assistant") -> 
         elif policy == "all":
             flags.append(True)
         elif policy == "last":
-            flags.append(i == last)
+            flags.append(first_of_last <= i <= last)
         else:
             flags.append(m["role"] in MODEL_ROLES)
     return flags

@@ -277,6 +277,12 @@ _TWINS = {
     "66291cf0045c2425a3a667cf3cbb7af2b11f09e025c02f97245323ab79119362": "zephyr",
 }
 _REFUSES_SYSTEM = {"ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15cfd6"}
+# Twins also for tool conversations (tools, calls and results after a first user turn): Qwen2.5 and
+# Llama 3.1, whose built-ins are checked against these templates on random tool conversations too.
+# (The jinja path cannot even segment Llama 3.1 tool chats with a system message: the render of the
+# system message alone raises, as the tools go into the first user turn.)
+_TOOL_TWINS = {"cd8e9439f0570856fd70470bf8889ebd8b5d1107207f67a5efb46e342330527f",
+               "e10ca381b1ccc5cf9db52e371f3b6651576caee0a630b452e2816b2d404d4b65"}
 
 
 class TemplateError(ValueError):
@@ -691,12 +697,12 @@ def _builtin_segments(t: Template, msgs: list[dict], tools: list[dict] | None,
 # --- jinja templates --------------------------------------------------------------------------------
 
 
-_TWIN_OF: dict[tuple[str, str, str], tuple[Template | None, bool]] = {}
+_TWIN_OF: dict[tuple[str, str, str], tuple[Template | None, bool, bool]] = {}
 
 
 def _twin(t: Template, msgs: list[dict], tools: list[dict] | None) -> Template | None:
     """The built-in that renders exactly what jinja template `t` renders for `msgs`, or None."""
-    if tools or not msgs:
+    if not msgs:
         return None
     key = (t.jinja, t.bos, t.eos)
     if key not in _TWIN_OF:
@@ -704,11 +710,15 @@ def _twin(t: Template, msgs: list[dict], tools: list[dict] | None) -> Template |
         name = _TWINS.get(digest)
         twin = None if name is None else Template(t.name, spec=_checked(name, BUILTINS[name]), bos=t.bos,
                                                    eos=t.eos, special_tokens=t.special_tokens)
-        _TWIN_OF[key] = (twin, digest not in _REFUSES_SYSTEM)
-    twin, system_ok = _TWIN_OF[key]
-    if twin is None:
+        _TWIN_OF[key] = (twin, digest not in _REFUSES_SYSTEM, digest in _TOOL_TWINS)
+    twin, system_ok, tools_ok = _TWIN_OF[key]
+    if twin is None or (tools and not tools_ok):
         return None
     first = 1 if system_ok and msgs[0]["role"] == "system" else 0
+    if tools_ok:  # a user turn first, then any turns but a system message
+        if first == len(msgs) or msgs[first]["role"] != "user":
+            return None
+        return twin if all(m["role"] != "system" for m in msgs[first:]) else None
     for k in range(first, len(msgs)):
         if msgs[k]["role"] != ("user" if (k - first) % 2 == 0 else "assistant"):
             return None
@@ -761,6 +771,29 @@ def _boundary(t: Template, rendered: str, full: str) -> tuple[int, str]:
                         "Use a built-in template (--template)")
 
 
+_SUFFIX_OF: dict[tuple[str, str, str], str | None] = {}
+
+
+def _closing_suffix(t: Template, seen: str) -> str:
+    """The text a template writes after the last message of every render (Phi-3's EOS), or "".
+
+    Found once per template from a probe: a template without one renders [user] as a prefix of
+    [user, assistant]. A render that merely is no prefix of a longer one (Qwen closes a run of tool
+    results only after the last of them) says nothing about the end. If the probe cannot be
+    rendered, the closing seen in this conversation's prefix renders is used.
+    """
+    key = (t.jinja, t.bos, t.eos)
+    if key not in _SUFFIX_OF:
+        probe = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+        try:
+            short, long = _jinja_render(t, [probe[:1], probe], None, False)
+            _SUFFIX_OF[key] = "" if long.startswith(short) else _boundary(t, short, long)[1]
+        except Exception:  # jinja raises anything; a template this probe does not suit keeps the old rule
+            _SUFFIX_OF[key] = None
+    suffix = _SUFFIX_OF[key]
+    return seen if suffix is None else suffix
+
+
 def _jinja_segments(t: Template, msgs: list[dict], tools: list[dict] | None,
                     add_generation_prompt: bool) -> list[Segment]:
     """Segments of a jinja template from renders of growing prefixes of the conversation.
@@ -779,9 +812,9 @@ def _jinja_segments(t: Template, msgs: list[dict], tools: list[dict] | None,
             full, *shorter = _jinja_render(t, [hf] + [hf[:k] for k in range(1, len(hf))], tools, False)
             prefixes = shorter + [full] if hf else []
         ends = [_boundary(t, rendered, full) for rendered in prefixes]
-        closing = next((c for _, c in ends if c), "")
+        closing = _closing_suffix(t, next((c for _, c in ends if c), ""))
         bounds = [0] + [end for end, _ in ends]
-        if closing and not add_generation_prompt and ends[-1][1] == "" and full.endswith(closing):
+        if closing and not add_generation_prompt and full.endswith(closing):
             bounds[-1] -= len(closing)  # the closing suffix belongs to the template, not to the last turn
         replies = [k for k, m in enumerate(hf) if m["role"] == "assistant"]
         later = [k for k in replies if k]
