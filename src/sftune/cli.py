@@ -144,6 +144,9 @@ _COT = typer.Option(None, help="Chain-of-thought layout: steps, think, or a form
 _MAX_CHARS = typer.Option(1_000_000, help="Reject records longer than this many characters.")
 _DATASET = typer.Option(None, help="Dataset name for meta; for a dataset_info.json, the entries to read.")
 _WORKERS = typer.Option(None, help="Processes for large JSONL / text files (default: up to 2).")
+_MODEL = typer.Option(models.DEFAULT_MODEL, help="Model name or folder (its tokenizer).")
+_TEMPLATE = typer.Option(None, "--template", "-t", help="Default: the model's own template.")
+_POLICY = typer.Option("assistant", help="Masking policy: assistant, last or all.")
 
 
 def _reading(conversations, description: str):
@@ -399,9 +402,9 @@ def template_render_command(
 @_data_errors
 def data_inspect_command(
     path: list[str] = typer.Argument(..., help="Data files (any format the data layer reads)."),
-    model: str = typer.Option(models.DEFAULT_MODEL, help="Model name or folder (its tokenizer)."),
-    template: Optional[str] = typer.Option(None, "--template", "-t", help="Default: the model's own template."),
-    policy: str = typer.Option("assistant", help="Masking policy: assistant, last or all."),
+    model: str = _MODEL,
+    template: Optional[str] = _TEMPLATE,
+    policy: str = _POLICY,
     max_len: Optional[int] = typer.Option(None, help="Truncate as training would."),
     limit: int = typer.Option(3, help="How many records to show."),
     plain: bool = typer.Option(False, help="No colours: one token per line, TRAIN or mask, then the token."),
@@ -446,9 +449,9 @@ def data_inspect_command(
 @_data_errors
 def data_encode_command(
     path: list[str] = typer.Argument(..., help="Data files (any format the data layer reads)."),
-    model: str = typer.Option(models.DEFAULT_MODEL, help="Model name or folder (its tokenizer)."),
-    template: Optional[str] = typer.Option(None, "--template", "-t", help="Default: the model's own template."),
-    policy: str = typer.Option("assistant", help="Masking policy: assistant, last or all."),
+    model: str = _MODEL,
+    template: Optional[str] = _TEMPLATE,
+    policy: str = _POLICY,
     max_len: int = typer.Option(1024, help="Truncate as training would (train's data.max_len)."),
     workers: Optional[int] = typer.Option(None, help="Processes (default: one per core, up to 4, for 10,000+ records)."),
     format: Optional[str] = _FORMAT,

@@ -259,7 +259,7 @@ ALIASES = {"qwen": "qwen2.5", "llama-2": "llama2", "llama-3": "llama3", "gemma2"
 
 # Official chat_template texts (sha256 of the verbatim copies in tests/fixtures/templates) whose
 # built-in renders the same text and the same trained spans for plain conversations: an optional
-# system message, then user and assistant turns in turn, no tools. A model template with one of
+# system message, then user and assistant turns in turn (tool chats: see _TOOL_TWINS). A model template with one of
 # these texts renders such conversations through the built-in, several times faster than jinja;
 # every other conversation, and every other template, goes through jinja.
 _TWINS = {
@@ -281,8 +281,7 @@ _REFUSES_SYSTEM = {"ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15
 # Llama 3.1, whose built-ins are checked against these templates on random tool conversations too.
 # (The jinja path cannot even segment Llama 3.1 tool chats with a system message: the render of the
 # system message alone raises, as the tools go into the first user turn.)
-_TOOL_TWINS = {"cd8e9439f0570856fd70470bf8889ebd8b5d1107207f67a5efb46e342330527f",
-               "e10ca381b1ccc5cf9db52e371f3b6651576caee0a630b452e2816b2d404d4b65"}
+_TOOL_TWINS = {digest for digest, name in _TWINS.items() if name in ("qwen2.5", "llama3.1")}
 
 
 class TemplateError(ValueError):
