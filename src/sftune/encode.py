@@ -35,7 +35,7 @@ from sftune.templates import Template, TemplateError, normalize_messages
 POLICIES = ("assistant", "last", "all")
 IGNORE = -100
 log = logging.getLogger("sftune.encode")
-_CACHE_VERSION = "encode-v2"
+_CACHE_VERSION = "encode-v3"  # bumped when labels can change for the same inputs
 
 
 def trained_flags(messages: list[dict[str, Any]], policy: str = "assistant") -> list[bool]:
