@@ -435,3 +435,14 @@ def test_the_jinja_path_trains_the_end_of_turn_of_the_last_reply():
     assert text.endswith("It is 4. <|end|>\n<|endoftext|>")
     trained = trained_chars(messages, segments, "last")
     assert "".join(text[i] for i in sorted(trained)) == "It is 4. <|end|>"
+
+
+def test_a_template_that_cannot_render_a_prefix_says_so_and_what_to_use():
+    """Llama 3.1's template puts tools into the first user turn and raises for [system] alone."""
+    source = (FIXTURES / "llama3.1.jinja").read_text(encoding="utf-8") + "\n"  # not the official text: no twin
+    template = templates.Template(templates.TOKENIZER, jinja=source, bos="<|begin_of_text|>", eos="<|eot_id|>")
+    chat = [{"role": "system", "content": "Be brief."}] + SINGLE_CALL_CHAT
+    with pytest.raises(templates.TemplateError, match="not its first messages alone.*--template"):
+        template.segments(chat, TOOLS)
+    with pytest.raises(templates.TemplateError, match="cannot render this conversation"):
+        template.segments([{"role": "system", "content": "only a system message"}], TOOLS)

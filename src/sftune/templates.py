@@ -823,7 +823,14 @@ def _jinja_segments(t: Template, msgs: list[dict], tools: list[dict] | None,
     except TemplateError:
         raise
     except Exception as err:  # jinja raises anything (raise_exception, undefined keys)
-        raise TemplateError(f"template {t.name!r} cannot render this conversation: {err}") from err
+        try:
+            _jinja_render(t, [hf], tools, add_generation_prompt)
+        except Exception:
+            raise TemplateError(f"template {t.name!r} cannot render this conversation: {err}") from err
+        raise TemplateError(
+            f"template {t.name!r} renders this conversation but not its first messages alone ({err}), so where "
+            "each message starts cannot be found (Llama 3.x templates with tools and a system message do this). "
+            "Use a built-in template with --template, e.g. llama3.1 or qwen2.5") from err
     segs: list[Segment] = []
     for k, m in enumerate(hf):
         lo, hi, owner = bounds[k], bounds[k + 1], owners[k]
