@@ -23,7 +23,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-from itertools import chain
 from pathlib import Path
 from typing import Any, Iterable
 
