@@ -1,5 +1,5 @@
-"""`python -m sftune ...` is the `sftune` command."""
+"""`python -m sftune ...` is the `sftune` command, with the same error handling."""
 
-from sftune.cli import app
+from sftune.cli import main
 
-app()
+main()

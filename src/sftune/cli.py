@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sftune import __version__, models
+from sftune import __version__, models, quiet
 
 app = typer.Typer(
     help="sftune: supervised fine-tuning of causal language models.",
@@ -37,25 +37,33 @@ def _root(
     version: Optional[bool] = typer.Option(
         None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Show the libraries' own warnings and logs, and a traceback on errors."
+    ),
 ) -> None:
     """sftune: supervised fine-tuning of causal language models."""
+    quiet.configure(verbose=verbose or quiet.verbose_from_env())
 
 
 @app.command("models")
 def models_command() -> None:
     """List the embedded models (real pretrained models that ship as PyPI packages)."""
+    from rich.markup import escape
+
     table = Table(title="Embedded models (use the name wherever a model is asked for)")
-    for column in ("name", "size", "licence", "installed", "cached", "description"):
+    # The name is what the user types: it is never cut; the description under it wraps instead.
+    table.add_column("name", min_width=max(len(name) for name in models.EMBEDDED) + 2, ratio=1)
+    for column in ("size", "licence", "installed", "cached"):
         table.add_column(column)
     for spec in models.EMBEDDED.values():
         cached = (models.materialized_path(spec.name) / ".sftune-complete").exists()
+        default = " (default)" if spec.name == models.DEFAULT_MODEL else ""
         table.add_row(
-            spec.name + (" (default)" if spec.name == models.DEFAULT_MODEL else ""),
+            f"[bold]{spec.name}[/bold]{default}\n[dim]{escape(spec.description)}[/dim]",
             spec.size,
             spec.license,
             "yes" if spec.installed() else f"no: {spec.install}",
             "yes" if cached else "no",
-            spec.description,
         )
     console.print(table)
     console.print(f"Cache: {models.sftune_home() / 'models'} (set SFTUNE_HOME to move it)")
@@ -494,12 +502,34 @@ def json_repr(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+def _caused_by_user(err: Exception) -> bool:
+    """Errors that a user causes and fixes (bad data, config, path, model name), as opposed to bugs."""
+    from sftune.config import ConfigError
+    from sftune.data import DataError
+
+    user_errors = (ConfigError, DataError, models.ModelNotAvailableError, OSError)
+    if isinstance(err, user_errors):
+        return True
+    module = type(err).__module__ or ""
+    return module.startswith("sftune") and isinstance(err, (ValueError, RuntimeError))
+
+
 def main() -> None:
+    """The `sftune` command and `python -m sftune`: errors a user can cause end in one message and
+    exit code 2; anything else is a bug, said so; a traceback only with --verbose."""
     try:
         app()
-    except models.ModelNotAvailableError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise SystemExit(2) from None
+    except Exception as err:  # noqa: BLE001 - the last line between a user and a traceback
+        if quiet.is_verbose():
+            raise
+        stderr = Console(stderr=True)
+        if _caused_by_user(err):
+            stderr.print(f"[red]error:[/red] {err}", highlight=False)
+            raise SystemExit(2) from None
+        stderr.print(
+            f"[red]error:[/red] {type(err).__name__}: {err}\nThis looks like a bug in sftune. Run the command again "
+            "with --verbose for the traceback, and report it.", highlight=False)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
