@@ -199,6 +199,10 @@ def load(
             "(config.json, tokenizer and *.safetensors), e.g. model: /path/to/my-model, or "
             "download it on a machine with network access first."
         ) from err
+    if model is not None and options.get("quantization_config") is not None:
+        from sftune.methods import keep_4bit_layout
+
+        keep_4bit_layout(model)  # an evaluation pass must not change a 4-bit base (see there)
     if tokenizer.pad_token is None:
         # Safe: sftune builds labels from message spans, never by masking the pad id.
         tokenizer.pad_token = tokenizer.eos_token
