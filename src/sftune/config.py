@@ -86,7 +86,7 @@ class TrainSection(_Section):
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping; 0 = off")
     optim: str = "adamw_torch"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto = bf16 on GPUs with bf16, else fp16 on GPU; fp32 on CPUs without bf16 units"
+        "auto", description="auto = bf16 on GPUs with bf16, else fp16 on GPU; on a CPU bf16 where it has AMX, else fp32 (sftune.hardware)"
     )
     gradient_checkpointing: bool = False
     neftune_alpha: float | None = Field(None, gt=0, description="NEFTune noise alpha (e.g. 5); None = off")

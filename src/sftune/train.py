@@ -511,16 +511,6 @@ class TrainResult:
     tokenizer: Any = field(repr=False, default=None)
 
 
-def resolve_precision(name: str) -> str:
-    """'fp32' | 'bf16' | 'fp16': auto picks what the hardware really accelerates."""
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return "bf16" if amx else "fp32"  # bf16 autocast without bf16 units is slower than fp32
-
-
 def micro_batch_size(t, *, packing: bool, cuda: bool) -> int:
     """Rows (or sequences) per forward pass. On a CPU one packed row at a time is faster than several
     (the activations of ~512 tokens stay in cache; measured 175 vs 130 tokens/s with SmolLM2) and
@@ -680,7 +670,7 @@ def train(
     from rich.console import Console
     from transformers import EarlyStoppingCallback, set_seed
 
-    from sftune import attention, methods, models, templates
+    from sftune import attention, hardware, methods, models, templates
     from sftune.config import Config, ConfigError, load, to_yaml
 
     cfg = config if isinstance(config, Config) else load(config, overrides)
@@ -699,7 +689,7 @@ def train(
             for name in ("metrics.jsonl", "summary.json"):
                 (run_dir / name).unlink(missing_ok=True)
 
-    precision = resolve_precision(cfg.train.precision)
+    precision = hardware.resolve_precision(cfg.train.precision)
     cuda = torch.cuda.is_available()
     dtype = cfg.model.dtype
     if dtype == "auto":
