@@ -103,6 +103,9 @@ class EvalSection(_Section):
     steps: int | None = Field(None, ge=1, description="evaluate every N steps; None = each epoch")
     batch_size: int | None = Field(None, ge=1, description="default: train's micro-batch size")
     early_stopping_patience: int | None = Field(None, ge=1, description="stop after N evaluations without gain")
+    early_stopping_threshold: float = Field(
+        0.0, ge=0, description="the least drop in eval loss that counts as a gain for early stopping"
+    )
     keep_best: bool = Field(True, description="load the best checkpoint (by eval loss) at the end")
     on_start: bool = Field(False, description="also evaluate before the first step (the baseline)")
 

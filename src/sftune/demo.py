@@ -10,36 +10,12 @@ from __future__ import annotations
 
 import json
 import random
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-DEFAULT_CONFIG = """\
-# The README's main job (`make demo` / `sftune demo`): LoRA on SmolLM2-135M-Instruct, a few minutes on a CPU.
-model:
-  name: smollm2-135m-instruct
-data:
-  train: runs/demo-data/train.jsonl
-  eval: runs/demo-data/eval.jsonl
-  max_len: 256
-method:
-  name: lora
-  r: 16
-  alpha: 32
-  dropout: 0.0
-train:
-  max_steps: 30                # about 120 examples; the task is learned by then
-  batch_size: 2
-  lr: 1.0e-3
-  warmup: 0.05
-  logging_steps: 5
-  save_total_limit: 1
-eval:
-  steps: 10
-  on_start: true
-output:
-  dir: runs/demo
-  overwrite: true
-"""
+# The demo's configuration; examples/demo-smollm2.yaml is a link to this same file.
+DEFAULT_CONFIG = resources.files("sftune") / "configs" / "demo.yaml"
 
 EN_NAMES = ["Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Irene", "Jack", "Karen",
             "Liam", "Mia", "Noah", "Olivia", "Peter", "Quinn", "Rachel", "Sam", "Tina", "Umar", "Vera",
@@ -182,7 +158,7 @@ def run(config: str | Path | None = None, overrides: list[str] | None = None, *,
     from sftune.train import train
 
     console = console or Console()
-    raw = yaml.safe_load(Path(config).read_text(encoding="utf-8")) if config else yaml.safe_load(DEFAULT_CONFIG)
+    raw = yaml.safe_load(Path(config or DEFAULT_CONFIG).read_text(encoding="utf-8"))
     cfg = config_module.load(raw, (method_overrides(method) if method else []) + list(overrides or []))
     train_path, eval_path = Path(cfg.data.train[0]), Path(cfg.data.eval[0])
     write_dataset(train_path.parent)

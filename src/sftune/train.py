@@ -738,7 +738,8 @@ def train(
     callbacks = [CheckpointCompleteCallback(), MetricsFileCallback(run_dir / "metrics.jsonl"),
                  RichProgressCallback(console)]
     if cfg.eval.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.eval.early_stopping_patience))
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.eval.early_stopping_patience,
+                                               early_stopping_threshold=cfg.eval.early_stopping_threshold))
     callbacks += extra_callbacks
     templates.save_to_tokenizer(template, tokenizer)  # inference uses exactly the training template
     trainer = SFTTrainer(
