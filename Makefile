@@ -2,7 +2,7 @@
 VENV ?= .venv
 STAMP := $(VENV)/.sftune-install-stamp
 
-.PHONY: demo test install bench
+.PHONY: demo test install bench lock
 
 demo: $(STAMP)
 	$(VENV)/bin/sftune demo
@@ -12,6 +12,10 @@ test: $(STAMP)
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install.sh
+# Refresh requirements/lock.txt to the newest versions pyproject.toml allows, then run the suite on them.
+lock:
+	./scripts/lock.sh
+
+$(STAMP): pyproject.toml scripts/install.sh requirements/lock.txt
 	SFTUNE_VENV=$(VENV) ./scripts/install.sh
 	touch $(STAMP)

