@@ -1,0 +1,142 @@
+"""train(config): the run folder, the caller's callbacks, resume, early stopping, mixing from the config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import TrainerCallback
+
+from tests.conftest import tiny_model
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, smollm2_tokenizer):
+    """A tiny random llama with the real SmolLM2 tokenizer, saved as a checkpoint folder."""
+    folder = tmp_path / "tiny-model"
+    tiny_model("llama", vocab_size=len(smollm2_tokenizer)).save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def demo_data(tmp_path: Path) -> tuple[Path, Path]:
+    from sftune.demo import write_dataset
+
+    return write_dataset(tmp_path / "data", n_train=48, n_eval=8)
+
+
+def run_config(tmp_path, model_dir, **sections) -> dict:
+    train_path, eval_path = demo_data(tmp_path)
+    cfg = {
+        "model": {"name": str(model_dir)},
+        "data": {"train": str(train_path), "eval": str(eval_path), "max_len": 128},
+        "method": {"name": "lora", "r": 4},
+        "train": {"max_steps": 6, "batch_size": 2, "logging_steps": 1, "lr": 5e-3, "save_steps": 2,
+                  "save_total_limit": 1},
+        "eval": {"steps": 2},
+        "output": {"dir": str(tmp_path / "run")},
+    }
+    for section, values in sections.items():
+        cfg[section] = {**cfg.get(section, {}), **values}
+    return cfg
+
+
+def test_train_writes_the_run_folder(tmp_path, tiny_checkpoint):
+    from sftune import templates
+    from sftune import train
+
+    result = train(run_config(tmp_path, tiny_checkpoint))
+    run = result.run_dir
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "config.yaml",
+                 "metrics.jsonl", "curves.png", "summary.json"):
+        assert (run / name).exists(), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["trained_tokens"] > 0 and summary["peak_memory_mb"] > 0
+    assert summary["trained_tokens_per_second"] > 0 and summary["packing"] is True
+    assert 0 < summary["train_seconds_excluding_eval"] < summary["train_seconds"]
+    assert summary["trained_tokens_per_second"] == pytest.approx(
+        summary["trained_tokens"] / summary["train_seconds_excluding_eval"], rel=1e-2)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in records if "eval_loss" in r][:3] == [2, 4, 6]
+    # the best checkpoint is kept besides the newest, older ones are rotated away
+    kept = sorted(p.name for p in (run / "checkpoints").glob("checkpoint-*"))
+    assert len(kept) <= 2 and "checkpoint-6" in kept
+    # the template used in training is the saved tokenizer's chat template (token ids compared)
+    from transformers import AutoTokenizer
+
+    saved = AutoTokenizer.from_pretrained(run)
+    template = templates.default_for(AutoTokenizer.from_pretrained(tiny_checkpoint))
+    messages = [{"role": "user", "content": "你好, hello"}]
+    assert saved.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False) == \
+        saved(template.render(messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    # an existing run is not overwritten by accident
+    from sftune.config import ConfigError
+
+    with pytest.raises(ConfigError, match="resume_from=last"):
+        train(run_config(tmp_path, tiny_checkpoint))
+
+
+class StepRecorder(TrainerCallback):
+    """Records each step's end, and at each log whether metrics.jsonl already holds that record."""
+
+    def __init__(self, metrics_file: Path):
+        self.metrics_file = metrics_file
+        self.steps: list[int] = []
+        self.logged_before_me: list[bool] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        last = json.loads(self.metrics_file.read_text().splitlines()[-1])
+        self.logged_before_me.append(all(last.get(k) == v for k, v in logs.items()))
+
+
+def test_train_runs_the_callers_callbacks_after_its_own(tmp_path, tiny_checkpoint):
+    from sftune import train
+
+    recorder = StepRecorder(tmp_path / "run" / "metrics.jsonl")
+    result = train(run_config(tmp_path, tiny_checkpoint, train={"max_steps": 4}), callbacks=[recorder])
+    assert recorder.steps == [1, 2, 3, 4] and result.summary["steps"] == 4
+    assert len(recorder.logged_before_me) >= 6 and all(recorder.logged_before_me)  # 4 train + 2 eval logs
+
+
+def test_train_resume_last_continues_to_the_same_loss(tmp_path, tiny_checkpoint):
+    from sftune import train
+
+    straight = train(run_config(tmp_path / "a", tiny_checkpoint, train={"save_total_limit": 3}))
+    cfg = run_config(tmp_path / "b", tiny_checkpoint, train={"save_total_limit": 3})
+    first = train(cfg)
+    # as if the run had been stopped after step 4: drop what came later
+    import shutil
+
+    shutil.rmtree(first.run_dir / "checkpoints" / "checkpoint-6")
+    (first.run_dir / "summary.json").unlink()
+    resumed = train(cfg, ["train.resume_from=last"])
+    assert resumed.summary["resumed_from"].endswith("checkpoint-4")
+    assert resumed.summary["steps"] == 6
+    assert resumed.summary["trained_tokens"] == straight.summary["trained_tokens"]
+    loss = lambda r: [json.loads(l) for l in (r.run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in l][-1]["loss"]
+    assert loss(resumed) == pytest.approx(loss(straight), abs=1e-6)
+
+
+def test_early_stopping_stops_when_eval_loss_stops_improving(tmp_path, tiny_checkpoint):
+    from sftune import train
+
+    # lr 0 with constant schedule: the held-out loss never improves after the first evaluation
+    result = train(run_config(tmp_path, tiny_checkpoint, train={"max_steps": 20, "lr": 1e-12, "scheduler": "constant",
+                                                                "warmup": 0}, eval={"early_stopping_patience": 2}))
+    assert result.summary["steps"] == 6  # evaluations at 2 (best), 4, 6 without gain -> stop
+
+
+@pytest.mark.slow
+def test_demo_learns_the_task(tmp_path, monkeypatch):
+    """The README's main job on the real model: held-out exact match and loss improve clearly."""
+    from sftune import demo
+
+    monkeypatch.chdir(tmp_path)
+    result = demo.run()
+    assert result["loss_after"] < result["loss_before"]
+    assert result["exact_match_after"] >= result["exact_match_before"] + 0.3
