@@ -140,3 +140,47 @@ def test_demo_learns_the_task(tmp_path, monkeypatch):
     result = demo.run()
     assert result["loss_after"] < result["loss_before"]
     assert result["exact_match_after"] >= result["exact_match_before"] + 0.3
+
+
+def test_sftune_train_mixes_weighted_entries_with_their_own_format_and_llamafactory_datasets(tmp_path,
+                                                                                             tiny_checkpoint):
+    """`sftune train` on data.train entries with a weight, their own format / columns, and the named
+    datasets of a dataset_info.json whose other entries are a hub dataset and a file that is absent."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from sftune.cli import app
+
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                     {"role": "assistant", "content": f"a{i}"}]}) + "\n"
+                            for i in range(3)))
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text("ask,say\n" + "".join(f"p{i},c{i}\n" for i in range(4)))
+    factory = tmp_path / "factory"
+    factory.mkdir()
+    (factory / "alpaca_en_demo.json").write_text(json.dumps([{"instruction": f"i{i}", "input": "", "output": f"o{i}"}
+                                                              for i in range(5)]))
+    (factory / "identity.json").write_text(json.dumps([{"instruction": "Who are you?", "input": "", "output": "sftune"}]))
+    (factory / "dataset_info.json").write_text(json.dumps({
+        "alpaca_en_demo": {"file_name": "alpaca_en_demo.json"},
+        "identity": {"file_name": "identity.json"},
+        "glaive_toolcall_en": {"hf_hub_url": "someone/glaive"},
+        "not_downloaded": {"file_name": "not_downloaded.json"},
+    }))
+    cfg = run_config(tmp_path, tiny_checkpoint, train={"max_steps": 1, "save_steps": None}, eval={"steps": None})
+    cfg["data"] = {"train": [{"path": str(chat), "weight": 2},
+                             {"path": str(sheet), "format": "prompt_completion",
+                              "columns": {"prompt": "ask", "completion": "say"}},
+                             {"path": str(factory / "dataset_info.json"), "datasets": ["alpaca_en_demo", "identity"]}],
+                   "val_ratio": 0, "max_len": 128}
+    path = tmp_path / "mix.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    done = CliRunner().invoke(app, ["train", str(path)], env={"COLUMNS": "200"})
+    assert done.exit_code == 0, done.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["train_examples"] == 2 * 3 + 4 + 5 + 1 and summary["eval_examples"] == 0
+    bad = {**cfg, "data": {**cfg["data"], "train": [{"path": str(chat), "weight": 2, "ratio": 0.5}]}}
+    path.write_text(yaml.safe_dump(bad))
+    done = CliRunner().invoke(app, ["train", str(path), "output.overwrite=true"], env={"COLUMNS": "200"})
+    assert done.exit_code == 2 and "a weight or a ratio, not both" in done.output
