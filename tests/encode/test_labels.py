@@ -157,24 +157,6 @@ def _reference_labels(ids, offsets, spans, n_chars):
     return [-100] + labels[1:] if labels else labels
 
 
-@pytest.fixture(scope="module")
-def odd_offset_tokenizers():
-    """Backends whose offsets have empty tokens (trimmed byte-level) or skip characters (BERT-style)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-
-    corpus = ["hello world  and\n\n  more 🦜 text 你好 é", "the quick brown fox"] * 20
-    trimmed = Tokenizer(models.BPE())
-    trimmed.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trimmed.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300,
-                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    trimmed.post_processor = processors.ByteLevel(trim_offsets=True)
-    bert = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    bert.normalizer = normalizers.BertNormalizer()
-    bert.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    bert.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[UNK]"]))
-    return [trimmed, bert]
-
-
 def test_batched_labels_mark_exactly_the_tokens_that_overlap_a_trained_span(smollm2_tokenizer, bos_tokenizer,
                                                                              odd_offset_tokenizers):
     """Labels of a whole batch at once equal a token-by-token reference, also with empty or skipping offsets."""
