@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-
 from sftune import encode as E
 from sftune import templates
 from sftune.data.schema import Conversation
