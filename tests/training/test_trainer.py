@@ -258,10 +258,11 @@ if trainer.is_world_process_zero():
 
 def test_two_processes_equal_one_process(tmp_path):
     """DDP over gloo, 2 processes x batch 2 == 1 process x batch 4 (same global batch, same order)."""
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT.format(root=root))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": root}
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     runs = {}
     for procs, batch in ((1, 4), (2, 2)):
         out = tmp_path / f"p{procs}"
@@ -300,10 +301,11 @@ except NonFiniteLossError as err:
 
 def test_non_finite_loss_on_one_process_stops_every_process(tmp_path):
     """Only process 1's loss is NaN (at step 2): both processes stop there, with the same message."""
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     script = tmp_path / "non_finite.py"
     script.write_text(NON_FINITE_SCRIPT.format(root=root))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": root}
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
            str(tmp_path)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
