@@ -235,6 +235,18 @@ def test_non_finite_loss_stops_and_names_step_and_checkpoint(tmp_path):
 
 # ---------------------------------------------------------------------------------- two processes
 
+ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def torchrun(script: Path, processes: int, *args: str, timeout: int) -> subprocess.CompletedProcess:
+    """`script` on `processes` processes (torch.distributed.run, gloo on CPU), one thread each."""
+    path = os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", str(script),
+           *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 DDP_SCRIPT = r"""
 import json, os, sys, torch
 sys.path.insert(0, {root!r})
@@ -258,18 +270,13 @@ if trainer.is_world_process_zero():
 
 def test_two_processes_equal_one_process(tmp_path):
     """DDP over gloo, 2 processes x batch 2 == 1 process x batch 4 (same global batch, same order)."""
-    root = str(Path(__file__).resolve().parents[2])
     script = tmp_path / "ddp_run.py"
-    script.write_text(DDP_SCRIPT.format(root=root))
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    script.write_text(DDP_SCRIPT.format(root=ROOT))
     runs = {}
     for procs, batch in ((1, 4), (2, 2)):
         out = tmp_path / f"p{procs}"
         out.mkdir()
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
-               str(script), str(batch), str(out)]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        done = torchrun(script, procs, str(batch), str(out), timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         runs[procs] = json.loads((out / "result.json").read_text())
     assert runs[2]["losses"] == pytest.approx(runs[1]["losses"], abs=1e-5)
@@ -301,14 +308,9 @@ except NonFiniteLossError as err:
 
 def test_non_finite_loss_on_one_process_stops_every_process(tmp_path):
     """Only process 1's loss is NaN (at step 2): both processes stop there, with the same message."""
-    root = str(Path(__file__).resolve().parents[2])
     script = tmp_path / "non_finite.py"
-    script.write_text(NON_FINITE_SCRIPT.format(root=root))
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-           str(tmp_path)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    script.write_text(NON_FINITE_SCRIPT.format(root=ROOT))
+    done = torchrun(script, 2, str(tmp_path), timeout=300)
     errors = [tmp_path / f"error-{rank}.txt" for rank in (0, 1)]
     assert all(e.exists() for e in errors), done.stderr[-3000:]
     messages = [e.read_text() for e in errors]
