@@ -94,17 +94,17 @@ def main() -> None:
             wall, cpu = time.perf_counter(), cpu_seconds()
             dataset, report = encode.encode_dataset(conversations, tokenizer, template, cache_dir=cache, max_len=2048)
             wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-            print(f"{name:>10}: {n / wall:>9,.0f} conversations/s  {report['tokens'] / wall:>11,.0f} tokens/s  "
+            print(f"{name:>10}: {n / wall:>9,.0f} conversations/s  {report.tokens / wall:>11,.0f} tokens/s  "
                   f"({wall:.2f} s, {cpu:.2f} CPU s = {n / cpu:,.0f} conversations per CPU s; "
-                  f"{report['encoded']:,} encoded, {report['trained_tokens']:,} trained tokens)")
-            print(f"{'':>10}  tokenized by: {report['tokenizer']}")
+                  f"{report.encoded:,} encoded, {report.trained_tokens:,} trained tokens)")
+            print(f"{'':>10}  tokenized by: {report.tokenizer}")
             floor_wall, floor_cpu = tokenizer_alone(conversations, tokenizer, template)
             print(f"{'':>10}  tokenizer alone (encode_batch on the rendered texts): {n / floor_wall:,.0f} "
                   f"conversations/s ({floor_wall:.2f} s, {floor_cpu:.2f} CPU s)")
             start = time.perf_counter()
             _, again = encode.encode_dataset(conversations, tokenizer, template, cache_dir=cache, max_len=2048)
             second = time.perf_counter() - start
-            print(f"{'':>10}  re-run: cache {again['cache']}, {second:.2f} s "
+            print(f"{'':>10}  re-run: cache {again.cache}, {second:.2f} s "
                   f"({n / second:,.0f} conversations/s, fingerprinting the data included)")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(f"peak RSS {peak:,.0f} MiB; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -8,8 +8,8 @@ varlen attention, one packed row per forward pass on a CPU, the chunked loss on 
 is sftune's default.
 
 `train()` builds its Trainer inside; the harness's instruments (the counting collator and the step
-clock that every peer gets too) are attached by a subclass of `sftune.train.SFTTrainer` put in its
-place in this benchmark process only.
+clock that every peer gets too) are attached by a subclass of `SFTTrainer` put in its place in the
+recipe module (`sftune.training.recipe`), in this benchmark process only.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def train_sftune(work: Workload, encoded: list[dict[str, list[int]]], meter: Met
 
     from bench.flops import lora_params
 
-    engine = importlib.import_module("sftune.train")
+    engine = importlib.import_module("sftune.training.recipe")
     config = {
         "model": {"name": work.model},
         "data": {"train": [examples_file(work, out)], "val_ratio": 0, "max_len": MAX_LENGTH},

@@ -66,6 +66,29 @@ def test_meter_counts_trained_positions_and_groups_micro_batches_into_steps():
     assert summary["trained_total"] == 16
 
 
+def test_every_system_trains_the_expected_tokens_in_one_short_run(tmp_path, smollm2_tokenizer, monkeypatch):
+    """A seconds-long smoke run of each system in this process (`bench.worker.run`, what every benchmark
+    process runs): a tiny random model with the real tokenizer, 4 examples, 2 per step; each system trains
+    exactly the tokens the workload expects."""
+    import importlib.util
+
+    from bench.worker import run
+    from bench.workload import Workload
+    from sftune.training import recipe
+
+    monkeypatch.setattr(recipe, "SFTTrainer", recipe.SFTTrainer)  # the sftune runner puts its own in place
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # leave the test process's threads alone
+    model_dir = tmp_path / "tiny"
+    tiny_model("llama", max_position_embeddings=1024).save_pretrained(model_dir)
+    smollm2_tokenizer.save_pretrained(model_dir)
+    work = Workload(examples=4, batch=2, warmup_steps=1, model=str(model_dir))
+    systems = ["sftune", "tutorial"] + (["trl_best"] if importlib.util.find_spec("trl") else [])
+    for name in systems:
+        result = run(name, work)
+        assert result["trained_total"] == result["expected_trained"] > 0, name
+        assert result["examples_total"] == 4, name
+
+
 @pytest.mark.slow
 def test_quick_benchmark_run_trains_the_same_tokens_in_every_system(tmp_path, smollm2_tokenizer):
     """`python -m bench.run --quick` end to end (a tiny random model with the real tokenizer, so it is

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 from sftune import methods
-from sftune.methods import MethodConfig, apply_method, count_parameters, output_offset, packing_supported
+from sftune.methods import MethodConfig, apply_method, count_parameters, packing_supported
 
 from .conftest import tiny_model
 
@@ -59,6 +59,15 @@ def task_batch(seed: int = 0):
         attention_mask[row, :n] = 1
     labels = input_ids.masked_fill(attention_mask == 0, -100)
     return input_ids, attention_mask, labels
+
+
+def output_offset(model) -> int:
+    """Virtual positions the model puts before the real ones in its outputs (prompt_tuning: the
+    virtual tokens), so `logits[:, output_offset(model):]` lines up with `input_ids`."""
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is None or peft_config.peft_type.value != "PROMPT_TUNING":
+        return 0
+    return peft_config.num_virtual_tokens
 
 
 def loss_of(model, input_ids, attention_mask, labels, **kwargs) -> torch.Tensor:

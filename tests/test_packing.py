@@ -50,8 +50,6 @@ def test_collate_packed_restarts_positions_and_masks_boundaries():
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
     assert batch["labels"].tolist() == [[-100, 6, 7, -100, 9]]
-    flash = packing.collate_packed(features, flash_kwargs=True)
-    assert flash["cu_seq_lens_q"].tolist() == [0, 3, 5] and flash["max_length_q"] == 3
 
 
 def test_collate_padded_pads_with_pad_id_and_keeps_eos_label_equal_to_pad():
@@ -115,9 +113,3 @@ def test_a_kv_cache_breaks_isolation_which_is_why_use_cache_must_be_false():
         cached = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=True).logits[0]
         alone = model(input_ids=torch.tensor([seqs[1]]), use_cache=False).logits[0]
     assert not torch.allclose(cached[4:], alone, atol=1e-5)
-
-
-def test_length_grouped_sampler_yields_every_index_once():
-    lengths = [5, 50, 6, 48, 7, 47, 8, 49]
-    order = list(packing.length_grouped_sampler(lengths, batch_size=2, seed=0))
-    assert sorted(order) == list(range(8))

@@ -11,10 +11,9 @@ __all__ = ["__version__", "train"]
 
 
 def __getattr__(name: str):
-    # `sftune.train(config)` without importing torch and transformers at `import sftune`.
-    # sftune.train is also the module's name; the module is callable (it runs train()).
+    # `from sftune import train` without importing torch and transformers at `import sftune`.
     if name == "train":
-        import importlib
+        from sftune.training import train
 
-        return importlib.import_module("sftune.train")
+        return train
     raise AttributeError(f"module 'sftune' has no attribute {name!r}")

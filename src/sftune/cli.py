@@ -98,7 +98,7 @@ def train_command(
 ) -> None:
     """Fine-tune a model as the configuration says; writes the run folder (output.dir)."""
     from sftune import config as config_module
-    from sftune.train import NonFiniteLossError, train
+    from sftune.training import NonFiniteLossError, train
 
     try:
         cfg = config_module.load(config, overrides or [])
@@ -478,23 +478,22 @@ def data_encode_command(
     dataset, report = encode_dataset(records, tokenizer, chosen, policy=policy, max_len=max_len, workers=workers)
     seconds = time.perf_counter() - start
     console.print(f"template: {chosen.name}   policy: {policy}   max_len: {max_len}", highlight=False)
-    console.print(f"records: {report['total']:,}   encoded: {report['encoded']:,}   truncated: {report['truncated']:,}   "
-                  f"skipped: {report['skipped']:,}", highlight=False)
-    if report["encoded"]:
-        console.print(f"tokens: {report['tokens']:,} ({report['tokens'] / report['encoded']:,.0f} per record)   "
-                      f"trained: {report['trained_tokens']:,} ({report['trained_tokens'] / report['tokens']:.1%})",
+    console.print(f"records: {report.total:,}   encoded: {report.encoded:,}   truncated: {report.truncated:,}   "
+                  f"skipped: {report.skipped:,}", highlight=False)
+    if report.encoded:
+        console.print(f"tokens: {report.tokens:,} ({report.tokens / report.encoded:,.0f} per record)   "
+                      f"trained: {report.trained_tokens:,} ({report.trained_tokens / report.tokens:.1%})",
                       highlight=False)
-    if report["skipped"]:
+    if report.skipped:
         table = Table(title="Skipped, by reason (first places)")
         for column in ("reason", "count", "where", "detail"):
             table.add_column(column, overflow="fold")
-        for reason, count in report["skipped_by_reason"].items():
-            first = next(r for r in report["skipped_records"] if r["reason"] == reason)
-            table.add_row(reason, f"{count:,}", first["where"], first["detail"])
+        for reason, count in report.skipped_by_reason.items():
+            first = next(r for r in report.skipped_records if r.reason == reason)
+            table.add_row(reason, f"{count:,}", first.where, first.detail)
         console.print(table)
-    how = "from the cache" if report["cache"] == "hit" else f"tokenized by {report['tokenizer']}"
-    console.print(f"{seconds:.2f} s ({report['total'] / max(seconds, 1e-9):,.0f} records/s), {how}", highlight=False)
-
+    how = "from the cache" if report.cache == "hit" else f"tokenized by {report.tokenizer}"
+    console.print(f"{seconds:.2f} s ({report.total / max(seconds, 1e-9):,.0f} records/s), {how}", highlight=False)
 
 def json_repr(text: str) -> str:
     import json

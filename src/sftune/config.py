@@ -41,9 +41,30 @@ class ModelSection(_Section):
     trust_remote_code: bool = False
 
 
+class DataEntry(_Section):
+    """One dataset of data.train / data.eval with its own options, mixed by weight or by ratio."""
+
+    path: str | list[str] = Field(description="files, globs or folders, or a LLaMA-Factory dataset_info.json")
+    format: str | None = Field(None, description="this dataset's format (default: data.format, else detected)")
+    columns: dict[str, str] | None = Field(None, description="this dataset's column mapping")
+    datasets: list[str] | None = Field(None, description="the entries of a dataset_info.json to read (default: all)")
+    weight: float | None = Field(None, ge=0, description="size multiplier: 2 = every example twice, 0.5 = half")
+    ratio: float | None = Field(None, ge=0, description="share of the mix (then every entry needs one)")
+
+    @model_validator(mode="after")
+    def _weight_or_ratio(self) -> "DataEntry":
+        if self.weight is not None and self.ratio is not None:
+            raise ValueError("give a dataset a weight or a ratio, not both")
+        return self
+
+
 class DataSection(_Section):
-    train: list[str] = Field(default_factory=list, description="files, globs or folders of SFT data")
-    eval: list[str] = Field(default_factory=list, description="held-out files; empty = split from train")
+    train: list[str | DataEntry] = Field(
+        default_factory=list, description="files, globs or folders of SFT data, or entries {path, weight | ratio, "
+        "format, columns, datasets}"
+    )
+    eval: list[str | DataEntry] = Field(default_factory=list, description="held-out data, as train; empty = split "
+                                        "from train")
     val_ratio: float = Field(0.1, ge=0, lt=1, description="share of train held out when eval is empty")
     format: str | None = Field(None, description="force a data format (default: detected per file)")
     columns: dict[str, str] | None = Field(None, description="explicit column mapping, e.g. {instruction: query}")
@@ -61,8 +82,10 @@ class DataSection(_Section):
     def _paths_as_lists(cls, values: Any) -> Any:
         if isinstance(values, dict):
             for key in ("train", "eval"):
-                if isinstance(values.get(key), (str, os.PathLike)):
-                    values[key] = [str(values[key])]
+                if isinstance(values.get(key), (str, os.PathLike, dict)):
+                    values[key] = [values[key]]
+                if isinstance(values.get(key), list):
+                    values[key] = [str(v) if isinstance(v, os.PathLike) else v for v in values[key]]
         return values
 
 

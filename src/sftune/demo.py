@@ -155,7 +155,7 @@ def run(config: str | Path | None = None, overrides: list[str] | None = None, *,
     from rich.table import Table
 
     from sftune import config as config_module, models, templates
-    from sftune.train import train
+    from sftune.training import train
 
     console = console or Console()
     raw = yaml.safe_load(Path(config or DEFAULT_CONFIG).read_text(encoding="utf-8"))

@@ -298,15 +298,6 @@ def gradient_checkpointing_supported(method: MethodConfig) -> tuple[bool, str]:
     return True, ""
 
 
-def output_offset(model: Any) -> int:
-    """Virtual positions the model puts before the real ones in its outputs (prompt_tuning: the
-    virtual tokens), so `logits[:, output_offset(model):]` lines up with `input_ids`."""
-    peft_config = getattr(model, "active_peft_config", None)
-    if peft_config is None or peft_config.peft_type.value != "PROMPT_TUNING":
-        return 0
-    return peft_config.num_virtual_tokens
-
-
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:
     """The trained parameters by name, as they are during training, for checkpoints that resume
     exactly. `save_pretrained` writes the adapter for inference instead, and for prefix_tuning that

@@ -5,8 +5,7 @@ for each, and the label of every sequence's first token -100 (no sequence learns
 boundary). There is no attention_mask: transformers (5.x, `masking_utils.find_packed_sequence_indices`)
 builds a block-diagonal causal mask from the restarting position_ids only when attention_mask is None
 AND there is no KV cache, so the model must be called with `use_cache=False` in training, or packed
-sequences silently attend to each other. Flash-attention paths read the same position_ids; pass
-`flash_kwargs=True` to also get `cu_seq_lens_q/k` and `max_length_q/k`.
+sequences silently attend to each other. Flash-attention paths read the same position_ids.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
-IGNORE = -100
+from sftune.encode import IGNORE
 
 
 def pack(lengths: Sequence[int], max_len: int) -> list[list[int]]:
@@ -64,7 +63,7 @@ def packed_rows(dataset: Any, max_len: int) -> Any:
     return datasets.Dataset.from_dict(rows)
 
 
-def collate_packed(features: list[dict[str, Any]], *, flash_kwargs: bool = False) -> dict[str, torch.Tensor]:
+def collate_packed(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Padding-free batch: input_ids, labels, position_ids (and loss_weights) as [1, T]; no attention_mask.
 
     Features are encoded sequences, or rows from `packed_rows` (their position_ids are kept). The label
@@ -92,11 +91,6 @@ def collate_packed(features: list[dict[str, Any]], *, flash_kwargs: bool = False
     }
     if has_weights:
         batch["loss_weights"] = torch.tensor(weights, dtype=torch.float32)[None]
-    if flash_kwargs:
-        starts = torch.nonzero(position_ids == 0).flatten()
-        cu = torch.cat([starts, torch.tensor([len(positions)])]).to(torch.int32)
-        longest = int((cu[1:] - cu[:-1]).max())
-        batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
     return batch
 
 
@@ -129,13 +123,3 @@ def collate_padded(features: list[dict[str, Any]], pad_token_id: int, *, pad_to_
     out["labels"][:, 0] = torch.where(out["attention_mask"][:, 0] == 1, IGNORE, out["labels"][:, 0])
     return out
 
-
-def length_grouped_sampler(lengths: Sequence[int], batch_size: int, seed: int = 0) -> Any:
-    """Batches of similar length when packing is off (transformers' LengthGroupedSampler, seeded).
-
-    Trainer does the same with `group_by_length=True`; this is for loops outside Trainer.
-    """
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-
-    generator = torch.Generator().manual_seed(seed)
-    return LengthGroupedSampler(batch_size, lengths=list(lengths), generator=generator)

@@ -105,8 +105,9 @@ def split(
 def read_mix(entries: Sequence[dict[str, Any]], seed: int = 0, **read_options: Any) -> list:
     """A config's dataset list -> one mixed list of Conversations.
 
-    entries: [{"path": ..., "format"?, "columns"?, "roles"?, ..., "weight"? | "ratio"?}, ...];
-    every key but weight / ratio is passed to read() (as are read_options, e.g. on_error, report).
+    entries: [{"path": ..., "format"?, "columns"?, "roles"?, ..., "weight"? | "ratio"?, "datasets"?}, ...];
+    every key but weight / ratio is passed to read() (as are read_options, e.g. on_error, report);
+    "datasets" names the entries of a LLaMA-Factory dataset_info.json to read (read's dataset_name).
     Entries with "ratio" mix by ratio (then every entry needs one), else by weight (default 1.0).
     """
     from sftune.data.load import read
@@ -121,5 +122,7 @@ def read_mix(entries: Sequence[dict[str, Any]], seed: int = 0, **read_options: A
             raise ValueError(f"dataset entry {entry} has no path")
         options = {key: value for key, value in entry.items() if key not in ("weight", "ratio")}
         paths = options.pop("path")
+        if "datasets" in options:
+            options["dataset_name"] = ",".join(options.pop("datasets"))
         datasets.append((list(read(paths, **{**read_options, **options})), entry.get(by, 1.0)))
     return mix(datasets, seed, by=by)

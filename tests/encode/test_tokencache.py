@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from sftune import tokencache
-from sftune.tokencache import LLAMA3_PATTERN, QWEN2_PATTERN, PieceCache, why_not
+from sftune.encode import tokencache
+from sftune.encode.tokencache import LLAMA3_PATTERN, QWEN2_PATTERN, PieceCache, why_not
 
 # Everything the cut rule has to get right: runs and kinds of whitespace next to spaces, text that
 # starts or ends with a space, contractions (Llama 3 matches them in any case), digit runs (cut in

@@ -1,0 +1,197 @@
+"""Conversation -> input_ids + labels (-100 where not trained), from the template's message spans.
+
+The whole rendered text is tokenized once (no special tokens added: the template writes BOS itself,
+as `apply_chat_template` does), so the ids are exactly the ids of the text a model sees at inference
+and segment boundaries cannot change BPE merges. A token is trained when its characters overlap a
+trained span. Spans come from `Template.segments`; nothing searches the text for a response marker.
+
+Policies (per-message `train` flags override them):
+  assistant  every model turn (assistant and tool_call): content and the end-of-turn marker (default)
+  last       the last model turn only (an assistant text and the tool calls right after it are one turn)
+  all        every token, the prompt included (continued pre-training, plain text)
+
+The end-of-turn / EOS token after a reply is part of its span and trained, whatever the pad token.
+labels[0] is always -100 (nothing predicts the first token), which is also what packing relies on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sftune.data.schema import MODEL_ROLES, Conversation
+from sftune.templates import Template, TemplateError, normalize_messages
+
+POLICIES = ("assistant", "last", "all")
+IGNORE = -100  # the label of a position that is not trained (PyTorch's cross-entropy ignore_index)
+
+
+def trained_flags(messages: list[dict[str, Any]], policy: str = "assistant") -> list[bool]:
+    """Which messages are trained under `policy`, after each message's own `train` flag."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown masking policy {policy!r}; use one of {', '.join(POLICIES)}")
+    model_turns = [i for i, m in enumerate(messages) if m["role"] in MODEL_ROLES]
+    last = model_turns[-1] if model_turns else -1
+    first_of_last = last  # the last turn: text and the tool calls right after it are one turn
+    if last >= 0 and messages[last]["role"] == "tool_call":
+        while first_of_last > 0 and messages[first_of_last - 1]["role"] == "tool_call":
+            first_of_last -= 1
+        if first_of_last > 0 and messages[first_of_last - 1]["role"] == "assistant":
+            first_of_last -= 1
+    flags = []
+    for i, m in enumerate(messages):
+        if m.get("train") is not None:
+            flags.append(bool(m["train"]))
+        elif policy == "all":
+            flags.append(True)
+        elif policy == "last":
+            flags.append(first_of_last <= i <= last)
+        else:
+            flags.append(m["role"] in MODEL_ROLES)
+    return flags
+
+
+def render_spans(template: Template, messages: list[dict], tools: list[dict] | None, policy: str
+           ) -> tuple[str, list[tuple[int, int, float]]]:
+    """The rendered text and its trained character spans (start, end, weight)."""
+    flags = trained_flags(messages, policy)
+    pieces, spans, pos = [], [], 0
+    for text, index, body in template.segments(messages, tools):
+        end = pos + len(text)
+        if policy == "all" and index is None:
+            spans.append((pos, end, 1.0))
+        elif index is not None and flags[index] and (body or policy == "all"):
+            weight = messages[index].get("weight")
+            spans.append((pos, end, 1.0 if weight is None else float(weight)))
+        pieces.append(text)
+        pos = end
+    return "".join(pieces), spans
+
+
+def _labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int, float]],
+            n_chars: int, weighted: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels (and per-token weights) of one text: a token is trained if its characters overlap a span."""
+    off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    return span_labels(np.asarray(ids, dtype=np.int64), off[:, 0], off[:, 1], np.array([len(ids)]),
+                        np.array([n_chars]), [spans], weighted)
+
+
+def span_labels(ids: np.ndarray, starts: np.ndarray, ends: np.ndarray, counts: np.ndarray, n_chars: np.ndarray,
+                 spans: list[list[tuple[int, int, float]]], weighted: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels (and weights) of many texts at once, from every token's character offsets.
+
+    ids/starts/ends are flat over the texts (counts tokens each, offsets within each text); spans holds
+    each text's trained character spans. A token is trained when a character of [start, max(end,
+    start + 1)) lies in a span (an empty token counts its next character); its weight is the weight
+    of its last character. The first token of each text is never trained: nothing predicts it.
+    """
+    rows = np.repeat(np.arange(len(counts)), counts)
+    text_start = np.cumsum(n_chars) - n_chars
+    limit = n_chars[rows]
+    token_start = np.minimum(starts, limit)
+    token_end = np.minimum(np.maximum(ends, token_start + 1), limit) + text_start[rows]
+    token_start = token_start + text_start[rows]
+    total = int(n_chars.sum())
+    edges = [(int(base) + a, int(base) + b, w) for base, row in zip(text_start, spans) for a, b, w in row if b > a]
+    marks = (np.bincount([a for a, _, _ in edges], minlength=total + 1)
+             - np.bincount([b for _, b, _ in edges], minlength=total + 1))
+    inside = np.concatenate([[0], np.cumsum(np.cumsum(marks[:-1]) > 0)])  # trained characters before each one
+    trained = inside[token_end] > inside[token_start]
+    trained[(np.cumsum(counts) - counts)[counts > 0]] = False
+    labels = np.where(trained, ids, IGNORE)
+    if not weighted:
+        return labels, None
+    char_weights = np.zeros(max(total, 1), dtype=np.float32)
+    for a, b, weight in edges:
+        char_weights[a:b] = weight
+    return labels, np.where(trained, char_weights[np.maximum(token_end - 1, 0)], 0.0).astype(np.float32)
+
+
+def _tokenize(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return enc["input_ids"], enc["offset_mapping"]
+
+
+def _check_bos(ids: list[int], tokenizer: Any, template: Template) -> None:
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+        raise TemplateError(f"template {template.name!r} renders two BOS tokens ({tokenizer.bos_token!r}) at the "
+                            "start; remove the BOS text from the template or from the data")
+
+
+def encode(conversation: Conversation | dict | list, tokenizer: Any, template: Template, *,
+           policy: str = "assistant", max_len: int | None = None) -> dict[str, list] | None:
+    """input_ids and labels (and loss_weights when a message has a weight) for one conversation.
+
+    Over `max_len`, whole exchanges are dropped from the left (the system prompt stays), then the
+    prompt is cut from the left (BOS stays), then, only if the trained tokens alone are too long,
+    the end. Returns None when no trained token is left: callers count and report it, never train it.
+    """
+    messages, tools = messages_and_tools(conversation)
+    result = _encode_messages(messages, tools, tokenizer, template, policy)
+    if max_len is not None and len(result["input_ids"]) > max_len:
+        result = _truncate(messages, tools, tokenizer, template, policy, max_len, result)
+    if not any(label != IGNORE for label in result["labels"]):
+        return None
+    return result
+
+
+def messages_and_tools(conversation: Any) -> tuple[list[dict], list[dict] | None]:
+    """A Conversation, a {"messages", "tools"} dict or a message list -> (normalized messages, tools)."""
+    if isinstance(conversation, Conversation):
+        return normalize_messages(conversation.messages), conversation.tools
+    if isinstance(conversation, dict) and "messages" in conversation:
+        return normalize_messages(conversation["messages"]), conversation.get("tools")
+    return normalize_messages(conversation), None
+
+
+def _encode_messages(messages: list[dict], tools: list[dict] | None, tokenizer: Any, template: Template,
+                     policy: str) -> dict[str, list]:
+    text, spans = render_spans(template, messages, tools, policy)
+    ids, offsets = _tokenize(tokenizer, text)
+    _check_bos(ids, tokenizer, template)
+    weighted = any(m.get("weight") is not None for m in messages)
+    labels, weights = _labels(ids, offsets, spans, len(text), weighted)
+    out = {"input_ids": list(ids), "labels": labels.tolist()}
+    if weighted:
+        out["loss_weights"] = weights.tolist()
+    return out
+
+
+def _truncate(messages: list[dict], tools: list[dict] | None, tokenizer: Any, template: Template, policy: str,
+              max_len: int, result: dict[str, list]) -> dict[str, list]:
+    # 1. Drop the oldest exchanges (a user turn and what follows it up to the next user turn), keeping
+    #    the system prompt and at least the last exchange.
+    head = 1 if messages and messages[0]["role"] == "system" else 0
+    users = [i for i in range(head, len(messages)) if messages[i]["role"] == "user"]
+    for cut in users[1:]:
+        if len(result["input_ids"]) <= max_len:
+            break
+        kept = messages[:head] + messages[cut:]
+        if not any(trained_flags(kept, policy)):
+            break
+        result = _encode_messages(kept, tools, tokenizer, template, policy)
+    if len(result["input_ids"]) <= max_len:
+        return result
+    # 2. Cut the prompt from the left (keeping BOS), then 3. the end.
+    ids, labels = result["input_ids"], result["labels"]
+    weights = result.get("loss_weights")
+    keep_head = 1 if ids and ids[0] == getattr(tokenizer, "bos_token_id", None) else 0
+    first_trained = next((k for k, label in enumerate(labels) if label != IGNORE), len(labels))
+    cut = max(0, min(len(ids) - max_len, first_trained - 1 - keep_head))  # keep one prompt token before it
+    order = list(range(keep_head)) + list(range(keep_head + cut, len(ids)))
+    order = order[:max_len]
+    out = {"input_ids": [ids[k] for k in order], "labels": [labels[k] for k in order]}
+    out["labels"][0] = IGNORE
+    if weights is not None:
+        out["loss_weights"] = [weights[k] for k in order]
+    return out
+
+
+
+def explain(result: dict[str, list], tokenizer: Any) -> list[tuple[str, bool]]:
+    """Each token's text and whether it is trained: what `sftune data inspect` shows."""
+    return [(tokenizer.decode([token]), label != IGNORE)
+            for token, label in zip(result["input_ids"], result["labels"])]
+

@@ -1,0 +1,16 @@
+"""Training: `train(config)` runs one SFT run and writes its run folder.
+
+    recipe.py       the run top to bottom: model, data, method, trainer, run folder
+    data.py         data.train / data.eval read, mixed, split, encoded, batched
+    loss.py         chunked cross-entropy on trained positions
+    trainer.py      the Trainer subclass: one normalization per optimizer step, evaluation, resume
+    arguments.py    the configuration mapped onto transformers.TrainingArguments
+    checkpoints.py  the checkpoint-complete marker and the last complete checkpoint
+    callbacks.py    metrics.jsonl and the progress bar
+    plot.py         curves.png
+"""
+
+from sftune.training.recipe import TrainResult, train
+from sftune.training.trainer import NonFiniteLossError, SFTTrainer
+
+__all__ = ["train", "TrainResult", "NonFiniteLossError", "SFTTrainer"]

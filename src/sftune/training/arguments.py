@@ -1,0 +1,93 @@
+"""The sftune configuration mapped onto `transformers.TrainingArguments`, with the checks that only
+make sense together (checkpoints and evaluations on one schedule for keep-best, a micro-batch that
+divides the batch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sftune.config import Config, ConfigError, TrainSection
+
+
+def micro_batch_size(t: TrainSection, *, packing: bool, cuda: bool) -> int:
+    """Rows (or sequences) per forward pass. On a CPU one packed row at a time is faster than several
+    (the activations of ~512 tokens stay in cache; see bench/results) and needs less memory; the loss
+    and gradients are the same (normalized per optimizer step)."""
+    micro = t.micro_batch_size or (1 if packing and not cuda else t.batch_size)
+    micro = min(micro, t.batch_size)
+    if t.batch_size % micro:
+        raise ConfigError(
+            f"train.micro_batch_size={micro} must divide train.batch_size={t.batch_size}: each optimizer step "
+            f"accumulates batch_size / micro_batch_size forward passes; e.g. train.micro_batch_size=1"
+        )
+    return micro
+
+
+def training_arguments(cfg: Config, run_dir: Path, *, precision: str, has_eval: bool, packing: bool):
+    """Map the sftune configuration onto `transformers.TrainingArguments`."""
+    from transformers import TrainingArguments
+
+    from sftune.methods import DEFAULT_LEARNING_RATE
+
+    t, e = cfg.train, cfg.eval
+    save_steps = t.save_steps
+    if has_eval and e.steps and save_steps is None:
+        save_steps = e.steps  # keep-best needs a checkpoint at every evaluation
+    keep_best = bool(e.keep_best and has_eval)
+    if keep_best and e.steps and save_steps and save_steps % e.steps:
+        raise ConfigError(
+            f"train.save_steps={save_steps} must be a multiple of eval.steps={e.steps} with eval.keep_best=true "
+            "(the best model is chosen among saved checkpoints); change one, or set eval.keep_best=false"
+        )
+    if keep_best and (save_steps is None) != (e.steps is None):
+        raise ConfigError(
+            "eval.keep_best=true needs checkpoints and evaluations on the same schedule: set both "
+            "train.save_steps and eval.steps, or neither (both each epoch)"
+        )
+    if e.early_stopping_patience and not has_eval:
+        raise ConfigError("eval.early_stopping_patience needs held-out data: set data.eval or data.val_ratio > 0")
+    cuda = torch.cuda.is_available()
+    micro = micro_batch_size(t, packing=packing, cuda=cuda)
+    return TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=micro,
+        per_device_eval_batch_size=e.batch_size or micro,
+        gradient_accumulation_steps=t.grad_accum * (t.batch_size // micro),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=t.lr or DEFAULT_LEARNING_RATE[cfg.method.name],
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup if t.warmup < 1 else int(t.warmup),
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optim,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not cuda,
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        neftune_noise_alpha=t.neftune_alpha,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        logging_nan_inf_filter=False,  # a non-finite loss stops the run instead of being hidden
+        save_strategy="steps" if save_steps else "epoch",
+        save_steps=save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        eval_strategy=("steps" if e.steps else "epoch") if has_eval else "no",
+        eval_steps=e.steps,
+        eval_on_start=e.on_start and has_eval,
+        load_best_model_at_end=keep_best,
+        metric_for_best_model="eval_loss" if has_eval else None,
+        greater_is_better=False if has_eval else None,
+        report_to=t.report_to,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        train_sampling_strategy="random" if packing else "group_by_length",
+        dataloader_num_workers=t.dataloader_workers,
+        dataloader_pin_memory=cuda,
+        ddp_find_unused_parameters=False,
+    )

@@ -1,0 +1,75 @@
+"""What a run shows and records as it goes: metrics.jsonl (one JSON line per log) and a progress bar."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Appends every log record (train and eval) to metrics.jsonl as one JSON line."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            record = {"step": state.global_step, "epoch": state.epoch, **logs}
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+class RichProgressCallback(TrainerCallback):
+    """One progress bar: steps, loss, learning rate, trained tokens per second, time left."""
+
+    def __init__(self, console=None):
+        self.console = console
+        self.progress = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s"),
+            TimeElapsedColumn(),
+            TextColumn("left"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(
+            "train", total=state.max_steps, completed=state.global_step, loss="-", lr="-", tps="-"
+        )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is None or not logs:
+            return
+        if "loss" in logs:
+            self.progress.update(
+                self.task,
+                loss=f"{logs['loss']:.4f}",
+                lr=f"{logs.get('learning_rate', 0):.2e}",
+                tps=f"{logs.get('trained_tokens_per_second', 0):.0f}",
+            )
+        elif "eval_loss" in logs:
+            self.progress.console.print(
+                f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}, perplexity "
+                f"{logs['eval_perplexity']:.2f}, token accuracy {logs['eval_token_accuracy']:.3f}"
+            )
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

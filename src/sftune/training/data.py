@@ -1,0 +1,79 @@
+"""The data a run trains on: data.train / data.eval read (and mixed), split, encoded, then batched
+as the Trainer sees it (packed padding-free rows, or padded sequences)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from sftune import data, encode, packing as packing_module
+from sftune.config import Config, ConfigError, DataEntry
+from sftune.encode import EncodeReport
+from sftune.templates import Template
+
+
+@dataclass
+class EncodedData:
+    """The encoded training and held-out sets (held-out None when there is none), with their reports."""
+
+    train: Any
+    eval: Any | None
+    reports: dict[str, EncodeReport]
+
+
+def read_entries(entries: list[str | DataEntry], options: dict[str, Any], seed: int) -> list[data.Conversation]:
+    """A data.train or data.eval list -> Conversations.
+
+    Plain paths are read in order. Entries with their own options (weight or ratio, format, columns,
+    the datasets of a dataset_info.json) are read and mixed by `sftune.data.read_mix`, seeded.
+    """
+    if all(isinstance(entry, str) for entry in entries):
+        return list(data.read(entries, **options))
+    mixed = [{"path": entry} if isinstance(entry, str) else entry.model_dump(exclude_none=True) for entry in entries]
+    return data.read_mix(mixed, seed, **options)
+
+
+def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=None) -> EncodedData:
+    """Read, split and encode data.train (and data.eval, or a val_ratio share of data.train)."""
+    d = cfg.data
+    if not d.train:
+        raise ConfigError("data.train is empty: give the SFT data files, e.g. data.train=[data/train.jsonl]")
+    options = {"format": d.format, "columns": d.columns, "on_error": d.on_error}
+    conversations = read_entries(d.train, options, d.seed)
+    if d.eval:
+        held_out = read_entries(d.eval, options, d.seed)
+    elif d.val_ratio > 0:
+        conversations, held_out = data.split(conversations, val_ratio=d.val_ratio, seed=d.seed)
+    else:
+        held_out = []
+    sets, reports = {}, {}
+    for name, convs in (("train", conversations), ("eval", held_out)):
+        if not convs:
+            sets[name] = None
+            continue
+        sets[name], reports[name] = encode.encode_dataset(convs, tokenizer, template, policy=d.policy,
+                                                          max_len=d.max_len, progress=False)
+        report = reports[name]
+        if console is not None and report.skipped:
+            console.print(f"[yellow]{name}: skipped {report.skipped} of {report.total} records: "
+                          f"{report.skipped_by_reason}[/yellow]")
+    if sets["train"] is None or len(sets["train"]) == 0:
+        raise ConfigError("no training example is left after reading and encoding data.train; see the report above")
+    return EncodedData(train=sets["train"], eval=sets["eval"], reports=reports)
+
+
+def batches(dataset: Any, *, packing: bool, max_len: int, pad_token_id: int) -> tuple[Any, Any]:
+    """(dataset as the Trainer sees it, collator): packed rows and padding-free batches, or padded
+    sequences with a `length` column for length-grouped sampling (the collator drops it)."""
+    if dataset is None:
+        return None, None
+    if packing:
+        return packing_module.packed_rows(dataset, max_len), packing_module.collate_packed
+    dataset = dataset.add_column("length", [len(x) for x in dataset["input_ids"]])
+    return dataset, functools.partial(_without_length, pad_token_id=pad_token_id)
+
+
+def _without_length(features: list[dict[str, Any]], *, pad_token_id: int) -> dict[str, Any]:
+    return packing_module.collate_padded([{k: v for k, v in f.items() if k != "length"} for f in features],
+                                         pad_token_id=pad_token_id)

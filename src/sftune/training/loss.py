@@ -1,0 +1,181 @@
+"""The SFT loss: token cross-entropy on trained positions only, without a [tokens x vocabulary] tensor.
+
+Position t predicts labels[t + 1]. The hidden states at trained positions are gathered before the
+output layer and turned into logits a chunk at a time, so peak memory is one chunk of fp32 logits.
+Dividing by the trained tokens of a whole optimizer step is the trainer's job (see trainer.py).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from sftune.encode import IGNORE
+
+
+def _logit_chunks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, chunk_size: int,
+                  softcap: float | None) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor | None]]:
+    """(rows, fp32 logits of those rows, tanh of the soft-cap or None), one chunk of rows at a time."""
+    for start in range(0, hidden.shape[0], chunk_size):
+        rows = slice(start, start + chunk_size)
+        h = hidden[rows]
+        z = (h @ weight.T if bias is None else torch.addmm(bias, h, weight.T)).float()
+        tanh = None
+        if softcap:
+            tanh = torch.tanh(z / softcap)
+            z = tanh * softcap
+        yield rows, z, tanh
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum_i w_i * CE(h_i @ W.T + b, y_i), computed chunk by chunk.
+
+    Gradients are worked out inside the forward pass, chunk by chunk, while each chunk's logits
+    exist; only d(hidden) and d(W) are kept for backward. Peak memory is one chunk of logits.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, token_weights, chunk_size, softcap, want_grad):
+        need_h = want_grad and hidden.requires_grad
+        need_w = want_grad and weight.requires_grad
+        need_b = want_grad and bias is not None and bias.requires_grad
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
+        for rows, z, tanh in _logit_chunks(hidden, weight, bias, chunk_size, softcap):
+            y, w = targets[rows], token_weights[rows]
+            lse = torch.logsumexp(z, dim=-1)
+            picked = z.gather(1, y[:, None]).squeeze(1)
+            total += ((lse - picked) * w).sum()
+            if need_h or need_w or need_b:
+                g = z.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                g[torch.arange(len(y), device=y.device), y] -= 1.0
+                g.mul_(w[:, None])
+                if softcap:
+                    g.mul_(1.0 - tanh * tanh)
+                if need_h:
+                    grad_h[rows] = g.to(weight.dtype) @ weight
+                if need_w:
+                    grad_w.addmm_(g.T, hidden[rows].float())
+                if need_b:
+                    grad_b += g.sum(0)
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        w_dtype, b_dtype = ctx.dtypes
+        return (
+            None if grad_h is None else grad_h * grad_out.to(grad_h.dtype),
+            None if grad_w is None else (grad_w * grad_out).to(w_dtype),
+            None if grad_b is None else (grad_b * grad_out).to(b_dtype),
+            None, None, None, None, None,
+        )
+
+
+def chunk_size_for(vocab_size: int) -> int:
+    """Rows per chunk so that one chunk of fp32 logits stays near 128 MB."""
+    return max(16, (1 << 25) // max(vocab_size, 1))
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    head: torch.nn.Module,
+    targets: torch.Tensor,
+    token_weights: torch.Tensor | None = None,
+    *,
+    softcap: float | None = None,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Summed (weighted) cross-entropy of `head(hidden)` against `targets`, one chunk at a time.
+
+    hidden: [n, H] states at trained positions only; head: the model's output layer (nn.Linear);
+    targets: [n] token ids. Differentiable in `hidden` and in the head's weight and bias.
+    """
+    weight, bias = head.weight, getattr(head, "bias", None)
+    if token_weights is None:
+        token_weights = torch.ones(targets.shape, dtype=torch.float32, device=targets.device)
+    return _LinearCrossEntropy.apply(
+        hidden,
+        weight,
+        bias,
+        targets,
+        token_weights.float(),
+        chunk_size or chunk_size_for(weight.shape[0]),
+        softcap,
+        torch.is_grad_enabled(),
+    )
+
+
+@torch.no_grad()
+def token_stats(
+    hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, *, softcap: float | None = None,
+    chunk_size: int | None = None,
+) -> tuple[float, int]:
+    """(summed cross-entropy, number of argmax hits) over the given positions, chunk by chunk."""
+    weight, bias = head.weight, getattr(head, "bias", None)
+    loss, correct = 0.0, 0
+    for rows, z, _ in _logit_chunks(hidden, weight, bias, chunk_size or chunk_size_for(weight.shape[0]), softcap):
+        y = targets[rows]
+        loss += torch.nn.functional.cross_entropy(z, y, reduction="sum").item()
+        correct += int((z.argmax(-1) == y).sum())
+    return loss, correct
+
+
+def shifted_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """labels[:, 1:], i.e. what each position t < T-1 predicts, with -100 where nothing is trained.
+
+    In a padding-free pack, the first token of each sequence (position_ids == 0) is never a
+    target: the token before it belongs to another sequence.
+    """
+    targets = batch["labels"][:, 1:]
+    position_ids = batch.get("position_ids")
+    if position_ids is not None:
+        targets = targets.masked_fill(position_ids[:, 1:] == 0, IGNORE)
+    return targets
+
+
+def count_trained_tokens(batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """Trained (predicted) tokens over micro-batches, the loss's denominator for one optimizer step."""
+    return sum((shifted_targets(b) != IGNORE).sum() for b in batches)
+
+
+def _output_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under DDP / peft wrappers (it owns the output layer and config)."""
+    while hasattr(model, "module"):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def trained_hidden_states(model, batch: dict[str, torch.Tensor]):
+    """Run the model; return (hidden states at trained positions [n, H], their targets [n],
+    loss weights [n] or None, output layer, logit softcap).
+
+    The model returns logits for one position only (`logits_to_keep=1`); the loss builds the rest.
+    """
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_weights")}
+    outputs = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+    labels = batch["labels"]
+    hidden = outputs.hidden_states[-1]
+    # Prompt-learning methods prepend virtual tokens: keep the positions of the real tokens.
+    hidden = hidden[:, hidden.shape[1] - labels.shape[1] :]
+    targets = shifted_targets(batch)
+    mask = targets != IGNORE
+    weights = batch.get("loss_weights")
+    inner = _output_model(model)
+    softcap = getattr(inner.config, "final_logit_softcapping", None) or getattr(
+        getattr(inner.config, "text_config", None), "final_logit_softcapping", None
+    )
+    return (
+        hidden[:, :-1][mask],
+        targets[mask],
+        None if weights is None else weights[:, 1:][mask],
+        inner.get_output_embeddings(),
+        softcap,
+    )

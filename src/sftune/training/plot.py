@@ -1,0 +1,30 @@
+"""curves.png of a run: training loss and learning rate against steps, held-out loss as points."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def plot_curves(metrics_path: Path, png_path: Path) -> None:
+    """Training loss and learning rate against steps (held-out loss as points), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    train = [r for r in records if "loss" in r]
+    held = [r for r in records if "eval_loss" in r]
+    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+    if held:
+        ax_loss.plot([r["step"] for r in held], [r["eval_loss"] for r in held], "o-", label="held-out loss")
+    ax_loss.set_ylabel("loss per trained token")
+    ax_loss.legend()
+    ax_lr.plot([r["step"] for r in train], [r.get("learning_rate", 0) for r in train], color="tab:orange")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("optimizer step")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)

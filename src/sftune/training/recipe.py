@@ -1,0 +1,229 @@
+"""One SFT run, top to bottom: configuration -> model, data, method, trainer -> the run folder.
+
+The run folder (output.dir) holds the model or adapter, the tokenizer with the chat template used
+(inference sees exactly what training saw), config.yaml, metrics.jsonl, curves.png, summary.json,
+and checkpoints/ to resume from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
+
+from sftune import attention, methods, models, templates
+from sftune.config import Config, ConfigError, load, to_yaml
+from sftune.hardware import resolve_precision
+from sftune.training.arguments import training_arguments
+from sftune.training.callbacks import MetricsFileCallback, RichProgressCallback
+from sftune.training.checkpoints import CheckpointCompleteCallback, last_checkpoint
+from sftune.training.data import EncodedData, batches, prepare_data
+from sftune.training.plot import plot_curves
+from sftune.training.trainer import SFTTrainer
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: its folder, the summary written there, and the trained model in memory."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    model: Any = field(repr=False, default=None)
+    tokenizer: Any = field(repr=False, default=None)
+
+
+def train(
+    config: Config | str | os.PathLike | dict,
+    overrides: list[str] | None = None,
+    *,
+    console=None,
+    callbacks: list[TrainerCallback] | None = None,
+) -> TrainResult:
+    """Run one SFT training from a Config, a YAML path or a dict; write the run folder; return it.
+
+    `callbacks`: extra `transformers.TrainerCallback`s (instances or classes), run after sftune's own
+    (checkpoint marker, metrics file, progress bar, early stopping) at every event of the Trainer.
+    """
+    from rich.console import Console
+
+    cfg = config if isinstance(config, Config) else load(config, overrides)
+    console = console or Console()
+    run_dir = Path(cfg.output.dir)
+    resume = start_or_resume(cfg, run_dir, console)
+    precision = resolve_precision(cfg.train.precision)
+
+    set_seed(cfg.train.seed)  # adapters are initialized randomly: the same seed, the same run
+    model, tokenizer, packing = setup_model(cfg, precision, console)
+    template = templates.get(cfg.data.template, tokenizer) if cfg.data.template else templates.default_for(tokenizer)
+
+    probe = training_arguments(cfg, run_dir, precision=precision, has_eval=True, packing=packing)
+    with probe.main_process_first(desc="reading and encoding data"):
+        encoded = prepare_data(cfg, tokenizer, template, console=console)
+    args = training_arguments(cfg, run_dir, precision=precision, has_eval=encoded.eval is not None, packing=packing)
+    if not packing:
+        args.length_column_name = "length"
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if _is_main_process():
+        (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    templates.save_to_tokenizer(template, tokenizer)  # inference uses exactly the training template
+    trainer = setup_trainer(cfg, model, tokenizer, encoded, args, packing=packing, console=console,
+                            callbacks=callbacks)
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=resume)
+    elapsed = time.perf_counter() - started
+    final_eval = _final_evaluation(trainer) if trainer.eval_dataset is not None else {}
+
+    trainer.save_model(str(run_dir))  # model or adapter, plus the tokenizer with its chat template
+    trainable, total = methods.count_parameters(model)
+    summary = {
+        **run_summary(cfg, trainer, encoded, precision=precision, packing=packing),
+        "train_loss": output.training_loss,
+        "train_seconds": round(elapsed, 2),
+        "train_seconds_excluding_eval": round(trainer.train_seconds, 3),
+        "peak_memory_mb": round(_peak_memory_mb(), 1),
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "resumed_from": resume,
+        **final_eval,
+    }
+    if trainer.is_world_process_zero():
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+    return TrainResult(run_dir=run_dir, summary=summary, model=trainer.model, tokenizer=tokenizer)
+
+
+def start_or_resume(cfg: Config, run_dir: Path, console) -> str | None:
+    """The checkpoint to resume from, or None for a fresh run (clearing a finished run's files only
+    with output.overwrite=true)."""
+    checkpoints = run_dir / "checkpoints"
+    resume = _resolve_resume(cfg.train.resume_from, checkpoints, console)
+    if resume is None and (last_checkpoint(checkpoints) or (run_dir / "summary.json").exists()):
+        if not cfg.output.overwrite:
+            raise ConfigError(
+                f"{run_dir} already holds a run. Resume it with train.resume_from=last, replace it with "
+                "output.overwrite=true, or choose another output.dir"
+            )
+        if _is_main_process():
+            shutil.rmtree(checkpoints, ignore_errors=True)
+            for name in ("metrics.jsonl", "summary.json"):
+                (run_dir / name).unlink(missing_ok=True)
+    return resume
+
+
+def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, bool]:
+    """(model with the method applied, tokenizer, packing on or off for this method and model)."""
+    dtype = cfg.model.dtype
+    if dtype == "auto":
+        adapter = cfg.method.name not in ("full", "freeze")
+        dtype = "bfloat16" if torch.cuda.is_available() and precision == "bf16" and adapter else "float32"
+    packing = cfg.data.packing and methods.packing_supported(cfg.method)[0]
+    model, tokenizer = models.load(
+        cfg.model.name,
+        dtype=getattr(torch, dtype),
+        attn_implementation=attention.resolve(cfg.model.attn_implementation, packing=packing),
+        trust_remote_code=cfg.model.trust_remote_code,
+        **methods.load_kwargs(cfg.method),
+    )
+    model = methods.apply_method(model, cfg.method, tokenizer, verbose=False)
+    console.print(f"[bold]{cfg.method.name}[/bold] on {cfg.model.name}: {methods.trainable_summary(model)}")
+    if cfg.data.packing:
+        ok, why = methods.packing_supported(cfg.method, model)
+        if not ok:
+            console.print(f"[yellow]packing off: {why}; batch_size now counts sequences[/yellow]")
+            packing = False
+    if cfg.train.gradient_checkpointing:
+        ok, why = methods.gradient_checkpointing_supported(cfg.method)
+        if not ok:
+            raise ConfigError(f"train.gradient_checkpointing=true: {why}")
+    return model, tokenizer, packing
+
+
+def setup_trainer(cfg: Config, model: Any, tokenizer: Any, encoded: EncodedData, args: Any, *, packing: bool,
+                  console, callbacks: list[TrainerCallback] | None) -> SFTTrainer:
+    """The SFTTrainer over the batched data, with sftune's callbacks first and the caller's after."""
+    train_rows, collate = batches(encoded.train, packing=packing, max_len=cfg.data.max_len,
+                                  pad_token_id=tokenizer.pad_token_id)
+    eval_rows, _ = batches(encoded.eval, packing=packing, max_len=cfg.data.max_len,
+                           pad_token_id=tokenizer.pad_token_id)
+    own = [CheckpointCompleteCallback(), MetricsFileCallback(Path(cfg.output.dir) / "metrics.jsonl"),
+           RichProgressCallback(console)]
+    if cfg.eval.early_stopping_patience:
+        own.append(EarlyStoppingCallback(early_stopping_patience=cfg.eval.early_stopping_patience,
+                                         early_stopping_threshold=cfg.eval.early_stopping_threshold))
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        data_collator=collate,
+        processing_class=tokenizer,
+        callbacks=own + list(callbacks or []),
+    )
+
+
+def run_summary(cfg: Config, trainer: SFTTrainer, encoded: EncodedData, *, precision: str, packing: bool
+                ) -> dict[str, Any]:
+    """What was trained, how, and how much: the first part of summary.json."""
+    return {
+        "model": cfg.model.name,
+        "method": cfg.method.name,
+        "precision": precision,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "processes": trainer.accelerator.num_processes,
+        "packing": packing,
+        "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "train_examples": len(encoded.train),
+        "eval_examples": 0 if encoded.eval is None else len(encoded.eval),
+        "skipped": {name: encoded.reports[name].skipped if name in encoded.reports else 0
+                    for name in ("train", "eval")},
+        "trained_tokens": trainer.trained_tokens,
+        "trained_tokens_per_second": round(trainer.trained_tokens / max(trainer.train_seconds, 1e-9), 2),
+    }
+
+
+def _final_evaluation(trainer: SFTTrainer) -> dict[str, Any]:
+    """Held-out metrics of the model as saved: the last evaluation when it was of this very model."""
+    state = trainer.state
+    last = next((r for r in reversed(state.log_history) if "eval_loss" in r), None)
+    same_model = not trainer.args.load_best_model_at_end or state.best_global_step in (None, state.global_step)
+    if last is not None and last["step"] == state.global_step and same_model:
+        return {k: v for k, v in last.items() if k.startswith("eval_")}
+    return trainer.evaluate()
+
+
+def _resolve_resume(resume_from: str | None, checkpoints: Path, console) -> str | None:
+    if resume_from is None:
+        return None
+    if resume_from == "last":
+        found = last_checkpoint(checkpoints)
+        if found is None:
+            console.print(f"[yellow]resume_from=last: no complete checkpoint in {checkpoints}; starting fresh[/yellow]")
+        return found
+    if not (Path(resume_from) / "trainer_state.json").exists():
+        raise ConfigError(f"train.resume_from={resume_from}: not a checkpoint folder (no trainer_state.json)")
+    return resume_from
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes

@@ -1,0 +1,229 @@
+"""`transformers.Trainer` with the SFT loss: one normalization per optimizer step, over every
+micro-batch of the gradient accumulation and every process; token-level evaluation; a non-finite
+loss that stops all processes together; trained-token bookkeeping and exact resume of every method.
+
+Everything else (optimizer, schedules, mixed precision, gradient checkpointing, checkpoints and
+resume, DDP / FSDP / DeepSpeed through accelerate, reporting) is `transformers.Trainer`'s own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from transformers import Trainer
+from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging
+
+from sftune.training.checkpoints import last_checkpoint
+from sftune.training.loss import count_trained_tokens, linear_cross_entropy, token_stats, trained_hidden_states
+
+logger = logging.get_logger(__name__)
+
+# Prompt-learning adapters as they are in training (prefix_tuning's projection MLP included), for resume.
+TRAINABLE_STATE = "sftune_trainable.safetensors"
+PROGRESS = "sftune_progress.json"  # trained tokens and training seconds so far, for resume
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def non_finite_processes(loss: torch.Tensor, accelerator) -> list[tuple[int, float]]:
+    """(process index, loss) of every process whose loss is NaN or infinite, the same list on every
+    process: all of them stop together, where one stopping alone would leave the others waiting
+    in their next collective operation."""
+    losses = loss.detach().float().reshape(1)
+    if accelerator.num_processes > 1:
+        losses = accelerator.gather(losses)
+    return [(rank, value) for rank, value in enumerate(losses.tolist()) if not math.isfinite(value)]
+
+
+class SFTTrainer(Trainer):
+    """`transformers.Trainer` with the SFT loss, token-level evaluation, a non-finite check agreed by
+    all processes, trained-token bookkeeping and exact resume of every method.
+
+    Per optimizer step: loss = sum of (weighted) token losses / trained tokens in the step, where
+    the count covers all accumulated micro-batches and all processes. Each process's
+    contribution is multiplied by the number of processes because DDP averages gradients.
+    """
+
+    # compute_loss already divides by the whole step's token count: Trainer must not divide again.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.remove_callback(PrinterCallback)  # the rich progress bar replaces it
+        self.trained_tokens = 0  # over all processes, since the start of the run (resumes included)
+        self._seconds_done = 0.0  # training time before the running stretch
+        self._stretch_started = None  # perf_counter() when the running stretch began; None while paused
+
+    @property
+    def train_seconds(self) -> float:
+        """Seconds spent training: from the first batch on, without evaluations and checkpoint saving;
+        a resumed run goes on from the seconds its checkpoint recorded."""
+        running = 0.0 if self._stretch_started is None else time.perf_counter() - self._stretch_started
+        return self._seconds_done + running
+
+    def _pause_clock(self) -> None:
+        """Stop counting training time; the next batch fetched starts the clock again."""
+        if self._stretch_started is not None:
+            self._seconds_done += time.perf_counter() - self._stretch_started
+            self._stretch_started = None
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """Trainer.train, with the trained-token count and training time going on from a resumed checkpoint."""
+        self.trained_tokens, self._seconds_done, self._stretch_started = 0, 0.0, None
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True  # Trainer reports none
+        if isinstance(resume_from_checkpoint, (str, os.PathLike)):
+            self._restore_progress(Path(resume_from_checkpoint))
+        try:
+            return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        finally:
+            self._pause_clock()
+
+    def _restore_progress(self, checkpoint: Path) -> None:
+        path = checkpoint / PROGRESS
+        if not path.is_file():
+            logger.warning(f"{checkpoint} has no {PROGRESS} (saved by an older sftune): trained_tokens and "
+                           "tokens per second will count this session only")
+            return
+        progress = json.loads(path.read_text(encoding="utf-8"))
+        self.trained_tokens, self._seconds_done = int(progress["trained_tokens"]), float(progress["train_seconds"])
+
+    # Which batches make one optimizer step, and how many trained tokens they hold in total.
+    def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int, device: torch.device):
+        if self._stretch_started is None:
+            self._stretch_started = time.perf_counter()
+        batches = []
+        for _ in range(num_batches):
+            try:
+                batches.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        if not batches:
+            return batches, None
+        count = count_trained_tokens(batches).to(device)
+        if self.accelerator.num_processes > 1:
+            count = self.accelerator.reduce(count, reduction="sum")
+        self.trained_tokens += int(count)
+        return batches, count
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        hidden, targets, weights, head, softcap = trained_hidden_states(model, inputs)
+        loss_sum = linear_cross_entropy(hidden, head, targets, weights, softcap=softcap)
+        if num_items_in_batch is None:  # called outside the training loop: this batch alone
+            num_items_in_batch = max(int(targets.numel()), 1)
+            scale = 1
+        else:
+            scale = self.accelerator.num_processes  # DDP averages gradients over processes
+        loss = loss_sum * scale / num_items_in_batch
+        return (loss, None) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        bad = non_finite_processes(loss, self.accelerator)
+        if bad:
+            last = last_checkpoint(self.args.output_dir)
+            where = "" if self.accelerator.num_processes == 1 else (
+                f" on process {', '.join(str(rank) for rank, _ in bad)} of {self.accelerator.num_processes}"
+            )
+            raise NonFiniteLossError(
+                f"The loss became {bad[0][1]} at step {self.state.global_step + 1}{where}. "
+                + (
+                    f"Last good checkpoint: {last}; resume from it with a lower learning rate "
+                    "(train.lr=...) or check the data."
+                    if last
+                    else "No checkpoint was saved before it; lower the learning rate (train.lr=...), "
+                    "use fp32 (train.precision=fp32) or check the data."
+                )
+            )
+        return loss
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Held-out loss (per trained token), perplexity and token accuracy, over all processes."""
+        self._pause_clock()  # evaluation time is not training time
+        dataloader = self.get_eval_dataloader(eval_dataset)
+        model = self.model
+        was_training = model.training
+        model.eval()
+        totals = torch.zeros(3, dtype=torch.float64)
+        with torch.no_grad():
+            for batch in dataloader:
+                batch = self._prepare_inputs(batch)
+                with self.compute_loss_context_manager():
+                    hidden, targets, _, head, softcap = trained_hidden_states(model, batch)
+                    loss, correct = token_stats(hidden, head, targets, softcap=softcap)
+                totals += torch.tensor([loss, correct, targets.numel()], dtype=torch.float64)
+        if self.accelerator.num_processes > 1:
+            totals = self.accelerator.reduce(totals.to(self.args.device), reduction="sum").cpu()
+        model.train(was_training)
+        loss, correct, tokens = totals.tolist()
+        tokens = max(tokens, 1.0)
+        metrics = {
+            f"{metric_key_prefix}_loss": loss / tokens,
+            f"{metric_key_prefix}_perplexity": math.exp(min(loss / tokens, 50.0)),
+            f"{metric_key_prefix}_token_accuracy": correct / tokens,
+            f"{metric_key_prefix}_tokens": int(tokens),
+        }
+        self.log(dict(metrics))
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    # Checkpoints of prompt-learning adapters. peft saves them for inference (prefix_tuning folds its
+    # projection MLP into plain keys/values), which Trainer then cannot load back into the training
+    # model; sftune keeps the trained parameters as they are beside the adapter and resumes from those.
+    def _save_checkpoint(self, model, trial) -> None:
+        self._pause_clock()  # nor is saving
+        super()._save_checkpoint(model, trial)
+        if not self.args.should_save:
+            return
+        folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+        progress = {"trained_tokens": self.trained_tokens, "train_seconds": self.train_seconds}
+        (folder / PROGRESS).write_text(json.dumps(progress) + "\n", encoding="utf-8")
+        if self._resumes_trainable_state():
+            from safetensors.torch import save_file
+
+            from sftune.methods import trainable_state
+
+            save_file(trainable_state(self.model), folder / TRAINABLE_STATE)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if not self._load_trainable_state(resume_from_checkpoint):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        if not self._load_trainable_state(self.state.best_model_checkpoint):
+            super()._load_best_model()
+
+    def _resumes_trainable_state(self) -> bool:
+        """Prompt-learning adapters, outside FSDP / DeepSpeed (which keep their own model states)."""
+        peft_config = getattr(self.model, "active_peft_config", None)
+        sharded = self.is_fsdp_enabled or self.is_deepspeed_enabled
+        return bool(peft_config is not None and peft_config.is_prompt_learning and not sharded)
+
+    def _load_trainable_state(self, checkpoint: str | os.PathLike) -> bool:
+        """Load sftune's saved training state of a prompt-learning adapter from `checkpoint`, if this
+        model resumes that way and the file is there; False leaves it to Trainer."""
+        path = Path(checkpoint) / TRAINABLE_STATE
+        if not (self._resumes_trainable_state() and path.is_file()):
+            return False
+        from safetensors.torch import load_file
+
+        from sftune.methods import load_trainable_state
+
+        load_trainable_state(self.model, load_file(path))  # copied onto the parameters, wherever they are
+        return True
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self.trained_tokens:
+            logs["trained_tokens"] = self.trained_tokens
+            logs["trained_tokens_per_second"] = round(self.trained_tokens / max(self.train_seconds, 1e-9), 2)
+        super().log(logs, start_time)
