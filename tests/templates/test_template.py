@@ -70,3 +70,14 @@ def test_cli_template_render_and_data_inspect(tmp_path):
     trained = [line.split("\t", 1)[1] for line in out.output.splitlines() if line.startswith("TRAIN")]
     assert "".join(json.loads(t) for t in trained) == "Hello! How can I help?<|im_end|>"
     assert runner.invoke(app, ["template", "list"]).exit_code == 0
+
+
+def test_stop_is_the_end_of_turn_token_of_the_template(smollm2_tokenizer):
+    """Generation stops where training taught the model to: the template's end-of-turn token and EOS."""
+    im_end = smollm2_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert templates.get("chatml", smollm2_tokenizer).stop == "<|im_end|>"
+    assert templates.get("tokenizer", smollm2_tokenizer).stop_token_ids(smollm2_tokenizer) == [im_end]
+    assert templates.get("gemma").stop == "<end_of_turn>"
+    assert templates.get("llama2").stop == "</s>"
+    eot = templates.get("zephyr", smollm2_tokenizer)
+    assert eot.stop == smollm2_tokenizer.eos_token and eot.stop_token_ids(smollm2_tokenizer) == [im_end]
