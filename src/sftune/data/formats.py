@@ -239,8 +239,18 @@ def _content(value: Any, field: str) -> tuple[str, list]:
     return text, calls
 
 
-def _tool_calls(calls: Any, field: str) -> str:
-    """OpenAI tool_calls -> the tool_call message text: {"name", "arguments"} (a list when several)."""
+def tool_calls(content: str) -> list[dict]:
+    """The calls a tool_call message holds (its content: a call {"name", "arguments"} as JSON, or a list)."""
+    try:
+        value = json.loads(content)
+    except json.JSONDecodeError:
+        raise DataError("wrong_type", "tool_call content", f"is not JSON: {content[:80]!r}",
+                        'write {"name": ..., "arguments": {...}}') from None
+    return parse_tool_calls(value if isinstance(value, list) else [value], "tool_call content")
+
+
+def parse_tool_calls(calls: Any, field: str) -> list[dict]:
+    """OpenAI tool_calls (or plain {"name", "arguments"} calls) -> [{"name", "arguments": object}]."""
     if not isinstance(calls, list):
         raise _wrong_type(field, calls, "a list of tool calls")
     out = []
@@ -265,7 +275,7 @@ def _tool_calls(calls: Any, field: str) -> str:
                     "arguments must be a JSON object, or that object as a JSON string",
                 ) from None
         out.append({"name": function["name"], "arguments": arguments if arguments is not None else {}})
-    return json.dumps(out[0] if len(out) == 1 else out, ensure_ascii=False)
+    return out
 
 
 def _train_and_weight(item: dict, field: str) -> tuple[bool | None, float | None]:
@@ -287,6 +297,22 @@ def messages(record: dict, options: dict) -> Conversation:
     """ShareGPT and OpenAI message lists (both key names, both field spellings, tool calls)."""
     key = "messages" if record.get("messages") is not None else "conversations"
     items = _list(record, key, f"add a {key!r} list of {EXAMPLE_MESSAGE} objects")
+    out = to_messages(items, options, key)
+    if out and out[0].role != "system":
+        out[:0] = _system(record)
+    conversation = Conversation(out, tools=_tools(record))
+    if isinstance(record.get("meta"), dict):  # written by sftune before: keep where it came from
+        conversation.meta["origin"] = record["meta"]
+        if record["meta"].get("pretrain"):
+            conversation.meta["pretrain"] = True
+    return conversation
+
+
+def to_messages(items: list, options: dict, key: str = "messages") -> list[Message]:
+    """OpenAI / ShareGPT message dicts -> schema Messages: the one conversion, also for templates.
+
+    An assistant message with tool_calls becomes its text (when it has any) and one tool_call message.
+    """
     role_key = options.get("role_key")
     content_key = options.get("content_key")
     out: list[Message] = []
@@ -313,17 +339,12 @@ def messages(record: dict, options: dict) -> Conversation:
         if calls and role == "assistant":
             if text:
                 out.append(Message("assistant", text, train, weight))
-            out.append(Message("tool_call", _tool_calls(calls, f"{field}.tool_calls"), train, weight))
+            calls = parse_tool_calls(calls, f"{field}.tool_calls")
+            out.append(Message("tool_call", json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False),
+                               train, weight))
         else:
             out.append(Message(role, text, train, weight))
-    if out and out[0].role != "system":
-        out[:0] = _system(record)
-    conversation = Conversation(out, tools=_tools(record))
-    if isinstance(record.get("meta"), dict):  # written by sftune before: keep where it came from
-        conversation.meta["origin"] = record["meta"]
-        if record["meta"].get("pretrain"):
-            conversation.meta["pretrain"] = True
-    return conversation
+    return out
 
 
 def prompt_completion(record: dict, options: dict) -> Conversation:

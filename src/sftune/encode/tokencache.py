@@ -11,9 +11,9 @@ no pre-token ever runs across such a space (every alternative that contains a no
 ends before a following space), the match at the space only looks forward, and the piece before it
 ends in a non-space, so no lookahead sees past the cut. BPE never merges across pre-tokens, and
 added tokens without whitespace cannot straddle the cut either. Hence the ids (and offsets) of the
-pieces, joined, are the ids of the whole text. `for_tokenizer` accepts only tokenizers whose
-pipeline is exactly one of those (byte-level BPE, no normalizer or NFC, no stripping added tokens);
-others return None and go through the tokenizer as a whole.
+pieces, joined, are the ids of the whole text. `why_not` accepts only tokenizers whose pipeline
+is exactly one of those (byte-level BPE, no normalizer or NFC, no stripping added tokens); others
+go through the tokenizer as a whole.
 
 Pieces are found by a 64-bit polynomial hash and then compared character by character with the
 stored piece, so a hash collision can cost time but never give a wrong id.
@@ -91,10 +91,6 @@ class PieceCache:
         self._powers = np.ones(1, dtype=np.uint64)
         self._inverse_powers = np.ones(1, dtype=np.uint64)
         self.clear()
-
-    @classmethod
-    def for_tokenizer(cls, backend: Any) -> PieceCache | None:
-        return None if why_not(backend) else cls(backend)
 
     def clear(self) -> None:
         self._hashes = np.zeros(0, dtype=np.uint64)   # sorted, distinct

@@ -1,0 +1,236 @@
+"""The built-in chat templates as plain data: one dict of format strings per model family.
+
+A user-defined template is a dict with the same keys (see the comment above BUILTINS). The texts that
+the tool styles write (Qwen's tool list, Llama 3.1's header) are here too: the renderer and the jinja
+export both write them, and must write the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The name of the model's own jinja chat_template, the default whenever the model has one.
+TOKENIZER = "tokenizer"
+
+QWEN_TOOLS_INTRO = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+)
+QWEN_TOOLS_OUTRO = (
+    "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+    '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n'
+    "</tool_call><|im_end|>\n"
+)
+LLAMA3_TOOLS_INTRO = (
+    "Given the following functions, please respond with a JSON for a function call with its proper "
+    "arguments that best answers the given prompt.\n\n"
+    'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.'
+    "Do not use variables.\n\n"
+)
+LLAMA31_DATE = "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+_VICUNA_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+_ALPACA_SYSTEM = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+)
+_ALPACA_SYSTEM_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request."
+)
+
+# Keys of a template dict (user-defined templates use the same keys; only `user` and `assistant` are
+# required):
+#   description        one line for `sftune template list`
+#   prefix             text before everything ("{bos}")
+#   system             format of a system message; None folds it into the first user turn
+#   system_in_user     when system is None: the first user content, e.g. "{system}\n\n{content}"
+#   default_system     system text used when the conversation has none
+#   user, assistant    formats; `assistant` starts with `generation_prompt`
+#   user_with_input    optional: the user turn "instruction\n\ninput" (the data layer's Alpaca layout)
+#                      laid out with {instruction} and {input}; default_system_with_input goes with it
+#   generation_prompt  what add_generation_prompt appends: the model's reply starts after it
+#   end                the end-of-turn text right after {content} in `assistant`; trained with the reply
+#   suffix             text after the last message when no generation prompt is asked (Phi-3's EOS)
+#   skip_empty_system  an empty system message renders nothing (Phi-3.5) instead of an empty system turn
+#   strip              "content": strip each message's text (jinja `| trim`); "turn": strip the user
+#                      text after the system is folded in (Llama 2's `content.strip()`); None: as is
+#   tools              None, "qwen" (<tool_call> / <tool_response>) or "llama3" (JSON calls, ipython turns;
+#                      one call per assistant turn and no text beside it, as Llama 3.1's template allows)
+#   dated_system       with tools "llama3": always write Llama 3.1's system header with its dates
+#   tool               format of a tool result for templates without a tools style (default: as a user turn)
+#   bos, eos           the family's BOS / EOS text when no tokenizer is given
+#   bos_only_if_added  {bos} is written only for tokenizers that add a BOS themselves (a convention of
+#                      the layout, not a token of its own: a ChatML model's BOS is not written)
+BUILTINS: dict[str, dict[str, Any]] = {
+    "chatml": {
+        "description": "ChatML (<|im_start|>role ... <|im_end|>); tools as Qwen's <tool_call> tags",
+        "system": "<|im_start|>system\n{content}<|im_end|>\n",
+        "user": "<|im_start|>user\n{content}<|im_end|>\n",
+        "assistant": "<|im_start|>assistant\n{content}<|im_end|>\n",
+        "generation_prompt": "<|im_start|>assistant\n",
+        "end": "<|im_end|>",
+        "tool": "<|im_start|>tool\n{content}<|im_end|>\n",
+        "tools": "qwen",
+        "eos": "<|im_end|>",
+    },
+    "qwen2.5": {
+        "description": "Qwen2.5-Instruct: ChatML with Qwen's default system prompt and tool calls",
+        "system": "<|im_start|>system\n{content}<|im_end|>\n",
+        "default_system": "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+        "user": "<|im_start|>user\n{content}<|im_end|>\n",
+        "assistant": "<|im_start|>assistant\n{content}<|im_end|>\n",
+        "generation_prompt": "<|im_start|>assistant\n",
+        "end": "<|im_end|>",
+        "tools": "qwen",
+        "eos": "<|im_end|>",
+    },
+    "llama2": {
+        "description": "Llama-2-chat: <s>[INST] <<SYS>> ... <</SYS>> ... [/INST] reply </s>",
+        "system": None,
+        "system_in_user": "<<SYS>>\n{system}\n<</SYS>>\n\n{content}",
+        "user": "{bos}[INST] {content} [/INST]",
+        "assistant": " {content} {eos}",
+        "generation_prompt": "",
+        "end": " {eos}",
+        "strip": "turn",
+        "bos": "<s>",
+        "eos": "</s>",
+    },
+    "llama3": {
+        "description": "Llama-3-Instruct headers and <|eot_id|>; tool turns as Llama 3.1 (JSON calls, ipython)",
+        "prefix": "{bos}",
+        "system": "<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
+        "user": "<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
+        "assistant": "<|start_header_id|>assistant<|end_header_id|>\n\n{content}<|eot_id|>",
+        "generation_prompt": "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        "end": "<|eot_id|>",
+        "strip": "content",
+        "tools": "llama3",
+        "bos": "<|begin_of_text|>",
+        "eos": "<|eot_id|>",
+    },
+    "mistral": {
+        "description": "Mistral-Instruct v0.1/v0.2 (tokenizer v1): <s> [INST] ... [/INST] reply</s>; system before the "
+                       "first user text",
+        "prefix": "{bos}",
+        "system": None,
+        "system_in_user": "{system}\n\n{content}",
+        "user": " [INST] {content} [/INST]",
+        "assistant": " {content}{eos}",
+        "generation_prompt": "",
+        "end": "{eos}",
+        "bos": "<s>",
+        "eos": "</s>",
+    },
+    "gemma": {
+        "description": "Gemma (1-3): <start_of_turn>user/model ... <end_of_turn>; system before the first user text",
+        "prefix": "{bos}",
+        "system": None,
+        "system_in_user": "{system}\n\n{content}",
+        "user": "<start_of_turn>user\n{content}<end_of_turn>\n",
+        "assistant": "<start_of_turn>model\n{content}<end_of_turn>\n",
+        "generation_prompt": "<start_of_turn>model\n",
+        "end": "<end_of_turn>",
+        "strip": "content",
+        "bos": "<bos>",
+        "eos": "<eos>",
+    },
+    "phi3": {
+        "description": "Phi-3-mini-instruct: <|user|> ... <|end|> <|assistant|>; EOS after the last turn",
+        "system": "<|system|>\n{content}<|end|>\n",
+        "user": "<|user|>\n{content}<|end|>\n",
+        "assistant": "<|assistant|>\n{content}<|end|>\n",
+        "generation_prompt": "<|assistant|>\n",
+        "end": "<|end|>",
+        "suffix": "{eos}",
+        "eos": "<|endoftext|>",
+    },
+    "zephyr": {
+        "description": "Zephyr-7b-beta: <|user|>\\n ... </s>\\n<|assistant|>\\n",
+        "system": "<|system|>\n{content}{eos}\n",
+        "user": "<|user|>\n{content}{eos}\n",
+        "assistant": "<|assistant|>\n{content}{eos}\n",
+        "generation_prompt": "<|assistant|>\n",
+        "end": "{eos}",
+        "eos": "</s>",
+    },
+    "vicuna": {
+        "description": "Vicuna v1.1 (FastChat): SYSTEM USER: ... ASSISTANT: reply</s>",
+        "prefix": "{bos}",
+        "bos_only_if_added": True,
+        "system": "{content} ",
+        "default_system": _VICUNA_SYSTEM,
+        "user": "USER: {content} ",
+        "assistant": "ASSISTANT: {content}{eos}",
+        "generation_prompt": "ASSISTANT:",
+        "end": "{eos}",
+        "bos": "<s>",
+        "eos": "</s>",
+    },
+    "alpaca": {
+        "description": "Stanford Alpaca: ### Instruction: / ### Input: / ### Response:",
+        "prefix": "{bos}",
+        "bos_only_if_added": True,
+        "system": "{content}\n\n",
+        "default_system": _ALPACA_SYSTEM,
+        "default_system_with_input": _ALPACA_SYSTEM_INPUT,
+        "user": "### Instruction:\n{content}\n\n",
+        "user_with_input": "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n",
+        "assistant": "### Response:{content}{eos}",
+        "generation_prompt": "### Response:",
+        "end": "{eos}",
+        "bos": "<s>",
+        "eos": "</s>",
+    },
+    "zh_instruct": {
+        "description": "Chinese instruction layout: 指令：...\\n输入：...\\n输出：...",
+        "prefix": "{bos}",
+        "bos_only_if_added": True,
+        "system": "{content}\n",
+        "user": "指令：{content}\n",
+        "user_with_input": "指令：{instruction}\n输入：{input}\n",
+        "assistant": "输出：{content}{eos}\n",
+        "generation_prompt": "输出：",
+        "end": "{eos}",
+        "eos": "</s>",
+    },
+    "zh_qa": {
+        "description": "Chinese question/answer layout: 问题：...\\n回答：...",
+        "prefix": "{bos}",
+        "bos_only_if_added": True,
+        "system": "{content}\n",
+        "user": "问题：{content}\n",
+        "assistant": "回答：{content}{eos}\n",
+        "generation_prompt": "回答：",
+        "end": "{eos}",
+        "eos": "</s>",
+    },
+}
+
+
+# Llama 3.1 is Llama 3 plus the dated system header its official template always writes.
+BUILTINS["llama3.1"] = {
+    **BUILTINS["llama3"],
+    "description": "Llama-3.1-Instruct: Llama 3 plus the dated system header and its tool calls",
+    "dated_system": True,
+}
+
+# SmolLM2-Instruct is ChatML with a default system prompt when the conversation has none.
+BUILTINS["smollm2"] = {
+    **BUILTINS["chatml"],
+    "description": "SmolLM2-Instruct: ChatML with SmolLM's default system prompt",
+    "default_system": "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+}
+
+# Phi-3.5-mini is Phi-3-mini except that an empty system message is left out.
+BUILTINS["phi3.5"] = {
+    **BUILTINS["phi3"],
+    "description": "Phi-3.5-mini-instruct: Phi-3 layout; an empty system message is left out",
+    "skip_empty_system": True,
+}
+
+# Names that also resolve, for users who know a model by another name.
+ALIASES = {"qwen": "qwen2.5", "llama-2": "llama2", "llama-3": "llama3", "gemma2": "gemma", "gemma3": "gemma",
+           "phi-3": "phi3", "phi-3.5": "phi3.5"}

@@ -1,0 +1,44 @@
+"""The messages a template takes: the schema's, as dicts, and back to the OpenAI shape jinja expects.
+
+Messages may be `Message` objects, a Conversation, or dicts in the schema or OpenAI's shape
+(assistant + `tool_calls`); dicts go through the data layer's one conversion (`data.formats.to_messages`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from sftune.data.formats import to_messages, tool_calls
+from sftune.data.schema import Message
+
+
+class Normalized(list):
+    """The list `normalize_messages` returns, tagged so that it is not normalized twice."""
+
+
+def normalize_messages(messages: Iterable[Any]) -> Normalized:
+    """Messages as dicts {role, content, train, weight} in the sftune schema."""
+    if isinstance(messages, Normalized):
+        return messages
+    if hasattr(messages, "messages"):  # a Conversation
+        messages = messages.messages
+    messages = list(messages)
+    if not all(isinstance(m, Message) for m in messages):
+        messages = to_messages([m.to_dict() if isinstance(m, Message) else m for m in messages], {})
+    return Normalized({"role": m.role, "content": m.content, "train": m.train, "weight": m.weight} for m in messages)
+
+
+def to_hf_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The OpenAI / Hugging Face shape that jinja chat templates expect (tool calls merged into the turn)."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if m["role"] == "tool_call":
+            calls = [{"type": "function", "function": c} for c in tool_calls(m["content"])]
+            previous = out[-1] if out else None
+            if previous is not None and previous["role"] == "assistant":
+                previous.setdefault("tool_calls", []).extend(calls)
+            else:
+                out.append({"role": "assistant", "content": None, "tool_calls": calls})
+        else:
+            out.append({"role": m["role"], "content": m["content"]})
+    return out

@@ -1,0 +1,248 @@
+"""The built-in renderer: a template dict and a conversation in, labelled segments out.
+
+A segment is (text, index of the message it belongs to or None for the template's framing, body).
+`body` marks the text a message contributes when it is trained: for a model turn, what the model
+produces after the generation prompt (its content and end-of-turn marker); for any other message,
+all of it. `sftune.encode` labels tokens from segments, so nothing searches the text for a marker.
+
+Each tool style ("qwen", "llama3") is a few small functions at the end of this file: its system
+header, its calls and its tool results. `jinja_export` writes the same layout as jinja.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from sftune.data.formats import tool_calls
+from sftune.data.schema import MODEL_ROLES
+from sftune.templates.definitions import LLAMA3_TOOLS_INTRO, LLAMA31_DATE, QWEN_TOOLS_INTRO, QWEN_TOOLS_OUTRO
+from sftune.templates.errors import TemplateError
+
+if TYPE_CHECKING:
+    from sftune.templates.template import Template
+
+Segment = tuple[str, "int | None", bool]
+
+
+def fill(fmt: str, bos: str, eos: str) -> str:
+    """A format with the tokenizer's BOS / EOS text in place of {bos} / {eos}."""
+    return fmt.replace("{bos}", bos).replace("{eos}", eos)
+
+
+def render(t: Template, msgs: list[dict], tools: list[dict] | None, add_generation_prompt: bool) -> list[Segment]:
+    """The segments of a built-in or user dict template for normalized messages."""
+    turns = _Turns(t, msgs, tools)
+    turns.system_header()
+    i = turns.start
+    while i < len(msgs):
+        i = turns.message(i)
+    turns.add(turns.f["generation_prompt"] if add_generation_prompt else turns.f["suffix"], None, False)
+    return turns.segs
+
+
+class _Turns:
+    """One render: the template's formats, the system prompt decided up front, and the segments so far."""
+
+    def __init__(self, t: Template, msgs: list[dict], tools: list[dict] | None):
+        self.name, self.spec, self.f, self.msgs, self.tools = t.name, t.spec, _formats(t), msgs, tools
+        self.style, self.strip, self.fold = t.spec.get("tools"), t.spec.get("strip"), t.spec.get("system") is None
+        self.segs: list[Segment] = []
+        self.add(self.f["prefix"], None, False)
+        self.start, self.system, self.system_index = 0, t.spec.get("default_system"), None
+        if msgs and msgs[0]["role"] == "system":
+            self.start, self.system, self.system_index = 1, msgs[0]["content"], 0
+        if self.strip == "content" and self.system is not None and not self.fold:
+            self.system = self.system.strip()
+        self.first_user = next((i for i in range(self.start, len(msgs)) if msgs[i]["role"] == "user"), None)
+        if (self.system_index is None and t.spec.get("default_system_with_input") and self.first_user is not None
+                and "\n\n" in msgs[self.first_user]["content"]):
+            self.system = t.spec["default_system_with_input"]
+
+    def add(self, text: str, index: int | None, body: bool) -> None:
+        if text:
+            self.segs.append((text, index, body))
+
+    def system_header(self) -> None:
+        """The opening system turn (or, when the template folds it into the first user turn, nothing)."""
+        system, s = self.system, self.spec
+        if self.style == "qwen" and self.tools:
+            self.add(_qwen_system_with_tools(system, self.tools), self.system_index, True)
+        elif self.style == "llama3" and s.get("dated_system"):
+            self.add(_llama31_system(system, self.tools), self.system_index, True)
+        elif self.fold:
+            if system is not None and self.first_user is None:
+                raise TemplateError(f"template {self.name!r} puts the system prompt into the first user turn, "
+                                    "and this conversation has no user turn")
+        elif system is not None and not (s.get("skip_empty_system") and not system):
+            self.add(_put(self.f["system"], content=system), self.system_index, True)
+
+    def message(self, i: int) -> int:
+        """Render the message at i (a qwen model turn takes the tool calls after it too); the next index."""
+        role = self.msgs[i]["role"]
+        if role == "user":
+            self.user(i)
+        elif role in MODEL_ROLES and self.style == "qwen":
+            return self.qwen_model_turn(i)
+        elif role == "tool_call":
+            self.tool_call(i)
+        elif role == "assistant":
+            content = self.msgs[i]["content"]
+            self.model_turn([(i, content.strip() if self.strip else content)])
+        elif role == "tool":
+            self.tool_result(i)
+        else:
+            self.later_system(i)
+        return i + 1
+
+    def user(self, i: int) -> None:
+        text, f = self.msgs[i]["content"], self.f
+        if self.strip == "content":
+            text = text.strip()
+        if self.style == "llama3" and self.tools and i == self.first_user:
+            text = _llama3_tools_intro(self.tools) + text
+        user_fmt, values = f["user"], {"content": text}
+        if self.spec.get("user_with_input") and "\n\n" in text:
+            instruction, extra = text.split("\n\n", 1)
+            user_fmt, values = f["user_with_input"], {"instruction": instruction, "input": extra}
+        elif self.fold and i == self.first_user and self.system is not None:
+            values["content"] = _put(f["system_in_user"], system=self.system, content=text)
+        if self.strip == "turn":
+            values["content"] = values["content"].strip()
+        self.add(_put(user_fmt, **values), i, True)
+
+    def model_turn(self, parts: list[tuple[int, str]]) -> None:
+        """prompt | reply head + the parts + end (the body, trained) | what the format writes after end."""
+        f = self.f
+        self.add(f["generation_prompt"], parts[0][0], False)
+        for k, (j, text) in enumerate(parts):
+            self.add(f["reply_head"] + text if k == 0 else text, j, True)
+        self.add(f["end"], parts[-1][0], True)
+        self.add(f["after_end"], parts[-1][0], False)
+
+    def tool_call(self, i: int) -> None:
+        """A tool_call message in a style without joined turns: one model turn per call."""
+        calls = tool_calls(self.msgs[i]["content"])
+        if self.style == "llama3":
+            _check_single_call(self.name, self.msgs, i, len(calls))
+        for call in calls:
+            self.model_turn([(i, _llama3_call(call) if self.style == "llama3" else _tojson(call))])
+
+    def qwen_model_turn(self, i: int) -> int:
+        """An optional assistant text and the tool calls right after it: one turn, parts joined by newlines."""
+        msgs, parts, j = self.msgs, [], i
+        while j < len(msgs) and (j == i or msgs[j]["role"] == "tool_call"):
+            if msgs[j]["role"] == "tool_call":
+                parts.append((j, _qwen_calls(tool_calls(msgs[j]["content"]))))
+            elif msgs[j]["content"] or j + 1 == len(msgs) or msgs[j + 1]["role"] != "tool_call":
+                parts.append((j, msgs[j]["content"]))
+            j += 1
+        self.model_turn([(index, ("\n" if k else "") + text) for k, (index, text) in enumerate(parts)])
+        return j
+
+    def tool_result(self, i: int) -> None:
+        content = self.msgs[i]["content"]
+        if self.style == "qwen":
+            text = _qwen_result(self.msgs, i)
+        elif self.style == "llama3":
+            text = _llama3_result(content)
+        else:
+            text = _put(self.f["tool"] or self.f["user"], content=content)
+        self.add(text, i, True)
+
+    def later_system(self, i: int) -> None:
+        if self.fold:
+            raise TemplateError(f"template {self.name!r} has no system turn; a system message is allowed "
+                                f"only first (message {i} is a system message)")
+        content = self.msgs[i]["content"]
+        self.add(_put(self.f["system"], content=content.strip() if self.strip == "content" else content), i, True)
+
+
+_COMPILED: dict[int, tuple[Template, dict[str, str]]] = {}
+_PLACEHOLDER = re.compile(r"\{(system|instruction|input|content)\}")
+
+
+def _formats(t: Template) -> dict[str, str]:
+    """The template's formats with BOS/EOS filled in, computed once per Template."""
+    hit = _COMPILED.get(id(t))
+    if hit is None or hit[0] is not t:
+        keys = ("prefix", "system", "system_in_user", "user", "user_with_input", "assistant", "generation_prompt",
+                "end", "suffix", "tool")
+        formats = {key: fill(t.spec.get(key) or "", t.bos, t.eos) for key in keys}
+        prompt, end = formats["generation_prompt"], formats["end"]
+        formats["reply_head"], tail = formats["assistant"][len(prompt):].split("{content}", 1)
+        formats["after_end"] = tail[len(end):]
+        hit = _COMPILED[id(t)] = (t, formats)
+    return hit[1]
+
+
+def _put(fmt: str, **values: str) -> str:
+    """Substitute {content}-style placeholders in one pass, so text inside messages is never re-read."""
+    if len(values) == 1 and "content" in values:  # the common case, without a regex: same result
+        return values["content"].join(fmt.split("{content}"))
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), fmt)
+
+
+def _tojson(value: Any, indent: int | None = None) -> str:
+    """JSON as the official templates' `tojson` writes it (non-ASCII kept)."""
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
+# --- the qwen tool style: <tool_call> tags, results in one user turn of <tool_response> tags -----------
+
+
+def _qwen_system_with_tools(system: str | None, tools: list[dict]) -> str:
+    text = "<|im_start|>system\n" + (system + "\n\n" if system is not None else "") + QWEN_TOOLS_INTRO
+    return text + "".join("\n" + _tojson(tool) for tool in tools) + QWEN_TOOLS_OUTRO
+
+
+def _qwen_calls(calls: list[dict]) -> str:
+    return "\n".join("<tool_call>\n" + _tojson(call) + "\n</tool_call>" for call in calls)
+
+
+def _qwen_result(msgs: list[dict], i: int) -> str:
+    """A run of tool results is one user turn: opened before the first, closed after the last."""
+    text = "" if i > 0 and msgs[i - 1]["role"] == "tool" else "<|im_start|>user"
+    text += "\n<tool_response>\n" + msgs[i]["content"] + "\n</tool_response>"
+    return text + "<|im_end|>\n" if i + 1 == len(msgs) or msgs[i + 1]["role"] != "tool" else text
+
+
+# --- the llama3 tool style (Llama 3.1): tools in the first user turn, JSON calls, ipython results -------
+
+
+def _llama31_system(system: str | None, tools: list[dict] | None) -> str:
+    text = "<|start_header_id|>system<|end_header_id|>\n\n" + ("Environment: ipython\n" if tools else "")
+    return text + LLAMA31_DATE + (system or "") + "<|eot_id|>"
+
+
+def _llama3_tools_intro(tools: list[dict]) -> str:
+    return LLAMA3_TOOLS_INTRO + "".join(_tojson(tool, 4) + "\n\n" for tool in tools)
+
+
+def _llama3_call(call: dict) -> str:
+    return '{"name": "' + call["name"] + '", "parameters": ' + _tojson(call["arguments"]) + "}"
+
+
+def _llama3_result(content: str) -> str:
+    return "<|start_header_id|>ipython<|end_header_id|>\n\n" + _tojson(content) + "<|eot_id|>"
+
+
+def _check_single_call(name: str, msgs: list[dict], i: int, n_calls: int) -> None:
+    """Llama 3.1's template renders one tool call per assistant turn, and only the call.
+
+    It raises on parallel calls and drops the text of a turn that has text and a call; a training text
+    it cannot render is refused here rather than rendered in a layout inference never shows.
+    """
+    before = msgs[i - 1]["role"] if i else None
+    if n_calls > 1 or before == "tool_call":
+        where = f"message {i} holds {n_calls} tool calls" if n_calls > 1 else \
+            f"messages {i - 1} and {i} are two tool calls in one assistant turn"
+        raise TemplateError(f"template {name!r}: {where}; Llama 3.1's template allows one call per turn (it "
+                            "raises 'This model only supports single tool-calls at once!'). Put each call in its "
+                            "own turn after the previous call's result, or use a template with parallel calls "
+                            "(qwen2.5, chatml)")
+    if before == "assistant":
+        raise TemplateError(f"template {name!r}: messages {i - 1} and {i} are assistant text and a tool call in "
+                            "one turn; Llama 3.1's template renders only the call and drops the text. Remove "
+                            "the text, or use a template that keeps both (qwen2.5, chatml)")

@@ -1,0 +1,165 @@
+"""A chat template: what it is (a dict of formats or a jinja source, bound to a tokenizer's BOS/EOS),
+how to get one (`get`, `default_for`), and how it renders.
+
+A jinja template renders through its built-in twin where one is known (`twins`), else by segmenting
+prefix renders (`jinja_segments`); a dict template through `render`. `save_to_tokenizer` writes the
+training template into the tokenizer, so inference renders exactly what training rendered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable
+
+from sftune.templates import jinja_segments, twins
+from sftune.templates.definitions import ALIASES, BUILTINS, TOKENIZER
+from sftune.templates.errors import TemplateError
+from sftune.templates.jinja_export import to_jinja
+from sftune.templates.messages import normalize_messages, to_hf_messages
+from sftune.templates.render import Segment, fill, render
+
+
+@dataclass(frozen=True)
+class Template:
+    """A chat template bound to BOS/EOS texts: a built-in or user dict (`spec`) or a jinja source."""
+
+    name: str
+    spec: dict[str, Any] = field(default_factory=dict)  # empty for jinja templates
+    jinja: str | None = None
+    bos: str = ""
+    eos: str = ""
+    special_tokens: dict[str, str] = field(default_factory=dict)  # extra names a jinja template may use
+
+    def render(self, messages: Iterable[Any], tools: list[dict] | None = None,
+               add_generation_prompt: bool = False) -> str:
+        """The text of the conversation, exactly as the family's official template renders it."""
+        return "".join(text for text, _, _ in self.segments(messages, tools, add_generation_prompt))
+
+    def segments(self, messages: Iterable[Any], tools: list[dict] | None = None,
+                 add_generation_prompt: bool = False) -> list[Segment]:
+        """The rendered text as (text, message index or None, body) pieces; see `render.py`."""
+        msgs = normalize_messages(messages)
+        if self.jinja is None:
+            return render(self, msgs, tools, add_generation_prompt)
+        name = twins.twin(self.jinja, msgs, tools)
+        if name is None:
+            return jinja_segments.segments(self, msgs, tools, add_generation_prompt)
+        return render(_twin_template(self, name), msgs, tools, add_generation_prompt)
+
+    def render_jinja(self, messages: Iterable[Any], tools: list[dict] | None = None,
+                     add_generation_prompt: bool = False) -> str:
+        """Render through `to_jinja()` with transformers' jinja (what `apply_chat_template` does)."""
+        chat = to_hf_messages(normalize_messages(messages))
+        return jinja_segments.render_chats(self.to_jinja(), self, [chat], tools, add_generation_prompt)[0]
+
+    def to_jinja(self) -> str:
+        """A jinja `chat_template` that renders what `render` renders (OpenAI-shaped messages)."""
+        if self.jinja is not None:
+            return self.jinja
+        # A BOS written only for tokenizers that add one is resolved now, for the tokenizer bound.
+        return to_jinja(self.spec, bos=self.bos if self.spec.get("bos_only_if_added") else None)
+
+    @property
+    def stop(self) -> str:
+        """The end-of-turn text that ends a reply (generation stops there)."""
+        spec = self.spec if self.jinja is None else BUILTINS.get(twins.builtin_of(self.jinja) or "", {})
+        return fill(spec.get("end", ""), self.bos, self.eos).strip() or self.eos
+
+    def stop_token_ids(self, tokenizer: Any) -> list[int]:
+        """The ids generation stops at: the end-of-turn token (when it is one token) and EOS."""
+        ids = tokenizer(self.stop, add_special_tokens=False)["input_ids"] if self.stop else []
+        stops = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+        return sorted(stops | set(ids[:1] if len(ids) == 1 else []))
+
+
+def names() -> list[str]:
+    """Names `get` accepts: the built-ins and `tokenizer`."""
+    return [*BUILTINS, TOKENIZER]
+
+
+def get(name: str | dict[str, Any] = TOKENIZER, tokenizer: Any = None) -> Template:
+    """A template by name, or from a user dict (template keys, or {"jinja": source}).
+
+    With a tokenizer, BOS/EOS are the tokenizer's; `tokenizer` (the default) is the tokenizer's own
+    jinja `chat_template` and needs one.
+    """
+    if isinstance(name, dict):
+        spec = dict(name)
+        tname = str(spec.pop("name", "custom"))
+        if "jinja" in spec:
+            return _bind(Template(tname, jinja=spec["jinja"]), tokenizer)
+        missing = [key for key in ("user", "assistant") if key not in spec]
+        if missing:
+            raise TemplateError(f"template {tname!r}: missing {', '.join(missing)}; a template needs at least "
+                                "'user' and 'assistant' formats with {content}, or 'jinja'")
+        spec.setdefault("system", "{content}")
+        return _bind(Template(tname, spec=_checked(tname, spec)), tokenizer)
+    key = ALIASES.get(name, name)
+    if key == TOKENIZER:
+        source = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+        if not source:
+            raise TemplateError(
+                "template 'tokenizer' needs a tokenizer with a chat_template; this model has none. "
+                f"Pick a built-in with --template (one of {', '.join(BUILTINS)})"
+            )
+        if isinstance(source, dict):
+            source = source.get("default") or next(iter(source.values()))
+        return _bind(Template(TOKENIZER, jinja=source), tokenizer)
+    if key not in BUILTINS:
+        raise TemplateError(f"unknown template {name!r}; known: {', '.join(names())}")
+    return _bind(Template(key, spec=_checked(key, BUILTINS[key])), tokenizer)
+
+
+def default_for(tokenizer: Any) -> Template:
+    """The model's own template when it has one, else ChatML."""
+    return get(TOKENIZER if getattr(tokenizer, "chat_template", None) else "chatml", tokenizer)
+
+
+def save_to_tokenizer(template: Template, tokenizer: Any) -> None:
+    """Make inference use exactly the training template: set `tokenizer.chat_template` to its jinja."""
+    tokenizer.chat_template = template.to_jinja()
+
+
+def _checked(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec with its generation prompt filled in, once its assistant format is found usable."""
+    assistant, prompt = spec["assistant"], spec.get("generation_prompt")
+    if prompt is None:
+        prompt = assistant.split("{content}")[0]
+        spec = {**spec, "generation_prompt": prompt}
+    if "{content}" not in assistant or not assistant.startswith(prompt):
+        raise TemplateError(f"template {name!r}: 'assistant' must contain {{content}} and start with "
+                            f"'generation_prompt' ({prompt!r}), got {assistant!r}")
+    tail = assistant.split("{content}", 1)[1]
+    if not tail.startswith(spec.get("end", "")):
+        raise TemplateError(f"template {name!r}: 'end' ({spec.get('end')!r}) must follow {{content}} in "
+                            f"'assistant' ({assistant!r})")
+    return spec
+
+
+def _bind(template: Template, tokenizer: Any) -> Template:
+    """The template with the tokenizer's BOS / EOS and special-token texts (the family's without one)."""
+    if tokenizer is None:
+        return replace(template, bos=template.spec.get("bos", ""), eos=template.spec.get("eos", ""))
+    special = {}
+    for attr in ("unk_token", "pad_token", "sep_token", "cls_token", "mask_token"):
+        value = getattr(tokenizer, attr, None)
+        if isinstance(value, str):
+            special[attr] = value
+    bos = tokenizer.bos_token or ""
+    if bos and template.spec.get("bos_only_if_added"):
+        bos_id = tokenizer.bos_token_id
+        with_special = tokenizer("a")["input_ids"]
+        bos = bos if with_special and with_special[0] == bos_id else ""
+    return replace(template, bos=bos, eos=tokenizer.eos_token or "", special_tokens=special)
+
+
+_TWIN_OF: dict[tuple[str, str, str], Template] = {}
+
+
+def _twin_template(t: Template, name: str) -> Template:
+    """Built-in `name` bound like jinja template t, one per template (the renderer caches by object)."""
+    key = (t.jinja, t.bos, t.eos)
+    if key not in _TWIN_OF:
+        _TWIN_OF[key] = Template(t.name, spec=_checked(name, BUILTINS[name]), bos=t.bos, eos=t.eos,
+                                 special_tokens=t.special_tokens)
+    return _TWIN_OF[key]

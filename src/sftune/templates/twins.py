@@ -1,0 +1,69 @@
+"""Twins: official chat_template texts that a built-in renders exactly, for the conversations named here.
+
+A model's own template whose text (by sha256) is one of these renders such conversations through
+the built-in renderer, which gives the same text and the same trained spans as segmenting the jinja
+render by prefixes, without running jinja several times per conversation. Every other
+conversation, and every other template, goes through jinja. The texts are the verbatim copies in
+tests/fixtures/templates; the tests check each twin against them, on random chats too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+# sha256 of an official template -> its built-in, for plain conversations: an optional system
+# message, then user and assistant turns in turn.
+TWINS = {
+    "fcf7a096fe99a48fd9ad2b250bf9237e96e8f48bffec1c7ea4d3f225176cd40e": "chatml",
+    "ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15cfd6": "gemma",  # Gemma 1/2: no system turn
+    "7de1c58e208eda46e9c7f86397df37ec49883aeece39fb961e0a6b24088dd3c4": "gemma",  # Gemma 3
+    "e8d5b5a546d3f19df16a5320c614fab05bdc4edd50e850f1afd947b503ea41cf": "llama2",
+    "e10ca381b1ccc5cf9db52e371f3b6651576caee0a630b452e2816b2d404d4b65": "llama3.1",
+    "ba03a121d097859c7b5b9cd03af99aafe95275210d2876f642ad9929a150f122": "llama3",
+    "796853172235ab3aaa4810013ddfe2eab481bda3306dad4f700c00d436eed596": "mistral",
+    "78d976a442bcde2f0be15aafbb8e3050e1104f86732266f68403251b89982a90": "phi3.5",
+    "dcaee66df77bfbb789ec541fe713218da30225a526f1db97138fc39ee6dc56aa": "phi3",
+    "cd8e9439f0570856fd70470bf8889ebd8b5d1107207f67a5efb46e342330527f": "qwen2.5",
+    "872be49dbb638044ad01b60388f48d469ff2980e5f0dccdc22ec907db54d0788": "smollm2",
+    "66291cf0045c2425a3a667cf3cbb7af2b11f09e025c02f97245323ab79119362": "zephyr",
+}
+# Gemma 1/2's template raises on a system message: a conversation with one is not a twin's.
+REFUSES_SYSTEM = {"ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15cfd6"}
+# Twins also for tool conversations (tools, calls and results after a first user turn): Qwen2.5 and
+# Llama 3.1, whose built-ins are checked against these templates on random tool conversations too.
+# (The jinja path cannot even segment Llama 3.1 tool chats with a system message: the render of the
+# system message alone raises, as the tools go into the first user turn.)
+TOOL_TWINS = {digest for digest, name in TWINS.items() if name in ("qwen2.5", "llama3.1")}
+
+_FACTS: dict[str, tuple[str | None, bool, bool]] = {}
+
+
+def builtin_of(jinja: str) -> str | None:
+    """The built-in twin of template text `jinja` for plain conversations, or None."""
+    return _facts(jinja)[0]
+
+
+def _facts(jinja: str) -> tuple[str | None, bool, bool]:
+    """(its twin, whether a system message keeps it a twin, whether tool conversations do), once per text."""
+    if jinja not in _FACTS:
+        digest = hashlib.sha256(jinja.encode("utf-8")).hexdigest()
+        _FACTS[jinja] = (TWINS.get(digest), digest not in REFUSES_SYSTEM, digest in TOOL_TWINS)
+    return _FACTS[jinja]
+
+
+def twin(jinja: str, msgs: list[dict], tools: list[dict] | None) -> str | None:
+    """The built-in that renders exactly what template text `jinja` renders for `msgs`, or None."""
+    if not msgs:
+        return None
+    name, system_ok, tools_ok = _facts(jinja)
+    if name is None or (tools and not tools_ok):
+        return None
+    first = 1 if system_ok and msgs[0]["role"] == "system" else 0
+    if tools_ok:  # a user turn first, then any turns but a system message
+        if first == len(msgs) or msgs[first]["role"] != "user":
+            return None
+        return name if all(m["role"] != "system" for m in msgs[first:]) else None
+    for k in range(first, len(msgs)):
+        if msgs[k]["role"] != ("user" if (k - first) % 2 == 0 else "assistant"):
+            return None
+    return name
