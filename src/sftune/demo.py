@@ -98,9 +98,7 @@ def generate(model, tokenizer, template, prompts: list[str], *, max_new_tokens: 
     model.eval()
     answers = []
     pad = tokenizer.pad_token_id
-    stop = [tokenizer.eos_token_id] + [
-        tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<end_of_turn>") if t in tokenizer.get_vocab()
-    ]
+    stop = template.stop_token_ids(tokenizer)  # the end of turn the template trains, and EOS
     for lo in range(0, len(prompts), batch_size):
         texts = [template.render([{"role": "user", "content": p}], add_generation_prompt=True)
                  for p in prompts[lo : lo + batch_size]]
@@ -110,7 +108,7 @@ def generate(model, tokenizer, template, prompts: list[str], *, max_new_tokens: 
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
         with torch.no_grad():
             out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=pad, eos_token_id=sorted(set(stop)))
+                                 do_sample=False, pad_token_id=pad, eos_token_id=stop)
         answers += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
     return answers
 
