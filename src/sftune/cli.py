@@ -56,7 +56,7 @@ def models_command() -> None:
     for column in ("size", "licence", "installed", "cached"):
         table.add_column(column)
     for spec in models.EMBEDDED.values():
-        cached = (models.materialized_path(spec.name) / ".sftune-complete").exists()
+        cached = models.is_materialized(spec.name)
         default = " (default)" if spec.name == models.DEFAULT_MODEL else ""
         table.add_row(
             f"[bold]{spec.name}[/bold]{default}\n[dim]{escape(spec.description)}[/dim]",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-_COMPLETE_MARKER = ".sftune-complete"
+COMPLETE_MARKER = ".sftune-complete"  # written last into a folder once it is complete (models, checkpoints)
 
 
 class ModelNotAvailableError(RuntimeError):
@@ -107,7 +107,7 @@ def resolve(name_or_path: str | os.PathLike) -> str:
 def materialize(name: str) -> Path:
     """Convert an embedded GGUF model into a checkpoint folder once; later calls reuse it."""
     target = materialized_path(name)
-    if (target / _COMPLETE_MARKER).exists():
+    if (target / COMPLETE_MARKER).exists():
         return target
     spec = EMBEDDED[name]
     if not spec.installed():
@@ -122,7 +122,7 @@ def materialize(name: str) -> Path:
         staging = scratch / "checkpoint"
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        (staging / _COMPLETE_MARKER).write_text(f"materialized from {gguf.name}\n")
+        (staging / COMPLETE_MARKER).write_text(f"materialized from {gguf.name}\n")
         if target.exists():  # a half-written folder from an interrupted run
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -219,3 +219,8 @@ def _hub_cached(repo_id: str) -> bool:
     except Exception:  # not a valid repo id
         return False
     return isinstance(found, str)
+
+
+def is_materialized(name: str) -> bool:
+    """Whether an embedded model's checkpoint folder is complete in the cache."""
+    return (materialized_path(name) / COMPLETE_MARKER).exists()

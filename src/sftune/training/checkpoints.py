@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-COMPLETE_MARKER = ".sftune-complete"
+from sftune.models import COMPLETE_MARKER
 
 
 def last_checkpoint(checkpoints_dir: str | os.PathLike) -> str | None:
