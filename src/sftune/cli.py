@@ -86,6 +86,8 @@ def demo_command(
     try:
         demo.run(config, overrides or [], method=method, console=console)
     except ConfigError as err:
+        if quiet.is_verbose():
+            raise
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None
 
@@ -107,6 +109,8 @@ def train_command(
             return
         result = train(cfg, console=console)
     except (config_module.ConfigError, NonFiniteLossError) as err:
+        if quiet.is_verbose():
+            raise
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None
     s = result.summary
