@@ -142,6 +142,7 @@ def _read_options(format, columns, roles, cot_layout, max_chars, dataset) -> dic
         "cot_layout": cot_layout,
         "max_chars": max_chars,
         "dataset_name": dataset,
+        "syntax": "cli",
     }
 
 
@@ -149,9 +150,9 @@ _FORMAT = typer.Option(None, "--format", "-f", help="Force a format (default: de
 _COLUMNS = typer.Option(None, help="Column mapping, e.g. 'instruction=query,output=meta.answer' or JSON.")
 _ROLES = typer.Option(None, help="Role / speaker map, e.g. 'agent=assistant,customer=user' or JSON.")
 _COT = typer.Option(None, help="Chain-of-thought layout: steps, think, or a format string.")
-_MAX_CHARS = typer.Option(1_000_000, help="Reject records longer than this many characters.")
+_MAX_CHARS = typer.Option(1_000_000, min=1, help="Reject records longer than this many characters.")
 _DATASET = typer.Option(None, help="Dataset name for meta; for a dataset_info.json, the entries to read.")
-_WORKERS = typer.Option(None, help="Processes for large JSONL / text files (default: up to 2).")
+_WORKERS = typer.Option(None, min=1, help="Processes for large JSONL / text files (default: up to 2).")
 _MODEL = typer.Option(models.DEFAULT_MODEL, help="Model name or folder (its tokenizer).")
 _TEMPLATE = typer.Option(None, "--template", "-t", help="Default: the model's own template.")
 _POLICY = typer.Option("assistant", help="Masking policy: assistant, last or all.")
@@ -171,8 +172,10 @@ def _reading(conversations, description: str):
 
 
 def _data_errors(function):
-    """Bad paths and bad records end the command with the message, not a traceback."""
+    """Bad paths and bad records end the command with the message (exit 2), not a traceback; with
+    --json, the message is also printed as a JSON object {"error": ...} on stdout."""
     import functools
+    import json
 
     from sftune.data import DataError
 
@@ -180,35 +183,47 @@ def _data_errors(function):
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
-        except (DataError, FileNotFoundError, ValueError) as err:
-            Console(stderr=True).print(f"[red]error:[/red] {err}", markup=True, highlight=False)
+        except (DataError, OSError, ValueError) as err:
+            if isinstance(err, ValueError) and not isinstance(err, DataError) and not _caused_by_user(err):
+                raise
+            if kwargs.get("json_output"):
+                print(json.dumps({"error": str(err)}, ensure_ascii=False))
+            Console(stderr=True).print(f"[red]error:[/red] {err}", markup=False, highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper
 
 
 def _print_report(report) -> None:
+    from rich.markup import escape
+
     from sftune.data import REASONS
 
     formats = Table(title="Files")
-    formats.add_column("file")
-    formats.add_column("format")
-    for source, fmt in report.formats.items():
-        formats.add_row(source, fmt)
+    for column in ("file", "format", "records", "valid", "invalid"):
+        formats.add_column(column, overflow="fold")
+    for source, counts in report.files.items():
+        formats.add_row(escape(source), counts["format"] or "(none detected)",
+                        *(f"{counts[key]:,}" for key in ("total", "valid", "invalid")))
     console.print(formats)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
     console.print(
         f"records: {report.total:,}   valid: {report.valid:,}   invalid: {report.invalid:,}   "
         f"validation rate: {report.validation_rate:.2%}"
     )
+    if not report.total:
+        console.print("[yellow]warning:[/yellow] no records were read: the files are empty "
+                      "(or hold only blank lines)", highlight=False)
     if report.invalid:
         table = Table(title="Rejected, by reason")
         for column in ("reason", "count", "meaning", "first example"):
             table.add_column(column, overflow="fold")
         for reason, count in report.reasons.most_common():
-            table.add_row(reason, f"{count:,}", REASONS.get(reason, ""), report.examples[reason])
+            table.add_row(reason, f"{count:,}", REASONS.get(reason, ""), escape(report.examples[reason]))
         console.print(table)
         if report.quarantine:
-            console.print(f"Rejected records with their reasons: {report.quarantine}")
+            console.print(f"Rejected records with their reasons: {escape(report.quarantine)}", highlight=False)
 
 
 @data_app.command("check")
@@ -223,7 +238,7 @@ def data_check_command(
     dataset: Optional[str] = _DATASET,
     quarantine: Optional[str] = typer.Option(None, help="Write each rejected record, with its reason, here (JSONL)."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object (total, valid, invalid, reasons...)."),
-    strict: bool = typer.Option(False, help="Exit 1 when any record is invalid."),
+    strict: bool = typer.Option(False, help="Exit 1 when any record is invalid, or when there is no record."),
     workers: Optional[int] = _WORKERS,
 ) -> None:
     """Validate every record; report counts per reason and the validation rate."""
@@ -238,7 +253,13 @@ def data_check_command(
         print(json.dumps(report.to_dict(), ensure_ascii=False))
     else:
         _print_report(report)
-    if strict and report.invalid:
+    if strict and (report.invalid or not report.total):
+        if json_output:  # the JSON says it; a person reads why on stderr
+            Console(stderr=True).print(
+                f"strict: {report.invalid:,} invalid of {report.total:,} records" if report.total
+                else "strict: no records were read", highlight=False)
+        elif not report.total:
+            console.print("[red]strict:[/red] no records were read, which --strict counts as a failure")
         raise typer.Exit(1)
 
 
@@ -259,7 +280,7 @@ def data_convert_command(
     workers: Optional[int] = _WORKERS,
 ) -> None:
     """Convert any known format into messages, alpaca or sharegpt JSONL."""
-    from sftune.data.writers import convert
+    from sftune.data import convert
 
     quarantine = quarantine or f"{output}.rejected.jsonl"
     options = _read_options(format, columns, roles, cot_layout, max_chars, dataset)
