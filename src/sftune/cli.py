@@ -411,11 +411,12 @@ def template_render_command(
     import json
 
     from sftune.data import MODEL_ROLES, read
+    from sftune.data.errors import where
     from sftune.templates import TemplateError
 
     tokenizer = models.load(model, tokenizer_only=True)[1] if model else None
     chosen = _template_for(template, tokenizer)
-    for conversation in read(path, format=format):
+    for conversation in read(path, format=format, syntax="cli"):
         messages = conversation.messages
         if generation_prompt:
             while messages and messages[-1].role in MODEL_ROLES:
@@ -423,7 +424,7 @@ def template_render_command(
         try:
             text = chosen.render(messages, tools=conversation.tools, add_generation_prompt=generation_prompt)
         except TemplateError as err:
-            raise ValueError(f"{conversation.meta.get('source', '')}:{conversation.meta.get('line', '')}: {err}") from None
+            raise ValueError(f"{where(conversation.meta)}: {err}") from None
         print(json.dumps({"text": text}, ensure_ascii=False))
 
 
@@ -443,15 +444,16 @@ def data_inspect_command(
     from rich.text import Text
 
     from sftune.data import read
+    from sftune.data.errors import where as where_from
     from sftune.encode import encode, explain
 
     tokenizer = models.load(model, tokenizer_only=True)[1]
     chosen = _template_for(template, tokenizer)
     console.print(f"template: {chosen.name}   policy: {policy}", highlight=False) if not plain else None
-    for k, conversation in enumerate(read(path, format=format)):
+    for k, conversation in enumerate(read(path, format=format, syntax="cli")):
         if k >= limit:
             break
-        where = f"{conversation.meta.get('source', 'record')}:{conversation.meta.get('line', k + 1)}"
+        where = where_from(conversation.meta, f"record {k}")
         result = encode(conversation, tokenizer, chosen, policy=policy, max_len=max_len)
         if result is None:
             print(f"# {where}: no trained token (skipped in training)")
@@ -489,18 +491,25 @@ def data_encode_command(
     records (why, where), speed. The result is cached, so encoding the same records again is instant."""
     import time
 
-    from sftune.data import read
+    from sftune.data import Report, read
     from sftune.encode import encode_dataset
 
     tokenizer = models.load(model, tokenizer_only=True)[1]
     chosen = _template_for(template, tokenizer)
-    records = list(_reading(read(path, format=format), "reading"))
+    read_report = Report()
+    records = list(_reading(read(path, format=format, on_error="skip", report=read_report, syntax="cli"), "reading"))
     start = time.perf_counter()
     dataset, report = encode_dataset(records, tokenizer, chosen, policy=policy, max_len=max_len, workers=workers)
     seconds = time.perf_counter() - start
     console.print(f"template: {chosen.name}   policy: {policy}   max_len: {max_len}", highlight=False)
-    console.print(f"records: {report['total']:,}   encoded: {report['encoded']:,}   truncated: {report['truncated']:,}   "
+    if read_report.invalid or not read_report.total:
+        _print_report(read_report)
+    console.print(f"records: {read_report.total:,}   rejected at reading: {read_report.invalid:,}   "
+                  f"encoded: {report['encoded']:,}   truncated: {report['truncated']:,}   "
                   f"skipped: {report['skipped']:,}", highlight=False)
+    if report.get("truncated_records"):
+        console.print(f"truncated to max_len={max_len}: {', '.join(report['truncated_records'][:10])}"
+                      + (" ..." if report["truncated"] > 10 else ""), highlight=False)
     if report["encoded"]:
         console.print(f"tokens: {report['tokens']:,} ({report['tokens'] / report['encoded']:,.0f} per record)   "
                       f"trained: {report['trained_tokens']:,} ({report['trained_tokens'] / report['tokens']:.1%})",

@@ -332,6 +332,7 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
                     result = _truncate(messages, tools, tokenizer, template, policy, max_len,
                                        _encode_messages(messages, tools, tokenizer, template, policy))
                     rows.report["truncated"] += 1
+                    rows.report.setdefault("truncated_records", []).append(_where(records[k], k))
                     if all(label == IGNORE for label in result["labels"]):
                         rows.skip(k, "no_trained_token", nothing_left)
                     else:
