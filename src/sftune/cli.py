@@ -184,8 +184,6 @@ def _data_errors(function):
         try:
             return function(*args, **kwargs)
         except (DataError, OSError, ValueError) as err:
-            if isinstance(err, ValueError) and not isinstance(err, DataError) and not _caused_by_user(err):
-                raise
             if kwargs.get("json_output"):
                 print(json.dumps({"error": str(err)}, ensure_ascii=False))
             Console(stderr=True).print(f"[red]error:[/red] {err}", markup=False, highlight=False)

@@ -485,7 +485,7 @@ def _json_array_prefix(text: str, source: str) -> Iterator[tuple[int, Any]]:
             record, end = decode(text, position)
         except (ValueError, RecursionError) as err:
             line = text.count("\n", 0, position) + 1
-            cut = isinstance(err, json.JSONDecodeError) and err.pos >= len(text.rstrip())
+            cut = not text.rstrip().endswith("]")  # the array never closes: the file was cut
             problem = (f"is cut off in record {index} (line {line}): the file ends inside it"
                        if cut else f"{_json_problem(err, text)}, in record {index}")
             raise DataError(
