@@ -502,9 +502,9 @@ def data_encode_command(
     console.print(f"template: {chosen.name}   policy: {policy}   max_len: {max_len}", highlight=False)
     if read_report.invalid or not read_report.total:
         _print_report(read_report)
-    console.print(f"records: {read_report.total:,}   rejected at reading: {read_report.invalid:,}   "
-                  f"encoded: {report['encoded']:,}   truncated: {report['truncated']:,}   "
-                  f"skipped: {report['skipped']:,}", highlight=False)
+    console.print(f"records: {read_report.total:,}   encoded: {report['encoded']:,}   truncated: {report['truncated']:,}   "
+                  f"skipped: {report['skipped']:,}" + (f"   rejected at reading: {read_report.invalid:,}"
+                                                       if read_report.invalid else ""), highlight=False)
     if report.get("truncated_records"):
         console.print(f"truncated to max_len={max_len}: {', '.join(report['truncated_records'][:10])}"
                       + (" ..." if report["truncated"] > 10 else ""), highlight=False)
