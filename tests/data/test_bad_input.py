@@ -241,3 +241,19 @@ def test_train_with_a_missing_data_file_or_a_bad_config_gives_one_message(tmp_pa
     bad = sftune("train", config, cwd=tmp_path)
     said = bad.stdout + bad.stderr
     assert bad.returncode == 2 and "on_eror" in said and "Traceback" not in said
+
+
+def test_encode_skips_counts_and_names_bad_records_of_every_kind(tmp_path):
+    kinds = ["lone-surrogate", "broken-json-line", "number-reply", "nan-reply", "deep-nesting", "role-upper-case",
+             "tool-calls-string", "multimodal-images"]
+    rows = {m[0]: m for m in MATRIX}
+    unique = {"instruction": f"Run {tmp_path.name}.", "output": "ok"}  # a fresh cache fingerprint each run
+    bad = [rows[kind][2][len(G):] if rows[kind][2].startswith(G) else rows[kind][2] for kind in kinds]
+    alpaca = [line for line in bad if not line.startswith((b'{"messages"', b'{"conversations"'))]
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(j(unique) + b"".join(alpaca) + G)
+    result = runner.invoke(app, ["data", "encode", str(path), "--template", "chatml"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    assert f"records: {len(alpaca) + 2}   encoded: 2" in result.output
+    assert f"rejected at reading: {len(alpaca)}" in result.output and str(path) in result.output
