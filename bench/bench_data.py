@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from sftune import data
-from sftune.data.writers import convert
+from sftune.data import convert
 
 WORDS = "the model learns to follow instructions from examples written by people and checked twice".split()
 

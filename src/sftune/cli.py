@@ -146,6 +146,7 @@ def _read_options(format, columns, roles, cot_layout, max_chars, dataset) -> dic
         "cot_layout": cot_layout,
         "max_chars": max_chars,
         "dataset_name": dataset,
+        "syntax": "cli",
     }
 
 
@@ -153,9 +154,9 @@ _FORMAT = typer.Option(None, "--format", "-f", help="Force a format (default: de
 _COLUMNS = typer.Option(None, help="Column mapping, e.g. 'instruction=query,output=meta.answer' or JSON.")
 _ROLES = typer.Option(None, help="Role / speaker map, e.g. 'agent=assistant,customer=user' or JSON.")
 _COT = typer.Option(None, help="Chain-of-thought layout: steps, think, or a format string.")
-_MAX_CHARS = typer.Option(1_000_000, help="Reject records longer than this many characters.")
+_MAX_CHARS = typer.Option(1_000_000, min=1, help="Reject records longer than this many characters.")
 _DATASET = typer.Option(None, help="Dataset name for meta; for a dataset_info.json, the entries to read.")
-_WORKERS = typer.Option(None, help="Processes for large JSONL / text files (default: up to 2).")
+_WORKERS = typer.Option(None, min=1, help="Processes for large JSONL / text files (default: up to 2).")
 _MODEL = typer.Option(models.DEFAULT_MODEL, help="Model name or folder (its tokenizer).")
 _TEMPLATE = typer.Option(None, "--template", "-t", help="Default: the model's own template.")
 _POLICY = typer.Option("assistant", help="Masking policy: assistant, last or all.")
@@ -175,8 +176,10 @@ def _reading(conversations, description: str):
 
 
 def _data_errors(function):
-    """Bad paths and bad records end the command with the message, not a traceback."""
+    """Bad paths and bad records end the command with the message (exit 2), not a traceback; with
+    --json, the message is also printed as a JSON object {"error": ...} on stdout."""
     import functools
+    import json
 
     from sftune.data import DataError
 
@@ -184,35 +187,45 @@ def _data_errors(function):
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
-        except (DataError, FileNotFoundError, ValueError) as err:
-            Console(stderr=True).print(f"[red]error:[/red] {err}", markup=True, highlight=False)
+        except (DataError, OSError, ValueError) as err:
+            if kwargs.get("json_output"):
+                print(json.dumps({"error": str(err)}, ensure_ascii=False))
+            Console(stderr=True).print(f"[red]error:[/red] {err}", markup=False, highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper
 
 
 def _print_report(report) -> None:
+    from rich.markup import escape
+
     from sftune.data import REASONS
 
     formats = Table(title="Files")
-    formats.add_column("file")
-    formats.add_column("format")
-    for source, fmt in report.formats.items():
-        formats.add_row(source, fmt)
+    for column in ("file", "format", "records", "valid", "invalid"):
+        formats.add_column(column, overflow="fold")
+    for source, counts in report.files.items():
+        formats.add_row(escape(source), counts["format"] or "(none detected)",
+                        *(f"{counts[key]:,}" for key in ("total", "valid", "invalid")))
     console.print(formats)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
     console.print(
         f"records: {report.total:,}   valid: {report.valid:,}   invalid: {report.invalid:,}   "
         f"validation rate: {report.validation_rate:.2%}"
     )
+    if not report.total:
+        console.print("[yellow]warning:[/yellow] no records were read: the files are empty "
+                      "(or hold only blank lines)", highlight=False)
     if report.invalid:
         table = Table(title="Rejected, by reason")
         for column in ("reason", "count", "meaning", "first example"):
             table.add_column(column, overflow="fold")
         for reason, count in report.reasons.most_common():
-            table.add_row(reason, f"{count:,}", REASONS.get(reason, ""), report.examples[reason])
+            table.add_row(reason, f"{count:,}", REASONS.get(reason, ""), escape(report.examples[reason]))
         console.print(table)
         if report.quarantine:
-            console.print(f"Rejected records with their reasons: {report.quarantine}")
+            console.print(f"Rejected records with their reasons: {escape(report.quarantine)}", highlight=False)
 
 
 @data_app.command("check")
@@ -227,7 +240,7 @@ def data_check_command(
     dataset: Optional[str] = _DATASET,
     quarantine: Optional[str] = typer.Option(None, help="Write each rejected record, with its reason, here (JSONL)."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object (total, valid, invalid, reasons...)."),
-    strict: bool = typer.Option(False, help="Exit 1 when any record is invalid."),
+    strict: bool = typer.Option(False, help="Exit 1 when any record is invalid, or when there is no record."),
     workers: Optional[int] = _WORKERS,
 ) -> None:
     """Validate every record; report counts per reason and the validation rate."""
@@ -242,7 +255,13 @@ def data_check_command(
         print(json.dumps(report.to_dict(), ensure_ascii=False))
     else:
         _print_report(report)
-    if strict and report.invalid:
+    if strict and (report.invalid or not report.total):
+        if json_output:  # the JSON says it; a person reads why on stderr
+            Console(stderr=True).print(
+                f"strict: {report.invalid:,} invalid of {report.total:,} records" if report.total
+                else "strict: no records were read", highlight=False)
+        elif not report.total:
+            console.print("[red]strict:[/red] no records were read, which --strict counts as a failure")
         raise typer.Exit(1)
 
 
@@ -263,7 +282,7 @@ def data_convert_command(
     workers: Optional[int] = _WORKERS,
 ) -> None:
     """Convert any known format into messages, alpaca or sharegpt JSONL."""
-    from sftune.data.writers import convert
+    from sftune.data import convert
 
     quarantine = quarantine or f"{output}.rejected.jsonl"
     options = _read_options(format, columns, roles, cot_layout, max_chars, dataset)
@@ -394,11 +413,12 @@ def template_render_command(
     import json
 
     from sftune.data import MODEL_ROLES, read
+    from sftune.data.errors import where
     from sftune.templates import TemplateError
 
     tokenizer = models.load(model, tokenizer_only=True)[1] if model else None
     chosen = _template_for(template, tokenizer)
-    for conversation in read(path, format=format):
+    for conversation in read(path, format=format, syntax="cli"):
         messages = conversation.messages
         if generation_prompt:
             while messages and messages[-1].role in MODEL_ROLES:
@@ -406,7 +426,7 @@ def template_render_command(
         try:
             text = chosen.render(messages, tools=conversation.tools, add_generation_prompt=generation_prompt)
         except TemplateError as err:
-            raise ValueError(f"{conversation.meta.get('source', '')}:{conversation.meta.get('line', '')}: {err}") from None
+            raise ValueError(f"{where(conversation.meta)}: {err}") from None
         print(json.dumps({"text": text}, ensure_ascii=False))
 
 
@@ -426,15 +446,16 @@ def data_inspect_command(
     from rich.text import Text
 
     from sftune.data import read
+    from sftune.data.errors import where as where_from
     from sftune.encode import encode, explain
 
     tokenizer = models.load(model, tokenizer_only=True)[1]
     chosen = _template_for(template, tokenizer)
     console.print(f"template: {chosen.name}   policy: {policy}", highlight=False) if not plain else None
-    for k, conversation in enumerate(read(path, format=format)):
+    for k, conversation in enumerate(read(path, format=format, syntax="cli")):
         if k >= limit:
             break
-        where = f"{conversation.meta.get('source', 'record')}:{conversation.meta.get('line', k + 1)}"
+        where = where_from(conversation.meta, f"record {k}")
         result = encode(conversation, tokenizer, chosen, policy=policy, max_len=max_len)
         if result is None:
             print(f"# {where}: no trained token (skipped in training)")
@@ -472,18 +493,25 @@ def data_encode_command(
     records (why, where), speed. The result is cached, so encoding the same records again is instant."""
     import time
 
-    from sftune.data import read
+    from sftune.data import Report, read
     from sftune.encode import encode_dataset
 
     tokenizer = models.load(model, tokenizer_only=True)[1]
     chosen = _template_for(template, tokenizer)
-    records = list(_reading(read(path, format=format), "reading"))
+    read_report = Report()
+    records = list(_reading(read(path, format=format, on_error="skip", report=read_report, syntax="cli"), "reading"))
     start = time.perf_counter()
     dataset, report = encode_dataset(records, tokenizer, chosen, policy=policy, max_len=max_len, workers=workers)
     seconds = time.perf_counter() - start
     console.print(f"template: {chosen.name}   policy: {policy}   max_len: {max_len}", highlight=False)
-    console.print(f"records: {report.total:,}   encoded: {report.encoded:,}   truncated: {report.truncated:,}   "
-                  f"skipped: {report.skipped:,}", highlight=False)
+    if read_report.invalid or not read_report.total:
+        _print_report(read_report)
+    console.print(f"records: {read_report.total:,}   encoded: {report.encoded:,}   truncated: {report.truncated:,}   "
+                  f"skipped: {report.skipped:,}" + (f"   rejected at reading: {read_report.invalid:,}"
+                                                   if read_report.invalid else ""), highlight=False)
+    if report.truncated_records:
+        console.print(f"truncated to max_len={max_len}: {', '.join(report.truncated_records[:10])}"
+                      + (" ..." if report.truncated > 10 else ""), highlight=False)
     if report.encoded:
         console.print(f"tokens: {report.tokens:,} ({report.tokens / report.encoded:,.0f} per record)   "
                       f"trained: {report.trained_tokens:,} ({report.trained_tokens / report.tokens:.1%})",

@@ -37,7 +37,7 @@ MATRIX = [
     ("unknown-role", [line({"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "yo"}]})], {},
      "unknown_role", 1, ["messages[1].role is 'bot'", "roles={'bot': 'assistant'}"]),
     ("unknown-speaker", [line({"turns": [{"speaker": "customer", "utterance": "hi"}]})], {}, "unknown_role", 1,
-     ["turns[0].speaker is 'customer'", "roles={'customer': 'assistant', ...}"]),
+     ["turns[0].speaker is 'customer'", "roles={'customer': 'assistant'}"]),
     ("empty-assistant", [line({"instruction": "x", "output": "  "})], {}, "empty_assistant", 1,
      ["messages[1].content is an empty assistant reply", "write the reply"]),
     ("empty-user", [line({"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "a"}]})], {},
@@ -137,7 +137,7 @@ def test_broken_json_array_names_line_and_column(tmp_path):
     with pytest.raises(DataError, match=r"data.json: is not valid JSON \(Expecting ',' delimiter at line 3 column 23\)"):
         list(read(path))
     report = check(path)
-    assert (report.total, report.invalid, dict(report.reasons)) == (1, 1, {"broken_json": 1})
+    assert (report.total, report.valid, report.invalid, dict(report.reasons)) == (2, 1, 1, {"broken_json": 1})
 
 
 def test_on_error_must_be_raise_or_skip(tmp_path):

@@ -100,7 +100,7 @@ CASES = [
         {"question": "Who wrote it?", "answer": "Ada.", "context": "Ada wrote the note."},
         [("user", "Ada wrote the note.\n\nWho wrote it?"), ("assistant", "Ada.")],
     ),
-    ("qa", {"question": "2+2?", "answer": 4}, [("user", "2+2?"), ("assistant", "4")]),
+    ("qa", {"question": "2+2?", "answer": "4"}, [("user", "2+2?"), ("assistant", "4")]),
     (
         "cot",
         {"problem": "3 apples, eat 1?", "reasoning_steps": ["Start with 3.", "Eat 1: 3 - 1 = 2."], "final_answer": "2"},

@@ -8,7 +8,8 @@ import pytest
 
 from sftune.data import DataError, read
 from sftune.data.load import prepare
-from sftune.data.writers import convert, to_alpaca
+from sftune.data import convert
+from sftune.data.writers import to_alpaca
 
 MULTI_TURN = {
     "conversations": [

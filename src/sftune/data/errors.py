@@ -7,12 +7,14 @@ The message reads `<file> <line N | record N>: <field> <problem>; <fix>`, for ex
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 # Every reason a record can be rejected for, with what it means (shown by `sftune data check`).
 REASONS = {
     "invalid_utf8": "the line is not valid UTF-8",
     "broken_json": "the line or file is not valid JSON",
+    "broken_csv": "a CSV row cannot be parsed (a quote that never closes, more cells than the header)",
     "not_an_object": "the record is not a JSON object",
     "unknown_format": "no known format matches the record's fields",
     "missing_field": "a required field is missing",
@@ -25,7 +27,23 @@ REASONS = {
     "no_assistant_turn": "the conversation has no assistant turn to train on",
     "too_long": "the record is longer than max_chars",
     "unsupported": "the record uses something sftune cannot train on (images, preference pairs)",
+    "bad_value": "a value JSON or training cannot hold (NaN, Infinity, a lone surrogate, a negative weight)",
+    "unreadable_file": "the file cannot be read (corrupt, wrong compression, no permission)",
+    "truncated_file": "the file ends in the middle of a record (cut off); the records before the cut are kept",
 }
+
+
+def location(unit: str, number: int) -> str:
+    """Where a record is inside its file: "line 7" (1-based) or "record 3" (0-based index)."""
+    return f"{unit} {number}"
+
+
+def where(meta: dict[str, Any], fallback: str = "") -> str:
+    """Where a Conversation came from, from its meta: "data.jsonl line 7" (as DataError says it)."""
+    source = meta.get("source") or ""
+    unit = "line" if "line" in meta else "record" if "record" in meta else None
+    place = location(unit, meta[unit]) if unit else ""
+    return " ".join(part for part in (source, place) if part) or fallback
 
 
 class DataError(ValueError):
@@ -50,6 +68,14 @@ class DataError(ValueError):
         self.source = source  # the file, as the user named it
         self.location = location  # "line 7" (1-based) or "record 3" (0-based index)
         self.record = record  # the raw record (or raw line text), for the quarantine file
+
+    def located(self, **changes: Any) -> "DataError":
+        """A copy of this error with some fields set (source, location, record, problem, fix):
+        the reader adds where a record is without editing the error the format raised."""
+        error = copy.copy(self)
+        for name, value in changes.items():
+            setattr(error, name, value)
+        return error
 
     def __str__(self) -> str:
         where = " ".join(part for part in (self.source, self.location) if part)

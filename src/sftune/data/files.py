@@ -6,7 +6,13 @@ A JSON array file is the exception: JSON cannot be streamed, so it is parsed who
 
 Each reader yields `(number, record)`: the 1-based line for line-based files, else the 0-based
 record index (as in `dataset[i]`). A record that cannot be parsed comes as a DataError in place of
-the record, so that the caller decides to raise or to quarantine it.
+the record, so that the caller decides to raise or to quarantine it. A file that cannot be read
+on (corrupt, cut off, wrong compression, no permission) raises one DataError without a location
+after the records read before the failure: they are kept.
+
+Text is UTF-8 (a byte-order mark is skipped); UTF-16 and UTF-32 files, with a byte-order mark or
+recognised by their zero bytes, are decoded too. Values JSON cannot hold in a training file
+(NaN, Infinity, a lone surrogate from a `\\ud800` escape) reject their record, naming the field.
 """
 
 from __future__ import annotations
@@ -18,12 +24,17 @@ import gzip
 import io
 import json
 import lzma
+import math
+import os
+import re
 import sys
+import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sftune.data.errors import DataError
+from sftune.data.errors import DataError, location
 
 # File suffix -> file kind.
 SUFFIXES = {
@@ -42,6 +53,12 @@ METADATA_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")
 LLAMAFACTORY_INFO = "dataset_info.json"
 COMPRESSED = (".gz", ".bz2", ".xz")
 BATCH_ROWS = 4096
+# Python's own limit on digits in an int read from text (sys.get_int_max_str_digits).
+INT_DIGITS = 4300
+# A JSON escape of a UTF-16 surrogate (\\ud800-\\udfff): paired ones make one character, lone ones none.
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+NOT_UTF8 = re.compile("[\udc80-\udcff]")  # bytes kept by errors="surrogateescape"
+REENCODE = "re-save the file as UTF-8 (e.g. iconv -f <encoding> -t utf-8)"
 
 
 def suffix(path: Path) -> str:
@@ -69,6 +86,29 @@ def _open(path: Path):
     return open(path, "rb")
 
 
+def encoding(path: Path) -> str:
+    """The text encoding, from the first bytes: UTF-8 unless a byte-order mark or zero bytes say UTF-16/32."""
+    try:
+        with _open(path) as handle:
+            start = handle.read(4)
+    except (OSError, EOFError, lzma.LZMAError, zlib.error):
+        return "utf-8"  # the reader says what is wrong with the file
+    if start.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        return "utf-32"
+    if start.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    if len(start) >= 2 and start[0] and not start[1]:
+        return "utf-16-le"
+    if len(start) >= 2 and not start[0] and start[1]:
+        return "utf-16-be"
+    return "utf-8"
+
+
+def splittable(path: Path) -> bool:
+    """A file workers can read in byte ranges: plain (not compressed) UTF-8."""
+    return not is_compressed(path) and encoding(path) == "utf-8"
+
+
 def is_datasets_folder(path: Path) -> bool:
     """A folder written by `datasets.Dataset(Dict).save_to_disk`."""
     return path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists())
@@ -80,8 +120,10 @@ def kind_of(path: Path) -> str:
     if path.name == LLAMAFACTORY_INFO:
         return "llamafactory"
     kind = SUFFIXES.get(suffix(path))
-    if kind == "json" and _is_json_lines(path):
+    if kind == "json" and is_json_lines(path):
         return "jsonl"  # JSON lines under a .json name, as `datasets` also accepts
+    if kind == "jsonl" and is_json_document(path):
+        return "json"  # one (pretty-printed) JSON document under a .jsonl name; see misnamed()
     if kind is None:
         raise DataError(
             "unsupported",
@@ -91,6 +133,55 @@ def kind_of(path: Path) -> str:
             source=str(path),
         )
     return kind
+
+
+def misnamed(path: Path, kind: str) -> str | None:
+    """A note for a file whose name says another kind than its content (read by its content)."""
+    if kind == "json" and suffix(path) == ".jsonl":
+        return (f"{path} holds one JSON document over several lines, not one record per line: "
+                "read as JSON; rename it to .json")
+    return None
+
+
+class Replacing:
+    """A text file written beside its final name and moved into place on close: a reader never sees
+    half a file, and a failed run leaves the old file as it was."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle, self.partial = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".partial")
+        self.handle = os.fdopen(handle, "w", encoding="utf-8")
+
+    def write(self, text: str) -> None:
+        self.handle.write(text)
+
+    def close(self) -> None:
+        if not self.handle.closed:
+            self.handle.close()
+            os.replace(self.partial, self.path)
+
+    def discard(self) -> None:
+        if not self.handle.closed:
+            self.handle.close()
+        if os.path.exists(self.partial):
+            os.remove(self.partial)
+
+
+def refuse_overwrite(plan: list[dict[str, Any]], **outputs: str | Path | None) -> None:
+    """Refuse, before anything is written, an output that is one of the inputs (or another output)."""
+    named = {name: Path(path).resolve() for name, path in outputs.items() if path is not None}
+    for name, path in named.items():
+        for item in plan:
+            source = Path(item["path"]).resolve()
+            if path == source or (source.is_dir() and source in path.parents):
+                raise ValueError(
+                    f"{name} {outputs[name]} is the input file {item['path']}: writing it would destroy the data; "
+                    "choose another output path"
+                )
+        for other, other_path in named.items():
+            if other < name and other_path == path:
+                raise ValueError(f"{other} and {name} are the same file ({outputs[name]}); give them different paths")
 
 
 def expand(paths: str | Path | list[str | Path]) -> list[Path]:
@@ -139,8 +230,6 @@ def iter_records(path: Path, kind: str, byte_range: tuple[int, int, int] | None 
 
     byte_range (start, end, first line number) reads part of a JSONL or text file, for workers.
     """
-    if byte_range is not None:
-        return _jsonl(path, *byte_range) if kind == "jsonl" else _text(path, *byte_range)
     readers = {
         "jsonl": _jsonl,
         "json": _json,
@@ -151,13 +240,48 @@ def iter_records(path: Path, kind: str, byte_range: tuple[int, int, int] | None 
         "arrow": _arrow,
         "datasets": _datasets_folder,
     }
-    return readers[kind](path)
+    records = readers[kind](path, *byte_range) if byte_range is not None else readers[kind](path)
+    return _guarded(records, path, kind)
+
+
+KIND_NAMES = {"jsonl": "JSON lines", "json": "JSON", "csv": "CSV", "tsv": "TSV", "text": "text",
+              "parquet": "Parquet", "arrow": "an Arrow file", "datasets": "a datasets folder"}
+
+
+def _guarded(records: Iterator[tuple[int, Any]], path: Path, kind: str) -> Iterator[tuple[int, Any]]:
+    """The records, then one DataError naming the file if it cannot be read on (the records before stay)."""
+    last = None
+    try:
+        for last, record in records:
+            yield last, record
+    except DataError:
+        raise
+    except PermissionError:
+        raise DataError("unreadable_file", "", "cannot be read: permission denied",
+                        "check the file's permissions (e.g. chmod a+r)", source=str(path)) from None
+    except EOFError:
+        after = f" after {location('line' if kind in LINE_KINDS else 'record', last)}" if last is not None else ""
+        raise DataError("truncated_file", "", f"is cut off: the compressed data ends early{after}",
+                        "the records before the cut are kept and counted; re-create or re-download the file",
+                        source=str(path)) from None
+    except (OSError, ValueError, lzma.LZMAError, zlib.error, RecursionError, csv.Error) as err:
+        packed = f"{path.suffix} " if is_compressed(path) else ""
+        raise DataError("unreadable_file", "", f"cannot be read as {packed}{KIND_NAMES[kind]} "
+                        f"({type(err).__name__}: {str(err)[:200]})",
+                        "check that the file is complete and that its name says its type (e.g. .jsonl.gz for "
+                        "gzipped JSON lines); re-create it if it is corrupt", source=str(path)) from None
 
 
 def _lines(path: Path, start: int = 0, end: int | None = None, first: int = 1) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw line) of the lines that start in [start, end); start is a line start."""
+    """(line number, raw UTF-8 line) of the lines that start in [start, end); start is a line start."""
     with _open(path) as handle:
         if start == 0 and end is None:
+            text = encoding(path)
+            if text != "utf-8":  # decoded, then given on as UTF-8 like every other file
+                with io.TextIOWrapper(handle, encoding=text, newline="") as lines:
+                    for number, line in enumerate(lines, first):
+                        yield number, line.lstrip("\ufeff").encode("utf-8", "surrogatepass")
+                return
             yield from enumerate(handle, first)
             return
         handle.seek(start)
@@ -169,74 +293,166 @@ def _lines(path: Path, start: int = 0, end: int | None = None, first: int = 1) -
             yield number, raw
 
 
+def _decoder() -> tuple[Any, list]:
+    """A JSON decoder that notes NaN / Infinity (JSON has neither) in the list it returns."""
+    seen: list[str] = []
+
+    def constant(name: str) -> float:
+        seen.append(name)
+        return float(name)
+
+    return json.JSONDecoder(parse_constant=constant).decode, seen
+
+
+def bad_value(record: Any) -> tuple[str, str, str] | None:
+    """(field, problem, fix) for the first value a training file cannot hold, or None.
+
+    NaN / Infinity (not JSON; a writer would put them in its output) and lone surrogates (not
+    characters; no UTF-8 file can hold them). Walks without recursion, so any depth is safe.
+    """
+    stack: list[tuple[str, Any]] = [("", record)]
+    while stack:
+        field, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return (field, f"is {value!r}, which JSON does not allow",
+                    "write a number, or null for a missing value (NaN often marks an empty spreadsheet cell)")
+        if isinstance(value, str):
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as err:
+                    return (field, f"holds a lone surrogate {value[err.start]!r} at character {err.start}, "
+                            "which is not a character", "fix the text where it was cut (a \\ud800-\\udfff escape "
+                            "needs its pair), or remove that escape")
+        elif isinstance(value, dict):
+            stack.extend((f"{field}.{key}" if field else str(key), item) for key, item in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((f"{field}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+    return None
+
+
+def _bad_value_error(record: Any, source: str, where: str, raw: Any) -> DataError | None:
+    found = bad_value(record)
+    if found is None:
+        return None
+    field, problem, fix = found
+    return DataError("bad_value", field or "the record", problem, fix, source=source, location=where, record=raw)
+
+
+def _json_problem(err: Exception, text: str) -> str:
+    """Why a JSON text does not parse, said for a person: a cut-off end, the column, a number too long."""
+    if isinstance(err, RecursionError):
+        return "nests lists or objects too deeply to read (thousands of levels)"
+    if not isinstance(err, json.JSONDecodeError):
+        return f"holds an integer with more than {INT_DIGITS:,} digits, which cannot be read"
+    body = text.rstrip()
+    if err.pos >= len(body):
+        return f"is not valid JSON: it ends before the JSON is complete (cut off after column {len(body)})"
+    at = "" if err.msg.endswith(" at") else " at"
+    if "\n" in body:
+        return f"is not valid JSON ({err.msg}{at} line {err.lineno} column {err.colno})"
+    return f"is not valid JSON ({err.msg}{at} column {err.colno})"
+
+
 def _jsonl(path: Path, start: int = 0, end: int | None = None, first: int = 1) -> Iterator[tuple[int, Any]]:
     source = str(path)
-    decode = json.JSONDecoder().decode
+    decode, constants = _decoder()
     for number, raw in _lines(path, start, end, first):
+        where = location("line", number)
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]  # a UTF-8 byte-order mark
         try:
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]  # a UTF-8 byte-order mark
-            yield number, decode(raw.decode("utf-8"))
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as err:
             yield number, DataError(
-                "invalid_utf8",
-                "",
-                f"is not valid UTF-8 (byte {err.start} of the line)",
-                "re-save the file as UTF-8 (e.g. iconv -f <encoding> -t utf-8)",
-                source=source,
-                location=f"line {number}",
-                record=raw.decode("utf-8", errors="replace"),
+                "invalid_utf8", "", f"is not valid UTF-8 (byte {err.start} of the line)", REENCODE,
+                source=source, location=where, record=raw.decode("utf-8", errors="replace"),
             )
-        except json.JSONDecodeError as err:
-            if not raw.strip():
-                continue  # blank lines separate nothing in JSONL; they are not records
+            continue
+        if not text.strip():
+            continue  # blank lines separate nothing in JSONL; they are not records
+        try:
+            record = decode(text)
+        except (ValueError, RecursionError) as err:
             yield number, DataError(
-                "broken_json",
-                "",
-                f"is not valid JSON ({err.msg} at column {err.colno})",
+                "broken_json", "", _json_problem(err, text),
                 "each line must hold one complete JSON object; fix or remove this line",
-                source=source,
-                location=f"line {number}",
-                record=raw.decode("utf-8", errors="replace").rstrip("\n"),
+                source=source, location=where, record=text.rstrip("\r\n")[:10_000],
             )
+            continue
+        if constants or SURROGATE_ESCAPE.search(raw):
+            constants.clear()
+            error = _bad_value_error(record, source, where, text.rstrip("\r\n"))
+            if error is not None:
+                yield number, error
+                continue
+        yield number, record
 
 
-def _is_json_lines(path: Path) -> bool:
+def is_json_lines(path: Path) -> bool:
     """A .json file whose first line is a whole JSON object and which has more lines after it."""
-    with _open(path) as handle:
-        first = handle.readline().lstrip(b"\xef\xbb\xbf").strip()
-        rest = handle.read(4096).strip()
+    try:
+        with _open(path) as handle:
+            first = handle.readline().lstrip(b"\xef\xbb\xbf").strip()
+            rest = handle.read(4096).strip()
+    except (OSError, EOFError, lzma.LZMAError, zlib.error):
+        return False  # the reader names the file and says what is wrong with it
     if not first.startswith(b"{") or not rest:
         return False
     try:
         json.loads(first)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return False
     return True
 
 
-def _json(path: Path) -> Iterator[tuple[int, Any]]:
-    """A .json file: a JSON array of records, or one object (a record, or one holding the array)."""
-    source = str(path)
+def is_json_document(path: Path) -> bool:
+    """A .jsonl file that is one JSON array or object over several lines (pretty-printed)."""
+    if encoding(path) != "utf-8":
+        return False
+    first = b""
     try:
         with _open(path) as handle:
-            data = json.loads(handle.read())
+            for line in handle:
+                first = line.lstrip(b"\xef\xbb\xbf").strip()
+                if first:
+                    break
+    except (OSError, EOFError, lzma.LZMAError, zlib.error):
+        return False
+    if first in (b"[", b"{"):
+        return True
+    if not first.startswith(b"["):
+        return False
+    try:
+        json.loads(first)
+    except (ValueError, RecursionError):
+        return True  # an array that goes on past its first line
+    return False
+
+
+def _json(path: Path) -> Iterator[tuple[int, Any]]:
+    """A .json file: a JSON array of records, or one object (a record, or one holding the array).
+
+    A cut-off or broken array gives the whole records before the break, then one error there.
+    """
+    source = str(path)
+    with _open(path) as handle:
+        raw = handle.read()
+    try:
+        text = raw.decode(encoding(path)).lstrip("\ufeff")
     except UnicodeDecodeError as err:
-        raise DataError(
-            "invalid_utf8",
-            "",
-            f"is not valid UTF-8 (byte {err.start})",
-            "re-save the file as UTF-8 (e.g. iconv -f <encoding> -t utf-8)",
-            source=source,
-        ) from None
-    except json.JSONDecodeError as err:
-        raise DataError(
-            "broken_json",
-            "",
-            f"is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})",
-            "fix the JSON, or write one object per line as JSONL",
-            source=source,
-        ) from None
+        raise DataError("invalid_utf8", "", f"is not valid UTF-8 (byte {err.start})", REENCODE, source=source) from None
+    decode, constants = _decoder()
+    try:
+        data = decode(text)
+    except (ValueError, RecursionError) as err:
+        if not text.lstrip().startswith("["):
+            raise DataError(
+                "broken_json", "", _json_problem(err, text), "fix the JSON, or write one object per line as JSONL",
+                source=source,
+            ) from None
+        yield from _json_array_prefix(text, source)
+        return
     if isinstance(data, dict):
         from sftune.data.formats import detect
 
@@ -250,24 +466,112 @@ def _json(path: Path) -> Iterator[tuple[int, Any]]:
             "not_an_object", "", f"holds a JSON {type(data).__name__}, not an array of records",
             "write the records as a JSON array or as JSONL", source=source,
         )
-    yield from enumerate(data)
+    check = bool(constants) or bool(SURROGATE_ESCAPE.search(raw))
+    for index, record in enumerate(data):
+        error = _bad_value_error(record, source, location("record", index), record) if check else None
+        yield index, error or record
+
+
+def _json_array_prefix(text: str, source: str) -> Iterator[tuple[int, Any]]:
+    """The whole records of a JSON array that breaks (or is cut off) part way, then the error there."""
+    decode = json.JSONDecoder().raw_decode
+    position, index = text.index("[") + 1, 0
+    while True:
+        while position < len(text) and text[position] in " \t\r\n,":
+            position += 1
+        if position < len(text) and text[position] == "]":
+            return
+        try:
+            record, end = decode(text, position)
+        except (ValueError, RecursionError) as err:
+            line = text.count("\n", 0, position) + 1
+            cut = not text.rstrip().endswith("]")  # the array never closes: the file was cut
+            problem = (f"is cut off in record {index} (line {line}): the file ends inside it"
+                       if cut else f"{_json_problem(err, text)}, in record {index}")
+            raise DataError(
+                "truncated_file" if cut else "broken_json", "",
+                f"{problem}; the {index:,} whole record{'' if index == 1 else 's'} before it are read, the rest of the "
+                "file cannot be",
+                "fix the JSON there (or re-create the file) to read the rest", source=source,
+            ) from None
+        error = _bad_value_error(record, source, location("record", index), record)
+        yield index, error or record
+        position, index = end, index + 1
 
 
 def _csv(path: Path) -> Iterator[tuple[int, Any]]:
-    """CSV/TSV with a header row; every value is text, and an empty cell means the field is absent."""
+    """CSV/TSV with a header row; every value is text, and an empty cell means the field is absent.
+
+    A row that cannot be parsed (a quote that never closes, cells beyond the header, bytes that
+    are not UTF-8) is rejected by its line; the rows after it are read on.
+    """
     csv.field_size_limit(sys.maxsize)
     delimiter = "\t" if suffix(path) == ".tsv" else ","
     source = str(path)
-    try:
-        with io.TextIOWrapper(_open(path), newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle, delimiter=delimiter)
-            for row in reader:
-                yield reader.line_num, {key: value for key, value in row.items() if value not in (None, "")}
-    except UnicodeDecodeError as err:
-        raise DataError(
-            "invalid_utf8", "", f"is not valid UTF-8 (byte {err.start} of the file)",
-            "re-save the file as UTF-8 (e.g. iconv -f <encoding> -t utf-8)", source=source,
-        ) from None
+    text = encoding(path)
+    with io.TextIOWrapper(_open(path), newline="", encoding="utf-8-sig" if text == "utf-8" else text,
+                          errors="surrogateescape") as handle:
+        yield from _csv_rows(enumerate(handle, 1), delimiter, source)
+
+
+def _csv_rows(lines: Iterator[tuple[int, str]], delimiter: str, source: str) -> Iterator[tuple[int, Any]]:
+    header: list[str] | None = None
+    queue: Any = lines
+    while queue:
+        pending: list[tuple[int, str]] = []
+
+        def feed(rows=queue, pending=pending):
+            for item in rows:
+                pending.append(item)
+                yield item[1]
+
+        reader = csv.reader(feed(), delimiter=delimiter, strict=True)
+        queue = []
+        while True:
+            pending.clear()
+            try:
+                cells = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as err:
+                number = pending[0][0] if pending else 0
+                at_end = "end of data" in str(err)
+                yield number, DataError(
+                    "broken_csv", "", f"cannot be parsed as a CSV row ({err})"
+                    + (f": a quoted cell opens here and never closes, so the {len(pending) - 1:,} lines after it "
+                       "would become one cell" if at_end else ""),
+                    "close the quote, or double a quote inside a quoted cell (\"\"); the rows after it are read on",
+                    source=source, location=location("line", number),
+                    record="".join(line for _, line in pending[:1]).rstrip("\r\n"),
+                )
+                if at_end:
+                    queue = pending[1:]  # read the lines after the opening one again
+                    break
+                continue
+            number = pending[0][0]
+            if header is None:
+                header = cells
+                continue
+            if not any(cells):
+                continue  # a blank line is no row
+            if len(cells) > len(header):
+                yield number, DataError(
+                    "broken_csv", "", f"has {len(cells)} cells but the header has {len(header)}",
+                    f"quote cells that hold a {'tab' if delimiter == chr(9) else 'comma'}, or add the missing "
+                    "column names to the header", source=source, location=location("line", number),
+                    record=dict(zip(header, cells)),
+                )
+                continue
+            record = {key: value for key, value in zip(header, cells) if value != ""}
+            broken = next((key for key, value in record.items() if NOT_UTF8.search(value)), None)
+            if broken is not None:
+                yield number, DataError(
+                    "invalid_utf8", broken, "holds bytes that are not UTF-8 (e.g. Latin-1 or Windows-1252 text)",
+                    REENCODE, source=source, location=location("line", number),
+                    record={k: v.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for k, v in record.items()},
+                )
+                continue
+            yield number, record
 
 
 def _text(path: Path, start: int = 0, end: int | None = None, first: int = 1) -> Iterator[tuple[int, Any]]:
@@ -277,12 +581,13 @@ def _text(path: Path, start: int = 0, end: int | None = None, first: int = 1) ->
             line = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError as err:
             yield number, DataError(
-                "invalid_utf8", "", f"is not valid UTF-8 (byte {err.start} of the line)",
-                "re-save the file as UTF-8 (e.g. iconv -f <encoding> -t utf-8)",
-                source=str(path), location=f"line {number}",
+                "invalid_utf8", "", f"is not valid UTF-8 (byte {err.start} of the line)", REENCODE,
+                source=str(path), location=location("line", number),
                 record=raw.decode("utf-8", errors="replace"),
             )
             continue
+        if number == 1:
+            line = line.lstrip("\ufeff")
         if line.strip():
             yield number, {"text": line}
 

@@ -24,7 +24,9 @@ Options (a plain dict, all optional): roles {source name: schema role}, role_key
 
 from __future__ import annotations
 
+import difflib
 import json
+import math
 from typing import Any
 
 from sftune.data.errors import DataError
@@ -80,15 +82,21 @@ def _missing(field: str, fix: str) -> DataError:
 
 def _wrong_type(field: str, value: Any, expected: str, fix: str = "") -> DataError:
     got = "null" if value is None else type(value).__name__
-    return DataError("wrong_type", field, f"is a {got}, expected {expected}", fix or f"make {field} {expected}")
+    article = "" if value is None else "an " if got[0] in "aeiou" else "a "
+    return DataError("wrong_type", field, f"is {article}{got}, expected {expected}", fix or f"make {field} {expected}")
 
 
 def _text(value: Any, field: str) -> str:
-    """A text field: str as is; a number becomes its text; anything else is an error."""
+    """A text field: a string. A number is refused too: training on 42 where "42" was meant (or on
+    a NaN a spreadsheet left) would teach the model text that no file held."""
     if type(value) is str:
         return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DataError("bad_value", field, f"is {value!r}, not text",
+                        f"write {field} as text; NaN usually marks an empty cell: fill it or drop the record")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
+        raise _wrong_type(field, value, "a string", f'write {field} as text in quotes, e.g. "{value}" '
+                          "(a JSON number is not text)")
     raise _wrong_type(field, value, "a string")
 
 
@@ -144,21 +152,36 @@ def _tools(record: dict) -> list[dict] | None:
     return tools or None
 
 
+def role_hint(name: str, role: str, options: dict) -> str:
+    """How to map a source role name to a schema role, in the syntax the user calls sftune with."""
+    if options.get("syntax") == "cli":
+        return f"--roles {name}={role}"
+    return f"roles={{{name!r}: {role!r}}}"
+
+
+def closest_role(name: str) -> str | None:
+    """The schema role a misspelt or differently cased role name most likely means (USER, humna -> user)."""
+    lower = name.strip().lower()
+    if lower in ROLE_ALIASES:
+        return ROLE_ALIASES[lower]
+    close = difflib.get_close_matches(lower, ROLE_ALIASES, n=1, cutoff=0.7)
+    return ROLE_ALIASES[close[0]] if close else None
+
+
 def _role(name: Any, field: str, options: dict) -> str:
     roles = options.get("roles")
-    if roles and name in roles:
+    if roles and isinstance(name, str) and name in roles:
         return roles[name]
     role = ROLE_ALIASES.get(name) if isinstance(name, str) else None
     if role is None:
         if not isinstance(name, str):
             raise _wrong_type(field, name, "a string role")
-        raise DataError(
-            "unknown_role",
-            field,
-            f"is {name!r}, not a known role",
-            f"use one of {', '.join(ROLES)} (or ShareGPT's human, gpt, function_call, observation), "
-            f"or map it with roles={{{name!r}: 'assistant'}}",
-        )
+        guess = closest_role(name)
+        known = f"one of {', '.join(ROLES)} (or ShareGPT's human, gpt, function_call, observation)"
+        fix = (f"it looks like {guess!r}: write {guess!r}, or map it with {role_hint(name, guess, options)}"
+               if guess else f"use {known}, or map it to the role it stands for: "
+               f"{role_hint(name, 'user', options)} or {role_hint(name, 'assistant', options)}")
+        raise DataError("unknown_role", field, f"is {name!r}, not a known role", fix)
     return role
 
 
@@ -249,6 +272,25 @@ def tool_calls(content: str) -> list[dict]:
     return parse_tool_calls(value if isinstance(value, list) else [value], "tool_call content")
 
 
+def _call_list(calls: Any, field: str) -> list | None:
+    """A message's tool calls as a list: the old single `function_call` object, or JSON text of them."""
+    if calls is None or calls == "" or calls == []:
+        return None
+    if isinstance(calls, str):
+        try:
+            calls = json.loads(calls)
+        except (ValueError, RecursionError):
+            raise _wrong_type(field, calls, "a list of tool calls",
+                              'write tool_calls as a list: [{"type": "function", "function": {"name": ..., '
+                              '"arguments": "{...}"}}]') from None
+    if isinstance(calls, dict):
+        calls = [calls]
+    if not isinstance(calls, list):
+        raise _wrong_type(field, calls, "a list of tool calls",
+                          'write tool_calls as a list: [{"type": "function", "function": {"name": ..., "arguments": "{...}"}}]')
+    return calls
+
+
 def parse_tool_calls(calls: Any, field: str) -> list[dict]:
     """OpenAI tool_calls (or plain {"name", "arguments"} calls) -> [{"name", "arguments": object}]."""
     if not isinstance(calls, list):
@@ -285,7 +327,13 @@ def _train_and_weight(item: dict, field: str) -> tuple[bool | None, float | None
     if weight is not None:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             raise _wrong_type(f"{field}.weight", weight, "a number", "weight is a number, 0 or 1 in OpenAI's format")
-        weight = float(weight)
+        try:
+            weight = float(weight)
+        except OverflowError:
+            weight = math.inf
+        if not math.isfinite(weight) or weight < 0:
+            raise DataError("bad_value", f"{field}.weight", f"is {item.get('weight', item.get('loss_weight'))!r}",
+                            "a loss weight is a finite number >= 0 (0: not trained, 1: trained as usual)")
         if weight == 0 and train is None:
             train = False
     if train is not None and not isinstance(train, bool):
@@ -328,9 +376,7 @@ def to_messages(items: list, options: dict, key: str = "messages") -> list[Messa
             raise _missing(f"{field}.role", f"each message needs a role and content, e.g. {EXAMPLE_MESSAGE}")
         role = _role(name, f"{field}.role", options)
         content = item.get(content_key) if content_key else item.get("content", item.get("value"))
-        calls = item.get("tool_calls") or item.get("function_call")
-        if isinstance(calls, dict):  # the old single `function_call`
-            calls = [calls]
+        calls = _call_list(item.get("tool_calls") or item.get("function_call"), f"{field}.tool_calls")
         if content is None and not calls:
             raise _missing(f"{field}.content", f"each message needs a role and content, e.g. {EXAMPLE_MESSAGE}")
         text, part_calls = _content(content, f"{field}.content") if content is not None else ("", [])
@@ -425,12 +471,15 @@ def dialog(record: dict, options: dict) -> Conversation:
         speaker = turn.get("speaker")
         if speaker is None:
             raise _missing(f"turns[{i}].speaker", "each turn needs a speaker and an utterance")
+        if not isinstance(speaker, str):
+            raise _wrong_type(f"turns[{i}].speaker", speaker, "a string (a speaker name)")
         if not (options.get("roles") and speaker in options["roles"]) and speaker not in ROLE_ALIASES:
             raise DataError(
                 "unknown_role",
                 f"turns[{i}].speaker",
                 f"is {speaker!r}, which the speaker map does not name",
-                f"map every speaker to a role, e.g. roles={{{speaker!r}: 'assistant', ...}} (--roles on the CLI)",
+                f"map every speaker to a role, e.g. {role_hint(speaker, closest_role(speaker) or 'assistant', options)}"
+                + ("" if options.get("syntax") == "cli" else " (--roles on the command line)"),
             )
         role = _role(speaker, f"turns[{i}].speaker", options)
         utterance = turn.get("utterance")

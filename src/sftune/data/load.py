@@ -4,7 +4,7 @@
          roles=None, cot_layout=None, task_templates=None, max_chars=1_000_000, report=None)
         -> Iterator[Conversation]
 
-    check(paths, **same options) -> Report      # reads everything with on_error="skip"
+    check(paths, **same options) -> Report      # reads everything with on_error="skip" (parallel.py)
 
 `paths`: a file, folder, glob, datasets save_to_disk folder or LLaMA-Factory dataset_info.json, or
 a list of them. The format is detected per file from its first record (see formats.DETECTORS), or
@@ -13,13 +13,19 @@ forced with `format`. `columns` maps format fields to source paths ({"instructio
 line/record, field, fix); with "skip" it is written to the `quarantine` JSONL with its reason,
 counted in `report`, and reading goes on. Each Conversation's meta holds dataset, source, format
 and line (1-based, line-based files) or record (0-based index), plus the record's unread fields
-under "extra".
+under "extra". `syntax="cli"` words the fixes in messages as command-line options (--roles
+USER=user) instead of read()'s keywords (roles={'USER': 'user'}).
+
+Nothing is lost or miscounted: every record read is either yielded (valid) or rejected (invalid),
+so total = valid + invalid, per file and overall; a file that cannot be read on counts as one
+rejection after the records read before the failure.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,34 +33,79 @@ from pathlib import Path
 from typing import Any
 
 from sftune.data import files, llamafactory
-from sftune.data.errors import DataError
+from sftune.data.errors import DataError, location
 from sftune.data.formats import FORMATS, KNOWN_FIELDS, detect, format_name, remap
 from sftune.data.schema import Conversation
 from sftune.data.validate import DEFAULT_MAX_CHARS, validate
 
 logger = logging.getLogger("sftune.data")
 
+# Fields that make a record multimodal: refused by name until sftune trains on images or sound.
+MEDIA_FIELDS = ("images", "image", "videos", "video", "audios", "audio")
+
 
 @dataclass
 class Report:
-    """Counts of one read: how many records, how many valid, and why the others were rejected."""
+    """Counts of one read: how many records, how many valid, and why the others were rejected.
+
+    `files` holds the same counts per file, with the file's format (None when no record matched
+    one); `notes` says how a file was read when that is not what its name says.
+    """
 
     total: int = 0
     valid: int = 0
     invalid: int = 0
     reasons: Counter = field(default_factory=Counter)  # reason -> count
     examples: dict[str, str] = field(default_factory=dict)  # reason -> the first such error message
-    formats: dict[str, str] = field(default_factory=dict)  # file -> detected (or forced) format
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # file -> format, total, valid, invalid
+    notes: list[str] = field(default_factory=list)
     quarantine: str | None = None
 
     @property
     def validation_rate(self) -> float:
         return self.valid / self.total if self.total else 1.0
 
+    @property
+    def formats(self) -> dict[str, str | None]:
+        """file -> detected (or forced) format."""
+        return {source: counts["format"] for source, counts in self.files.items()}
+
+    def file(self, source: str, fmt: str | None = None) -> dict[str, Any]:
+        """The counts of one file, made when first asked for."""
+        counts = self.files.setdefault(source, {"format": None, "total": 0, "valid": 0, "invalid": 0})
+        if fmt:
+            counts["format"] = fmt
+        return counts
+
+    def add_valid(self, source: str) -> None:
+        self.total += 1
+        self.valid += 1
+        counts = self.file(source)
+        counts["total"] += 1
+        counts["valid"] += 1
+
     def add_error(self, error: DataError) -> None:
+        self.total += 1
         self.invalid += 1
         self.reasons[error.reason] += 1
         self.examples.setdefault(error.reason, str(error))
+        counts = self.file(error.source or "")
+        counts["total"] += 1
+        counts["invalid"] += 1
+
+    def merge(self, part: "Report") -> None:
+        """Add another read's counts (a worker's part of the files), in order."""
+        self.total += part.total
+        self.valid += part.valid
+        self.invalid += part.invalid
+        self.reasons.update(part.reasons)
+        for reason, example in part.examples.items():
+            self.examples.setdefault(reason, example)
+        for source, counts in part.files.items():
+            mine = self.file(source, counts["format"])
+            for key in ("total", "valid", "invalid"):
+                mine[key] += counts[key]
+        self.notes.extend(note for note in part.notes if note not in self.notes)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +116,8 @@ class Report:
             "reasons": dict(self.reasons.most_common()),
             "examples": self.examples,
             "formats": self.formats,
+            "files": self.files,
+            "notes": self.notes,
             "quarantine": self.quarantine,
         }
 
@@ -77,7 +130,9 @@ def _plan(paths, format, columns, options, dataset_name) -> list[dict[str, Any]]
         if kind == "llamafactory":
             for entry in llamafactory.sources(path, dataset_name):
                 for entry_path in files.expand(entry["path"]):
-                    plan.append({**entry, "path": entry_path, "kind": files.kind_of(entry_path),
+                    entry_kind = files.kind_of(entry_path)
+                    plan.append({**entry, "path": entry_path, "kind": entry_kind,
+                                 "note": files.misnamed(entry_path, entry_kind),
                                  "options": {**options, **entry["options"]}})
             continue
         fmt = format_name(format) if format else ("text" if kind == "text" else None)
@@ -88,6 +143,7 @@ def _plan(paths, format, columns, options, dataset_name) -> list[dict[str, Any]]
             "columns": columns,
             "options": options,
             "dataset": dataset_name or (path.name if path.is_dir() else path.stem),
+            "note": files.misnamed(path, kind),
         })
     return plan
 
@@ -100,11 +156,20 @@ def prepare(
     roles: dict[str, str] | None = None,
     cot_layout: str | None = None,
     task_templates: dict[str, str] | None = None,
+    syntax: str = "python",
 ) -> list[dict[str, Any]]:
     """The reading plan: every file with its kind, format, columns and options (paths checked now)."""
+    if syntax not in ("python", "cli"):
+        raise ValueError(f"syntax is {syntax!r}; use 'python' or 'cli'")
     options = {"roles": roles, "cot_layout": cot_layout, "task_templates": task_templates}
     options = {key: value for key, value in options.items() if value}
+    options["syntax"] = syntax
     return _plan(paths, format, columns, options, dataset_name)
+
+
+def check_max_chars(max_chars: int | None) -> None:
+    if max_chars is not None and (isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1):
+        raise ValueError(f"max_chars is {max_chars!r}; use a whole number of characters >= 1, or None for no limit")
 
 
 def read(
@@ -120,6 +185,7 @@ def read(
     task_templates: dict[str, str] | None = None,
     max_chars: int | None = DEFAULT_MAX_CHARS,
     report: Report | None = None,
+    syntax: str = "python",
 ) -> Iterator[Conversation]:
     """Stream validated Conversations from files (see the module docstring for every option).
 
@@ -128,97 +194,60 @@ def read(
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error is {on_error!r}; use 'raise' or 'skip'")
-    plan = prepare(paths, format, columns, dataset_name, roles, cot_layout, task_templates)
+    check_max_chars(max_chars)
+    plan = prepare(paths, format, columns, dataset_name, roles, cot_layout, task_templates, syntax)
+    files.refuse_overwrite(plan, quarantine=quarantine)
     report = report if report is not None else Report()
-    return _read(plan, on_error, Path(quarantine) if quarantine else None, max_chars, report)
+    return read_plan(plan, on_error, Path(quarantine) if quarantine else None, max_chars, report)
 
 
-def _read(plan, on_error, quarantine, max_chars, report, log: bool = True) -> Iterator[Conversation]:
+def first_format(item: dict[str, Any]) -> tuple[str | None, int | None]:
+    """(format, number) of the first record in a file that gives its format away, or (None, None).
+
+    Detection is per file: workers reading a file in ranges all use the format of its first records.
+    """
+    if item["format"]:
+        return item["format"], None
+    columns = item["columns"]
+    try:
+        for number, record in files.iter_records(item["path"], item["kind"]):
+            if type(record) is dict:
+                fmt = _detect(record, columns)
+                if fmt is not None:
+                    return fmt, number
+    except DataError:
+        pass  # the reader reports it
+    return None, None
+
+
+def _detect(record: dict, columns: dict | None) -> str | None:
+    # with a column mapping, the mapping's names say the format, present or not
+    if columns:
+        return detect({k: "" if v is None else v for k, v in remap(record, columns).items()})
+    return detect(record)
+
+
+def read_plan(plan, on_error, quarantine, max_chars, report, shape=None, log: bool = True) -> Iterator[Any]:
+    """Read a plan (see prepare) into `report`; yields Conversations, or shape(conversation) if given.
+
+    A DataError from `shape` (a conversation an output style cannot hold) rejects the record like
+    any other check, so counting happens here only.
+    """
     sink = None
     if quarantine is not None:
-        quarantine.parent.mkdir(parents=True, exist_ok=True)
-        sink = open(quarantine, "w", encoding="utf-8")
+        sink = files.Replacing(quarantine)
         report.quarantine = str(quarantine)
 
     def reject(error: DataError) -> None:
         report.add_error(error)
-        if on_error == "raise":
-            raise error
         if sink is not None:
             sink.write(json.dumps(error.to_dict(), ensure_ascii=False, default=str) + "\n")
+        if on_error == "raise":
+            raise error
 
     try:
         for item in plan:
-            source = str(item["path"])
-            unit = "line" if item["kind"] in files.LINE_KINDS else "record"
-            columns, options = item["columns"], item["options"]
-            fmt = item["format"]
-            convert = FORMATS[fmt] if fmt else None
-            known = KNOWN_FIELDS[fmt] if fmt else None
-            if fmt:
-                report.formats[source] = fmt
-            base = {"dataset": item["dataset"], "source": source, "format": fmt}
-            try:
-                for number, record in files.iter_records(item["path"], item["kind"], item.get("range")):
-                    report.total += 1
-                    try:
-                        if type(record) is not dict:
-                            if isinstance(record, DataError):
-                                raise record
-                            raise DataError(
-                                "not_an_object", "", f"is a {type(record).__name__}, not an object",
-                                'each record is one JSON object, e.g. {"instruction": ..., "output": ...}',
-                            )
-                        fields = remap(record, columns) if columns else record
-                        if convert is None:
-                            # with a column mapping, the mapping's names say the format, present or not
-                            fmt = detect({k: "" if v is None else v for k, v in fields.items()} if columns else fields)
-                            if fmt is None:
-                                raise DataError(
-                                    "unknown_format",
-                                    "",
-                                    f"has fields {sorted(fields)[:12]}, which match no known format",
-                                    f"pass format= one of {', '.join(FORMATS)}, or columns= mapping its "
-                                    "fields, e.g. {'instruction': 'query', 'output': 'answer'}",
-                                )
-                            convert, known = FORMATS[fmt], KNOWN_FIELDS[fmt]
-                            report.formats[source] = fmt
-                            base["format"] = fmt
-                        conversation = convert(fields, options)
-                        validate(conversation, max_chars)
-                    except DataError as error:
-                        error.source = error.source or source
-                        error.location = error.location or f"{unit} {number}"
-                        if error.record is None:
-                            error.record = record
-                        if error.reason == "missing_field" and type(record) is dict:
-                            other = detect(fields)
-                            if other and other != fmt:
-                                error.fix += (
-                                    f" (this file reads as {fmt}, from its first record, but this record "
-                                    f"looks like {other}: keep one format per file, or pass format=)"
-                                )
-                        if columns and error.field:
-                            root = error.field.split("[", 1)[0].split(".", 1)[0]
-                            if root in columns:
-                                error.problem += f" (read from {columns[root]!r} by the column mapping)"
-                        reject(error)
-                        continue
-                    meta = conversation.meta
-                    meta.update(base)
-                    meta[unit] = number
-                    if not columns:
-                        extra = record.keys() - known
-                        if extra:
-                            meta["extra"] = {key: record[key] for key in extra}
-                    report.valid += 1
-                    yield conversation
-            except DataError as error:  # the file as a whole (a broken JSON array, bad bytes in a CSV)
-                if error.location:  # a record's error, already counted, on its way out (on_error="raise")
-                    raise
-                error.source = error.source or source
-                report.total += 1
-                reject(error)
+            yield from _read_file(item, reject, max_chars, report, shape)
     finally:
         if sink is not None:
             sink.close()
@@ -226,36 +255,106 @@ def _read(plan, on_error, quarantine, max_chars, report, log: bool = True) -> It
         log_rejections(report)
 
 
+def _read_file(item, reject, max_chars, report, shape) -> Iterator[Any]:
+    source = str(item["path"])
+    unit = "line" if item["kind"] in files.LINE_KINDS else "record"
+    columns, options = item["columns"], item["options"]
+    fmt = item["format"]
+    detected_at = item.get("detected_at")  # set by workers: the file's format, found before its range
+    convert = FORMATS[fmt] if fmt else None
+    known = KNOWN_FIELDS[fmt] if fmt else None
+    report.file(source, fmt)
+    if item.get("note") and item["note"] not in report.notes:
+        report.notes.append(item["note"])
+    cli = options.get("syntax") == "cli"
+    base = {"dataset": item["dataset"], "source": source, "format": fmt}
+    try:
+        for number, record in files.iter_records(item["path"], item["kind"], item.get("range")):
+            fields = record
+            try:
+                if type(record) is not dict:
+                    if isinstance(record, DataError):
+                        raise record
+                    raise DataError(
+                        "not_an_object", "", f"is a {type(record).__name__}, not an object",
+                        'each record is one JSON object, e.g. {"instruction": ..., "output": ...}',
+                    )
+                media = [key for key in MEDIA_FIELDS if record.get(key)]
+                if media:
+                    raise DataError(
+                        "unsupported", media[0], "makes this a multimodal record (images, video or audio)",
+                        f"sftune trains text-only models: drop the record, or remove {media[0]!r} and its "
+                        "<image>-style tags from the text",
+                    )
+                fields = remap(record, columns) if columns else record
+                if convert is None or (detected_at is not None and number < detected_at):
+                    found = _detect(record, columns)
+                    if found is None or (detected_at is not None and number < detected_at):
+                        raise DataError(
+                            "unknown_format",
+                            "",
+                            f"has fields {sorted(map(str, fields))[:12]}, which match no known format",
+                            (f"pass --format (one of {', '.join(FORMATS)}), or --columns mapping its fields, "
+                             "e.g. --columns instruction=query,output=answer") if cli else
+                            (f"pass format= one of {', '.join(FORMATS)}, or columns= mapping its "
+                             "fields, e.g. {'instruction': 'query', 'output': 'answer'}"),
+                        )
+                    fmt = found
+                    convert, known = FORMATS[fmt], KNOWN_FIELDS[fmt]
+                    report.file(source, fmt)
+                    base["format"] = fmt
+                conversation = convert(fields, options)
+                validate(conversation, max_chars)
+                meta = conversation.meta
+                meta.update(base)
+                meta[unit] = number
+                if not columns:
+                    extra = record.keys() - known
+                    if extra:
+                        meta["extra"] = {key: record[key] for key in extra}
+                shaped = conversation if shape is None else shape(conversation)
+            except DataError as error:
+                reject(_located(error, source, location(unit, number), record, fields, fmt, columns, cli))
+                continue
+            report.add_valid(source)
+            yield shaped
+    except DataError as error:  # the file as a whole (cut off, corrupt, a broken JSON document)
+        if error.location:  # a record's error, already counted, on its way out (on_error="raise")
+            raise
+        reject(error.located(source=error.source or source))
+
+
+def _located(error: DataError, source, where, record, fields, fmt, columns, cli) -> DataError:
+    """The error a format or check raised, with where it is and hints that need the whole file."""
+    changes: dict[str, Any] = {"source": error.source or source, "location": error.location or where}
+    if error.record is None:
+        changes["record"] = record
+    if error.reason == "missing_field" and type(fields) is dict:
+        other = detect(fields)
+        if other and other != fmt:
+            changes["fix"] = error.fix + (
+                f" (this file reads as {fmt}, from its first record, but this record looks like {other}: "
+                f"keep one format per file, or pass {'--format' if cli else 'format='})"
+            )
+    if columns and error.field:
+        root = error.field.split("[", 1)[0].split(".", 1)[0]
+        if root in columns:
+            changes["problem"] = f"{error.problem} (read from {columns[root]!r} by the column mapping)"
+    return error.located(**changes)
+
+
 def log_rejections(report: Report) -> None:
-    """Nothing is dropped silently: a skipped record is at least counted in the log."""
+    """Nothing is dropped silently: a skipped record is at least counted in the log, with the first
+    example of each reason (file, line, field and fix)."""
+    for note in report.notes:
+        logger.warning("%s", note)
     if report.invalid:
         logger.warning(
             "%d of %d records rejected (%s)%s",
             report.invalid,
             report.total,
-            ", ".join(f"{reason}: {count}" for reason, count in report.reasons.most_common()),
+            "; ".join(f"{reason}: {count}, e.g. {report.examples[reason]}" for reason, count in report.reasons.most_common()),
             f"; see {report.quarantine}" if report.quarantine else "",
         )
-
-
-def check(
-    paths: str | Path | list[str | Path],
-    *,
-    quarantine: str | Path | None = None,
-    max_chars: int | None = DEFAULT_MAX_CHARS,
-    workers: int | None = None,
-    **read_options: Any,
-) -> Report:
-    """Read everything with on_error="skip" and return the counts (total, valid, invalid, reasons).
-
-    Takes read()'s options; large JSONL / text files are checked on `workers` processes.
-    """
-    from sftune.data import parallel
-
-    plan = prepare(paths, **read_options)
-    report = parallel.run(plan, out=None, quarantine=quarantine, max_chars=max_chars, workers=workers)
-    log_rejections(report)
-    return report
-
-
-read_report = check
+    elif not report.total:
+        logger.warning("no records read from %s", ", ".join(report.files) or "the given paths")

@@ -1,9 +1,17 @@
-"""Check and convert on several processes: large JSONL / text files are cut into byte ranges.
+"""check() and convert(): read everything with the skip policy, on several processes.
 
-Each range starts at a line start and knows its first line number, so every worker reports the
-same file:line locations a single process would; parts are joined in order, so the output is the
-same file a single process writes. Other file kinds (JSON arrays, Parquet, Arrow, CSV) are one
-job each. Only the skip policy runs here: with on_error="raise" the first error stops one reader.
+    check(paths, *, quarantine=None, max_chars=1_000_000, workers=None, **read options) -> Report
+    convert(paths, out, style="messages", *, on_error="skip", quarantine=None, workers=None,
+            max_chars=1_000_000, **read options) -> Report
+
+Large plain JSONL / text files are cut into byte ranges. Each range starts at a line start and
+knows its first line number, so every worker reports the same file:line locations a single process
+would; the format is detected once per file, from its first records, before the ranges go out, so
+every range reads the file by the same format. Parts are joined in order, so the output, the
+quarantine file and the report are the same for any number of workers. Other file kinds (JSON
+arrays, Parquet, Arrow, CSV, compressed files) are one job each. Outputs are written beside their
+final names and moved into place when complete; an output that is one of the inputs is refused
+before anything is written.
 """
 
 from __future__ import annotations
@@ -15,8 +23,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sftune.data import files
-from sftune.data.load import Report, _read
+from sftune.data import files, writers
+from sftune.data.load import Report, check_max_chars, first_format, log_rejections, prepare, read_plan
+from sftune.data.validate import DEFAULT_MAX_CHARS
 
 # A range smaller than this is not worth a process of its own.
 MIN_BYTES_PER_JOB = 8 << 20
@@ -49,37 +58,40 @@ def ranges(path: Path, parts: int) -> list[tuple[int, int, int]]:
 def _jobs(plan: list[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
     jobs = []
     for item in plan:
-        if item["kind"] in ("jsonl", "text") and workers > 1 and not files.is_compressed(item["path"]):
+        if item["kind"] in ("jsonl", "text") and workers > 1 and files.splittable(item["path"]):
             parts = min(workers * 4, max(1, item["path"].stat().st_size // MIN_BYTES_PER_JOB))
             if parts > 1:
-                jobs.extend({**item, "range": piece} for piece in ranges(item["path"], parts))
+                fmt, number = first_format(item)
+                found = {"format": fmt, "detected_at": number} if fmt and not item["format"] else {}
+                jobs.extend({**item, **found, "range": piece} for piece in ranges(item["path"], parts))
                 continue
         jobs.append(item)
     return jobs
 
 
 def _run_job(args: tuple) -> Report:
-    from sftune.data.writers import append_rejected, write_valid
-
     job, out, style, quarantine, max_chars = args
     report = Report()
-    conversations = _read([job], "skip", Path(quarantine) if quarantine else None, max_chars, report, log=False)
+    shape = writers.shaper(style) if out else None
+    records = read_plan([job], "skip", Path(quarantine) if quarantine else None, max_chars, report, shape, log=False)
     if out is None:
-        for _ in conversations:
+        for _ in records:
             pass
-    else:
-        append_rejected(write_valid(conversations, out, style, report, "skip"), quarantine)
+        return report
+    with open(out, "w", encoding="utf-8") as handle:
+        for line in records:
+            handle.write(line + "\n")
     return report
 
 
-def _merge(total: Report, part: Report) -> None:
-    total.total += part.total
-    total.valid += part.valid
-    total.invalid += part.invalid
-    total.reasons.update(part.reasons)
-    for reason, example in part.examples.items():
-        total.examples.setdefault(reason, example)
-    total.formats.update(part.formats)
+def _join(parts: list[str], name: str | Path) -> None:
+    joined = files.Replacing(name)
+    joined.handle.close()
+    with open(joined.partial, "wb") as handle:
+        for part in parts:
+            with open(part, "rb") as piece:
+                shutil.copyfileobj(piece, handle)
+    os.replace(joined.partial, name)
 
 
 def run(
@@ -92,11 +104,17 @@ def run(
     workers: int | None = None,
 ) -> Report:
     """Read the plan with skip, writing valid conversations to `out` (None: only count)."""
+    files.refuse_overwrite(plan, output=out, quarantine=quarantine)
     workers = workers or min(DEFAULT_WORKERS, os.cpu_count() or 1)
+    if workers < 1:
+        raise ValueError(f"workers is {workers}; use 1 or more processes")
     jobs = _jobs(plan, workers)
     report = Report(quarantine=str(quarantine) if quarantine else None)
+    for name in (out, quarantine):
+        if name is not None:
+            Path(name).parent.mkdir(parents=True, exist_ok=True)
     anchor = Path(out).parent if out else (Path(quarantine).parent if quarantine else None)
-    with tempfile.TemporaryDirectory(dir=anchor) as folder:
+    with tempfile.TemporaryDirectory(dir=anchor, prefix=".sftune-") as folder:
         parts = [
             (
                 job,
@@ -110,15 +128,62 @@ def run(
         if workers > 1 and len(jobs) > 1:
             with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
                 for part in pool.imap(_run_job, parts):
-                    _merge(report, part)
+                    report.merge(part)
         else:
             for args in parts:
-                _merge(report, _run_job(args))
+                report.merge(_run_job(args))
         for index, name in ((1, out), (3, quarantine)):
-            if name is None:
-                continue
-            with open(name, "wb") as joined:
-                for args in parts:
-                    with open(args[index], "rb") as piece:
-                        shutil.copyfileobj(piece, joined)
+            if name is not None:
+                _join([args[index] for args in parts], name)
+    return report
+
+
+def check(
+    paths: str | Path | list[str | Path],
+    *,
+    quarantine: str | Path | None = None,
+    max_chars: int | None = DEFAULT_MAX_CHARS,
+    workers: int | None = None,
+    **read_options: Any,
+) -> Report:
+    """Read everything with on_error="skip" and return the counts (total, valid, invalid, reasons).
+
+    Takes read()'s options; large JSONL / text files are checked on `workers` processes.
+    """
+    check_max_chars(max_chars)
+    plan = prepare(paths, **read_options)
+    report = run(plan, out=None, quarantine=quarantine, max_chars=max_chars, workers=workers)
+    log_rejections(report)
+    return report
+
+
+def convert(
+    paths: Any,
+    out: str | Path,
+    style: str = "messages",
+    *,
+    on_error: str = "skip",
+    quarantine: str | Path | None = None,
+    workers: int | None = None,
+    max_chars: int | None = DEFAULT_MAX_CHARS,
+    **read_options: Any,
+) -> Report:
+    """Read `paths` (any format) and write every valid conversation to `out` in `style`.
+
+    Returns the read's Report. A conversation the style cannot hold counts as rejected, with
+    reason "unsupported", like a record that failed validation. With on_error="skip", large
+    JSONL / text files are split over `workers` processes (default: up to 2).
+    """
+    writers.shaper(style)  # an unknown style is refused before anything is read
+    check_max_chars(max_chars)
+    if on_error == "skip":
+        plan = prepare(paths, **read_options)
+        report = run(plan, out=out, style=style, quarantine=quarantine, max_chars=max_chars, workers=workers)
+        log_rejections(report)
+        return report
+    plan = prepare(paths, **read_options)
+    files.refuse_overwrite(plan, output=out, quarantine=quarantine)
+    report = Report()
+    lines = read_plan(plan, on_error, Path(quarantine) if quarantine else None, max_chars, report, writers.shaper(style))
+    writers.write_lines(lines, out)
     return report

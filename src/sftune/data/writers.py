@@ -3,20 +3,21 @@
 `messages` keeps everything (train flags, weights, tools, meta). `alpaca` and `sharegpt` are the
 shapes other tools read (LLaMA-Factory's defaults); a conversation they cannot hold without losing
 meaning (tool turns in alpaca, per-message train flags or weights, pre-training text) raises a
-DataError instead of being written half.
+DataError instead of being written half; the reader counts it as rejected (see load.read_plan).
+Reading and writing together, on several processes: parallel.convert.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from json.encoder import encode_basestring
+from pathlib import Path
 from typing import Any
 
 from sftune.data.errors import DataError
+from sftune.data.files import Replacing
 from sftune.data.schema import MODEL_ROLES, Conversation
-from sftune.data.validate import DEFAULT_MAX_CHARS
 
 SHAREGPT_ROLES = {"user": "human", "assistant": "gpt", "tool_call": "function_call", "tool": "observation"}
 STYLES = ("messages", "alpaca", "sharegpt")
@@ -100,79 +101,30 @@ def to_record(conversation: Conversation, style: str = "messages") -> dict[str, 
     raise ValueError(f"unknown output style {style!r}; use one of {', '.join(STYLES)}")
 
 
+def shaper(style: str) -> Callable[[Conversation], str]:
+    """conversation -> its JSONL line (no newline) in `style`; raises DataError where the style cannot hold it."""
+    if style not in STYLES:
+        raise ValueError(f"unknown output style {style!r}; use one of {', '.join(STYLES)}")
+    if style == "messages":
+        return messages_line
+    return lambda conversation: _encode(to_record(conversation, style))
+
+
 def write_jsonl(conversations: Iterable[Conversation], path: str | Path, style: str = "messages") -> int:
-    """Write conversations as JSONL; returns how many were written."""
-    if style not in STYLES:
-        raise ValueError(f"unknown output style {style!r}; use one of {', '.join(STYLES)}")
+    """Write conversations as JSONL in `style`; returns how many were written."""
+    return write_lines(map(shaper(style), conversations), path)
+
+
+def write_lines(lines: Iterable[str], path: str | Path) -> int:
+    """Write lines (without their newline) to `path`, moved into place only when all are written."""
     count = 0
-    with open(path, "w", encoding="utf-8") as handle:
-        for conversation in conversations:
-            record = conversation.to_dict() if style == "messages" else to_record(conversation, style)
-            handle.write(_encode(record) + "\n")
+    out = Replacing(path)
+    try:
+        for line in lines:
+            out.write(line + "\n")
             count += 1
+    except BaseException:
+        out.discard()
+        raise
+    out.close()
     return count
-
-
-def write_valid(conversations: Iterable[Conversation], out: str | Path, style: str, report, on_error: str) -> list[DataError]:
-    """Write conversations in `style`; those the style cannot hold are counted as rejected and returned."""
-    unwritable: list[DataError] = []
-    with open(out, "w", encoding="utf-8") as handle:
-        for conversation in conversations:
-            if style == "messages":
-                handle.write(messages_line(conversation) + "\n")
-                continue
-            try:
-                record = to_record(conversation, style)
-            except DataError as error:
-                meta = conversation.meta
-                error.source = meta.get("source")
-                error.location = f"line {meta['line']}" if "line" in meta else f"record {meta.get('record')}"
-                error.record = conversation.to_dict()
-                report.valid -= 1
-                report.add_error(error)
-                if on_error == "raise":
-                    raise
-                unwritable.append(error)
-                continue
-            handle.write(_encode(record) + "\n")
-    return unwritable
-
-
-def append_rejected(errors: list[DataError], quarantine: str | Path | None) -> None:
-    if errors and quarantine:
-        with open(quarantine, "a", encoding="utf-8") as sink:
-            for error in errors:
-                sink.write(json.dumps(error.to_dict(), ensure_ascii=False, default=str) + "\n")
-
-
-def convert(
-    paths: Any,
-    out: str | Path,
-    style: str = "messages",
-    *,
-    on_error: str = "skip",
-    quarantine: str | Path | None = None,
-    workers: int | None = None,
-    max_chars: int | None = DEFAULT_MAX_CHARS,
-    **read_options: Any,
-):
-    """Read `paths` (any format) and write every valid conversation to `out` in `style`.
-
-    Returns the read's Report. A conversation the style cannot hold counts as rejected, with
-    reason "unsupported", like a record that failed validation. With on_error="skip", large
-    JSONL / text files are split over `workers` processes (default: up to 2, see parallel.py).
-    """
-    from sftune.data import parallel
-    from sftune.data.load import Report, log_rejections, prepare, read
-
-    if style not in STYLES:
-        raise ValueError(f"unknown output style {style!r}; use one of {', '.join(STYLES)}")
-    if on_error == "skip":
-        plan = prepare(paths, **read_options)
-        report = parallel.run(plan, out=out, style=style, quarantine=quarantine, max_chars=max_chars, workers=workers)
-        log_rejections(report)
-        return report
-    report = Report()
-    conversations = read(paths, on_error=on_error, quarantine=quarantine, report=report, max_chars=max_chars, **read_options)
-    append_rejected(write_valid(conversations, out, style, report, on_error), quarantine)
-    return report

@@ -38,6 +38,7 @@ class EncodeReport:
     total: int = 0
     encoded: int = 0
     truncated: int = 0
+    truncated_records: list[str] = field(default_factory=list)  # where, the first MAX_SKIPPED_SHOWN
     skipped: int = 0
     skipped_by_reason: dict[str, int] = field(default_factory=dict)
     skipped_records: list[SkippedRecord] = field(default_factory=list)
@@ -120,6 +121,8 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
                     report.skip(_where(records[k], k), "no_trained_token", nothing_left)
                 else:
                     report.truncated += 1
+                    if len(report.truncated_records) < MAX_SKIPPED_SHOWN:
+                        report.truncated_records.append(_where(records[k], k))
                     result = encode(records[k], tokenizer, template, policy=policy, max_len=max_len)
                     if result is None:
                         report.skip(_where(records[k], k), "no_trained_token", nothing_left)

@@ -1,0 +1,259 @@
+"""The bad-input matrix through the command line: every kind in every mode names the file, the
+record or line, the field and a fix, never crashes, and total = valid + invalid."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import lzma
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from sftune.cli import app
+from sftune.data import read
+
+runner = CliRunner()
+GOOD = {"instruction": "Say hi.", "output": "Hi!"}
+G = json.dumps(GOOD).encode() + b"\n"
+M = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}).encode() + b"\n"
+
+
+def j(record) -> bytes:
+    return json.dumps(record).encode() + b"\n"
+
+
+def msgs(*pairs, **extra) -> dict:
+    return {"messages": [{"role": r, "content": c} for r, c in pairs], **extra}
+
+
+def gz_cut(data: bytes) -> bytes:
+    packed = gzip.compress(data)
+    return packed[: len(packed) - 30]
+
+
+LONG = b"".join(j({"instruction": f"q{i}", "output": f"a{i}"}) for i in range(200))
+
+# (kind, file name, bytes, valid, invalid, texts the report must hold: the field / problem and the fix)
+MATRIX = [
+    ("broken-json-line", "d.jsonl", G + b'{"instruction": "x", "output": "y" "z"}\n', 1, 1, ["line 2", "not valid JSON", "fix or remove"]),
+    ("cut-off-line", "d.jsonl", G + b'{"instruction": "x", "output": ', 1, 1, ["line 2", "cut off", "fix or remove"]),
+    ("invalid-utf8-line", "d.jsonl", G + b'{"instruction": "caf\xe9", "output": "ok"}\n', 1, 1, ["line 2", "UTF-8", "iconv"]),
+    ("not-an-object", "d.jsonl", G + j([1, 2]), 1, 1, ["line 2", "is a list", "one JSON object"]),
+    ("unknown-format", "d.jsonl", j({"foo": "bar"}), 0, 1, ["line 1", "foo", "--format"]),
+    ("missing-output", "d.jsonl", G + j({"instruction": "x"}), 1, 1, ["line 2", "output is missing", "add a 'output'"]),
+    ("number-reply", "d.jsonl", G + j({"instruction": "2+2?", "output": 4}), 1, 1, ["line 2", "output is an int", "in quotes"]),
+    ("nan-reply", "d.jsonl", G + b'{"instruction": "x", "output": NaN}\n', 1, 1, ["line 2", "output", "NaN"]),
+    ("infinity-extra-field", "d.jsonl", G + b'{"instruction": "x", "output": "y", "score": Infinity}\n', 1, 1, ["line 2", "score", "null"]),
+    ("negative-weight", "d.jsonl", G + j({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": -1}]}), 1, 1, ["line 2", "messages[1].weight", ">= 0"]),
+    ("nan-weight", "d.jsonl", G + b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": NaN}]}\n', 1, 1, ["line 2", "messages[1].weight", "null"]),
+    ("lone-surrogate", "d.jsonl", G + b'{"instruction": "x\\ud800", "output": "y"}\n', 1, 1, ["line 2", "instruction", "surrogate"]),
+    ("deep-nesting", "d.jsonl", G + b"[" * 10_000 + b"]" * 10_000 + b"\n", 1, 1, ["line 2", "too deeply", "fix or remove"]),
+    ("huge-integer", "d.jsonl", G + b'{"instruction": "x", "output": ' + b"9" * 5000 + b"}\n", 1, 1, ["line 2", "4,300 digits", "fix or remove"]),
+    ("tool-calls-string", "d.jsonl", G + j(msgs(("user", "q")) | {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": "call f"}]}), 1, 1, ["line 2", "messages[1].tool_calls", "as a list"]),
+    ("tool-calls-number", "d.jsonl", G + j({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": 5}]}), 1, 1, ["line 2", "messages[1].tool_calls", "as a list"]),
+    ("role-upper-case", "d.jsonl", G + j({"messages": [{"role": "USER", "content": "q"}, {"role": "assistant", "content": "a"}]}), 1, 1, ["line 2", "messages[0].role", "--roles USER=user"]),
+    ("role-human-capital", "d.jsonl", G + j({"conversations": [{"from": "Human", "value": "q"}, {"from": "gpt", "value": "a"}]}), 1, 1, ["line 2", "conversations[0].role", "--roles Human=user"]),
+    ("role-typo", "d.jsonl", G + j({"messages": [{"role": "humna", "content": "q"}, {"role": "assistant", "content": "a"}]}), 1, 1, ["line 2", "'humna'", "--roles humna=user"]),
+    ("role-unknown", "d.jsonl", G + j({"messages": [{"role": "user", "content": "q"}, {"role": "bot", "content": "a"}]}), 1, 1, ["line 2", "'bot'", "--roles bot=assistant"]),
+    ("empty-reply", "d.jsonl", G + j({"instruction": "x", "output": "  "}), 1, 1, ["line 2", "empty assistant reply", "write the reply"]),
+    ("not-alternating", "d.jsonl", G + j(msgs(("user", "a"), ("user", "b"), ("assistant", "c"))), 1, 1, ["line 2", "messages[1]", "merge the two"]),
+    ("no-assistant", "d.jsonl", G + j(msgs(("user", "a"))), 1, 1, ["line 2", "no assistant turn", "add the assistant"]),
+    ("multimodal-images", "d.jsonl", G + j({"messages": [{"role": "user", "content": "<image>What is it?"}, {"role": "assistant", "content": "A cat."}], "images": ["cat.png"]}), 1, 1, ["line 2", "images", "text-only"]),
+    ("preference-pair", "d.jsonl", j({"prompt": "q", "chosen": "a", "rejected": "b"}), 0, 1, ["line 1", "preference", "DPO"]),
+    ("history-not-pairs", "d.jsonl", G + j({**GOOD, "history": [["q"]]}), 1, 1, ["line 2", "history[0]", "[question, answer] pair"]),
+    ("image-content-part", "d.jsonl", G + j({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, {"role": "assistant", "content": "a"}]}), 1, 1, ["line 2", "messages[0].content[0]", "text only"]),
+    ("pretty-json-as-jsonl", "d.jsonl", json.dumps([GOOD, GOOD], indent=2).encode(), 2, 0, ["d.jsonl", "rename it to .json"]),
+    ("truncated-json-array", "d.json", json.dumps([GOOD] * 5, indent=1).encode()[:-40], 4, 1, ["record 4", "cut off", "re-create"]),
+    ("broken-json-array", "d.json", b'[\n' + G + b',\n{"instruction": "c" "output": "d"}\n]', 1, 1, ["record 1", "Expecting", "fix the JSON"]),
+    ("json-scalar-file", "d.json", b"42", 0, 1, ["d.json", "holds a JSON int", "JSON array"]),
+    ("utf16-jsonl", "d.jsonl", (G * 3).decode().encode("utf-16"), 3, 0, ["d.jsonl", "alpaca"]),
+    ("utf16-csv-no-bom", "d.csv", "instruction,output\nq,a\nq2,a2\n".encode("utf-16-le"), 2, 0, ["d.csv", "alpaca"]),
+    ("csv-unclosed-quote", "d.csv", b'instruction,output\nq1,a1\nq2,"a2\nq3,a3\nq4,a4\n', 3, 1, ["line 3", "never closes", "close the quote"]),
+    ("csv-stray-quote", "d.csv", b'instruction,output\nq1,"a1"x\nq2,a2\n', 1, 1, ["line 2", "cannot be parsed", "double a quote"]),
+    ("csv-latin1-byte", "d.csv", b'instruction,output\nq1,a1\ncaf\xe9,a2\nq3,a3\n', 2, 1, ["line 3", "instruction", "iconv"]),
+    ("csv-too-many-cells", "d.csv", b'instruction,output\nq1,a1\nq2,a,2\n', 1, 1, ["line 3", "3 cells", "quote cells"]),
+    ("csv-missing-column", "d.csv", b'instruction,output\nq1,a1\nq2\n', 1, 1, ["line 3", "output is missing", "add a 'output'"]),
+    ("gzip-plain-text", "d.json.gz", json.dumps([GOOD]).encode(), 0, 1, ["d.json.gz", "cannot be read", "re-create"]),
+    ("bz2-plain-text", "d.jsonl.bz2", G, 0, 1, ["d.jsonl.bz2", "cannot be read", "re-create"]),
+    ("gzip-cut-off", "d.jsonl.gz", LONG, None, 1, ["d.jsonl.gz", "cut off", "re-download"]),
+    ("xz-cut-off", "d.jsonl.xz", LONG, None, 1, ["d.jsonl.xz", "cut off", "re-download"]),
+    ("corrupt-parquet", "d.parquet", b"PAR1 this is not parquet at all PAR1", 0, 1, ["d.parquet", "Parquet", "corrupt"]),
+    ("corrupt-arrow", "d.arrow", b"not an arrow file", 0, 1, ["d.arrow", "Arrow", "corrupt"]),
+    ("empty-file", "d.jsonl", b"", 0, 0, ["no records"]),
+    ("blank-lines-only", "d.jsonl", b"\n\n  \n", 0, 0, ["no records"]),
+    ("too-long", "d.jsonl", G + j({"instruction": "x" * 600, "output": "y"}), 1, 1, ["line 2", "over the limit of 500", "--max-chars"]),
+]
+MAX_CHARS = {"too-long": ["--max-chars", "500"]}
+
+
+def write(tmp_path, name, data, kind):
+    path = tmp_path / name
+    if data.startswith(G) and data[len(G):].startswith((b'{"messages"', b'{"conversations"')):
+        data = M + data[len(G):]  # one format per file: the good record in the bad one's format
+    if kind in ("gzip-cut-off",):
+        data = gz_cut(data)
+    elif kind == "xz-cut-off":
+        data = lzma.compress(data)[:-60]
+    elif name.endswith(".gz") and kind != "gzip-plain-text":
+        data = gzip.compress(data)
+    elif name.endswith(".bz2") and kind != "bz2-plain-text":
+        data = bz2.compress(data)
+    path.write_bytes(data)
+    return path
+
+
+def invoke(*args):
+    return runner.invoke(app, ["data", *map(str, args)], env={"COLUMNS": "400"})
+
+
+def counts_add_up(report, valid, invalid):
+    assert report["total"] == report["valid"] + report["invalid"]
+    assert report["invalid"] == invalid
+    if valid is not None:
+        assert report["valid"] == valid
+    for counts in report["files"].values():
+        assert counts["total"] == counts["valid"] + counts["invalid"]
+
+
+IDS = [m[0] for m in MATRIX]
+
+
+def test_the_matrix_has_40_kinds_or_more():
+    assert len(set(IDS)) == len(IDS) >= 40
+
+
+@pytest.mark.parametrize("kind, name, data, valid, invalid, texts", MATRIX, ids=IDS)
+def test_check_json_strict_and_quarantine(tmp_path, kind, name, data, valid, invalid, texts):
+    path = write(tmp_path, name, data, kind)
+    extra = MAX_CHARS.get(kind, [])
+    result = invoke("check", path, "--json", *extra)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    counts_add_up(report, valid, invalid)
+    shown = json.dumps(report["examples"]) + json.dumps(report["notes"])
+    if invalid:
+        assert str(path) in shown
+        for text in texts:
+            assert text in shown, (text, shown)
+    human = invoke("check", path, *extra)
+    assert human.exit_code == 0 and "Traceback" not in human.output
+    for text in texts:
+        assert text in human.output.replace("\n", ""), (text, human.output)
+    strict = invoke("check", path, "--strict", "--json", *extra)
+    assert strict.exit_code == (1 if invalid or not report["total"] else 0)
+    quarantine = tmp_path / "rejected" / "q.jsonl"
+    assert invoke("check", path, "--quarantine", quarantine, *extra).exit_code == 0
+    rejected = [json.loads(line) for line in quarantine.read_text().splitlines()]
+    assert len(rejected) == invalid
+    assert all(r["source"] == str(path) and r["reason"] and r["error"] for r in rejected)
+
+
+@pytest.mark.parametrize("kind, name, data, valid, invalid, texts", MATRIX, ids=IDS)
+def test_convert_and_train_reading_keep_every_valid_record(tmp_path, kind, name, data, valid, invalid, texts):
+    from sftune.data import Report
+
+    path = write(tmp_path, name, data, kind)
+    out = tmp_path / "out.jsonl"
+    result = invoke("convert", path, "-o", out, *MAX_CHARS.get(kind, []))
+    assert result.exit_code == 0, result.output
+    written = out.read_text().splitlines()
+    for line in written:
+        json.loads(line, parse_constant=lambda name: pytest.fail(f"non-standard JSON {name} written"))
+    rejected = (tmp_path / "out.jsonl.rejected.jsonl").read_text().splitlines()
+    assert len(rejected) == invalid
+    if valid is not None:
+        assert len(written) == valid
+    report = Report()  # what `sftune train` with data.on_error: skip reads
+    kept = list(read(path, on_error="skip", report=report, max_chars=500 if kind in MAX_CHARS else 1_000_000))
+    assert len(kept) == len(written) == report.valid and report.total == report.valid + report.invalid
+
+
+def test_output_that_is_an_input_is_refused_before_anything_is_written(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(G + b"{broken\n")
+    before = path.read_bytes()
+    for args in (["check", path, "--quarantine", path], ["convert", path, "-o", path],
+                 ["convert", path, "-o", tmp_path / "o.jsonl", "--quarantine", path]):
+        result = invoke(*args)
+        assert result.exit_code == 2 and "destroy" in result.output
+        assert path.read_bytes() == before
+
+
+def test_same_report_for_any_worker_count_on_a_mixed_file(tmp_path, monkeypatch):
+    from sftune.data import check, parallel
+
+    path = tmp_path / "mixed.jsonl"
+    openai = j(msgs(("user", "q"), ("assistant", "a")))
+    path.write_bytes(G + openai * 1500)
+    monkeypatch.setattr(parallel, "MIN_BYTES_PER_JOB", 2000)
+    reports = [check(path, workers=n).to_dict() for n in (1, 2, 4)]
+    assert reports[0] == reports[1] == reports[2]
+    assert (reports[0]["valid"], reports[0]["invalid"]) == (1, 1500)  # the file reads as alpaca, from its first record
+    assert len(parallel._jobs(parallel.prepare(path), 2)) > 2
+
+
+def test_json_error_object_on_a_fatal_error(tmp_path):
+    result = invoke("check", tmp_path / "missing.jsonl", "--json")
+    assert result.exit_code == 2 and "missing.jsonl" in json.loads(result.stdout)["error"]
+
+
+def test_max_chars_must_be_positive(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(G)
+    assert invoke("check", path, "--max-chars", "-5").exit_code == 2
+
+
+def test_library_fix_uses_library_syntax(tmp_path):
+    from sftune.data import check
+
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(j({"messages": [{"role": "USER", "content": "q"}, {"role": "assistant", "content": "a"}]}))
+    assert "roles={'USER': 'user'}" in check(path).examples["unknown_role"]
+
+
+def sftune(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "sftune", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize("command", [["data", "check"], ["data", "convert", "-o", "OUT"], ["data", "stats"]])
+def test_missing_and_unreadable_files_give_one_message(tmp_path, command):
+    out = str(tmp_path / "out.jsonl")
+    args = [out if a == "OUT" else a for a in command]
+    missing = sftune(*args, tmp_path / "nope.jsonl")
+    assert missing.returncode == 2 and "nope.jsonl" in missing.stderr and "Traceback" not in missing.stderr
+    broken = tmp_path / "x.json.gz"
+    broken.write_bytes(b"not gzip")
+    unreadable = sftune(*args, broken)
+    assert "Traceback" not in unreadable.stderr + unreadable.stdout and "x.json.gz" in unreadable.stdout + unreadable.stderr
+
+
+def test_train_with_a_missing_data_file_or_a_bad_config_gives_one_message(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  train: [nope.jsonl]\n  on_error: skip\n")
+    missing = sftune("train", config, cwd=tmp_path)
+    assert missing.returncode == 2 and "nope.jsonl" in missing.stderr and "Traceback" not in missing.stderr
+    config.write_text("data: {train: [x.jsonl], on_eror: skip}\n")
+    bad = sftune("train", config, cwd=tmp_path)
+    said = bad.stdout + bad.stderr
+    assert bad.returncode == 2 and "on_eror" in said and "Traceback" not in said
+
+
+def test_encode_skips_counts_and_names_bad_records_of_every_kind(tmp_path):
+    kinds = ["lone-surrogate", "broken-json-line", "number-reply", "nan-reply", "deep-nesting", "role-upper-case",
+             "tool-calls-string", "multimodal-images"]
+    rows = {m[0]: m for m in MATRIX}
+    unique = {"instruction": f"Run {tmp_path.name}.", "output": "ok"}  # a fresh cache fingerprint each run
+    bad = [rows[kind][2][len(G):] if rows[kind][2].startswith(G) else rows[kind][2] for kind in kinds]
+    alpaca = [line for line in bad if not line.startswith((b'{"messages"', b'{"conversations"'))]
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(j(unique) + b"".join(alpaca) + G)
+    result = runner.invoke(app, ["data", "encode", str(path), "--template", "chatml"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    assert f"records: {len(alpaca) + 2}   encoded: 2" in result.output
+    assert f"rejected at reading: {len(alpaca)}" in result.output and str(path) in result.output
