@@ -33,10 +33,12 @@ def cpu_kind(request, monkeypatch):
     import bitsandbytes.nn.modules as bnb_modules
 
     monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: request.param == "avx512-bf16")
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny layers run fastest on one thread
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield request.param
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

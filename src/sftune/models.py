@@ -107,7 +107,7 @@ def resolve(name_or_path: str | os.PathLike) -> str:
 def materialize(name: str) -> Path:
     """Convert an embedded GGUF model into a checkpoint folder once; later calls reuse it."""
     target = materialized_path(name)
-    if (target / COMPLETE_MARKER).exists():
+    if is_materialized(name):
         return target
     spec = EMBEDDED[name]
     if not spec.installed():

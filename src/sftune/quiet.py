@@ -45,4 +45,4 @@ def configure(verbose: bool) -> None:
     for category in (FutureWarning, DeprecationWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category, module=rf"({pattern})(\.|$)")
     # Raised with a stacklevel that points into the caller (sftune), so matched by text instead.
-    warnings.filterwarnings("ignore", message=r".*(deprecated|will be removed|is deprecated).*", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r".*(deprecated|will be removed).*", category=FutureWarning)
