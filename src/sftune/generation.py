@@ -1,0 +1,326 @@
+"""Generation and scoring, shared by evaluation, chat, batch generation and the server.
+
+    prompts = render_prompts(loaded.template, [[{"role": "user", "content": "Hi"}]])
+    answers = generate(loaded.model, loaded.tokenizer, prompts, GenerationOptions(max_new_tokens=64),
+                       stop_token_ids=loaded.stop_token_ids)
+    scores = loglikelihood(model, tokenizer, [("The capital of France is", " Paris")])
+
+`generate` runs batches with left padding and a KV cache (transformers' `generate`), prompts sorted
+by length so a batch wastes little padding; it stops each answer at the template's stop tokens and
+at stop strings. `loglikelihood` scores continuations in batched forward passes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Literal, Sequence
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How to generate: temperature 0 is greedy; stop strings end an answer (they are cut off)."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @property
+    def sampling(self) -> bool:
+        return self.temperature > 0
+
+
+@dataclass
+class Completion:
+    """One answer: its text (stop token / stop string removed), its token ids, and why it ended."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    finish_reason: Literal["stop", "length"] = "length"
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+def render_prompts(template: Any, conversations: Iterable[Sequence[Any]], tools: list[dict] | None = None) -> list[str]:
+    """Each conversation rendered by the training template, ending with the assistant's generation prompt."""
+    return [template.render(list(messages), tools=tools, add_generation_prompt=True) for messages in conversations]
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str | Sequence[int]], *, add_special_tokens: bool = False
+                   ) -> list[list[int]]:
+    """Token ids of each prompt. Rendered chat prompts carry their BOS text already, hence no special tokens
+    by default; raw text (completions, benchmarks) passes add_special_tokens=True to get the tokenizer's BOS."""
+    return [list(p) if not isinstance(p, str) else tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"]
+            for p in prompts]
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str | Sequence[int]],
+    options: GenerationOptions = GenerationOptions(),
+    *,
+    stop_token_ids: Sequence[int] = (),
+    batch_size: int = 16,
+    add_special_tokens: bool = False,
+    progress: bool = False,
+    console: Any = None,
+    description: str = "generating",
+) -> list[Completion]:
+    """Answers to `prompts` (texts or token ids), in order; batched, left-padded, with a KV cache.
+
+    Stops at any of `stop_token_ids` (the template's end of turn and EOS) or at a stop string.
+    `progress` shows a bar with the tokens generated per second.
+    """
+    ids = encode_prompts(tokenizer, prompts, add_special_tokens=add_special_tokens)
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    results: list[Completion | None] = [None] * len(ids)
+    stops = list(stop_token_ids) or ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+    if options.sampling and options.seed is not None:
+        torch.manual_seed(options.seed)
+    was_training = model.training
+    model.eval()
+    with _Progress(progress, console, description, len(ids)) as bar:
+        for lo in range(0, len(order), batch_size):
+            chunk = order[lo: lo + batch_size]
+            for index, completion in zip(chunk, _generate_batch(model, tokenizer, [ids[i] for i in chunk],
+                                                                 options, stops)):
+                results[index] = completion
+            bar.advance(len(chunk), sum(results[i].completion_tokens for i in chunk))
+    model.train(was_training)
+    return results  # type: ignore[return-value]
+
+
+def _generate_batch(model: Any, tokenizer: Any, batch: list[list[int]], options: GenerationOptions,
+                    stops: list[int]) -> list[Completion]:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    width = max(map(len, batch))
+    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in batch], device=model.device)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch], device=model.device)
+    kwargs: dict[str, Any] = dict(max_new_tokens=options.max_new_tokens, pad_token_id=pad, eos_token_id=stops,
+                                  use_cache=True, do_sample=options.sampling)
+    if options.sampling:
+        kwargs.update(temperature=options.temperature, top_p=options.top_p, top_k=options.top_k or None)
+    else:  # greedy: no sampling settings (a model's generation_config may carry some)
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    if options.stop:
+        kwargs.update(stop_strings=list(options.stop), tokenizer=tokenizer)
+    with torch.no_grad():
+        out = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+    return [_completion(tokenizer, row[width:].tolist(), len(prompt), options, set(stops))
+            for row, prompt in zip(out, batch)]
+
+
+def _completion(tokenizer: Any, new: list[int], prompt_tokens: int, options: GenerationOptions,
+                stops: set[int]) -> Completion:
+    """The answer in `new` up to the first stop token or stop string (both left out)."""
+    finish: Literal["stop", "length"] = "length"
+    for k, token in enumerate(new):
+        if token in stops:
+            new, finish = new[:k], "stop"
+            break
+    text = tokenizer.decode(new, skip_special_tokens=True)
+    cut = first_stop(text, options.stop)
+    if cut is not None:
+        text, finish = text[:cut], "stop"
+        new = _tokens_within(tokenizer, new, text)
+    return Completion(text=text, token_ids=new, prompt_tokens=prompt_tokens, finish_reason=finish)
+
+
+def first_stop(text: str, stop: Sequence[str]) -> int | None:
+    """Where the earliest stop string starts in `text`, or None."""
+    found = [text.find(s) for s in stop if s and s in text]
+    return min(found) if found else None
+
+
+def _tokens_within(tokenizer: Any, ids: list[int], text: str) -> list[int]:
+    """The shortest prefix of `ids` whose decoded text covers `text` (the tokens before a stop string)."""
+    for k in range(len(ids) + 1):
+        if len(tokenizer.decode(ids[:k], skip_special_tokens=True)) >= len(text):
+            return ids[:k]
+    return ids
+
+
+def stream(
+    model: Any,
+    tokenizer: Any,
+    prompt: str | Sequence[int],
+    options: GenerationOptions = GenerationOptions(),
+    *,
+    stop_token_ids: Sequence[int] = (),
+    add_special_tokens: bool = False,
+) -> Iterator[str]:
+    """The answer to one prompt as text pieces while it is generated (for chat and streamed replies).
+
+    Text that might be the start of a stop string is held back until it is known not to be one.
+    """
+    from transformers import TextIteratorStreamer
+
+    ids = encode_prompts(tokenizer, [prompt], add_special_tokens=add_special_tokens)[0]
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    stops = list(stop_token_ids) or [tokenizer.eos_token_id]
+    kwargs: dict[str, Any] = dict(max_new_tokens=options.max_new_tokens, eos_token_id=stops, streamer=streamer,
+                                  pad_token_id=tokenizer.pad_token_id, do_sample=options.sampling, use_cache=True)
+    if options.sampling:
+        kwargs.update(temperature=options.temperature, top_p=options.top_p, top_k=options.top_k or None)
+        if options.seed is not None:
+            torch.manual_seed(options.seed)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    if options.stop:
+        kwargs.update(stop_strings=list(options.stop), tokenizer=tokenizer)
+    input_ids = torch.tensor([ids], device=model.device)
+    failure: list[BaseException] = []
+    cancelled = threading.Event()  # set when the caller stops reading: generation stops at the next token
+    kwargs["stopping_criteria"] = StoppingCriteriaList([_Cancelled(cancelled)])
+
+    def run() -> None:
+        try:
+            with torch.no_grad():
+                model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+        except BaseException as err:  # surfaced in the caller's thread below
+            failure.append(err)
+            streamer.end()
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    text, sent, stopped = "", 0, False
+    try:
+        for piece in streamer:
+            if stopped:  # drain: generation ends on its own at the stop string
+                continue
+            text += piece
+            cut = first_stop(text, options.stop)
+            if cut is not None:
+                if cut > sent:
+                    yield text[sent:cut]
+                sent, stopped = len(text), True
+                continue
+            safe = len(text) - _held_back(text, options.stop)
+            if safe > sent:
+                yield text[sent:safe]
+                sent = safe
+    finally:  # also when the caller closes the stream early (a client that went away)
+        cancelled.set()
+        worker.join()
+    if failure:
+        raise failure[0]
+    if first_stop(text, options.stop) is None and len(text) > sent:
+        yield text[sent:]
+
+
+class _Cancelled(StoppingCriteria):
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def _held_back(text: str, stop: Sequence[str]) -> int:
+    """How many trailing characters of `text` could begin a stop string."""
+    longest = 0
+    for s in stop:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                longest = max(longest, k)
+                break
+    return longest
+
+
+def loglikelihood(
+    model: Any,
+    tokenizer: Any,
+    requests: Sequence[tuple[str, str]],
+    *,
+    batch_size: int = 16,
+    add_special_tokens: bool = True,
+    progress: bool = False,
+    console: Any = None,
+) -> list[tuple[float, bool]]:
+    """For each (context, continuation): the summed log-probability of the continuation's tokens given the
+    context, and whether greedy decoding would have produced exactly those tokens (lm-eval's pair).
+
+    The continuation's tokens are those of the whole text after the context's tokens, so a word split
+    across the boundary is scored as the tokenizer splits the whole text.
+    """
+    encoded = [_split(tokenizer, context, continuation, add_special_tokens) for context, continuation in requests]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]) - len(encoded[i][1]))
+    results: list[tuple[float, bool]] = [(0.0, False)] * len(encoded)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    was_training = model.training
+    model.eval()
+    with _Progress(progress, console, "scoring", len(encoded), unit="items") as bar:
+        for lo in range(0, len(order), batch_size):
+            chunk = order[lo: lo + batch_size]
+            rows = [encoded[i][0] + encoded[i][1] for i in chunk]
+            width = max(map(len, rows))
+            input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=model.device)
+            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=model.device)
+            with torch.no_grad():
+                logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            for row, index in enumerate(chunk):
+                context, continuation = encoded[index]
+                start, end = len(context), len(context) + len(continuation)
+                target = torch.tensor(continuation, device=logprobs.device)
+                scores = logprobs[row, start - 1: end - 1]
+                total = scores.gather(-1, target[:, None]).sum().item()
+                greedy = bool((scores.argmax(-1) == target).all())
+                results[index] = (total, greedy)
+            bar.advance(len(chunk), sum(len(encoded[i][1]) for i in chunk))
+    model.train(was_training)
+    return results
+
+
+def _split(tokenizer: Any, context: str, continuation: str, add_special_tokens: bool) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids); the context keeps at least one token to predict the first from."""
+    if context.endswith(" ") and continuation and not continuation.startswith(" "):
+        context, continuation = context[:-1], " " + continuation  # the space belongs to the next word
+    whole = tokenizer(context + continuation, add_special_tokens=add_special_tokens)["input_ids"]
+    head = tokenizer(context, add_special_tokens=add_special_tokens)["input_ids"]
+    if whole[: len(head)] != head:  # the boundary merged into one token: score the continuation on its own
+        return head, tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    if not head:
+        head = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+        whole = head + whole
+    return head, whole[len(head):]
+
+
+class _Progress:
+    """A rich progress bar with items done and tokens per second, or nothing when not asked for."""
+
+    def __init__(self, show: bool, console: Any, description: str, total: int, unit: str = "prompts"):
+        self.show, self.console, self.description, self.total, self.unit = show, console, description, total, unit
+        self.tokens, self.started = 0, time.perf_counter()
+
+    def __enter__(self) -> "_Progress":
+        if self.show:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn(f"{self.unit} · {{task.fields[rate]}}"), TimeRemainingColumn(),
+                                console=self.console, transient=False)
+            self.bar.start()
+            self.task = self.bar.add_task(self.description, total=self.total, rate="")
+        return self
+
+    def advance(self, items: int, tokens: int) -> None:
+        self.tokens += tokens
+        if self.show:
+            rate = self.tokens / max(time.perf_counter() - self.started, 1e-9)
+            self.bar.update(self.task, advance=items, rate=f"{rate:.0f} tokens/s")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.show:
+            self.bar.stop()

@@ -1,0 +1,129 @@
+"""A run folder (or a plain model) loaded for inference exactly as training saw it.
+
+    loaded = runs.load("runs/demo")          # base + adapter, the run's tokenizer and template
+    loaded = runs.load("smollm2-135m-instruct", template="chatml")
+
+A run folder is what `sftune train` writes: config.yaml, the tokenizer with the training template
+saved as its `chat_template`, and either an adapter (adapter_config.json, loaded on its base model)
+or full weights (config.json). The template is rebuilt from the run's config exactly as training
+built it and checked against the tokenizer's saved template, so inference renders what training
+rendered; generation stops at the template's end-of-turn token and EOS.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sftune import models, templates
+
+RUN_CONFIG = "config.yaml"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+class RunError(RuntimeError):
+    """A run folder is incomplete or inconsistent; the message says what is missing and what to do."""
+
+
+@dataclass
+class Loaded:
+    """A model ready to answer: weights, tokenizer, the training template and its stop tokens."""
+
+    name: str  # what the user named: a run folder, an embedded name, a model folder or a hub id
+    model: Any = field(repr=False)
+    tokenizer: Any = field(repr=False)
+    template: templates.Template = field(repr=False)
+    stop_token_ids: list[int]
+    base: str | None = None  # the base model of a run (what `--base` defaults to)
+    run_dir: Path | None = None
+    method: str | None = None  # the run's training method; None for a plain model
+    config: Any = field(default=None, repr=False)  # the run's sftune Config
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.run_dir is not None and (self.run_dir / ADAPTER_CONFIG).exists()
+
+
+def is_run(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder written by `sftune train` (it holds config.yaml next to weights)."""
+    folder = Path(path).expanduser()
+    return (folder / RUN_CONFIG).is_file() and (
+        (folder / ADAPTER_CONFIG).is_file() or (folder / "config.json").is_file()
+    )
+
+
+def run_config(run_dir: str | os.PathLike):
+    """The sftune Config a run was trained with (its config.yaml)."""
+    from sftune import config as config_module
+
+    path = Path(run_dir).expanduser() / RUN_CONFIG
+    if not path.is_file():
+        raise RunError(f"{path.parent} is not a run folder: it has no {RUN_CONFIG}. Point at the folder that "
+                       "`sftune train` wrote (its output.dir), or at a model folder / embedded model name.")
+    return config_module.load(path)
+
+
+def base_model_of(run_or_model: str | os.PathLike) -> str | None:
+    """The base model a run was trained from (config.yaml's model.name); None for a plain model."""
+    return run_config(run_or_model).model.name if is_run(run_or_model) else None
+
+
+def load(
+    run_or_model: str | os.PathLike,
+    *,
+    template: str | dict | None = None,
+    dtype: Any = None,
+    device_map: Any = None,
+    merge: bool = False,
+) -> Loaded:
+    """Load a run folder or a model for inference, in eval mode.
+
+    A run gets its own template (from its config, checked against its saved tokenizer); `template`
+    overrides it only for plain models (a run trained with one template answers with that one).
+    `merge=True` folds a LoRA adapter into the base weights (faster generation, same outputs).
+    """
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
+    name = str(run_or_model)
+    if not is_run(name):
+        model, tokenizer = models.load(name, dtype=dtype, device_map=device_map)
+        chosen = templates.get(template, tokenizer) if template else templates.default_for(tokenizer)
+        return Loaded(name, model.eval(), tokenizer, chosen, chosen.stop_token_ids(tokenizer))
+
+    run_dir = Path(name).expanduser()
+    cfg = run_config(run_dir)
+    if template is not None and template != cfg.data.template:
+        raise RunError(f"{run_dir} was trained with template {cfg.data.template or 'the model own'!r}; a run answers "
+                       "with the template it was trained with. Drop the template option.")
+    if (run_dir / ADAPTER_CONFIG).is_file():
+        model, tokenizer = _load_adapter_run(run_dir, cfg, dtype, device_map, merge)
+    else:
+        model, tokenizer = models.load(run_dir, dtype=dtype, device_map=device_map)
+    chosen = templates.get(cfg.data.template, tokenizer) if cfg.data.template else templates.default_for(tokenizer)
+    saved = tokenizer.chat_template
+    if saved and chosen.to_jinja() != saved:
+        raise RunError(f"{run_dir}: the tokenizer's saved chat_template differs from the template in config.yaml "
+                       f"({cfg.data.template or 'the model own'!r}); was one of them edited after training? Restore "
+                       "the folder as `sftune train` wrote it, or train again.")
+    return Loaded(name, model.eval(), tokenizer, chosen, chosen.stop_token_ids(tokenizer), base=cfg.model.name,
+                  run_dir=run_dir, method=cfg.method.name, config=cfg)
+
+
+def _load_adapter_run(run_dir: Path, cfg: Any, dtype: Any, device_map: Any, merge: bool):
+    """The base model as training loaded it (4-bit for qlora), the adapter on it, the run's tokenizer."""
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from sftune import methods
+
+    base, _ = models.load(cfg.model.name, dtype=dtype, device_map=device_map, **methods.load_kwargs(cfg.method))
+    tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = PeftModel.from_pretrained(base, str(run_dir))
+    if merge and cfg.method.name in ("lora",):
+        model = model.merge_and_unload()
+    return model, tokenizer
