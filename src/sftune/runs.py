@@ -96,7 +96,7 @@ def load(
     run_dir = Path(name).expanduser()
     cfg = run_config(run_dir)
     if template is not None and template != cfg.data.template:
-        raise RunError(f"{run_dir} was trained with template {cfg.data.template or "the model's own"!r}; a run answers "
+        raise RunError(f"{run_dir} was trained with template {_template_name(cfg)}; a run answers "
                        "with the template it was trained with. Drop the template option.")
     if (run_dir / ADAPTER_CONFIG).is_file():
         model, tokenizer = _load_adapter_run(run_dir, cfg, dtype, device_map, merge)
@@ -106,10 +106,14 @@ def load(
     saved = tokenizer.chat_template
     if saved and chosen.to_jinja() != saved:
         raise RunError(f"{run_dir}: the tokenizer's saved chat_template differs from the template in config.yaml "
-                       f"({cfg.data.template or "the model's own"!r}); was one of them edited after training? Restore "
+                       f"({_template_name(cfg)}); was one of them edited after training? Restore "
                        "the folder as `sftune train` wrote it, or train again.")
     return Loaded(name, model.eval(), tokenizer, chosen, chosen.stop_token_ids(tokenizer), base=cfg.model.name,
                   run_dir=run_dir, method=cfg.method.name, config=cfg)
+
+
+def _template_name(cfg: Any) -> str:
+    return repr(cfg.data.template) if cfg.data.template else "the model's own"
 
 
 def _load_adapter_run(run_dir: Path, cfg: Any, dtype: Any, device_map: Any, merge: bool):
