@@ -59,6 +59,11 @@ _ALPACA_SYSTEM_INPUT = (
 #   tools              None, "qwen" (<tool_call> / <tool_response>) or "llama3" (JSON calls, ipython turns;
 #                      one call per assistant turn and no text beside it, as Llama 3.1's template allows)
 #   dated_system       with tools "llama3": always write Llama 3.1's system header with its dates
+#   reasoning          None or "qwen3": assistant replies may open with a <think> block (the data layer's
+#                      layout); it is written only after the last user query, and the last reply always
+#                      has one (empty when the data has none), as Qwen3's template does
+#   enable_thinking    with reasoning: False appends the empty think block to the generation prompt
+#                      (Qwen3's enable_thinking=False, the "no-think" mode)
 #   tool               format of a tool result for templates without a tools style (default: as a user turn)
 #   bos, eos           the family's BOS / EOS text when no tokenizer is given
 #   bos_only_if_added  {bos} is written only for tokenizers that add a BOS themselves (a convention of
@@ -231,6 +236,23 @@ BUILTINS["phi3.5"] = {
     "skip_empty_system": True,
 }
 
+# Qwen3 (hybrid thinking): ChatML with <think> blocks, no default system prompt, Qwen's tool calls.
+BUILTINS["qwen3"] = {
+    **BUILTINS["chatml"],
+    "description": "Qwen3 thinking mode: ChatML, <think> kept after the last user query, Qwen's tool calls",
+    "reasoning": "qwen3",
+}
+del BUILTINS["qwen3"]["tool"]
+
+# Qwen3 with enable_thinking=False: the generation prompt ends with an empty think block.
+BUILTINS["qwen3_nothink"] = {
+    **BUILTINS["qwen3"],
+    "description": "Qwen3 non-thinking mode (enable_thinking=False): an empty <think> block opens each reply",
+    "enable_thinking": False,
+}
+NO_THINK = "<think>\n\n</think>\n\n"
+
 # Names that also resolve, for users who know a model by another name.
 ALIASES = {"qwen": "qwen2.5", "llama-2": "llama2", "llama-3": "llama3", "gemma2": "gemma", "gemma3": "gemma",
-           "phi-3": "phi3", "phi-3.5": "phi3.5"}
+           "phi-3": "phi3", "phi-3.5": "phi3.5",
+           "qwen3-nothink": "qwen3_nothink"}

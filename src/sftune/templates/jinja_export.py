@@ -11,7 +11,8 @@ import json
 import re
 from typing import Any
 
-from sftune.templates.definitions import LLAMA3_TOOLS_INTRO, LLAMA31_DATE, QWEN_TOOLS_INTRO, QWEN_TOOLS_OUTRO
+from sftune.templates.definitions import (LLAMA3_TOOLS_INTRO, LLAMA31_DATE, NO_THINK, QWEN_TOOLS_INTRO,
+                                          QWEN_TOOLS_OUTRO)
 
 
 def to_jinja(s: dict[str, Any], bos: str | None = None) -> str:
@@ -19,14 +20,16 @@ def to_jinja(s: dict[str, Any], bos: str | None = None) -> str:
     return "\n".join([
         *_head(s, bos),
         *_system_header(s),
+        *([_qwen3_last_query()] if s.get("reasoning") == "qwen3" else []),
         "{%- for m in messages[ns.start:] -%}{%- set i = loop.index0 + ns.start -%}",
         *_user(s),
         *_model_turns(s),
         _tool_result(s),
         _later_system(s),
         "{%- endif -%}{%- endfor -%}",
-        "{%- if add_generation_prompt -%}{{- " + _expr(s.get("generation_prompt", "")) + " -}}{%- else -%}{{- "
-        + _expr(s.get("suffix") or "") + " -}}{%- endif -%}",
+        "{%- if add_generation_prompt -%}{{- " + _expr(s.get("generation_prompt", "")) + " -}}"
+        + (_no_think(s) if s.get("reasoning") else "")
+        + "{%- else -%}{{- " + _expr(s.get("suffix") or "") + " -}}{%- endif -%}",
     ])
 
 
@@ -49,7 +52,7 @@ def _expr(fmt: str, bos: str | None = None, **variables: str) -> str:
 def _head(s: dict[str, Any], bos: str | None) -> list[str]:
     """The system prompt (given, default or default-with-input), the first user turn, and the prefix."""
     default = _literal(s["default_system"]) if s.get("default_system") else "none"
-    out = ["{%- set ns = namespace(system=" + default + ", start=0, first_user=-1) -%}",
+    out = ["{%- set ns = namespace(system=" + default + ", start=0, first_user=-1, last_query=-1, found=false) -%}",
            "{%- if messages and messages[0]['role'] == 'system' -%}{%- set ns.system = messages[0]['content'] -%}"
            "{%- set ns.start = 1 -%}{%- endif -%}",
            "{%- for m in messages -%}{%- if m['role'] == 'user' and ns.first_user < 0 -%}"
@@ -102,6 +105,8 @@ def _reply_parts(s: dict[str, Any]) -> tuple[str, str]:
 def _model_turns(s: dict[str, Any]) -> list[str]:
     """Assistant turns with their tool calls: each call a turn of its own, except in the qwen style."""
     style = s.get("tools")
+    if s.get("reasoning") == "qwen3":
+        return [_qwen3_model_turn(s)]
     if style == "qwen":
         return [_qwen_model_turn(s)]
     before, after = _reply_parts(s)
@@ -151,6 +156,44 @@ def _qwen_model_turn(s: dict[str, Any]) -> str:
             "{%- for tc in m.tool_calls or [] -%}{%- set c = tc.function if tc.function is defined else tc -%}"
             "{{- ns2.sep + '<tool_call>\\n{\"name\": \"' + c.name + '\", \"arguments\": ' + (c.arguments | tojson)"
             " + '}\\n</tool_call>' -}}{%- set ns2.sep = '\\n' -%}{%- endfor -%}{{- " + _expr(after) + " -}}")
+
+
+# --- the qwen3 reasoning style -------------------------------------------------------------------------
+
+
+def _qwen3_last_query() -> str:
+    """ns.last_query: the last user message that is not a <tool_response> (else the last message)."""
+    return ("{%- set ns.last_query = messages | length - 1 -%}{%- set ns.found = false -%}"
+            "{%- for m in messages[::-1] -%}{%- if not ns.found and m['role'] == 'user' and not "
+            "(m['content'].startswith('<tool_response>') and m['content'].endswith('</tool_response>')) -%}"
+            "{%- set ns.last_query = messages | length - 1 - loop.index0 -%}{%- set ns.found = true -%}"
+            "{%- endif -%}{%- endfor -%}")
+
+
+def _qwen3_model_turn(s: dict[str, Any]) -> str:
+    """Reasoning split off at </think>, written back as a <think> block only after the last user query."""
+    before, after = _reply_parts(s)
+    return ("{%- elif m['role'] == 'assistant' -%}"
+            "{%- set content = m['content'] if m['content'] is string else '' -%}{%- set reasoning = '' -%}"
+            "{%- if m.reasoning_content is string -%}{%- set reasoning = m.reasoning_content -%}"
+            "{%- elif '</think>' in content -%}"
+            "{%- set reasoning = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') -%}"
+            "{%- set content = content.split('</think>')[-1].lstrip('\n') -%}{%- endif -%}"
+            "{{- " + _expr(before) + " -}}"
+            "{%- if i > ns.last_query and (loop.last or reasoning) -%}"
+            "{{- '<think>\n' + reasoning.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') -}}"
+            "{%- else -%}{{- content -}}{%- endif -%}"
+            "{%- for tc in m.tool_calls or [] -%}{%- set c = tc.function if tc.function is defined else tc -%}"
+            "{%- if not loop.first or content -%}{{- '\n' -}}{%- endif -%}"
+            "{{- '<tool_call>\n{\"name\": \"' + c.name + '\", \"arguments\": ' + (c.arguments if c.arguments "
+            "is string else c.arguments | tojson) + '}\n</tool_call>' -}}{%- endfor -%}{{- " + _expr(after) + " -}}")
+
+
+def _no_think(s: dict[str, Any]) -> str:
+    """enable_thinking=False (the default of a no-think template) adds the empty think block."""
+    default = "false" if s.get("enable_thinking") is False else "true"
+    return ("{%- if (enable_thinking if enable_thinking is defined else " + default + ") is false -%}"
+            "{{- " + _literal(NO_THINK) + " -}}{%- endif -%}")
 
 
 def _qwen_result() -> str:

@@ -17,13 +17,17 @@ from typing import TYPE_CHECKING, Any
 
 from sftune.data.formats import tool_calls
 from sftune.data.schema import MODEL_ROLES
-from sftune.templates.definitions import LLAMA3_TOOLS_INTRO, LLAMA31_DATE, QWEN_TOOLS_INTRO, QWEN_TOOLS_OUTRO
+from sftune.templates.definitions import (LLAMA3_TOOLS_INTRO, LLAMA31_DATE, NO_THINK, QWEN_TOOLS_INTRO,
+                                          QWEN_TOOLS_OUTRO)
 from sftune.templates.errors import TemplateError
 
 if TYPE_CHECKING:
     from sftune.templates.template import Template
 
-Segment = tuple[str, "int | None", bool]
+# body: False (framing), True (trained with its message), or for a reasoning template's think block
+# "think" / "empty_think" (truthy: trained like the body unless the reasoning options leave it out).
+Segment = tuple[str, "int | None", "bool | str"]
+THINK, EMPTY_THINK = "think", "empty_think"
 
 
 def fill(fmt: str, bos: str, eos: str) -> str:
@@ -38,7 +42,11 @@ def render(t: Template, msgs: list[dict], tools: list[dict] | None, add_generati
     i = turns.start
     while i < len(msgs):
         i = turns.message(i)
-    turns.add(turns.f["generation_prompt"] if add_generation_prompt else turns.f["suffix"], None, False)
+    if add_generation_prompt:
+        no_think = NO_THINK if t.spec.get("reasoning") and t.spec.get("enable_thinking") is False else ""
+        turns.add(turns.f["generation_prompt"] + no_think, None, False)
+    else:
+        turns.add(turns.f["suffix"], None, False)
     return turns.segs
 
 
@@ -49,6 +57,7 @@ class _Turns:
         self.name, self.spec, self.f, self.msgs, self.tools = t.name, t.spec, _formats(t), msgs, tools
         self.style, self.strip, self.fold = t.spec.get("tools"), t.spec.get("strip"), t.spec.get("system") is None
         self.segs: list[Segment] = []
+        self._last_query: int | None = None
         self.add(self.f["prefix"], None, False)
         self.start, self.system, self.system_index = 0, t.spec.get("default_system"), None
         if msgs and msgs[0]["role"] == "system":
@@ -83,6 +92,8 @@ class _Turns:
         role = self.msgs[i]["role"]
         if role == "user":
             self.user(i)
+        elif role in MODEL_ROLES and self.spec.get("reasoning") == "qwen3":
+            return self.qwen3_model_turn(i)
         elif role in MODEL_ROLES and self.style == "qwen":
             return self.qwen_model_turn(i)
         elif role == "tool_call":
@@ -140,6 +151,38 @@ class _Turns:
             j += 1
         self.model_turn([(index, ("\n" if k else "") + text) for k, (index, text) in enumerate(parts)])
         return j
+
+    def qwen3_model_turn(self, i: int) -> int:
+        """Qwen3: a reply's leading <think> block is written only after the last user query (and always,
+        empty if need be, on the last message); its tool calls follow in the same turn."""
+        msgs, f = self.msgs, self.f
+        j = i + 1
+        while j < len(msgs) and msgs[j]["role"] == "tool_call":
+            j += 1
+        content = msgs[i]["content"] if msgs[i]["role"] == "assistant" else ""
+        reasoning, think = split_think(content)
+        if reasoning is not None:
+            content = think
+        self.add(f["generation_prompt"], i, False)
+        if i > self.last_query(i) and (j == len(msgs) or reasoning):
+            inner = (reasoning or "").strip("\n")
+            self.add("<think>\n" + inner + "\n</think>\n\n", i, THINK if inner else EMPTY_THINK)
+            self.add(content.lstrip("\n"), i, True)
+        else:
+            self.add(content, i, True)
+        calls = [(k, c) for k in range(i, j) if msgs[k]["role"] == "tool_call" for c in tool_calls(msgs[k]["content"])]
+        for n, (k, call) in enumerate(calls):
+            sep = "\n" if n or content else ""
+            self.add(sep + "<tool_call>\n" + _qwen3_call(call) + "\n</tool_call>", k, True)
+        self.add(f["end"], j - 1, True)
+        self.add(f["after_end"], j - 1, False)
+        return j
+
+    def last_query(self, i: int) -> int:
+        """Qwen3's last_query_index, as an index into msgs (see `last_query`)."""
+        if self._last_query is None:
+            self._last_query = last_query(self.msgs)
+        return self._last_query
 
     def tool_result(self, i: int) -> None:
         content = self.msgs[i]["content"]
@@ -199,6 +242,32 @@ def _qwen_system_with_tools(system: str | None, tools: list[dict]) -> str:
 
 def _qwen_calls(calls: list[dict]) -> str:
     return "\n".join("<tool_call>\n" + _tojson(call) + "\n</tool_call>" for call in calls)
+
+
+def last_query(msgs: list[dict]) -> int:
+    """The last user message that is not a <tool_response> (Qwen3's last_query_index); with none, the
+    last message. Replies after it keep their reasoning; replies before it lose it."""
+    for k in range(len(msgs) - 1, -1, -1):
+        m = msgs[k]
+        if m["role"] == "user" and not (m["content"].startswith("<tool_response>")
+                                        and m["content"].endswith("</tool_response>")):
+            return k
+    return len(msgs) - 1
+
+
+def _qwen3_call(call: dict) -> str:
+    arguments = call["arguments"]
+    return '{"name": "' + call["name"] + '", "arguments": ' + (arguments if isinstance(arguments, str)
+                                                              else _tojson(arguments)) + "}"
+
+
+def split_think(content: str) -> tuple[str | None, str]:
+    """(reasoning, answer) of a reply as Qwen3's template splits them (on </think>, newlines trimmed at
+    the split), or (None, content) when the reply has no </think>."""
+    if "</think>" not in content:
+        return None, content
+    reasoning = content.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
+    return reasoning, content.split("</think>")[-1].lstrip("\n")
 
 
 def _qwen_result(msgs: list[dict], i: int) -> str:

@@ -26,6 +26,7 @@ TWINS = {
     "cd8e9439f0570856fd70470bf8889ebd8b5d1107207f67a5efb46e342330527f": "qwen2.5",
     "872be49dbb638044ad01b60388f48d469ff2980e5f0dccdc22ec907db54d0788": "smollm2",
     "66291cf0045c2425a3a667cf3cbb7af2b11f09e025c02f97245323ab79119362": "zephyr",
+    "a55ee1b1660128b7098723e0abcd92caa0788061051c62d51cbe87d9cf1974d8": "qwen3",  # thinking mode (the default)
 }
 # Gemma 1/2's template raises on a system message: a conversation with one is not a twin's.
 REFUSES_SYSTEM = {"ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15cfd6"}
@@ -33,7 +34,7 @@ REFUSES_SYSTEM = {"ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15c
 # Llama 3.1, whose built-ins are checked against these templates on random tool conversations too.
 # (The jinja path cannot even segment Llama 3.1 tool chats with a system message: the render of the
 # system message alone raises, as the tools go into the first user turn.)
-TOOL_TWINS = {digest for digest, name in TWINS.items() if name in ("qwen2.5", "llama3.1")}
+TOOL_TWINS = {digest for digest, name in TWINS.items() if name in ("qwen2.5", "llama3.1", "qwen3")}
 
 _FACTS: dict[str, tuple[str | None, bool, bool]] = {}
 
