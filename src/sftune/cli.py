@@ -242,6 +242,10 @@ def data_check_command(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object (total, valid, invalid, reasons...)."),
     strict: bool = typer.Option(False, help="Exit 1 when any record is invalid, or when there is no record."),
     workers: Optional[int] = _WORKERS,
+    reasoning: bool = typer.Option(False, "--reasoning", help="Also check <think> blocks (empty, unclosed, dropped "
+                                   "by the template, answers repeating the reasoning...)."),
+    template: Optional[str] = typer.Option(None, "--template", "-t", help="With --reasoning: the template trained "
+                                           "with (default: a Qwen3-style reasoning template)."),
 ) -> None:
     """Validate every record; report counts per reason and the validation rate."""
     import json
@@ -251,10 +255,13 @@ def data_check_command(
     options = _read_options(format, columns, roles, cot_layout, max_chars, dataset)
     with Console(stderr=True).status("checking (large JSONL files on worker processes)"):
         report = check(paths, quarantine=quarantine, workers=workers, **options)
+    found = _reasoning_check(paths, options, template) if reasoning else None
     if json_output:
-        print(json.dumps(report.to_dict(), ensure_ascii=False))
+        print(json.dumps({**report.to_dict(), **({"reasoning": found} if found else {})}, ensure_ascii=False))
     else:
         _print_report(report)
+        if found:
+            _print_reasoning(found)
     if strict and (report.invalid or not report.total):
         if json_output:  # the JSON says it; a person reads why on stderr
             Console(stderr=True).print(
@@ -263,6 +270,39 @@ def data_check_command(
         elif not report.total:
             console.print("[red]strict:[/red] no records were read, which --strict counts as a failure")
         raise typer.Exit(1)
+
+
+def _reasoning_check(paths: list[str], options: dict, template: Optional[str]) -> dict:
+    """The reasoning checker over the valid records, for the template's reasoning style."""
+    from sftune import templates
+    from sftune.data import read
+    from sftune.data.reasoning import check_reasoning
+
+    try:
+        style = templates.get(template).reasoning if template else "qwen3"
+    except templates.TemplateError as err:
+        raise ValueError(str(err)) from None
+    return check_reasoning(_reading(read(paths, on_error="skip", **options), "checking reasoning"),
+                           template_reasoning=style)
+
+
+def _print_reasoning(found: dict) -> None:
+    from rich.markup import escape
+
+    console.print(f"reasoning: {found['replies_with_think']:,} of {found['replies']:,} replies have a think block "
+                  f"(template reasoning: {found['template_reasoning'] or 'none'})", highlight=False)
+    table = Table(title="Reasoning checks")
+    for column in ("kind", "count", "meaning", "examples"):
+        table.add_column(column, overflow="fold")
+    for kind, info in found["kinds"].items():
+        if info["count"]:
+            table.add_row(kind, f"{info['count']:,}", info["meaning"], escape("\n".join(info["examples"])))
+    console.print(table)
+    for name in ("reasoning_chars", "answer_chars", "reasoning_to_answer"):
+        summary = found[name]
+        if summary.get("count"):
+            console.print(f"{name}: mean {summary['mean']:,}  p50 {summary['p50']:,}  p90 {summary['p90']:,}  "
+                          f"max {summary['max']:,}", highlight=False)
 
 
 @data_app.command("convert")
@@ -315,6 +355,7 @@ def data_stats_command(
     options = _read_options(format, columns, roles, None, None, dataset)
     result = stats(_reading(read(paths, on_error="skip", report=report, **options), "reading"), tokenizer=loaded_tokenizer)
     result["validation"] = report.to_dict()
+    result["reasoning"] = _reasoning_check(paths, options, None)
     if plot:
         plot_histograms(result, plot)
     if json_output:
@@ -338,6 +379,8 @@ def data_stats_command(
         console.print(f"{flag}: {found['count']:,}" + (f"  e.g. {', '.join(found['examples'])}" if found["count"] else ""))
     if "agreement" in result:
         console.print(f"annotator agreement (Cohen's kappa): {result['agreement']}")
+    if result["reasoning"]["replies_with_think"]:
+        _print_reasoning(result["reasoning"])
     if plot:
         console.print(f"Histograms saved to {plot}")
 

@@ -8,7 +8,7 @@
 """
 
 from sftune.encode.dataset import EncodeReport, SkippedRecord, encode_dataset
-from sftune.encode.labels import IGNORE, POLICIES, encode, explain, trained_flags
+from sftune.encode.labels import IGNORE, POLICIES, REASONING, encode, explain, trained_flags
 
-__all__ = ["IGNORE", "POLICIES", "encode", "explain", "trained_flags", "encode_dataset", "EncodeReport",
+__all__ = ["IGNORE", "POLICIES", "REASONING", "encode", "explain", "trained_flags", "encode_dataset", "EncodeReport",
            "SkippedRecord"]

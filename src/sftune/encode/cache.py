@@ -14,7 +14,7 @@ from typing import Any
 from sftune.data.schema import Conversation
 from sftune.templates import Template
 
-CACHE_VERSION = "encode-v3"  # bumped when labels can change for the same inputs
+CACHE_VERSION = "encode-v4"  # bumped when labels can change for the same inputs
 DATA_FILE = "data.arrow"
 REPORT_FILE = "report.json"
 
@@ -47,11 +47,12 @@ def _record_key(conv: Conversation | dict) -> str:
                                  for m in conv.messages)])
 
 
-def fingerprint(records: list, template: Template, tokenizer: Any, policy: str, max_len: int | None) -> str:
-    """A short hash of everything an encoded dataset depends on."""
+def fingerprint(records: list, template: Template, tokenizer: Any, policy: str, max_len: int | None,
+                options: str = "") -> str:
+    """A short hash of everything an encoded dataset depends on (`options`: the reasoning options)."""
     digest = hashlib.sha256()
     for part in (CACHE_VERSION, _template_fingerprint(template), _tokenizer_fingerprint(tokenizer), policy,
-                 str(max_len)):
+                 str(max_len), options):
         digest.update(part.encode() + b"\0")
     digest.update("\x1d".join(map(_record_key, records)).encode("utf-8", "surrogatepass"))
     return digest.hexdigest()[:24]

@@ -14,7 +14,8 @@ import numpy as np
 
 from sftune.data.schema import Conversation
 from sftune.encode import cache
-from sftune.encode.labels import IGNORE, POLICIES, encode
+from sftune.encode.labels import IGNORE, POLICIES, check_reasoning, encode
+from sftune.encode.reasoning import split_records
 from sftune.encode.workers import Job, batch_results, worker_count
 from sftune.templates import Template
 
@@ -47,6 +48,7 @@ class EncodeReport:
     fingerprint: str = ""
     cache: str = "miss"  # "hit": read from the cache folder
     tokenizer: str = ""
+    reasoning_split: int = 0  # records split into one example per reasoning exchange (encoded counts them all)
 
     def skip(self, where: str, reason: str, detail: str) -> None:
         self.skipped += 1
@@ -66,21 +68,26 @@ class EncodeReport:
 def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any, template: Template, *,
                    policy: str = "assistant", max_len: int | None = None, batch_size: int = 1000,
                    cache_dir: str | os.PathLike | None = None, use_cache: bool = True, progress: bool = True,
-                   workers: int | None = None) -> tuple[Any, EncodeReport]:
+                   workers: int | None = None, reasoning: str = "think_and_answer",
+                   train_empty_think: bool = False, split_reasoning_turns: bool = True) -> tuple[Any, EncodeReport]:
     """Encode many conversations: (datasets.Dataset, EncodeReport).
 
     Columns: input_ids, labels, and loss_weights when any message has a weight; the same rows as
     `encode` gives, one by one. Batches of conversations are rendered, tokenized and labelled on
     `workers` processes (default: one per CPU core, up to 4, for large inputs; see workers.py). The
     result is cached under a fingerprint of the data, template, tokenizer, policy and max_len, so a
-    re-run memory-maps it instead (see cache.py).
+    re-run memory-maps it instead (see cache.py). `reasoning` / `train_empty_think`: which parts of a
+    think block are trained (labels.py); `split_reasoning_turns`: one example per reasoning exchange
+    where the template drops earlier reasoning (reasoning.py).
     """
     import datasets
 
     if policy not in POLICIES:
         raise ValueError(f"unknown masking policy {policy!r}; use one of {', '.join(POLICIES)}")
+    check_reasoning(reasoning)
     records = list(conversations)
-    fingerprint = cache.fingerprint(records, template, tokenizer, policy, max_len)
+    options = f"{reasoning}|{train_empty_think}|{split_reasoning_turns}"
+    fingerprint = cache.fingerprint(records, template, tokenizer, policy, max_len, options)
     folder = cache.folder_for(fingerprint, cache_dir)
     if use_cache and (cached := cache.load(folder)) is not None:
         dataset, saved = cached
@@ -89,10 +96,12 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
     weighted = any(m.weight is not None if not isinstance(m, dict) else m.get("weight") is not None
                    for conv in records for m in (conv.messages if isinstance(conv, Conversation) else conv["messages"]))
     report = EncodeReport(total=len(records), fingerprint=fingerprint)
+    if split_reasoning_turns:
+        records, report.reasoning_split = split_records(records, template)
     rows = _Rows(weighted)
     bos_id = getattr(tokenizer, "bos_token_id", None)
     nothing_left = "no token left to train" + (f" within max_len={max_len}" if max_len else "")
-    job = Job(records, template, policy, weighted, _plain_backend(tokenizer))
+    job = Job(records, template, policy, weighted, _plain_backend(tokenizer), reasoning, train_empty_think)
     with batch_results(job, batch_size, worker_count(workers, len(records), batch_size)) as results:
         bar = _progress(progress, len(records))
         for batch in results:
@@ -123,7 +132,8 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
                     report.truncated += 1
                     if len(report.truncated_records) < MAX_SKIPPED_SHOWN:
                         report.truncated_records.append(_where(records[k], k))
-                    result = encode(records[k], tokenizer, template, policy=policy, max_len=max_len)
+                    result = encode(records[k], tokenizer, template, policy=policy, max_len=max_len,
+                                    reasoning=reasoning, train_empty_think=train_empty_think)
                     if result is None:
                         report.skip(_where(records[k], k), "no_trained_token", nothing_left)
                     else:

@@ -10,6 +10,13 @@ Policies (per-message `train` flags override them):
   last       the last model turn only (an assistant text and the tool calls right after it are one turn)
   all        every token, the prompt included (continued pre-training, plain text)
 
+Reasoning options, for templates that write a reply's <think> block as a segment of its own (qwen3):
+  think_and_answer  the think block and the answer (default)
+  answer_only       the answer only; the think block is context
+  think_last_turn   the think block of the last model turn only; every answer
+An empty think block (`<think>\n\n</think>\n\n`, what a no-think reply or prompt holds) is never
+trained unless train_empty_think: the model would learn to skip thinking (ms-swift's ignore_empty_think).
+
 The end-of-turn / EOS token after a reply is part of its span and trained, whatever the pad token.
 labels[0] is always -100 (nothing predicts the first token), which is also what packing relies on.
 """
@@ -22,8 +29,10 @@ import numpy as np
 
 from sftune.data.schema import MODEL_ROLES, Conversation
 from sftune.templates import Template, TemplateError, normalize_messages
+from sftune.templates.render import EMPTY_THINK, THINK
 
 POLICIES = ("assistant", "last", "all")
+REASONING = ("think_and_answer", "answer_only", "think_last_turn")
 IGNORE = -100  # the label of a position that is not trained (PyTorch's cross-entropy ignore_index)
 
 
@@ -31,14 +40,7 @@ def trained_flags(messages: list[dict[str, Any]], policy: str = "assistant") -> 
     """Which messages are trained under `policy`, after each message's own `train` flag."""
     if policy not in POLICIES:
         raise ValueError(f"unknown masking policy {policy!r}; use one of {', '.join(POLICIES)}")
-    model_turns = [i for i, m in enumerate(messages) if m["role"] in MODEL_ROLES]
-    last = model_turns[-1] if model_turns else -1
-    first_of_last = last  # the last turn: text and the tool calls right after it are one turn
-    if last >= 0 and messages[last]["role"] == "tool_call":
-        while first_of_last > 0 and messages[first_of_last - 1]["role"] == "tool_call":
-            first_of_last -= 1
-        if first_of_last > 0 and messages[first_of_last - 1]["role"] == "assistant":
-            first_of_last -= 1
+    first_of_last, last = last_turn(messages)
     flags = []
     for i, m in enumerate(messages):
         if m.get("train") is not None:
@@ -52,13 +54,40 @@ def trained_flags(messages: list[dict[str, Any]], policy: str = "assistant") -> 
     return flags
 
 
-def render_spans(template: Template, messages: list[dict], tools: list[dict] | None, policy: str
-           ) -> tuple[str, list[tuple[int, int, float]]]:
+def last_turn(messages: list[dict[str, Any]]) -> tuple[int, int]:
+    """(first, last) message index of the last model turn (a text and the tool calls right after it are
+    one turn); (-1, -1) without one."""
+    model_turns = [i for i, m in enumerate(messages) if m["role"] in MODEL_ROLES]
+    last = model_turns[-1] if model_turns else -1
+    first_of_last = last
+    if last >= 0 and messages[last]["role"] == "tool_call":
+        while first_of_last > 0 and messages[first_of_last - 1]["role"] == "tool_call":
+            first_of_last -= 1
+        if first_of_last > 0 and messages[first_of_last - 1]["role"] == "assistant":
+            first_of_last -= 1
+    return first_of_last, last
+
+
+def check_reasoning(reasoning: str) -> None:
+    if reasoning not in REASONING:
+        raise ValueError(f"unknown reasoning option {reasoning!r}; use one of {', '.join(REASONING)}")
+
+
+def render_spans(template: Template, messages: list[dict], tools: list[dict] | None, policy: str,
+                 reasoning: str = "think_and_answer", train_empty_think: bool = False
+                 ) -> tuple[str, list[tuple[int, int, float]]]:
     """The rendered text and its trained character spans (start, end, weight)."""
     flags = trained_flags(messages, policy)
+    check_reasoning(reasoning)
+    first_of_last = last_turn(messages)[0]
     pieces, spans, pos = [], [], 0
     for text, index, body in template.segments(messages, tools):
         end = pos + len(text)
+        if body == THINK and policy != "all" and (
+                reasoning == "answer_only" or (reasoning == "think_last_turn" and index < first_of_last)):
+            body = False
+        elif body == EMPTY_THINK and policy != "all" and not train_empty_think:
+            body = False
         if policy == "all" and index is None:
             spans.append((pos, end, 1.0))
         elif index is not None and flags[index] and (body or policy == "all"):
@@ -121,7 +150,8 @@ def _check_bos(ids: list[int], tokenizer: Any, template: Template) -> None:
 
 
 def encode(conversation: Conversation | dict | list, tokenizer: Any, template: Template, *,
-           policy: str = "assistant", max_len: int | None = None) -> dict[str, list] | None:
+           policy: str = "assistant", max_len: int | None = None, reasoning: str = "think_and_answer",
+           train_empty_think: bool = False) -> dict[str, list] | None:
     """input_ids and labels (and loss_weights when a message has a weight) for one conversation.
 
     Over `max_len`, whole exchanges are dropped from the left (the system prompt stays), then the
@@ -129,9 +159,10 @@ def encode(conversation: Conversation | dict | list, tokenizer: Any, template: T
     the end. Returns None when no trained token is left: callers count and report it, never train it.
     """
     messages, tools = messages_and_tools(conversation)
-    result = _encode_messages(messages, tools, tokenizer, template, policy)
+    options = {"reasoning": reasoning, "train_empty_think": train_empty_think}
+    result = _encode_messages(messages, tools, tokenizer, template, policy, options)
     if max_len is not None and len(result["input_ids"]) > max_len:
-        result = _truncate(messages, tools, tokenizer, template, policy, max_len, result)
+        result = _truncate(messages, tools, tokenizer, template, policy, max_len, result, options)
     if not any(label != IGNORE for label in result["labels"]):
         return None
     return result
@@ -147,8 +178,8 @@ def messages_and_tools(conversation: Any) -> tuple[list[dict], list[dict] | None
 
 
 def _encode_messages(messages: list[dict], tools: list[dict] | None, tokenizer: Any, template: Template,
-                     policy: str) -> dict[str, list]:
-    text, spans = render_spans(template, messages, tools, policy)
+                     policy: str, options: dict[str, Any]) -> dict[str, list]:
+    text, spans = render_spans(template, messages, tools, policy, **options)
     ids, offsets = _tokenize(tokenizer, text)
     _check_bos(ids, tokenizer, template)
     weighted = any(m.get("weight") is not None for m in messages)
@@ -160,7 +191,7 @@ def _encode_messages(messages: list[dict], tools: list[dict] | None, tokenizer: 
 
 
 def _truncate(messages: list[dict], tools: list[dict] | None, tokenizer: Any, template: Template, policy: str,
-              max_len: int, result: dict[str, list]) -> dict[str, list]:
+              max_len: int, result: dict[str, list], options: dict[str, Any]) -> dict[str, list]:
     # 1. Drop the oldest exchanges (a user turn and what follows it up to the next user turn), keeping
     #    the system prompt and at least the last exchange.
     head = 1 if messages and messages[0]["role"] == "system" else 0
@@ -171,7 +202,7 @@ def _truncate(messages: list[dict], tools: list[dict] | None, tokenizer: Any, te
         kept = messages[:head] + messages[cut:]
         if not any(trained_flags(kept, policy)):
             break
-        result = _encode_messages(kept, tools, tokenizer, template, policy)
+        result = _encode_messages(kept, tools, tokenizer, template, policy, options)
     if len(result["input_ids"]) <= max_len:
         return result
     # 2. Cut the prompt from the left (keeping BOS), then 3. the end.

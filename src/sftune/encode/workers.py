@@ -37,6 +37,8 @@ class Job:
     policy: str
     weighted: bool
     backend: Any  # the `tokenizers` backend, without padding or truncation
+    reasoning: str = "think_and_answer"
+    train_empty_think: bool = False
 
 
 @dataclass
@@ -124,7 +126,8 @@ def encode_batch(job: Job, tokenizer: BatchTokenizer, lo: int, hi: int) -> Batch
     for k in range(lo, hi):
         try:
             messages, tools = messages_and_tools(job.records[k])
-            text, spans = render_spans(job.template, messages, tools, job.policy)
+            text, spans = render_spans(job.template, messages, tools, job.policy, job.reasoning,
+                                       job.train_empty_think)
         except (TemplateError, ValueError) as err:
             errors.append((k, str(err)))
             continue

@@ -65,6 +65,12 @@ class Template:
         spec = self.spec if self.jinja is None else BUILTINS.get(twins.builtin_of(self.jinja) or "", {})
         return fill(spec.get("end", ""), self.bos, self.eos).strip() or self.eos
 
+    @property
+    def reasoning(self) -> str | None:
+        """The reasoning style ("qwen3": think blocks dropped before the last user query), or None."""
+        spec = self.spec if self.jinja is None else BUILTINS.get(twins.builtin_of(self.jinja) or "", {})
+        return spec.get("reasoning")
+
     def stop_token_ids(self, tokenizer: Any) -> list[int]:
         """The ids generation stops at: the end-of-turn token (when it is one token) and EOS."""
         ids = tokenizer(self.stop, add_special_tokens=False)["input_ids"] if self.stop else []

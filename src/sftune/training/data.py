@@ -53,6 +53,8 @@ def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=Non
             sets[name] = None
             continue
         sets[name], reports[name] = encode.encode_dataset(convs, tokenizer, template, policy=d.policy,
+                                                          reasoning=d.reasoning, train_empty_think=d.train_empty_think,
+                                                          split_reasoning_turns=d.split_reasoning_turns,
                                                           max_len=d.max_len, progress=False)
         report = reports[name]
         if console is not None and report.skipped:

@@ -1,0 +1,65 @@
+"""One example per reasoning turn, for templates that drop earlier turns' reasoning (Qwen3).
+
+Qwen3's template writes a reply's <think> block only after the last user query: in a conversation of
+several exchanges, the earlier replies' reasoning is not in the rendered text, so it would never be
+trained. Split there, every reply with reasoning is trained in an example that ends with its exchange,
+with the context the model really sees at inference (earlier replies without their reasoning, not trained
+again).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sftune.data.schema import MODEL_ROLES, Conversation, Message
+from sftune.templates import Template
+from sftune.templates.render import split_think
+
+
+def queries(messages: list[dict]) -> list[int]:
+    """Indices of the user queries (user messages that are not a <tool_response>), as Qwen3 counts them."""
+    return [i for i, m in enumerate(messages) if m["role"] == "user"
+            and not (m["content"].startswith("<tool_response>") and m["content"].endswith("</tool_response>"))]
+
+
+def dropped_reasoning(messages: list[dict]) -> list[int]:
+    """Replies whose non-empty reasoning a Qwen3-style template leaves out (before the last query)."""
+    starts = queries(messages)
+    last = starts[-1] if starts else len(messages)
+    return [i for i in range(last) if messages[i]["role"] == "assistant" and split_think(messages[i]["content"])[0]]
+
+
+def split_turns(messages: list[dict], tools: list[dict] | None, meta: dict[str, Any]) -> list[Conversation]:
+    """The conversation as examples that each end after an exchange whose reasoning a later query would
+    drop, plus the whole; in each, the messages trained by an earlier example are context (train=False)."""
+    starts = queries(messages)
+    dropped = set(dropped_reasoning(messages))
+    bounds = [b for a, b in zip(starts, starts[1:]) if any(a < i < b for i in dropped)] + [len(messages)]
+    out, done = [], 0
+    for k, end in enumerate(bounds):
+        kept = [Message(m["role"], m["content"], False if i < done else m["train"], m["weight"])
+                for i, m in enumerate(messages[:end])]
+        out.append(Conversation(kept, tools, {**meta, "turn": k + 1} if len(bounds) > 1 else dict(meta)))
+        done = end
+    return out
+
+
+def split_records(records: list, template: Template) -> tuple[list, int]:
+    """(records with each multi-turn reasoning conversation split, how many records were split)."""
+    from sftune.encode.labels import messages_and_tools
+
+    if template.reasoning != "qwen3":
+        return records, 0
+    out, n_split = [], 0
+    for record in records:
+        messages, tools = messages_and_tools(record)
+        if not any(m["role"] in MODEL_ROLES for m in messages) or not dropped_reasoning(messages):
+            out.append(record)
+            continue
+        if isinstance(record, Conversation):
+            meta = record.meta
+        else:
+            meta = dict(record.get("meta") or {}) if isinstance(record, dict) else {}
+        out.extend(split_turns(messages, tools, meta))
+        n_split += 1
+    return out, n_split

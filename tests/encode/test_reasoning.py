@@ -1,0 +1,107 @@
+"""What is trained in reasoning conversations: each option against spans read off the official render."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from sftune import encode, templates
+from sftune.encode.labels import render_spans
+from tests.templates.chats import TOOLS
+from tests.templates.test_reasoning import HYBRID_CHAT, REASONING_CHAT, REASONING_TOOL_CHAT, _official
+
+# The reasoning of each exchange, and a tool loop with reasoning on every step after the last query.
+CHATS = [REASONING_TOOL_CHAT, REASONING_CHAT[:3], HYBRID_CHAT[2:], [
+    {"role": "user", "content": "Plan a trip"},
+    {"role": "assistant", "content": "<think>\nfirst the weather\n</think>\n\n", "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+    {"role": "tool", "content": "rain"},
+    {"role": "assistant", "content": "<think>\nrain: museums\n</think>\n\nVisit the museums."},
+]]
+
+
+def reference_chars(text: str, option: str, empty_think: bool = False) -> set[int]:
+    """Trained characters found in the official render alone: each reply from after its
+    '<|im_start|>assistant\\n' through '<|im_end|>', its leading think block as the option says."""
+    replies = [(m.end(), text.index("<|im_end|>", m.end()) + len("<|im_end|>"))
+               for m in re.finditer(r"<\|im_start\|>assistant\n", text)]
+    chars = set()
+    for k, (start, end) in enumerate(replies):
+        think = re.match(r"<think>\n(.*?)\n</think>\n\n", text[start:end], re.S)
+        answer_from = start + (think.end() if think else 0)
+        chars.update(range(answer_from, end))
+        if think and (think.group(1) == "" and empty_think or think.group(1) != "" and (
+                option == "think_and_answer" or option == "think_last_turn" and k == len(replies) - 1)):
+            chars.update(range(start, answer_from))
+    return chars
+
+
+def spans_chars(spans) -> set[int]:
+    return {c for a, b, _ in spans for c in range(a, b)}
+
+
+@pytest.mark.parametrize("option", encode.REASONING)
+@pytest.mark.parametrize("k", range(len(CHATS)))
+def test_each_reasoning_option_trains_the_characters_read_off_the_official_render(option, k):
+    chat = CHATS[k]
+    tools = TOOLS if any("tool_calls" in m for m in chat) else None
+    text, spans = render_spans(templates.get("qwen3"), templates.normalize_messages(chat), tools, "assistant",
+                               reasoning=option)
+    assert text == _official(chat, tools, False, "qwen3")
+    assert spans_chars(spans) == reference_chars(text, option)
+
+
+def test_empty_think_blocks_are_not_trained_unless_asked():
+    chat, template = HYBRID_CHAT, templates.get("qwen3")
+    messages = templates.normalize_messages(chat)
+    text, spans = render_spans(template, messages, None, "assistant")
+    assert "<think>\n\n</think>\n\nbye!" in text
+    assert spans_chars(spans) == reference_chars(text, "think_and_answer", empty_think=False)
+    _, with_empty = render_spans(template, messages, None, "assistant", train_empty_think=True)
+    assert spans_chars(with_empty) == reference_chars(text, "think_and_answer", empty_think=True)
+    assert spans_chars(with_empty) - spans_chars(spans) == set(range(text.index("<think>\n\n"),
+                                                                     text.index("bye!")))
+
+
+def test_token_labels_follow_the_reasoning_option(smollm2_tokenizer):
+    """Tokens are trained exactly where they overlap the reference characters (the tokenizer's offsets)."""
+    chat = CHATS[3]
+    template = templates.get("qwen3", smollm2_tokenizer)
+    trained = set()
+    for option in encode.REASONING:
+        result = encode.encode({"messages": chat, "tools": TOOLS}, smollm2_tokenizer, template, reasoning=option)
+        text = _official(chat, TOOLS, False, "qwen3")
+        enc = smollm2_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        assert result["input_ids"] == enc["input_ids"]
+        chars = reference_chars(text, option)
+        expected = [k > 0 and any(c in chars for c in range(a, max(b, a + 1)))
+                    for k, (a, b) in enumerate(enc["offset_mapping"])]
+        assert [label != encode.IGNORE for label in result["labels"]] == expected, option
+        trained.add(sum(expected))
+    assert len(trained) == 3  # two think blocks: each option trains another number of tokens
+
+
+def test_multi_turn_reasoning_is_split_into_one_example_per_exchange(smollm2_tokenizer, tmp_path):
+    """Qwen3 drops the first reply's reasoning once a second query follows: split, it is trained in an
+    example ending with its exchange; the second example sees the first reply without it, untrained."""
+    template = templates.get("qwen3", smollm2_tokenizer)
+    dataset, report = encode.encode_dataset([{"messages": REASONING_CHAT}], smollm2_tokenizer, template,
+                                            use_cache=False, progress=False)
+    assert report.reasoning_split == 1 and len(dataset) == 2
+    for row, shown in zip(dataset, (REASONING_CHAT[:3], REASONING_CHAT)):
+        text = _official(shown, None, False, "qwen3")
+        assert row["input_ids"] == smollm2_tokenizer(text, add_special_tokens=False)["input_ids"]
+    first = smollm2_tokenizer.decode([t for t, label in zip(dataset[0]["input_ids"], dataset[0]["labels"])
+                                      if label != encode.IGNORE])
+    second = smollm2_tokenizer.decode([t for t, label in zip(dataset[1]["input_ids"], dataset[1]["labels"])
+                                       if label != encode.IGNORE])
+    assert first == "<think>\nadd them\n</think>\n\n4<|im_end|>"
+    assert second == "<think>\nsix, clearly\n</think>\n\n6<|im_end|>"
+    whole, report = encode.encode_dataset([{"messages": REASONING_CHAT}], smollm2_tokenizer, template,
+                                          use_cache=False, progress=False, split_reasoning_turns=False)
+    assert report.reasoning_split == 0 and len(whole) == 1
+    assert "add them" not in smollm2_tokenizer.decode(whole[0]["input_ids"])
+    plain, report = encode.encode_dataset([{"messages": REASONING_CHAT}], smollm2_tokenizer,
+                                          templates.get("chatml", smollm2_tokenizer), use_cache=False, progress=False)
+    assert report.reasoning_split == 0 and len(plain) == 1  # chatml keeps every reply's text as it is
