@@ -246,6 +246,8 @@ def data_check_command(
                                    "by the template, answers repeating the reasoning...)."),
     template: Optional[str] = typer.Option(None, "--template", "-t", help="With --reasoning: the template trained "
                                            "with (default: a Qwen3-style reasoning template)."),
+    tools: bool = typer.Option(False, "--tools", help="Also check tool calls: each names a declared tool, its "
+                               "arguments match the tool's JSON schema, each result follows a call."),
 ) -> None:
     """Validate every record; report counts per reason and the validation rate."""
     import json
@@ -256,12 +258,17 @@ def data_check_command(
     with Console(stderr=True).status("checking (large JSONL files on worker processes)"):
         report = check(paths, quarantine=quarantine, workers=workers, **options)
     found = _reasoning_check(paths, options, template) if reasoning else None
+    calls = _tools_check(paths, options) if tools else None
     if json_output:
-        print(json.dumps({**report.to_dict(), **({"reasoning": found} if found else {})}, ensure_ascii=False))
+        extra = {**({"reasoning": found} if found else {}), **({"tools": calls} if calls else {})}
+        print(json.dumps({**report.to_dict(), **extra}, ensure_ascii=False))
     else:
         _print_report(report)
         if found:
             _print_reasoning(found)
+        if calls:
+            _print_kinds(f"Tool calls: {calls['calls']:,} in {calls['with_tool_calls']:,} of "
+                         f"{calls['conversations']:,} conversations", calls["kinds"])
     if strict and (report.invalid or not report.total):
         if json_output:  # the JSON says it; a person reads why on stderr
             Console(stderr=True).print(
@@ -286,18 +293,29 @@ def _reasoning_check(paths: list[str], options: dict, template: Optional[str]) -
                            template_reasoning=style)
 
 
-def _print_reasoning(found: dict) -> None:
+def _tools_check(paths: list[str], options: dict) -> dict:
+    from sftune.data import read
+    from sftune.data.toolcalls import check_tools
+
+    return check_tools(_reading(read(paths, on_error="skip", **options), "checking tool calls"))
+
+
+def _print_kinds(title: str, kinds: dict) -> None:
     from rich.markup import escape
 
-    console.print(f"reasoning: {found['replies_with_think']:,} of {found['replies']:,} replies have a think block "
-                  f"(template reasoning: {found['template_reasoning'] or 'none'})", highlight=False)
-    table = Table(title="Reasoning checks")
+    table = Table(title=title)
     for column in ("kind", "count", "meaning", "examples"):
         table.add_column(column, overflow="fold")
-    for kind, info in found["kinds"].items():
+    for kind, info in kinds.items():
         if info["count"]:
             table.add_row(kind, f"{info['count']:,}", info["meaning"], escape("\n".join(info["examples"])))
     console.print(table)
+
+
+def _print_reasoning(found: dict) -> None:
+    console.print(f"reasoning: {found['replies_with_think']:,} of {found['replies']:,} replies have a think block "
+                  f"(template reasoning: {found['template_reasoning'] or 'none'})", highlight=False)
+    _print_kinds("Reasoning checks", found["kinds"])
     for name in ("reasoning_chars", "answer_chars", "reasoning_to_answer"):
         summary = found[name]
         if summary.get("count"):
@@ -310,7 +328,8 @@ def _print_reasoning(found: dict) -> None:
 def data_convert_command(
     paths: list[str] = typer.Argument(..., help="Files, folders, globs, dataset_info.json."),
     output: str = typer.Option(..., "--output", "-o", help="Output JSONL file."),
-    to: str = typer.Option("messages", help="Output shape: messages, alpaca or sharegpt."),
+    to: str = typer.Option("messages", help="Output shape: messages, alpaca, sharegpt (function_call / "
+                           "observation turns), openai (tool_calls) or hermes (<tool_call> tags)."),
     format: Optional[str] = _FORMAT,
     columns: Optional[str] = _COLUMNS,
     roles: Optional[str] = _ROLES,
@@ -321,7 +340,7 @@ def data_convert_command(
     quarantine: Optional[str] = typer.Option(None, help="Rejected records go here (default: OUTPUT.rejected.jsonl)."),
     workers: Optional[int] = _WORKERS,
 ) -> None:
-    """Convert any known format into messages, alpaca or sharegpt JSONL."""
+    """Convert any known format into messages, alpaca, sharegpt, openai or hermes JSONL."""
     from sftune.data import convert
 
     quarantine = quarantine or f"{output}.rejected.jsonl"

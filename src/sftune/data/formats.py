@@ -27,6 +27,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 from typing import Any
 
 from sftune.data.errors import DataError
@@ -381,6 +382,10 @@ def to_messages(items: list, options: dict, key: str = "messages") -> list[Messa
             raise _missing(f"{field}.content", f"each message needs a role and content, e.g. {EXAMPLE_MESSAGE}")
         text, part_calls = _content(content, f"{field}.content") if content is not None else ("", [])
         calls = (calls or []) + part_calls
+        if role == "assistant" and not calls and "<tool_call>" in text:
+            text, calls = hermes_calls(text, f"{field}.content")
+        elif role == "tool" and text.startswith("<tool_response>\n") and text.endswith("\n</tool_response>"):
+            text = text[len("<tool_response>\n"):-len("\n</tool_response>")]
         train, weight = _train_and_weight(item, field)
         if calls and role == "assistant":
             if text:
@@ -391,6 +396,29 @@ def to_messages(items: list, options: dict, key: str = "messages") -> list[Messa
         else:
             out.append(Message(role, text, train, weight))
     return out
+
+
+HERMES_CALL = re.compile(r"<tool_call>\n?(.*?)\n?</tool_call>", re.S)
+
+
+def hermes_calls(text: str, field: str) -> tuple[str, list]:
+    """Hermes / Qwen <tool_call> JSON blocks at the end of an assistant text -> (the text before them, calls)."""
+    blocks = list(HERMES_CALL.finditer(text))
+    if not blocks:
+        return text, []
+    between = "".join(text[a.end():b.start()] for a, b in zip(blocks, blocks[1:])) + text[blocks[-1].end():]
+    if between.strip():
+        raise DataError("bad_value", field, "has text after or between its <tool_call> blocks",
+                        "put the calls last in the reply, and what follows in the next assistant turn")
+    calls = []
+    for k, block in enumerate(blocks):
+        try:
+            calls.append(json.loads(block.group(1)))
+        except json.JSONDecodeError:
+            raise DataError("wrong_type", f"{field} <tool_call> {k + 1}", f"is not JSON: {block.group(1)[:80]!r}",
+                            'write <tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>') from None
+    head = text[:blocks[0].start()]
+    return head[:-1] if head.endswith("\n") else head, calls
 
 
 def prompt_completion(record: dict, options: dict) -> Conversation:

@@ -1,4 +1,5 @@
-"""Conversations out, as JSONL in one of three shapes: messages (the schema), alpaca, sharegpt.
+"""Conversations out, as JSONL in one of five shapes: messages (the schema), alpaca, sharegpt, and the
+tool-call shapes openai (`tool_calls`) and hermes (<tool_call> tags; see toolcalls.py).
 
 `messages` keeps everything (train flags, weights, tools, meta). `alpaca` and `sharegpt` are the
 shapes other tools read (LLaMA-Factory's defaults); a conversation they cannot hold without losing
@@ -20,7 +21,7 @@ from sftune.data.files import Replacing
 from sftune.data.schema import MODEL_ROLES, Conversation
 
 SHAREGPT_ROLES = {"user": "human", "assistant": "gpt", "tool_call": "function_call", "tool": "observation"}
-STYLES = ("messages", "alpaca", "sharegpt")
+STYLES = ("messages", "alpaca", "sharegpt", "openai", "hermes")
 # One encoder for every line: json.dumps(..., ensure_ascii=False) would build a new one per call.
 _encode = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
 _quote = encode_basestring  # a JSON string literal, in C
@@ -98,6 +99,10 @@ def to_record(conversation: Conversation, style: str = "messages") -> dict[str, 
         return to_alpaca(conversation)
     if style == "sharegpt":
         return to_sharegpt(conversation)
+    if style in ("openai", "hermes"):
+        from sftune.data.toolcalls import to_hermes, to_openai
+
+        return to_openai(conversation) if style == "openai" else to_hermes(conversation)
     raise ValueError(f"unknown output style {style!r}; use one of {', '.join(STYLES)}")
 
 

@@ -1,0 +1,119 @@
+"""Tool-call data: every defect kind found where it is; OpenAI / ShareGPT / Hermes conversions lose nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sftune.data import Conversation, Message, read
+from sftune.data.toolcalls import KINDS, check_tools
+from sftune.data.writers import write_jsonl
+
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "data" / "tool_defects.jsonl"
+EXPECTED = {  # kind -> the one example's place and field in the fixture
+    "no_tools_declared": "1 messages[1].content",
+    "unknown_tool": "2 messages[1].content",
+    "bad_arguments": "3 messages[1].content",
+    "result_without_call": "4 messages[3]",
+    "call_without_result": "5 messages[3]",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED))
+def test_each_tool_call_defect_is_found_at_its_line_and_field(kind):
+    found = check_tools(read([str(FIXTURE)]))
+    assert set(found["kinds"]) == set(KINDS)
+    assert found["kinds"][kind]["count"] == 1, found["kinds"][kind]
+    assert found["kinds"][kind]["examples"][0].startswith(f"{FIXTURE}:{EXPECTED[kind]}:")
+    assert found["conversations"] == 6 and found["calls"] == 7
+
+
+def test_schema_errors_name_the_argument():
+    found = check_tools(read([str(FIXTURE)]))
+    assert "arguments['city']: 42 is not of type 'string'" in found["kinds"]["bad_arguments"]["examples"][0]
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}}}}]
+
+
+def call(city: str) -> dict:
+    return {"name": "get_weather", "arguments": {"city": city}}
+
+
+RICH = Conversation([
+    Message("system", "Use tools."),
+    Message("user", "Weather in Paris and Zürich?"),
+    Message("tool_call", json.dumps([call("Paris"), call("Zürich")], ensure_ascii=False)),
+    Message("tool", '{"temp": 21}'),
+    Message("tool", "18"),
+    Message("assistant", "<think>\nboth known\n</think>\n\nParis 21°C, Zürich 18°C."),
+    Message("user", "And Oslo?"),
+    Message("assistant", "Let me check.\nOne moment."),
+    Message("tool_call", json.dumps(call("Oslo"))),
+    Message("tool", "<b>5</b>"),
+    Message("assistant", "5°C."),
+], tools=TOOLS)
+
+
+def _roundtrip(conversation: Conversation, style: str, tmp_path: Path) -> Conversation:
+    path = tmp_path / f"{style}.jsonl"
+    assert write_jsonl([conversation], path, style) == 1
+    (back,) = list(read([str(path)]))
+    return back
+
+
+def _same(a: Conversation, b: Conversation) -> None:
+    assert [m.to_dict() for m in a.messages] == [m.to_dict() for m in b.messages]
+    assert a.tools == b.tools
+
+
+@pytest.mark.parametrize("style", ["openai", "sharegpt", "hermes", "messages"])
+def test_each_shape_reads_back_as_the_same_conversation(style, tmp_path):
+    _same(_roundtrip(RICH, style, tmp_path), RICH)
+
+
+def test_a_chain_of_conversions_loses_nothing_and_keeps_train_flags(tmp_path):
+    conversation = RICH
+    for style in ("openai", "hermes", "sharegpt", "openai", "messages"):
+        conversation = _roundtrip(conversation, style, tmp_path)
+    _same(conversation, RICH)
+    flagged = Conversation([Message("user", "Paris?"), Message("tool_call", json.dumps(call("Paris")), False),
+                            Message("tool", "21"), Message("assistant", "21°C", weight=0.5)], tools=TOOLS)
+    for style in ("openai", "hermes"):
+        _same(_roundtrip(flagged, style, tmp_path), flagged)
+
+
+def test_the_shapes_are_what_other_tools_read(tmp_path):
+    from sftune.data.toolcalls import to_hermes, to_openai
+    from sftune.data.writers import to_sharegpt
+
+    openai = to_openai(RICH)["messages"]
+    assert openai[2] == {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+        {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Zürich"}'}}]}
+    assert openai[3]["tool_call_id"] == "call_1" and openai[4]["tool_call_id"] == "call_2"
+    hermes = to_hermes(RICH)["messages"]
+    assert hermes[7]["content"] == ('Let me check.\nOne moment.\n<tool_call>\n{"name": "get_weather", "arguments": '
+                                    '{"city": "Oslo"}}\n</tool_call>')
+    assert hermes[8]["content"] == "<tool_response>\n<b>5</b>\n</tool_response>"
+    assert [t["from"] for t in to_sharegpt(RICH)["conversations"]][:4] == ["human", "function_call", "observation",
+                                                                          "observation"]
+
+
+def test_cli_convert_and_check_tools(tmp_path):
+    from typer.testing import CliRunner
+
+    from sftune.cli import app
+
+    runner = CliRunner()
+    src = tmp_path / "in.jsonl"
+    write_jsonl([RICH], src)
+    out = runner.invoke(app, ["data", "convert", str(src), "-o", str(tmp_path / "h.jsonl"), "--to", "hermes"])
+    assert out.exit_code == 0, out.output
+    _same(next(iter(read([str(tmp_path / "h.jsonl")]))), RICH)
+    out = runner.invoke(app, ["data", "check", str(FIXTURE), "--tools", "--json"])
+    found = json.loads(out.output.strip().splitlines()[-1])["tools"]
+    assert {k for k, v in found["kinds"].items() if v["count"]} == set(EXPECTED)
