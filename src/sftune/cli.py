@@ -160,6 +160,8 @@ _WORKERS = typer.Option(None, min=1, help="Processes for large JSONL / text file
 _MODEL = typer.Option(models.DEFAULT_MODEL, help="Model name or folder (its tokenizer).")
 _TEMPLATE = typer.Option(None, "--template", "-t", help="Default: the model's own template.")
 _POLICY = typer.Option("assistant", help="Masking policy: assistant, last or all.")
+_REASONING = typer.Option("think_and_answer", "--reasoning", help="With a reasoning template (qwen3): "
+                          "think_and_answer, answer_only or think_last_turn.")
 
 
 def _reading(conversations, description: str):
@@ -499,6 +501,7 @@ def data_inspect_command(
     model: str = _MODEL,
     template: Optional[str] = _TEMPLATE,
     policy: str = _POLICY,
+    reasoning: str = _REASONING,
     max_len: Optional[int] = typer.Option(None, help="Truncate as training would."),
     limit: int = typer.Option(3, help="How many records to show."),
     plain: bool = typer.Option(False, help="No colours: one token per line, TRAIN or mask, then the token."),
@@ -518,7 +521,7 @@ def data_inspect_command(
         if k >= limit:
             break
         where = where_from(conversation.meta, f"record {k}")
-        result = encode(conversation, tokenizer, chosen, policy=policy, max_len=max_len)
+        result = encode(conversation, tokenizer, chosen, policy=policy, max_len=max_len, reasoning=reasoning)
         if result is None:
             print(f"# {where}: no trained token (skipped in training)")
             continue
@@ -547,6 +550,7 @@ def data_encode_command(
     model: str = _MODEL,
     template: Optional[str] = _TEMPLATE,
     policy: str = _POLICY,
+    reasoning: str = _REASONING,
     max_len: int = typer.Option(1024, help="Truncate as training would (train's data.max_len)."),
     workers: Optional[int] = typer.Option(None, help="Processes (default: one per core, up to 4, for 10,000+ records)."),
     format: Optional[str] = _FORMAT,
@@ -563,7 +567,8 @@ def data_encode_command(
     read_report = Report()
     records = list(_reading(read(path, format=format, on_error="skip", report=read_report, syntax="cli"), "reading"))
     start = time.perf_counter()
-    dataset, report = encode_dataset(records, tokenizer, chosen, policy=policy, max_len=max_len, workers=workers)
+    dataset, report = encode_dataset(records, tokenizer, chosen, policy=policy, max_len=max_len, workers=workers,
+                                     reasoning=reasoning)
     seconds = time.perf_counter() - start
     console.print(f"template: {chosen.name}   policy: {policy}   max_len: {max_len}", highlight=False)
     if read_report.invalid or not read_report.total:

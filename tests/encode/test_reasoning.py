@@ -105,3 +105,22 @@ def test_multi_turn_reasoning_is_split_into_one_example_per_exchange(smollm2_tok
     plain, report = encode.encode_dataset([{"messages": REASONING_CHAT}], smollm2_tokenizer,
                                           templates.get("chatml", smollm2_tokenizer), use_cache=False, progress=False)
     assert report.reasoning_split == 0 and len(plain) == 1  # chatml keeps every reply's text as it is
+
+
+def test_cli_data_inspect_shows_what_each_reasoning_option_trains(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from sftune.cli import app
+
+    data = tmp_path / "r.jsonl"
+    data.write_text(json.dumps({"messages": REASONING_CHAT[:3]}) + "\n")
+    runner = CliRunner()
+    trained = {}
+    for option in ("think_and_answer", "answer_only"):
+        out = runner.invoke(app, ["data", "inspect", str(data), "-t", "qwen3", "--reasoning", option, "--plain"])
+        assert out.exit_code == 0, out.output
+        trained[option] = "".join(json.loads(line.split("\t", 1)[1]) for line in out.output.splitlines()
+                                  if line.startswith("TRAIN"))
+    assert trained == {"think_and_answer": "<think>\nadd them\n</think>\n\n4<|im_end|>", "answer_only": "4<|im_end|>"}
