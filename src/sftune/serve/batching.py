@@ -35,7 +35,7 @@ class Request:
     prompt_ids: list[int]
     options: GenerationOptions
     stop_token_ids: frozenset[int]
-    on_event: Callable[[dict[str, Any]], None]
+    on_event: Callable[[dict[str, Any]], None] = lambda event: None
     adapter: str | None = None
     stream: bool = False
     cancelled: threading.Event = field(default_factory=threading.Event)
