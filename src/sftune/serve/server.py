@@ -267,3 +267,19 @@ def _error_handlers(app: FastAPI) -> None:
         log.exception("unexpected error")  # the traceback goes to the server's log, never to the client
         return JSONResponse(error_body(f"internal error ({type(err).__name__}): {err}", kind="server_error"),
                             status_code=500)
+
+
+def serve(run_or_model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          adapters: dict[str, str] | None = None, max_batch_size: int = 16, template: str | None = None,
+          console: Any = None) -> None:
+    """Load the run (and adapters on its base) once, then answer on host:port until interrupted."""
+    import uvicorn
+
+    from sftune.serve import adapters as adapters_module
+
+    model, tokenizer, names = adapters_module.load(run_or_model, adapters, template=template)
+    app = create_app(model, tokenizer, names, api_key=api_key, max_batch_size=max_batch_size)
+    if console is not None:
+        console.print(f"serving {', '.join(names)} at http://{host}:{port}/v1 (batches of up to {max_batch_size}; "
+                      f"API key {'required' if api_key else 'not required'})", highlight=False)
+    uvicorn.run(app, host=host, port=port, log_level="info")
