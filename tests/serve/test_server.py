@@ -92,12 +92,17 @@ def _error(response, status):
 
 def test_malformed_and_unsupported_requests_get_400_in_openai_shape(served, base_dir):
     url, _ = served
-    post = lambda body, **kw: httpx.post(f"{url}/v1/chat/completions", timeout=30, **kw, **({"json": body} if body is not None else {}))
-    assert "messages" in _error(post({"model": str(base_dir)}), 400)["message"]
-    assert "not valid JSON" in _error(post(None, content=b"{not json", headers={"content-type": "application/json"}), 400)["message"]
-    assert _error(post({"model": str(base_dir), "messages": [{"role": "user", "content": "x"}], "n": 2}), 400)["param"] == "n"
-    assert "role" in _error(post({"model": str(base_dir), "messages": [{"content": "x"}]}), 400)["message"]
-    assert _error(post({"model": "nope", "messages": [{"role": "user", "content": "x"}]}), 404)["code"] == "model_not_found"
+    model, user = str(base_dir), [{"role": "user", "content": "x"}]
+
+    def post(body=None, **kwargs):
+        return httpx.post(f"{url}/v1/chat/completions", timeout=30, **({"json": body} if body else {}), **kwargs)
+
+    assert "messages" in _error(post({"model": model}), 400)["message"]
+    bad_json = post(content=b"{not json", headers={"content-type": "application/json"})
+    assert "not valid JSON" in _error(bad_json, 400)["message"]
+    assert _error(post({"model": model, "messages": user, "n": 2}), 400)["param"] == "n"
+    assert "role" in _error(post({"model": model, "messages": [{"content": "x"}]}), 400)["message"]
+    assert _error(post({"model": "nope", "messages": user}), 404)["code"] == "model_not_found"
     with pytest.raises(openai.BadRequestError):
         client(url).chat.completions.create(model=str(base_dir), messages=[{"role": "user", "content": "x"}],
                                             temperature=5)
