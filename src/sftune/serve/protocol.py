@@ -76,7 +76,8 @@ class _Request(BaseModel):
     def options(self, default_max_tokens: int) -> GenerationOptions:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return GenerationOptions(max_new_tokens=self.requested_max_tokens or default_max_tokens,
-                                 temperature=self.temperature, top_p=self.top_p, stop=tuple(s for s in stop if s), seed=self.seed)
+                                 temperature=self.temperature, top_p=self.top_p, stop=tuple(s for s in stop if s),
+                                 seed=self.seed)
 
     @property
     def requested_max_tokens(self) -> int | None:
