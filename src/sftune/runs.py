@@ -102,14 +102,20 @@ def load(
         model, tokenizer = _load_adapter_run(run_dir, cfg, dtype, device_map, merge)
     else:
         model, tokenizer = models.load(run_dir, dtype=dtype, device_map=device_map)
+    chosen = run_template(run_dir, cfg, tokenizer)
+    return Loaded(name, model.eval(), tokenizer, chosen, chosen.stop_token_ids(tokenizer), base=cfg.model.name,
+                  run_dir=run_dir, method=cfg.method.name, config=cfg)
+
+
+def run_template(run_dir: Path, cfg: Any, tokenizer: Any) -> templates.Template:
+    """The template a run was trained with (from its config), checked against its tokenizer's saved one."""
     chosen = templates.get(cfg.data.template, tokenizer) if cfg.data.template else templates.default_for(tokenizer)
     saved = tokenizer.chat_template
     if saved and chosen.to_jinja() != saved:
         raise RunError(f"{run_dir}: the tokenizer's saved chat_template differs from the template in config.yaml "
                        f"({_template_name(cfg)}); was one of them edited after training? Restore "
                        "the folder as `sftune train` wrote it, or train again.")
-    return Loaded(name, model.eval(), tokenizer, chosen, chosen.stop_token_ids(tokenizer), base=cfg.model.name,
-                  run_dir=run_dir, method=cfg.method.name, config=cfg)
+    return chosen
 
 
 def _template_name(cfg: Any) -> str:

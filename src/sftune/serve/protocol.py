@@ -1,0 +1,161 @@
+"""The OpenAI request and response shapes the server speaks, and OpenAI's error shape.
+
+Requests are pydantic models: a field the server does not know is refused (400, naming it), and an
+option it knows but does not implement is accepted only at its neutral value (n=1, penalties 0, ...),
+so a client never gets an answer that silently ignored what it asked for.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sftune.generation import GenerationOptions
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, kind=self.kind, param=self.param, code=self.code)
+
+
+def error_body(message: str, *, kind: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+# Options the server knows but does not implement: accepted only at these neutral values.
+NEUTRAL = {"n": 1, "presence_penalty": 0, "frequency_penalty": 0, "logprobs": False, "top_logprobs": 0,
+           "logit_bias": {}, "echo": False, "best_of": 1, "suffix": ""}
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0, le=2)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    user: str | None = None  # an end-user id for the operator's logs; no effect on the answer
+    n: int | None = 1
+    presence_penalty: float | None = 0
+    frequency_penalty: float | None = 0
+    logprobs: bool | int | None = False
+    top_logprobs: int | None = 0
+    logit_bias: dict[str, float] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError(f"at most 4 stop strings, got {len(value)}")
+        return value
+
+    def unsupported(self) -> None:
+        """Refuse (400) a known option set to something the server does not do."""
+        for name, neutral in NEUTRAL.items():
+            value = getattr(self, name, None)
+            if value is not None and value != neutral and not (neutral == {} and not value):
+                raise ApiError(400, f"{name}={value!r} is not supported by this server (it answers with "
+                                    f"{name}={neutral!r}); drop the option or set it to {neutral!r}", param=name,
+                               code="unsupported_parameter")
+
+    def options(self, default_max_tokens: int) -> GenerationOptions:
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return GenerationOptions(max_new_tokens=self.requested_max_tokens or default_max_tokens,
+                                 temperature=self.temperature, top_p=self.top_p, stop=tuple(s for s in stop if s),
+                                 seed=self.seed)
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    @property
+    def include_usage(self) -> bool:
+        return bool((self.stream_options or {}).get("include_usage"))
+
+
+class ChatRequest(_Request):
+    """POST /v1/chat/completions."""
+
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+
+    def unsupported(self) -> None:
+        super().unsupported()
+        if self.tool_choice not in (None, "auto", "none"):
+            raise ApiError(400, f"tool_choice={self.tool_choice!r} is not supported: the model decides whether to "
+                                "call a tool ('auto'), or gets no tools ('none')", param="tool_choice",
+                           code="unsupported_parameter")
+        if self.response_format not in (None, {"type": "text"}):
+            raise ApiError(400, "response_format other than {'type': 'text'} is not supported (no constrained "
+                                "decoding); ask for JSON in the prompt instead", param="response_format",
+                           code="unsupported_parameter")
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens or self.max_completion_tokens
+
+    @property
+    def active_tools(self) -> list[dict[str, Any]] | None:
+        return None if self.tool_choice == "none" else (self.tools or None)
+
+
+class CompletionRequest(_Request):
+    """POST /v1/completions: raw text in, raw text out (no chat template)."""
+
+    prompt: str | list[str]
+    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for completions
+    echo: bool | None = False
+    best_of: int | None = 1
+    suffix: str | None = None
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def chat_message(text: str, calls: list[dict] | None) -> dict[str, Any]:
+    """The assistant message of a reply: its text, and its tool calls in OpenAI's shape when it made any."""
+    if not calls:
+        return {"role": "assistant", "content": text}
+    return {"role": "assistant", "content": text or None, "tool_calls": calls}
+
+
+def chat_chunk(chunk_id: str, model: str, created: int, delta: dict[str, Any],
+               finish_reason: str | None = None) -> dict[str, Any]:
+    return {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+
+
+def now() -> int:
+    return int(time.time())
+
+
+FinishReason = Literal["stop", "length", "tool_calls"]

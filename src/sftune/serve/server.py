@@ -1,0 +1,285 @@
+"""The OpenAI-compatible server: FastAPI routes over the dynamic batcher.
+
+    app = create_app(model, tokenizer, names, api_key=None, max_batch_size=16)
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+
+/v1/chat/completions renders the messages with the served model's training template (tools too) and
+reads tool calls back with its family's syntax; /v1/completions takes raw text; /v1/models lists every
+name a request may ask for. Every error is answered in OpenAI's error shape, never with a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+from fastapi import Depends, FastAPI, Request as HttpRequest
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sse_starlette import EventSourceResponse
+from starlette.exceptions import HTTPException
+
+from sftune.serve import tools as tool_calls
+from sftune.serve.adapters import Served, activate
+from sftune.serve.batching import Batcher, Request
+from sftune.serve.protocol import (ApiError, ChatRequest, CompletionRequest, chat_chunk, chat_message, error_body,
+                                   new_id, now, usage)
+
+log = logging.getLogger("sftune.serve")
+DISCONNECT_POLL_S = 0.5  # how often a waiting non-streamed request checks that its client is still there
+
+
+def context_length(model: Any, tokenizer: Any) -> int:
+    """The most tokens (prompt + answer) the model takes: its config's positions, else the tokenizer's limit."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return int(getattr(tokenizer, "model_max_length", 2048))
+
+
+def create_app(model: Any, tokenizer: Any, names: dict[str, Served], *, api_key: str | None = None,
+               max_batch_size: int = 16, max_context: int | None = None) -> FastAPI:
+    """The FastAPI app answering as `names` (see adapters.load); its batcher runs while the app runs."""
+    batcher = Batcher(model, tokenizer, lambda adapter: activate(model, adapter), max_batch_size=max_batch_size)
+    limit = max_context or context_length(model, tokenizer)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        batcher.start()
+        yield
+        batcher.stop()
+
+    app = FastAPI(title="sftune", lifespan=lifespan)
+    app.state.batcher = batcher
+    _error_handlers(app)
+
+    def authorized(request: HttpRequest) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        token = given[7:] if given.lower().startswith("bearer ") else ""
+        if not secrets.compare_digest(token.encode(), api_key.encode()):
+            raise ApiError(401, "invalid or missing API key: send it as the header 'Authorization: Bearer KEY' "
+                                "(the key given to `sftune serve --api-key` or SFTUNE_API_KEY)",
+                           code="invalid_api_key")
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness and load: requests in the running batch and waiting for it."""
+        return {"status": "ok", **batcher.counts()}
+
+    @app.get("/v1/models", dependencies=[Depends(authorized)])
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "sftune"}
+                                           for name in names]}
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
+    async def chat_completions(body: ChatRequest, http: HttpRequest):
+        body.unsupported()
+        served = _served(names, body.model)
+        tools = body.active_tools
+        style = tool_calls.tool_style(served.template) if tools else None
+        if tools and style is None:
+            raise ApiError(400, f"model {body.model!r} was trained with template {served.template.name!r}, which has "
+                                "no tool-call syntax; send the request without tools", param="tools")
+        try:
+            prompt = served.template.render(body.messages, tools=tools, add_generation_prompt=True)
+        except (ValueError, KeyError, TypeError) as err:
+            raise ApiError(400, f"messages: {err}", param="messages") from None
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        request = Request(ids, body.options(_room(ids, body.requested_max_tokens, limit, "messages")),
+                          frozenset(served.stop_token_ids), adapter=served.adapter, stream=body.stream and not tools)
+        if body.stream:
+            return EventSourceResponse(_chat_stream(batcher, request, http, body, style), ping=15)
+        done = await _answer(batcher, request, http)
+        text, calls = tool_calls.parse(done.text, style) if tools else (done.text, [])
+        return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": body.model,
+                "choices": [{"index": 0, "message": chat_message(text, calls), "logprobs": None,
+                             "finish_reason": "tool_calls" if calls else done.finish_reason}],
+                "usage": usage(done.prompt_tokens, done.completion_tokens)}
+
+    @app.post("/v1/completions", dependencies=[Depends(authorized)])
+    async def completions(body: CompletionRequest, http: HttpRequest):
+        body.unsupported()
+        served = _served(names, body.model)
+        if body.stream and len(body.prompts) != 1:
+            raise ApiError(400, "stream takes one prompt; send a list of prompts without stream", param="prompt")
+        requests = []
+        for k, text in enumerate(body.prompts):
+            ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+            requests.append(Request(ids, body.options(_room(ids, body.requested_max_tokens, limit, f"prompt[{k}]")),
+                                    frozenset(served.stop_token_ids), adapter=served.adapter, stream=body.stream))
+        if body.stream:
+            return EventSourceResponse(_completion_stream(batcher, requests[0], http, body), ping=15)
+        done = await asyncio.gather(*(_answer(batcher, r, http) for r in requests))
+        return {"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": body.model,
+                "choices": [{"index": k, "text": d.text, "logprobs": None, "finish_reason": d.finish_reason}
+                            for k, d in enumerate(done)],
+                "usage": usage(sum(d.prompt_tokens for d in done), sum(d.completion_tokens for d in done))}
+
+    return app
+
+
+def _served(names: dict[str, Served], model: str) -> Served:
+    if model not in names:
+        raise ApiError(404, f"model {model!r} is not served here; served models: {', '.join(names)} "
+                            "(GET /v1/models lists them)", param="model", code="model_not_found")
+    return names[model]
+
+
+def _room(ids: list[int], max_tokens: int | None, limit: int, field: str) -> int:
+    """The default answer length (what the context leaves); 400 when the prompt or max_tokens do not fit."""
+    if len(ids) >= limit:
+        raise ApiError(400, f"the prompt ({field}) is {len(ids)} tokens, but the model's context length is {limit} "
+                            "tokens (prompt and answer together); shorten the prompt", param=field,
+                       code="context_length_exceeded")
+    if max_tokens is not None and len(ids) + max_tokens > limit:
+        raise ApiError(400, f"max_tokens={max_tokens} plus the prompt's {len(ids)} tokens exceed the model's context "
+                            f"length of {limit} tokens; ask for at most {limit - len(ids)} tokens",
+                       param="max_tokens", code="context_length_exceeded")
+    return limit - len(ids)
+
+
+async def _events(batcher: Batcher, request: Request, http: HttpRequest) -> AsyncIterator[dict[str, Any]]:
+    """The request's events from the worker thread; the request is cancelled if its reader stops early."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    request.on_event = lambda event: loop.call_soon_threadsafe(queue.put_nowait, event)
+    batcher.submit(request)
+    finished = False
+    try:
+        while True:
+            try:
+                event = await asyncio.wait_for(queue.get(), DISCONNECT_POLL_S)
+            except asyncio.TimeoutError:
+                if await http.is_disconnected():
+                    return
+                continue
+            if "error" in event:
+                finished = True
+                raise ApiError(500, event["error"], kind="server_error")
+            yield event
+            if "done" in event:
+                finished = True
+                return
+    finally:
+        if not finished:
+            batcher.cancel(request)
+
+
+async def _answer(batcher: Batcher, request: Request, http: HttpRequest):
+    """The finished Completion of a non-streamed request."""
+    async for event in _events(batcher, request, http):
+        if "done" in event:
+            return event["done"]
+    raise ApiError(499, "the client closed the request", kind="client_closed_request")
+
+
+async def _chat_stream(batcher: Batcher, request: Request, http: HttpRequest, body: ChatRequest,
+                       style: str | None) -> AsyncIterator[dict[str, str]]:
+    """Server-sent chat.completion.chunk events: the role, text pieces, the finish reason, [DONE]."""
+    chunk_id, created = new_id("chatcmpl"), now()
+
+    def event(delta: dict[str, Any], finish: str | None = None) -> dict[str, str]:
+        return {"data": json.dumps(chat_chunk(chunk_id, body.model, created, delta, finish), ensure_ascii=False)}
+
+    try:
+        yield event({"role": "assistant", "content": ""})
+        async for item in _events(batcher, request, http):
+            if "text" in item:
+                yield event({"content": item["text"]})
+                continue
+            done = item["done"]
+            finish = done.finish_reason
+            if not request.stream:  # a request with tools: its answer is read whole, then sent
+                text, calls = tool_calls.parse(done.text, style)
+                if text:
+                    yield event({"content": text})
+                if calls:
+                    yield event({"tool_calls": [{"index": k, **call} for k, call in enumerate(calls)]})
+                    finish = "tool_calls"
+            yield event({}, finish)
+            if body.include_usage:
+                yield {"data": json.dumps({"id": chunk_id, "object": "chat.completion.chunk", "created": created,
+                                           "model": body.model, "choices": [],
+                                           "usage": usage(done.prompt_tokens, done.completion_tokens)})}
+    except ApiError as err:
+        yield {"data": json.dumps(err.body())}
+    yield {"data": "[DONE]"}
+
+
+async def _completion_stream(batcher: Batcher, request: Request, http: HttpRequest,
+                             body: CompletionRequest) -> AsyncIterator[dict[str, str]]:
+    chunk_id, created = new_id("cmpl"), now()
+
+    def event(text: str, finish: str | None = None, extra: dict | None = None) -> dict[str, str]:
+        return {"data": json.dumps({"id": chunk_id, "object": "text_completion", "created": created,
+                                    "model": body.model, "choices": [{"index": 0, "text": text, "logprobs": None,
+                                                                      "finish_reason": finish}], **(extra or {})},
+                                   ensure_ascii=False)}
+
+    try:
+        async for item in _events(batcher, request, http):
+            if "text" in item:
+                yield event(item["text"])
+            else:
+                done = item["done"]
+                extra = {"usage": usage(done.prompt_tokens, done.completion_tokens)} if body.include_usage else None
+                yield event("", done.finish_reason, extra)
+    except ApiError as err:
+        yield {"data": json.dumps(err.body())}
+    yield {"data": "[DONE]"}
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Every error in OpenAI's shape: bad requests 4xx naming the field, unexpected ones 500 without a traceback."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: HttpRequest, err: ApiError) -> JSONResponse:
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: HttpRequest, err: RequestValidationError) -> JSONResponse:
+        problems, param = [], None
+        for e in err.errors()[:5]:
+            loc = ".".join(str(p) for p in e.get("loc", ())[1:] if p != "body") or "body"
+            param = param or loc
+            if e.get("type") == "json_invalid":
+                problems.append(f"the request body is not valid JSON ({e.get('ctx', {}).get('error', e['msg'])})")
+            elif e.get("type") == "extra_forbidden":
+                problems.append(f"{loc}: unknown field; this server takes the OpenAI fields it implements")
+            else:
+                problems.append(f"{loc}: {e['msg']}")
+        return JSONResponse(error_body("; ".join(problems), param=param), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: HttpRequest, err: HTTPException) -> JSONResponse:
+        return JSONResponse(error_body(str(err.detail)), status_code=err.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: HttpRequest, err: Exception) -> JSONResponse:
+        log.exception("unexpected error")  # the traceback goes to the server's log, never to the client
+        return JSONResponse(error_body(f"internal error ({type(err).__name__}): {err}", kind="server_error"),
+                            status_code=500)
+
+
+def serve(run_or_model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          adapters: dict[str, str] | None = None, max_batch_size: int = 16, template: str | None = None,
+          console: Any = None) -> None:
+    """Load the run (and adapters on its base) once, then answer on host:port until interrupted."""
+    import uvicorn
+
+    from sftune.serve import adapters as adapters_module
+
+    model, tokenizer, names = adapters_module.load(run_or_model, adapters, template=template)
+    app = create_app(model, tokenizer, names, api_key=api_key, max_batch_size=max_batch_size)
+    if console is not None:
+        console.print(f"serving {', '.join(names)} at http://{host}:{port}/v1 (batches of up to {max_batch_size}; "
+                      f"API key {'required' if api_key else 'not required'})", highlight=False)
+    uvicorn.run(app, host=host, port=port, log_level="info")

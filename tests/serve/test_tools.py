@@ -1,0 +1,104 @@
+"""Tool calls: the template family's syntax read back from canned answers, and through the server as
+OpenAI `tool_calls` (a scripted model writes a known answer)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import openai
+import pytest
+import torch
+
+from sftune import templates
+from sftune.serve.adapters import Served
+from sftune.serve.server import create_app
+from sftune.serve.tools import parse, tool_style
+from tests.serve.conftest import running
+
+CALL = {"name": "get_weather", "arguments": {"city": "Paris", "unit": "°C"}}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                           "parameters": {"type": "object",
+                                                          "properties": {"city": {"type": "string"}}}}}]
+
+
+def test_the_styles_of_the_families():
+    assert tool_style(templates.get("qwen2.5")) == "qwen" and tool_style(templates.get("chatml")) == "qwen"
+    assert tool_style(templates.get("llama3")) == "llama3" and tool_style(templates.get("mistral")) is None
+
+
+def test_qwen_calls_as_the_template_renders_them():
+    """What the template writes for an assistant tool call is read back as that call."""
+    template = templates.get("qwen2.5")
+    prompt = [{"role": "user", "content": "Weather?"}]
+    turn = {"role": "assistant", "content": "Let me look.", "tool_calls": [{"type": "function", "function": CALL},
+                                                                          {"type": "function", "function": CALL}]}
+    rendered = template.render(prompt + [turn])
+    answer = rendered[len(template.render(prompt, add_generation_prompt=True)):].removesuffix("<|im_end|>\n")
+    text, calls = parse(answer, "qwen")
+    assert text == "Let me look." and len(calls) == 2
+    assert [(c["type"], c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == \
+        [("function", "get_weather", CALL["arguments"])] * 2
+
+
+def test_llama3_calls_as_the_template_renders_them():
+    template = templates.get("llama3")
+    prompt = [{"role": "user", "content": "Weather?"}]
+    rendered = template.render(prompt + [{"role": "assistant", "tool_calls": [{"type": "function", "function": CALL}]}])
+    answer = rendered[len(template.render(prompt, add_generation_prompt=True)):].removesuffix("<|eot_id|>")
+    text, [call] = parse(answer, "llama3")
+    assert text == "" and call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == CALL["arguments"]
+
+
+@pytest.mark.parametrize("answer", ["Just text.", "<tool_call>\n{not json}\n</tool_call>", '{"no": "name"}',
+                                    "<tool_call>\n[1, 2]\n</tool_call>"])
+def test_answers_that_are_not_calls_stay_text(answer):
+    assert parse(answer, "qwen") == (answer, []) and parse(answer, "llama3") == (answer, [])
+
+
+class Scripted(torch.nn.Module):
+    """A model whose greedy answer to any prompt is `script` (its logits put all weight on the next token)."""
+
+    def __init__(self, script: list[int], vocab: int):
+        super().__init__()
+        self.script, self.vocab, self.prompt_len = script, vocab, 0
+        self.config = SimpleNamespace(max_position_embeddings=4096)
+        self.device = torch.device("cpu")
+
+    def forward(self, input_ids, attention_mask, position_ids, past_key_values=None, use_cache=True,
+                logits_to_keep=None):
+        if input_ids.shape[1] > 1:
+            self.prompt_len = int(attention_mask[0].sum())
+        produced = int(position_ids[0, -1]) - self.prompt_len + 1
+        logits = torch.zeros(input_ids.shape[0], 1, self.vocab)
+        logits[:, 0, self.script[min(produced, len(self.script) - 1)]] = 1.0
+        return SimpleNamespace(logits=logits)
+
+
+def test_a_tool_call_through_the_openai_client(smollm2_tokenizer):
+    tokenizer = smollm2_tokenizer
+    template = templates.get("chatml", tokenizer)
+    answer = "<tool_call>\n" + json.dumps(CALL, ensure_ascii=False) + "\n</tool_call>"
+    script = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    names = {"tooly": Served("tooly", None, template, tuple(template.stop_token_ids(tokenizer)))}
+    with running(create_app(Scripted(script, len(tokenizer)), tokenizer, names)) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
+        reply = client.chat.completions.create(model="tooly", messages=[{"role": "user", "content": "Paris?"}],
+                                               tools=TOOLS, temperature=0)
+        choice = reply.choices[0]
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+        [call] = choice.message.tool_calls
+        assert call.type == "function" and call.function.name == "get_weather"
+        assert json.loads(call.function.arguments) == CALL["arguments"]
+        assert reply.usage.completion_tokens == len(script) - 1
+        streamed = list(client.chat.completions.create(model="tooly", tools=TOOLS, stream=True, temperature=0,
+                                                       messages=[{"role": "user", "content": "Paris?"}]))
+        calls = [c for chunk in streamed if chunk.choices for c in chunk.choices[0].delta.tool_calls or []]
+        assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == \
+            [("get_weather", CALL["arguments"])]
+        assert streamed[-1].choices[0].finish_reason == "tool_calls"
+        # without tools the same answer is plain text
+        plain = client.chat.completions.create(model="tooly", messages=[{"role": "user", "content": "Paris?"}],
+                                               temperature=0)
+        assert plain.choices[0].message.content == answer and not plain.choices[0].message.tool_calls
