@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 VENV="${SFTUNE_LOCK_VENV:-.venv-lock}"
 PYTHON="${PYTHON:-python3}"
 # Every extra that has dependencies, so that the lock covers what any install may ask for.
-EXTRAS="test,gemma,qlora,bench"
+EXTRAS="test,gemma,qlora,bench,eval"
 
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
