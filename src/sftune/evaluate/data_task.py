@@ -54,7 +54,7 @@ def json_match_items(answers: list[str], references: list[str]) -> list[float] |
 def read_items(path: str | Path, limit: int | None = None) -> tuple[list[data.Conversation], dict[str, int]]:
     """The conversations of `path` that have a reference (the first `limit`), and what was left out and why."""
     report = data.Report()
-    usable, left_out = [], {"unreadable": 0, "no assistant turn": 0}
+    usable, left_out = [], {"rejected": 0, "no assistant turn": 0}
     for conversation in data.read([str(path)], on_error="skip", report=report):
         if split_conversation(conversation) is None:
             left_out["no assistant turn"] += 1
@@ -62,10 +62,10 @@ def read_items(path: str | Path, limit: int | None = None) -> tuple[list[data.Co
         usable.append(conversation)
         if limit is not None and len(usable) >= limit:
             break
-    left_out["unreadable"] = report.invalid
+    left_out["rejected"] = report.invalid
     if not usable:
-        raise ValueError(f"{path}: no conversation with an assistant turn to evaluate ({left_out['unreadable']} "
-                         f"unreadable, {left_out['no assistant turn']} without an assistant message); check the "
+        raise ValueError(f"{path}: no conversation with an assistant turn to evaluate ({left_out['rejected']} "
+                         f"rejected when read, {left_out['no assistant turn']} without an assistant message); check the "
                          f"file with `sftune data check {path}`")
     return usable, left_out
 

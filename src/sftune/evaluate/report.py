@@ -264,3 +264,28 @@ one side of 0; otherwise it is <b>noise</b>.</p>
 {''.join(sections)}
 </body></html>
 """
+
+
+def console_table(report: dict[str, Any]):
+    """The report's scores as a rich Table for the terminal (one line per task and metric)."""
+    from rich.table import Table
+
+    with_base = bool(report.get("base"))
+    table = Table(title=f"{report['model']}" + (f" against {report['base']}" if with_base else ""))
+    for column in (["task", "metric", "base", "fine-tuned", "delta (95% interval)", ""] if with_base else
+                   ["task", "metric", "score", "95% interval"]):
+        table.add_column(column)
+    colour = {"better": "green", "worse": "red", "noise": "dim"}
+    for task in report["tasks"]:
+        for k, row in enumerate(task["rows"]):
+            name = task["task"] if k == 0 else ""
+            if with_base and "base" in row:
+                verdict = row["verdict"]
+                table.add_row(name, row["metric"], _fmt(row["base"]), _fmt(row["model"]),
+                              f"{_delta_text(row['delta'])} {_interval_text(row['delta_interval'])}",
+                              f"[{colour[verdict]}]{verdict}[/{colour[verdict]}]")
+            elif with_base:
+                table.add_row(name, row["metric"], "–", _fmt(row["model"]), "", "")
+            else:
+                table.add_row(name, row["metric"], _fmt(row["model"]), _interval_text(row["model_interval"]))
+    return table
