@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -74,3 +75,17 @@ def test_unknown_tasks_and_heldout_of_a_plain_model_are_clear_errors(tmp_path, t
     assert done.exit_code == 2 and "not a run folder" in done.output and "data:PATH" in done.output
     done = CliRunner().invoke(app, ["eval", str(run), "--tasks", f"data:{tmp_path}/missing.jsonl"], env=ENV)
     assert done.exit_code == 2 and "no such file" in done.output
+
+
+def test_a_benchmark_beside_heldout_is_in_the_forgetting_section(tmp_path, tiny_run):
+    from sftune.cli import app
+
+    run, _ = tiny_run
+    mmlu = Path(__file__).parent.parent / "fixtures" / "benchmarks" / "mmlu"
+    done = CliRunner().invoke(app, ["eval", str(run), "--tasks", "heldout,mmlu", "--limit", "2", "--max-new-tokens",
+                                    "4", "--data-dir", str(mmlu), "-o", str(tmp_path)], env=ENV)
+    assert done.exit_code == 0, done.output
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert [t["task"] for t in report["tasks"]] == ["heldout", "mmlu"]
+    assert [(f["task"], f["metric"]) for f in report["forgetting"]] == [("mmlu", report["tasks"][1]["rows"][0]["metric"])]
+    assert "Forgetting" in (tmp_path / "report.html").read_text()
