@@ -71,10 +71,11 @@ def _data_task(path: Path, name: str) -> Task:
 
 
 def evaluate_model(model: str, tasks: dict[str, Task], *, limit: int | None, options: dict[str, Any],
-                   console: Any, role: str) -> list[TaskResult]:
-    """Load `model` (a run folder or a model), run every task on it, free it."""
+                   console: Any, role: str, template: str | dict | None = None) -> list[TaskResult]:
+    """Load `model` (a run folder or a model; a plain model with `template` if given), run every task on it,
+    free it."""
     with console.status(f"Loading the {role} model {model}") if console is not None else nullcontext():
-        loaded = runs.load(model)
+        loaded = runs.load(model, template=template)
     results = []
     try:
         for name, task in tasks.items():
@@ -105,14 +106,17 @@ def compare(model: str, *, base: str | None = None, tasks: list[str], limit: int
         base = None
     out = Path(out_dir) if out_dir else (Path(model) / "eval" if runs.is_run(model) else Path("eval"))
     options = dict(options or {})
+    template = None
     if runs.is_run(model):
         d = runs.run_config(model).data  # both models score perplexity with the run's encoding
         options.setdefault("policy", d.policy)
         options.setdefault("max_len", d.max_len)
+        template = d.template  # a run that names a template: its base answers in the same format
     resolved = resolve_tasks(tasks, model, out)
     base_results: list[TaskResult | None] = [None] * len(resolved)
     if base is not None:
-        base_results = list(evaluate_model(base, resolved, limit=limit, options=options, console=console, role="base"))
+        base_results = list(evaluate_model(base, resolved, limit=limit, options=options, console=console, role="base",
+                                           template=template if not runs.is_run(base) else None))
     tuned = evaluate_model(model, resolved, limit=limit, options=options, console=console,
                            role="fine-tuned" if base else "model")
     report = report_module.build(model, base, list(zip(base_results, tuned)))
