@@ -136,7 +136,7 @@ def run(config: str | Path | None = None, overrides: list[str] | None = None, *,
     result = train(cfg, console=console)
     result.model = None  # the report loads the run from its folder, as `sftune eval` does
     report, paths = compare.compare(str(result.run_dir), tasks=["heldout"],
-                                    options={"max_new_tokens": 32, "batch_size": 20})
+                                    options={"max_new_tokens": 32, "batch_size": 20}, console=console)
     task = report["tasks"][0]
     rows = {row["metric"]: row for row in task["rows"]}
     before, after = rows["json_match"]["base"], rows["json_match"]["model"]
