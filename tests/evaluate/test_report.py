@@ -54,6 +54,7 @@ def test_rows_verdicts_and_forgetting_flags():
     assert [r["metric"] for r in heldout] == ["exact_match", "perplexity"]
     assert heldout[0]["delta"] == pytest.approx(0.75) and heldout[0]["verdict"] == "better"
     assert heldout[1]["delta"] == pytest.approx(-7.0) and heldout[1]["delta_interval"] is None  # no items: no claim
+    assert heldout[1]["verdict"] == "n/a"
     mmlu = by_task["mmlu"]["rows"][0]
     base, tuned = pairs()[1]
     assert mmlu["delta_interval"] == bootstrap.paired_delta_interval(base.item_scores, tuned.item_scores)

@@ -5,7 +5,7 @@
 
 Each task shows base and fine-tuned side by side, one row per metric, with the delta and its paired
 bootstrap 95% interval (bootstrap.py); a delta whose interval excludes 0 is marked better / worse,
-otherwise noise. The forgetting section lists the general-ability tasks (TaskResult.general) and
+otherwise noise (n/a for a score without per-item values, such as perplexity). The forgetting section lists the general-ability tasks (TaskResult.general) and
 flags those where the fine-tuned model is worse beyond noise. The HTML has no external asset: inline
 CSS, the chart embedded as a data: URI, every model output escaped.
 
@@ -57,7 +57,7 @@ def compare_rows(base: TaskResult | None, tuned: TaskResult, *, seed: int = boot
                 out["note"] = (f"no interval: the models were scored on different items ({len(other['item_scores'])}"
                                f" and {len(items)})")
             out.update(base=other["score"], delta=row["score"] - other["score"], delta_interval=interval,
-                       verdict=bootstrap.verdict(interval, row["higher_is_better"]))
+                       verdict=bootstrap.verdict(interval, row["higher_is_better"]) if interval else "n/a")
         rows.append(out)
     return rows
 
@@ -236,6 +236,7 @@ table{border-collapse:collapse;margin:.5rem 0;width:100%}th,td{border:1px solid 
 th{background:#f3f4f6}table.scores td:not(:first-child){font-variant-numeric:tabular-nums}
 tr.better .verdict{color:#15803d;font-weight:600}tr.worse .verdict,tr.forgot .flag{color:#b91c1c;font-weight:600}
 tr.forgot{background:#fef2f2}.alert{color:#b91c1c;font-weight:600}
+table.samples{table-layout:fixed}table.samples th:first-child{width:34%}
 pre{white-space:pre-wrap;word-break:break-word;margin:0;font-size:.85rem;max-height:14rem;overflow:auto}
 img{max-width:100%}small{color:#6b7280}.meta{color:#6b7280}
 """
@@ -258,7 +259,7 @@ def render_html(report: dict[str, Any], png: bytes) -> str:
 <h1>sftune evaluation: {html.escape(title)}</h1>
 <p class="meta">{html.escape(report['created'])} · intervals: paired bootstrap over items, {b['resamples']} resamples,
 {b['confidence']:.0%}, seed {b['seed']}. A delta is <b>better</b> or <b>worse</b> only when its whole interval is on
-one side of 0; otherwise it is <b>noise</b>.</p>
+one side of 0; otherwise it is <b>noise</b> (<b>n/a</b>: a score without per-item values, e.g. perplexity).</p>
 <img alt="scores per task" src="data:image/png;base64,{chart}">
 {_forgetting_section(report)}
 {''.join(sections)}
@@ -275,7 +276,7 @@ def console_table(report: dict[str, Any]):
     for column in (["task", "metric", "base", "fine-tuned", "delta (95% interval)", ""] if with_base else
                    ["task", "metric", "score", "95% interval"]):
         table.add_column(column)
-    colour = {"better": "green", "worse": "red", "noise": "dim"}
+    colour = {"better": "green", "worse": "red", "noise": "dim", "n/a": "dim"}
     for task in report["tasks"]:
         for k, row in enumerate(task["rows"]):
             name = task["task"] if k == 0 else ""
