@@ -6,7 +6,8 @@ sftune's sandbox; pass@k uses the unbiased estimator.
 
 Prompting: a model with a chat template (an instruct model, or any trained run) is asked in one user turn
 to complete the function; the code is taken from its answer (a ```python fence, else the whole answer),
-whether it repeats the signature or gives only the body. A base model continues the prompt as plain text
+whether it repeats the signature or gives only the body. Generation stops at the closing fence ("\n```\n"),
+so the explanation models add after the code costs no time. A base model continues the prompt as plain text
 and stops at the next top-level statement ("\\ndef ", "\\nclass ", "\\nif __name__", "\\nprint(", "\\n#").
 
 Options (all optional): n (samples per problem, default 1), temperature (0 for n=1, else 0.8), k (pass@k
@@ -27,6 +28,7 @@ from sftune.evaluate.metrics import pass_at_k
 from sftune.evaluate.results import Sample, TaskResult
 
 STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
+CHAT_STOP = ("\n```\n",)  # the closing fence: the explanation after the code is not generated
 INSTRUCTION = ("Complete the following Python function. Answer with the complete function, including its "
                "signature, in one ```python code block.\n\n```python\n{prompt}```")
 _FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|$)", re.DOTALL)
@@ -92,7 +94,7 @@ def generate_completions(loaded: Any, problems: list[dict[str, Any]], *, n: int 
     if chat:
         prompts = render_prompts(loaded.template, [[{"role": "user", "content": INSTRUCTION.format(prompt=p["prompt"])}]
                                                    for p in problems])
-        options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, stop=CHAT_STOP, seed=seed)
     else:
         prompts = [p["prompt"] for p in problems]
         options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, stop=STOP, seed=seed)
