@@ -265,22 +265,35 @@ def loglikelihood(
             chunk = order[lo: lo + batch_size]
             rows = [encoded[i][0] + encoded[i][1] for i in chunk]
             width = max(map(len, rows))
-            input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=model.device)
-            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=model.device)
+            # Left padding: every continuation ends at the last position, so the model computes logits (and
+            # log-softmax) only over the last `keep` positions, not over the whole context.
+            keep = max(len(encoded[i][1]) for i in chunk) + 1
+            input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=model.device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.no_grad():
-                logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+                logits = _last_logits(model, input_ids, mask, positions, keep)
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             for row, index in enumerate(chunk):
-                context, continuation = encoded[index]
-                start, end = len(context), len(context) + len(continuation)
+                continuation = encoded[index][1]
                 target = torch.tensor(continuation, device=logprobs.device)
-                scores = logprobs[row, start - 1: end - 1]
+                scores = logprobs[row, keep - 1 - len(continuation): keep - 1]
                 total = scores.gather(-1, target[:, None]).sum().item()
                 greedy = bool((scores.argmax(-1) == target).all())
                 results[index] = (total, greedy)
             bar.advance(len(chunk), sum(len(encoded[i][1]) for i in chunk))
     model.train(was_training)
     return results
+
+
+def _last_logits(model: Any, input_ids: Any, mask: Any, positions: Any, keep: int) -> Any:
+    """The logits of the last `keep` positions (models without `logits_to_keep` compute all, then slice)."""
+    try:
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                       logits_to_keep=keep).logits
+    except TypeError:
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
+    return logits[:, -keep:]
 
 
 def _split(tokenizer: Any, context: str, continuation: str, add_special_tokens: bool) -> tuple[list[int], list[int]]:
