@@ -153,7 +153,11 @@ def run(loaded: Any, *, limit: int | None = None, console: Any = None,
     """MT-Bench's mean judge rating (1-10) over both turns; NaN and `judged: False` when no judge is given."""
     options = options or {}
     started = time.perf_counter()
-    rows = questions()[:limit]
+    rows = questions()
+    if options.get("question_ids"):
+        wanted = {int(q) for q in options["question_ids"]}
+        rows = [r for r in rows if r["question_id"] in wanted]
+    rows = rows[:limit]
     answers = answer(loaded, rows, options, console)
     generations = [{"question_id": r["question_id"], "category": r["category"], "turns": a}
                    for r, a in zip(rows, answers)]
