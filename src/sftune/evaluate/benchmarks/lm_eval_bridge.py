@@ -86,15 +86,13 @@ def evaluate_items(benchmark: str, items: list[mc.Item], args: dict[str, Any], *
     with tempfile.TemporaryDirectory(prefix="sftune-lm-eval-") as tmp:
         names = write_tasks(benchmark, items, Path(tmp))
         out = lm_eval.simple_evaluate(model="hf", model_args=args, tasks=names, batch_size=batch_size, device=device,
-                                      task_manager=TaskManager(include_path=tmp), log_samples=True,
-                                      bootstrap_iters=0, verbosity="ERROR")
+                                      task_manager=TaskManager(include_path=tmp, include_defaults=False),
+                                      log_samples=True, bootstrap_iters=0, verbosity="ERROR")
     records = []
     for name in names:
         for sample in sorted(out["samples"][name], key=lambda s: s["doc_id"]):
             lls = [float(r[0]) for r in sample["filtered_resps"]]
-            records.append({"context": sample["arguments"][0][0] if isinstance(sample["arguments"][0], (list, tuple))
-                            else sample["arguments"]["gen_args_0"]["arg_0"],
-                            "loglikelihoods": lls, "prediction": max(range(len(lls)), key=lls.__getitem__)})
+            records.append({"context": sample["arguments"][0][0], "loglikelihoods": lls, "prediction": max(range(len(lls)), key=lls.__getitem__)})
     return records
 
 
