@@ -1,9 +1,11 @@
-"""TruthfulQA MC1/MC2 from mc_task.json: each answer's log-likelihood by hand, MC2 by lm-eval's own function."""
+"""TruthfulQA MC1/MC2 from mc_task.json against each answer's log-likelihood by hand and the paper's MC2
+formula written with numpy (exp, normalize over the question's answers, sum over the true ones)."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,8 +23,7 @@ def _by_hand(loaded, context: str, answer: str) -> float:
     return sum(logprobs[k - 1, whole[k]].item() for k in range(len(head), len(whole)))
 
 
-def test_mc1_and_mc2_equal_a_hand_computation_and_lm_evals_formula(loaded):
-    lm_eval_utils = pytest.importorskip("lm_eval.tasks.truthfulqa.utils")
+def test_mc1_and_mc2_equal_a_hand_computation(loaded):
     rows = json.loads((FIXTURES / "truthfulqa" / "mc_task.json").read_text())
     mc1 = TASKS["truthfulqa_mc1"](loaded, options=data("truthfulqa"))
     mc2 = TASKS["truthfulqa_mc2"](loaded, options=data("truthfulqa"))
@@ -32,8 +33,8 @@ def test_mc1_and_mc2_equal_a_hand_computation_and_lm_evals_formula(loaded):
         labels1 = list(row["mc1_targets"].values())
         assert one == float(labels1[max(range(len(lls1)), key=lls1.__getitem__)] == 1)
         lls2 = [_by_hand(loaded, context, a) for a in row["mc2_targets"]]
-        doc = {"mc2_targets": {"labels": list(row["mc2_targets"].values())}}
-        expected = lm_eval_utils.process_results_mc2(doc, [(ll, False) for ll in lls2])["acc"]
+        probs = np.exp(np.array(lls2))
+        expected = (probs / probs.sum())[np.array(list(row["mc2_targets"].values())) == 1].sum()
         assert two == pytest.approx(expected, abs=1e-4)
     assert mc2.details["mc1"] == pytest.approx(mc1.score) and mc1.details["mc2"] == pytest.approx(mc2.score)
     assert mc1.general and mc1.task == "truthfulqa_mc1" and mc2.metric == "mc2"
