@@ -19,7 +19,7 @@ def test_same_accuracy_and_choices_as_sftunes_own_path(loaded):
     assert theirs.details["subjects"] == ours.details["subjects"]
 
 
-def test_same_contexts_and_letter_scores(loaded, tiny_folder):
+def test_same_contexts_and_letter_scores(loaded):
     items = mc.load_items("ceval", data("ceval"))
     records = lm_eval_bridge.evaluate_items("ceval", items, lm_eval_bridge.model_args(loaded))
     ours = mc.letter_loglikelihoods(loaded, items)
