@@ -146,6 +146,10 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--items", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (default: every core). On a machine shared with other work, 1: with "
+                             "oversubscribed cores, torch's OpenMP threads wait for each other and small matrix "
+                             "products (batched decoding) become up to 100x slower")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     if args.quick:
@@ -156,9 +160,16 @@ def main() -> None:
     from sftune import runs
 
     cores = set_threads()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     info = machine()
+    import torch
+
     print(f"machine: {info['name']} ({info['cpu']}, {cores} cores, bf16 units: {info['bf16_units']}, "
-          f"gpu: {info['gpu']}); torch {info['torch']}, transformers {info['transformers']}")
+          f"gpu: {info['gpu']}); torch {info['torch']} with {torch.get_num_threads()} threads, "
+          f"transformers {info['transformers']}")
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} (the cores may be shared)")
     loaded = runs.load(MODEL)
     gen = bench_generation(loaded, args.prompts, args.max_new_tokens, args.batch_size)
