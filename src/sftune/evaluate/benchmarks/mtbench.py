@@ -148,12 +148,20 @@ def answer(loaded: Any, rows: list[dict[str, Any]], options: dict[str, Any], con
     return answers
 
 
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
 def run(loaded: Any, *, limit: int | None = None, console: Any = None,
         options: dict[str, Any] | None = None) -> TaskResult:
     """MT-Bench's mean judge rating (1-10) over both turns; NaN and `judged: False` when no judge is given."""
     options = options or {}
     started = time.perf_counter()
-    rows = questions()[:limit]
+    rows = questions()
+    if options.get("question_ids"):
+        wanted = {int(q) for q in options["question_ids"]}
+        rows = [r for r in rows if r["question_id"] in wanted]
+    rows = rows[:limit]
     answers = answer(loaded, rows, options, console)
     generations = [{"question_id": r["question_id"], "category": r["category"], "turns": a}
                    for r, a in zip(rows, answers)]
@@ -180,7 +188,6 @@ def run(loaded: Any, *, limit: int | None = None, console: Any = None,
     for sample, item in zip(samples, item_scores):
         sample.score = item
     valid = turn_ratings[1] + turn_ratings[2]
-    mean = lambda xs: sum(xs) / len(xs) if xs else math.nan  # noqa: E731
     return finish("mt_bench", "rating", item_scores, samples, started, general=True, score=mean(valid),
                   details={"judged": True, "judge_model": options.get("judge_model", "gpt-4"),
                            "turn_1": mean(turn_ratings[1]), "turn_2": mean(turn_ratings[2]),
