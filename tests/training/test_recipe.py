@@ -142,6 +142,9 @@ def test_demo_learns_the_task(tmp_path, monkeypatch):
     result = demo.run()
     assert result["loss_after"] < result["loss_before"]
     assert result["exact_match_after"] >= result["exact_match_before"] + 0.3
+    report = json.loads((Path(result["report"]).parent / "results.json").read_text())  # it ends with its report
+    rows = {row["metric"]: row for row in report["tasks"][0]["rows"]}
+    assert rows["json_match"]["verdict"] == "better" and rows["json_match"]["model"] == result["exact_match_after"]
 
 
 def test_sftune_train_mixes_weighted_entries_with_their_own_format_and_llamafactory_datasets(tmp_path,
