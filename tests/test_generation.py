@@ -132,3 +132,18 @@ def test_closing_a_stream_stops_generation(setup):
     pieces.close()
     assert time.perf_counter() - started < 10
     assert not worker.is_alive()
+
+
+def test_loglikelihood_shared_prefixes_and_left_padding_in_every_family(tiny_arch, smollm2_tokenizer):
+    """Multiple-choice letters (one shared forward pass) and left-padded rows score as one unpadded pass."""
+    tokenizer = smollm2_tokenizer
+    model = tiny_model(tiny_arch, vocab_size=len(tokenizer), initializer_range=0.2)
+    requests = [("Question: 2+2=?\nAnswer:", f" {letter}") for letter in "ABCD"]
+    requests += [("A much longer context, so that the rows of the batch need padding on the left:", " yes it does")]
+    got = loglikelihood(model, tokenizer, requests, batch_size=4)
+    for (context, continuation), (score, _) in zip(requests, got):
+        head, whole = tokenizer(context)["input_ids"], tokenizer(context + continuation)["input_ids"]
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(torch.tensor([whole])).logits[0].float(), -1)
+        expected = sum(logprobs[k - 1, whole[k]].item() for k in range(len(head), len(whole)))
+        assert score == pytest.approx(expected, abs=1e-4)

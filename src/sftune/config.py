@@ -136,8 +136,17 @@ class EvalSection(_Section):
     early_stopping_threshold: float = Field(
         0.0, ge=0, description="the least drop in eval loss that counts as a gain for early stopping"
     )
-    keep_best: bool = Field(True, description="load the best checkpoint (by eval loss) at the end")
+    keep_best: bool | str = Field(
+        True, description="load the best checkpoint at the end: true = by eval loss, or a generation metric "
+        "(bleu, rouge1, rouge2, rougeL, exact_match, token_f1) that eval.generate_metrics computes"
+    )
     on_start: bool = Field(False, description="also evaluate before the first step (the baseline)")
+    generate_metrics: list[Literal["bleu", "rouge", "exact_match", "token_f1"]] = Field(
+        default_factory=list, description="at each evaluation, generate answers to validation examples and score "
+        "them: eval_bleu, eval_rouge1/2/L, eval_exact_match, eval_token_f1 in metrics.jsonl"
+    )
+    generate_max_examples: int = Field(64, ge=1, description="validation examples generated per evaluation")
+    generate_max_new_tokens: int = Field(128, ge=1, description="longest answer generated per example")
 
 
 class OutputSection(_Section):

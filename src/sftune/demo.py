@@ -3,7 +3,8 @@
 The task is information extraction in Chinese and English: a sentence about a person in, the
 person's name, age and city out as one line of JSON. Answers are checked exactly (parsed JSON equal
 to the truth), so the held-out exact-match rate before and after training is the metric, next to
-the held-out loss. The data is generated here, deterministically, from small word lists.
+the held-out loss; the demo ends with `sftune eval`'s before/after report of its run. The data is
+generated here, deterministically, from small word lists.
 """
 
 from __future__ import annotations
@@ -83,43 +84,6 @@ def read_truths(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def is_correct(answer: str, truth: dict[str, Any]) -> bool:
-    """Exact check: the answer parses as JSON and equals the truth."""
-    try:
-        return json.loads(answer.strip()) == truth
-    except (json.JSONDecodeError, ValueError):
-        return False
-
-
-def generate(model, tokenizer, template, prompts: list[str], *, max_new_tokens: int = 32, batch_size: int = 20) -> list[str]:
-    """Greedy answers, each prompt rendered with the training template (left-padded batches)."""
-    import torch
-
-    model.eval()
-    answers = []
-    pad = tokenizer.pad_token_id
-    stop = template.stop_token_ids(tokenizer)  # the end of turn the template trains, and EOS
-    for lo in range(0, len(prompts), batch_size):
-        texts = [template.render([{"role": "user", "content": p}], add_generation_prompt=True)
-                 for p in prompts[lo : lo + batch_size]]
-        ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        width = max(map(len, ids))
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-        with torch.no_grad():
-            out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=pad, eos_token_id=stop)
-        answers += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
-    return answers
-
-
-def exact_match(model, tokenizer, template, records: list[dict[str, Any]]) -> tuple[float, list[str]]:
-    prompts = [r["messages"][0]["content"] for r in records]
-    answers = generate(model, tokenizer, template, prompts)
-    hits = sum(is_correct(a, r["meta"]["truth"]) for a, r in zip(answers, records))
-    return hits / len(records), answers
-
-
 # Learning rates for the demo's 30 short steps, per method (the methods' usual rates, raised so that
 # each learns the task in the demo's few minutes). Used with `sftune demo --method NAME`.
 DEMO_LEARNING_RATE = {
@@ -144,15 +108,18 @@ def method_overrides(method: str) -> list[str]:
 
 def run(config: str | Path | None = None, overrides: list[str] | None = None, *, method: str | None = None,
         console=None) -> dict[str, Any]:
-    """The whole demo: write the data, measure the base model, train, measure again, print both.
+    """The whole demo: write the data, train, then the before/after report on the held-out examples.
 
-    `method` trains the same task with another method (full, freeze, qlora, prompt_tuning ...).
+    `method` trains the same task with another method (full, freeze, qlora, prompt_tuning ...). The
+    report is `sftune eval RUN --tasks heldout` (RUN/eval/report.html): the base model and the run answer
+    the same held-out questions; the extraction check (JSON equal to the truth) is its json_match.
     """
     import yaml
     from rich.console import Console
     from rich.table import Table
 
-    from sftune import config as config_module, models, templates
+    from sftune import config as config_module
+    from sftune.evaluate import compare
     from sftune.training import train
 
     console = console or Console()
@@ -166,16 +133,13 @@ def run(config: str | Path | None = None, overrides: list[str] | None = None, *,
     console.print(f"[bold]demo data[/bold]: {len(read_truths(train_path))} training and {len(held_out)} held-out "
                   f"examples (Chinese + English extraction to JSON) in {train_path.parent}")
 
-    with console.status(f"Loading {cfg.model.name}"):
-        base, tokenizer = models.load(cfg.model.name)
-    template = templates.get(cfg.data.template, tokenizer) if cfg.data.template else templates.default_for(tokenizer)
-    with console.status("Answering the held-out questions before training"):
-        before, before_answers = exact_match(base, tokenizer, template, held_out)
-    del base
-
     result = train(cfg, console=console)
-    with console.status("Answering the held-out questions after training"):
-        after, after_answers = exact_match(result.model, result.tokenizer, template, held_out)
+    result.model = None  # the report loads the run from its folder, as `sftune eval` does
+    report, paths = compare.compare(str(result.run_dir), tasks=["heldout"],
+                                    options={"max_new_tokens": 32, "batch_size": 20}, console=console)
+    task = report["tasks"][0]
+    rows = {row["metric"]: row for row in task["rows"]}
+    before, after = rows["json_match"]["base"], rows["json_match"]["model"]
 
     history = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in history if "eval_loss" in r]
@@ -183,22 +147,29 @@ def run(config: str | Path | None = None, overrides: list[str] | None = None, *,
     loss_after = result.summary.get("eval_loss")
 
     table = Table(title=f"Held-out results ({len(held_out)} examples)")
-    table.add_column("")
-    table.add_column("before")
-    table.add_column("after")
-    table.add_row("exact match (JSON equal to the truth)", f"{before:.1%}", f"{after:.1%}")
+    for column in ("", "before", "after", "delta (95% interval)"):
+        table.add_column(column)
+    for label, metric in (("exact match (JSON equal to the truth)", "json_match"), ("ROUGE-L", "rougeL"),
+                          ("perplexity of the answers", "perplexity")):
+        row = rows[metric]
+        interval = row["delta_interval"]
+        shown = "" if interval is None else f"[{interval[0]:+.2f}, {interval[1]:+.2f}]"
+        fmt = "{:.1%}" if metric == "json_match" else "{:.3f}"
+        table.add_row(label, fmt.format(row["base"]), fmt.format(row["model"]), shown)
     if loss_before is not None and loss_after is not None:
-        table.add_row("loss per answer token", f"{loss_before:.3f}", f"{loss_after:.3f}")
+        table.add_row("loss per answer token", f"{loss_before:.3f}", f"{loss_after:.3f}", "")
     console.print(table)
-    for k in (0, 1):  # one Chinese and one English example
-        console.print(f"[bold]Q:[/bold] {held_out[k]['messages'][0]['content']}")
-        console.print(f"  [red]before:[/red] {before_answers[k]!r}")
-        console.print(f"  [green]after:[/green]  {after_answers[k]!r}")
+    for base_sample, tuned_sample in list(zip(task["base"]["samples"], task["model"]["samples"]))[:2]:
+        console.print(f"[bold]Q:[/bold] {base_sample['prompt'].removeprefix('user: ')}")  # one Chinese, one English
+        console.print(f"  [red]before:[/red] {base_sample['answer']!r}")
+        console.print(f"  [green]after:[/green]  {tuned_sample['answer']!r}")
     s = result.summary
     console.print(f"Trained {s['trained_tokens']} answer tokens in {s['train_seconds']:.0f} s, "
                   f"{s['trained_tokens_per_second']:.0f} tokens/s while training (evaluations left out), peak memory {s['peak_memory_mb']:.0f} MB. "
                   f"Run folder: {result.run_dir}")
+    console.print(f"Before/after report: {paths['html']} (again with `sftune eval {result.run_dir} --tasks heldout`)")
     outcome = {"method": cfg.method.name, "exact_match_before": before, "exact_match_after": after,
-               "loss_before": loss_before, "loss_after": loss_after, "run_dir": str(result.run_dir), "summary": s}
+               "loss_before": loss_before, "loss_after": loss_after, "run_dir": str(result.run_dir),
+               "report": str(paths["html"]), "summary": s}
     (result.run_dir / "demo.json").write_text(json.dumps(outcome, indent=2) + "\n", encoding="utf-8")
     return outcome

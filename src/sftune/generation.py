@@ -252,35 +252,55 @@ def loglikelihood(
     context, and whether greedy decoding would have produced exactly those tokens (lm-eval's pair).
 
     The continuation's tokens are those of the whole text after the context's tokens, so a word split
-    across the boundary is scored as the tokenizer splits the whole text.
+    across the boundary is scored as the tokenizer splits the whole text. Requests whose tokens differ only
+    in the last one (the letters of a multiple-choice question) share one forward pass.
     """
     encoded = [_split(tokenizer, context, continuation, add_special_tokens) for context, continuation in requests]
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]) - len(encoded[i][1]))
+    # The model reads each request's tokens but its last: requests with the same such prefix share a row.
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (context, continuation) in enumerate(encoded):
+        groups.setdefault(tuple(context + continuation[:-1]), []).append(i)
+    prefixes = sorted(groups, key=len, reverse=True)
     results: list[tuple[float, bool]] = [(0.0, False)] * len(encoded)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     was_training = model.training
     model.eval()
     with _Progress(progress, console, "scoring", len(encoded), unit="items") as bar:
-        for lo in range(0, len(order), batch_size):
-            chunk = order[lo: lo + batch_size]
-            rows = [encoded[i][0] + encoded[i][1] for i in chunk]
+        for lo in range(0, len(prefixes), batch_size):
+            rows = prefixes[lo: lo + batch_size]
             width = max(map(len, rows))
-            input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=model.device)
-            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=model.device)
+            # Left padding: every continuation ends at the last position, so the model computes logits (and
+            # log-softmax) only over the last `keep` positions, not over the whole context.
+            keep = max(len(encoded[i][1]) for r in rows for i in groups[r])
+            input_ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], device=model.device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.no_grad():
-                logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+                logits = _last_logits(model, input_ids, mask, positions, max(keep, 1))
             logprobs = torch.log_softmax(logits.float(), dim=-1)
-            for row, index in enumerate(chunk):
-                context, continuation = encoded[index]
-                start, end = len(context), len(context) + len(continuation)
-                target = torch.tensor(continuation, device=logprobs.device)
-                scores = logprobs[row, start - 1: end - 1]
-                total = scores.gather(-1, target[:, None]).sum().item()
-                greedy = bool((scores.argmax(-1) == target).all())
-                results[index] = (total, greedy)
-            bar.advance(len(chunk), sum(len(encoded[i][1]) for i in chunk))
+            done = 0
+            for row, prefix in enumerate(rows):
+                for index in groups[prefix]:
+                    continuation = encoded[index][1]
+                    target = torch.tensor(continuation, dtype=torch.long, device=logprobs.device)
+                    scores = logprobs[row, logprobs.shape[1] - len(continuation):]
+                    total = scores.gather(-1, target[:, None]).sum().item()
+                    greedy = bool((scores.argmax(-1) == target).all())
+                    results[index] = (total, greedy)
+                    done += 1
+            bar.advance(done, sum(len(encoded[i][1]) for r in rows for i in groups[r]))
     model.train(was_training)
     return results
+
+
+def _last_logits(model: Any, input_ids: Any, mask: Any, positions: Any, keep: int) -> Any:
+    """The logits of the last `keep` positions (models without `logits_to_keep` compute all, then slice)."""
+    try:
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                       logits_to_keep=keep).logits
+    except TypeError:
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
+    return logits[:, -keep:]
 
 
 def _split(tokenizer: Any, context: str, continuation: str, add_special_tokens: bool) -> tuple[list[int], list[int]]:

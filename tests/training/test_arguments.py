@@ -20,3 +20,16 @@ def test_micro_batch_size_splits_the_step_without_changing_it():
     t = Config.model_validate({"train": {"batch_size": 6, "micro_batch_size": 4}}).train
     with pytest.raises(ConfigError, match="must divide train.batch_size=6"):
         micro_batch_size(t, packing=True, cuda=False)
+
+
+@pytest.mark.parametrize("keep_best, metric, greater", [(True, "eval_loss", False), ("loss", "eval_loss", False),
+                                                        ("rougeL", "eval_rougeL", True), ("bleu", "eval_bleu", True)])
+def test_keep_best_chooses_by_loss_or_by_a_generation_metric(tmp_path, keep_best, metric, greater):
+    """Trainer keeps the checkpoint with the lowest eval loss, or the highest score of generated answers."""
+    from sftune import config
+    from sftune.training.arguments import training_arguments
+
+    cfg = config.load(None, [f"eval.keep_best={keep_best}", "eval.generate_metrics=[rouge, bleu]", "eval.steps=2",
+                             "train.save_steps=2"])
+    args = training_arguments(cfg, tmp_path, precision="fp32", has_eval=True, packing=True)
+    assert (args.metric_for_best_model, args.greater_is_better, args.load_best_model_at_end) == (metric, greater, True)

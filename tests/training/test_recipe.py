@@ -142,6 +142,9 @@ def test_demo_learns_the_task(tmp_path, monkeypatch):
     result = demo.run()
     assert result["loss_after"] < result["loss_before"]
     assert result["exact_match_after"] >= result["exact_match_before"] + 0.3
+    report = json.loads((Path(result["report"]).parent / "results.json").read_text())  # it ends with its report
+    rows = {row["metric"]: row for row in report["tasks"][0]["rows"]}
+    assert rows["json_match"]["verdict"] == "better" and rows["json_match"]["model"] == result["exact_match_after"]
 
 
 def test_sftune_train_mixes_weighted_entries_with_their_own_format_and_llamafactory_datasets(tmp_path,
@@ -186,3 +189,51 @@ def test_sftune_train_mixes_weighted_entries_with_their_own_format_and_llamafact
     path.write_text(yaml.safe_dump(bad))
     done = CliRunner().invoke(app, ["train", str(path), "output.overwrite=true"], env={"COLUMNS": "200"})
     assert done.exit_code == 2 and "a weight or a ratio, not both" in done.output
+
+
+def test_generation_metrics_at_each_evaluation_and_keep_best_by_one(tmp_path, tiny_checkpoint):
+    """eval.generate_metrics logs eval_bleu / eval_rouge* / eval_exact_match at every evaluation; keep_best
+    picks the checkpoint by one of them; the saved model's answers score what that evaluation logged."""
+    from sftune import generation, runs, train
+    from sftune.evaluate import metrics
+
+    def chats(path, n, start):  # one constant answer: a tiny model learns it in a few steps
+        path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Is {i} a number?"},
+                                                         {"role": "assistant", "content": "yes it is"}]}) + "\n"
+                                for i in range(start, start + n)))
+        return str(path)
+
+    cfg = run_config(tmp_path, tiny_checkpoint, method={"name": "full"},
+                     train={"lr": 1e-2, "max_steps": 8, "batch_size": 4, "warmup": 0, "save_total_limit": 4},
+                     eval={"generate_metrics": ["bleu", "rouge", "exact_match"], "generate_max_examples": 3,
+                           "generate_max_new_tokens": 6, "keep_best": "rougeL"})
+    cfg["method"] = {"name": "full"}
+    cfg["data"].update(train=chats(tmp_path / "train.jsonl", 32, 0), eval=chats(tmp_path / "eval.jsonl", 4, 1000))
+    result = train(cfg)
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval_loss" in r][:4]
+    assert [r["step"] for r in evals] == [2, 4, 6, 8]
+    for r in evals:
+        assert {"eval_bleu", "eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_exact_match"} <= r.keys()
+    best_score = max(r["eval_rougeL"] for r in evals)
+    assert best_score > 0.2  # answers partly learned: the metric has something to choose by
+    best = next(r for r in evals if r["eval_rougeL"] == best_score)  # Trainer keeps the first of equals
+    assert result.summary["best_checkpoint"].endswith(f"checkpoint-{best['step']}")
+    # the saved (best) model, loaded and generating outside training, scores what that evaluation logged
+    loaded = runs.load(result.run_dir)
+    conversations = [json.loads(line)["messages"] for line in Path(cfg["data"]["eval"]).read_text().splitlines()][:3]
+    prompts = [loaded.template.render(c[:-1], add_generation_prompt=True) for c in conversations]
+    answers = [c.text.strip() for c in generation.generate(loaded.model, loaded.tokenizer, prompts,
+                                                           generation.GenerationOptions(max_new_tokens=6),
+                                                           stop_token_ids=loaded.stop_token_ids, batch_size=1)]
+    references = [c[-1]["content"] for c in conversations]
+    assert metrics.rouge(answers, references)["rougeL"] == pytest.approx(best["eval_rougeL"], abs=1e-6)
+    assert metrics.bleu(answers, references) == pytest.approx(best["eval_bleu"], abs=1e-6)
+    assert metrics.exact_match(answers, references) == pytest.approx(best["eval_exact_match"], abs=1e-6)
+
+def test_keep_best_by_a_metric_that_is_not_generated_is_a_clear_error(tmp_path, tiny_checkpoint):
+    from sftune import train
+    from sftune.config import ConfigError
+
+    with pytest.raises(ConfigError, match="eval.keep_best=rougeL.*add rouge to eval.generate_metrics"):
+        train(run_config(tmp_path, tiny_checkpoint, eval={"keep_best": "rougeL", "generate_metrics": ["bleu"]}))

@@ -48,6 +48,7 @@ def training_arguments(cfg: Config, run_dir: Path, *, precision: str, has_eval: 
         )
     if e.early_stopping_patience and not has_eval:
         raise ConfigError("eval.early_stopping_patience needs held-out data: set data.eval or data.val_ratio > 0")
+    best_metric, greater = best_model_metric(cfg) if has_eval else (None, None)
     cuda = torch.cuda.is_available()
     micro = micro_batch_size(t, packing=packing, cuda=cuda)
     return TrainingArguments(
@@ -81,8 +82,8 @@ def training_arguments(cfg: Config, run_dir: Path, *, precision: str, has_eval: 
         eval_steps=e.steps,
         eval_on_start=e.on_start and has_eval,
         load_best_model_at_end=keep_best,
-        metric_for_best_model="eval_loss" if has_eval else None,
-        greater_is_better=False if has_eval else None,
+        metric_for_best_model=best_metric,
+        greater_is_better=greater,
         report_to=t.report_to,
         disable_tqdm=True,
         remove_unused_columns=False,
@@ -91,3 +92,20 @@ def training_arguments(cfg: Config, run_dir: Path, *, precision: str, has_eval: 
         dataloader_pin_memory=cuda,
         ddp_find_unused_parameters=False,
     )
+
+
+def best_model_metric(cfg: Config) -> tuple[str, bool]:
+    """(metric the best checkpoint is chosen by, whether higher is better): eval loss, or the generation
+    metric that eval.keep_best names (it must be one eval.generate_metrics logs)."""
+    from sftune.training.generate_eval import LOGGED
+
+    e = cfg.eval
+    if not isinstance(e.keep_best, str) or e.keep_best == "loss":
+        return "eval_loss", False
+    logged = {name: metric for metric in e.generate_metrics for name in LOGGED[metric]}
+    if e.keep_best not in logged:
+        every = {name: metric for metric, names in LOGGED.items() for name in names}
+        hint = (f"add {every[e.keep_best]} to eval.generate_metrics" if e.keep_best in every else
+                f"name one of {', '.join(every)} (or true for eval loss)")
+        raise ConfigError(f"eval.keep_best={e.keep_best}: no evaluation logs eval_{e.keep_best}; {hint}")
+    return f"eval_{e.keep_best}", True

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+# Generation metrics an evaluation may log (eval.generate_metrics), shown after the loss.
+GENERATED = ("eval_exact_match", "eval_bleu", "eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_token_f1")
+
 
 class MetricsFileCallback(TrainerCallback):
     """Appends every log record (train and eval) to metrics.jsonl as one JSON line."""
@@ -64,9 +67,10 @@ class RichProgressCallback(TrainerCallback):
                 tps=f"{logs.get('trained_tokens_per_second', 0):.0f}",
             )
         elif "eval_loss" in logs:
+            generated = "".join(f", {k[len('eval_'):]} {logs[k]:.3f}" for k in GENERATED if k in logs)
             self.progress.console.print(
                 f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}, perplexity "
-                f"{logs['eval_perplexity']:.2f}, token accuracy {logs['eval_token_accuracy']:.3f}"
+                f"{logs['eval_perplexity']:.2f}, token accuracy {logs['eval_token_accuracy']:.3f}{generated}"
             )
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -15,11 +15,13 @@ from sftune.templates import Template
 
 @dataclass
 class EncodedData:
-    """The encoded training and held-out sets (held-out None when there is none), with their reports."""
+    """The encoded training and held-out sets (held-out None when there is none), with their reports, and
+    the held-out conversations themselves (eval.generate_metrics generates answers to them)."""
 
     train: Any
     eval: Any | None
     reports: dict[str, EncodeReport]
+    eval_conversations: list[data.Conversation] | None = None  # the held-out set as read (for generation)
 
 
 def read_entries(entries: list[str | DataEntry], options: dict[str, Any], seed: int) -> list[data.Conversation]:
@@ -62,7 +64,7 @@ def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=Non
                           f"{report.skipped_by_reason}[/yellow]")
     if sets["train"] is None or len(sets["train"]) == 0:
         raise ConfigError("no training example is left after reading and encoding data.train; see the report above")
-    return EncodedData(train=sets["train"], eval=sets["eval"], reports=reports)
+    return EncodedData(train=sets["train"], eval=sets["eval"], reports=reports, eval_conversations=held_out or None)
 
 
 def batches(dataset: Any, *, packing: bool, max_len: int, pad_token_id: int) -> tuple[Any, Any]:

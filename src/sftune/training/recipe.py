@@ -7,6 +7,7 @@ and checkpoints/ to resume from.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from sftune.training.arguments import training_arguments
 from sftune.training.callbacks import MetricsFileCallback, RichProgressCallback
 from sftune.training.checkpoints import CheckpointCompleteCallback, last_checkpoint
 from sftune.training.data import EncodedData, batches, prepare_data
+from sftune.training.generate_eval import generation_metrics
 from sftune.training.plot import plot_curves
 from sftune.training.trainer import SFTTrainer
 
@@ -74,7 +76,7 @@ def train(
     if _is_main_process():
         (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
     templates.save_to_tokenizer(template, tokenizer)  # inference uses exactly the training template
-    trainer = setup_trainer(cfg, model, tokenizer, encoded, args, packing=packing, console=console,
+    trainer = setup_trainer(cfg, model, tokenizer, template, encoded, args, packing=packing, console=console,
                             callbacks=callbacks)
 
     if torch.cuda.is_available():
@@ -150,9 +152,10 @@ def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, bool]:
     return model, tokenizer, packing
 
 
-def setup_trainer(cfg: Config, model: Any, tokenizer: Any, encoded: EncodedData, args: Any, *, packing: bool,
-                  console, callbacks: list[TrainerCallback] | None) -> SFTTrainer:
-    """The SFTTrainer over the batched data, with sftune's callbacks first and the caller's after."""
+def setup_trainer(cfg: Config, model: Any, tokenizer: Any, template: Any, encoded: EncodedData, args: Any, *,
+                  packing: bool, console, callbacks: list[TrainerCallback] | None) -> SFTTrainer:
+    """The SFTTrainer over the batched data, with sftune's callbacks first and the caller's after, and the
+    generation metrics of eval.generate_metrics on the first validation conversations."""
     train_rows, collate = batches(encoded.train, packing=packing, max_len=cfg.data.max_len,
                                   pad_token_id=tokenizer.pad_token_id)
     eval_rows, _ = batches(encoded.eval, packing=packing, max_len=cfg.data.max_len,
@@ -162,7 +165,7 @@ def setup_trainer(cfg: Config, model: Any, tokenizer: Any, encoded: EncodedData,
     if cfg.eval.early_stopping_patience:
         own.append(EarlyStoppingCallback(early_stopping_patience=cfg.eval.early_stopping_patience,
                                          early_stopping_threshold=cfg.eval.early_stopping_threshold))
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=train_rows,
@@ -171,6 +174,13 @@ def setup_trainer(cfg: Config, model: Any, tokenizer: Any, encoded: EncodedData,
         processing_class=tokenizer,
         callbacks=own + list(callbacks or []),
     )
+    e = cfg.eval
+    if e.generate_metrics and encoded.eval_conversations:
+        trainer.generation_eval = functools.partial(
+            generation_metrics, tokenizer=tokenizer, template=template,
+            conversations=encoded.eval_conversations[: e.generate_max_examples], names=e.generate_metrics,
+            max_new_tokens=e.generate_max_new_tokens, batch_size=e.batch_size or 16)
+    return trainer
 
 
 def run_summary(cfg: Config, trainer: SFTTrainer, encoded: EncodedData, *, precision: str, packing: bool

@@ -13,7 +13,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from transformers import Trainer
@@ -63,6 +63,8 @@ class SFTTrainer(Trainer):
         self.trained_tokens = 0  # over all processes, since the start of the run (resumes included)
         self._seconds_done = 0.0  # training time before the running stretch
         self._stretch_started = None  # perf_counter() when the running stretch began; None while paused
+        # model -> {name: score} of generated answers, added to each evaluation (eval.generate_metrics)
+        self.generation_eval: Callable[[Any], dict[str, float]] | None = None
 
     @property
     def train_seconds(self) -> float:
@@ -148,7 +150,8 @@ class SFTTrainer(Trainer):
         return loss
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Held-out loss (per trained token), perplexity and token accuracy, over all processes."""
+        """Held-out loss (per trained token), perplexity and token accuracy, over all processes; and the
+        generation metrics of eval.generate_metrics (every process generates the same examples)."""
         self._pause_clock()  # evaluation time is not training time
         dataloader = self.get_eval_dataloader(eval_dataset)
         model = self.model
@@ -173,6 +176,8 @@ class SFTTrainer(Trainer):
             f"{metric_key_prefix}_token_accuracy": correct / tokens,
             f"{metric_key_prefix}_tokens": int(tokens),
         }
+        if self.generation_eval is not None:
+            metrics.update({f"{metric_key_prefix}_{k}": v for k, v in self.generation_eval(model).items()})
         self.log(dict(metrics))
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
