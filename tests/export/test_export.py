@@ -1,0 +1,64 @@
+"""sftune export: the merged folder answers as the run does, and runtimes see the training template and stops."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from sftune import runs
+from sftune.export import ExportError, export
+from tests.export.conftest import train_tiny_run
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "住在重庆的张伟, age 37? Hello!"}]
+
+
+def prompt_ids(loaded) -> torch.Tensor:
+    text = loaded.template.render(MESSAGES, add_generation_prompt=True)
+    return torch.tensor([loaded.tokenizer(text, add_special_tokens=False)["input_ids"]])
+
+
+def test_merged_logits_equal_the_adapter(lora_run, exported):
+    loaded = runs.load(lora_run)  # base + adapter, as the run answers
+    merged = AutoModelForCausalLM.from_pretrained(exported).eval()  # plain transformers, no sftune, no peft
+    ids = prompt_ids(loaded)
+    with torch.no_grad():
+        want, got = loaded.model(ids).logits, merged(ids).logits
+        base = runs.load(loaded.base).model(ids).logits
+    assert (want - base).abs().max() > 1e-3  # the adapter changes the answer, so the merge has something to show
+    assert (want - got).abs().max() <= 1e-4
+    summary = json.loads((exported / "export.json").read_text())
+    assert summary["merged"] is True and summary["method"] == "lora"
+
+
+def test_tokenizer_template_and_generation_config_are_the_runs(lora_run, exported):
+    loaded = runs.load(lora_run)
+    tokenizer = AutoTokenizer.from_pretrained(exported)
+    assert tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True, return_dict=False) \
+        == prompt_ids(loaded)[0].tolist()
+    eos = GenerationConfig.from_pretrained(exported).eos_token_id
+    eos = [eos] if isinstance(eos, int) else eos
+    end_of_turn = tokenizer.convert_tokens_to_ids(loaded.template.stop)
+    assert eos[0] == end_of_turn and set(eos) == set(loaded.stop_token_ids)
+
+
+def test_prompt_tuning_cannot_be_merged(tmp_path, smollm2_tokenizer):
+    run = train_tiny_run(tmp_path, smollm2_tokenizer, method={"name": "prompt_tuning", "num_virtual_tokens": 4},
+                         steps=1)
+    with pytest.raises(ExportError, match="prompt_tuning .*cannot be merged.*sftune chat"):
+        export(run, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_full_run_is_saved_as_trained_with_the_stop_fix(tmp_path, smollm2_tokenizer):
+    run = train_tiny_run(tmp_path, smollm2_tokenizer, method={"name": "full"}, steps=1)
+    summary = export(run, tmp_path / "out")
+    assert summary["merged"] is False
+    loaded = runs.load(run)
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ids = prompt_ids(loaded)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(ids).logits, exported(ids).logits)
+    assert GenerationConfig.from_pretrained(tmp_path / "out").eos_token_id == loaded.stop_token_ids[0]
