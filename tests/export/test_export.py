@@ -62,3 +62,22 @@ def test_full_run_is_saved_as_trained_with_the_stop_fix(tmp_path, smollm2_tokeni
     with torch.no_grad():
         assert torch.equal(loaded.model(ids).logits, exported(ids).logits)
     assert GenerationConfig.from_pretrained(tmp_path / "out").eos_token_id == loaded.stop_token_ids[0]
+
+
+def test_qlora_merges_into_the_full_precision_base_and_says_so(tmp_path, smollm2_tokenizer):
+    pytest.importorskip("bitsandbytes")
+    from peft import PeftModel
+
+    run = train_tiny_run(tmp_path, smollm2_tokenizer, method={"name": "qlora", "r": 4, "alpha": 16}, steps=2)
+    summary = export(run, tmp_path / "out")
+    assert summary["merged"] and "dequantized" in summary["note"]
+    assert "dequantized" in json.loads((tmp_path / "out" / "export.json").read_text())["note"]
+    # the reference: the adapter on the base in float32 (what the merge folds it into)
+    config = runs.run_config(run)
+    base = AutoModelForCausalLM.from_pretrained(config.model.name, dtype=torch.float32).eval()
+    adapter = PeftModel.from_pretrained(base, str(run)).eval()
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert not any("4bit" in type(m).__name__ for m in merged.modules())
+    ids = prompt_ids(runs.load(config.model.name))
+    with torch.no_grad():
+        assert (adapter(ids).logits - merged(ids).logits).abs().max() <= 1e-4
