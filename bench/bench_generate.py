@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -56,6 +57,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: every core)")
     args = parser.parse_args()
 
     from bench.machine import machine
@@ -64,6 +66,10 @@ def main() -> None:
     from sftune.serve.batch import generate_file, read_output, read_prompts
 
     set_threads()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     info = machine()
     loaded = runs.load(args.model)
     options = generation.GenerationOptions(max_new_tokens=args.max_new_tokens)
@@ -84,6 +90,7 @@ def main() -> None:
                or loaded.tokenizer.decode(p, skip_special_tokens=True) == r["answer"] for r, p in zip(ours, peer))
     result = {
         "machine": f"{info['cpu']}, {info['cores']} cores, bf16 units: {info['bf16_units']}, gpu: {info['gpu']}",
+        "threads": __import__("torch").get_num_threads(), "load_average": os.getloadavg()[0],
         "model": args.model, "prompts": len(conversations), "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
         "sftune_generate": {"seconds": round(ours_seconds, 2), "tokens": ours_tokens,

@@ -7,8 +7,10 @@ import json
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from typer.testing import CliRunner
 
 from sftune import runs
+from sftune.cli import app
 from sftune.export import ExportError, export
 from tests.export.conftest import train_tiny_run
 
@@ -50,6 +52,17 @@ def test_prompt_tuning_cannot_be_merged(tmp_path, smollm2_tokenizer):
     with pytest.raises(ExportError, match="prompt_tuning .*cannot be merged.*sftune chat"):
         export(run, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    result = CliRunner().invoke(app, ["export", str(run), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and result.output.startswith("error:") and "prompt_tuning" in result.output
+
+
+def test_cli_export_with_check(lora_run, tmp_path):
+    result = CliRunner().invoke(app, ["export", str(lora_run), "-o", str(tmp_path / "out"), "--check",
+                                      "--check-count", "2", "--check-max-new-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    assert "LoRA merged into the base" in result.output and "merged" in result.output
+    summary = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert summary["check"]["ok"] is True and "gguf" not in summary
 
 
 def test_full_run_is_saved_as_trained_with_the_stop_fix(tmp_path, smollm2_tokenizer):
