@@ -9,6 +9,7 @@ the run's own (runs.load + sftune.generation); check.json and check.md say where
 
 from __future__ import annotations
 
+import glob
 import json
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ def check_export(run: str | Path, export_dir: str | Path, *, data: str | Path | 
         raise ExportError(f"{run} has no eval data in its config.yaml to check with; pass --check-data FILE "
                           "(any data file sftune reads)")
     source = source[0] if isinstance(source, (list, tuple)) else source
-    if data is None and not any(Path().glob(str(source))) and not Path(source).exists():
+    if data is None and not glob.glob(str(source)) and not Path(source).exists():
         raise ExportError(f"the run's eval data {source} (data.eval in {run}/config.yaml) is not found from "
                           f"{Path.cwd()}: run the check from the folder you trained in, or pass --check-data FILE")
     items = read_prompts(source)[:count]
