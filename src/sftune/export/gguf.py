@@ -86,7 +86,7 @@ def _add_tokenizer(writer: Any, tokenizer: Any, vocab_size: int, stop_ids: list[
 
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     model = state["model"]
-    byte_level = "ByteLevel" in json.dumps(state.get("pre_tokenizer")) or "ByteLevel" in json.dumps(state.get("decoder"))
+    byte_level = "ByteLevel" in json.dumps([state.get("pre_tokenizer"), state.get("decoder")])
     if model.get("type") != "BPE":
         raise ExportError(f"GGUF export reads BPE tokenizers (byte-level or sentencepiece-style); this one is "
                           f"{model.get('type')!r}. Export without --gguf and convert with llama.cpp's converter")
