@@ -1,4 +1,5 @@
-"""A tiny model folder with the real SmolLM2 tokenizer, LoRA run folders on it, and a live server on loopback."""
+"""A tiny model folder with the real SmolLM2 tokenizer, LoRA run folders on it, a live server on loopback, and
+(from tests/export) the tiny trained LoRA run of the chat and generate tests."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 import pytest
 
 from tests.conftest import tiny_model
+from tests.export.conftest import lora_run  # noqa: F401  (the tiny trained LoRA run of the chat and generate tests)
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +22,7 @@ def base_dir(tmp_path_factory, smollm2_tokenizer):
     return folder
 
 
-def lora_run(folder, base_dir, tokenizer, seed: int):
+def adapter_run(folder, base_dir, tokenizer, seed: int):
     """A LoRA run folder as `sftune train` writes it (random, non-zero adapter weights: answers differ)."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -46,7 +48,7 @@ def lora_runs(tmp_path_factory, base_dir):
     from transformers import AutoTokenizer
 
     root = tmp_path_factory.mktemp("runs")
-    return [lora_run(root / name, base_dir, AutoTokenizer.from_pretrained(base_dir), seed)
+    return [adapter_run(root / name, base_dir, AutoTokenizer.from_pretrained(base_dir), seed)
             for seed, name in enumerate(("alpha", "beta"), start=1)]
 
 

@@ -1,0 +1,36 @@
+"""The Ollama Modelfile restates the training template in Go template syntax, with every stop."""
+
+from __future__ import annotations
+
+from sftune import templates
+from sftune.export.ollama import modelfile
+
+
+def test_modelfile_beside_the_gguf(exported):
+    text = (exported / "gguf" / "Modelfile").read_text(encoding="utf-8")
+    assert text.startswith("FROM ./model.gguf\n") and (exported / "gguf" / "model.gguf").is_file()
+    assert 'PARAMETER stop "<|im_end|>"' in text
+    # SmolLM2's template: ChatML turns, and its default system prompt when the chat has none
+    body = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    assert "{{ else }}<|im_start|>system\nYou are a helpful AI assistant named SmolLM" in body
+    assert '{{ if eq .Role "user" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n' in body
+    assert body.endswith("{{ end }}{{ end }}<|im_start|>assistant\n")
+
+
+def test_gemma_folds_the_system_prompt_into_the_first_user_turn(smollm2_tokenizer):
+    template = templates.get("gemma", smollm2_tokenizer)
+    text = modelfile(template, smollm2_tokenizer, template.stop_token_ids(smollm2_tokenizer))
+    assert "<start_of_turn>user\n{{ if and $first $system }}{{ $system }}\n\n{{ .Content }}" in text
+    assert 'PARAMETER stop "<end_of_turn>"' in text
+    # SmolLM2's tokenizer adds no BOS itself, so the template writes the BOS text, as training rendered it
+    assert template.render([{"role": "user", "content": "x"}]).startswith(smollm2_tokenizer.bos_token)
+    assert '}}<|im_start|>{{ $first := true }}' in text
+
+
+def test_llama3_layout_and_unknown_template_fallback(smollm2_tokenizer):
+    template = templates.get("llama3", smollm2_tokenizer)
+    text = modelfile(template, smollm2_tokenizer, [smollm2_tokenizer.eos_token_id])
+    assert "<|start_header_id|>user<|end_header_id|>\n\n{{ .Content }}<|eot_id|>" in text
+    assert 'PARAMETER stop "<|eot_id|>"' in text and 'PARAMETER stop "<|im_end|>"' in text
+    custom = templates.get({"jinja": "{% for m in messages %}{{ m.content }}{% endfor %}"}, smollm2_tokenizer)
+    assert "plain fallback" in modelfile(custom, smollm2_tokenizer, [2])
