@@ -90,7 +90,7 @@ def generate(
         torch.manual_seed(options.seed)
     was_training = model.training
     model.eval()
-    with _Progress(progress, console, description, len(ids)) as bar:
+    with TokenProgress(progress, console, description, len(ids)) as bar:
         for lo in range(0, len(order), batch_size):
             chunk = order[lo: lo + batch_size]
             for index, completion in zip(chunk, _generate_batch(model, tokenizer, [ids[i] for i in chunk],
@@ -117,11 +117,11 @@ def _generate_batch(model: Any, tokenizer: Any, batch: list[list[int]], options:
         kwargs.update(stop_strings=list(options.stop), tokenizer=tokenizer)
     with torch.no_grad():
         out = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
-    return [_completion(tokenizer, row[width:].tolist(), len(prompt), options, set(stops))
+    return [completion_of(tokenizer, row[width:].tolist(), len(prompt), options, set(stops))
             for row, prompt in zip(out, batch)]
 
 
-def _completion(tokenizer: Any, new: list[int], prompt_tokens: int, options: GenerationOptions,
+def completion_of(tokenizer: Any, new: list[int], prompt_tokens: int, options: GenerationOptions,
                 stops: set[int]) -> Completion:
     """The answer in `new` up to the first stop token or stop string (both left out)."""
     finish: Literal["stop", "length"] = "length"
@@ -206,7 +206,7 @@ def stream(
                     yield text[sent:cut]
                 sent, stopped = len(text), True
                 continue
-            safe = len(text) - _held_back(text, options.stop)
+            safe = len(text) - held_back(text, options.stop)
             if safe > sent:
                 yield text[sent:safe]
                 sent = safe
@@ -227,7 +227,7 @@ class _Cancelled(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-def _held_back(text: str, stop: Sequence[str]) -> int:
+def held_back(text: str, stop: Sequence[str]) -> int:
     """How many trailing characters of `text` could begin a stop string."""
     longest = 0
     for s in stop:
@@ -265,7 +265,7 @@ def loglikelihood(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     was_training = model.training
     model.eval()
-    with _Progress(progress, console, "scoring", len(encoded), unit="items") as bar:
+    with TokenProgress(progress, console, "scoring", len(encoded), unit="items") as bar:
         for lo in range(0, len(prefixes), batch_size):
             rows = prefixes[lo: lo + batch_size]
             width = max(map(len, rows))
@@ -317,14 +317,14 @@ def _split(tokenizer: Any, context: str, continuation: str, add_special_tokens: 
     return head, whole[len(head):]
 
 
-class _Progress:
+class TokenProgress:
     """A rich progress bar with items done and tokens per second, or nothing when not asked for."""
 
     def __init__(self, show: bool, console: Any, description: str, total: int, unit: str = "prompts"):
         self.show, self.console, self.description, self.total, self.unit = show, console, description, total, unit
         self.tokens, self.started = 0, time.perf_counter()
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> "TokenProgress":
         if self.show:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

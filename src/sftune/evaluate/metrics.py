@@ -248,7 +248,7 @@ def perplexity(
     import torch
 
     from sftune import data, encode
-    from sftune.generation import _Progress
+    from sftune.generation import TokenProgress
 
     d = getattr(loaded.config, "data", None)
     options = {"format": getattr(d, "format", None), "columns": getattr(d, "columns", None), "on_error": "skip"}
@@ -270,7 +270,7 @@ def perplexity(
     total_nll, total_tokens = 0.0, 0
     was_training = model.training
     model.eval()
-    with _Progress(progress, console, "perplexity", len(rows), unit="records") as bar:
+    with TokenProgress(progress, console, "perplexity", len(rows), unit="records") as bar:
         for lo in range(0, len(order), batch_size):
             chunk = [rows[i] for i in order[lo: lo + batch_size]]
             width = max(len(ids) for ids, _ in chunk)

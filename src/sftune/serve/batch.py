@@ -107,7 +107,7 @@ def generate_file(
     out.parent.mkdir(parents=True, exist_ok=True)
     tokens = 0
     with open(out, "a", encoding="utf-8") as handle, \
-            generation._Progress(progress, console, "generating", len(todo)) as bar:
+            generation.TokenProgress(progress, console, "generating", len(todo)) as bar:
         for lo in range(0, len(todo), batch_size):
             batch = todo[lo: lo + batch_size]
             prompts = [loaded.template.render(templates.normalize_messages(item["messages"]), tools=item["tools"],

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 from transformers import DynamicCache
 
-from sftune.generation import Completion, GenerationOptions, _completion, _held_back, first_stop
+from sftune.generation import Completion, GenerationOptions, completion_of, held_back, first_stop
 
 
 @dataclass(eq=False)
@@ -194,7 +194,7 @@ class Batcher:
             if first_stop(text, options.stop) is not None:
                 return self._finish(request)
             if request.stream:
-                safe = len(text) - _held_back(text, options.stop)
+                safe = len(text) - held_back(text, options.stop)
                 while safe > request.sent and text[safe - 1] == "\ufffd":  # half of a multi-byte character
                     safe -= 1
                 if safe > request.sent:
@@ -203,7 +203,7 @@ class Batcher:
         return False
 
     def _finish(self, request: Request) -> bool:
-        done: Completion = _completion(self.tokenizer, request.tokens, len(request.prompt_ids), request.options,
+        done: Completion = completion_of(self.tokenizer, request.tokens, len(request.prompt_ids), request.options,
                                        set(request.stop_token_ids))
         if request.stream and len(done.text) > request.sent:
             request.on_event({"text": done.text[request.sent:]})
