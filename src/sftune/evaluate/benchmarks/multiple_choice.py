@@ -124,28 +124,25 @@ def _read(path: Path, subject: str, *, header: bool, skip: int) -> list[Question
 
 def _read_mmlu(folder: Path, options: dict[str, Any]) -> dict[str, tuple[list[Question], list[Question]]]:
     root = folder / "data" if (folder / "data").is_dir() else folder
-    split = options.get("split", "test")
-    tests = sorted((root / split).glob(f"*_{split}.csv")) if (root / split).is_dir() else []
-    if not tests:
-        raise files.missing("mmlu", root / split / f"<subject>_{split}.csv", folder)
-    out = {}
-    for path in tests:
-        subject = path.name[: -len(f"_{split}.csv")]
-        dev = files.need("mmlu", root / "dev" / f"{subject}_dev.csv", folder)
-        out[subject] = (_read(path, subject, header=False, skip=0), _read(dev, subject, header=False, skip=0))
-    return out
+    return _read_with_dev("mmlu", folder, root, options.get("split", "test"), header=False, skip=0)
 
 
 def _read_ceval(folder: Path, options: dict[str, Any]) -> dict[str, tuple[list[Question], list[Question]]]:
-    split = options.get("split", "val")  # C-Eval's test answers are not public
-    tests = sorted((folder / split).glob(f"*_{split}.csv")) if (folder / split).is_dir() else []
+    # C-Eval's test answers are not public: its val split is the one scored.
+    return _read_with_dev("ceval", folder, folder, options.get("split", "val"), header=True, skip=1)
+
+
+def _read_with_dev(name: str, folder: Path, root: Path, split: str, *, header: bool, skip: int
+                   ) -> dict[str, tuple[list[Question], list[Question]]]:
+    """Per subject (questions of ROOT/SPLIT/<subject>_SPLIT.csv, few-shot examples of ROOT/dev/<subject>_dev.csv)."""
+    tests = sorted((root / split).glob(f"*_{split}.csv")) if (root / split).is_dir() else []
     if not tests:
-        raise files.missing("ceval", folder / split / f"<subject>_{split}.csv", folder)
+        raise files.missing(name, root / split / f"<subject>_{split}.csv", folder)
     out = {}
     for path in tests:
         subject = path.name[: -len(f"_{split}.csv")]
-        dev = files.need("ceval", folder / "dev" / f"{subject}_dev.csv", folder)
-        out[subject] = (_read(path, subject, header=True, skip=1), _read(dev, subject, header=True, skip=1))
+        dev = files.need(name, root / "dev" / f"{subject}_dev.csv", folder)
+        out[subject] = (_read(path, subject, header=header, skip=skip), _read(dev, subject, header=header, skip=skip))
     return out
 
 
