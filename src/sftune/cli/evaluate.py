@@ -1,0 +1,52 @@
+"""sftune eval: a run against its base model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sftune import quiet
+from sftune.cli.common import app, console
+
+
+@app.command("eval")
+def eval_command(
+    model: str = typer.Argument(..., help="A run folder (evaluated with its training template) or a model."),
+    tasks: str = typer.Option(..., "--tasks", "-t", help="Comma-separated tasks: benchmarks (mmlu, gsm8k, humaneval "
+                              "...), heldout (the run's own held-out data), data:PATH (any data file)."),
+    base: Optional[str] = typer.Option(None, "--base", help="The model to compare with (default: the run's base "
+                                       "model; 'none' evaluates the model alone)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate the first N items of each task."),
+    out: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for results.json, report.html, "
+                                       "chart.png (default: RUN/eval)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with the benchmark files (MMLU, "
+                                            "C-Eval, CMMLU, GSM8K, TruthfulQA) in their public layouts."),
+    judge_url: Optional[str] = typer.Option(None, "--judge-url", help="OpenAI-compatible endpoint judging MT-Bench."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="The judge's model name."),
+    harness: Optional[str] = typer.Option(None, "--harness", help="'lm-eval': run the benchmarks through "
+                                          "lm-evaluation-harness instead."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Prompts per generation batch."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Longest answer generated."),
+) -> None:
+    """Evaluate a fine-tuned run against its base model: scores, deltas with confidence intervals, what it forgot."""
+    from sftune.evaluate import compare, report
+
+    options = {"data_dir": str(data_dir) if data_dir else None, "judge_url": judge_url, "judge_model": judge_model,
+               "harness": harness, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    try:
+        result, paths = compare.compare(model, base=base, tasks=names, limit=limit, out_dir=out,
+                                        options={k: v for k, v in options.items() if v is not None}, console=console)
+    except compare.EvalError as err:
+        if quiet.is_verbose():
+            raise
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    console.print(report.console_table(result))
+    forgot = [f"{f['task']} {f['metric']}" for f in result["forgetting"] if f["forgot"]]
+    if forgot:
+        console.print(f"[red]forgetting:[/red] worse beyond noise on {', '.join(forgot)}")
+    console.print(f"Report: {paths['html']} (also {paths['json'].name}, {paths['chart'].name})")
+# --- sftune chat | generate | export ------------------------------------------------------------

@@ -1,0 +1,52 @@
+"""sftune serve: an OpenAI-compatible API over a run."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from sftune import quiet
+from sftune.cli.common import app, console
+
+
+@app.command("serve")
+def serve_command(
+    run_or_model: str = typer.Argument(..., help="A run folder (sftune train's output.dir) or a model."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 opens it to the network."),
+    port: int = typer.Option(8000, "--port"),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="SFTUNE_API_KEY",
+                                          help="Require 'Authorization: Bearer KEY' (default: env SFTUNE_API_KEY)."),
+    adapter: Optional[list[str]] = typer.Option(None, "--adapter", help="NAME=RUN_DIR: another LoRA run on the same "
+                                                "base, answered when a request's model is NAME (repeatable)."),
+    max_batch_size: int = typer.Option(16, "--max-batch-size", min=1, help="Most requests decoded together."),
+    template: Optional[str] = typer.Option(None, "--template", help="Chat template for a plain model (a run "
+                                           "always uses the template it was trained with)."),
+) -> None:
+    """Serve a run through an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models)."""
+    from sftune import runs
+    from sftune.serve.adapters import AdapterError
+    from sftune.templates import TemplateError
+
+    named: dict[str, str] = {}
+    for item in adapter or []:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            console.print(f"[red]error:[/red] --adapter {item!r}: write it as NAME=RUN_DIR, e.g. --adapter "
+                          "support=runs/support-lora")
+            raise typer.Exit(2)
+        named[name] = folder
+    try:
+        from sftune.serve.server import serve
+    except ImportError as err:
+        console.print(f"[red]error:[/red] serving needs the 'serve' extra ({err.name} is missing): "
+                      "pip install 'sftune[serve]'")
+        raise typer.Exit(2) from None
+    try:
+        serve(run_or_model, host=host, port=port, api_key=api_key, adapters=named, max_batch_size=max_batch_size,
+              template=template, console=console)
+    except (AdapterError, runs.RunError, TemplateError, OSError) as err:
+        if quiet.is_verbose():
+            raise
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None

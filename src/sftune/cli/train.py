@@ -1,0 +1,85 @@
+"""sftune models | demo | train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from sftune import models, quiet
+from sftune.cli.common import app, console
+
+
+@app.command("models")
+def models_command() -> None:
+    """List the embedded models (real pretrained models that ship as PyPI packages)."""
+    from rich.markup import escape
+
+    table = Table(title="Embedded models (use the name wherever a model is asked for)")
+    # The name is what the user types: it is never cut; the description under it wraps instead.
+    table.add_column("name", min_width=max(len(name) for name in models.EMBEDDED) + 2, ratio=1)
+    for column in ("size", "licence", "installed", "cached"):
+        table.add_column(column)
+    for spec in models.EMBEDDED.values():
+        cached = models.is_materialized(spec.name)
+        default = " (default)" if spec.name == models.DEFAULT_MODEL else ""
+        table.add_row(
+            f"[bold]{spec.name}[/bold]{default}\n[dim]{escape(spec.description)}[/dim]",
+            spec.size,
+            spec.license,
+            "yes" if spec.installed() else f"no: {spec.install}",
+            "yes" if cached else "no",
+        )
+    console.print(table)
+    console.print(f"Cache: {models.sftune_home() / 'models'} (set SFTUNE_HOME to move it)")
+
+
+@app.command("demo")
+def demo_command(
+    config: Optional[str] = typer.Argument(None, help="A demo config (default: the embedded SmolLM2 + LoRA one)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. train.epochs=1"),
+    method: Optional[str] = typer.Option(
+        None, "--method", help="train with another method: full, freeze, lora, qlora, prompt_tuning, prefix_tuning, "
+        "p_tuning_v2 (run folder runs/demo-METHOD)"),
+) -> None:
+    """The main job: SFT on a generated Chinese + English task, held-out metric before and after."""
+    from sftune import demo
+    from sftune.config import ConfigError
+
+    if config and "=" in config and not Path(config).exists():  # `sftune demo train.max_steps=10`
+        overrides, config = [config, *(overrides or [])], None
+    try:
+        demo.run(config, overrides or [], method=method, console=console)
+    except ConfigError as err:
+        if quiet.is_verbose():
+            raise
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+
+
+@app.command("train")
+def train_command(
+    config: str = typer.Argument(..., help="The YAML configuration (see examples/)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. train.lr=1e-4 method.r=8"),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved configuration and exit."),
+) -> None:
+    """Fine-tune a model as the configuration says; writes the run folder (output.dir)."""
+    from sftune import config as config_module
+    from sftune.training import NonFiniteLossError, train
+
+    try:
+        cfg = config_module.load(config, overrides or [])
+        if print_config:
+            typer.echo(config_module.to_yaml(cfg), nl=False)
+            return
+        result = train(cfg, console=console)
+    except (config_module.ConfigError, NonFiniteLossError) as err:
+        if quiet.is_verbose():
+            raise
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    s = result.summary
+    console.print(f"Done: {s['steps']} steps, {s['trained_tokens']} trained tokens "
+                  f"({s['trained_tokens_per_second']:.0f}/s), run folder {result.run_dir}")
