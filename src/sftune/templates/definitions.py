@@ -59,9 +59,15 @@ _ALPACA_SYSTEM_INPUT = (
 #   tools              None, "qwen" (<tool_call> / <tool_response>) or "llama3" (JSON calls, ipython turns;
 #                      one call per assistant turn and no text beside it, as Llama 3.1's template allows)
 #   dated_system       with tools "llama3": always write Llama 3.1's system header with its dates
-#   reasoning          None or "qwen3": assistant replies may open with a <think> block (the data layer's
-#                      layout); it is written only after the last user query, and the last reply always
-#                      has one (empty when the data has none), as Qwen3's template does
+#   reasoning          None, "qwen3" or "deepseek_r1": assistant replies may open with a <think> block (the
+#                      data layer's layout). qwen3: it is written only after the last user query, and the
+#                      last reply always has one (empty when the data has none), as Qwen3's template does.
+#                      deepseek_r1: every reply but the last loses what precedes its </think> (as the
+#                      official template writes all replies); the last reply is written as the model writes
+#                      it after the generation prompt: reasoning (empty when the data has none),
+#                      "\n</think>\n\n", the answer. No tool calls (the official template has no sound layout)
+#   think_prompt       with reasoning: text the generation prompt adds after `generation_prompt` (the open
+#                      think block DeepSeek-R1's template prefills), written before the last reply too
 #   enable_thinking    with reasoning: False appends the empty think block to the generation prompt
 #                      (Qwen3's enable_thinking=False, the "no-think" mode)
 #   tool               format of a tool result for templates without a tools style (default: as a user turn)
@@ -252,7 +258,24 @@ BUILTINS["qwen3_nothink"] = {
 }
 NO_THINK = "<think>\n\n</think>\n\n"
 
+# DeepSeek-R1's distilled models (Qwen and Llama bases ship the same template): the system text right
+# after BOS, <｜User｜> / <｜Assistant｜> without separators, the generation prompt opens the think block.
+BUILTINS["deepseek_r1"] = {
+    "description": "DeepSeek-R1-Distill (Qwen / Llama): <｜User｜>...<｜Assistant｜>; the prompt opens <think>, "
+                   "earlier replies lose their reasoning",
+    "prefix": "{bos}",
+    "system": "{content}",
+    "user": "<｜User｜>{content}",
+    "assistant": "<｜Assistant｜>{content}<｜end▁of▁sentence｜>",
+    "generation_prompt": "<｜Assistant｜>",
+    "end": "<｜end▁of▁sentence｜>",
+    "reasoning": "deepseek_r1",
+    "think_prompt": "<think>\n",
+    "bos": "<｜begin▁of▁sentence｜>",
+    "eos": "<｜end▁of▁sentence｜>",
+}
+
 # Names that also resolve, for users who know a model by another name.
 ALIASES = {"qwen": "qwen2.5", "llama-2": "llama2", "llama-3": "llama3", "gemma2": "gemma", "gemma3": "gemma",
            "phi-3": "phi3", "phi-3.5": "phi3.5",
-           "qwen3-nothink": "qwen3_nothink"}
+           "qwen3-nothink": "qwen3_nothink", "deepseek-r1": "deepseek_r1", "deepseek_r1_distill": "deepseek_r1"}

@@ -27,8 +27,8 @@ def to_jinja(s: dict[str, Any], bos: str | None = None) -> str:
         _tool_result(s),
         _later_system(s),
         "{%- endif -%}{%- endfor -%}",
-        "{%- if add_generation_prompt -%}{{- " + _expr(s.get("generation_prompt", "")) + " -}}"
-        + (_no_think(s) if s.get("reasoning") else "")
+        "{%- if add_generation_prompt -%}{{- " + _expr(s.get("generation_prompt", "") + s.get("think_prompt", ""))
+        + " -}}" + (_no_think(s) if s.get("reasoning") else "")
         + "{%- else -%}{{- " + _expr(s.get("suffix") or "") + " -}}{%- endif -%}",
     ])
 
@@ -68,6 +68,9 @@ def _head(s: dict[str, Any], bos: str | None) -> list[str]:
 
 def _system_header(s: dict[str, Any]) -> list[str]:
     style = s.get("tools")
+    if s.get("reasoning") == "deepseek_r1":
+        return ["{%- if tools -%}" + _NO_TOOLS + "{%- endif -%}",
+                "{%- if ns.system is not none -%}{{- " + _expr(s["system"], content="ns.system") + " -}}{%- endif -%}"]
     if style == "qwen":
         return [_qwen_system(s)]
     if style == "llama3" and s.get("dated_system"):
@@ -107,6 +110,8 @@ def _model_turns(s: dict[str, Any]) -> list[str]:
     style = s.get("tools")
     if s.get("reasoning") == "qwen3":
         return [_qwen3_model_turn(s)]
+    if s.get("reasoning") == "deepseek_r1":
+        return [_deepseek_r1_model_turn(s)]
     if style == "qwen":
         return [_qwen_model_turn(s)]
     before, after = _reply_parts(s)
@@ -122,6 +127,8 @@ def _model_turns(s: dict[str, Any]) -> list[str]:
 
 def _tool_result(s: dict[str, Any]) -> str:
     style = s.get("tools")
+    if s.get("reasoning") == "deepseek_r1":
+        return "{%- elif m['role'] == 'tool' -%}" + _NO_TOOLS
     if style == "qwen":
         return _qwen_result()
     if style == "llama3":
@@ -130,7 +137,7 @@ def _tool_result(s: dict[str, Any]) -> str:
 
 
 def _later_system(s: dict[str, Any]) -> str:
-    if s.get("system") is None:
+    if s.get("system") is None or s.get("reasoning") == "deepseek_r1":
         return "{%- elif m['role'] == 'system' -%}{{- raise_exception('a system message is allowed only first') -}}"
     content = "(m['content']" + (" | trim" if s.get("strip") == "content" else "") + ")"
     return "{%- elif m['role'] == 'system' -%}{{- " + _expr(s["system"], content=content) + " -}}"
@@ -187,6 +194,29 @@ def _qwen3_model_turn(s: dict[str, Any]) -> str:
             "{%- if not loop.first or content -%}{{- '\n' -}}{%- endif -%}"
             "{{- '<tool_call>\n{\"name\": \"' + c.name + '\", \"arguments\": ' + (c.arguments if c.arguments "
             "is string else c.arguments | tojson) + '}\n</tool_call>' -}}{%- endfor -%}{{- " + _expr(after) + " -}}")
+
+
+# --- the deepseek_r1 reasoning style -------------------------------------------------------------------
+
+_NO_TOOLS = ("{{- raise_exception('this template has no tool-call layout (DeepSeek-R1-Distill): train tool use "
+             "with another') -}}")
+
+
+def _deepseek_r1_model_turn(s: dict[str, Any]) -> str:
+    """Replies before the last keep what follows their last </think>; the last is written as generated
+    after the think prompt: its reasoning (or none), the closed block and the answer."""
+    before, after = _reply_parts(s)
+    return ("{%- elif m['role'] == 'assistant' -%}"
+            "{%- if m.tool_calls -%}" + _NO_TOOLS + "{%- endif -%}"
+            "{%- set content = m['content'] if m['content'] is string else '' -%}{{- " + _expr(before) + " -}}"
+            "{%- if loop.last -%}{%- set reasoning = '' -%}"
+            "{%- if m.reasoning_content is string -%}{%- set reasoning = m.reasoning_content -%}"
+            "{%- elif '</think>' in content -%}"
+            "{%- set reasoning = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') -%}"
+            "{%- set content = content.split('</think>')[-1] -%}{%- endif -%}"
+            "{{- " + _literal(s.get("think_prompt", "")) + " + reasoning.strip('\n') + '\n</think>\n\n' + "
+            "content.lstrip('\n') -}}"
+            "{%- else -%}{{- content.split('</think>')[-1] -}}{%- endif -%}{{- " + _expr(after) + " -}}")
 
 
 def _no_think(s: dict[str, Any]) -> str:

@@ -44,7 +44,7 @@ def render(t: Template, msgs: list[dict], tools: list[dict] | None, add_generati
         i = turns.message(i)
     if add_generation_prompt:
         no_think = NO_THINK if t.spec.get("reasoning") and t.spec.get("enable_thinking") is False else ""
-        turns.add(turns.f["generation_prompt"] + no_think, None, False)
+        turns.add(turns.f["generation_prompt"] + turns.f["think_prompt"] + no_think, None, False)
     else:
         turns.add(turns.f["suffix"], None, False)
     return turns.segs
@@ -58,6 +58,8 @@ class _Turns:
         self.style, self.strip, self.fold = t.spec.get("tools"), t.spec.get("strip"), t.spec.get("system") is None
         self.segs: list[Segment] = []
         self._last_query: int | None = None
+        if t.spec.get("reasoning") == "deepseek_r1":
+            _check_no_tools(t.name, msgs, tools)
         self.add(self.f["prefix"], None, False)
         self.start, self.system, self.system_index = 0, t.spec.get("default_system"), None
         if msgs and msgs[0]["role"] == "system":
@@ -94,6 +96,8 @@ class _Turns:
             self.user(i)
         elif role in MODEL_ROLES and self.spec.get("reasoning") == "qwen3":
             return self.qwen3_model_turn(i)
+        elif role == "assistant" and self.spec.get("reasoning") == "deepseek_r1":
+            self.deepseek_r1_model_turn(i)
         elif role in MODEL_ROLES and self.style == "qwen":
             return self.qwen_model_turn(i)
         elif role == "tool_call":
@@ -178,6 +182,22 @@ class _Turns:
         self.add(f["after_end"], j - 1, False)
         return j
 
+    def deepseek_r1_model_turn(self, i: int) -> None:
+        """DeepSeek-R1: a reply before the last message keeps only what follows its last </think> (the
+        official template); the last reply is the think prompt, its reasoning block and its answer."""
+        f, content = self.f, self.msgs[i]["content"]
+        self.add(f["generation_prompt"], i, False)
+        if i + 1 < len(self.msgs):
+            self.add(content.split("</think>")[-1], i, True)
+        else:
+            reasoning, answer = split_think(content)
+            inner = (reasoning or "").strip("\n")
+            self.add(f["think_prompt"], i, False)
+            self.add(inner + "\n</think>\n\n", i, THINK if inner else EMPTY_THINK)
+            self.add(answer.lstrip("\n"), i, True)
+        self.add(f["end"], i, True)
+        self.add(f["after_end"], i, False)
+
     def last_query(self, i: int) -> int:
         """Qwen3's last_query_index, as an index into msgs (see `last_query`)."""
         if self._last_query is None:
@@ -195,7 +215,7 @@ class _Turns:
         self.add(text, i, True)
 
     def later_system(self, i: int) -> None:
-        if self.fold:
+        if self.fold or self.spec.get("reasoning") == "deepseek_r1":
             raise TemplateError(f"template {self.name!r} has no system turn; a system message is allowed "
                                 f"only first (message {i} is a system message)")
         content = self.msgs[i]["content"]
@@ -211,7 +231,7 @@ def _formats(t: Template) -> dict[str, str]:
     hit = _COMPILED.get(id(t))
     if hit is None or hit[0] is not t:
         keys = ("prefix", "system", "system_in_user", "user", "user_with_input", "assistant", "generation_prompt",
-                "end", "suffix", "tool")
+                "end", "suffix", "tool", "think_prompt")
         formats = {key: fill(t.spec.get(key) or "", t.bos, t.eos) for key in keys}
         prompt, end = formats["generation_prompt"], formats["end"]
         formats["reply_head"], tail = formats["assistant"][len(prompt):].split("{content}", 1)
@@ -275,6 +295,20 @@ def _qwen_result(msgs: list[dict], i: int) -> str:
     text = "" if i > 0 and msgs[i - 1]["role"] == "tool" else "<|im_start|>user"
     text += "\n<tool_response>\n" + msgs[i]["content"] + "\n</tool_response>"
     return text + "<|im_end|>\n" if i + 1 == len(msgs) or msgs[i + 1]["role"] != "tool" else text
+
+
+# --- the deepseek_r1 reasoning style: no tool layout ----------------------------------------------------
+
+
+def _check_no_tools(name: str, msgs: list[dict], tools: list[dict] | None) -> None:
+    """DeepSeek-R1-Distill's official template has no tool layout a model could learn from: refuse tools."""
+    where = next((f"message {i} is a {m['role']} message" for i, m in enumerate(msgs)
+                  if m["role"] in ("tool_call", "tool")), "the conversation declares tools" if tools else None)
+    if where:
+        raise TemplateError(f"template {name!r}: {where}; DeepSeek-R1-Distill's official template has no sound "
+                            "tool-call layout (it drops the calls of a reply with text, ignores the tool list, and "
+                            "closes a turn of calls only after a second call). Train tool use with a template that "
+                            "has one (qwen3, qwen2.5, llama3.1), or drop the tools from these records")
 
 
 # --- the llama3 tool style (Llama 3.1): tools in the first user turn, JSON calls, ipython results -------

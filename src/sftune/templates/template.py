@@ -67,7 +67,8 @@ class Template:
 
     @property
     def reasoning(self) -> str | None:
-        """The reasoning style ("qwen3": think blocks dropped before the last user query), or None."""
+        """The reasoning style ("qwen3": think blocks dropped before the last user query; "deepseek_r1":
+        dropped from every reply but the last message), or None."""
         spec = self.spec if self.jinja is None else BUILTINS.get(twins.builtin_of(self.jinja) or "", {})
         return spec.get("reasoning")
 

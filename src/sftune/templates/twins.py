@@ -5,6 +5,11 @@ the built-in renderer, which gives the same text and the same trained spans as s
 render by prefixes, without running jinja several times per conversation. Every other
 conversation, and every other template, goes through jinja. The texts are the verbatim copies in
 tests/fixtures/templates; the tests check each twin against them, on random chats too.
+
+One twin renders more than its official text: DeepSeek-R1-Distill's template drops the reasoning of
+every reply, the last one included, so a conversation rendered through it would train no reasoning.
+Its twin renders the same prompts (byte for byte, the open think block included) and writes the last
+reply as the model writes it after that prompt, its reasoning kept (see definitions.py).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ TWINS = {
     "872be49dbb638044ad01b60388f48d469ff2980e5f0dccdc22ec907db54d0788": "smollm2",
     "66291cf0045c2425a3a667cf3cbb7af2b11f09e025c02f97245323ab79119362": "zephyr",
     "a55ee1b1660128b7098723e0abcd92caa0788061051c62d51cbe87d9cf1974d8": "qwen3",  # thinking mode (the default)
+    "56a1447ad31926fdc21fb07e56e5642bd9c850c4f52d8c8af7bbe5f079a84f5f": "deepseek_r1",  # prompts; last reply kept
 }
 # Gemma 1/2's template raises on a system message: a conversation with one is not a twin's.
 REFUSES_SYSTEM = {"ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15cfd6"}
