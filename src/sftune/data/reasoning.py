@@ -5,7 +5,8 @@
         reasoning vs answer lengths (characters) of the replies that have reasoning.
 
 `template_reasoning` is the template's reasoning style: "qwen3" (think blocks kept only after the
-last user query), or None for a template without one (every think block is then plain reply text).
+last user query), "deepseek_r1" (kept only on the last message), or None for a template without one
+(every think block is then plain reply text).
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ KINDS = {
                        "only what follows as the answer",
     "think_in_plain_template": "a <think> block while the template has no reasoning support: it is trained "
                                "as plain reply text and inference never shows it",
-    "dropped_reasoning": "reasoning in a reply before the last user query: the template drops it from the "
-                         "rendered text (encode splits such conversations per exchange; see "
-                         "data.split_reasoning_turns)",
+    "dropped_reasoning": "reasoning in a reply that the template drops from the rendered text (qwen3: before "
+                         "the last user query; deepseek_r1: any reply but the last message); encode splits such "
+                         "conversations per exchange (see data.split_reasoning_turns)",
     "no_think_prefix": "a reply that opens with the empty no-think block <think>\\n\\n</think>\\n\\n (a hybrid "
                        "model's non-thinking mode); the block is not trained unless train_empty_think",
     "answer_repeats_reasoning": "the answer is a copy of the reasoning (or of a long stretch of it)",
@@ -102,7 +103,8 @@ def check_reasoning(conversations: Iterable[Conversation], *, template_reasoning
 
     for conversation in conversations:
         n_conversations += 1
-        last_query = _last_query(conversation)
+        last_query = _last_query(conversation) if template_reasoning != "deepseek_r1" else \
+            len(conversation.messages) - 1
         for i, m in enumerate(conversation.messages):
             if m.role != "assistant":
                 continue
@@ -121,7 +123,7 @@ def check_reasoning(conversations: Iterable[Conversation], *, template_reasoning
             elif not reasoning.strip():
                 found("empty_think", conversation, i)
             if reasoning.strip():
-                if template_reasoning == "qwen3" and i < last_query:
+                if template_reasoning in ("qwen3", "deepseek_r1") and i < last_query:
                     found("dropped_reasoning", conversation, i)
                 if not answer.strip() and not calls_follow:
                     found("reasoning_without_answer", conversation, i)

@@ -1,8 +1,8 @@
-"""One example per reasoning turn, for templates that drop earlier turns' reasoning (Qwen3).
+"""One example per reasoning turn, for templates that drop earlier turns' reasoning (Qwen3, DeepSeek-R1).
 
-Qwen3's template writes a reply's <think> block only after the last user query: in a conversation of
-several exchanges, the earlier replies' reasoning is not in the rendered text, so it would never be
-trained. Split there, every reply with reasoning is trained in an example that ends with its exchange,
+Qwen3's template writes a reply's <think> block only after the last user query, DeepSeek-R1's only on
+the last message: in a conversation of several exchanges, the earlier replies' reasoning is not in the
+rendered text, so it would never be trained. Split there, every reply with reasoning is trained in an example that ends with its exchange,
 with the context the model really sees at inference (earlier replies without their reasoning, not trained
 again).
 """
@@ -22,19 +22,28 @@ def queries(messages: list[dict]) -> list[int]:
             and not (m["content"].startswith("<tool_response>") and m["content"].endswith("</tool_response>"))]
 
 
-def dropped_reasoning(messages: list[dict]) -> list[int]:
-    """Replies whose non-empty reasoning a Qwen3-style template leaves out (before the last query)."""
-    starts = queries(messages)
-    last = starts[-1] if starts else len(messages)
+def dropped_reasoning(messages: list[dict], style: str = "qwen3") -> list[int]:
+    """Replies whose non-empty reasoning the template leaves out: before the last query (qwen3), or
+    every reply but the last message (deepseek_r1)."""
+    if style == "deepseek_r1":
+        last = len(messages) - 1
+    else:
+        starts = queries(messages)
+        last = starts[-1] if starts else len(messages)
     return [i for i in range(last) if messages[i]["role"] == "assistant" and split_think(messages[i]["content"])[0]]
 
 
-def split_turns(messages: list[dict], tools: list[dict] | None, meta: dict[str, Any]) -> list[Conversation]:
-    """The conversation as examples that each end after an exchange whose reasoning a later query would
-    drop, plus the whole; in each, the messages trained by an earlier example are context (train=False)."""
-    starts = queries(messages)
-    dropped = set(dropped_reasoning(messages))
-    bounds = [b for a, b in zip(starts, starts[1:]) if any(a < i < b for i in dropped)] + [len(messages)]
+def split_turns(messages: list[dict], tools: list[dict] | None, meta: dict[str, Any],
+                style: str = "qwen3") -> list[Conversation]:
+    """The conversation as examples that each end after an exchange whose reasoning a later message would
+    drop (at the next query for qwen3, right after the reply for deepseek_r1), plus the whole; in each,
+    the messages trained by an earlier example are context (train=False)."""
+    dropped = dropped_reasoning(messages, style)
+    if style == "deepseek_r1":
+        bounds = [i + 1 for i in dropped] + [len(messages)]
+    else:
+        starts = queries(messages)
+        bounds = [b for a, b in zip(starts, starts[1:]) if any(a < i < b for i in dropped)] + [len(messages)]
     out, done = [], 0
     for k, end in enumerate(bounds):
         kept = [Message(m["role"], m["content"], False if i < done else m["train"], m["weight"])
@@ -48,18 +57,19 @@ def split_records(records: list, template: Template) -> tuple[list, int]:
     """(records with each multi-turn reasoning conversation split, how many records were split)."""
     from sftune.encode.labels import messages_and_tools
 
-    if template.reasoning != "qwen3":
+    style = template.reasoning
+    if style not in ("qwen3", "deepseek_r1"):
         return records, 0
     out, n_split = [], 0
     for record in records:
         messages, tools = messages_and_tools(record)
-        if not any(m["role"] in MODEL_ROLES for m in messages) or not dropped_reasoning(messages):
+        if not any(m["role"] in MODEL_ROLES for m in messages) or not dropped_reasoning(messages, style):
             out.append(record)
             continue
         if isinstance(record, Conversation):
             meta = record.meta
         else:
             meta = dict(record.get("meta") or {}) if isinstance(record, dict) else {}
-        out.extend(split_turns(messages, tools, meta))
+        out.extend(split_turns(messages, tools, meta, style))
         n_split += 1
     return out, n_split
