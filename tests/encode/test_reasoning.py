@@ -8,7 +8,7 @@ import pytest
 
 from sftune import encode, templates
 from sftune.encode.labels import render_spans
-from tests.templates.chats import TOOLS
+from tests.templates.chats import TOOLS, official
 from tests.templates.test_reasoning import HYBRID_CHAT, REASONING_CHAT, REASONING_TOOL_CHAT, _official
 
 # The reasoning of each exchange, and a tool loop with reasoning on every step after the last query.
@@ -124,3 +124,76 @@ def test_cli_data_inspect_shows_what_each_reasoning_option_trains(tmp_path):
         trained[option] = "".join(json.loads(line.split("\t", 1)[1]) for line in out.output.splitlines()
                                   if line.startswith("TRAIN"))
     assert trained == {"think_and_answer": "<think>\nadd them\n</think>\n\n4<|im_end|>", "answer_only": "4<|im_end|>"}
+
+
+# --- DeepSeek-R1-Distill: the last reply after the official prompt; earlier replies lose their reasoning ---
+
+from tests.templates.test_deepseek_r1 import NO_REASONING_LAST, R1_CHAT, completion  # noqa: E402
+from tests.templates.test_deepseek_r1 import _official as _official_r1  # noqa: E402
+
+R1_CHATS = [R1_CHAT, R1_CHAT[1:3], NO_REASONING_LAST, R1_CHAT[1:3] + [
+    {"role": "user", "content": "why?"}, {"role": "assistant", "content": "<think>\n\n</think>\n\nBecause."}]]
+
+
+def r1_reference_chars(text: str, option: str, empty_think: bool = False) -> set[int]:
+    """Trained characters read off the text alone: each reply after its '<｜Assistant｜>' through
+    '<｜end▁of▁sentence｜>'; the last reply after the prefilled '<think>\\n', its block up to
+    '\\n</think>\\n\\n' trained as the option says."""
+    eos = "<｜end▁of▁sentence｜>"
+    replies = [(m.end(), text.index(eos, m.end()) + len(eos)) for m in re.finditer("<｜Assistant｜>", text)]
+    chars = set()
+    for k, (start, end) in enumerate(replies):
+        if k < len(replies) - 1:
+            chars.update(range(start, end))
+            continue
+        opened = start + len("<think>\n")
+        block_end = text.index("\n</think>\n\n", opened) + len("\n</think>\n\n")
+        chars.update(range(block_end, end))
+        empty = block_end - opened == len("\n</think>\n\n")
+        if empty and empty_think or not empty and option in ("think_and_answer", "think_last_turn"):
+            chars.update(range(opened, block_end))
+    return chars
+
+
+@pytest.mark.parametrize("option", encode.REASONING)
+@pytest.mark.parametrize("k", range(len(R1_CHATS)))
+def test_deepseek_r1_reasoning_options_train_the_characters_read_off_the_reference(option, k):
+    chat = R1_CHATS[k]
+    text, spans = render_spans(templates.get("deepseek_r1"), templates.normalize_messages(chat), None, "assistant",
+                               reasoning=option)
+    assert text == _official_r1(chat[:-1], True) + completion(chat[-1]["content"])
+    assert spans_chars(spans) == r1_reference_chars(text, option)
+    _, with_empty = render_spans(templates.get("deepseek_r1"), templates.normalize_messages(chat), None, "assistant",
+                                 reasoning=option, train_empty_think=True)
+    assert spans_chars(with_empty) == r1_reference_chars(text, option, empty_think=True)
+
+
+def test_deepseek_r1_conversations_are_split_per_reply_with_the_context_the_model_sees(smollm2_tokenizer):
+    """Each reply with reasoning is trained in an example that ends with it (its reasoning kept, after the
+    official prompt); later examples hold it as context, without reasoning, untrained."""
+    template = templates.get("deepseek_r1", smollm2_tokenizer)
+    chat = R1_CHATS[3] + [{"role": "user", "content": "ok"}, {"role": "assistant", "content": "<think>\nend\n</think>\n\nok"}]
+    dataset, report = encode.encode_dataset([{"messages": chat}], smollm2_tokenizer, template, use_cache=False,
+                                            progress=False)
+    # reply 1 has reasoning that reply 5's example would drop (reply 3's block is empty): split after it
+    assert report.reasoning_split == 1 and len(dataset) == 2
+    bos, eos = smollm2_tokenizer.bos_token or "", "<｜end▁of▁sentence｜>"
+    for row, (start, end) in zip(dataset, ((0, 2), (2, len(chat)))):
+        shown = chat[:end]
+        text = official("deepseek_r1", shown[:-1], bos, smollm2_tokenizer.eos_token, None, True) + \
+            completion(shown[-1]["content"])
+        enc = smollm2_tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        assert row["input_ids"] == enc["input_ids"]
+        # replies before `start` were trained by the earlier example: context here
+        n_before = sum(m["role"] == "assistant" for m in chat[:start])
+        cut = 0
+        for _ in range(n_before):
+            cut = text.index(eos, cut) + len(eos)
+        chars = {c for c in r1_reference_chars(text, "think_and_answer") if c >= cut}
+        expected = [k > 0 and any(c in chars for c in range(a, max(b, a + 1)))
+                    for k, (a, b) in enumerate(enc["offset_mapping"])]
+        assert [label != encode.IGNORE for label in row["labels"]] == expected
+    whole, report = encode.encode_dataset([{"messages": chat}], smollm2_tokenizer, template, use_cache=False,
+                                          progress=False, split_reasoning_turns=False)
+    assert report.reasoning_split == 0 and len(whole) == 1
+    assert "add them" not in smollm2_tokenizer.decode(whole[0]["input_ids"])
