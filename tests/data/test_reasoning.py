@@ -82,3 +82,29 @@ def test_cli_data_check_reasoning_and_stats_report_the_kinds():
     assert out.exit_code == 0 and "dropped_reasoning" in out.output
     out = runner.invoke(app, ["data", "stats", str(FIXTURE), "--json"])
     assert json.loads(out.output.strip().splitlines()[-1])["reasoning"]["kinds"]["unclosed_think"]["count"] == 1
+
+
+def test_deepseek_r1_reasoning_is_dropped_from_every_reply_but_the_last_message(tmp_path):
+    """A user turn that is a <tool_response> is no query for Qwen3, which keeps both blocks after it;
+    DeepSeek-R1's template writes only the last message's; both templates drop line 6's first reply."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from sftune.cli import app
+
+    data = tmp_path / "r1.jsonl"
+    rows = [{"messages": [{"role": "user", "content": "plan"},
+                          {"role": "assistant", "content": "<think>\nstep one\n</think>\n\nFirst."},
+                          {"role": "user", "content": "<tool_response>\ndone\n</tool_response>"},
+                          {"role": "assistant", "content": "<think>\nstep two\n</think>\n\nSecond."}]}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows) + FIXTURE.read_text(), encoding="utf-8")
+    conversations = list(read([str(data)]))
+    qwen = check_reasoning(conversations)["kinds"]["dropped_reasoning"]
+    r1 = check_reasoning(conversations, template_reasoning="deepseek_r1")["kinds"]["dropped_reasoning"]
+    assert qwen["examples"] == [f"{data}:6 messages[1].content"]
+    assert r1["examples"] == [f"{data}:1 messages[1].content", f"{data}:6 messages[1].content"]
+    out = CliRunner().invoke(app, ["data", "check", str(data), "--reasoning", "-t", "deepseek_r1", "--json"])
+    assert out.exit_code == 0, out.output
+    found = json.loads(out.output.strip().splitlines()[-1])["reasoning"]
+    assert found["template_reasoning"] == "deepseek_r1" and found["kinds"]["dropped_reasoning"]["count"] == 2
