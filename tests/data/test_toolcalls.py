@@ -117,3 +117,52 @@ def test_cli_convert_and_check_tools(tmp_path):
     out = runner.invoke(app, ["data", "check", str(FIXTURE), "--tools", "--json"])
     found = json.loads(out.output.strip().splitlines()[-1])["tools"]
     assert {k for k, v in found["kinds"].items() if v["count"]} == set(EXPECTED)
+
+
+def _qwen_results_turn() -> str:
+    """The user turn that Qwen2.5's official template renders for two tool results, cut from its render."""
+    from tests.templates.chats import TOOL_CHAT, TOOLS, official
+
+    text = official("qwen2.5", TOOL_CHAT, "", "<|im_end|>", TOOLS)
+    start = text.index("<|im_start|>user\n<tool_response>") + len("<|im_start|>user\n")
+    return text[start:text.index("<|im_end|>", start)]
+
+
+def test_tool_results_in_a_qwen_user_turn_or_a_hermes_tool_message_read_as_tool_messages(tmp_path):
+    """Qwen's templates put a run of results into one user turn, Hermes data into one tool message:
+    each <tool_response> block is read as its own tool message, and converting back wraps each again."""
+    from tests.templates.chats import TOOL_CHAT, TOOLS
+
+    turn = _qwen_results_turn()
+    assert turn == '<tool_response>\n{"temp": 21}\n</tool_response>\n<tool_response>\n{"temp": 18}\n</tool_response>'
+    expected = next(iter(read_records([{"messages": TOOL_CHAT, "tools": TOOLS}], tmp_path)))
+    for role in ("user", "tool"):
+        shown = TOOL_CHAT[:3] + [{"role": role, "content": turn}] + TOOL_CHAT[5:]
+        (got,) = read_records([{"messages": shown, "tools": TOOLS}], tmp_path)
+        _same(got, expected)
+        assert [m.content for m in got.messages if m.role == "tool"] == ['{"temp": 21}', '{"temp": 18}']
+        for style in ("hermes", "openai", "sharegpt", "messages"):
+            _same(_roundtrip(got, style, tmp_path), expected)
+    from sftune.data.toolcalls import to_hermes
+
+    wrapped = [m["content"] for m in to_hermes(expected)["messages"] if m["role"] == "tool"]
+    assert "\n".join(wrapped) == turn  # each result wrapped as Qwen's template wraps it
+
+
+def test_a_user_turn_of_tool_responses_is_a_query_where_no_call_precedes_it(tmp_path):
+    """Only after calls is such a user turn a tool result (Qwen3 keeps such turns apart from queries)."""
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "<tool_response>\nx\n</tool_response>"}, {"role": "assistant", "content": "ok"}]
+    (got,) = read_records([{"messages": chat}], tmp_path)
+    assert [m.role for m in got.messages] == ["user", "assistant", "user", "assistant"]
+    unclosed = [{"role": "tool", "content": "<tool_response>\nx"}]
+    assert next(iter(read_records([{"messages": [{"role": "user", "content": "q"},
+                                                 {"role": "assistant", "content": None, "tool_calls": [
+                                                     {"type": "function", "function": call("Oslo")}]}] + unclosed}],
+                                  tmp_path))).messages[-1].content == "<tool_response>\nx"
+
+
+def read_records(records: list[dict], tmp_path: Path) -> list[Conversation]:
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return list(read([str(path)]))

@@ -384,9 +384,12 @@ def to_messages(items: list, options: dict, key: str = "messages") -> list[Messa
         calls = (calls or []) + part_calls
         if role == "assistant" and not calls and "<tool_call>" in text:
             text, calls = hermes_calls(text, f"{field}.content")
-        elif role == "tool" and text.startswith("<tool_response>\n") and text.endswith("\n</tool_response>"):
-            text = text[len("<tool_response>\n"):-len("\n</tool_response>")]
         train, weight = _train_and_weight(item, field)
+        results = tool_responses(text) if role == "tool" or (
+            role == "user" and out and out[-1].role in ("tool_call", "tool")) else None
+        if results is not None:
+            out.extend(Message("tool", result, train, weight) for result in results)
+            continue
         if calls and role == "assistant":
             if text:
                 out.append(Message("assistant", text, train, weight))
@@ -399,6 +402,15 @@ def to_messages(items: list, options: dict, key: str = "messages") -> list[Messa
 
 
 HERMES_CALL = re.compile(r"<tool_call>\n?(.*?)\n?</tool_call>", re.S)
+TOOL_RESPONSE = re.compile(r"<tool_response>\n(.*?)\n</tool_response>", re.S)
+
+
+def tool_responses(text: str) -> list[str] | None:
+    """The results of a text made only of <tool_response> blocks (one per line, as Hermes data and Qwen's
+    templates write tool results: a tool message, or a user turn after calls), else None."""
+    results = [m.group(1) for m in TOOL_RESPONSE.finditer(text)]
+    wrapped = "\n".join(f"<tool_response>\n{result}\n</tool_response>" for result in results)
+    return results if results and wrapped == text else None
 
 
 def hermes_calls(text: str, field: str) -> tuple[str, list]:
