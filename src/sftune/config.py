@@ -74,12 +74,12 @@ class DataSection(_Section):
     )
     policy: Literal["assistant", "last", "all"] = "assistant"
     reasoning: Literal["think_and_answer", "answer_only", "think_last_turn"] = Field(
-        "think_and_answer", description="with a reasoning template (qwen3): train the think block and the answer, "
+        "think_and_answer", description="with a reasoning template (qwen3, deepseek_r1): train the think block and the answer, "
         "the answer only, or the think block of the last turn only")
     train_empty_think: bool = Field(False, description="train empty <think></think> blocks (off: a model taught "
                                     "them learns to skip thinking)")
     split_reasoning_turns: bool = Field(True, description="one example per exchange whose reasoning the template "
-                                        "drops later (qwen3), so each reply's reasoning is trained")
+                                        "drops later (qwen3, deepseek_r1), so each reply's reasoning is trained")
     max_len: int = Field(1024, ge=8, description="tokens per sequence (longer ones are truncated)")
     packing: bool = Field(True, description="padding-free best-fit-decreasing packing into rows of max_len")
     seed: int = 0

@@ -51,7 +51,7 @@ _WORKERS = typer.Option(None, min=1, help="Processes for large JSONL / text file
 _MODEL = typer.Option(models.DEFAULT_MODEL, help="Model name or folder (its tokenizer).")
 _TEMPLATE = typer.Option(None, "--template", "-t", help="Default: the model's own template.")
 _POLICY = typer.Option("assistant", help="Masking policy: assistant, last or all.")
-_REASONING = typer.Option("think_and_answer", "--reasoning", help="With a reasoning template (qwen3): "
+_REASONING = typer.Option("think_and_answer", "--reasoning", help="With a reasoning template (qwen3, deepseek_r1): "
                           "think_and_answer, answer_only or think_last_turn.")
 
 

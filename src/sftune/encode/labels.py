@@ -10,7 +10,8 @@ Policies (per-message `train` flags override them):
   last       the last model turn only (an assistant text and the tool calls right after it are one turn)
   all        every token, the prompt included (continued pre-training, plain text)
 
-Reasoning options, for templates that write a reply's <think> block as a segment of its own (qwen3):
+Reasoning options, for templates that write a reply's <think> block as a segment of its own (qwen3,
+deepseek_r1):
   think_and_answer  the think block and the answer (default)
   answer_only       the answer only; the think block is context
   think_last_turn   the think block of the last model turn only; every answer
