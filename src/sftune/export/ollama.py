@@ -66,7 +66,7 @@ def go_template(spec: dict[str, Any], bos: str, eos: str) -> str:
     out += '{{ else if eq .Role "assistant" }}' + text("assistant", content="{{ .Content }}")
     if spec.get("tool"):
         out += '{{ else if eq .Role "tool" }}' + text("tool", content="{{ .Content }}")
-    out += "{{ end }}{{ end }}" + text("generation_prompt")
+    out += "{{ end }}{{ end }}" + text("generation_prompt") + text("think_prompt")  # DeepSeek-R1: <think>\n
     return out
 
 
