@@ -59,13 +59,16 @@ def training_flops(shape: dict[str, int], lora: int, real: int, trained: int, le
     )
 
 
-def matmul_rate(seconds: float = 3.0, size: int = 2048, device: str = "cpu", dtype: str = "float32") -> dict[str, Any]:
-    """Best matmul FLOP/s over repeated size x size products (the machine's practical peak)."""
+def matmul_rate(seconds: float = 3.0, size: int = 2048, device: str = "cpu", dtype: str = "float32",
+                shape: tuple[int, int, int] | None = None) -> dict[str, Any]:
+    """Best matmul FLOP/s over repeated products: size x size squares (the machine's practical peak), or
+    (m x k) @ (k x n) for `shape` (the rate at a model's own shapes)."""
     import torch
 
-    a = torch.randn(size, size, device=device, dtype=getattr(torch, dtype))
-    b = torch.randn(size, size, device=device, dtype=getattr(torch, dtype))
-    flop = 2 * size**3
+    m, k, n = shape or (size, size, size)
+    a = torch.randn(m, k, device=device, dtype=getattr(torch, dtype))
+    b = torch.randn(k, n, device=device, dtype=getattr(torch, dtype))
+    flop = 2 * m * k * n
     best = 0.0
     for _ in range(3):  # warm up
         a @ b
@@ -79,4 +82,4 @@ def matmul_rate(seconds: float = 3.0, size: int = 2048, device: str = "cpu", dty
         if device != "cpu":
             torch.cuda.synchronize()
         best = max(best, 4 * flop / (time.perf_counter() - t))
-    return {"flops": best, "size": size, "dtype": dtype, "threads": torch.get_num_threads(), "device": device}
+    return {"flops": best, "shape": [m, k, n], "dtype": dtype, "threads": torch.get_num_threads(), "device": device}

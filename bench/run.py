@@ -28,7 +28,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-CPU_SYSTEMS = ["sftune", "trl_defaults", "trl_packed", "trl_best", "tutorial"]
+CPU_SYSTEMS = ["sftune", "trl_defaults", "trl_packed", "trl_best", "trl_best_fp32", "trl_best_unpacked", "tutorial"]
 MODEL = "smollm2-135m-instruct"
 COMPONENTS = ["bench/bench_data.py", "bench/bench_encode.py"]
 
@@ -40,7 +40,8 @@ def probe(quick: bool) -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
-def available_systems(requested: list[str] | None, gpu: bool) -> tuple[list[str], dict[str, str]]:
+def available_systems(requested: list[str] | None, gpu: bool, bf16_units: bool = True
+                      ) -> tuple[list[str], dict[str, str]]:
     """The systems to run, and those left out with the reason."""
     import importlib.util
 
@@ -55,6 +56,8 @@ def available_systems(requested: list[str] | None, gpu: bool) -> tuple[list[str]
         elif name == "unsloth":
             skipped[name] = ("no runner yet: Unsloth loads and patches the model itself, so it needs its own "
                              "runner, to be written and checked on a GPU")
+        elif name == "trl_best_fp32" and not bf16_units:
+            skipped[name] = "no bf16 units: trl_best already runs in fp32"
         elif name.startswith("trl") and importlib.util.find_spec("trl") is None:
             skipped[name] = "trl is not installed (pip install -e '.[bench]')"
         else:
@@ -111,18 +114,42 @@ def run_component(script: str, quick: bool, log: Path) -> dict[str, Any]:
     }
 
 
-def aggregate(runs: list[dict[str, Any]], matmul: float) -> dict[str, Any]:
-    """Median and spread (min, max) of each figure over the repeats of one system."""
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "bfloat16"}  # fp16 units run at the bf16 rate
+
+
+def best_rates(measured: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The best matmul FLOP/s seen per dtype, for large squares and at the model's shape, over all probes.
+    Older results (one fp32 rate per probe) read as float32 'large'."""
+    rates: dict[str, dict[str, float]] = {}
+    for probe_rates in measured:
+        if "flops" in probe_rates:  # the format before per-dtype rates
+            probe_rates = {probe_rates["dtype"]: {"large": probe_rates}}
+        for dtype, kinds in probe_rates.items():
+            for kind, rate in kinds.items():
+                slot = rates.setdefault(dtype, {})
+                slot[kind] = max(slot.get(kind, 0.0), rate["flops"])
+    return rates
+
+
+def aggregate(runs: list[dict[str, Any]], rates: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Median and spread (min, max) of each figure over the repeats of one system. MFU divides by the
+    large-matmul rate of the dtype the system really computed in (its precision read back from the trainer)."""
     good = [r for r in runs if "error" not in r]
     if not good:
         return {"error": runs[0]["error"] if runs else "not run"}
+
+    def rate(run: dict[str, Any], kind: str) -> float:
+        dtype = DTYPES[run["settings"]["precision"]]
+        return (rates.get(dtype) or rates["float32"]).get(kind) or rates["float32"]["large"]
+
     figures = {
         "trained_per_s": [r["trained_per_s"] for r in good],
         "fed_per_s": [r["fed_per_s"] for r in good],
         "real_per_s": [r["real_per_s"] for r in good],
         "s_per_step": [r["s_per_step"] for r in good],
         "peak_rss": [r["peak_rss"] for r in good],
-        "mfu": [r["flops_per_s"] / matmul for r in good],
+        "mfu": [r["flops_per_s"] / rate(r, "large") for r in good],
+        "mfu_model_shape": [r["flops_per_s"] / rate(r, "model") for r in good],
     }
     if good[0].get("peak_gpu") is not None:
         figures["peak_gpu"] = [r["peak_gpu"] for r in good]
@@ -144,7 +171,7 @@ def _spread(figure: dict[str, float], scale: float = 1.0, digits: int = 1) -> st
 
 
 def report(info: dict[str, Any], args: argparse.Namespace, table: dict[str, dict[str, Any]], labels: dict[str, str],
-           skipped: dict[str, str], matmul: dict[str, Any], components: list[dict[str, Any]], when: str) -> str:
+           skipped: dict[str, str], matmul: dict[str, dict[str, float]], components: list[dict[str, Any]], when: str) -> str:
     """The results page in Markdown: main table, ratio table, same-work check, MFU, components."""
     from bench.workload import lora_settings
 
@@ -174,7 +201,7 @@ def report(info: dict[str, Any], args: argparse.Namespace, table: dict[str, dict
         lines.append(
             f"| {labels[name]} | {_spread(row['trained_per_s'])} | {_spread(row['fed_per_s'])} | "
             f"{_spread(row['s_per_step'], digits=2)} | {_spread(mem, 2**30, 2)} | "
-            f"{_spread(row['mfu'], 0.01)} % | {row['repeats']} |"
+            f"{_spread(row['mfu'], 0.01)} % ({row['mfu_model_shape']['median'] * 100:.1f} %) | {row['repeats']} |"
         )
     for name, why in skipped.items():
         lines.append(f"| {labels.get(name, name)} | skipped: {why} | | | | |")
@@ -184,6 +211,13 @@ def report(info: dict[str, Any], args: argparse.Namespace, table: dict[str, dict
         lines += ["", f"sftune / peer (ratio of medians; speed: higher is better, time and memory: lower is better)",
                   "", f"| peer | trained tokens/s | s / step | {memory} |", "|---|---|---|---|"]
         mem_key = "peak_gpu" if gpu else "peak_rss"
+        trl = {n: r for n, r in table.items() if n.startswith("trl") and "error" not in r}
+        if trl:
+            best = max(trl, key=lambda n: trl[n]["trained_per_s"]["median"])
+            lines.append(f"| **fastest TRL in this run** ({labels[best]}) | "
+                         f"**{ours['trained_per_s']['median'] / trl[best]['trained_per_s']['median']:.2f}x** | "
+                         f"{ours['s_per_step']['median'] / trl[best]['s_per_step']['median']:.2f}x | "
+                         f"{ours[mem_key]['median'] / trl[best][mem_key]['median']:.2f}x |")
         for name, row in table.items():
             if name == "sftune" or "error" in row:
                 continue
@@ -218,14 +252,18 @@ def report(info: dict[str, Any], args: argparse.Namespace, table: dict[str, dict
     lines += ["", "Which examples fall in the timed steps depends on each system's batching (packed rows or "
               "single examples, shuffled): with few steps, compare rates, not seconds per step, across systems "
               "whose timed steps trained different token counts."]
+    rates = "; ".join(
+        f"{dtype} {kinds.get('large', 0) / 1e9:.0f} GFLOP/s large, {kinds.get('model', 0) / 1e9:.0f} at the model's "
+        "shape" for dtype, kinds in matmul.items())
     lines += [
         "",
-        f"MFU: useful training FLOP/s divided by this machine's measured {matmul['dtype']} matmul rate, "
-        f"{matmul['flops'] / 1e9:.0f} GFLOP/s ({matmul['size']}x{matmul['size']} products, {matmul['threads']} threads, "
-        "best of the measurements taken before and after the systems ran). Useful FLOPs of a LoRA step, per "
-        "bench/flops.py: 4 N_blocks T + 4 N_head T_trained + 3 A + 6 N_lora T (T real tokens, T_trained trained "
-        "positions, A the causal attention products; padding, recomputation and logits at untrained positions "
-        "are not counted as useful work).",
+        f"Matmul rates measured on this machine ({rates}; large = 2048-square products, the model's shape = "
+        "512 x 576 x 1536, SmolLM2's MLP over one packed row; best of the probes before and after the systems ran).",
+        "MFU: useful training FLOP/s divided by the large-matmul rate of the dtype the system computed in "
+        "(bf16 autocast: the bf16 rate); the MFU column in brackets divides by the rate at the model's shape "
+        "instead. Useful FLOPs of a LoRA step, per bench/flops.py: 4 N_blocks T + 4 N_head T_trained + 3 A + "
+        "6 N_lora T (T real tokens, T_trained trained positions, A the causal attention products; padding, "
+        "recomputation and logits at untrained positions are not counted as useful work).",
     ]
     if components:
         lines += ["", "## Components", ""]
@@ -248,8 +286,8 @@ def rewrite(saved: Path) -> int:
     args = argparse.Namespace(examples=int(a["examples"]), batch=int(a["batch"]),
                               warmup_steps=int(a["warmup_steps"]), model=a["model"])
     labels = {"sftune": "sftune defaults", **{k: v[0] for k, v in SYSTEMS.items()}, "unsloth": "Unsloth"}
-    matmul = max(raw["matmul"], key=lambda m: m["flops"])
-    table = {name: aggregate(r, matmul["flops"]) for name, r in raw["runs"].items() if r}
+    matmul = best_rates(raw["matmul"])
+    table = {name: aggregate(r, matmul) for name, r in raw["runs"].items() if r}
     when = saved.name[:10]
     page = report(raw["machine"], args, table, labels, raw.get("skipped", {}), matmul, raw["components"], when)
     saved.with_suffix(".md").write_text(page, encoding="utf-8")
@@ -292,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     # "name:N" runs that system N times instead of --repeats (for peers too slow to repeat in the time at hand).
     requested = [part.split(":")[0] for part in args.systems.split(",")] if args.systems else None
     repeats = {part.split(":")[0]: int(part.split(":")[1]) for part in (args.systems or "").split(",") if ":" in part}
-    systems, skipped = available_systems(requested, gpu)
+    systems, skipped = available_systems(requested, gpu, info["bf16_units"] or gpu)
     labels = {"sftune": "sftune defaults", **{k: v[0] for k, v in SYSTEMS.items()}, "unsloth": "Unsloth"}
     unknown = [s for s in systems if s not in labels]
     if unknown:
@@ -309,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     def write(final: bool) -> str:
         """The results page and raw figures; rewritten after every round so a cut-off run leaves a table."""
         measured = matmul_runs + ([probe(args.quick)["matmul"]] if final else [])
-        matmul = max(measured, key=lambda m: m["flops"])
-        table = {name: aggregate(r, matmul["flops"]) for name, r in runs.items() if r}
+        matmul = best_rates(measured)
+        table = {name: aggregate(r, matmul) for name, r in runs.items() if r}
         components = [] if args.no_components or not final else [
             run_component(c, args.quick, log) for c in COMPONENTS]
         page = report(info, args, table, labels, skipped, matmul, components, when)

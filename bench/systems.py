@@ -88,15 +88,37 @@ def trl_packed(work, model, tokenizer, encoded, meter, out):
     return _trl(work, model, tokenizer, encoded, meter, out, packing=True, padding_free=True)
 
 
-@system("trl_best", "TRL best for this machine")
-def trl_best(work, model, tokenizer, encoded, meter, out):
-    """TRL as an expert sets it up for the machine: packing + padding-free; on a CPU without bf16
-    units fp32 and no checkpointing, on a GPU bf16 (checkpointing off: a 135M model fits)."""
+def machine_has_bf16() -> bool:
+    """bf16 units: a GPU with bf16, or a CPU with AVX512-BF16 or AMX."""
     import torch
 
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    from sftune.hardware import cpu_bf16_units
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return cpu_bf16_units() is not None
+
+
+@system("trl_best", "TRL best for this machine")
+def trl_best(work, model, tokenizer, encoded, meter, out):
+    """TRL as an expert sets it up for the machine: packing + padding-free, no checkpointing (a 135M model
+    fits), bf16 where the CPU or GPU has bf16 units, fp32 where not."""
     return _trl(work, model, tokenizer, encoded, meter, out, packing=True, padding_free=True,
-                bf16=bf16, gradient_checkpointing=False)
+                bf16=machine_has_bf16(), gradient_checkpointing=False)
+
+
+@system("trl_best_fp32", "TRL best, fp32")
+def trl_best_fp32(work, model, tokenizer, encoded, meter, out):
+    """On a machine with bf16 units, TRL's best settings in fp32 too: bf16 units are not always faster
+    (an Intel Xeon with AVX512-BF16 and no AMX ran bf16 matmuls at 0.6x fp32)."""
+    return _trl(work, model, tokenizer, encoded, meter, out, packing=True, padding_free=True,
+                bf16=False, gradient_checkpointing=False)
+
+
+@system("trl_best_unpacked", "TRL best, no packing")
+def trl_best_unpacked(work, model, tokenizer, encoded, meter, out):
+    """TRL's best precision for the machine without packing: padded batches of whole examples."""
+    return _trl(work, model, tokenizer, encoded, meter, out, bf16=machine_has_bf16(), gradient_checkpointing=False)
 
 
 @system("trl_liger", "TRL best + Liger kernels")

@@ -12,13 +12,53 @@ XEON_AMX = XEON_AVX512_BF16 | {"amx_bf16", "amx_tile", "amx_int8"}
 
 
 @pytest.mark.parametrize(
-    "flags, units, precision",
-    [(AMD_EPYC, None, "fp32"), (XEON_AVX512_BF16, "avx512_bf16", "fp32"), (XEON_AMX, "amx", "bf16")],
-    ids=["amd-epyc", "xeon-avx512-bf16", "xeon-amx"],
+    "flags, units, speedup, precision",
+    [(AMD_EPYC, None, None, "fp32"),
+     # AVX512-BF16 without AMX: the measured matmul speed decides (Intel Xeon 0.6x, AMD EPYC Zen 4 2.2x).
+     (XEON_AVX512_BF16, "avx512_bf16", 0.6, "fp32"), (XEON_AVX512_BF16, "avx512_bf16", 2.2, "bf16"),
+     (XEON_AMX, "amx", None, "bf16")],
+    ids=["amd-epyc", "xeon-avx512-bf16", "epyc-zen4-avx512-bf16", "xeon-amx"],
 )
-def test_auto_precision_on_each_cpu_kind(flags, units, precision):
+def test_auto_precision_on_each_cpu_kind(monkeypatch, flags, units, speedup, precision):
+    def measured():
+        assert speedup is not None, "only AVX512-BF16 without AMX needs a measurement"
+        return speedup
+
+    monkeypatch.setattr(hardware, "bf16_speedup", measured)
     assert hardware.cpu_bf16_units(flags) == units
     assert hardware.auto_precision(cuda=False, flags=flags) == precision
+
+
+def test_bf16_speedup_is_measured_once_and_kept_per_machine(monkeypatch, tmp_path):
+    import json
+
+    monkeypatch.setenv("SFTUNE_HOME", str(tmp_path))
+    calls = []
+
+    def rates():
+        calls.append(1)
+        return {"float32": 100e9, "bfloat16": 210e9}
+
+    monkeypatch.setattr(hardware, "matmul_rates", rates)
+    hardware.bf16_speedup.cache_clear()
+    try:
+        assert hardware.bf16_speedup() == pytest.approx(2.1)
+        hardware.bf16_speedup.cache_clear()
+        assert hardware.bf16_speedup() == pytest.approx(2.1)  # read back from the file, not measured again
+        assert len(calls) == 1
+        saved = json.loads((tmp_path / "hardware.json").read_text())
+        (entry,) = saved.values()
+        assert entry["bf16_speedup"] == pytest.approx(2.1) and entry["gflops"] == {"float32": 100.0, "bfloat16": 210.0}
+        assert hardware.cpu_model() in next(iter(saved))
+    finally:
+        hardware.bf16_speedup.cache_clear()
+
+
+def test_matmul_rates_time_both_dtypes_against_the_flop_count():
+    rates = hardware.matmul_rates(shape=(64, 64, 64), seconds=0.02)
+    assert set(rates) == {"float32", "bfloat16"}
+    # Between a slow emulation and the fastest CPU core's peak (a few hundred GFLOP/s).
+    assert all(1e6 < r < 1e13 for r in rates.values())
 
 
 def test_this_machine_is_read_from_cpuinfo():

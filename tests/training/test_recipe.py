@@ -204,7 +204,10 @@ def test_generation_metrics_at_each_evaluation_and_keep_best_by_one(tmp_path, ti
         return str(path)
 
     cfg = run_config(tmp_path, tiny_checkpoint, method={"name": "full"},
-                     train={"lr": 1e-2, "max_steps": 8, "batch_size": 4, "warmup": 0, "save_total_limit": 4},
+                     # fp32 on every machine: the evaluation inside training and the loaded model must compute alike
+                     # (under bf16 autocast a tiny random model's greedy answers can flip against fp32 inference).
+                     train={"lr": 1e-2, "max_steps": 8, "batch_size": 4, "warmup": 0, "save_total_limit": 4,
+                            "precision": "fp32"},
                      eval={"generate_metrics": ["bleu", "rouge", "exact_match"], "generate_max_examples": 3,
                            "generate_max_new_tokens": 6, "keep_best": "rougeL"})
     cfg["method"] = {"name": "full"}

@@ -19,7 +19,7 @@ def _logit_chunks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     """(rows, fp32 logits of those rows, tanh of the soft-cap or None), one chunk of rows at a time."""
     for start in range(0, hidden.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
-        h = hidden[rows]
+        h = hidden[rows].to(weight.dtype)  # a bf16 head (frozen base held in bf16) takes bf16 states
         z = (h @ weight.T if bias is None else torch.addmm(bias, h, weight.T)).float()
         tanh = None
         if softcap:

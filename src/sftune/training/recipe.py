@@ -129,7 +129,9 @@ def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, bool]:
     dtype = cfg.model.dtype
     if dtype == "auto":
         adapter = cfg.method.name not in ("full", "freeze")
-        dtype = "bfloat16" if torch.cuda.is_available() and precision == "bf16" and adapter else "float32"
+        # A frozen base trained in bf16 is held in bf16: autocast would recast the fp32 weights to the same
+        # bf16 values at every forward; holding them halves the weights' memory (the adapter stays fp32).
+        dtype = "bfloat16" if precision == "bf16" and adapter else "float32"
     packing = cfg.data.packing and methods.packing_supported(cfg.method)[0]
     model, tokenizer = models.load(
         cfg.model.name,
