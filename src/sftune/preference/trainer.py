@@ -76,7 +76,7 @@ class PreferenceTrainer(SFTTrainer):
         model = self.model
         was_training = model.training
         model.eval()
-        sums = torch.zeros(len(METRICS) + 1, dtype=torch.float64)
+        sums = torch.zeros(len(METRICS) + 1, dtype=torch.float64)  # metric sums and the pair count
         loss_sum = torch.zeros(1, dtype=torch.float64)
         with torch.no_grad():
             for batch in dataloader:
@@ -85,13 +85,14 @@ class PreferenceTrainer(SFTTrainer):
                     losses, chosen_r, rejected_r, chosen_lp, rejected_lp = self.pair_losses(model, batch)
                 self._record(sums, chosen_r, rejected_r, chosen_lp, rejected_lp)
                 loss_sum += losses.double().sum().cpu()
+        sums = torch.cat([sums, loss_sum])
         if self.accelerator.num_processes > 1:
-            loss_sum = self.accelerator.reduce(loss_sum.to(self.args.device), reduction="sum").cpu()
+            sums = self.accelerator.reduce(sums.to(self.args.device), reduction="sum").cpu()
         model.train(was_training)
-        metrics = self._averages(sums, f"{metric_key_prefix}_")
-        metrics[f"{metric_key_prefix}_loss"] = float(loss_sum) / max(float(sums[-1]), 1.0) if self.accelerator.num_processes == 1 \
-            else float(loss_sum) / max(float(self.accelerator.reduce(sums[-1:].to(self.args.device), reduction="sum").cpu()), 1.0)
-        metrics[f"{metric_key_prefix}_pairs"] = int(sums[-1])
+        count = max(float(sums[-2]), 1.0)
+        metrics = {f"{metric_key_prefix}_{name}": round(float(v) / count, 6) for name, v in zip(METRICS, sums)}
+        metrics[f"{metric_key_prefix}_loss"] = float(sums[-1]) / count
+        metrics[f"{metric_key_prefix}_pairs"] = int(sums[-2])
         self.log(dict(metrics))
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
