@@ -154,6 +154,18 @@ class OutputSection(_Section):
     overwrite: bool = Field(False, description="allow reusing a run folder that already has a model")
 
 
+class PreferenceSection(_Section):
+    """Preference training (stage: preference): the loss and its settings (docs/preference.md)."""
+
+    loss: Literal["dpo", "ipo", "simpo", "orpo"] = Field("dpo", description="dpo (sigmoid), ipo, simpo or orpo "
+                                                         "(the last two need no reference)")
+    beta: float = Field(0.1, gt=0, description="dpo / simpo: inverse temperature; ipo: its regularization tau")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="dpo / simpo: the share of pairs assumed "
+                                   "mislabelled (conservative DPO); 0 = off")
+    simpo_gamma: float = Field(0.5, ge=0, description="simpo: the target reward margin gamma")
+    orpo_lambda: float = Field(0.1, gt=0, description="orpo: the weight of the odds-ratio term")
+
+
 class Config(_Section):
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)
@@ -161,6 +173,9 @@ class Config(_Section):
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     output: OutputSection = Field(default_factory=OutputSection)
+    stage: Literal["sft", "preference"] = Field("sft", description="sft, or preference: train on chosen / "
+                                                "rejected pairs with the preference: section")
+    preference: PreferenceSection = Field(default_factory=PreferenceSection)
 
 
 # ---------------------------------------------------------------------------------------------

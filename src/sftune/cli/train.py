@@ -43,6 +43,8 @@ def demo_command(
     method: Optional[str] = typer.Option(
         None, "--method", help="train with another method: full, freeze, lora, qlora, prompt_tuning, prefix_tuning, "
         "p_tuning_v2 (run folder runs/demo-METHOD)"),
+    preference: bool = typer.Option(False, "--preference", help="the preference demo (DPO after the SFT demo; "
+                                    "run folder runs/demo-dpo)"),
 ) -> None:
     """The main job: SFT on a generated Chinese + English task, held-out metric before and after."""
     from sftune import demo
@@ -51,6 +53,11 @@ def demo_command(
     if config and "=" in config and not Path(config).exists():  # `sftune demo train.max_steps=10`
         overrides, config = [config, *(overrides or [])], None
     try:
+        if preference:
+            from sftune.preference import demo as preference_demo
+
+            preference_demo.run(([config] if config else []) + list(overrides or []), console=console)
+            return
         demo.run(config, overrides or [], method=method, console=console)
     except ConfigError as err:
         if quiet.is_verbose():

@@ -557,7 +557,12 @@ def text(record: dict, options: dict) -> Conversation:
 
 
 def preference(record: dict, options: dict) -> Conversation:
-    """Preference pairs (chosen / rejected) are not SFT data: refused with the way out."""
+    """Preference pairs (chosen / rejected): a Pair when reading preference data (sftune.data.pairs),
+    refused with the way out in SFT data."""
+    if options.get("preference"):
+        from sftune.data.pairs import convert
+
+        return convert(record, options)
     raise DataError(
         "unsupported",
         "",
@@ -608,7 +613,8 @@ KNOWN_FIELDS = {
     "dialog": {"turns", "system"},
     "firefly": {"conversation", "system"},
     "text": {"text"},
-    "preference": set(),
+    "preference": {"prompt", "chosen", "rejected", "system", "tools", "instruction", "input", "history",
+                   "conversations", "messages", "meta"},
 }
 
 

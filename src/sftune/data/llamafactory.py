@@ -5,9 +5,11 @@ Each entry names a file (`file_name`, relative to the dataset_info.json folder),
 response, history, system for alpaca; messages, system, tools for sharegpt) and `tags` (role_tag,
 content_tag, user_tag, assistant_tag, observation_tag, function_tag, system_tag). They become the
 same format / columns / roles options `read` takes. An alpaca entry that maps only `prompt` (the
-pre-training layout, e.g. c4_demo) is plain text. Hub-only entries (no file_name), preference
-data (ranking, kto_tag) and image/video/audio columns cannot be trained here: named explicitly they
-raise, and when reading every entry they are left out with a warning that lists them.
+pre-training layout, e.g. c4_demo) is plain text. Ranking entries (`ranking: true`, with `chosen` and
+`rejected` columns) are preference data: read when reading preference data, as SFT data they are
+refused. Hub-only entries (no file_name), KTO data (kto_tag) and image/video/audio columns cannot be
+trained here: named explicitly they raise, and when reading every entry they are left out with a
+warning that lists them.
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ TAG_ROLES = {
 MEDIA_COLUMNS = ("images", "videos", "audios")
 
 
-def _unsupported(entry: dict) -> str | None:
+def _unsupported(entry: dict, preference: bool = False) -> str | None:
     if "file_name" not in entry:
         return "a hub dataset (no file_name); download it and point file_name at the files"
-    if entry.get("ranking"):
+    if entry.get("ranking") and not preference:
         return "preference data (ranking), not SFT data"
+    if preference and not entry.get("ranking"):
+        return "SFT data, not preference data (no ranking: true)"
     columns = entry.get("columns") or {}
     if "kto_tag" in columns:
         return "KTO preference data (kto_tag), not SFT data"
@@ -52,7 +56,14 @@ def _entry_source(name: str, entry: dict, folder: Path) -> dict[str, Any]:
     formatting = entry.get("formatting", "alpaca")
     columns = entry.get("columns") or {}
     options: dict[str, Any] = {}
-    if formatting == "alpaca":
+    ranking = {"chosen": columns.get("chosen", "chosen"), "rejected": columns.get("rejected", "rejected")}
+    if formatting == "alpaca" and entry.get("ranking"):
+        fmt = "preference"
+        merged = {**ALPACA_COLUMNS, **columns}
+        mapped = {ours: merged[theirs] for theirs, ours in (
+            ("prompt", "instruction"), ("query", "input"), ("system", "system"), ("history", "history"))}
+        mapped.update(ranking)
+    elif formatting == "alpaca":
         if "prompt" in columns and not any(k in columns for k in ("query", "response", "history")):
             fmt, mapped = "text", {"text": columns["prompt"]}
         else:
@@ -67,6 +78,9 @@ def _entry_source(name: str, entry: dict, folder: Path) -> dict[str, Any]:
         default_messages = "messages" if formatting == "openai" else "conversations"
         merged = {**SHAREGPT_COLUMNS, "messages": default_messages, **columns}
         mapped = {"conversations": merged["messages"], "system": merged["system"], "tools": merged["tools"]}
+        if entry.get("ranking"):
+            fmt = "preference"
+            mapped.update(ranking)
         tags = entry.get("tags") or {}
         if "role_tag" in tags:
             options["role_key"] = tags["role_tag"]
@@ -85,8 +99,9 @@ def _entry_source(name: str, entry: dict, folder: Path) -> dict[str, Any]:
     return {"path": folder / entry["file_name"], "format": fmt, "columns": mapped, "options": options, "dataset": name}
 
 
-def sources(info_path: Path, names: str | None = None) -> list[dict[str, Any]]:
-    """The readable entries of a dataset_info.json (all, or those named, comma-separated)."""
+def sources(info_path: Path, names: str | None = None, preference: bool = False) -> list[dict[str, Any]]:
+    """The readable entries of a dataset_info.json (all, or those named, comma-separated): the SFT
+    entries, or with `preference` the ranking ones."""
     try:
         info = json.loads(Path(info_path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
@@ -107,7 +122,7 @@ def sources(info_path: Path, names: str | None = None) -> list[dict[str, Any]]:
         wanted = list(info)
     out, left_out = [], []
     for name in wanted:
-        reason = _unsupported(info[name])
+        reason = _unsupported(info[name], preference)
         if reason:
             if names:
                 raise DataError("unsupported", name, f"is {reason}", "choose another entry", source=str(info_path))

@@ -35,7 +35,8 @@ from typing import Any
 from sftune.data import files, llamafactory
 from sftune.data.errors import DataError, location
 from sftune.data.formats import FORMATS, KNOWN_FIELDS, detect, format_name, remap
-from sftune.data.schema import Conversation
+from sftune.data.pairs import validate_pair
+from sftune.data.schema import Conversation, Pair
 from sftune.data.validate import DEFAULT_MAX_CHARS, validate
 
 logger = logging.getLogger("sftune.data")
@@ -125,10 +126,12 @@ class Report:
 def _plan(paths, format, columns, options, dataset_name) -> list[dict[str, Any]]:
     """Every file to read, with the format, columns and options to read it by."""
     plan = []
+    if options.get("preference"):
+        format = "preference"  # preference data: every record must be a pair
     for path in files.expand(paths):
         kind = files.kind_of(path)
         if kind == "llamafactory":
-            for entry in llamafactory.sources(path, dataset_name):
+            for entry in llamafactory.sources(path, dataset_name, preference=bool(options.get("preference"))):
                 for entry_path in files.expand(entry["path"]):
                     entry_kind = files.kind_of(entry_path)
                     plan.append({**entry, "path": entry_path, "kind": entry_kind,
@@ -157,11 +160,12 @@ def prepare(
     cot_layout: str | None = None,
     task_templates: dict[str, str] | None = None,
     syntax: str = "python",
+    preference: bool = False,
 ) -> list[dict[str, Any]]:
     """The reading plan: every file with its kind, format, columns and options (paths checked now)."""
     if syntax not in ("python", "cli"):
         raise ValueError(f"syntax is {syntax!r}; use 'python' or 'cli'")
-    options = {"roles": roles, "cot_layout": cot_layout, "task_templates": task_templates}
+    options = {"roles": roles, "cot_layout": cot_layout, "task_templates": task_templates, "preference": preference}
     options = {key: value for key, value in options.items() if value}
     options["syntax"] = syntax
     return _plan(paths, format, columns, options, dataset_name)
@@ -186,16 +190,18 @@ def read(
     max_chars: int | None = DEFAULT_MAX_CHARS,
     report: Report | None = None,
     syntax: str = "python",
+    preference: bool = False,
 ) -> Iterator[Conversation]:
     """Stream validated Conversations from files (see the module docstring for every option).
 
     Paths, format and options are checked now; records are read as the iterator is consumed.
-    Pass a Report to get the counts once the iterator is exhausted.
+    Pass a Report to get the counts once the iterator is exhausted. `preference=True` reads preference
+    data instead: every record is a chosen / rejected pair (sftune.data.pairs) and comes out as a Pair.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error is {on_error!r}; use 'raise' or 'skip'")
     check_max_chars(max_chars)
-    plan = prepare(paths, format, columns, dataset_name, roles, cot_layout, task_templates, syntax)
+    plan = prepare(paths, format, columns, dataset_name, roles, cot_layout, task_templates, syntax, preference)
     files.refuse_overwrite(plan, quarantine=quarantine)
     report = report if report is not None else Report()
     return read_plan(plan, on_error, Path(quarantine) if quarantine else None, max_chars, report)
@@ -304,7 +310,7 @@ def _read_file(item, reject, max_chars, report, shape) -> Iterator[Any]:
                     report.file(source, fmt)
                     base["format"] = fmt
                 conversation = convert(fields, options)
-                validate(conversation, max_chars)
+                (validate_pair if isinstance(conversation, Pair) else validate)(conversation, max_chars)
                 meta = conversation.meta
                 meta.update(base)
                 meta[unit] = number

@@ -71,3 +71,30 @@ class Conversation:
             tools=record.get("tools"),
             meta=dict(record.get("meta") or {}),
         )
+
+
+@dataclass(slots=True)
+class Pair:
+    """A preference pair: one prompt (system, history, the last user or tool turn) and two answers to it,
+    the chosen one and the rejected one (each one or more model messages, tool calls and results kept)."""
+
+    prompt: list[Message]
+    chosen: list[Message]
+    rejected: list[Message]
+    tools: list[dict[str, Any]] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def conversation(self, answer: str) -> Conversation:
+        """The prompt followed by the chosen or the rejected answer, as one Conversation (what is encoded)."""
+        return Conversation(self.prompt + (self.chosen if answer == "chosen" else self.rejected), self.tools,
+                            self.meta)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"prompt": [m.to_dict() for m in self.prompt],
+                               "chosen": [m.to_dict() for m in self.chosen],
+                               "rejected": [m.to_dict() for m in self.rejected]}
+        if self.tools:
+            out["tools"] = self.tools
+        if self.meta:
+            out["meta"] = self.meta
+        return out

@@ -66,6 +66,11 @@ class RichProgressCallback(TrainerCallback):
                 lr=f"{logs.get('learning_rate', 0):.2e}",
                 tps=f"{logs.get('trained_tokens_per_second', 0):.0f}",
             )
+        elif "eval_rewards/accuracies" in logs:  # a preference run (sftune.preference)
+            self.progress.console.print(
+                f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}, reward accuracy "
+                f"{logs['eval_rewards/accuracies']:.3f}, margin {logs['eval_rewards/margins']:.4f}"
+            )
         elif "eval_loss" in logs:
             generated = "".join(f", {k[len('eval_'):]} {logs[k]:.3f}" for k in GENERATED if k in logs)
             self.progress.console.print(

@@ -57,6 +57,10 @@ def train(
 
     cfg = config if isinstance(config, Config) else load(config, overrides)
     console = console or Console()
+    if cfg.stage == "preference":  # chosen / rejected pairs: DPO, IPO, SimPO, ORPO (sftune.preference)
+        from sftune.preference.recipe import train_preference
+
+        return train_preference(cfg, console=console, callbacks=callbacks)
     run_dir = Path(cfg.output.dir)
     resume = start_or_resume(cfg, run_dir, console)
     precision = resolve_precision(cfg.train.precision)

@@ -1,0 +1,76 @@
+"""Summed log-probabilities of each answer in a batch of pairs, without a [tokens x vocabulary] tensor kept.
+
+A batch holds 2B sequences, the B chosen answers then the B rejected ones (packed in one padding-free row,
+or padded rows), and `sequence_ids` saying which sequence each position belongs to. The model's hidden
+states at trained positions (the answers) go through the output layer a chunk at a time; backward
+recomputes each chunk's logits instead of keeping them, so peak memory is one chunk of fp32 logits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sftune.encode import IGNORE
+from sftune.training.loss import _logit_chunks, chunk_size_for, shifted_targets, trained_hidden_states
+
+NOT_MODEL_INPUTS = ("sequence_ids", "ref_chosen", "ref_rejected")
+
+
+class _TokenLogps(torch.autograd.Function):
+    """log softmax(h_i @ W.T + b)[y_i] for each row i, chunk by chunk, logits recomputed in backward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk_size, softcap):
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        lses = torch.empty_like(out)
+        for rows, z, _ in _logit_chunks(hidden, weight, bias, chunk_size, softcap):
+            lse = torch.logsumexp(z, dim=-1)
+            out[rows] = z.gather(1, targets[rows, None]).squeeze(1) - lse
+            lses[rows] = lse
+        ctx.save_for_backward(hidden, weight, bias, targets, lses)
+        ctx.chunk_size, ctx.softcap = chunk_size, softcap
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias, targets, lses = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = bias is not None and ctx.needs_input_grad[2]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
+        for rows, z, tanh in _logit_chunks(hidden, weight, bias, ctx.chunk_size, ctx.softcap):
+            y = targets[rows]
+            g = z.sub_(lses[rows, None]).exp_().neg_()  # d logp / d z = onehot - softmax
+            g[torch.arange(len(y), device=y.device), y] += 1.0
+            g.mul_(grad_out[rows, None])
+            if tanh is not None:
+                g.mul_(1.0 - tanh * tanh)
+            if need_h:
+                grad_h[rows] = g.to(weight.dtype) @ weight
+            if need_w:
+                grad_w.addmm_(g.T, hidden[rows].float())
+            if need_b:
+                grad_b += g.sum(0)
+        return (grad_h, None if grad_w is None else grad_w.to(weight.dtype),
+                None if grad_b is None else grad_b.to(bias.dtype), None, None, None)
+
+
+def token_logps(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, *,
+                softcap: float | None = None, chunk_size: int | None = None) -> torch.Tensor:
+    """[n] log-probability of each target under `head(hidden)`; differentiable in hidden and the head."""
+    weight, bias = head.weight, getattr(head, "bias", None)
+    return _TokenLogps.apply(hidden, weight, bias, targets, chunk_size or chunk_size_for(weight.shape[0]), softcap)
+
+
+def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed log-prob of each sequence's trained tokens [2B], their number [2B]) for a batch of pairs."""
+    inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
+    hidden, targets, _, head, softcap = trained_hidden_states(model, inputs)
+    mask = shifted_targets(inputs) != IGNORE
+    sequence = batch["sequence_ids"][:, 1:][mask]
+    count = int(batch["sequence_ids"].max()) + 1
+    logps = token_logps(hidden, head, targets, softcap=softcap)
+    sums = torch.zeros(count, dtype=logps.dtype, device=logps.device).index_add(0, sequence, logps)
+    tokens = torch.bincount(sequence, minlength=count)
+    return sums, tokens

@@ -1,0 +1,150 @@
+"""One preference run, top to bottom: configuration -> model (from a base or an SFT run folder), pairs,
+reference log-probs, PreferenceTrainer -> the same run folder as SFT (model or adapter, tokenizer with
+its template, config.yaml, metrics.jsonl, curves.png, summary.json, checkpoints/)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback, set_seed
+
+from sftune import attention, data, methods, models, runs, templates
+from sftune.config import Config, ConfigError, to_yaml
+from sftune.hardware import resolve_precision
+from sftune.preference.batches import collate_pairs
+from sftune.preference.encode import encode_pairs
+from sftune.preference.losses import NEEDS_REFERENCE, Settings
+from sftune.preference.reference import add_reference_logps
+from sftune.preference.trainer import PreferenceTrainer
+from sftune.training.arguments import training_arguments
+from sftune.training.callbacks import MetricsFileCallback, RichProgressCallback
+from sftune.training.checkpoints import CheckpointCompleteCallback
+from sftune.training.data import read_entries
+from sftune.training.plot import plot_curves
+from sftune.training.recipe import TrainResult, _is_main_process, _peak_memory_mb, start_or_resume
+
+
+def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
+    """Run one preference training (cfg.stage == "preference"); write the run folder; return it."""
+    run_dir = Path(cfg.output.dir)
+    resume = start_or_resume(cfg, run_dir, console)
+    precision = resolve_precision(cfg.train.precision)
+    set_seed(cfg.train.seed)
+    cfg = cfg.model_copy(deep=True)  # setup_model writes the run's template and base into it
+    started_from = cfg.model.name
+    model, tokenizer, template, packing, continued = setup_model(cfg, console)
+
+    train_pairs, eval_pairs = read_pairs(cfg)
+    sets, reports = {}, {}
+    for name, pairs in (("train", train_pairs), ("eval", eval_pairs)):
+        sets[name], reports[name] = encode_pairs(pairs, tokenizer, template, max_len=cfg.data.max_len) if pairs \
+            else (None, None)
+        if reports[name] and reports[name].skipped:
+            console.print(f"[yellow]{name}: skipped {reports[name].skipped} of {reports[name].total} pairs: "
+                          f"{reports[name].skipped_by_reason}[/yellow]")
+    if sets["train"] is None or len(sets["train"]) == 0:
+        raise ConfigError("no training pair is left after reading and encoding data.train; see the report above")
+
+    settings = Settings(**cfg.preference.model_dump())
+    collate = functools.partial(collate_pairs, packing=packing, pad_token_id=tokenizer.pad_token_id)
+    args = training_arguments(cfg, run_dir, precision=precision, has_eval=sets["eval"] is not None, packing=True)
+    if NEEDS_REFERENCE[settings.loss]:
+        fresh_adapter = hasattr(model, "disable_adapter") and not continued
+        for name in ("train", "eval"):
+            if sets[name] is not None:
+                sets[name] = add_reference_logps(model, sets[name], collate, batch_size=args.per_device_eval_batch_size,
+                                                 adapter_off=fresh_adapter, device=args.device)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if _is_main_process():
+        (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    templates.save_to_tokenizer(template, tokenizer)
+    own = [CheckpointCompleteCallback(), MetricsFileCallback(run_dir / "metrics.jsonl"), RichProgressCallback(console)]
+    trainer = PreferenceTrainer(model=model, args=args, train_dataset=sets["train"], eval_dataset=sets["eval"],
+                                data_collator=collate, processing_class=tokenizer,
+                                callbacks=own + list(callbacks or []), settings=settings)
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=resume)
+    elapsed = time.perf_counter() - started
+    final_eval = trainer.evaluate() if sets["eval"] is not None else {}
+    trainer.save_model(str(run_dir))
+    trainable, total = methods.count_parameters(model)
+    summary = {
+        "stage": "preference", "loss": settings.loss, "model": cfg.model.name, "started_from": started_from, "method": cfg.method.name,
+        "precision": precision, "packing": packing, "steps": trainer.state.global_step, "epochs": trainer.state.epoch,
+        "train_pairs": len(sets["train"]), "eval_pairs": 0 if sets["eval"] is None else len(sets["eval"]),
+        "skipped": {name: reports[name].skipped if reports[name] else 0 for name in ("train", "eval")},
+        "trained_tokens": trainer.trained_tokens, "train_loss": output.training_loss,
+        "train_seconds": round(elapsed, 2),
+        "pairs_per_second": round(len(sets["train"]) * (trainer.state.epoch or 1) / max(trainer.train_seconds, 1e-9), 3),
+        "peak_memory_mb": round(_peak_memory_mb(), 1), "trainable_parameters": trainable,
+        "total_parameters": total, "resumed_from": resume, **final_eval,
+    }
+    if trainer.is_world_process_zero():
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+    return TrainResult(run_dir=run_dir, summary=summary, model=trainer.model, tokenizer=tokenizer)
+
+
+def read_pairs(cfg: Config) -> tuple[list, list]:
+    """(train pairs, held-out pairs) from data.train / data.eval (or a val_ratio split), read as preference data."""
+    d = cfg.data
+    if not d.train:
+        raise ConfigError("data.train is empty: give the preference data files, e.g. data.train=[data/pairs.jsonl]")
+    options = {"format": d.format, "columns": d.columns, "on_error": d.on_error, "preference": True}
+    pairs = read_entries(d.train, options, d.seed)
+    if d.eval:
+        return pairs, read_entries(d.eval, options, d.seed)
+    if d.val_ratio > 0 and len(pairs) > 1:
+        return data.split(pairs, val_ratio=d.val_ratio, seed=d.seed)
+    return pairs, []
+
+
+def setup_model(cfg: Config, console) -> tuple[Any, Any, Any, bool, bool]:
+    """(model with the method applied, tokenizer, template, packing, whether an SFT run's adapter is continued).
+
+    model.name may be an SFT run folder: its full weights, or its adapter on its base model (continued
+    when method is lora / qlora, merged into the weights for full / freeze); its template is used.
+    """
+    name = cfg.model.name
+    packing = cfg.data.packing and methods.packing_supported(cfg.method)[0]
+    options = {"dtype": torch.float32 if cfg.model.dtype == "auto" else getattr(torch, cfg.model.dtype),
+               "attn_implementation": attention.resolve(cfg.model.attn_implementation, packing=packing),
+               "trust_remote_code": cfg.model.trust_remote_code, **methods.load_kwargs(cfg.method)}
+    continued = False
+    if runs.is_run(name):
+        run_cfg = runs.run_config(name)
+        if (Path(name) / runs.ADAPTER_CONFIG).is_file():
+            from peft import PeftModel
+            from transformers import AutoTokenizer
+
+            base, _ = models.load(run_cfg.model.name, **options)
+            tokenizer = AutoTokenizer.from_pretrained(name)
+            continued = cfg.method.name in ("lora", "qlora")
+            model = PeftModel.from_pretrained(base, name, is_trainable=continued)
+            if continued:
+                cfg.model.name = run_cfg.model.name  # the adapter goes on the SFT run's base, as runs.load reads it
+            else:
+                model = model.merge_and_unload()
+        else:
+            model, tokenizer = models.load(name, **options)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        template = runs.run_template(Path(name), run_cfg, tokenizer)
+        if cfg.data.template is None:
+            cfg.data.template = run_cfg.data.template
+    else:
+        model, tokenizer = models.load(name, **options)
+        template = templates.get(cfg.data.template, tokenizer) if cfg.data.template else templates.default_for(tokenizer)
+    if not continued:
+        model = methods.apply_method(model, cfg.method, tokenizer, verbose=False)
+    console.print(f"[bold]{cfg.stage} ({cfg.preference.loss})[/bold], {cfg.method.name} on {name}"
+                  f"{' (continuing its adapter)' if continued else ''}: {methods.trainable_summary(model)}")
+    if packing and not methods.packing_supported(cfg.method, model)[0]:
+        packing = False
+    return model, tokenizer, template, packing, continued

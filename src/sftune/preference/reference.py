@@ -1,0 +1,40 @@
+"""The reference model's log-probabilities, computed once before training and cached in the dataset.
+
+The reference is the model as training starts, with no second copy held: a full or freeze model is
+run before its first step; a fresh LoRA / QLoRA adapter is switched off (peft's `disable_adapter`), which
+is the same model; an adapter continued from an SFT run stays on (the SFT model is the reference).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable
+
+import torch
+
+from sftune.preference.logps import sequence_logps
+
+
+@torch.no_grad()
+def add_reference_logps(model: Any, dataset: Any, collate: Callable, *, batch_size: int, adapter_off: bool,
+                        device: Any = None, progress: bool = True) -> Any:
+    """`dataset` with columns ref_chosen and ref_rejected: each answer's summed log-prob under the reference."""
+    from rich.progress import track
+
+    was_training = model.training
+    model.eval()
+    off = model.disable_adapter() if adapter_off and hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    chosen, rejected = [], []
+    starts = range(0, len(dataset), batch_size)
+    with off:
+        for start in track(starts, description="reference log-probs", disable=not progress):
+            features = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            batch = collate(features)
+            if device is not None:
+                batch = {k: v.to(device) for k, v in batch.items()}
+            sums, _ = sequence_logps(model, batch)
+            half = len(features)
+            chosen += sums[:half].tolist()
+            rejected += sums[half:].tolist()
+    model.train(was_training)
+    return dataset.add_column("ref_chosen", chosen).add_column("ref_rejected", rejected)

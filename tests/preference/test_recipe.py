@@ -1,0 +1,77 @@
+"""`sftune train` with stage: preference: from an SFT run folder (its adapter continued, or its weights),
+the usual run folder, reward metrics logged, a non-finite loss stopping the run with its step named."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import tiny_model
+from tests.training.helpers import PoisonAt
+
+PAIRS = [{"prompt": f"Say a word about {w}.", "chosen": f"{w.capitalize()}! Done.", "rejected": f"I will not talk of {w}."}
+         for w in ("cats", "dogs", "rain", "snow", "tea", "bread", "ships", "trees", "stars", "rivers", "salt", "glass")]
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, smollm2_tokenizer):
+    folder = tmp_path / "tiny-model"
+    tiny_model("llama", vocab_size=len(smollm2_tokenizer)).save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _config(tmp_path, model, method, out, **preference):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    return {"stage": "preference", "preference": {"loss": "dpo", "beta": 0.1, **preference},
+            "model": {"name": str(model)}, "data": {"train": str(pairs), "val_ratio": 0.25, "max_len": 128},
+            "method": method, "train": {"max_steps": 3, "batch_size": 2, "logging_steps": 1, "lr": 1e-3},
+            "output": {"dir": str(tmp_path / out)}}
+
+
+def _sft_run(tmp_path, model):
+    from sftune import train
+    from tests.training.test_recipe import run_config
+
+    cfg = run_config(tmp_path, model, train={"max_steps": 2, "save_steps": None}, eval={"steps": None})
+    cfg["output"]["dir"] = str(tmp_path / "sft")
+    return train(cfg).run_dir
+
+
+def test_dpo_continues_an_sft_runs_adapter(tmp_path, tiny_checkpoint):
+    from sftune import runs, train
+
+    sft = _sft_run(tmp_path, tiny_checkpoint)
+    result = train(_config(tmp_path, sft, {"name": "lora", "r": 4}, "dpo"))
+    run = result.run_dir
+    for name in ("adapter_model.safetensors", "tokenizer.json", "config.yaml", "metrics.jsonl", "summary.json"):
+        assert (run / name).exists(), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["started_from"] == str(sft) and summary["eval_pairs"] == 3
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in records if "loss" in r]
+    assert len(logged) == 3 and all("rewards/accuracies" in r and "rewards/margins" in r for r in logged)
+    # the first step starts at the reference (the SFT model): loss log 2, rewards 0
+    assert logged[0]["loss"] == pytest.approx(0.6931, abs=1e-3) and abs(logged[0]["rewards/margins"]) < 1e-4
+    assert "eval_rewards/accuracies" in summary
+    loaded = runs.load(run)  # the adapter loads back on the SFT run's base, with the SFT run's template
+    assert loaded.is_adapter and loaded.template.name == runs.load(sft).template.name
+
+
+@pytest.mark.parametrize("method, loss", [({"name": "full"}, "ipo"), ({"name": "lora", "r": 4}, "orpo")])
+def test_other_methods_and_losses_run(tmp_path, tiny_checkpoint, method, loss):
+    from sftune import train
+
+    result = train(_config(tmp_path, tiny_checkpoint, method, "run", loss=loss))
+    assert result.summary["steps"] == 3 and result.summary["loss"] == loss
+    assert result.summary["train_loss"] == result.summary["train_loss"]  # finite, not NaN
+
+
+def test_non_finite_loss_stops_naming_the_step(tmp_path, tiny_checkpoint):
+    from sftune import train
+    from sftune.training import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match=r"step 2\b"):
+        train(_config(tmp_path, tiny_checkpoint, {"name": "full"}, "nan"), callbacks=[PoisonAt(1)])
