@@ -250,8 +250,12 @@ def _precision(cfg: Config, device: str) -> str:
 
 
 def estimate(cfg: Config, shape: ModelShape, *, gpus: int = 1, sharding: str = "none", offload: bool = False,
-             device: str = "cpu", micro_batch: int | None = None) -> Estimate:
-    """Peak bytes per device for `cfg` on `gpus` devices with `sharding` (and optimizer/parameter offload)."""
+             device: str = "cpu", micro_batch: int | None = None, trained_tokens: int | None = None) -> Estimate:
+    """Peak bytes per device for `cfg` on `gpus` devices with `sharding` (and optimizer/parameter offload).
+
+    `trained_tokens`: the most trained (loss) tokens in one micro-batch, when known from the data;
+    default: every token is trained (the upper bound: prompts count as trained).
+    """
     from sftune import methods
     from sftune.training.arguments import micro_batch_size
     from sftune.training.loss import chunk_size_for
@@ -326,9 +330,10 @@ def estimate(cfg: Config, shape: ModelShape, *, gpus: int = 1, sharding: str = "
         parts["activations"] += max(i * o for _, i, o, _ in shape.linears) * act_bytes
 
     # logits and the loss: sftune's loss makes fp32 logits a chunk of rows at a time (training/loss.py)
-    rows = min(tokens, chunk_size_for(shape.vocab))
+    trained = tokens if trained_tokens is None else min(trained_tokens, tokens)
+    rows = min(trained, chunk_size_for(shape.vocab))
     logits = rows * shape.vocab * 4 * 2 + (rows * shape.vocab * act_bytes if act_bytes == 2 else 0)
-    logits += 2 * tokens * shape.hidden * act_bytes  # gathered hidden states and their gradient
+    logits += 2 * trained * shape.hidden * act_bytes  # gathered hidden states and their gradient
     head_trainable = m.name == "full" or (m.name == "freeze" and _freeze_trains(shape.output_trainable_with, shape, m))
     if head_trainable:  # the output layer's gradient, built in fp32 during the loss's forward pass
         logits += shape.vocab * shape.hidden * 4
@@ -387,6 +392,12 @@ def largest_micro_batch(cfg: Config, shape: ModelShape, memory: int, limit: int 
     return low
 
 
+def gpu_present() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def device_memory(device: str) -> tuple[int, str]:
     """(bytes, what they are): the first GPU's memory, else the RAM available now (MemAvailable)."""
     if device == "cuda":
@@ -412,13 +423,13 @@ def for_config(cfg: Config, **options: Any) -> Estimate:
     return estimate(cfg, shape, **options)
 
 
-def fit_warning(cfg: Config) -> str | None:
+def fit_warning(cfg: Config, memory: int | None = None) -> str | None:
     """One line when this run's estimated peak exceeds the memory of the device it will run on (what
-    `sftune train` prints before loading anything), else None."""
+    `sftune train` prints before loading anything), else None. `memory`: bytes (default: detected)."""
     device = resolve_device(None)
     shape = model_shape(model_config(cfg.model.name, cfg.model.trust_remote_code))
     est = estimate(cfg, shape, device=device)
-    memory, what = device_memory(device)
+    memory, what = (memory, "given") if memory is not None else device_memory(device)
     if est.total <= memory:
         return None
     biggest = max(est.parts, key=est.parts.get)
