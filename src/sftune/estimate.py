@@ -442,6 +442,6 @@ def fit_warning(cfg: Config, memory: int | None = None) -> str | None:
     if cfg.method.name == "full":
         advice.append("method.name=lora")
     advice.append(f"a shorter data.max_len (now {cfg.data.max_len})")
-    return (f"estimated peak memory {est.total / GiB:.1f} GiB exceeds the {memory / GiB:.1f} GiB {what} "
-            f"(largest part: {biggest} {est.parts[biggest] / GiB:.1f} GiB); try {', '.join(advice)} "
+    return (f"estimated peak memory {est.total / GiB:.2f} GiB exceeds the {memory / GiB:.2f} GiB {what} "
+            f"(largest part: {biggest} {est.parts[biggest] / GiB:.2f} GiB); try {', '.join(advice)} "
             "(details: sftune estimate)")
