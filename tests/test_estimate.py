@@ -85,7 +85,7 @@ def _config(**train):
 def test_full_fine_tuning_parts_follow_the_formulas():
     shape = E.model_shape(tiny_config("llama"))
     P, T, H, I, L, V = shape.total, 128, TINY["H"], TINY["I"], TINY["L"], TINY["vocab"]
-    est = E.estimate(_config(), shape)
+    est = E.estimate(_config(), shape, device="cuda")  # kept tensors only (see the CPU test below)
     assert est.parts["weights"] == 4 * P
     assert est.parts["gradients"] == 4 * P
     assert est.parts["optimizer states"] == 8 * P  # AdamW: two fp32 moments
@@ -99,11 +99,27 @@ def test_full_fine_tuning_parts_follow_the_formulas():
 
 def test_checkpointing_keeps_each_layer_input_and_one_layer():
     shape = E.model_shape(tiny_config("llama"))
-    est = E.estimate(_config(gradient_checkpointing=True), shape)
+    est = E.estimate(_config(gradient_checkpointing=True), shape, device="cuda")
     T, H, I, L = 128, TINY["H"], TINY["I"], TINY["L"]
     assert est.parts["activations"] == T * H * 4 * L + T * 4096 + T * (3 * H + 2 * (H + I)) * 4 == 884_736
-    without = E.estimate(_config(), shape).parts["activations"]
+    without = E.estimate(_config(), shape, device="cuda").parts["activations"]
     assert without - est.parts["activations"] == (L - 1) * T * 4096 - L * T * H * 4
+
+
+def test_on_a_cpu_the_forward_temporaries_count_and_the_peak_is_the_larger_moment():
+    shape = E.model_shape(tiny_config("llama"))
+    H, q, kv, T, L = 64, 64, 32, 128, 2
+    cpu, gpu = E.estimate(_config(), shape), E.estimate(_config(), shape, device="cuda")
+    assert cpu.parts["activations"] - gpu.parts["activations"] == T * L * 4 * int(6 * H + 5.5 * q + 4.5 * kv)
+    # AdamW on a CPU: two temporaries of the largest tensor (the embedding); the tied embedding's two gradients
+    assert cpu.parts["optimizer step"] == 2 * 49152 * 64 * 4 + 2 * 49152 * 64 * 4
+    weights, states = cpu.parts["weights"], cpu.parts["optimizer states"]
+    assert cpu.phases == {
+        "forward and backward": weights + states + cpu.parts["activations"] + cpu.parts["logits and loss"],
+        "optimizer step": weights + states + cpu.parts["gradients"] + cpu.parts["optimizer step"]}
+    assert cpu.total == max(cpu.phases.values())
+    accumulating = E.estimate(_config(batch_size=2, micro_batch_size=1), shape)
+    assert accumulating.phases["forward and backward"] == cpu.phases["forward and backward"] + cpu.parts["gradients"]
 
 
 def test_activations_grow_with_the_micro_batch_and_logits_are_chunked():
@@ -209,7 +225,7 @@ def test_estimate_command_prints_the_breakdown_and_what_fits(tmp_path, smollm2_t
     runner = CliRunner()
     result = runner.invoke(app, ["estimate", str(config), "train.precision=fp32", "--memory", "1"])
     assert result.exit_code == 0, result.output
-    for part in ("weights", "gradients", "optimizer states", "activations", "logits and loss", "total"):
+    for part in ("weights", "gradients", "optimizer states", "activations", "logits and loss", "peak"):
         assert part in result.output
     shape = E.model_shape(E.model_config(str(folder)))
     cfg = load(str(config), ["train.precision=fp32"])

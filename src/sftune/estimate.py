@@ -24,6 +24,7 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # Optimizer state bytes per trained parameter: AdamW keeps two fp32 moments; 8-bit AdamW two 8-bit ones
 # (plus per-block scales, ~1%); SGD without momentum and Adafactor's factored moments next to nothing.
 OPTIMIZER_BYTES = {"adamw": 8.0, "adam": 8.0, "8bit": 2.04, "sgd": 0.0, "adafactor": 0.0, "lion": 4.0}
+PHASE_PARTS = ("activations", "logits and loss", "gradients", "DDP gradient buckets", "optimizer step")
 CUDA_CONTEXT = int(0.5 * GiB)  # CUDA context, cuBLAS workspace: outside torch's allocator, typical size
 
 
@@ -44,6 +45,7 @@ class ModelShape:
     layer_params: int  # parameters of one decoder layer (the unit ZeRO-3 / FSDP gathers at a time)
     last_layers_params: tuple[int, ...]  # parameters per decoder layer, in order
     named: tuple[tuple[str, int], ...] = field(repr=False, default=())  # (parameter name, numel)
+    tied: bool = False  # the output layer shares the input embedding's weight
 
 
 @dataclass
@@ -60,9 +62,23 @@ class Estimate:
     precision: str
     notes: list[str]
 
+    accumulating: bool = False  # gradients persist across micro-batches (grad_accum or batch > micro-batch)
+
+    @property
+    def phases(self) -> dict[str, int]:
+        """Bytes held in the two moments a step peaks: during forward/backward (activations, logits; gradients
+        only when they accumulate over micro-batches) and at the end of backward and the optimizer step."""
+        common = {k: v for k, v in self.parts.items() if k not in PHASE_PARTS}
+        grads = sum(self.parts.get(k, 0) for k in ("gradients", "DDP gradient buckets"))
+        forward = sum(self.parts.get(k, 0) for k in ("activations", "logits and loss")) + (grads if self.accumulating else 0)
+        step = grads + self.parts.get("optimizer step", 0)
+        base = sum(common.values())
+        return {"forward and backward": base + forward, "optimizer step": base + step}
+
     @property
     def total(self) -> int:
-        return sum(self.parts.values())
+        """The peak: the larger of the two moments."""
+        return max(self.phases.values())
 
     @property
     def host_total(self) -> int:
@@ -129,6 +145,7 @@ def model_shape(config: Any) -> ModelShape:
         layer_params=max(per_layer),
         last_layers_params=per_layer,
         named=tuple((n, p.numel()) for n, p in model.named_parameters()),
+        tied=output.weight is model.get_input_embeddings().weight,
     )
 
 
@@ -209,8 +226,11 @@ def quantized_bytes_per_param(double_quant: bool, block: int = 64) -> float:
 
 
 def activation_elements_per_token(shape: ModelShape, *, lora_rank: int = 0, lora_targets_per_layer: int = 0,
-                                  lora_dropout_inputs: int = 0) -> tuple[int, int]:
+                                  lora_dropout_inputs: int = 0, resident_temporaries: bool = False) -> tuple[int, int]:
     """(residual-stream elements, other elements) that autograd keeps per token and decoder layer.
+
+    With `resident_temporaries` (a CPU: glibc's malloc keeps the forward's freed temporaries resident
+    between the kept tensors, measured 1.7x the kept bytes) the forward's temporaries count too.
 
     Llama-style layer without dropout, attention by a fused kernel (no [s x s] matrix kept):
     2 RMSNorms keep their input and output (4H, in the residual dtype); attention keeps the rotated
@@ -222,7 +242,12 @@ def activation_elements_per_token(shape: ModelShape, *, lora_rank: int = 0, lora
     kv = shape.kv_heads * shape.head_dim
     residual = 4 * shape.hidden
     other = 3 * q + 2 * kv + 4 * shape.intermediate + lora_rank * lora_targets_per_layer + lora_dropout_inputs
-    return residual, other
+    if resident_temporaries:
+        # what the forward allocates and frees: the norms' squares and scaled copies (4H), query and key before
+        # RoPE and RoPE's three partial products (4.5 q + 4.5 kv), the joined attention output (q), the o_proj
+        # and down_proj outputs before their residual adds (2H)
+        other += 6 * shape.hidden + 5.5 * q + 4.5 * kv
+    return residual, int(other)
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -304,6 +329,14 @@ def estimate(cfg: Config, shape: ModelShape, *, gpus: int = 1, sharding: str = "
     parts["optimizer states"] = int(trainable * _optimizer_bytes(t.optim))
     if sharding == "ddp" and n > 1:
         parts["DDP gradient buckets"] = trainable * grad_bytes
+    # the optimizer step's temporaries: torch's AdamW on a CPU makes two of each tensor in turn (the largest
+    # counts); on a GPU its foreach path one fp32 copy of all of them
+    largest = _largest_trained_tensor(shape, m)
+    step = 2 * largest * 4 if device == "cpu" else trainable * 4
+    if _output_trained(shape, m) and shape.tied:
+        # the tied embedding gets the output layer's gradient and its own, and their sum
+        step += 2 * shape.vocab * shape.hidden * grad_bytes
+    parts["optimizer step"] = int(step if _optimizer_bytes(t.optim) else 0)
 
     # activations
     targets = lora_targets(shape, m.target_modules) if m.name in ("lora", "qlora") else []
@@ -311,7 +344,7 @@ def estimate(cfg: Config, shape: ModelShape, *, gpus: int = 1, sharding: str = "
     dropout_inputs = sum(i for _, i, _, _ in targets) // shape.layers if targets and m.dropout > 0 else 0
     residual, other = activation_elements_per_token(
         shape, lora_rank=m.r if targets else 0, lora_targets_per_layer=per_layer_targets,
-        lora_dropout_inputs=dropout_inputs)
+        lora_dropout_inputs=dropout_inputs, resident_temporaries=device == "cpu")
     res_bytes = 4 if wbytes == 4 or m.name == "qlora" else 2
     layer_bytes = tokens * (residual * res_bytes + other * act_bytes)
     if m.name in methods.PREFIX_METHODS:  # virtual keys and values in every layer, for every row
@@ -334,15 +367,14 @@ def estimate(cfg: Config, shape: ModelShape, *, gpus: int = 1, sharding: str = "
     rows = min(trained, chunk_size_for(shape.vocab))
     logits = rows * shape.vocab * 4 * 2 + (rows * shape.vocab * act_bytes if act_bytes == 2 else 0)
     logits += 2 * trained * shape.hidden * act_bytes  # gathered hidden states and their gradient
-    head_trainable = m.name == "full" or (m.name == "freeze" and _freeze_trains(shape.output_trainable_with, shape, m))
-    if head_trainable:  # the output layer's gradient, built in fp32 during the loss's forward pass
+    if _output_trained(shape, m):  # the output layer's gradient, built in fp32 during the loss's forward pass
         logits += shape.vocab * shape.hidden * 4
     parts["logits and loss"] = logits
 
     # sharding over n devices
     host: dict[str, int] = {}
     if sharding in ("zero2", "zero3", "fsdp") and n > 1 or offload:
-        sharded = ["gradients", "optimizer states", "master weights"]
+        sharded = ["gradients", "optimizer states", "master weights", "optimizer step"]
         if sharding in ("zero3", "fsdp"):
             sharded.append("weights")
         for part in sharded:
@@ -351,7 +383,7 @@ def estimate(cfg: Config, shape: ModelShape, *, gpus: int = 1, sharding: str = "
             gather_bytes = 2 if half else wbytes
             parts["gathered layers"] = 2 * shape.layer_params * gather_bytes
     if offload:
-        moved = ["optimizer states", "master weights", "gradients"]
+        moved = ["optimizer states", "master weights", "gradients", "optimizer step"]
         if sharding in ("zero3", "fsdp"):
             moved.append("weights")
         for part in moved:
@@ -364,7 +396,22 @@ def estimate(cfg: Config, shape: ModelShape, *, gpus: int = 1, sharding: str = "
         notes.append(f"optimizer {t.optim!r} is not known here: counted as AdamW (8 bytes per trained parameter)")
     return Estimate(parts={k: int(v) for k, v in parts.items() if v}, host={k: int(v) for k, v in host.items() if v},
                     trainable=trainable, total_params=shape.total + counts["adapter"], tokens=tokens,
-                    micro_batch=micro, device=device, precision=precision, notes=notes)
+                    micro_batch=micro, device=device, precision=precision, notes=notes,
+                    accumulating=t.grad_accum > 1 or t.batch_size > micro)
+
+
+def _output_trained(shape: ModelShape, method: Any) -> bool:
+    return method.name == "full" or (method.name == "freeze" and _freeze_trains(shape.output_trainable_with, shape, method))
+
+
+def _largest_trained_tensor(shape: ModelShape, method: Any) -> int:
+    if method.name == "full":
+        return max(n for _, n in shape.named)
+    if method.name == "freeze":
+        return max((n for name, n in shape.named if _freeze_trains(name, shape, method)), default=0)
+    if method.name in ("lora", "qlora"):
+        return max((method.r * max(i, o) for _, i, o, _ in lora_targets(shape, method.target_modules)), default=0)
+    return parameters(shape, method)["adapter"]
 
 
 def _optimizer_bytes(optim: str) -> float:

@@ -75,7 +75,9 @@ def _table(est, cfg, gpus: int, sharding: str, offload: bool) -> Table:
     table.add_column("share", justify="right")
     for part, size in est.parts.items():
         table.add_row(part, f"{size / GiB:.3f}", f"{100 * size / est.total:.0f}%")
-    table.add_row("[bold]total[/bold]", f"[bold]{est.total / GiB:.3f}[/bold]", "100%")
+    for phase, size in est.phases.items():
+        table.add_row(f"[dim]at the {phase}[/dim]", f"[dim]{size / GiB:.3f}[/dim]", "")
+    table.add_row("[bold]peak (the larger)[/bold]", f"[bold]{est.total / GiB:.3f}[/bold]", "")
     for part, size in est.host.items():
         table.add_row(f"[dim]{part} (on the CPU)[/dim]", f"[dim]{size / GiB:.3f}[/dim]", "")
     table.caption = f"trainable parameters {est.trainable:,} of {est.total_params:,}"
