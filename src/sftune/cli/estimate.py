@@ -72,9 +72,9 @@ def _table(est, cfg, gpus: int, sharding: str, offload: bool) -> Table:
     table = Table(title=title)
     table.add_column("part")
     table.add_column("per device (GiB)", justify="right")
-    table.add_column("share", justify="right")
+    table.add_column("held")
     for part, size in est.parts.items():
-        table.add_row(part, f"{size / GiB:.3f}", f"{100 * size / est.total:.0f}%")
+        table.add_row(part, f"{size / GiB:.3f}", _held(part, est.accumulating))
     for phase, size in est.phases.items():
         table.add_row(f"[dim]at the {phase}[/dim]", f"[dim]{size / GiB:.3f}[/dim]", "")
     table.add_row("[bold]peak (the larger)[/bold]", f"[bold]{est.total / GiB:.3f}[/bold]", "")
@@ -82,3 +82,11 @@ def _table(est, cfg, gpus: int, sharding: str, offload: bool) -> Table:
         table.add_row(f"[dim]{part} (on the CPU)[/dim]", f"[dim]{size / GiB:.3f}[/dim]", "")
     table.caption = f"trainable parameters {est.trainable:,} of {est.total_params:,}"
     return table
+
+
+def _held(part: str, accumulating: bool) -> str:
+    if part in ("activations", "logits and loss"):
+        return "forward and backward"
+    if part == "optimizer step" or (part in ("gradients", "DDP gradient buckets") and not accumulating):
+        return "optimizer step"
+    return "throughout"
