@@ -15,6 +15,8 @@ import sys
 
 
 def main(config_path: str, mode: str) -> None:
+    from pathlib import Path
+
     import torch  # noqa: F401  (the baseline holds the same libraries as the training run)
     import transformers  # noqa: F401
     from rich.console import Console
@@ -27,7 +29,7 @@ def main(config_path: str, mode: str) -> None:
     from sftune.training.data import prepare_data
     from sftune.training.recipe import setup_model, setup_trainer
 
-    cfg = load(json.loads(open(config_path, encoding="utf-8").read()))
+    cfg = load(json.loads(Path(config_path).read_text(encoding="utf-8")))
     console = Console(quiet=True)
     precision = resolve_precision(cfg.train.precision)
     if mode == "baseline":
@@ -39,8 +41,6 @@ def main(config_path: str, mode: str) -> None:
     encoded = prepare_data(cfg, tokenizer, template, console=console)
     out: dict = {}
     if model is not None:
-        from pathlib import Path
-
         args = training_arguments(cfg, Path(cfg.output.dir), precision=precision, has_eval=False, packing=True)
         args.save_strategy = "no"
         trainer = setup_trainer(cfg, model, tokenizer, template, encoded, args, packing=True, console=console,

@@ -23,7 +23,8 @@ def estimate_command(
 ) -> None:
     """Predict the peak memory per device of a run (weights, gradients, optimizer states, activations,
     logits) without loading the model, and the largest micro-batch that fits."""
-    from sftune import config as config_module, estimate
+    from sftune import config as config_module
+    from sftune import estimate
 
     try:
         cfg = config_module.load(config, overrides or [])
@@ -38,7 +39,7 @@ def estimate_command(
         else:
             available, what = estimate.device_memory(device)
         fits = None if available is None else estimate.largest_micro_batch(cfg, shape, available, **options)
-    except Exception as err:  # noqa: BLE001 - a user's error is one line; anything else propagates
+    except Exception as err:  # a user's error is one line; anything else propagates
         if _caused_by_user(err):
             _user_error(err)
         raise
