@@ -81,6 +81,7 @@ def train_command(
         if print_config:
             typer.echo(config_module.to_yaml(cfg), nl=False)
             return
+        _warn_if_too_big(cfg)
         result = train(cfg, console=console)
     except (config_module.ConfigError, NonFiniteLossError) as err:
         if quiet.is_verbose():
@@ -90,3 +91,16 @@ def train_command(
     s = result.summary
     console.print(f"Done: {s['steps']} steps, {s['trained_tokens']} trained tokens "
                   f"({s['trained_tokens_per_second']:.0f}/s), run folder {result.run_dir}")
+
+
+def _warn_if_too_big(cfg) -> None:
+    """One yellow line, before anything is loaded, when the run's estimated peak memory exceeds the device's."""
+    from sftune import estimate
+
+    try:
+        warning = estimate.fit_warning(cfg)
+    except Exception as err:  # noqa: BLE001 - the estimate never stops a run; say it was not made
+        console.print(f"[dim]memory estimate skipped: {err}[/dim]", highlight=False)
+        return
+    if warning:
+        console.print(f"[yellow]warning: {warning}[/yellow]", highlight=False)
