@@ -25,6 +25,14 @@ def micro_batch_size(t: TrainSection, *, packing: bool, cuda: bool) -> int:
     return micro
 
 
+def launched_with_deepspeed() -> bool:
+    """Whether `accelerate launch` was given a DeepSpeed config. Accelerate turns DeepSpeed off for a
+    `use_cpu` run, so on a machine without CUDA DeepSpeed runs on its own CPU accelerator instead."""
+    import os
+
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
 def training_arguments(cfg: Config, run_dir: Path, *, precision: str, has_eval: bool, packing: bool):
     """Map the sftune configuration onto `transformers.TrainingArguments`."""
     from transformers import TrainingArguments
@@ -66,7 +74,7 @@ def training_arguments(cfg: Config, run_dir: Path, *, precision: str, has_eval: 
         optim=t.optim,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        use_cpu=not cuda,
+        use_cpu=not cuda and not launched_with_deepspeed(),
         activation_checkpointing=t.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         neftune_noise_alpha=t.neftune_alpha,
@@ -91,6 +99,7 @@ def training_arguments(cfg: Config, run_dir: Path, *, precision: str, has_eval: 
         dataloader_num_workers=t.dataloader_workers,
         dataloader_pin_memory=cuda,
         ddp_find_unused_parameters=False,
+        ddp_backend="gloo" if not cuda and launched_with_deepspeed() else None,
     )
 
 
