@@ -18,7 +18,7 @@ class Probe(TrainerCallback):
         self.seen: dict = {}
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        from accelerate import AcceleratorState, PartialState
+        from accelerate.state import AcceleratorState, PartialState
         from torch.distributed.tensor import DTensor
 
         self.seen = {
