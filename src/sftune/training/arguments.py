@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from sftune.config import Config, ConfigError, TrainSection
+from sftune.distributed import launcher
 
 
 def micro_batch_size(t: TrainSection, *, packing: bool, cuda: bool) -> int:
@@ -23,14 +24,6 @@ def micro_batch_size(t: TrainSection, *, packing: bool, cuda: bool) -> int:
             f"accumulates batch_size / micro_batch_size forward passes; e.g. train.micro_batch_size=1"
         )
     return micro
-
-
-def launched_with_deepspeed() -> bool:
-    """Whether `accelerate launch` was given a DeepSpeed config. Accelerate turns DeepSpeed off for a
-    `use_cpu` run, so on a machine without CUDA DeepSpeed runs on its own CPU accelerator instead."""
-    import os
-
-    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
 def training_arguments(cfg: Config, run_dir: Path, *, precision: str, has_eval: bool, packing: bool):
@@ -74,7 +67,9 @@ def training_arguments(cfg: Config, run_dir: Path, *, precision: str, has_eval: 
         optim=t.optim,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        use_cpu=not cuda and not launched_with_deepspeed(),
+        # accelerate turns DeepSpeed off in a use_cpu run: without CUDA, DeepSpeed runs on its CPU accelerator
+        # over gloo instead
+        use_cpu=not cuda and launcher() != "deepspeed",
         activation_checkpointing=t.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         neftune_noise_alpha=t.neftune_alpha,
@@ -99,7 +94,7 @@ def training_arguments(cfg: Config, run_dir: Path, *, precision: str, has_eval: 
         dataloader_num_workers=t.dataloader_workers,
         dataloader_pin_memory=cuda,
         ddp_find_unused_parameters=False,
-        ddp_backend="gloo" if not cuda and launched_with_deepspeed() else None,
+        ddp_backend="gloo" if not cuda and launcher() == "deepspeed" else None,
     )
 
 
