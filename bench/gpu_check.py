@@ -68,23 +68,24 @@ def main() -> None:
     lines = [f"# GPU check: {gpus} x {name}, torch {torch.__version__}", "",
              "| check | status | seconds |", "|---|---|---|"]
     lines += [f"| {c['check']} | {c['status']} | {c['seconds']} |" for c in checks]
-    for path in sorted(args.out.glob("*.json"))[-1:]:
-        data = json.loads(path.read_text())
-        rows = data.get("table", data) if isinstance(data, dict) else {}
-        lines += ["", f"MFU against the {name} dense bf16 peak ({peak} TFLOP/s):", "",
-                  "| system | trained tokens/s | TFLOP/s | MFU | peak GPU GB |", "|---|---|---|---|---|"]
-        for system, row in rows.items():
-            if isinstance(row, dict) and row.get("flops_per_s"):
-                flops = sum(row["flops_per_s"]) / len(row["flops_per_s"])
-                tps = row.get("trained_tokens_per_s") or row.get("trained_tps") or ["?"]
-                mem = (max(row["peak_gpu"]) / 2**30) if row.get("peak_gpu") else float("nan")
-                mfu = f"{100 * flops / (peak * 1e12):.1f} %" if peak else "unknown chip"
-                lines.append(f"| {system} | {tps[0] if isinstance(tps, list) else tps} | {flops / 1e12:.1f} | "
-                             f"{mfu} | {mem:.2f} |")
+    for path in sorted(args.out.glob("*.json"), key=lambda p: p.stat().st_mtime)[-1:]:  # bench.run's raw figures
+        runs = json.loads(path.read_text()).get("runs", {})
+        lines += ["", f"From {path.name}; MFU against the {name} dense bf16 peak ({peak} TFLOP/s):", "",
+                  "| system | trained tokens/s | useful TFLOP/s | MFU | peak GPU GB |", "|---|---|---|---|---|"]
+        for system, repeats in runs.items():
+            good = [r for r in repeats if "flops_per_s" in r]
+            if not good:
+                lines.append(f"| {system} | failed or skipped | | | |")
+                continue
+            flops = sum(r["flops_per_s"] for r in good) / len(good)
+            tps = sum(r["trained_per_s"] for r in good) / len(good)
+            mem = max((r.get("peak_gpu") or 0) for r in good) / 2**30
+            mfu = f"{100 * flops / (peak * 1e12):.1f} %" if peak else "chip peak unknown"
+            lines.append(f"| {system} | {tps:,.0f} | {flops / 1e12:.1f} | {mfu} | {mem:.2f} |")
     lines += ["", "## Output of each check", ""] + [f"### {c['check']}\n```\n{c['tail']}\n```" for c in checks]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_check.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[: 8 + len(checks)]))
+    print("\n".join(line for line in lines if line.startswith(("|", "#", "From"))))
 
 
 if __name__ == "__main__":
