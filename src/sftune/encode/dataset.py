@@ -80,8 +80,6 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
     think block are trained (labels.py); `split_reasoning_turns`: one example per reasoning exchange
     where the template drops earlier reasoning (reasoning.py).
     """
-    import datasets
-
     if policy not in POLICIES:
         raise ValueError(f"unknown masking policy {policy!r}; use one of {', '.join(POLICIES)}")
     check_reasoning(reasoning)
