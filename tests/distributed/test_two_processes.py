@@ -113,6 +113,7 @@ CASES = [
     pytest.param("deepspeed_zero2.yaml", "lora", id="zero2-lora", marks=needs_deepspeed),
     pytest.param("deepspeed_zero3.yaml", "lora", id="zero3-lora", marks=needs_deepspeed),
     pytest.param("deepspeed_zero3.yaml", "full", id="zero3-full", marks=needs_deepspeed),
+    pytest.param("deepspeed_zero3_offload.yaml", "lora", id="zero3-offload-lora", marks=needs_deepspeed),
 ]
 
 
@@ -124,6 +125,7 @@ def test_two_processes_match_one(setup, reference, kind, method):
     if kind.startswith("deepspeed"):
         assert probes[0]["distributed_type"].endswith("DEEPSPEED")
         assert probes[0]["deepspeed_stage"] == int(kind[len("deepspeed_zero")])
+        assert probes[0]["summary"]["processes"] == 2
     expected = losses(reference[method])
     assert len(expected) == 4
     assert losses(out) == pytest.approx(expected, rel=LOSS_RTOL)
