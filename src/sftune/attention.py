@@ -124,11 +124,24 @@ def register() -> str:
     return NAME
 
 
+def flash_varlen_available() -> bool:
+    """Whether transformers can run flash-attention 2 here (a CUDA GPU and the flash_attn package): its
+    varlen kernel takes the packed sequences from the restarting position_ids, with no mask and no loop."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    from transformers.utils import is_flash_attn_2_available
+
+    return bool(is_flash_attn_2_available())
+
+
 def resolve(name: str, *, packing: bool) -> str:
-    """The attn_implementation to load a model with: 'auto' is sftune's varlen attention when
-    batches are packed and sdpa otherwise; any other name is transformers' own."""
+    """The attn_implementation to load a model with: 'auto' is, for packed batches, flash-attention 2's
+    varlen kernel on a GPU that has it, else sftune's per-sequence sdpa (right for a CPU); sdpa for
+    padded batches. Any other name is transformers' own."""
     if name == "auto":
-        name = NAME if packing else "sdpa"
+        name = ("flash_attention_2" if flash_varlen_available() else NAME) if packing else "sdpa"
     if name == NAME:
         register()
     return name

@@ -115,6 +115,12 @@ class MethodConfig(BaseModel):
         return self
 
 
+def _shards() -> bool:
+    from sftune.distributed import shards_weights
+
+    return shards_weights()
+
+
 def load_kwargs(method: MethodConfig, device: str | torch.device | None = None) -> dict[str, Any]:
     """Keyword arguments for `from_pretrained` that the method needs (QLoRA: the 4-bit quantization).
 
@@ -135,6 +141,8 @@ def load_kwargs(method: MethodConfig, device: str | torch.device | None = None) 
             bnb_4bit_quant_type=method.quant_type,
             bnb_4bit_use_double_quant=method.double_quant,
             bnb_4bit_compute_dtype=compute_dtype,
+            # FSDP / ZeRO-3 split every parameter evenly: 4-bit weights stored in the compute dtype can be
+            bnb_4bit_quant_storage=compute_dtype if _shards() else torch.uint8,
         )
     }
     if device.type == "cuda":  # each process quantizes its own copy onto its own GPU

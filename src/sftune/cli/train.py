@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -89,6 +90,8 @@ def train_command(
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None
     s = result.summary
+    if os.environ.get("RANK", "0") != "0":  # several processes (torchrun, accelerate launch): the first one reports
+        return
     console.print(f"Done: {s['steps']} steps, {s['trained_tokens']} trained tokens "
                   f"({s['trained_tokens_per_second']:.0f}/s), run folder {result.run_dir}")
 

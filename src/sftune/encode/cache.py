@@ -77,6 +77,15 @@ def load(folder: Path) -> tuple[Any, dict[str, Any]] | None:
     return datasets.Dataset.from_file(str(folder / DATA_FILE)), report
 
 
+def writer_lock(folder: Path, timeout: float = 6 * 3600) -> Any:
+    """An exclusive lock on the cache folder `folder` (a `<folder>.lock` file beside it): the one process
+    that holds it encodes and writes; processes that wait for it read the finished folder afterwards."""
+    from filelock import FileLock
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder) + ".lock", timeout=timeout)
+
+
 def save(folder: Path, table: Any, report: dict[str, Any]) -> Any:
     """Write the rows and the report into `folder` (atomically: a finished folder or none) and return the
     dataset memory-mapped from it."""

@@ -80,8 +80,6 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
     think block are trained (labels.py); `split_reasoning_turns`: one example per reasoning exchange
     where the template drops earlier reasoning (reasoning.py).
     """
-    import datasets
-
     if policy not in POLICIES:
         raise ValueError(f"unknown masking policy {policy!r}; use one of {', '.join(POLICIES)}")
     check_reasoning(reasoning)
@@ -92,6 +90,22 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
     if use_cache and (cached := cache.load(folder)) is not None:
         dataset, saved = cached
         return dataset, EncodeReport.from_dict({**saved, "cache": "hit"})
+    if use_cache:  # one process encodes; the others (other ranks, other nodes on a shared disk) wait, then read it
+        with cache.writer_lock(folder):
+            if (cached := cache.load(folder)) is not None:
+                dataset, saved = cached
+                return dataset, EncodeReport.from_dict({**saved, "cache": "hit"})
+            return _encode(records, tokenizer, template, policy, max_len, batch_size, True, progress, workers,
+                           reasoning, train_empty_think, split_reasoning_turns, fingerprint, folder)
+    return _encode(records, tokenizer, template, policy, max_len, batch_size, False, progress, workers,
+                   reasoning, train_empty_think, split_reasoning_turns, fingerprint, folder)
+
+
+def _encode(records: list, tokenizer: Any, template: Template, policy: str, max_len: int | None, batch_size: int,
+            use_cache: bool, progress: bool, workers: int | None, reasoning: str, train_empty_think: bool,
+            split_reasoning_turns: bool, fingerprint: str, folder: Any) -> tuple[Any, EncodeReport]:
+    """The encoding itself (a cache miss), saved into `folder` when `use_cache`."""
+    import datasets
 
     weighted = any(m.weight is not None if not isinstance(m, dict) else m.get("weight") is not None
                    for conv in records for m in (conv.messages if isinstance(conv, Conversation) else conv["messages"]))

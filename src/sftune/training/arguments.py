@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from sftune.config import Config, ConfigError, TrainSection
+from sftune.distributed import launcher
 
 
 def micro_batch_size(t: TrainSection, *, packing: bool, cuda: bool) -> int:
@@ -66,7 +67,9 @@ def training_arguments(cfg: Config, run_dir: Path, *, precision: str, has_eval: 
         optim=t.optim,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        use_cpu=not cuda,
+        # accelerate turns DeepSpeed off in a use_cpu run: without CUDA, DeepSpeed runs on its CPU accelerator
+        # over gloo instead
+        use_cpu=not cuda and launcher() != "deepspeed",
         activation_checkpointing=t.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         neftune_noise_alpha=t.neftune_alpha,
@@ -91,6 +94,7 @@ def training_arguments(cfg: Config, run_dir: Path, *, precision: str, has_eval: 
         dataloader_num_workers=t.dataloader_workers,
         dataloader_pin_memory=cuda,
         ddp_find_unused_parameters=False,
+        ddp_backend="gloo" if not cuda and launcher() == "deepspeed" else None,
     )
 
 

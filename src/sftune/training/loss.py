@@ -99,6 +99,8 @@ def linear_cross_entropy(
     weight, bias = head.weight, getattr(head, "bias", None)
     if token_weights is None:
         token_weights = torch.ones(targets.shape, dtype=torch.float32, device=targets.device)
+    if is_sharded(weight):
+        return _through_head(hidden, head, targets, token_weights.float(), softcap)
     return _LinearCrossEntropy.apply(
         hidden,
         weight,
@@ -111,6 +113,24 @@ def linear_cross_entropy(
     )
 
 
+def is_sharded(weight: torch.Tensor) -> bool:
+    """Whether the output layer's weight is split over processes (DeepSpeed ZeRO-3, FSDP2): only the
+    layer's own forward gathers it, so the loss must call the layer instead of reading the weight."""
+    from torch.distributed.tensor import DTensor
+
+    return hasattr(weight, "ds_id") or isinstance(weight, DTensor)
+
+
+def _through_head(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, token_weights: torch.Tensor,
+                  softcap: float | None) -> torch.Tensor:
+    """The same summed cross-entropy through `head`'s forward, for a sharded output layer; it holds
+    all trained positions' fp32 logits at once (more memory than the chunked path)."""
+    z = head(hidden).float()
+    if softcap:
+        z = torch.tanh(z / softcap) * softcap
+    return (torch.nn.functional.cross_entropy(z, targets, reduction="none") * token_weights).sum()
+
+
 @torch.no_grad()
 def token_stats(
     hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, *, softcap: float | None = None,
@@ -119,6 +139,11 @@ def token_stats(
     """(summed cross-entropy, number of argmax hits) over the given positions, chunk by chunk."""
     weight, bias = head.weight, getattr(head, "bias", None)
     loss, correct = 0.0, 0
+    if is_sharded(weight):
+        z = head(hidden).float()
+        if softcap:
+            z = torch.tanh(z / softcap) * softcap
+        return torch.nn.functional.cross_entropy(z, targets, reduction="sum").item(), int((z.argmax(-1) == targets).sum())
     for rows, z, _ in _logit_chunks(hidden, weight, bias, chunk_size or chunk_size_for(weight.shape[0]), softcap):
         y = targets[rows]
         loss += torch.nn.functional.cross_entropy(z, y, reduction="sum").item()

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 
-from sftune import attention, methods, models, templates
+from sftune import attention, distributed, methods, models, templates
 from sftune.config import Config, ConfigError, load, to_yaml
 from sftune.hardware import resolve_precision
 from sftune.training.arguments import training_arguments
@@ -64,13 +64,17 @@ def train(
     run_dir = Path(cfg.output.dir)
     resume = start_or_resume(cfg, run_dir, console)
     precision = resolve_precision(cfg.train.precision)
+    distributed.check_launch(cfg, cuda=torch.cuda.is_available())  # before anything is loaded
 
     set_seed(cfg.train.seed)  # adapters are initialized randomly: the same seed, the same run
     model, tokenizer, packing = setup_model(cfg, precision, console)
     template = templates.get(cfg.data.template, tokenizer) if cfg.data.template else templates.default_for(tokenizer)
 
     probe = training_arguments(cfg, run_dir, precision=precision, has_eval=True, packing=packing)
-    with probe.main_process_first(desc="reading and encoding data"):
+    # The first process of each machine encodes (under the cache's file lock: one writer even when several
+    # machines share the disk); the others then memory-map its cache. Each process reads the same rows in the same
+    # order, and the Trainer's sampler gives each its own share of every step (see docs/distributed.md).
+    with probe.main_process_first(local=True, desc="reading and encoding data"):
         encoded = prepare_data(cfg, tokenizer, template, console=console)
     args = training_arguments(cfg, run_dir, precision=precision, has_eval=encoded.eval is not None, packing=packing)
     if not packing:

@@ -1,0 +1,40 @@
+"""How this process was launched (one process, DDP, FSDP, DeepSpeed) as `accelerate launch` / torchrun tell
+it through the environment, and the combinations that cannot run, refused before any work."""
+
+from __future__ import annotations
+
+import os
+
+from sftune.config import Config, ConfigError
+
+
+def launcher() -> str:
+    """'deepspeed', 'fsdp', 'ddp' (several processes, no sharding) or 'single'."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return "deepspeed"
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return "fsdp"
+    return "ddp" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "single"
+
+
+def shards_weights() -> bool:
+    """Whether the weights themselves are split over processes (FSDP, DeepSpeed ZeRO-3)."""
+    kind = launcher()
+    return kind == "fsdp" or (kind == "deepspeed" and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3")
+
+
+def check_launch(cfg: Config, cuda: bool) -> None:
+    """Refuse, before loading anything, a launch that would not do what its config says."""
+    if launcher() == "fsdp" and not cuda:
+        raise ConfigError(
+            "FSDP was asked for (accelerate config distributed_type: FSDP) on a machine without a CUDA GPU: "
+            "accelerate runs FSDP only on GPUs (and other accelerators), and would silently train plain DDP "
+            "here. On CPU processes use DeepSpeed (examples/accelerate/deepspeed_zero3.yaml) or DDP "
+            "(examples/accelerate/ddp.yaml)"
+        )
+    if cfg.method.name == "qlora" and launcher() == "deepspeed" and \
+            os.environ.get("ACCELERATE_DEEPSPEED_ZERO3_INIT", "false").lower() == "true":
+        raise ConfigError(
+            "method.name=qlora with DeepSpeed zero3_init_flag: true: 4-bit weights cannot be created already "
+            "split; set zero3_init_flag: false in the accelerate config (each process quantizes, then ZeRO-3 splits)"
+        )

@@ -1,0 +1,75 @@
+"""The GPU path (skipped without CUDA): flash-attention varlen keeps packed sequences apart, bf16 training,
+QLoRA through bitsandbytes on CUDA. bench/gpu_check.sh runs these on a lent GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sftune import attention
+from tests.conftest import tiny_model
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def test_auto_attention_is_flash_varlen_for_packed_rows():
+    if not attention.flash_varlen_available():
+        pytest.skip("flash_attn is not installed (pip install flash-attn --no-build-isolation)")
+    assert attention.resolve("auto", packing=True) == "flash_attention_2"
+    assert attention.resolve("auto", packing=False) == "sdpa"
+
+
+def test_flash_varlen_packed_equals_alone():
+    """A sequence's logits inside a packed row equal its logits alone (bf16: within bf16 rounding)."""
+    if not attention.flash_varlen_available():
+        pytest.skip("flash_attn is not installed")
+    model = tiny_model("llama", vocab_size=512).to("cuda", torch.bfloat16)
+    model.set_attn_implementation("flash_attention_2")
+    lengths = [37, 80, 5, 120]
+    seqs = [torch.randint(0, 512, (n,), device="cuda") for n in lengths]
+    ids = torch.cat(seqs)[None]
+    positions = torch.cat([torch.arange(n, device="cuda") for n in lengths])[None]
+    with torch.no_grad():
+        packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits[0].float()
+        start = 0
+        for seq in seqs:
+            alone = model(input_ids=seq[None], use_cache=False).logits[0].float()
+            torch.testing.assert_close(packed[start:start + len(seq)], alone, atol=3e-2, rtol=3e-2)
+            start += len(seq)
+
+
+def test_bf16_training_runs_in_bf16(tmp_path, smollm2_tokenizer):
+    from tests.training.test_recipe import run_config
+
+    from sftune import train
+
+    folder = tmp_path / "tiny-model"
+    tiny_model("llama", vocab_size=len(smollm2_tokenizer)).save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    result = train(run_config(tmp_path, folder, train={"precision": "bf16", "max_steps": 4}, eval={"steps": 4}))
+    assert result.summary["precision"] == "bf16" and result.summary["device"] == "cuda"
+    losses = [r["loss"] for r in result.summary.get("log", [])] or [result.summary["train_loss"]]
+    assert all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_qlora_forward_backward_on_cuda():
+    """bitsandbytes 4-bit weights on the GPU: loss and adapter gradients are finite and nonzero."""
+    from sftune import methods
+    from sftune.methods import MethodConfig
+
+    kwargs = methods.load_kwargs(MethodConfig(name="qlora"), device="cuda")
+    assert kwargs["quantization_config"].load_in_4bit
+    from transformers import AutoModelForCausalLM
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        tiny_model("llama", vocab_size=512, hidden_size=128, intermediate_size=256).save_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    model = methods.apply_method(model, MethodConfig(name="qlora"), verbose=False)
+    ids = torch.randint(0, 512, (2, 64), device="cuda")
+    loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert torch.isfinite(loss) and grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
