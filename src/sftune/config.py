@@ -154,6 +154,15 @@ class OutputSection(_Section):
     overwrite: bool = Field(False, description="allow reusing a run folder that already has a model")
 
 
+class VisionSection(_Section):
+    """Vision-language models (a model folder that AutoModelForImageTextToText loads): what trains besides
+    the language model. The vision tower is frozen by default; `full` trains the projector too."""
+
+    train_projector: bool = Field(False, description="lora / qlora: also train the projector (image features -> "
+                                  "language model) fully, saved with the adapter")
+    train_vision_tower: bool = Field(False, description="also train the vision tower (every method), fully")
+
+
 class Config(_Section):
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)
@@ -161,6 +170,7 @@ class Config(_Section):
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     output: OutputSection = Field(default_factory=OutputSection)
+    vision: VisionSection = Field(default_factory=VisionSection)
 
 
 # ---------------------------------------------------------------------------------------------
