@@ -29,7 +29,7 @@ def image_text(processor: Any) -> str:
     `<|vision_start|><|image_pad|><|vision_end|>`, Gemma 3's `<start_of_image>`, else the image token."""
     tokenizer = processor.tokenizer
     start, end = getattr(tokenizer, "vision_start_token", None), getattr(tokenizer, "vision_end_token", None)
-    if start is None and "<|vision_start|>" in tokenizer.get_vocab():
+    if start is None and _token_id(tokenizer, "<|vision_start|>") is not None:
         start, end = "<|vision_start|>", "<|vision_end|>"
     if start is not None:
         return f"{start}{processor.image_token}{end}"
@@ -42,8 +42,16 @@ def image_token_ids(processor: Any) -> set[int]:
     names = {processor.image_token, getattr(processor, "boi_token", None), getattr(tokenizer, "eoi_token", None),
              getattr(tokenizer, "image_token", None), getattr(processor, "fake_image_token", None),
              getattr(processor, "global_image_tag", None), "<|vision_start|>", "<|vision_end|>"}
-    vocab = tokenizer.get_vocab()
-    return {vocab[n] for n in names if n and n in vocab}
+    ids = {_token_id(tokenizer, n) for n in names if n}
+    return ids - {None}
+
+
+def _token_id(tokenizer: Any, token: str) -> int | None:
+    """The id of a token of the vocabulary, None when it is not one (get_vocab() is slow on large vocabularies)."""
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id is None or tokenizer.convert_ids_to_tokens(token_id) != token:
+        return None
+    return token_id
 
 
 def render(conversation: Conversation | dict, processor: Any, template: Template, *, policy: str = "assistant",
