@@ -94,14 +94,15 @@ def load(ref: str, field: str = "image") -> Any:
     try:
         image = Image.open(io.BytesIO(data))
         width, height = image.size
-        if width * height > MAX_PIXELS:
-            raise DataError("image_too_large", field, f"is {width}x{height} pixels, over {MAX_PIXELS:,}",
-                            "shrink the image")
-        image.load()
+        if width * height <= MAX_PIXELS:
+            image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         where = "" if ref.startswith("data:") else f" ({ref})"
         raise DataError("bad_image", field, f"does not decode as an image{where}: {err}",
                         "replace the file with a valid PNG / JPEG / WebP, or drop the record") from None
+    if width * height > MAX_PIXELS:
+        raise DataError("image_too_large", field, f"is {width}x{height} pixels, over {MAX_PIXELS:,}",
+                        "shrink the image")
     if min(width, height) < MIN_SIDE:
         raise DataError("bad_image", field, f"is {width}x{height} pixels", f"use an image at least {MIN_SIDE} pixels a side")
     return image.convert("RGB")

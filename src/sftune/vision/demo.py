@@ -36,8 +36,8 @@ def accuracy(model: Any, processor: Any, rows: Any, batch_size: int = 16) -> flo
     return hits / len(rows)
 
 
-def run(folder: str | Path, *, n_train: int = 600, n_eval: int = 90, steps: int = 150, family: str = "llava",
-        method: str = "full", lr: float = 2e-3, console=None) -> dict[str, Any]:
+def run(folder: str | Path, *, n_train: int = 600, n_eval: int = 90, steps: int = 300, family: str = "llava",
+        method: str = "full", lr: float = 3e-3, console=None) -> dict[str, Any]:
     """Write the task and the tiny model under `folder`, train, and return accuracy before/after and seconds."""
     from rich.console import Console
 
