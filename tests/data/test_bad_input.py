@@ -62,7 +62,7 @@ MATRIX = [
     ("empty-reply", "d.jsonl", G + j({"instruction": "x", "output": "  "}), 1, 1, ["line 2", "empty assistant reply", "write the reply"]),
     ("not-alternating", "d.jsonl", G + j(msgs(("user", "a"), ("user", "b"), ("assistant", "c"))), 1, 1, ["line 2", "messages[1]", "merge the two"]),
     ("no-assistant", "d.jsonl", G + j(msgs(("user", "a"))), 1, 1, ["line 2", "no assistant turn", "add the assistant"]),
-    ("multimodal-images", "d.jsonl", G + j({"messages": [{"role": "user", "content": "<image>What is it?"}, {"role": "assistant", "content": "A cat."}], "images": ["cat.png"]}), 1, 1, ["line 2", "images", "text-only"]),
+    ("multimodal-images", "d.jsonl", G + j({"messages": [{"role": "user", "content": "<image>What is it?"}, {"role": "assistant", "content": "A cat."}], "images": ["cat.png"]}), 1, 1, ["line 2", "images[0]", "does not exist"]),
     ("preference-pair", "d.jsonl", j({"prompt": "q", "chosen": "a", "rejected": "b"}), 0, 1, ["line 1", "preference", "DPO"]),
     ("history-not-pairs", "d.jsonl", G + j({**GOOD, "history": [["q"]]}), 1, 1, ["line 2", "history[0]", "[question, answer] pair"]),
     ("image-content-part", "d.jsonl", G + j({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, {"role": "assistant", "content": "a"}]}), 1, 1, ["line 2", "messages[0].content[0]", "text only"]),

@@ -116,6 +116,8 @@ def build_parts(family: str, tokenizer: Any, seed: int = 0) -> tuple[Any, Any]:
         processor = tf.Gemma3Processor(image_processor=image_processor, tokenizer=tok, image_seq_length=4)
     torch.manual_seed(seed)
     model = model_cls(config).to(torch.float32).eval()
+    if family == "gemma3":  # initialized to zeros, which a trained checkpoint's projector never is
+        torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.5)
     return model, processor
 
 
