@@ -65,7 +65,7 @@ MATRIX = [
     ("multimodal-images", "d.jsonl", G + j({"messages": [{"role": "user", "content": "<image>What is it?"}, {"role": "assistant", "content": "A cat."}], "images": ["cat.png"]}), 1, 1, ["line 2", "images[0]", "does not exist"]),
     ("preference-pair", "d.jsonl", j({"prompt": "q", "chosen": "a", "rejected": "b"}), 0, 1, ["line 1", "preference", "DPO"]),
     ("history-not-pairs", "d.jsonl", G + j({**GOOD, "history": [["q"]]}), 1, 1, ["line 2", "history[0]", "[question, answer] pair"]),
-    ("image-content-part", "d.jsonl", G + j({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, {"role": "assistant", "content": "a"}]}), 1, 1, ["line 2", "messages[0].content[0]", "text only"]),
+    ("image-content-part", "d.jsonl", G + j({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, {"role": "assistant", "content": "a"}]}), 1, 1, ["line 2", "images[0]", "does not exist"]),
     ("pretty-json-as-jsonl", "d.jsonl", json.dumps([GOOD, GOOD], indent=2).encode(), 2, 0, ["d.jsonl", "rename it to .json"]),
     ("truncated-json-array", "d.json", json.dumps([GOOD] * 5, indent=1).encode()[:-40], 4, 1, ["record 4", "cut off", "re-create"]),
     ("broken-json-array", "d.json", b'[\n' + G + b',\n{"instruction": "c" "output": "d"}\n]', 1, 1, ["record 1", "Expecting", "fix the JSON"]),
