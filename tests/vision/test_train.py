@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sftune.training.recipe import train
@@ -25,6 +26,10 @@ def test_recipe_trains_a_tiny_vlm_and_saves_processor(tmp_path, vlm_folder):
     processor = vision_models.load_processor(tmp_path / "run")  # the run folder holds the processor
     assert processor.tokenizer.chat_template  # with the training template
     assert (tmp_path / "run" / "adapter_config.json").is_file()
+    from sftune import runs
+
+    with pytest.raises(runs.RunError, match="vision-language run"):  # chat / serve say so, not a stack trace
+        runs.load(tmp_path / "run")
 
 
 def test_demo_task_images_differ_by_label(tmp_path):
