@@ -122,3 +122,15 @@ def test_round_trip_keeps_images(folder):
     (conversation,) = data.read([_write(folder / "r.jsonl", [LAYOUTS["sharegpt"]])])
     again = data.Conversation.from_dict(json.loads(conversation.to_json()))
     assert again.images == conversation.images
+
+
+@pytest.mark.parametrize("style", ["messages", "sharegpt", "alpaca", "openai"])
+def test_convert_keeps_images_in_every_style(style, folder):
+    from sftune.data.writers import write_jsonl
+
+    (conversation,) = data.read([_write(folder / "in.jsonl", [LAYOUTS["sharegpt"]])])
+    out = folder / f"out-{style}.jsonl"
+    write_jsonl([conversation], out, style)
+    (again,) = data.read([out])
+    assert again.images == conversation.images
+    assert [m.content for m in again.messages] == [m.content for m in conversation.messages]
