@@ -54,6 +54,13 @@ def _ids(tokenizer: Any, *tokens: str) -> list[int]:
 
 def build_parts(family: str, tokenizer: Any, seed: int = 0) -> tuple[Any, Any]:
     """(random model, processor) of `family`, small enough for a CPU test."""
+    model, make_processor, _ = build_model(family, tokenizer, seed)
+    return model, make_processor()
+
+
+def build_model(family: str, tokenizer: Any, seed: int = 0) -> tuple[Any, Any, Any]:
+    """(random model, a function that makes its processor, its image processor): apart, because
+    Qwen2-VL's processor class needs torchvision while its model and image processor do not."""
     import torch
     import transformers as tf
 
@@ -81,7 +88,7 @@ def build_parts(family: str, tokenizer: Any, seed: int = 0) -> tuple[Any, Any]:
         image_processor = tf.Qwen2VLImageProcessor(patch_size=8, merge_size=2, temporal_patch_size=2,
                                                    size={"shortest_edge": pixels, "longest_edge": pixels})
         processor_cls = tf.Qwen2VLProcessor if family == "qwen2_vl" else tf.Qwen2_5_VLProcessor
-        processor = processor_cls(image_processor=image_processor, tokenizer=tok)
+        processor = lambda: processor_cls(image_processor=image_processor, tokenizer=tok)  # noqa: E731
     elif family == "llava":
         vision = tf.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                                      image_size=IMAGE_SIZE, patch_size=8, projection_dim=32)
@@ -91,8 +98,9 @@ def build_parts(family: str, tokenizer: Any, seed: int = 0) -> tuple[Any, Any]:
         model_cls = tf.LlavaForConditionalGeneration
         image_processor = tf.CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
                                                 crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-        processor = tf.LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=8,
-                                      vision_feature_select_strategy="default", num_additional_image_tokens=1)
+        processor = lambda: tf.LlavaProcessor(  # noqa: E731
+            image_processor=image_processor, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+            num_additional_image_tokens=1)
     elif family == "idefics3":
         vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                       image_size=IMAGE_SIZE, patch_size=8)
@@ -102,7 +110,8 @@ def build_parts(family: str, tokenizer: Any, seed: int = 0) -> tuple[Any, Any]:
         image_processor = tf.Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": IMAGE_SIZE},
                                                     max_image_size={"longest_edge": IMAGE_SIZE})
         seq_len = (IMAGE_SIZE // 8) ** 2 // 4
-        processor = tf.Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=seq_len)
+        processor = lambda: tf.Idefics3Processor(image_processor=image_processor, tokenizer=tok,  # noqa: E731
+                                                 image_seq_len=seq_len)
     else:
         boi, soft, eoi = _ids(tok, *IMAGE_TOKENS["gemma3"])
         vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -113,12 +122,13 @@ def build_parts(family: str, tokenizer: Any, seed: int = 0) -> tuple[Any, Any]:
         model_cls = tf.Gemma3ForConditionalGeneration
         image_processor = tf.Gemma3ImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
                                                   do_pan_and_scan=False)
-        processor = tf.Gemma3Processor(image_processor=image_processor, tokenizer=tok, image_seq_length=4)
+        processor = lambda: tf.Gemma3Processor(image_processor=image_processor, tokenizer=tok,  # noqa: E731
+                                               image_seq_length=4)
     torch.manual_seed(seed)
     model = model_cls(config).to(torch.float32).eval()
     if family == "gemma3":  # initialized to zeros, which a trained checkpoint's projector never is
         torch.nn.init.normal_(model.model.multi_modal_projector.mm_input_projection_weight, std=0.5)
-    return model, processor
+    return model, processor, image_processor
 
 
 def build(family: str, folder: str | os.PathLike, tokenizer: Any, seed: int = 0) -> Path:
