@@ -166,6 +166,15 @@ class PreferenceSection(_Section):
     orpo_lambda: float = Field(0.1, gt=0, description="orpo: the weight of the odds-ratio term")
 
 
+class VisionSection(_Section):
+    """Vision-language models (a model folder that AutoModelForImageTextToText loads): what trains besides
+    the language model. The vision tower is frozen by default; `full` trains the projector too."""
+
+    train_projector: bool = Field(False, description="lora / qlora: also train the projector (image features -> "
+                                  "language model) fully, saved with the adapter")
+    train_vision_tower: bool = Field(False, description="also train the vision tower (every method), fully")
+
+
 class Config(_Section):
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)
@@ -176,6 +185,7 @@ class Config(_Section):
     stage: Literal["sft", "preference"] = Field("sft", description="sft, or preference: train on chosen / "
                                                 "rejected pairs with the preference: section")
     preference: PreferenceSection = Field(default_factory=PreferenceSection)
+    vision: VisionSection = Field(default_factory=VisionSection)
 
 
 # ---------------------------------------------------------------------------------------------

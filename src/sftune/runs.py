@@ -95,6 +95,12 @@ def load(
 
     run_dir = Path(name).expanduser()
     cfg = run_config(run_dir)
+    from sftune.vision.models import is_vision_model
+
+    if is_vision_model(run_dir) or is_vision_model(models.resolve(cfg.model.name)):
+        raise RunError(f"{run_dir} is a vision-language run: chat, generate, evaluate and serve read text-only runs "
+                       "in this version. Load it in Python with sftune.vision.models.load (the base model) and "
+                       "peft's PeftModel.from_pretrained (the adapter), with the processor saved in the run folder.")
     if template is not None and template != cfg.data.template:
         raise RunError(f"{run_dir} was trained with template {_template_name(cfg)}; a run answers "
                        "with the template it was trained with. Drop the template option.")

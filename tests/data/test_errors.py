@@ -56,9 +56,9 @@ MATRIX = [
      "no_assistant_turn", 1, ["messages has no assistant turn", "add the assistant's reply"]),
     ("too-long", [line({"instruction": "x" * 30, "output": "y" * 30})], {"max_chars": 50}, "too_long", 1,
      ["record has 60 characters, over the limit of 50", "--max-chars"]),
-    ("image-part", [line({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+    ("audio-part", [line({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "x"}}]},
                                        {"role": "assistant", "content": "a cat"}]})], {}, "unsupported", 1,
-     ["messages[0].content[0] is a 'image_url' part", "text only"]),
+     ["messages[0].content[0] is a 'input_audio' part", "text and images"]),
     ("bad-tool-arguments", [line({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": [
         {"type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]})], {}, "wrong_type", 1,
      ["messages[1].tool_calls[0].function.arguments is not valid JSON"]),

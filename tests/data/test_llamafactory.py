@@ -48,7 +48,7 @@ def factory_dir(tmp_path):
         "c4_demo": {"file_name": "c4_demo.jsonl", "columns": {"prompt": "text"}},
         "alpaca_en": {"hf_hub_url": "llamafactory/alpaca_en"},
         "dpo_demo": {"file_name": "alpaca_demo.json", "ranking": True},
-        "mllm_demo": {"file_name": "alpaca_demo.json", "formatting": "sharegpt", "columns": {"messages": "messages", "images": "images"}},
+        "video_demo": {"file_name": "alpaca_demo.json", "formatting": "sharegpt", "columns": {"messages": "messages", "videos": "videos"}},
     }
     (tmp_path / "dataset_info.json").write_text(json.dumps(info))
     return tmp_path
@@ -72,7 +72,7 @@ def test_every_file_entry_reads_with_its_columns_and_tags(factory_dir, caplog):
     }
     # the entries sftune cannot train on are named, not skipped silently
     assert "alpaca_en (a hub dataset" in caplog.text and "dpo_demo (preference" in caplog.text
-    assert "mllm_demo (multimodal" in caplog.text
+    assert "video_demo (video or audio" in caplog.text  # images are read (tests/vision/test_data.py)
 
 
 def test_the_folder_stands_for_its_dataset_info(factory_dir):

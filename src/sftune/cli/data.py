@@ -105,7 +105,7 @@ def _print_report(report) -> None:
         console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
     console.print(
         f"records: {report.total:,}   valid: {report.valid:,}   invalid: {report.invalid:,}   "
-        f"validation rate: {report.validation_rate:.2%}"
+        f"validation rate: {report.validation_rate:.2%}" + (f"   images: {report.images:,}" if report.images else "")
     )
     if not report.total:
         console.print("[yellow]warning:[/yellow] no records were read: the files are empty "
@@ -405,18 +405,30 @@ def data_inspect_command(
     from sftune.data.errors import where as where_from
     from sftune.encode import encode, explain
 
-    tokenizer = models.load(model, tokenizer_only=True)[1]
+    from sftune.vision import encode as vision_encode
+    from sftune.vision import models as vision_models
+
+    processor = None
+    if vision_models.is_vision_model(models.resolve(model)):  # images shown as one masked run each
+        processor = vision_models.load_processor(models.resolve(model))
+        tokenizer = processor.tokenizer
+    else:
+        tokenizer = models.load(model, tokenizer_only=True)[1]
     chosen = _template_for(template, tokenizer)
     console.print(f"template: {chosen.name}   policy: {policy}", highlight=False) if not plain else None
     for k, conversation in enumerate(read(path, format=format, syntax="cli")):
         if k >= limit:
             break
         where = where_from(conversation.meta, f"record {k}")
-        result = encode(conversation, tokenizer, chosen, policy=policy, max_len=max_len, reasoning=reasoning)
+        if processor is not None:
+            result = vision_encode.encode(conversation, processor, chosen, policy=policy, max_len=max_len,
+                                          reasoning=reasoning)
+        else:
+            result = encode(conversation, tokenizer, chosen, policy=policy, max_len=max_len, reasoning=reasoning)
         if result is None:
             print(f"# {where}: no trained token (skipped in training)")
             continue
-        tokens = explain(result, tokenizer)
+        tokens = vision_encode.explain(result, processor) if processor is not None else explain(result, tokenizer)
         trained = sum(flag for _, flag in tokens)
         header = f"# {where}: {len(tokens)} tokens, {trained} trained"
         if plain:

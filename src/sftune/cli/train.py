@@ -46,10 +46,18 @@ def demo_command(
         "p_tuning_v2 (run folder runs/demo-METHOD)"),
     preference: bool = typer.Option(False, "--preference", help="the preference demo (DPO after the SFT demo; "
                                     "run folder runs/demo-dpo)"),
+    vision: bool = typer.Option(False, "--vision", help="the image demo instead: a tiny vision-language model "
+                                "learns the colour and shape of drawn figures (runs/demo-vision, a few CPU minutes)"),
 ) -> None:
     """The main job: SFT on a generated Chinese + English task, held-out metric before and after."""
     from sftune import demo
     from sftune.config import ConfigError
+
+    if vision:
+        from sftune.vision import demo as vision_demo
+
+        vision_demo.run(Path("runs/demo-vision"), console=console)
+        return
 
     if config and "=" in config and not Path(config).exists():  # `sftune demo train.max_steps=10`
         overrides, config = [config, *(overrides or [])], None

@@ -17,6 +17,13 @@ it, except where a format's own meaning joins fields, documented per function:
   firefly            conversation [{input, output}, ...]
   text               text: continued pre-training, one assistant message with train=True and
                      meta["pretrain"] = True, so every token is trained
+  caption            image (or images) + caption: an image-caption pair; the user turn is the
+                     image ("<image>", then the `caption_prompt` option on a new line when given),
+                     the caption the reply
+
+Images: `images` (or `image`) beside the messages (LLaMA-Factory, ShareGPT), with `<image>`
+placeholders in the text, or OpenAI typed parts (image_url / image), which become placeholders at
+their place; both go to Conversation.images (see images.py).
 
 Options (a plain dict, all optional): roles {source name: schema role}, role_key / content_key
 (message field names other than role/content and from/value), cot_layout, task_templates.
@@ -31,6 +38,7 @@ import re
 from typing import Any
 
 from sftune.data.errors import DataError
+from sftune.data import images as image_refs
 from sftune.data.schema import ROLES, Conversation, Message
 
 # Source role names -> schema roles (ShareGPT, OpenAI, and the old OpenAI `function` result role).
@@ -212,17 +220,17 @@ def alpaca(record: dict, options: dict) -> Conversation:
             messages.append(Message("assistant", _text(pair[1], f"history[{i}][1]")))
     messages.append(Message("user", instruction))
     messages.append(Message("assistant", output))
-    return Conversation(messages)
+    return Conversation(messages, images=_image_column(record))
 
 
-def _content(value: Any, field: str) -> tuple[str, list]:
+def _content(value: Any, field: str, images: list | None = None) -> tuple[str, list]:
     """Message content -> (text, tool calls found among its parts).
 
     A string is the text. A list of typed parts (OpenAI; LLaMA-Factory v1 spells "text" as
     "value"): text parts joined by newlines; reasoning parts become one leading
     "<think>\n...\n</think>" block (then a blank line and the text), as reasoning models write
-    it; tool_call parts (JSON text {"name", "arguments"}) are calls. Image, audio and other parts
-    are refused: sftune trains on text.
+    it; tool_call parts (JSON text {"name", "arguments"}) are calls. Image parts become an
+    `<image>` placeholder in the text and their path goes to `images`; audio and other parts are refused.
     """
     if type(value) is str:
         return value, []
@@ -236,13 +244,17 @@ def _content(value: Any, field: str) -> tuple[str, list]:
         if not isinstance(part, dict):
             raise _wrong_type(f"{field}[{i}]", part, 'a content part like {"type": "text", "text": "..."}')
         kind = part.get("type", "text")
+        if kind in ("image_url", "image") and images is not None:
+            images.append(image_refs.from_part(part, f"{field}[{i}]"))
+            texts.append(image_refs.PLACEHOLDER)
+            continue
         body = part.get("text", part.get("value"))
         if kind not in ("text", "reasoning", "tool_call"):
             raise DataError(
                 "unsupported",
                 f"{field}[{i}]",
                 f"is a {kind!r} part",
-                "sftune trains on text only: keep only text parts, or drop the record",
+                "sftune trains on text and images: keep only text and image parts, or drop the record",
             )
         if not isinstance(body, str):
             raise _wrong_type(f"{field}[{i}].text", body, "a string", f'write the part as {{"type": "{kind}", "text": "..."}}')
@@ -346,10 +358,15 @@ def messages(record: dict, options: dict) -> Conversation:
     """ShareGPT and OpenAI message lists (both key names, both field spellings, tool calls)."""
     key = "messages" if record.get("messages") is not None else "conversations"
     items = _list(record, key, f"add a {key!r} list of {EXAMPLE_MESSAGE} objects")
-    out = to_messages(items, options, key)
+    images: list[str] = []
+    out = to_messages(items, options, key, images)
     if out and out[0].role != "system":
         out[:0] = _system(record)
-    conversation = Conversation(out, tools=_tools(record))
+    column = _image_column(record)
+    if images and column:
+        raise DataError("image_count", "images", "is given beside image parts in the messages",
+                        "name each image once: as a typed part in its message, or in images with <image> in the text")
+    conversation = Conversation(out, tools=_tools(record), images=images or column)
     if isinstance(record.get("meta"), dict):  # written by sftune before: keep where it came from
         conversation.meta["origin"] = record["meta"]
         if record["meta"].get("pretrain"):
@@ -357,7 +374,13 @@ def messages(record: dict, options: dict) -> Conversation:
     return conversation
 
 
-def to_messages(items: list, options: dict, key: str = "messages") -> list[Message]:
+def _image_column(record: dict) -> list[str]:
+    """The record's images column (`images`, or `image` holding one path or a list)."""
+    key = "images" if record.get("images") is not None else "image"
+    return image_refs.from_column(record.get(key), key)
+
+
+def to_messages(items: list, options: dict, key: str = "messages", images: list | None = None) -> list[Message]:
     """OpenAI / ShareGPT message dicts -> schema Messages: the one conversion, also for templates.
 
     An assistant message with tool_calls becomes its text (when it has any) and one tool_call message.
@@ -380,7 +403,7 @@ def to_messages(items: list, options: dict, key: str = "messages") -> list[Messa
         calls = _call_list(item.get("tool_calls") or item.get("function_call"), f"{field}.tool_calls")
         if content is None and not calls:
             raise _missing(f"{field}.content", f"each message needs a role and content, e.g. {EXAMPLE_MESSAGE}")
-        text, part_calls = _content(content, f"{field}.content") if content is not None else ("", [])
+        text, part_calls = _content(content, f"{field}.content", images) if content is not None else ("", [])
         calls = (calls or []) + part_calls
         if role == "assistant" and not calls and "<tool_call>" in text:
             text, calls = hermes_calls(text, f"{field}.content")
@@ -442,10 +465,12 @@ def prompt_completion(record: dict, options: dict) -> Conversation:
         turns = (prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]) + (
             reply if isinstance(reply, list) else [{"role": "assistant", "content": reply}]
         )
-        return messages({"messages": turns, "system": record.get("system"), "tools": record.get("tools")}, options)
+        return messages({"messages": turns, "system": record.get("system"), "tools": record.get("tools"),
+                         "images": record.get("images")}, options)
     return Conversation(
         _system(record)
-        + [Message("user", _required(record, prompt_key)), Message("assistant", _required(record, reply_key))]
+        + [Message("user", _required(record, prompt_key)), Message("assistant", _required(record, reply_key))],
+        images=_image_column(record),
     )
 
 
@@ -556,6 +581,20 @@ def text(record: dict, options: dict) -> Conversation:
     return Conversation([Message("assistant", _required(record, "text"), train=True)], meta={"pretrain": True})
 
 
+def caption(record: dict, options: dict) -> Conversation:
+    """An image-caption pair: user = the image(s) as placeholders (+ caption_prompt), assistant = caption."""
+    images = _image_column(record)
+    if not images:
+        raise _missing("image", 'add the image\'s path, e.g. "image": "images/cat.png"')
+    key = "caption" if record.get("caption") is not None else "text"
+    user = "".join(image_refs.PLACEHOLDER for _ in images)
+    prompt = options.get("caption_prompt")
+    if prompt:
+        user = f"{user}\n{prompt}"
+    return Conversation(_system(record) + [Message("user", user), Message("assistant", _required(record, key))],
+                        images=images)
+
+
 def preference(record: dict, options: dict) -> Conversation:
     """Preference pairs (chosen / rejected): a Pair when reading preference data (sftune.data.pairs),
     refused with the way out in SFT data."""
@@ -582,6 +621,7 @@ FORMATS = {
     "dialog": dialog,
     "firefly": firefly,
     "text": text,
+    "caption": caption,
     "preference": preference,
 }
 ALIASES = {"messages": "openai", "chatml": "openai", "pretrain": "text", "plain": "text"}
@@ -599,20 +639,25 @@ DETECTORS = (
     ("prompt_completion", ("prompt", "completion")),
     ("prompt_completion", ("prompt", "response")),
     ("prompt_completion", ("query", "response")),
+    ("caption", ("image", "caption")),
+    ("caption", ("images", "caption")),
+    ("caption", ("image", "text")),
+    ("caption", ("images", "text")),
     ("text", ("text",)),
 )
 # Fields each format reads; any others are kept in meta["extra"].
 KNOWN_FIELDS = {
-    "alpaca": {"instruction", "input", "output", "system", "history"},
-    "sharegpt": {"conversations", "messages", "system", "tools", "meta"},
-    "openai": {"conversations", "messages", "system", "tools", "meta"},
-    "prompt_completion": {"prompt", "completion", "query", "response", "system", "tools"},
+    "alpaca": {"instruction", "input", "output", "system", "history", "images", "image"},
+    "sharegpt": {"conversations", "messages", "system", "tools", "meta", "images", "image"},
+    "openai": {"conversations", "messages", "system", "tools", "meta", "images", "image"},
+    "prompt_completion": {"prompt", "completion", "query", "response", "system", "tools", "images", "image"},
     "qa": {"question", "answer", "context", "system"},
     "cot": {"problem", "reasoning_steps", "final_answer", "system"},
     "multitask": {"task_type", "source_lang", "target_lang", "source_text", "target_text", "system"},
     "dialog": {"turns", "system"},
     "firefly": {"conversation", "system"},
     "text": {"text"},
+    "caption": {"image", "images", "caption", "text", "system"},
     "preference": {"prompt", "chosen", "rejected", "system", "tools", "instruction", "input", "history",
                    "conversations", "messages", "meta"},
 }

@@ -5,11 +5,12 @@ Each entry names a file (`file_name`, relative to the dataset_info.json folder),
 response, history, system for alpaca; messages, system, tools for sharegpt) and `tags` (role_tag,
 content_tag, user_tag, assistant_tag, observation_tag, function_tag, system_tag). They become the
 same format / columns / roles options `read` takes. An alpaca entry that maps only `prompt` (the
-pre-training layout, e.g. c4_demo) is plain text. Ranking entries (`ranking: true`, with `chosen` and
-`rejected` columns) are preference data: read when reading preference data, as SFT data they are
-refused. Hub-only entries (no file_name), KTO data (kto_tag) and image/video/audio columns cannot be
-trained here: named explicitly they raise, and when reading every entry they are left out with a
-warning that lists them.
+pre-training layout, e.g. c4_demo) is plain text. An `images` column is read with its `<image>`
+placeholders (paths relative to the dataset_info.json folder, as LLaMA-Factory's media_dir
+default). Ranking entries (`ranking: true`, with `chosen` and `rejected` columns) are preference
+data: read when reading preference data, as SFT data they are refused. Hub-only entries (no
+file_name), KTO data (kto_tag) and video/audio columns cannot be trained here: named explicitly they
+raise, and when reading every entry they are left out with a warning that lists them.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ TAG_ROLES = {
     "function_tag": "tool_call",
     "system_tag": "system",
 }
-MEDIA_COLUMNS = ("images", "videos", "audios")
+MEDIA_COLUMNS = ("videos", "audios")
 
 
 def _unsupported(entry: dict, preference: bool = False) -> str | None:
@@ -47,7 +48,7 @@ def _unsupported(entry: dict, preference: bool = False) -> str | None:
         return "KTO preference data (kto_tag), not SFT data"
     media = [c for c in MEDIA_COLUMNS if c in columns]
     if media:
-        return f"multimodal ({', '.join(media)}); sftune trains text-only models"
+        return f"video or audio ({', '.join(media)}); sftune trains on text and images"
     return None
 
 
@@ -96,6 +97,8 @@ def _entry_source(name: str, entry: dict, folder: Path) -> dict[str, Any]:
             f"is {formatting!r}",
             "use alpaca, sharegpt or openai, as LLaMA-Factory does",
         )
+    if "images" in columns:
+        mapped["images"] = columns["images"]
     return {"path": folder / entry["file_name"], "format": fmt, "columns": mapped, "options": options, "dataset": name}
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from sftune.data import files, llamafactory
+from sftune.data import images as image_refs
 from sftune.data.errors import DataError, location
 from sftune.data.formats import FORMATS, KNOWN_FIELDS, detect, format_name, remap
 from sftune.data.pairs import validate_pair
@@ -41,8 +42,8 @@ from sftune.data.validate import DEFAULT_MAX_CHARS, validate
 
 logger = logging.getLogger("sftune.data")
 
-# Fields that make a record multimodal: refused by name until sftune trains on images or sound.
-MEDIA_FIELDS = ("images", "image", "videos", "video", "audios", "audio")
+# Fields that make a record video or audio: refused by name (images are read: data/images.py).
+MEDIA_FIELDS = ("videos", "video", "audios", "audio")
 
 
 @dataclass
@@ -61,6 +62,7 @@ class Report:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # file -> format, total, valid, invalid
     notes: list[str] = field(default_factory=list)
     quarantine: str | None = None
+    images: int = 0  # images in the valid records
 
     @property
     def validation_rate(self) -> float:
@@ -78,9 +80,10 @@ class Report:
             counts["format"] = fmt
         return counts
 
-    def add_valid(self, source: str) -> None:
+    def add_valid(self, source: str, images: int = 0) -> None:
         self.total += 1
         self.valid += 1
+        self.images += images
         counts = self.file(source)
         counts["total"] += 1
         counts["valid"] += 1
@@ -99,6 +102,7 @@ class Report:
         self.total += part.total
         self.valid += part.valid
         self.invalid += part.invalid
+        self.images += part.images
         self.reasons.update(part.reasons)
         for reason, example in part.examples.items():
             self.examples.setdefault(reason, example)
@@ -114,6 +118,7 @@ class Report:
             "valid": self.valid,
             "invalid": self.invalid,
             "validation_rate": round(self.validation_rate, 6),
+            "images": self.images,
             "reasons": dict(self.reasons.most_common()),
             "examples": self.examples,
             "formats": self.formats,
@@ -288,9 +293,9 @@ def _read_file(item, reject, max_chars, report, shape) -> Iterator[Any]:
                 media = [key for key in MEDIA_FIELDS if record.get(key)]
                 if media:
                     raise DataError(
-                        "unsupported", media[0], "makes this a multimodal record (images, video or audio)",
-                        f"sftune trains text-only models: drop the record, or remove {media[0]!r} and its "
-                        "<image>-style tags from the text",
+                        "unsupported", media[0], "makes this a video or audio record",
+                        f"sftune trains on text and images: drop the record, or remove {media[0]!r} and its "
+                        "<video>/<audio>-style tags from the text",
                     )
                 fields = remap(record, columns) if columns else record
                 if convert is None or (detected_at is not None and number < detected_at):
@@ -310,7 +315,12 @@ def _read_file(item, reject, max_chars, report, shape) -> Iterator[Any]:
                     report.file(source, fmt)
                     base["format"] = fmt
                 conversation = convert(fields, options)
-                (validate_pair if isinstance(conversation, Pair) else validate)(conversation, max_chars)
+                if isinstance(conversation, Pair):
+                    validate_pair(conversation, max_chars)
+                else:
+                    validate(conversation, max_chars)
+                    if conversation.images:
+                        image_refs.check(conversation, Path(source).parent)
                 meta = conversation.meta
                 meta.update(base)
                 meta[unit] = number
@@ -322,7 +332,7 @@ def _read_file(item, reject, max_chars, report, shape) -> Iterator[Any]:
             except DataError as error:
                 reject(_located(error, source, location(unit, number), record, fields, fmt, columns, cli))
                 continue
-            report.add_valid(source)
+            report.add_valid(source, len(conversation.images))
             yield shaped
     except DataError as error:  # the file as a whole (cut off, corrupt, a broken JSON document)
         if error.location:  # a record's error, already counted, on its way out (on_error="raise")

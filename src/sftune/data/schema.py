@@ -2,7 +2,9 @@
 
 A Conversation is the OpenAI `messages` shape plus what SFT needs: which messages are trained
 (`train`), with what loss weight (`weight`), the function schemas offered (`tools`) and where the
-record came from (`meta`). A system prompt, when there is one, is the first message.
+record came from (`meta`). A system prompt, when there is one, is the first message. `images` lists
+the conversation's images in order (file paths or data URLs); each one's place in the text is an
+`<image>` placeholder (see data/images.py).
 
 Roles: system, user, assistant, tool_call (the model calling a function; content is the call as
 JSON text), tool (the function's result, an observation).
@@ -41,6 +43,7 @@ class Conversation:
     tools: list[dict[str, Any]] | None = None
     # Provenance: dataset name, source file, line or record number, and anything a format keeps.
     meta: dict[str, Any] = field(default_factory=dict)
+    images: list[str] = field(default_factory=list)
 
     @property
     def system(self) -> str | None:
@@ -53,6 +56,8 @@ class Conversation:
         out: dict[str, Any] = {"messages": [m.to_dict() for m in self.messages]}
         if self.tools:
             out["tools"] = self.tools
+        if self.images:
+            out["images"] = self.images
         if self.meta:
             out["meta"] = self.meta
         return out
@@ -70,6 +75,7 @@ class Conversation:
             ],
             tools=record.get("tools"),
             meta=dict(record.get("meta") or {}),
+            images=list(record.get("images") or []),
         )
 
 

@@ -5,11 +5,14 @@ with a user turn and alternates: user -> assistant | tool_call, assistant -> use
 tool_call -> tool, tool -> tool | assistant | tool_call. There is at least one assistant (or
 tool_call) turn, no assistant reply or user message is empty, and the record has at most
 `max_chars` characters. Plain-text (pre-training) records need only be non-empty and short enough.
+A conversation with images has as many `<image>` placeholders as images (the files themselves are
+checked by the reader, which knows the data file's folder: images.py).
 """
 
 from __future__ import annotations
 
 from sftune.data.errors import DataError
+from sftune.data.images import PLACEHOLDER, count_placeholders
 from sftune.data.schema import ROLES, Conversation
 
 # A limit on characters per record that only broken data reaches (about 250k tokens).
@@ -94,6 +97,15 @@ def validate(conversation: Conversation, max_chars: int | None = DEFAULT_MAX_CHA
                 "has no assistant turn",
                 "add the assistant's reply; without one there is nothing to train on",
             )
+    placeholders = count_placeholders(conversation) if conversation.images else 0
+    if placeholders != len(conversation.images):
+        where = next((f"messages[{i}].content" for i, m in enumerate(messages) if PLACEHOLDER in m.content),
+                     "images")
+        raise DataError(
+            "image_count", where if placeholders else "images",
+            f"has {placeholders} {PLACEHOLDER} placeholder(s) for {len(conversation.images)} image(s)",
+            f"write one {PLACEHOLDER} in the text where each image goes, as many as the images listed",
+        )
     if max_chars is not None and total > max_chars:
         raise DataError(
             "too_long",

@@ -38,6 +38,8 @@ def messages_line(conversation: Conversation) -> str:
     line = '{"messages": [' + ", ".join(parts) + "]"
     if conversation.tools:
         line += ', "tools": ' + _encode(conversation.tools)
+    if conversation.images:
+        line += ', "images": ' + _encode(conversation.images)
     if conversation.meta:
         line += ', "meta": ' + _encode(conversation.meta)
     return line + "}"
@@ -93,16 +95,17 @@ def to_sharegpt(conversation: Conversation) -> dict[str, Any]:
 
 
 def to_record(conversation: Conversation, style: str = "messages") -> dict[str, Any]:
+    """The conversation in `style`; images go in an `images` column, their places stay `<image>` in the text."""
     if style == "messages":
         return conversation.to_dict()
-    if style == "alpaca":
-        return to_alpaca(conversation)
-    if style == "sharegpt":
-        return to_sharegpt(conversation)
-    if style in ("openai", "hermes"):
+    if style in ("alpaca", "sharegpt", "openai", "hermes"):
         from sftune.data.toolcalls import to_hermes, to_openai
 
-        return to_openai(conversation) if style == "openai" else to_hermes(conversation)
+        shape = {"alpaca": to_alpaca, "sharegpt": to_sharegpt, "openai": to_openai, "hermes": to_hermes}[style]
+        out = shape(conversation)
+        if conversation.images:
+            out["images"] = list(conversation.images)
+        return out
     raise ValueError(f"unknown output style {style!r}; use one of {', '.join(STYLES)}")
 
 

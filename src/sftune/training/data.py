@@ -36,8 +36,10 @@ def read_entries(entries: list[str | DataEntry], options: dict[str, Any], seed: 
     return data.read_mix(mixed, seed, **options)
 
 
-def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=None) -> EncodedData:
-    """Read, split and encode data.train (and data.eval, or a val_ratio share of data.train)."""
+def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=None, processor: Any = None
+                 ) -> EncodedData:
+    """Read, split and encode data.train (and data.eval, or a val_ratio share of data.train); with a
+    vision-language model's processor, images are expanded into their tokens (sftune/vision)."""
     d = cfg.data
     if not d.train:
         raise ConfigError("data.train is empty: give the SFT data files, e.g. data.train=[data/train.jsonl]")
@@ -54,10 +56,17 @@ def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=Non
         if not convs:
             sets[name] = None
             continue
-        sets[name], reports[name] = encode.encode_dataset(convs, tokenizer, template, policy=d.policy,
-                                                          reasoning=d.reasoning, train_empty_think=d.train_empty_think,
-                                                          split_reasoning_turns=d.split_reasoning_turns,
-                                                          max_len=d.max_len, progress=False)
+        if processor is not None:
+            from sftune.vision.dataset import encode_dataset as encode_images
+
+            sets[name], reports[name] = encode_images(convs, processor, template, policy=d.policy, max_len=d.max_len,
+                                                      reasoning=d.reasoning, train_empty_think=d.train_empty_think)
+        else:
+            sets[name], reports[name] = encode.encode_dataset(convs, tokenizer, template, policy=d.policy,
+                                                              reasoning=d.reasoning,
+                                                              train_empty_think=d.train_empty_think,
+                                                              split_reasoning_turns=d.split_reasoning_turns,
+                                                              max_len=d.max_len, progress=False)
         report = reports[name]
         if console is not None and report.skipped:
             console.print(f"[yellow]{name}: skipped {report.skipped} of {report.total} records: "
@@ -67,11 +76,18 @@ def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=Non
     return EncodedData(train=sets["train"], eval=sets["eval"], reports=reports, eval_conversations=held_out or None)
 
 
-def batches(dataset: Any, *, packing: bool, max_len: int, pad_token_id: int) -> tuple[Any, Any]:
+def batches(dataset: Any, *, packing: bool, max_len: int, pad_token_id: int, processor: Any = None
+            ) -> tuple[Any, Any]:
     """(dataset as the Trainer sees it, collator): packed rows and padding-free batches, or padded
-    sequences with a `length` column for length-grouped sampling (the collator drops it)."""
+    sequences with a `length` column for length-grouped sampling (the collator drops it); with a
+    processor, padded batches with the images' pixel inputs."""
     if dataset is None:
         return None, None
+    if processor is not None:
+        from sftune.vision.dataset import collate
+
+        dataset = dataset.add_column("length", [len(x) for x in dataset["input_ids"]])
+        return dataset, functools.partial(collate, processor=processor, pad_token_id=pad_token_id)
     if packing:
         return packing_module.packed_rows(dataset, max_len), packing_module.collate_packed
     dataset = dataset.add_column("length", [len(x) for x in dataset["input_ids"]])

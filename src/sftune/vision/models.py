@@ -1,0 +1,73 @@
+"""Load a vision-language checkpoint: the model through AutoModelForImageTextToText, its AutoProcessor.
+
+Which folders are vision-language models is the config's own answer: its model_type is one that
+transformers maps to an image-text-to-text model. Real weights come from the user's own folder
+(nothing is downloaded); tests and the demo use tiny random models (tiny.py).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def is_vision_model(name_or_path: str | os.PathLike) -> bool:
+    """Whether a checkpoint folder holds a model that AutoModelForImageTextToText loads."""
+    config = Path(str(name_or_path)).expanduser() / "config.json"
+    if not config.is_file():
+        return False
+    import json
+
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    return model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+
+def load_processor(folder: str | os.PathLike) -> Any:
+    """The folder's AutoProcessor. Where a processor also declares a video processor that needs
+    torchvision (Qwen2-VL) and torchvision is absent, it is built from its image processor and
+    tokenizer alone: images train, videos would not."""
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    import json
+
+    import transformers
+
+    try:
+        return AutoProcessor.from_pretrained(str(folder))
+    except (ImportError, AttributeError) as err:
+        if "video" not in str(err).lower():
+            raise
+        path = Path(folder) / "processor_config.json"
+        config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        cls = getattr(transformers, config.get("processor_class", ""), None)
+        if cls is None:
+            raise
+    kwargs = {k: v for k, v in config.items() if k not in ("processor_class", "image_processor", "video_processor")}
+    return cls(image_processor=AutoImageProcessor.from_pretrained(str(folder)),
+               tokenizer=AutoTokenizer.from_pretrained(str(folder)), **kwargs)
+
+
+def load(folder: str | os.PathLike, *, dtype: Any = "auto", attn_implementation: str | None = "sdpa",
+         **options: Any) -> tuple[Any, Any]:
+    """(model, processor) of a vision-language checkpoint folder; the processor's tokenizer gets a pad token."""
+    from transformers import AutoModelForImageTextToText
+
+    from sftune.models import ModelNotAvailableError
+
+    folder = Path(str(folder)).expanduser()
+    try:
+        processor = load_processor(folder)
+        model = AutoModelForImageTextToText.from_pretrained(str(folder), dtype=dtype,
+                                                            attn_implementation=attn_implementation, **options)
+    except OSError as err:
+        raise ModelNotAvailableError(
+            f"Could not load the vision-language model in folder '{folder}': {err}\n"
+            "The folder needs config.json, the processor files (preprocessor_config.json, tokenizer) and "
+            "the weights as *.safetensors.") from err
+    tokenizer = processor.tokenizer
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # labels come from message spans, never from the pad id
+    return model, processor

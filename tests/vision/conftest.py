@@ -1,0 +1,39 @@
+"""Tiny random vision-language checkpoints, one per family transformers supports here, built once."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from PIL import Image
+
+from sftune.vision import tiny
+
+# Qwen2-VL's processors need torchvision in transformers 5.x (its video processor), and PyPI's
+# torchvision does not run on the CPU build of torch this project installs.
+HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
+FAMILIES = [pytest.param(f, marks=pytest.mark.skipif(f.startswith("qwen") and not HAS_TORCHVISION,
+                                                     reason="Qwen2-VL's processor needs torchvision"))
+            for f in tiny.FAMILIES]
+
+
+@pytest.fixture(scope="session")
+def vlm_folder(tmp_path_factory, smollm2_tokenizer):
+    """family -> folder of a tiny random checkpoint of that family (built on first use)."""
+    built = {}
+
+    def get(family: str):
+        if family not in built:
+            built[family] = tiny.build(family, tmp_path_factory.mktemp(family), smollm2_tokenizer)
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory):
+    """Two small PNGs of other sizes and colours: {"red": path, "blue": path}."""
+    folder = tmp_path_factory.mktemp("images")
+    Image.new("RGB", (40, 30), "red").save(folder / "red.png")
+    Image.new("RGB", (20, 50), "blue").save(folder / "blue.png")
+    return {"red": str(folder / "red.png"), "blue": str(folder / "blue.png")}
