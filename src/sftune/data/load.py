@@ -332,7 +332,7 @@ def _read_file(item, reject, max_chars, report, shape) -> Iterator[Any]:
             except DataError as error:
                 reject(_located(error, source, location(unit, number), record, fields, fmt, columns, cli))
                 continue
-            report.add_valid(source, len(conversation.images))
+            report.add_valid(source, 0 if isinstance(conversation, Pair) else len(conversation.images))
             yield shaped
     except DataError as error:  # the file as a whole (cut off, corrupt, a broken JSON document)
         if error.location:  # a record's error, already counted, on its way out (on_error="raise")
