@@ -28,6 +28,7 @@ from sftune.training.checkpoints import CheckpointCompleteCallback, last_checkpo
 from sftune.training.data import EncodedData, batches, prepare_data
 from sftune.training.generate_eval import generation_metrics
 from sftune.training.plot import plot_curves
+from sftune.training.selection import candidates, selector_for
 from sftune.training.trainer import SFTTrainer
 
 
@@ -71,6 +72,9 @@ def train(
     args = training_arguments(cfg, run_dir, precision=precision, has_eval=encoded.eval is not None, packing=packing)
     if not packing:
         args.length_column_name = "length"
+    selector = selector_for(cfg, keep=args.per_device_train_batch_size)  # train.batch_selection
+    if selector is not None:  # each forward pass reads K / ratio candidates and trains K
+        args.per_device_train_batch_size = candidates(selector.keep, cfg.train.batch_selection.ratio)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_main_process():
@@ -78,6 +82,7 @@ def train(
     templates.save_to_tokenizer(template, tokenizer)  # inference uses exactly the training template
     trainer = setup_trainer(cfg, model, tokenizer, template, encoded, args, packing=packing, console=console,
                             callbacks=callbacks)
+    trainer.batch_selector = selector
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -98,6 +103,7 @@ def train(
         "total_parameters": total,
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "resumed_from": resume,
+        **({"batch_selection": selector.summary()} if selector is not None else {}),
         **final_eval,
     }
     if trainer.is_world_process_zero():
@@ -131,6 +137,10 @@ def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, bool]:
         adapter = cfg.method.name not in ("full", "freeze")
         dtype = "bfloat16" if torch.cuda.is_available() and precision == "bf16" and adapter else "float32"
     packing = cfg.data.packing and methods.packing_supported(cfg.method)[0]
+    if packing and cfg.train.batch_selection.method != "none":
+        console.print(f"[yellow]packing off: train.batch_selection={cfg.train.batch_selection.method} selects "
+                      "whole sequences; batch_size now counts sequences[/yellow]")
+        packing = False
     model, tokenizer = models.load(
         cfg.model.name,
         dtype=getattr(torch, dtype),
