@@ -28,6 +28,7 @@ from sftune.training.checkpoints import CheckpointCompleteCallback, last_checkpo
 from sftune.training.data import EncodedData, batches, prepare_data
 from sftune.training.generate_eval import generation_metrics
 from sftune.training.plot import plot_curves
+from sftune.training.replay import replay_pairs
 from sftune.training.selection import candidates, selector_for
 from sftune.training.trainer import SFTTrainer
 
@@ -67,8 +68,11 @@ def train(
     template = templates.get(cfg.data.template, tokenizer) if cfg.data.template else templates.default_for(tokenizer)
 
     probe = training_arguments(cfg, run_dir, precision=precision, has_eval=True, packing=packing)
+    replay = None  # data.replay: the base model's own pairs, generated once (cached in the run folder)
+    if cfg.data.replay.ratio > 0:
+        replay = functools.partial(replay_pairs, cfg, model, tokenizer, template, run_dir=run_dir, console=console)
     with probe.main_process_first(desc="reading and encoding data"):
-        encoded = prepare_data(cfg, tokenizer, template, console=console)
+        encoded = prepare_data(cfg, tokenizer, template, console=console, replay=replay)
     args = training_arguments(cfg, run_dir, precision=precision, has_eval=encoded.eval is not None, packing=packing)
     if not packing:
         args.length_column_name = "length"
