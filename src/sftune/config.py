@@ -65,7 +65,7 @@ class ReplaySection(_Section):
     ratio: float = Field(0.0, ge=0, lt=1, description="share of the training set that is replay pairs; 0 = off")
     count: int | None = Field(None, ge=1, description="replay pairs to generate (default: as many as the ratio "
                               "needs; fewer are repeated to reach the ratio)")
-    max_new_tokens: int = Field(256, ge=8, description="longest instruction and longest answer generated")
+    max_new_tokens: int = Field(256, ge=8, description="longest answer generated (instructions: at most 64 tokens)")
     seed: int = Field(0, description="seed of the instruction sampling")
 
 

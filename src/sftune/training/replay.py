@@ -4,7 +4,8 @@ user message's content; Magpie, Xu et al. 2024; the tutorials' "instruction dist
 reconstruction"), then answers them; these pairs are mixed into the training data at data.replay.ratio,
 so that training rehearses what the model already did while it learns the task.
 
-Choices: instructions are sampled (temperature 1, no top-p / top-k, seeded by data.replay.seed); answers
+Choices: instructions are sampled (temperature 1, no top-p / top-k, seeded by data.replay.seed, at most
+INSTRUCTION_TOKENS tokens: instructions are short, and rows that ramble hold a whole batch up); answers
 are greedy, the model's own most likely reply. An instruction or answer that did not end with the
 template's end of turn within max_new_tokens is dropped (a cut-off answer would teach stopping
 mid-sentence), as are empty and repeated instructions; up to MAX_ROUNDS rounds of sampling fill `count`.
@@ -16,6 +17,7 @@ a resumed (or repeated) run reads them back instead of generating again.
 from __future__ import annotations
 
 import json
+import os
 import random
 from contextlib import nullcontext
 from pathlib import Path
@@ -26,6 +28,7 @@ from sftune.generation import GenerationOptions, generate, render_prompts
 
 CACHE = "replay.json"
 MAX_ROUNDS = 4
+INSTRUCTION_TOKENS = 64
 _MARKER = "\ue000"  # a private-use character: no template writes it
 
 
@@ -52,7 +55,8 @@ def generate_pairs(model: Any, tokenizer: Any, template: Any, count: int, *, max
             missing = count - len(pairs)
             if missing <= 0:
                 break
-            sampling = GenerationOptions(max_new_tokens=max_new_tokens, temperature=1.0, seed=seed + round_)
+            sampling = GenerationOptions(max_new_tokens=min(max_new_tokens, INSTRUCTION_TOKENS), temperature=1.0,
+                                         seed=seed + round_)
             asked = generate(model, tokenizer, [prefix] * max(2 * missing, 8), sampling, stop_token_ids=stops,
                              batch_size=batch_size, progress=console is not None, console=console,
                              description="replay: instructions")
@@ -111,6 +115,10 @@ def replay_pairs(cfg: Any, model: Any, tokenizer: Any, template: Any, task_examp
                 "max_new_tokens": r.max_new_tokens, "seed": r.seed}
 
     def make() -> list[dict[str, str]]:
+        import torch
+
+        if torch.cuda.is_available() and model.device.type == "cpu":  # the Trainer would move it there anyway
+            model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
         pairs = generate_pairs(model, tokenizer, template, count, max_new_tokens=r.max_new_tokens, seed=r.seed,
                                console=console)
         if console is not None:
