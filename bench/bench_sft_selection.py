@@ -93,7 +93,7 @@ def part_selection(seeds: list[int], steps: int, work: Path) -> dict:
             if method != "none":
                 extra["train"] = {"batch_selection": {"method": method, "ratio": 0.5}}
             cfg = lora_config(train_path, eval_path, work / f"sel-{method}-{seed}", steps, seed, **extra)
-            result, template, wall = trained(cfg)
+            result, template, _ = trained(cfg)
             s = result.summary
             em = exact_match(result.model, result.tokenizer, template, eval_path)
             selected = s.get("batch_selection", {})

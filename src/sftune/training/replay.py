@@ -118,7 +118,7 @@ def replay_pairs(cfg: Any, model: Any, tokenizer: Any, template: Any, task_examp
         import torch
 
         if torch.cuda.is_available() and model.device.type == "cpu":  # the Trainer would move it there anyway
-            model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+            model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
         pairs = generate_pairs(model, tokenizer, template, count, max_new_tokens=r.max_new_tokens, seed=r.seed,
                                console=console)
         if console is not None:
