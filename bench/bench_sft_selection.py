@@ -9,7 +9,8 @@ selection: the demo task (JSON extraction, 40 held-out examples, exact match), L
   plus no selection (2 sequences read, 2 trained); UDS's overhead in seconds per step.
 position: a translation-like task built here (English -> French sentences from aligned word lists, in the
   multitask format), BLEU (sacrebleu) zero-shot and after a short LoRA run, instruction before vs after.
-replay: general ability = answer perplexity on 48 real ShareGPT conversations (bench/data), for the base
+replay: general ability = answer perplexity on --general real ShareGPT conversations (bench/data, cut at 256
+  tokens), for the base
   model, after plain SFT on the demo task, after the same SFT with data.replay; the task's exact match too.
 Prints every figure and writes --out (JSON). Machine: say which, and that it was shared.
 """
@@ -192,15 +193,15 @@ def general_perplexity(model_or_run: str, path: Path) -> float:
     from sftune.evaluate import metrics
 
     loaded = runs.load(model_or_run)
-    return metrics.perplexity(loaded, str(path), max_len=512)["perplexity"]
+    return metrics.perplexity(loaded, str(path), max_len=256)["perplexity"]
 
 
-def part_replay(seeds: list[int], steps: int, work: Path, count: int, max_new_tokens: int) -> dict:
+def part_replay(seeds: list[int], steps: int, work: Path, count: int, max_new_tokens: int, general_n: int) -> dict:
     from sftune.demo import write_dataset
 
     train_path, eval_path = write_dataset(work / "demo-data")
     general = work / "general.jsonl"
-    general.write_text("".join(BENCH_DATA.read_text(encoding="utf-8").splitlines(keepends=True)[:48]), encoding="utf-8")
+    general.write_text("".join(BENCH_DATA.read_text(encoding="utf-8").splitlines(keepends=True)[:general_n]), encoding="utf-8")
     out = {"base_general_ppl": general_perplexity("smollm2-135m-instruct", general), "rows": []}
     print("base general perplexity:", out["base_general_ppl"], flush=True)
     for seed in seeds:
@@ -227,6 +228,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--count", type=int, default=24, help="replay pairs generated")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="longest replay answer")
+    parser.add_argument("--general", type=int, default=48, help="ShareGPT conversations for general perplexity")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -238,7 +240,7 @@ def main() -> None:
     elif args.part == "position":
         result = part_position(args.seeds, args.steps, work)
     else:
-        result = part_replay(args.seeds, args.steps, work, args.count, args.max_new_tokens)
+        result = part_replay(args.seeds, args.steps, work, args.count, args.max_new_tokens, args.general)
     result.update(part=args.part, seeds=args.seeds, steps=args.steps, threads=args.threads,
                   seconds=round(time.perf_counter() - started, 1), python=sys.version.split()[0],
                   torch=torch.__version__)
