@@ -58,6 +58,17 @@ class DataEntry(_Section):
         return self
 
 
+class ReplaySection(_Section):
+    """data.replay: pairs the base model writes itself (instruction and answer), mixed into the training data
+    so that its general behaviour is rehearsed while it learns the task (sftune.training.replay)."""
+
+    ratio: float = Field(0.0, ge=0, lt=1, description="share of the training set that is replay pairs; 0 = off")
+    count: int | None = Field(None, ge=1, description="replay pairs to generate (default: as many as the ratio "
+                              "needs; fewer are repeated to reach the ratio)")
+    max_new_tokens: int = Field(256, ge=8, description="longest answer generated (instructions: at most 64 tokens)")
+    seed: int = Field(0, description="seed of the instruction sampling")
+
+
 class DataSection(_Section):
     train: list[str | DataEntry] = Field(
         default_factory=list, description="files, globs or folders of SFT data, or entries {path, weight | ratio, "
@@ -83,6 +94,11 @@ class DataSection(_Section):
     max_len: int = Field(1024, ge=8, description="tokens per sequence (longer ones are truncated)")
     packing: bool = Field(True, description="padding-free best-fit-decreasing packing into rows of max_len")
     seed: int = 0
+    instruction_position: Literal["before", "after"] = Field(
+        "before", description="records with an instruction and an input (alpaca, multitask): the user turn is "
+        "instruction, blank line, input (before) or input, blank line, instruction (after, Post-Ins)")
+    replay: ReplaySection = Field(default_factory=ReplaySection, description="forgetting mitigation: the base "
+                                  "model's own instruction/answer pairs mixed in, {ratio, count, max_new_tokens, seed}")
 
     @model_validator(mode="before")
     @classmethod
@@ -94,6 +110,18 @@ class DataSection(_Section):
                 if isinstance(values.get(key), list):
                     values[key] = [str(v) if isinstance(v, os.PathLike) else v for v in values[key]]
         return values
+
+
+class BatchSelectionSection(_Section):
+    """train.batch_selection: online batch selection (sftune.training.selection): each forward pass reads
+    micro_batch_size / ratio candidate sequences and back-propagates the micro_batch_size best."""
+
+    method: Literal["none", "uds", "random"] = Field(
+        "none", description="uds = utility-diversity scores from the model's logits; random = a random subset "
+        "(the control at equal compute); none = train on every sequence")
+    ratio: float = Field(0.5, gt=0, le=1, description="share of each candidate batch that is trained")
+    alpha: float = Field(2.5e-3, ge=0, description="UDS weight of inter-sample diversity against the nuclear norm")
+    memory: int = Field(1024, ge=1, description="UDS: past selections kept (FIFO) for inter-sample diversity")
 
 
 class TrainSection(_Section):
@@ -127,6 +155,9 @@ class TrainSection(_Section):
     resume_from: str | None = Field(None, description="'last' or a checkpoint folder")
     report_to: list[str] = Field(default_factory=lambda: ["none"], description="tensorboard, wandb, mlflow ...")
     dataloader_workers: int = Field(0, ge=0)
+    batch_selection: BatchSelectionSection = Field(
+        default_factory=BatchSelectionSection, description="online batch selection {method: none | uds | random, "
+        "ratio, alpha, memory}; needs data.packing=false (it is turned off with a note)")
 
 
 class EvalSection(_Section):

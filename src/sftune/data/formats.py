@@ -26,7 +26,8 @@ placeholders in the text, or OpenAI typed parts (image_url / image), which becom
 their place; both go to Conversation.images (see images.py).
 
 Options (a plain dict, all optional): roles {source name: schema role}, role_key / content_key
-(message field names other than role/content and from/value), cot_layout, task_templates.
+(message field names other than role/content and from/value), cot_layout, task_templates,
+instruction_position ("after": alpaca and multitask put the instruction behind the input).
 """
 
 from __future__ import annotations
@@ -197,13 +198,19 @@ def _role(name: Any, field: str, options: dict) -> str:
 # --- formats -----------------------------------------------------------------------------------
 
 
+def with_input(instruction: str, text: str, options: dict) -> str:
+    """The user turn of an instruction and its input: "instruction\\n\\ninput", or with
+    instruction_position "after" "input\\n\\ninstruction" (Post-Ins, Liu et al. 2023)."""
+    return f"{text}\n\n{instruction}" if options.get("instruction_position") == "after" else f"{instruction}\n\n{text}"
+
+
 def alpaca(record: dict, options: dict) -> Conversation:
-    """instruction + input -> user ("instruction\\n\\ninput"), output -> assistant; history first."""
+    """instruction + input -> user ("instruction\\n\\ninput", see with_input), output -> assistant; history first."""
     instruction = _required(record, "instruction")
     output = _required(record, "output")
     extra = record.get("input")
     if extra is not None and extra != "":
-        instruction = f"{instruction}\n\n{_text(extra, 'input')}"
+        instruction = with_input(instruction, _text(extra, "input"), options)
     system = record.get("system")
     messages = [Message("system", _text(system, "system"))] if system else []
     history = record.get("history")
@@ -503,8 +510,8 @@ def cot(record: dict, options: dict) -> Conversation:
 def multitask(record: dict, options: dict) -> Conversation:
     """The instruction comes from task_type (TASK_TEMPLATES, overridable by task_templates).
 
-    user = instruction + "\\n\\n" + source_text; assistant = target_text. Language codes are written
-    as names (en -> English) where known.
+    user = instruction + "\\n\\n" + source_text (or behind it, see with_input); assistant = target_text.
+    Language codes are written as names (en -> English) where known.
     """
     task = _required(record, "task_type")
     templates = {**TASK_TEMPLATES, **(options.get("task_templates") or {})}
@@ -516,7 +523,7 @@ def multitask(record: dict, options: dict) -> Conversation:
             raise _missing(field, f"task {task!r} needs {field} (a language code like 'en')")
         langs[field] = LANGUAGE_NAMES.get(code, code) if code else "unspecified"
     instruction = template.format(task_type=task, **langs)
-    user = f"{instruction}\n\n{_required(record, 'source_text')}"
+    user = with_input(instruction, _required(record, "source_text"), options)
     return Conversation(_system(record) + [Message("user", user), Message("assistant", _required(record, "target_text"))])
 
 

@@ -1,7 +1,8 @@
 """read(): files in any known format -> validated Conversations, with every rejection accounted for.
 
     read(paths, *, format=None, columns=None, on_error="raise", quarantine=None, dataset_name=None,
-         roles=None, cot_layout=None, task_templates=None, max_chars=1_000_000, report=None)
+         roles=None, cot_layout=None, task_templates=None, max_chars=1_000_000, report=None,
+         instruction_position="before")
         -> Iterator[Conversation]
 
     check(paths, **same options) -> Report      # reads everything with on_error="skip" (parallel.py)
@@ -166,11 +167,16 @@ def prepare(
     task_templates: dict[str, str] | None = None,
     syntax: str = "python",
     preference: bool = False,
+    instruction_position: str = "before",
 ) -> list[dict[str, Any]]:
     """The reading plan: every file with its kind, format, columns and options (paths checked now)."""
     if syntax not in ("python", "cli"):
         raise ValueError(f"syntax is {syntax!r}; use 'python' or 'cli'")
-    options = {"roles": roles, "cot_layout": cot_layout, "task_templates": task_templates, "preference": preference}
+    if instruction_position not in ("before", "after"):
+        raise ValueError(f"instruction_position is {instruction_position!r}; use 'before' or 'after'")
+    options = {"roles": roles, "cot_layout": cot_layout, "task_templates": task_templates,
+               "instruction_position": instruction_position if instruction_position == "after" else None,
+               "preference": preference}
     options = {key: value for key, value in options.items() if value}
     options["syntax"] = syntax
     return _plan(paths, format, columns, options, dataset_name)
@@ -196,6 +202,7 @@ def read(
     report: Report | None = None,
     syntax: str = "python",
     preference: bool = False,
+    instruction_position: str = "before",
 ) -> Iterator[Conversation]:
     """Stream validated Conversations from files (see the module docstring for every option).
 
@@ -206,7 +213,8 @@ def read(
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error is {on_error!r}; use 'raise' or 'skip'")
     check_max_chars(max_chars)
-    plan = prepare(paths, format, columns, dataset_name, roles, cot_layout, task_templates, syntax, preference)
+    plan = prepare(paths, format, columns, dataset_name, roles, cot_layout, task_templates, syntax, preference,
+                   instruction_position)
     files.refuse_overwrite(plan, quarantine=quarantine)
     report = report if report is not None else Report()
     return read_plan(plan, on_error, Path(quarantine) if quarantine else None, max_chars, report)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from sftune import data, encode, packing as packing_module
 from sftune.config import Config, ConfigError, DataEntry
@@ -36,14 +36,23 @@ def read_entries(entries: list[str | DataEntry], options: dict[str, Any], seed: 
     return data.read_mix(mixed, seed, **options)
 
 
-def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=None, processor: Any = None
-                 ) -> EncodedData:
+def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=None, processor: Any = None,
+                 replay: Callable[[int], list[dict[str, str]]] | None = None) -> EncodedData:
     """Read, split and encode data.train (and data.eval, or a val_ratio share of data.train); with a
-    vision-language model's processor, images are expanded into their tokens (sftune/vision)."""
+    vision-language model's processor, images are expanded into their tokens (sftune/vision).
+
+    `replay(task examples)` gives data.replay's pairs, mixed into the training part only.
+    """
     d = cfg.data
     if not d.train:
         raise ConfigError("data.train is empty: give the SFT data files, e.g. data.train=[data/train.jsonl]")
-    options = {"format": d.format, "columns": d.columns, "on_error": d.on_error}
+    if d.instruction_position == "after" and template.spec.get("user_with_input"):
+        raise ConfigError(f"data.instruction_position=after: template {template.name!r} writes the instruction and "
+                          "the input under their own headings (### Instruction / ### Input) from the first and the "
+                          "second part of the user turn, so the input would be shown as the instruction; use a chat "
+                          "template (data.template=chatml, or the model's own), or instruction_position=before")
+    options = {"format": d.format, "columns": d.columns, "on_error": d.on_error,
+               "instruction_position": d.instruction_position}
     conversations = read_entries(d.train, options, d.seed)
     if d.eval:
         held_out = read_entries(d.eval, options, d.seed)
@@ -51,6 +60,10 @@ def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=Non
         conversations, held_out = data.split(conversations, val_ratio=d.val_ratio, seed=d.seed)
     else:
         held_out = []
+    if replay is not None and d.replay.ratio > 0:
+        from sftune.training.replay import mix_in
+
+        conversations = mix_in(conversations, replay(len(conversations)), d.replay.ratio, d.replay.seed)
     sets, reports = {}, {}
     for name, convs in (("train", conversations), ("eval", held_out)):
         if not convs:

@@ -28,6 +28,8 @@ from sftune.training.checkpoints import CheckpointCompleteCallback, last_checkpo
 from sftune.training.data import EncodedData, batches, prepare_data
 from sftune.training.generate_eval import generation_metrics
 from sftune.training.plot import plot_curves
+from sftune.training.replay import replay_pairs
+from sftune.training.selection import candidates, selector_for
 from sftune.training.trainer import SFTTrainer
 from sftune.vision import models as vision_models
 
@@ -77,14 +79,20 @@ def train(
     template = templates.get(cfg.data.template, tokenizer) if cfg.data.template else templates.default_for(tokenizer)
 
     probe = training_arguments(cfg, run_dir, precision=precision, has_eval=True, packing=packing)
+    replay = None  # data.replay: the base model's own pairs, generated once (cached in the run folder)
+    if cfg.data.replay.ratio > 0:
+        replay = functools.partial(replay_pairs, cfg, model, tokenizer, template, run_dir=run_dir, console=console)
     # The first process of each machine encodes (under the cache's file lock: one writer even when several
     # machines share the disk); the others then memory-map its cache. Each process reads the same rows in the same
     # order, and the Trainer's sampler gives each its own share of every step (see docs/distributed.md).
     with probe.main_process_first(local=True, desc="reading and encoding data"):
-        encoded = prepare_data(cfg, tokenizer, template, console=console, processor=processor)
+        encoded = prepare_data(cfg, tokenizer, template, console=console, processor=processor, replay=replay)
     args = training_arguments(cfg, run_dir, precision=precision, has_eval=encoded.eval is not None, packing=packing)
     if not packing:
         args.length_column_name = "length"
+    selector = selector_for(cfg, keep=args.per_device_train_batch_size)  # train.batch_selection
+    if selector is not None:  # each forward pass reads K / ratio candidates and trains K
+        args.per_device_train_batch_size = candidates(selector.keep, cfg.train.batch_selection.ratio)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_main_process():
@@ -92,6 +100,7 @@ def train(
     templates.save_to_tokenizer(template, tokenizer)  # inference uses exactly the training template
     trainer = setup_trainer(cfg, model, tokenizer, template, encoded, args, packing=packing, console=console,
                             callbacks=callbacks, processor=processor)
+    trainer.batch_selector = selector
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -115,6 +124,7 @@ def train(
         "total_parameters": total,
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "resumed_from": resume,
+        **({"batch_selection": selector.summary()} if selector is not None else {}),
         **final_eval,
     }
     if trainer.is_world_process_zero():
@@ -150,6 +160,10 @@ def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, bool]:
         # bf16 values at every forward; holding them halves the weights' memory (the adapter stays fp32).
         dtype = "bfloat16" if precision == "bf16" and adapter else "float32"
     packing = cfg.data.packing and methods.packing_supported(cfg.method)[0]
+    if packing and cfg.train.batch_selection.method != "none":
+        console.print(f"[yellow]packing off: train.batch_selection={cfg.train.batch_selection.method} selects "
+                      "whole sequences; batch_size now counts sequences[/yellow]")
+        packing = False
     model, tokenizer = models.load(
         cfg.model.name,
         dtype=getattr(torch, dtype),

@@ -65,6 +65,8 @@ class SFTTrainer(Trainer):
         self._stretch_started = None  # perf_counter() when the running stretch began; None while paused
         # model -> {name: score} of generated answers, added to each evaluation (eval.generate_metrics)
         self.generation_eval: Callable[[Any], dict[str, float]] | None = None
+        # (model, candidate batch) -> the batch to train on (train.batch_selection; sftune.training.selection)
+        self.batch_selector: Callable[[Any, dict], dict] | None = None
 
     @property
     def train_seconds(self) -> float:
@@ -112,6 +114,8 @@ class SFTTrainer(Trainer):
                 break
         if not batches:
             return batches, None
+        if self.batch_selector is not None:  # the model is the same for all micro-batches of a step
+            batches = [self.batch_selector(self.model_wrapped, batch) for batch in batches]
         count = count_trained_tokens(batches).to(device)
         if self.accelerator.num_processes > 1:
             count = self.accelerator.reduce(count, reduction="sum")
