@@ -2,6 +2,9 @@
 against ce, and the cost of each (seconds per optimizer step), several seeds, all in one run.
 
     PYTHONPATH=src .venv/bin/python -m bench.bench_sft_losses --seeds 0,1 --steps 30
+    # or one process per loss at once (what the results page did on the loaded machine), then the table:
+    for l in ce gem dft phi chord; do ... --losses $l --out /tmp/l-$l.json & done; wait
+    PYTHONPATH=src .venv/bin/python -m bench.bench_sft_losses --summarize /tmp/l-*.json
 
 Each run is the demo's configuration (SmolLM2-135M-Instruct, LoRA r=16, 320 generated Chinese + English
 extraction examples, batch 2 packed rows) with only train.loss and train.seed changed. Exact match: the
@@ -22,8 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LOSSES = ["ce", "gem", "dft", "phi", "chord"]
-CHORD = ["train.chord.prompts_per_step=4", "train.chord.samples_per_prompt=4", "train.chord.max_new_tokens=40",
-         "train.chord.mu_peak=0.9", "train.chord.mu_valley=0.3", "train.chord.mu_decay_steps=30"]
+CHORD = ["train.chord.prompts_per_step=2", "train.chord.samples_per_prompt=4", "train.chord.max_new_tokens=40",
+         "train.chord.mu_peak=0.9", "train.chord.mu_valley=0.3", "train.chord.mu_decay_steps=10"]
 
 
 def distinct_n(answers: list[str], n: int) -> float:
@@ -93,9 +96,13 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--losses", default=",".join(LOSSES))
+    parser.add_argument("--summarize", nargs="*", help="only print the table of these result files")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / f"{datetime.date.today().isoformat()}-"
                                              "amd-epyc-avx512bf16-2core-sft-losses.json"))
     args = parser.parse_args()
+    if args.summarize:
+        summarize([row for path in args.summarize for row in json.loads(Path(path).read_text())])
+        return
     print(json.dumps(machine()))
     out_path = Path(args.out)
     rows = json.loads(out_path.read_text()) if out_path.exists() else []
