@@ -5,8 +5,8 @@ Per token, with the linear h of the authors' code: L = -sum_v q(v) (log p(y) - l
 = -log p(y) + sum_v q(v) log p(v), where q = sg(softmax(z / beta)). Since q sums to one this is
 sum_v q(v) z(v) - z(y) and its gradient with respect to the logits is q - onehot(y): cross-entropy's
 p - onehot(y) with the model's own distribution replaced by its sharpened (beta < 1), detached copy.
-The pull on tokens other than y stops once they are below q's mass, so the distribution keeps more
-than the one answer. Choice: h is linear (the issue's form; the authors also offer a log-sigmoid h);
+Tokens of low probability get q(v) < p(v) and are pushed down less than by cross-entropy, so the
+model's tail (its other plausible answers) is kept. Choice: h is linear (the issue's form; the authors also offer a log-sigmoid h);
 the loss value can be below zero and is not a cross-entropy (held-out loss stays cross-entropy).
 """
 
