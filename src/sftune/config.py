@@ -124,6 +124,26 @@ class BatchSelectionSection(_Section):
     memory: int = Field(1024, ge=1, description="UDS: past selections kept (FIFO) for inter-sample diversity")
 
 
+class ChordSettings(_Section):
+    """train.chord: CHORD's mix of the expert (SFT) loss and an on-policy GRPO-style loss, and its samples."""
+
+    mu_peak: float = Field(0.5, ge=0, le=1, description="the highest weight mu of the expert loss, reached after "
+                           "mu_warmup_steps (L = (1 - mu) L_GRPO + mu L_SFT)")
+    mu_valley: float = Field(0.05, ge=0, le=1, description="the floor mu decays to on a cosine")
+    mu_warmup_steps: int = Field(0, ge=0, description="optimizer steps over which mu rises linearly from 0 to mu_peak")
+    mu_decay_steps: int = Field(20, ge=0, description="optimizer steps of the cosine from mu_peak down to mu_valley")
+    phi: bool = Field(True, description="weight the expert loss by phi = p(1 - p), detached (false: plain "
+                      "cross-entropy)")
+    reward: str = Field("sftune.training.objectives.chord:exact_match_reward", description="module:function "
+                        "called as f(prompts=[...], completions=[...], references=[...]) -> one float per completion; "
+                        "the default is 1 where the answer equals the reference (as JSON when the reference is JSON)")
+    samples_per_prompt: int = Field(4, ge=2, description="G, on-policy answers sampled per prompt (one group)")
+    prompts_per_step: int | None = Field(None, ge=1, description="prompts sampled from per optimizer step (the "
+                                         "first of each micro-batch); None = every sequence of the step")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the on-policy answers")
+    max_new_tokens: int = Field(64, ge=1, description="longest on-policy answer")
+
+
 class TrainSection(_Section):
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
@@ -158,6 +178,12 @@ class TrainSection(_Section):
     batch_selection: BatchSelectionSection = Field(
         default_factory=BatchSelectionSection, description="online batch selection {method: none | uds | random, "
         "ratio, alpha, memory}; needs data.packing=false (it is turned off with a note)")
+    loss: Literal["ce", "gem", "dft", "phi", "chord"] = Field(
+        "ce", description="training objective: cross-entropy, GEM (diversity-preserving), DFT (probability-scaled), "
+        "phi (p(1-p)-scaled), or CHORD (phi SFT + on-policy GRPO, see train.chord); docs/objectives.md")
+    gem_beta: float = Field(0.7, gt=0, description="GEM's temperature beta of q = softmax(logits / beta)")
+    chord: ChordSettings = Field(default_factory=ChordSettings, description="train.loss=chord: mu schedule, "
+                                 "reward and sampling")
 
 
 class EvalSection(_Section):

@@ -2,7 +2,8 @@
 
     recipe.py       the run top to bottom: model, data, method, trainer, run folder
     data.py         data.train / data.eval read, mixed, split, encoded, batched
-    loss.py         chunked cross-entropy on trained positions
+    loss.py         chunked cross-entropy (or another token loss) on trained positions
+    objectives/     train.loss: gem, dft, phi, chord (one module each)
     trainer.py      the Trainer subclass: one normalization per optimizer step, evaluation, resume
     arguments.py    the configuration mapped onto transformers.TrainingArguments
     checkpoints.py  the checkpoint-complete marker and the last complete checkpoint

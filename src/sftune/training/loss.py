@@ -7,7 +7,7 @@ Dividing by the trained tokens of a whole optimizer step is the trainer's job (s
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -28,15 +28,16 @@ def _logit_chunks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         yield rows, z, tanh
 
 
-class _LinearCrossEntropy(torch.autograd.Function):
-    """sum_i w_i * CE(h_i @ W.T + b, y_i), computed chunk by chunk.
+class _LinearTokenLoss(torch.autograd.Function):
+    """sum_i w_i * loss(h_i @ W.T + b, y_i), computed chunk by chunk, for a token loss of
+    sftune.training.objectives (cross-entropy by default).
 
     Gradients are worked out inside the forward pass, chunk by chunk, while each chunk's logits
     exist; only d(hidden) and d(W) are kept for backward. Peak memory is one chunk of logits.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, token_weights, chunk_size, softcap, want_grad):
+    def forward(ctx, hidden, weight, bias, targets, token_weights, chunk_size, softcap, want_grad, token_loss):
         need_h = want_grad and hidden.requires_grad
         need_w = want_grad and weight.requires_grad
         need_b = want_grad and bias is not None and bias.requires_grad
@@ -46,12 +47,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
         for rows, z, tanh in _logit_chunks(hidden, weight, bias, chunk_size, softcap):
             y, w = targets[rows], token_weights[rows]
-            lse = torch.logsumexp(z, dim=-1)
-            picked = z.gather(1, y[:, None]).squeeze(1)
-            total += ((lse - picked) * w).sum()
-            if need_h or need_w or need_b:
-                g = z.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-                g[torch.arange(len(y), device=y.device), y] -= 1.0
+            losses, g = token_loss(z, y, need_h or need_w or need_b)  # g may be written over z
+            total += (losses * w).sum()
+            if g is not None:
                 g.mul_(w[:, None])
                 if softcap:
                     g.mul_(1.0 - tanh * tanh)
@@ -73,7 +71,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             None if grad_h is None else grad_h * grad_out.to(grad_h.dtype),
             None if grad_w is None else (grad_w * grad_out).to(w_dtype),
             None if grad_b is None else (grad_b * grad_out).to(b_dtype),
-            None, None, None, None, None,
+            None, None, None, None, None, None,
         )
 
 
@@ -96,12 +94,32 @@ def linear_cross_entropy(
     hidden: [n, H] states at trained positions only; head: the model's output layer (nn.Linear);
     targets: [n] token ids. Differentiable in `hidden` and in the head's weight and bias.
     """
+    return linear_token_loss(hidden, head, targets, token_weights, softcap=softcap, chunk_size=chunk_size)
+
+
+def linear_token_loss(
+    hidden: torch.Tensor,
+    head: torch.nn.Module,
+    targets: torch.Tensor,
+    token_weights: torch.Tensor | None = None,
+    *,
+    token_loss: Callable | None = None,
+    softcap: float | None = None,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Summed (weighted) `token_loss` of `head(hidden)` against `targets`, one chunk at a time
+    (cross-entropy when None; the others are in sftune.training.objectives)."""
+    from sftune.training.objectives import ce
+
     weight, bias = head.weight, getattr(head, "bias", None)
     if token_weights is None:
         token_weights = torch.ones(targets.shape, dtype=torch.float32, device=targets.device)
     if is_sharded(weight):
+        if token_loss is not None and token_loss is not ce.token_loss:
+            raise ValueError("train.loss other than ce needs the output layer's weight whole; with ZeRO-3 / FSDP "
+                             "sharding it is split over processes: use train.loss=ce, or ZeRO-2 / DDP")
         return _through_head(hidden, head, targets, token_weights.float(), softcap)
-    return _LinearCrossEntropy.apply(
+    return _LinearTokenLoss.apply(
         hidden,
         weight,
         bias,
@@ -110,6 +128,7 @@ def linear_cross_entropy(
         chunk_size or chunk_size_for(weight.shape[0]),
         softcap,
         torch.is_grad_enabled(),
+        token_loss or ce.token_loss,
     )
 
 

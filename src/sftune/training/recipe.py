@@ -231,6 +231,7 @@ def setup_trainer(cfg: Config, model: Any, tokenizer: Any, template: Any, encode
         processing_class=tokenizer,
         callbacks=own + list(callbacks or []),
     )
+    set_objective(trainer, cfg, template, tokenizer)
     e = cfg.eval
     if e.generate_metrics and processor is not None:
         console.print("[yellow]eval.generate_metrics left out: generation with images is not in sftune yet; "
@@ -241,6 +242,23 @@ def setup_trainer(cfg: Config, model: Any, tokenizer: Any, template: Any, encode
             conversations=encoded.eval_conversations[: e.generate_max_examples], names=e.generate_metrics,
             max_new_tokens=e.generate_max_new_tokens, batch_size=e.batch_size or 16)
     return trainer
+
+
+def set_objective(trainer: SFTTrainer, cfg: Config, template: Any, tokenizer: Any) -> None:
+    """train.loss on the trainer: the token loss, and for chord its settings, reward and stop tokens."""
+    from sftune.training import objectives
+    from sftune.training.objectives import chord
+
+    t = cfg.train
+    trainer.token_loss = objectives.token_loss_for("ce" if t.loss == "chord" and not t.chord.phi else t.loss,
+                                                   gem_beta=t.gem_beta)
+    if t.loss == "chord":
+        try:
+            trainer.chord_reward = chord.load_reward(t.chord.reward)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        trainer.chord = t.chord
+        trainer.stop_token_ids = template.stop_token_ids(tokenizer)
 
 
 def run_summary(cfg: Config, trainer: SFTTrainer, encoded: EncodedData, *, precision: str, packing: bool

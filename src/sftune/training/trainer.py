@@ -22,7 +22,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from sftune.training.checkpoints import last_checkpoint
-from sftune.training.loss import count_trained_tokens, linear_cross_entropy, token_stats, trained_hidden_states
+from sftune.training.loss import count_trained_tokens, linear_token_loss, token_stats, trained_hidden_states
+from sftune.training.objectives import chord
 
 logger = logging.get_logger(__name__)
 
@@ -67,6 +68,13 @@ class SFTTrainer(Trainer):
         self.generation_eval: Callable[[Any], dict[str, float]] | None = None
         # (model, candidate batch) -> the batch to train on (train.batch_selection; sftune.training.selection)
         self.batch_selector: Callable[[Any, dict], dict] | None = None
+        # train.loss: the token loss on the expert data (None = cross-entropy), and train.chord's settings,
+        # reward callable and stop tokens when the on-policy GRPO term is on
+        self.token_loss: Callable | None = None
+        self.chord: Any = None
+        self.chord_reward: Callable | None = None
+        self.stop_token_ids: list[int] = []
+        self._objective_logs: dict[str, list[float]] = {}
 
     @property
     def train_seconds(self) -> float:
@@ -120,17 +128,49 @@ class SFTTrainer(Trainer):
         if self.accelerator.num_processes > 1:
             count = self.accelerator.reduce(count, reduction="sum")
         self.trained_tokens += int(count)
+        if self.chord is not None:
+            self._attach_rollouts(batches, device)
         return batches, count
 
+    def _attach_rollouts(self, batches: list[dict], device: torch.device) -> None:
+        """CHORD: sample the step's on-policy answers, score them, and give each micro-batch its rollout row
+        (advantage-weighted) and the step's sampled-token count (the GRPO term's denominator)."""
+        c = self.chord
+        model = self.accelerator.unwrap_model(self.model)
+        rows, sampled, rewards = chord.sample_rollouts(model, self.processing_class, batches, c, self.chord_reward,
+                                                       self.stop_token_ids)
+        sampled = torch.tensor(sampled, device=device)
+        if self.accelerator.num_processes > 1:
+            sampled = self.accelerator.reduce(sampled, reduction="sum")
+        for batch, row in zip(batches, rows):
+            if row is not None:
+                batch["rollout"] = row
+                batch["rollout_tokens"] = sampled.clone()
+        mu = chord.mu_at(self.state.global_step, c.mu_peak, c.mu_valley, c.mu_warmup_steps, c.mu_decay_steps)
+        self._objective_logs.setdefault("chord_mu", []).append(mu)
+        if rewards:
+            self._objective_logs.setdefault("chord_reward", []).append(sum(rewards) / len(rewards))
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        rollout, rollout_tokens = inputs.pop("rollout", None), inputs.pop("rollout_tokens", None)
         hidden, targets, weights, head, softcap = trained_hidden_states(model, inputs)
-        loss_sum = linear_cross_entropy(hidden, head, targets, weights, softcap=softcap)
-        if num_items_in_batch is None:  # called outside the training loop: this batch alone
+        loss_sum = linear_token_loss(hidden, head, targets, weights, token_loss=self.token_loss, softcap=softcap)
+        in_training = num_items_in_batch is not None
+        if not in_training:  # called outside the training loop: this batch alone
             num_items_in_batch = max(int(targets.numel()), 1)
             scale = 1
         else:
             scale = self.accelerator.num_processes  # DDP averages gradients over processes
         loss = loss_sum * scale / num_items_in_batch
+        if self.chord is not None and in_training:
+            c = self.chord
+            mu = chord.mu_at(self.state.global_step, c.mu_peak, c.mu_valley, c.mu_warmup_steps, c.mu_decay_steps)
+            loss = mu * loss
+            if rollout is not None:  # advantage-weighted cross-entropy: the GRPO gradient at ratio 1
+                h, t, w, head, softcap = trained_hidden_states(model, rollout)
+                grpo_sum = linear_token_loss(h, head, t, w, softcap=softcap)
+                loss = loss + (1.0 - mu) * grpo_sum * scale / rollout_tokens.clamp(min=1)
         return (loss, None) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -232,6 +272,10 @@ class SFTTrainer(Trainer):
         return True
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            for name, values in self._objective_logs.items():
+                logs[name] = round(sum(values) / len(values), 4)
+            self._objective_logs = {}
         if "loss" in logs and self.trained_tokens:
             logs["trained_tokens"] = self.trained_tokens
             logs["trained_tokens_per_second"] = round(self.trained_tokens / max(self.train_seconds, 1e-9), 2)
