@@ -47,6 +47,8 @@ def build_config(runs_root: str | Path, form: dict[str, Any]) -> config_module.C
     for key in ("lr", "max_steps", "save_steps"):
         if form.get(key):
             raw["train"][key] = float(form[key]) if key == "lr" else int(form[key])
+    if form.get("save_steps"):  # the best checkpoint is chosen by evaluations on the checkpoints' schedule
+        raw["eval"] = {"steps": int(form["save_steps"])}
     return config_module.load(raw)
 
 
@@ -122,7 +124,7 @@ def tab(context: dict[str, Any]) -> None:
                 packing = gr.Checkbox(True, label="Packing")
                 precision = gr.Dropdown(["auto", "fp32", "bf16", "fp16"], value="auto", label="Precision")
                 logging_steps = gr.Number(1, precision=0, minimum=1, label="Log every N steps")
-                save_steps = gr.Number(None, precision=0, label="Checkpoint every N steps (empty: each epoch)")
+                save_steps = gr.Number(None, precision=0, label="Checkpoint and evaluate every N steps (empty: each epoch)")
         with gr.Column(scale=2):
             yaml_view = gr.Code(language="yaml", label="Resolved configuration", elem_id="train-yaml")
             yaml_file = gr.File(label="Download the configuration", interactive=False)
