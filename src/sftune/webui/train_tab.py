@@ -31,15 +31,15 @@ def build_config(runs_root: str | Path, form: dict[str, Any]) -> config_module.C
         raise config_module.ConfigError("data: give at least one training file (Data tab: 'Use for training')")
     method: dict[str, Any] = {"name": form.get("method") or "lora"}
     if method["name"] in ("lora", "qlora"):
-        method.update(r=int(form.get("r") or 16), alpha=float(form.get("alpha") or 32))
+        method.update(r=int(_given(form, "r", 16)), alpha=float(_given(form, "alpha", 32)))
     raw = {
         "model": {"name": form.get("model") or "smollm2-135m-instruct"},
         "data": {"train": train_paths, "eval": split_paths(form.get("eval")),
-                 "max_len": int(form.get("max_len") or 1024), "packing": bool(form.get("packing", True))},
+                 "max_len": int(_given(form, "max_len", 1024)), "packing": bool(form.get("packing", True))},
         "method": method,
-        "train": {"epochs": float(form.get("epochs") or 1), "batch_size": int(form.get("batch_size") or 4),
-                  "grad_accum": int(form.get("grad_accum") or 1), "precision": form.get("precision") or "auto",
-                  "logging_steps": int(form.get("logging_steps") or 5)},
+        "train": {"epochs": float(_given(form, "epochs", 1)), "batch_size": int(_given(form, "batch_size", 4)),
+                  "grad_accum": int(_given(form, "grad_accum", 1)), "precision": form.get("precision") or "auto",
+                  "logging_steps": int(_given(form, "logging_steps", 5))},
         "output": {"dir": str(Path(runs_root).expanduser().resolve() / name)},
     }
     if form.get("template") and not str(form["template"]).startswith("("):
@@ -50,6 +50,12 @@ def build_config(runs_root: str | Path, form: dict[str, Any]) -> config_module.C
     if form.get("save_steps"):  # the best checkpoint is chosen by evaluations on the checkpoints' schedule
         raw["eval"] = {"steps": int(form["save_steps"])}
     return config_module.load(raw)
+
+
+def _given(form: dict[str, Any], key: str, default: Any) -> Any:
+    """The form's value, or the default when the field is empty (0 is a value: the config says if it is wrong)."""
+    value = form.get(key)
+    return default if value is None or value == "" else value
 
 
 def progress_markdown(run_dir: str | Path) -> str:
