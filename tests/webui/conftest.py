@@ -80,3 +80,15 @@ def tiny_run(tmp_path_factory, tiny_checkpoint, demo_files) -> Path:
     run_dir = tmp_path_factory.mktemp("webui-runs") / "tiny-run"
     train(run_config(tiny_checkpoint, demo_files[0], run_dir))
     return run_dir
+
+
+@pytest.fixture
+def served(tmp_path):
+    """The real app on loopback (a free port), its runs folder under tmp_path; closed after the test."""
+    from sftune.webui import launch
+
+    app, url = launch(tmp_path / "runs", host="127.0.0.1", block=False)
+    try:
+        yield url, tmp_path / "runs"
+    finally:
+        app.close()
