@@ -64,10 +64,11 @@ def chat(model: str, with_base: bool, history: list, base_history: list, message
     together on the same prompt."""
     if not message or not message.strip():
         raise ValueError("type a message first")
-    tuned = load(model)
-    base = base_of(tuned) if with_base else None
     history = [*messages_of(history), {"role": "user", "content": message}]
     base_history = [*messages_of(base_history), {"role": "user", "content": message}]
+    yield history, base_history  # the message shows at once; loading a model takes seconds
+    tuned = load(model)
+    base = base_of(tuned) if with_base else None
     streams = [(history, answer(tuned, history, options))]
     if base is not None:
         streams.append((base_history, answer(base, base_history, options)))
