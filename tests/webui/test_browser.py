@@ -43,6 +43,7 @@ def test_from_a_data_file_to_a_chat_with_the_fine_tuned_model(served, demo_files
         page.locator("#train-start").click()
         expect(page.locator("#train-run input")).to_have_value(str(runs_root / "run-1"))
         page.reload()  # the run is a process of its own: the reloaded page finds it and follows it
+        page.get_by_role("tab", name="Train").click()
         expect(page.locator("#train-run input")).to_have_value(str(runs_root / "run-1"))
         expect(page.locator("#train-status")).to_contain_text("finished")
         expect(page.locator("#train-status")).to_contain_text("step 3 / 3")

@@ -61,7 +61,8 @@ def tab(context: dict[str, Any]) -> None:
     with gr.Row():
         data_path = gr.Textbox(label="Also a data file (task data:PATH)", scale=3)
         limit = gr.Number(20, precision=0, minimum=1, label="Items per task (empty: all)")
-        max_new_tokens = gr.Number(None, precision=0, label="Max new tokens (empty: each task's own)")
+        max_new_tokens = gr.Number(None, precision=0, label="Max new tokens (empty: each task's own)",
+                                   elem_id="eval-max-new-tokens")
         with_base = gr.Checkbox(True, label="Compare with the base model")
     go = gr.Button("Evaluate", variant="primary", elem_id="eval-start")
     scores = gr.Dataframe(headers=["task", "metric", "base", "fine-tuned", "delta", "95% interval", "verdict"],

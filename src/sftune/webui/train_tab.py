@@ -123,10 +123,10 @@ def tab(context: dict[str, Any]) -> None:
                 lr = gr.Number(None, label="Learning rate (empty: the method's usual)")
                 epochs = gr.Number(1, minimum=0, label="Epochs")
                 max_steps = gr.Number(None, precision=0, label="Max steps (overrides epochs)", elem_id="train-max-steps")
-                batch_size = gr.Number(4, precision=0, minimum=1, label="Batch size")
+                batch_size = gr.Number(4, precision=0, minimum=1, label="Batch size", elem_id="train-batch-size")
                 grad_accum = gr.Number(1, precision=0, minimum=1, label="Grad accumulation")
             with gr.Row():
-                max_len = gr.Number(1024, precision=0, minimum=8, label="Max length (tokens)")
+                max_len = gr.Number(1024, precision=0, minimum=8, label="Max length (tokens)", elem_id="train-max-len")
                 packing = gr.Checkbox(True, label="Packing")
                 precision = gr.Dropdown(["auto", "fp32", "bf16", "fp16"], value="auto", label="Precision")
                 logging_steps = gr.Number(1, precision=0, minimum=1, label="Log every N steps")
