@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -56,12 +57,16 @@ def main() -> None:
             page.screenshot(path=str(out / "webui-data.png"), full_page=True)
 
             page.get_by_role("button", name="Use for training →").click()
+            page.locator("#train-on-error input").click()
+            page.get_by_role("option", name="skip them (counted in the log)").click()
             for field, value in (("train-max-steps", args.steps), ("train-max-len", 128), ("train-batch-size", 2)):
                 page.locator(f"#{field} input").fill(str(value))
             page.locator("#train-max-steps input").press("Tab")
             expect(page.locator("#train-yaml")).to_contain_text(f"max_steps: {args.steps}")
             page.locator("#train-start").click()
-            expect(page.locator("#train-status")).to_contain_text("left")
+            expect(page.locator("#train-status")).to_contain_text(re.compile("left|failed"))
+            if "failed" in page.locator("#train-status").inner_text():
+                raise SystemExit("the run failed:\n" + (work / "runs" / "run-1" / "train.log").read_text())
             expect(page.locator("#train-status")).to_contain_text(f"step {args.steps // 2} /")
             page.screenshot(path=str(out / "webui-train.png"), full_page=True)
             expect(page.locator("#train-status")).to_contain_text("finished")

@@ -37,7 +37,9 @@ def test_inspect_colours_exactly_the_trained_tokens(demo_files, smollm2_tokenize
 
     shown = "".join(html.unescape(m) for m in re.findall(r"<span class='sftune-trained'>(.*?)</span>",
                                                                 page.split("</p>", 1)[1], re.S))
-    assert shown == "".join(smollm2_tokenizer.decode([t]) for t in trained_ids)
+    # each reply decoded whole (its Chinese characters intact), the masked text around it left out
+    replies = [m.content for m in first.messages if m.role == "assistant"]
+    assert shown == smollm2_tokenizer.decode(trained_ids) == "".join(r + "<|im_end|>" for r in replies)
     assert f"{len(result['input_ids'])} tokens, {len(trained_ids)} trained" in page
 
 

@@ -123,12 +123,23 @@ def inspect_html(paths: list[str], model: str, template: str | None = None, poli
         if result is None:
             parts.append(f"<h4>{where}: no trained token (skipped in training)</h4>")
             continue
-        tokens = explain(result, tokenizer)
-        trained = sum(flag for _, flag in tokens)
-        spans = "".join(f"<span class='{'sftune-trained' if flag else 'sftune-masked'}'>{html.escape(text)}</span>"
-                        for text, flag in tokens)
-        parts.append(f"<h4>{where}: {len(tokens)} tokens, {trained} trained</h4><pre class='sftune-tokens'>{spans}</pre>")
+        flags = [flag for _, flag in explain(result, tokenizer)]
+        spans = "".join(f"<span class='{'sftune-trained' if flag else 'sftune-masked'}'>"
+                        f"{html.escape(tokenizer.decode(ids))}</span>" for ids, flag in runs_of(result["input_ids"], flags))
+        parts.append(f"<h4>{where}: {len(flags)} tokens, {sum(flags)} trained</h4><pre class='sftune-tokens'>{spans}</pre>")
     return "\n".join(parts)
+
+
+def runs_of(ids: list[int], flags: list[bool]) -> list[tuple[list[int], bool]]:
+    """Consecutive tokens with the same flag, as (ids, flag): decoded together, a character whose bytes span
+    several tokens (Chinese in byte-level BPE) shows whole instead of as replacement marks."""
+    runs: list[tuple[list[int], bool]] = []
+    for token, flag in zip(ids, flags):
+        if runs and runs[-1][1] == flag:
+            runs[-1][0].append(token)
+        else:
+            runs.append(([token], flag))
+    return runs
 
 
 CSS = """

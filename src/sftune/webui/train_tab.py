@@ -20,7 +20,7 @@ def build_config(runs_root: str | Path, form: dict[str, Any]) -> config_module.C
     """The training Config from the form's values (validated by sftune.config, as a YAML file would be).
 
     form: name, model, train (paths text), eval (paths text), template, method, r, alpha, lr, epochs,
-    max_steps, batch_size, grad_accum, max_len, packing, precision, logging_steps, save_steps.
+    max_steps, batch_size, grad_accum, max_len, packing, precision, logging_steps, save_steps, on_error.
     """
     name = (form.get("name") or "").strip()
     if not re.fullmatch(r"[\w.-]+", name):
@@ -35,7 +35,8 @@ def build_config(runs_root: str | Path, form: dict[str, Any]) -> config_module.C
     raw = {
         "model": {"name": form.get("model") or "smollm2-135m-instruct"},
         "data": {"train": train_paths, "eval": split_paths(form.get("eval")),
-                 "max_len": int(_given(form, "max_len", 1024)), "packing": bool(form.get("packing", True))},
+                 "max_len": int(_given(form, "max_len", 1024)), "packing": bool(form.get("packing", True)),
+                 "on_error": form.get("on_error") or "raise"},
         "method": method,
         "train": {"epochs": float(_given(form, "epochs", 1)), "batch_size": int(_given(form, "batch_size", 4)),
                   "grad_accum": int(_given(form, "grad_accum", 1)), "precision": form.get("precision") or "auto",
@@ -114,6 +115,8 @@ def tab(context: dict[str, Any]) -> None:
             with gr.Row():
                 train_paths = gr.Textbox(label="Training data (one path per line)", lines=2, elem_id="train-data")
                 eval_paths = gr.Textbox(label="Held-out data (empty: 10% of training)", lines=2)
+                on_error = gr.Dropdown([("stop the run", "raise"), ("skip them (counted in the log)", "skip")],
+                                       value="raise", label="Rejected records", elem_id="train-on-error")
             with gr.Row():
                 method = gr.Dropdown(list(OPTIONS), value="lora", label="Method")
                 r = gr.Number(16, precision=0, minimum=1, label="LoRA rank")
@@ -151,9 +154,9 @@ def tab(context: dict[str, Any]) -> None:
     timer = gr.Timer(REFRESH_SECONDS)
 
     fields = [name, model, train_paths, eval_paths, template, method, r, alpha, lr, epochs, max_steps, batch_size,
-              grad_accum, max_len, packing, precision, logging_steps, save_steps]
+              grad_accum, max_len, packing, precision, logging_steps, save_steps, on_error]
     keys = ["name", "model", "train", "eval", "template", "method", "r", "alpha", "lr", "epochs", "max_steps",
-            "batch_size", "grad_accum", "max_len", "packing", "precision", "logging_steps", "save_steps"]
+            "batch_size", "grad_accum", "max_len", "packing", "precision", "logging_steps", "save_steps", "on_error"]
 
     def form_of(values) -> dict[str, Any]:
         return dict(zip(keys, values))
