@@ -60,8 +60,8 @@ def main() -> None:
             page.locator("#train-on-error input").click()
             page.get_by_role("option", name="skip them (counted in the log)").click()
             for field, value in (("train-max-steps", args.steps), ("train-max-len", 128), ("train-batch-size", 2)):
-                page.locator(f"#{field} input").fill(str(value))
-            page.locator("#train-max-steps input").press("Tab")
+                page.locator(f"#{field} input, #{field} textarea").first.fill(str(value))
+            page.locator("#train-max-steps textarea, #train-max-steps input").first.press("Tab")
             expect(page.locator("#train-yaml")).to_contain_text(f"max_steps: {args.steps}")
             page.locator("#train-start").click()
             expect(page.locator("#train-status")).to_contain_text(re.compile("left|failed"))

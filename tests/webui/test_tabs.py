@@ -57,6 +57,9 @@ def test_the_form_gives_the_config_a_yaml_file_would(tmp_path):
     assert config.to_yaml(cfg) == config.to_yaml(expected)
     with pytest.raises(config.ConfigError, match="run name"):
         train_tab.build_config(tmp_path, {**form, "name": "../x"})
+    with pytest.raises(config.ConfigError, match="train.max_steps: 'ten' is not a number"):
+        train_tab.build_config(tmp_path, {**form, "max_steps": "ten"})
+    assert train_tab.build_config(tmp_path, {**form, "max_steps": " 30 ", "lr": ""}).train.max_steps == 30
     with pytest.raises(config.ConfigError, match="batch_size"):
         train_tab.build_config(tmp_path, {**form, "batch_size": 0})
 

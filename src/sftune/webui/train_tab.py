@@ -46,11 +46,22 @@ def build_config(runs_root: str | Path, form: dict[str, Any]) -> config_module.C
     if form.get("template") and not str(form["template"]).startswith("("):
         raw["data"]["template"] = form["template"]
     for key in ("lr", "max_steps", "save_steps"):
-        if form.get(key):
-            raw["train"][key] = float(form[key]) if key == "lr" else int(form[key])
-    if form.get("save_steps"):  # the best checkpoint is chosen by evaluations on the checkpoints' schedule
-        raw["eval"] = {"steps": int(form["save_steps"])}
+        value = _optional_number(form.get(key), key, float if key == "lr" else int)
+        if value is not None:
+            raw["train"][key] = value
+    if raw["train"].get("save_steps") is not None:  # the best checkpoint is chosen on the evaluations' schedule
+        raw["eval"] = {"steps": raw["train"]["save_steps"]}
     return config_module.load(raw)
+
+
+def _optional_number(value: Any, key: str, kind: type) -> Any:
+    """An optional number typed in a text field: empty is None; anything else must read as a number."""
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        return kind(float(value)) if kind is int and float(value).is_integer() else kind(value)
+    except ValueError:
+        raise config_module.ConfigError(f"train.{key}: {value!r} is not a number") from None
 
 
 def _given(form: dict[str, Any], key: str, default: Any) -> Any:
@@ -72,8 +83,9 @@ def progress_markdown(run_dir: str | Path) -> str:
         parts.append(f"loss {p['loss']:.4f}")
     if p["learning_rate"] is not None:
         parts.append(f"lr {p['learning_rate']:.2e}")
-    if p["tokens_per_second"]:
-        parts.append(f"{p['tokens_per_second']:,.0f} trained tokens/s")
+    if p["tokens_per_second"] is not None:
+        tps = p["tokens_per_second"]
+        parts.append(f"{tps:,.0f} trained tokens/s" if tps >= 10 else f"{tps:.2g} trained tokens/s")
     if p["seconds_left"] is not None and state["state"] == "running":
         parts.append(f"{_duration(p['seconds_left'])} left")
     if state["state"] == "failed":
@@ -87,15 +99,18 @@ def _duration(seconds: float) -> str:
 
 
 def curves(run_dir: str | Path):
-    """(loss frame, learning-rate frame) for gr.LinePlot: step, value, series (train / held-out)."""
+    """(training loss, held-out loss, learning rate) frames of step and value, for gr.LinePlot."""
     import pandas as pd
 
     p = jobs.progress(run_dir)
-    loss = [{"step": r["step"], "loss": r["loss"], "series": "train"} for r in p["train"]]
-    loss += [{"step": r["step"], "loss": r["eval_loss"], "series": "held-out"} for r in p["eval"]]
-    lr = [{"step": r["step"], "learning rate": r.get("learning_rate", 0.0)} for r in p["train"]]
-    return (pd.DataFrame(loss, columns=["step", "loss", "series"]),
-            pd.DataFrame(lr, columns=["step", "learning rate"]))
+
+    def frame(records: list[dict[str, Any]], key: str, name: str):
+        rows = [(r["step"], r.get(key, 0.0)) for r in records]
+        # explicit dtypes: the plot reads numbers as a quantitative axis (an empty frame would say 'object')
+        return pd.DataFrame(rows, columns=["step", name]).astype({"step": "int64", name: "float64"})
+
+    return (frame(p["train"], "loss", "loss"), frame(p["eval"], "eval_loss", "held-out loss"),
+            frame(p["train"], "learning_rate", "learning rate"))
 
 
 def tab(context: dict[str, Any]) -> None:
@@ -123,17 +138,19 @@ def tab(context: dict[str, Any]) -> None:
                 alpha = gr.Number(32, minimum=0, label="LoRA alpha")
                 template = gr.Dropdown(["(model's own)", *templates.BUILTINS], value="(model's own)", label="Template")
             with gr.Row():
-                lr = gr.Number(None, label="Learning rate (empty: the method's usual)")
+                lr = gr.Textbox(label="Learning rate", placeholder="the method's usual", elem_id="train-lr")
                 epochs = gr.Number(1, minimum=0, label="Epochs")
-                max_steps = gr.Number(None, precision=0, label="Max steps (overrides epochs)", elem_id="train-max-steps")
+                max_steps = gr.Textbox(label="Max steps (overrides epochs)", placeholder="from the epochs",
+                                       elem_id="train-max-steps")
                 batch_size = gr.Number(4, precision=0, minimum=1, label="Batch size", elem_id="train-batch-size")
                 grad_accum = gr.Number(1, precision=0, minimum=1, label="Grad accumulation")
             with gr.Row():
                 max_len = gr.Number(1024, precision=0, minimum=8, label="Max length (tokens)", elem_id="train-max-len")
-                packing = gr.Checkbox(True, label="Packing")
+                packing = gr.Checkbox(True, label="Packing", min_width=120)
                 precision = gr.Dropdown(["auto", "fp32", "bf16", "fp16"], value="auto", label="Precision")
                 logging_steps = gr.Number(1, precision=0, minimum=1, label="Log every N steps")
-                save_steps = gr.Number(None, precision=0, label="Checkpoint and evaluate every N steps (empty: each epoch)")
+                save_steps = gr.Textbox(label="Checkpoint and evaluate every N steps", placeholder="each epoch",
+                                        elem_id="train-save-steps")
         with gr.Column(scale=2):
             yaml_view = gr.Code(language="yaml", label="Resolved configuration", elem_id="train-yaml")
             yaml_file = gr.File(label="Download the configuration", interactive=False)
@@ -146,8 +163,11 @@ def tab(context: dict[str, Any]) -> None:
         refresh_button = gr.Button("↻ Runs", scale=1)
     status_text = gr.Markdown(elem_id="train-status")
     with gr.Row():
-        loss_plot = gr.LinePlot(x="step", y="loss", color="series", label="Loss per trained token",
+        # one series per plot: gradio 6.31 draws no line in a colour-split plot whose data began empty
+        loss_plot = gr.LinePlot(x="step", y="loss", label="Training loss per trained token",
                                 elem_id="train-loss-plot", height=260)
+        eval_plot = gr.LinePlot(x="step", y="held-out loss", label="Held-out loss", elem_id="train-eval-plot",
+                                height=260)
         lr_plot = gr.LinePlot(x="step", y="learning rate", label="Learning rate", elem_id="train-lr-plot", height=260)
     with gr.Accordion("Process log (train.log)", open=False):
         log_text = gr.Code(label="train.log", elem_id="train-log")
@@ -199,9 +219,8 @@ def tab(context: dict[str, Any]) -> None:
 
     def on_refresh(run):
         if not run:
-            return "No run selected: start one, or pick one of the runs folder.", None, None, ""
-        loss, learning = curves(run)
-        return progress_markdown(run), loss, learning, jobs.status(run)["log"]
+            return "No run selected: start one, or pick one of the runs folder.", None, None, None, ""
+        return progress_markdown(run), *curves(run), jobs.status(run)["log"]
 
     for field in fields:
         field.change(on_change, fields, [yaml_view, yaml_file], show_progress="hidden")
@@ -209,7 +228,7 @@ def tab(context: dict[str, Any]) -> None:
     stop_button.click(on_stop, run_choice, None, api_name="stop")
     resume_button.click(on_resume, run_choice, None, api_name="resume")
     refresh_button.click(choices, run_choice, run_choice)
-    outputs = [status_text, loss_plot, lr_plot, log_text]
+    outputs = [status_text, loss_plot, eval_plot, lr_plot, log_text]
     timer.tick(on_refresh, run_choice, outputs, show_progress="hidden")
     run_choice.change(on_refresh, run_choice, outputs, show_progress="hidden", api_name="progress")
     context["app_load"].append((choices, None, run_choice))
