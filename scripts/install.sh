@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${SFTUNE_VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
-EXTRAS="${SFTUNE_EXTRAS:-test,gemma,qlora,tools,serve,eval,bench,vision}"
+EXTRAS="${SFTUNE_EXTRAS:-test,gemma,qlora,tools,serve,eval,bench,vision,webui}"
 LOCK="${SFTUNE_LOCK:-requirements/lock.txt}"
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"

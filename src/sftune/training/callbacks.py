@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -12,14 +13,16 @@ GENERATED = ("eval_exact_match", "eval_bleu", "eval_rouge1", "eval_rouge2", "eva
 
 
 class MetricsFileCallback(TrainerCallback):
-    """Appends every log record (train and eval) to metrics.jsonl as one JSON line."""
+    """Appends every log record (train and eval) to metrics.jsonl as one JSON line, with the planned number of
+    steps and the wall-clock time, so a reader of the file alone (the web UI) shows progress and time left."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
-            record = {"step": state.global_step, "epoch": state.epoch, **logs}
+            record = {"step": state.global_step, "epoch": state.epoch, "max_steps": state.max_steps,
+                      "time": round(time.time(), 3), **logs}
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 

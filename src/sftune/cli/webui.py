@@ -1,0 +1,45 @@
+"""sftune webui: the browser UI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sftune.cli.common import _user_error, app, console
+
+
+@app.command("webui")
+def webui_command(
+    runs: Path = typer.Option(Path("runs"), "--runs", help="Folder where runs are started and found."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (only this machine by default)."),
+    share_host: bool = typer.Option(False, "--share-host", help="Bind 0.0.0.0: other machines of the network can "
+                                    "open the UI (use --auth with it)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port (default: 7860, or the next free one)."),
+    auth: Optional[str] = typer.Option(None, "--auth", help="USER:PASS asked by the page before it opens."),
+) -> None:
+    """Data, training, evaluation, chat and export in the browser (needs the `webui` extra)."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        _user_error(RuntimeError("the web UI needs gradio: pip install 'sftune[webui]'"))
+    credentials = None
+    if auth is not None:
+        user, _, password = auth.partition(":")
+        if not user or not password:
+            _user_error(ValueError(f"--auth {auth!r}: write USER:PASS, e.g. --auth admin:s3cret"))
+        credentials = (user, password)
+    bind = "0.0.0.0" if share_host else host
+    if bind not in ("127.0.0.1", "localhost", "::1") and credentials is None:
+        console.print(f"[yellow]warning:[/yellow] the UI is open to the network on {bind} without a password; "
+                      "add --auth USER:PASS", highlight=False)
+    from sftune.webui import launch
+
+    try:
+        ui, url = launch(runs, host=bind, port=port, auth=credentials, block=False)
+    except OSError as err:
+        _user_error(err)
+    console.print(f"sftune web UI: {url}  (runs folder {runs.resolve()}; Ctrl-C to quit; runs keep training)",
+                  highlight=False)
+    ui.block_thread()

@@ -1,0 +1,222 @@
+"""The Data tab: pick or upload files; the detected format and the validation report with every rejected
+record and its reason (`sftune data check`), statistics with the length histograms (`data stats`), and
+records rendered in a template with trained tokens coloured (`data inspect`)."""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REJECTED_SHOWN = 200  # rows of the rejected-records table; the quarantine file keeps them all
+
+
+def split_paths(text: str | None) -> list[str]:
+    """Paths typed one per line or separated by commas."""
+    return [p.strip() for line in (text or "").splitlines() for p in line.split(",") if p.strip()]
+
+
+def keep_uploads(files: list[Any] | None, uploads_dir: str | Path) -> list[str]:
+    """Copy uploaded files into the UI's uploads folder (a browser upload lives in a temporary folder; a run
+    that trains on it must find it later) and return their paths."""
+    kept = []
+    folder = Path(uploads_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in files or []:
+        source = Path(item if isinstance(item, (str, Path)) else item.name)
+        target = folder / source.name
+        if source.resolve() != target.resolve():
+            shutil.copyfile(source, target)
+        kept.append(str(target))
+    return kept
+
+
+def check_files(paths: list[str], format: str | None = None) -> dict[str, Any]:
+    """Validate every record (`sftune data check`): the report's counts, each file's detected format, and
+    the rejected records with their reasons (read back from the quarantine file)."""
+    from sftune.data import REASONS, check
+
+    if not paths:
+        raise ValueError("no data file given: upload a file or type its path")
+    with tempfile.TemporaryDirectory(prefix="sftune-webui-") as folder:
+        quarantine = Path(folder) / "rejected.jsonl"
+        report = check(paths, format=format or None, quarantine=quarantine, syntax="cli")
+        rejected = []
+        if quarantine.is_file():
+            with quarantine.open(encoding="utf-8") as f:
+                for line in f:
+                    if len(rejected) >= REJECTED_SHOWN:
+                        break
+                    item = json.loads(line)
+                    rejected.append([" ".join(p for p in (item.get("source"), item.get("location")) if p),
+                                     item["reason"], item["error"]])
+    return {
+        "total": report.total, "valid": report.valid, "invalid": report.invalid,
+        "validation_rate": report.validation_rate,
+        "files": [[source, counts["format"] or "(none detected)", counts["total"], counts["valid"], counts["invalid"]]
+                  for source, counts in report.files.items()],
+        "reasons": [[reason, count, REASONS.get(reason, "")] for reason, count in report.reasons.most_common()],
+        "rejected": rejected,
+        "notes": list(report.notes),
+    }
+
+
+def check_summary(result: dict[str, Any]) -> str:
+    """The report's counts as a line of markdown."""
+    text = (f"**{result['total']:,} records**: {result['valid']:,} valid, {result['invalid']:,} rejected "
+            f"(validation rate {result['validation_rate']:.1%})")
+    if not result["total"]:
+        text += "  \n**No records were read**: the files are empty or hold only blank lines."
+    if result["invalid"] > len(result["rejected"]):
+        text += f"  \nThe table shows the first {len(result['rejected'])} rejected records."
+    return text + "".join(f"  \nnote: {note}" for note in result["notes"])
+
+
+def statistics(paths: list[str], format: str | None = None, tokenizer: str | None = None) -> tuple[dict, str]:
+    """`sftune data stats`: lengths, turns, languages and noise flags, and the histograms as a PNG file."""
+    from sftune import models
+    from sftune.data import read
+    from sftune.data.quality import plot_histograms, stats
+
+    loaded = models.load(tokenizer, tokenizer_only=True)[1] if tokenizer else None
+    result = stats(read(paths, format=format or None, on_error="skip", syntax="cli"), tokenizer=loaded)
+    image = tempfile.NamedTemporaryFile(prefix="sftune-histograms-", suffix=".png", delete=False).name
+    if result["conversations"]:
+        plot_histograms(result, image)
+    return result, image
+
+
+def stats_markdown(result: dict[str, Any]) -> str:
+    lines = [f"**{result['conversations']:,} valid conversations**", "",
+             "| per conversation | min | mean | p50 | p90 | p99 | max |", "|---|---|---|---|---|---|---|"]
+    for name in ("characters", "tokens", "user_turns"):
+        s = result.get(name)
+        if s and s.get("count"):
+            lines.append(f"| {name} | {s['min']:,} | {s['mean']:,} | {s['p50']:,.0f} | {s['p90']:,.0f} | "
+                         f"{s['p99']:,.0f} | {s['max']:,} |")
+    lines += ["", "languages: " + ", ".join(f"{k} {v:,}" for k, v in result["languages"].items())]
+    lines += [f"{flag}: {found['count']:,}" + (f" (e.g. {', '.join(found['examples'])})" if found["count"] else "")
+              for flag, found in result["flags"].items()]
+    return "  \n".join(lines)
+
+
+def inspect_html(paths: list[str], model: str, template: str | None = None, policy: str = "assistant",
+                 limit: int = 3, format: str | None = None, max_len: int | None = None) -> str:
+    """`sftune data inspect` as HTML: each token of the first records, green when trained, grey when masked."""
+    from sftune import models, templates
+    from sftune.data import read
+    from sftune.data.errors import where as where_from
+    from sftune.encode import encode, explain
+
+    tokenizer = models.load(model, tokenizer_only=True)[1]
+    chosen = templates.get(template, tokenizer) if template else templates.default_for(tokenizer)
+    parts = [f"<p>template: <b>{html.escape(chosen.name)}</b> &nbsp; policy: <b>{html.escape(policy)}</b> &nbsp; "
+             "<span class='sftune-trained'>trained</span> <span class='sftune-masked'>masked</span></p>"]
+    for k, conversation in enumerate(read(paths, format=format or None, syntax="cli")):
+        if k >= limit:
+            break
+        where = html.escape(where_from(conversation.meta, f"record {k}"))
+        result = encode(conversation, tokenizer, chosen, policy=policy, max_len=max_len)
+        if result is None:
+            parts.append(f"<h4>{where}: no trained token (skipped in training)</h4>")
+            continue
+        flags = [flag for _, flag in explain(result, tokenizer)]
+        spans = "".join(f"<span class='{'sftune-trained' if flag else 'sftune-masked'}'>"
+                        f"{html.escape(tokenizer.decode(ids))}</span>" for ids, flag in runs_of(result["input_ids"], flags))
+        parts.append(f"<h4>{where}: {len(flags)} tokens, {sum(flags)} trained</h4><pre class='sftune-tokens'>{spans}</pre>")
+    return "\n".join(parts)
+
+
+def runs_of(ids: list[int], flags: list[bool]) -> list[tuple[list[int], bool]]:
+    """Consecutive tokens with the same flag, as (ids, flag): decoded together, a character whose bytes span
+    several tokens (Chinese in byte-level BPE) shows whole instead of as replacement marks."""
+    runs: list[tuple[list[int], bool]] = []
+    for token, flag in zip(ids, flags):
+        if runs and runs[-1][1] == flag:
+            runs[-1][0].append(token)
+        else:
+            runs.append(([token], flag))
+    return runs
+
+
+CSS = """
+.sftune-trained { color: #15803d; font-weight: 600; background: #dcfce7; }
+.sftune-masked { color: #6b7280; }
+pre.sftune-tokens { white-space: pre-wrap; word-break: break-word; font-size: 0.85em; }
+"""
+
+
+def tab(context: dict[str, Any]) -> None:
+    """The Data tab's components and events (inside a gr.Tab)."""
+    import gradio as gr
+
+    from sftune import models, templates
+    from sftune.data import FORMATS
+
+    with gr.Row():
+        files = gr.File(label="Upload data files", file_count="multiple", scale=1)
+        with gr.Column(scale=1):
+            paths = gr.Textbox(label="Data files (paths, folders or globs; one per line)", lines=3,
+                               elem_id="data-paths")
+            fmt = gr.Dropdown(["(detect)", *FORMATS], value="(detect)", label="Format")
+    with gr.Row():
+        check_button = gr.Button("Validate", variant="primary", elem_id="data-validate")
+        stats_button = gr.Button("Statistics")
+        use_button = gr.Button("Use for training →")
+    summary = gr.Markdown(elem_id="data-summary")
+    file_table = gr.Dataframe(headers=["file", "format", "records", "valid", "rejected"], label="Files",
+                              interactive=False)
+    reasons_table = gr.Dataframe(headers=["reason", "count", "meaning"], label="Rejected, by reason",
+                                 interactive=False)
+    rejected_table = gr.Dataframe(headers=["where", "reason", "error"], label="Rejected records",
+                                  interactive=False, wrap=True, elem_id="data-rejected")
+    with gr.Row():
+        stats_text = gr.Markdown()
+        histograms = gr.Image(label="Length histograms", type="filepath", interactive=False)
+    with gr.Accordion("Inspect: records in a template, trained tokens coloured", open=False):
+        with gr.Row():
+            model = gr.Dropdown(list(models.EMBEDDED), value=models.DEFAULT_MODEL, allow_custom_value=True,
+                                label="Model (its tokenizer)")
+            template = gr.Dropdown(["(model's own)", *templates.BUILTINS], value="(model's own)", label="Template")
+            policy = gr.Dropdown(["assistant", "last", "all"], value="assistant", label="Trained turns")
+            limit = gr.Number(3, precision=0, minimum=1, label="Records")
+        inspect_button = gr.Button("Inspect")
+        tokens = gr.HTML()
+
+    def fmt_value(value: str) -> str | None:
+        return None if value in (None, "", "(detect)") else value
+
+    def uploaded(new_files, typed):
+        kept = keep_uploads(new_files, context["uploads"])
+        return "\n".join(dict.fromkeys([*split_paths(typed), *kept]))
+
+    def on_check(typed, format_name):
+        try:
+            result = check_files(split_paths(typed), fmt_value(format_name))
+        except (ValueError, OSError) as err:
+            raise gr.Error(str(err)) from None
+        return check_summary(result), result["files"], result["reasons"], result["rejected"]
+
+    def on_stats(typed, format_name, model_name):
+        try:
+            result, image = statistics(split_paths(typed), fmt_value(format_name), model_name or None)
+        except (ValueError, OSError) as err:
+            raise gr.Error(str(err)) from None
+        return stats_markdown(result), image if result["conversations"] else None
+
+    def on_inspect(typed, format_name, model_name, template_name, policy_name, count):
+        try:
+            return inspect_html(split_paths(typed), model_name, None if template_name.startswith("(") else template_name,
+                                policy_name, int(count or 3), fmt_value(format_name))
+        except (ValueError, OSError, RuntimeError) as err:
+            raise gr.Error(str(err)) from None
+
+    files.upload(uploaded, [files, paths], paths)
+    check_button.click(on_check, [paths, fmt], [summary, file_table, reasons_table, rejected_table], api_name="check")
+    stats_button.click(on_stats, [paths, fmt, model], [stats_text, histograms], api_name="stats")
+    inspect_button.click(on_inspect, [paths, fmt, model, template, policy, limit], tokens, api_name="inspect")
+    context["data_paths"] = paths
+    context["use_for_training"] = use_button

@@ -1,0 +1,39 @@
+"""The UI through gradio_client against the real app served on 127.0.0.1: the same answers as the
+functions behind it."""
+
+from __future__ import annotations
+
+import pytest
+
+from sftune.webui import data_tab
+
+
+def test_validate_through_the_api_gives_the_check_report(served, mixed_file):
+    from gradio_client import Client
+
+    url, _ = served
+    assert url.startswith("http://127.0.0.1:")
+    client = Client(url, verbose=False, analytics_enabled=False)
+    summary, files, reasons, rejected = client.predict(str(mixed_file), "(detect)", api_name="/check")
+    reference = data_tab.check_files([str(mixed_file)])
+    assert summary == data_tab.check_summary(reference)
+    assert rejected["data"] == reference["rejected"]
+    assert [row[:2] for row in reasons["data"]] == [row[:2] for row in reference["reasons"]]
+    with pytest.raises(Exception, match="no data file given"):
+        client.predict("", "(detect)", api_name="/check")
+
+
+def test_chat_through_the_api_streams_the_runs_answer(served, tiny_run):
+    from gradio_client import Client
+
+    from sftune.generation import GenerationOptions
+    from sftune.webui import chat_tab
+
+    url, _ = served
+    client = Client(url, verbose=False, analytics_enabled=False)
+    tuned, base, message = client.predict(str(tiny_run), False, [], [], "hello", 8, 0, api_name="/chat")
+    *_, (reference, _) = chat_tab.chat(str(tiny_run), False, [], [], "hello", GenerationOptions(max_new_tokens=8))
+    # the Chatbot trims a reply's surrounding whitespace when it sends it
+    got = [(m["role"], m["content"].strip()) for m in chat_tab.messages_of(tuned)]
+    assert got == [(m["role"], m["content"].strip()) for m in reference] and len(got) == 2
+    assert base == [] and message == ""
