@@ -52,3 +52,12 @@ def smollm2_tokenizer():
 @pytest.fixture(params=TINY_ARCHITECTURES)
 def tiny_arch(request) -> str:
     return request.param
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path, smollm2_tokenizer):
+    """A tiny random llama with the real SmolLM2 tokenizer, saved as a checkpoint folder (a run's model.name)."""
+    folder = tmp_path / "tiny-model"
+    tiny_model("llama", vocab_size=len(smollm2_tokenizer)).save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    return folder

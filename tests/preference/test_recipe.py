@@ -7,19 +7,12 @@ import json
 
 import pytest
 
-from tests.conftest import tiny_model
 from tests.training.helpers import PoisonAt
 
 PAIRS = [{"prompt": f"Say a word about {w}.", "chosen": f"{w.capitalize()}! Done.", "rejected": f"I will not talk of {w}."}
          for w in ("cats", "dogs", "rain", "snow", "tea", "bread", "ships", "trees", "stars", "rivers", "salt", "glass")]
 
 
-@pytest.fixture
-def tiny_checkpoint(tmp_path, smollm2_tokenizer):
-    folder = tmp_path / "tiny-model"
-    tiny_model("llama", vocab_size=len(smollm2_tokenizer)).save_pretrained(folder)
-    smollm2_tokenizer.save_pretrained(folder)
-    return folder
 
 
 def _config(tmp_path, model, method, out, **preference):

@@ -8,16 +8,8 @@ from pathlib import Path
 import pytest
 from transformers import TrainerCallback
 
-from tests.conftest import tiny_model
 
 
-@pytest.fixture
-def tiny_checkpoint(tmp_path, smollm2_tokenizer):
-    """A tiny random llama with the real SmolLM2 tokenizer, saved as a checkpoint folder."""
-    folder = tmp_path / "tiny-model"
-    tiny_model("llama", vocab_size=len(smollm2_tokenizer)).save_pretrained(folder)
-    smollm2_tokenizer.save_pretrained(folder)
-    return folder
 
 
 def demo_data(tmp_path: Path) -> tuple[Path, Path]:

@@ -105,12 +105,6 @@ def _config(tmp_path, model_dir, out: str, **selection_options) -> dict:
     return cfg
 
 
-@pytest.fixture
-def tiny_checkpoint(tmp_path, smollm2_tokenizer):
-    folder = tmp_path / "tiny-model"
-    tiny_model("llama", vocab_size=len(smollm2_tokenizer)).save_pretrained(folder)
-    smollm2_tokenizer.save_pretrained(folder)
-    return folder
 
 
 def test_ratio_1_trains_exactly_as_plain_training(tmp_path, tiny_checkpoint):
