@@ -86,3 +86,24 @@ def test_image_count_must_match(vision_run, images):
                                             "images": [images["red"]]})
     with pytest.raises(ValueError, match="2 image placeholders but 1 images"):
         vision_generate.prompt_inputs(conv, loaded.processor, loaded.template)
+
+
+def test_generate_file_answers_image_records(vision_run, tmp_path):
+    """`sftune generate` on a vision run: each record's image goes with its prompt (answers equal generate's)."""
+    import json
+
+    from sftune.serve.batch import GenerateError, generate_file
+
+    loaded = runs.load(vision_run)
+    data = shapes.write(tmp_path, 3, seed=7)
+    options = GenerationOptions(max_new_tokens=5)
+    summary = generate_file(loaded, data, tmp_path / "out.jsonl", options, batch_size=2, progress=False)
+    assert summary["written"] == 3
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    prompts = [c.__class__(c.messages[:-1], images=c.images) for c in read([data])]
+    expected = vision_generate.generate(loaded, prompts, options)
+    assert [r["answer"] for r in records] == [e.text for e in expected]
+    assert all(len(r["images"]) == 1 for r in records)
+    text_only = runs.Loaded("text-run", loaded.model, loaded.tokenizer, loaded.template, loaded.stop_token_ids)
+    with pytest.raises(GenerateError, match="has images, but text-run is a text-only run"):
+        generate_file(text_only, data, tmp_path / "out2.jsonl", options, progress=False)
