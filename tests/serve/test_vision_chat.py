@@ -43,7 +43,7 @@ def test_image_command_attaches_to_the_next_message(vision_run, images, tmp_path
     assert a1 + "\n" in text and a3 + "\n" in text and any((a1, a2, a3))
 
 
-def test_image_command_in_a_text_only_run_is_refused(lora_run, images):
+def test_image_command_in_a_text_only_run_is_refused(lora_run, images):  # noqa: F811
     loaded = runs.load(lora_run)
     out = io.StringIO()
     history = chat_loop(loaded, iter([f"/image {images['red']}", "Hi", "/exit"]), Console(file=out, width=300),
