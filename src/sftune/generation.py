@@ -107,6 +107,15 @@ def _generate_batch(model: Any, tokenizer: Any, batch: list[list[int]], options:
     width = max(map(len, batch))
     input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in batch], device=model.device)
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch], device=model.device)
+    kwargs = generate_kwargs(tokenizer, options, stops, pad)
+    with torch.no_grad():
+        out = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+    return [completion_of(tokenizer, row[width:].tolist(), len(prompt), options, set(stops))
+            for row, prompt in zip(out, batch)]
+
+
+def generate_kwargs(tokenizer: Any, options: GenerationOptions, stops: list[int], pad: int | None) -> dict[str, Any]:
+    """transformers' generate settings for `options`: stop tokens, greedy or sampling, stop strings."""
     kwargs: dict[str, Any] = dict(max_new_tokens=options.max_new_tokens, pad_token_id=pad, eos_token_id=stops,
                                   use_cache=True, do_sample=options.sampling)
     if options.sampling:
@@ -115,10 +124,7 @@ def _generate_batch(model: Any, tokenizer: Any, batch: list[list[int]], options:
         kwargs.update(temperature=None, top_p=None, top_k=None)
     if options.stop:
         kwargs.update(stop_strings=list(options.stop), tokenizer=tokenizer)
-    with torch.no_grad():
-        out = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
-    return [completion_of(tokenizer, row[width:].tolist(), len(prompt), options, set(stops))
-            for row, prompt in zip(out, batch)]
+    return kwargs
 
 
 def completion_of(tokenizer: Any, new: list[int], prompt_tokens: int, options: GenerationOptions,
@@ -159,26 +165,22 @@ def stream(
     *,
     stop_token_ids: Sequence[int] = (),
     add_special_tokens: bool = False,
+    model_inputs: dict[str, Any] | None = None,
 ) -> Iterator[str]:
     """The answer to one prompt as text pieces while it is generated (for chat and streamed replies).
 
     Text that might be the start of a stop string is held back until it is known not to be one.
+    `model_inputs` go to the model beside the ids (a vision-language prompt's pixel_values ...).
     """
     from transformers import TextIteratorStreamer
 
     ids = encode_prompts(tokenizer, [prompt], add_special_tokens=add_special_tokens)[0]
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     stops = list(stop_token_ids) or [tokenizer.eos_token_id]
-    kwargs: dict[str, Any] = dict(max_new_tokens=options.max_new_tokens, eos_token_id=stops, streamer=streamer,
-                                  pad_token_id=tokenizer.pad_token_id, do_sample=options.sampling, use_cache=True)
-    if options.sampling:
-        kwargs.update(temperature=options.temperature, top_p=options.top_p, top_k=options.top_k or None)
-        if options.seed is not None:
-            torch.manual_seed(options.seed)
-    else:
-        kwargs.update(temperature=None, top_p=None, top_k=None)
-    if options.stop:
-        kwargs.update(stop_strings=list(options.stop), tokenizer=tokenizer)
+    kwargs = generate_kwargs(tokenizer, options, stops, tokenizer.pad_token_id)
+    kwargs.update(model_inputs or {}, streamer=streamer)
+    if options.sampling and options.seed is not None:
+        torch.manual_seed(options.seed)
     input_ids = torch.tensor([ids], device=model.device)
     failure: list[BaseException] = []
     cancelled = threading.Event()  # set when the caller stops reading: generation stops at the next token

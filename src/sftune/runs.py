@@ -7,7 +7,9 @@ A run folder is what `sftune train` writes: config.yaml, the tokenizer with the 
 saved as its `chat_template`, and either an adapter (adapter_config.json, loaded on its base model)
 or full weights (config.json). The template is rebuilt from the run's config exactly as training
 built it and checked against the tokenizer's saved template, so inference renders what training
-rendered; generation stops at the template's end-of-turn token and EOS.
+rendered; generation stops at the template's end-of-turn token and EOS. A vision-language run
+(its base loads with AutoModelForImageTextToText) also gets the processor saved in its folder:
+generation with images is sftune.vision.generate.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ class Loaded:
     run_dir: Path | None = None
     method: str | None = None  # the run's training method; None for a plain model
     config: Any = field(default=None, repr=False)  # the run's sftune Config
+    processor: Any = field(default=None, repr=False)  # a vision-language run's processor (None: text only)
+
+    @property
+    def is_vision(self) -> bool:
+        return self.processor is not None
 
     @property
     def is_adapter(self) -> bool:
@@ -97,20 +104,20 @@ def load(
     cfg = run_config(run_dir)
     from sftune.vision.models import is_vision_model
 
-    if is_vision_model(run_dir) or is_vision_model(models.resolve(cfg.model.name)):
-        raise RunError(f"{run_dir} is a vision-language run: chat, generate, evaluate and serve read text-only runs "
-                       "in this version. Load it in Python with sftune.vision.models.load (the base model) and "
-                       "peft's PeftModel.from_pretrained (the adapter), with the processor saved in the run folder.")
     if template is not None and template != cfg.data.template:
         raise RunError(f"{run_dir} was trained with template {_template_name(cfg)}; a run answers "
                        "with the template it was trained with. Drop the template option.")
-    if (run_dir / ADAPTER_CONFIG).is_file():
+    processor = None
+    if is_vision_model(run_dir) or is_vision_model(models.resolve(cfg.model.name)):
+        model, processor = _load_vision_run(run_dir, cfg, dtype, device_map, merge)
+        tokenizer = processor.tokenizer
+    elif (run_dir / ADAPTER_CONFIG).is_file():
         model, tokenizer = _load_adapter_run(run_dir, cfg, dtype, device_map, merge)
     else:
         model, tokenizer = models.load(run_dir, dtype=dtype, device_map=device_map)
     chosen = run_template(run_dir, cfg, tokenizer)
     return Loaded(name, model.eval(), tokenizer, chosen, chosen.stop_token_ids(tokenizer), base=cfg.model.name,
-                  run_dir=run_dir, method=cfg.method.name, config=cfg)
+                  run_dir=run_dir, method=cfg.method.name, config=cfg, processor=processor)
 
 
 def run_template(run_dir: Path, cfg: Any, tokenizer: Any) -> templates.Template:
@@ -143,3 +150,25 @@ def _load_adapter_run(run_dir: Path, cfg: Any, dtype: Any, device_map: Any, merg
     if merge and cfg.method.name in ("lora",):
         model = model.merge_and_unload()
     return model, tokenizer
+
+
+def _load_vision_run(run_dir: Path, cfg: Any, dtype: Any, device_map: Any, merge: bool):
+    """A vision-language run: its base loaded as training loaded it plus the adapter (or the run's full
+    weights), and the processor saved in the run folder (its tokenizer carries the training template)."""
+    from sftune import methods
+    from sftune.vision import models as vision_models
+
+    processor = vision_models.load_processor(run_dir)
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    options = dict(dtype=dtype, device_map=device_map, trust_remote_code=cfg.model.trust_remote_code)
+    if not (run_dir / ADAPTER_CONFIG).is_file():
+        model, _ = vision_models.load(run_dir, **options)
+        return model, processor
+    from peft import PeftModel
+
+    model, _ = vision_models.load(models.resolve(cfg.model.name), **options, **methods.load_kwargs(cfg.method))
+    model = PeftModel.from_pretrained(model, str(run_dir))
+    if merge and cfg.method.name == "lora":
+        model = model.merge_and_unload()
+    return model, processor

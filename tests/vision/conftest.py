@@ -37,3 +37,20 @@ def images(tmp_path_factory):
     Image.new("RGB", (40, 30), "red").save(folder / "red.png")
     Image.new("RGB", (20, 50), "blue").save(folder / "blue.png")
     return {"red": str(folder / "red.png"), "blue": str(folder / "blue.png")}
+
+
+@pytest.fixture(scope="session")
+def vision_run(tmp_path_factory, vlm_folder):
+    """A tiny LLaVA LoRA run (projector trained too) written by the ordinary recipe, and its data folder."""
+    from sftune.training.recipe import train
+    from sftune.vision import shapes
+
+    root = tmp_path_factory.mktemp("vision-run")
+    data = shapes.write(root / "data", 8, seed=0)
+    train({"model": {"name": str(vlm_folder("llava"))},
+           "data": {"train": [str(data)], "max_len": 128},
+           "method": {"name": "lora"},
+           "train": {"max_steps": 2, "batch_size": 4, "lr": 1e-2},
+           "vision": {"train_projector": True},
+           "output": {"dir": str(root / "run")}})
+    return root / "run"

@@ -34,9 +34,9 @@ def chat_command(
     template: Optional[str] = _INFER_TEMPLATE,
 ) -> None:
     """Chat with a run in the terminal: streamed answers, multi-turn history, the run's training template.
-    Commands: /system TEXT, /reset, /exit (or Ctrl-D)."""
+    Commands: /system TEXT, /reset, /exit (or Ctrl-D); /image PATH with a vision-language run."""
     from sftune.generation import GenerationOptions
-    from sftune.serve.chat import COMMANDS, chat_loop, terminal_lines
+    from sftune.serve.chat import COMMANDS, IMAGE_COMMAND, chat_loop, terminal_lines
 
     try:
         loaded = _load_for_inference(run_or_model, template)
@@ -45,7 +45,8 @@ def chat_command(
             raise
         _user_error(err)
     options = GenerationOptions(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    console.print(f"[dim]{loaded.name} · template {loaded.template.name} · {COMMANDS}[/dim]")
+    commands = f"{COMMANDS}, {IMAGE_COMMAND}" if loaded.processor is not None else COMMANDS
+    console.print(f"[dim]{loaded.name} · template {loaded.template.name} · {commands}[/dim]")
     chat_loop(loaded, terminal_lines(console), console, options, system=system)
 
 

@@ -21,6 +21,7 @@ class Served:
     adapter: str | None
     template: Template
     stop_token_ids: tuple[int, ...]
+    processor: Any = None  # a vision-language run's processor: image parts are read (None: text only)
 
 
 class AdapterError(RuntimeError):
@@ -46,14 +47,16 @@ def load(run_or_model: str, adapters: dict[str, str] | None = None, template: st
     if loaded.run_dir is not None and not loaded.is_adapter and adapters:
         raise AdapterError(f"{run_or_model} is a {loaded.method} run with full weights; --adapter adds LoRA adapters "
                            "to a base model. Serve a LoRA run, or the base model itself, with the adapters.")
+    if loaded.is_vision:
+        _check_vision(run_or_model, loaded, adapters)
     base = loaded.base if loaded.is_adapter else str(run_or_model)
     base_load = methods.load_kwargs(loaded.config.method) if loaded.is_adapter else {}
     names: dict[str, Served] = {}
     if loaded.is_adapter:
-        names[primary] = Served(primary, "default", loaded.template, stops)
-        names[base] = Served(base, None, loaded.template, stops)
+        names[primary] = Served(primary, "default", loaded.template, stops, loaded.processor)
+        names[base] = Served(base, None, loaded.template, stops, loaded.processor)
     else:
-        names[primary] = Served(primary, None, loaded.template, stops)
+        names[primary] = Served(primary, None, loaded.template, stops, loaded.processor)
     model = loaded.model
     for name, folder in adapters.items():
         if name in names:
@@ -67,6 +70,19 @@ def load(run_or_model: str, adapters: dict[str, str] | None = None, template: st
         names[name] = Served(name, name, template_, tuple(template_.stop_token_ids(loaded.tokenizer)))
     model.eval()
     return model, loaded.tokenizer, names
+
+
+def _check_vision(run_or_model: str, loaded: Any, adapters: dict[str, str]) -> None:
+    """What the server does not do with a vision-language run yet: more adapters, and Qwen2-VL's 3-D rope
+    positions (the batcher's decode steps count positions in 1-D)."""
+    if adapters:
+        raise AdapterError(f"{run_or_model} is a vision-language run; --adapter serves text-only LoRA runs on one "
+                           "base in this version. Serve each vision-language run in a server of its own.")
+    model_type = getattr(getattr(loaded.model, "config", None), "model_type", "")
+    if model_type in ("qwen2_vl", "qwen2_5_vl"):
+        raise AdapterError(f"{run_or_model} is a {model_type} run: the server does not serve Qwen2-VL's 3-D rope "
+                           "positions yet. Generate in Python with sftune.vision.generate, or serve an "
+                           "LLaVA / Idefics3 / Gemma 3 run.")
 
 
 def _check_adapter(name: str, folder: str, base: str, base_load: dict, tokenizer: Any) -> tuple[Template, Any]:

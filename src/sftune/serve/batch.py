@@ -45,7 +45,8 @@ def read_prompts(path: str | Path, **read_options: Any) -> list[dict[str, Any]]:
         extra = conversation.meta.get("extra") or {}
         record_id = extra.get("id", conversation.meta.get("id"))
         items.append({"index": index, "id": record_id, "source": where(conversation.meta),
-                      "messages": messages, "tools": conversation.tools, "reference": reference})
+                      "messages": messages, "tools": conversation.tools, "reference": reference,
+                      "images": list(conversation.images)})
     return items
 
 
@@ -104,16 +105,27 @@ def generate_file(
     items = read_prompts(input_path, **(read_options or {}))
     done = done_indices(out, items)
     todo = [item for item in items if item["index"] not in done]
+    with_images = next((item for item in todo if item["images"]), None)
+    if with_images is not None and getattr(loaded, "processor", None) is None:
+        raise GenerateError(f"{with_images['source']} has images, but {loaded.name} is a text-only run; answer "
+                            "image records with a vision-language run, or drop them from the input")
     out.parent.mkdir(parents=True, exist_ok=True)
     tokens = 0
     with open(out, "a", encoding="utf-8") as handle, \
             generation.TokenProgress(progress, console, "generating", len(todo)) as bar:
         for lo in range(0, len(todo), batch_size):
             batch = todo[lo: lo + batch_size]
-            prompts = [loaded.template.render(templates.normalize_messages(item["messages"]), tools=item["tools"],
-                                              add_generation_prompt=True) for item in batch]
-            answers = generation.generate(loaded.model, loaded.tokenizer, prompts, options,
-                                          stop_token_ids=loaded.stop_token_ids, batch_size=batch_size)
+            if getattr(loaded, "processor", None) is not None:  # a vision-language run: images with the text
+                from sftune.vision import generate as vision_generate
+
+                answers = vision_generate.generate(loaded, [data.Conversation(
+                    [data.Message(m["role"], m["content"]) for m in item["messages"]], tools=item["tools"],
+                    images=item["images"]) for item in batch], options, batch_size=batch_size)
+            else:
+                prompts = [loaded.template.render(templates.normalize_messages(item["messages"]),
+                                                  tools=item["tools"], add_generation_prompt=True) for item in batch]
+                answers = generation.generate(loaded.model, loaded.tokenizer, prompts, options,
+                                              stop_token_ids=loaded.stop_token_ids, batch_size=batch_size)
             for item, answer in zip(batch, answers):
                 handle.write(json.dumps(_record(item, answer), ensure_ascii=False) + "\n")
             handle.flush()
@@ -130,6 +142,8 @@ def _record(item: dict[str, Any], answer: generation.Completion) -> dict[str, An
     record.update(source=item["source"], messages=item["messages"], answer=answer.text,
                   finish_reason=answer.finish_reason, prompt_tokens=answer.prompt_tokens,
                   completion_tokens=answer.completion_tokens)
+    if item.get("images"):
+        record["images"] = item["images"]
     if item["reference"] is not None:
         record["reference"] = item["reference"]
     return record

@@ -42,6 +42,7 @@ class Request:
     tokens: list[int] = field(default_factory=list)
     sent: int = 0  # characters of the answer already streamed
     generator: torch.Generator | None = None
+    model_inputs: dict[str, torch.Tensor] | None = None  # a vision-language prompt's pixels (prefilled alone)
 
 
 class Batcher:
@@ -133,9 +134,16 @@ class Batcher:
         return admitted
 
     def _prefill(self, requests: list[Request]) -> None:
-        """Run the new prompts (left-padded together), pick their first tokens, merge them into the batch."""
+        """Run the new prompts (text ones left-padded together, each one with images alone: its pixels are
+        its own), pick their first tokens, merge them into the batch."""
         if not self.rows:
             self.activate(self.adapter)
+        text = [r for r in requests if not r.model_inputs]
+        groups = ([text] if text else []) + [[r] for r in requests if r.model_inputs]
+        for group in groups:
+            self._prefill_group(group)
+
+    def _prefill_group(self, requests: list[Request]) -> None:
         device = self.model.device
         width = max(len(r.prompt_ids) for r in requests)
         ids = torch.tensor([[0] * (width - len(r.prompt_ids)) + r.prompt_ids for r in requests], device=device)
@@ -143,8 +151,9 @@ class Batcher:
                             device=device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
+        extra = requests[0].model_inputs or {}
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                            use_cache=True, logits_to_keep=1).logits[:, -1]
+                            use_cache=True, logits_to_keep=1, **extra).logits[:, -1]
         tokens = self._choose(logits, requests)
         first_new = len(self.rows)
         if self.rows:

@@ -4,7 +4,8 @@
 
 The loop reads lines from any iterator (the terminal, piped stdin, a test's list) and writes to a rich
 console, so it runs the same in a terminal, in a pipe and in tests. Each turn renders the whole
-history with the run's training template and stops at its stop tokens.
+history with the run's training template and stops at its stop tokens. With a vision-language run,
+`/image PATH` attaches an image to the next message (sftune.vision.generate renders and answers it).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import Any, Iterable, Iterator
 from sftune import generation
 
 COMMANDS = "/system TEXT sets the system prompt, /reset clears the history, /exit (or Ctrl-D) ends"
+IMAGE_COMMAND = "/image PATH attaches an image to your next message"
 
 
-def conversation(system: str | None, history: list[dict[str, str]]) -> list[dict[str, str]]:
+def conversation(system: str | None, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The messages the model sees: the system prompt (when set) and then the turns so far."""
     return ([{"role": "system", "content": system}] if system else []) + history
 
@@ -29,12 +31,13 @@ def chat_loop(
     options: generation.GenerationOptions = generation.GenerationOptions(),
     *,
     system: str | None = None,
-) -> list[dict[str, str]]:
+) -> list[dict[str, Any]]:
     """Answer each line of `lines` with the history so far; return the history at the end.
 
     Lines starting with a slash are commands (see COMMANDS); empty lines are ignored.
     """
-    history: list[dict[str, str]] = []
+    history: list[dict[str, Any]] = []
+    pending: list[str] = []  # images attached to the next message (/image PATH)
     for line in lines:
         text = line.rstrip("\r\n")
         command = text.strip()
@@ -42,8 +45,12 @@ def chat_loop(
             continue
         if command in ("/exit", "/quit"):
             break
+        if command == "/image" or command.startswith("/image "):
+            _attach(loaded, command[len("/image"):].strip(), pending, console)
+            continue
         if command == "/reset":
             history.clear()
+            pending.clear()
             console.print("[dim](history cleared)[/dim]")
             continue
         if command == "/system" or command.startswith("/system "):
@@ -53,10 +60,20 @@ def chat_loop(
         if command.startswith("/"):
             console.print(f"[yellow]unknown command {command.split()[0]!r}[/yellow]; {COMMANDS}")
             continue
-        history.append({"role": "user", "content": text})
-        prompt = generation.render_prompts(loaded.template, [conversation(system, history)])[0]
-        pieces = generation.stream(loaded.model, loaded.tokenizer, prompt, options,
-                                   stop_token_ids=loaded.stop_token_ids)
+        if pending:  # OpenAI typed parts: the images first, then the text
+            history.append({"role": "user", "content": [{"type": "image_url", "image_url": {"url": p}}
+                                                        for p in pending] + [{"type": "text", "text": text}]})
+            pending = []
+        else:
+            history.append({"role": "user", "content": text})
+        if getattr(loaded, "processor", None) is not None:
+            from sftune.vision import generate as vision_generate
+
+            pieces = vision_generate.stream(loaded, conversation(system, history), options)
+        else:
+            prompt = generation.render_prompts(loaded.template, [conversation(system, history)])[0]
+            pieces = generation.stream(loaded.model, loaded.tokenizer, prompt, options,
+                                       stop_token_ids=loaded.stop_token_ids)
         answer = []
         try:
             for piece in pieces:
@@ -68,6 +85,29 @@ def chat_loop(
         console.print()
         history.append({"role": "assistant", "content": "".join(answer)})
     return history
+
+
+def _attach(loaded: Any, path: str, pending: list[str], console: Any) -> None:
+    """Check an /image PATH (a vision-language run, a file that decodes) and keep it for the next message."""
+    from pathlib import Path
+
+    from sftune.data import images as image_refs
+    from sftune.data.errors import DataError
+
+    if getattr(loaded, "processor", None) is None:
+        console.print(f"[yellow]{loaded.name} is a text-only run: /image needs a vision-language run[/yellow]")
+        return
+    if not path:
+        console.print(f"[yellow]{IMAGE_COMMAND}, e.g. /image photos/cat.png[/yellow]")
+        return
+    resolved = str(Path(path).expanduser().resolve())
+    try:
+        image = image_refs.load(resolved, "/image")
+    except DataError as err:
+        console.print(f"[yellow]{err}[/yellow]", markup=True, highlight=False)
+        return
+    pending.append(resolved)
+    console.print(f"[dim](image {image.width}x{image.height} attached to your next message)[/dim]")
 
 
 def terminal_lines(console: Any, prompt: str = "[bold green]you>[/bold green] ") -> Iterator[str]:

@@ -4,7 +4,8 @@
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
 /v1/chat/completions renders the messages with the served model's training template (tools too) and
-reads tool calls back with its family's syntax; /v1/completions takes raw text; /v1/models lists every
+reads tool calls back with its family's syntax (a vision-language run also takes `image_url` parts
+holding data: URLs, see serve/images.py); /v1/completions takes raw text; /v1/models lists every
 name a request may ask for. Every error is answered in OpenAI's error shape, never with a traceback.
 """
 
@@ -23,6 +24,7 @@ from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException
 
+from sftune.serve import images
 from sftune.serve import tools as tool_calls
 from sftune.serve.adapters import Served, activate
 from sftune.serve.batching import Batcher, Request
@@ -88,13 +90,19 @@ def create_app(model: Any, tokenizer: Any, names: dict[str, Served], *, api_key:
         if tools and style is None:
             raise ApiError(400, f"model {body.model!r} was trained with template {served.template.name!r}, which has "
                                 "no tool-call syntax; send the request without tools", param="tools")
-        try:
-            prompt = served.template.render(body.messages, tools=tools, add_generation_prompt=True)
-        except (ValueError, KeyError, TypeError) as err:
-            raise ApiError(400, f"messages: {err}", param="messages") from None
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        model_inputs = None
+        if served.processor is not None:
+            ids, model_inputs = images.prompt(body.messages, tools, served, model)
+        else:
+            images.refuse(body.messages, body.model)
+            try:
+                prompt = served.template.render(body.messages, tools=tools, add_generation_prompt=True)
+            except (ValueError, KeyError, TypeError) as err:
+                raise ApiError(400, f"messages: {err}", param="messages") from None
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         request = Request(ids, body.options(_room(ids, body.requested_max_tokens, limit, "messages")),
-                          frozenset(served.stop_token_ids), adapter=served.adapter, stream=body.stream and not tools)
+                          frozenset(served.stop_token_ids), adapter=served.adapter, stream=body.stream and not tools,
+                          model_inputs=model_inputs)
         if body.stream:
             return EventSourceResponse(_chat_stream(batcher, request, http, body, style), ping=15)
         done = await _answer(batcher, request, http)

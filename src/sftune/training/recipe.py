@@ -234,8 +234,9 @@ def setup_trainer(cfg: Config, model: Any, tokenizer: Any, template: Any, encode
     set_objective(trainer, cfg, template, tokenizer)
     e = cfg.eval
     if e.generate_metrics and processor is not None:
-        console.print("[yellow]eval.generate_metrics left out: generation with images is not in sftune yet; "
-                      "the held-out loss and token accuracy are measured[/yellow]")
+        console.print("[yellow]eval.generate_metrics left out: the in-training generation metrics send no images yet; "
+                      "the held-out loss and token accuracy are measured (answer a held-out file after training "
+                      "with `sftune generate RUN -i FILE -o OUT`)[/yellow]")
     if e.generate_metrics and encoded.eval_conversations and processor is None:
         trainer.generation_eval = functools.partial(
             generation_metrics, tokenizer=tokenizer, template=template,
