@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sftune import runs, templates
-from tests.training.test_recipe import run_config, tiny_checkpoint  # noqa: F401  (fixture)
+from tests.training.test_recipe import run_config
 
 
 @pytest.fixture
