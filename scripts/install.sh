@@ -31,7 +31,9 @@ fi
 # (On a CUDA machine DeepSpeed compiles its GPU ops at first use, as usual.)
 echo "sftune install: deepspeed (extra distributed, --no-build-isolation, after torch)"
 if "$VENV/bin/python" -c "import sys, torch; sys.exit(torch.cuda.is_available())"; then
-    DS_BUILD_SHM_COMM=1 DS_BUILD_CPU_ADAM=1 "${PIP[@]}" install "${CONSTRAINTS[@]}" --no-build-isolation "deepspeed==0.19.8" \
+    # --no-cache-dir: a wheel pip built earlier without the ops would otherwise be reused as it is.
+    DS_BUILD_SHM_COMM=1 DS_BUILD_CPU_ADAM=1 "${PIP[@]}" install "${CONSTRAINTS[@]}" --no-cache-dir --no-build-isolation \
+        "deepspeed==0.19.8" \
         || { echo "warning: building DeepSpeed's CPU ops failed (is a C++ compiler installed?); installing it without" \
                   "them: they compile at the first DeepSpeed run instead" >&2
              "${PIP[@]}" install "${CONSTRAINTS[@]}" --no-build-isolation "deepspeed==0.19.8"; }
