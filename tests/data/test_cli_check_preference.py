@@ -53,6 +53,11 @@ def test_a_folder_mixing_pairs_and_sft_is_not_switched(jsonl, tmp_path):
     assert report["preference"] is False and report["reasons"] == {"unsupported": 1} and report["valid"] == 1
 
 
+def test_format_preference_checks_pairs(jsonl):
+    report = json.loads(invoke("check", jsonl([PAIR, SAME]), "--json", "--format", "preference").stdout)
+    assert report["preference"] is True and report["reasons"] == {"identical_answers": 1}
+
+
 def test_strict_fails_on_an_invalid_pair(jsonl):
     assert invoke("check", jsonl([PAIR]), "--strict").exit_code == 0
     assert invoke("check", jsonl([PAIR, SAME], "bad.jsonl"), "--strict").exit_code == 1

@@ -190,7 +190,7 @@ def _all_pairs(paths: list[str], options: dict) -> bool:
     from sftune.data.load import first_format, prepare
 
     if options.get("format"):
-        return False
+        return options["format"] == "preference"
     reading = {key: options[key] for key in ("columns", "dataset_name", "roles", "cot_layout", "syntax")}
     plan = prepare(paths, **reading)
     return bool(plan) and all(first_format(item)[0] == "preference" for item in plan)
