@@ -89,13 +89,13 @@ def _data_errors(function):
     return wrapper
 
 
-def _print_report(report) -> None:
+def _print_report(report, unit: str = "records") -> None:
     from rich.markup import escape
 
     from sftune.data import REASONS
 
     formats = Table(title="Files")
-    for column in ("file", "format", "records", "valid", "invalid"):
+    for column in ("file", "format", unit, "valid", "invalid"):
         formats.add_column(column, overflow="fold")
     for source, counts in report.files.items():
         formats.add_row(escape(source), counts["format"] or "(none detected)",
@@ -104,7 +104,7 @@ def _print_report(report) -> None:
     for note in report.notes:
         console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
     console.print(
-        f"records: {report.total:,}   valid: {report.valid:,}   invalid: {report.invalid:,}   "
+        f"{unit}: {report.total:,}   valid: {report.valid:,}   invalid: {report.invalid:,}   "
         f"validation rate: {report.validation_rate:.2%}" + (f"   images: {report.images:,}" if report.images else "")
     )
     if not report.total:
@@ -141,6 +141,9 @@ def data_check_command(
                                            "with (default: a Qwen3-style reasoning template)."),
     tools: bool = typer.Option(False, "--tools", help="Also check tool calls: each names a declared tool, its "
                                "arguments match the tool's JSON schema, each result follows a call."),
+    preference: Optional[bool] = typer.Option(
+        None, "--preference/--sft", help="Check as preference data (chosen / rejected pairs, as stage: preference "
+        "reads them) or as SFT data; default: preference when every file's records are pairs."),
 ) -> None:
     """Validate every record; report counts per reason and the validation rate."""
     import json
@@ -148,15 +151,25 @@ def data_check_command(
     from sftune.data import check
 
     options = _read_options(format, columns, roles, cot_layout, max_chars, dataset)
+    if preference is None:
+        preference = _all_pairs(paths, options)
+        if preference and not json_output:
+            console.print("[dim]every file holds chosen / rejected pairs: checking them as preference data "
+                          "(--sft to check them as SFT data)[/dim]")
+    if preference:
+        if reasoning or tools:
+            raise ValueError("--reasoning and --tools check SFT conversations, not preference pairs: leave them out, "
+                             "or check the pairs as SFT data with --sft")
+        options["preference"] = True
     with Console(stderr=True).status("checking (large JSONL files on worker processes)"):
         report = check(paths, quarantine=quarantine, workers=workers, **options)
     found = _reasoning_check(paths, options, template) if reasoning else None
     calls = _tools_check(paths, options) if tools else None
     if json_output:
         extra = {**({"reasoning": found} if found else {}), **({"tools": calls} if calls else {})}
-        print(json.dumps({**report.to_dict(), **extra}, ensure_ascii=False))
+        print(json.dumps({**report.to_dict(), "preference": preference, **extra}, ensure_ascii=False))
     else:
-        _print_report(report)
+        _print_report(report, "pairs" if preference else "records")
         if found:
             _print_reasoning(found)
         if calls:
@@ -170,6 +183,17 @@ def data_check_command(
         elif not report.total:
             console.print("[red]strict:[/red] no records were read, which --strict counts as a failure")
         raise typer.Exit(1)
+
+
+def _all_pairs(paths: list[str], options: dict) -> bool:
+    """Whether every file, by its first records, holds preference pairs (chosen / rejected)."""
+    from sftune.data.load import first_format, prepare
+
+    if options.get("format"):
+        return options["format"] == "preference"
+    reading = {key: options[key] for key in ("columns", "dataset_name", "roles", "cot_layout", "syntax")}
+    plan = prepare(paths, **reading)
+    return bool(plan) and all(first_format(item)[0] == "preference" for item in plan)
 
 
 def _reasoning_check(paths: list[str], options: dict, template: Optional[str]) -> dict:

@@ -76,13 +76,15 @@ def run(overrides: list[str] | None = None, *, console=None, start: str | None =
     history = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in history if "eval_rewards/accuracies" in r]
     acc_before = evals[0]["eval_rewards/accuracies"] if evals and evals[0]["step"] == 0 else None
+    if acc_before is not None and abs(evals[0]["eval_rewards/margins"]) < 1e-3:
+        acc_before = None  # policy == reference: every reward is 0 and the "accuracy" is rounding noise
     acc_after = result.summary.get("eval_rewards/accuracies")
     table = Table(title=f"Held-out preference results ({len(prompts)} prompts, started from {start})")
     for column in ("", "before", "after"):
         table.add_column(column)
     table.add_row("answers in the chosen style (ending with the sign-off)", f"{before:.1%}", f"{after:.1%}")
     table.add_row("reward accuracy (chosen reward > rejected)",
-                  "-" if acc_before is None else f"{acc_before:.1%}", f"{acc_after:.1%}")
+                  "- (all 0: policy = reference)" if acc_before is None else f"{acc_before:.1%}", f"{acc_after:.1%}")
     console.print(table)
     outcome = {"start": start, "styled_before": before, "styled_after": after, "reward_accuracy_before": acc_before,
                "reward_accuracy_after": acc_after, "run_dir": str(result.run_dir), "summary": result.summary}

@@ -58,7 +58,8 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
         for name in ("train", "eval"):
             if sets[name] is not None:
                 sets[name] = add_reference_logps(model, sets[name], collate, batch_size=args.per_device_eval_batch_size,
-                                                 adapter_off=fresh_adapter, device=args.device)
+                                                 adapter_off=fresh_adapter, device=args.device,
+                                                 precision=precision)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_main_process():

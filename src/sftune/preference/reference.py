@@ -17,8 +17,12 @@ from sftune.preference.logps import sequence_logps
 
 @torch.no_grad()
 def add_reference_logps(model: Any, dataset: Any, collate: Callable, *, batch_size: int, adapter_off: bool,
-                        device: Any = None, progress: bool = True) -> Any:
-    """`dataset` with columns ref_chosen and ref_rejected: each answer's summed log-prob under the reference."""
+                        device: Any = None, progress: bool = True, precision: str = "fp32") -> Any:
+    """`dataset` with columns ref_chosen and ref_rejected: each answer's summed log-prob under the reference.
+
+    `precision` is training's (bf16 / fp16 run under autocast): the reference must be computed as the policy
+    is, else at step 0 the rewards are the bf16-vs-fp32 rounding gap, not 0.
+    """
     from rich.progress import track
 
     was_training = model.training
@@ -26,7 +30,10 @@ def add_reference_logps(model: Any, dataset: Any, collate: Callable, *, batch_si
     off = model.disable_adapter() if adapter_off and hasattr(model, "disable_adapter") else contextlib.nullcontext()
     chosen, rejected = [], []
     starts = range(0, len(dataset), batch_size)
-    with off:
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    device_type = torch.device(device).type if device is not None else "cpu"
+    cast = torch.autocast(device_type, dtype=dtype) if dtype else contextlib.nullcontext()
+    with off, cast:
         for start in track(starts, description="reference log-probs", disable=not progress):
             features = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
             batch = collate(features)
