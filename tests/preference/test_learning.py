@@ -10,7 +10,6 @@ import math
 import pytest
 
 from tests.conftest import tiny_model
-from tests.preference.test_recipe import tiny_checkpoint  # noqa: F401  (fixture)
 
 WORDS = ("cats", "dogs", "rain", "snow", "tea", "bread", "ships", "trees", "stars", "rivers", "salt", "glass",
          "maps", "bells", "coins", "clouds", "hills", "lamps", "roads", "wolves")

@@ -10,7 +10,6 @@ import warnings
 import pytest
 
 from tests.preference.test_learning import PAIRS
-from tests.preference.test_recipe import tiny_checkpoint  # noqa: F401  (fixture)
 
 bnb = pytest.importorskip("bitsandbytes")
 
