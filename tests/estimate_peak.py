@@ -4,7 +4,8 @@
     python -m tests.estimate_peak CONFIG.json baseline   # the same imports, tokenizer and encoded data, no model
 
 The difference of the two is what the model, the method and the training steps take: what
-`sftune estimate` predicts. Each run is its own process, so ru_maxrss is that run's peak alone.
+`sftune estimate` predicts. Each run is its own process; its peak is VmHWM, which starts afresh at exec (ru_maxrss would carry the
+forking parent's peak over exec: a test suite's large pytest process would hide the run's own).
 """
 
 from __future__ import annotations
@@ -12,6 +13,15 @@ from __future__ import annotations
 import json
 import resource
 import sys
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory in bytes (VmHWM: the high-water mark of this exec's address space)."""
+    with open("/proc/self/status", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # no /proc: Linux reports kB
 
 
 def main(config_path: str, mode: str) -> None:
@@ -52,7 +62,7 @@ def main(config_path: str, mode: str) -> None:
         out["trained_tokens"] = sum(trained[: args.per_device_train_batch_size])  # the most in one micro-batch
         trainer.train()
         out["steps"] = trainer.state.global_step
-    out["maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
+    out["maxrss"] = peak_rss()
     print("PEAK " + json.dumps(out))
 
 

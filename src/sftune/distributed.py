@@ -23,6 +23,18 @@ def shards_weights() -> bool:
     return kind == "fsdp" or (kind == "deepspeed" and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3")
 
 
+def launch_precision(precision: str, configured: str, cuda: bool) -> str:
+    """The precision this launch can train in. DeepSpeed without CUDA computes in fp32: transformers refuses
+    bf16 / fp16 without a GPU unless use_cpu is set, and accelerate turns DeepSpeed off when it is. There
+    `auto` becomes fp32; an explicit bf16 / fp16 is refused with the fix."""
+    if cuda or precision == "fp32" or launcher() != "deepspeed":
+        return precision
+    if configured == "auto":
+        return "fp32"
+    raise ConfigError(f"train.precision={configured}: DeepSpeed on a machine without a CUDA GPU trains in fp32 only "
+                      "(transformers refuses bf16/fp16 there); set train.precision=fp32 (or auto)")
+
+
 def check_launch(cfg: Config, cuda: bool) -> None:
     """Refuse, before loading anything, a launch that would not do what its config says."""
     if launcher() == "fsdp" and not cuda:

@@ -137,7 +137,7 @@ def test_two_processes_match_one(setup, reference, kind, method):
 
 def test_fsdp_on_cpu_is_refused_before_any_work(setup):
     """accelerate applies FSDP only on GPUs: on CPU processes it would silently train plain DDP."""
-    result = launch("fsdp2.yaml", [str(setup / "config.yaml"), f"output.dir={setup / 'fsdp'}"], timeout=120)
+    result = launch("fsdp2_lora.yaml", [str(setup / "config.yaml"), f"output.dir={setup / 'fsdp'}"], timeout=120)
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "accelerate runs FSDP only on GPUs" in output

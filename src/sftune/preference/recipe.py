@@ -15,6 +15,7 @@ from transformers import TrainerCallback, set_seed
 
 from sftune import attention, data, methods, models, runs, templates
 from sftune.config import Config, ConfigError, to_yaml
+from sftune.distributed import launch_precision
 from sftune.hardware import resolve_precision
 from sftune.preference.batches import collate_pairs
 from sftune.preference.encode import encode_pairs
@@ -33,7 +34,8 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
     """Run one preference training (cfg.stage == "preference"); write the run folder; return it."""
     run_dir = Path(cfg.output.dir)
     resume = start_or_resume(cfg, run_dir, console)
-    precision = resolve_precision(cfg.train.precision)
+    precision = launch_precision(resolve_precision(cfg.train.precision), cfg.train.precision,
+                                 torch.cuda.is_available())
     set_seed(cfg.train.seed)
     cfg = cfg.model_copy(deep=True)  # setup_model writes the run's template and base into it
     started_from = cfg.model.name

@@ -66,7 +66,8 @@ def train(
         return train_preference(cfg, console=console, callbacks=callbacks)
     run_dir = Path(cfg.output.dir)
     resume = start_or_resume(cfg, run_dir, console)
-    precision = resolve_precision(cfg.train.precision)
+    precision = distributed.launch_precision(resolve_precision(cfg.train.precision), cfg.train.precision,
+                                             torch.cuda.is_available())
     distributed.check_launch(cfg, cuda=torch.cuda.is_available())  # before anything is loaded
 
     set_seed(cfg.train.seed)  # adapters are initialized randomly: the same seed, the same run

@@ -109,7 +109,7 @@ def response_logits(model: Any, batch: dict[str, torch.Tensor]) -> list[torch.Te
         hidden, _, _, head, softcap = trained_hidden_states(model, batch)
     finally:
         model.train(was_training)
-    z = head(hidden).float()
+    z = head(hidden.to(head.weight.dtype)).float()  # a bf16 base: bf16 states into its bf16 head
     if softcap:
         z = torch.tanh(z / softcap) * softcap
     counts = (shifted_targets(batch) != IGNORE).sum(dim=1).tolist()
