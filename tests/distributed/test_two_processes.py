@@ -66,7 +66,9 @@ def setup(tmp_path_factory):
     config = {"model": {"name": str(root / "model")},
               "data": {"train": str(train_path), "eval": str(eval_path), "max_len": 128},
               "method": {"name": "lora", "r": 4},
-              "train": {"max_steps": 4, "batch_size": 4, "logging_steps": 1, "lr": 5e-3, "save_steps": 100},
+              # fp32 everywhere: DeepSpeed on CPU trains in fp32, and one process must compute alike to compare
+              "train": {"max_steps": 4, "batch_size": 4, "logging_steps": 1, "lr": 5e-3, "save_steps": 100,
+                        "precision": "fp32"},
               "eval": {"steps": 100}}
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     (root / "config-full.yaml").write_text(yaml.safe_dump({**config, "method": {"name": "full"},
