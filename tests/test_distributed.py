@@ -52,3 +52,17 @@ def test_qlora_weights_are_stored_shardable_under_fsdp(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     sharded = methods.load_kwargs(MethodConfig(name="qlora"), device="cpu")["quantization_config"]
     assert sharded.bnb_4bit_quant_storage == sharded.bnb_4bit_compute_dtype != torch.uint8
+
+
+def test_deepspeed_without_cuda_trains_in_fp32_or_says_why(monkeypatch):
+    """transformers refuses bf16 without a GPU unless use_cpu is set, and accelerate turns DeepSpeed off when it is:
+    a DeepSpeed launch on CPUs takes fp32 for `auto` and refuses an explicit bf16 before any work."""
+    launch_precision = distributed.launch_precision
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    assert launch_precision("bf16", "auto", cuda=False) == "fp32"
+    assert launch_precision("fp32", "fp32", cuda=False) == "fp32"
+    assert launch_precision("bf16", "bf16", cuda=True) == "bf16"
+    with pytest.raises(ConfigError, match="train.precision=fp32"):
+        launch_precision("bf16", "bf16", cuda=False)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
+    assert launch_precision("bf16", "bf16", cuda=False) == "bf16"  # DDP / one process: as configured
