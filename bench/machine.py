@@ -43,7 +43,9 @@ def machine() -> dict[str, Any]:
             info[package] = __import__(package).__version__
         except ImportError:
             info[package] = None
-    base = info["gpu"] or f"{cpu}-{cores}core"
+    # The CPU kinds share model names (an AMD EPYC with and without bf16 units): the name says which.
+    units = "amx" if "amx_bf16" in flags else "avx512bf16" if "avx512_bf16" in flags else ""
+    base = info["gpu"] or f"{cpu}-{units}-{cores}core"
     info["name"] = re.sub(r"[^a-z0-9]+", "-", base.lower()).strip("-")
     return info
 
