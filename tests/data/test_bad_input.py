@@ -88,6 +88,8 @@ MATRIX = [
     ("too-long", "d.jsonl", G + j({"instruction": "x" * 600, "output": "y"}), 1, 1, ["line 2", "over the limit of 500", "--max-chars"]),
 ]
 MAX_CHARS = {"too-long": ["--max-chars", "500"]}
+# `data check` reads a file of pairs alone as preference data; --sft reads it as SFT data (refused, with the hint).
+CHECK_AS = {"preference-pair": ["--sft"]}
 
 
 def write(tmp_path, name, data, kind):
@@ -129,7 +131,7 @@ def test_the_matrix_has_40_kinds_or_more():
 @pytest.mark.parametrize("kind, name, data, valid, invalid, texts", MATRIX, ids=IDS)
 def test_check_json_strict_and_quarantine(tmp_path, kind, name, data, valid, invalid, texts):
     path = write(tmp_path, name, data, kind)
-    extra = MAX_CHARS.get(kind, [])
+    extra = MAX_CHARS.get(kind, []) + CHECK_AS.get(kind, [])
     result = invoke("check", path, "--json", *extra)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
