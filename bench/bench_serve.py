@@ -8,11 +8,10 @@ max_tokens. Prints the machine, tokens/s of each and the ratio to the one-at-a-t
 from __future__ import annotations
 
 import argparse
-import contextlib
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+from sftune.serve.background import running
 
 QUESTIONS = [
     "What is the capital of France?", "Name three colours of the sky at sunset.", "How do plants make food?",
@@ -22,25 +21,6 @@ QUESTIONS = [
     "How many legs does a spider have?", "What is rain?", "Tell me a fun fact about the moon.",
     "What is a healthy breakfast?",
 ]
-
-
-@contextlib.contextmanager
-def running(app):
-    import uvicorn
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join()
 
 
 def baseline(model, tokenizer, prompts: list[str], max_tokens: int, stops: list[int]) -> tuple[float, int]:

@@ -3,11 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
-import time
-
 import pytest
 
 from tests.conftest import tiny_model
@@ -50,26 +45,3 @@ def lora_runs(tmp_path_factory, base_dir):
     root = tmp_path_factory.mktemp("runs")
     return [adapter_run(root / name, base_dir, AutoTokenizer.from_pretrained(base_dir), seed)
             for seed, name in enumerate(("alpha", "beta"), start=1)]
-
-
-@contextlib.contextmanager
-def running(app):
-    """The app served by uvicorn on a free loopback port, in a background thread; yields its base URL."""
-    import uvicorn
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)

@@ -15,7 +15,7 @@ from sftune import runs
 from sftune.generation import GenerationOptions, generate, render_prompts
 from sftune.serve import adapters
 from sftune.serve.server import create_app
-from tests.serve.conftest import running
+from sftune.serve.background import running
 
 QUESTIONS = ["Hello there, how are you?", "Hi", "Name three colours of the sky.", "你好，今天天气怎么样？",
              "A longer prompt, one that takes many more tokens than the others do, by far.", "What is 2 + 2?",

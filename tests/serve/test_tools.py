@@ -14,7 +14,7 @@ from sftune import templates
 from sftune.serve.adapters import Served
 from sftune.serve.server import create_app
 from sftune.serve.tools import parse, tool_style
-from tests.serve.conftest import running
+from sftune.serve.background import running
 
 CALL = {"name": "get_weather", "arguments": {"city": "Paris", "unit": "°C"}}
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",

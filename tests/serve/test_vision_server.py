@@ -15,7 +15,7 @@ from sftune.generation import GenerationOptions
 from sftune.serve import adapters
 from sftune.serve.server import create_app
 from sftune.vision import generate as vision_generate
-from tests.serve.conftest import running
+from sftune.serve.background import running
 from tests.vision.conftest import images, vision_run, vlm_folder  # noqa: F401  (the tiny trained LLaVA run)
 
 
