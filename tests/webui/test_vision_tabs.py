@@ -34,7 +34,7 @@ def test_check_counts_images_and_shows_the_records_images(tmp_path):
     assert len(result["gallery"]) == len(refs)
     for k, ((thumb, caption), ref) in enumerate(zip(result["gallery"], refs)):
         assert np.array_equal(np.asarray(thumb), np.asarray(image_refs.load(ref)))  # 32x32: kept as it is
-        assert caption == f"{data} line {k + 1}, image 1"
+        assert caption == f"{data.name} line {k + 1}, image 1"
     assert "**5 images**" in data_tab.check_summary(result)
     assert len(data_tab.gallery([str(data)], limit=2)) == 2
     big = tmp_path / "big.png"

@@ -16,6 +16,7 @@ from typing import Any
 REJECTED_SHOWN = 200  # rows of the rejected-records table; the quarantine file keeps them all
 GALLERY_SHOWN = 24  # images in the check's gallery (the first ones of the valid records)
 THUMBNAIL = 160  # pixels of a thumbnail's longer side
+GALLERY_COLUMNS = 8
 
 
 def split_paths(text: str | None) -> list[str]:
@@ -71,7 +72,8 @@ def check_files(paths: list[str], format: str | None = None) -> dict[str, Any]:
 
 
 def gallery(paths: list[str], format: str | None = None, limit: int = GALLERY_SHOWN) -> list[tuple[Any, str]]:
-    """(thumbnail, caption "file line N, image k") of the first `limit` images of the valid records."""
+    """(thumbnail, caption "train.jsonl line N, image k") of the first `limit` images of the valid records
+    (the caption names the file without its folder: a thumbnail is small)."""
     from sftune.data import read
     from sftune.data.errors import where as where_from
 
@@ -80,7 +82,8 @@ def gallery(paths: list[str], format: str | None = None, limit: int = GALLERY_SH
         for i, ref in enumerate(conversation.images):
             if len(shown) >= limit:
                 return shown
-            shown.append((thumbnail(ref), f"{where_from(conversation.meta, f'record {k}')}, image {i + 1}"))
+            meta = {**conversation.meta, "source": Path(conversation.meta.get("source") or "").name}
+            shown.append((thumbnail(ref), f"{where_from(meta, f'record {k}')}, image {i + 1}"))
     return shown
 
 
@@ -261,7 +264,7 @@ def tab(context: dict[str, Any]) -> None:
         stats_button = gr.Button("Statistics")
         use_button = gr.Button("Use for training →")
     summary = gr.Markdown(elem_id="data-summary")
-    images = gr.Gallery(label="Images (the first ones of the valid records)", columns=8, height="auto",
+    images = gr.Gallery(label=f"Images (the first {GALLERY_SHOWN} of the valid records)", columns=GALLERY_COLUMNS,
                         object_fit="contain", visible=False, elem_id="data-gallery")
     file_table = gr.Dataframe(headers=["file", "format", "records", "valid", "rejected"], label="Files",
                               interactive=False)
@@ -294,7 +297,8 @@ def tab(context: dict[str, Any]) -> None:
             result = check_files(split_paths(typed), fmt_value(format_name))
         except (ValueError, OSError) as err:
             raise gr.Error(str(err)) from None
-        shown = gr.Gallery(value=result["gallery"] or None, visible=bool(result["gallery"]))
+        rows = -(-len(result["gallery"]) // GALLERY_COLUMNS)  # the gallery as tall as its rows of thumbnails
+        shown = gr.Gallery(value=result["gallery"] or None, visible=bool(result["gallery"]), height=60 + 170 * rows)
         return check_summary(result), result["files"], result["reasons"], result["rejected"], shown
 
     def on_stats(typed, format_name, model_name):
