@@ -8,8 +8,8 @@ saved as its `chat_template`, and either an adapter (adapter_config.json, loaded
 or full weights (config.json). The template is rebuilt from the run's config exactly as training
 built it and checked against the tokenizer's saved template, so inference renders what training
 rendered; generation stops at the template's end-of-turn token and EOS. A vision-language run
-(its base loads with AutoModelForImageTextToText) also gets the processor saved in its folder:
-generation with images is sftune.vision.generate.
+(its base loads with AutoModelForImageTextToText) also gets the processor saved in its folder, and a
+plain vision-language model folder its own processor: generation with images is sftune.vision.generate.
 """
 
 from __future__ import annotations
@@ -96,9 +96,16 @@ def load(
     dtype = torch.float32 if dtype is None else dtype
     name = str(run_or_model)
     if not is_run(name):
-        model, tokenizer = models.load(name, dtype=dtype, device_map=device_map)
+        from sftune.vision import models as vision_models
+
+        processor = None
+        if vision_models.is_vision_model(models.resolve(name)):  # a vision-language model folder
+            model, processor = vision_models.load(models.resolve(name), dtype=dtype, device_map=device_map)
+            tokenizer = processor.tokenizer
+        else:
+            model, tokenizer = models.load(name, dtype=dtype, device_map=device_map)
         chosen = templates.get(template, tokenizer) if template else templates.default_for(tokenizer)
-        return Loaded(name, model.eval(), tokenizer, chosen, chosen.stop_token_ids(tokenizer))
+        return Loaded(name, model.eval(), tokenizer, chosen, chosen.stop_token_ids(tokenizer), processor=processor)
 
     run_dir = Path(name).expanduser()
     cfg = run_config(run_dir)

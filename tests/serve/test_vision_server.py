@@ -1,6 +1,7 @@
 """A vision-language run served on loopback, through the official `openai` client: image parts (data URLs) are
 answered as sftune.vision.generate answers them; paths, web URLs and broken images get 400; a text-only run
-refuses image parts with 400."""
+refuses image parts with 400; more LoRA runs on the vision run's base (--adapter) and the base itself answer
+with images, each as its own run answers alone."""
 
 from __future__ import annotations
 
@@ -88,3 +89,34 @@ def test_a_text_only_run_refuses_image_parts(base_dir, images):  # noqa: F811
                                                 max_tokens=4)
     assert err.value.status_code == 400 and "text-only run" in err.value.message
     assert err.value.body["param"] == "messages[0].content[1]" and err.value.body["code"] == "image_input_not_supported"
+
+
+@pytest.fixture(scope="module")
+def second_vision_run(vision_run, vlm_folder, tmp_path_factory):  # noqa: F811
+    """Another LoRA run on the same tiny LLaVA base (another seed and learning rate)."""
+    from sftune.training.recipe import train
+    from sftune.vision import shapes
+
+    root = tmp_path_factory.mktemp("vision-run-2")
+    data = shapes.write(root / "data", 8, seed=1)
+    train({"model": {"name": str(vlm_folder("llava"))}, "data": {"train": [str(data)], "max_len": 128},
+           "method": {"name": "lora"}, "train": {"max_steps": 2, "batch_size": 4, "lr": 5e-2, "seed": 7},
+           "vision": {"train_projector": True}, "output": {"dir": str(root / "run")}})
+    return root / "run"
+
+
+def test_adapters_beside_a_vision_run_answer_images_as_each_run_alone(vision_run, second_vision_run, vlm_folder,
+                                                                      images):  # noqa: F811
+    base = str(vlm_folder("llava"))
+    model, tokenizer, names = adapters.load(str(vision_run), {"second": str(second_vision_run)})
+    assert set(names) == {vision_run.name, base, "second"} and all(s.processor is not None for s in names.values())
+    ask = messages(data_url(images["red"]))
+    expected = {name: reference(folder, [ask], 8)[0]
+                for name, folder in ((vision_run.name, vision_run), ("second", second_vision_run), (base, base))}
+    assert len(set(expected.values())) > 1  # the three models answer differently: the switch is seen
+    with running(create_app(model, tokenizer, names, max_batch_size=4)) as url:
+        with ThreadPoolExecutor(6) as pool:  # interleaved requests for the three names
+            got = list(pool.map(lambda name: (name, client(url).chat.completions.create(
+                model=name, messages=ask, max_tokens=8, temperature=0).choices[0].message.content),
+                list(expected) * 2))
+    assert got == [(name, expected[name]) for name in list(expected) * 2]

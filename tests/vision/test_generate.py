@@ -107,3 +107,29 @@ def test_generate_file_answers_image_records(vision_run, tmp_path):
     text_only = runs.Loaded("text-run", loaded.model, loaded.tokenizer, loaded.template, loaded.stop_token_ids)
     with pytest.raises(GenerateError, match="has images, but text-run is a text-only run"):
         generate_file(text_only, data, tmp_path / "out2.jsonl", options, progress=False)
+
+
+@pytest.mark.parametrize("family", ["idefics3", "gemma3"])
+def test_plain_model_folders_answer_as_transformers_generate(family, vlm_folder, images):
+    """A plain Idefics3 (SmolVLM) / Gemma 3 folder: runs.load gives its processor; sftune's greedy answers,
+    batched, alone and streamed, equal model.generate on the processor's own inputs."""
+    loaded = runs.load(vlm_folder(family))
+    assert loaded.is_vision and loaded.run_dir is None and loaded.tokenizer is loaded.processor.tokenizer
+    options = GenerationOptions(max_new_tokens=6)
+    convs = [_parts(images["red"]), _parts(images["blue"], "Colour?"), [{"role": "user", "content": "No image"}]]
+    batched = vision_generate.generate(loaded, convs, options, batch_size=8)
+    alone = [vision_generate.generate(loaded, [c], options, batch_size=1)[0] for c in convs]
+    assert [c.token_ids for c in batched] == [c.token_ids for c in alone]
+    for conv, got in zip(convs, alone):
+        inputs = vision_generate.prompt_inputs(vision_generate.conversation_of(conv), loaded.processor, loaded.template)
+        tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
+        with torch.no_grad():
+            out = loaded.model.generate(**tensors, max_new_tokens=6, do_sample=False,
+                                        eos_token_id=loaded.stop_token_ids, pad_token_id=loaded.tokenizer.pad_token_id)
+        new = out[0, tensors["input_ids"].shape[1]:].tolist()
+        cut = next((k for k, t in enumerate(new) if t in loaded.stop_token_ids), len(new))
+        assert got.token_ids == new[:cut]
+        assert "".join(vision_generate.stream(loaded, conv, options)) == got.text
+    assert any(c.token_ids for c in alone)  # answers, not empty lists that would compare equal anyway
+    first = vision_generate.prompt_inputs(vision_generate.conversation_of(convs[0]), loaded.processor, loaded.template)
+    assert len(set(first["input_ids"][0].tolist()) & vision_encode.image_token_ids(loaded.processor)) > 0

@@ -432,12 +432,7 @@ def data_inspect_command(
     from sftune.vision import encode as vision_encode
     from sftune.vision import models as vision_models
 
-    processor = None
-    if vision_models.is_vision_model(models.resolve(model)):  # images shown as one masked run each
-        processor = vision_models.load_processor(models.resolve(model))
-        tokenizer = processor.tokenizer
-    else:
-        tokenizer = models.load(model, tokenizer_only=True)[1]
+    tokenizer, processor = vision_models.tokenizer_and_processor(model)  # images: one masked run each
     chosen = _template_for(template, tokenizer)
     console.print(f"template: {chosen.name}   policy: {policy}", highlight=False) if not plain else None
     for k, conversation in enumerate(read(path, format=format, syntax="cli")):

@@ -1,6 +1,7 @@
 """What one server answers as: a run or model, the base model under a LoRA run, and more LoRA adapters on
 that same base, each named by the request's `model` field. The base weights are loaded once; every adapter
-is a peft adapter on the one PeftModel, switched on per batch (`activate`), or all off for the base.
+is a peft adapter on the one PeftModel, switched on per batch (`activate`), or all off for the base. On a
+vision-language base every name reads image parts, each with the processor saved in its own run folder.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def load(run_or_model: str, adapters: dict[str, str] | None = None, template: st
         raise AdapterError(f"{run_or_model} is a {loaded.method} run with full weights; --adapter adds LoRA adapters "
                            "to a base model. Serve a LoRA run, or the base model itself, with the adapters.")
     if loaded.is_vision:
-        _check_vision(run_or_model, loaded, adapters)
+        _check_vision(run_or_model, loaded)
     base = loaded.base if loaded.is_adapter else str(run_or_model)
     base_load = methods.load_kwargs(loaded.config.method) if loaded.is_adapter else {}
     names: dict[str, Served] = {}
@@ -67,17 +68,15 @@ def load(run_or_model: str, adapters: dict[str, str] | None = None, template: st
             model = PeftModel.from_pretrained(model, folder, adapter_name=name).eval()
         else:
             model.load_adapter(folder, adapter_name=name)
-        names[name] = Served(name, name, template_, tuple(template_.stop_token_ids(loaded.tokenizer)))
+        names[name] = Served(name, name, template_, tuple(template_.stop_token_ids(loaded.tokenizer)),
+                             _processor(folder, loaded.processor))
     model.eval()
     return model, loaded.tokenizer, names
 
 
-def _check_vision(run_or_model: str, loaded: Any, adapters: dict[str, str]) -> None:
-    """What the server does not do with a vision-language run yet: more adapters, and Qwen2-VL's 3-D rope
-    positions (the batcher's decode steps count positions in 1-D)."""
-    if adapters:
-        raise AdapterError(f"{run_or_model} is a vision-language run; --adapter serves text-only LoRA runs on one "
-                           "base in this version. Serve each vision-language run in a server of its own.")
+def _check_vision(run_or_model: str, loaded: Any) -> None:
+    """What the server does not do with a vision-language run yet: Qwen2-VL's 3-D rope positions (the
+    batcher's decode steps count positions in 1-D)."""
     model_type = getattr(getattr(loaded.model, "config", None), "model_type", "")
     if model_type in ("qwen2_vl", "qwen2_5_vl"):
         raise AdapterError(f"{run_or_model} is a {model_type} run: the server does not serve Qwen2-VL's 3-D rope "
@@ -108,6 +107,19 @@ def _check_adapter(name: str, folder: str, base: str, base_load: dict, tokenizer
         raise AdapterError(f"{where}: its tokenizer's vocabulary differs from the base model's; it cannot share "
                            "the base. Serve it in a server of its own.")
     return runs.run_template(run_dir, cfg, own), cfg
+
+
+def _processor(folder: str, base_processor: Any) -> Any:
+    """An adapter run's processor on a vision-language base (the one saved in its folder: it carries the run's
+    template); None on a text-only base."""
+    if base_processor is None:
+        return None
+    from sftune.vision import models as vision_models
+
+    processor = vision_models.load_processor(Path(folder).expanduser())
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    return processor
 
 
 def _same_model(a: str, b: str) -> bool:

@@ -34,8 +34,8 @@ def build(runs_root: str | Path = "runs"):
                 export_tab.tab(context)
         context["use_for_training"].click(lambda text: (text, gr.Tabs(selected="train")), context["data_paths"],
                                           [context["train_paths"], tabs])
-        for function, inputs, outputs in context["app_load"]:
-            app.load(function, inputs, outputs)
+        for function, inputs, outputs, *options in context["app_load"]:  # options: the event's keywords
+            app.load(function, inputs, outputs, **(options[0] if options else {}))
     return app
 
 

@@ -1,5 +1,7 @@
 """The Chat tab: a streaming chat with a run's model (runs.load: its training template and stop tokens;
-generation.stream), and beside it the base model answering the same prompt."""
+generation.stream), and beside it the base model answering the same prompt. A vision-language run also
+takes images with the message (sftune.vision.generate.stream, as `sftune chat`'s /image does); a text-only
+run refuses them."""
 
 from __future__ import annotations
 
@@ -48,24 +50,69 @@ def text_of(content: Any) -> str:
     return "" if content is None else str(content)
 
 
-def messages_of(history: list[dict[str, Any]]) -> list[dict[str, str]]:
-    return [{"role": m["role"], "content": text_of(m["content"])} for m in history or []]
+def images_of(content: Any) -> list[str]:
+    """The image files of a chat message: the paths in the UI's file entries ({"path": ...}, or the chatbot's
+    {"type": "file", "file": {"path": ...}}), in order."""
+    if isinstance(content, (list, tuple)):
+        return [path for part in content for path in images_of(part)]
+    if isinstance(content, dict):
+        if content.get("type") == "file" or "file" in content:
+            return images_of(content.get("file"))
+        path = content.get("path")
+        return [str(path)] if path else []
+    return []
+
+
+def messages_of(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chat as OpenAI messages: a message with images has image_url parts (file paths) before its text."""
+    out = []
+    for m in history or []:
+        text, pictures = text_of(m["content"]), images_of(m["content"])
+        content: Any = text
+        if pictures:
+            content = [*({"type": "image_url", "image_url": {"url": p}} for p in pictures),
+                       {"type": "text", "text": text}]
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+def user_message(message: str | dict | None) -> dict[str, Any]:
+    """The user's new message as the chatbot shows it: its text, or its images then its text
+    (a gr.MultimodalTextbox gives {"text": ..., "files": [...]})."""
+    if not isinstance(message, dict):
+        return {"role": "user", "content": message or ""}
+    text, files = message.get("text") or "", [str(f) for f in message.get("files") or []]
+    if not files:
+        return {"role": "user", "content": text}
+    return {"role": "user", "content": [*({"path": f} for f in files), *([text] if text else [])]}
 
 
 def answer(loaded: runs.Loaded, history: list[dict[str, Any]], options: GenerationOptions) -> Iterator[str]:
-    """The reply to a conversation (ending with the user's message) as text pieces, in the run's template."""
-    prompt = render_prompts(loaded.template, [messages_of(history)])[0]
+    """The reply to a conversation (ending with the user's message) as text pieces, in the run's template;
+    with a vision-language run the messages' images go with it."""
+    messages = messages_of(history)
+    if loaded.is_vision:
+        from sftune.vision import generate as vision_generate
+
+        return vision_generate.stream(loaded, messages, options)
+    prompt = render_prompts(loaded.template, [messages])[0]
     return stream(loaded.model, loaded.tokenizer, prompt, options, stop_token_ids=loaded.stop_token_ids)
 
 
-def chat(model: str, with_base: bool, history: list, base_history: list, message: str,
+def chat(model: str, with_base: bool, history: list, base_history: list, message: str | dict,
          options: GenerationOptions) -> Iterator[tuple[list, list]]:
     """Both chats after each new piece of either reply: the run's model and (with_base) its base, streamed
-    together on the same prompt."""
-    if not message or not message.strip():
+    together on the same prompt. `message` is text, or {"text": ..., "files": [image paths]}."""
+    new = user_message(message)
+    if not text_of(new["content"]).strip() and not images_of(new["content"]):
         raise ValueError("type a message first")
-    history = [*messages_of(history), {"role": "user", "content": message}]
-    base_history = [*messages_of(base_history), {"role": "user", "content": message}]
+    history = [*history, new]
+    base_history = [*base_history, new]
+    if any(images_of(m["content"]) for m in history):
+        tuned = load(model)  # a text-only run refuses images before the message is shown
+        if not tuned.is_vision:
+            raise ValueError(f"{tuned.name} is a text-only run: it cannot read images. Send text only, or "
+                             "choose a run trained from a vision-language model.")
     yield history, base_history  # the message shows at once; loading a model takes seconds
     tuned = load(model)
     base = base_of(tuned) if with_base else None
@@ -104,7 +151,9 @@ def tab(context: dict[str, Any]) -> None:
         tuned_chat = gr.Chatbot(label="Fine-tuned", elem_id="chat-tuned", height=420)
         base_chat = gr.Chatbot(label="Base model", elem_id="chat-base", height=420)
     with gr.Row():
-        message = gr.Textbox(placeholder="Message", show_label=False, scale=6, elem_id="chat-message")
+        message = gr.MultimodalTextbox(placeholder="Message (attach images for a vision-language run)",
+                                       file_types=["image"], file_count="multiple", show_label=False, scale=6,
+                                       elem_id="chat-message", submit_btn=False)
         send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
         clear = gr.Button("Clear", scale=1)
 
@@ -118,7 +167,7 @@ def tab(context: dict[str, Any]) -> None:
         options = GenerationOptions(max_new_tokens=int(tokens), temperature=float(temp))
         try:
             for tuned_history, other in chat(name, base_on, history, base_history, text, options):
-                yield tuned_history, other if base_on else [], ""
+                yield tuned_history, other if base_on else [], None
         except (ValueError, OSError, RuntimeError) as err:
             raise gr.Error(str(err)) from None
 

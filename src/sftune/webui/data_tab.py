@@ -1,6 +1,8 @@
 """The Data tab: pick or upload files; the detected format and the validation report with every rejected
 record and its reason (`sftune data check`), statistics with the length histograms (`data stats`), and
-records rendered in a template with trained tokens coloured (`data inspect`)."""
+records rendered in a template with trained tokens coloured (`data inspect`). Image-text data shows its
+image count and a gallery of its first images; inspected with a vision-language model, each record shows
+its images and each image's tokens as one masked run."""
 
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 REJECTED_SHOWN = 200  # rows of the rejected-records table; the quarantine file keeps them all
+GALLERY_SHOWN = 24  # images in the check's gallery (the first ones of the valid records)
+THUMBNAIL = 160  # pixels of a thumbnail's longer side
+GALLERY_COLUMNS = 8
 
 
 def split_paths(text: str | None) -> list[str]:
@@ -61,7 +66,44 @@ def check_files(paths: list[str], format: str | None = None) -> dict[str, Any]:
         "reasons": [[reason, count, REASONS.get(reason, "")] for reason, count in report.reasons.most_common()],
         "rejected": rejected,
         "notes": list(report.notes),
+        "images": report.images,
+        "gallery": gallery(paths, format) if report.images else [],
     }
+
+
+def gallery(paths: list[str], format: str | None = None, limit: int = GALLERY_SHOWN) -> list[tuple[Any, str]]:
+    """(thumbnail, caption "train.jsonl line N, image k") of the first `limit` images of the valid records
+    (the caption names the file without its folder: a thumbnail is small)."""
+    from sftune.data import read
+    from sftune.data.errors import where as where_from
+
+    shown: list[tuple[Any, str]] = []
+    for k, conversation in enumerate(read(paths, format=format or None, on_error="skip", syntax="cli")):
+        for i, ref in enumerate(conversation.images):
+            if len(shown) >= limit:
+                return shown
+            meta = {**conversation.meta, "source": Path(conversation.meta.get("source") or "").name}
+            shown.append((thumbnail(ref), f"{where_from(meta, f'record {k}')}, image {i + 1}"))
+    return shown
+
+
+def thumbnail(ref: str, size: int = THUMBNAIL) -> Any:
+    """An image (path or data URL) as a PIL image no larger than size x size."""
+    from sftune.data import images as image_refs
+
+    image = image_refs.load(ref)
+    image.thumbnail((size, size))
+    return image
+
+
+def data_url(image: Any) -> str:
+    """A PIL image as a PNG data URL (an <img> the inspect HTML carries with it)."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def check_summary(result: dict[str, Any]) -> str:
@@ -70,6 +112,10 @@ def check_summary(result: dict[str, Any]) -> str:
             f"(validation rate {result['validation_rate']:.1%})")
     if not result["total"]:
         text += "  \n**No records were read**: the files are empty or hold only blank lines."
+    if result.get("images"):
+        text += f"  \n**{result['images']:,} images** in the valid records"
+        if result["images"] > len(result["gallery"]):
+            text += f" (the gallery shows the first {len(result['gallery'])})"
     if result["invalid"] > len(result["rejected"]):
         text += f"  \nThe table shows the first {len(result['rejected'])} rejected records."
     return text + "".join(f"  \nnote: {note}" for note in result["notes"])
@@ -105,29 +151,78 @@ def stats_markdown(result: dict[str, Any]) -> str:
 
 def inspect_html(paths: list[str], model: str, template: str | None = None, policy: str = "assistant",
                  limit: int = 3, format: str | None = None, max_len: int | None = None) -> str:
-    """`sftune data inspect` as HTML: each token of the first records, green when trained, grey when masked."""
-    from sftune import models, templates
+    """`sftune data inspect` as HTML: each token of the first records, green when trained, grey when masked;
+    with a vision-language model, each record's images and each image's tokens as one masked run."""
+    from sftune import templates
     from sftune.data import read
     from sftune.data.errors import where as where_from
-    from sftune.encode import encode, explain
+    from sftune.encode import IGNORE, encode, explain
+    from sftune.vision import encode as vision_encode
+    from sftune.vision.models import tokenizer_and_processor
 
-    tokenizer = models.load(model, tokenizer_only=True)[1]
+    tokenizer, processor = tokenizer_and_processor(model)
     chosen = templates.get(template, tokenizer) if template else templates.default_for(tokenizer)
     parts = [f"<p>template: <b>{html.escape(chosen.name)}</b> &nbsp; policy: <b>{html.escape(policy)}</b> &nbsp; "
-             "<span class='sftune-trained'>trained</span> <span class='sftune-masked'>masked</span></p>"]
+             "<span class='sftune-trained'>trained</span> <span class='sftune-masked'>masked</span>"
+             + (" <span class='sftune-image'>image tokens</span>" if processor is not None else "") + "</p>"]
     for k, conversation in enumerate(read(paths, format=format or None, syntax="cli")):
         if k >= limit:
             break
         where = html.escape(where_from(conversation.meta, f"record {k}"))
-        result = encode(conversation, tokenizer, chosen, policy=policy, max_len=max_len)
+        if processor is not None:
+            result = vision_encode.encode(conversation, processor, chosen, policy=policy, max_len=max_len)
+        elif conversation.images:
+            raise ValueError(f"{where_from(conversation.meta, f'record {k}')} has images, but {model} is a text-only "
+                             "model: pick a vision-language model folder to inspect image-text data")
+        else:
+            result = encode(conversation, tokenizer, chosen, policy=policy, max_len=max_len)
         if result is None:
             parts.append(f"<h4>{where}: no trained token (skipped in training)</h4>")
             continue
+        if processor is not None:
+            trained = sum(1 for label in result["labels"] if label != IGNORE)
+            spans = "".join(_span(text, kind) for text, kind in image_runs(result, processor))
+            pictures = "".join(f"<img class='sftune-thumb' src='{data_url(thumbnail(ref))}' alt='image {i + 1}' "
+                               f"title='image {i + 1}'>" for i, ref in enumerate(conversation.images))
+            header = (f"<h4>{where}: {len(result['input_ids'])} tokens, {trained} trained, "
+                      f"{len(conversation.images)} images</h4>")
+            parts.append(header + (f"<div class='sftune-images'>{pictures}</div>" if pictures else "")
+                         + f"<pre class='sftune-tokens'>{spans}</pre>")
+            continue
         flags = [flag for _, flag in explain(result, tokenizer)]
-        spans = "".join(f"<span class='{'sftune-trained' if flag else 'sftune-masked'}'>"
-                        f"{html.escape(tokenizer.decode(ids))}</span>" for ids, flag in runs_of(result["input_ids"], flags))
+        spans = "".join(_span(tokenizer.decode(ids), "trained" if flag else "masked")
+                        for ids, flag in runs_of(result["input_ids"], flags))
         parts.append(f"<h4>{where}: {len(flags)} tokens, {sum(flags)} trained</h4><pre class='sftune-tokens'>{spans}</pre>")
     return "\n".join(parts)
+
+
+def _span(text: str, kind: str) -> str:
+    return f"<span class='sftune-{kind}'>{html.escape(text)}</span>"
+
+
+def image_runs(result: dict[str, Any], processor: Any) -> list[tuple[str, str]]:
+    """(text, "trained" | "masked" | "image") pieces of a vision record: each image's run of tokens as one
+    "[image k: n tokens]" piece (as vision.encode.explain writes it), the other tokens decoded together per
+    flag (a character split over several tokens shows whole)."""
+    from sftune.encode import IGNORE
+    from sftune.vision.encode import image_token_ids
+
+    image_ids = image_token_ids(processor)
+    groups: list[tuple[list[int], str]] = []
+    for token, label in zip(result["input_ids"], result["labels"]):
+        kind = "image" if token in image_ids else ("trained" if label != IGNORE else "masked")
+        if groups and groups[-1][1] == kind:
+            groups[-1][0].append(token)
+        else:
+            groups.append(([token], kind))
+    pieces, images = [], 0
+    for ids, kind in groups:
+        if kind == "image":
+            images += 1
+            pieces.append((f"[image {images}: {len(ids)} tokens]", kind))
+        else:
+            pieces.append((processor.tokenizer.decode(ids), kind))
+    return pieces
 
 
 def runs_of(ids: list[int], flags: list[bool]) -> list[tuple[list[int], bool]]:
@@ -145,6 +240,8 @@ def runs_of(ids: list[int], flags: list[bool]) -> list[tuple[list[int], bool]]:
 CSS = """
 .sftune-trained { color: #15803d; font-weight: 600; background: #dcfce7; }
 .sftune-masked { color: #6b7280; }
+.sftune-image { color: #6b7280; background: #e0e7ff; border-radius: 3px; padding: 0 2px; }
+.sftune-images img.sftune-thumb { max-height: 96px; margin: 0 6px 6px 0; border: 1px solid #d1d5db; }
 pre.sftune-tokens { white-space: pre-wrap; word-break: break-word; font-size: 0.85em; }
 """
 
@@ -167,6 +264,8 @@ def tab(context: dict[str, Any]) -> None:
         stats_button = gr.Button("Statistics")
         use_button = gr.Button("Use for training →")
     summary = gr.Markdown(elem_id="data-summary")
+    images = gr.Gallery(label=f"Images (the first {GALLERY_SHOWN} of the valid records)", columns=GALLERY_COLUMNS,
+                        object_fit="contain", visible=False, elem_id="data-gallery")
     file_table = gr.Dataframe(headers=["file", "format", "records", "valid", "rejected"], label="Files",
                               interactive=False)
     reasons_table = gr.Dataframe(headers=["reason", "count", "meaning"], label="Rejected, by reason",
@@ -179,7 +278,7 @@ def tab(context: dict[str, Any]) -> None:
     with gr.Accordion("Inspect: records in a template, trained tokens coloured", open=False):
         with gr.Row():
             model = gr.Dropdown(list(models.EMBEDDED), value=models.DEFAULT_MODEL, allow_custom_value=True,
-                                label="Model (its tokenizer)")
+                                label="Model (its tokenizer; a vision-language folder for images)")
             template = gr.Dropdown(["(model's own)", *templates.BUILTINS], value="(model's own)", label="Template")
             policy = gr.Dropdown(["assistant", "last", "all"], value="assistant", label="Trained turns")
             limit = gr.Number(3, precision=0, minimum=1, label="Records")
@@ -198,7 +297,9 @@ def tab(context: dict[str, Any]) -> None:
             result = check_files(split_paths(typed), fmt_value(format_name))
         except (ValueError, OSError) as err:
             raise gr.Error(str(err)) from None
-        return check_summary(result), result["files"], result["reasons"], result["rejected"]
+        rows = -(-len(result["gallery"]) // GALLERY_COLUMNS)  # the gallery as tall as its rows of thumbnails
+        shown = gr.Gallery(value=result["gallery"] or None, visible=bool(result["gallery"]), height=60 + 170 * rows)
+        return check_summary(result), result["files"], result["reasons"], result["rejected"], shown
 
     def on_stats(typed, format_name, model_name):
         try:
@@ -215,7 +316,8 @@ def tab(context: dict[str, Any]) -> None:
             raise gr.Error(str(err)) from None
 
     files.upload(uploaded, [files, paths], paths)
-    check_button.click(on_check, [paths, fmt], [summary, file_table, reasons_table, rejected_table], api_name="check")
+    check_button.click(on_check, [paths, fmt], [summary, file_table, reasons_table, rejected_table, images],
+                       api_name="check")
     stats_button.click(on_stats, [paths, fmt, model], [stats_text, histograms], api_name="stats")
     inspect_button.click(on_inspect, [paths, fmt, model, template, policy, limit], tokens, api_name="inspect")
     context["data_paths"] = paths

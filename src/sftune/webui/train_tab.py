@@ -222,8 +222,11 @@ def tab(context: dict[str, Any]) -> None:
             return "No run selected: start one, or pick one of the runs folder.", None, None, None, ""
         return progress_markdown(run), *curves(run), jobs.status(run)["log"]
 
+    # One at a time, in order: two renderings running together could finish out of order and leave the view
+    # on an older form (seen under load: a model change's YAML arriving after the max_steps change's).
+    form_queue = {"concurrency_limit": 1, "concurrency_id": "train-form"}
     for field in fields:
-        field.change(on_change, fields, [yaml_view, yaml_file], show_progress="hidden")
+        field.change(on_change, fields, [yaml_view, yaml_file], show_progress="hidden", **form_queue)
     start_button.click(on_start, fields, run_choice, api_name="start")
     stop_button.click(on_stop, run_choice, None, api_name="stop")
     resume_button.click(on_resume, run_choice, None, api_name="resume")
@@ -232,5 +235,5 @@ def tab(context: dict[str, Any]) -> None:
     timer.tick(on_refresh, run_choice, outputs, show_progress="hidden")
     run_choice.change(on_refresh, run_choice, outputs, show_progress="hidden", api_name="progress")
     context["app_load"].append((choices, None, run_choice))
-    context["app_load"].append((on_change, fields, [yaml_view, yaml_file]))
+    context["app_load"].append((on_change, fields, [yaml_view, yaml_file], form_queue))
     context["train_paths"] = train_paths
