@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 from PIL import Image
 
 from sftune.vision import tiny
 
-# Qwen2-VL's processors need torchvision in transformers 5.x (its video processor), and PyPI's
-# torchvision does not run on the CPU build of torch this project installs.
-HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
-FAMILIES = [pytest.param(f, marks=pytest.mark.skipif(f.startswith("qwen") and not HAS_TORCHVISION,
-                                                     reason="Qwen2-VL's processor needs torchvision"))
-            for f in tiny.FAMILIES]
+# Qwen2-VL / Qwen2.5-VL processors are built without torchvision (sftune.vision.qwen.images_only).
+FAMILIES = list(tiny.FAMILIES)
 
 
 @pytest.fixture(scope="session")

@@ -26,28 +26,25 @@ def is_vision_model(name_or_path: str | os.PathLike) -> bool:
 
 
 def load_processor(folder: str | os.PathLike) -> Any:
-    """The folder's AutoProcessor. Where a processor also declares a video processor that needs
-    torchvision (Qwen2-VL) and torchvision is absent, it is built from its image processor and
-    tokenizer alone: images train, videos would not."""
-    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
-
+    """The folder's AutoProcessor. Qwen2-VL / Qwen2.5-VL processors also declare a video processor that
+    needs torchvision; where it is absent they are built for images and text alone (vision/qwen.py)."""
     import json
 
-    import transformers
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    from sftune.vision import qwen
 
     try:
         return AutoProcessor.from_pretrained(str(folder))
-    except (ImportError, AttributeError) as err:
-        if "video" not in str(err).lower():
+    except (ImportError, AttributeError, OSError) as err:  # the video processor: no torchvision, no config
+        config = Path(folder) / "config.json"
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type") if config.is_file() else None
+        about_videos = "torchvision" in str(err).lower() or "video" in str(err).lower()
+        if not about_videos or model_type not in qwen.MODEL_TYPES:
             raise
-        path = Path(folder) / "processor_config.json"
-        config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        cls = getattr(transformers, config.get("processor_class", ""), None)
-        if cls is None:
-            raise
-    kwargs = {k: v for k, v in config.items() if k not in ("processor_class", "image_processor", "video_processor")}
-    return cls(image_processor=AutoImageProcessor.from_pretrained(str(folder)),
-               tokenizer=AutoTokenizer.from_pretrained(str(folder)), **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    return qwen.processor(model_type, AutoImageProcessor.from_pretrained(str(folder)), tokenizer,
+                          chat_template=tokenizer.chat_template)
 
 
 def load(folder: str | os.PathLike, *, dtype: Any = "auto", attn_implementation: str | None = "sdpa",
