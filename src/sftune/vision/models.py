@@ -12,24 +12,26 @@ from pathlib import Path
 from typing import Any
 
 
-def is_vision_model(name_or_path: str | os.PathLike) -> bool:
-    """Whether a checkpoint folder holds a model that AutoModelForImageTextToText loads."""
-    config = Path(str(name_or_path)).expanduser() / "config.json"
-    if not config.is_file():
-        return False
+def model_type(name_or_path: str | os.PathLike) -> str | None:
+    """The model_type of a checkpoint folder's config.json (None without one)."""
     import json
 
+    config = Path(str(name_or_path)).expanduser() / "config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text(encoding="utf-8")).get("model_type")
+
+
+def is_vision_model(name_or_path: str | os.PathLike) -> bool:
+    """Whether a checkpoint folder holds a model that AutoModelForImageTextToText loads."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
-    model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
-    return model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    return model_type(name_or_path) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 
 def load_processor(folder: str | os.PathLike) -> Any:
     """The folder's AutoProcessor. Qwen2-VL / Qwen2.5-VL processors also declare a video processor that
     needs torchvision; where it is absent they are built for images and text alone (vision/qwen.py)."""
-    import json
-
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
     from sftune.vision import qwen
@@ -37,13 +39,12 @@ def load_processor(folder: str | os.PathLike) -> Any:
     try:
         return AutoProcessor.from_pretrained(str(folder))
     except (ImportError, AttributeError, OSError) as err:  # the video processor: no torchvision, no config
-        config = Path(folder) / "config.json"
-        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type") if config.is_file() else None
+        family = qwen.family(folder)
         about_videos = "torchvision" in str(err).lower() or "video" in str(err).lower()
-        if not about_videos or model_type not in qwen.MODEL_TYPES:
+        if not about_videos or family not in qwen.MODEL_TYPES:
             raise
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    return qwen.processor(model_type, AutoImageProcessor.from_pretrained(str(folder)), tokenizer,
+    return qwen.processor(family, AutoImageProcessor.from_pretrained(str(folder)), tokenizer,
                           chat_template=tokenizer.chat_template)
 
 

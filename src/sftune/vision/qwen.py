@@ -10,11 +10,15 @@ finds it on a loaded model, peft-wrapped or not.
 from __future__ import annotations
 
 import functools
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
 
 MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+PROCESSORS = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}
 
 
 @functools.cache
@@ -32,12 +36,25 @@ def images_only(cls: type) -> type:
     return ImagesOnly
 
 
+def family(folder: str | os.PathLike) -> str | None:
+    """"qwen2_vl" / "qwen2_5_vl" for a checkpoint or run folder of one (its config's model_type, or for an
+    adapter run, which has no config.json, the processor class saved beside it), else None."""
+    folder = Path(folder).expanduser()
+    for name, key in (("config.json", "model_type"), ("processor_config.json", "processor_class"),
+                      ("tokenizer_config.json", "processor_class")):
+        path = folder / name
+        value = json.loads(path.read_text(encoding="utf-8")).get(key) if path.is_file() else None
+        for model_type, processor_class in PROCESSORS.items():
+            if value in (model_type, processor_class):
+                return model_type
+    return None
+
+
 def processor(model_type: str, image_processor: Any, tokenizer: Any, chat_template: str | None = None) -> Any:
     """The images-only processor of a Qwen2-VL / Qwen2.5-VL checkpoint."""
     import transformers
 
-    name = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}[model_type]
-    cls = images_only(getattr(transformers, name))
+    cls = images_only(getattr(transformers, PROCESSORS[model_type]))
     return cls(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
 
 
