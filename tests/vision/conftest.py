@@ -48,3 +48,20 @@ def vision_run(tmp_path_factory, vlm_folder):
            "vision": {"train_projector": True},
            "output": {"dir": str(root / "run")}})
     return root / "run"
+
+
+@pytest.fixture(scope="session")
+def qwen_run(tmp_path_factory, vlm_folder):
+    """A tiny Qwen2-VL LoRA run (projector trained, rows packed) written by the ordinary recipe."""
+    from sftune.training.recipe import train
+    from sftune.vision import shapes
+
+    root = tmp_path_factory.mktemp("qwen-run")
+    data = shapes.write(root / "data", 8, seed=0)
+    train({"model": {"name": str(vlm_folder("qwen2_vl"))},
+           "data": {"train": [str(data)], "max_len": 256, "packing": True},
+           "method": {"name": "lora"},
+           "train": {"max_steps": 2, "batch_size": 4, "lr": 5e-2},
+           "vision": {"train_projector": True},
+           "output": {"dir": str(root / "run")}})
+    return root / "run"

@@ -73,16 +73,10 @@ def load(run_or_model: str, adapters: dict[str, str] | None = None, template: st
 
 
 def _check_vision(run_or_model: str, loaded: Any, adapters: dict[str, str]) -> None:
-    """What the server does not do with a vision-language run yet: more adapters, and Qwen2-VL's 3-D rope
-    positions (the batcher's decode steps count positions in 1-D)."""
+    """What the server does not do with a vision-language run yet: more adapters."""
     if adapters:
         raise AdapterError(f"{run_or_model} is a vision-language run; --adapter serves text-only LoRA runs on one "
                            "base in this version. Serve each vision-language run in a server of its own.")
-    model_type = getattr(getattr(loaded.model, "config", None), "model_type", "")
-    if model_type in ("qwen2_vl", "qwen2_5_vl"):
-        raise AdapterError(f"{run_or_model} is a {model_type} run: the server does not serve Qwen2-VL's 3-D rope "
-                           "positions yet. Generate in Python with sftune.vision.generate, or serve an "
-                           "LLaVA / Idefics3 / Gemma 3 run.")
 
 
 def _check_adapter(name: str, folder: str, base: str, base_load: dict, tokenizer: Any) -> tuple[Template, Any]:
