@@ -4,8 +4,8 @@ into the language model) trained fully when vision.train_projector (and always u
 
 A model's parts are found by the names transformers gives them (PARTS); a projector may sit inside
 the vision tower (Qwen2-VL's visual.merger), and "the vision tower" then means the rest of it unless
-the whole tower trains. LoRA targets only linear layers of the language part; the projector and the vision tower, when trained under an adapter,
-are peft `modules_to_save` (saved with the adapter).
+the whole tower trains. LoRA targets only linear layers of the language part; the projector and the
+vision tower, when trained under an adapter, are peft `modules_to_save` (saved with the adapter).
 """
 
 from __future__ import annotations

@@ -31,13 +31,20 @@ def images_only(cls: type) -> type:
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
             super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
 
+        def __reduce__(self):  # pickled by its parts (data loader workers): the class is made, not importable
+            return _rebuild, (cls, self.image_processor, self.tokenizer, self.chat_template)
+
     ImagesOnly.__name__ = ImagesOnly.__qualname__ = cls.__name__
     ImagesOnly.__module__ = cls.__module__
     return ImagesOnly
 
 
+def _rebuild(cls: type, image_processor: Any, tokenizer: Any, chat_template: str | None) -> Any:
+    return images_only(cls)(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
+
+
 def family(folder: str | os.PathLike) -> str | None:
-    """"qwen2_vl" / "qwen2_5_vl" for a checkpoint or run folder of one (its config's model_type, or for an
+    """The family (qwen2_vl, qwen2_5_vl) of a checkpoint or run folder of one (its config's model_type, or for an
     adapter run, which has no config.json, the processor class saved beside it), else None."""
     folder = Path(folder).expanduser()
     for name, key in (("config.json", "model_type"), ("processor_config.json", "processor_class"),
