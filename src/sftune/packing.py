@@ -94,6 +94,13 @@ def collate_packed(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return batch
 
 
+def text_positions(position_ids: torch.Tensor) -> torch.Tensor:
+    """The [B, T] positions that restart at 0 for each packed sequence: position_ids itself, or row 0 of a
+    Qwen2-VL / Qwen2.5-VL packed batch's [4, B, T] (text positions, then the 3-D rope positions, the
+    layout transformers reads: row 0 finds the sequences, rows 1-3 turn the rotary embedding)."""
+    return position_ids[0] if position_ids.dim() == 3 else position_ids
+
+
 def collate_padded(features: list[dict[str, Any]], pad_token_id: int, *, pad_to_multiple_of: int | None = None,
                    padding_side: str = "right") -> dict[str, torch.Tensor]:
     """Padded batch for packing off: input_ids padded with pad_token_id, labels with -100, attention_mask.

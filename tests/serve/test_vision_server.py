@@ -17,7 +17,7 @@ from sftune.serve import adapters
 from sftune.serve.server import create_app
 from sftune.vision import generate as vision_generate
 from sftune.serve.background import running
-from tests.vision.conftest import images, vision_run, vlm_folder  # noqa: F401  (the tiny trained LLaVA run)
+from tests.vision.conftest import images, qwen_run, vision_run, vlm_folder  # noqa: F401  (tiny trained runs)
 
 
 def data_url(path) -> str:
@@ -120,3 +120,105 @@ def test_adapters_beside_a_vision_run_answer_images_as_each_run_alone(vision_run
                 model=name, messages=ask, max_tokens=8, temperature=0).choices[0].message.content),
                 list(expected) * 2))
     assert got == [(name, expected[name]) for name in list(expected) * 2]
+
+
+def _qwen_asks(images):  # noqa: F811
+    return [messages(data_url(images["red"])), messages(data_url(images["blue"]), "And this one?"),
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(images["blue"])}},
+                                          {"type": "text", "text": "Two?"},
+                                          {"type": "image_url", "image_url": {"url": data_url(images["red"])}}]}],
+            [{"role": "user", "content": "Only text, no image."}]]
+
+
+def test_qwen2_vl_run_served_as_generate_answers(qwen_run, images):  # noqa: F811
+    """Qwen2-VL's 3-D rope: the server prefills an image prompt with the model's own positions and decodes
+    at text position + the prompt's rope delta. Greedy answers equal model.generate's (batch_size=1), which
+    equal sftune.vision.generate's batched (left-padded) answers; served alone, streamed and concurrently."""
+    asks = _qwen_asks(images)
+    expected = reference(qwen_run, asks, 12)
+    loaded = runs.load(qwen_run)
+    batched = [c.text for c in vision_generate.generate(loaded, asks, GenerationOptions(max_new_tokens=12),
+                                                        batch_size=8)]
+    assert batched == expected and len(set(expected)) > 1
+    model, tokenizer, names = adapters.load(str(qwen_run))
+    with running(create_app(model, tokenizer, names, max_batch_size=8)) as url:
+        name = qwen_run.name
+        for ask, answer in zip(asks, expected):
+            reply = client(url).chat.completions.create(model=name, messages=ask, max_tokens=12, temperature=0)
+            assert reply.choices[0].message.content == answer
+        pieces = [c.choices[0].delta.content or "" for c in client(url).chat.completions.create(
+            model=name, messages=asks[2], max_tokens=12, temperature=0, stream=True) if c.choices]
+        assert "".join(pieces) == expected[2]
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda a: client(url).chat.completions.create(
+                model=name, messages=a, max_tokens=12, temperature=0).choices[0].message.content, asks * 2))
+    assert got == expected * 2
+
+
+def _qwen_requests(model, tokenizer, served, asks, options, finished):
+    from sftune.serve import images as serve_images
+    from sftune.serve.batching import Request
+
+    requests = []
+    for ask in asks:
+        if serve_images.parts(ask):
+            ids, inputs = serve_images.prompt(ask, None, served, model)
+        else:
+            ids, inputs = tokenizer(vision_generate.render_prompt(vision_generate.conversation_of(ask),
+                                                                  served.processor, served.template),
+                                    add_special_tokens=False)["input_ids"], None
+        requests.append(Request(ids, options, frozenset(served.stop_token_ids), model_inputs=inputs,
+                                on_event=lambda e: "done" in e and finished.release()))
+    return requests
+
+
+def _run(batcher, requests, finished):
+    for request in requests:
+        batcher.submit(request)
+    if not batcher._thread.is_alive():
+        batcher.start()
+    for _ in requests:
+        assert finished.acquire(timeout=120)
+
+
+def test_qwen2_vl_batcher_decodes_with_the_rope_delta(qwen_run, images):  # noqa: F811
+    """Each prompt alone: the batcher's logits at every step equal model.generate's (prefill with the
+    model's 3-D positions, decode at text position + rope delta; the delta is the one transformers keeps,
+    nonzero for images). Then all prompts in one batch: the same tokens."""
+    import threading
+
+    import torch
+
+    from sftune.serve.batching import Batcher
+
+    model, tokenizer, names = adapters.load(str(qwen_run))
+    served = next(iter(names.values()))
+    asks = _qwen_asks(images)
+    options = GenerationOptions(max_new_tokens=8)
+    finished = threading.Semaphore(0)
+    seen = []
+    hook = model.register_forward_hook(lambda module, args, out: seen.append(out.logits[:, -1].clone()))
+    batcher = Batcher(model, tokenizer, max_batch_size=8)
+    alone = []
+    inner = next(m for m in model.modules() if hasattr(m, "rope_deltas"))
+    for ask in asks:
+        [request] = _qwen_requests(model, tokenizer, served, [ask], options, finished)
+        seen.clear()
+        _run(batcher, [request], finished)
+        served_logits = seen[:len(request.tokens)]
+        prompt = torch.tensor([request.prompt_ids])
+        with torch.no_grad():
+            out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8,
+                                 do_sample=False, eos_token_id=sorted(request.stop_token_ids), output_logits=True,
+                                 return_dict_in_generate=True, **(request.model_inputs or {}))
+        assert request.tokens == out.sequences[0, prompt.shape[1]:].tolist()[:len(request.tokens)]
+        for mine, theirs in zip(served_logits, out.logits):
+            torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-4)
+        assert request.rope_delta == int(inner.rope_deltas[0, 0])
+        assert (request.rope_delta != 0) == bool(request.model_inputs)
+        alone.append(request.tokens)
+    hook.remove()
+    together = _qwen_requests(model, tokenizer, served, asks, options, finished)
+    _run(batcher, together, finished)
+    batcher.stop()
+    assert [r.tokens for r in together] == alone

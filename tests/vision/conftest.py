@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 from PIL import Image
 
 from sftune.vision import tiny
 
-# Qwen2-VL's processors need torchvision in transformers 5.x (its video processor), and PyPI's
-# torchvision does not run on the CPU build of torch this project installs.
-HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
-FAMILIES = [pytest.param(f, marks=pytest.mark.skipif(f.startswith("qwen") and not HAS_TORCHVISION,
-                                                     reason="Qwen2-VL's processor needs torchvision"))
-            for f in tiny.FAMILIES]
+# Qwen2-VL / Qwen2.5-VL processors are built without torchvision (sftune.vision.qwen.images_only).
+FAMILIES = list(tiny.FAMILIES)
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +45,23 @@ def vision_run(tmp_path_factory, vlm_folder):
            "data": {"train": [str(data)], "max_len": 128},
            "method": {"name": "lora"},
            "train": {"max_steps": 2, "batch_size": 4, "lr": 1e-2},
+           "vision": {"train_projector": True},
+           "output": {"dir": str(root / "run")}})
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def qwen_run(tmp_path_factory, vlm_folder):
+    """A tiny Qwen2-VL LoRA run (projector trained, rows packed) written by the ordinary recipe."""
+    from sftune.training.recipe import train
+    from sftune.vision import shapes
+
+    root = tmp_path_factory.mktemp("qwen-run")
+    data = shapes.write(root / "data", 8, seed=0)
+    train({"model": {"name": str(vlm_folder("qwen2_vl"))},
+           "data": {"train": [str(data)], "max_len": 256, "packing": True},
+           "method": {"name": "lora"},
+           "train": {"max_steps": 2, "batch_size": 4, "lr": 5e-2},
            "vision": {"train_projector": True},
            "output": {"dir": str(root / "run")}})
     return root / "run"

@@ -90,3 +90,23 @@ def test_qlora_on_the_language_model(vlm_folder, images):
     model = vision_methods.apply(model, method)
     moved = _backward(model, _batch(processor, images))
     assert moved and all("lora_" in n and "language_model" in n for n in moved)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("method,projector,tower", [("lora", True, False), ("lora", True, True), ("full", False, False),
+                                                    ("full", False, True)])
+def test_qwen_projector_inside_the_vision_tower(family, method, projector, tower, vlm_folder, images):
+    """Qwen's projector (visual.merger) is nested in its vision tower: the projector option trains the
+    merger with the rest of the tower frozen; training the tower trains all of it, merger included."""
+    model, processor = vision_models.load(vlm_folder(family), dtype=torch.float32)
+    parts = vision_methods.part_names(model)
+    model = vision_methods.apply(model, MethodConfig(name=method), train_projector=projector, train_vision_tower=tower)
+    moved = {n.replace(".modules_to_save.default", "") for n in _backward(model, _batch(processor, images))}
+    merger = {n for n in moved if ".visual.merger." in n}
+    rest_of_tower = {n for n in moved if ".visual." in n and ".visual.merger." not in n}
+    assert merger  # the projector trains in every case here
+    assert bool(rest_of_tower) == tower
+    if method == "lora":
+        expected = [parts["vision"]] if tower else [parts["projector"]]
+        assert sorted(model.peft_config["default"].modules_to_save) == expected
+        assert _in(moved, "language_model") and all("lora_" in n for n in _in(moved, "language_model"))

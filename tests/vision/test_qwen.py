@@ -46,3 +46,30 @@ def test_qwen_trains_language_model_with_vision_frozen(family, method, smollm2_t
         assert all("lora_" in name and "language_model" in name for name in moved)
     else:
         assert any(".merger." in name for name in moved)  # full trains the projector
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_processor_without_torchvision(family, vlm_folder, images, tmp_path):
+    """load_processor builds the images-only processor: each image expands to grid / merge_size**2 image
+    tokens (the image processor's own grid), it pickles (data loader workers) and saves as the ordinary class."""
+    import json
+    import pickle
+
+    import numpy as np
+
+    from sftune.vision import models as vision_models
+
+    processor = vision_models.load_processor(vlm_folder(family))
+    assert type(processor).__name__ == {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}[family]
+    assert not hasattr(processor, "video_processor")
+    image = Image.open(images["red"])
+    text = ["<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Colour?<|im_end|>\n"]
+    out = processor(text=text, images=[image], return_tensors="np")
+    grid = processor.image_processor(images=[image], return_tensors="np")["image_grid_thw"]
+    image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert int((out["input_ids"] == image_id).sum()) == int(grid.prod()) // processor.image_processor.merge_size ** 2
+    again = pickle.loads(pickle.dumps(processor))(text=text, images=[image], return_tensors="np")
+    assert all(np.array_equal(out[k], again[k]) for k in out)
+    processor.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "processor_config.json").read_text())["processor_class"] == type(processor).__name__
+    assert type(vision_models.load_processor(tmp_path)).__name__ == type(processor).__name__

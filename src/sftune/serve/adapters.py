@@ -48,8 +48,6 @@ def load(run_or_model: str, adapters: dict[str, str] | None = None, template: st
     if loaded.run_dir is not None and not loaded.is_adapter and adapters:
         raise AdapterError(f"{run_or_model} is a {loaded.method} run with full weights; --adapter adds LoRA adapters "
                            "to a base model. Serve a LoRA run, or the base model itself, with the adapters.")
-    if loaded.is_vision:
-        _check_vision(run_or_model, loaded)
     base = loaded.base if loaded.is_adapter else str(run_or_model)
     base_load = methods.load_kwargs(loaded.config.method) if loaded.is_adapter else {}
     names: dict[str, Served] = {}
@@ -72,16 +70,6 @@ def load(run_or_model: str, adapters: dict[str, str] | None = None, template: st
                              _processor(folder, loaded.processor))
     model.eval()
     return model, loaded.tokenizer, names
-
-
-def _check_vision(run_or_model: str, loaded: Any) -> None:
-    """What the server does not do with a vision-language run yet: Qwen2-VL's 3-D rope positions (the
-    batcher's decode steps count positions in 1-D)."""
-    model_type = getattr(getattr(loaded.model, "config", None), "model_type", "")
-    if model_type in ("qwen2_vl", "qwen2_5_vl"):
-        raise AdapterError(f"{run_or_model} is a {model_type} run: the server does not serve Qwen2-VL's 3-D rope "
-                           "positions yet. Generate in Python with sftune.vision.generate, or serve an "
-                           "LLaVA / Idefics3 / Gemma 3 run.")
 
 
 def _check_adapter(name: str, folder: str, base: str, base_load: dict, tokenizer: Any) -> tuple[Template, Any]:

@@ -6,6 +6,11 @@ together, their caches left-padded to the batch's width and appended to it, and 
 decode with the others. A request leaves the batch when it stops, hits its token limit or is cancelled
 (its client went away); the cache drops its row and the padding columns nobody needs any more.
 
+Qwen2-VL / Qwen2.5-VL place an image's tokens on a 3-D grid (mrope), so a prompt with images ends at
+another rope position than its token count: its prefill takes the model's own 3-D positions
+(`get_rope_index`), and every later token's position is its text position plus the prompt's rope delta
+(kept per row), as transformers' generate does.
+
 A batch holds requests for one adapter only (LoRA weights are switched per batch, not per row): new
 requests join in arrival order while they ask for the batch's adapter; the first one asking for another
 waits, with everything after it, until the batch drains, then its adapter is switched on.
@@ -25,6 +30,7 @@ import torch
 from transformers import DynamicCache
 
 from sftune.generation import Completion, GenerationOptions, completion_of, held_back, first_stop
+from sftune.vision import qwen
 
 
 @dataclass(eq=False)
@@ -43,6 +49,7 @@ class Request:
     sent: int = 0  # characters of the answer already streamed
     generator: torch.Generator | None = None
     model_inputs: dict[str, torch.Tensor] | None = None  # a vision-language prompt's pixels (prefilled alone)
+    rope_delta: int = 0  # Qwen2-VL: what the prompt's images add to each later token's position
 
 
 class Batcher:
@@ -57,6 +64,8 @@ class Batcher:
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # (rows, cached positions + 0): 1 where a row has a real token
         self.last: torch.Tensor | None = None  # (rows,) the token each row feeds next
+        self.deltas: torch.Tensor | None = None  # (rows,) each row's rope delta (0 but for Qwen2-VL images)
+        self.rope_index = qwen.rope_index(model) if qwen.uses_mrope(model) else None
         self.steps = 0  # decode steps run (a batch of any size counts once)
         self._wake = threading.Condition()
         self._stopping = False
@@ -151,22 +160,27 @@ class Batcher:
                             device=device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        extra = requests[0].model_inputs or {}
+        extra = dict(requests[0].model_inputs or {})
+        if self.rope_index is not None and "image_grid_thw" in extra:  # one prompt with images: 3-D positions
+            positions, deltas = qwen.positions(self.rope_index, ids, extra.get("mm_token_type_ids"),
+                                               extra["image_grid_thw"], attention_mask=mask)
+            requests[0].rope_delta = int(deltas[0])
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                             use_cache=True, logits_to_keep=1, **extra).logits[:, -1]
         tokens = self._choose(logits, requests)
+        deltas = torch.tensor([r.rope_delta for r in requests], device=device)
         first_new = len(self.rows)
         if self.rows:
             cache, mask = _merge(self.cache, self.mask, cache, mask)
-            tokens = torch.cat([self.last, tokens])
-        self.cache, self.mask, self.last = cache, mask, tokens
+            tokens, deltas = torch.cat([self.last, tokens]), torch.cat([self.deltas, deltas])
+        self.cache, self.mask, self.last, self.deltas = cache, mask, tokens, deltas
         self.rows.extend(requests)
         self._advance(first_new)
 
     def _decode(self) -> None:
         """One step for the whole batch: every row's last token in, every row's next token out."""
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
-        positions = self.mask.sum(-1, keepdim=True) - 1
+        positions = self.mask.sum(-1, keepdim=True) - 1 + self.deltas[:, None]
         logits = self.model(input_ids=self.last[:, None], attention_mask=self.mask, position_ids=positions,
                             past_key_values=self.cache, use_cache=True).logits[:, -1]
         self.last = self._choose(logits, self.rows)
@@ -227,7 +241,7 @@ class Batcher:
             return
         index = torch.tensor(rows, device=self.mask.device)
         self.cache.batch_select_indices(index)
-        self.mask, self.last = self.mask[index], self.last[index]
+        self.mask, self.last, self.deltas = self.mask[index], self.last[index], self.deltas[index]
         first = int(self.mask.any(0).nonzero()[0])
         if first:
             for layer in self.cache.layers:
@@ -235,7 +249,7 @@ class Batcher:
             self.mask = self.mask[:, first:]
 
     def _reset(self) -> None:
-        self.rows, self.cache, self.mask, self.last = [], None, None, None
+        self.rows, self.cache, self.mask, self.last, self.deltas = [], None, None, None, None
 
 
 def _merge(cache: DynamicCache, mask: torch.Tensor, new: DynamicCache, new_mask: torch.Tensor

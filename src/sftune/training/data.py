@@ -89,13 +89,19 @@ def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=Non
     return EncodedData(train=sets["train"], eval=sets["eval"], reports=reports, eval_conversations=held_out or None)
 
 
-def batches(dataset: Any, *, packing: bool, max_len: int, pad_token_id: int, processor: Any = None
-            ) -> tuple[Any, Any]:
+def batches(dataset: Any, *, packing: bool, max_len: int, pad_token_id: int, processor: Any = None,
+            rope_index: Any = None) -> tuple[Any, Any]:
     """(dataset as the Trainer sees it, collator): packed rows and padding-free batches, or padded
     sequences with a `length` column for length-grouped sampling (the collator drops it); with a
-    processor, padded batches with the images' pixel inputs."""
+    processor, batches with the images' pixel inputs, packed (Qwen2-VL: its model's `rope_index`
+    places each sequence) or padded."""
     if dataset is None:
         return None, None
+    if processor is not None and packing:
+        from sftune.vision import dataset as vision_dataset
+
+        return vision_dataset.packed_rows(dataset, max_len), functools.partial(
+            vision_dataset.collate_packed, processor=processor, rope_index=rope_index)
     if processor is not None:
         from sftune.vision.dataset import collate
 

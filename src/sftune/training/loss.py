@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 import torch
 
 from sftune.encode import IGNORE
+from sftune.packing import text_positions
 
 
 def _logit_chunks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, chunk_size: int,
@@ -179,7 +180,7 @@ def shifted_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     targets = batch["labels"][:, 1:]
     position_ids = batch.get("position_ids")
     if position_ids is not None:
-        targets = targets.masked_fill(position_ids[:, 1:] == 0, IGNORE)
+        targets = targets.masked_fill(text_positions(position_ids)[:, 1:] == 0, IGNORE)
     return targets
 
 

@@ -187,9 +187,10 @@ def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, bool]:
 
 
 def setup_vision_model(cfg: Config, precision: str, console) -> tuple[Any, Any, bool]:
-    """(vision-language model with the method applied, its processor, packing False): see sftune/vision."""
+    """(vision-language model with the method applied, its processor, packing on or off): see sftune/vision.
+    Qwen2-VL / Qwen2.5-VL rows pack; other families' batches are padded (vision.dataset.packing_refused)."""
     from sftune.vision import methods as vision_methods
-    from sftune.vision.dataset import PACKING_REFUSED
+    from sftune.vision.dataset import packing_refused
 
     dtype = cfg.model.dtype
     if dtype == "auto":
@@ -197,27 +198,42 @@ def setup_vision_model(cfg: Config, precision: str, console) -> tuple[Any, Any, 
         dtype = "bfloat16" if torch.cuda.is_available() and precision == "bf16" and adapter else "float32"
     if cfg.method.name not in ("lora", "qlora", "full"):
         raise ConfigError(f"method.name={cfg.method.name}: vision-language models train with lora, qlora or full")
+    folder = models.resolve(cfg.model.name)
+    packing, why = cfg.data.packing, packing_refused(vision_models.model_type(folder) or "")
+    if packing and why is None and cfg.train.batch_selection.method != "none":
+        why = f"train.batch_selection={cfg.train.batch_selection.method} selects whole sequences"
+    if packing and why is not None:
+        console.print(f"[yellow]packing off: {why}; batches are padded and batch_size counts sequences[/yellow]")
+        packing = False
     model, processor = vision_models.load(
-        models.resolve(cfg.model.name), dtype=getattr(torch, dtype),
-        attn_implementation=attention.resolve(cfg.model.attn_implementation, packing=False),
+        folder, dtype=getattr(torch, dtype),
+        attn_implementation=attention.resolve(cfg.model.attn_implementation, packing=packing),
         trust_remote_code=cfg.model.trust_remote_code, **methods.load_kwargs(cfg.method))
     model = vision_methods.apply(model, cfg.method, train_projector=cfg.vision.train_projector,
                                  train_vision_tower=cfg.vision.train_vision_tower, tokenizer=processor.tokenizer)
     console.print(f"[bold]{cfg.method.name}[/bold] on {cfg.model.name} (vision-language): "
                   f"{methods.trainable_summary(model)}")
-    if cfg.data.packing:
-        console.print(f"[yellow]packing off: {PACKING_REFUSED}[/yellow]")
-    return model, processor, False
+    if packing:
+        ok, why = methods.packing_supported(cfg.method, model)
+        if not ok:
+            console.print(f"[yellow]packing off: {why}; batch_size now counts sequences[/yellow]")
+            packing = False
+    return model, processor, packing
 
 
 def setup_trainer(cfg: Config, model: Any, tokenizer: Any, template: Any, encoded: EncodedData, args: Any, *,
                   packing: bool, console, callbacks: list[TrainerCallback] | None, processor: Any = None) -> SFTTrainer:
     """The SFTTrainer over the batched data, with sftune's callbacks first and the caller's after, and the
     generation metrics of eval.generate_metrics on the first validation conversations."""
+    rope_index = None
+    if processor is not None and packing:
+        from sftune.vision import qwen
+
+        rope_index = qwen.rope_index(model)  # packed Qwen2-VL rows: each sequence's own 3-D positions
     train_rows, collate = batches(encoded.train, packing=packing, max_len=cfg.data.max_len,
-                                  pad_token_id=tokenizer.pad_token_id, processor=processor)
+                                  pad_token_id=tokenizer.pad_token_id, processor=processor, rope_index=rope_index)
     eval_rows, _ = batches(encoded.eval, packing=packing, max_len=cfg.data.max_len,
-                           pad_token_id=tokenizer.pad_token_id, processor=processor)
+                           pad_token_id=tokenizer.pad_token_id, processor=processor, rope_index=rope_index)
     own = [CheckpointCompleteCallback(), MetricsFileCallback(Path(cfg.output.dir) / "metrics.jsonl"),
            RichProgressCallback(console)]
     if cfg.eval.early_stopping_patience:

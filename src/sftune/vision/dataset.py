@@ -1,5 +1,6 @@
 """Many image-text conversations -> rows (input_ids, labels, the rendered text, image references) and
-an EncodeReport; and the collator that pads a batch and adds the processor's pixel inputs.
+an EncodeReport; the collator that pads a batch and adds the processor's pixel inputs; and, for
+Qwen2-VL / Qwen2.5-VL, packed rows and their padding-free collator.
 
 Pixels are made per batch, not stored: the collator runs the processor again on each row's text and
 images (the image processor is deterministic) and checks that its ids are the row's ids.
@@ -15,6 +16,7 @@ import torch
 from sftune.data import images as image_refs
 from sftune.data.errors import DataError
 from sftune.data.schema import Conversation
+from sftune.encode import IGNORE
 from sftune.encode.dataset import EncodeReport, _where
 from sftune.packing import collate_padded
 from sftune.templates import Template
@@ -22,8 +24,23 @@ from sftune.vision.encode import VisionEncodeError, encode, processor_inputs
 
 # Processor outputs with one value per token: padded like input_ids (with 0).
 PER_TOKEN = ("token_type_ids", "mm_token_type_ids")
-PACKING_REFUSED = ("packing is not available for vision-language models in sftune yet (image token positions and "
-                   "Qwen2-VL's 3-D rope positions would have to restart per sequence); batches are padded")
+# Why packing stays off for a family (packed_rows packs the others: Qwen2-VL / Qwen2.5-VL).
+PACKING_REFUSED = {
+    "gemma3": "Gemma 3 attends bidirectionally within each image's tokens (its token_type_ids mask), which the "
+              "packed path's causal per-sequence attention does not keep",
+    "llava": "LLaVA rows are not tested packed in sftune yet",
+    "idefics3": "Idefics3 rows are not tested packed in sftune yet",
+}
+
+
+def packing_refused(model_type: str) -> str | None:
+    """None when a family's rows pack (Qwen2-VL / Qwen2.5-VL: their 3-D rope positions are computed per
+    sequence), else why not, naming the family."""
+    from sftune.vision import qwen
+
+    if model_type in qwen.MODEL_TYPES:
+        return None
+    return PACKING_REFUSED.get(model_type, f"{model_type} rows are not tested packed in sftune yet")
 
 
 def encode_dataset(conversations: Iterable[Conversation], processor: Any, template: Template, *,
@@ -75,6 +92,16 @@ def _stack(values: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.concatenate(padded, axis=0))
 
 
+def _pixels(text: str, refs: list[str], ids: list[int], processor: Any) -> dict[str, np.ndarray]:
+    """The processor's inputs for one encoded sequence, checked against its ids."""
+    loaded = [image_refs.load(ref, f"images[{i}]") for i, ref in enumerate(refs)]
+    out = processor_inputs(processor, [text], [loaded])
+    if out["input_ids"][0].tolist() != list(ids):
+        raise RuntimeError("the processor's ids differ from the encoded row's: the processor or its "
+                           "images changed since encoding; encode the data again")
+    return out
+
+
 def collate(features: list[dict[str, Any]], *, processor: Any, pad_token_id: int) -> dict[str, torch.Tensor]:
     """A padded batch (input_ids, labels, attention_mask, loss_weights) plus the processor's image
     inputs (pixel_values, image_grid_thw, pixel_attention_mask, token_type_ids ...) for its rows."""
@@ -83,11 +110,7 @@ def collate(features: list[dict[str, Any]], *, processor: Any, pad_token_id: int
     longest = batch["input_ids"].shape[1]
     extras: dict[str, list[np.ndarray]] = {}
     for f in features:
-        loaded = [image_refs.load(ref, f"images[{i}]") for i, ref in enumerate(f["images"])]
-        out = processor_inputs(processor, [f["text"]], [loaded])
-        if out["input_ids"][0].tolist() != list(f["input_ids"]):
-            raise RuntimeError("the processor's ids differ from the encoded row's: the processor or its "
-                               "images changed since encoding; encode the data again")
+        out = _pixels(f["text"], f["images"], f["input_ids"], processor)
         for key, value in out.items():
             if key in ("input_ids", "attention_mask"):
                 continue
@@ -96,4 +119,67 @@ def collate(features: list[dict[str, Any]], *, processor: Any, pad_token_id: int
             extras.setdefault(key, []).append(np.asarray(value))
     for key, values in extras.items():
         batch[key] = _stack(values)
+    return batch
+
+
+def packed_rows(dataset: Any, max_len: int) -> Any:
+    """The encoded dataset packed into rows of <= max_len tokens (best-fit-decreasing bins, as text rows
+    pack): each row holds its sequences' input_ids, labels (and loss_weights) end to end, and per
+    sequence its length, rendered text and image references, which `collate_packed` reads."""
+    import datasets
+
+    from sftune.packing import pack
+
+    lengths = [len(x) for x in dataset["input_ids"]]
+    columns = [c for c in ("input_ids", "labels", "loss_weights") if c in dataset.column_names]
+    data = {c: dataset[c] for c in columns + ["text", "images"]}
+    rows: dict[str, list] = {c: [] for c in columns + ["lengths", "texts", "images"]}
+    for members in pack(lengths, max_len):
+        for c in columns:
+            rows[c].append([v for k in members for v in data[c][k]])
+        rows["lengths"].append([lengths[k] for k in members])
+        rows["texts"].append([data["text"][k] for k in members])
+        rows["images"].append([list(data["images"][k]) for k in members])
+    return datasets.Dataset.from_dict(rows)
+
+
+def collate_packed(features: list[dict[str, Any]], *, processor: Any, rope_index: Any) -> dict[str, torch.Tensor]:
+    """One padding-free row [1, T] of every sequence in the features (packed rows): input_ids, labels
+    (each sequence's first label -100), loss_weights, the images' pixel inputs in order, and
+    position_ids [4, 1, T]: row 0 the text positions restarting at 0 per sequence (how the attention
+    finds the sequences), rows 1-3 each sequence's own 3-D rope positions from the model's
+    `rope_index` (sftune.vision.qwen.rope_index), as if it were alone. No attention_mask."""
+    from sftune.vision import qwen
+
+    ids: list[int] = []
+    labels: list[int] = []
+    weights: list[float] = []
+    text_positions: list[torch.Tensor] = []
+    rope: list[torch.Tensor] = []
+    extras: dict[str, list[np.ndarray]] = {}
+    for f in features:
+        start = 0
+        for length, text, refs in zip(f["lengths"], f["texts"], f["images"]):
+            sequence = list(f["input_ids"][start:start + length])
+            out = _pixels(text, refs, sequence, processor)
+            grid = torch.from_numpy(np.asarray(out["image_grid_thw"])) if "image_grid_thw" in out else None
+            types = torch.from_numpy(np.asarray(out["mm_token_type_ids"])) if "mm_token_type_ids" in out else None
+            positions, _ = qwen.positions(rope_index, torch.tensor([sequence]), types, grid)
+            rope.append(positions[:, 0])
+            text_positions.append(torch.arange(length))
+            ids += sequence
+            sequence_labels = list(f["labels"][start:start + length])
+            labels += [IGNORE] + sequence_labels[1:]
+            if "loss_weights" in f:
+                weights += list(f["loss_weights"][start:start + length])
+            for key, value in out.items():
+                if key not in ("input_ids", "attention_mask"):
+                    extras.setdefault(key, []).append(np.asarray(value))
+            start += length
+    batch = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+             "position_ids": torch.cat([torch.cat(text_positions)[None], torch.cat(rope, dim=1)])[:, None]}
+    if "loss_weights" in features[0]:
+        batch["loss_weights"] = torch.tensor([weights], dtype=torch.float32)
+    for key, values in extras.items():
+        batch[key] = torch.from_numpy(np.concatenate(values, axis=1 if key in PER_TOKEN else 0))
     return batch

@@ -2,9 +2,10 @@
 tower frozen unless vision.train_vision_tower, the projector (the layers that map image features
 into the language model) trained fully when vision.train_projector (and always under `full`).
 
-A model's parts are found by the names transformers gives them (PARTS); LoRA targets only linear
-layers of the language part; the projector and the vision tower, when trained under an adapter,
-are peft `modules_to_save` (saved with the adapter).
+A model's parts are found by the names transformers gives them (PARTS); a projector may sit inside
+the vision tower (Qwen2-VL's visual.merger), and "the vision tower" then means the rest of it unless
+the whole tower trains. LoRA targets only linear layers of the language part; the projector and the
+vision tower, when trained under an adapter, are peft `modules_to_save` (saved with the adapter).
 """
 
 from __future__ import annotations
@@ -58,6 +59,16 @@ def lora_targets(model: Any, target_modules: str | list[str]) -> list[str]:
     return out
 
 
+def saved_modules(parts: dict[str, str], *, train_projector: bool, train_vision_tower: bool) -> list[str]:
+    """The parts an adapter run trains fully (peft modules_to_save). Qwen2-VL's projector
+    (visual.merger) sits inside its vision tower: with the tower trained it is part of it (peft
+    cannot wrap a module inside another wrapped one), else it is trained alone."""
+    projector = parts.get("projector") if train_projector else None
+    if train_vision_tower:
+        return [parts["vision"]] + ([projector] if projector and not _inside(projector, parts["vision"]) else [])
+    return [projector] if projector else []
+
+
 def apply(model: Any, method: MethodConfig, *, train_projector: bool = False, train_vision_tower: bool = False,
           tokenizer: Any = None) -> Any:
     """The model ready to train: lora / qlora adapters on the language model, or full fine-tuning
@@ -79,8 +90,7 @@ def apply(model: Any, method: MethodConfig, *, train_projector: bool = False, tr
         model = methods._prepare_4bit(model)
     targets = lora_targets(model, method.target_modules)
     config = methods._peft_config(model, method.model_copy(update={"target_modules": targets}), tokenizer)
-    saved = ([parts["projector"]] if train_projector and "projector" in parts else []) + \
-        ([parts["vision"]] if train_vision_tower else [])
+    saved = saved_modules(parts, train_projector=train_projector, train_vision_tower=train_vision_tower)
     if saved:
         config.modules_to_save = saved
     return get_peft_model(model, config)

@@ -12,42 +12,40 @@ from pathlib import Path
 from typing import Any
 
 
-def is_vision_model(name_or_path: str | os.PathLike) -> bool:
-    """Whether a checkpoint folder holds a model that AutoModelForImageTextToText loads."""
-    config = Path(str(name_or_path)).expanduser() / "config.json"
-    if not config.is_file():
-        return False
+def model_type(name_or_path: str | os.PathLike) -> str | None:
+    """The model_type of a checkpoint folder's config.json (None without one)."""
     import json
 
+    config = Path(str(name_or_path)).expanduser() / "config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text(encoding="utf-8")).get("model_type")
+
+
+def is_vision_model(name_or_path: str | os.PathLike) -> bool:
+    """Whether a checkpoint folder holds a model that AutoModelForImageTextToText loads."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
-    model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
-    return model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    return model_type(name_or_path) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 
 def load_processor(folder: str | os.PathLike) -> Any:
-    """The folder's AutoProcessor. Where a processor also declares a video processor that needs
-    torchvision (Qwen2-VL) and torchvision is absent, it is built from its image processor and
-    tokenizer alone: images train, videos would not."""
+    """The folder's AutoProcessor. Qwen2-VL / Qwen2.5-VL processors also declare a video processor that
+    needs torchvision; where it is absent they are built for images and text alone (vision/qwen.py)."""
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
-    import json
-
-    import transformers
+    from sftune.vision import qwen
 
     try:
         return AutoProcessor.from_pretrained(str(folder))
-    except (ImportError, AttributeError) as err:
-        if "video" not in str(err).lower():
+    except (ImportError, AttributeError, OSError) as err:  # the video processor: no torchvision, no config
+        family = qwen.family(folder)
+        about_videos = "torchvision" in str(err).lower() or "video" in str(err).lower()
+        if not about_videos or family not in qwen.MODEL_TYPES:
             raise
-        path = Path(folder) / "processor_config.json"
-        config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        cls = getattr(transformers, config.get("processor_class", ""), None)
-        if cls is None:
-            raise
-    kwargs = {k: v for k, v in config.items() if k not in ("processor_class", "image_processor", "video_processor")}
-    return cls(image_processor=AutoImageProcessor.from_pretrained(str(folder)),
-               tokenizer=AutoTokenizer.from_pretrained(str(folder)), **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    return qwen.processor(family, AutoImageProcessor.from_pretrained(str(folder)), tokenizer,
+                          chat_template=tokenizer.chat_template)
 
 
 def tokenizer_and_processor(model: str | os.PathLike) -> tuple[Any, Any]:

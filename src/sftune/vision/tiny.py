@@ -59,10 +59,11 @@ def build_parts(family: str, tokenizer: Any, seed: int = 0) -> tuple[Any, Any]:
 
 
 def build_model(family: str, tokenizer: Any, seed: int = 0) -> tuple[Any, Any, Any]:
-    """(random model, a function that makes its processor, its image processor): apart, because
-    Qwen2-VL's processor class needs torchvision while its model and image processor do not."""
+    """(random model, a function that makes its processor, its image processor)."""
     import torch
     import transformers as tf
+
+    from sftune.vision import qwen
 
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; pick one of {', '.join(FAMILIES)}")
@@ -87,8 +88,7 @@ def build_model(family: str, tokenizer: Any, seed: int = 0) -> tuple[Any, Any, A
         pixels = IMAGE_SIZE * IMAGE_SIZE
         image_processor = tf.Qwen2VLImageProcessor(patch_size=8, merge_size=2, temporal_patch_size=2,
                                                    size={"shortest_edge": pixels, "longest_edge": pixels})
-        processor_cls = tf.Qwen2VLProcessor if family == "qwen2_vl" else tf.Qwen2_5_VLProcessor
-        processor = lambda: processor_cls(image_processor=image_processor, tokenizer=tok)  # noqa: E731
+        processor = lambda: qwen.processor(family, image_processor, tok)  # noqa: E731
     elif family == "llava":
         vision = tf.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                                      image_size=IMAGE_SIZE, patch_size=8, projection_dim=32)

@@ -70,12 +70,13 @@ def expert_answers(batch: dict[str, torch.Tensor]) -> list[tuple[list[int], list
     """(prompt ids, answer ids) of each sequence of a batch (packed rows or padded rows): the answer is the
     sequence's last trained span (the last assistant turn with its end-of-turn token), the prompt all before."""
     from sftune.attention import sequence_bounds
+    from sftune.packing import text_positions
 
     pairs = []
     for row in range(batch["input_ids"].shape[0]):
         ids, labels = batch["input_ids"][row].tolist(), batch["labels"][row].tolist()
         if "position_ids" in batch:
-            bounds = sequence_bounds(batch["position_ids"][row], len(ids))
+            bounds = sequence_bounds(text_positions(batch["position_ids"])[row], len(ids))
         else:
             length = int(batch["attention_mask"][row].sum()) if "attention_mask" in batch else len(ids)
             bounds = [(0, length)]
