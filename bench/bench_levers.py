@@ -17,7 +17,7 @@ step the way sftune ran it before the lever:
 --attention times the packed-attention loop alone, bf16 against fp32 for sequences below 300 tokens
 (a candidate lever: is the bf16 sdpa kernel slower than fp32 at short lengths on a CPU?).
 
-Variants run interleaved, one step each per repeat (machine noise spreads evenly over them), after one
+Variants run interleaved on the same rows, one step each per repeat (machine noise spreads evenly over them), after one
 warm-up step each; prints per variant the mean and spread of the step time and its change against "all on".
 """
 
@@ -124,13 +124,11 @@ def ab(model, rows, per_step, optimizer, repeats: int, steps: int, variants: dic
     batches = [rows[i:i + per_step] for i in range(0, len(rows) - per_step + 1, per_step)]
     for name, levers in variants.items():  # warm-up: each variant's first step, left out
         make_step(model, optimizer, **levers)(batches[0])
-    k = 1
     for repeat in range(repeats):
-        for name, levers in variants.items():
+        for name, levers in variants.items():  # the same rows for every variant within a repeat
             step = make_step(model, optimizer, **levers)
-            for _ in range(steps):
-                times[name].append(step(batches[k % len(batches)]))
-                k += 1
+            for i in range(steps):
+                times[name].append(step(batches[(1 + repeat * steps + i) % len(batches)]))
             print(f"repeat {repeat + 1} {name:>12}: {statistics.mean(times[name][-steps:]):.2f} s/step", flush=True)
     return times
 
