@@ -134,13 +134,18 @@ def ab(model, rows, per_step, optimizer, repeats: int, steps: int, variants: dic
 
 
 def report(times: dict[str, list[float]], tokens_per_step: float) -> str:
+    """Mean and spread per variant, and the paired ratio to "all on" (same rows, same repeat): median
+    and range over the repeats."""
     base = statistics.mean(times["all on"])
-    lines = ["| variant | s / step (mean) | spread (stdev) | tokens/s | vs all on |", "|---|---|---|---|---|"]
+    lines = ["| variant | s / step (mean) | spread (stdev) | tokens/s | vs all on (means) | "
+             "vs all on, paired: median (min - max) |", "|---|---|---|---|---|---|"]
     for name, values in times.items():
         mean = statistics.mean(values)
         spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        paired = [100 * (v / b - 1) for v, b in zip(values, times["all on"])]
         lines.append(f"| {name} | {mean:.2f} | {spread:.2f} | {tokens_per_step / mean:.0f} | "
-                     f"{100 * (mean / base - 1):+.1f}% |")
+                     f"{100 * (mean / base - 1):+.1f}% | {statistics.median(paired):+.1f}% "
+                     f"({min(paired):+.1f}% - {max(paired):+.1f}%) |")
     return "\n".join(lines)
 
 

@@ -358,10 +358,12 @@ def estimate(cfg: Config, shape: ModelShape, *, gpus: int = 1, sharding: str = "
     if m.name == "qlora":  # one layer's weight dequantized for its matmul
         parts["activations"] += max(i * o for _, i, o, _ in shape.linears) * act_bytes
 
-    # logits and the loss: sftune's loss makes fp32 logits a chunk of rows at a time (training/loss.py)
+    # logits and the loss: sftune's loss makes fp32 logits a chunk of rows at a time (training/loss.py);
+    # cross-entropy works over the chunk in place, the other token losses take a second fp32 chunk
     trained = tokens if trained_tokens is None else min(trained_tokens, tokens)
     rows = min(trained, chunk_size_for(shape.vocab))
-    logits = rows * shape.vocab * 4 * 2 + (rows * shape.vocab * act_bytes if act_bytes == 2 else 0)
+    chunks = 1 if t.loss == "ce" else 2
+    logits = rows * shape.vocab * 4 * chunks + (rows * shape.vocab * act_bytes if act_bytes == 2 else 0)
     logits += 2 * trained * shape.hidden * act_bytes  # gathered hidden states and their gradient
     if _output_trained(shape, m):  # the output layer's gradient, built in fp32 during the loss's forward pass
         logits += shape.vocab * shape.hidden * 4
