@@ -93,8 +93,9 @@ def test_full_fine_tuning_parts_follow_the_formulas():
     assert per_token_layer == 4096
     outside_layers = T * (3 * H + 2 * (H + I)) * 4
     assert est.parts["activations"] == T * L * 4096 + outside_layers == 1_343_488
-    # fp32 logits of all 128 tokens (fewer than one 682-row chunk) x2, hidden + its gradient, d(output layer)
-    assert est.parts["logits and loss"] == 128 * V * 4 * 2 + 2 * T * H * 4 + V * H * 4
+    # fp32 logits of all 128 tokens (fewer than one 682-row chunk; cross-entropy works in place over it),
+    # hidden + its gradient, d(output layer)
+    assert est.parts["logits and loss"] == 128 * V * 4 + 2 * T * H * 4 + V * H * 4
 
 
 def test_checkpointing_keeps_each_layer_input_and_one_layer():
@@ -129,9 +130,12 @@ def test_activations_grow_with_the_micro_batch_and_logits_are_chunked():
     assert four.tokens == 4 * one.tokens == 512
     assert four.parts["activations"] == 4 * one.parts["activations"]
     # 512 tokens, but one chunk of 2**25 // 49152 = 682 rows is the most logits held: still all 512
-    assert four.parts["logits and loss"] - one.parts["logits and loss"] == (512 - 128) * (49152 * 8 + 2 * 64 * 4)
+    assert four.parts["logits and loss"] - one.parts["logits and loss"] == (512 - 128) * (49152 * 4 + 2 * 64 * 4)
     eight = E.estimate(_config(), shape, micro_batch=8)  # 1024 tokens: capped at the chunk
-    assert eight.parts["logits and loss"] == 682 * 49152 * 8 + 2 * 1024 * 64 * 4 + 49152 * 64 * 4
+    assert eight.parts["logits and loss"] == 682 * 49152 * 4 + 2 * 1024 * 64 * 4 + 49152 * 64 * 4
+    # the other token losses (dft, ...) keep a second fp32 chunk beside the logits
+    dft = E.estimate(_config(loss="dft"), shape, micro_batch=8)
+    assert dft.parts["logits and loss"] - eight.parts["logits and loss"] == 682 * 49152 * 4
 
 
 def test_lora_and_qlora_weights_and_states():
@@ -142,7 +146,7 @@ def test_lora_and_qlora_weights_and_states():
     adapter = E.parameters(shape, cfg.method)["adapter"]
     assert est.parts["weights"] == 4 * (shape.total + adapter)
     assert est.parts["gradients"] == 4 * adapter and est.parts["optimizer states"] == 8 * adapter
-    assert "logits and loss" in est.parts and est.parts["logits and loss"] == 128 * 49152 * 8 + 2 * 128 * 64 * 4
+    assert "logits and loss" in est.parts and est.parts["logits and loss"] == 128 * 49152 * 4 + 2 * 128 * 64 * 4
     q = load({"model": {"name": "unused"}, "method": {"name": "qlora", "r": 4}, "data": {"max_len": 128},
               "train": {"batch_size": 1, "precision": "fp32"}})
     quantized = E.parameters(shape, q.method)["quantized"]

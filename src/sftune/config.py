@@ -167,6 +167,8 @@ class TrainSection(_Section):
         "auto", description="auto = bf16 on GPUs with bf16, else fp16 on GPU; on a CPU bf16 where it has AMX, else fp32 (sftune.hardware)"
     )
     gradient_checkpointing: bool = False
+    compile: bool = Field(False, description="torch.compile each decoder layer (cache in SFTUNE_HOME/inductor); "
+                          "the first step takes minutes on a CPU, later ones are faster: for long runs")
     neftune_alpha: float | None = Field(None, gt=0, description="NEFTune noise alpha (e.g. 5); None = off")
     seed: int = 42
     logging_steps: int = Field(5, ge=1)

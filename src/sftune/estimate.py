@@ -117,6 +117,8 @@ def model_shape(config: Any) -> ModelShape:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from sftune.methods import decoder_layers
+
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -127,7 +129,10 @@ def model_shape(config: Any) -> ModelShape:
         for name, m in model.named_modules()
         if isinstance(m, torch.nn.Linear) and m is not output
     )
-    layers = _decoder_layers(model, text.num_hidden_layers)
+    try:
+        layers = decoder_layers(model)
+    except ValueError as error:
+        raise ValueError(f"{error} to estimate its memory") from None
     per_layer = tuple(sum(p.numel() for p in layer.parameters()) for layer in layers)
     heads = text.num_attention_heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
@@ -147,15 +152,6 @@ def model_shape(config: Any) -> ModelShape:
         named=tuple((n, p.numel()) for n, p in model.named_parameters()),
         tied=output.weight is model.get_input_embeddings().weight,
     )
-
-
-def _decoder_layers(model: Any, count: int) -> Any:
-    import torch
-
-    for _, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
-            return module
-    raise ValueError(f"could not find the {count} decoder layers of {type(model).__name__} to estimate its memory")
 
 
 # ------------------------------------------------------------------------------------------ parameters
@@ -362,10 +358,12 @@ def estimate(cfg: Config, shape: ModelShape, *, gpus: int = 1, sharding: str = "
     if m.name == "qlora":  # one layer's weight dequantized for its matmul
         parts["activations"] += max(i * o for _, i, o, _ in shape.linears) * act_bytes
 
-    # logits and the loss: sftune's loss makes fp32 logits a chunk of rows at a time (training/loss.py)
+    # logits and the loss: sftune's loss makes fp32 logits a chunk of rows at a time (training/loss.py);
+    # cross-entropy works over the chunk in place, the other token losses take a second fp32 chunk
     trained = tokens if trained_tokens is None else min(trained_tokens, tokens)
     rows = min(trained, chunk_size_for(shape.vocab))
-    logits = rows * shape.vocab * 4 * 2 + (rows * shape.vocab * act_bytes if act_bytes == 2 else 0)
+    chunks = 1 if t.loss == "ce" else 2
+    logits = rows * shape.vocab * 4 * chunks + (rows * shape.vocab * act_bytes if act_bytes == 2 else 0)
     logits += 2 * trained * shape.hidden * act_bytes  # gathered hidden states and their gradient
     if _output_trained(shape, m):  # the output layer's gradient, built in fp32 during the loss's forward pass
         logits += shape.vocab * shape.hidden * 4

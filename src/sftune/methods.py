@@ -375,7 +375,11 @@ def _hub_id_like(path: str) -> bool:
 
 
 def _freeze_all_but(model: Any, method: MethodConfig) -> None:
-    layers = _decoder_layers(model)
+    try:
+        layers = decoder_layers(model)
+    except ValueError as error:
+        raise ValueError(f"{error}; use method.trainable_modules with name patterns instead of "
+                         "trainable_layers.") from None
     if method.trainable_layers > len(layers):
         raise ValueError(
             f"method.trainable_layers is {method.trainable_layers} but the model has {len(layers)} "
@@ -406,16 +410,14 @@ def _freeze_all_but(model: Any, method: MethodConfig) -> None:
             params[name].requires_grad_(True)
 
 
-def _decoder_layers(model: Any) -> torch.nn.ModuleList:
-    """The stack of decoder layers: the ModuleList as long as the model's layer count."""
+def decoder_layers(model: Any) -> torch.nn.ModuleList:
+    """The stack of decoder layers: the ModuleList as long as the model's layer count (under peft
+    wrappers too). Used by method 'freeze', by train.compile and by sftune.estimate."""
     count = _text_config(model).num_hidden_layers
     for _, module in model.named_modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) == count:
             return module
-    raise ValueError(
-        f"could not find the {count} decoder layers of {type(model).__name__}; "
-        "use method.trainable_modules with name patterns instead of trainable_layers."
-    )
+    raise ValueError(f"could not find the {count} decoder layers of {type(model).__name__}")
 
 
 def _text_config(model: Any):

@@ -335,3 +335,47 @@ def test_neftune_adds_noise_in_training_only(tmp_path):
         results[alpha] = (before, losses(trainer)[0])
     assert results[5.0][0] == pytest.approx(results[None][0], abs=1e-7)
     assert abs(results[5.0][1] - results[None][1]) > 1e-4
+
+
+# -------------------------------------------------------------------------- bf16 with a LoRA adapter
+
+
+def test_bf16_lora_step_skips_adapter_input_copies_and_keeps_gradients(tmp_path):
+    """In a bf16 (autocast) training step peft's LoRA layers take their bf16 input as it is, where
+    they would copy it to fp32 for autocast to copy back: the gradients equal those of the same step
+    with peft's copies put back on (bf16 -> fp32 -> bf16 loses nothing), and the copies are back on
+    after the step (generation in an evaluation runs without autocast and needs them)."""
+    data = encoded_examples(8)
+    lora = MethodConfig(name="lora", r=4, alpha=8, dropout=0.0, target_modules="all-linear")
+
+    def flags(model):
+        return [m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+
+    def step(copies: bool):
+        seen, recorder = [], GradientRecorder()
+
+        class Watching(SFTTrainer):
+            def compute_loss(self, model, inputs, **kwargs):
+                seen.extend(flags(model))
+                if copies:
+                    for m in model.modules():
+                        if hasattr(m, "cast_input_dtype_enabled"):
+                            m.cast_input_dtype_enabled = True
+                return super().compute_loss(model, inputs, **kwargs)
+
+        torch.manual_seed(0)
+        model = methods.apply_method(tiny_model("llama", vocab_size=VOCAB).to(torch.bfloat16), lora, verbose=False)
+        trainer = Watching(model=model, args=make_args(tmp_path / str(copies), per_device_train_batch_size=8,
+                                                       max_steps=2, bf16=True, optim="sgd", learning_rate=1.0),
+                           train_dataset=data + encoded_examples(8, seed=1), data_collator=padding_free_collate,
+                           callbacks=[recorder])
+        trainer.train()
+        return seen, flags(model), recorder.steps
+
+    seen, after, got = step(copies=False)
+    assert seen and not any(seen) and all(after)
+    _, _, want = step(copies=True)
+    for step_got, step_want in zip(got, want, strict=True):
+        assert set(step_got) == set(step_want)
+        for name in step_want:  # the second step's lora_A gradients are non-zero (lora_B moved at lr 1)
+            torch.testing.assert_close(step_got[name], step_want[name], atol=0, rtol=0, msg=name)

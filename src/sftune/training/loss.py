@@ -202,10 +202,12 @@ def trained_hidden_states(model, batch: dict[str, torch.Tensor]):
     """Run the model; return (hidden states at trained positions [n, H], their targets [n],
     loss weights [n] or None, output layer, logit softcap).
 
-    The model returns logits for one position only (`logits_to_keep=1`); the loss builds the rest.
+    The model computes no logits at all (`logits_to_keep` an empty index: the output layer runs on zero
+    positions); the loss applies the output layer itself, chunk by chunk, on trained positions only.
     """
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_weights")}
-    outputs = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+    no_position = torch.empty(0, dtype=torch.long, device=batch["labels"].device)
+    outputs = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=no_position)
     labels = batch["labels"]
     hidden = outputs.hidden_states[-1]
     # Prompt-learning methods prepend virtual tokens: keep the positions of the real tokens.

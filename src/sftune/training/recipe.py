@@ -25,6 +25,7 @@ from sftune.hardware import resolve_precision
 from sftune.training.arguments import training_arguments
 from sftune.training.callbacks import MetricsFileCallback, RichProgressCallback
 from sftune.training.checkpoints import CheckpointCompleteCallback, last_checkpoint
+from sftune.training.compile import compile_layers, inductor_cache
 from sftune.training.data import EncodedData, batches, prepare_data
 from sftune.training.generate_eval import generation_metrics
 from sftune.training.plot import plot_curves
@@ -183,6 +184,10 @@ def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, bool]:
         ok, why = methods.gradient_checkpointing_supported(cfg.method)
         if not ok:
             raise ConfigError(f"train.gradient_checkpointing=true: {why}")
+    if cfg.train.compile:
+        count = compile_layers(model)
+        console.print(f"train.compile: {count} decoder layers compiled at their first step "
+                      f"(cache {inductor_cache()}; minutes on a CPU with a cold cache)")
     return model, tokenizer, packing
 
 

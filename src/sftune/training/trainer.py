@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+from peft.helpers import disable_input_dtype_casting
 from transformers import Trainer
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
@@ -174,7 +175,12 @@ class SFTTrainer(Trainer):
         return (loss, None) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        # peft's LoRA layers copy their input to the adapter's dtype (fp32) before the adapter's matmuls;
+        # under autocast those matmuls cast it back to bf16, so in a training step the copy is wasted
+        # (measured: aten::copy_ from 7.0% to 3.7% of a step). Outside it (generation in an evaluation,
+        # without autocast) a bf16 input into fp32 adapter weights needs the copy: it stays on there.
+        with disable_input_dtype_casting(model, active=self.accelerator.mixed_precision in ("bf16", "fp16")):
+            loss = super().training_step(model, inputs, num_items_in_batch)
         bad = non_finite_processes(loss, self.accelerator)
         if bad:
             last = last_checkpoint(self.args.output_dir)

@@ -18,7 +18,16 @@ def softmax_minus_onehot(z: torch.Tensor, y: torch.Tensor, lse: torch.Tensor) ->
 
 
 def token_loss(z: torch.Tensor, y: torch.Tensor, want_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """-log p(y) per token, and p - onehot(y)."""
-    lse = torch.logsumexp(z, dim=-1)
-    loss = lse - z.gather(1, y[:, None]).squeeze(1)
-    return loss, (softmax_minus_onehot(z, y, lse) if want_grad else None)
+    """-log p(y) per token, and p - onehot(y).
+
+    One log_softmax, written over z, gives both: its log p(y) is the loss and its exp the gradient;
+    logsumexp then subtract-and-exp went over the [n, V] chunk once more (see bench/bench_levers.py).
+    """
+    logp = torch.log_softmax(z, dim=-1, out=z)
+    rows = torch.arange(len(y), device=y.device)
+    loss = -logp[rows, y]
+    if not want_grad:
+        return loss, None
+    g = logp.exp_()
+    g[rows, y] -= 1.0
+    return loss, g
