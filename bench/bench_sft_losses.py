@@ -119,7 +119,8 @@ def measure(row: dict, run_dir: Path, data_dir: Path, args, work: Path) -> dict:
 
 def one_run(loss: str, seed: int, args, data_dir: Path, work: Path) -> dict:
     out = work / f"run-{loss}-{seed}"
-    result = trained_run(config_overrides(loss, seed, args.steps, data_dir, out, not args.no_eval_loss))
+    steps = args.chord_steps if loss == "chord" and args.chord_steps else args.steps
+    result = trained_run(config_overrides(loss, seed, steps, data_dir, out, not args.no_eval_loss))
     s = result.summary
     row = {"loss": loss, "seed": seed, "steps": s["steps"], "eval_loss": s.get("eval_loss"),
            "s_per_step": s["train_seconds_excluding_eval"] / max(s["steps"], 1),
@@ -161,6 +162,8 @@ def main() -> None:
     parser.add_argument("--general", type=int, default=0, help="ShareGPT conversations of the general-ability "
                         "score (answer perplexity, base vs after); 0 = off")
     parser.add_argument("--rl-compare", action="store_true", help="add the SFT-then-RL control of CHORD")
+    parser.add_argument("--chord-steps", type=int, default=0, help="CHORD's steps (0 = --steps): fewer, "
+                        "for equal compute with the SFT-then-RL control")
     parser.add_argument("--sft-steps", type=int, default=4, help="--rl-compare: ce steps before RL")
     parser.add_argument("--rl-steps", type=int, default=2, help="--rl-compare: pure RL steps after SFT")
     parser.add_argument("--summarize", nargs="*", help="only print the table of these result files")
