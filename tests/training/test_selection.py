@@ -153,8 +153,8 @@ def test_packed_sequences_are_scored_each_alone():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     on_packed = selection.Selector(method="uds", keep=2, ratio=0.6, max_len=32, seed=0)(model, packed)
     on_padded = selection.Selector(method="uds", keep=3, max_len=32, seed=0)(model, padded)
-    kept = [row for row, mask in zip(on_padded["input_ids"].tolist(), on_padded["attention_mask"].tolist())]
-    kept = [[t for t, m in zip(row, mask) if m] for row, mask in zip(kept, on_padded["attention_mask"].tolist())]
+    kept = [[t for t, m in zip(row, mask) if m]
+            for row, mask in zip(on_padded["input_ids"].tolist(), on_padded["attention_mask"].tolist())]
     assert on_packed["input_ids"][0].tolist() == [t for row in kept for t in row]  # round(0.6 * 5) = 3, same 3
 
 
@@ -163,7 +163,8 @@ def test_packed_selection_keeps_the_ratio_repacked():
     them: tokens, labels (first token of each -100), restarting position_ids, loss weights."""
     from sftune.packing import collate_packed
 
-    rows = [dict(r, loss_weights=[float(i + 1)] * len(r["input_ids"])) for i, r in enumerate(encoded_examples(7, seed=5))]
+    rows = [dict(r, loss_weights=[float(i + 1)] * len(r["input_ids"]))
+            for i, r in enumerate(encoded_examples(7, seed=5))]
     batch = collate_packed(rows)
     for method in ("random", "uds"):
         selector = selection.Selector(method=method, keep=1, ratio=0.5, max_len=32, seed=3)
@@ -177,7 +178,8 @@ def test_packed_selection_keeps_the_ratio_repacked():
         for key in want:
             assert torch.equal(out[key], want[key]), (method, key)
         assert selector.summary()["candidates"] == 7 and selector.summary()["selected"] == 4
-    everything = selection.Selector(method="uds", keep=1, ratio=1.0, max_len=32)(tiny_model("llama", vocab_size=VOCAB), batch)
+    model = tiny_model("llama", vocab_size=VOCAB)
+    everything = selection.Selector(method="uds", keep=1, ratio=1.0, max_len=32)(model, batch)
     assert everything is batch  # ratio 1: the row unchanged
 
 
