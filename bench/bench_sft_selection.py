@@ -4,9 +4,10 @@
     python bench/bench_sft_selection.py --part position --seeds 0 1
     python bench/bench_sft_selection.py --part replay
 
-selection: the demo task (JSON extraction, 40 held-out examples, exact match), LoRA on SmolLM2-135M, packing
-  off, K = 2 sequences back-propagated per step from 4 candidates: uds vs random (equal training compute),
-  plus no selection (2 sequences read, 2 trained); UDS's overhead in seconds per step.
+selection: the demo task (JSON extraction, 40 held-out examples, exact match), LoRA on SmolLM2-135M, batch
+  2 with ratio 0.5: uds vs random (equal training compute) plus no selection; packing off (--no-packing: 2
+  sequences trained from 4 candidates) or on (the default: 4 packed rows read, the better half of their
+  sequences repacked and trained); UDS's overhead as selection seconds over the rest of the step.
 position: a translation-like task built here (English -> French sentences from aligned word lists, in the
   multitask format), BLEU (sacrebleu) zero-shot and after a short LoRA run, instruction before vs after.
 replay: general ability = answer perplexity on --general real ShareGPT conversations (bench/data, cut at 256
@@ -50,7 +51,7 @@ def answers(model, tokenizer, template, conversations, max_new_tokens: int) -> l
 
     prompts = render_prompts(template, [[m for m in c.messages if m.role != "assistant"] for c in conversations])
     done = generate(model, tokenizer, prompts, GenerationOptions(max_new_tokens=max_new_tokens),
-                    stop_token_ids=template.stop_token_ids(tokenizer), batch_size=20)
+                    stop_token_ids=template.stop_token_ids(tokenizer), batch_size=40)
     return [c.text.strip() for c in done]
 
 
@@ -83,14 +84,21 @@ def trained(cfg: dict):
 # --------------------------------------------------------------------------------------------- selection
 
 
-def part_selection(seeds: list[int], steps: int, work: Path) -> dict:
+def mean_sd(values: list[float]) -> dict:
+    import statistics
+
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else None,
+            "n": len(values)}
+
+
+def part_selection(seeds: list[int], steps: int, work: Path, packing: bool = True) -> dict:
     from sftune.demo import write_dataset
 
     train_path, eval_path = write_dataset(work / "demo-data")
     rows = []
     for seed in seeds:
         for method in ("none", "random", "uds"):
-            extra = {"data": {"packing": False}}
+            extra = {"data": {"packing": packing, "eval": [], "val_ratio": 0}}  # exact match is the metric
             if method != "none":
                 extra["train"] = {"batch_selection": {"method": method, "ratio": 0.5}}
             cfg = lora_config(train_path, eval_path, work / f"sel-{method}-{seed}", steps, seed, **extra)
@@ -101,14 +109,18 @@ def part_selection(seeds: list[int], steps: int, work: Path) -> dict:
             row = {"method": method, "seed": seed, "exact_match": em, "eval_loss": s.get("eval_loss"),
                    "s_per_step": s["train_seconds_excluding_eval"] / s["steps"],
                    "selection_s_per_step": selected.get("seconds", 0.0) / s["steps"],
-                   "trained_tokens": s["trained_tokens"]}
+                   "trained_tokens": s["trained_tokens"], "packing": s["packing"],
+                   "candidates": selected.get("candidates"), "selected": selected.get("selected")}
+            # the selection's own cost against the rest of the step (forward + backward of what is kept)
+            row["overhead_x_rest"] = row["selection_s_per_step"] / (row["s_per_step"] - row["selection_s_per_step"])
             rows.append(row)
             print(json.dumps(row), flush=True)
     summary = {}
     for method in ("none", "random", "uds"):
         mine = [r for r in rows if r["method"] == method]
-        summary[method] = {key: sum(r[key] for r in mine) / len(mine)
-                           for key in ("exact_match", "eval_loss", "s_per_step", "selection_s_per_step")}
+        summary[method] = {key: mean_sd([r[key] for r in mine])
+                           for key in ("exact_match", "s_per_step", "selection_s_per_step", "overhead_x_rest",
+                                       "trained_tokens")}
     print("selection means:", json.dumps(summary, indent=1), flush=True)
     return {"rows": rows, "means": summary}
 
@@ -206,8 +218,14 @@ def part_replay(seeds: list[int], steps: int, work: Path, count: int, max_new_to
     print("base general perplexity:", out["base_general_ppl"], flush=True)
     for seed in seeds:
         for replay in (0.0, 0.25):
-            extra = {"data": {"replay": {"ratio": replay, "count": count, "max_new_tokens": max_new_tokens}}}
-            cfg = lora_config(train_path, eval_path, work / f"replay-{replay}-{seed}", steps, seed, **extra)
+            extra = {"data": {"replay": {"ratio": replay, "count": count, "max_new_tokens": max_new_tokens},
+                              "eval": [], "val_ratio": 0}}
+            run_dir = work / f"replay-{replay}-{seed}"
+            made = sorted(work.glob(f"replay-{replay}-*/replay.json"))
+            if replay and made and not (run_dir / "replay.json").exists():  # same data.replay.seed: same pairs
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "replay.json").write_text(made[0].read_text(encoding="utf-8"), encoding="utf-8")
+            cfg = lora_config(train_path, eval_path, run_dir, steps, seed, **extra)
             result, template, wall = trained(cfg)
             em = exact_match(result.model, result.tokenizer, template, eval_path)
             cache = result.run_dir / "replay.json"
@@ -226,6 +244,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-packing", action="store_true", help="selection: padded batches (K sequences)")
     parser.add_argument("--count", type=int, default=24, help="replay pairs generated")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="longest replay answer")
     parser.add_argument("--general", type=int, default=48, help="ShareGPT conversations for general perplexity")
@@ -236,7 +255,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-sft-selection-"))
     started = time.perf_counter()
     if args.part == "selection":
-        result = part_selection(args.seeds, args.steps, work)
+        result = part_selection(args.seeds, args.steps, work, packing=not args.no_packing)
     elif args.part == "position":
         result = part_position(args.seeds, args.steps, work)
     else:

@@ -114,7 +114,8 @@ class DataSection(_Section):
 
 class BatchSelectionSection(_Section):
     """train.batch_selection: online batch selection (sftune.training.selection): each forward pass reads
-    micro_batch_size / ratio candidate sequences and back-propagates the micro_batch_size best."""
+    micro_batch_size / ratio candidate sequences (packed rows with packing) and back-propagates the best
+    micro_batch_size sequences (the best ratio of the sequences in those rows, repacked, with packing)."""
 
     method: Literal["none", "uds", "random"] = Field(
         "none", description="uds = utility-diversity scores from the model's logits; random = a random subset "
@@ -179,7 +180,7 @@ class TrainSection(_Section):
     dataloader_workers: int = Field(0, ge=0)
     batch_selection: BatchSelectionSection = Field(
         default_factory=BatchSelectionSection, description="online batch selection {method: none | uds | random, "
-        "ratio, alpha, memory}; needs data.packing=false (it is turned off with a note)")
+        "ratio, alpha, memory}; with packing each sequence of the packed rows is scored and the kept ones repacked")
     loss: Literal["ce", "gem", "dft", "phi", "chord"] = Field(
         "ce", description="training objective: cross-entropy, GEM (diversity-preserving), DFT (probability-scaled), "
         "phi (p(1-p)-scaled), or CHORD (phi SFT + on-policy GRPO, see train.chord); docs/objectives.md")

@@ -131,3 +131,66 @@ def test_ratio_half_reads_twice_the_sequences_and_trains_k(tmp_path, tiny_checkp
     assert result.summary["packing"] is False
     saved = json.loads((result.run_dir / "summary.json").read_text())
     assert saved["batch_selection"]["selected"] == 8
+
+
+# --------------------------------------------------------------------------------------- with packing
+
+
+def test_packed_sequences_are_scored_each_alone():
+    """In a padding-free row every sequence gets the same response logits, hence the same UDS score and
+    projection, as in a padded batch of the same sequences."""
+    from sftune.packing import collate_packed
+
+    model = tiny_model("llama", vocab_size=VOCAB)
+    rows = encoded_examples(5, seed=4)
+    packed, padded = collate_packed(rows), collate_padded(rows, pad_token_id=0)
+    assert selection.is_packed(packed) and not selection.is_packed(padded)
+    assert selection.sequence_bounds(packed) == [(sum(len(r["input_ids"]) for r in rows[:i]),
+                                                 sum(len(r["input_ids"]) for r in rows[: i + 1])) for i in range(5)]
+    got, want = selection.response_logits(model, packed), selection.response_logits(model, padded)
+    assert [z.shape[0] for z in got] == [sum(v != -100 for v in r["labels"][1:]) for r in rows]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    on_packed = selection.Selector(method="uds", keep=2, ratio=0.6, max_len=32, seed=0)(model, packed)
+    on_padded = selection.Selector(method="uds", keep=3, max_len=32, seed=0)(model, padded)
+    kept = [[t for t, m in zip(row, mask) if m]
+            for row, mask in zip(on_padded["input_ids"].tolist(), on_padded["attention_mask"].tolist())]
+    assert on_packed["input_ids"][0].tolist() == [t for row in kept for t in row]  # round(0.6 * 5) = 3, same 3
+
+
+def test_packed_selection_keeps_the_ratio_repacked():
+    """The kept sequences come back as one padding-free row, exactly as collate_packed would build it from
+    them: tokens, labels (first token of each -100), restarting position_ids, loss weights."""
+    from sftune.packing import collate_packed
+
+    rows = [dict(r, loss_weights=[float(i + 1)] * len(r["input_ids"]))
+            for i, r in enumerate(encoded_examples(7, seed=5))]
+    batch = collate_packed(rows)
+    for method in ("random", "uds"):
+        selector = selection.Selector(method=method, keep=1, ratio=0.5, max_len=32, seed=3)
+        out = selector(tiny_model("llama", vocab_size=VOCAB) if method == "uds" else None, batch)
+        starts = torch.nonzero(out["position_ids"][0] == 0).flatten().tolist()
+        assert len(starts) == round(7 * 0.5)  # 4 of 7 sequences kept
+        weights = [int(out["loss_weights"][0, s]) - 1 for s in starts]  # each sequence's weight names it
+        assert weights == sorted(weights) and len(set(weights)) == 4  # batch order, no repeats
+        want = collate_packed([rows[i] for i in weights])
+        assert set(out) == set(want)
+        for key in want:
+            assert torch.equal(out[key], want[key]), (method, key)
+        assert selector.summary()["candidates"] == 7 and selector.summary()["selected"] == 4
+    model = tiny_model("llama", vocab_size=VOCAB)
+    everything = selection.Selector(method="uds", keep=1, ratio=1.0, max_len=32)(model, batch)
+    assert everything is batch  # ratio 1: the row unchanged
+
+
+def test_uds_with_packing_trains_on_the_kept_share(tmp_path, tiny_checkpoint):
+    from sftune import train
+
+    cfg = _config(tmp_path, tiny_checkpoint, "packed", method="uds", ratio=0.5)
+    cfg["data"].update(packing=True, max_len=512)  # rows of several demo sequences
+    result = train(cfg)
+    info, steps = result.summary["batch_selection"], result.summary["steps"]
+    assert result.summary["packing"] is True and steps == 4
+    # each micro-batch reads 2 / 0.5 = 4 packed rows (more than 4 sequences) and keeps round(n / 2) of them
+    assert info["candidates"] > 4 * 4 and abs(info["selected"] - info["candidates"] / 2) <= steps / 2
+    assert result.summary["trained_tokens"] > 0

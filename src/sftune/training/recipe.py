@@ -93,7 +93,7 @@ def train(
     if not packing:
         args.length_column_name = "length"
     selector = selector_for(cfg, keep=args.per_device_train_batch_size)  # train.batch_selection
-    if selector is not None:  # each forward pass reads K / ratio candidates and trains K
+    if selector is not None:  # each forward pass reads K / ratio candidates (rows when packed), trains ~K
         args.per_device_train_batch_size = candidates(selector.keep, cfg.train.batch_selection.ratio)
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -162,10 +162,6 @@ def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, bool]:
         # bf16 values at every forward; holding them halves the weights' memory (the adapter stays fp32).
         dtype = "bfloat16" if precision == "bf16" and adapter else "float32"
     packing = cfg.data.packing and methods.packing_supported(cfg.method)[0]
-    if packing and cfg.train.batch_selection.method != "none":
-        console.print(f"[yellow]packing off: train.batch_selection={cfg.train.batch_selection.method} selects "
-                      "whole sequences; batch_size now counts sequences[/yellow]")
-        packing = False
     model, tokenizer = models.load(
         cfg.model.name,
         dtype=getattr(torch, dtype),

@@ -20,7 +20,12 @@ Choices where the paper and the code leave room (docs/selection.md):
   and receives the projections of the selected sequences after each selection, oldest out first.
 - The selected sequences keep their order in the candidate batch, and the padded batch is trimmed to the
   longest selected one, so ratio 1 trains exactly as no selection does.
-- Selection picks whole sequences, so it needs padded batches (data.packing=false).
+- With packing (data.packing=true) a forward pass reads batch_size / ratio packed rows, every sequence
+  inside them is scored on its own (the pack keeps sequences apart: restarting position_ids, no KV cache,
+  so a sequence's logits in the pack are its logits alone), the best round(ratio * n) of the n sequences
+  are kept, and the kept sequences are repacked into one padding-free row (their order kept). The
+  paper selects among sequences, not among packed rows; this is that, with the step's token budget
+  about batch_size rows as without selection.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ class Selector:
     memory of past selections (UDS), and the seconds spent selecting (its overhead)."""
 
     method: str  # "uds" or "random"
-    keep: int  # K: sequences back-propagated per forward pass
+    keep: int  # K: sequences back-propagated per forward pass (padded batches)
+    ratio: float = 1.0  # share of the sequences kept from a packed batch (padding-free rows)
     alpha: float = 2.5e-3
     memory_size: int = 1024
     max_len: int = 1024
@@ -58,25 +64,27 @@ class Selector:
     def __call__(self, model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The batch cut down to its K selected sequences (the batch itself when it has K or fewer)."""
         started = time.perf_counter()
-        size = batch["input_ids"].shape[0]
+        packed = is_packed(batch)
+        size = len(sequence_bounds(batch)) if packed else batch["input_ids"].shape[0]
+        keep = max(1, round(size * self.ratio)) if packed else self.keep
         self.seen += size
-        if size <= self.keep and self.method == "random":
+        if size <= keep and self.method == "random":
             chosen = torch.arange(size)
         elif self.method == "random":
-            chosen = torch.randperm(size, generator=self._rng())[: self.keep].sort().values
+            chosen = torch.randperm(size, generator=self._rng())[:keep].sort().values
         else:
-            chosen = self._uds(model, batch)
+            chosen = self._uds(model, batch, keep)
         self.selected += len(chosen)
-        out = subset(batch, chosen)
+        out = subset_packed(batch, chosen) if packed else subset(batch, chosen)
         self.seconds += time.perf_counter() - started
         return out
 
-    def _uds(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _uds(self, model: Any, batch: dict[str, torch.Tensor], keep: int) -> torch.Tensor:
         logits = response_logits(model, batch)
         rows, cols = self._projections(logits[0].shape[-1], logits[0].device)
         embeddings = project(logits, rows, cols)
         scores = nuclear_norms(logits) + self.alpha * mean_distances(embeddings, self.memory)
-        chosen = top_k(scores, self.keep)
+        chosen = top_k(scores, keep)
         self.memory = push(self.memory, embeddings[chosen], self.memory_size)
         return chosen.cpu()
 
@@ -102,7 +110,7 @@ class Selector:
 @torch.no_grad()
 def response_logits(model: Any, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """Each sequence's fp32 logits at its trained positions ([n_i, V]), from one forward pass without
-    gradients, in eval mode."""
+    gradients, in eval mode; a sequence is a row of a padded batch or a segment of a packed row."""
     was_training = model.training
     model.eval()
     try:
@@ -112,8 +120,37 @@ def response_logits(model: Any, batch: dict[str, torch.Tensor]) -> list[torch.Te
     z = head(hidden.to(head.weight.dtype)).float()  # a bf16 base: bf16 states into its bf16 head
     if softcap:
         z = torch.tanh(z / softcap) * softcap
-    counts = (shifted_targets(batch) != IGNORE).sum(dim=1).tolist()
+    trained = shifted_targets(batch) != IGNORE
+    if is_packed(batch):  # [1, T]: the sequence of each predicting position t (it and t + 1 are one sequence)
+        starts = batch["position_ids"][0, :-1] == 0
+        owner = torch.cumsum(starts.long(), 0) - 1
+        counts = torch.bincount(owner[trained[0]], minlength=len(sequence_bounds(batch))).tolist()
+    else:
+        counts = trained.sum(dim=1).tolist()
     return list(torch.split(z, counts))
+
+
+def is_packed(batch: dict[str, torch.Tensor]) -> bool:
+    """A padding-free batch (sftune.packing.collate_packed): one row, restarting position_ids, no mask."""
+    return "attention_mask" not in batch and "position_ids" in batch and batch["input_ids"].shape[0] == 1
+
+
+def sequence_bounds(batch: dict[str, torch.Tensor]) -> list[tuple[int, int]]:
+    """[start, end) of each sequence in a packed row: a sequence starts where position_ids is 0."""
+    positions = batch["position_ids"][0]
+    starts = torch.nonzero(positions == 0).flatten().tolist()
+    return list(zip(starts, starts[1:] + [positions.shape[0]]))
+
+
+def subset_packed(batch: dict[str, torch.Tensor], chosen: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The packed row's sequences `chosen`, repacked into one padding-free row in their order (each keeps
+    its own tokens, labels, restarting position_ids and loss weights)."""
+    bounds = sequence_bounds(batch)
+    if len(chosen) == len(bounds):
+        return batch
+    spans = [bounds[i] for i in chosen.tolist()]
+    return {k: torch.cat([v[:, a:b] for a, b in spans], dim=1) if torch.is_tensor(v) and v.dim() == 2 else v
+            for k, v in batch.items()}
 
 
 def nuclear_norms(logits: list[torch.Tensor]) -> torch.Tensor:
@@ -163,10 +200,11 @@ def selector_for(cfg: Any, keep: int) -> Selector | None:
     s = cfg.train.batch_selection
     if s.method == "none":
         return None
-    return Selector(method=s.method, keep=keep, alpha=s.alpha, memory_size=s.memory, max_len=cfg.data.max_len,
-                    seed=cfg.train.seed)
+    return Selector(method=s.method, keep=keep, ratio=s.ratio, alpha=s.alpha, memory_size=s.memory,
+                    max_len=cfg.data.max_len, seed=cfg.train.seed)
 
 
 def candidates(keep: int, ratio: float) -> int:
-    """Candidate sequences read per forward pass: K / ratio, rounded to the nearest whole number."""
+    """Candidates read per forward pass: K / ratio, rounded to the nearest whole number (sequences, or
+    packed rows with packing)."""
     return max(keep, round(keep / ratio))
