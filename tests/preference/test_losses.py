@@ -121,11 +121,12 @@ def _full_logps(model, encoded):
     return out
 
 
-@pytest.mark.parametrize("loss", ["simpo", "orpo", "dpo_smoothed"])
+@pytest.mark.parametrize("loss", ["simpo", "orpo", "dpo_smoothed", "dpo_rpo"])
 def test_reference_free_losses_and_label_smoothing_equal_their_formulas(encoded, loss):
     policy, reference = _policy_and_reference(seed=1)
-    settings = Settings("dpo" if loss == "dpo_smoothed" else loss, beta=2.0 if loss == "simpo" else 0.1,
-                        label_smoothing=0.2 if loss == "dpo_smoothed" else 0.0, simpo_gamma=0.5, orpo_lambda=0.3)
+    settings = Settings("simpo" if loss == "simpo" else "orpo" if loss == "orpo" else "dpo",
+                        beta=2.0 if loss == "simpo" else 0.1, label_smoothing=0.2 if loss == "dpo_smoothed" else 0.0,
+                        simpo_gamma=0.5, orpo_lambda=0.3, rpo_alpha=0.7 if loss == "dpo_rpo" else 0.0)
     sft_loss, _, _, grads = _sftune(settings, policy, reference, encoded)
 
     policy.zero_grad()
@@ -141,7 +142,10 @@ def test_reference_free_losses_and_label_smoothing_equal_their_formulas(encoded,
             with torch.no_grad():
                 ref = _full_logps(reference, encoded.select([i]))
             m = (c_sum - ref["chosen"][0][0]) - (r_sum - ref["rejected"][0][0])
-            terms.append(-0.8 * F.logsigmoid(0.1 * m) - 0.2 * F.logsigmoid(-0.1 * m))
+            smoothed = -0.8 * F.logsigmoid(0.1 * m) - 0.2 * F.logsigmoid(-0.1 * m)
+            plain = -F.logsigmoid(0.1 * m)
+            # RPO (Pang et al. 2024, eq. 2): DPO plus alpha times the chosen answer's mean token NLL
+            terms.append(smoothed if loss == "dpo_smoothed" else plain + 0.7 * -c_avg)
     formula = torch.stack(terms).mean()
     formula.backward()
     assert abs(float(sft_loss) - float(formula)) < 1e-5
