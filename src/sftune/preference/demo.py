@@ -61,7 +61,7 @@ def run(overrides: list[str] | None = None, *, console=None, start: str | None =
     console = console or Console()
     start = start or ("runs/demo" if (Path("runs/demo") / "config.yaml").is_file() else "smollm2-135m-instruct")
     train_path, eval_path = write_pairs("runs/preference-demo-data")
-    raw = {"stage": "preference", "preference": {"loss": "dpo", "beta": 0.1},
+    raw = {"stage": "preference", "preference": {"loss": "dpo", "beta": 0.1, "rpo_alpha": 1.0},
            "model": {"name": start}, "data": {"train": str(train_path), "eval": str(eval_path), "max_len": 256},
            "method": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.0},
            "train": {"max_steps": 24, "batch_size": 4, "lr": 2e-3, "warmup": 0.05, "logging_steps": 4,

@@ -53,7 +53,9 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
         raise ConfigError("no training pair is left after reading and encoding data.train; see the report above")
 
     settings = Settings(**cfg.preference.model_dump())
-    collate = functools.partial(collate_pairs, packing=packing, pad_token_id=tokenizer.pad_token_id)
+    shared = packing and getattr(model.config, "_attn_implementation", None) == attention.NAME
+    collate = functools.partial(collate_pairs, packing=packing, pad_token_id=tokenizer.pad_token_id,
+                                shared_prompt=shared)
     args = training_arguments(cfg, run_dir, precision=precision, has_eval=sets["eval"] is not None, packing=True)
     if NEEDS_REFERENCE[settings.loss]:
         fresh_adapter = hasattr(model, "disable_adapter") and not continued
@@ -79,7 +81,7 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
     trainable, total = methods.count_parameters(model)
     summary = {
         "stage": "preference", "loss": settings.loss, "model": cfg.model.name, "started_from": started_from, "method": cfg.method.name,
-        "precision": precision, "packing": packing, "steps": trainer.state.global_step, "epochs": trainer.state.epoch,
+        "precision": precision, "packing": packing, "shared_prompt": shared, "steps": trainer.state.global_step, "epochs": trainer.state.epoch,
         "train_pairs": len(sets["train"]), "eval_pairs": 0 if sets["eval"] is None else len(sets["eval"]),
         "skipped": {name: reports[name].skipped if reports[name] else 0 for name in ("train", "eval")},
         "trained_tokens": trainer.trained_tokens, "train_loss": output.training_loss,
