@@ -27,7 +27,7 @@ from sftune.training.callbacks import MetricsFileCallback, RichProgressCallback
 from sftune.training.checkpoints import CheckpointCompleteCallback
 from sftune.training.data import read_entries
 from sftune.training.plot import plot_curves
-from sftune.training.recipe import TrainResult, _is_main_process, _peak_memory_mb, start_or_resume
+from sftune.training.recipe import TrainResult, _is_main_process, _peak_memory_mb, start_or_resume, weights_dtype
 
 
 def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
@@ -39,7 +39,7 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
     set_seed(cfg.train.seed)
     cfg = cfg.model_copy(deep=True)  # setup_model writes the run's template and base into it
     started_from = cfg.model.name
-    model, tokenizer, template, packing, continued = setup_model(cfg, console)
+    model, tokenizer, template, packing, continued = setup_model(cfg, precision, console)
 
     train_pairs, eval_pairs = read_pairs(cfg)
     sets, reports = {}, {}
@@ -110,7 +110,7 @@ def read_pairs(cfg: Config) -> tuple[list, list]:
     return pairs, []
 
 
-def setup_model(cfg: Config, console) -> tuple[Any, Any, Any, bool, bool]:
+def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, Any, bool, bool]:
     """(model with the method applied, tokenizer, template, packing, whether an SFT run's adapter is continued).
 
     model.name may be an SFT run folder: its full weights, or its adapter on its base model (continued
@@ -118,7 +118,7 @@ def setup_model(cfg: Config, console) -> tuple[Any, Any, Any, bool, bool]:
     """
     name = cfg.model.name
     packing = cfg.data.packing and methods.packing_supported(cfg.method)[0]
-    options = {"dtype": torch.float32 if cfg.model.dtype == "auto" else getattr(torch, cfg.model.dtype),
+    options = {"dtype": weights_dtype(cfg, precision),
                "attn_implementation": attention.resolve(cfg.model.attn_implementation, packing=packing),
                "trust_remote_code": cfg.model.trust_remote_code, **methods.load_kwargs(cfg.method)}
     continued = False
