@@ -56,6 +56,7 @@ def run(overrides: list[str] | None = None, *, console=None, start: str | None =
     from rich.table import Table
 
     from sftune import config as config_module
+    from sftune.preference.losses import NEEDS_REFERENCE
     from sftune.training import train
 
     console = console or Console()
@@ -75,9 +76,9 @@ def run(overrides: list[str] | None = None, *, console=None, start: str | None =
     after = styled_share(str(result.run_dir), prompts)
     history = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in history if "eval_rewards/accuracies" in r]
-    acc_before = evals[0]["eval_rewards/accuracies"] if evals and evals[0]["step"] == 0 else None
-    if acc_before is not None and abs(evals[0]["eval_rewards/margins"]) < 1e-3:
-        acc_before = None  # policy == reference: every reward is 0 and the "accuracy" is rounding noise
+    first = evals[0] if evals and evals[0]["step"] == 0 else {}
+    # with a reference, at step 0 the policy is the reference: every reward is 0, the "accuracy" rounding noise
+    acc_before = None if NEEDS_REFERENCE[cfg.preference.loss] else first.get("eval_rewards/accuracies")
     acc_after = result.summary.get("eval_rewards/accuracies")
     table = Table(title=f"Held-out preference results ({len(prompts)} prompts, started from {start})")
     for column in ("", "before", "after"):
@@ -85,8 +86,15 @@ def run(overrides: list[str] | None = None, *, console=None, start: str | None =
     table.add_row("answers in the chosen style (ending with the sign-off)", f"{before:.1%}", f"{after:.1%}")
     table.add_row("reward accuracy (chosen reward > rejected)",
                   "- (all 0: policy = reference)" if acc_before is None else f"{acc_before:.1%}", f"{acc_after:.1%}")
+    for answer in ("chosen", "rejected"):
+        key = f"eval_logps/{answer}"
+        table.add_row(f"mean log-prob of the {answer} answers", f"{first[key]:.2f}" if key in first else "-",
+                      f"{result.summary[key]:.2f}" if key in result.summary else "-")
     console.print(table)
     outcome = {"start": start, "styled_before": before, "styled_after": after, "reward_accuracy_before": acc_before,
-               "reward_accuracy_after": acc_after, "run_dir": str(result.run_dir), "summary": result.summary}
+               "reward_accuracy_after": acc_after,
+               "logps_before": {k: first.get(f"eval_logps/{k}") for k in ("chosen", "rejected")},
+               "logps_after": {k: result.summary.get(f"eval_logps/{k}") for k in ("chosen", "rejected")},
+               "run_dir": str(result.run_dir), "summary": result.summary}
     (result.run_dir / "demo.json").write_text(json.dumps(outcome, indent=2) + "\n", encoding="utf-8")
     return outcome
