@@ -1,7 +1,9 @@
 """The preference demo: after the SFT demo, DPO teaches the model a style the held-out set checks exactly.
 
 Prompts are the SFT demo's extraction questions; the chosen answer is the JSON line followed by a fixed
-sign-off line (MARKER), the rejected one the JSON line alone. Held-out: the reward accuracy of the pairs
+sign-off line (MARKER), the rejected one the JSON line alone. DPO with the RPO term (rpo_alpha 1): DPO alone
+won its margin by pushing the rejected answers down and never made the sign-off likely enough to be generated
+(docs/preference.md). Held-out: the reward accuracy of the pairs
 (training's eval_rewards/accuracies) and the share of generated answers that end with MARKER, before and
 after. It starts from runs/demo when the SFT demo has run, else from the embedded model.
 """
