@@ -9,10 +9,9 @@ TRL at its best for the machine: bf16 (and its base model loaded in bf16) where 
 fp32 where not; reference log-probs precomputed once (precompute_ref_log_probs, as sftune does); its fused
 LM head (its default); no padding-free (it needs flash attention); micro-batch = the batch. sftune: its
 defaults (precision auto, the frozen base held in bf16 when it trains in bf16, padding-free packing with the
-prompt computed once per pair, on a CPU as many pairs per forward as fit in ~1024 tokens). With --rounds N
-the two sides run N times each, the order alternating
-(sftune first in odd rounds, TRL first in even ones), so that a change in the machine's load hits both; the
-figures are each side's best round and the median.
+prompt computed once per pair, one pair per forward on a CPU, accumulated). With --rounds N the two sides run
+N times each, the order alternating (sftune first in odd rounds, TRL first in even ones), so that a change in
+the machine's load hits both; the figures are each side's best round and the median.
 """
 
 from __future__ import annotations

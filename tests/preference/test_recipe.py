@@ -68,12 +68,3 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path, tiny_checkpoint):
 
     with pytest.raises(NonFiniteLossError, match=r"step 2\b"):
         train(_config(tmp_path, tiny_checkpoint, {"name": "full"}, "nan"), callbacks=[PoisonAt(1)])
-
-
-def test_pairs_per_forward_fills_about_1024_tokens_with_a_divisor_of_the_batch():
-    from sftune.preference.recipe import pairs_per_forward
-
-    pairs = {"chosen_input_ids": [[0] * 120] * 3, "rejected_input_ids": [[0] * 108] * 3}  # 228 tokens a pair
-    assert [pairs_per_forward(pairs, b) for b in (1, 4, 6, 8)] == [1, 4, 3, 4]
-    long = {"chosen_input_ids": [[0] * 900], "rejected_input_ids": [[0] * 900]}
-    assert pairs_per_forward(long, 8) == 1

@@ -30,9 +30,6 @@ from sftune.training.plot import plot_curves
 from sftune.training.recipe import TrainResult, _is_main_process, _peak_memory_mb, start_or_resume, weights_dtype
 
 
-PAIR_TOKENS_PER_FORWARD = 1024
-
-
 def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
     """Run one preference training (cfg.stage == "preference"); write the run folder; return it."""
     run_dir = Path(cfg.output.dir)
@@ -59,8 +56,6 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
     shared = packing and getattr(model.config, "_attn_implementation", None) == attention.NAME
     collate = functools.partial(collate_pairs, packing=packing, pad_token_id=tokenizer.pad_token_id,
                                 shared_prompt=shared)
-    if packing and cfg.train.micro_batch_size is None and not torch.cuda.is_available():
-        cfg.train.micro_batch_size = pairs_per_forward(sets["train"], cfg.train.batch_size)
     args = training_arguments(cfg, run_dir, precision=precision, has_eval=sets["eval"] is not None, packing=True)
     if NEEDS_REFERENCE[settings.loss]:
         fresh_adapter = hasattr(model, "disable_adapter") and not continued
@@ -99,16 +94,6 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
     return TrainResult(run_dir=run_dir, summary=summary, model=trainer.model, tokenizer=tokenizer)
-
-
-def pairs_per_forward(dataset: Any, batch_size: int, tokens: int = PAIR_TOKENS_PER_FORWARD) -> int:
-    """The micro-batch on a CPU: the most pairs, a divisor of batch_size, whose tokens (both answers with their
-    prompts, on average) fit in `tokens`. One pair (~150-250 tokens) per forward leaves the matmuls too few rows
-    to reach their rate; several in one packed row measured ~1.5x faster (docs/preference.md)."""
-    lengths = [len(c) + len(r) for c, r in zip(dataset["chosen_input_ids"], dataset["rejected_input_ids"])]
-    per_pair = sum(lengths) / max(len(lengths), 1)
-    fits = max(int(tokens // max(per_pair, 1)), 1)
-    return max(d for d in range(1, batch_size + 1) if batch_size % d == 0 and d <= fits)
 
 
 def read_pairs(cfg: Config) -> tuple[list, list]:
