@@ -34,6 +34,42 @@ def test_sequence_bounds_cut_where_positions_restart():
     assert attention.sequence_bounds(torch.tensor([5, 6, 0, 1]), 4) == [(0, 2), (2, 4)]
 
 
+def test_pieces_find_branches_where_positions_step_back_inside_a_sequence():
+    positions = torch.tensor([0, 1, 2, 3, 4, 5, 2, 3, 4, 0, 1, 2, 3, 1, 2, 2, 3])
+    assert attention.pieces(positions, 17) == [(0, 6, -1), (6, 9, 0), (9, 13, -1), (13, 15, 9), (15, 17, 9)]
+    assert attention.pieces(torch.tensor([0, 1, 2, 0, 1]), 5) == [(0, 3, -1), (3, 5, -1)]
+    # no branch in a row that starts mid-sequence, nor one reaching past its trunk
+    assert attention.pieces(torch.tensor([5, 6, 3, 0, 1]), 5) == [(0, 3, -1), (3, 5, -1)]
+    assert attention.pieces(torch.tensor([0, 1, 1, 2, 3, 3]), 6) == [(0, 2, -1), (2, 6, 0)]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma"])
+def test_a_branch_equals_its_sequence_alone(arch):
+    """[prompt + answer a, then the prompt's last token + answer b at positions stepping back]: the tokens of
+    the branch have the logits of prompt + b alone (<= 1e-5 fp32), and the gradients of a loss on both
+    answers equal those of the two sequences packed whole."""
+    reference, varlen = _pair(arch)
+    prompt, a, b = _sequences(80, 30, 45)
+    branch = [prompt[-1]] + b
+    ids = prompt + a + branch
+    positions = list(range(len(prompt) + len(a))) + list(range(len(prompt) - 1, len(prompt) + len(b)))
+    inputs = {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([positions]), "use_cache": False}
+    shared = varlen(**inputs).logits[0]
+    with torch.no_grad():
+        first = reference(input_ids=torch.tensor([prompt + a]), use_cache=False).logits[0]
+        second = reference(input_ids=torch.tensor([prompt + b]), use_cache=False).logits[0]
+    torch.testing.assert_close(shared[: len(prompt) + len(a)], first, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared[len(prompt) + len(a):], second[len(prompt) - 1:], atol=1e-5, rtol=0)
+
+    shared[len(prompt) + len(a):].logsumexp(-1).sum().add(shared[len(prompt):len(prompt) + len(a)].sum()).backward()
+    batch = packing.collate_packed([{"input_ids": prompt + a}, {"input_ids": prompt + b}])
+    whole = reference(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+    n = len(prompt) + len(a)
+    whole[n + len(prompt) - 1:].logsumexp(-1).sum().add(whole[len(prompt):n].sum()).backward()
+    for (name, x), (_, y) in zip(reference.named_parameters(), varlen.named_parameters()):
+        torch.testing.assert_close(y.grad, x.grad, atol=1e-4, rtol=1e-4, msg=f"gradient of {name}")
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma"])
 def test_packed_logits_and_gradients_equal_sdpa_and_each_sequence_alone(arch):
     """Per-sequence logits in a pack == the sequence alone (<= 1e-5 fp32), and the packed loss's

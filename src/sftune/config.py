@@ -224,6 +224,8 @@ class PreferenceSection(_Section):
                                    "mislabelled (conservative DPO); 0 = off")
     simpo_gamma: float = Field(0.5, ge=0, description="simpo: the target reward margin gamma")
     orpo_lambda: float = Field(0.1, gt=0, description="orpo: the weight of the odds-ratio term")
+    rpo_alpha: float = Field(0.0, ge=0, description="the weight of an SFT term on the chosen answer (RPO: its "
+                             "mean token NLL) added to the loss; 0 = off")
 
 
 class VisionSection(_Section):

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sftune import templates
+from sftune import attention, templates
 from sftune.data.schema import Message, Pair
 from sftune.encode import IGNORE
 from sftune.preference.batches import collate_pairs
@@ -34,8 +34,10 @@ def encoded(smollm2_tokenizer):
     return datasets.Dataset.from_list(rows)
 
 
-def _policy_and_reference(seed=0):
+def _policy_and_reference(seed=0, layout="shared"):
     reference = tiny_model("llama", seed=seed)
+    if layout == "shared":  # the prompt computed once per pair needs sftune's varlen attention
+        reference.set_attn_implementation(attention.register())
     policy = copy.deepcopy(reference)
     with torch.no_grad():  # the policy has moved away from the reference, as after some steps
         for p in policy.parameters():
@@ -43,8 +45,9 @@ def _policy_and_reference(seed=0):
     return policy.train(), reference
 
 
-def _sftune(settings, policy, reference, encoded, packing=True):
-    collate = lambda f: collate_pairs(f, packing=packing, pad_token_id=0)  # noqa: E731
+def _sftune(settings, policy, reference, encoded, layout="shared"):
+    collate = lambda f: collate_pairs(f, packing=layout != "padded", pad_token_id=0,  # noqa: E731
+                                      shared_prompt=layout == "shared")
     data = add_reference_logps(reference, encoded, collate, batch_size=2, adapter_off=False, progress=False)
     batch = collate([data[i] for i in range(len(data))])
     sums, tokens = sequence_logps(policy, batch)
@@ -91,11 +94,12 @@ def _trl(loss_type, beta, policy, reference, encoded, smollm2_tokenizer, tmp_pat
     return loss.detach(), metrics, {n: p.grad.clone() for n, p in policy.named_parameters()}
 
 
-@pytest.mark.parametrize("loss_type, packing", [("dpo", True), ("dpo", False), ("ipo", True)])
-def test_dpo_and_ipo_equal_trl(encoded, smollm2_tokenizer, tmp_path, loss_type, packing):
+@pytest.mark.parametrize("loss_type, layout", [("dpo", "shared"), ("dpo", "packed"), ("dpo", "padded"),
+                                               ("ipo", "shared")])
+def test_dpo_and_ipo_equal_trl(encoded, smollm2_tokenizer, tmp_path, loss_type, layout):
     beta = 0.1 if loss_type == "dpo" else 0.5
-    policy, reference = _policy_and_reference()
-    loss, chosen_r, rejected_r, grads = _sftune(Settings(loss_type, beta), policy, reference, encoded, packing)
+    policy, reference = _policy_and_reference(layout=layout)
+    loss, chosen_r, rejected_r, grads = _sftune(Settings(loss_type, beta), policy, reference, encoded, layout)
     trl_loss, metrics, trl_grads = _trl("sigmoid" if loss_type == "dpo" else "ipo", beta, policy, reference,
                                         encoded, smollm2_tokenizer, tmp_path)
     assert abs(float(loss) - float(trl_loss)) < 1e-5
@@ -121,11 +125,12 @@ def _full_logps(model, encoded):
     return out
 
 
-@pytest.mark.parametrize("loss", ["simpo", "orpo", "dpo_smoothed"])
+@pytest.mark.parametrize("loss", ["simpo", "orpo", "dpo_smoothed", "dpo_rpo"])
 def test_reference_free_losses_and_label_smoothing_equal_their_formulas(encoded, loss):
     policy, reference = _policy_and_reference(seed=1)
-    settings = Settings("dpo" if loss == "dpo_smoothed" else loss, beta=2.0 if loss == "simpo" else 0.1,
-                        label_smoothing=0.2 if loss == "dpo_smoothed" else 0.0, simpo_gamma=0.5, orpo_lambda=0.3)
+    settings = Settings("simpo" if loss == "simpo" else "orpo" if loss == "orpo" else "dpo",
+                        beta=2.0 if loss == "simpo" else 0.1, label_smoothing=0.2 if loss == "dpo_smoothed" else 0.0,
+                        simpo_gamma=0.5, orpo_lambda=0.3, rpo_alpha=0.7 if loss == "dpo_rpo" else 0.0)
     sft_loss, _, _, grads = _sftune(settings, policy, reference, encoded)
 
     policy.zero_grad()
@@ -141,9 +146,23 @@ def test_reference_free_losses_and_label_smoothing_equal_their_formulas(encoded,
             with torch.no_grad():
                 ref = _full_logps(reference, encoded.select([i]))
             m = (c_sum - ref["chosen"][0][0]) - (r_sum - ref["rejected"][0][0])
-            terms.append(-0.8 * F.logsigmoid(0.1 * m) - 0.2 * F.logsigmoid(-0.1 * m))
+            smoothed = -0.8 * F.logsigmoid(0.1 * m) - 0.2 * F.logsigmoid(-0.1 * m)
+            plain = -F.logsigmoid(0.1 * m)
+            # RPO (Pang et al. 2024, eq. 2): DPO plus alpha times the chosen answer's mean token NLL
+            terms.append(smoothed if loss == "dpo_smoothed" else plain + 0.7 * -c_avg)
     formula = torch.stack(terms).mean()
     formula.backward()
     assert abs(float(sft_loss) - float(formula)) < 1e-5
     for name, p in policy.named_parameters():
         assert torch.allclose(grads[name], p.grad, atol=1e-5, rtol=1e-4), name
+
+
+def test_shared_prompt_batches_hold_each_prompt_once_and_need_varlen_attention(encoded):
+    features = [encoded[i] for i in range(len(encoded))]
+    shared = collate_pairs(features, packing=True, pad_token_id=0, shared_prompt=True)
+    packed = collate_pairs(features, packing=True, pad_token_id=0)
+    prompts = sum(next(i for i, x in enumerate(f["chosen_labels"]) if x != IGNORE) for f in features)
+    assert packed["input_ids"].shape[1] - shared["input_ids"].shape[1] == prompts - len(features)
+    assert torch.equal((shared["labels"] != IGNORE).sum(), (packed["labels"] != IGNORE).sum())
+    with pytest.raises(ValueError, match="sftune_varlen"):
+        sequence_logps(tiny_model("llama"), shared)

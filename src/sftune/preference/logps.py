@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from sftune import attention
 from sftune.encode import IGNORE
-from sftune.training.loss import _logit_chunks, chunk_size_for, shifted_targets, trained_hidden_states
+from sftune.training.loss import _logit_chunks, _output_model, chunk_size_for, shifted_targets, trained_hidden_states
 
 NOT_MODEL_INPUTS = ("sequence_ids", "ref_chosen", "ref_rejected")
 
@@ -63,9 +64,23 @@ def token_logps(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tens
     return _TokenLogps.apply(hidden, weight, bias, targets, chunk_size or chunk_size_for(weight.shape[0]), softcap)
 
 
+def _check_branches(model, position_ids: torch.Tensor | None) -> None:
+    """A shared-prompt batch (positions stepping back to p > 0) is right only under sftune's varlen attention."""
+    if position_ids is None or position_ids.shape[1] < 2:
+        return
+    steps = position_ids[:, 1:]
+    if not bool(((steps != 0) & (steps <= position_ids[:, :-1])).any()):
+        return
+    implementation = getattr(_output_model(model).config, "_attn_implementation", None)
+    if implementation != attention.NAME:
+        raise ValueError(f"a shared-prompt batch of pairs needs attn_implementation={attention.NAME!r}, "
+                         f"the model has {implementation!r}: collate with shared_prompt=False")
+
+
 def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed log-prob of each sequence's trained tokens [2B], their number [2B]) for a batch of pairs."""
     inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
+    _check_branches(model, inputs.get("position_ids"))
     hidden, targets, _, head, softcap = trained_hidden_states(model, inputs)
     mask = shifted_targets(inputs) != IGNORE
     sequence = batch["sequence_ids"][:, 1:][mask]

@@ -7,6 +7,10 @@
   orpo   -avg chosen - lambda * log sigmoid(log odds(chosen) - log odds(rejected)), odds = p / (1 - p) of the
          averaged log-prob p, no reference
 
+rpo_alpha > 0 adds rpo_alpha * (-chosen / chosen tokens), the chosen answer's mean token NLL, to each pair's
+loss (RPO, Pang et al. 2024, eq. 2: keeps the chosen answer likely while the margin grows). TRL 1.x spells it
+loss_type ["sigmoid", "sft"]; its sft term is the token mean over the micro-batch, equal to this with one pair.
+
 Rewards (what is logged): beta * log-ratio for dpo / ipo (TRL's), beta * average log-prob for simpo and
 lambda * average log-prob for orpo (TRL's CPO / ORPO trainers').
 """
@@ -31,6 +35,7 @@ class Settings:
     label_smoothing: float = 0.0
     simpo_gamma: float = 0.5
     orpo_lambda: float = 0.1
+    rpo_alpha: float = 0.0
 
 
 def _smoothed(logits: torch.Tensor, beta: float, smoothing: float) -> torch.Tensor:
@@ -42,6 +47,15 @@ def pair_losses(s: Settings, chosen: torch.Tensor, rejected: torch.Tensor, chose
                 ref_rejected: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss per pair, chosen reward, rejected reward), each [pairs]. chosen / rejected: summed log-probs
     of each answer's trained tokens; *_tokens: how many; ref_*: the reference's summed log-probs."""
+    losses, chosen_rewards, rejected_rewards = _method_losses(s, chosen, rejected, chosen_tokens, rejected_tokens,
+                                                              ref_chosen, ref_rejected)
+    if s.rpo_alpha:
+        losses = losses - s.rpo_alpha * chosen / chosen_tokens.clamp(min=1).to(chosen.dtype)
+    return losses, chosen_rewards, rejected_rewards
+
+
+def _method_losses(s: Settings, chosen, rejected, chosen_tokens, rejected_tokens, ref_chosen, ref_rejected):
+    """pair_losses without the RPO term."""
     if s.loss not in LOSSES:
         raise ValueError(f"unknown preference loss {s.loss!r}; use one of {', '.join(LOSSES)}")
     nc, nr = chosen_tokens.clamp(min=1).to(chosen.dtype), rejected_tokens.clamp(min=1).to(chosen.dtype)

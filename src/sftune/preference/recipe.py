@@ -27,7 +27,7 @@ from sftune.training.callbacks import MetricsFileCallback, RichProgressCallback
 from sftune.training.checkpoints import CheckpointCompleteCallback
 from sftune.training.data import read_entries
 from sftune.training.plot import plot_curves
-from sftune.training.recipe import TrainResult, _is_main_process, _peak_memory_mb, start_or_resume
+from sftune.training.recipe import TrainResult, _is_main_process, _peak_memory_mb, start_or_resume, weights_dtype
 
 
 def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
@@ -39,7 +39,7 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
     set_seed(cfg.train.seed)
     cfg = cfg.model_copy(deep=True)  # setup_model writes the run's template and base into it
     started_from = cfg.model.name
-    model, tokenizer, template, packing, continued = setup_model(cfg, console)
+    model, tokenizer, template, packing, continued = setup_model(cfg, precision, console)
 
     train_pairs, eval_pairs = read_pairs(cfg)
     sets, reports = {}, {}
@@ -53,7 +53,9 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
         raise ConfigError("no training pair is left after reading and encoding data.train; see the report above")
 
     settings = Settings(**cfg.preference.model_dump())
-    collate = functools.partial(collate_pairs, packing=packing, pad_token_id=tokenizer.pad_token_id)
+    shared = packing and getattr(model.config, "_attn_implementation", None) == attention.NAME
+    collate = functools.partial(collate_pairs, packing=packing, pad_token_id=tokenizer.pad_token_id,
+                                shared_prompt=shared)
     args = training_arguments(cfg, run_dir, precision=precision, has_eval=sets["eval"] is not None, packing=True)
     if NEEDS_REFERENCE[settings.loss]:
         fresh_adapter = hasattr(model, "disable_adapter") and not continued
@@ -79,7 +81,7 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
     trainable, total = methods.count_parameters(model)
     summary = {
         "stage": "preference", "loss": settings.loss, "model": cfg.model.name, "started_from": started_from, "method": cfg.method.name,
-        "precision": precision, "packing": packing, "steps": trainer.state.global_step, "epochs": trainer.state.epoch,
+        "precision": precision, "packing": packing, "shared_prompt": shared, "steps": trainer.state.global_step, "epochs": trainer.state.epoch,
         "train_pairs": len(sets["train"]), "eval_pairs": 0 if sets["eval"] is None else len(sets["eval"]),
         "skipped": {name: reports[name].skipped if reports[name] else 0 for name in ("train", "eval")},
         "trained_tokens": trainer.trained_tokens, "train_loss": output.training_loss,
@@ -108,7 +110,7 @@ def read_pairs(cfg: Config) -> tuple[list, list]:
     return pairs, []
 
 
-def setup_model(cfg: Config, console) -> tuple[Any, Any, Any, bool, bool]:
+def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, Any, bool, bool]:
     """(model with the method applied, tokenizer, template, packing, whether an SFT run's adapter is continued).
 
     model.name may be an SFT run folder: its full weights, or its adapter on its base model (continued
@@ -116,7 +118,7 @@ def setup_model(cfg: Config, console) -> tuple[Any, Any, Any, bool, bool]:
     """
     name = cfg.model.name
     packing = cfg.data.packing and methods.packing_supported(cfg.method)[0]
-    options = {"dtype": torch.float32 if cfg.model.dtype == "auto" else getattr(torch, cfg.model.dtype),
+    options = {"dtype": weights_dtype(cfg, precision),
                "attn_implementation": attention.resolve(cfg.model.attn_implementation, packing=packing),
                "trust_remote_code": cfg.model.trust_remote_code, **methods.load_kwargs(cfg.method)}
     continued = False

@@ -153,18 +153,22 @@ def start_or_resume(cfg: Config, run_dir: Path, console) -> str | None:
     return resume
 
 
+def weights_dtype(cfg: Config, precision: str) -> torch.dtype:
+    """The dtype the base model's weights are loaded in: model.dtype, or for auto fp32, except a frozen base
+    under an adapter trained in bf16, held in bf16: autocast would recast the fp32 weights to the same bf16
+    values at every forward; holding them halves the weights' memory (the adapter stays fp32)."""
+    if cfg.model.dtype != "auto":
+        return getattr(torch, cfg.model.dtype)
+    adapter = cfg.method.name not in ("full", "freeze")
+    return torch.bfloat16 if precision == "bf16" and adapter else torch.float32
+
+
 def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, bool]:
     """(model with the method applied, tokenizer, packing on or off for this method and model)."""
-    dtype = cfg.model.dtype
-    if dtype == "auto":
-        adapter = cfg.method.name not in ("full", "freeze")
-        # A frozen base trained in bf16 is held in bf16: autocast would recast the fp32 weights to the same
-        # bf16 values at every forward; holding them halves the weights' memory (the adapter stays fp32).
-        dtype = "bfloat16" if precision == "bf16" and adapter else "float32"
     packing = cfg.data.packing and methods.packing_supported(cfg.method)[0]
     model, tokenizer = models.load(
         cfg.model.name,
-        dtype=getattr(torch, dtype),
+        dtype=weights_dtype(cfg, precision),
         attn_implementation=attention.resolve(cfg.model.attn_implementation, packing=packing),
         trust_remote_code=cfg.model.trust_remote_code,
         **methods.load_kwargs(cfg.method),
