@@ -46,24 +46,29 @@ def reference(run, conversations, max_tokens):
                                                      batch_size=1)]
 
 
+def assert_served_as(url, name, asks, expected, *, max_tokens, streamed):
+    """The server answers each ask with its expected text: one at a time (with a counted prompt), the ask
+    `streamed` streamed, and all of them twice concurrently (requests with and without images share decode
+    steps and still answer as alone)."""
+    for ask, answer in zip(asks, expected):
+        reply = client(url).chat.completions.create(model=name, messages=ask, max_tokens=max_tokens, temperature=0)
+        assert reply.choices[0].message.content == answer and reply.usage.prompt_tokens > 0
+    pieces = [c.choices[0].delta.content or "" for c in client(url).chat.completions.create(
+        model=name, messages=asks[streamed], max_tokens=max_tokens, temperature=0, stream=True) if c.choices]
+    assert "".join(pieces) == expected[streamed]
+    with ThreadPoolExecutor(2 * len(asks)) as pool:
+        got = list(pool.map(lambda a: client(url).chat.completions.create(
+            model=name, messages=a, max_tokens=max_tokens, temperature=0).choices[0].message.content, asks * 2))
+    assert got == expected * 2
+
+
 def test_image_parts_answered_as_generation_answers(served_vision, vision_run, images):  # noqa: F811
     url, name = served_vision
     asks = [messages(data_url(images["red"])), messages(data_url(images["blue"]), "And this one?"),
             [{"role": "user", "content": "Only text, no image."}]]
     expected = reference(vision_run, asks, 8)
     assert any(expected)
-    for ask, answer in zip(asks, expected):
-        reply = client(url).chat.completions.create(model=name, messages=ask, max_tokens=8, temperature=0)
-        assert reply.choices[0].message.content == answer
-        assert reply.usage.prompt_tokens > 0
-    pieces = [c.choices[0].delta.content or "" for c in client(url).chat.completions.create(
-        model=name, messages=asks[0], max_tokens=8, temperature=0, stream=True) if c.choices]
-    assert "".join(pieces) == expected[0]
-    # concurrent requests with and without images share decode steps and still answer as alone
-    with ThreadPoolExecutor(6) as pool:
-        got = list(pool.map(lambda a: client(url).chat.completions.create(
-            model=name, messages=a, max_tokens=8, temperature=0).choices[0].message.content, asks * 2))
-    assert got == expected * 2
+    assert_served_as(url, name, asks, expected, max_tokens=8, streamed=0)
 
 
 def test_paths_web_urls_and_broken_images_get_400(served_vision, images):  # noqa: F811
@@ -142,17 +147,7 @@ def test_qwen2_vl_run_served_as_generate_answers(qwen_run, images):  # noqa: F81
     assert batched == expected and len(set(expected)) > 1
     model, tokenizer, names = adapters.load(str(qwen_run))
     with running(create_app(model, tokenizer, names, max_batch_size=8)) as url:
-        name = qwen_run.name
-        for ask, answer in zip(asks, expected):
-            reply = client(url).chat.completions.create(model=name, messages=ask, max_tokens=12, temperature=0)
-            assert reply.choices[0].message.content == answer
-        pieces = [c.choices[0].delta.content or "" for c in client(url).chat.completions.create(
-            model=name, messages=asks[2], max_tokens=12, temperature=0, stream=True) if c.choices]
-        assert "".join(pieces) == expected[2]
-        with ThreadPoolExecutor(8) as pool:
-            got = list(pool.map(lambda a: client(url).chat.completions.create(
-                model=name, messages=a, max_tokens=12, temperature=0).choices[0].message.content, asks * 2))
-    assert got == expected * 2
+        assert_served_as(url, qwen_run.name, asks, expected, max_tokens=12, streamed=2)
 
 
 def _qwen_requests(model, tokenizer, served, asks, options, finished):

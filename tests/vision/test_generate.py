@@ -49,6 +49,18 @@ def test_prompt_ids_equal_training_prompt_ids(vision_run, tmp_path, images):
     assert ids == vision_generate.prompt_inputs(ref, loaded.processor, loaded.template)["input_ids"][0].tolist()
 
 
+def transformers_greedy(loaded, messages, max_new_tokens):
+    """transformers' greedy generate on the processor's own inputs for one conversation: the new token ids,
+    cut before the first stop token (what sftune's answer should hold)."""
+    inputs = vision_generate.prompt_inputs(vision_generate.conversation_of(messages), loaded.processor, loaded.template)
+    tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
+    with torch.no_grad():
+        out = loaded.model.generate(**tensors, max_new_tokens=max_new_tokens, do_sample=False,
+                                    eos_token_id=loaded.stop_token_ids, pad_token_id=loaded.tokenizer.pad_token_id)
+    new = out[0, tensors["input_ids"].shape[1]:].tolist()
+    return new[:next((k for k, t in enumerate(new) if t in loaded.stop_token_ids), len(new))]
+
+
 def test_batched_equals_alone_and_transformers_generate(vision_run, images):
     loaded = runs.load(vision_run)
     options = GenerationOptions(max_new_tokens=6)
@@ -58,16 +70,8 @@ def test_batched_equals_alone_and_transformers_generate(vision_run, images):
     assert [c.token_ids for c in batched] == [c.token_ids for c in alone]
     assert any(c.token_ids for c in batched)  # answers, not empty strings that would compare equal anyway
     # reference: transformers' generate on the processor's own output, cut at the first stop token
-    conv = vision_generate.conversation_of(convs[0])
-    inputs = vision_generate.prompt_inputs(conv, loaded.processor, loaded.template)
-    tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
-    with torch.no_grad():
-        out = loaded.model.generate(**tensors, max_new_tokens=6, do_sample=False,
-                                    eos_token_id=loaded.stop_token_ids, pad_token_id=loaded.tokenizer.pad_token_id)
-    new = out[0, tensors["input_ids"].shape[1]:].tolist()
-    cut = next((k for k, t in enumerate(new) if t in loaded.stop_token_ids), len(new))
-    assert batched[0].token_ids == new[:cut] and batched[0].text == loaded.tokenizer.decode(new[:cut],
-                                                                                           skip_special_tokens=True)
+    new = transformers_greedy(loaded, convs[0], 6)
+    assert batched[0].token_ids == new and batched[0].text == loaded.tokenizer.decode(new, skip_special_tokens=True)
     streamed = "".join(vision_generate.stream(loaded, convs[0], options))
     assert streamed == batched[0].text
 
@@ -121,14 +125,7 @@ def test_plain_model_folders_answer_as_transformers_generate(family, vlm_folder,
     alone = [vision_generate.generate(loaded, [c], options, batch_size=1)[0] for c in convs]
     assert [c.token_ids for c in batched] == [c.token_ids for c in alone]
     for conv, got in zip(convs, alone):
-        inputs = vision_generate.prompt_inputs(vision_generate.conversation_of(conv), loaded.processor, loaded.template)
-        tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
-        with torch.no_grad():
-            out = loaded.model.generate(**tensors, max_new_tokens=6, do_sample=False,
-                                        eos_token_id=loaded.stop_token_ids, pad_token_id=loaded.tokenizer.pad_token_id)
-        new = out[0, tensors["input_ids"].shape[1]:].tolist()
-        cut = next((k for k, t in enumerate(new) if t in loaded.stop_token_ids), len(new))
-        assert got.token_ids == new[:cut]
+        assert got.token_ids == transformers_greedy(loaded, conv, 6)
         assert "".join(vision_generate.stream(loaded, conv, options)) == got.text
     assert any(c.token_ids for c in alone)  # answers, not empty lists that would compare equal anyway
     first = vision_generate.prompt_inputs(vision_generate.conversation_of(convs[0]), loaded.processor, loaded.template)

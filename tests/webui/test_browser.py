@@ -17,6 +17,17 @@ from tests.vision.conftest import images, vision_run, vlm_folder  # noqa: F401  
 TIMEOUT_MS = 240_000  # a loaded machine: a run process starts torch, transformers and the model first
 
 
+def open_page(sync_api, p, url):
+    """Headless Chromium on the UI's page, with the loaded-machine timeouts: (browser, page, expect)."""
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    expect = sync_api.expect
+    expect.set_options(timeout=TIMEOUT_MS)
+    page.goto(url)
+    return browser, page, expect
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary: install Debian's chromium-headless-shell "
                                               "(apt-get install chromium-headless-shell) for the browser test")
@@ -24,12 +35,7 @@ def test_from_a_data_file_to_a_chat_with_the_fine_tuned_model(served, demo_files
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (the `test` extra) is not installed")
     url, runs_root = served
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(TIMEOUT_MS)
-        expect = sync_api.expect
-        expect.set_options(timeout=TIMEOUT_MS)
-        page.goto(url)
+        browser, page, expect = open_page(sync_api, p, url)
 
         # Data: validate the file
         page.locator("#data-paths textarea").fill(str(demo_files[0]))
@@ -83,12 +89,7 @@ def test_image_data_shows_a_gallery_and_a_vision_run_chats_about_an_image(served
     url, _ = served
     data = shapes.write(tmp_path / "shapes", 6, seed=3)
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(TIMEOUT_MS)
-        expect = sync_api.expect
-        expect.set_options(timeout=TIMEOUT_MS)
-        page.goto(url)
+        browser, page, expect = open_page(sync_api, p, url)
 
         # Data: the check counts the images and shows each one in the gallery
         page.locator("#data-paths textarea").fill(str(data))
