@@ -54,6 +54,18 @@ def machine() -> dict[str, Any]:
 MODEL_SHAPE = (512, 576, 1536)
 
 
+def timed_dtypes(gpu: bool) -> tuple[str, ...]:
+    """fp32 always; bf16 only where the chip has bf16 units. A CPU without them emulates bf16 at about 1 GFLOP/s
+    (fp32: 70-80), so one probe at 2048-square would take minutes and measure nothing a system uses: the
+    benchmark's `precision: auto` trains in fp32 there."""
+    import torch
+
+    from sftune.hardware import cpu_bf16_units
+
+    has_bf16 = torch.cuda.is_bf16_supported(including_emulation=False) if gpu else cpu_bf16_units() is not None
+    return ("float32", "bfloat16") if has_bf16 else ("float32",)
+
+
 def main() -> None:
     import torch
 
@@ -66,7 +78,7 @@ def main() -> None:
     seconds = 0.5 if quick else 1.5
     device = "cuda" if gpu else "cpu"
     rates = {}
-    for dtype in ("float32", "bfloat16"):
+    for dtype in timed_dtypes(gpu):
         rates[dtype] = {
             "large": matmul_rate(seconds=seconds, device=device, dtype=dtype),
             "model": matmul_rate(seconds=seconds, device=device, dtype=dtype, shape=MODEL_SHAPE),

@@ -89,6 +89,21 @@ def test_every_system_trains_the_expected_tokens_in_one_short_run(tmp_path, smol
         assert result["examples_total"] == 4, name
 
 
+def test_matmul_probe_times_bf16_only_where_the_chip_has_bf16_units(monkeypatch):
+    """A CPU without bf16 units emulates bf16 at about 1 GFLOP/s: one probe there took 6-10 minutes and
+    measured a rate no system uses (precision auto trains in fp32 there)."""
+    from bench import machine
+    from sftune import hardware
+
+    for units, expected in ((None, ("float32",)), ("avx512_bf16", ("float32", "bfloat16")),
+                            ("amx", ("float32", "bfloat16"))):
+        monkeypatch.setattr(hardware, "cpu_bf16_units", lambda flags=None, units=units: units)
+        assert machine.timed_dtypes(gpu=False) == expected
+    for supported, expected in ((True, ("float32", "bfloat16")), (False, ("float32",))):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, s=supported: s)
+        assert machine.timed_dtypes(gpu=True) == expected
+
+
 @pytest.mark.slow
 def test_quick_benchmark_run_trains_the_same_tokens_in_every_system(tmp_path, smollm2_tokenizer):
     """`python -m bench.run --quick` end to end (a tiny random model with the real tokenizer, so it is
