@@ -289,7 +289,8 @@ def data_stats_command(
     loaded_tokenizer = models.load(tokenizer, tokenizer_only=True)[1] if tokenizer else None
     report = Report()
     options = _read_options(format, columns, roles, None, None, dataset)
-    result = stats(_reading(read(paths, on_error="skip", report=report, **options), "reading"), tokenizer=loaded_tokenizer)
+    reading = read(paths, on_error="skip", report=report, outputs={"plot": plot}, **options)
+    result = stats(_reading(reading, "reading"), tokenizer=loaded_tokenizer)
     result["validation"] = report.to_dict()
     result["reasoning"] = _reasoning_check(paths, options, None)
     if plot:
@@ -341,7 +342,8 @@ def data_dedup_command(
     report = Report()
     removed = removed or f"{output}.duplicates.jsonl"
     options = _read_options(format, columns, roles, None, None, dataset)
-    conversations = _reading(read(paths, on_error="skip", report=report, **options), "deduplicating")
+    reading = read(paths, on_error="skip", report=report, outputs={"output": output, "removed": removed}, **options)
+    conversations = _reading(reading, "deduplicating")
     counts = write_dedup(conversations, output, removed, threshold=threshold, near=not exact_only)
     _print_report(report)
     console.print(
