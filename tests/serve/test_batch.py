@@ -83,7 +83,8 @@ def test_output_that_is_the_input_is_refused_and_the_input_kept(lora_run, tmp_pa
     from sftune.data.files import OverwriteError
 
     one = tmp_path / "one.jsonl"  # one record: a resumed run once cut this file to 0 bytes, then wrote into it
-    one.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"}]}) + "\n", encoding="utf-8")
+    one.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]})
+                   + "\n", encoding="utf-8")
     before = one.read_bytes()
     os.link(one, tmp_path / "hard.jsonl")
     for out in (one, tmp_path / "hard.jsonl"):
