@@ -74,6 +74,8 @@ def _data_errors(function):
     import functools
     import json
 
+    from rich.markup import escape
+
     from sftune.data import DataError
 
     @functools.wraps(function)
@@ -83,7 +85,7 @@ def _data_errors(function):
         except (DataError, OSError, ValueError) as err:
             if kwargs.get("json_output"):
                 print(json.dumps({"error": str(err)}, ensure_ascii=False))
-            Console(stderr=True).print(f"[red]error:[/red] {err}", markup=False, highlight=False)
+            Console(stderr=True).print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper
