@@ -94,3 +94,23 @@ def test_qlora_merges_into_the_full_precision_base_and_says_so(tmp_path, smollm2
     ids = prompt_ids(runs.load(config.model.name))
     with torch.no_grad():
         assert (adapter(ids).logits - merged(ids).logits).abs().max() <= 1e-4
+
+
+def test_export_never_writes_over_the_run_or_its_base(lora_run):
+    base = runs.run_config(lora_run).model.name
+    folder = lora_run.parent  # holds the run and its base model's folder
+
+    def files():
+        return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    before = files()
+    cases = [(lora_run, f"output {lora_run} is the input {lora_run}"),
+             (lora_run / "merged", f"output {lora_run / 'merged'} is inside the input folder {lora_run}"),
+             (folder, f"output {folder} is a folder that holds the input {lora_run}"),
+             (base, f"output {base} is the input {base}")]
+    for out, says in cases:
+        result = CliRunner().invoke(app, ["export", str(lora_run), "-o", str(out)], env={"COLUMNS": "1000"})
+        assert result.exit_code == 2 and says in result.output.replace("\n", ""), result.output
+    with pytest.raises(ValueError, match="is the input"):
+        export(lora_run, base)
+    assert files() == before

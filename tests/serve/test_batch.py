@@ -72,3 +72,27 @@ def test_bad_input_is_reported_with_file_and_line(lora_run, tmp_path):
     result = CliRunner().invoke(app, ["generate", str(lora_run), "--input", str(bad), "-o", str(tmp_path / "o.jsonl"),
                                       "--max-new-tokens", "4"])
     assert result.exit_code == 2 and "error:" in result.output and "line 2" in result.output
+
+
+def test_output_that_is_the_input_is_refused_and_the_input_kept(lora_run, tmp_path):
+    import os
+
+    from typer.testing import CliRunner
+
+    from sftune.cli import app
+    from sftune.data.files import OverwriteError
+
+    one = tmp_path / "one.jsonl"  # one record: a resumed run once cut this file to 0 bytes, then wrote into it
+    one.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]})
+                   + "\n", encoding="utf-8")
+    before = one.read_bytes()
+    os.link(one, tmp_path / "hard.jsonl")
+    for out in (one, tmp_path / "hard.jsonl"):
+        result = CliRunner().invoke(app, ["generate", str(lora_run), "-i", str(one), "-o", str(out),
+                                          "--max-new-tokens", "4"], env={"COLUMNS": "1000"})
+        message = result.output.replace("\n", "")
+        assert result.exit_code == 2 and f"output {out} is the input {one}" in message and "destroy" in message
+        assert one.read_bytes() == before
+    with pytest.raises(OverwriteError, match="is the input"):
+        generate_file(runs.load(lora_run), one, tmp_path / "hard.jsonl", OPTIONS, progress=False)
+    assert one.read_bytes() == before

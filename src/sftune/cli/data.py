@@ -74,6 +74,8 @@ def _data_errors(function):
     import functools
     import json
 
+    from rich.markup import escape
+
     from sftune.data import DataError
 
     @functools.wraps(function)
@@ -83,7 +85,7 @@ def _data_errors(function):
         except (DataError, OSError, ValueError) as err:
             if kwargs.get("json_output"):
                 print(json.dumps({"error": str(err)}, ensure_ascii=False))
-            Console(stderr=True).print(f"[red]error:[/red] {err}", markup=False, highlight=False)
+            Console(stderr=True).print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -289,7 +291,8 @@ def data_stats_command(
     loaded_tokenizer = models.load(tokenizer, tokenizer_only=True)[1] if tokenizer else None
     report = Report()
     options = _read_options(format, columns, roles, None, None, dataset)
-    result = stats(_reading(read(paths, on_error="skip", report=report, **options), "reading"), tokenizer=loaded_tokenizer)
+    reading = read(paths, on_error="skip", report=report, outputs={"plot": plot}, **options)
+    result = stats(_reading(reading, "reading"), tokenizer=loaded_tokenizer)
     result["validation"] = report.to_dict()
     result["reasoning"] = _reasoning_check(paths, options, None)
     if plot:
@@ -341,7 +344,8 @@ def data_dedup_command(
     report = Report()
     removed = removed or f"{output}.duplicates.jsonl"
     options = _read_options(format, columns, roles, None, None, dataset)
-    conversations = _reading(read(paths, on_error="skip", report=report, **options), "deduplicating")
+    reading = read(paths, on_error="skip", report=report, outputs={"output": output, "removed": removed}, **options)
+    conversations = _reading(reading, "deduplicating")
     counts = write_dedup(conversations, output, removed, threshold=threshold, near=not exact_only)
     _print_report(report)
     console.print(

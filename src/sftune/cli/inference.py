@@ -66,13 +66,15 @@ def generate_command(
     template: Optional[str] = _INFER_TEMPLATE,
 ) -> None:
     """Answer every conversation of a data file, batched, into a JSONL file (resumable)."""
+    from sftune.data import files, load
     from sftune.generation import GenerationOptions
     from sftune.serve.batch import generate_file
 
     options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
                                 stop=tuple(stop or ()))
     try:
-        loaded = _load_for_inference(run_or_model, template)
+        files.refuse_overwrite(load.read_paths(input, load.prepare(input, format=format, syntax="cli")), output=out)
+        loaded = _load_for_inference(run_or_model, template)  # refused above in seconds, not after loading
         summary = generate_file(loaded, input, out, options, batch_size=batch_size, console=console,
                                 read_options={"format": format, "syntax": "cli"})
     except Exception as err:  # noqa: BLE001

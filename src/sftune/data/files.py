@@ -30,7 +30,7 @@ import re
 import sys
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -168,20 +168,61 @@ class Replacing:
             os.remove(self.partial)
 
 
-def refuse_overwrite(plan: list[dict[str, Any]], **outputs: str | Path | None) -> None:
-    """Refuse, before anything is written, an output that is one of the inputs (or another output)."""
-    named = {name: Path(path).resolve() for name, path in outputs.items() if path is not None}
+class OverwriteError(ValueError):
+    """An output that would write over what a command reads (or over another output); refused before writing."""
+
+
+def _identity(path: Path) -> tuple[Path, tuple[int, int] | None]:
+    """(the path with every symlink resolved, (device, inode) when the file exists): two names of one file
+    share the first when one is a symlink to the other, the second when one is a hard link to the other."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return path.resolve(), None
+    return path.resolve(), (info.st_dev, info.st_ino)
+
+
+def _how(path: Path, other: Path, real: Path) -> str:
+    if Path(os.path.abspath(path)) == Path(os.path.abspath(other)):
+        return ""
+    return " (through a symbolic link)" if path.resolve() == real else " (a hard link to it: one file, two names)"
+
+
+def refuse_overwrite(inputs: Iterable[str | Path], **outputs: str | Path | None) -> None:
+    """The one output guard of every command that writes, called before anything is opened for writing.
+
+    `inputs` are the files and folders a command reads (as the user named them, and as expanded).
+    Refused: an output that is an input under any name (a symlink or a hard link too), an output inside
+    an input folder, an output folder holding an input, and two outputs that are one file.
+    """
+    named = {name: Path(path).expanduser() for name, path in outputs.items() if path is not None}
+    sources = [(source, *_identity(source)) for source in map(Path, inputs) if os.path.lexists(source)]
+    identities = {name: _identity(path) for name, path in named.items()}
     for name, path in named.items():
-        for item in plan:
-            source = Path(item["path"]).resolve()
-            if path == source or (source.is_dir() and source in path.parents):
-                raise ValueError(
-                    f"{name} {outputs[name]} is the input file {item['path']}: writing it would destroy the data; "
-                    "choose another output path"
+        real, inode = identities[name]
+        for source, source_real, source_inode in sources:
+            if real == source_real or (inode is not None and inode == source_inode):
+                raise OverwriteError(
+                    f"{name} {path} is the input {source}{_how(path, source, source_real)}: writing it would destroy "
+                    "that input; choose an output path that is not an input"
                 )
-        for other, other_path in named.items():
-            if other < name and other_path == path:
-                raise ValueError(f"{other} and {name} are the same file ({outputs[name]}); give them different paths")
+            if source_real in real.parents and source_real.is_dir():
+                raise OverwriteError(
+                    f"{name} {path} is inside the input folder {source}: writing there would change the data being "
+                    f"read (and the output would be read as data next time); choose an output path outside {source}"
+                )
+            if real in source_real.parents:
+                raise OverwriteError(
+                    f"{name} {path} is a folder that holds the input {source}: writing it could destroy that input; "
+                    f"choose an output path outside {source}"
+                )
+        for other in list(named)[: list(named).index(name)]:
+            other_real, other_inode = identities[other]
+            if real == other_real or (inode is not None and inode == other_inode):
+                raise OverwriteError(
+                    f"{other} {named[other]} and {name} {path} are the same file: one would write over the other; "
+                    "give them different paths"
+                )
 
 
 def expand(paths: str | Path | list[str | Path]) -> list[Path]:

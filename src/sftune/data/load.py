@@ -182,6 +182,12 @@ def prepare(
     return _plan(paths, format, columns, options, dataset_name)
 
 
+def read_paths(paths: Any, plan: list[dict[str, Any]]) -> list[Path]:
+    """Every path a read takes data from: the paths as named (files, folders) and each file of its plan."""
+    named = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    return [*map(Path, named), *(Path(item["path"]) for item in plan)]
+
+
 def check_max_chars(max_chars: int | None) -> None:
     if max_chars is not None and (isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1):
         raise ValueError(f"max_chars is {max_chars!r}; use a whole number of characters >= 1, or None for no limit")
@@ -203,19 +209,21 @@ def read(
     syntax: str = "python",
     preference: bool = False,
     instruction_position: str = "before",
+    outputs: dict[str, str | Path | None] | None = None,
 ) -> Iterator[Conversation]:
     """Stream validated Conversations from files (see the module docstring for every option).
 
     Paths, format and options are checked now; records are read as the iterator is consumed.
     Pass a Report to get the counts once the iterator is exhausted. `preference=True` reads preference
     data instead: every record is a chosen / rejected pair (sftune.data.pairs) and comes out as a Pair.
+    `outputs` (name -> path) are files the caller will write: one that would write over an input is refused now.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error is {on_error!r}; use 'raise' or 'skip'")
     check_max_chars(max_chars)
     plan = prepare(paths, format, columns, dataset_name, roles, cot_layout, task_templates, syntax, preference,
                    instruction_position)
-    files.refuse_overwrite(plan, quarantine=quarantine)
+    files.refuse_overwrite(read_paths(paths, plan), quarantine=quarantine, **(outputs or {}))
     report = report if report is not None else Report()
     return read_plan(plan, on_error, Path(quarantine) if quarantine else None, max_chars, report)
 

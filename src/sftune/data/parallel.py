@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sftune.data import files, writers
-from sftune.data.load import Report, check_max_chars, first_format, log_rejections, prepare, read_plan
+from sftune.data.load import Report, check_max_chars, first_format, log_rejections, prepare, read_paths, read_plan
 from sftune.data.validate import DEFAULT_MAX_CHARS
 
 # A range smaller than this is not worth a process of its own.
@@ -103,8 +103,10 @@ def run(
     max_chars: int | None = None,
     workers: int | None = None,
 ) -> Report:
-    """Read the plan with skip, writing valid conversations to `out` (None: only count)."""
-    files.refuse_overwrite(plan, output=out, quarantine=quarantine)
+    """Read the plan with skip, writing valid conversations to `out` (None: only count).
+
+    The caller has refused outputs that would write over an input (files.refuse_overwrite).
+    """
     workers = workers or min(DEFAULT_WORKERS, os.cpu_count() or 1)
     if workers < 1:
         raise ValueError(f"workers is {workers}; use 1 or more processes")
@@ -152,6 +154,7 @@ def check(
     """
     check_max_chars(max_chars)
     plan = prepare(paths, **read_options)
+    files.refuse_overwrite(read_paths(paths, plan), quarantine=quarantine)
     report = run(plan, out=None, quarantine=quarantine, max_chars=max_chars, workers=workers)
     log_rejections(report)
     return report
@@ -176,13 +179,12 @@ def convert(
     """
     writers.shaper(style)  # an unknown style is refused before anything is read
     check_max_chars(max_chars)
+    plan = prepare(paths, **read_options)
+    files.refuse_overwrite(read_paths(paths, plan), output=out, quarantine=quarantine)
     if on_error == "skip":
-        plan = prepare(paths, **read_options)
         report = run(plan, out=out, style=style, quarantine=quarantine, max_chars=max_chars, workers=workers)
         log_rejections(report)
         return report
-    plan = prepare(paths, **read_options)
-    files.refuse_overwrite(plan, output=out, quarantine=quarantine)
     report = Report()
     lines = read_plan(plan, on_error, Path(quarantine) if quarantine else None, max_chars, report, writers.shaper(style))
     writers.write_lines(lines, out)

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from itertools import combinations
 from typing import Any
 
+from sftune.data import files
 from sftune.data.schema import Conversation
 
 THINK_EMPTY = re.compile(r"<think>\s*</think>")
@@ -237,11 +238,17 @@ def write_dedup(
     threshold: float = 0.85,
     near: bool = True,
 ) -> dict[str, int]:
-    """Kept conversations to `output` (messages JSONL); each removed one to `removed`, with what it repeats."""
+    """Kept conversations to `output` (messages JSONL); each removed one to `removed`, with what it repeats.
+
+    Both files appear whole when all is read (files.Replacing); a failure leaves the old ones as they were.
+    The caller refuses outputs that would write over its inputs (read(..., outputs=...)).
+    """
     import json
 
+    files.refuse_overwrite((), output=output, removed=removed)
     counts = {"kept": 0, "exact": 0, "near": 0}
-    with open(output, "w", encoding="utf-8") as kept, open(removed, "w", encoding="utf-8") as dropped:
+    kept, dropped = files.Replacing(output), files.Replacing(removed)
+    try:
         for conversation, duplicate in dedup(conversations, threshold=threshold, near=near):
             if duplicate is None:
                 counts["kept"] += 1
@@ -250,6 +257,12 @@ def write_dedup(
                 counts[duplicate["kind"]] += 1
                 line = {"duplicate": duplicate["kind"], "of": duplicate["of"], **conversation.to_dict()}
                 dropped.write(json.dumps(line, ensure_ascii=False) + "\n")
+    except BaseException:
+        kept.discard()
+        dropped.discard()
+        raise
+    kept.close()
+    dropped.close()
     return counts
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sftune import runs, templates
+from sftune.data import files
 
 # Methods whose trained weights are not a change of the base weights: nothing to fold in.
 NOT_MERGEABLE = {
@@ -46,6 +47,9 @@ def merge_run(run: str | Path, out_dir: str | Path, *, dtype: str = "float32"):
     if dtype not in DTYPES:
         raise ExportError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     cfg = runs.run_config(run_dir)
+    base = cfg.model.name
+    base_dir = models.materialized_path(base) if base in models.EMBEDDED else Path(base).expanduser()
+    files.refuse_overwrite([run_dir, base_dir], output=out_dir)  # neither the run nor its base model is written over
     method = cfg.method.name
     if method in NOT_MERGEABLE:
         raise ExportError(

@@ -102,7 +102,7 @@ def generate_file(
     Returns counts: total records, skipped (already in `out`), written now, tokens generated.
     """
     out = Path(out)
-    items = read_prompts(input_path, **(read_options or {}))
+    items = read_prompts(input_path, outputs={"output": out}, **(read_options or {}))  # never out over the input
     done = done_indices(out, items)
     todo = [item for item in items if item["index"] not in done]
     with_images = next((item for item in todo if item["images"]), None)
