@@ -93,3 +93,27 @@ def test_export_writes_the_merged_model_and_names_the_folder(tiny_run, tmp_path)
     out, summary = export_tab.export_run(str(tiny_run), str(tmp_path / "merged"))
     assert (out / "model.safetensors").is_file() and summary["merged"]
     assert str(out.resolve()) in export_tab.summary_markdown(out, summary)
+
+
+def test_inspect_shows_the_pieces_the_command_line_marks(tmp_path):
+    """The Data tab and `sftune data inspect` (piped: trained text in ⟦ ⟧) show one record in the same pieces."""
+    import html
+    import json
+    import re
+
+    from typer.testing import CliRunner
+
+    from sftune import models
+    from sftune.cli import app
+    from tests.data.test_inspect import ALPACA_ZH, TRAINED
+
+    data = tmp_path / "alpaca_zh.jsonl"
+    data.write_text(json.dumps(ALPACA_ZH, ensure_ascii=False) + "\n", encoding="utf-8")
+    page = data_tab.inspect_html([str(data)], models.DEFAULT_MODEL, limit=1).split("</p>", 1)[1]
+    shown = [(kind, html.unescape(text)) for kind, text in
+             re.findall(r"<span class='sftune-(\w+)'>(.*?)</span>", page, re.S)]
+    result = CliRunner().invoke(app, ["data", "inspect", str(data), "--limit", "1"])
+    assert result.exit_code == 0, result.output
+    record = result.output.split("\n", 2)[2].rsplit("\n\n", 1)[0]  # after the template and record headers
+    marked = [("trained" if k % 2 else "masked", text) for k, text in enumerate(re.split("[⟦⟧]", record))]
+    assert shown == marked and ("trained", TRAINED) in shown and "\ufffd" not in page
