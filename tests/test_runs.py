@@ -71,3 +71,41 @@ def test_a_folder_without_config_is_not_a_run(tmp_path):
     assert not runs.is_run(tmp_path)
     with pytest.raises(runs.RunError, match="not a run folder"):
         runs.run_config(tmp_path)
+
+
+def test_a_run_moved_elsewhere_loads_and_exports_from_any_folder(tmp_path, tiny_checkpoint, monkeypatch):
+    """Trained with paths relative to the working directory (model, data, output.dir), the run folder is moved and
+    checked from another folder: config.yaml keeps outside paths absolute and paths inside the run relative to it."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from sftune import train
+    from sftune.cli import app
+    from sftune.demo import write_dataset
+
+    project, elsewhere, other = tmp_path / "project", tmp_path / "elsewhere", tmp_path / "other"
+    for folder in (project, elsewhere, other):
+        folder.mkdir()
+    shutil.move(tiny_checkpoint, project / "model")
+    monkeypatch.chdir(project)
+    train_file, eval_file = write_dataset(project / "data", n_train=8, n_eval=2)
+    (project / "runs" / "r" / "data").mkdir(parents=True)
+    shutil.move(eval_file, project / "runs" / "r" / "data" / "eval.jsonl")  # held-out data inside the run folder
+    train({"model": {"name": "model"}, "data": {"train": "data/train.jsonl", "eval": "runs/r/data/eval.jsonl",
+                                                 "max_len": 64},
+           "method": {"name": "lora", "r": 4}, "train": {"max_steps": 2, "batch_size": 2, "save_steps": 1000},
+           "eval": {"steps": 1000}, "output": {"dir": "runs/r"}})
+    moved = elsewhere / "moved-run"
+    shutil.move(project / "runs" / "r", moved)
+    monkeypatch.chdir(other)
+
+    cfg = runs.run_config(moved)
+    assert cfg.model.name == str(project / "model") and cfg.data.train == [str(train_file)]
+    assert cfg.data.eval == [str(moved / "data" / "eval.jsonl")] and cfg.output.dir == str(moved)
+    adapter = json.loads((moved / runs.ADAPTER_CONFIG).read_text())
+    assert adapter["base_model_name_or_path"] == str(project / "model")  # other tools find the base too
+    result = CliRunner().invoke(app, ["export", str(moved), "-o", "out", "--check", "--check-count", "1",
+                                      "--check-max-new-tokens", "2"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((other / "out" / "export.json").read_text())["check"]["ok"] is True

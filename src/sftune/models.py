@@ -93,8 +93,8 @@ def resolve(name_or_path: str | os.PathLike) -> str:
     name = str(name_or_path)
     if name in EMBEDDED:
         return str(materialize(name))
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser())
+    if Path(name).expanduser().is_dir():  # absolute: what peft records as an adapter's base, found from anywhere
+        return str(Path(name).expanduser().absolute())
     if Path(name).expanduser().exists():
         raise ModelNotAvailableError(
             f"Model '{name}' is a file, not a folder. Point at the folder that holds config.json "

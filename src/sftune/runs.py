@@ -14,6 +14,7 @@ plain vision-language model folder its own processor: generation with images is 
 
 from __future__ import annotations
 
+import glob
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,14 +63,72 @@ def is_run(path: str | os.PathLike) -> bool:
 
 
 def run_config(run_dir: str | os.PathLike):
-    """The sftune Config a run was trained with (its config.yaml)."""
+    """The sftune Config a run was trained with (its config.yaml), its paths resolved: output.dir is the folder
+    it is read from now, and a relative path names something inside the run (see write_config), so a run
+    folder loads after it was moved or copied, from any working directory."""
     from sftune import config as config_module
 
     path = Path(run_dir).expanduser() / RUN_CONFIG
     if not path.is_file():
         raise RunError(f"{path.parent} is not a run folder: it has no {RUN_CONFIG}. Point at the folder that "
                        "`sftune train` wrote (its output.dir), or at a model folder / embedded model name.")
-    return config_module.load(path)
+    cfg = config_module.load(path)
+    cfg.output.dir = str(path.parent.absolute())
+    return _map_paths(cfg, lambda value: _inside(value, path.parent))
+
+
+def write_config(run_dir: str | os.PathLike, cfg: Any) -> None:
+    """Write a run's config.yaml so that the folder can move: a path inside the run relative to it, every other
+    local path absolute (as the working directory of training resolved it), names (embedded models, hub
+    ids) as they are. output.dir is written absolute: `sftune train RUN/config.yaml` resumes in place."""
+    from sftune import config as config_module
+
+    run_dir = Path(run_dir).absolute()
+    cfg = cfg.model_copy(deep=True)
+    cfg.output.dir = str(run_dir)
+    cfg = _map_paths(cfg, lambda value: _portable(value, run_dir))
+    (run_dir / RUN_CONFIG).write_text(config_module.to_yaml(cfg), encoding="utf-8")
+
+
+def _map_paths(cfg: Any, change) -> Any:
+    """cfg with `change` applied to every path it holds besides output.dir: model.name, data.train / data.eval
+    (each entry's path), train.resume_from."""
+    if cfg.model.name not in models.EMBEDDED:
+        cfg.model.name = change(cfg.model.name)
+    for entries in (cfg.data.train, cfg.data.eval):
+        for k, entry in enumerate(entries):
+            if isinstance(entry, str):
+                entries[k] = change(entry)
+            elif isinstance(entry.path, str):
+                entry.path = change(entry.path)
+            else:
+                entry.path = [change(p) for p in entry.path]
+    if cfg.train.resume_from not in (None, "last"):
+        cfg.train.resume_from = change(cfg.train.resume_from)
+    return cfg
+
+
+def _exists(pattern: str | os.PathLike) -> bool:
+    """A file, a folder or a glob matching one (data paths may be globs)."""
+    return Path(pattern).exists() or bool(glob.glob(str(pattern)))
+
+
+def _portable(value: str, run_dir: Path) -> str:
+    """A local path as config.yaml keeps it: relative to the run folder inside it, else absolute; a name that
+    is no local path (a hub id) unchanged."""
+    path = Path(value).expanduser()
+    if not _exists(path):
+        return value
+    path = path.absolute()
+    return str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else str(path)
+
+
+def _inside(value: str, run_dir: Path) -> str:
+    """A relative path of config.yaml read from the run folder when it is there; else as written (a name, or a
+    path relative to the working directory, as runs trained before config.yaml was portable kept them)."""
+    if Path(value).expanduser().is_absolute() or not _exists(run_dir / value):
+        return value
+    return str(run_dir.absolute() / value)
 
 
 def base_model_of(run_or_model: str | os.PathLike) -> str | None:

@@ -93,3 +93,57 @@ def test_export_writes_the_merged_model_and_names_the_folder(tiny_run, tmp_path)
     out, summary = export_tab.export_run(str(tiny_run), str(tmp_path / "merged"))
     assert (out / "model.safetensors").is_file() and summary["merged"]
     assert str(out.resolve()) in export_tab.summary_markdown(out, summary)
+
+
+def test_inspect_shows_the_pieces_the_command_line_marks(tmp_path):
+    """The Data tab and `sftune data inspect` (piped: trained text in ⟦ ⟧) show one record in the same pieces."""
+    import html
+    import json
+    import re
+
+    from typer.testing import CliRunner
+
+    from sftune import models
+    from sftune.cli import app
+    from tests.data.test_inspect import ALPACA_ZH, TRAINED
+
+    data = tmp_path / "alpaca_zh.jsonl"
+    data.write_text(json.dumps(ALPACA_ZH, ensure_ascii=False) + "\n", encoding="utf-8")
+    page = data_tab.inspect_html([str(data)], models.DEFAULT_MODEL, limit=1).split("</p>", 1)[1]
+    shown = [(kind, html.unescape(text)) for kind, text in
+             re.findall(r"<span class='sftune-(\w+)'>(.*?)</span>", page, re.S)]
+    result = CliRunner().invoke(app, ["data", "inspect", str(data), "--limit", "1"])
+    assert result.exit_code == 0, result.output
+    record = result.output.split("\n", 2)[2].rsplit("\n\n", 1)[0]  # after the template and record headers
+    marked = [("trained" if k % 2 else "masked", text) for k, text in enumerate(re.split("[⟦⟧]", record))]
+    assert shown == marked and ("trained", TRAINED) in shown and "\ufffd" not in page
+
+
+def test_the_train_form_fits_its_labels_and_a_single_evaluation_shows_as_a_point(tmp_path, demo_files):
+    """Rows of at most FIELDS_PER_ROW fields (five cut "Packing" to "Packir"); the held-out loss of one evaluation
+    is drawn as a point (a line of one point draws nothing) on axes that read "10", not "10.000000"."""
+    import gradio as gr
+    from gradio.layouts import Form
+
+    from sftune.webui import app as webui_app
+
+    blocks = webui_app.build(tmp_path / "runs")
+    def inside(block):
+        return [block] + [b for child in getattr(block, "children", []) for b in inside(child)]
+
+    train = inside(next(b for b in blocks.blocks.values() if isinstance(b, gr.Tab) and b.label == "Train"))
+    rows = [b for b in train if isinstance(b, gr.Row)]
+    packing = next(b for b in train if isinstance(b, gr.Checkbox) and b.label == "Packing")
+    fields = {row: [c for child in row.children for c in (child.children if isinstance(child, Form) else [child])
+                    if isinstance(c, gr.components.FormComponent)] for row in rows}  # gradio wraps them in a Form
+    assert any(packing in row_fields for row_fields in fields.values())
+    for row_fields in fields.values():
+        assert len(row_fields) <= train_tab.FIELDS_PER_ROW, [c.label for c in row_fields]
+    plot = blocks.blocks[next(k for k, b in blocks.blocks.items() if getattr(b, "elem_id", None) == "train-eval-plot")]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 9.5, "learning_rate": 0.0001}\n'
+                                       '{"step": 1, "eval_loss": 10.0}\n')
+    shown = plot.postprocess(train_tab.curves(run)[1])
+    assert shown.mark == "point" and shown.data == [[1, 10.0]]
+    assert plot.y_axis_format == plot.x_axis_format == "~g"

@@ -413,6 +413,10 @@ def template_render_command(
         print(json.dumps({"text": text}, ensure_ascii=False))
 
 
+TRAINED_MARKS = ("⟦", "⟧")  # around trained text where colours cannot show (piped output, NO_COLOR)
+STYLES = {"trained": "bold green", "masked": "grey50", "image": "grey50"}
+
+
 @data_app.command("inspect")
 @_data_errors
 def data_inspect_command(
@@ -423,22 +427,28 @@ def data_inspect_command(
     reasoning: str = _REASONING,
     max_len: Optional[int] = typer.Option(None, help="Truncate as training would."),
     limit: int = typer.Option(3, help="How many records to show."),
-    plain: bool = typer.Option(False, help="No colours: one token per line, TRAIN or mask, then the token."),
+    plain: bool = typer.Option(False, help="One token per line: TRAIN or mask, a tab, then the token as JSON "
+                               "(a character split over several tokens shows whole, on the line of its first)."),
     format: Optional[str] = _FORMAT,
 ) -> None:
-    """Show each token as trained (green) or masked (grey), so the mask is checked before training."""
+    """Show each record as training sees it, so the mask is checked before training: trained text green, masked
+    grey in a terminal; piped (`| less`, a file) or with NO_COLOR, trained text is wrapped in ⟦ ⟧ instead.
+    Images show as one masked "[image k: n tokens]" run each."""
     from rich.text import Text
 
     from sftune.data import read
     from sftune.data.errors import where as where_from
-    from sftune.encode import encode, explain
-
+    from sftune.encode import IGNORE, encode, explain
     from sftune.vision import encode as vision_encode
     from sftune.vision import models as vision_models
 
     tokenizer, processor = vision_models.tokenizer_and_processor(model)  # images: one masked run each
+    image_ids = vision_encode.image_token_ids(processor) if processor is not None else frozenset()
     chosen = _template_for(template, tokenizer)
-    console.print(f"template: {chosen.name}   policy: {policy}", highlight=False) if not plain else None
+    colours = console.color_system is not None and not console.no_color
+    opening, closing = TRAINED_MARKS
+    if not plain:
+        console.print(f"template: {chosen.name}   policy: {policy}", highlight=False)
     for k, conversation in enumerate(read(path, format=format, syntax="cli")):
         if k >= limit:
             break
@@ -451,22 +461,27 @@ def data_inspect_command(
         if result is None:
             print(f"# {where}: no trained token (skipped in training)")
             continue
-        tokens = vision_encode.explain(result, processor) if processor is not None else explain(result, tokenizer)
-        trained = sum(flag for _, flag in tokens)
-        header = f"# {where}: {len(tokens)} tokens, {trained} trained"
+        trained = sum(label != IGNORE for label in result["labels"])
+        header = f"# {where}: {len(result['input_ids'])} tokens, {trained} trained"
         if plain:
             print(header)
-            for text, flag in tokens:
-                print(("TRAIN" if flag else "mask ") + "\t" + json_repr(text))
+            for text, kind in explain(result, tokenizer, image_ids=image_ids, per_token=True):
+                print(("TRAIN" if kind == "trained" else "mask ") + "\t" + json_repr(text))
             continue
-        console.print(header, style="bold", highlight=False)
-        line = Text()
-        for text, flag in tokens:
-            line.append(text, style="bold green" if flag else "grey50")
-        console.print(line, highlight=False)
-        console.print()
-    if not plain:
-        console.print(Text("trained", style="bold green") + Text("  masked", style="grey50"))
+        pieces = explain(result, tokenizer, image_ids=image_ids)
+        if colours:
+            console.print(header, style="bold", highlight=False)
+            console.print(Text.assemble(*((text, STYLES[kind]) for text, kind in pieces)), highlight=False)
+            console.print()
+        else:
+            print(header)
+            print("".join(opening + text + closing if kind == "trained" else text for text, kind in pieces) + "\n")
+    if plain:
+        return
+    if colours:
+        console.print(Text("trained", style=STYLES["trained"]) + Text("  masked", style=STYLES["masked"]))
+    else:
+        print(f"{opening}trained{closing}  masked")
 
 
 @data_app.command("encode")

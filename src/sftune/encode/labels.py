@@ -222,8 +222,37 @@ def _truncate(messages: list[dict], tools: list[dict] | None, tokenizer: Any, te
 
 
 
-def explain(result: dict[str, list], tokenizer: Any) -> list[tuple[str, bool]]:
-    """Each token's text and whether it is trained: what `sftune data inspect` shows."""
-    return [(tokenizer.decode([token]), label != IGNORE)
-            for token, label in zip(result["input_ids"], result["labels"])]
+def explain(result: dict[str, list], tokenizer: Any, *, image_ids: frozenset[int] | set[int] = frozenset(),
+            per_token: bool = False) -> list[tuple[str, str]]:
+    """The record as (text, kind) pieces, kind "trained", "masked" or "image": what `sftune data inspect`
+    prints and the web UI's Data tab colours.
 
+    Tokens are decoded together, never a byte at a time: a character whose bytes span several tokens
+    (Chinese in byte-level BPE) stays whole. Consecutive tokens of one kind are one piece (`per_token`:
+    each token is one, merged with the next ones only to complete a character). Each image's run of tokens
+    is one piece "[image k: n tokens]".
+    """
+    groups: list[tuple[list[int], str]] = []
+    for token, label in zip(result["input_ids"], result["labels"]):
+        kind = "image" if token in image_ids else ("trained" if label != IGNORE else "masked")
+        if groups and kind == groups[-1][1] and (kind == "image" or not per_token):
+            groups[-1][0].append(token)
+        elif (groups and "image" not in (kind, groups[-1][1])
+              and _ends_inside_a_character(tokenizer, groups[-1][0])):
+            groups[-1][0].append(token)  # the rest of a character's bytes (tokens of one character share a label)
+        else:
+            groups.append(([token], kind))
+    pieces, images = [], 0
+    for ids, kind in groups:
+        if kind == "image":
+            images += 1
+            pieces.append((f"[image {images}: {len(ids)} tokens]", kind))
+        else:
+            pieces.append((tokenizer.decode(ids), kind))
+    return pieces
+
+
+def _ends_inside_a_character(tokenizer: Any, ids: list[int]) -> bool:
+    """Whether the tokens end inside a character: their last bytes decode to a replacement mark (U+FFFD).
+    A character has at most 4 bytes, so the last 4 tokens tell."""
+    return tokenizer.decode(ids[-4:]).endswith("\ufffd")

@@ -32,8 +32,8 @@ def check_export(run: str | Path, export_dir: str | Path, *, data: str | Path | 
                           "(any data file sftune reads)")
     source = source[0] if isinstance(source, (list, tuple)) else source
     if data is None and not glob.glob(str(source)) and not Path(source).exists():
-        raise ExportError(f"the run's eval data {source} (data.eval in {run}/config.yaml) is not found from "
-                          f"{Path.cwd()}: run the check from the folder you trained in, or pass --check-data FILE")
+        raise ExportError(f"the run's eval data {source} (data.eval in {run}/config.yaml) is not found: was it "
+                          "moved or deleted? Pass --check-data FILE (any data file sftune reads)")
     items = read_prompts(source)[:count]
     options = generation.GenerationOptions(max_new_tokens=max_new_tokens)
     conversations = [templates.normalize_messages(item["messages"]) for item in items]

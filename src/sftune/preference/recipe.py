@@ -14,7 +14,7 @@ import torch
 from transformers import TrainerCallback, set_seed
 
 from sftune import attention, data, methods, models, runs, templates
-from sftune.config import Config, ConfigError, to_yaml
+from sftune.config import Config, ConfigError
 from sftune.distributed import launch_precision
 from sftune.hardware import resolve_precision
 from sftune.preference.batches import collate_pairs
@@ -67,7 +67,7 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_main_process():
-        (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+        runs.write_config(run_dir, cfg)  # paths that survive moving the folder
     templates.save_to_tokenizer(template, tokenizer)
     own = [CheckpointCompleteCallback(), MetricsFileCallback(run_dir / "metrics.jsonl"), RichProgressCallback(console)]
     trainer = PreferenceTrainer(model=model, args=args, train_dataset=sets["train"], eval_dataset=sets["eval"],

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 
-from sftune import attention, distributed, methods, models, templates
-from sftune.config import Config, ConfigError, load, to_yaml
+from sftune import attention, distributed, methods, models, runs, templates
+from sftune.config import Config, ConfigError, load
 from sftune.hardware import resolve_precision
 from sftune.training.arguments import training_arguments
 from sftune.training.callbacks import MetricsFileCallback, RichProgressCallback
@@ -98,7 +98,7 @@ def train(
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_main_process():
-        (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+        runs.write_config(run_dir, cfg)  # paths that survive moving the folder
     templates.save_to_tokenizer(template, tokenizer)  # inference uses exactly the training template
     trainer = setup_trainer(cfg, model, tokenizer, template, encoded, args, packing=packing, console=console,
                             callbacks=callbacks, processor=processor)

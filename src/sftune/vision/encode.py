@@ -127,22 +127,3 @@ def encode(conversation: Conversation, processor: Any, template: Template, *, po
     if out_weights is not None:
         out["loss_weights"] = out_weights
     return out
-
-
-def explain(result: dict[str, Any], processor: Any) -> list[tuple[str, bool]]:
-    """Each token's text and whether it is trained, each image's run of tokens as one entry
-    ("[image 1: 64 tokens]", never trained): what `sftune data inspect` shows."""
-    image_ids = image_token_ids(processor)
-    out: list[tuple[str, bool]] = []
-    run, images = 0, 0
-    ids, labels = result["input_ids"], result["labels"]
-    for k, (token, label) in enumerate(zip(ids, labels)):
-        if token in image_ids:
-            run += 1
-            if k + 1 == len(ids) or ids[k + 1] not in image_ids:
-                images += 1
-                out.append((f"[image {images}: {run} tokens]", False))
-                run = 0
-            continue
-        out.append((processor.tokenizer.decode([token]), label != IGNORE))
-    return out

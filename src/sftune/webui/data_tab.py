@@ -161,6 +161,7 @@ def inspect_html(paths: list[str], model: str, template: str | None = None, poli
     from sftune.vision.models import tokenizer_and_processor
 
     tokenizer, processor = tokenizer_and_processor(model)
+    image_ids = vision_encode.image_token_ids(processor) if processor is not None else frozenset()
     chosen = templates.get(template, tokenizer) if template else templates.default_for(tokenizer)
     parts = [f"<p>template: <b>{html.escape(chosen.name)}</b> &nbsp; policy: <b>{html.escape(policy)}</b> &nbsp; "
              "<span class='sftune-trained'>trained</span> <span class='sftune-masked'>masked</span>"
@@ -179,62 +180,22 @@ def inspect_html(paths: list[str], model: str, template: str | None = None, poli
         if result is None:
             parts.append(f"<h4>{where}: no trained token (skipped in training)</h4>")
             continue
-        if processor is not None:
-            trained = sum(1 for label in result["labels"] if label != IGNORE)
-            spans = "".join(_span(text, kind) for text, kind in image_runs(result, processor))
-            pictures = "".join(f"<img class='sftune-thumb' src='{data_url(thumbnail(ref))}' alt='image {i + 1}' "
-                               f"title='image {i + 1}'>" for i, ref in enumerate(conversation.images))
-            header = (f"<h4>{where}: {len(result['input_ids'])} tokens, {trained} trained, "
-                      f"{len(conversation.images)} images</h4>")
-            parts.append(header + (f"<div class='sftune-images'>{pictures}</div>" if pictures else "")
-                         + f"<pre class='sftune-tokens'>{spans}</pre>")
+        trained = sum(1 for label in result["labels"] if label != IGNORE)
+        spans = "".join(_span(text, kind) for text, kind in explain(result, tokenizer, image_ids=image_ids))
+        header = f"<h4>{where}: {len(result['input_ids'])} tokens, {trained} trained"
+        if processor is None:
+            parts.append(f"{header}</h4><pre class='sftune-tokens'>{spans}</pre>")
             continue
-        flags = [flag for _, flag in explain(result, tokenizer)]
-        spans = "".join(_span(tokenizer.decode(ids), "trained" if flag else "masked")
-                        for ids, flag in runs_of(result["input_ids"], flags))
-        parts.append(f"<h4>{where}: {len(flags)} tokens, {sum(flags)} trained</h4><pre class='sftune-tokens'>{spans}</pre>")
+        pictures = "".join(f"<img class='sftune-thumb' src='{data_url(thumbnail(ref))}' alt='image {i + 1}' "
+                           f"title='image {i + 1}'>" for i, ref in enumerate(conversation.images))
+        parts.append(f"{header}, {len(conversation.images)} images</h4>"
+                     + (f"<div class='sftune-images'>{pictures}</div>" if pictures else "")
+                     + f"<pre class='sftune-tokens'>{spans}</pre>")
     return "\n".join(parts)
 
 
 def _span(text: str, kind: str) -> str:
     return f"<span class='sftune-{kind}'>{html.escape(text)}</span>"
-
-
-def image_runs(result: dict[str, Any], processor: Any) -> list[tuple[str, str]]:
-    """(text, "trained" | "masked" | "image") pieces of a vision record: each image's run of tokens as one
-    "[image k: n tokens]" piece (as vision.encode.explain writes it), the other tokens decoded together per
-    flag (a character split over several tokens shows whole)."""
-    from sftune.encode import IGNORE
-    from sftune.vision.encode import image_token_ids
-
-    image_ids = image_token_ids(processor)
-    groups: list[tuple[list[int], str]] = []
-    for token, label in zip(result["input_ids"], result["labels"]):
-        kind = "image" if token in image_ids else ("trained" if label != IGNORE else "masked")
-        if groups and groups[-1][1] == kind:
-            groups[-1][0].append(token)
-        else:
-            groups.append(([token], kind))
-    pieces, images = [], 0
-    for ids, kind in groups:
-        if kind == "image":
-            images += 1
-            pieces.append((f"[image {images}: {len(ids)} tokens]", kind))
-        else:
-            pieces.append((processor.tokenizer.decode(ids), kind))
-    return pieces
-
-
-def runs_of(ids: list[int], flags: list[bool]) -> list[tuple[list[int], bool]]:
-    """Consecutive tokens with the same flag, as (ids, flag): decoded together, a character whose bytes span
-    several tokens (Chinese in byte-level BPE) shows whole instead of as replacement marks."""
-    runs: list[tuple[list[int], bool]] = []
-    for token, flag in zip(ids, flags):
-        if runs and runs[-1][1] == flag:
-            runs[-1][0].append(token)
-        else:
-            runs.append(([token], flag))
-    return runs
 
 
 CSS = """

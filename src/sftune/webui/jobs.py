@@ -68,13 +68,12 @@ def start(cfg: Config, *, resume: bool = False) -> int:
 
 def resume(run_dir: str | Path) -> int:
     """Start the run again from its last complete checkpoint (train.resume_from=last), with its own config."""
-    from sftune.config import load
+    from sftune import runs
 
     run_dir = Path(run_dir).expanduser()
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
+    if not (run_dir / runs.RUN_CONFIG).is_file():
         raise RuntimeError(f"{run_dir} has no config.yaml: there is nothing to resume; start a new run instead")
-    return start(load(config_path), resume=True)
+    return start(runs.run_config(run_dir), resume=True)  # where the folder is now, even if it was moved
 
 
 def stop(run_dir: str | Path) -> bool:

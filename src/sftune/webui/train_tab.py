@@ -14,6 +14,8 @@ from sftune.webui import jobs
 from sftune.webui.data_tab import split_paths
 
 REFRESH_SECONDS = 2.0
+FIELDS_PER_ROW = 4  # the form's columns hold 4 fields of gradio's 160-pixel min_width
+AXIS_FORMAT = "~g"  # d3 format of the charts' axis numbers: 10, 9.5, 0.0001 (a one-point axis read "10.000000")
 
 
 def build_config(runs_root: str | Path, form: dict[str, Any]) -> config_module.Config:
@@ -137,17 +139,20 @@ def tab(context: dict[str, Any]) -> None:
                 r = gr.Number(16, precision=0, minimum=1, label="LoRA rank")
                 alpha = gr.Number(32, minimum=0, label="LoRA alpha")
                 template = gr.Dropdown(["(model's own)", *templates.BUILTINS], value="(model's own)", label="Template")
+            # At most FIELDS_PER_ROW fields a row: five left the checkbox 80 pixels ("Packir"; gradio gives a
+            # Checkbox no min_width) and wrapped "Grad accumulation" onto a line of its own.
             with gr.Row():
                 lr = gr.Textbox(label="Learning rate", placeholder="the method's usual", elem_id="train-lr")
                 epochs = gr.Number(1, minimum=0, label="Epochs")
                 max_steps = gr.Textbox(label="Max steps (overrides epochs)", placeholder="from the epochs",
                                        elem_id="train-max-steps")
                 batch_size = gr.Number(4, precision=0, minimum=1, label="Batch size", elem_id="train-batch-size")
-                grad_accum = gr.Number(1, precision=0, minimum=1, label="Grad accumulation")
             with gr.Row():
+                grad_accum = gr.Number(1, precision=0, minimum=1, label="Grad accumulation")
                 max_len = gr.Number(1024, precision=0, minimum=8, label="Max length (tokens)", elem_id="train-max-len")
-                packing = gr.Checkbox(True, label="Packing", min_width=120)
                 precision = gr.Dropdown(["auto", "fp32", "bf16", "fp16"], value="auto", label="Precision")
+                packing = gr.Checkbox(True, label="Packing", elem_id="train-packing")
+            with gr.Row():
                 logging_steps = gr.Number(1, precision=0, minimum=1, label="Log every N steps")
                 save_steps = gr.Textbox(label="Checkpoint and evaluate every N steps", placeholder="each epoch",
                                         elem_id="train-save-steps")
@@ -163,12 +168,15 @@ def tab(context: dict[str, Any]) -> None:
         refresh_button = gr.Button("↻ Runs", scale=1)
     status_text = gr.Markdown(elem_id="train-status")
     with gr.Row():
-        # one series per plot: gradio 6.31 draws no line in a colour-split plot whose data began empty
+        # one series per plot: gradio 6.31 draws no line in a colour-split plot whose data began empty. Held-out
+        # losses are points (a line of one evaluation draws nothing); axis numbers as short as they can be (a
+        # one-point axis otherwise reads "10.000000").
+        axes = {"x_axis_format": AXIS_FORMAT, "y_axis_format": AXIS_FORMAT, "height": 260}
         loss_plot = gr.LinePlot(x="step", y="loss", label="Training loss per trained token",
-                                elem_id="train-loss-plot", height=260)
-        eval_plot = gr.LinePlot(x="step", y="held-out loss", label="Held-out loss", elem_id="train-eval-plot",
-                                height=260)
-        lr_plot = gr.LinePlot(x="step", y="learning rate", label="Learning rate", elem_id="train-lr-plot", height=260)
+                                elem_id="train-loss-plot", **axes)
+        eval_plot = gr.ScatterPlot(x="step", y="held-out loss", label="Held-out loss", elem_id="train-eval-plot",
+                                   **axes)
+        lr_plot = gr.LinePlot(x="step", y="learning rate", label="Learning rate", elem_id="train-lr-plot", **axes)
     with gr.Accordion("Process log (train.log)", open=False):
         log_text = gr.Code(label="train.log", elem_id="train-log")
     timer = gr.Timer(REFRESH_SECONDS)
