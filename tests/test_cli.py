@@ -45,3 +45,20 @@ def test_demo_unknown_method_is_a_clear_error(tmp_path, monkeypatch):
     result = runner.invoke(app, ["demo", "--method", "lorra"], env={"COLUMNS": "200"})
     assert result.exit_code == 2
     assert "unknown method 'lorra'" in result.output and "qlora" in result.output
+
+
+def test_eval_help_lists_the_metrics_of_each_task():
+    from sftune.evaluate.benchmarks import METRICS, TASKS
+    from sftune.evaluate.data_task import METRICS as DATA_METRICS
+
+    assert set(METRICS) == set(TASKS)
+    result = runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "1000"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for name, metric in METRICS.items():
+        assert f"{name} ({metric})" in text
+    assert "heldout" in text and "data:PATH" in text
+    for metric in DATA_METRICS:
+        assert metric in text
+    for metric in ("accuracy", "exact_match", "pass@1", "bleu", "rougeL", "perplexity"):
+        assert metric in text
