@@ -40,6 +40,31 @@ def test_demo_method_option_overrides_method_rate_and_folder(monkeypatch):
     assert demo.method_overrides("full") == ["method.name=full", "train.lr=5e-05", "output.dir=runs/demo-full"]
 
 
+def test_demo_trains_on_its_data_by_absolute_paths(tmp_path, monkeypatch):
+    """The demo writes its data after reading its config: the run is then given the files' absolute paths, so
+    the run folder's config.yaml names them from any working directory (evaluate, export --check)."""
+    import pytest
+
+    from sftune import demo, training
+
+    class Stop(Exception):
+        pass
+
+    def train(cfg, console=None):
+        seen["cfg"] = cfg
+        raise Stop
+
+    seen = {}
+    monkeypatch.setattr(training, "train", train)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Stop):
+        demo.run()
+    data = seen["cfg"].data
+    assert data.train == [str(tmp_path / "runs" / "demo-data" / "train.jsonl")]
+    assert data.eval == [str(tmp_path / "runs" / "demo-data" / "eval.jsonl")]
+    assert seen["cfg"].output.dir == str(tmp_path / "runs" / "demo")
+
+
 def test_demo_unknown_method_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["demo", "--method", "lorra"], env={"COLUMNS": "200"})
