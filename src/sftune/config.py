@@ -78,8 +78,8 @@ class ReplaySection(_Section):
 
 class DataSection(_Section):
     train: list[str | DataEntry] = Field(
-        default_factory=list, description="files, globs or folders of SFT data, or entries {path, weight | ratio, "
-        "format, columns, datasets}"
+        default_factory=list, description="files, globs or folders of SFT data (relative to the config file's "
+        "folder, else the working directory), or entries {path, weight | ratio, format, columns, datasets}"
     )
     eval: list[str | DataEntry] = Field(default_factory=list, description="held-out data, as train; empty = split "
                                         "from train")
@@ -219,7 +219,7 @@ class EvalSection(_Section):
 
 
 class OutputSection(_Section):
-    dir: str = Field("runs/sftune", description="the run folder")
+    dir: str = Field("runs/sftune", description="the run folder (relative to the working directory)")
     overwrite: bool = Field(False, description="allow reusing a run folder that already has a model")
 
 

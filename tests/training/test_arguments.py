@@ -48,7 +48,8 @@ def test_a_logger_without_its_package_is_a_user_error_naming_it(tmp_path, monkey
 
     check = {"flyte": "is_flytekit_available"}.get(logger, f"is_{logger}_available")
     monkeypatch.setattr(integration_utils, check, lambda: False)
-    with pytest.raises(ConfigError, match=f"train.report_to: {logger} needs the {package} package.*pip install {package}"):
+    message = f"train.report_to: {logger} needs the {package} package.*pip install {package}"
+    with pytest.raises(ConfigError, match=message):
         check_report_to(["none", logger])
     path = tmp_path / "run.yaml"
     path.write_text(f"model:\n  name: {tmp_path / 'no-model'}\ndata:\n  train: a.jsonl\n")
