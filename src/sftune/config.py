@@ -265,13 +265,13 @@ class Config(_Section):
         if origin == COMMAND_LINE:
             return f"given on the command line: relative to the working directory {os.getcwd()}"
         if origin:
-            return f"named in {origin}: a relative path there is looked up next to that file, then in the " \
-                   f"working directory {os.getcwd()}"
+            return (f"named in {origin}: a relative path there is looked up next to that file, then in the "
+                    f"working directory {os.getcwd()}")
         return f"relative to the working directory {os.getcwd()}"
 
 
-# The keys whose values name files or folders (output.dir is written, so it is relative to the working directory).
-PATH_KEYS = ("model.name", "data.train", "data.eval", "train.resume_from", "output.dir")
+# The keys whose values name files or folders a run reads (output.dir, written, is the working directory's).
+PATH_KEYS = ("model.name", "data.train", "data.eval", "train.resume_from")
 COMMAND_LINE = "the command line"
 
 
