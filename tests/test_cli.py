@@ -40,8 +40,50 @@ def test_demo_method_option_overrides_method_rate_and_folder(monkeypatch):
     assert demo.method_overrides("full") == ["method.name=full", "train.lr=5e-05", "output.dir=runs/demo-full"]
 
 
+def test_demo_trains_on_its_data_by_absolute_paths(tmp_path, monkeypatch):
+    """The demo writes its data after reading its config: the run is then given the files' absolute paths, so
+    the run folder's config.yaml names them from any working directory (evaluate, export --check)."""
+    import pytest
+
+    from sftune import demo, training
+
+    class Stop(Exception):
+        pass
+
+    def train(cfg, console=None):
+        seen["cfg"] = cfg
+        raise Stop
+
+    seen = {}
+    monkeypatch.setattr(training, "train", train)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Stop):
+        demo.run()
+    data = seen["cfg"].data
+    assert data.train == [str(tmp_path / "runs" / "demo-data" / "train.jsonl")]
+    assert data.eval == [str(tmp_path / "runs" / "demo-data" / "eval.jsonl")]
+    assert seen["cfg"].output.dir == str(tmp_path / "runs" / "demo")
+
+
 def test_demo_unknown_method_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["demo", "--method", "lorra"], env={"COLUMNS": "200"})
     assert result.exit_code == 2
     assert "unknown method 'lorra'" in result.output and "qlora" in result.output
+
+
+def test_eval_help_lists_the_metrics_of_each_task():
+    from sftune.evaluate.benchmarks import METRICS, TASKS
+    from sftune.evaluate.data_task import METRICS as DATA_METRICS
+
+    assert set(METRICS) == set(TASKS)
+    result = runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "1000"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for name, metric in METRICS.items():
+        assert f"{name} ({metric})" in text
+    assert "heldout" in text and "data:PATH" in text
+    for metric in DATA_METRICS:
+        assert metric in text
+    for metric in ("accuracy", "exact_match", "pass@1", "bleu", "rougeL", "perplexity"):
+        assert metric in text

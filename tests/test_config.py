@@ -74,7 +74,7 @@ def test_resolved_yaml_round_trips(tmp_path):
     text = config.to_yaml(cfg)
     assert "num_virtual_tokens" not in text  # only the chosen method's options
     again = config.load(yaml.safe_load(text))
-    assert again == cfg
+    assert again.model_dump() == cfg.model_dump()  # the settings (not where each path was named)
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
@@ -120,3 +120,118 @@ def test_sftune_train_is_a_lazy_function():
             "from sftune import train; import sftune.training.recipe as m; import inspect; "
             "assert inspect.isfunction(train) and train is m.train and sftune.train is m.train")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_relative_paths_in_a_file_resolve_against_its_folder(tmp_path, monkeypatch):
+    """A config travels: its data, model folder and checkpoint are found next to it from any working directory;
+    output.dir, which the run writes, stays relative to the working directory."""
+    folder = tmp_path / "project" / "configs"
+    (folder / "data").mkdir(parents=True)
+    (folder / "model").mkdir()
+    (folder / "ckpt").mkdir()
+    for name in ("train.jsonl", "eval.jsonl", "more.jsonl"):
+        (folder / "data" / name).write_text("{}\n")
+    path = folder / "run.yaml"
+    path.write_text("model:\n  name: ./model\ndata:\n  train: data/train.jsonl\n  eval:\n    - data/eval.jsonl\n"
+                    "    - {path: data/*.jsonl, weight: 2}\ntrain:\n  resume_from: ckpt\noutput:\n  dir: runs/mine\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = config.load(path)
+    assert cfg.model.name == str(folder / "model")
+    assert cfg.data.train == [str(folder / "data" / "train.jsonl")]
+    assert cfg.data.eval[0] == str(folder / "data" / "eval.jsonl")
+    assert cfg.data.eval[1].path == str(folder / "data" / "*.jsonl") and cfg.data.eval[1].weight == 2
+    assert cfg.train.resume_from == str(folder / "ckpt")
+    assert cfg.output.dir == str(elsewhere / "runs" / "mine")
+    again = config.load(yaml.safe_load(config.to_yaml(cfg)))  # the run folder's config.yaml: absolute paths
+    assert again.model_dump() == cfg.model_dump()
+
+
+def test_overrides_resolve_against_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "mine.jsonl").write_text("{}\n")  # next to the config: not the one meant
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "mine.jsonl").write_text("{}\n")
+    path = tmp_path / "configs" / "run.yaml"
+    path.write_text("data:\n  train: mine.jsonl\n")
+    monkeypatch.chdir(tmp_path / "work")
+    assert config.load(path).data.train == [str(tmp_path / "configs" / "mine.jsonl")]
+    cfg = config.load(path, ["data.train=mine.jsonl", "output.dir=out"])
+    assert cfg.data.train == [str(tmp_path / "work" / "mine.jsonl")]
+    assert cfg.output.dir == str(tmp_path / "work" / "out")
+    cfg = config.load(path, ["data={train: [{path: mine.jsonl, ratio: 1.0}]}"])
+    assert cfg.data.train[0].path == str(tmp_path / "work" / "mine.jsonl")
+
+
+def test_names_that_are_not_paths_pass_through(tmp_path, monkeypatch):
+    """Embedded model names, hub ids and files found nowhere stay as written (reading them names the key);
+    a path written for the working directory (configs before this rule) is still found there."""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("{}\n")
+    path = tmp_path / "configs" / "run.yaml"
+    path.write_text("model:\n  name: Qwen/Qwen2.5-0.5B-Instruct\ndata:\n  train: data/train.jsonl\n"
+                    "  eval: data/missing.jsonl\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = config.load(path)
+    assert cfg.model.name == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert cfg.data.train == [str(tmp_path / "data" / "train.jsonl")]
+    assert cfg.data.eval == ["data/missing.jsonl"]
+    assert config.load(path, ["model.name=smollm2-135m-instruct"]).model.name == "smollm2-135m-instruct"
+
+
+def test_data_eval_null_on_the_command_line_means_none(tmp_path):
+    path = write(tmp_path, "data:\n  train: a.jsonl\n  eval: b.jsonl\n")
+    assert config.load(path, ["data.eval=null"]).data.eval == []
+    assert config.load(path, ["data.eval=[]"]).data.eval == []
+
+
+@pytest.mark.parametrize("override, origin", [(None, "named in {path}"), ("data.eval=nope.jsonl", "command line")])
+def test_a_missing_data_file_names_its_key_and_where_it_was_set(tmp_path, monkeypatch, override, origin):
+    from sftune.training.data import read_entries
+
+    (tmp_path / "train.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}, '
+                                          '{"role": "assistant", "content": "hello"}]}\n')
+    path = write(tmp_path, "data:\n  train: train.jsonl\n  eval: data/eval.jsonl\n")
+    monkeypatch.chdir(tmp_path.parent)
+    cfg = config.load(path, [override] if override else [])
+    assert len(read_entries(cfg, "train", {})) == 1
+    with pytest.raises(ConfigError) as err:
+        read_entries(cfg, "eval", {})
+    message = str(err.value)
+    assert message.startswith("data.eval: ") and "no such file" in message
+    assert origin.format(path=path) in message
+
+
+def test_print_config_shows_absolute_paths(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from sftune.cli import app
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "a.jsonl").write_text("{}\n")
+    (tmp_path / "b.jsonl").write_text("{}\n")
+    path = tmp_path / "configs" / "run.yaml"
+    path.write_text("data:\n  train: a.jsonl\noutput:\n  dir: runs/a\n")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["train", str(path), "data.eval=b.jsonl", "--print-config"])
+    assert result.exit_code == 0, result.output
+    printed = yaml.safe_load(result.output)
+    assert printed["data"]["train"] == [str(tmp_path / "configs" / "a.jsonl")]
+    assert printed["data"]["eval"] == [str(tmp_path / "b.jsonl")]
+    assert printed["output"]["dir"] == str(tmp_path / "runs" / "a")
+
+
+def test_a_copied_example_runs_with_only_data_train_changed(tmp_path, monkeypatch):
+    """The examples name no held-out file the user did not choose: a copy elsewhere reads the user's file only."""
+    from sftune.training.data import read_entries
+
+    copy = tmp_path / "mine" / "lora.yaml"
+    copy.parent.mkdir()
+    copy.write_text((EXAMPLES / "lora.yaml").read_text())
+    (tmp_path / "my.jsonl").write_text((EXAMPLES / "data" / "train.jsonl").read_text())
+    monkeypatch.chdir(tmp_path)
+    cfg = config.load(copy, ["data.train=my.jsonl"])
+    assert cfg.data.train == [str(tmp_path / "my.jsonl")] and cfg.data.eval == [] and cfg.data.val_ratio > 0
+    assert len(read_entries(cfg, "train", {})) == 320

@@ -5,17 +5,24 @@ eval / output, where every key can be overridden on the command line as `section
     print(to_yaml(config))
 
 An unknown key is an error that names it and suggests the closest known one.
+
+Relative paths that a run reads (model.name when it is a folder, data.train / data.eval, train.resume_from)
+are made absolute here: those written in a YAML file are looked up next to that file first, then in the
+working directory; those given on the command line (or in a dict) are relative to the working directory.
+A path found nowhere stays as written (it may be a hub id; reading it names the key). output.dir, the
+folder a run writes, is always relative to the working directory, as in transformers' TrainingArguments.
 """
 
 from __future__ import annotations
 
 import difflib
+import glob
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from sftune.methods import MethodConfig
 
@@ -71,8 +78,8 @@ class ReplaySection(_Section):
 
 class DataSection(_Section):
     train: list[str | DataEntry] = Field(
-        default_factory=list, description="files, globs or folders of SFT data, or entries {path, weight | ratio, "
-        "format, columns, datasets}"
+        default_factory=list, description="files, globs or folders of SFT data (relative to the config file's "
+        "folder, else the working directory), or entries {path, weight | ratio, format, columns, datasets}"
     )
     eval: list[str | DataEntry] = Field(default_factory=list, description="held-out data, as train; empty = split "
                                         "from train")
@@ -105,6 +112,8 @@ class DataSection(_Section):
     def _paths_as_lists(cls, values: Any) -> Any:
         if isinstance(values, dict):
             for key in ("train", "eval"):
+                if key in values and values[key] is None:  # `data.eval=null` on the command line: none
+                    values[key] = []
                 if isinstance(values.get(key), (str, os.PathLike, dict)):
                     values[key] = [values[key]]
                 if isinstance(values.get(key), list):
@@ -210,7 +219,7 @@ class EvalSection(_Section):
 
 
 class OutputSection(_Section):
-    dir: str = Field("runs/sftune", description="the run folder")
+    dir: str = Field("runs/sftune", description="the run folder (relative to the working directory)")
     overwrite: bool = Field(False, description="allow reusing a run folder that already has a model")
 
 
@@ -248,6 +257,22 @@ class Config(_Section):
                                                 "rejected pairs with the preference: section")
     preference: PreferenceSection = Field(default_factory=PreferenceSection)
     vision: VisionSection = Field(default_factory=VisionSection)
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)  # path key -> the file that named it, or CLI
+
+    def named_in(self, key: str) -> str:
+        """Where the path key was set and what its relative paths are relative to (for error messages)."""
+        origin = self._origins.get(key)
+        if origin == COMMAND_LINE:
+            return f"given on the command line: relative to the working directory {os.getcwd()}"
+        if origin:
+            return (f"named in {origin}: a relative path there is looked up next to that file, then in the "
+                    f"working directory {os.getcwd()}")
+        return f"relative to the working directory {os.getcwd()}"
+
+
+# The keys whose values name files or folders a run reads (output.dir, written, is the working directory's).
+PATH_KEYS = ("model.name", "data.train", "data.eval", "train.resume_from")
+COMMAND_LINE = "the command line"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,10 +281,12 @@ class Config(_Section):
 def load(source: str | os.PathLike | dict | None = None, overrides: list[str] | None = None) -> Config:
     """A Config from a YAML file (or a dict, or None for the defaults) plus `a.b=value` overrides."""
     where = "configuration"
+    origins: dict[str, str] = {}
     if source is None:
         raw: dict[str, Any] = {}
     elif isinstance(source, dict):
         raw = _deep_copy(source)
+        resolve_paths(raw, Path.cwd())
     else:
         path = Path(source)
         where = str(path)
@@ -271,17 +298,24 @@ def load(source: str | os.PathLike | dict | None = None, overrides: list[str] | 
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections ({', '.join(Config.model_fields)})")
+        resolve_paths(raw, path.absolute().parent)
+        origins = {key: str(path) for key in PATH_KEYS if _has_key(raw, key)}
     for override in overrides or []:
-        apply_override(raw, override)
+        key = apply_override(raw, override, base=Path.cwd())
+        origins.update({p: COMMAND_LINE for p in PATH_KEYS if p == key or p.startswith(key + ".")})
     check_keys(raw, Config, where)
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_explain(err, where)) from None
+    config.output.dir = os.path.abspath(os.path.expanduser(config.output.dir))  # the working directory's
+    config._origins = origins
+    return config
 
 
-def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Set `section.key=value` (any depth) in the raw mapping; the value is read as YAML."""
+def apply_override(raw: dict[str, Any], override: str, base: Path | None = None) -> str:
+    """Set `section.key=value` (any depth) in the raw mapping; the value is read as YAML. With `base`,
+    relative paths in the value are resolved against it (see resolve_paths). Returns the dotted key."""
     if "=" not in override:
         raise ConfigError(f"override {override!r} needs the form key=value, e.g. train.lr=1e-4")
     key, text = override.split("=", 1)
@@ -292,12 +326,39 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
+    if base is not None:
+        wrapped = value
+        for part in reversed(parts):
+            wrapped = {part: wrapped}
+        resolve_paths(wrapped, base)
+        for part in parts:
+            wrapped = wrapped[part]
+        value = wrapped
     node = raw
     for part in parts[:-1]:
         if not isinstance(node.get(part), dict):
             node[part] = {}
         node = node[part]
     node[parts[-1]] = value
+    return ".".join(parts)
+
+
+def resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make the relative paths of a raw configuration absolute, in place (the rule is in the module doc).
+
+    model.name is resolved only when it is a folder (or starts with ./ or ../), never when it is an
+    embedded model name, so hub ids and embedded names pass through as written.
+    """
+    from sftune.models import EMBEDDED
+
+    model, data, train = (raw.get(s) if isinstance(raw.get(s), dict) else {} for s in ("model", "data", "train"))
+    if isinstance(model.get("name"), (str, os.PathLike)) and str(model["name"]) not in EMBEDDED:
+        model["name"] = _input_path(model["name"], base)
+    for key in ("train", "eval"):
+        if key in data:
+            data[key] = _data_paths(data[key], base)
+    if isinstance(train.get("resume_from"), (str, os.PathLike)) and train["resume_from"] != "last":
+        train["resume_from"] = _input_path(train["resume_from"], base)
 
 
 def check_keys(raw: Any, model: type[BaseModel], where: str, prefix: str = "") -> None:
@@ -327,6 +388,39 @@ def to_yaml(config: Config) -> str:
     # Only the chosen method's options: another method's option is an error when read back.
     data["method"] = {k: v for k, v in data["method"].items() if k == "name" or k in OPTIONS[config.method.name]}
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def _input_path(value: str | os.PathLike, base: Path) -> str:
+    """A path a run reads: next to `base` when it is there (or written ./ or ../), else in the working
+    directory when it is there, else as written (a hub id, or a file that is missing: reading it says so)."""
+    text = os.path.expanduser(os.fspath(value))
+    if os.path.isabs(text):
+        return text
+    near = os.path.abspath(os.path.join(base, text))
+    if text.startswith(("./", "../")) or _exists(near):
+        return near
+    here = os.path.abspath(text)
+    return here if _exists(here) else os.fspath(value)
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path) or bool(glob.glob(path, recursive=True))
+
+
+def _data_paths(value: Any, base: Path) -> Any:
+    """data.train / data.eval as written (a path, a list of paths, entries {path: ...}) with paths resolved."""
+    if isinstance(value, list):
+        return [_data_paths(item, base) for item in value]
+    if isinstance(value, dict) and "path" in value:
+        return {**value, "path": _data_paths(value["path"], base)}
+    if isinstance(value, (str, os.PathLike)):
+        return _input_path(value, base)
+    return value
+
+
+def _has_key(raw: dict[str, Any], dotted: str) -> bool:
+    section, key = dotted.split(".")
+    return isinstance(raw.get(section), dict) and key in raw[section]
 
 
 def _section_model(annotation: Any) -> type[BaseModel] | None:

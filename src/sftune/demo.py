@@ -129,6 +129,8 @@ def run(config: str | Path | None = None, overrides: list[str] | None = None, *,
     write_dataset(train_path.parent)
     if eval_path.parent != train_path.parent:
         write_dataset(eval_path.parent)
+    # written now, so absolute now: the run's config.yaml then names them from any working directory
+    cfg.data.train[0], cfg.data.eval[0] = str(train_path.absolute()), str(eval_path.absolute())
     held_out = read_truths(eval_path)
     console.print(f"[bold]demo data[/bold]: {len(read_truths(train_path))} training and {len(held_out)} held-out "
                   f"examples (Chinese + English extraction to JSON) in {train_path.parent}")

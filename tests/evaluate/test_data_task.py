@@ -73,6 +73,7 @@ def test_scores_are_the_metrics_of_the_models_answers(tmp_path, tiny_folder):
     assert extra["token_f1"]["item_scores"] == metrics.token_f1_items(answers, references)
     assert extra["perplexity"]["score"] == pytest.approx(metrics.perplexity(loaded, str(path))["perplexity"], rel=1e-5)
     assert "json_match" not in extra
+    assert {result.metric, *extra} == set(data_task.METRICS) - {"json_match"}  # what `sftune eval --help` lists
     limited = data_task.run(loaded, path, limit=1, options={"max_new_tokens": 8})
     assert limited.details["n"] == 1 and limited.samples[0].answer == answers[0]
 

@@ -33,3 +33,39 @@ def test_keep_best_chooses_by_loss_or_by_a_generation_metric(tmp_path, keep_best
                              "train.save_steps=2"])
     args = training_arguments(cfg, tmp_path, precision="fp32", has_eval=True, packing=True)
     assert (args.metric_for_best_model, args.greater_is_better, args.load_best_model_at_end) == (metric, greater, True)
+
+
+@pytest.mark.parametrize("logger, package", [("tensorboard", "tensorboard"), ("wandb", "wandb"), ("flyte", "flytekit")])
+def test_a_logger_without_its_package_is_a_user_error_naming_it(tmp_path, monkeypatch, logger, package):
+    """train.report_to=[tensorboard] without the package: exit 2 and the pip command, before anything loads
+    (not transformers' RuntimeError when the Trainer starts, which sftune reports as a bug)."""
+    from transformers.integrations import integration_utils
+    from typer.testing import CliRunner
+
+    from sftune.cli import app
+    from sftune.config import ConfigError
+    from sftune.training.arguments import check_report_to
+
+    check = {"flyte": "is_flytekit_available"}.get(logger, f"is_{logger}_available")
+    monkeypatch.setattr(integration_utils, check, lambda: False)
+    message = f"train.report_to: {logger} needs the {package} package.*pip install {package}"
+    with pytest.raises(ConfigError, match=message):
+        check_report_to(["none", logger])
+    path = tmp_path / "run.yaml"
+    path.write_text(f"model:\n  name: {tmp_path / 'no-model'}\ndata:\n  train: a.jsonl\n")
+    result = CliRunner().invoke(app, ["train", str(path), f"train.report_to=[{logger}]",
+                                      f"output.dir={tmp_path / 'run'}"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert f"pip install {package}" in result.output and "bug" not in result.output
+    with pytest.raises(ConfigError, match="'tensorbord' is not a logger transformers knows"):
+        check_report_to(["tensorbord"])
+
+
+def test_installed_loggers_pass(monkeypatch):
+    from transformers.integrations import integration_utils
+
+    from sftune.training.arguments import check_report_to
+
+    monkeypatch.setattr(integration_utils, "is_tensorboard_available", lambda: True)
+    check_report_to(["tensorboard"])
+    check_report_to(["none"])

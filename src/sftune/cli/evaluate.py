@@ -11,11 +11,21 @@ from sftune import quiet
 from sftune.cli.common import app, console
 
 
+def _tasks_help() -> str:
+    """The --tasks help, with the metrics each task reports, from the tasks' own tables."""
+    from sftune.evaluate.benchmarks import METRICS
+    from sftune.evaluate.data_task import METRICS as DATA_METRICS
+
+    benchmarks = ", ".join(f"{name} ({metric})" for name, metric in METRICS.items())
+    return (f"Comma-separated tasks. Benchmarks, with the score each reports: {benchmarks}. heldout (the run's own "
+            f"held-out data) and data:PATH (any data file) report {', '.join(DATA_METRICS)} (exact_match is the "
+            "score; json_match where every reference is a JSON object).")
+
+
 @app.command("eval")
 def eval_command(
     model: str = typer.Argument(..., help="A run folder (evaluated with its training template) or a model."),
-    tasks: str = typer.Option(..., "--tasks", "-t", help="Comma-separated tasks: benchmarks (mmlu, gsm8k, humaneval "
-                              "...), heldout (the run's own held-out data), data:PATH (any data file)."),
+    tasks: str = typer.Option(..., "--tasks", "-t", help=_tasks_help()),
     base: Optional[str] = typer.Option(None, "--base", help="The model to compare with (default: the run's base "
                                        "model; 'none' evaluates the model alone)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate the first N items of each task."),

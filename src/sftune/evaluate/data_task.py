@@ -21,6 +21,9 @@ from sftune import data
 from sftune.evaluate.results import Sample, TaskResult
 
 MAX_NEW_TOKENS = 256
+# What a data task (heldout, data:PATH) reports: exact_match is its score; json_match only where every
+# reference is a JSON object; perplexity on the same conversations (lower is better).
+METRICS = ("exact_match", "json_match", "bleu", "rouge1", "rouge2", "rougeL", "token_f1", "perplexity")
 SAMPLES_KEPT = 20
 
 
@@ -150,9 +153,9 @@ def heldout_file(run_dir: str | Path, out_dir: str | Path) -> Path:
     d = cfg.data
     options = {"format": d.format, "columns": d.columns, "on_error": d.on_error}
     if d.eval:
-        held_out = read_entries(d.eval, options, d.seed)
+        held_out = read_entries(cfg, "eval", options)
     elif d.val_ratio > 0 and d.train:
-        _, held_out = data.split(read_entries(d.train, options, d.seed), val_ratio=d.val_ratio, seed=d.seed)
+        _, held_out = data.split(read_entries(cfg, "train", options), val_ratio=d.val_ratio, seed=d.seed)
     else:
         raise ValueError(f"{run_dir}/config.yaml has no held-out data (data.eval is empty and data.val_ratio is 0); "
                          "evaluate a file instead with --tasks data:PATH")

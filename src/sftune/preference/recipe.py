@@ -102,9 +102,9 @@ def read_pairs(cfg: Config) -> tuple[list, list]:
     if not d.train:
         raise ConfigError("data.train is empty: give the preference data files, e.g. data.train=[data/pairs.jsonl]")
     options = {"format": d.format, "columns": d.columns, "on_error": d.on_error, "preference": True}
-    pairs = read_entries(d.train, options, d.seed)
+    pairs = read_entries(cfg, "train", options)
     if d.eval:
-        return pairs, read_entries(d.eval, options, d.seed)
+        return pairs, read_entries(cfg, "eval", options)
     if d.val_ratio > 0 and len(pairs) > 1:
         return data.split(pairs, val_ratio=d.val_ratio, seed=d.seed)
     return pairs, []

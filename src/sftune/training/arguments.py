@@ -26,6 +26,30 @@ def micro_batch_size(t: TrainSection, *, packing: bool, cuda: bool) -> int:
     return micro
 
 
+# train.report_to names whose transformers check (integration_utils.is_<name>_available) or pip package differ
+_AVAILABILITY_CHECK = {"azure_ml": "azureml", "comet_ml": "comet", "flyte": "flytekit"}
+_PIP_PACKAGE = {"azure_ml": "azureml-core", "flyte": "flytekit"}
+
+
+def check_report_to(report_to: list[str]) -> None:
+    """Each train.report_to logger is one transformers knows and its package is installed (else a ConfigError
+    naming the package to install), checked before the model loads rather than when the Trainer starts."""
+    from transformers.integrations import integration_utils
+
+    known = integration_utils.INTEGRATION_TO_CALLBACK
+    for name in report_to:
+        if name in ("none", "all"):
+            continue
+        if name not in known:
+            raise ConfigError(f"train.report_to: {name!r} is not a logger transformers knows; use one of "
+                              f"{', '.join(known)} (or none)")
+        available = getattr(integration_utils, f"is_{_AVAILABILITY_CHECK.get(name, name)}_available", None)
+        if available is not None and not available():
+            package = _PIP_PACKAGE.get(name, name)
+            raise ConfigError(f"train.report_to: {name} needs the {package} package, which is not installed: "
+                              f"pip install {package} (or drop {name} from train.report_to)")
+
+
 def training_arguments(cfg: Config, run_dir: Path, *, precision: str, has_eval: bool, packing: bool):
     """Map the sftune configuration onto `transformers.TrainingArguments`."""
     from transformers import TrainingArguments

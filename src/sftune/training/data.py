@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from sftune import data, encode, packing as packing_module
 from sftune.config import Config, ConfigError, DataEntry
@@ -24,16 +24,21 @@ class EncodedData:
     eval_conversations: list[data.Conversation] | None = None  # the held-out set as read (for generation)
 
 
-def read_entries(entries: list[str | DataEntry], options: dict[str, Any], seed: int) -> list[data.Conversation]:
-    """A data.train or data.eval list -> Conversations.
+def read_entries(cfg: Config, key: Literal["train", "eval"], options: dict[str, Any]) -> list[data.Conversation]:
+    """data.train or data.eval -> Conversations; a missing file is a ConfigError naming the key and its origin.
 
     Plain paths are read in order. Entries with their own options (weight or ratio, format, columns,
-    the datasets of a dataset_info.json) are read and mixed by `sftune.data.read_mix`, seeded.
+    the datasets of a dataset_info.json) are read and mixed by `sftune.data.read_mix`, seeded by data.seed.
     """
-    if all(isinstance(entry, str) for entry in entries):
-        return list(data.read(entries, **options))
-    mixed = [{"path": entry} if isinstance(entry, str) else entry.model_dump(exclude_none=True) for entry in entries]
-    return data.read_mix(mixed, seed, **options)
+    entries: list[str | DataEntry] = getattr(cfg.data, key)
+    try:
+        if all(isinstance(entry, str) for entry in entries):
+            return list(data.read(entries, **options))
+        mixed = [{"path": entry} if isinstance(entry, str) else entry.model_dump(exclude_none=True)
+                 for entry in entries]
+        return data.read_mix(mixed, cfg.data.seed, **options)
+    except FileNotFoundError as err:
+        raise ConfigError(f"data.{key}: {err} ({cfg.named_in(f'data.{key}')})") from None
 
 
 def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=None, processor: Any = None,
@@ -53,9 +58,9 @@ def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=Non
                           "template (data.template=chatml, or the model's own), or instruction_position=before")
     options = {"format": d.format, "columns": d.columns, "on_error": d.on_error,
                "instruction_position": d.instruction_position}
-    conversations = read_entries(d.train, options, d.seed)
+    conversations = read_entries(cfg, "train", options)
     if d.eval:
-        held_out = read_entries(d.eval, options, d.seed)
+        held_out = read_entries(cfg, "eval", options)
     elif d.val_ratio > 0:
         conversations, held_out = data.split(conversations, val_ratio=d.val_ratio, seed=d.seed)
     else:

@@ -22,7 +22,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 from sftune import attention, distributed, methods, models, runs, templates
 from sftune.config import Config, ConfigError, load
 from sftune.hardware import resolve_precision
-from sftune.training.arguments import training_arguments
+from sftune.training.arguments import check_report_to, training_arguments
 from sftune.training.callbacks import MetricsFileCallback, RichProgressCallback
 from sftune.training.checkpoints import CheckpointCompleteCallback, last_checkpoint
 from sftune.training.compile import compile_layers, inductor_cache
@@ -60,6 +60,7 @@ def train(
     from rich.console import Console
 
     cfg = config if isinstance(config, Config) else load(config, overrides)
+    check_report_to(cfg.train.report_to)  # a missing logger package, before anything is loaded
     console = console or Console()
     if cfg.stage == "preference":  # chosen / rejected pairs: DPO, IPO, SimPO, ORPO (sftune.preference)
         from sftune.preference.recipe import train_preference

@@ -17,3 +17,15 @@ TASKS = {
     "mt_bench": mtbench.run,
     "humaneval": humaneval.run,
 }
+
+# The score each task reports (results.json's metric), listed by `sftune eval --help`.
+METRICS = {
+    "mmlu": multiple_choice.METRIC,
+    "ceval": multiple_choice.METRIC,
+    "cmmlu": multiple_choice.METRIC,
+    "gsm8k": gsm8k.METRIC,
+    "truthfulqa_mc1": "mc1, with mc2",
+    "truthfulqa_mc2": "mc2, with mc1",
+    "mt_bench": mtbench.METRIC,
+    "humaneval": humaneval.METRIC,
+}

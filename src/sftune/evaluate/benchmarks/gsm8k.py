@@ -17,6 +17,7 @@ from sftune.evaluate.benchmarks import files
 from sftune.evaluate.benchmarks.result import finish
 from sftune.evaluate.results import Sample, TaskResult
 
+METRIC = "exact_match"  # the final number of the answer equals the reference's
 STOP = ("Question:", "</s>", "<|im_end|>")
 NUMBER = re.compile(r"-?[$]?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 
@@ -98,5 +99,5 @@ def run(loaded: Any, *, limit: int | None = None, console: Any = None,
             samples.append(Sample(prompt=row["question"], answer=answer.text, reference=row["answer"],
                                   score=scores[-1]))
     tokens = sum(a.completion_tokens for a in answers)
-    return finish("gsm8k", "exact_match", scores, samples, started, general=True,
+    return finish("gsm8k", METRIC, scores, samples, started, general=True,
                   details={"num_fewshot": len(shots), "chat_template": chat, "generated_tokens": tokens})

@@ -27,6 +27,7 @@ from sftune.evaluate import sandbox
 from sftune.evaluate.metrics import pass_at_k
 from sftune.evaluate.results import Sample, TaskResult
 
+METRIC = "pass@1"  # pass@k for each k <= n samples in details
 STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 CHAT_STOP = ("\n```\n",)  # the closing fence: the explanation after the code is not generated
 INSTRUCTION = ("Complete the following Python function. Answer with the complete function, including its "
@@ -136,7 +137,7 @@ def run(loaded: Any, *, limit: int | None = None, console: Any = None, options: 
     pass_k = {f"pass@{k}": sum(pass_at_k(n, sum(p), k) for p in passed) / len(passed) if passed else 0.0
               for k in ks if k <= n}
     return TaskResult(
-        task="humaneval", metric="pass@1", score=pass_k.get("pass@1", sum(item_scores) / max(len(item_scores), 1)),
+        task="humaneval", metric=METRIC, score=pass_k.get(METRIC, sum(item_scores) / max(len(item_scores), 1)),
         item_scores=item_scores, samples=samples, higher_is_better=True, general=True,
         details={**pass_k, "n": n, "problems": len(problems), "temperature": temperature,
                  "mode": "chat" if chat else "completion", "seconds": round(seconds, 2),

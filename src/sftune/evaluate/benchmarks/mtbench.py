@@ -22,6 +22,7 @@ from typing import Any
 from sftune.evaluate.benchmarks.result import finish
 from sftune.evaluate.results import Sample, TaskResult
 
+METRIC = "rating"  # the judge's 1-10 rating of each turn (turn_1, turn_2 and per category in details)
 NEED_REFERENCE = ("math", "reasoning", "coding")
 # FastChat's sampling temperature per category for the answers.
 TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0, "reasoning": 0.0,
@@ -168,7 +169,7 @@ def run(loaded: Any, *, limit: int | None = None, console: Any = None,
     samples = [Sample(prompt="\n\n[turn 2] ".join(r["turns"]), answer="\n\n[turn 2] ".join(a), reference="",
                       score=math.nan) for r, a in list(zip(rows, answers))[:3]]
     if not options.get("judge_url"):
-        return finish("mt_bench", "rating", [], samples, started, general=True, score=math.nan,
+        return finish("mt_bench", METRIC, [], samples, started, general=True, score=math.nan,
                       details={"judged": False, "generations": generations,
                                "note": "not judged: give a judge endpoint (--judge-url, --judge-model) to rate"})
     prompts, refs = judge_prompts(), references()
@@ -188,7 +189,7 @@ def run(loaded: Any, *, limit: int | None = None, console: Any = None,
     for sample, item in zip(samples, item_scores):
         sample.score = item
     valid = turn_ratings[1] + turn_ratings[2]
-    return finish("mt_bench", "rating", item_scores, samples, started, general=True, score=mean(valid),
+    return finish("mt_bench", METRIC, item_scores, samples, started, general=True, score=mean(valid),
                   details={"judged": True, "judge_model": options.get("judge_model", "gpt-4"),
                            "turn_1": mean(turn_ratings[1]), "turn_2": mean(turn_ratings[2]),
                            "categories": {c: mean(v) for c, v in by_category.items()},

@@ -17,6 +17,7 @@ from sftune.evaluate.benchmarks import files
 from sftune.evaluate.benchmarks.result import finish
 from sftune.evaluate.results import Sample, TaskResult
 
+METRIC = "accuracy"  # the letter with the highest log-likelihood is the right one
 LETTERS = ("A", "B", "C", "D")
 
 # How each benchmark writes its prompt: the subject header and the answer cue (lm-eval's wording).
@@ -202,7 +203,7 @@ def mc_result(benchmark: str, items: list[Item], predictions: list[int], started
     details = {"subjects": {s: {"accuracy": sum(v) / len(v), "n": len(v)} for s, v in by_subject.items()},
                "predictions": "".join(LETTERS[p] for p in predictions), "num_fewshot": len(items[0].shots) if items
                else 0, "harness": harness}
-    return finish(benchmark, "accuracy", correct, samples, started, general=True, details=details)
+    return finish(benchmark, METRIC, correct, samples, started, general=True, details=details)
 
 
 def run_mmlu(loaded: Any, *, limit: int | None = None, console: Any = None,
