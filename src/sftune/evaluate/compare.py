@@ -16,7 +16,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
-from sftune import runs
+from sftune import model_card, runs
 from sftune.evaluate import data_task, report as report_module
 from sftune.evaluate.results import TaskResult
 
@@ -121,7 +121,10 @@ def compare(model: str, *, base: str | None = None, tasks: list[str], limit: int
                            role="fine-tuned" if base else "model")
     report = report_module.build(model, base, list(zip(base_results, tuned)))
     report["limit"], report["options"] = limit, {k: v for k, v in options.items() if v is not None}
-    return report, report_module.write(report, out)
+    paths = report_module.write(report, out)
+    if runs.is_run(model) and out.resolve() == (Path(model) / "eval").resolve():
+        model_card.write(model)  # the run's README.md gets the before/after table
+    return report, paths
 
 
 def _free_memory() -> None:
