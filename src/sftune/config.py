@@ -343,11 +343,10 @@ def json_schema() -> dict[str, Any]:
     schema = Config.model_json_schema()
     data = schema["$defs"]["DataSection"]["properties"]
     for key in ("train", "eval"):
-        variants = data[key].get("anyOf", [data[key]])
+        field = data[key]
+        variants = field.pop("anyOf", None) or [{"type": field.pop("type"), "items": field.pop("items")}]
         listed = next(variant for variant in variants if variant.get("type") == "array")
-        one = listed["items"].get("anyOf", [listed["items"]])
-        data[key] = {**{k: v for k, v in data[key].items() if k not in ("anyOf", "type", "items")},
-                     "anyOf": [*one, *variants]}
+        field["anyOf"] = [*listed["items"].get("anyOf", [listed["items"]]), *variants]
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "sftune training configuration",
             **{k: v for k, v in schema.items() if k != "title"}}
 

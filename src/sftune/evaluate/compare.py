@@ -5,7 +5,8 @@
 A run folder is loaded with the template it was trained with (runs.load); the base defaults to the
 run's base model, so before/after is one call, and answers in the run's template when the run names
 one; base="none" evaluates the model alone. One model is in memory at a time. Task names: the benchmarks (sftune.evaluate.benchmarks.TASKS), `heldout` (the
-run's own held-out data) and `data:PATH` (any data file sftune reads).
+run's own held-out data) and `data:PATH` (any data file sftune reads). Results written to RUN/eval also go
+into the run's model card (RUN/README.md, sftune.model_card) as its before/after table.
 """
 
 from __future__ import annotations
