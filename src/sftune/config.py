@@ -51,7 +51,8 @@ class ModelSection(_Section):
 class DataEntry(_Section):
     """One dataset of data.train / data.eval with its own options, mixed by weight or by ratio."""
 
-    path: str | list[str] = Field(description="files, globs or folders, or a LLaMA-Factory dataset_info.json")
+    path: str | list[str] = Field(description="files, globs or folders, a LLaMA-Factory dataset_info.json, or a "
+                                  "Hugging Face Hub dataset hub:ORG/NAME[/SUBSET][:SPLIT]")
     format: str | None = Field(None, description="this dataset's format (default: data.format, else detected)")
     columns: dict[str, str] | None = Field(None, description="this dataset's column mapping")
     datasets: list[str] | None = Field(None, description="the entries of a dataset_info.json to read (default: all)")
@@ -79,7 +80,8 @@ class ReplaySection(_Section):
 class DataSection(_Section):
     train: list[str | DataEntry] = Field(
         default_factory=list, description="files, globs or folders of SFT data (relative to the config file's "
-        "folder, else the working directory), or entries {path, weight | ratio, format, columns, datasets}"
+        "folder, else the working directory), hub datasets (hub:ORG/NAME[/SUBSET][:SPLIT], read through "
+        "datasets.load_dataset and its cache), or entries {path, weight | ratio, format, columns, datasets}"
     )
     eval: list[str | DataEntry] = Field(default_factory=list, description="held-out data, as train; empty = split "
                                         "from train")
@@ -221,6 +223,10 @@ class EvalSection(_Section):
 class OutputSection(_Section):
     dir: str = Field("runs/sftune", description="the run folder (relative to the working directory)")
     overwrite: bool = Field(False, description="allow reusing a run folder that already has a model")
+    push_to_hub: str | None = Field(None, description="a Hugging Face Hub model repository ORG/NAME: the run folder "
+                                    "(without checkpoints/) is uploaded to it at the end; token from HF_TOKEN or "
+                                    "`hf auth login`")
+    hub_private: bool = Field(True, description="create the push_to_hub repository as private (false: public)")
 
 
 class PreferenceSection(_Section):
@@ -421,6 +427,22 @@ def _data_paths(value: Any, base: Path) -> Any:
 def _has_key(raw: dict[str, Any], dotted: str) -> bool:
     section, key = dotted.split(".")
     return isinstance(raw.get(section), dict) and key in raw[section]
+
+
+def json_schema() -> dict[str, Any]:
+    """The configuration's JSON schema for editors (`sftune config-schema`, docs/sftune-config.schema.json).
+
+    Generated from the models above; data.train and data.eval also take one path or entry where a list is
+    expected, as load() does."""
+    schema = Config.model_json_schema()
+    data = schema["$defs"]["DataSection"]["properties"]
+    for key in ("train", "eval"):
+        field = data[key]
+        variants = field.pop("anyOf", None) or [{"type": field.pop("type"), "items": field.pop("items")}]
+        listed = next(variant for variant in variants if variant.get("type") == "array")
+        field["anyOf"] = [*listed["items"].get("anyOf", [listed["items"]]), *variants]
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "sftune training configuration",
+            **{k: v for k, v in schema.items() if k != "title"}}
 
 
 def _section_model(annotation: Any) -> type[BaseModel] | None:

@@ -34,6 +34,7 @@ class EmbeddedModel:
     license: str
     size: str  # parameters, as people name them
     locate_gguf: Callable[[Path], Path]  # given a scratch folder, returns the GGUF file path
+    hub_id: str | None = None  # the Hugging Face Hub model the GGUF was made from (a model card's base_model)
 
     def installed(self) -> bool:
         try:
@@ -65,6 +66,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             license="Apache-2.0",
             size="135M",
             locate_gguf=_smollm2_gguf,
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         ),
         EmbeddedModel(
             name="gemma3-270m",
@@ -74,6 +76,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
             license="Gemma terms of use",
             size="270M",
             locate_gguf=_gemma3_gguf,
+            hub_id="google/gemma-3-270m",
         ),
     ]
 }

@@ -71,7 +71,7 @@ def test_every_file_entry_reads_with_its_columns_and_tags(factory_dir, caplog):
         "c4_demo": [("assistant", "Some web text.")],
     }
     # the entries sftune cannot train on are named, not skipped silently
-    assert "alpaca_en (a hub dataset" in caplog.text and "dpo_demo (preference" in caplog.text
+    assert "alpaca_en (a Hugging Face Hub dataset" in caplog.text and "dpo_demo (preference" in caplog.text
     assert "video_demo (video or audio" in caplog.text  # images are read (tests/vision/test_data.py)
 
 

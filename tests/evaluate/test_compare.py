@@ -54,6 +54,20 @@ def test_eval_compares_the_run_with_its_base_in_one_command(tmp_path, tiny_run):
     assert (out / "chart.png").exists() and "<table" in (out / "report.html").read_text()
 
 
+def test_eval_into_the_run_folder_puts_the_before_after_table_in_its_model_card(tiny_run):
+    from sftune.cli import app
+
+    run, base = tiny_run
+    assert "Before and after" not in (run / "README.md").read_text(encoding="utf-8")  # the card training wrote
+    done = CliRunner().invoke(app, ["eval", str(run), "--tasks", "heldout", "--limit", "2", "--max-new-tokens", "4"],
+                              env=ENV)
+    assert done.exit_code == 0, done.output
+    card = (run / "README.md").read_text(encoding="utf-8")
+    rows = {r["metric"]: r for r in json.loads((run / "eval" / "results.json").read_text())["tasks"][0]["rows"]}
+    assert f"## Before and after\n\n`sftune eval` against `{base}`" in card
+    assert f"| heldout | perplexity | {rows['perplexity']['base']:.4g} | {rows['perplexity']['model']:.4g} |" in card
+
+
 def test_base_none_evaluates_the_model_alone(tmp_path, tiny_run):
     from sftune.cli import app
 

@@ -12,7 +12,7 @@ from sftune import __version__, models, quiet
 app = typer.Typer(
     help="sftune: supervised fine-tuning of causal language models.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # typer's --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
 )
 console = Console()

@@ -126,7 +126,7 @@ def _print_report(report, unit: str = "records") -> None:
 @data_app.command("check")
 @_data_errors
 def data_check_command(
-    paths: list[str] = typer.Argument(..., help="Files, folders, globs, dataset_info.json."),
+    paths: list[str] = typer.Argument(..., help="Files, folders, globs, dataset_info.json, hub:ORG/NAME[:SPLIT] datasets."),
     format: Optional[str] = _FORMAT,
     columns: Optional[str] = _COLUMNS,
     roles: Optional[str] = _ROLES,
@@ -245,7 +245,7 @@ def _print_reasoning(found: dict) -> None:
 @data_app.command("convert")
 @_data_errors
 def data_convert_command(
-    paths: list[str] = typer.Argument(..., help="Files, folders, globs, dataset_info.json."),
+    paths: list[str] = typer.Argument(..., help="Files, folders, globs, dataset_info.json, hub:ORG/NAME[:SPLIT] datasets."),
     output: str = typer.Option(..., "--output", "-o", help="Output JSONL file."),
     to: str = typer.Option("messages", help="Output shape: messages, alpaca, sharegpt (function_call / "
                            "observation turns), openai (tool_calls) or hermes (<tool_call> tags)."),
@@ -273,7 +273,7 @@ def data_convert_command(
 @data_app.command("stats")
 @_data_errors
 def data_stats_command(
-    paths: list[str] = typer.Argument(..., help="Files, folders, globs, dataset_info.json."),
+    paths: list[str] = typer.Argument(..., help="Files, folders, globs, dataset_info.json, hub:ORG/NAME[:SPLIT] datasets."),
     format: Optional[str] = _FORMAT,
     columns: Optional[str] = _COLUMNS,
     roles: Optional[str] = _ROLES,
@@ -327,7 +327,7 @@ def data_stats_command(
 @data_app.command("dedup")
 @_data_errors
 def data_dedup_command(
-    paths: list[str] = typer.Argument(..., help="Files, folders, globs, dataset_info.json."),
+    paths: list[str] = typer.Argument(..., help="Files, folders, globs, dataset_info.json, hub:ORG/NAME[:SPLIT] datasets."),
     output: str = typer.Option(..., "--output", "-o", help="Output JSONL (messages) with duplicates removed."),
     threshold: float = typer.Option(0.85, help="Near-duplicate Jaccard similarity threshold (MinHash LSH)."),
     exact_only: bool = typer.Option(False, help="Remove exact duplicates only."),

@@ -104,6 +104,23 @@ def train_command(
                   f"({s['trained_tokens_per_second']:.0f}/s), run folder {result.run_dir}")
 
 
+@app.command("config-schema")
+def config_schema_command(
+    out: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the schema to this file (default: print it)."),
+) -> None:
+    """Print the JSON schema of the training configuration, for editors (docs/training.md: editor support)."""
+    import json
+
+    from sftune.config import json_schema
+
+    text = json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    out.write_text(text, encoding="utf-8")
+    console.print(f"Wrote {out}")
+
+
 def _warn_if_too_big(cfg) -> None:
     """One yellow line, before anything is loaded, when the run's estimated peak memory exceeds the device's."""
     from sftune import estimate

@@ -37,6 +37,7 @@ REASONS = {
     "bad_value": "a value JSON or training cannot hold (NaN, Infinity, a lone surrogate, a negative weight)",
     "unreadable_file": "the file cannot be read (corrupt, wrong compression, no permission)",
     "truncated_file": "the file ends in the middle of a record (cut off); the records before the cut are kept",
+    "hub_unavailable": "a hub: dataset cannot be loaded (offline and not cached, no such id, subset or split)",
 }
 
 

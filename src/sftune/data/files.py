@@ -1,7 +1,8 @@
 """Files in, raw records out: paths, globs and folders expanded; each file read by its kind.
 
 Large inputs never load whole into memory: JSONL, CSV and text are read line by line, Parquet in
-row batches (pyarrow), Arrow files and `datasets.save_to_disk` folders memory-mapped (datasets).
+row batches (pyarrow), Arrow files, `datasets.save_to_disk` folders and `hub:` datasets (hub.py)
+memory-mapped (datasets).
 A JSON array file is the exception: JSON cannot be streamed, so it is parsed whole.
 
 Each reader yields `(number, record)`: the 1-based line for line-based files, else the 0-based
@@ -34,6 +35,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from sftune.data import hub
 from sftune.data.errors import DataError, location
 
 # File suffix -> file kind.
@@ -114,7 +116,9 @@ def is_datasets_folder(path: Path) -> bool:
     return path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists())
 
 
-def kind_of(path: Path) -> str:
+def kind_of(path: Path | str) -> str:
+    if hub.is_hub(path):
+        return "hub"
     if is_datasets_folder(path):
         return "datasets"
     if path.name == LLAMAFACTORY_INFO:
@@ -225,16 +229,21 @@ def refuse_overwrite(inputs: Iterable[str | Path], **outputs: str | Path | None)
                 )
 
 
-def expand(paths: str | Path | list[str | Path]) -> list[Path]:
+def expand(paths: str | Path | list[str | Path]) -> list[Path | str]:
     """Files, globs and folders -> the data files (or datasets folders) they name, in sorted order.
 
     A folder holding LLaMA-Factory's dataset_info.json stands for that file; a datasets
     save_to_disk folder stands for itself; any other folder is searched recursively for data files.
+    A `hub:` name stays as it is, once `datasets` has loaded it (an unknown or unreachable one raises now).
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    found: list[Path] = []
+    found: list[Path | str] = []
     for item in paths:
+        if hub.is_hub(item):
+            hub.load(item)
+            found.append(item)
+            continue
         path = Path(item)
         if path.exists():
             matches = [path]
@@ -280,13 +289,15 @@ def iter_records(path: Path, kind: str, byte_range: tuple[int, int, int] | None 
         "parquet": _parquet,
         "arrow": _arrow,
         "datasets": _datasets_folder,
+        "hub": _hub,
     }
     records = readers[kind](path, *byte_range) if byte_range is not None else readers[kind](path)
     return _guarded(records, path, kind)
 
 
 KIND_NAMES = {"jsonl": "JSON lines", "json": "JSON", "csv": "CSV", "tsv": "TSV", "text": "text",
-              "parquet": "Parquet", "arrow": "an Arrow file", "datasets": "a datasets folder"}
+              "parquet": "Parquet", "arrow": "an Arrow file", "datasets": "a datasets folder",
+              "hub": "a hub dataset"}
 
 
 def _guarded(records: Iterator[tuple[int, Any]], path: Path, kind: str) -> Iterator[tuple[int, Any]]:
@@ -663,3 +674,8 @@ def _datasets_folder(path: Path) -> Iterator[tuple[int, Any]]:
     from datasets import load_from_disk
 
     yield from _arrow_rows(load_from_disk(str(path)))
+
+
+def _hub(name: str) -> Iterator[tuple[int, Any]]:
+    """A hub dataset's split (hub.py), loaded by `datasets` into its cache and memory-mapped from there."""
+    yield from _arrow_rows(hub.load(str(name)))

@@ -8,8 +8,11 @@ same format / columns / roles options `read` takes. An alpaca entry that maps on
 pre-training layout, e.g. c4_demo) is plain text. An `images` column is read with its `<image>`
 placeholders (paths relative to the dataset_info.json folder, as LLaMA-Factory's media_dir
 default). Ranking entries (`ranking: true`, with `chosen` and `rejected` columns) are preference
-data: read when reading preference data, as SFT data they are refused. Hub-only entries (no
-file_name), KTO data (kto_tag) and video/audio columns cannot be trained here: named explicitly they
+data: read when reading preference data, as SFT data they are refused. A Hugging Face Hub entry
+(`hf_hub_url`, with its `subset` and `split`) is read through `datasets` (hub.py) when it is named
+(data.train entry `datasets: [...]`, `--dataset`); reading every entry leaves it out, so that pointing
+at LLaMA-Factory's data folder downloads nothing. Other hubs (ModelScope, Modelers), scripts, a hub
+`folder`, KTO data (kto_tag) and video/audio columns cannot be trained here: named explicitly they
 raise, and when reading every entry they are left out with a warning that lists them.
 """
 
@@ -20,6 +23,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from sftune.data import hub
 from sftune.data.errors import DataError
 
 logger = logging.getLogger("sftune.data")
@@ -36,9 +40,13 @@ TAG_ROLES = {
 MEDIA_COLUMNS = ("videos", "audios")
 
 
-def _unsupported(entry: dict, preference: bool = False) -> str | None:
-    if "file_name" not in entry:
-        return "a hub dataset (no file_name); download it and point file_name at the files"
+def _unsupported(entry: dict, preference: bool = False, named: bool = False) -> str | None:
+    if "file_name" not in entry and "hf_hub_url" in entry and "folder" in entry:
+        return "a folder of a hub dataset (folder); download it and point file_name at the files"
+    if "file_name" not in entry and "hf_hub_url" in entry and not named:
+        return "a Hugging Face Hub dataset; name it (datasets: [...] or --dataset) to read it from the hub"
+    if "file_name" not in entry and "hf_hub_url" not in entry:
+        return "a dataset of another hub or a script (no file_name or hf_hub_url); download it and point file_name at the files"
     if entry.get("ranking") and not preference:
         return "preference data (ranking), not SFT data"
     if preference and not entry.get("ranking"):
@@ -99,7 +107,9 @@ def _entry_source(name: str, entry: dict, folder: Path) -> dict[str, Any]:
         )
     if "images" in columns:
         mapped["images"] = columns["images"]
-    return {"path": folder / entry["file_name"], "format": fmt, "columns": mapped, "options": options, "dataset": name}
+    path = folder / entry["file_name"] if "file_name" in entry else hub.spec(
+        entry["hf_hub_url"], entry.get("subset"), entry.get("split", "train"))
+    return {"path": path, "format": fmt, "columns": mapped, "options": options, "dataset": name}
 
 
 def sources(info_path: Path, names: str | None = None, preference: bool = False) -> list[dict[str, Any]]:
@@ -125,7 +135,7 @@ def sources(info_path: Path, names: str | None = None, preference: bool = False)
         wanted = list(info)
     out, left_out = [], []
     for name in wanted:
-        reason = _unsupported(info[name], preference)
+        reason = _unsupported(info[name], preference, named=bool(names))
         if reason:
             if names:
                 raise DataError("unsupported", name, f"is {reason}", "choose another entry", source=str(info_path))

@@ -7,8 +7,8 @@
 
     check(paths, **same options) -> Report      # reads everything with on_error="skip" (parallel.py)
 
-`paths`: a file, folder, glob, datasets save_to_disk folder or LLaMA-Factory dataset_info.json, or
-a list of them. The format is detected per file from its first record (see formats.DETECTORS), or
+`paths`: a file, folder, glob, datasets save_to_disk folder, LLaMA-Factory dataset_info.json or
+Hugging Face Hub dataset (`hub:ORG/NAME[/SUBSET][:SPLIT]`, hub.py), or a list of them. The format is detected per file from its first record (see formats.DETECTORS), or
 forced with `format`. `columns` maps format fields to source paths ({"instruction": "query",
 "output": "meta.answer"}). With on_error="raise" the first bad record raises DataError (file,
 line/record, field, fix); with "skip" it is written to the `quarantine` JSONL with its reason,
@@ -151,7 +151,7 @@ def _plan(paths, format, columns, options, dataset_name) -> list[dict[str, Any]]
             "format": fmt,
             "columns": columns,
             "options": options,
-            "dataset": dataset_name or (path.name if path.is_dir() else path.stem),
+            "dataset": dataset_name or (path if kind == "hub" else path.name if path.is_dir() else path.stem),
             "note": files.misnamed(path, kind),
         })
     return plan

@@ -5,7 +5,8 @@
 A run folder is loaded with the template it was trained with (runs.load); the base defaults to the
 run's base model, so before/after is one call, and answers in the run's template when the run names
 one; base="none" evaluates the model alone. One model is in memory at a time. Task names: the benchmarks (sftune.evaluate.benchmarks.TASKS), `heldout` (the
-run's own held-out data) and `data:PATH` (any data file sftune reads).
+run's own held-out data) and `data:PATH` (any data file sftune reads). Results written to RUN/eval also go
+into the run's model card (RUN/README.md, sftune.model_card) as its before/after table.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
-from sftune import runs
+from sftune import model_card, runs
 from sftune.evaluate import data_task, report as report_module
 from sftune.evaluate.results import TaskResult
 
@@ -121,7 +122,10 @@ def compare(model: str, *, base: str | None = None, tasks: list[str], limit: int
                            role="fine-tuned" if base else "model")
     report = report_module.build(model, base, list(zip(base_results, tuned)))
     report["limit"], report["options"] = limit, {k: v for k, v in options.items() if v is not None}
-    return report, report_module.write(report, out)
+    paths = report_module.write(report, out)
+    if runs.is_run(model) and out.resolve() == (Path(model) / "eval").resolve():
+        model_card.write(model)  # the run's README.md gets the before/after table
+    return report, paths
 
 
 def _free_memory() -> None:

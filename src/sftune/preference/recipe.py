@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, set_seed
 
-from sftune import attention, data, methods, models, runs, templates
+from sftune import attention, data, methods, models, publish, runs, templates
 from sftune.config import Config, ConfigError
 from sftune.distributed import launch_precision
 from sftune.hardware import resolve_precision
@@ -33,6 +33,7 @@ from sftune.training.recipe import TrainResult, _is_main_process, _peak_memory_m
 def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
     """Run one preference training (cfg.stage == "preference"); write the run folder; return it."""
     run_dir = Path(cfg.output.dir)
+    publish.check(cfg)  # output.push_to_hub: its token, before hours of training
     resume = start_or_resume(cfg, run_dir, console)
     precision = launch_precision(resolve_precision(cfg.train.precision), cfg.train.precision,
                                  torch.cuda.is_available())
@@ -93,6 +94,7 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
     if trainer.is_world_process_zero():
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+        publish.finish(cfg, run_dir, console)  # the model card (over peft's template); output.push_to_hub
     return TrainResult(run_dir=run_dir, summary=summary, model=trainer.model, tokenizer=tokenizer)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 
-from sftune import attention, distributed, methods, models, runs, templates
+from sftune import attention, distributed, methods, models, publish, runs, templates
 from sftune.config import Config, ConfigError, load
 from sftune.hardware import resolve_precision
 from sftune.training.arguments import check_report_to, training_arguments
@@ -71,6 +71,7 @@ def train(
     precision = distributed.launch_precision(resolve_precision(cfg.train.precision), cfg.train.precision,
                                              torch.cuda.is_available())
     distributed.check_launch(cfg, cuda=torch.cuda.is_available())  # before anything is loaded
+    publish.check(cfg)  # output.push_to_hub: its token, before hours of training
 
     set_seed(cfg.train.seed)  # adapters are initialized randomly: the same seed, the same run
     processor = None
@@ -133,6 +134,7 @@ def train(
     if trainer.is_world_process_zero():
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
+        publish.finish(cfg, run_dir, console)  # the model card (over peft's template); output.push_to_hub
     return TrainResult(run_dir=run_dir, summary=summary, model=trainer.model, tokenizer=tokenizer)
 
 
