@@ -70,7 +70,6 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_main_process():
         (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
-        write_environment(run_dir, precision=precision, resumed_from=resume)
     templates.save_to_tokenizer(template, tokenizer)
     own = [CheckpointCompleteCallback(), MetricsFileCallback(run_dir / "metrics.jsonl"), RichProgressCallback(console)]
     trainer = PreferenceTrainer(model=model, args=args, train_dataset=sets["train"], eval_dataset=sets["eval"],
@@ -78,6 +77,8 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
                                 callbacks=own + list(callbacks or []), settings=settings)
     if resume is not None:
         trainer.add_callback(ResumeScheduleCheck(resume, console))
+    if trainer.is_world_process_zero():
+        write_environment(run_dir, precision=precision, resumed_from=resume)
     output = trainer.train(resume_from_checkpoint=resume)
     final_eval = _final_evaluation(trainer) if sets["eval"] is not None else {}
     trainer.save_model(str(run_dir))

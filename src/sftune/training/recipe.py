@@ -100,12 +100,13 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_main_process():
         (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
-        write_environment(run_dir, precision=precision, resumed_from=resume)  # versions, command line, revision
     templates.save_to_tokenizer(template, tokenizer)  # inference uses exactly the training template
     trainer = setup_trainer(cfg, model, tokenizer, template, encoded, args, packing=packing, console=console,
                             callbacks=callbacks, processor=processor)
     if resume is not None:
         trainer.add_callback(ResumeScheduleCheck(resume, console))
+    if trainer.is_world_process_zero():
+        write_environment(run_dir, precision=precision, resumed_from=resume)  # versions, command line, revision
     trainer.batch_selector = selector
 
     if torch.cuda.is_available():
