@@ -183,7 +183,8 @@ class TrainSection(_Section):
                           "the first step takes minutes on a CPU, later ones are faster: for long runs")
     neftune_alpha: float | None = Field(None, gt=0, description="NEFTune noise alpha (e.g. 5); None = off")
     seed: int = 42
-    logging_steps: int = Field(5, ge=1)
+    logging_steps: int = Field(1, ge=1, description="log the training loss every N optimizer steps (metrics.jsonl, "
+                               "curves.png, report_to); the default logs every step")
     save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps; None = each epoch")
     save_total_limit: int | None = Field(2, ge=1, description="checkpoints kept (the best one is kept too)")
     resume_from: str | None = Field(None, description="'last' or a checkpoint folder")

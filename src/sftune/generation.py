@@ -12,10 +12,12 @@ at stop strings. `loglikelihood` scores continuations in batched forward passes.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from datetime import timedelta
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -80,36 +82,99 @@ def generate(
     """Answers to `prompts` (texts or token ids), in order; batched, left-padded, with a KV cache.
 
     Stops at any of `stop_token_ids` (the template's end of turn and EOS) or at a stop string.
-    `progress` shows a bar with the tokens generated per second.
+    `progress` shows a bar with the tokens generated per second, and after the first token steps the longest
+    time all the batches can take.
     """
     ids = encode_prompts(tokenizer, prompts, add_special_tokens=add_special_tokens)
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # the longest prompts first: the slowest batch
     results: list[Completion | None] = [None] * len(ids)
-    stops = list(stop_token_ids) or ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+    stops = stop_ids(tokenizer, stop_token_ids)
     if options.sampling and options.seed is not None:
         torch.manual_seed(options.seed)
     was_training = model.training
     model.eval()
     with TokenProgress(progress, console, description, len(ids)) as bar:
+        batches = math.ceil(len(ids) / batch_size)
+        clock = StepClock(bar.note, description, len(ids), batches, options.max_new_tokens) if progress else None
         for lo in range(0, len(order), batch_size):
             chunk = order[lo: lo + batch_size]
             for index, completion in zip(chunk, _generate_batch(model, tokenizer, [ids[i] for i in chunk],
-                                                                 options, stops)):
+                                                                 options, stops, clock)):
                 results[index] = completion
             bar.advance(len(chunk), sum(results[i].completion_tokens for i in chunk))
     model.train(was_training)
     return results  # type: ignore[return-value]
 
 
+def stop_ids(tokenizer: Any, stop_token_ids: Sequence[int] = ()) -> list[int]:
+    """The token ids an answer stops at: the template's (end of turn, EOS), else the tokenizer's EOS."""
+    return list(stop_token_ids) or ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+
+
+def settings(tokenizer: Any, options: GenerationOptions, *, stop_token_ids: Sequence[int] = (), batch_size: int
+             ) -> dict[str, Any]:
+    """How answers were generated, as a results file records it: length, greedy or sampling, stops, batch size."""
+    stops = stop_ids(tokenizer, stop_token_ids)
+    sampling = {"temperature": options.temperature, "top_p": options.top_p, "top_k": options.top_k,
+                "seed": options.seed} if options.sampling else {}
+    return {"max_new_tokens": options.max_new_tokens, "greedy": not options.sampling, **sampling,
+            "stop_token_ids": stops, "stop_tokens": tokenizer.convert_ids_to_tokens(stops),
+            "stop_strings": list(options.stop), "batch_size": batch_size}
+
+
+class StepClock(StoppingCriteria):
+    """Times the first batch's token steps (it stops nothing) and says once how long all batches take at most:
+    every answer running to max_new_tokens, every batch as slow as the first (the longest prompts)."""
+
+    STEPS = 4  # token steps timed after the first (whose time is mostly the prompt's)
+
+    def __init__(self, say: Callable[[str], None], description: str, prompts: int, batches: int, max_new_tokens: int):
+        self.say, self.description = say, description
+        self.prompts, self.batches, self.max_new_tokens = prompts, batches, max_new_tokens
+        self.started, self.steps, self.said = None, [], False
+
+    def start_batch(self) -> None:
+        if self.started is None:
+            self.started = time.perf_counter()
+
+    def end_batch(self) -> None:
+        if not self.said and self.started is not None:  # the first batch ended before STEPS steps: its own time
+            took = time.perf_counter() - self.started
+            self._estimate(took, f"the first batch took {took:.1f} s: about", "(as long where answers are longer)")
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        if not self.said:
+            self.steps.append(time.perf_counter())
+            if len(self.steps) > self.STEPS:
+                step = (self.steps[-1] - self.steps[0]) / (len(self.steps) - 1)
+                prompt = self.steps[0] - self.started
+                self._estimate(prompt + step * (self.max_new_tokens - 1),
+                               f"the first batch read its prompts in {prompt:.2f} s and takes {step:.2f} s per token: "
+                               "at most about", "(less where answers stop early)")
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def _estimate(self, batch_seconds: float, measured: str, caveat: str) -> None:
+        self.said = True
+        total = timedelta(seconds=round(batch_seconds * self.batches))
+        batches = f"{self.batches} batch{'es' if self.batches > 1 else ''}"
+        self.say(f"{self.description}: {self.prompts} prompts in {batches} of up to {self.max_new_tokens} new "
+                 f"tokens; {measured} {total} {caveat}")
+
+
 def _generate_batch(model: Any, tokenizer: Any, batch: list[list[int]], options: GenerationOptions,
-                    stops: list[int]) -> list[Completion]:
+                    stops: list[int], clock: StepClock | None = None) -> list[Completion]:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     width = max(map(len, batch))
     input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in batch], device=model.device)
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch], device=model.device)
     kwargs = generate_kwargs(tokenizer, options, stops, pad)
+    if clock is not None:
+        kwargs["stopping_criteria"] = StoppingCriteriaList([clock])
+        clock.start_batch()
     with torch.no_grad():
         out = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+    if clock is not None:
+        clock.end_batch()
     return [completion_of(tokenizer, row[width:].tolist(), len(prompt), options, set(stops))
             for row, prompt in zip(out, batch)]
 
@@ -336,6 +401,11 @@ class TokenProgress:
             self.bar.start()
             self.task = self.bar.add_task(self.description, total=self.total, rate="")
         return self
+
+    def note(self, text: str) -> None:
+        """A line printed above the bar (nothing when the bar is not shown)."""
+        if self.show:
+            self.bar.console.print(text)
 
     def advance(self, items: int, tokens: int) -> None:
         self.tokens += tokens

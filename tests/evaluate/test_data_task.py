@@ -4,6 +4,7 @@ is that turn; scores are the metrics of what the model answered; perplexity on t
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -86,3 +87,27 @@ def test_a_file_without_any_reference_is_a_clear_error(tmp_path, tiny_folder):
     path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
     with pytest.raises(ValueError, match="no conversation with an assistant turn.*sftune data check"):
         data_task.run(runs.load(tiny_folder), path)
+
+
+def test_the_results_record_the_generation_settings_and_the_time_is_said_before(tmp_path, tiny_folder):
+    """results.json says how answers were generated; before the answers, the console says how long it takes
+    at most, from the first token steps of the first batch."""
+    import io
+
+    from rich.console import Console
+
+    from sftune import runs
+    from sftune.evaluate import data_task
+
+    loaded = runs.load(tiny_folder)
+    out = io.StringIO()
+    result = data_task.run(loaded, chats(tmp_path / "chat.jsonl"), name="heldout",
+                           options={"max_new_tokens": 12, "batch_size": 2}, console=Console(file=out, width=300))
+    assert result.details["generation"] == {
+        "max_new_tokens": 12, "greedy": True, "stop_token_ids": loaded.stop_token_ids,
+        "stop_tokens": loaded.tokenizer.convert_ids_to_tokens(loaded.stop_token_ids), "stop_strings": [],
+        "batch_size": 2}
+    said = out.getvalue()
+    assert "heldout: generating: 3 prompts in 2 batches of up to 12 new tokens" in said
+    assert re.search(r"(at most about|: about) \d+:\d\d:\d\d", said), said
+    assert said.index("about") < said.index("3/3")  # said before the last batch was done

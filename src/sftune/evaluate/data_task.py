@@ -91,10 +91,10 @@ def run(loaded: Any, path: str | Path, *, name: str | None = None, limit: int | 
     prompts = [loaded.template.render(messages, tools=c.tools, add_generation_prompt=True)
                for c, (messages, _) in zip(conversations, splits)]
     references = [reference for _, reference in splits]
+    how = generation.GenerationOptions(max_new_tokens=int(options.get("max_new_tokens") or MAX_NEW_TOKENS))
+    batch_size = int(options.get("batch_size") or 16)
     completions = generation.generate(
-        loaded.model, loaded.tokenizer, prompts,
-        generation.GenerationOptions(max_new_tokens=int(options.get("max_new_tokens") or MAX_NEW_TOKENS)),
-        stop_token_ids=loaded.stop_token_ids, batch_size=int(options.get("batch_size") or 16),
+        loaded.model, loaded.tokenizer, prompts, how, stop_token_ids=loaded.stop_token_ids, batch_size=batch_size,
         progress=console is not None, console=console, description=f"{name}: generating")
     answers = [c.text.strip() for c in completions]
 
@@ -117,7 +117,10 @@ def run(loaded: Any, path: str | Path, *, name: str | None = None, limit: int | 
     return TaskResult(task=name, metric="exact_match", score=sum(exact) / len(exact), item_scores=exact,
                       samples=samples, details={"metrics": extra, "n": len(answers), "left_out": left_out,
                                                 "perplexity_tokens": ppl["tokens"],
-                                                "generated_tokens": sum(c.completion_tokens for c in completions)})
+                                                "generated_tokens": sum(c.completion_tokens for c in completions),
+                                                "generation": generation.settings(
+                                                    loaded.tokenizer, how, stop_token_ids=loaded.stop_token_ids,
+                                                    batch_size=batch_size)})
 
 
 def _metric(items: list[float]) -> dict[str, Any]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,8 @@ from sftune.training.checkpoints import CheckpointCompleteCallback
 from sftune.training.data import read_entries
 from sftune.training.plot import plot_curves
 from sftune.training.recipe import TrainResult, _is_main_process, _peak_memory_mb, start_or_resume, weights_dtype
+from sftune.training.recipe import _final_evaluation
+from sftune.training.records import ResumeScheduleCheck, write_environment
 
 
 def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
@@ -58,6 +59,7 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
     collate = functools.partial(collate_pairs, packing=packing, pad_token_id=tokenizer.pad_token_id,
                                 shared_prompt=shared)
     args = training_arguments(cfg, run_dir, precision=precision, has_eval=sets["eval"] is not None, packing=True)
+    args.eval_on_start = args.eval_on_start and resume is None  # the baseline was measured when the run began
     if NEEDS_REFERENCE[settings.loss]:
         fresh_adapter = hasattr(model, "disable_adapter") and not continued
         for name in ("train", "eval"):
@@ -74,10 +76,12 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
     trainer = PreferenceTrainer(model=model, args=args, train_dataset=sets["train"], eval_dataset=sets["eval"],
                                 data_collator=collate, processing_class=tokenizer,
                                 callbacks=own + list(callbacks or []), settings=settings)
-    started = time.perf_counter()
+    if resume is not None:
+        trainer.add_callback(ResumeScheduleCheck(resume, console))
+    if trainer.is_world_process_zero():
+        write_environment(run_dir, precision=precision, resumed_from=resume)
     output = trainer.train(resume_from_checkpoint=resume)
-    elapsed = time.perf_counter() - started
-    final_eval = trainer.evaluate() if sets["eval"] is not None else {}
+    final_eval = _final_evaluation(trainer) if sets["eval"] is not None else {}
     trainer.save_model(str(run_dir))
     trainable, total = methods.count_parameters(model)
     summary = {
@@ -86,7 +90,7 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
         "train_pairs": len(sets["train"]), "eval_pairs": 0 if sets["eval"] is None else len(sets["eval"]),
         "skipped": {name: reports[name].skipped if reports[name] else 0 for name in ("train", "eval")},
         "trained_tokens": trainer.trained_tokens, "train_loss": output.training_loss,
-        "train_seconds": round(elapsed, 2),
+        "train_seconds": round(trainer.wall_seconds, 3),
         "pairs_per_second": round(len(sets["train"]) * (trainer.state.epoch or 1) / max(trainer.train_seconds, 1e-9), 3),
         "peak_memory_mb": round(_peak_memory_mb(), 1), "trainable_parameters": trainable,
         "total_parameters": total, "resumed_from": resume, **final_eval,

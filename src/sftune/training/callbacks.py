@@ -28,26 +28,33 @@ class MetricsFileCallback(TrainerCallback):
 
 
 class RichProgressCallback(TrainerCallback):
-    """One progress bar: steps, loss, learning rate, trained tokens per second, time left."""
+    """One progress line: steps, the last logged loss, the learning rate of the last step, trained tokens per
+    second (on a terminal of 120 columns or more, with a bar), then the time elapsed and an estimate of the
+    time left, each named."""
 
     def __init__(self, console=None):
         self.console = console
         self.progress = None
+        self.step_lr = None  # the learning rate the optimizer applied in the running step
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
+        from rich import get_console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+        console = self.console or get_console()
+        wide = console.width >= 120  # a narrow terminal (80 columns) keeps the numbers whole: no bar, no tokens/s
         self.progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
+            *([TextColumn("[bold]train"), BarColumn(bar_width=20)] if wide else []),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s"),
+            TextColumn("loss {task.fields[loss]} · lr {task.fields[lr]}"
+                       + (" · {task.fields[tps]} tok/s" if wide else "") + " · elapsed"),
             TimeElapsedColumn(),
-            TextColumn("left"),
+            TextColumn("· about"),
             TimeRemainingColumn(),
-            console=self.console,
+            TextColumn("left"),
+            console=console,
             transient=False,
         )
         self.progress.start()
@@ -55,20 +62,21 @@ class RichProgressCallback(TrainerCallback):
             "train", total=state.max_steps, completed=state.global_step, loss="-", lr="-", tps="-"
         )
 
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if optimizer is not None:  # before the scheduler moves on to the next step's rate
+            self.step_lr = optimizer.param_groups[0]["lr"]
+
     def on_step_end(self, args, state, control, **kwargs):
         if self.progress is not None:
-            self.progress.update(self.task, completed=state.global_step)
+            lr = {} if self.step_lr is None else {"lr": f"{self.step_lr:.2e}"}
+            self.progress.update(self.task, completed=state.global_step, **lr)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.progress is None or not logs:
             return
         if "loss" in logs:
-            self.progress.update(
-                self.task,
-                loss=f"{logs['loss']:.4f}",
-                lr=f"{logs.get('learning_rate', 0):.2e}",
-                tps=f"{logs.get('trained_tokens_per_second', 0):.0f}",
-            )
+            self.progress.update(self.task, loss=f"{logs['loss']:.4f}",
+                                 tps=f"{logs.get('trained_tokens_per_second', 0):.0f}")
         elif "eval_rewards/accuracies" in logs:  # a preference run (sftune.preference)
             self.progress.console.print(
                 f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}, reward accuracy "

@@ -11,7 +11,6 @@ import functools
 import json
 import os
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from sftune.training.compile import compile_layers, inductor_cache
 from sftune.training.data import EncodedData, batches, prepare_data
 from sftune.training.generate_eval import generation_metrics
 from sftune.training.plot import plot_curves
+from sftune.training.records import ResumeScheduleCheck, write_environment
 from sftune.training.replay import replay_pairs
 from sftune.training.selection import candidates, selector_for
 from sftune.training.trainer import SFTTrainer
@@ -92,6 +92,7 @@ def train(
     with probe.main_process_first(local=True, desc="reading and encoding data"):
         encoded = prepare_data(cfg, tokenizer, template, console=console, processor=processor, replay=replay)
     args = training_arguments(cfg, run_dir, precision=precision, has_eval=encoded.eval is not None, packing=packing)
+    args.eval_on_start = args.eval_on_start and resume is None  # the baseline was measured when the run began
     if not packing:
         args.length_column_name = "length"
     selector = selector_for(cfg, keep=args.per_device_train_batch_size)  # train.batch_selection
@@ -104,13 +105,15 @@ def train(
     templates.save_to_tokenizer(template, tokenizer)  # inference uses exactly the training template
     trainer = setup_trainer(cfg, model, tokenizer, template, encoded, args, packing=packing, console=console,
                             callbacks=callbacks, processor=processor)
+    if resume is not None:
+        trainer.add_callback(ResumeScheduleCheck(resume, console))
+    if trainer.is_world_process_zero():
+        write_environment(run_dir, precision=precision, resumed_from=resume)  # versions, command line, revision
     trainer.batch_selector = selector
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume)
-    elapsed = time.perf_counter() - started
     final_eval = _final_evaluation(trainer) if trainer.eval_dataset is not None else {}
 
     trainer.save_model(str(run_dir))  # model or adapter, plus the tokenizer with its chat template
@@ -121,7 +124,7 @@ def train(
     summary = {
         **run_summary(cfg, trainer, encoded, precision=precision, packing=packing),
         "train_loss": output.training_loss,
-        "train_seconds": round(elapsed, 2),
+        "train_seconds": round(trainer.wall_seconds, 3),  # both clocks add up the resumed sessions
         "train_seconds_excluding_eval": round(trainer.train_seconds, 3),
         "peak_memory_mb": round(_peak_memory_mb(), 1),
         "trainable_parameters": trainable,
@@ -309,12 +312,14 @@ def run_summary(cfg: Config, trainer: SFTTrainer, encoded: EncodedData, *, preci
 
 
 def _final_evaluation(trainer: SFTTrainer) -> dict[str, Any]:
-    """Held-out metrics of the model as saved: the last evaluation when it was of this very model."""
+    """Held-out metrics of the model as saved: the evaluation of its step when there was one (the last step's,
+    or the best checkpoint's with eval.keep_best), else a new one."""
     state = trainer.state
-    last = next((r for r in reversed(state.log_history) if "eval_loss" in r), None)
-    same_model = not trainer.args.load_best_model_at_end or state.best_global_step in (None, state.global_step)
-    if last is not None and last["step"] == state.global_step and same_model:
-        return {k: v for k, v in last.items() if k.startswith("eval_")}
+    loaded_best = trainer.args.load_best_model_at_end and state.best_model_checkpoint is not None
+    step = state.best_global_step if loaded_best and state.best_global_step is not None else state.global_step
+    done = next((r for r in reversed(state.log_history) if "eval_loss" in r and r["step"] == step), None)
+    if done is not None:
+        return {k: v for k, v in done.items() if k.startswith("eval_")}
     return trainer.evaluate()
 
 

@@ -30,7 +30,7 @@ logger = logging.get_logger(__name__)
 
 # Prompt-learning adapters as they are in training (prefix_tuning's projection MLP included), for resume.
 TRAINABLE_STATE = "sftune_trainable.safetensors"
-PROGRESS = "sftune_progress.json"  # trained tokens and training seconds so far, for resume
+PROGRESS = "sftune_progress.json"  # trained tokens, training and wall-clock seconds so far, for resume
 
 
 class NonFiniteLossError(RuntimeError):
@@ -65,6 +65,8 @@ class SFTTrainer(Trainer):
         self.trained_tokens = 0  # over all processes, since the start of the run (resumes included)
         self._seconds_done = 0.0  # training time before the running stretch
         self._stretch_started = None  # perf_counter() when the running stretch began; None while paused
+        self._wall_done = 0.0  # wall-clock seconds of the earlier train() calls of this run (resumes)
+        self._train_started = None  # perf_counter() when the running train() call began
         # model -> {name: score} of generated answers, added to each evaluation (eval.generate_metrics)
         self.generation_eval: Callable[[Any], dict[str, float]] | None = None
         # (model, candidate batch) -> the batch to train on (train.batch_selection; sftune.training.selection)
@@ -84,6 +86,13 @@ class SFTTrainer(Trainer):
         running = 0.0 if self._stretch_started is None else time.perf_counter() - self._stretch_started
         return self._seconds_done + running
 
+    @property
+    def wall_seconds(self) -> float:
+        """Wall-clock seconds inside train(), evaluations and checkpoints included, resumes added up like
+        train_seconds (which is a part of it: both clocks go on from the same checkpoint)."""
+        running = 0.0 if self._train_started is None else time.perf_counter() - self._train_started
+        return self._wall_done + running
+
     def _pause_clock(self) -> None:
         """Stop counting training time; the next batch fetched starts the clock again."""
         if self._stretch_started is not None:
@@ -93,6 +102,7 @@ class SFTTrainer(Trainer):
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """Trainer.train, with the trained-token count and training time going on from a resumed checkpoint."""
         self.trained_tokens, self._seconds_done, self._stretch_started = 0, 0.0, None
+        self._wall_done, self._train_started = 0.0, time.perf_counter()
         if resume_from_checkpoint is True:
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True  # Trainer reports none
         if isinstance(resume_from_checkpoint, (str, os.PathLike)):
@@ -101,6 +111,7 @@ class SFTTrainer(Trainer):
             return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
         finally:
             self._pause_clock()
+            self._wall_done, self._train_started = self.wall_seconds, None
 
     def _restore_progress(self, checkpoint: Path) -> None:
         path = checkpoint / PROGRESS
@@ -110,6 +121,8 @@ class SFTTrainer(Trainer):
             return
         progress = json.loads(path.read_text(encoding="utf-8"))
         self.trained_tokens, self._seconds_done = int(progress["trained_tokens"]), float(progress["train_seconds"])
+        # a checkpoint saved by an older sftune has no wall clock: its training time is the least the wall was
+        self._wall_done = float(progress.get("wall_seconds", progress["train_seconds"]))
 
     # Which batches make one optimizer step, and how many trained tokens they hold in total.
     def get_batch_samples(self, epoch_iterator: Iterator, num_batches: int, device: torch.device):
@@ -241,7 +254,8 @@ class SFTTrainer(Trainer):
         if not self.args.should_save:
             return
         folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
-        progress = {"trained_tokens": self.trained_tokens, "train_seconds": self.train_seconds}
+        progress = {"trained_tokens": self.trained_tokens, "train_seconds": self.train_seconds,
+                    "wall_seconds": self.wall_seconds}
         (folder / PROGRESS).write_text(json.dumps(progress) + "\n", encoding="utf-8")
         if self._resumes_trainable_state():
             from safetensors.torch import save_file
