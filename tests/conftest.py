@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import pytest
 import torch
 
@@ -61,3 +64,59 @@ def tiny_checkpoint(tmp_path, smollm2_tokenizer):
     tiny_model("llama", vocab_size=len(smollm2_tokenizer)).save_pretrained(folder)
     smollm2_tokenizer.save_pretrained(folder)
     return folder
+
+
+def _process_state() -> dict:
+    """What a test can leave behind that slows or changes every later test in the same process: a bf16
+    default dtype turns later fp32 work into emulated bf16 on CPUs without bf16 units (~60x slower matmuls),
+    a lowered thread count halves everything after it, and a live thread spinning on Python code makes the
+    main thread wait for the GIL after every torch op."""
+    return {
+        "default dtype": torch.get_default_dtype(),
+        "torch threads": torch.get_num_threads(),
+        "cpu autocast": torch.is_autocast_enabled("cpu"),
+        "grad enabled": torch.is_grad_enabled(),
+        "deterministic algorithms": torch.are_deterministic_algorithms_enabled(),
+        "anomaly detection": torch.is_anomaly_enabled(),
+    }
+
+
+# Library threads that wait idle once started, by design: anyio's worker pool (starlette runs sync handlers
+# there) and tqdm's monitor (wakes every 10 s).
+IDLE_LIBRARY_THREADS = ("AnyIO worker thread", "tqdm_monitor")
+# huggingface_hub sends telemetry from a thread (TRL's trainers call it); nothing here may reach a hub.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def _live_threads() -> set[str]:
+    return {f"{t.name} ({type(t).__name__})" for t in threading.enumerate()
+            if t.is_alive() and not t.name.startswith(IDLE_LIBRARY_THREADS)}
+
+
+@pytest.fixture(autouse=True)
+def _leaves_the_process_as_it_found_it(request):
+    """Fails a test that changes torch's process-wide state, or leaves a thread of its own running: the cause
+    of a later test running many times slower in the suite than alone (SFTUNE_TEST_STATE=report: print only)."""
+    state, threads = _process_state(), _live_threads()
+    yield
+    changed = {k: (v, after) for (k, v), after in zip(state.items(), _process_state().values()) if v != after}
+    left = _live_threads() - threads
+    if left:  # threads that are ending (a server joining) get a moment
+        for thread in threading.enumerate():
+            if f"{thread.name} ({type(thread).__name__})" in left:
+                thread.join(timeout=2)
+        left = _live_threads() - threads
+    problems = [f"{k}: {a} before, {b} after" for k, (a, b) in changed.items()]
+    problems += [f"thread still running: {name}" for name in sorted(left)]
+    if not problems:
+        return
+    message = f"{request.node.nodeid} left the test process changed: " + "; ".join(problems)
+    for k, (before, _) in changed.items():  # put it back so that one offender does not slow every later test
+        {"default dtype": torch.set_default_dtype, "torch threads": torch.set_num_threads,
+         "grad enabled": torch.set_grad_enabled, "deterministic algorithms": torch.use_deterministic_algorithms,
+         "anomaly detection": torch.autograd.set_detect_anomaly}.get(k, lambda _: None)(before)
+    if os.environ.get("SFTUNE_TEST_STATE") == "report":
+        with open(os.environ.get("SFTUNE_TEST_STATE_LOG", "test-state.log"), "a", encoding="utf-8") as log:
+            log.write(message + "\n")
+        return
+    pytest.fail(message, pytrace=False)

@@ -22,7 +22,7 @@ from sftune.preference.losses import NEEDS_REFERENCE, Settings
 from sftune.preference.reference import add_reference_logps
 from sftune.preference.trainer import PreferenceTrainer
 from sftune.training.arguments import training_arguments
-from sftune.training.callbacks import MetricsFileCallback, RichProgressCallback
+from sftune.training.callbacks import MetricsFileCallback, RichProgressCallback, close_progress
 from sftune.training.checkpoints import CheckpointCompleteCallback
 from sftune.training.data import read_entries
 from sftune.training.plot import plot_curves
@@ -80,7 +80,10 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
         trainer.add_callback(ResumeScheduleCheck(resume, console))
     if trainer.is_world_process_zero():
         write_environment(run_dir, precision=precision, resumed_from=resume)
-    output = trainer.train(resume_from_checkpoint=resume)
+    try:
+        output = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        close_progress(trainer)
     final_eval = _final_evaluation(trainer) if sets["eval"] is not None else {}
     trainer.save_model(str(run_dir))
     trainable, total = methods.count_parameters(model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from transformers import TrainerCallback
 
@@ -90,6 +91,18 @@ class RichProgressCallback(TrainerCallback):
             )
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.close()
+
+    def close(self) -> None:
+        """Stop the line and its refresh thread (also when training ends by an exception, where the Trainer
+        calls no on_train_end: the thread would otherwise redraw a dead line for the rest of the process)."""
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def close_progress(trainer: Any) -> None:
+    """After trainer.train(), however it ended: no progress line is left running."""
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, RichProgressCallback):
+            callback.close()

@@ -22,7 +22,7 @@ from sftune import attention, distributed, methods, models, publish, runs, templ
 from sftune.config import Config, ConfigError, load
 from sftune.hardware import resolve_precision
 from sftune.training.arguments import check_report_to, training_arguments
-from sftune.training.callbacks import MetricsFileCallback, RichProgressCallback
+from sftune.training.callbacks import MetricsFileCallback, RichProgressCallback, close_progress
 from sftune.training.checkpoints import CheckpointCompleteCallback, last_checkpoint
 from sftune.training.compile import compile_layers, inductor_cache
 from sftune.training.data import EncodedData, batches, prepare_data
@@ -113,7 +113,10 @@ def train(
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    output = trainer.train(resume_from_checkpoint=resume)
+    try:
+        output = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        close_progress(trainer)
     final_eval = _final_evaluation(trainer) if trainer.eval_dataset is not None else {}
 
     trainer.save_model(str(run_dir))  # model or adapter, plus the tokenizer with its chat template
