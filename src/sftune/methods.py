@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:  # torch is imported where it is used: `sftune.config` reads MethodConfig without it
+    import torch
 
 MethodName = Literal["full", "freeze", "lora", "qlora", "prompt_tuning", "prefix_tuning", "p_tuning_v2"]
 PROMPT_METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning_v2")
@@ -130,6 +132,7 @@ def load_kwargs(method: MethodConfig, device: str | torch.device | None = None) 
     """
     if method.name != "qlora":
         return {}
+    import torch
     from transformers import BitsAndBytesConfig
 
     device = torch.device(device) if device is not None else _default_device()
@@ -184,7 +187,6 @@ PREFIX_INIT_TEXT = (
 )
 
 
-@torch.no_grad()
 def init_prefix_from_text(model: Any, tokenizer: Any, text: str) -> None:
     """Set a prefix_tuning / p_tuning_v2 adapter's virtual keys and values to those the frozen model
     computes for `text` (its tokens repeated or cut to the number of virtual tokens).
@@ -193,25 +195,28 @@ def init_prefix_from_text(model: Any, tokenizer: Any, text: str) -> None:
     exactly. With it (prefix_tuning), the MLP's last layer gets zero weights and the mean key/value
     as its bias, so every virtual token starts as that average token.
     """
-    config = model.active_peft_config
-    encoder = model.prompt_encoder[model.active_adapter]
-    n = config.num_virtual_tokens
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
-    ids = (ids * (n // len(ids) + 1))[:n]
-    base = model.get_base_model()
-    device = next(base.parameters()).device
-    with model.disable_adapter():
-        cache = base(input_ids=torch.tensor([ids], device=device), use_cache=True).past_key_values
-    layers = [(cache.layers[i].keys, cache.layers[i].values) for i in range(config.num_layers)]
-    # peft reads the table as [tokens, layers * 2 (key, value), kv heads, head dim]
-    table = torch.stack([torch.stack(kv) for kv in layers])  # [layers, 2, 1, heads, n, head dim]
-    table = table[:, :, 0].permute(3, 0, 1, 2, 4).reshape(n, -1)
-    if getattr(encoder, "prefix_projection", False):
-        last = encoder.transform[-1]
-        last.weight.zero_()
-        last.bias.copy_(table.mean(0).to(last.bias.dtype))
-    else:
-        encoder.embedding.weight.copy_(table.to(encoder.embedding.weight.dtype))
+    import torch
+
+    with torch.no_grad():
+        config = model.active_peft_config
+        encoder = model.prompt_encoder[model.active_adapter]
+        n = config.num_virtual_tokens
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
+        ids = (ids * (n // len(ids) + 1))[:n]
+        base = model.get_base_model()
+        device = next(base.parameters()).device
+        with model.disable_adapter():
+            cache = base(input_ids=torch.tensor([ids], device=device), use_cache=True).past_key_values
+        layers = [(cache.layers[i].keys, cache.layers[i].values) for i in range(config.num_layers)]
+        # peft reads the table as [tokens, layers * 2 (key, value), kv heads, head dim]
+        table = torch.stack([torch.stack(kv) for kv in layers])  # [layers, 2, 1, heads, n, head dim]
+        table = table[:, :, 0].permute(3, 0, 1, 2, 4).reshape(n, -1)
+        if getattr(encoder, "prefix_projection", False):
+            last = encoder.transform[-1]
+            last.weight.zero_()
+            last.bias.copy_(table.mean(0).to(last.bias.dtype))
+        else:
+            encoder.embedding.weight.copy_(table.to(encoder.embedding.weight.dtype))
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
@@ -315,6 +320,8 @@ def trainable_state(model: Any) -> dict[str, torch.Tensor]:
 
 def load_trainable_state(model: Any, state: dict[str, torch.Tensor]) -> None:
     """Put back what `trainable_state` took; the names must match the model's trained parameters."""
+    import torch
+
     params = {name: param for name, param in model.named_parameters() if param.requires_grad}
     missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
     if missing or unexpected:
@@ -413,6 +420,8 @@ def _freeze_all_but(model: Any, method: MethodConfig) -> None:
 def decoder_layers(model: Any) -> torch.nn.ModuleList:
     """The stack of decoder layers: the ModuleList as long as the model's layer count (under peft
     wrappers too). Used by method 'freeze', by train.compile and by sftune.estimate."""
+    import torch
+
     count = _text_config(model).num_hidden_layers
     for _, module in model.named_modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) == count:
@@ -459,6 +468,8 @@ def keep_4bit_layout(model: Any) -> Any:
 
 
 def _default_device() -> torch.device:
+    import torch
+
     if torch.cuda.is_available():
         return torch.device("cuda")
     if hasattr(torch, "xpu") and torch.xpu.is_available():
@@ -467,6 +478,8 @@ def _default_device() -> torch.device:
 
 
 def _compute_dtype(name: str, device: torch.device) -> torch.dtype:
+    import torch
+
     if name != "auto":
         return getattr(torch, name)
     if device.type == "cuda":
@@ -476,6 +489,8 @@ def _compute_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def _check_4bit_runs(device: torch.device, dtype: torch.dtype, method: MethodConfig) -> None:
     """Run one tiny 4-bit layer forward and backward on `device`; raise a clear error if it cannot."""
+    import torch
+
     try:
         import bitsandbytes as bnb
     except ImportError as err:

@@ -118,6 +118,8 @@ def materialize(name: str) -> Path:
             f"Embedded model '{name}' is not installed. Install it with: {spec.install}"
         )
     target.parent.mkdir(parents=True, exist_ok=True)
+    # transformers' de-quantization bar is off unless --verbose (sftune.quiet): one line says what the wait is.
+    print(f"Converting the embedded model {name} into a checkpoint folder, once: {target}", flush=True)
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=target.parent) as scratch:
         scratch = Path(scratch)
         gguf = spec.locate_gguf(scratch)
@@ -175,6 +177,8 @@ def load(
     common = {"trust_remote_code": trust_remote_code}
     if not local and _hub_cached(source):
         common["local_files_only"] = True
+    elif not local:  # the download bars are off unless --verbose (sftune.quiet): one line says what the wait is
+        print(f"Fetching {source} from the Hugging Face Hub (later runs read it from the cache)", flush=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **common)
         model = None

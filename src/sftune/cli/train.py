@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from sftune import models, quiet
-from sftune.cli.common import app, console
+from sftune.cli.common import _user_error, app, console
 
 
 @app.command("models")
@@ -83,20 +83,21 @@ def train_command(
 ) -> None:
     """Fine-tune a model as the configuration says; writes the run folder (output.dir)."""
     from sftune import config as config_module
-    from sftune.training import NonFiniteLossError, train
 
     try:
         cfg = config_module.load(config, overrides or [])
-        if print_config:
-            typer.echo(config_module.to_yaml(cfg), nl=False)
-            return
+    except config_module.ConfigError as err:
+        _user_error(err)
+    if print_config:
+        typer.echo(config_module.to_yaml(cfg), nl=False)
+        return
+    from sftune.training import NonFiniteLossError, train  # the training stack, imported only to train
+
+    try:
         _warn_if_too_big(cfg)
         result = train(cfg, console=console)
     except (config_module.ConfigError, NonFiniteLossError) as err:
-        if quiet.is_verbose():
-            raise
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+        _user_error(err)
     s = result.summary
     if os.environ.get("RANK", "0") != "0":  # several processes (torchrun, accelerate launch): the first one reports
         return
