@@ -114,6 +114,14 @@ def test_requests_openai_refuses_get_400(open_server, route, fields, param):
     assert _error(post(url, model, **fields), 400)["param"] == param
 
 
+def test_stream_options_with_stream_give_the_usage(open_server):
+    url, model = open_server
+    body = {"model": model, "messages": USER, "max_tokens": 2, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
+        data = [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]" and json.loads(data[-2])["usage"]["completion_tokens"] <= 2
+
+
 def test_a_tool_conversation_in_openai_order_is_answered(open_server):
     url, model = open_server
     messages = [{"role": "system", "content": "You call tools."}, *USER,
