@@ -22,6 +22,10 @@ def serve_command(
     max_batch_size: int = typer.Option(16, "--max-batch-size", min=1, help="Most requests decoded together."),
     template: Optional[str] = typer.Option(None, "--template", help="Chat template for a plain model (a run "
                                            "always uses the template it was trained with)."),
+    max_body_mb: float = typer.Option(8.0, "--max-body-mb", min=0.001, help="Largest request body in MiB; a larger "
+                                      "one is refused with 413 before it is read (raise it for large images)."),
+    body_timeout: float = typer.Option(60.0, "--body-timeout", min=0.1, help="Seconds a request body may take to "
+                                       "arrive; a slower one is refused with 408."),
 ) -> None:
     """Serve a run through an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models)."""
     from sftune import runs
@@ -44,7 +48,7 @@ def serve_command(
         raise typer.Exit(2) from None
     try:
         serve(run_or_model, host=host, port=port, api_key=api_key, adapters=named, max_batch_size=max_batch_size,
-              template=template, console=console)
+              template=template, max_body_mb=max_body_mb, body_timeout_s=body_timeout, console=console)
     except (AdapterError, runs.RunError, TemplateError, OSError) as err:
         if quiet.is_verbose():
             raise

@@ -87,7 +87,7 @@ def _check_adapter(name: str, folder: str, base: str, base_load: dict, tokenizer
     if not _same_model(cfg.model.name, base):
         raise AdapterError(f"{where}: trained on {cfg.model.name!r}, but the server's base model is {base!r}; "
                            "adapters must share the base model. Serve that run in a server of its own.")
-    if methods.load_kwargs(cfg.method) != base_load:
+    if not same_loading(methods.load_kwargs(cfg.method), base_load):
         raise AdapterError(f"{where}: a {cfg.method.name} run, whose base is loaded otherwise than the server's "
                            "(4-bit for qlora); serve adapters of one kind together.")
     own = AutoTokenizer.from_pretrained(str(run_dir))
@@ -95,6 +95,15 @@ def _check_adapter(name: str, folder: str, base: str, base_load: dict, tokenizer
         raise AdapterError(f"{where}: its tokenizer's vocabulary differs from the base model's; it cannot share "
                            "the base. Serve it in a server of its own.")
     return runs.run_template(run_dir, cfg, own), cfg
+
+
+def same_loading(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two sets of `from_pretrained` keyword arguments load a base the same way. A quantization config is
+    compared by its fields (two equal BitsAndBytesConfig objects are not `==`)."""
+    def fields(kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {key: value.to_dict() if hasattr(value, "to_dict") else value for key, value in kwargs.items()}
+
+    return fields(a) == fields(b)
 
 
 def _processor(folder: str, base_processor: Any) -> Any:

@@ -1,19 +1,23 @@
 """The OpenAI request and response shapes the server speaks, and OpenAI's error shape.
 
-Requests are pydantic models: a field the server does not know is refused (400, naming it), and an
-option it knows but does not implement is accepted only at its neutral value (n=1, penalties 0, ...),
-so a client never gets an answer that silently ignored what it asked for.
+Requests are pydantic models in strict mode (max_tokens "5" or true is refused, as OpenAI refuses it): a
+field the server does not know is refused (400, naming it), and an option it knows but does not implement
+is accepted only at its neutral value (n=1, penalties 0, ...), so a client never gets an answer that
+silently ignored what it asked for. The rules beyond types (role order, tool results, surrogates) are in
+serve/rules.py; a broken rule is a validation error whose context names the field (`param`).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from sftune.generation import GenerationOptions
+from sftune.serve import rules
 
 
 class ApiError(Exception):
@@ -38,17 +42,37 @@ NEUTRAL = {"n": 1, "presence_penalty": 0, "frequency_penalty": 0, "logprobs": Fa
            "logit_bias": {}, "echo": False, "best_of": 1, "suffix": ""}
 
 
+def refused(err: rules.Refused) -> PydanticCustomError:
+    """A broken rule as a pydantic error whose context carries OpenAI's `param` (see server._error_handlers)."""
+    return PydanticCustomError("invalid_request", "{message}", {"message": str(err), "param": err.param})
+
+
+def _checked(rule: Callable[[Any], None], value: Any) -> Any:
+    """`value`, once `rule` holds for it."""
+    try:
+        rule(value)
+    except rules.Refused as err:
+        raise refused(err) from None
+    return value
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    include_usage: bool | None = None
+
+
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # OpenAI's int64; torch takes all of it
     stream: bool = False
-    stream_options: dict[str, Any] | None = None
+    stream_options: StreamOptions | None = None
     user: str | None = None  # an end-user id for the operator's logs; no effect on the answer
     n: int | None = 1
     presence_penalty: float | None = 0
@@ -56,6 +80,22 @@ class _Request(BaseModel):
     logprobs: bool | int | None = False
     top_logprobs: int | None = 0
     logit_bias: dict[str, float] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_lone_surrogates(cls, body: Any) -> Any:
+        found = rules.lone_surrogate(body)
+        if found is not None:
+            raise refused(rules.Refused(found, "holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape without "
+                                               "its pair), which is no text; send valid UTF-16 pairs or the "
+                                               "character itself"))
+        return body
+
+    @model_validator(mode="after")
+    def _stream_options_with_stream(self) -> "_Request":
+        if self.stream_options is not None and not self.stream:
+            raise refused(rules.Refused("stream_options", "is only allowed when stream is true"))
+        return self
 
     @field_validator("stop")
     @classmethod
@@ -85,7 +125,7 @@ class _Request(BaseModel):
 
     @property
     def include_usage(self) -> bool:
-        return bool((self.stream_options or {}).get("include_usage"))
+        return bool(self.stream_options and self.stream_options.include_usage)
 
 
 class ChatRequest(_Request):
@@ -97,6 +137,16 @@ class ChatRequest(_Request):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _openai_order(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return _checked(rules.check_messages, messages)
+
+    @field_validator("tools")
+    @classmethod
+    def _openai_tools(cls, tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        return tools if tools is None else _checked(rules.check_tools, tools)
 
     def unsupported(self) -> None:
         super().unsupported()
@@ -126,6 +176,11 @@ class CompletionRequest(_Request):
     echo: bool | None = False
     best_of: int | None = 1
     suffix: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_empty(cls, prompt: str | list[str]) -> str | list[str]:
+        return _checked(rules.check_prompt, prompt)
 
     @property
     def prompts(self) -> list[str]:

@@ -6,19 +6,23 @@
 /v1/chat/completions renders the messages with the served model's training template (tools too) and
 reads tool calls back with its family's syntax (a vision-language run also takes `image_url` parts
 holding data: URLs, see serve/images.py); /v1/completions takes raw text; /v1/models lists every
-name a request may ask for. Every error is answered in OpenAI's error shape, never with a traceback.
+name a request may ask for. Every error is answered in OpenAI's error shape, never with a traceback, and a
+request body can cause no 500: a body the rules refuse (protocol.py, rules.py) is a 400 naming the field,
+and anything unexpected while reading the body into a prompt is a 400 too (a 500 is left for the model's
+own failures). The API key, the body's size and its read deadline are checked before the app reads it
+(guard.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
-import secrets
-from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, AsyncIterator, Iterator
 
-from fastapi import Depends, FastAPI, Request as HttpRequest
+from fastapi import FastAPI, Request as HttpRequest
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
@@ -28,11 +32,15 @@ from sftune.serve import images
 from sftune.serve import tools as tool_calls
 from sftune.serve.adapters import Served, activate
 from sftune.serve.batching import Batcher, Request
+from sftune.serve.guard import Guard
 from sftune.serve.protocol import (ApiError, ChatRequest, CompletionRequest, chat_chunk, chat_message, error_body,
                                    new_id, now, usage)
 
 log = logging.getLogger("sftune.serve")
 DISCONNECT_POLL_S = 0.5  # how often a waiting non-streamed request checks that its client is still there
+MAX_BODY_MB = 8.0  # a request body's default limit: long chats and a few data-URL images fit
+BODY_TIMEOUT_S = 60.0  # a request body still arriving this long after the request began is refused (408)
+KEEP_ALIVE_S = 5  # an idle kept-alive connection is closed after this long
 
 
 def context_length(model: Any, tokenizer: Any) -> int:
@@ -46,8 +54,10 @@ def context_length(model: Any, tokenizer: Any) -> int:
 
 
 def create_app(model: Any, tokenizer: Any, names: dict[str, Served], *, api_key: str | None = None,
-               max_batch_size: int = 16, max_context: int | None = None) -> FastAPI:
-    """The FastAPI app answering as `names` (see adapters.load); its batcher runs while the app runs."""
+               max_batch_size: int = 16, max_context: int | None = None, max_body_bytes: int = int(MAX_BODY_MB * 2**20),
+               body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
+    """The FastAPI app answering as `names` (see adapters.load); its batcher runs while the app runs. With an
+    api_key every path but /health needs it (checked before the body is read, see guard.py)."""
     batcher = Batcher(model, tokenizer, lambda adapter: activate(model, adapter), max_batch_size=max_batch_size)
     limit = max_context or context_length(model, tokenizer)
 
@@ -59,29 +69,20 @@ def create_app(model: Any, tokenizer: Any, names: dict[str, Served], *, api_key:
 
     app = FastAPI(title="sftune", lifespan=lifespan)
     app.state.batcher = batcher
+    app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes, body_timeout_s=body_timeout_s)
     _error_handlers(app)
-
-    def authorized(request: HttpRequest) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        token = given[7:] if given.lower().startswith("bearer ") else ""
-        if not secrets.compare_digest(token.encode(), api_key.encode()):
-            raise ApiError(401, "invalid or missing API key: send it as the header 'Authorization: Bearer KEY' "
-                                "(the key given to `sftune serve --api-key` or SFTUNE_API_KEY)",
-                           code="invalid_api_key")
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
         """Liveness and load: requests in the running batch and waiting for it."""
         return {"status": "ok", **batcher.counts()}
 
-    @app.get("/v1/models", dependencies=[Depends(authorized)])
+    @app.get("/v1/models", )
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "sftune"}
                                            for name in names]}
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
+    @app.post("/v1/chat/completions", )
     async def chat_completions(body: ChatRequest, http: HttpRequest):
         body.unsupported()
         served = _served(names, body.model)
@@ -91,15 +92,13 @@ def create_app(model: Any, tokenizer: Any, names: dict[str, Served], *, api_key:
             raise ApiError(400, f"model {body.model!r} was trained with template {served.template.name!r}, which has "
                                 "no tool-call syntax; send the request without tools", param="tools")
         model_inputs = None
-        if served.processor is not None:
-            ids, model_inputs = images.prompt(body.messages, tools, served, model)
-        else:
-            images.refuse(body.messages, body.model)
-            try:
+        with _body_at_fault("messages"):
+            if served.processor is not None:
+                ids, model_inputs = images.prompt(body.messages, tools, served, model)
+            else:
+                images.refuse(body.messages, body.model)
                 prompt = served.template.render(body.messages, tools=tools, add_generation_prompt=True)
-            except (ValueError, KeyError, TypeError) as err:
-                raise ApiError(400, f"messages: {err}", param="messages") from None
-            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+                ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         request = Request(ids, body.options(_room(ids, body.requested_max_tokens, limit, "messages")),
                           frozenset(served.stop_token_ids), adapter=served.adapter, stream=body.stream and not tools,
                           model_inputs=model_inputs)
@@ -112,7 +111,7 @@ def create_app(model: Any, tokenizer: Any, names: dict[str, Served], *, api_key:
                              "finish_reason": "tool_calls" if calls else done.finish_reason}],
                 "usage": usage(done.prompt_tokens, done.completion_tokens)}
 
-    @app.post("/v1/completions", dependencies=[Depends(authorized)])
+    @app.post("/v1/completions", )
     async def completions(body: CompletionRequest, http: HttpRequest):
         body.unsupported()
         served = _served(names, body.model)
@@ -120,7 +119,8 @@ def create_app(model: Any, tokenizer: Any, names: dict[str, Served], *, api_key:
             raise ApiError(400, "stream takes one prompt; send a list of prompts without stream", param="prompt")
         requests = []
         for k, text in enumerate(body.prompts):
-            ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+            with _body_at_fault(f"prompt[{k}]"):
+                ids = tokenizer(text, add_special_tokens=True)["input_ids"]
             requests.append(Request(ids, body.options(_room(ids, body.requested_max_tokens, limit, f"prompt[{k}]")),
                                     frozenset(served.stop_token_ids), adapter=served.adapter, stream=body.stream))
         if body.stream:
@@ -132,6 +132,19 @@ def create_app(model: Any, tokenizer: Any, names: dict[str, Served], *, api_key:
                 "usage": usage(sum(d.prompt_tokens for d in done), sum(d.completion_tokens for d in done))}
 
     return app
+
+
+@contextmanager
+def _body_at_fault(field: str) -> Iterator[None]:
+    """Turn any error while reading the request's `field` into a prompt (render, tokenize) into a 400 naming it:
+    the body passed validation, so what fails here is the body's content, not the server."""
+    try:
+        yield
+    except ApiError:
+        raise
+    except Exception as err:  # noqa: BLE001  (a body must never cause a 500)
+        log.info("request refused while reading %s: %s: %s", field, type(err).__name__, err)
+        raise ApiError(400, f"{field}: {err}", param=field) from None
 
 
 def _served(names: dict[str, Served], model: str) -> Served:
@@ -250,13 +263,17 @@ def _error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def api_error(_: HttpRequest, err: ApiError) -> JSONResponse:
-        return JSONResponse(err.body(), status_code=err.status)
+        return ErrorResponse(err.body(), status_code=err.status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: HttpRequest, err: RequestValidationError) -> JSONResponse:
         problems, param = [], None
         for e in err.errors()[:5]:
             loc = ".".join(str(p) for p in e.get("loc", ())[1:] if p != "body") or "body"
+            if e.get("type") == "invalid_request":  # a broken rule (rules.py): its context names the field
+                param = param or e["ctx"]["param"]
+                problems.append(e["ctx"]["message"])
+                continue
             param = param or loc
             if e.get("type") == "json_invalid":
                 problems.append(f"the request body is not valid JSON ({e.get('ctx', {}).get('error', e['msg'])})")
@@ -264,30 +281,57 @@ def _error_handlers(app: FastAPI) -> None:
                 problems.append(f"{loc}: unknown field; this server takes the OpenAI fields it implements")
             else:
                 problems.append(f"{loc}: {e['msg']}")
-        return JSONResponse(error_body("; ".join(problems), param=param), status_code=400)
+        return ErrorResponse(error_body("; ".join(problems), param=param), status_code=400)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: HttpRequest, err: HTTPException) -> JSONResponse:
-        return JSONResponse(error_body(str(err.detail)), status_code=err.status_code)
+        return ErrorResponse(error_body(str(err.detail)), status_code=err.status_code)
 
     @app.exception_handler(Exception)
     async def unexpected(_: HttpRequest, err: Exception) -> JSONResponse:
         log.exception("unexpected error")  # the traceback goes to the server's log, never to the client
-        return JSONResponse(error_body(f"internal error ({type(err).__name__}): {err}", kind="server_error"),
-                            status_code=500)
+        return ErrorResponse(error_body(f"internal error ({type(err).__name__}): {err}", kind="server_error"),
+                             status_code=500)
+
+
+class ErrorResponse(JSONResponse):
+    """JSON written as ASCII: an error message quoting what a client sent stays valid whatever it held."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode("ascii")
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """A warning when the server is reachable beyond this machine and anyone reaching it may use it."""
+    if api_key:
+        return None
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any address
+        loopback = False
+    if loopback:
+        return None
+    return (f"warning: serving on {host} without an API key: anyone who can reach this address can use the model. "
+            "Set --api-key (or SFTUNE_API_KEY), or bind --host 127.0.0.1.")
 
 
 def serve(run_or_model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           adapters: dict[str, str] | None = None, max_batch_size: int = 16, template: str | None = None,
-          console: Any = None) -> None:
+          max_body_mb: float = MAX_BODY_MB, body_timeout_s: float = BODY_TIMEOUT_S, console: Any = None) -> None:
     """Load the run (and adapters on its base) once, then answer on host:port until interrupted."""
     import uvicorn
 
     from sftune.serve import adapters as adapters_module
 
+    warning = exposure_warning(host, api_key)
     model, tokenizer, names = adapters_module.load(run_or_model, adapters, template=template)
-    app = create_app(model, tokenizer, names, api_key=api_key, max_batch_size=max_batch_size)
+    app = create_app(model, tokenizer, names, api_key=api_key, max_batch_size=max_batch_size,
+                     max_body_bytes=int(max_body_mb * 2**20), body_timeout_s=body_timeout_s)
     if console is not None:
         console.print(f"serving {', '.join(names)} at http://{host}:{port}/v1 (batches of up to {max_batch_size}; "
                       f"API key {'required' if api_key else 'not required'})", highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    if warning and console is not None:
+        console.print(f"[yellow]{warning}[/yellow]", highlight=False)
+    elif warning:
+        log.warning(warning)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=KEEP_ALIVE_S)
