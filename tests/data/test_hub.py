@@ -70,7 +70,7 @@ def test_the_training_config_mixes_hub_datasets_with_files(hub_cache, tmp_path):
     hub_cache("me/alpaca", {"train": ALPACA})
     local = write_jsonl(tmp_path / "local.jsonl", CHATS)
     cfg = load(None, [f"data.train=[{local}, {{path: 'hub:me/alpaca', weight: 2}}]"])
-    conversations = read_entries(cfg.data.train, {"on_error": "raise"}, seed=0)
+    conversations = read_entries(cfg, "train", {"on_error": "raise"})
     assert sorted(c.meta["dataset"] for c in conversations) == ["hub:me/alpaca"] * 10 + ["local"] * 2
 
 
