@@ -36,8 +36,8 @@ def main(out: Path) -> None:
     total = count_trained_tokens(batches)
 
     def loss_of(model, b):
-        hidden, targets, weights, head, softcap = trained_hidden_states(model, b)
-        return linear_cross_entropy(hidden, head, targets, weights, softcap=softcap), is_sharded(head.weight)
+        hidden, targets, weights, head, rule, _ = trained_hidden_states(model, b)
+        return linear_cross_entropy(hidden, head, targets, weights, logit_rule=rule), is_sharded(head.weight)
 
     reference = tiny_model("llama", vocab_size=512).train()
     reference.set_attn_implementation(attention.register())

@@ -40,8 +40,8 @@ def test_compiled_layers_give_the_eager_loss_and_gradients(tmp_path, monkeypatch
         model = apply_method(tiny_model("llama"), MethodConfig(name="lora", r=4), verbose=False)
         if compiled:
             compile_layers(model)
-        hidden, targets, _, head, softcap = trained_hidden_states(model, batch)
-        loss = linear_token_loss(hidden, head, targets, softcap=softcap)
+        hidden, targets, _, head, rule, _ = trained_hidden_states(model, batch)
+        loss = linear_token_loss(hidden, head, targets, logit_rule=rule)
         loss.backward()
         results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
     (eager, eager_grads), (compiled, compiled_grads) = results

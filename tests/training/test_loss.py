@@ -24,8 +24,8 @@ def test_loss_and_gradients_equal_transformers_reference(arch):
     want = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
 
-    hidden, targets, weights, head, softcap = trained_hidden_states(model, {"input_ids": ids, "labels": labels})
-    loss = linear_cross_entropy(hidden, head, targets, weights, softcap=softcap, chunk_size=7) / targets.numel()
+    hidden, targets, weights, head, rule, _ = trained_hidden_states(model, {"input_ids": ids, "labels": labels})
+    loss = linear_cross_entropy(hidden, head, targets, weights, logit_rule=rule, chunk_size=7) / targets.numel()
     loss.backward()
     assert loss.item() == pytest.approx(reference.item(), abs=1e-5)
     for name, param in model.named_parameters():
@@ -63,5 +63,5 @@ def test_pack_boundary_is_never_a_target():
     """The last token of one packed sequence must not be trained to predict the next sequence's first."""
     rows = [{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]}]
     model = tiny_model("llama", vocab_size=VOCAB)
-    _, targets, _, _, _ = trained_hidden_states(model, padding_free_collate(rows))
+    targets = trained_hidden_states(model, padding_free_collate(rows)).targets
     assert targets.tolist() == [6, 7, 9]

@@ -89,8 +89,8 @@ def test_through_the_model_with_packing_equals_each_sequence_alone(name, arch):
     model = tiny_model(arch, vocab_size=VOCAB, **extra).train()
     rows = encoded_examples(3, seed=2)
     loss_fn = objectives.token_loss_for(name)
-    hidden, targets, weights, head, softcap = trained_hidden_states(model, padding_free_collate(rows))
-    linear_token_loss(hidden, head, targets, weights, token_loss=loss_fn, softcap=softcap, chunk_size=5).backward()
+    hidden, targets, weights, head, rule, _ = trained_hidden_states(model, padding_free_collate(rows))
+    linear_token_loss(hidden, head, targets, weights, token_loss=loss_fn, logit_rule=rule, chunk_size=5).backward()
     packed = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     for row in rows:

@@ -26,8 +26,8 @@ def _batch(processor, images):
 
 def _backward(model, batch):
     model.train()
-    hidden, targets, _, head, softcap = trained_hidden_states(model, batch)
-    loss = linear_cross_entropy(hidden, head, targets, softcap=softcap) / len(targets)
+    hidden, targets, _, head, rule, _ = trained_hidden_states(model, batch)
+    loss = linear_cross_entropy(hidden, head, targets, logit_rule=rule) / len(targets)
     loss.backward()
     assert torch.isfinite(loss)
     return {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}

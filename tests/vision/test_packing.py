@@ -72,8 +72,8 @@ def test_packed_sequences_equal_each_sequence_alone(family, attn, vlm_folder, im
     assert not torch.allclose(text_only[0, s:e], packed[with_images[0]][1], atol=1e-3)
 
     # sftune's training loss over the pack is the token-weighted mean of the sequences' losses alone
-    hidden, targets, _, head, softcap = trained_hidden_states(model, batch)
-    loss = linear_cross_entropy(hidden, head, targets, softcap=softcap) / len(targets)
+    hidden, targets, _, head, rule, _ = trained_hidden_states(model, batch)
+    loss = linear_cross_entropy(hidden, head, targets, logit_rule=rule) / len(targets)
     alone_tokens = sum(int((shifted_targets(collate([rows[k]], processor=processor, pad_token_id=0)) != -100).sum())
                        for k in order)
     assert len(targets) == alone_tokens

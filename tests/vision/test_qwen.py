@@ -35,8 +35,8 @@ def test_qwen_trains_language_model_with_vision_frozen(family, method, smollm2_t
     assert parts == {"language": "model.language_model", "vision": "model.visual", "projector": "model.visual.merger"}
     model = vision_methods.apply(model, MethodConfig(name=method))
     model.train()
-    hidden, targets, _, head, softcap = trained_hidden_states(model, batch)
-    loss = linear_cross_entropy(hidden, head, targets, softcap=softcap) / len(targets)
+    hidden, targets, _, head, rule, _ = trained_hidden_states(model, batch)
+    loss = linear_cross_entropy(hidden, head, targets, logit_rule=rule) / len(targets)
     loss.backward()
     moved = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert torch.isfinite(loss) and moved

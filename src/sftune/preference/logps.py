@@ -12,24 +12,32 @@ import torch
 
 from sftune import attention
 from sftune.encode import IGNORE
-from sftune.training.loss import _logit_chunks, _output_model, chunk_size_for, shifted_targets, trained_hidden_states
+from sftune.training.loss import (
+    PLAIN,
+    LogitRule,
+    _logit_chunks,
+    _output_model,
+    chunk_size_for,
+    shifted_targets,
+    trained_hidden_states,
+)
 
 NOT_MODEL_INPUTS = ("sequence_ids", "ref_chosen", "ref_rejected")
 
 
 class _TokenLogps(torch.autograd.Function):
-    """log softmax(h_i @ W.T + b)[y_i] for each row i, chunk by chunk, logits recomputed in backward."""
+    """log softmax(rule(h_i @ W.T + b))[y_i] for each row i, chunk by chunk, logits recomputed in backward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_size, softcap):
+    def forward(ctx, hidden, weight, bias, targets, chunk_size, rule):
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         lses = torch.empty_like(out)
-        for rows, z, _ in _logit_chunks(hidden, weight, bias, chunk_size, softcap):
+        for rows, z, _ in _logit_chunks(hidden, weight, bias, chunk_size, rule):
             lse = torch.logsumexp(z, dim=-1)
             out[rows] = z.gather(1, targets[rows, None]).squeeze(1) - lse
             lses[rows] = lse
         ctx.save_for_backward(hidden, weight, bias, targets, lses)
-        ctx.chunk_size, ctx.softcap = chunk_size, softcap
+        ctx.chunk_size, ctx.rule = chunk_size, rule
         return out
 
     @staticmethod
@@ -40,11 +48,11 @@ class _TokenLogps(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
-        for rows, z, tanh in _logit_chunks(hidden, weight, bias, ctx.chunk_size, ctx.softcap):
+        for rows, z, tanh in _logit_chunks(hidden, weight, bias, ctx.chunk_size, ctx.rule):
             y = targets[rows]
             g = z.sub_(lses[rows, None]).exp_().neg_()  # d logp / d z = onehot - softmax
             g[torch.arange(len(y), device=y.device), y] += 1.0
-            g.mul_(grad_out[rows, None])
+            g.mul_(grad_out[rows, None] * ctx.rule.scale)
             if tanh is not None:
                 g.mul_(1.0 - tanh * tanh)
             if need_h:
@@ -58,10 +66,11 @@ class _TokenLogps(torch.autograd.Function):
 
 
 def token_logps(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, *,
-                softcap: float | None = None, chunk_size: int | None = None) -> torch.Tensor:
-    """[n] log-probability of each target under `head(hidden)`; differentiable in hidden and the head."""
+                logit_rule: LogitRule = PLAIN, chunk_size: int | None = None) -> torch.Tensor:
+    """[n] log-probability of each target under the model's logits (`logit_rule` applied to `head(hidden)`);
+    differentiable in hidden and the head."""
     weight, bias = head.weight, getattr(head, "bias", None)
-    return _TokenLogps.apply(hidden, weight, bias, targets, chunk_size or chunk_size_for(weight.shape[0]), softcap)
+    return _TokenLogps.apply(hidden, weight, bias, targets, chunk_size or chunk_size_for(weight.shape[0]), logit_rule)
 
 
 def _check_branches(model, position_ids: torch.Tensor | None) -> None:
@@ -81,11 +90,11 @@ def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     """(summed log-prob of each sequence's trained tokens [2B], their number [2B]) for a batch of pairs."""
     inputs = {k: v for k, v in batch.items() if k not in NOT_MODEL_INPUTS}
     _check_branches(model, inputs.get("position_ids"))
-    hidden, targets, _, head, softcap = trained_hidden_states(model, inputs)
+    hidden, targets, _, head, rule, _ = trained_hidden_states(model, inputs)
     mask = shifted_targets(inputs) != IGNORE
     sequence = batch["sequence_ids"][:, 1:][mask]
     count = int(batch["sequence_ids"].max()) + 1
-    logps = token_logps(hidden, head, targets, softcap=softcap)
+    logps = token_logps(hidden, head, targets, logit_rule=rule)
     sums = torch.zeros(count, dtype=logps.dtype, device=logps.device).index_add(0, sequence, logps)
     tokens = torch.bincount(sequence, minlength=count)
     return sums, tokens

@@ -3,11 +3,16 @@
 Position t predicts labels[t + 1]. The hidden states at trained positions are gathered before the
 output layer and turned into logits a chunk at a time, so peak memory is one chunk of fp32 logits.
 Dividing by the trained tokens of a whole optimizer step is the trainer's job (see trainer.py).
+
+The logits are the model's own: some families scale them or soft-cap them after the output layer
+(`logit_rule`), and a mixture-of-experts model whose config turns on `output_router_logits` adds its
+router load-balancing loss (`TrainedStates.aux_loss`), as `model(labels=...).loss` does.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 
@@ -15,13 +20,69 @@ from sftune.encode import IGNORE
 from sftune.packing import text_positions
 
 
+@dataclass(frozen=True)
+class LogitRule:
+    """What a model does to its output layer's values before its own loss: multiply by `scale`, then
+    soft-cap to softcap * tanh(z / softcap) where `softcap` is set."""
+
+    scale: float = 1.0
+    softcap: float | None = None
+
+    def apply(self, z: torch.Tensor) -> torch.Tensor:
+        """The model's logits from the output layer's values z (for paths that hold all logits at once)."""
+        if self.scale != 1.0:
+            z = z * self.scale
+        if self.softcap:
+            z = torch.tanh(z / self.softcap) * self.softcap
+        return z
+
+
+PLAIN = LogitRule()
+
+# model_type -> (config field, True to multiply the logits by it / False to divide), as each family's
+# forward in transformers does; the field is read in the text config of a vision-language model.
+# MiniCPM3 divides the final hidden states, the same thing for its output layer without a bias.
+LOGIT_SCALES: dict[str, tuple[str, bool]] = {
+    **dict.fromkeys(("cohere", "cohere2", "cohere2_moe", "cohere_compass", "cohere_compass_text"), ("logit_scale", True)),
+    **dict.fromkeys(("granite", "granite_swa", "granitemoe", "granitemoe_swa", "granitemoehybrid", "granitemoeshared",
+                     "granite4_vision", "granite_docling", "minicpm3"), ("logits_scaling", False)),
+    **dict.fromkeys(("hyperclovax", "hyperclovax_vision_v2"), ("logits_scaling", True)),
+    "falcon_h1": ("lm_head_multiplier", True),
+}
+# model_type -> its config's final soft-cap field where it is not `final_logit_softcapping`
+SOFTCAP_FIELDS: dict[str, str] = {"recurrent_gemma": "logits_soft_cap"}
+
+
+def logit_rule(model: torch.nn.Module) -> LogitRule:
+    """How `model` (a transformers causal LM, under any peft / DDP wrapper) post-processes its output
+    layer's values into the logits of its own loss: a scale and a final soft-cap, read from its config."""
+    config = _output_model(model).config
+    text = config.get_text_config()
+    scale = 1.0
+    if config.model_type in LOGIT_SCALES:
+        field, multiplies = LOGIT_SCALES[config.model_type]
+        value = getattr(text, field, None)
+        if value is not None:
+            scale = float(value) if multiplies else 1.0 / float(value)
+    field = SOFTCAP_FIELDS.get(config.model_type, "final_logit_softcapping")
+    softcap = getattr(config, field, None) or getattr(text, field, None)
+    return LogitRule(scale, float(softcap) if softcap else None)
+
+
 def _logit_chunks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, chunk_size: int,
-                  softcap: float | None) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor | None]]:
-    """(rows, fp32 logits of those rows, tanh of the soft-cap or None), one chunk of rows at a time."""
+                  rule: LogitRule) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor | None]]:
+    """(rows, fp32 logits of those rows, tanh of the soft-cap or None), one chunk of rows at a time.
+
+    The scale is folded into the chunk's states ([rows, H], not [rows, V]) and the bias term; the gradient
+    on the output layer's values is then the gradient on the logits times the scale (callers fold it
+    into their per-row factor)."""
+    softcap = rule.softcap
     for start in range(0, hidden.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
         h = hidden[rows].to(weight.dtype)  # a bf16 head (frozen base held in bf16) takes bf16 states
-        z = (h @ weight.T if bias is None else torch.addmm(bias, h, weight.T)).float()
+        if rule.scale != 1.0:
+            h = h * rule.scale
+        z = (h @ weight.T if bias is None else torch.addmm(bias, h, weight.T, beta=rule.scale)).float()
         tanh = None
         if softcap:
             tanh = torch.tanh(z / softcap)
@@ -38,7 +99,7 @@ class _LinearTokenLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, token_weights, chunk_size, softcap, want_grad, token_loss):
+    def forward(ctx, hidden, weight, bias, targets, token_weights, chunk_size, rule, want_grad, token_loss):
         need_h = want_grad and hidden.requires_grad
         need_w = want_grad and weight.requires_grad
         need_b = want_grad and bias is not None and bias.requires_grad
@@ -46,13 +107,13 @@ class _LinearTokenLoss(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
-        for rows, z, tanh in _logit_chunks(hidden, weight, bias, chunk_size, softcap):
+        for rows, z, tanh in _logit_chunks(hidden, weight, bias, chunk_size, rule):
             y, w = targets[rows], token_weights[rows]
             losses, g = token_loss(z, y, need_h or need_w or need_b)  # g may be written over z
             total += (losses * w).sum()
             if g is not None:
-                g.mul_(w[:, None])
-                if softcap:
+                g.mul_((w * rule.scale)[:, None])
+                if tanh is not None:
                     g.mul_(1.0 - tanh * tanh)
                 if need_h:
                     grad_h[rows] = g.to(weight.dtype) @ weight
@@ -87,15 +148,16 @@ def linear_cross_entropy(
     targets: torch.Tensor,
     token_weights: torch.Tensor | None = None,
     *,
-    softcap: float | None = None,
+    logit_rule: LogitRule = PLAIN,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Summed (weighted) cross-entropy of `head(hidden)` against `targets`, one chunk at a time.
+    """Summed (weighted) cross-entropy of the logits `logit_rule` makes of `head(hidden)` against
+    `targets`, one chunk at a time.
 
     hidden: [n, H] states at trained positions only; head: the model's output layer (nn.Linear);
     targets: [n] token ids. Differentiable in `hidden` and in the head's weight and bias.
     """
-    return linear_token_loss(hidden, head, targets, token_weights, softcap=softcap, chunk_size=chunk_size)
+    return linear_token_loss(hidden, head, targets, token_weights, logit_rule=logit_rule, chunk_size=chunk_size)
 
 
 def linear_token_loss(
@@ -105,7 +167,7 @@ def linear_token_loss(
     token_weights: torch.Tensor | None = None,
     *,
     token_loss: Callable | None = None,
-    softcap: float | None = None,
+    logit_rule: LogitRule = PLAIN,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Summed (weighted) `token_loss` of `head(hidden)` against `targets`, one chunk at a time
@@ -119,7 +181,7 @@ def linear_token_loss(
         if token_loss is not None and token_loss is not ce.token_loss:
             raise ValueError("train.loss other than ce needs the output layer's weight whole; with ZeRO-3 / FSDP "
                              "sharding it is split over processes: use train.loss=ce, or ZeRO-2 / DDP")
-        return _through_head(hidden, head, targets, token_weights.float(), softcap)
+        return _through_head(hidden, head, targets, token_weights.float(), logit_rule)
     return _LinearTokenLoss.apply(
         hidden,
         weight,
@@ -127,7 +189,7 @@ def linear_token_loss(
         targets,
         token_weights.float(),
         chunk_size or chunk_size_for(weight.shape[0]),
-        softcap,
+        logit_rule,
         torch.is_grad_enabled(),
         token_loss or ce.token_loss,
     )
@@ -142,29 +204,25 @@ def is_sharded(weight: torch.Tensor) -> bool:
 
 
 def _through_head(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, token_weights: torch.Tensor,
-                  softcap: float | None) -> torch.Tensor:
+                  rule: LogitRule) -> torch.Tensor:
     """The same summed cross-entropy through `head`'s forward, for a sharded output layer; it holds
     all trained positions' fp32 logits at once (more memory than the chunked path)."""
-    z = head(hidden).float()
-    if softcap:
-        z = torch.tanh(z / softcap) * softcap
+    z = rule.apply(head(hidden).float())
     return (torch.nn.functional.cross_entropy(z, targets, reduction="none") * token_weights).sum()
 
 
 @torch.no_grad()
 def token_stats(
-    hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, *, softcap: float | None = None,
+    hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, *, logit_rule: LogitRule = PLAIN,
     chunk_size: int | None = None,
 ) -> tuple[float, int]:
     """(summed cross-entropy, number of argmax hits) over the given positions, chunk by chunk."""
     weight, bias = head.weight, getattr(head, "bias", None)
     loss, correct = 0.0, 0
     if is_sharded(weight):
-        z = head(hidden).float()
-        if softcap:
-            z = torch.tanh(z / softcap) * softcap
+        z = logit_rule.apply(head(hidden).float())
         return torch.nn.functional.cross_entropy(z, targets, reduction="sum").item(), int((z.argmax(-1) == targets).sum())
-    for rows, z, _ in _logit_chunks(hidden, weight, bias, chunk_size or chunk_size_for(weight.shape[0]), softcap):
+    for rows, z, _ in _logit_chunks(hidden, weight, bias, chunk_size or chunk_size_for(weight.shape[0]), logit_rule):
         y = targets[rows]
         loss += torch.nn.functional.cross_entropy(z, y, reduction="sum").item()
         correct += int((z.argmax(-1) == y).sum())
@@ -198,9 +256,33 @@ def _output_model(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def trained_hidden_states(model, batch: dict[str, torch.Tensor]):
-    """Run the model; return (hidden states at trained positions [n, H], their targets [n],
-    loss weights [n] or None, output layer, logit softcap).
+class TrainedStates(NamedTuple):
+    """One forward pass, ready for the loss: what `trained_hidden_states` returns."""
+
+    hidden: torch.Tensor  # [n, H] final hidden states at trained positions
+    targets: torch.Tensor  # [n] the token each predicts
+    weights: torch.Tensor | None  # [n] loss weights, or None
+    head: torch.nn.Module  # the output layer
+    logit_rule: LogitRule  # the model's scale and soft-cap of its logits
+    aux_loss: torch.Tensor | None  # the model's router loss times its coefficient, where its config turns it on
+
+
+def router_aux_coef(model: torch.nn.Module) -> float:
+    """The coefficient the model's own loss puts on its router load-balancing loss."""
+    inner = _output_model(model)
+    for source in (inner, inner.config, inner.config.get_text_config()):
+        for field in ("router_aux_loss_coef", "aux_loss_coef"):  # JetMoe names it aux_loss_coef
+            value = getattr(source, field, None)
+            if value is not None:
+                return float(value)
+    raise ValueError(f"{type(inner).__name__} returned a router aux loss but its config has no router_aux_loss_coef")
+
+
+def trained_hidden_states(model, batch: dict[str, torch.Tensor]) -> TrainedStates:
+    """Run the model; return its hidden states at trained positions, their targets and loss weights,
+    the output layer, the model's logit rule, and its weighted router loss (None unless the model's
+    config sets output_router_logits, which makes the model compute it: transformers' own load-balancing
+    loss, over all positions of the batch, as `model(labels=...).loss` adds it).
 
     The model computes no logits at all (`logits_to_keep` an empty index: the output layer runs on zero
     positions); the loss applies the output layer itself, chunk by chunk, on trained positions only.
@@ -215,14 +297,12 @@ def trained_hidden_states(model, batch: dict[str, torch.Tensor]):
     targets = shifted_targets(batch)
     mask = targets != IGNORE
     weights = batch.get("loss_weights")
-    inner = _output_model(model)
-    softcap = getattr(inner.config, "final_logit_softcapping", None) or getattr(
-        getattr(inner.config, "text_config", None), "final_logit_softcapping", None
-    )
-    return (
+    aux = getattr(outputs, "aux_loss", None)
+    return TrainedStates(
         hidden[:, :-1][mask],
         targets[mask],
         None if weights is None else weights[:, 1:][mask],
-        inner.get_output_embeddings(),
-        softcap,
+        _output_model(model).get_output_embeddings(),
+        logit_rule(model),
+        None if aux is None else router_aux_coef(model) * aux,
     )

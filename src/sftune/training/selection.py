@@ -114,12 +114,10 @@ def response_logits(model: Any, batch: dict[str, torch.Tensor]) -> list[torch.Te
     was_training = model.training
     model.eval()
     try:
-        hidden, _, _, head, softcap = trained_hidden_states(model, batch)
+        hidden, _, _, head, rule, _ = trained_hidden_states(model, batch)
     finally:
         model.train(was_training)
-    z = head(hidden.to(head.weight.dtype)).float()  # a bf16 base: bf16 states into its bf16 head
-    if softcap:
-        z = torch.tanh(z / softcap) * softcap
+    z = rule.apply(head(hidden.to(head.weight.dtype)).float())  # a bf16 base: bf16 states into its bf16 head
     trained = shifted_targets(batch) != IGNORE
     if is_packed(batch):  # [1, T]: the sequence of each predicting position t (it and t + 1 are one sequence)
         starts = batch["position_ids"][0, :-1] == 0

@@ -168,11 +168,12 @@ class SFTTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         rollout, rollout_tokens = inputs.pop("rollout", None), inputs.pop("rollout_tokens", None)
-        hidden, targets, weights, head, softcap = trained_hidden_states(model, inputs)
-        loss_sum = linear_token_loss(hidden, head, targets, weights, token_loss=self.token_loss, softcap=softcap)
+        states = trained_hidden_states(model, inputs)
+        loss_sum = linear_token_loss(states.hidden, states.head, states.targets, states.weights,
+                                     token_loss=self.token_loss, logit_rule=states.logit_rule)
         in_training = num_items_in_batch is not None
         if not in_training:  # called outside the training loop: this batch alone
-            num_items_in_batch = max(int(targets.numel()), 1)
+            num_items_in_batch = max(int(states.targets.numel()), 1)
             scale = 1
         else:
             scale = self.accelerator.num_processes  # DDP averages gradients over processes
@@ -182,10 +183,26 @@ class SFTTrainer(Trainer):
             mu = chord.mu_at(self.state.global_step, c.mu_peak, c.mu_valley, c.mu_warmup_steps, c.mu_decay_steps)
             loss = mu * loss
             if rollout is not None:  # advantage-weighted cross-entropy: the GRPO gradient at ratio 1
-                h, t, w, head, softcap = trained_hidden_states(model, rollout)
-                grpo_sum = linear_token_loss(h, head, t, w, softcap=softcap)
+                h, t, w, head, rule, _ = trained_hidden_states(model, rollout)
+                grpo_sum = linear_token_loss(h, head, t, w, logit_rule=rule)
                 loss = loss + (1.0 - mu) * grpo_sum * scale / rollout_tokens.clamp(min=1)
+        if states.aux_loss is not None:
+            loss = loss + self._step_share(states.aux_loss, in_training)
         return (loss, None) if return_outputs else loss
+
+    def _step_share(self, aux_loss: torch.Tensor, in_training: bool) -> torch.Tensor:
+        """The router loss (coefficient included) of one micro-batch, as its share of the optimizer step.
+
+        The model's router loss is a mean over its micro-batch, so the step's loss takes the mean over the
+        step's micro-batches: each adds 1 / (its step's micro-batch count). It is not multiplied by the
+        number of processes like the token loss (whose denominator counts every process's tokens): DDP's
+        gradient average is already the mean over processes. Logged apart as `aux_loss`, the mean
+        per micro-batch over the logging interval.
+        """
+        if not in_training:
+            return aux_loss
+        self._objective_logs.setdefault("aux_loss", []).append(aux_loss.detach())
+        return aux_loss / self.current_gradient_accumulation_steps
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         # peft's LoRA layers copy their input to the adapter's dtype (fp32) before the adapter's matmuls;
@@ -225,8 +242,8 @@ class SFTTrainer(Trainer):
             for batch in dataloader:
                 batch = self._prepare_inputs(batch)
                 with self.compute_loss_context_manager():
-                    hidden, targets, _, head, softcap = trained_hidden_states(model, batch)
-                    loss, correct = token_stats(hidden, head, targets, softcap=softcap)
+                    hidden, targets, _, head, rule, _ = trained_hidden_states(model, batch)
+                    loss, correct = token_stats(hidden, head, targets, logit_rule=rule)
                 totals += torch.tensor([loss, correct, targets.numel()], dtype=torch.float64)
         if self.accelerator.num_processes > 1:
             totals = self.accelerator.reduce(totals.to(self.args.device), reduction="sum").cpu()
@@ -294,7 +311,7 @@ class SFTTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             for name, values in self._objective_logs.items():
-                logs[name] = round(sum(values) / len(values), 4)
+                logs[name] = round(float(sum(values) / len(values)), 4)  # aux_loss's values are tensors: one sync here
             self._objective_logs = {}
         if "loss" in logs and self.trained_tokens:
             logs["trained_tokens"] = self.trained_tokens
