@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 import torch
@@ -81,33 +82,91 @@ def _process_state() -> dict:
     }
 
 
-# Library threads that wait idle once started, by design: anyio's worker pool (starlette runs sync handlers
-# there) and tqdm's monitor (wakes every 10 s).
-IDLE_LIBRARY_THREADS = ("AnyIO worker thread", "tqdm_monitor")
 # huggingface_hub sends telemetry from a thread (TRL's trainers call it); nothing here may reach a hub.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+WAITING = {("threading.py", "wait"), ("queue.py", "get"), ("selectors.py", "select"), ("threading.py", "_wait_for_tstate_lock")}
 
 
-def _live_threads() -> set[str]:
-    return {f"{t.name} ({type(t).__name__})" for t in threading.enumerate()
-            if t.is_alive() and not t.name.startswith(IDLE_LIBRARY_THREADS)}
+def _busy_new_threads(before: set[threading.Thread]) -> list[str]:
+    """Threads started since `before` that run Python code now. A pool's idle worker (anyio's, inductor's
+    compile pool, tqdm's monitor) waits on a lock or a queue and costs nothing; one that computes takes the
+    GIL from every test after it."""
+    import sys
+
+    frames = sys._current_frames()
+    busy = []
+    for thread in threading.enumerate():
+        frame = frames.get(thread.ident)
+        if thread in before or frame is None or not thread.is_alive():
+            continue
+        if (os.path.basename(frame.f_code.co_filename), frame.f_code.co_name) not in WAITING:
+            busy.append(thread)
+    return busy
+
+
+def _adopt_orphans() -> None:
+    """Make this process the child subreaper (Linux): a process that a test's child leaves behind when it is
+    killed (a benchmark's workers after a timeout) becomes this process's child, so the check below sees it."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+_adopt_orphans()
+
+
+def _live_children() -> dict[int, str]:
+    """Descendant processes still running (zombies are reaped here: adopted orphans are nobody else's to wait)."""
+    import psutil
+
+    alive = {}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(child.pid, os.WNOHANG)
+                continue
+            alive[child.pid] = " ".join(child.cmdline())[:200] or child.name()
+        except (psutil.NoSuchProcess, ChildProcessError):
+            pass
+    return alive
+
+
+def _stop(pids: list[int]) -> None:
+    import psutil
+
+    for pid in pids:
+        try:
+            psutil.Process(pid).kill()
+            os.waitpid(pid, 0)
+        except (psutil.NoSuchProcess, ChildProcessError):
+            pass
 
 
 @pytest.fixture(autouse=True)
 def _leaves_the_process_as_it_found_it(request):
     """Fails a test that changes torch's process-wide state, or leaves a thread of its own running: the cause
     of a later test running many times slower in the suite than alone (SFTUNE_TEST_STATE=report: print only)."""
-    state, threads = _process_state(), _live_threads()
+    state, threads, children = _process_state(), set(threading.enumerate()), _live_children()
     yield
+    left_running = {pid: command for pid, command in _live_children().items() if pid not in children}
+    if left_running:  # a process that is exiting gets a moment
+        for _ in range(20):
+            time.sleep(0.1)
+            left_running = {pid: c for pid, c in _live_children().items() if pid in left_running}
+            if not left_running:
+                break
+        _stop(list(left_running))  # one offender must not slow every later test (two busy OpenMP pools on
+        # the same cores spin against each other: many times slower, not two)
     changed = {k: (v, after) for (k, v), after in zip(state.items(), _process_state().values()) if v != after}
-    left = _live_threads() - threads
-    if left:  # threads that are ending (a server joining) get a moment
-        for thread in threading.enumerate():
-            if f"{thread.name} ({type(thread).__name__})" in left:
-                thread.join(timeout=2)
-        left = _live_threads() - threads
+    for thread in _busy_new_threads(threads):  # threads that are ending (a server joining) get a moment
+        thread.join(timeout=2)
+    left = [f"{t.name} ({type(t).__name__})" for t in _busy_new_threads(threads)]
     problems = [f"{k}: {a} before, {b} after" for k, (a, b) in changed.items()]
     problems += [f"thread still running: {name}" for name in sorted(left)]
+    problems += [f"process still running (killed now): {command}" for command in left_running.values()]
     if not problems:
         return
     message = f"{request.node.nodeid} left the test process changed: " + "; ".join(problems)

@@ -68,3 +68,7 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path, tiny_checkpoint):
 
     with pytest.raises(NonFiniteLossError, match=r"step 2\b"):
         train(_config(tmp_path, tiny_checkpoint, {"name": "full"}, "nan"), callbacks=[PoisonAt(1)])
+    # the progress line stopped with the run (its refresh thread redrew a dead line for the rest of the process)
+    import threading
+
+    assert not [t for t in threading.enumerate() if type(t).__name__ == "_RefreshThread"]
