@@ -33,7 +33,11 @@ def test_local_folder_round_trip_gives_same_logits(tmp_path, arch, smollm2_token
 
 
 def test_unknown_hub_id_offline_is_a_clear_error(monkeypatch):
+    from huggingface_hub import constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read once, when huggingface_hub was imported: the
+    # variable alone left this test waiting 47 s on network retries
     with pytest.raises(models.ModelNotAvailableError) as err:
         models.load("nobody-here/no-such-model-xyz")
     message = str(err.value)
