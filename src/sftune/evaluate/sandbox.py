@@ -4,23 +4,16 @@
     result.passed, result.status ("passed" / "failed" / "timeout" / "killed"), result.stderr, result.seconds
 
 What contains a program (each layer is reported in `result.containment`):
-  - a separate process in its own session and process group, killed as a whole (SIGKILL) on the wall-clock
-    timeout and swept again when it ends, so no child outlives it;
-  - a fresh temporary folder as its working directory, removed afterwards; an environment with nothing of
-    the caller's (no tokens, no proxies), Python in isolated mode (-I: no user site, no PYTHON* variables);
-  - `resource` limits: CPU seconds, address space (memory), size of any file written, number of processes;
-  - where the OS allows: `unshare --net --pid` (a network namespace with no interface up: nothing is
-    reachable, not even 127.0.0.1; a PID namespace: every process of the program dies with it), and, as
-    root, a pids cgroup (the kernel does not apply RLIMIT_NPROC to root);
-  - a Python audit hook installed before the program runs that refuses writing, renaming, deleting or
-    changing files outside the temporary folder, socket connect/bind/send, starting processes (fork,
-    exec, subprocess, os.system), signalling other processes, and ctypes.
+  - where `bwrap` works (a one-time probe): bubblewrap, as user 65534 without capabilities in its own user, mount,
+    PID, network, IPC, UTS and cgroup namespaces; the system and this Python read-only, a fresh /proc, only its
+    temporary folder writable, a cleared environment. This is the security boundary; code benchmarks refuse to
+    run without it (UnsafeExecError) unless the user passes --unsafe-exec (`require_isolation`);
+  - a separate process in its own session, killed as a whole (SIGKILL) on the wall-clock timeout and swept again;
+  - `resource` limits: CPU seconds, address space, size of any file written, number of processes; as root a pids
+    cgroup; without bubblewrap `unshare --net --pid` where the OS allows;
+  - a Python audit hook refusing writes outside the folder, sockets, new processes, signals and ctypes.
 
-What is NOT contained: this is not a security boundary against a determined attacker. The audit hook is
-Python-level (C extensions and interpreter bugs get around it); without `unshare` the network is reachable
-from native code; reading files is allowed everywhere the user may read; as root the program runs as root
-(use a container or an unprivileged user for hostile code). It is meant for model-written code that is
-wrong, slow or careless, as HumanEval's own harness is.
+Without bubblewrap this is NOT a security boundary (see NOT_CONTAINED_UNSAFE and docs/evaluation.md).
 """
 
 from __future__ import annotations
