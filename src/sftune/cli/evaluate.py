@@ -39,17 +39,21 @@ def eval_command(
                                           "lm-evaluation-harness instead."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Prompts per generation batch."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Longest answer generated."),
+    unsafe_exec: bool = typer.Option(False, "--unsafe-exec", help="Run generated code (HumanEval) even where "
+                                     "bubblewrap cannot isolate it: it can then read your files and other processes' "
+                                     "environment."),
 ) -> None:
     """Evaluate a fine-tuned run against its base model: scores, deltas with confidence intervals, what it forgot."""
-    from sftune.evaluate import compare, report
+    from sftune.evaluate import compare, report, sandbox
 
     options = {"data_dir": str(data_dir) if data_dir else None, "judge_url": judge_url, "judge_model": judge_model,
-               "harness": harness, "batch_size": batch_size, "max_new_tokens": max_new_tokens}
+               "harness": harness, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+               "unsafe_exec": unsafe_exec or None}
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     try:
         result, paths = compare.compare(model, base=base, tasks=names, limit=limit, out_dir=out,
                                         options={k: v for k, v in options.items() if v is not None}, console=console)
-    except compare.EvalError as err:
+    except (compare.EvalError, sandbox.UnsafeExecError) as err:
         if quiet.is_verbose():
             raise
         console.print(f"[red]error:[/red] {err}")

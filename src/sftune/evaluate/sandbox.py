@@ -4,23 +4,16 @@
     result.passed, result.status ("passed" / "failed" / "timeout" / "killed"), result.stderr, result.seconds
 
 What contains a program (each layer is reported in `result.containment`):
-  - a separate process in its own session and process group, killed as a whole (SIGKILL) on the wall-clock
-    timeout and swept again when it ends, so no child outlives it;
-  - a fresh temporary folder as its working directory, removed afterwards; an environment with nothing of
-    the caller's (no tokens, no proxies), Python in isolated mode (-I: no user site, no PYTHON* variables);
-  - `resource` limits: CPU seconds, address space (memory), size of any file written, number of processes;
-  - where the OS allows: `unshare --net --pid` (a network namespace with no interface up: nothing is
-    reachable, not even 127.0.0.1; a PID namespace: every process of the program dies with it), and, as
-    root, a pids cgroup (the kernel does not apply RLIMIT_NPROC to root);
-  - a Python audit hook installed before the program runs that refuses writing, renaming, deleting or
-    changing files outside the temporary folder, socket connect/bind/send, starting processes (fork,
-    exec, subprocess, os.system), signalling other processes, and ctypes.
+  - where `bwrap` works (a one-time probe): bubblewrap, as user 65534 without capabilities in its own user, mount,
+    PID, network, IPC, UTS and cgroup namespaces; the system and this Python read-only, a fresh /proc, only its
+    temporary folder writable, a cleared environment. This is the security boundary; code benchmarks refuse to
+    run without it (UnsafeExecError) unless the user passes --unsafe-exec (`require_isolation`);
+  - a separate process in its own session, killed as a whole (SIGKILL) on the wall-clock timeout and swept again;
+  - `resource` limits: CPU seconds, address space, size of any file written, number of processes; as root a pids
+    cgroup; without bubblewrap `unshare --net --pid` where the OS allows;
+  - a Python audit hook refusing writes outside the folder, sockets, new processes, signals and ctypes.
 
-What is NOT contained: this is not a security boundary against a determined attacker. The audit hook is
-Python-level (C extensions and interpreter bugs get around it); without `unshare` the network is reachable
-from native code; reading files is allowed everywhere the user may read; as root the program runs as root
-(use a container or an unprivileged user for hostile code). It is meant for model-written code that is
-wrong, slow or careless, as HumanEval's own harness is.
+Without bubblewrap this is NOT a security boundary (see NOT_CONTAINED_UNSAFE and docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -76,14 +69,21 @@ class SandboxResult:
 _PREAMBLE = r'''
 import os, sys, json
 _status_path, _audit = sys.argv[1], sys.argv[2] == "audit"
-if os.getpid() == 1:
+_status_fd = int(_status_path[3:]) if _status_path.startswith("fd:") else None
+if os.getpid() == 1 or _status_fd is not None:
     _child = os.fork()
     if _child:
         _, _wait = os.waitpid(_child, 0)
-        with open(_status_path, "w") as _f:
-            json.dump({"signal": os.WTERMSIG(_wait) if os.WIFSIGNALED(_wait) else None,
-                       "code": os.WEXITSTATUS(_wait) if os.WIFEXITED(_wait) else None}, _f)
+        _report = json.dumps({"signal": os.WTERMSIG(_wait) if os.WIFSIGNALED(_wait) else None,
+                              "code": os.WEXITSTATUS(_wait) if os.WIFEXITED(_wait) else None})
+        if _status_fd is None:
+            with open(_status_path, "w") as _f:
+                _f.write(_report)
+        else:
+            os.write(_status_fd, _report.encode())
         os._exit(0)
+    if _status_fd is not None:
+        os.close(_status_fd)
 
 def _sandbox():
     import os, sys
@@ -127,7 +127,7 @@ with open("program.py", encoding="utf-8") as _f:
 if _audit:
     _sandbox()
 sys.argv = ["program.py"]
-del _f, _sandbox, _status_path, _audit, os, sys, json
+del _f, _sandbox, _status_path, _status_fd, _audit, os, sys, json
 exec(_code, {"__name__": "__main__", "__file__": "program.py", "__builtins__": __builtins__})
 '''
 
@@ -141,6 +141,97 @@ def _unshare_works() -> bool:
         return subprocess.run([*_UNSHARE, "true"], capture_output=True, timeout=10).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+NOBODY = 65534  # the user and group a program runs as inside bubblewrap's user namespace
+_BWRAP = ("bwrap", "--unshare-all", "--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY), "--cap-drop", "ALL",
+          "--die-with-parent", "--new-session", "--hostname", "sandbox")
+_SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")  # read-only, or the same symlinks
+_ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime")
+UNSAFE_EXEC = "--unsafe-exec"
+
+
+class UnsafeExecError(RuntimeError):
+    """Generated code would run without the isolation of bubblewrap, and the user did not allow it."""
+
+
+def _interpreter() -> str:
+    """The Python that runs programs: this one's base interpreter (a venv's packages are not needed)."""
+    return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+
+
+def _under(path: str, tops: Sequence[str]) -> bool:
+    return any(path == top or path.startswith(top + os.sep) for top in tops)
+
+
+def _bwrap_view() -> list[str]:
+    """bubblewrap's mounts: the system and this Python read-only, a fresh /proc and /dev, an empty /tmp;
+    no /etc beyond the dynamic loader's files, no /root, /home, /work, /run or /var."""
+    args: list[str] = []
+    for top in _SYSTEM:
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    for path in _ETC:
+        if os.path.exists(path):
+            args += ["--ro-bind", path, path]
+    prefix, python = os.path.realpath(sys.base_prefix), _interpreter()
+    if not _under(prefix, _SYSTEM):
+        args += ["--ro-bind", prefix, prefix]
+    if not _under(python, (*_SYSTEM, prefix)):
+        args += ["--ro-bind", python, python]
+    return args + ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+
+
+def _bwrap_command(work: Path, status_fd: int, audit_hook: bool) -> list[str]:
+    """The command that runs the program under bubblewrap, its folder the only writable path."""
+    inside_env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": str(work),
+                  "TMPDIR": str(work)}
+    return [*_bwrap_flags(), *_bwrap_view(), "--bind", str(work), str(work), "--chdir", str(work), "--clearenv",
+            *(a for k, v in inside_env.items() for a in ("--setenv", k, v)), "--",
+            _interpreter(), "-I", "-B", "-c", _PREAMBLE, f"fd:{status_fd}", "audit" if audit_hook else "none"]
+
+
+@functools.cache
+def _bwrap_flags() -> tuple[str, ...]:
+    """bubblewrap's namespace flags that work on this machine (with --disable-userns where bwrap has it:
+    no nested user namespace inside), or () where bwrap is missing or may not create namespaces here."""
+    if shutil.which("bwrap") is None:
+        return ()
+    for flags in ((*_BWRAP, "--disable-userns"), _BWRAP):
+        probe = [*flags, *_bwrap_view(), "--", _interpreter(), "-I", "-c", "pass"]
+        try:
+            if subprocess.run(probe, capture_output=True, timeout=20).returncode == 0:
+                return flags
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+    return ()
+
+
+def isolated() -> bool:
+    """Whether programs run isolated by bubblewrap on this machine (installed, and the kernel lets it work)."""
+    return bool(_bwrap_flags())
+
+
+CONTAINED = ("reads only the system's read-only files and its own folder (no /etc/shadow, /root, /home or other "
+             "users' files); writes only its folder; sees only its own processes (a fresh /proc: no other "
+             "process's environment); no network (not even 127.0.0.1); runs as user 65534 without capabilities")
+NOT_CONTAINED_UNSAFE = ("reading any file this user may read (/etc/shadow as root), other processes' environments "
+                        "through /proc (API keys), native code writing outside its folder or starting processes "
+                        "(the audit hook is Python-level and can be switched off from inside), and, without "
+                        "`unshare`, the network")
+
+
+def require_isolation(unsafe_exec: bool, what: str = "generated code") -> None:
+    """Refuse to run `what` without bubblewrap's isolation unless the user passed --unsafe-exec."""
+    if unsafe_exec or isolated():
+        return
+    raise UnsafeExecError(
+        f"{what} would run without isolation: bubblewrap (`bwrap`) is {'missing' if shutil.which('bwrap') is None else 'installed but may not create user namespaces here'}. "
+        "Install it (Debian/Ubuntu: apt-get install bubblewrap; on Ubuntu 24.04+ also allow unprivileged user "
+        f"namespaces for it) or, knowing the risk, pass {UNSAFE_EXEC}. Contained then: time, memory, file size, "
+        f"process count, the caller's environment variables. NOT contained: {NOT_CONTAINED_UNSAFE}.")
 
 
 def _pids_cgroup(limit: int) -> Path | None:
@@ -209,6 +300,15 @@ def _sweep(process: subprocess.Popen, cgroup: Path | None) -> None:
         pass
 
 
+def _read_ready(fd: int) -> bytes:
+    """What the program's side has written to the pipe `fd` so far, without waiting for more."""
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 65536)
+    except BlockingIOError:
+        return b""
+
+
 def _tail(path: Path) -> str:
     with open(path, "rb") as f:
         f.seek(0, os.SEEK_END)
@@ -217,34 +317,46 @@ def _tail(path: Path) -> str:
 
 
 def available() -> dict[str, bool]:
-    """Which OS mechanisms this machine gives the sandbox: network/PID namespaces, a pids cgroup, RLIMIT_NPROC."""
+    """Which OS mechanisms this machine gives the sandbox: network/PID namespaces, a pids cgroup, RLIMIT_NPROC,
+    bubblewrap."""
     cgroup = _pids_cgroup(1)
     if cgroup is not None:
         cgroup.rmdir()
-    return {"namespaces": _unshare_works(), "pids_cgroup": cgroup is not None, "rlimit_nproc": os.geteuid() != 0}
+    return {"namespaces": _unshare_works(), "pids_cgroup": cgroup is not None, "rlimit_nproc": os.geteuid() != 0,
+            "bubblewrap": isolated()}
 
 
 def run(program: str, limits: Limits = Limits(), *, network_namespace: bool = True,
-        audit_hook: bool = True) -> SandboxResult:
+        audit_hook: bool = True, bubblewrap: bool = True) -> SandboxResult:
     """Run `program` (Python source) in the sandbox; passed means it exited 0 within the limits.
-    `network_namespace=False` / `audit_hook=False` switch those layers off (to test the others alone)."""
+    `network_namespace=False` / `audit_hook=False` / `bubblewrap=False` switch those layers off (to test the
+    others alone; without bubblewrap the program runs as the caller, as before bubblewrap was used)."""
     work = Path(tempfile.mkdtemp(prefix="sftune-sandbox-"))
     private = Path(tempfile.mkdtemp(prefix="sftune-sandbox-io-"))  # output and exit status, out of the program's reach
     (work / "program.py").write_text(program, encoding="utf-8")
-    (private / "preamble.py").write_text(_PREAMBLE, encoding="utf-8")
     status_path = private / "status.json"
-    use_unshare = network_namespace and _unshare_works()
+    use_bwrap = bubblewrap and isolated()
+    use_unshare = network_namespace and not use_bwrap and _unshare_works()
     cgroup = _pids_cgroup(limits.processes)
+    nproc_applies = os.geteuid() != 0 or use_bwrap  # without capabilities, the kernel applies it to root too
     containment = {
-        "network": "unshare --net (no interface up)" if use_unshare else
+        "isolation": ("bubblewrap: own user (65534, no capabilities), mount, PID, network, IPC, UTS and cgroup "
+                      f"namespaces; {CONTAINED}") if use_bwrap else f"none (not contained: {NOT_CONTAINED_UNSAFE})",
+        "network": "bubblewrap --unshare-net (loopback of its own only)" if use_bwrap else
+                   "unshare --net (no interface up)" if use_unshare else
                    "audit hook only (Python-level)" if audit_hook else "none",
-        "processes": " + ".join(name for name, on in (("pids cgroup", cgroup is not None), ("pid namespace", use_unshare),
-                                                      ("RLIMIT_NPROC", os.geteuid() != 0), ("audit hook", audit_hook))
+        "processes": " + ".join(name for name, on in (("pids cgroup", cgroup is not None),
+                                                      ("pid namespace", use_unshare or use_bwrap),
+                                                      ("RLIMIT_NPROC", nproc_applies), ("audit hook", audit_hook))
                                 if on) or "process group kill only",
     }
-    nproc = limits.processes + (_user_processes() if os.geteuid() != 0 else 0)
-    command = [*(_UNSHARE if use_unshare else ()), sys.executable, "-I", "-B", str(private / "preamble.py"),
-               str(status_path), "audit" if audit_hook else "none"]
+    nproc = limits.processes + (_user_processes() if nproc_applies else 0)
+    read_status, write_status = os.pipe() if use_bwrap else (-1, -1)
+    if use_bwrap:
+        command = _bwrap_command(work, write_status, audit_hook)
+    else:
+        command = [*(_UNSHARE if use_unshare else ()), sys.executable, "-I", "-B", "-c", _PREAMBLE, str(status_path),
+                   "audit" if audit_hook else "none"]
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": str(work), "TMPDIR": str(work)}
 
     def preexec() -> None:
@@ -256,7 +368,10 @@ def run(program: str, limits: Limits = Limits(), *, network_namespace: bool = Tr
     try:
         with open(private / "stdout", "wb") as out, open(private / "stderr", "wb") as err:
             process = subprocess.Popen(command, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                       start_new_session=True, preexec_fn=preexec, close_fds=True)
+                                       start_new_session=True, preexec_fn=preexec, close_fds=True,
+                                       pass_fds=(write_status,) if use_bwrap else ())
+            if use_bwrap:
+                os.close(write_status)
             try:
                 process.wait(timeout=limits.timeout)
             except subprocess.TimeoutExpired:
@@ -267,13 +382,17 @@ def run(program: str, limits: Limits = Limits(), *, network_namespace: bool = Tr
         code, sig = process.returncode, None
         if code is not None and code < 0:
             code, sig = None, -code
-        if use_unshare and status_path.exists():  # the namespace init reported its child's end
+        if use_bwrap and not timed_out:  # the preamble reported its child's end through the pipe
+            status_path.write_bytes(_read_ready(read_status))
+        if (use_unshare or use_bwrap) and status_path.exists():  # the namespace init reported its child's end
             reported = json.loads(status_path.read_text() or "{}")
             code, sig = reported.get("code"), reported.get("signal")
-        elif use_unshare and not timed_out and sig is None:
+        elif (use_unshare or use_bwrap) and not timed_out and sig is None:
             code, sig = None, signal.SIGKILL  # the init itself died (e.g. out of memory) before reporting
         stderr, stdout = _tail(private / "stderr"), _tail(private / "stdout")
     finally:
+        if use_bwrap:
+            os.close(read_status)
         if cgroup is not None and cgroup.exists():
             try:
                 cgroup.rmdir()
@@ -297,8 +416,9 @@ def run(program: str, limits: Limits = Limits(), *, network_namespace: bool = Tr
 
 
 def run_many(programs: Sequence[str], limits: Limits = Limits(), *, workers: int | None = None,
-             network_namespace: bool = True, audit_hook: bool = True) -> list[SandboxResult]:
+             network_namespace: bool = True, audit_hook: bool = True, bubblewrap: bool = True) -> list[SandboxResult]:
     """Run several programs in parallel (one sandbox each); results in the order given."""
     workers = workers or max(1, min(len(programs), os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda p: run(p, limits, network_namespace=network_namespace, audit_hook=audit_hook), programs))
+        return list(pool.map(lambda p: run(p, limits, network_namespace=network_namespace, audit_hook=audit_hook,
+                                           bubblewrap=bubblewrap), programs))

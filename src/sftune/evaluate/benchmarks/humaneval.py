@@ -13,7 +13,8 @@ and stops at the next top-level statement ("\\ndef ", "\\nclass ", "\\nif __name
 Options (all optional): n (samples per problem, default 1), temperature (0 for n=1, else 0.8), k (pass@k
 reported, default 1 and 10/100 when n allows), max_new_tokens (512), batch_size (16), mode ("auto",
 "chat" or "completion"), timeout (seconds per program, 10), workers (parallel programs), seed, problems
-(a path to a HumanEval-layout .jsonl/.jsonl.gz instead of the shipped set).
+(a path to a HumanEval-layout .jsonl/.jsonl.gz instead of the shipped set), unsafe_exec (run the code even
+where bubblewrap cannot isolate it; `sftune eval --unsafe-exec`).
 """
 
 from __future__ import annotations
@@ -71,8 +72,10 @@ def program(problem: dict[str, Any], completion: str) -> str:
 
 
 def check_completions(problems: list[dict[str, Any]], completions: list[str], *, timeout: float = 10.0,
-                      workers: int | None = None) -> list[sandbox.SandboxResult]:
-    """Run each (problem, completion) program in the sandbox, in parallel; results in order."""
+                      workers: int | None = None, unsafe_exec: bool = False) -> list[sandbox.SandboxResult]:
+    """Run each (problem, completion) program in the sandbox, in parallel; results in order. Without bubblewrap's
+    isolation this refuses (sandbox.UnsafeExecError) unless `unsafe_exec`."""
+    sandbox.require_isolation(unsafe_exec, "HumanEval's generated code")
     limits = sandbox.Limits(timeout=timeout, cpu_seconds=max(1, int(timeout)))
     return sandbox.run_many([program(p, c) for p, c in zip(problems, completions)], limits, workers=workers)
 
@@ -118,6 +121,8 @@ def run(loaded: Any, *, limit: int | None = None, console: Any = None, options: 
         raise ValueError("HumanEval with n > 1 samples needs temperature > 0 (greedy decoding repeats one answer)")
     ks = sorted({int(k) for k in options.get("k", [k for k in (1, 10, 100) if k <= n])})
     problems = read_problems(options.get("problems"))[: limit or None]
+    unsafe_exec = bool(options.get("unsafe_exec", False))
+    sandbox.require_isolation(unsafe_exec, "HumanEval's generated code")  # before generating, not after
     chat = uses_chat(loaded, options.get("mode", "auto"))
     started = time.perf_counter()
     completions, answers, tokens = generate_completions(
@@ -125,7 +130,8 @@ def run(loaded: Any, *, limit: int | None = None, console: Any = None, options: 
         batch_size=int(options.get("batch_size", 16)), chat=chat, seed=options.get("seed", 0), console=console)
     generation_seconds = time.perf_counter() - started
     flat = check_completions([p for p in problems for _ in range(n)], [c for group in completions for c in group],
-                             timeout=float(options.get("timeout", 10.0)), workers=options.get("workers"))
+                             timeout=float(options.get("timeout", 10.0)), workers=options.get("workers"),
+                             unsafe_exec=unsafe_exec)
     seconds = time.perf_counter() - started
     passed = [[r.passed for r in flat[i * n: (i + 1) * n]] for i in range(len(problems))]
     item_scores = [pass_at_k(n, sum(p), 1) for p in passed]
