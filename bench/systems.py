@@ -92,10 +92,10 @@ def machine_has_bf16() -> bool:
     """bf16 units: a GPU with bf16, or a CPU with AVX512-BF16 or AMX."""
     import torch
 
-    from sftune.hardware import cpu_bf16_units
+    from sftune.hardware import cpu_bf16_units, cuda_bf16
 
     if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
+        return cuda_bf16()
     return cpu_bf16_units() is not None
 
 

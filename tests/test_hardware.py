@@ -81,3 +81,32 @@ def test_gpu_takes_bf16_where_it_has_it(monkeypatch):
 def test_explicit_precision_is_kept():
     assert hardware.resolve_precision("fp16") == "fp16"
     assert hardware.resolve_precision("auto") in ("fp32", "bf16", "fp16")
+
+
+def fake_gpu(monkeypatch, capability: tuple[int, int]) -> None:
+    """This process sees one CUDA GPU of `capability`: torch's own is_bf16_supported runs on these facts, and
+    emulated bf16 works (as it does on a T4 or a V100)."""
+    import types
+
+    import torch
+
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: types.SimpleNamespace(major=capability[0], minor=capability[1]))
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)
+
+
+@pytest.mark.parametrize("capability, precision", [((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"),
+                                                   ((9, 0), "bf16")], ids=["v100", "t4", "a100", "h100"])
+def test_gpu_takes_bf16_only_where_it_computes_it_natively(monkeypatch, capability, precision):
+    """A T4 or V100 runs bf16 only by emulation (slow): precision auto and QLoRA's auto compute dtype take fp16."""
+    import torch
+
+    from sftune import methods
+
+    fake_gpu(monkeypatch, capability)
+    assert hardware.auto_precision() == precision
+    assert methods._compute_dtype("auto", torch.device("cuda")) == getattr(torch, {"bf16": "bfloat16",
+                                                                                   "fp16": "float16"}[precision])

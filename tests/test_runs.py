@@ -109,3 +109,72 @@ def test_a_run_moved_elsewhere_loads_and_exports_from_any_folder(tmp_path, tiny_
                                       "--check-max-new-tokens", "2"])
     assert result.exit_code == 0, result.output
     assert json.loads((other / "out" / "export.json").read_text())["check"]["ok"] is True
+
+
+@pytest.mark.parametrize("capability, dtype", [((7, 0), torch.float16), ((7, 5), torch.float16),
+                                               ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)],
+                         ids=["v100", "t4", "a100", "h100"])
+def test_inference_runs_on_the_gpu_in_its_half_precision(monkeypatch, capability, dtype):
+    from tests.test_hardware import fake_gpu
+
+    assert runs.placement(cuda=False) == ("cpu", torch.float32)
+    fake_gpu(monkeypatch, capability)
+    assert runs.placement() == ("cuda", dtype)
+    assert runs.placement("bf16") == ("cuda", dtype) and runs.placement("auto") == ("cuda", dtype)
+    assert runs.placement("fp32") == ("cuda", torch.float32)  # a run trained in fp32 answers in fp32
+    assert runs.placement(dtype=torch.float32) == ("cuda", torch.float32)  # the caller's dtype is kept
+
+
+def test_load_places_the_model_on_the_gpu_and_leaves_the_cpu_path_as_it_was(monkeypatch, tiny_checkpoint):
+    """runs.load asks for the whole model on the GPU in bf16 there; on the CPU it loads fp32, in place, as before."""
+    from sftune import models
+    from tests.test_hardware import fake_gpu
+
+    loaded = runs.load(tiny_checkpoint)
+    assert loaded.model.dtype == torch.float32 and loaded.model.device.type == "cpu"
+    assert getattr(loaded.model, "hf_device_map", None) is None
+    asked = []
+    real_load = models.load
+
+    def record(name, **options):
+        asked.append(options)
+        return real_load(name, **{**options, "device_map": None})
+
+    monkeypatch.setattr(models, "load", record)
+    runs.load(tiny_checkpoint)
+    assert asked[-1]["dtype"] == torch.float32 and asked[-1]["device_map"] is None
+    fake_gpu(monkeypatch, (9, 0))
+    runs.load(tiny_checkpoint)
+    assert asked[-1]["dtype"] == torch.bfloat16 and asked[-1]["device_map"] == {"": "cuda"}
+
+
+def test_a_qlora_run_loads_its_4bit_base_on_the_gpu_with_one_device_map(monkeypatch, tmp_path, tiny_checkpoint):
+    """The 4-bit base goes where methods.load_kwargs puts it (this process's GPU), with one device_map: runs.load
+    once passed its own as well ("got multiple values for keyword argument 'device_map'")."""
+    from sftune import config, methods, models
+    from tests.test_hardware import fake_gpu
+
+    cfg = config.load(run_config(tmp_path, tiny_checkpoint, method={"name": "qlora"}))
+    run_dir = tmp_path / "qlora-run"
+    run_dir.mkdir()
+    runs.write_config(run_dir, cfg)
+    (run_dir / runs.ADAPTER_CONFIG).write_text("{}")
+    fake_gpu(monkeypatch, (8, 0))
+    monkeypatch.setattr(methods, "_check_4bit_runs", lambda device, dtype, method: None)  # no GPU to run it on
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    def record(name, **options):
+        asked.append((name, options))
+        raise Stop
+
+    monkeypatch.setattr(models, "load", record)
+    with pytest.raises(Stop):
+        runs.load(run_dir)
+    (name, options), = asked
+    assert name == str(tiny_checkpoint) and options["device_map"] == {"": 0}
+    assert options["dtype"] == torch.bfloat16
+    assert options["quantization_config"].bnb_4bit_compute_dtype == torch.bfloat16
+    assert runs.load_options("cuda", torch.bfloat16, "auto", cfg.method)["device_map"] == "auto"  # the caller's wins

@@ -50,11 +50,19 @@ def auto_precision(cuda: bool | None = None, flags: frozenset[str] | None = None
 
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if cuda:
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cuda_bf16() else "fp16"
     units = cpu_bf16_units(flags)
     if units == "avx512_bf16":
         return "bf16" if bf16_speedup() >= BF16_MIN_SPEEDUP else "fp32"
     return "bf16" if units == "amx" else "fp32"
+
+
+def cuda_bf16() -> bool:
+    """Whether this machine's GPU computes in bf16 natively (compute capability 8.0 and later: A100, H100).
+    torch.cuda.is_bf16_supported() alone also says yes where bf16 is only emulated (T4 7.5, V100 7.0)."""
+    import torch
+
+    return torch.cuda.is_bf16_supported(including_emulation=False)  # False without a GPU
 
 
 def cpu_model() -> str:

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sftune.hardware import cuda_bf16
+
 if TYPE_CHECKING:  # torch is imported where it is used: `sftune.config` reads MethodConfig without it
     import torch
 
@@ -483,7 +485,7 @@ def _compute_dtype(name: str, device: torch.device) -> torch.dtype:
     if name != "auto":
         return getattr(torch, name)
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cuda_bf16() else torch.float16
     return torch.float32  # CPUs without bf16 units run bf16 matmuls far slower than fp32
 
 

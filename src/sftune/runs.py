@@ -144,25 +144,24 @@ def load(
     device_map: Any = None,
     merge: bool = False,
 ) -> Loaded:
-    """Load a run folder or a model for inference, in eval mode.
+    """Load a run folder or a model for inference, in eval mode, on the GPU when there is one (see placement).
 
     A run gets its own template (from its config, checked against its saved tokenizer); `template`
     overrides it only for plain models (a run trained with one template answers with that one).
     `merge=True` folds a LoRA adapter into the base weights (faster generation, same outputs).
+    `dtype` and `device_map` override placement's choice.
     """
-    import torch
-
-    dtype = torch.float32 if dtype is None else dtype
     name = str(run_or_model)
     if not is_run(name):
         from sftune.vision import models as vision_models
 
+        options = load_options(*placement(dtype=dtype), device_map)
         processor = None
         if vision_models.is_vision_model(models.resolve(name)):  # a vision-language model folder
-            model, processor = vision_models.load(models.resolve(name), dtype=dtype, device_map=device_map)
+            model, processor = vision_models.load(models.resolve(name), **options)
             tokenizer = processor.tokenizer
         else:
-            model, tokenizer = models.load(name, dtype=dtype, device_map=device_map)
+            model, tokenizer = models.load(name, **options)
         chosen = templates.get(template, tokenizer) if template else templates.default_for(tokenizer)
         return Loaded(name, model.eval(), tokenizer, chosen, chosen.stop_token_ids(tokenizer), processor=processor)
 
@@ -173,17 +172,51 @@ def load(
     if template is not None and template != cfg.data.template:
         raise RunError(f"{run_dir} was trained with template {_template_name(cfg)}; a run answers "
                        "with the template it was trained with. Drop the template option.")
+    device, dtype = placement(cfg.train.precision, dtype)
     processor = None
     if is_vision_model(run_dir) or is_vision_model(models.resolve(cfg.model.name)):
-        model, processor = _load_vision_run(run_dir, cfg, dtype, device_map, merge)
+        model, processor = _load_vision_run(run_dir, cfg, device, dtype, device_map, merge)
         tokenizer = processor.tokenizer
     elif (run_dir / ADAPTER_CONFIG).is_file():
-        model, tokenizer = _load_adapter_run(run_dir, cfg, dtype, device_map, merge)
+        model, tokenizer = _load_adapter_run(run_dir, cfg, device, dtype, device_map, merge)
     else:
-        model, tokenizer = models.load(run_dir, dtype=dtype, device_map=device_map)
+        model, tokenizer = models.load(run_dir, **load_options(device, dtype, device_map))
     chosen = run_template(run_dir, cfg, tokenizer)
     return Loaded(name, model.eval(), tokenizer, chosen, chosen.stop_token_ids(tokenizer), base=cfg.model.name,
                   run_dir=run_dir, method=cfg.method.name, config=cfg, processor=processor)
+
+
+def placement(trained: str | None = None, dtype: Any = None, *, cuda: bool | None = None,
+              bf16: bool | None = None) -> tuple[str, Any]:
+    """(device, dtype) a model answers in. On a GPU: bf16 where it computes bf16 natively (compute capability
+    8.0 and later), else fp16; fp32 for a run trained in fp32 (`trained`: its train.precision). On the CPU:
+    fp32 (bf16 matmuls are far slower there without bf16 units). An explicit `dtype` is kept. `cuda` and
+    `bf16` are this machine's facts unless given."""
+    import torch
+
+    from sftune import hardware
+
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if dtype is not None or not cuda:
+        return ("cuda" if cuda else "cpu"), (torch.float32 if dtype is None else dtype)
+    if trained == "fp32":
+        return "cuda", torch.float32
+    bf16 = hardware.cuda_bf16() if bf16 is None else bf16
+    return "cuda", torch.bfloat16 if bf16 else torch.float16
+
+
+def load_options(device: str, dtype: Any, device_map: Any = None, method: Any = None) -> dict[str, Any]:
+    """`from_pretrained` arguments for inference: the dtype, the method's own (QLoRA: the 4-bit quantization,
+    on `device`) and one device_map: the caller's, else the method's (a 4-bit base on its GPU), else the
+    whole model on `device` (None on the CPU: loaded as before, in place)."""
+    from sftune import methods
+
+    options = {"dtype": dtype, "device_map": None if device == "cpu" else {"": device}}
+    if method is not None:
+        options.update(methods.load_kwargs(method, device=device))
+    if device_map is not None:
+        options["device_map"] = device_map
+    return options
 
 
 def run_template(run_dir: Path, cfg: Any, tokenizer: Any) -> templates.Template:
@@ -201,14 +234,12 @@ def _template_name(cfg: Any) -> str:
     return repr(cfg.data.template) if cfg.data.template else "the model's own"
 
 
-def _load_adapter_run(run_dir: Path, cfg: Any, dtype: Any, device_map: Any, merge: bool):
+def _load_adapter_run(run_dir: Path, cfg: Any, device: str, dtype: Any, device_map: Any, merge: bool):
     """The base model as training loaded it (4-bit for qlora), the adapter on it, the run's tokenizer."""
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from sftune import methods
-
-    base, _ = models.load(cfg.model.name, dtype=dtype, device_map=device_map, **methods.load_kwargs(cfg.method))
+    base, _ = models.load(cfg.model.name, **load_options(device, dtype, device_map, cfg.method))
     tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -218,22 +249,22 @@ def _load_adapter_run(run_dir: Path, cfg: Any, dtype: Any, device_map: Any, merg
     return model, tokenizer
 
 
-def _load_vision_run(run_dir: Path, cfg: Any, dtype: Any, device_map: Any, merge: bool):
+def _load_vision_run(run_dir: Path, cfg: Any, device: str, dtype: Any, device_map: Any, merge: bool):
     """A vision-language run: its base loaded as training loaded it plus the adapter (or the run's full
     weights), and the processor saved in the run folder (its tokenizer carries the training template)."""
-    from sftune import methods
     from sftune.vision import models as vision_models
 
     processor = vision_models.load_processor(run_dir)
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
-    options = dict(dtype=dtype, device_map=device_map, trust_remote_code=cfg.model.trust_remote_code)
+    trust = cfg.model.trust_remote_code
     if not (run_dir / ADAPTER_CONFIG).is_file():
-        model, _ = vision_models.load(run_dir, **options)
+        model, _ = vision_models.load(run_dir, trust_remote_code=trust, **load_options(device, dtype, device_map))
         return model, processor
     from peft import PeftModel
 
-    model, _ = vision_models.load(models.resolve(cfg.model.name), **options, **methods.load_kwargs(cfg.method))
+    model, _ = vision_models.load(models.resolve(cfg.model.name), trust_remote_code=trust,
+                                  **load_options(device, dtype, device_map, cfg.method))
     model = PeftModel.from_pretrained(model, str(run_dir))
     if merge and cfg.method.name == "lora":
         model = model.merge_and_unload()

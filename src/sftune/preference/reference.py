@@ -21,7 +21,8 @@ def add_reference_logps(model: Any, dataset: Any, collate: Callable, *, batch_si
     """`dataset` with columns ref_chosen and ref_rejected: each answer's summed log-prob under the reference.
 
     `precision` is training's (bf16 / fp16 run under autocast): the reference must be computed as the policy
-    is, else at step 0 the rewards are the bf16-vs-fp32 rounding gap, not 0.
+    is, else at step 0 the rewards are the bf16-vs-fp32 rounding gap, not 0. `device` is where training runs
+    the model (see reference_device).
     """
     from rich.progress import track
 
@@ -31,17 +32,23 @@ def add_reference_logps(model: Any, dataset: Any, collate: Callable, *, batch_si
     chosen, rejected = [], []
     starts = range(0, len(dataset), batch_size)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    device_type = torch.device(device).type if device is not None else "cpu"
-    cast = torch.autocast(device_type, dtype=dtype) if dtype else contextlib.nullcontext()
+    device = reference_device(model, device)
+    cast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
     with off, cast:
         for start in track(starts, description="reference log-probs", disable=not progress):
             features = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            batch = collate(features)
-            if device is not None:
-                batch = {k: v.to(device) for k, v in batch.items()}
+            batch = {k: v.to(device) for k, v in collate(features).items()}
             sums, _ = sequence_logps(model, batch)
             half = len(features)
             chosen += sums[:half].tolist()
             rejected += sums[half:].tolist()
     model.train(was_training)
     return dataset.add_column("ref_chosen", chosen).add_column("ref_rejected", rejected)
+
+
+def reference_device(model: Any, device: Any = None) -> torch.device:
+    """The device the reference pass runs on, with the model there: moved to `device` (where training will run
+    it), unless it was placed when loaded (a 4-bit base's device_map), which stays. The batches follow the model."""
+    if device is not None and getattr(model, "hf_device_map", None) is None:
+        model.to(device)
+    return next(model.parameters()).device
