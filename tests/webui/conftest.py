@@ -82,12 +82,24 @@ def tiny_run(tmp_path_factory, tiny_checkpoint, demo_files) -> Path:
     return run_dir
 
 
+@pytest.fixture(scope="session")
+def roots(tmp_path_factory):
+    """The folders of a UI whose runs folder and data root hold every folder these tests make (the tests of
+    the roots themselves, test_paths.py, make narrower ones)."""
+    from sftune.webui.paths import Roots
+
+    base = tmp_path_factory.getbasetemp()
+    return Roots.of(base, [base])
+
+
 @pytest.fixture
-def served(tmp_path):
-    """The real app on loopback (a free port), its runs folder under tmp_path; closed after the test."""
+def served(tmp_path, tmp_path_factory):
+    """The real app on loopback (a free port), its runs folder under tmp_path, the tests' folders its data root;
+    closed after the test."""
     from sftune.webui import launch
 
-    app, url = launch(tmp_path / "runs", host="127.0.0.1", block=False)
+    app, url = launch(tmp_path / "runs", data_roots=[tmp_path_factory.getbasetemp()], host="127.0.0.1",
+                      block=False)
     try:
         yield url, tmp_path / "runs"
     finally:

@@ -8,14 +8,14 @@ import pytest
 from sftune.webui import data_tab
 
 
-def test_validate_through_the_api_gives_the_check_report(served, mixed_file):
+def test_validate_through_the_api_gives_the_check_report(served, mixed_file, roots):
     from gradio_client import Client
 
     url, _ = served
     assert url.startswith("http://127.0.0.1:")
     client = Client(url, verbose=False, analytics_enabled=False)
     summary, files, reasons, rejected, gallery = client.predict(str(mixed_file), "(detect)", api_name="/check")
-    reference = data_tab.check_files([str(mixed_file)])
+    reference = data_tab.check_files([str(mixed_file)], roots=roots)
     assert summary == data_tab.check_summary(reference)
     assert rejected["data"] == reference["rejected"]
     assert [row[:2] for row in reasons["data"]] == [row[:2] for row in reference["reasons"]]
@@ -24,7 +24,7 @@ def test_validate_through_the_api_gives_the_check_report(served, mixed_file):
         client.predict("", "(detect)", api_name="/check")
 
 
-def test_validate_image_data_through_the_api_shows_the_gallery(served, tmp_path):
+def test_validate_image_data_through_the_api_shows_the_gallery(served, tmp_path, roots):
     from gradio_client import Client
 
     from sftune.vision import shapes
@@ -32,12 +32,12 @@ def test_validate_image_data_through_the_api_shows_the_gallery(served, tmp_path)
     data = shapes.write(tmp_path, 3, seed=0)
     client = Client(served[0], verbose=False, analytics_enabled=False)
     summary, *_, gallery = client.predict(str(data), "(detect)", api_name="/check")
-    reference = data_tab.check_files([str(data)])
+    reference = data_tab.check_files([str(data)], roots=roots)
     assert "**3 images**" in summary and gallery["visible"]
     assert [item["caption"] for item in gallery["value"]] == [caption for _, caption in reference["gallery"]]
 
 
-def test_chat_through_the_api_streams_the_runs_answer(served, tiny_run):
+def test_chat_through_the_api_streams_the_runs_answer(served, tiny_run, roots):
     from gradio_client import Client
 
     from sftune.generation import GenerationOptions
@@ -47,7 +47,8 @@ def test_chat_through_the_api_streams_the_runs_answer(served, tiny_run):
     client = Client(url, verbose=False, analytics_enabled=False)
     tuned, base, message = client.predict(str(tiny_run), False, [], [], {"text": "hello", "files": []}, 8, 0,
                                           api_name="/chat")
-    *_, (reference, _) = chat_tab.chat(str(tiny_run), False, [], [], "hello", GenerationOptions(max_new_tokens=8))
+    *_, (reference, _) = chat_tab.chat(str(tiny_run), False, [], [], "hello", GenerationOptions(max_new_tokens=8),
+                                       roots=roots)
     # the Chatbot trims a reply's surrounding whitespace when it sends it
     got = [(m["role"], m["content"].strip()) for m in chat_tab.messages_of(tuned)]
     assert got == [(m["role"], m["content"].strip()) for m in reference] and len(got) == 2

@@ -9,10 +9,10 @@ from sftune import config
 from sftune.webui import chat_tab, data_tab, evaluate_tab, export_tab, train_tab
 
 
-def test_check_lists_each_rejected_record_with_its_reason_and_line(mixed_file):
+def test_check_lists_each_rejected_record_with_its_reason_and_line(mixed_file, roots):
     from sftune.data import check
 
-    result = data_tab.check_files([str(mixed_file)])
+    result = data_tab.check_files([str(mixed_file)], roots=roots)
     reference = check([str(mixed_file)])
     assert (result["total"], result["valid"], result["invalid"]) == (5, 3, 2) == \
         (reference.total, reference.valid, reference.invalid)
@@ -22,14 +22,14 @@ def test_check_lists_each_rejected_record_with_its_reason_and_line(mixed_file):
     assert "3 valid, 2 rejected" in data_tab.check_summary(result)
 
 
-def test_inspect_colours_exactly_the_trained_tokens(demo_files, smollm2_tokenizer):
+def test_inspect_colours_exactly_the_trained_tokens(demo_files, smollm2_tokenizer, roots):
     import re
 
     from sftune import models, templates
     from sftune.data import read
     from sftune.encode import encode
 
-    page = data_tab.inspect_html([str(demo_files[0])], models.DEFAULT_MODEL, limit=1)
+    page = data_tab.inspect_html([str(demo_files[0])], models.DEFAULT_MODEL, limit=1, roots=roots)
     first = next(read([str(demo_files[0])]))
     result = encode(first, smollm2_tokenizer, templates.default_for(smollm2_tokenizer))
     trained_ids = [t for t, label in zip(result["input_ids"], result["labels"]) if label != -100]
@@ -44,11 +44,14 @@ def test_inspect_colours_exactly_the_trained_tokens(demo_files, smollm2_tokenize
 
 
 def test_the_form_gives_the_config_a_yaml_file_would(tmp_path):
+    from sftune.webui.paths import Roots
+
+    roots = Roots.of(tmp_path)  # the data root: the working directory, where a.jsonl would be
     form = {"name": "r1", "model": "m", "train": "a.jsonl\nb.jsonl", "eval": "", "template": "(model's own)",
             "method": "lora", "r": 8, "alpha": 16, "lr": 1e-4, "epochs": 2, "max_steps": None, "batch_size": 4,
             "grad_accum": 2, "max_len": 512, "packing": True, "precision": "auto", "logging_steps": 1,
             "save_steps": 10}
-    cfg = train_tab.build_config(tmp_path, form)
+    cfg = train_tab.build_config(roots, form)
     expected = config.load({"model": {"name": "m"}, "data": {"train": ["a.jsonl", "b.jsonl"], "max_len": 512},
                             "method": {"name": "lora", "r": 8, "alpha": 16},
                             "train": {"epochs": 2, "batch_size": 4, "grad_accum": 2, "lr": 1e-4, "logging_steps": 1,
@@ -56,20 +59,20 @@ def test_the_form_gives_the_config_a_yaml_file_would(tmp_path):
                             "eval": {"steps": 10}, "output": {"dir": str(tmp_path.resolve() / "r1")}})
     assert config.to_yaml(cfg) == config.to_yaml(expected)
     with pytest.raises(config.ConfigError, match="run name"):
-        train_tab.build_config(tmp_path, {**form, "name": "../x"})
+        train_tab.build_config(roots, {**form, "name": "../x"})
     with pytest.raises(config.ConfigError, match="train.max_steps: 'ten' is not a number"):
-        train_tab.build_config(tmp_path, {**form, "max_steps": "ten"})
-    assert train_tab.build_config(tmp_path, {**form, "max_steps": " 30 ", "lr": ""}).train.max_steps == 30
+        train_tab.build_config(roots, {**form, "max_steps": "ten"})
+    assert train_tab.build_config(roots, {**form, "max_steps": " 30 ", "lr": ""}).train.max_steps == 30
     with pytest.raises(config.ConfigError, match="batch_size"):
-        train_tab.build_config(tmp_path, {**form, "batch_size": 0})
+        train_tab.build_config(roots, {**form, "batch_size": 0})
 
 
-def test_chat_streams_the_greedy_answer_of_the_run_and_of_its_base(tiny_run):
+def test_chat_streams_the_greedy_answer_of_the_run_and_of_its_base(tiny_run, roots):
     from sftune import runs
     from sftune.generation import GenerationOptions, generate, render_prompts
 
     options = GenerationOptions(max_new_tokens=12)
-    *_, (tuned, base) = chat_tab.chat(str(tiny_run), True, [], [], "1 + 1 =", options)
+    *_, (tuned, base) = chat_tab.chat(str(tiny_run), True, [], [], "1 + 1 =", options, roots=roots)
     for name, history in ((str(tiny_run), tuned), (runs.base_model_of(tiny_run), base)):
         loaded = runs.load(name)
         prompt = render_prompts(loaded.template, [[{"role": "user", "content": "1 + 1 ="}]])
@@ -78,10 +81,10 @@ def test_chat_streams_the_greedy_answer_of_the_run_and_of_its_base(tiny_run):
         assert history[0] == {"role": "user", "content": "1 + 1 ="}
 
 
-def test_evaluate_shows_the_rows_of_the_written_report(tiny_run, tmp_path):
+def test_evaluate_shows_the_rows_of_the_written_report(tiny_run, tmp_path, roots):
     import json
 
-    report, paths = evaluate_tab.evaluate(str(tiny_run), ["heldout"], limit=2, max_new_tokens=4)
+    report, paths = evaluate_tab.evaluate(str(tiny_run), ["heldout"], roots=roots, limit=2, max_new_tokens=4)
     written = json.loads(paths["json"].read_text())
     rows = evaluate_tab.score_rows(report)
     assert [r[:2] for r in rows] == [[t["task"], row["metric"]] for t in written["tasks"] for row in t["rows"]]
@@ -89,13 +92,13 @@ def test_evaluate_shows_the_rows_of_the_written_report(tiny_run, tmp_path):
     assert "<iframe" in evaluate_tab.report_frame(paths["html"])
 
 
-def test_export_writes_the_merged_model_and_names_the_folder(tiny_run, tmp_path):
-    out, summary = export_tab.export_run(str(tiny_run), str(tmp_path / "merged"))
+def test_export_writes_the_merged_model_and_names_the_folder(tiny_run, tmp_path, roots):
+    out, summary = export_tab.export_run(str(tiny_run), str(tmp_path / "merged"), roots=roots)
     assert (out / "model.safetensors").is_file() and summary["merged"]
     assert str(out.resolve()) in export_tab.summary_markdown(out, summary)
 
 
-def test_inspect_shows_the_pieces_the_command_line_marks(tmp_path):
+def test_inspect_shows_the_pieces_the_command_line_marks(tmp_path, roots):
     """The Data tab and `sftune data inspect` (piped: trained text in ⟦ ⟧) show one record in the same pieces."""
     import html
     import json
@@ -109,7 +112,7 @@ def test_inspect_shows_the_pieces_the_command_line_marks(tmp_path):
 
     data = tmp_path / "alpaca_zh.jsonl"
     data.write_text(json.dumps(ALPACA_ZH, ensure_ascii=False) + "\n", encoding="utf-8")
-    page = data_tab.inspect_html([str(data)], models.DEFAULT_MODEL, limit=1).split("</p>", 1)[1]
+    page = data_tab.inspect_html([str(data)], models.DEFAULT_MODEL, limit=1, roots=roots).split("</p>", 1)[1]
     shown = [(kind, html.unescape(text)) for kind, text in
              re.findall(r"<span class='sftune-(\w+)'>(.*?)</span>", page, re.S)]
     result = CliRunner().invoke(app, ["data", "inspect", str(data), "--limit", "1"])

@@ -26,9 +26,9 @@ from sftune.webui import chat_tab, data_tab
 from tests.vision.conftest import images, vision_run, vlm_folder  # noqa: F401  (tiny LLaVA run and checkpoints)
 
 
-def test_check_counts_images_and_shows_the_records_images(tmp_path):
+def test_check_counts_images_and_shows_the_records_images(tmp_path, roots):
     data = shapes.write(tmp_path, 5, seed=0)
-    result = data_tab.check_files([str(data)])
+    result = data_tab.check_files([str(data)], roots=roots)
     assert result["images"] == check([str(data)]).images == 5
     refs = [ref for c in read([data]) for ref in c.images]
     assert len(result["gallery"]) == len(refs)
@@ -36,19 +36,19 @@ def test_check_counts_images_and_shows_the_records_images(tmp_path):
         assert np.array_equal(np.asarray(thumb), np.asarray(image_refs.load(ref)))  # 32x32: kept as it is
         assert caption == f"{data.name} line {k + 1}, image 1"
     assert "**5 images**" in data_tab.check_summary(result)
-    assert len(data_tab.gallery([str(data)], limit=2)) == 2
+    assert len(data_tab.gallery([str(data)], limit=2, roots=roots)) == 2
     big = tmp_path / "big.png"
     Image.new("RGB", (640, 320), "green").save(big)
     assert data_tab.thumbnail(str(big)).size == (data_tab.THUMBNAIL, data_tab.THUMBNAIL // 2)
 
 
-def test_inspect_shows_images_and_masks_their_tokens_as_one_run(tmp_path, vlm_folder):  # noqa: F811
+def test_inspect_shows_images_and_masks_their_tokens_as_one_run(tmp_path, vlm_folder, roots):  # noqa: F811
     from sftune import templates
 
     data = shapes.write(tmp_path, 2, seed=0)
     for family in ("llava", "idefics3"):
         folder = vlm_folder(family)
-        page = data_tab.inspect_html([str(data)], str(folder), limit=1)
+        page = data_tab.inspect_html([str(data)], str(folder), limit=1, roots=roots)
         tokenizer, processor = tokenizer_and_processor(folder)
         first = next(read([data]))
         row = vision_encode.encode(first, processor, templates.default_for(tokenizer))
@@ -66,13 +66,13 @@ def test_inspect_shows_images_and_masks_their_tokens_as_one_run(tmp_path, vlm_fo
     from sftune import models
 
     with pytest.raises(ValueError, match="has images, but .* is a text-only model"):
-        data_tab.inspect_html([str(data)], models.DEFAULT_MODEL, limit=1)
+        data_tab.inspect_html([str(data)], models.DEFAULT_MODEL, limit=1, roots=roots)
 
 
-def test_chat_with_images_streams_the_vision_runs_greedy_answer_and_its_bases(vision_run, images):  # noqa: F811
+def test_chat_with_images_streams_the_vision_runs_greedy_answer_and_its_bases(vision_run, images, roots):  # noqa: F811
     options = GenerationOptions(max_new_tokens=8)
     message = {"text": "What colour?", "files": [images["red"]]}
-    *_, (tuned, base) = chat_tab.chat(str(vision_run), True, [], [], message, options)
+    *_, (tuned, base) = chat_tab.chat(str(vision_run), True, [], [], message, options, roots=roots)
     ask = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": images["red"]}},
                                         {"type": "text", "text": "What colour?"}]}]
     for name, history in ((str(vision_run), tuned), (runs.base_model_of(vision_run), base)):
@@ -86,7 +86,8 @@ def test_chat_with_images_streams_the_vision_runs_greedy_answer_and_its_bases(vi
                                               {"type": "text", "text": "What colour?"}]},
                  {"role": "assistant", "content": [{"type": "text", "text": tuned[-1]["content"]}]}]
     *_, (tuned2, _) = chat_tab.chat(str(vision_run), False, sent_back, [], {"text": "And this?",
-                                                                            "files": [images["blue"]]}, options)
+                                                                            "files": [images["blue"]]}, options,
+                                   roots=roots)
     turn2 = ask + [{"role": "assistant", "content": tuned[-1]["content"]},
                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": images["blue"]}},
                                                 {"type": "text", "text": "And this?"}]}]
@@ -94,11 +95,11 @@ def test_chat_with_images_streams_the_vision_runs_greedy_answer_and_its_bases(vi
     assert tuned2[-1]["content"] == vision_generate.generate(runs.load(vision_run), [turn2], options)[0].text
 
 
-def test_a_text_only_run_refuses_an_image_before_showing_it(tiny_run, images):  # noqa: F811
+def test_a_text_only_run_refuses_an_image_before_showing_it(tiny_run, images, roots):  # noqa: F811
     chats = chat_tab.chat(str(tiny_run), True, [], [], {"text": "What is it?", "files": [images["red"]]},
-                          GenerationOptions(max_new_tokens=4))
+                          GenerationOptions(max_new_tokens=4), roots=roots)
     with pytest.raises(ValueError, match="is a text-only run: it cannot read images"):
         next(chats)
     *_, (tuned, _) = chat_tab.chat(str(tiny_run), False, [], [], {"text": "hello", "files": []},
-                                   GenerationOptions(max_new_tokens=4))
+                                   GenerationOptions(max_new_tokens=4), roots=roots)
     assert tuned[0] == {"role": "user", "content": "hello"} and tuned[-1]["role"] == "assistant"

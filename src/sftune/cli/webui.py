@@ -18,6 +18,9 @@ def webui_command(
                                     "open the UI (use --auth with it)."),
     port: Optional[int] = typer.Option(None, "--port", help="Port (default: 7860, or the next free one)."),
     auth: Optional[str] = typer.Option(None, "--auth", help="USER:PASS asked by the page before it opens."),
+    data_roots: Optional[list[Path]] = typer.Option(
+        None, "--data-root", help="A folder whose files the UI may read (data, models) and export into; "
+        "repeat for several. Default: the working directory. The runs folder is always allowed, nothing else."),
 ) -> None:
     """Data, training, evaluation, chat and export in the browser (needs the `webui` extra)."""
     try:
@@ -30,6 +33,9 @@ def webui_command(
         if not user or not password:
             _user_error(ValueError(f"--auth {auth!r}: write USER:PASS, e.g. --auth admin:s3cret"))
         credentials = (user, password)
+    for folder in data_roots or []:
+        if not folder.expanduser().is_dir():
+            _user_error(ValueError(f"--data-root {folder}: no such folder; give a folder that exists"))
     bind = "0.0.0.0" if share_host else host
     if bind not in ("127.0.0.1", "localhost", "::1") and credentials is None:
         console.print(f"[yellow]warning:[/yellow] the UI is open to the network on {bind} without a password; "
@@ -37,7 +43,7 @@ def webui_command(
     from sftune.webui import launch
 
     try:
-        ui, url = launch(runs, host=bind, port=port, auth=credentials, block=False)
+        ui, url = launch(runs, data_roots=data_roots or (), host=bind, port=port, auth=credentials, block=False)
     except OSError as err:
         _user_error(err)
     console.print(f"sftune web UI: {url}  (runs folder {runs.resolve()}; Ctrl-C to quit; runs keep training)",

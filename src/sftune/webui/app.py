@@ -6,21 +6,25 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported anywhere
 
 
-def build(runs_root: str | Path = "runs"):
-    """The gr.Blocks app; `runs_root` is the folder where runs are started and found."""
+def build(runs_root: str | Path = "runs", data_roots: Iterable[str | Path] = ()):
+    """The gr.Blocks app; `runs_root` is the folder where runs are started and found, `data_roots` the folders
+    whose files it may read besides (none: the working directory; see paths.py)."""
     import gradio as gr
 
     from sftune.webui import chat_tab, data_tab, evaluate_tab, export_tab, train_tab
+    from sftune.webui.paths import Roots
 
-    root = Path(runs_root).expanduser().resolve()
-    context: dict[str, Any] = {"runs_root": root, "uploads": root / "_uploads", "app_load": []}
+    roots = Roots.of(runs_root, data_roots)
+    root = roots.runs
+    context: dict[str, Any] = {"runs_root": root, "roots": roots, "uploads": root / "_uploads", "app_load": []}
     with gr.Blocks(title="sftune", analytics_enabled=False) as app:
-        gr.Markdown(f"## sftune &nbsp; <small>runs folder: `{root}`</small>")
+        data_text = ", ".join(f"`{d}`" for d in roots.data)
+        gr.Markdown(f"## sftune &nbsp; <small>runs folder: `{root}`; data read from: {data_text}</small>")
         with gr.Tabs() as tabs:
             with gr.Tab("Data", id="data", elem_id="tab-data"):
                 data_tab.tab(context)
@@ -47,14 +51,14 @@ def theme():
     return gr.themes.Default(font=system, font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"])
 
 
-def launch(runs_root: str | Path = "runs", *, host: str = "127.0.0.1", port: int | None = None,
-           auth: tuple[str, str] | None = None, block: bool = True):
+def launch(runs_root: str | Path = "runs", *, data_roots: Iterable[str | Path] = (), host: str = "127.0.0.1",
+           port: int | None = None, auth: tuple[str, str] | None = None, block: bool = True):
     """Serve the UI; returns (app, local url) when block=False (tests, scripts)."""
     from sftune.webui.data_tab import CSS
 
     root = Path(runs_root).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
-    app = build(root)
+    app = build(root, data_roots)
     app.queue(default_concurrency_limit=4)
     _, url, _ = app.launch(server_name=host, server_port=port, auth=auth, share=False, prevent_thread_lock=True,
                            inbrowser=False, quiet=True, show_error=True, theme=theme(), css=CSS,

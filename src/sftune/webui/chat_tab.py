@@ -11,6 +11,8 @@ from typing import Any, Iterator
 
 from sftune import runs
 from sftune.generation import GenerationOptions, render_prompts, stream
+from sftune.webui import paths as ui_paths
+from sftune.webui.paths import Roots
 
 KEEP_LOADED = 2  # models kept in memory (a run and its base); the least recently used one is let go
 _loaded: OrderedDict[tuple[str, str | None], runs.Loaded] = OrderedDict()
@@ -100,14 +102,20 @@ def answer(loaded: runs.Loaded, history: list[dict[str, Any]], options: Generati
 
 
 def chat(model: str, with_base: bool, history: list, base_history: list, message: str | dict,
-         options: GenerationOptions) -> Iterator[tuple[list, list]]:
+         options: GenerationOptions, *, roots: Roots) -> Iterator[tuple[list, list]]:
     """Both chats after each new piece of either reply: the run's model and (with_base) its base, streamed
-    together on the same prompt. `message` is text, or {"text": ..., "files": [image paths]}."""
+    together on the same prompt. `message` is text, or {"text": ..., "files": [image paths]}. The model (a
+    run of the runs folder, a model folder of the roots, an embedded name or a hub id) and every image of
+    both chats (the browser sends the histories too) are checked against the roots first."""
     new = user_message(message)
     if not text_of(new["content"]).strip() and not images_of(new["content"]):
         raise ValueError("type a message first")
     history = [*history, new]
     base_history = [*base_history, new]
+    ui_paths.model_name(model, roots)
+    for m in (*history, *base_history):
+        for image in images_of(m["content"]):
+            ui_paths.allowed(image, roots)
     if any(images_of(m["content"]) for m in history):
         tuned = load(model)  # a text-only run refuses images before the message is shown
         if not tuned.is_vision:
@@ -166,7 +174,8 @@ def tab(context: dict[str, Any]) -> None:
             raise gr.Error("choose a run (or type a model name) first")
         options = GenerationOptions(max_new_tokens=int(tokens), temperature=float(temp))
         try:
-            for tuned_history, other in chat(name, base_on, history, base_history, text, options):
+            for tuned_history, other in chat(name, base_on, history, base_history, text, options,
+                                             roots=context["roots"]):
                 yield tuned_history, other if base_on else [], None
         except (ValueError, OSError, RuntimeError) as err:
             raise gr.Error(str(err)) from None

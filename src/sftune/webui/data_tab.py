@@ -13,6 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from sftune.webui import paths as ui_paths
+from sftune.webui.paths import Roots
+
 REJECTED_SHOWN = 200  # rows of the rejected-records table; the quarantine file keeps them all
 GALLERY_SHOWN = 24  # images in the check's gallery (the first ones of the valid records)
 THUMBNAIL = 160  # pixels of a thumbnail's longer side
@@ -24,14 +27,15 @@ def split_paths(text: str | None) -> list[str]:
     return [p.strip() for line in (text or "").splitlines() for p in line.split(",") if p.strip()]
 
 
-def keep_uploads(files: list[Any] | None, uploads_dir: str | Path) -> list[str]:
+def keep_uploads(files: list[Any] | None, uploads_dir: str | Path, *, roots: Roots) -> list[str]:
     """Copy uploaded files into the UI's uploads folder (a browser upload lives in a temporary folder; a run
-    that trains on it must find it later) and return their paths."""
+    that trains on it must find it later) and return their paths. An upload is a file of gradio's upload
+    folder or of the roots."""
     kept = []
     folder = Path(uploads_dir)
     folder.mkdir(parents=True, exist_ok=True)
     for item in files or []:
-        source = Path(item if isinstance(item, (str, Path)) else item.name)
+        source = ui_paths.allowed(item if isinstance(item, (str, Path)) else item.name, roots)
         target = folder / source.name
         if source.resolve() != target.resolve():
             shutil.copyfile(source, target)
@@ -39,13 +43,14 @@ def keep_uploads(files: list[Any] | None, uploads_dir: str | Path) -> list[str]:
     return kept
 
 
-def check_files(paths: list[str], format: str | None = None) -> dict[str, Any]:
+def check_files(paths: list[str], format: str | None = None, *, roots: Roots) -> dict[str, Any]:
     """Validate every record (`sftune data check`): the report's counts, each file's detected format, and
     the rejected records with their reasons (read back from the quarantine file)."""
     from sftune.data import REASONS, check
 
     if not paths:
         raise ValueError("no data file given: upload a file or type its path")
+    ui_paths.data_paths(paths, roots)
     with tempfile.TemporaryDirectory(prefix="sftune-webui-") as folder:
         quarantine = Path(folder) / "rejected.jsonl"
         report = check(paths, format=format or None, quarantine=quarantine, syntax="cli")
@@ -67,23 +72,26 @@ def check_files(paths: list[str], format: str | None = None) -> dict[str, Any]:
         "rejected": rejected,
         "notes": list(report.notes),
         "images": report.images,
-        "gallery": gallery(paths, format) if report.images else [],
+        "gallery": gallery(paths, format, roots=roots) if report.images else [],
     }
 
 
-def gallery(paths: list[str], format: str | None = None, limit: int = GALLERY_SHOWN) -> list[tuple[Any, str]]:
+def gallery(paths: list[str], format: str | None = None, limit: int = GALLERY_SHOWN, *,
+            roots: Roots) -> list[tuple[Any, str]]:
     """(thumbnail, caption "train.jsonl line N, image k") of the first `limit` images of the valid records
-    (the caption names the file without its folder: a thumbnail is small)."""
+    (the caption names the file without its folder: a thumbnail is small); each image inside the roots."""
     from sftune.data import read
     from sftune.data.errors import where as where_from
 
     shown: list[tuple[Any, str]] = []
-    for k, conversation in enumerate(read(paths, format=format or None, on_error="skip", syntax="cli")):
+    for k, conversation in enumerate(read(ui_paths.data_paths(paths, roots), format=format or None, on_error="skip",
+                                          syntax="cli")):
         for i, ref in enumerate(conversation.images):
             if len(shown) >= limit:
                 return shown
             meta = {**conversation.meta, "source": Path(conversation.meta.get("source") or "").name}
-            shown.append((thumbnail(ref), f"{where_from(meta, f'record {k}')}, image {i + 1}"))
+            picture = thumbnail(ui_paths.image_ref(ref, roots))
+            shown.append((picture, f"{where_from(meta, f'record {k}')}, image {i + 1}"))
     return shown
 
 
@@ -121,13 +129,15 @@ def check_summary(result: dict[str, Any]) -> str:
     return text + "".join(f"  \nnote: {note}" for note in result["notes"])
 
 
-def statistics(paths: list[str], format: str | None = None, tokenizer: str | None = None) -> tuple[dict, str]:
+def statistics(paths: list[str], format: str | None = None, tokenizer: str | None = None, *,
+               roots: Roots) -> tuple[dict, str]:
     """`sftune data stats`: lengths, turns, languages and noise flags, and the histograms as a PNG file."""
     from sftune import models
     from sftune.data import read
     from sftune.data.quality import plot_histograms, stats
 
-    loaded = models.load(tokenizer, tokenizer_only=True)[1] if tokenizer else None
+    ui_paths.data_paths(paths, roots)
+    loaded = models.load(ui_paths.model_name(tokenizer, roots), tokenizer_only=True)[1] if tokenizer else None
     result = stats(read(paths, format=format or None, on_error="skip", syntax="cli"), tokenizer=loaded)
     image = tempfile.NamedTemporaryFile(prefix="sftune-histograms-", suffix=".png", delete=False).name
     if result["conversations"]:
@@ -150,9 +160,10 @@ def stats_markdown(result: dict[str, Any]) -> str:
 
 
 def inspect_html(paths: list[str], model: str, template: str | None = None, policy: str = "assistant",
-                 limit: int = 3, format: str | None = None, max_len: int | None = None) -> str:
+                 limit: int = 3, format: str | None = None, max_len: int | None = None, *, roots: Roots) -> str:
     """`sftune data inspect` as HTML: each token of the first records, green when trained, grey when masked;
-    with a vision-language model, each record's images and each image's tokens as one masked run."""
+    with a vision-language model, each record's images and each image's tokens as one masked run. The files,
+    the model folder and the records' images must be inside the roots."""
     from sftune import templates
     from sftune.data import read
     from sftune.data.errors import where as where_from
@@ -160,7 +171,8 @@ def inspect_html(paths: list[str], model: str, template: str | None = None, poli
     from sftune.vision import encode as vision_encode
     from sftune.vision.models import tokenizer_and_processor
 
-    tokenizer, processor = tokenizer_and_processor(model)
+    ui_paths.data_paths(paths, roots)
+    tokenizer, processor = tokenizer_and_processor(ui_paths.model_name(model, roots))
     image_ids = vision_encode.image_token_ids(processor) if processor is not None else frozenset()
     chosen = templates.get(template, tokenizer) if template else templates.default_for(tokenizer)
     parts = [f"<p>template: <b>{html.escape(chosen.name)}</b> &nbsp; policy: <b>{html.escape(policy)}</b> &nbsp; "
@@ -170,6 +182,7 @@ def inspect_html(paths: list[str], model: str, template: str | None = None, poli
         if k >= limit:
             break
         where = html.escape(where_from(conversation.meta, f"record {k}"))
+        refs = [ui_paths.image_ref(ref, roots) for ref in conversation.images]  # before any image is read
         if processor is not None:
             result = vision_encode.encode(conversation, processor, chosen, policy=policy, max_len=max_len)
         elif conversation.images:
@@ -187,7 +200,7 @@ def inspect_html(paths: list[str], model: str, template: str | None = None, poli
             parts.append(f"{header}</h4><pre class='sftune-tokens'>{spans}</pre>")
             continue
         pictures = "".join(f"<img class='sftune-thumb' src='{data_url(thumbnail(ref))}' alt='image {i + 1}' "
-                           f"title='image {i + 1}'>" for i, ref in enumerate(conversation.images))
+                           f"title='image {i + 1}'>" for i, ref in enumerate(refs))
         parts.append(f"{header}, {len(conversation.images)} images</h4>"
                      + (f"<div class='sftune-images'>{pictures}</div>" if pictures else "")
                      + f"<pre class='sftune-tokens'>{spans}</pre>")
@@ -250,12 +263,12 @@ def tab(context: dict[str, Any]) -> None:
         return None if value in (None, "", "(detect)") else value
 
     def uploaded(new_files, typed):
-        kept = keep_uploads(new_files, context["uploads"])
+        kept = keep_uploads(new_files, context["uploads"], roots=context["roots"])
         return "\n".join(dict.fromkeys([*split_paths(typed), *kept]))
 
     def on_check(typed, format_name):
         try:
-            result = check_files(split_paths(typed), fmt_value(format_name))
+            result = check_files(split_paths(typed), fmt_value(format_name), roots=context["roots"])
         except (ValueError, OSError) as err:
             raise gr.Error(str(err)) from None
         rows = -(-len(result["gallery"]) // GALLERY_COLUMNS)  # the gallery as tall as its rows of thumbnails
@@ -264,7 +277,8 @@ def tab(context: dict[str, Any]) -> None:
 
     def on_stats(typed, format_name, model_name):
         try:
-            result, image = statistics(split_paths(typed), fmt_value(format_name), model_name or None)
+            result, image = statistics(split_paths(typed), fmt_value(format_name), model_name or None,
+                                       roots=context["roots"])
         except (ValueError, OSError) as err:
             raise gr.Error(str(err)) from None
         return stats_markdown(result), image if result["conversations"] else None
@@ -272,7 +286,7 @@ def tab(context: dict[str, Any]) -> None:
     def on_inspect(typed, format_name, model_name, template_name, policy_name, count):
         try:
             return inspect_html(split_paths(typed), model_name, None if template_name.startswith("(") else template_name,
-                                policy_name, int(count or 3), fmt_value(format_name))
+                                policy_name, int(count or 3), fmt_value(format_name), roots=context["roots"])
         except (ValueError, OSError, RuntimeError) as err:
             raise gr.Error(str(err)) from None
 

@@ -8,13 +8,18 @@ from pathlib import Path
 from typing import Any
 
 from sftune.evaluate import compare
+from sftune.webui import paths as ui_paths
+from sftune.webui.paths import Roots
 
 
-def evaluate(run: str, tasks: list[str], *, data_path: str | None = None, limit: int | None = None,
+def evaluate(run: str, tasks: list[str], *, roots: Roots, data_path: str | None = None, limit: int | None = None,
              with_base: bool = True, max_new_tokens: int | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
-    """compare.compare on the chosen tasks (plus data:PATH when a data file is given); the report and its files."""
+    """compare.compare on the chosen tasks (plus data:PATH when a data file is given); the report and its files.
+    The run must be inside the runs folder (the report is written there), the data file inside the roots."""
+    run = str(ui_paths.run_folder(run, roots))
     names = list(tasks or [])
     if data_path and data_path.strip():
+        ui_paths.data_paths([data_path.strip()], roots)
         names.append(f"data:{data_path.strip()}")
     options = {"max_new_tokens": int(max_new_tokens)} if max_new_tokens else {}
     return compare.compare(run, base=None if with_base else "none", tasks=names, limit=int(limit) if limit else None,
@@ -78,8 +83,8 @@ def tab(context: dict[str, Any]) -> None:
         if not name:
             raise gr.Error("choose a run first")
         try:
-            report, paths = evaluate(name, chosen, data_path=path, limit=count, with_base=base_on,
-                                     max_new_tokens=tokens)
+            report, paths = evaluate(name, chosen, roots=context["roots"], data_path=path, limit=count,
+                                     with_base=base_on, max_new_tokens=tokens)
         except (compare.EvalError, ValueError, OSError, RuntimeError) as err:
             raise gr.Error(str(err)) from None
         written = ", ".join(f"`{p}`" for p in paths.values())

@@ -6,13 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sftune.webui import paths as ui_paths
+from sftune.webui.paths import Roots
 
-def export_run(run: str, out_dir: str | None, *, gguf: str | None = None, ollama: bool = False,
+
+def export_run(run: str, out_dir: str | None, *, roots: Roots, gguf: str | None = None, ollama: bool = False,
                check: bool = False, dtype: str = "float32") -> tuple[Path, dict[str, Any]]:
-    """sftune.export.export into `out_dir` (default: RUN/export); the folder and the export summary."""
+    """sftune.export.export into `out_dir` (default: RUN/export); the folder and the export summary. The run
+    must be inside the runs folder, the output folder inside the runs folder or a data root."""
     from sftune.export import export
 
+    run = str(ui_paths.run_folder(run, roots))
     out = Path(out_dir).expanduser() if out_dir and out_dir.strip() else Path(run) / "export"
+    ui_paths.allowed(out, roots, uploads=False)
     summary = export(run, out, gguf=gguf or None, ollama=ollama, check=check, dtype=dtype)
     return out, summary
 
@@ -62,7 +68,8 @@ def tab(context: dict[str, Any]) -> None:
         if not name:
             raise gr.Error("choose a run first")
         try:
-            path, summary = export_run(name, folder, gguf=None if gguf_type.startswith("(") else gguf_type,
+            path, summary = export_run(name, folder, roots=context["roots"],
+                                       gguf=None if gguf_type.startswith("(") else gguf_type,
                                        ollama=with_ollama, check=with_check, dtype=weights)
         except (ValueError, OSError, RuntimeError) as err:
             raise gr.Error(str(err)) from None

@@ -68,12 +68,18 @@ def start(cfg: Config, *, resume: bool = False) -> int:
 
 def resume(run_dir: str | Path) -> int:
     """Start the run again from its last complete checkpoint (train.resume_from=last), with its own config."""
+    return start(resume_config(run_dir), resume=True)
+
+
+def resume_config(run_dir: str | Path) -> Config:
+    """The config a resume of the run trains with: its config.yaml, output.dir where the folder is now (even if
+    it was moved)."""
     from sftune import runs
 
     run_dir = Path(run_dir).expanduser()
     if not (run_dir / runs.RUN_CONFIG).is_file():
         raise RuntimeError(f"{run_dir} has no config.yaml: there is nothing to resume; start a new run instead")
-    return start(runs.run_config(run_dir), resume=True)  # where the folder is now, even if it was moved
+    return runs.run_config(run_dir)
 
 
 def stop(run_dir: str | Path) -> bool:

@@ -11,19 +11,23 @@ from typing import Any
 
 from sftune import config as config_module
 from sftune.webui import jobs
+from sftune.webui import paths as ui_paths
 from sftune.webui.data_tab import split_paths
+from sftune.webui.paths import Roots
 
 REFRESH_SECONDS = 2.0
 FIELDS_PER_ROW = 4  # the form's columns hold 4 fields of gradio's 160-pixel min_width
 AXIS_FORMAT = "~g"  # d3 format of the charts' axis numbers: 10, 9.5, 0.0001 (a one-point axis read "10.000000")
 
 
-def build_config(runs_root: str | Path, form: dict[str, Any]) -> config_module.Config:
-    """The training Config from the form's values (validated by sftune.config, as a YAML file would be).
+def build_config(roots: Roots, form: dict[str, Any]) -> config_module.Config:
+    """The training Config from the form's values (validated by sftune.config, as a YAML file would be), its
+    paths inside the roots (see check_paths).
 
     form: name, model, train (paths text), eval (paths text), template, method, r, alpha, lr, epochs,
     max_steps, batch_size, grad_accum, max_len, packing, precision, logging_steps, save_steps, on_error.
     """
+    runs_root = roots.runs
     name = (form.get("name") or "").strip()
     if not re.fullmatch(r"[\w.-]+", name):
         raise config_module.ConfigError(f"run name {name!r}: use letters, digits, '.', '-' or '_' (it names the "
@@ -53,7 +57,48 @@ def build_config(runs_root: str | Path, form: dict[str, Any]) -> config_module.C
             raw["train"][key] = value
     if raw["train"].get("save_steps") is not None:  # the best checkpoint is chosen on the evaluations' schedule
         raw["eval"] = {"steps": raw["train"]["save_steps"]}
-    return config_module.load(raw)
+    return check_paths(config_module.load(raw), roots)
+
+
+def check_paths(cfg: config_module.Config, roots: Roots) -> config_module.Config:
+    """cfg once its model folder and data files are inside the roots and its output.dir inside the runs
+    folder (a form, or a run's config.yaml at resume); raises paths.OutsideError otherwise."""
+    ui_paths.model_name(cfg.model.name, roots)
+    for entry in (*cfg.data.train, *cfg.data.eval):
+        found = entry if isinstance(entry, str) else entry.path
+        ui_paths.data_paths([found] if isinstance(found, str) else list(found), roots)
+    ui_paths.run_folder(cfg.output.dir, roots)
+    return cfg
+
+
+def start_run(form: dict[str, Any], roots: Roots) -> config_module.Config:
+    """Start: the form's config trained in a process of its own."""
+    cfg = build_config(roots, form)
+    jobs.start(cfg)
+    return cfg
+
+
+def resume_run(run: str, roots: Roots) -> int:
+    """Resume: a run of the runs folder, its config.yaml checked as a form is (it may have been copied there)."""
+    cfg = check_paths(jobs.resume_config(ui_paths.run_folder(run, roots)), roots)
+    return jobs.start(cfg, resume=True)
+
+
+def stop_run(run: str, roots: Roots) -> bool:
+    """Stop: a run of the runs folder (its process file names the process group signalled)."""
+    return bool(run) and jobs.stop(ui_paths.run_folder(run, roots))
+
+
+def refresh(run: str | None, roots: Roots) -> tuple:
+    """(progress line, the three curves, the end of train.log) of a run of the runs folder; a run outside it
+    shows why it is refused instead."""
+    if not run:
+        return "No run selected: start one, or pick one of the runs folder.", None, None, None, ""
+    try:
+        folder = ui_paths.run_folder(run, roots)
+    except ui_paths.OutsideError as err:
+        return f"**refused**: {err}", None, None, None, ""
+    return progress_markdown(folder), *curves(folder), jobs.status(folder)["log"]
 
 
 def _optional_number(value: Any, key: str, kind: type) -> Any:
@@ -123,6 +168,7 @@ def tab(context: dict[str, Any]) -> None:
     from sftune.methods import OPTIONS
 
     root = context["runs_root"]
+    roots = context["roots"]
     with gr.Row():
         with gr.Column(scale=3):
             with gr.Row():
@@ -191,8 +237,8 @@ def tab(context: dict[str, Any]) -> None:
 
     def on_change(*values):
         try:
-            cfg = build_config(root, form_of(values))
-        except config_module.ConfigError as err:
+            cfg = build_config(roots, form_of(values))
+        except (config_module.ConfigError, ui_paths.OutsideError) as err:
             return f"# not valid yet:\n# " + str(err).replace("\n", "\n# "), None
         text = config_module.to_yaml(cfg)
         path = Path(tempfile.mkdtemp(prefix="sftune-config-")) / f"{Path(cfg.output.dir).name}.yaml"
@@ -206,29 +252,30 @@ def tab(context: dict[str, Any]) -> None:
 
     def on_start(*values):
         try:
-            cfg = build_config(root, form_of(values))
-            jobs.start(cfg)
+            cfg = start_run(form_of(values), roots)
         except (config_module.ConfigError, RuntimeError, OSError) as err:
             raise gr.Error(str(err)) from None
         gr.Info(f"training started: {cfg.output.dir}")
         return choices(str(Path(cfg.output.dir)))
 
     def on_stop(run):
-        if not run or not jobs.stop(run):
+        try:
+            stopped = stop_run(run, roots)
+        except ui_paths.OutsideError as err:
+            raise gr.Error(str(err)) from None
+        if not stopped:
             raise gr.Error("no run of this UI is training in that folder")
         gr.Info("stopping: complete checkpoints stay; Resume continues from the last one")
 
     def on_resume(run):
         try:
-            jobs.resume(run)
+            resume_run(run, roots)
         except (config_module.ConfigError, RuntimeError, OSError) as err:
             raise gr.Error(str(err)) from None
         gr.Info(f"resuming {run} from its last checkpoint")
 
     def on_refresh(run):
-        if not run:
-            return "No run selected: start one, or pick one of the runs folder.", None, None, None, ""
-        return progress_markdown(run), *curves(run), jobs.status(run)["log"]
+        return refresh(run, roots)
 
     # One at a time, in order: two renderings running together could finish out of order and leave the view
     # on an older form (seen under load: a model change's YAML arriving after the max_steps change's).
