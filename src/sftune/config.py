@@ -101,6 +101,14 @@ class DataSection(_Section):
     split_reasoning_turns: bool = Field(True, description="one example per exchange whose reasoning the template "
                                         "drops later (qwen3, deepseek_r1), so each reply's reasoning is trained")
     max_len: int = Field(1024, ge=8, description="tokens per sequence (longer ones are truncated)")
+    max_record_mb: float = Field(64, gt=0, description="a record (one line of JSONL, CSV or text) over this many MiB "
+                                 "is rejected by its line, never held whole")
+    max_unpacked_gb: float = Field(100, gt=0, description="a compressed data file stops with an error once it has "
+                                   "unpacked this many GiB")
+    max_ratio: float = Field(1000, gt=0, description="a compressed data file stops with an error once it has unpacked "
+                             "this many times its size on disk (counted past 16 MiB; a decompression bomb)")
+    max_turns: int = Field(10_000, ge=1, description="a conversation with more messages is skipped at encoding, "
+                           "counted as too_many_turns")
     packing: bool = Field(True, description="padding-free best-fit-decreasing packing into rows of max_len")
     seed: int = 0
     instruction_position: Literal["before", "after"] = Field(
@@ -287,6 +295,15 @@ COMMAND_LINE = "the command line"
 
 def load(source: str | os.PathLike | dict | None = None, overrides: list[str] | None = None) -> Config:
     """A Config from a YAML file (or a dict, or None for the defaults) plus `a.b=value` overrides."""
+    try:
+        return _load(source, overrides)
+    except RecursionError:
+        where = str(source) if isinstance(source, (str, os.PathLike)) else "the configuration"
+        raise ConfigError(f"{where}: nests mappings or lists too deeply to read (thousands of levels); a "
+                          "configuration is a few levels deep: fix the file") from None
+
+
+def _load(source: str | os.PathLike | dict | None, overrides: list[str] | None) -> Config:
     where = "configuration"
     origins: dict[str, str] = {}
     if source is None:
@@ -297,6 +314,8 @@ def load(source: str | os.PathLike | dict | None = None, overrides: list[str] | 
     else:
         path = Path(source)
         where = str(path)
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a folder, not a configuration file; name its YAML file")
         if not path.is_file():
             raise ConfigError(f"{path}: no such configuration file")
         try:

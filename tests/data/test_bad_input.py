@@ -217,9 +217,9 @@ def test_library_fix_uses_library_syntax(tmp_path):
     assert "roles={'USER': 'user'}" in check(path).examples["unknown_role"]
 
 
-def sftune(*args, cwd=None):
+def sftune(*args, cwd=None, timeout=120):
     return subprocess.run([sys.executable, "-m", "sftune", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=120)
+                          cwd=cwd, timeout=timeout)
 
 
 @pytest.mark.parametrize("command", [["data", "check"], ["data", "convert", "-o", "OUT"], ["data", "stats"]])
@@ -259,3 +259,145 @@ def test_encode_skips_counts_and_names_bad_records_of_every_kind(tmp_path):
     assert "Traceback" not in result.output
     assert f"records: {len(alpaca) + 2}   encoded: 2" in result.output
     assert f"rejected at reading: {len(alpaca)}" in result.output and str(path) in result.output
+
+
+# --- bounds: special files refused by name, one record and one unpacked file within limits -----------------
+
+
+def special_file(tmp_path, kind):
+    """A path that is no regular file: a FIFO, a device, a symbolic link loop or a dangling link."""
+    import os
+
+    if kind.startswith("/dev/"):
+        return kind
+    path = tmp_path / "d.jsonl"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink-loop":
+        os.symlink(path.name, path)
+    else:
+        os.symlink("nowhere.jsonl", path)
+    return path
+
+
+SPECIAL = {"fifo": "FIFO (named pipe)", "/dev/zero": "character device", "/dev/urandom": "character device",
+           "symlink-loop": "symbolic link loop", "dangling-symlink": "does not exist"}
+
+
+@pytest.mark.parametrize("kind", list(SPECIAL))
+def test_special_files_are_refused_by_name_before_reading(tmp_path, kind):
+    path = special_file(tmp_path, kind)
+    out = tmp_path / "out.jsonl"
+    runs = [["data", "check", path, "--json"], ["data", "convert", path, "-o", out]]
+    if kind in ("fifo", "symlink-loop"):
+        runs += [["data", "check", path, "--strict", "--workers", "2"], ["data", "stats", path]]
+    for args in runs:
+        result = sftune(*args, timeout=60)  # a FIFO or a device read on would never end
+        said = result.stdout + result.stderr
+        assert result.returncode == 2, (args, said)
+        assert str(path) in said and SPECIAL[kind] in said and "Traceback" not in said, said
+    assert not out.exists()
+
+
+def test_a_fifo_among_data_files_in_a_folder_is_refused_and_train_does_not_hang(tmp_path):
+    import os
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "a.jsonl").write_bytes(G)
+    os.mkfifo(folder / "b.jsonl")
+    result = sftune("data", "check", folder, timeout=60)
+    assert result.returncode == 2 and "b.jsonl" in result.stderr and "FIFO" in result.stderr
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data:\n  train: [{folder / 'b.jsonl'}]\ntrain:\n  max_steps: 1\n")
+    train = sftune("train", config, timeout=120)
+    said = (train.stdout + train.stderr).replace("\n", "")
+    assert train.returncode == 2 and "b.jsonl" in said and "FIFO" in said, said
+
+
+def test_an_output_that_is_a_folder_is_refused_before_reading(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(G)
+    (tmp_path / "out").mkdir()
+    result = invoke("convert", path, "-o", tmp_path / "out")
+    assert result.exit_code == 2 and "is a folder" in result.output
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def bounded_reports(path, *args):
+    """check --json with 1 and 2 workers (the same report), --strict, and convert's rejections."""
+    reports = []
+    for workers in ("1", "2"):
+        result = invoke("check", path, "--json", "--workers", workers, *args)
+        assert result.exit_code == 0, result.output
+        reports.append(json.loads(result.stdout))
+    assert reports[0] == reports[1]
+    counts_add_up(reports[0], None, reports[0]["invalid"])
+    assert invoke("check", path, "--strict", *args).exit_code == 1
+    return reports[0]
+
+
+def test_a_gzip_bomb_stops_at_the_unpacked_limit_keeping_the_records_before(tmp_path):
+    path = tmp_path / "bomb.jsonl.gz"
+    path.write_bytes(gzip.compress(G * 1000 + b"\0" * (8 << 20)))  # 8 MiB of zeros: one line that never ends
+    report = bounded_reports(path, "--max-unpacked-gb", "0.002")
+    assert (report["valid"], report["invalid"], list(report["reasons"])) == (1000, 1, ["too_large"])
+    said = report["examples"]["too_large"]
+    assert str(path) in said and "0.002 GiB" in said and "--max-unpacked-gb" in said
+
+
+def test_a_bz2_bomb_stops_at_the_ratio_limit(tmp_path):
+    path = tmp_path / "bomb.jsonl.bz2"
+    path.write_bytes(bz2.compress(G + b"\n" * (24 << 20)))  # millions to one, blank lines only
+    report = bounded_reports(path, "--max-ratio", "100")
+    assert (report["valid"], report["invalid"]) == (1, 1)
+    assert str(path) in report["examples"]["too_large"] and "--max-ratio" in report["examples"]["too_large"]
+
+
+@pytest.mark.parametrize("name", ["d.jsonl", "d.jsonl.gz", "d.txt", "d.csv"])
+def test_one_over_long_line_is_rejected_by_its_line_and_read_past(tmp_path, name):
+    path = tmp_path / name
+    line = b'{"instruction": "' + b"x" * 40_000 + b'", "output": "y"}\n'
+    data = G + line + G
+    if name == "d.csv":
+        data = b"instruction,output\nq,a\n" + b"x" * 40_000 + b",y\nq2,a2\n"
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    report = bounded_reports(path, "--max-record-mb", "0.01")
+    said = report["examples"]["too_large"]
+    assert f"line {3 if name == 'd.csv' else 2}" in said and "--max-record-mb" in said and str(path) in said
+    valid = 1 if name == "d.csv" else 2  # a CSV row may span lines: the file is not read on past it
+    assert (report["valid"], report["invalid"]) == (valid, 1)
+    out = tmp_path / "out.jsonl"
+    assert invoke("convert", path, "-o", out, "--max-record-mb", "0.01").exit_code == 0
+    assert len(out.read_text().splitlines()) == valid
+
+
+def test_an_over_long_line_gives_the_same_counts_for_any_worker_count(tmp_path, monkeypatch):
+    from sftune.data import check, files, parallel
+
+    path = tmp_path / "long.jsonl"
+    path.write_bytes(G * 300 + b"[" * 50_000 + b"\n" + G * 300)
+    monkeypatch.setattr(parallel, "MIN_BYTES_PER_JOB", 2000)
+    with files.reading_limits(record_mb=0.01):
+        reports = [check(path, workers=n).to_dict() for n in (1, 2, 4)]
+    assert reports[0] == reports[1] == reports[2]
+    assert (reports[0]["valid"], reports[0]["invalid"], list(reports[0]["reasons"])) == (600, 1, ["too_large"])
+
+
+def test_encode_skips_a_conversation_of_too_many_turns_with_a_counted_reason(tmp_path):
+    path = tmp_path / "turns.jsonl"
+    many = msgs(*[("user" if i % 2 == 0 else "assistant", f"t{i} {tmp_path.name}") for i in range(400)])
+    path.write_bytes(j(many) + j(msgs(("user", f"q {tmp_path.name}"), ("assistant", "a"))))
+    result = runner.invoke(app, ["data", "encode", str(path), "--template", "chatml", "--max-turns", "100"],
+                           env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    assert "records: 2   encoded: 1" in result.output and "skipped: 1" in result.output
+    assert "too_many_turns" in result.output and f"{path}:1" in result.output and "400 messages" in result.output
+
+
+def test_a_config_nested_20000_levels_is_a_config_error_naming_the_file(tmp_path):
+    config = tmp_path / "deep.yaml"
+    config.write_text("data:\n  train: " + "[" * 20_000 + "]" * 20_000 + "\n")
+    result = sftune("train", config)
+    said = (result.stdout + result.stderr).replace("\n", "")
+    assert result.returncode == 2 and str(config) in said and "too deeply" in said and "Traceback" not in said, said

@@ -48,6 +48,11 @@ _COT = typer.Option(None, help="Chain-of-thought layout: steps, think, or a form
 _MAX_CHARS = typer.Option(1_000_000, min=1, help="Reject records longer than this many characters.")
 _DATASET = typer.Option(None, help="Dataset name for meta; for a dataset_info.json, the entries to read.")
 _WORKERS = typer.Option(None, min=1, help="Processes for large JSONL / text files (default: up to 2).")
+_MAX_RECORD_MB = typer.Option(None, "--max-record-mb", help="Reject a record (a line) over this many MiB (default 64).")
+_MAX_UNPACKED_GB = typer.Option(None, "--max-unpacked-gb", help="Stop a compressed file once it has unpacked this "
+                                "many GiB (default 100).")
+_MAX_RATIO = typer.Option(None, "--max-ratio", help="Stop a compressed file once it has unpacked this many times its "
+                          "size (default 1000; a decompression bomb).")
 _MODEL = typer.Option(models.DEFAULT_MODEL, help="Model name or folder (its tokenizer).")
 _TEMPLATE = typer.Option(None, "--template", "-t", help="Default: the model's own template.")
 _POLICY = typer.Option("assistant", help="Masking policy: assistant, last or all.")
@@ -70,18 +75,20 @@ def _reading(conversations, description: str):
 
 def _data_errors(function):
     """Bad paths and bad records end the command with the message (exit 2), not a traceback; with
-    --json, the message is also printed as a JSON object {"error": ...} on stdout."""
+    --json, the message is also printed as a JSON object {"error": ...} on stdout. The command reads within
+    its --max-record-mb / --max-unpacked-gb / --max-ratio limits (files.reading_limits)."""
     import functools
     import json
 
     from rich.markup import escape
 
-    from sftune.data import DataError
+    from sftune.data import DataError, files
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
-            return function(*args, **kwargs)
+            with files.reading_limits(kwargs.get("max_record_mb"), kwargs.get("max_unpacked_gb"), kwargs.get("max_ratio")):
+                return function(*args, **kwargs)
         except (DataError, OSError, ValueError) as err:
             if kwargs.get("json_output"):
                 print(json.dumps({"error": str(err)}, ensure_ascii=False))
@@ -137,6 +144,9 @@ def data_check_command(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object (total, valid, invalid, reasons...)."),
     strict: bool = typer.Option(False, help="Exit 1 when any record is invalid, or when there is no record."),
     workers: Optional[int] = _WORKERS,
+    max_record_mb: Optional[float] = _MAX_RECORD_MB,
+    max_unpacked_gb: Optional[float] = _MAX_UNPACKED_GB,
+    max_ratio: Optional[float] = _MAX_RATIO,
     reasoning: bool = typer.Option(False, "--reasoning", help="Also check <think> blocks (empty, unclosed, dropped "
                                    "by the template, answers repeating the reasoning...)."),
     template: Optional[str] = typer.Option(None, "--template", "-t", help="With --reasoning: the template trained "
@@ -258,6 +268,9 @@ def data_convert_command(
     on_error: str = typer.Option("skip", help="skip: quarantine bad records and go on; raise: stop at the first."),
     quarantine: Optional[str] = typer.Option(None, help="Rejected records go here (default: OUTPUT.rejected.jsonl)."),
     workers: Optional[int] = _WORKERS,
+    max_record_mb: Optional[float] = _MAX_RECORD_MB,
+    max_unpacked_gb: Optional[float] = _MAX_UNPACKED_GB,
+    max_ratio: Optional[float] = _MAX_RATIO,
 ) -> None:
     """Convert any known format into messages, alpaca, sharegpt, openai or hermes JSONL."""
     from sftune.data import convert
@@ -281,6 +294,9 @@ def data_stats_command(
     tokenizer: Optional[str] = typer.Option(None, help="Count tokens with this model's tokenizer (name or folder)."),
     plot: Optional[str] = typer.Option(None, help="Save length histograms to this image file (PNG)."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    max_record_mb: Optional[float] = _MAX_RECORD_MB,
+    max_unpacked_gb: Optional[float] = _MAX_UNPACKED_GB,
+    max_ratio: Optional[float] = _MAX_RATIO,
 ) -> None:
     """Length, turn and token statistics with histograms; language mix; noise flags; kappa."""
     import json
@@ -336,6 +352,9 @@ def data_dedup_command(
     columns: Optional[str] = _COLUMNS,
     roles: Optional[str] = _ROLES,
     dataset: Optional[str] = _DATASET,
+    max_record_mb: Optional[float] = _MAX_RECORD_MB,
+    max_unpacked_gb: Optional[float] = _MAX_UNPACKED_GB,
+    max_ratio: Optional[float] = _MAX_RATIO,
 ) -> None:
     """Remove exact and near duplicates (MinHash/LSH); every removal is written down with what it repeats."""
     from sftune.data import Report, read
@@ -495,6 +514,10 @@ def data_encode_command(
     max_len: int = typer.Option(1024, help="Truncate as training would (train's data.max_len)."),
     workers: Optional[int] = typer.Option(None, help="Processes (default: one per core, up to 4, for 10,000+ records)."),
     format: Optional[str] = _FORMAT,
+    max_turns: int = typer.Option(10_000, min=1, help="Skip a conversation of more messages (too_many_turns)."),
+    max_record_mb: Optional[float] = _MAX_RECORD_MB,
+    max_unpacked_gb: Optional[float] = _MAX_UNPACKED_GB,
+    max_ratio: Optional[float] = _MAX_RATIO,
 ) -> None:
     """Encode the data as training would and report it: tokens, trained tokens, truncated and skipped
     records (why, where), speed. The result is cached, so encoding the same records again is instant."""
@@ -509,7 +532,7 @@ def data_encode_command(
     records = list(_reading(read(path, format=format, on_error="skip", report=read_report, syntax="cli"), "reading"))
     start = time.perf_counter()
     dataset, report = encode_dataset(records, tokenizer, chosen, policy=policy, max_len=max_len, workers=workers,
-                                     reasoning=reasoning)
+                                     reasoning=reasoning, max_turns=max_turns)
     seconds = time.perf_counter() - start
     console.print(f"template: {chosen.name}   policy: {policy}   max_len: {max_len}", highlight=False)
     if read_report.invalid or not read_report.total:

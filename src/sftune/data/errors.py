@@ -37,6 +37,8 @@ REASONS = {
     "bad_value": "a value JSON or training cannot hold (NaN, Infinity, a lone surrogate, a negative weight)",
     "unreadable_file": "the file cannot be read (corrupt, wrong compression, no permission)",
     "truncated_file": "the file ends in the middle of a record (cut off); the records before the cut are kept",
+    "too_large": "one record, or what a compressed file unpacks to, is over the size limits (data.max_record_mb, "
+    "max_unpacked_gb, max_ratio)",
     "hub_unavailable": "a hub: dataset cannot be loaded (offline and not cached, no such id, subset or split)",
 }
 

@@ -11,6 +11,12 @@ the record, so that the caller decides to raise or to quarantine it. A file that
 on (corrupt, cut off, wrong compression, no permission) raises one DataError without a location
 after the records read before the failure: they are kept.
 
+Bounds (Limits, set from data.max_record_mb / max_unpacked_gb / max_ratio or the same command-line options):
+only regular files and folders are read (a FIFO, a device, a socket, a symbolic link loop or a dangling
+link is refused by name before anything is opened); a line longer than the record limit is rejected by its
+line and read past in pieces, never held whole; a compressed file stops with an error once it has unpacked
+more than the size limit, or more than the ratio limit times its size on disk (counted once past 16 MiB).
+
 Text is UTF-8 (a byte-order mark is skipped); UTF-16 and UTF-32 files, with a byte-order mark or
 recognised by their zero bytes, are decoded too. Values JSON cannot hold in a training file
 (NaN, Infinity, a lone surrogate from a `\\ud800` escape) reject their record, naming the field.
@@ -19,7 +25,9 @@ recognised by their zero bytes, are decoded too. Values JSON cannot hold in a tr
 from __future__ import annotations
 
 import bz2
+import contextlib
 import csv
+import errno
 import glob
 import gzip
 import io
@@ -28,10 +36,12 @@ import lzma
 import math
 import os
 import re
+import stat
 import sys
 import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +71,51 @@ INT_DIGITS = 4300
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 NOT_UTF8 = re.compile("[\udc80-\udcff]")  # bytes kept by errors="surrogateescape"
 REENCODE = "re-save the file as UTF-8 (e.g. iconv -f <encoding> -t utf-8)"
+MIB, GIB = 1 << 20, 1 << 30
+CHUNK = 1 << 20  # how much of an over-long line is held at a time while reading past it
+RATIO_AFTER = 16 * MIB  # the ratio limit counts once a file has unpacked this much (small files never trip it)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much one input may take: a record (one line of a line-based file) and one compressed file.
+
+    The defaults are far above real data: the longest SFT records are a few MiB (a 1M-token context is
+    about 4 MiB of text); gzip cannot pass 1032:1, and real text compresses 3-20:1 (50:1 for highly
+    repetitive synthetic data), while bz2 and xz bombs unpack millions to one.
+    """
+
+    record_mb: float = 64
+    unpacked_gb: float = 100
+    ratio: float = 1000
+
+    @property
+    def record_bytes(self) -> int:
+        return int(self.record_mb * MIB)
+
+    @property
+    def unpacked_bytes(self) -> int:
+        return int(self.unpacked_gb * GIB)
+
+
+LIMITS = Limits()
+
+
+@contextlib.contextmanager
+def reading_limits(record_mb: float | None = None, unpacked_gb: float | None = None,
+                   ratio: float | None = None) -> Iterator[Limits]:
+    """Read within these limits (None keeps a limit as it is), in this process and the workers it starts."""
+    global LIMITS
+    given = {"record_mb": record_mb, "unpacked_gb": unpacked_gb, "ratio": ratio}
+    for name, value in given.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise ValueError(f"max_{name} is {value!r}; use a number > 0")
+    before = LIMITS
+    LIMITS = replace(LIMITS, **{name: value for name, value in given.items() if value is not None})
+    try:
+        yield LIMITS
+    finally:
+        LIMITS = before
 
 
 def suffix(path: Path) -> str:
@@ -77,15 +132,98 @@ def is_compressed(path: Path) -> bool:
 
 
 def _open(path: Path):
-    """Binary reading, decompressing .gz / .bz2 / .xz on the fly."""
+    """Binary reading, decompressing .gz / .bz2 / .xz on the fly, within the unpacked size and ratio limits."""
     name = path.name.lower()
     if name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if name.endswith(".bz2"):
-        return bz2.open(path, "rb")
-    if name.endswith(".xz"):
-        return lzma.open(path, "rb")
-    return open(path, "rb")
+        packed = gzip.open(path, "rb")
+    elif name.endswith(".bz2"):
+        packed = bz2.open(path, "rb")
+    elif name.endswith(".xz"):
+        packed = lzma.open(path, "rb")
+    else:
+        return open(path, "rb")
+    return io.BufferedReader(_Unpacked(packed, path), CHUNK)
+
+
+class _Unpacked(io.RawIOBase):
+    """A decompressing stream that counts the bytes it gives and stops at the size or ratio limit."""
+
+    def __init__(self, packed: Any, path: Path) -> None:
+        self.packed, self.path, self.out = packed, path, 0
+        self.limit = LIMITS.unpacked_bytes
+        self.ratio_limit = max(RATIO_AFTER, int(LIMITS.ratio * max(os.path.getsize(path), 1)))
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count = self.packed.readinto(buffer)
+        self.out += count
+        if self.out > self.limit:
+            self._refuse(f"unpacks to over {LIMITS.unpacked_gb:g} GiB", f"raise data.max_unpacked_gb "
+                         f"(--max-unpacked-gb, now {LIMITS.unpacked_gb:g})")
+        if self.out > self.ratio_limit:
+            self._refuse(f"unpacks to over {LIMITS.ratio:g} times its size on disk (a decompression bomb?)",
+                         f"raise data.max_ratio (--max-ratio, now {LIMITS.ratio:g}) if the file is trusted")
+        return count
+
+    def _refuse(self, problem: str, fix: str) -> None:
+        raise DataError("too_large", "", f"{problem}; stopped after {self.out:,} bytes, the records before are kept",
+                        f"split the file, or {fix}", source=str(self.path))
+
+    def close(self) -> None:
+        self.packed.close()
+        super().close()
+
+
+def bounded_lines(handle: Any, limit: int) -> Iterator[tuple[Any, int]]:
+    """(line, its size) for each line of a binary or text handle; (None, size) for a line over `limit`,
+    which is read past in pieces and never held whole."""
+    while True:
+        line = handle.readline(limit + 1)
+        if not line:
+            return
+        newline = "\n" if isinstance(line, str) else b"\n"
+        if len(line) <= limit or line.endswith(newline):
+            yield line, len(line)
+            continue
+        size = len(line)
+        while line and not line.endswith(newline):
+            line = handle.readline(CHUNK)
+            size += len(line)
+        yield None, size
+
+
+def _too_long(source: str, number: int) -> DataError:
+    return DataError("too_large", "", f"is one record of over {LIMITS.record_mb:g} MiB (a line that never ends?)",
+                     f"split or drop the record; the limit is data.max_record_mb (--max-record-mb, now "
+                     f"{LIMITS.record_mb:g})", source=source, location=location("line", number))
+
+
+SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                 (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def refuse_special(path: Path) -> None:
+    """Refuse by name what is neither a regular file nor a folder, before anything opens it: reading a
+    FIFO or a device can block forever or never end; a link loop or a dangling link has nothing to read."""
+    try:
+        info = os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise DataError("unreadable_file", "", "is a symbolic link loop (its links point back to themselves), "
+                            "not a data file", "point the link at a real file, or name the file itself",
+                            source=str(path)) from None
+        if err.errno == errno.ENOENT and os.path.islink(path):
+            raise DataError("unreadable_file", "", f"is a symbolic link to {os.readlink(path)!r}, which does not "
+                            "exist", "point the link at an existing file, or remove it", source=str(path)) from None
+        return  # e.g. no permission: the reader names it
+    if stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode):
+        return
+    kind = next((name for test, name in SPECIAL_FILES if test(info.st_mode)), "not a regular file")
+    raise DataError("unreadable_file", "", f"is {kind}, not a data file; sftune reads regular files and folders",
+                    "save the data into a file first (e.g. cat SOURCE > data.jsonl) and name that file",
+                    source=str(path))
 
 
 def encoding(path: Path) -> str:
@@ -204,6 +342,8 @@ def refuse_overwrite(inputs: Iterable[str | Path], **outputs: str | Path | None)
     identities = {name: _identity(path) for name, path in named.items()}
     for name, path in named.items():
         real, inode = identities[name]
+        if real.is_dir():
+            raise OverwriteError(f"{name} {path} is a folder; name a file to write (e.g. {Path(path) / 'out.jsonl'})")
         for source, source_real, source_inode in sources:
             if real == source_real or (inode is not None and inode == source_inode):
                 raise OverwriteError(
@@ -252,6 +392,7 @@ def expand(paths: str | Path | list[str | Path]) -> list[Path | str]:
             if not matches:
                 raise FileNotFoundError(f"{item}: no such file, folder or glob match; check the path")
         for match in matches:
+            refuse_special(match)
             if (match / "dataset_dict.json").exists():  # a DatasetDict: every split, as saved
                 splits = json.loads((match / "dataset_dict.json").read_text())["splits"]
                 found.extend(match / split for split in splits)
@@ -260,11 +401,10 @@ def expand(paths: str | Path | list[str | Path]) -> list[Path | str]:
                 if (match / LLAMAFACTORY_INFO).exists():
                     found.append(match / LLAMAFACTORY_INFO)
                     continue
-                files = sorted(
-                    p
-                    for p in match.rglob("*")
-                    if p.is_file() and suffix(p) in SUFFIXES and p.name not in METADATA_FILES
-                )
+                named = [p for p in match.rglob("*") if suffix(p) in SUFFIXES and p.name not in METADATA_FILES]
+                for p in named:
+                    refuse_special(p)  # a data file's name on a FIFO, a device or a broken link is no file to skip
+                files = sorted(p for p in named if p.is_file())
                 if not files:
                     raise FileNotFoundError(
                         f"{match}: folder holds no data files ({', '.join(SUFFIXES)}); check the path"
@@ -325,24 +465,26 @@ def _guarded(records: Iterator[tuple[int, Any]], path: Path, kind: str) -> Itera
 
 
 def _lines(path: Path, start: int = 0, end: int | None = None, first: int = 1) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw UTF-8 line) of the lines that start in [start, end); start is a line start."""
+    """(line number, raw UTF-8 line) of the lines that start in [start, end); start is a line start.
+    A line over the record limit comes as a DataError in its place."""
+    limit, source = LIMITS.record_bytes, str(path)
     with _open(path) as handle:
         if start == 0 and end is None:
             text = encoding(path)
             if text != "utf-8":  # decoded, then given on as UTF-8 like every other file
                 with io.TextIOWrapper(handle, encoding=text, newline="") as lines:
-                    for number, line in enumerate(lines, first):
-                        yield number, line.lstrip("\ufeff").encode("utf-8", "surrogatepass")
+                    for number, (line, _) in enumerate(bounded_lines(lines, limit), first):
+                        yield number, (_too_long(source, number) if line is None
+                                       else line.lstrip("\ufeff").encode("utf-8", "surrogatepass"))
                 return
-            yield from enumerate(handle, first)
-            return
-        handle.seek(start)
+        else:
+            handle.seek(start)
         position = start
-        for number, raw in enumerate(handle, first):
+        for number, (raw, size) in enumerate(bounded_lines(handle, limit), first):
             if end is not None and position >= end:
                 return
-            position += len(raw)
-            yield number, raw
+            position += size
+            yield number, _too_long(source, number) if raw is None else raw
 
 
 def _decoder() -> tuple[Any, list]:
@@ -410,6 +552,9 @@ def _jsonl(path: Path, start: int = 0, end: int | None = None, first: int = 1) -
     source = str(path)
     decode, constants = _decoder()
     for number, raw in _lines(path, start, end, first):
+        if isinstance(raw, DataError):
+            yield number, raw
+            continue
         where = location("line", number)
         if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]  # a UTF-8 byte-order mark
@@ -445,9 +590,9 @@ def is_json_lines(path: Path) -> bool:
     """A .json file whose first line is a whole JSON object and which has more lines after it."""
     try:
         with _open(path) as handle:
-            first = handle.readline().lstrip(b"\xef\xbb\xbf").strip()
+            first = handle.readline(LIMITS.record_bytes).lstrip(b"\xef\xbb\xbf").strip()
             rest = handle.read(4096).strip()
-    except (OSError, EOFError, lzma.LZMAError, zlib.error):
+    except (OSError, EOFError, lzma.LZMAError, zlib.error, DataError):
         return False  # the reader names the file and says what is wrong with it
     if not first.startswith(b"{") or not rest:
         return False
@@ -465,11 +610,11 @@ def is_json_document(path: Path) -> bool:
     first = b""
     try:
         with _open(path) as handle:
-            for line in handle:
-                first = line.lstrip(b"\xef\xbb\xbf").strip()
+            for line, _ in bounded_lines(handle, LIMITS.record_bytes):
+                first = (line or b"").lstrip(b"\xef\xbb\xbf").strip()
                 if first:
                     break
-    except (OSError, EOFError, lzma.LZMAError, zlib.error):
+    except (OSError, EOFError, lzma.LZMAError, zlib.error, DataError):
         return False
     if first in (b"[", b"{"):
         return True
@@ -563,7 +708,17 @@ def _csv(path: Path) -> Iterator[tuple[int, Any]]:
     text = encoding(path)
     with io.TextIOWrapper(_open(path), newline="", encoding="utf-8-sig" if text == "utf-8" else text,
                           errors="surrogateescape") as handle:
-        yield from _csv_rows(enumerate(handle, 1), delimiter, source)
+        yield from _csv_rows(_csv_lines(handle, source), delimiter, source)
+
+
+def _csv_lines(handle: Any, source: str) -> Iterator[tuple[int, str]]:
+    """The numbered lines of a CSV file; a line over the record limit stops the file there (the rows before stay)."""
+    for number, (line, _) in enumerate(bounded_lines(handle, LIMITS.record_bytes), 1):
+        if line is None:  # raised for the file as a whole: the rows before are kept, the file is not read on
+            error = _too_long(source, number)
+            raise error.located(location=None, problem=f"line {number} {error.problem}; the rows before it are read, "
+                                "the rest of the file cannot be")
+        yield number, line
 
 
 def _csv_rows(lines: Iterator[tuple[int, str]], delimiter: str, source: str) -> Iterator[tuple[int, Any]]:
@@ -629,6 +784,9 @@ def _csv_rows(lines: Iterator[tuple[int, str]], delimiter: str, source: str) -> 
 def _text(path: Path, start: int = 0, end: int | None = None, first: int = 1) -> Iterator[tuple[int, Any]]:
     """Plain text for continued pre-training: one document per non-blank line."""
     for number, raw in _lines(path, start, end, first):
+        if isinstance(raw, DataError):
+            yield number, raw
+            continue
         try:
             line = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError as err:

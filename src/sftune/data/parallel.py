@@ -39,7 +39,8 @@ def ranges(path: Path, parts: int) -> list[tuple[int, int, int]]:
     with open(path, "rb") as handle:
         for k in range(1, parts):
             handle.seek(size * k // parts)
-            handle.readline()
+            for _ in files.bounded_lines(handle, files.CHUNK):  # to the next line start, a piece at a time
+                break
             cuts.append(min(handle.tell(), size))
     cuts.append(size)
     cuts = sorted(set(cuts))

@@ -20,6 +20,9 @@ from sftune.encode.workers import Job, batch_results, worker_count
 from sftune.templates import Template
 
 MAX_SKIPPED_SHOWN = 100
+# More messages than this in one conversation is no real training record (the longest agent trajectories
+# have hundreds); it is skipped, counted as too_many_turns (data.max_turns, `data encode --max-turns`).
+MAX_TURNS = 10_000
 
 
 @dataclass
@@ -69,7 +72,8 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
                    policy: str = "assistant", max_len: int | None = None, batch_size: int = 1000,
                    cache_dir: str | os.PathLike | None = None, use_cache: bool = True, progress: bool = True,
                    workers: int | None = None, reasoning: str = "think_and_answer",
-                   train_empty_think: bool = False, split_reasoning_turns: bool = True) -> tuple[Any, EncodeReport]:
+                   train_empty_think: bool = False, split_reasoning_turns: bool = True,
+                   max_turns: int | None = MAX_TURNS) -> tuple[Any, EncodeReport]:
     """Encode many conversations: (datasets.Dataset, EncodeReport).
 
     Columns: input_ids, labels, and loss_weights when any message has a weight; the same rows as
@@ -78,13 +82,14 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
     result is cached under a fingerprint of the data, template, tokenizer, policy and max_len, so a
     re-run memory-maps it instead (see cache.py). `reasoning` / `train_empty_think`: which parts of a
     think block are trained (labels.py); `split_reasoning_turns`: one example per reasoning exchange
-    where the template drops earlier reasoning (reasoning.py).
+    where the template drops earlier reasoning (reasoning.py). A conversation of more than `max_turns`
+    messages is skipped with the reason too_many_turns.
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown masking policy {policy!r}; use one of {', '.join(POLICIES)}")
     check_reasoning(reasoning)
     records = list(conversations)
-    options = f"{reasoning}|{train_empty_think}|{split_reasoning_turns}"
+    options = f"{reasoning}|{train_empty_think}|{split_reasoning_turns}|{max_turns}"
     fingerprint = cache.fingerprint(records, template, tokenizer, policy, max_len, options)
     folder = cache.folder_for(fingerprint, cache_dir)
     if use_cache and (cached := cache.load(folder)) is not None:
@@ -96,20 +101,32 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
                 dataset, saved = cached
                 return dataset, EncodeReport.from_dict({**saved, "cache": "hit"})
             return _encode(records, tokenizer, template, policy, max_len, batch_size, True, progress, workers,
-                           reasoning, train_empty_think, split_reasoning_turns, fingerprint, folder)
+                           reasoning, train_empty_think, split_reasoning_turns, fingerprint, folder, max_turns)
     return _encode(records, tokenizer, template, policy, max_len, batch_size, False, progress, workers,
-                   reasoning, train_empty_think, split_reasoning_turns, fingerprint, folder)
+                   reasoning, train_empty_think, split_reasoning_turns, fingerprint, folder, max_turns)
 
 
 def _encode(records: list, tokenizer: Any, template: Template, policy: str, max_len: int | None, batch_size: int,
             use_cache: bool, progress: bool, workers: int | None, reasoning: str, train_empty_think: bool,
-            split_reasoning_turns: bool, fingerprint: str, folder: Any) -> tuple[Any, EncodeReport]:
+            split_reasoning_turns: bool, fingerprint: str, folder: Any,
+            max_turns: int | None = MAX_TURNS) -> tuple[Any, EncodeReport]:
     """The encoding itself (a cache miss), saved into `folder` when `use_cache`."""
     import datasets
 
+    report = EncodeReport(total=len(records), fingerprint=fingerprint)
+    if max_turns is not None:
+        kept = []
+        for k, conv in enumerate(records):
+            count = len(conv.messages if isinstance(conv, Conversation) else conv["messages"])
+            if count > max_turns:
+                report.skip(_where(conv, k), "too_many_turns", f"{count:,} messages, over the limit of {max_turns:,}; "
+                            "split the conversation, or raise data.max_turns (--max-turns)")
+            else:
+                kept.append(conv)
+        records = kept
+
     weighted = any(m.weight is not None if not isinstance(m, dict) else m.get("weight") is not None
                    for conv in records for m in (conv.messages if isinstance(conv, Conversation) else conv["messages"]))
-    report = EncodeReport(total=len(records), fingerprint=fingerprint)
     if split_reasoning_turns:
         records, report.reasoning_split = split_records(records, template)
     rows = _Rows(weighted)

@@ -194,16 +194,31 @@ def _encode_messages(messages: list[dict], tools: list[dict] | None, tokenizer: 
 def _truncate(messages: list[dict], tools: list[dict] | None, tokenizer: Any, template: Template, policy: str,
               max_len: int, result: dict[str, list], options: dict[str, Any]) -> dict[str, list]:
     # 1. Drop the oldest exchanges (a user turn and what follows it up to the next user turn), keeping
-    #    the system prompt and at least the last exchange.
+    #    the system prompt and at least the last exchange: the fewest that make it fit, found by bisection
+    #    (both the length and what is left to train only shrink as more is dropped), so a conversation of
+    #    thousands of turns takes a few encodings, not one per turn.
     head = 1 if messages and messages[0]["role"] == "system" else 0
     users = [i for i in range(head, len(messages)) if messages[i]["role"] == "user"]
-    for cut in users[1:]:
-        if len(result["input_ids"]) <= max_len:
-            break
-        kept = messages[:head] + messages[cut:]
-        if not any(trained_flags(kept, policy)):
-            break
-        result = _encode_messages(kept, tools, tokenizer, template, policy, options)
+    cuts = users[1:]
+    encoded: dict[int, dict[str, list] | None] = {-1: result}
+
+    def at(j: int) -> dict[str, list] | None:
+        """The encoding with the exchanges before cuts[j] dropped; None when nothing is left to train."""
+        if j not in encoded:
+            kept = messages[:head] + messages[cuts[j]:]
+            encoded[j] = (_encode_messages(kept, tools, tokenizer, template, policy, options)
+                          if any(trained_flags(kept, policy)) else None)
+        return encoded[j]
+
+    low, high = 0, len(cuts)  # the first cut that fits or leaves nothing to train, else len(cuts)
+    while low < high:
+        middle = (low + high) // 2
+        found = at(middle)
+        if found is None or len(found["input_ids"]) <= max_len:
+            high = middle
+        else:
+            low = middle + 1
+    result = at(low) if low < len(cuts) and at(low) is not None else at(low - 1)
     if len(result["input_ids"]) <= max_len:
         return result
     # 2. Cut the prompt from the left (keeping BOS), then 3. the end.

@@ -9,6 +9,7 @@ from typing import Any, Callable, Literal
 
 from sftune import data, encode, packing as packing_module
 from sftune.config import Config, ConfigError, DataEntry
+from sftune.data import files
 from sftune.encode import EncodeReport
 from sftune.templates import Template
 
@@ -32,11 +33,12 @@ def read_entries(cfg: Config, key: Literal["train", "eval"], options: dict[str, 
     """
     entries: list[str | DataEntry] = getattr(cfg.data, key)
     try:
-        if all(isinstance(entry, str) for entry in entries):
-            return list(data.read(entries, **options))
-        mixed = [{"path": entry} if isinstance(entry, str) else entry.model_dump(exclude_none=True)
-                 for entry in entries]
-        return data.read_mix(mixed, cfg.data.seed, **options)
+        with files.reading_limits(cfg.data.max_record_mb, cfg.data.max_unpacked_gb, cfg.data.max_ratio):
+            if all(isinstance(entry, str) for entry in entries):
+                return list(data.read(entries, **options))
+            mixed = [{"path": entry} if isinstance(entry, str) else entry.model_dump(exclude_none=True)
+                     for entry in entries]
+            return data.read_mix(mixed, cfg.data.seed, **options)
     except FileNotFoundError as err:
         raise ConfigError(f"data.{key}: {err} ({cfg.named_in(f'data.{key}')})") from None
 
@@ -84,7 +86,7 @@ def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=Non
                                                               reasoning=d.reasoning,
                                                               train_empty_think=d.train_empty_think,
                                                               split_reasoning_turns=d.split_reasoning_turns,
-                                                              max_len=d.max_len, progress=False)
+                                                              max_len=d.max_len, max_turns=d.max_turns, progress=False)
         report = reports[name]
         if console is not None and report.skipped:
             console.print(f"[yellow]{name}: skipped {report.skipped} of {report.total} records: "
