@@ -16,6 +16,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+# Errors go to stderr (a command's output on stdout stays clean to pipe), escaped: a message quoting the
+# user's `report_to=[tensorboard]` must not lose its brackets to rich's markup.
+errors = Console(stderr=True, highlight=False)
+
+
+def print_error(message: object) -> None:
+    from rich.markup import escape
+
+    errors.print(f"[red]error:[/red] {escape(str(message))}")
 
 # Command groups. Each command stays thin and calls the module that does the work.
 data_app = typer.Typer(help="Read, check, convert, inspect and measure SFT data.", no_args_is_help=True)
@@ -47,7 +56,7 @@ def _user_error(err: Exception) -> None:
     """One `error:` line and exit code 2 (a traceback only with --verbose)."""
     if quiet.is_verbose():
         raise err
-    console.print(f"[red]error:[/red] {err}", highlight=False)
+    print_error(err)
     raise typer.Exit(2) from None
 
 
@@ -77,12 +86,10 @@ def main() -> None:
     except Exception as err:  # noqa: BLE001 - the last line between a user and a traceback
         if quiet.is_verbose():
             raise
-        stderr = Console(stderr=True)
         if _caused_by_user(err):
-            stderr.print(f"[red]error:[/red] {err}", highlight=False)
+            print_error(err)
             raise SystemExit(2) from None
-        stderr.print(
-            f"[red]error:[/red] {type(err).__name__}: {err}\nThis looks like a bug in sftune. Run the command again "
-            "with --verbose for the traceback, and report it.", highlight=False)
+        print_error(f"{type(err).__name__}: {err}\nThis looks like a bug in sftune. Run the command again "
+                    "with --verbose for the traceback, and report it.")
         raise SystemExit(1) from None
 

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sftune import models
-from sftune.cli.common import console, data_app, json_repr, template_app
+from sftune.cli.common import console, data_app, json_repr, print_error, template_app
 
 
 def _mapping(text: Optional[str], option: str) -> Optional[dict]:
@@ -80,8 +80,6 @@ def _data_errors(function):
     import functools
     import json
 
-    from rich.markup import escape
-
     from sftune.data import DataError, files
 
     @functools.wraps(function)
@@ -92,7 +90,7 @@ def _data_errors(function):
         except (DataError, OSError, ValueError) as err:
             if kwargs.get("json_output"):
                 print(json.dumps({"error": str(err)}, ensure_ascii=False))
-            Console(stderr=True).print(f"[red]error:[/red] {escape(str(err))}", highlight=False)
+            print_error(err)
             raise typer.Exit(2) from None
 
     return wrapper

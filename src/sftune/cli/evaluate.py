@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from sftune import quiet
-from sftune.cli.common import app, console
+from sftune.cli.common import _user_error, app, console
 
 
 def _tasks_help() -> str:
@@ -56,8 +56,7 @@ def eval_command(
     except (compare.EvalError, sandbox.UnsafeExecError) as err:
         if quiet.is_verbose():
             raise
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+        _user_error(err)
     console.print(report.console_table(result))
     forgot = [f"{f['task']} {f['metric']}" for f in result["forgetting"] if f["forgot"]]
     if forgot:

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from sftune import quiet
-from sftune.cli.common import app, console
+from sftune.cli.common import _user_error, app, console
 
 
 @app.command("serve")
@@ -36,21 +36,16 @@ def serve_command(
     for item in adapter or []:
         name, sep, folder = item.partition("=")
         if not sep or not name or not folder:
-            console.print(f"[red]error:[/red] --adapter {item!r}: write it as NAME=RUN_DIR, e.g. --adapter "
-                          "support=runs/support-lora")
-            raise typer.Exit(2)
+            _user_error(f"--adapter {item!r}: write it as NAME=RUN_DIR, e.g. --adapter support=runs/support-lora")
         named[name] = folder
     try:
         from sftune.serve.server import serve
     except ImportError as err:
-        console.print(f"[red]error:[/red] serving needs the 'serve' extra ({err.name} is missing): "
-                      "pip install 'sftune[serve]'")
-        raise typer.Exit(2) from None
+        _user_error(f"serving needs the 'serve' extra ({err.name} is missing): pip install 'sftune[serve]'")
     try:
         serve(run_or_model, host=host, port=port, api_key=api_key, adapters=named, max_batch_size=max_batch_size,
               template=template, max_body_mb=max_body_mb, body_timeout_s=body_timeout, console=console)
     except (AdapterError, runs.RunError, TemplateError, OSError) as err:
         if quiet.is_verbose():
             raise
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+        _user_error(err)

@@ -71,8 +71,7 @@ def demo_command(
     except ConfigError as err:
         if quiet.is_verbose():
             raise
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+        _user_error(err)
 
 
 @app.command("train")
