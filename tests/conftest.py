@@ -84,7 +84,10 @@ def _process_state() -> dict:
 
 # huggingface_hub sends telemetry from a thread (TRL's trainers call it); nothing here may reach a hub.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-WAITING = {("threading.py", "wait"), ("queue.py", "get"), ("selectors.py", "select"), ("threading.py", "_wait_for_tstate_lock")}
+# Where an idle thread's innermost Python frame is (a ThreadPoolExecutor worker blocks in SimpleQueue.get, a C
+# call, so its own loop is the innermost frame then).
+WAITING = {("threading.py", "wait"), ("queue.py", "get"), ("selectors.py", "select"),
+           ("threading.py", "_wait_for_tstate_lock"), ("thread.py", "_worker")}
 
 
 def _busy_new_threads(before: set[threading.Thread]) -> list[str]:
