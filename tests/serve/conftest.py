@@ -9,6 +9,15 @@ from tests.conftest import tiny_model
 from tests.export.conftest import lora_run  # noqa: F401  (the tiny trained LoRA run of the chat and generate tests)
 
 
+def openai_error(response, status: int) -> dict:
+    """The error of a refused request, checked to be in the OpenAI API's shape and to carry no traceback."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert "Traceback" not in response.text
+    return body["error"]
+
+
 @pytest.fixture(scope="session")
 def base_dir(tmp_path_factory, smollm2_tokenizer):
     folder = tmp_path_factory.mktemp("serve") / "tiny-base"

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from sftune.serve import adapters
 from sftune.serve.background import running
 from sftune.serve.server import create_app
+from tests.serve.conftest import openai_error
 
 KEY = "sekret"
 USER = [{"role": "user", "content": "Hi"}]
@@ -40,14 +41,6 @@ def keyed_server(loaded):
     app = create_app(model, tokenizer, names, api_key=KEY, max_body_bytes=64 * 1024, body_timeout_s=1.0)
     with running(app) as url:
         yield url
-
-
-def _error(response, status):
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    assert "Traceback" not in response.text
-    return body["error"]
 
 
 def _post(url, route, body):
@@ -78,7 +71,7 @@ def _completion(url, model, **fields):
 def test_bodies_that_gave_500_get_400_naming_the_field(open_server, route, fields, param):
     url, model = open_server
     post = _chat if route == "chat" else _completion
-    error = _error(post(url, model, **fields), 400)
+    error = openai_error(post(url, model, **fields), 400)
     assert error["param"] == param and error["type"] == "invalid_request_error"
 
 
@@ -111,7 +104,7 @@ def test_the_whole_seed_range_samples(open_server):
 def test_requests_openai_refuses_get_400(open_server, route, fields, param):
     url, model = open_server
     post = _chat if route == "chat" else _completion
-    assert _error(post(url, model, **fields), 400)["param"] == param
+    assert openai_error(post(url, model, **fields), 400)["param"] == param
 
 
 def test_stream_options_with_stream_give_the_usage(open_server):
@@ -149,7 +142,7 @@ def _raw(url: str, head: str, body: bytes = b"", timeout: float = 20) -> bytes:
 
 def test_the_key_is_checked_before_the_body_is_read(keyed_server):
     url = keyed_server
-    error = _error(httpx.post(f"{url}/v1/chat/completions", content=b"{not json",
+    error = openai_error(httpx.post(f"{url}/v1/chat/completions", content=b"{not json",
                               headers={"content-type": "application/json"}, timeout=30), 401)
     assert error["code"] == "invalid_api_key" and "Authorization: Bearer" in error["message"]
     # 100 MB announced and none of it sent: the answer comes from the headers alone
@@ -162,12 +155,12 @@ def test_a_body_over_the_limit_gets_413(keyed_server):
     url = keyed_server
     auth = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
     big = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 100_000}]}).encode()
-    assert _error(httpx.post(f"{url}/v1/chat/completions", content=big, headers=auth, timeout=30),
+    assert openai_error(httpx.post(f"{url}/v1/chat/completions", content=big, headers=auth, timeout=30),
                   413)["code"] == "request_too_large"
     # the same body sent in chunks, without a Content-Length
     chunked = httpx.post(f"{url}/v1/chat/completions", content=iter([big[:40_000], big[40_000:]]), headers=auth,
                          timeout=30)
-    assert "--max-body-mb" in _error(chunked, 413)["message"]
+    assert "--max-body-mb" in openai_error(chunked, 413)["message"]
 
 
 def test_a_slow_body_gets_408(keyed_server):
@@ -179,7 +172,7 @@ def test_a_slow_body_gets_408(keyed_server):
 def test_the_docs_need_the_key(keyed_server):
     url = keyed_server
     for path in ("/docs", "/openapi.json", "/redoc"):
-        assert _error(httpx.get(f"{url}{path}", timeout=30), 401)["code"] == "invalid_api_key"
+        assert openai_error(httpx.get(f"{url}{path}", timeout=30), 401)["code"] == "invalid_api_key"
     assert httpx.get(f"{url}/openapi.json", headers={"authorization": f"Bearer {KEY}"}, timeout=30).status_code == 200
     assert httpx.get(f"{url}/health", timeout=30).json()["status"] == "ok"
 
@@ -278,4 +271,4 @@ def test_random_bodies_never_get_a_500(open_server, data):
     event(f"status {response.status_code}")  # pytest --hypothesis-show-statistics: how many were answered
     assert response.status_code < 500, (body, response.text)
     if response.status_code != 200:
-        _error(response, response.status_code)
+        openai_error(response, response.status_code)

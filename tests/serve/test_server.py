@@ -16,6 +16,7 @@ from sftune.generation import GenerationOptions, generate, render_prompts
 from sftune.serve import adapters
 from sftune.serve.server import create_app
 from sftune.serve.background import running
+from tests.serve.conftest import openai_error
 
 QUESTIONS = ["Hello there, how are you?", "Hi", "Name three colours of the sky.", "你好，今天天气怎么样？",
              "A longer prompt, one that takes many more tokens than the others do, by far.", "What is 2 + 2?",
@@ -82,14 +83,6 @@ def test_completions_take_raw_text(served, base_dir):
     assert reply.choices[0].text == expected.text
 
 
-def _error(response, status):
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    assert "Traceback" not in response.text
-    return body["error"]
-
-
 def test_malformed_and_unsupported_requests_get_400_in_openai_shape(served, base_dir):
     url, _ = served
     model, user = str(base_dir), [{"role": "user", "content": "x"}]
@@ -97,12 +90,12 @@ def test_malformed_and_unsupported_requests_get_400_in_openai_shape(served, base
     def post(body=None, **kwargs):
         return httpx.post(f"{url}/v1/chat/completions", timeout=30, **({"json": body} if body else {}), **kwargs)
 
-    assert "messages" in _error(post({"model": model}), 400)["message"]
+    assert "messages" in openai_error(post({"model": model}), 400)["message"]
     bad_json = post(content=b"{not json", headers={"content-type": "application/json"})
-    assert "not valid JSON" in _error(bad_json, 400)["message"]
-    assert _error(post({"model": model, "messages": user, "n": 2}), 400)["param"] == "n"
-    assert "role" in _error(post({"model": model, "messages": [{"content": "x"}]}), 400)["message"]
-    assert _error(post({"model": "nope", "messages": user}), 404)["code"] == "model_not_found"
+    assert "not valid JSON" in openai_error(bad_json, 400)["message"]
+    assert openai_error(post({"model": model, "messages": user, "n": 2}), 400)["param"] == "n"
+    assert "role" in openai_error(post({"model": model, "messages": [{"content": "x"}]}), 400)["message"]
+    assert openai_error(post({"model": "nope", "messages": user}), 404)["code"] == "model_not_found"
     with pytest.raises(openai.BadRequestError):
         client(url).chat.completions.create(model=str(base_dir), messages=[{"role": "user", "content": "x"}],
                                             temperature=5)
@@ -123,7 +116,7 @@ def test_api_key(base_dir):
     with running(create_app(model, tokenizer, names, api_key="sekret")) as url:
         with pytest.raises(openai.AuthenticationError):
             client(url, "wrong").models.list()
-        error = _error(httpx.get(f"{url}/v1/models"), 401)
+        error = openai_error(httpx.get(f"{url}/v1/models"), 401)
         assert error["code"] == "invalid_api_key" and "Authorization: Bearer" in error["message"]
         assert [m.id for m in client(url, "sekret").models.list().data] == [str(base_dir)]
 

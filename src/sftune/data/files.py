@@ -330,19 +330,20 @@ def _how(path: Path, other: Path, real: Path) -> str:
     return " (through a symbolic link)" if path.resolve() == real else " (a hard link to it: one file, two names)"
 
 
-def refuse_overwrite(inputs: Iterable[str | Path], **outputs: str | Path | None) -> None:
+def refuse_overwrite(inputs: Iterable[str | Path], *, folders: bool = False, **outputs: str | Path | None) -> None:
     """The one output guard of every command that writes, called before anything is opened for writing.
 
     `inputs` are the files and folders a command reads (as the user named them, and as expanded).
     Refused: an output that is an input under any name (a symlink or a hard link too), an output inside
-    an input folder, an output folder holding an input, and two outputs that are one file.
+    an input folder, an output folder holding an input, and two outputs that are one file; and an existing
+    folder where a file is written (folders=False, the data commands: export writes a folder).
     """
     named = {name: Path(path).expanduser() for name, path in outputs.items() if path is not None}
     sources = [(source, *_identity(source)) for source in map(Path, inputs) if os.path.lexists(source)]
     identities = {name: _identity(path) for name, path in named.items()}
     for name, path in named.items():
         real, inode = identities[name]
-        if real.is_dir():
+        if real.is_dir() and not folders:
             raise OverwriteError(f"{name} {path} is a folder; name a file to write (e.g. {Path(path) / 'out.jsonl'})")
         for source, source_real, source_inode in sources:
             if real == source_real or (inode is not None and inode == source_inode):

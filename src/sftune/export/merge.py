@@ -49,7 +49,7 @@ def merge_run(run: str | Path, out_dir: str | Path, *, dtype: str = "float32"):
     cfg = runs.run_config(run_dir)
     base = cfg.model.name
     base_dir = models.materialized_path(base) if base in models.EMBEDDED else Path(base).expanduser()
-    files.refuse_overwrite([run_dir, base_dir], output=out_dir)  # neither the run nor its base model is written over
+    files.refuse_overwrite([run_dir, base_dir], folders=True, output=out_dir)  # neither the run nor its base model is written over
     method = cfg.method.name
     if method in NOT_MERGEABLE:
         raise ExportError(
