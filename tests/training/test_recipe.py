@@ -232,3 +232,20 @@ def test_keep_best_by_a_metric_that_is_not_generated_is_a_clear_error(tmp_path, 
 
     with pytest.raises(ConfigError, match="eval.keep_best=rougeL.*add rouge to eval.generate_metrics"):
         train(run_config(tmp_path, tiny_checkpoint, eval={"keep_best": "rougeL", "generate_metrics": ["bleu"]}))
+
+
+def test_a_missing_data_file_is_reported_before_the_model_loads(tmp_path, monkeypatch):
+    """A typo in data.eval costs a second, not a model load followed by the same error."""
+    from sftune import train
+    from sftune.config import ConfigError
+    from sftune.training import recipe
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data paths were checked")
+
+    monkeypatch.setattr(recipe, "setup_model", no_model)
+    train_path, _ = demo_data(tmp_path)
+    with pytest.raises(ConfigError, match=r"data\.eval: .*nope\.jsonl: no such file"):
+        train({"model": {"name": "smollm2-135m-instruct"},
+               "data": {"train": [str(train_path)], "eval": [{"path": str(tmp_path / "nope.jsonl")}]},
+               "output": {"dir": str(tmp_path / "run")}})

@@ -25,6 +25,18 @@ class EncodedData:
     eval_conversations: list[data.Conversation] | None = None  # the held-out set as read (for generation)
 
 
+def check_data_paths(cfg: Config) -> None:
+    """Before the model loads: every file, folder or glob that data.train / data.eval names is there (a typo costs a
+    second, not a model load and then the same error); a missing one is a ConfigError naming its key."""
+    for key in ("train", "eval"):
+        for entry in getattr(cfg.data, key):
+            paths = entry.path if isinstance(entry, DataEntry) else entry
+            try:
+                files.expand(paths)
+            except FileNotFoundError as err:
+                raise ConfigError(f"data.{key}: {err} ({cfg.named_in(f'data.{key}')})") from None
+
+
 def read_entries(cfg: Config, key: Literal["train", "eval"], options: dict[str, Any]) -> list[data.Conversation]:
     """data.train or data.eval -> Conversations; a missing file is a ConfigError naming the key and its origin.
 

@@ -25,7 +25,7 @@ from sftune.training.arguments import check_report_to, training_arguments
 from sftune.training.callbacks import MetricsFileCallback, RichProgressCallback, close_progress
 from sftune.training.checkpoints import CheckpointCompleteCallback, last_checkpoint
 from sftune.training.compile import compile_layers, inductor_cache
-from sftune.training.data import EncodedData, batches, prepare_data
+from sftune.training.data import EncodedData, batches, check_data_paths, prepare_data
 from sftune.training.generate_eval import generation_metrics
 from sftune.training.plot import plot_curves
 from sftune.training.records import ResumeScheduleCheck, write_environment
@@ -61,6 +61,7 @@ def train(
 
     cfg = config if isinstance(config, Config) else load(config, overrides)
     check_report_to(cfg.train.report_to)  # a missing logger package, before anything is loaded
+    check_data_paths(cfg)  # and a missing data file
     console = console or Console()
     if cfg.stage == "preference":  # chosen / rejected pairs: DPO, IPO, SimPO, ORPO (sftune.preference)
         from sftune.preference.recipe import train_preference
