@@ -423,14 +423,15 @@ def _input_path(value: str | os.PathLike, base: Path) -> str:
     if os.path.isabs(text):
         return text
     near = os.path.abspath(os.path.join(base, text))
-    if text.startswith(("./", "../")) or _exists(near):
+    if text.startswith(("./", "../")) or path_found(near):
         return near
     here = os.path.abspath(text)
-    return here if _exists(here) else os.fspath(value)
+    return here if path_found(here) else os.fspath(value)
 
 
-def _exists(path: str) -> bool:
-    return os.path.exists(path) or bool(glob.glob(path, recursive=True))
+def path_found(path: str | os.PathLike) -> bool:
+    """A file, a folder, or a glob that matches one (data paths may be globs)."""
+    return os.path.exists(path) or bool(glob.glob(os.fspath(path), recursive=True))
 
 
 def _data_paths(value: Any, base: Path) -> Any:

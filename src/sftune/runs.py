@@ -14,13 +14,13 @@ plain vision-language model folder its own processor: generation with images is 
 
 from __future__ import annotations
 
-import glob
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sftune import models, templates
+from sftune.config import path_found
 
 RUN_CONFIG = "config.yaml"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -108,16 +108,11 @@ def _map_paths(cfg: Any, change) -> Any:
     return cfg
 
 
-def _exists(pattern: str | os.PathLike) -> bool:
-    """A file, a folder or a glob matching one (data paths may be globs)."""
-    return Path(pattern).exists() or bool(glob.glob(str(pattern)))
-
-
 def _portable(value: str, run_dir: Path) -> str:
     """A local path as config.yaml keeps it: relative to the run folder inside it, else absolute; a name that
     is no local path (a hub id) unchanged."""
     path = Path(value).expanduser()
-    if not _exists(path):
+    if not path_found(path):
         return value
     path = path.absolute()
     return str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else str(path)
@@ -126,7 +121,7 @@ def _portable(value: str, run_dir: Path) -> str:
 def _inside(value: str, run_dir: Path) -> str:
     """A relative path of config.yaml read from the run folder when it is there; else as written (a name, or a
     path relative to the working directory, as runs trained before config.yaml was portable kept them)."""
-    if Path(value).expanduser().is_absolute() or not _exists(run_dir / value):
+    if Path(value).expanduser().is_absolute() or not path_found(run_dir / value):
         return value
     return str(run_dir.absolute() / value)
 
