@@ -64,7 +64,7 @@ def write(run_dir: str | Path) -> Path:
     if results is not None:
         sections.append(_before_after_section(results))
     sections.append(_usage_section(run, cfg.output.push_to_hub, adapter))
-    versions = summary.get("versions") or _installed_versions()
+    versions = _recorded_versions(run) or _installed_versions()
     sections.append("## Libraries\n\n" + _table(["library", "version"], [[k, v] for k, v in versions.items()]))
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
     path = run / "README.md"
@@ -137,6 +137,17 @@ def _usage_section(run: Path, repo: str | None, adapter: bool) -> str:
     return (f"## Use\n\n```\nsftune chat {run}\nsftune serve {run}\nsftune export {run}\n```\n\n"
             "The tokenizer holds the chat template the model was trained with:\n\n```python\n"
             f"from transformers import AutoTokenizer\n{loader}\ntokenizer = AutoTokenizer.from_pretrained({name})\n```")
+
+
+def _recorded_versions(run: Path) -> dict[str, str] | None:
+    """The versions the run trained with, from its environment.json (`sftune eval` may rewrite the card later,
+    under other versions); None for a run folder written before sftune recorded them."""
+    try:
+        recorded = json.loads((run / "environment.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    packages = recorded.get("packages", {})
+    return {"sftune": recorded.get("sftune"), **{k: packages[k] for k in LIBRARIES if k in packages}}
 
 
 def _installed_versions() -> dict[str, str]:

@@ -19,8 +19,8 @@ from transformers import TrainerCallback
 
 ENVIRONMENT = "environment.json"
 # The libraries a run's numbers depend on, by distribution name.
-PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "tokenizers", "safetensors", "bitsandbytes",
-            "deepspeed")
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "tokenizers", "safetensors", "huggingface_hub",
+            "bitsandbytes", "deepspeed")
 
 
 def write_environment(run_dir: Path, *, precision: str, resumed_from: str | None) -> dict[str, Any]:
