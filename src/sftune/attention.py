@@ -60,7 +60,8 @@ def pieces(position_ids: torch.Tensor | None, length: int) -> list[tuple[int, in
     return out
 
 
-def _attend_branch(query, key, value, prefix_key, prefix_value, *, scaling, dropout, window, groups):
+def _attend_branch(query, key, value, prefix_key, prefix_value, *, scaling, dropout, window, groups, softcap=None,
+                   sinks=None):
     """Attention of a branch ([1, heads, L, D]) over its trunk's first p tokens and itself, causally."""
     prefix, length = prefix_key.shape[2], query.shape[2]
     q_pos = prefix + torch.arange(length, device=query.device)
@@ -68,20 +69,46 @@ def _attend_branch(query, key, value, prefix_key, prefix_value, *, scaling, drop
     mask = distance >= 0
     if window is not None:
         mask &= distance < window
+    if softcap is not None or sinks is not None:
+        return _attend_eager(query, torch.cat([prefix_key, key], dim=2), torch.cat([prefix_value, value], dim=2),
+                             mask, scaling=scaling, dropout=dropout, groups=groups, softcap=softcap, sinks=sinks)
     return torch.nn.functional.scaled_dot_product_attention(
         query, torch.cat([prefix_key, key], dim=2), torch.cat([prefix_value, value], dim=2), attn_mask=mask,
         dropout_p=dropout, scale=scaling, enable_gqa=groups > 1,
     )
 
 
-def _attend(query, key, value, *, scaling, dropout, window, groups):
+def _attend_eager(query, key, value, mask, *, scaling, dropout, groups, softcap=None, sinks=None):
+    """Attention with the scores formed here, for what sdpa cannot do: scores soft-capped
+    (`softcap * tanh(scores / softcap)`, Gemma 2) before the mask, or a learned sink logit per head that takes
+    its share of the softmax and is dropped after it (gpt-oss's `s_aux`). `mask` is True where a query sees a key."""
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    if sinks is not None:
+        sink = sinks.reshape(1, -1, 1, 1).expand(*scores.shape[:-1], 1).to(scores.dtype)
+        scores = torch.cat([scores, sink], dim=-1)
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if sinks is not None:
+        weights = weights[..., :-1]
+    weights = torch.nn.functional.dropout(weights, p=dropout)
+    return torch.matmul(weights, value)
+
+
+def _attend(query, key, value, *, scaling, dropout, window, groups, softcap=None, sinks=None):
     """Causal attention of one sequence ([1, heads, L, D]), within a sliding window if given."""
     mask, causal = None, True
     length = query.shape[2]
-    if window is not None and length > window:
+    if softcap is not None or sinks is not None or (window is not None and length > window):
         i = torch.arange(length, device=query.device)
         distance = i[:, None] - i[None, :]
-        mask, causal = (distance >= 0) & (distance < window), False
+        mask, causal = (distance >= 0) & (distance < (window or length)), False
+    if softcap is not None or sinks is not None:
+        return _attend_eager(query, key, value, mask, scaling=scaling, dropout=dropout, groups=groups,
+                             softcap=softcap, sinks=sinks)
     return torch.nn.functional.scaled_dot_product_attention(
         query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling, is_causal=causal,
         enable_gqa=groups > 1,
@@ -110,16 +137,23 @@ def varlen_attention_forward(
         and q_len == kv_len
         and q_len > 1
         and getattr(module, "is_causal", True)
-        and kwargs.get("softcap") is None
         and kwargs.get("position_bias") is None
     )
+    softcap, sinks = kwargs.get("softcap"), kwargs.get("s_aux")
+    groups = getattr(module, "num_key_value_groups", 1)
+    if not plain and (softcap is not None or sinks is not None):  # not sdpa's: the whole batch under its mask
+        mask = attention_mask
+        if mask is None:
+            mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
+        out = _attend_eager(query, key, value, mask.bool(), scaling=scaling, dropout=dropout, groups=groups,
+                            softcap=softcap, sinks=sinks)
+        return out.transpose(1, 2).contiguous(), None
     if not plain:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
             sliding_window=sliding_window, **kwargs,
         )
     window = sliding_window if sliding_window is not None else getattr(module, "sliding_window", None)
-    groups = getattr(module, "num_key_value_groups", 1)
     rows = []
     for b in range(query.shape[0]):
         row_positions = None if position_ids is None else position_ids[min(b, position_ids.shape[0] - 1)]
@@ -127,11 +161,13 @@ def varlen_attention_forward(
         for s, e, trunk in pieces(row_positions, q_len):
             q, k, v = query[b : b + 1, :, s:e], key[b : b + 1, :, s:e], value[b : b + 1, :, s:e]
             if trunk == -1:
-                outs.append(_attend(q, k, v, scaling=scaling, dropout=dropout, window=window, groups=groups))
+                outs.append(_attend(q, k, v, scaling=scaling, dropout=dropout, window=window, groups=groups,
+                                    softcap=softcap, sinks=sinks))
             else:
                 p = trunk + int(row_positions[s])
                 outs.append(_attend_branch(q, k, v, key[b : b + 1, :, trunk:p], value[b : b + 1, :, trunk:p],
-                                           scaling=scaling, dropout=dropout, window=window, groups=groups))
+                                           scaling=scaling, dropout=dropout, window=window, groups=groups,
+                                           softcap=softcap, sinks=sinks))
         rows.append(outs[0] if len(outs) == 1 else torch.cat(outs, dim=2))
     out = rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
     return out.transpose(1, 2).contiguous(), None
@@ -140,10 +176,15 @@ def varlen_attention_forward(
 def varlen_mask(*, attention_mask: torch.Tensor | None = None, q_length: int = 0, kv_length: int = 0,
                 q_offset: Any = 0, kv_offset: Any = 0, **kwargs: Any):
     """No mask for a pass without padding and without a cache: the attention function cuts the
-    sequences itself. Anything else gets sdpa's own mask."""
+    sequences itself. Anything else gets sdpa's own mask, and so do chunked-attention layers (Llama 4: the
+    chunks restart with each packed sequence in transformers' mask, which the attention then follows)."""
     from transformers.masking_utils import sdpa_mask
 
-    if attention_mask is None and q_length == kv_length and not _nonzero(q_offset) and not _nonzero(kv_offset):
+    config = kwargs.get("config")
+    chunk = getattr(config, "attention_chunk_size", None)
+    chunked = chunk is not None and kwargs.get("local_size") == chunk != getattr(config, "sliding_window", None)
+    plain = attention_mask is None and q_length == kv_length and not _nonzero(q_offset) and not _nonzero(kv_offset)
+    if plain and not chunked:
         return None
     return sdpa_mask(attention_mask=attention_mask, q_length=q_length, kv_length=kv_length,
                      q_offset=q_offset, kv_offset=kv_offset, **kwargs)

@@ -130,3 +130,118 @@ def collate_padded(features: list[dict[str, Any]], pad_token_id: int, *, pad_to_
     out["labels"][:, 0] = torch.where(out["attention_mask"][:, 0] == 1, IGNORE, out["labels"][:, 0])
     return out
 
+
+
+
+_RECURRENT = ("{} layers carry a state from token to token and transformers' CPU path ({}) reads no sequence "
+              "boundaries (position_ids, cu_seq_lens or seq_idx), so a packed sequence starts from the state the "
+              "sequence before it left")
+# Decoder architectures (transformers 5.24 model_type) and what packing does with each: None when sftune's
+# varlen attention keeps packed sequences apart (packed == alone, tests/test_packing_families.py), else why
+# their batches are padded. An architecture not listed is decided by `probe` at start-up. Read by the
+# "Supported families" page.
+ARCHITECTURES: dict[str, str | None] = {
+    **dict.fromkeys((
+        "llama", "mistral", "mixtral", "ministral", "ministral3", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe",
+        "gemma", "gemma2", "gemma3_text", "cohere", "cohere2", "phi", "phi3", "phimoe", "granite", "granitemoe",
+        "olmo", "olmo2", "olmo3", "olmoe", "deepseek_v2", "deepseek_v3", "glm", "glm4", "glm4_moe", "glm4_moe_lite",
+        "gpt_oss", "llama4_text", "starcoder2", "smollm3", "stablelm", "exaone4", "ernie4_5", "ernie4_5_moe",
+        "minicpm3", "internlm3", "hunyuan_v1_dense", "hunyuan_v1_moe", "helium", "seed_oss", "apertus", "arcee",
+        "bitnet", "dots1", "nemotron", "gpt_neox", "gpt2", "minimax_m2", "mimo_v2_flash",
+    )),
+    "qwen3_5_text": _RECURRENT.format("Gated DeltaNet (linear attention) and short-convolution",
+                                      "torch_chunk_gated_delta_rule, causal_conv1d_fn"),
+    "qwen3_5_moe_text": _RECURRENT.format("Gated DeltaNet (linear attention) and short-convolution",
+                                          "torch_chunk_gated_delta_rule, causal_conv1d_fn"),
+    "qwen3_next": _RECURRENT.format("Gated DeltaNet (linear attention) and short-convolution",
+                                    "torch_chunk_gated_delta_rule, causal_conv1d_fn"),
+    "olmo_hybrid": _RECURRENT.format("Gated DeltaNet (linear attention)", "torch_chunk_gated_delta_rule"),
+    "minimax": _RECURRENT.format("Lightning (linear) attention", "its block-wise decay over the whole row"),
+    "nemotron_h": _RECURRENT.format("Mamba-2 (state-space) and convolution", "torch_forward"),
+    "bamba": _RECURRENT.format("Mamba-2 (state-space) and convolution", "torch_forward"),
+    "falcon_h1": _RECURRENT.format("Mamba-2 (state-space) and convolution", "torch_forward"),
+    "granitemoehybrid": _RECURRENT.format("Mamba-2 (state-space) and convolution", "torch_forward"),
+    "jamba": _RECURRENT.format("Mamba (state-space) and convolution", "slow_forward"),
+    "mamba": _RECURRENT.format("Mamba (state-space) and convolution", "slow_forward"),
+    "falcon_mamba": _RECURRENT.format("Mamba (state-space) and convolution", "slow_forward"),
+    "bailing_hybrid": _RECURRENT.format("linear-attention", "its recurrent torch path"),
+    "recurrent_gemma": _RECURRENT.format("RG-LRU (recurrent) and convolution", "its torch scan"),
+    "rwkv": _RECURRENT.format("RWKV time-mixing (recurrent)", "its torch scan"),
+    "xlstm": _RECURRENT.format("mLSTM (recurrent)", "its native torch kernels"),
+}
+
+
+# The probe's sequences: short, of unequal lengths, so that a leak reaches each later sequence's first tokens.
+PROBE_LENGTHS = (24, 16, 32)
+# How far a packed sequence's logits may be from its logits alone (max absolute difference, over the largest
+# |logit|): rounding of other matmul shapes in fp32; bf16 / fp16 keep 8 / 11 bits of mantissa. A sequence that
+# sees another one differs by orders of magnitude more (0.05-0.9 on tiny random models).
+PROBE_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-6, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+
+
+def probe(model: Any, *, branches: bool = False) -> str | None:
+    """Why this model's packed rows are not its sequences alone, or None when they are.
+
+    A few short random sequences run through the model packed (`collate_packed`'s row, as training feeds it)
+    and each alone, in eval mode without gradients; the logits must agree (PROBE_TOLERANCE). With
+    `branches`, the row is the preference stage's shared prompt instead (`attention.pieces`): a prompt and
+    answer, then a second answer branching from the prompt's last token, which must equal prompt + answer alone.
+    A packed forward pass that raises is a reason too (packing goes off); one alone that raises is the model's.
+    """
+    embeddings = model.get_input_embeddings()
+    device = embeddings.weight.device
+    generator = torch.Generator().manual_seed(0)
+    vocab = embeddings.num_embeddings
+    sequences = [torch.randint(0, vocab, (n,), generator=generator).tolist() for n in PROBE_LENGTHS]
+    if branches:
+        prompt, first, second = sequences
+        ids = prompt + first + prompt[-1:] + second
+        positions = list(range(len(prompt) + len(first))) + list(range(len(prompt) - 1, len(prompt) + len(second)))
+        row = {"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([positions])}
+        alone = [prompt + first, prompt + second]
+        slices = [(0, len(prompt) + len(first), 0), (len(prompt) + len(first), len(ids), len(prompt) - 1)]
+    else:
+        row = collate_packed([{"input_ids": s} for s in sequences])
+        row = {k: row[k] for k in ("input_ids", "position_ids")}
+        starts = [sum(PROBE_LENGTHS[:i]) for i in range(len(sequences))]
+        alone = sequences
+        slices = [(start, start + len(s), 0) for start, s in zip(starts, sequences)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            references = [_logits(model, {"input_ids": torch.tensor([s])}, device) for s in alone]
+            try:
+                packed = _logits(model, row, device)
+            except Exception as error:  # noqa: BLE001 - any failure of the packed pass turns packing off
+                what = "shared-prompt" if branches else "packed"
+                return f"the {what} forward pass fails on this model ({type(error).__name__}: {error})"
+    finally:
+        model.train(was_training)
+    difference, scale = 0.0, 1.0
+    for (start, end, skip), reference in zip(slices, references):
+        difference = max(difference, float((packed[start:end] - reference[skip:]).abs().max()))
+        scale = max(scale, float(reference.abs().max()))
+    tolerance = PROBE_TOLERANCE.get(embeddings.weight.dtype, 3e-2)
+    if difference > tolerance * scale:
+        what = "a branch of a shared prompt" if branches else "a sequence inside a packed row"
+        return (f"{what} is not the same sequence alone on this model (max logit difference {difference:.3g}, "
+                f"allowed {tolerance * scale:.2g}): its layers let packed sequences see each other")
+    return None
+
+
+def _logits(model: Any, inputs: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """[T, V] fp32 logits of one row, called as training calls the model (no cache)."""
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    return model(**inputs, use_cache=False).logits[0].float()
+
+
+def packing_refused(model: Any, *, branches: bool = False) -> str | None:
+    """Why this model trains on padded batches rather than packed rows, or None: its architecture's known
+    outcome (ARCHITECTURES), else the probe on the model itself (adapters and attention as they will train)."""
+    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    model_type = config.get_text_config().model_type
+    known = ARCHITECTURES.get(model_type)
+    if known is not None:
+        return f"{model_type}: {known}"
+    return probe(model, branches=branches)

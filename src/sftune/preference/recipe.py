@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.markup import escape
 from transformers import TrainerCallback, set_seed
 
 from sftune import attention, data, methods, models, publish, runs, templates
 from sftune.config import Config, ConfigError
 from sftune.distributed import launch_precision
 from sftune.hardware import resolve_precision
+from sftune.packing import packing_refused
 from sftune.preference.batches import collate_pairs
 from sftune.preference.encode import encode_pairs
 from sftune.preference.losses import NEEDS_REFERENCE, Settings
@@ -56,6 +58,10 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
 
     settings = Settings(**cfg.preference.model_dump())
     shared = packing and getattr(model.config, "_attn_implementation", None) == attention.NAME
+    why = packing_refused(model, branches=True) if shared else None  # a branch == its prompt + answer alone
+    if why:
+        console.print(f"[yellow]shared prompts off: {escape(why)}; each pair's two sequences pack whole[/yellow]")
+        shared = False
     collate = functools.partial(collate_pairs, packing=packing, pad_token_id=tokenizer.pad_token_id,
                                 shared_prompt=shared)
     args = training_arguments(cfg, run_dir, precision=precision, has_eval=sets["eval"] is not None, packing=True)
@@ -160,5 +166,9 @@ def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, Any, bo
     console.print(f"[bold]{cfg.stage} ({cfg.preference.loss})[/bold], {cfg.method.name} on {name}"
                   f"{' (continuing its adapter)' if continued else ''}: {methods.trainable_summary(model)}")
     if packing and not methods.packing_supported(cfg.method, model)[0]:
+        packing = False
+    why = packing_refused(model) if packing else None  # the model's own packed rows == its sequences alone
+    if why:
+        console.print(f"[yellow]packing off: {escape(why)}; pairs are padded batches[/yellow]")
         packing = False
     return model, tokenizer, template, packing, continued

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.markup import escape
 from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 
 from sftune import attention, distributed, methods, models, publish, runs, templates
 from sftune.config import Config, ConfigError, load
 from sftune.hardware import resolve_precision
+from sftune.packing import packing_refused
 from sftune.training.arguments import check_report_to, training_arguments
 from sftune.training.callbacks import MetricsFileCallback, RichProgressCallback, close_progress
 from sftune.training.checkpoints import CheckpointCompleteCallback, last_checkpoint
@@ -187,8 +189,9 @@ def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, bool]:
     console.print(f"[bold]{cfg.method.name}[/bold] on {cfg.model.name}: {methods.trainable_summary(model)}")
     if cfg.data.packing:
         ok, why = methods.packing_supported(cfg.method, model)
-        if not ok:
-            console.print(f"[yellow]packing off: {why}; batch_size now counts sequences[/yellow]")
+        why = packing_refused(model) if ok else why  # the model's own packed rows == its sequences alone
+        if why:
+            console.print(f"[yellow]packing off: {escape(why)}; batch_size now counts sequences[/yellow]")
             packing = False
     if cfg.train.gradient_checkpointing:
         ok, why = methods.gradient_checkpointing_supported(cfg.method)
