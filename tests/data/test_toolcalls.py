@@ -65,14 +65,45 @@ def _roundtrip(conversation: Conversation, style: str, tmp_path: Path) -> Conver
     return back
 
 
-def _same(a: Conversation, b: Conversation) -> None:
-    assert [m.to_dict() for m in a.messages] == [m.to_dict() for m in b.messages]
+def _without_ids(m: Message) -> dict:
+    """A message as its meaning without call ids (ShareGPT and Hermes have none; OpenAI requires them)."""
+    from sftune.data.formats import call_text, tool_calls
+
+    content = call_text(tool_calls(m.content)) if m.role == "tool_call" else m.content
+    return {**m.to_dict(), "content": content, "tool_call_id": None}
+
+
+def _same(a: Conversation, b: Conversation, ids: bool = False) -> None:
+    shown = (lambda m: m.to_dict()) if ids else _without_ids
+    assert [shown(m) for m in a.messages] == [shown(m) for m in b.messages]
     assert a.tools == b.tools
 
 
 @pytest.mark.parametrize("style", ["openai", "sharegpt", "hermes", "messages"])
 def test_each_shape_reads_back_as_the_same_conversation(style, tmp_path):
-    _same(_roundtrip(RICH, style, tmp_path), RICH)
+    _same(_roundtrip(RICH, style, tmp_path), RICH, ids=style == "messages")
+
+
+def with_ids(*ids: str) -> Conversation:
+    """RICH with the data's own call ids, its results naming them."""
+    calls = iter(ids)
+    results = iter(ids)
+    messages = []
+    for m in RICH.messages:
+        if m.role == "tool_call":
+            found = json.loads(m.content)
+            found = [{**c, "id": next(calls)} for c in (found if isinstance(found, list) else [found])]
+            m = Message("tool_call", json.dumps(found[0] if len(found) == 1 else found, ensure_ascii=False))
+        elif m.role == "tool":
+            m = Message("tool", m.content, tool_call_id=next(results))
+        messages.append(m)
+    return Conversation(messages, tools=TOOLS)
+
+
+@pytest.mark.parametrize("style", ["openai", "messages"])
+def test_call_ids_the_data_gave_are_kept_through_shapes_that_hold_them(style, tmp_path):
+    conversation = with_ids("toolu_a", "toolu_b", "toolu_c")
+    _same(_roundtrip(conversation, style, tmp_path), conversation, ids=True)
 
 
 def test_a_chain_of_conversions_loses_nothing_and_keeps_train_flags(tmp_path):
