@@ -165,7 +165,7 @@ def test_check_json_strict_and_quarantine(tmp_path, kind, name, data, valid, inv
     assert strict.exit_code == (1 if invalid or not report["total"] else 0)
     quarantine = tmp_path / "rejected" / "q.jsonl"
     assert invoke("check", path, "--quarantine", quarantine, *extra).exit_code == 0
-    rejected = [json.loads(line) for line in quarantine.read_text().splitlines()]
+    rejected = strict_lines(quarantine)
     assert len(rejected) == invalid
     assert all(r["source"] == str(path) and r["reason"] and r["error"] for r in rejected)
 

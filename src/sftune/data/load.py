@@ -274,7 +274,9 @@ def read_plan(plan, on_error, quarantine, max_chars, report, shape=None, log: bo
     def reject(error: DataError) -> None:
         report.add_error(error)
         if sink is not None:
-            sink.write(json.dumps(error.to_dict(), ensure_ascii=False, default=str) + "\n")
+            entry = error.to_dict()
+            nulls_for_non_finite("", entry)  # the record as read may hold NaN (refused for it): JSON has none
+            sink.write(json.dumps(entry, ensure_ascii=False, default=str, allow_nan=False) + "\n")
         if on_error == "raise":
             raise error
 
@@ -392,17 +394,26 @@ def _nulls_for_non_finite(conversation: Any, dropped: Counter) -> None:
     """NaN / Infinity in what a record carries unread (meta, tools) become null, counted per field: JSON has
     no such numbers, and Parquet / Arrow write NaN for a missing float. (A JSON file holding them is
     refused by its reader; text fields and weights refuse them in formats.py.)"""
-    stack: list[tuple[str, Any, Any, Any]] = [("tools", None, None, conversation.tools),
-                                              ("meta", None, None, conversation.meta)]
+    if conversation.tools:
+        nulls_for_non_finite("tools", conversation.tools, dropped)
+    nulls_for_non_finite("meta", conversation.meta, dropped)
+
+
+def nulls_for_non_finite(name: str, value: Any, dropped: Counter | None = None) -> None:
+    """Every NaN / Infinity inside a dict or list made null, in place (iteratively: any depth), each
+    counted in `dropped` by its path when given."""
+    stack: list[tuple[str, Any]] = [(name, value)]
     while stack:
-        name, parent, key, value = stack.pop()
-        if isinstance(value, float) and not math.isfinite(value):
-            parent[key] = None
-            dropped[f"{name} (NaN / Infinity written as null)"] += 1
-        elif isinstance(value, dict):
-            stack.extend((f"{name}.{k}", value, k, v) for k, v in value.items())
-        elif isinstance(value, list):
-            stack.extend((f"{name}[{i}]", value, i, v) for i, v in enumerate(value))
+        path, container = stack.pop()
+        items = container.items() if isinstance(container, dict) else enumerate(container)
+        for key, item in items:
+            inner = f"{path}.{key}" if isinstance(container, dict) else f"{path}[{key}]"
+            if isinstance(item, float) and not math.isfinite(item):
+                container[key] = None
+                if dropped is not None:
+                    dropped[f"{inner} (NaN / Infinity written as null)"] += 1
+            elif isinstance(item, (dict, list)):
+                stack.append((inner, item))
 
 
 def _located(error: DataError, source, where, record, fields, fmt, columns, cli) -> DataError:
