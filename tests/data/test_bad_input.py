@@ -526,3 +526,16 @@ def test_converted_image_paths_name_the_same_images_from_the_output_folder(tmp_p
         assert strict_lines(out)[0]["images"] == [str(Path("..", "..", "data", "images", "cat.png")), str(absolute)]
         again = json.loads(invoke("check", out, "--json").stdout)
         assert (again["valid"], again["images"]) == (1, 2), again["examples"]
+
+
+def test_a_rejected_parquet_record_with_nan_is_quarantined_as_strict_json(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"instruction": ["q", "q2"], "output": ["a", None], "score": [0.5, float("nan")]}), path)
+    out = tmp_path / "o.jsonl"
+    assert invoke("convert", path, "-o", out).exit_code == 0
+    (rejected,) = strict_lines(tmp_path / "o.jsonl.rejected.jsonl")
+    assert rejected["field"] == "output" and rejected["record"]["score"] is None
+    assert len(strict_lines(out)) == 1
