@@ -9,6 +9,7 @@ import json
 import lzma
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -35,6 +36,19 @@ def gz_cut(data: bytes) -> bytes:
     return packed[: len(packed) - 30]
 
 
+TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+
+
+def tool_turn(*results) -> dict:
+    """Two parallel calls (ids c1: city A, c2: city B) and the tool results given, as (tool_call_id, text)."""
+    calls = [{"id": f"c{k}", "type": "function", "function": {"name": "weather", "arguments": json.dumps({"city": c})}}
+             for k, c in ((1, "A"), (2, "B"))]
+    return {"messages": [{"role": "user", "content": "Weather in A and B?"},
+                         {"role": "assistant", "content": None, "tool_calls": calls},
+                         *({"role": "tool", "tool_call_id": i, "content": text} for i, text in results),
+                         {"role": "assistant", "content": "A is sunny, B is rainy."}], "tools": TOOLS}
+
+
 LONG = b"".join(j({"instruction": f"q{i}", "output": f"a{i}"}) for i in range(200))
 
 # (kind, file name, bytes, valid, invalid, texts the report must hold: the field / problem and the fix)
@@ -54,6 +68,8 @@ MATRIX = [
     ("deep-nesting", "d.jsonl", G + b"[" * 10_000 + b"]" * 10_000 + b"\n", 1, 1, ["line 2", "too deeply", "fix or remove"]),
     ("huge-integer", "d.jsonl", G + b'{"instruction": "x", "output": ' + b"9" * 5000 + b"}\n", 1, 1, ["line 2", "4,300 digits", "fix or remove"]),
     ("tool-calls-string", "d.jsonl", G + j(msgs(("user", "q")) | {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": "call f"}]}), 1, 1, ["line 2", "messages[1].tool_calls", "as a list"]),
+    ("tool-result-unknown-id", "d.jsonl", G + j(tool_turn(("c2", "B: rain"), ("c9", "A: sun"))), 1, 1, ["line 2", "messages[3].tool_call_id", "'c9'", "tool_call_id of the call"]),
+    ("tool-call-without-result", "d.jsonl", G + j(tool_turn(("c2", "B: rain"))), 1, 1, ["line 2", "messages[1].tool_calls[0]", "has no result", "add its result"]),
     ("tool-calls-number", "d.jsonl", G + j({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "tool_calls": 5}]}), 1, 1, ["line 2", "messages[1].tool_calls", "as a list"]),
     ("role-upper-case", "d.jsonl", G + j({"messages": [{"role": "USER", "content": "q"}, {"role": "assistant", "content": "a"}]}), 1, 1, ["line 2", "messages[0].role", "--roles USER=user"]),
     ("role-human-capital", "d.jsonl", G + j({"conversations": [{"from": "Human", "value": "q"}, {"from": "gpt", "value": "a"}]}), 1, 1, ["line 2", "conversations[0].role", "--roles Human=user"]),
@@ -149,7 +165,7 @@ def test_check_json_strict_and_quarantine(tmp_path, kind, name, data, valid, inv
     assert strict.exit_code == (1 if invalid or not report["total"] else 0)
     quarantine = tmp_path / "rejected" / "q.jsonl"
     assert invoke("check", path, "--quarantine", quarantine, *extra).exit_code == 0
-    rejected = [json.loads(line) for line in quarantine.read_text().splitlines()]
+    rejected = strict_lines(quarantine)
     assert len(rejected) == invalid
     assert all(r["source"] == str(path) and r["reason"] and r["error"] for r in rejected)
 
@@ -401,3 +417,125 @@ def test_a_config_nested_20000_levels_is_a_config_error_naming_the_file(tmp_path
     result = sftune("train", config)
     said = (result.stdout + result.stderr).replace("\n", "")
     assert result.returncode == 2 and str(config) in said and "too deeply" in said and "Traceback" not in said, said
+
+
+# --- nothing dropped or re-paired silently: parallel tool results by id, fields not kept counted, image paths ----
+
+
+def nan_parquet() -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()  # pandas writes a missing float as NaN
+    pq.write_table(pa.table({"instruction": ["q", "q2"], "output": ["a", "a2"], "score": [float("nan"), 0.5]}), buffer)
+    return buffer.getvalue()
+
+
+NAN_TOOLS = '[{"name": "weather", "parameters": {"type": "object", "default": NaN}}]'  # JSON text: NaN unseen by the reader
+# (kind, file name, bytes, copies of the record, what the report counts per copy)
+NOT_KEPT = [
+    ("per-message-name", "d.jsonl", j({"messages": [{"role": "user", "content": "q", "name": "ann"},
+                                                   {"role": "assistant", "content": "a", "name": "bot"}]}), 300,
+     {"name (per-message field)": 2}),
+    ("second-format", "d.jsonl", j({**msgs(("user", "q"), ("assistant", "a")), "instruction": "q2", "output": "a2"}), 300,
+     {"instruction (second format alpaca, not trained; kept in meta.extra)": 1,
+      "output (second format alpaca, not trained; kept in meta.extra)": 1}),
+    ("duplicate-csv-column", "d.csv", b"instruction,output,output\nq,a,b\n", 1,
+     {"output (duplicate CSV column 3, kept in meta.extra)": 1}),
+    ("nan-parquet-column", "d.parquet", nan_parquet(), 1, {"meta.extra.score (NaN / Infinity written as null)": 1}),
+    ("nan-in-tools-text", "d.jsonl", j({**msgs(("user", "q"), ("assistant", "a")), "tools": NAN_TOOLS}), 300,
+     {"tools[0].parameters.default (NaN / Infinity written as null)": 1}),
+]
+
+
+def repeated(tmp_path, name, data, copies):
+    path = tmp_path / name
+    path.write_bytes(data if copies == 1 else data * copies)
+    return path
+
+
+def strict_lines(path) -> list:
+    """Every line of a written file, parsed by a strict JSON parser (no NaN / Infinity)."""
+    return [json.loads(line, parse_constant=lambda name: pytest.fail(f"non-standard JSON {name} written"))
+            for line in path.read_text().splitlines()]
+
+
+def same_for_1_and_2_workers(path, monkeypatch) -> dict:
+    from sftune.data import parallel
+
+    monkeypatch.setattr(parallel, "MIN_BYTES_PER_JOB", 2000)  # JSONL of over 4 kB is read in ranges
+    reports = [json.loads(invoke("check", path, "--json", "--workers", n).stdout) for n in ("1", "2")]
+    assert reports[0] == reports[1]
+    counts_add_up(reports[0], None, reports[0]["invalid"])
+    return reports[0]
+
+
+@pytest.mark.parametrize("kind, name, data, copies, dropped", NOT_KEPT, ids=[c[0] for c in NOT_KEPT])
+def test_fields_not_kept_are_counted_per_name_and_the_output_is_strict_json(tmp_path, monkeypatch, kind, name, data,
+                                                                             copies, dropped):
+    path = repeated(tmp_path, name, data, copies)
+    report = same_for_1_and_2_workers(path, monkeypatch)
+    assert report["invalid"] == 0
+    assert report["dropped"] == {key: count * copies for key, count in dropped.items()}
+    human = invoke("check", path)
+    said = human.output.replace("\n", "")
+    assert human.exit_code == 0 and "not kept as given:" in said
+    for key in dropped:
+        assert f"{key.split(' (')[0]} x{dropped[key] * copies:,}" in said, said
+    out = tmp_path / "out" / "o.jsonl"
+    converted = invoke("convert", path, "-o", out)
+    assert converted.exit_code == 0 and "not kept as given:" in converted.output.replace("\n", "")
+    assert len(strict_lines(out)) == report["valid"]
+
+
+def test_parallel_tool_results_out_of_order_are_matched_by_id(tmp_path, monkeypatch):
+    from sftune import templates
+    from sftune.data import read
+
+    path = repeated(tmp_path, "d.jsonl", j(tool_turn(("c2", "B: rain"), ("c1", "A: sun"))), 40)
+    report = same_for_1_and_2_workers(path, monkeypatch)
+    assert (report["valid"], report["invalid"]) == (40, 0)
+    tools = json.loads(invoke("check", path, "--tools", "--json").stdout)["tools"]
+    assert not any(kind["count"] for kind in tools["kinds"].values())
+    out = tmp_path / "o.jsonl"
+    assert invoke("convert", path, "-o", out, "--to", "openai").exit_code == 0
+    messages = strict_lines(out)[0]["messages"]
+    assert [c["id"] for c in messages[1]["tool_calls"]] == ["c1", "c2"]
+    assert [(m["tool_call_id"], m["content"]) for m in messages[2:4]] == [("c1", "A: sun"), ("c2", "B: rain")]
+    conversation = next(iter(read(path)))  # templates pair results by position: the calls' order
+    text = templates.get("qwen").render(conversation, tools=TOOLS)
+    assert text.index("A: sun") < text.index("B: rain")
+
+
+def test_converted_image_paths_name_the_same_images_from_the_output_folder(tmp_path, monkeypatch):
+    from PIL import Image
+
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "data" / "images" / "cat.png")
+    absolute = tmp_path / "dog.png"
+    Image.new("RGB", (8, 8)).save(absolute)
+    record = {"messages": [{"role": "user", "content": "<image><image>What are they?"},
+                           {"role": "assistant", "content": "A cat and a dog."}], "images": ["images/cat.png", str(absolute)]}
+    (tmp_path / "data" / "d.jsonl").write_bytes(j(record))
+    monkeypatch.chdir(tmp_path)  # the data file named by a relative path, as users do
+    for style in ("messages", "sharegpt"):
+        out = Path("out") / style / "o.jsonl"
+        assert invoke("convert", "data/d.jsonl", "-o", out, "--to", style).exit_code == 0
+        assert strict_lines(out)[0]["images"] == [str(Path("..", "..", "data", "images", "cat.png")), str(absolute)]
+        again = json.loads(invoke("check", out, "--json").stdout)
+        assert (again["valid"], again["images"]) == (1, 2), again["examples"]
+
+
+def test_a_rejected_parquet_record_with_nan_is_quarantined_as_strict_json(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"instruction": ["q", "q2"], "output": ["a", None], "score": [0.5, float("nan")]}), path)
+    out = tmp_path / "o.jsonl"
+    assert invoke("convert", path, "-o", out).exit_code == 0
+    (rejected,) = strict_lines(tmp_path / "o.jsonl.rejected.jsonl")
+    assert rejected["field"] == "output" and rejected["record"]["score"] is None
+    assert len(strict_lines(out)) == 1

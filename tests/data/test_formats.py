@@ -86,7 +86,8 @@ CASES = [
         [
             ("system", "Be brief."),
             ("user", "Part one.\nPart two."),
-            ("tool_call", json.dumps([{"name": "f", "arguments": {"x": 1}}, {"name": "g", "arguments": {}}])),
+            ("tool_call", json.dumps([{"name": "f", "arguments": {"x": 1}, "id": "c1"},
+                                      {"name": "g", "arguments": {}, "id": "c2"}])),
             ("tool", "1"),
             ("tool", "2"),
             ("assistant", "Done."),

@@ -65,14 +65,45 @@ def _roundtrip(conversation: Conversation, style: str, tmp_path: Path) -> Conver
     return back
 
 
-def _same(a: Conversation, b: Conversation) -> None:
-    assert [m.to_dict() for m in a.messages] == [m.to_dict() for m in b.messages]
+def _without_ids(m: Message) -> dict:
+    """A message as its meaning without call ids (ShareGPT and Hermes have none; OpenAI requires them)."""
+    from sftune.data.formats import call_text, tool_calls
+
+    content = call_text(tool_calls(m.content)) if m.role == "tool_call" else m.content
+    return {**m.to_dict(), "content": content, "tool_call_id": None}
+
+
+def _same(a: Conversation, b: Conversation, ids: bool = False) -> None:
+    shown = (lambda m: m.to_dict()) if ids else _without_ids
+    assert [shown(m) for m in a.messages] == [shown(m) for m in b.messages]
     assert a.tools == b.tools
 
 
 @pytest.mark.parametrize("style", ["openai", "sharegpt", "hermes", "messages"])
 def test_each_shape_reads_back_as_the_same_conversation(style, tmp_path):
-    _same(_roundtrip(RICH, style, tmp_path), RICH)
+    _same(_roundtrip(RICH, style, tmp_path), RICH, ids=style == "messages")
+
+
+def with_ids(*ids: str) -> Conversation:
+    """RICH with the data's own call ids, its results naming them."""
+    calls = iter(ids)
+    results = iter(ids)
+    messages = []
+    for m in RICH.messages:
+        if m.role == "tool_call":
+            found = json.loads(m.content)
+            found = [{**c, "id": next(calls)} for c in (found if isinstance(found, list) else [found])]
+            m = Message("tool_call", json.dumps(found[0] if len(found) == 1 else found, ensure_ascii=False))
+        elif m.role == "tool":
+            m = Message("tool", m.content, tool_call_id=next(results))
+        messages.append(m)
+    return Conversation(messages, tools=TOOLS)
+
+
+@pytest.mark.parametrize("style", ["openai", "messages"])
+def test_call_ids_the_data_gave_are_kept_through_shapes_that_hold_them(style, tmp_path):
+    conversation = with_ids("toolu_a", "toolu_b", "toolu_c")
+    _same(_roundtrip(conversation, style, tmp_path), conversation, ids=True)
 
 
 def test_a_chain_of_conversions_loses_nothing_and_keeps_train_flags(tmp_path):
@@ -166,3 +197,57 @@ def read_records(records: list[dict], tmp_path: Path) -> list[Conversation]:
     path = tmp_path / "records.jsonl"
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     return list(read([str(path)]))
+
+
+def parallel_turn(calls: list, results: list) -> dict:
+    """A user turn, one assistant message with `calls` (id, city), then tool results (tool_call_id or None, text)."""
+    return {"messages": [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {**({"id": i} if i is not None else {}), "type": "function",
+             "function": {"name": "get_weather", "arguments": json.dumps({"city": c})}} for i, c in calls]},
+        *({"role": "tool", "content": text, **({"tool_call_id": i} if i is not None else {})} for i, text in results),
+        {"role": "assistant", "content": "Done."}]}
+
+
+TWO = [("a", "Paris"), ("b", "Oslo")]
+ID_ERRORS = {  # case -> (calls, results, the field named, words of the problem)
+    "unknown id": (TWO, [("a", "21"), ("z", "5")], "messages[3].tool_call_id", "'z', which no call"),
+    "result without id beside ones with": (TWO, [("b", "5"), (None, "21")], "messages[3].tool_call_id", "is missing"),
+    "answered twice": (TWO, [("a", "21"), ("a", "22")], "messages[3].tool_call_id", "answers already"),
+    "call without its result": (TWO, [("b", "5")], "messages[1].tool_calls[0]", "has no result"),
+    "two calls, one id": ([("a", "Paris"), ("a", "Oslo")], [("a", "21")], "messages[1].tool_calls[1].id", "too"),
+    "call without id": ([("a", "Paris"), (None, "Oslo")], [("a", "21")], "messages[1].tool_calls[1].id", "is missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ID_ERRORS))
+def test_results_and_calls_that_do_not_match_by_id_are_located_errors(case, jsonl):
+    from sftune.data import DataError
+
+    calls, results, field, problem = ID_ERRORS[case]
+    path = jsonl([parallel_turn(calls, results)])
+    with pytest.raises(DataError) as caught:
+        list(read(path))
+    error = caught.value
+    assert (error.reason, error.field, error.location) == ("tool_call_id", field, "line 1")
+    assert problem in error.problem and error.fix
+
+
+def test_results_are_put_in_their_calls_order_and_keep_their_ids(jsonl):
+    (conversation,) = read(jsonl([parallel_turn(TWO, [("b", "5"), ("a", "21")])]))
+    results = [(m.tool_call_id, m.content) for m in conversation.messages if m.role == "tool"]
+    assert results == [("a", "21"), ("b", "5")]
+    without_ids = parallel_turn([(None, "Paris"), (None, "Oslo")], [(None, "21"), (None, "5")])
+    (positional,) = read(jsonl([without_ids], "plain.jsonl"))  # no ids: the order given is the pairing
+    assert [m.content for m in positional.messages if m.role == "tool"] == ["21", "5"]
+
+
+def test_templates_get_the_ids_the_data_gave(jsonl):
+    from sftune.templates.messages import normalize_messages, to_hf_messages
+
+    (conversation,) = read(jsonl([parallel_turn(TWO, [("b", "5"), ("a", "21")])]))
+    hf = to_hf_messages(normalize_messages(conversation))
+    assert [c["id"] for c in hf[1]["tool_calls"]] == ["a", "b"]
+    assert hf[1]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": {"city": "Paris"}}
+    assert [(m["tool_call_id"], m["content"]) for m in hf[2:4]] == [("a", "21"), ("b", "5")]

@@ -114,6 +114,10 @@ def _print_report(report, unit: str = "records") -> None:
         f"{unit}: {report.total:,}   valid: {report.valid:,}   invalid: {report.invalid:,}   "
         f"validation rate: {report.validation_rate:.2%}" + (f"   images: {report.images:,}" if report.images else "")
     )
+    if report.dropped:
+        shown = ", ".join(f"{name} x{count:,} ({why}" for name, why, count in
+                          ((*key.split(" (", 1), count) for key, count in report.to_dict()["dropped"].items()))
+        console.print(f"[yellow]not kept as given:[/yellow] {escape(shown)}", highlight=False)
     if not report.total:
         console.print("[yellow]warning:[/yellow] no records were read: the files are empty "
                       "(or hold only blank lines)", highlight=False)

@@ -34,6 +34,7 @@ REASONS = {
     "bad_image": "an image does not decode (not an image, cut off, a broken data URL)",
     "image_too_large": "an image is over the size limits (bytes or pixels)",
     "image_count": "the <image> placeholders and the images do not match in number",
+    "tool_call_id": "tool results and calls do not match by id (an unknown or missing id, a call without its result)",
     "bad_value": "a value JSON or training cannot hold (NaN, Infinity, a lone surrogate, a negative weight)",
     "unreadable_file": "the file cannot be read (corrupt, wrong compression, no permission)",
     "truncated_file": "the file ends in the middle of a record (cut off); the records before the cut are kept",

@@ -722,6 +722,10 @@ def _csv_lines(handle: Any, source: str) -> Iterator[tuple[int, str]]:
         yield number, line
 
 
+# A later copy of a column name the header already has: "output (column 3)", read as an extra field, counted.
+DUPLICATE_COLUMN = re.compile(r"(.+) \(column (\d+)\)")
+
+
 def _csv_rows(lines: Iterator[tuple[int, str]], delimiter: str, source: str) -> Iterator[tuple[int, Any]]:
     header: list[str] | None = None
     queue: Any = lines
@@ -758,7 +762,7 @@ def _csv_rows(lines: Iterator[tuple[int, str]], delimiter: str, source: str) -> 
                 continue
             number = pending[0][0]
             if header is None:
-                header = cells
+                header = [name if name not in cells[:k] else f"{name} (column {k + 1})" for k, name in enumerate(cells)]
                 continue
             if not any(cells):
                 continue  # a blank line is no row

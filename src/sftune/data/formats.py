@@ -282,14 +282,20 @@ def _content(value: Any, field: str, images: list | None = None) -> tuple[str, l
     return text, calls
 
 
-def tool_calls(content: str) -> list[dict]:
-    """The calls a tool_call message holds (its content: a call {"name", "arguments"} as JSON, or a list)."""
+def tool_calls(content: str, ids: bool = False) -> list[dict]:
+    """The calls a tool_call message holds (its content: a call {"name", "arguments"} as JSON, or a list);
+    with `ids`, each call keeps its "id" when it has one (what a template renders never holds it)."""
     try:
         value = json.loads(content)
     except json.JSONDecodeError:
         raise DataError("wrong_type", "tool_call content", f"is not JSON: {content[:80]!r}",
                         'write {"name": ..., "arguments": {...}}') from None
-    return parse_tool_calls(value if isinstance(value, list) else [value], "tool_call content")
+    return parse_tool_calls(value if isinstance(value, list) else [value], "tool_call content", ids)
+
+
+def call_text(calls: list[dict]) -> str:
+    """A tool_call message's content: one call as a JSON object, several as a JSON list."""
+    return json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
 
 
 def _call_list(calls: Any, field: str) -> list | None:
@@ -311,8 +317,9 @@ def _call_list(calls: Any, field: str) -> list | None:
     return calls
 
 
-def parse_tool_calls(calls: Any, field: str) -> list[dict]:
-    """OpenAI tool_calls (or plain {"name", "arguments"} calls) -> [{"name", "arguments": object}]."""
+def parse_tool_calls(calls: Any, field: str, ids: bool = False) -> list[dict]:
+    """OpenAI tool_calls (or plain {"name", "arguments"} calls) -> [{"name", "arguments": object}], with
+    each call's "id" (a string) after them when `ids` and the call has one."""
     if not isinstance(calls, list):
         raise _wrong_type(field, calls, "a list of tool calls")
     out = []
@@ -336,7 +343,12 @@ def parse_tool_calls(calls: Any, field: str) -> list[dict]:
                     "is not valid JSON",
                     "arguments must be a JSON object, or that object as a JSON string",
                 ) from None
-        out.append({"name": function["name"], "arguments": arguments if arguments is not None else {}})
+        parsed = {"name": function["name"], "arguments": arguments if arguments is not None else {}}
+        if ids and call.get("id") is not None:
+            if not isinstance(call["id"], str):
+                raise _wrong_type(f"{field}[{i}].id", call["id"], "a string", 'write the call\'s id as text, e.g. "call_1"')
+            parsed["id"] = call["id"]
+        out.append(parsed)
     return out
 
 
@@ -394,7 +406,10 @@ def to_messages(items: list, options: dict, key: str = "messages", images: list 
     """
     role_key = options.get("role_key")
     content_key = options.get("content_key")
+    read_keys = MESSAGE_FIELDS | {role_key, content_key}
+    dropped = options.get("dropped")
     out: list[Message] = []
+    sources: list[int] = []  # the item each message came from, for located errors
     for i, item in enumerate(items):
         field = f"{key}[{i}]"
         if not isinstance(item, dict):
@@ -415,20 +430,101 @@ def to_messages(items: list, options: dict, key: str = "messages", images: list 
         if role == "assistant" and not calls and "<tool_call>" in text:
             text, calls = hermes_calls(text, f"{field}.content")
         train, weight = _train_and_weight(item, field)
+        call_id = _call_id(item, field) if role == "tool" else None
+        if dropped is not None:
+            dropped.update(f"{key} (per-message field)" for key in item
+                           if key not in read_keys or (key == "tool_call_id" and role != "tool"))
         results = tool_responses(text) if role == "tool" or (
             role == "user" and out and out[-1].role in ("tool_call", "tool")) else None
         if results is not None:
-            out.extend(Message("tool", result, train, weight) for result in results)
+            one = call_id if len(results) == 1 else None
+            out.extend(Message("tool", result, train, weight, one) for result in results)
+            sources.extend(i for _ in results)
             continue
         if calls and role == "assistant":
             if text:
                 out.append(Message("assistant", text, train, weight))
-            calls = parse_tool_calls(calls, f"{field}.tool_calls")
-            out.append(Message("tool_call", json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False),
-                               train, weight))
+                sources.append(i)
+            calls = parse_tool_calls(calls, f"{field}.tool_calls", ids=True)
+            out.append(Message("tool_call", call_text(calls), train, weight))
         else:
-            out.append(Message(role, text, train, weight))
+            out.append(Message(role, text, train, weight, call_id))
+        sources.append(i)
+    return _paired_by_id(out, sources, key)
+
+
+# The message fields to_messages reads; any other is counted as not kept (options["dropped"]).
+MESSAGE_FIELDS = frozenset(("role", "from", "content", "value", "tool_calls", "function_call", "weight",
+                            "loss_weight", "train", "tool_call_id"))
+
+
+def _call_id(item: dict, field: str) -> str | None:
+    value = item.get("tool_call_id")
+    if value is None or isinstance(value, str):
+        return value
+    raise _wrong_type(f"{field}.tool_call_id", value, "a string", "write the id of the call this result answers as text")
+
+
+def _paired_by_id(out: list[Message], sources: list[int], key: str) -> list[Message]:
+    """Tool results matched to their calls by id, in the calls' order.
+
+    The calls of one turn (the tool_call messages in a row) and the tool results right after them: when
+    the results carry ids, each must answer exactly one of those calls and every call must have its
+    result; the results are then put in the calls' order, which is what templates without ids pair by.
+    Without ids, the order given is the pairing (ShareGPT, Hermes).
+    """
+    i = 0
+    while i < len(out):
+        if out[i].role != "tool_call":
+            i += 1
+            continue
+        calls, j = [], i
+        while j < len(out) and out[j].role == "tool_call":
+            calls += [(call.get("id"), f"{key}[{sources[j]}].tool_calls[{k}]")
+                      for k, call in enumerate(tool_calls(out[j].content, ids=True))]
+            j += 1
+        end = j
+        while end < len(out) and out[end].role == "tool":
+            end += 1
+        if any(m.tool_call_id is not None for m in out[j:end]):
+            order = _match(calls, [(m.tool_call_id, f"{key}[{sources[r]}].tool_call_id") for r, m in
+                                   enumerate(out[j:end], j)])
+            out[j:end] = [out[j + r] for r in order]
+        i = end
     return out
+
+
+def _match(calls: list[tuple[str | None, str]], results: list[tuple[str | None, str]]) -> list[int]:
+    """The result (by index) that answers each call, in the calls' order; a located DataError otherwise."""
+    fix = "give each tool message the tool_call_id of the call it answers, right after the assistant message with that call"
+    waiting: dict[str, str] = {}
+    for call_id, field in calls:
+        if call_id is None:
+            raise DataError("tool_call_id", f"{field}.id", "is missing, but the results after it name their calls by id",
+                            'give every call an id (e.g. "call_1") and its result that tool_call_id')
+        if call_id in waiting:
+            raise DataError("tool_call_id", f"{field}.id", f"is {call_id!r}, the id of {waiting[call_id]} too",
+                            "give each call of a turn its own id")
+        waiting[call_id] = field
+    found: dict[str, int] = {}
+    for r, (call_id, field) in enumerate(results):
+        if call_id is None:
+            raise DataError("tool_call_id", field, "is missing, while other results of this turn name their call",
+                            fix)
+        if call_id not in waiting:
+            raise DataError("tool_call_id", field, f"is {call_id!r}, which no call right before it has (the calls: "
+                            f"{', '.join(map(repr, waiting))})", fix)
+        if call_id in found:
+            raise DataError("tool_call_id", field, f"is {call_id!r}, which an earlier result answers already",
+                            "keep one result per call")
+        found[call_id] = r
+    missing = [(call_id, field) for call_id, field in waiting.items() if call_id not in found]
+    if missing:
+        call_id, field = missing[0]
+        raise DataError("tool_call_id", field, f"(id {call_id!r}) has no result: no tool message after it has "
+                        "that tool_call_id", f"add its result (a tool message with tool_call_id {call_id!r}), "
+                        "or remove the call")
+    return [found[call_id] for call_id in waiting]
 
 
 HERMES_CALL = re.compile(r"<tool_call>\n?(.*?)\n?</tool_call>", re.S)

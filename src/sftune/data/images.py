@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -108,11 +109,28 @@ def load(ref: str, field: str = "image") -> Any:
     return image.convert("RGB")
 
 
-def check(conversation: Any, folder: Path | None) -> None:
-    """Resolve every image of a conversation against `folder`, in place, and decode each one."""
-    conversation.images = [resolve(ref, folder, f"images[{i}]") for i, ref in enumerate(conversation.images)]
+def check(conversation: Any, folder: Path | None, relative_to: Path | None = None) -> None:
+    """Resolve every image of a conversation against `folder`, in place, and decode each one.
+
+    With `relative_to` (the folder of a file the conversation is written to), a path that was relative
+    becomes relative to that folder, so it names the same image from there; absolute paths and data
+    URLs stay as they are.
+    """
+    given = conversation.images
+    conversation.images = [resolve(ref, folder, f"images[{i}]") for i, ref in enumerate(given)]
     for i, ref in enumerate(conversation.images):
         load(ref, f"images[{i}]")
+    if relative_to is not None:
+        conversation.images = [
+            os.path.relpath(os.path.abspath(ref), relative_to) if _relative(original) else ref
+            for original, ref in zip(given, conversation.images)]
+
+
+def _relative(ref: str) -> bool:
+    """Whether an image reference is a path relative to the data file's folder."""
+    if ref.startswith(("data:", "file://")):
+        return False
+    return not Path(ref).expanduser().is_absolute()
 
 
 def count_placeholders(conversation: Any) -> int:

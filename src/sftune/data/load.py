@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ from typing import Any
 from sftune.data import files, llamafactory
 from sftune.data import images as image_refs
 from sftune.data.errors import DataError, location
-from sftune.data.formats import FORMATS, KNOWN_FIELDS, detect, format_name, remap
+from sftune.data.formats import DETECTORS, FORMATS, KNOWN_FIELDS, detect, format_name, remap
 from sftune.data.pairs import validate_pair
 from sftune.data.schema import Conversation, Pair
 from sftune.data.validate import DEFAULT_MAX_CHARS, validate
@@ -64,6 +65,9 @@ class Report:
     notes: list[str] = field(default_factory=list)
     quarantine: str | None = None
     images: int = 0  # images in the valid records
+    # "field (why)" -> how many valid records had a field that is not kept or not read as given: a per-message
+    # field the schema has no place for, the fields of a second format, a duplicate CSV column, a NaN written as null
+    dropped: Counter = field(default_factory=Counter)
 
     @property
     def validation_rate(self) -> float:
@@ -105,6 +109,7 @@ class Report:
         self.invalid += part.invalid
         self.images += part.images
         self.reasons.update(part.reasons)
+        self.dropped.update(part.dropped)
         for reason, example in part.examples.items():
             self.examples.setdefault(reason, example)
         for source, counts in part.files.items():
@@ -121,6 +126,7 @@ class Report:
             "validation_rate": round(self.validation_rate, 6),
             "images": self.images,
             "reasons": dict(self.reasons.most_common()),
+            "dropped": dict(sorted(self.dropped.items(), key=lambda item: (-item[1], item[0]))),
             "examples": self.examples,
             "formats": self.formats,
             "files": self.files,
@@ -268,7 +274,9 @@ def read_plan(plan, on_error, quarantine, max_chars, report, shape=None, log: bo
     def reject(error: DataError) -> None:
         report.add_error(error)
         if sink is not None:
-            sink.write(json.dumps(error.to_dict(), ensure_ascii=False, default=str) + "\n")
+            entry = error.to_dict()
+            nulls_for_non_finite("", entry)  # the record as read may hold NaN (refused for it): JSON has none
+            sink.write(json.dumps(entry, ensure_ascii=False, default=str, allow_nan=False) + "\n")
         if on_error == "raise":
             raise error
 
@@ -294,6 +302,9 @@ def _read_file(item, reject, max_chars, report, shape) -> Iterator[Any]:
     if item.get("note") and item["note"] not in report.notes:
         report.notes.append(item["note"])
     cli = options.get("syntax") == "cli"
+    dropped: Counter = Counter()  # one record's fields not kept, counted in the report when the record is valid
+    options = {**options, "dropped": dropped}
+    images_to = item.get("images_to")
     base = {"dataset": item["dataset"], "source": source, "format": fmt}
     try:
         for number, record in files.iter_records(item["path"], item["kind"], item.get("range")):
@@ -314,6 +325,7 @@ def _read_file(item, reject, max_chars, report, shape) -> Iterator[Any]:
                         "<video>/<audio>-style tags from the text",
                     )
                 fields = remap(record, columns) if columns else record
+                dropped.clear()
                 if convert is None or (detected_at is not None and number < detected_at):
                     found = _detect(record, columns)
                     if found is None or (detected_at is not None and number < detected_at):
@@ -336,24 +348,72 @@ def _read_file(item, reject, max_chars, report, shape) -> Iterator[Any]:
                 else:
                     validate(conversation, max_chars)
                     if conversation.images:
-                        image_refs.check(conversation, Path(source).parent)
+                        image_refs.check(conversation, Path(source).parent, images_to)
                 meta = conversation.meta
                 meta.update(base)
                 meta[unit] = number
                 if not columns:
-                    extra = record.keys() - known
+                    extra = [key for key in record if key not in known]
                     if extra:
                         meta["extra"] = {key: record[key] for key in extra}
+                        dropped.update(_unread(record, extra, fmt, item["kind"], item.get("style")))
+                _nulls_for_non_finite(conversation, dropped)
                 shaped = conversation if shape is None else shape(conversation)
             except DataError as error:
                 reject(_located(error, source, location(unit, number), record, fields, fmt, columns, cli))
                 continue
             report.add_valid(source, 0 if isinstance(conversation, Pair) else len(conversation.images))
+            report.dropped.update(dropped)
             yield shaped
     except DataError as error:  # the file as a whole (cut off, corrupt, a broken JSON document)
         if error.location:  # a record's error, already counted, on its way out (on_error="raise")
             raise
         reject(error.located(source=error.source or source))
+
+
+def _unread(record: dict, extra: list[str], fmt: str, kind: str, style: str | None) -> list[str]:
+    """The unread fields worth a count, as "field (why)": those of a second format the record also has
+    (not trained), the later copies of a CSV column named twice (files.DUPLICATE_COLUMN), and, when
+    converting to a `style` that writes no meta (so meta.extra is lost), every one."""
+    second = {name: other for other, fields in reversed(DETECTORS) if other != fmt
+              and all(record.get(name) is not None for name in fields) for name in fields}
+    kept = "kept in meta.extra" if style in (None, "messages") else f"--to {style} writes no meta"
+    out = []
+    for key in extra:
+        copy = files.DUPLICATE_COLUMN.fullmatch(key) if kind in ("csv", "tsv") else None
+        if copy:
+            out.append(f"{copy[1]} (duplicate CSV column {copy[2]}, {kept})")
+        elif key in second:
+            out.append(f"{key} (second format {second[key]}, not trained; {kept})")
+        elif style not in (None, "messages"):
+            out.append(f"{key} (unread field; {kept})")
+    return out
+
+
+def _nulls_for_non_finite(conversation: Any, dropped: Counter) -> None:
+    """NaN / Infinity in what a record carries unread (meta, tools) become null, counted per field: JSON has
+    no such numbers, and Parquet / Arrow write NaN for a missing float. (A JSON file holding them is
+    refused by its reader; text fields and weights refuse them in formats.py.)"""
+    if conversation.tools:
+        nulls_for_non_finite("tools", conversation.tools, dropped)
+    nulls_for_non_finite("meta", conversation.meta, dropped)
+
+
+def nulls_for_non_finite(name: str, value: Any, dropped: Counter | None = None) -> None:
+    """Every NaN / Infinity inside a dict or list made null, in place (iteratively: any depth), each
+    counted in `dropped` by its path when given."""
+    stack: list[tuple[str, Any]] = [(name, value)]
+    while stack:
+        path, container = stack.pop()
+        items = container.items() if isinstance(container, dict) else enumerate(container)
+        for key, item in items:
+            inner = f"{path}.{key}" if isinstance(container, dict) else f"{path}[{key}]"
+            if isinstance(item, float) and not math.isfinite(item):
+                container[key] = None
+                if dropped is not None:
+                    dropped[f"{inner} (NaN / Infinity written as null)"] += 1
+            elif isinstance(item, (dict, list)):
+                stack.append((inner, item))
 
 
 def _located(error: DataError, source, where, record, fields, fmt, columns, cli) -> DataError:

@@ -180,7 +180,8 @@ def convert(
     """
     writers.shaper(style)  # an unknown style is refused before anything is read
     check_max_chars(max_chars)
-    plan = prepare(paths, **read_options)
+    images_to = Path(out).parent.absolute()  # relative image paths are written relative to the output
+    plan = [{**item, "images_to": images_to, "style": style} for item in prepare(paths, **read_options)]
     files.refuse_overwrite(read_paths(paths, plan), output=out, quarantine=quarantine)
     if on_error == "skip":
         report = run(plan, out=out, style=style, quarantine=quarantine, max_chars=max_chars, workers=workers)

@@ -7,7 +7,9 @@ the conversation's images in order (file paths or data URLs); each one's place i
 `<image>` placeholder (see data/images.py).
 
 Roles: system, user, assistant, tool_call (the model calling a function; content is the call as
-JSON text), tool (the function's result, an observation).
+JSON text {"name", "arguments", "id"?}, or a list of them), tool (the function's result, an observation;
+its `tool_call_id` names the call it answers when the data gave ids). Results follow their calls in the
+calls' order: reading matches them by id and puts them in that order (formats.to_messages).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class Message:
     content: str
     train: bool | None = None  # None: decided by the masking policy
     weight: float | None = None  # loss weight for this message's tokens; None means 1.0
+    tool_call_id: str | None = None  # a tool result: the id of the call it answers, when the data gave one
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"role": self.role, "content": self.content}
@@ -34,6 +37,8 @@ class Message:
             out["train"] = self.train
         if self.weight is not None:
             out["weight"] = self.weight
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
         return out
 
 
@@ -70,7 +75,7 @@ class Conversation:
         """Inverse of `to_dict` for already-valid records (validation lives in the data layer)."""
         return cls(
             messages=[
-                Message(m["role"], m["content"], m.get("train"), m.get("weight"))
+                Message(m["role"], m["content"], m.get("train"), m.get("weight"), m.get("tool_call_id"))
                 for m in record["messages"]
             ],
             tools=record.get("tools"),

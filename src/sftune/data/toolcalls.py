@@ -102,9 +102,10 @@ def check_tools(conversations: Iterable[Conversation]) -> dict[str, Any]:
                       for kind in KINDS}}
 
 
-def _turns(conversation: Conversation) -> list[tuple[Any, list[dict]]]:
+def _turns(conversation: Conversation, ids: bool = False) -> list[tuple[Any, list[dict]]]:
     """(message, the calls of its turn) per OpenAI message: an assistant text takes the tool_call
-    messages right after it (as does a first tool_call); other messages stand alone."""
+    messages right after it (as does a first tool_call); other messages stand alone. With `ids`, calls
+    keep the ids the data gave them."""
     out: list[tuple[Any, list[dict]]] = []
     previous = None
     for m in conversation.messages:
@@ -114,9 +115,9 @@ def _turns(conversation: Conversation) -> list[tuple[Any, list[dict]]]:
                 raise DataError("unsupported", "messages", "has a reply and its tool calls with different train "
                                 "flags or weights, which one OpenAI / Hermes message cannot hold",
                                 "convert it --to messages")
-            out[-1] = (head, calls + tool_calls(m.content))
+            out[-1] = (head, calls + tool_calls(m.content, ids))
         else:
-            out.append((m, tool_calls(m.content) if m.role == "tool_call" else []))
+            out.append((m, tool_calls(m.content, ids) if m.role == "tool_call" else []))
         previous = m.role
     return out
 
@@ -131,13 +132,15 @@ def _extra(m: Any) -> dict[str, Any]:
 
 
 def to_openai(conversation: Conversation) -> dict[str, Any]:
-    """OpenAI chat shape: an assistant message's calls in `tool_calls` (arguments as JSON text, ids
-    call_1, call_2, ...), each result a `tool` message with the id of its call."""
+    """OpenAI chat shape: an assistant message's calls in `tool_calls` (arguments as JSON text, the ids
+    the data gave, else call_1, call_2, ...), each result a `tool` message with the id of its call."""
     messages, ids, n = [], [], 0
-    for m, calls in _turns(conversation):
+    for m, calls in _turns(conversation, ids=True):
         if m.role == "tool":
-            messages.append({"role": "tool", "tool_call_id": ids.pop(0) if ids else "", "content": m.content,
-                             **_extra(m)})
+            call_id = m.tool_call_id if m.tool_call_id is not None else ids[0] if ids else ""
+            if call_id in ids:
+                ids.remove(call_id)
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": m.content, **_extra(m)})
             continue
         if not calls:
             messages.append({"role": m.role, "content": m.content, **_extra(m)})
@@ -145,8 +148,8 @@ def to_openai(conversation: Conversation) -> dict[str, Any]:
         entries = []
         for call in calls:
             n += 1
-            ids.append(f"call_{n}")
-            entries.append({"id": f"call_{n}", "type": "function", "function": {
+            ids.append(call.get("id", f"call_{n}"))
+            entries.append({"id": ids[-1], "type": "function", "function": {
                 "name": call["name"], "arguments": json.dumps(call["arguments"], ensure_ascii=False)}})
         text = m.content if m.role == "assistant" else None
         messages.append({"role": "assistant", "content": text, "tool_calls": entries, **_extra(m)})
@@ -155,7 +158,8 @@ def to_openai(conversation: Conversation) -> dict[str, Any]:
 
 def to_hermes(conversation: Conversation) -> dict[str, Any]:
     """Hermes function-calling shape: calls as <tool_call> JSON blocks in the assistant text (after the
-    text and a newline), results wrapped in <tool_response> tags; the schemas stay in `tools`."""
+    text and a newline), results wrapped in <tool_response> tags; the schemas stay in `tools`. Hermes has
+    no call ids: results follow their calls in the calls' order, which is how it pairs them."""
     messages = []
     for m, calls in _turns(conversation):
         if m.role == "tool":

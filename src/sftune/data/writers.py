@@ -18,12 +18,22 @@ from typing import Any
 
 from sftune.data.errors import DataError
 from sftune.data.files import Replacing
+from sftune.data.formats import call_text, tool_calls
 from sftune.data.schema import MODEL_ROLES, Conversation
 
 SHAREGPT_ROLES = {"user": "human", "assistant": "gpt", "tool_call": "function_call", "tool": "observation"}
 STYLES = ("messages", "alpaca", "sharegpt", "openai", "hermes")
-# One encoder for every line: json.dumps(..., ensure_ascii=False) would build a new one per call.
-_encode = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
+# One encoder for every line: json.dumps(..., ensure_ascii=False) would build a new one per call. It refuses
+# NaN / Infinity, which JSON does not have (reading turns those it carries into null: load._nulls_for_non_finite).
+_encoder = json.JSONEncoder(ensure_ascii=False, check_circular=False, allow_nan=False).encode
+
+
+def _encode(value: Any) -> str:
+    try:
+        return _encoder(value)
+    except ValueError as err:
+        raise DataError("bad_value", "", f"holds a value JSON cannot hold ({err})",
+                        "write a number, or null for a missing value") from None
 _quote = encode_basestring  # a JSON string literal, in C
 
 
@@ -31,7 +41,7 @@ def messages_line(conversation: Conversation) -> str:
     """`json.dumps(conversation.to_dict())` with the same text, built twice as fast (the hot path)."""
     parts = []
     for message in conversation.messages:
-        if message.train is None and message.weight is None:
+        if message.train is None and message.weight is None and message.tool_call_id is None:
             parts.append(f'{{"role": {_quote(message.role)}, "content": {_quote(message.content)}}}')
         else:
             parts.append(_encode(message.to_dict()))
@@ -84,9 +94,12 @@ def to_alpaca(conversation: Conversation) -> dict[str, Any]:
 
 
 def to_sharegpt(conversation: Conversation) -> dict[str, Any]:
-    """{conversations: [{from, value}], system?, tools? (as JSON text, as LLaMA-Factory reads it)}."""
+    """{conversations: [{from, value}], system?, tools? (as JSON text, as LLaMA-Factory reads it)}; ShareGPT has
+    no call ids: results follow their calls in the calls' order, which is how it pairs them."""
     turns = _plain(conversation, "sharegpt")
-    out: dict[str, Any] = {"conversations": [{"from": SHAREGPT_ROLES[m.role], "value": m.content} for m in turns]}
+    out: dict[str, Any] = {"conversations": [
+        {"from": SHAREGPT_ROLES[m.role], "value": call_text(tool_calls(m.content)) if m.role == "tool_call" else m.content}
+        for m in turns]}
     if conversation.system is not None:
         out["system"] = conversation.system
     if conversation.tools:

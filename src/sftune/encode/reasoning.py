@@ -46,7 +46,7 @@ def split_turns(messages: list[dict], tools: list[dict] | None, meta: dict[str, 
         bounds = [b for a, b in zip(starts, starts[1:]) if any(a < i < b for i in dropped)] + [len(messages)]
     out, done = [], 0
     for k, end in enumerate(bounds):
-        kept = [Message(m["role"], m["content"], False if i < done else m["train"], m["weight"])
+        kept = [Message(m["role"], m["content"], False if i < done else m["train"], m["weight"], m.get("tool_call_id"))
                 for i, m in enumerate(messages[:end])]
         out.append(Conversation(kept, tools, {**meta, "turn": k + 1} if len(bounds) > 1 else dict(meta)))
         done = end

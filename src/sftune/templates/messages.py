@@ -17,7 +17,8 @@ class Normalized(list):
 
 
 def normalize_messages(messages: Iterable[Any]) -> Normalized:
-    """Messages as dicts {role, content, train, weight} in the sftune schema."""
+    """Messages as dicts {role, content, train, weight} in the sftune schema (and a tool result's
+    tool_call_id, when it has one)."""
     if isinstance(messages, Normalized):
         return messages
     if hasattr(messages, "messages"):  # a Conversation
@@ -25,20 +26,24 @@ def normalize_messages(messages: Iterable[Any]) -> Normalized:
     messages = list(messages)
     if not all(isinstance(m, Message) for m in messages):
         messages = to_messages([m.to_dict() if isinstance(m, Message) else m for m in messages], {})
-    return Normalized({"role": m.role, "content": m.content, "train": m.train, "weight": m.weight} for m in messages)
+    return Normalized({"role": m.role, "content": m.content, "train": m.train, "weight": m.weight,
+                       **({"tool_call_id": m.tool_call_id} if m.tool_call_id is not None else {})} for m in messages)
 
 
 def to_hf_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The OpenAI / Hugging Face shape that jinja chat templates expect (tool calls merged into the turn)."""
+    """The OpenAI / Hugging Face shape that jinja chat templates expect (tool calls merged into the turn;
+    call ids and results' tool_call_id where the data gave them, for templates that render them)."""
     out: list[dict[str, Any]] = []
     for m in messages:
         if m["role"] == "tool_call":
-            calls = [{"type": "function", "function": c} for c in tool_calls(m["content"])]
+            calls = [{"type": "function", "function": {"name": c["name"], "arguments": c["arguments"]},
+                      **({"id": c["id"]} if "id" in c else {})} for c in tool_calls(m["content"], ids=True)]
             previous = out[-1] if out else None
             if previous is not None and previous["role"] == "assistant":
                 previous.setdefault("tool_calls", []).extend(calls)
             else:
                 out.append({"role": "assistant", "content": None, "tool_calls": calls})
         else:
-            out.append({"role": m["role"], "content": m["content"]})
+            out.append({"role": m["role"], "content": m["content"],
+                        **({"tool_call_id": m["tool_call_id"]} if m.get("tool_call_id") is not None else {})})
     return out
