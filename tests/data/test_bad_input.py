@@ -88,7 +88,8 @@ MATRIX = [
     ("too-long", "d.jsonl", G + j({"instruction": "x" * 600, "output": "y"}), 1, 1, ["line 2", "over the limit of 500", "--max-chars"]),
 ]
 MAX_CHARS = {"too-long": ["--max-chars", "500"]}
-# `data check` reads a file of pairs alone as preference data; --sft reads it as SFT data (refused, with the hint).
+# `data check` and `data convert` read a file of pairs alone as preference data; --sft reads it as SFT data (refused,
+# with the hint).
 CHECK_AS = {"preference-pair": ["--sft"]}
 
 
@@ -160,7 +161,7 @@ def test_convert_and_train_reading_keep_every_valid_record(tmp_path, kind, name,
 
     path = write(tmp_path, name, data, kind)
     out = tmp_path / "out.jsonl"
-    result = invoke("convert", path, "-o", out, *MAX_CHARS.get(kind, []))
+    result = invoke("convert", path, "-o", out, *MAX_CHARS.get(kind, []), *CHECK_AS.get(kind, []))
     assert result.exit_code == 0, result.output
     written = out.read_text().splitlines()
     for line in written:
