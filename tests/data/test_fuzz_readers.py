@@ -25,7 +25,7 @@ from sftune.data import Report, parallel, read
 from tests.data.test_properties import records
 
 runner = CliRunner()
-FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def data(*args) -> tuple[int, str]:

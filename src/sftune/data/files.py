@@ -879,6 +879,11 @@ def _table_rows(batches: Iterable[Any], source: str) -> Iterator[tuple[int, Any]
     naming the field (so do NaN / Infinity, as in a JSON file)."""
     index = 0
     for batch in batches:
+        if all(_json_type(kind) for kind in batch.schema.types):  # text, whole numbers and truth values only
+            for row in batch.to_pylist():
+                yield index, row
+                index += 1
+            continue
         for row in _batch_rows(batch):
             where = location("record", index)
             if isinstance(row, _NotText):
@@ -892,6 +897,18 @@ def _table_rows(batches: Iterable[Any], source: str) -> Iterator[tuple[int, Any]
                     row = _bad_value_error(row, source, where, row) or row
             yield index, row
             index += 1
+
+
+def _json_type(kind: Any) -> bool:
+    """An Arrow type whose values are JSON values as they are (no conversion, no NaN to look for)."""
+    import pyarrow as pa
+
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _json_type(kind.value_type)
+    if pa.types.is_struct(kind):
+        return all(_json_type(kind.field(i).type) for i in range(kind.num_fields))
+    return (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
+            or pa.types.is_boolean(kind) or pa.types.is_null(kind))
 
 
 def _batch_rows(batch: Any) -> list[Any]:
