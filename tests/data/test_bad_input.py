@@ -104,7 +104,8 @@ MATRIX = [
     ("too-long", "d.jsonl", G + j({"instruction": "x" * 600, "output": "y"}), 1, 1, ["line 2", "over the limit of 500", "--max-chars"]),
 ]
 MAX_CHARS = {"too-long": ["--max-chars", "500"]}
-# `data check` reads a file of pairs alone as preference data; --sft reads it as SFT data (refused, with the hint).
+# `data check` and `data convert` read a file of pairs alone as preference data; --sft reads it as SFT data (refused,
+# with the hint).
 CHECK_AS = {"preference-pair": ["--sft"]}
 
 
@@ -176,7 +177,7 @@ def test_convert_and_train_reading_keep_every_valid_record(tmp_path, kind, name,
 
     path = write(tmp_path, name, data, kind)
     out = tmp_path / "out.jsonl"
-    result = invoke("convert", path, "-o", out, *MAX_CHARS.get(kind, []))
+    result = invoke("convert", path, "-o", out, *MAX_CHARS.get(kind, []), *CHECK_AS.get(kind, []))
     assert result.exit_code == 0, result.output
     written = out.read_text().splitlines()
     for line in written:
@@ -539,3 +540,146 @@ def test_a_rejected_parquet_record_with_nan_is_quarantined_as_strict_json(tmp_pa
     (rejected,) = strict_lines(tmp_path / "o.jsonl.rejected.jsonl")
     assert rejected["field"] == "output" and rejected["record"]["score"] is None
     assert len(strict_lines(out)) == 1
+
+
+# --- readers: Parquet / Arrow values of any type, datasets folders, dataset_info.json, images, pairs ---------
+
+
+def test_parquet_timestamp_decimal_and_binary_columns_become_text_or_reject_their_row(tmp_path):
+    import datetime
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "typed.parquet"
+    pq.write_table(pa.table({
+        "instruction": ["q0", "q1", "q2"], "output": ["a0", "a1", "a2"],
+        "at": pa.array([datetime.datetime(2024, 1, 2, 3, 4, 5)] * 3, pa.timestamp("us")),
+        "price": pa.array([decimal.Decimal("1.50")] * 3, pa.decimal128(5, 2)),
+        "blob": pa.array([b"text", b"\xff\xfe", None], pa.binary()),
+    }), path)
+    report = bounded_reports(path)
+    assert (report["valid"], report["invalid"], list(report["reasons"])) == (2, 1, ["bad_value"])
+    said = report["examples"]["bad_value"]
+    assert f"{path} record 1" in said and "blob" in said and "not UTF-8 text" in said and "string column" in said
+    out = tmp_path / "out.jsonl"
+    for command in (["convert", path, "-o", out], ["dedup", path, "-o", out]):
+        result = invoke(*command)
+        assert result.exit_code == 0, result.output
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["meta"]["extra"] for r in kept] == [
+        {"at": "2024-01-02T03:04:05", "price": "1.50", "blob": "text"}, {"at": "2024-01-02T03:04:05", "price": "1.50",
+                                                                       "blob": None}]
+    encoded = runner.invoke(app, ["data", "encode", str(path), "--template", "chatml"], env={"COLUMNS": "400"})
+    assert encoded.exit_code == 0 and "encoded: 2" in encoded.output, encoded.output
+
+
+def test_a_timestamp_past_year_9999_rejects_its_row_naming_the_field(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "far.parquet"
+    at = pa.array([0, 2**60], pa.int64()).cast(pa.timestamp("ms"))
+    pq.write_table(pa.table({"instruction": ["q", "q"], "output": ["a", "b"], "at": at}), path)
+    report = bounded_reports(path)
+    assert (report["valid"], report["invalid"]) == (1, 1)
+    assert f"{path} record 1: at holds a timestamp" in report["examples"]["bad_value"]
+
+
+def saved_dataset_dict(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    folder = tmp_path / "saved"
+    DatasetDict({"train": Dataset.from_dict({"instruction": ["q"], "output": ["a"]})}).save_to_disk(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("broken", ["no-splits", "split-folder-gone", "state-json-empty"])
+def test_a_datasets_folder_without_its_splits_gets_a_clear_error(tmp_path, broken):
+    import shutil
+
+    folder = saved_dataset_dict(tmp_path)
+    assert invoke("check", folder, "--json").exit_code == 0  # as saved, it reads
+    if broken == "no-splits":
+        (folder / "dataset_dict.json").write_text("{}")
+        texts = [str(folder / "dataset_dict.json"), "splits is missing", str(folder / "train")]
+    elif broken == "split-folder-gone":
+        shutil.rmtree(folder / "train")
+        texts = [str(folder / "dataset_dict.json"), "lists 'train'", "save the dataset again"]
+    else:
+        (folder / "train" / "state.json").write_text("{}")
+        texts = [str(folder / "train"), "save_to_disk folder", "save the dataset again"]
+    out = tmp_path / "out.jsonl"
+    for command in (["check", folder, "--json"], ["check", folder, "--strict"], ["convert", folder, "-o", out],
+                    ["dedup", folder, "-o", out], ["stats", folder]):
+        result = invoke(*command)
+        said = result.output.replace("\n", "")
+        assert result.exit_code in ((0, 1) if broken == "state-json-empty" else (2,)), (command, said)
+        assert all(text in said for text in texts) and "looks like a bug" not in said, (command, said)
+
+
+@pytest.mark.parametrize("info, texts", [
+    ([{"file_name": "x.json"}], ["holds a JSON list", "file_name"]),
+    ({"a": "x.json"}, ["a is str", "an object"]),
+    ({"a": {"file_name": 5}}, ["a.file_name is int", "file_name is a path"]),
+    ({"a": {"file_name": "x.json", "columns": ["prompt"]}}, ["a.columns is list", "columns and tags objects"]),
+    ({"a": {"file_name": "x.json", "formatting": "chatml"}}, ["a.formatting is str 'chatml'", "alpaca / sharegpt"]),
+    ({"a": {"file_name": "dataset_info.json"}}, ["a.file_name is 'dataset_info.json'", "itself"]),
+    ({"a": {"file_name": "*_info.json"}}, ["a.file_name matches only", "point file_name"]),
+], ids=["list", "entry-string", "file-name-int", "columns-list", "formatting", "names-itself", "glob-only-itself"])
+def test_a_broken_dataset_info_json_is_a_located_error(tmp_path, info, texts):
+    (tmp_path / "x.json").write_text(json.dumps([GOOD]))
+    (tmp_path / "dataset_info.json").write_text(json.dumps(info))
+    out = tmp_path / "out.jsonl"
+    for command in (["check", tmp_path, "--json"], ["check", tmp_path, "--strict", "--workers", "2"],
+                    ["convert", tmp_path / "dataset_info.json", "-o", out], ["stats", tmp_path]):
+        result = invoke(*command)
+        said = result.output.replace("\n", "")
+        assert result.exit_code == 2 and str(tmp_path / "dataset_info.json") in said, (command, said)
+        assert all(text in said for text in texts), (command, said)
+
+
+def test_a_dataset_info_glob_that_matches_itself_reads_the_data_files_only(tmp_path):
+    (tmp_path / "x.json").write_text(json.dumps([GOOD, GOOD]))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"a": {"file_name": "*.json"}}))
+    result = invoke("check", tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["files"] == {str(tmp_path / "x.json"): {"format": "alpaca", "total": 2,
+                                                                             "valid": 2, "invalid": 0}}
+
+
+def test_images_that_are_system_files_give_the_same_report_for_any_worker_count(tmp_path, monkeypatch):
+    import os
+
+    from sftune.data import check, parallel
+
+    os.symlink("loop.png", tmp_path / "loop.png")
+    refs = ["/etc/hostname", "/dev/zero", "/proc/self/status", str(tmp_path), str(tmp_path / "loop.png")]
+    rows = [j({"messages": [{"role": "user", "content": "<image>x"}, {"role": "assistant", "content": "y"}],
+               "images": [ref]}) for ref in refs]
+    path = tmp_path / "img.jsonl"
+    path.write_bytes(b"".join(rows) * 40)
+    monkeypatch.setattr(parallel, "MIN_BYTES_PER_JOB", 2000)
+    reports = [check(path, workers=n).to_dict() for n in (1, 2)]
+    assert reports[0] == reports[1]
+    assert (reports[0]["valid"], reports[0]["invalid"]) == (0, 200)
+    assert "not an image format" in reports[0]["examples"]["bad_image"]
+    assert "is not a regular file" in reports[0]["examples"]["missing_image"]
+
+
+def test_convert_counts_a_preference_file_as_check_does_and_writes_pairs(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(j({"prompt": "q", "chosen": "a", "rejected": "b"}) + j({"prompt": "q", "chosen": "a", "rejected": "a"}))
+    checked = json.loads(invoke("check", path, "--json").stdout)
+    out = tmp_path / "out.jsonl"
+    result = invoke("convert", path, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "pairs: 2   valid: 1   invalid: 1" in result.output and (checked["valid"], checked["invalid"]) == (1, 1)
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["prompt"][-1]["content"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in written] == \
+        [("q", "a", "b")]
+    again = json.loads(invoke("check", out, "--json").stdout)
+    assert (again["preference"], again["valid"]) == (True, 1)
+    refused = invoke("convert", path, "-o", tmp_path / "o2.jsonl", "--to", "alpaca")
+    assert refused.exit_code == 2 and "--to messages" in refused.output

@@ -53,6 +53,9 @@ _MAX_UNPACKED_GB = typer.Option(None, "--max-unpacked-gb", help="Stop a compress
                                 "many GiB (default 100).")
 _MAX_RATIO = typer.Option(None, "--max-ratio", help="Stop a compressed file once it has unpacked this many times its "
                           "size (default 1000; a decompression bomb).")
+_PREFERENCE = typer.Option(
+    None, "--preference/--sft", help="Read as preference data (chosen / rejected pairs, as stage: preference "
+    "reads them) or as SFT data; default: preference when every file's records are pairs.")
 _MODEL = typer.Option(models.DEFAULT_MODEL, help="Model name or folder (its tokenizer).")
 _TEMPLATE = typer.Option(None, "--template", "-t", help="Default: the model's own template.")
 _POLICY = typer.Option("assistant", help="Masking policy: assistant, last or all.")
@@ -155,9 +158,7 @@ def data_check_command(
                                            "with (default: a Qwen3-style reasoning template)."),
     tools: bool = typer.Option(False, "--tools", help="Also check tool calls: each names a declared tool, its "
                                "arguments match the tool's JSON schema, each result follows a call."),
-    preference: Optional[bool] = typer.Option(
-        None, "--preference/--sft", help="Check as preference data (chosen / rejected pairs, as stage: preference "
-        "reads them) or as SFT data; default: preference when every file's records are pairs."),
+    preference: Optional[bool] = _PREFERENCE,
 ) -> None:
     """Validate every record; report counts per reason and the validation rate."""
     import json
@@ -273,16 +274,22 @@ def data_convert_command(
     max_record_mb: Optional[float] = _MAX_RECORD_MB,
     max_unpacked_gb: Optional[float] = _MAX_UNPACKED_GB,
     max_ratio: Optional[float] = _MAX_RATIO,
+    preference: Optional[bool] = _PREFERENCE,
 ) -> None:
-    """Convert any known format into messages, alpaca, sharegpt, openai or hermes JSONL."""
+    """Convert any known format into messages, alpaca, sharegpt, openai or hermes JSONL; preference pairs into
+    prompt / chosen / rejected messages (the pairs counted as `data check` counts them)."""
     from sftune.data import convert
 
     quarantine = quarantine or f"{output}.rejected.jsonl"
     options = _read_options(format, columns, roles, cot_layout, max_chars, dataset)
+    if preference is None:
+        preference = _all_pairs(paths, options)
+    if preference:
+        options["preference"] = True
     with Console(stderr=True).status(f"converting to {to}"):
         report = convert(paths, output, to, on_error=on_error, quarantine=quarantine, workers=workers, **options)
-    _print_report(report)
-    console.print(f"Wrote {report.valid:,} conversations ({to}) to {output}")
+    _print_report(report, "pairs" if preference else "records")
+    console.print(f"Wrote {report.valid:,} {'preference pairs' if preference else 'conversations'} ({to}) to {output}")
 
 
 @data_app.command("stats")

@@ -27,6 +27,8 @@ from __future__ import annotations
 import bz2
 import contextlib
 import csv
+import datetime
+import decimal
 import errno
 import glob
 import gzip
@@ -39,6 +41,7 @@ import re
 import stat
 import sys
 import tempfile
+import uuid
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -395,8 +398,7 @@ def expand(paths: str | Path | list[str | Path]) -> list[Path | str]:
         for match in matches:
             refuse_special(match)
             if (match / "dataset_dict.json").exists():  # a DatasetDict: every split, as saved
-                splits = json.loads((match / "dataset_dict.json").read_text())["splits"]
-                found.extend(match / split for split in splits)
+                found.extend(dataset_splits(match))
                 continue
             if match.is_dir() and not is_datasets_folder(match):
                 if (match / LLAMAFACTORY_INFO).exists():
@@ -414,6 +416,29 @@ def expand(paths: str | Path | list[str | Path]) -> list[Path | str]:
             else:
                 found.append(match)
     return found
+
+
+def dataset_splits(folder: Path) -> list[Path]:
+    """The split folders of a DatasetDict save_to_disk folder, as its dataset_dict.json lists them."""
+    index = folder / "dataset_dict.json"
+    present = sorted(p.name for p in folder.iterdir() if is_datasets_folder(p))
+    name = f"e.g. {folder / present[0]}" if present else "a split folder (one holding state.json)"
+    try:
+        splits = json.loads(index.read_text(encoding="utf-8")).get("splits")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        splits = None
+    if not isinstance(splits, list) or not splits or not all(isinstance(s, str) and s for s in splits):
+        raise DataError("unreadable_file", "splits", "is missing or not a list of split names (as "
+                        'DatasetDict.save_to_disk writes it: {"splits": ["train", "test"]})',
+                        f"save the dataset again, or name one split's folder ({name}); split folders here: "
+                        f"{', '.join(present) or 'none'}", source=str(index))
+    missing = [split for split in splits if not is_datasets_folder(folder / split)]
+    if missing:
+        raise DataError("unreadable_file", "splits", f"lists {', '.join(map(repr, missing))}, but "
+                        f"{folder / missing[0]} is not a saved split (no such folder, or no state.json in it)",
+                        f"save the dataset again, or name the splits that are there ({', '.join(present) or 'none'})",
+                        source=str(index))
+    return [folder / split for split in splits]
 
 
 def iter_records(path: Path, kind: str, byte_range: tuple[int, int, int] | None = None) -> Iterator[tuple[int, Any]]:
@@ -499,16 +524,17 @@ def _decoder() -> tuple[Any, list]:
     return json.JSONDecoder(parse_constant=constant).decode, seen
 
 
-def bad_value(record: Any) -> tuple[str, str, str] | None:
+def bad_value(record: Any, *, finite: bool = True) -> tuple[str, str, str] | None:
     """(field, problem, fix) for the first value a training file cannot hold, or None.
 
-    NaN / Infinity (not JSON; a writer would put them in its output) and lone surrogates (not
-    characters; no UTF-8 file can hold them). Walks without recursion, so any depth is safe.
+    NaN / Infinity (not JSON; a writer would put them in its output; with finite=False they pass, for
+    columnar files, where NaN is how a missing float is stored: the record's conversion decides) and lone
+    surrogates (not characters; no UTF-8 file can hold them). Walks without recursion, so any depth is safe.
     """
     stack: list[tuple[str, Any]] = [("", record)]
     while stack:
         field, value = stack.pop()
-        if isinstance(value, float) and not math.isfinite(value):
+        if finite and isinstance(value, float) and not math.isfinite(value):
             return (field, f"is {value!r}, which JSON does not allow",
                     "write a number, or null for a missing value (NaN often marks an empty spreadsheet cell)")
         if isinstance(value, str):
@@ -526,8 +552,8 @@ def bad_value(record: Any) -> tuple[str, str, str] | None:
     return None
 
 
-def _bad_value_error(record: Any, source: str, where: str, raw: Any) -> DataError | None:
-    found = bad_value(record)
+def _bad_value_error(record: Any, source: str, where: str, raw: Any, *, finite: bool = True) -> DataError | None:
+    found = bad_value(record, finite=finite)
     if found is None:
         return None
     field, problem, fix = found
@@ -810,35 +836,130 @@ def _text(path: Path, start: int = 0, end: int | None = None, first: int = 1) ->
 def _parquet(path: Path) -> Iterator[tuple[int, Any]]:
     import pyarrow.parquet as pq
 
+    yield from _table_rows(pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS), str(path))
+
+
+def _arrow_rows(dataset, source: str) -> Iterator[tuple[int, Any]]:
+    yield from _table_rows(dataset.with_format("arrow").iter(batch_size=BATCH_ROWS), source)
+
+
+class _NotText(ValueError):
+    """A column value that JSON (and so a training file) cannot hold: its field, the problem and the fix."""
+
+    def __init__(self, field: str, problem: str, fix: str) -> None:
+        super().__init__(field, problem, fix)
+        self.field, self.problem, self.fix = field, problem, fix
+
+
+def _plain(value: Any, field: str) -> Any:
+    """A column value as JSON can hold it: dates and times in ISO 8601, decimals and UUIDs as exact text,
+    UTF-8 bytes as text, intervals and map entries as lists; what has no text form raises _NotText."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        return {key: _plain(item, f"{field}.{key}" if field else str(key)) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item, f"{field}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (decimal.Decimal, uuid.UUID)):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _NotText(field, f"holds {len(value):,} bytes of binary data that are not UTF-8 text",
+                           "store text in a string column (or UTF-8 bytes), or leave this column out of the "
+                           "file; sftune trains on text") from None
+    if hasattr(value, "item"):  # a numpy scalar (e.g. float16)
+        return _plain(value.item(), field)
+    raise _NotText(field, f"holds a {type(value).__name__} value, which has no text form",
+                   "store the value as a string or a number, or leave this column out of the file")
+
+
+def _table_rows(batches: Iterable[Any], source: str) -> Iterator[tuple[int, Any]]:
+    """The rows of Arrow record batches as JSON-ready records: a value that cannot be one rejects its row,
+    naming the field. NaN (a missing float) is kept: a text field refuses it, a carried-along one
+    becomes a counted null (formats.py)."""
     index = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
-        for row in batch.to_pylist():
+    for batch in batches:
+        if all(_json_type(kind) for kind in batch.schema.types):  # text, whole numbers and truth values only
+            for row in batch.to_pylist():
+                yield index, row
+                index += 1
+            continue
+        for row in _batch_rows(batch):
+            where = location("record", index)
+            if isinstance(row, _NotText):
+                row = DataError("bad_value", row.field, row.problem, row.fix, source=source, location=where)
+            else:
+                try:
+                    row = _plain(row, "")
+                except _NotText as err:
+                    row = DataError("bad_value", err.field, err.problem, err.fix, source=source, location=where)
+                else:
+                    row = _bad_value_error(row, source, where, row, finite=False) or row
             yield index, row
             index += 1
 
 
-def _arrow_rows(dataset) -> Iterator[tuple[int, Any]]:
-    index = 0
-    for table in dataset.with_format("arrow").iter(batch_size=BATCH_ROWS):
-        for row in table.to_pylist():
-            yield index, row
-            index += 1
+def _json_type(kind: Any) -> bool:
+    """An Arrow type whose values are JSON values as they are (no conversion, no NaN to look for)."""
+    import pyarrow as pa
+
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _json_type(kind.value_type)
+    if pa.types.is_struct(kind):
+        return all(_json_type(kind.field(i).type) for i in range(kind.num_fields))
+    return (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
+            or pa.types.is_boolean(kind) or pa.types.is_null(kind))
+
+
+def _batch_rows(batch: Any) -> list[Any]:
+    """A batch's rows as Python dicts; where a column's values have no Python form (a timestamp past the
+    year 9999), that column is converted value by value and a value that fails stands for its row."""
+    import pyarrow as pa
+
+    try:
+        return batch.to_pylist()
+    except (pa.ArrowException, OverflowError, ValueError):
+        pass
+    rows: list[Any] = [{} for _ in range(batch.num_rows)]
+    for name, column in zip(batch.schema.names, batch.columns):
+        for i in range(batch.num_rows):
+            if isinstance(rows[i], _NotText):
+                continue
+            try:
+                rows[i][name] = column[i].as_py()
+            except (pa.ArrowException, OverflowError, ValueError) as err:
+                rows[i] = _NotText(name, f"holds a {column.type} value with no Python form ({type(err).__name__}: "
+                                   f"{str(err)[:120]})", "store the value as a string, or leave this column out")
+    return rows
 
 
 def _arrow(path: Path) -> Iterator[tuple[int, Any]]:
     """An Arrow file as written by `datasets` (memory-mapped, not loaded)."""
     from datasets import Dataset
 
-    yield from _arrow_rows(Dataset.from_file(str(path)))
+    yield from _arrow_rows(Dataset.from_file(str(path)), str(path))
 
 
 def _datasets_folder(path: Path) -> Iterator[tuple[int, Any]]:
     """A Dataset save_to_disk folder (a DatasetDict folder is expanded into its splits first)."""
     from datasets import load_from_disk
 
-    yield from _arrow_rows(load_from_disk(str(path)))
+    try:
+        dataset = load_from_disk(str(path))
+    except (KeyError, TypeError, AttributeError, IndexError) as err:  # a state.json that is not what datasets wrote
+        raise DataError("unreadable_file", "", f"cannot be read as a datasets save_to_disk folder: its state.json or "
+                        f"dataset_info.json is incomplete ({type(err).__name__}: {str(err)[:200]})",
+                        "save the dataset again with save_to_disk, or read its .arrow files by name",
+                        source=str(path)) from None
+    yield from _arrow_rows(dataset, str(path))
 
 
 def _hub(name: str) -> Iterator[tuple[int, Any]]:
     """A hub dataset's split (hub.py), loaded by `datasets` into its cache and memory-mapped from there."""
-    yield from _arrow_rows(hub.load(str(name)))
+    yield from _arrow_rows(hub.load(str(name)), str(name))

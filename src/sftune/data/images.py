@@ -74,14 +74,20 @@ def _bytes(ref: str, field: str) -> bytes:
             raise DataError("bad_image", field, "is a data URL whose base64 does not decode",
                             "encode the image file again with base64") from None
     path = Path(ref)
+    fix = "fix the path (relative paths are relative to the data file's folder) or drop the record"
     if not path.is_file():
-        raise DataError("missing_image", field, f"names {ref}, which does not exist",
-                        "fix the path (relative paths are relative to the data file's folder) or drop the record")
+        what = "is not a regular file (a folder, a device, a pipe or a link loop)" if os.path.lexists(path) else \
+            "does not exist"
+        raise DataError("missing_image", field, f"names {ref}, which {what}", fix)
     size = path.stat().st_size
     if size > MAX_BYTES:
         raise DataError("image_too_large", field, f"is {size:,} bytes, over the limit of {MAX_BYTES:,}",
                         "shrink the image (a processor resizes it to well under a megapixel anyway)")
-    return path.read_bytes()
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(MAX_BYTES + 1)  # a file under /proc says size 0 and may hold more
+    except OSError as err:
+        raise DataError("missing_image", field, f"names {ref}, which cannot be read ({err.strerror})", fix) from None
 
 
 def load(ref: str, field: str = "image") -> Any:
@@ -99,7 +105,8 @@ def load(ref: str, field: str = "image") -> Any:
             image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         where = "" if ref.startswith("data:") else f" ({ref})"
-        raise DataError("bad_image", field, f"does not decode as an image{where}: {err}",
+        why = "not an image format Pillow knows" if isinstance(err, UnidentifiedImageError) else str(err)
+        raise DataError("bad_image", field, f"does not decode as an image{where}: {why}",
                         "replace the file with a valid PNG / JPEG / WebP, or drop the record") from None
     if width * height > MAX_PIXELS:
         raise DataError("image_too_large", field, f"is {width}x{height} pixels, over {MAX_PIXELS:,}",

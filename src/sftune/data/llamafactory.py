@@ -21,7 +21,9 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sftune.data import hub
 from sftune.data.errors import DataError
@@ -38,6 +40,46 @@ TAG_ROLES = {
     "system_tag": "system",
 }
 MEDIA_COLUMNS = ("videos", "audios")
+
+
+class Entry(BaseModel):
+    """The fields of one entry that sftune reads, with the types LLaMA-Factory gives them (others are kept as
+    they are: LLaMA-Factory adds fields over time)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    file_name: Optional[str] = None
+    hf_hub_url: Optional[str] = None
+    subset: Optional[str] = None
+    split: Optional[str] = None
+    folder: Optional[str] = None
+    formatting: Optional[Literal["alpaca", "sharegpt", "openai"]] = None
+    ranking: Optional[bool] = None
+    columns: Optional[dict[str, str]] = None
+    tags: Optional[dict[str, str]] = None
+
+
+def _validated(info: Any, info_path: Path) -> dict[str, dict]:
+    """The entries of a parsed dataset_info.json, each checked against Entry; a DataError names the entry and field."""
+    if not isinstance(info, dict):
+        raise DataError("wrong_type", "", f"holds a JSON {type(info).__name__}, not an object of named entries",
+                        'write {"my_data": {"file_name": "data.json"}, ...}, as LLaMA-Factory does',
+                        source=str(info_path))
+    for name, entry in info.items():
+        try:
+            Entry.model_validate(entry)
+        except ValidationError as err:
+            first = err.errors()[0]
+            place = ".".join(str(part) for part in (name, *first["loc"]))
+            given = first.get("input")
+            raise DataError("wrong_type", place, f"is {type(given).__name__} {str(given)[:60]!r}: {first['msg']}",
+                            "give each entry an object whose file_name is a path (text), columns and tags objects of "
+                            "text, formatting alpaca / sharegpt / openai, ranking true or false (LLaMA-Factory's "
+                            "data/README.md)", source=str(info_path)) from None
+        file_name = entry.get("file_name")
+        if file_name is not None and (Path(info_path).parent / file_name).resolve() == Path(info_path).resolve():
+            raise DataError("wrong_type", f"{name}.file_name", f"is {file_name!r}, the dataset_info.json itself",
+                            "point file_name at the entry's data file", source=str(info_path))
+    return info
 
 
 def _unsupported(entry: dict, preference: bool = False, named: bool = False) -> str | None:
@@ -112,6 +154,20 @@ def _entry_source(name: str, entry: dict, folder: Path) -> dict[str, Any]:
     return {"path": path, "format": fmt, "columns": mapped, "options": options, "dataset": name}
 
 
+def entry_files(entry: dict[str, Any], info_path: Path) -> list[Path | str]:
+    """The data files of one entry (a file, folder or glob); a glob that also matches a dataset_info.json
+    leaves it out, and an entry that names only such files is refused."""
+    from sftune.data.files import expand, kind_of
+
+    found = expand(entry["path"])
+    data = [path for path in found if kind_of(path) != "llamafactory"]
+    if not data:
+        raise DataError("missing_field", f"{entry['dataset']}.file_name",
+                        f"matches only {', '.join(map(str, found))}, a dataset list and not data",
+                        "point file_name at the entry's data files", source=str(info_path))
+    return data
+
+
 def sources(info_path: Path, names: str | None = None, preference: bool = False) -> list[dict[str, Any]]:
     """The readable entries of a dataset_info.json (all, or those named, comma-separated): the SFT
     entries, or with `preference` the ranking ones."""
@@ -122,6 +178,10 @@ def sources(info_path: Path, names: str | None = None, preference: bool = False)
             "broken_json", "", f"is not valid JSON ({err.msg} at line {err.lineno})", "fix the JSON",
             source=str(info_path),
         ) from None
+    except (ValueError, RecursionError) as err:
+        raise DataError("broken_json", "", f"cannot be read as JSON ({type(err).__name__}: {str(err)[:200]})",
+                        "save it as UTF-8 JSON", source=str(info_path)) from None
+    info = _validated(info, Path(info_path))
     folder = Path(info_path).parent
     if names:
         wanted = [n.strip() for n in names.split(",") if n.strip()]

@@ -144,7 +144,7 @@ def _plan(paths, format, columns, options, dataset_name) -> list[dict[str, Any]]
         kind = files.kind_of(path)
         if kind == "llamafactory":
             for entry in llamafactory.sources(path, dataset_name, preference=bool(options.get("preference"))):
-                for entry_path in files.expand(entry["path"]):
+                for entry_path in llamafactory.entry_files(entry, path):
                     entry_kind = files.kind_of(entry_path)
                     plan.append({**entry, "path": entry_path, "kind": entry_kind,
                                  "note": files.misnamed(entry_path, entry_kind),

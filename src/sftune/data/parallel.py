@@ -16,6 +16,7 @@ before anything is written.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shutil
@@ -73,7 +74,7 @@ def _jobs(plan: list[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
 def _run_job(args: tuple) -> Report:
     job, out, style, quarantine, max_chars = args
     report = Report()
-    shape = writers.shaper(style) if out else None
+    shape = _shaper(style, job["options"].get("preference")) if out else None
     records = read_plan([job], "skip", Path(quarantine) if quarantine else None, max_chars, report, shape, log=False)
     if out is None:
         for _ in records:
@@ -83,6 +84,17 @@ def _run_job(args: tuple) -> Report:
         for line in records:
             handle.write(line + "\n")
     return report
+
+
+def _shaper(style: str, preference: bool | None):
+    """record -> its output line: a Conversation in `style`, or a preference Pair as prompt / chosen / rejected
+    messages (the layout preference training reads back)."""
+    if not preference:
+        return writers.shaper(style)
+    if style != "messages":
+        raise ValueError(f"preference pairs are written as prompt / chosen / rejected messages, not {style}: use "
+                         "--to messages (style='messages'), or read the records as SFT data (--sft, preference=False)")
+    return lambda pair: json.dumps(pair.to_dict(), ensure_ascii=False)
 
 
 def _join(parts: list[str], name: str | Path) -> None:
@@ -176,9 +188,11 @@ def convert(
 
     Returns the read's Report. A conversation the style cannot hold counts as rejected, with
     reason "unsupported", like a record that failed validation. With on_error="skip", large
-    JSONL / text files are split over `workers` processes (default: up to 2).
+    JSONL / text files are split over `workers` processes (default: up to 2). With preference=True the
+    records are read as preference pairs (as `check` and preference training read them) and written as
+    prompt / chosen / rejected messages (style "messages" only).
     """
-    writers.shaper(style)  # an unknown style is refused before anything is read
+    shape = _shaper(style, read_options.get("preference"))  # an unknown style is refused before anything is read
     check_max_chars(max_chars)
     images_to = Path(out).parent.absolute()  # relative image paths are written relative to the output
     plan = [{**item, "images_to": images_to, "style": style} for item in prepare(paths, **read_options)]
@@ -188,6 +202,6 @@ def convert(
         log_rejections(report)
         return report
     report = Report()
-    lines = read_plan(plan, on_error, Path(quarantine) if quarantine else None, max_chars, report, writers.shaper(style))
+    lines = read_plan(plan, on_error, Path(quarantine) if quarantine else None, max_chars, report, shape)
     writers.write_lines(lines, out)
     return report
