@@ -78,13 +78,19 @@ def folder(parent: str | os.PathLike | None = None, prefix: str = "sftune-") -> 
     parent.mkdir(parents=True, exist_ok=True)
     sweep(parent, prefix)
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    fd = _lock(path, wait=True)  # before the marker: a sweep never sees a marked folder that is not locked yet
     try:
-        (path / MARKER).write_text(f"{os.getpid()}\n")
+        fd = _lock(path, wait=True)  # before the marker: a sweep never sees a marked folder that is not locked yet
+    except OSError as err:  # a file system without locks (some network mounts): never marked, never swept
+        log.debug("no lock on %s (%s): it is removed when this process ends normally only", path, err)
+        fd = None
+    try:
+        if fd is not None:
+            (path / MARKER).write_text(f"{os.getpid()}\n")
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def die_with_parent(parent_pid: int) -> None:
