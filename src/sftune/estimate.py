@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from sftune import scratch
 from sftune.config import Config, ConfigError
 
 GiB = 1024**3
@@ -99,8 +98,8 @@ def model_config(name: str, trust_remote_code: bool = False) -> Any:
         spec = models.EMBEDDED[name]
         if not spec.installed():
             raise models.ModelNotAvailableError(f"Embedded model '{name}' is not installed. Install it with: {spec.install}")
-        with tempfile.TemporaryDirectory() as scratch:
-            gguf = spec.locate_gguf(Path(scratch))
+        with scratch.folder(prefix="sftune-estimate-") as work:
+            gguf = spec.locate_gguf(work)
             return AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     source = models.resolve(name)
     try:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from sftune import scratch
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 COMPLETE_MARKER = ".sftune-complete"  # written last into a folder once it is complete (models, checkpoints)
@@ -120,11 +121,10 @@ def materialize(name: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     # transformers' de-quantization bar is off unless --verbose (sftune.quiet): one line says what the wait is.
     print(f"Converting the embedded model {name} into a checkpoint folder, once: {target}", flush=True)
-    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=target.parent) as scratch:
-        scratch = Path(scratch)
-        gguf = spec.locate_gguf(scratch)
+    with scratch.folder(target.parent, prefix=f".{name}-") as work:  # a killed conversion's folder: swept next time
+        gguf = spec.locate_gguf(work)
         model, tokenizer = _load_gguf(gguf)
-        staging = scratch / "checkpoint"
+        staging = work / "checkpoint"
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         (staging / COMPLETE_MARKER).write_text(f"materialized from {gguf.name}\n")

@@ -68,6 +68,28 @@ def test_eval_into_the_run_folder_puts_the_before_after_table_in_its_model_card(
     assert f"| heldout | perplexity | {rows['perplexity']['base']:.4g} | {rows['perplexity']['model']:.4g} |" in card
 
 
+@pytest.mark.parametrize("case", ["the run folder", "a data file", "inside the base model", "the data folder"])
+def test_an_output_over_what_eval_reads_is_refused_before_anything_loads(tmp_path, tiny_run, case):
+    """-o is checked with the shared output guard: not a model's folder or a file of it, not a data file or a folder
+    holding one; RUN/eval (the default) stays allowed."""
+    from sftune.cli import app
+
+    run, base = tiny_run
+    data = tmp_path / "items" / "items.jsonl"
+    data.parent.mkdir()
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "2+2?"},
+                                             {"role": "assistant", "content": "4"}]}) + "\n", encoding="utf-8")
+    out, reads = {"the run folder": (run, run / "adapter_model.safetensors"), "a data file": (data, data),
+                  "inside the base model": (base / "eval", base), "the data folder": (data.parent, data)}[case]
+    before = sorted(p.name for p in out.parent.iterdir())
+    done = CliRunner().invoke(app, ["eval", str(run), "--tasks", f"heldout,data:{data}", "--limit", "1",
+                                    "-o", str(out)], env=ENV)
+    assert done.exit_code == 2, done.output
+    message = " ".join(done.output.split())
+    assert f"--output: output {out}" in message and str(reads) in message
+    assert sorted(p.name for p in out.parent.iterdir()) == before
+
+
 def test_base_none_evaluates_the_model_alone(tmp_path, tiny_run):
     from sftune.cli import app
 

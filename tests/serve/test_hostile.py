@@ -39,7 +39,7 @@ def open_server(loaded, base_dir):
 def keyed_server(loaded):
     model, tokenizer, names = loaded
     app = create_app(model, tokenizer, names, api_key=KEY, max_body_bytes=64 * 1024, body_timeout_s=1.0)
-    with running(app) as url:
+    with running(app, header_timeout_s=1.0) as url:
         yield url
 
 
@@ -167,6 +167,27 @@ def test_a_slow_body_gets_408(keyed_server):
     answer = _raw(keyed_server, f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
                                 "Content-Type: application/json\r\nContent-Length: 100", b'{"model": ')
     assert answer.startswith(b"HTTP/1.1 408") and b"--body-timeout" in answer
+
+
+@pytest.mark.parametrize("sent", [b"", b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"],
+                         ids=["nothing", "headers never finished"])
+def test_slow_headers_get_408_and_the_connection_closed(keyed_server, sent):
+    """A slowloris client (headers sent a byte at a time, or never) is answered and disconnected, not held open."""
+    host, port = keyed_server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as conn:
+        conn.sendall(sent)
+        answer = b""
+        while piece := conn.recv(65536):  # until the server closes the connection
+            answer += piece
+    assert answer.startswith(b"HTTP/1.1 408") and b"--header-timeout" in answer
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
+
+
+def test_headers_in_time_then_a_kept_alive_second_request_are_answered(keyed_server):
+    """The header deadline is per request: a kept-alive connection's next request gets its own."""
+    with httpx.Client(base_url=keyed_server, timeout=30) as client:
+        for _ in range(2):
+            assert client.get("/health").json()["status"] == "ok"
 
 
 def test_the_docs_need_the_key(keyed_server):

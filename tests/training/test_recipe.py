@@ -234,6 +234,29 @@ def test_keep_best_by_a_metric_that_is_not_generated_is_a_clear_error(tmp_path, 
         train(run_config(tmp_path, tiny_checkpoint, eval={"keep_best": "rougeL", "generate_metrics": ["bleu"]}))
 
 
+@pytest.mark.parametrize("train_folder, output", [(True, "data/run"), (False, "data")],
+                         ids=["output.dir inside the data folder", "output.dir holding a data file"])
+def test_an_output_dir_that_would_mix_with_the_data_is_refused_before_the_model_loads(tmp_path, monkeypatch,
+                                                                                        train_folder, output):
+    """A run folder inside the data folder is read as data by the next run (metrics.jsonl, checkpoints); one that
+    holds a data file may write over it. Refused naming both paths, before anything is loaded or written."""
+    from sftune import train
+    from sftune.config import ConfigError
+    from sftune.training import recipe
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before output.dir was checked")
+
+    monkeypatch.setattr(recipe, "setup_model", no_model)
+    train_path, eval_path = demo_data(tmp_path)
+    data = {"train": str(tmp_path / "data") if train_folder else str(train_path), "eval": str(eval_path)}
+    with pytest.raises(ConfigError, match=rf"data\.train and output\.dir: .*{tmp_path / output}.*"
+                                          rf"{tmp_path / 'data'}") as refused:
+        train({"model": {"name": "smollm2-135m-instruct"}, "data": data, "output": {"dir": str(tmp_path / output)}})
+    assert "choose an output path outside" in str(refused.value)
+    assert not (tmp_path / output / "config.yaml").exists()
+
+
 def test_a_missing_data_file_is_reported_before_the_model_loads(tmp_path, monkeypatch):
     """A typo in data.eval costs a second, not a model load followed by the same error."""
     from sftune import train

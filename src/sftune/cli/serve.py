@@ -26,6 +26,8 @@ def serve_command(
                                       "one is refused with 413 before it is read (raise it for large images)."),
     body_timeout: float = typer.Option(60.0, "--body-timeout", min=0.1, help="Seconds a request body may take to "
                                        "arrive; a slower one is refused with 408."),
+    header_timeout: float = typer.Option(20.0, "--header-timeout", min=0.1, help="Seconds a request's line and "
+                                         "headers may take to arrive; a slower client gets 408 and is disconnected."),
 ) -> None:
     """Serve a run through an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models)."""
     from sftune import runs
@@ -44,7 +46,8 @@ def serve_command(
         _user_error(f"serving needs the 'serve' extra ({err.name} is missing): pip install 'sftune[serve]'")
     try:
         serve(run_or_model, host=host, port=port, api_key=api_key, adapters=named, max_batch_size=max_batch_size,
-              template=template, max_body_mb=max_body_mb, body_timeout_s=body_timeout, console=console)
+              template=template, max_body_mb=max_body_mb, body_timeout_s=body_timeout,
+              header_timeout_s=header_timeout, console=console)
     except (AdapterError, runs.RunError, TemplateError, OSError) as err:
         if quiet.is_verbose():
             raise

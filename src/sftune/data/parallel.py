@@ -20,10 +20,10 @@ import json
 import multiprocessing
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from sftune import scratch
 from sftune.data import files, writers
 from sftune.data.load import Report, check_max_chars, first_format, log_rejections, prepare, read_paths, read_plan
 from sftune.data.validate import DEFAULT_MAX_CHARS
@@ -129,7 +129,7 @@ def run(
         if name is not None:
             Path(name).parent.mkdir(parents=True, exist_ok=True)
     anchor = Path(out).parent if out else (Path(quarantine).parent if quarantine else None)
-    with tempfile.TemporaryDirectory(dir=anchor, prefix=".sftune-") as folder:
+    with scratch.folder(anchor, prefix=".sftune-") as folder:  # a killed run's parts: swept by the next one
         parts = [
             (
                 job,
@@ -141,7 +141,8 @@ def run(
             for i, job in enumerate(jobs)
         ]
         if workers > 1 and len(jobs) > 1:
-            with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+            with multiprocessing.get_context("fork").Pool(min(workers, len(jobs)), scratch.die_with_parent,
+                                                          (os.getpid(),)) as pool:
                 for part in pool.imap(_run_job, parts):
                     report.merge(part)
         else:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
+from sftune import scratch
 from sftune.data.schema import Conversation
 from sftune.templates import Template
 
@@ -91,15 +91,13 @@ def save(folder: Path, table: Any, report: dict[str, Any]) -> Any:
     dataset memory-mapped from it."""
     import datasets
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    tmp.mkdir(exist_ok=True)
-    write_arrow(table, tmp / DATA_FILE)
-    (tmp / REPORT_FILE).write_text(json.dumps(report, ensure_ascii=False))
-    if not folder.exists():
-        tmp.rename(folder)
-    else:
-        shutil.rmtree(tmp)
+    with scratch.folder(folder.parent, prefix=".writing-") as work:  # a killed writer's folder: swept next time
+        tmp = work / folder.name
+        tmp.mkdir()
+        write_arrow(table, tmp / DATA_FILE)
+        (tmp / REPORT_FILE).write_text(json.dumps(report, ensure_ascii=False))
+        if not folder.exists():
+            tmp.rename(folder)
     return datasets.Dataset.from_file(str(folder / DATA_FILE))
 
 

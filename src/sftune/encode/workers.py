@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from sftune import scratch
 from sftune.encode.labels import messages_and_tools, render_spans, span_labels
 from sftune.encode.tokencache import PieceCache, tokenize_whole, why_not
 from sftune.templates import Template, TemplateError
@@ -154,7 +155,7 @@ def _forked(job: Job, bounds: list[tuple[int, int]], workers: int) -> Iterator[I
     """Worker w encodes batches w, w + workers, ...; the results are read back in batch order."""
     context = multiprocessing.get_context("fork")
     queues = [context.Queue() for _ in range(workers)]
-    processes = [context.Process(target=_work, args=(job, bounds[w::workers], queues[w]), daemon=True)
+    processes = [context.Process(target=_work, args=(job, bounds[w::workers], queues[w], os.getpid()), daemon=True)
                  for w in range(workers)]
     for process in processes:
         process.start()
@@ -169,8 +170,10 @@ def _forked(job: Job, bounds: list[tuple[int, int]], workers: int) -> Iterator[I
             q.close()
 
 
-def _work(job: Job, bounds: list[tuple[int, int]], results: Any) -> None:
-    """A worker process: one core each, so the tokenizer's own thread pool stays off (and silent)."""
+def _work(job: Job, bounds: list[tuple[int, int]], results: Any, parent: int) -> None:
+    """A worker process: one core each, so the tokenizer's own thread pool stays off (and silent); it ends with
+    its parent (a killed run leaves no worker encoding on)."""
+    scratch.die_with_parent(parent)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     tokenizer = BatchTokenizer(job.backend)
     try:

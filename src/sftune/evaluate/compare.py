@@ -107,6 +107,7 @@ def compare(model: str, *, base: str | None = None, tasks: list[str], limit: int
         base = None
     out = Path(out_dir) if out_dir else (Path(model) / "eval" if runs.is_run(model) else Path("eval"))
     options = dict(options or {})
+    refuse_overwrite(model, base, tasks, options.get("data_dir"), out)
     template = None
     if runs.is_run(model):
         d = runs.run_config(model).data  # both models score perplexity with the run's encoding
@@ -126,6 +127,26 @@ def compare(model: str, *, base: str | None = None, tasks: list[str], limit: int
     if runs.is_run(model) and out.resolve() == (Path(model) / "eval").resolve():
         model_card.write(model)  # the run's README.md gets the before/after table
     return report, paths
+
+
+def refuse_overwrite(model: str, base: str | None, tasks: list[str], data_dir: str | None, out: Path) -> None:
+    """Before anything is loaded or written: `out` may not be, hold or lie inside what eval reads (the models, the
+    data:PATH files, --data-dir). A run's own files count one by one, so its eval/ folder (the default) is fine."""
+    from sftune.data import files
+
+    inputs: list[Path] = []
+    for name in (model, base):
+        folder = Path(name).expanduser() if name else None
+        if folder is not None and runs.is_run(folder):
+            inputs += [entry for entry in folder.iterdir() if entry.name != "eval"]
+        elif folder is not None:
+            inputs.append(folder)
+    inputs += [Path(task[len("data:"):]).expanduser() for task in tasks if task.startswith("data:")]
+    inputs += [Path(data_dir).expanduser()] if data_dir else []
+    try:
+        files.refuse_overwrite(inputs, folders=True, output=out)
+    except files.OverwriteError as err:
+        raise EvalError(f"--output: {err}") from None
 
 
 def _free_memory() -> None:

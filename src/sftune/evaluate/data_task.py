@@ -12,12 +12,11 @@ is a JSON object (the demo's extraction check), and perplexity on the same conve
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sftune import data
+from sftune import data, scratch
 from sftune.evaluate.results import Sample, TaskResult
 
 MAX_NEW_TOKENS = 256
@@ -138,8 +137,8 @@ def _perplexity(loaded: Any, conversations: list[data.Conversation], options: di
     d = getattr(loaded.config, "data", None)
     policy = options.get("policy") or getattr(d, "policy", "assistant")
     max_len = options.get("max_len") or getattr(d, "max_len", 1024)
-    with tempfile.TemporaryDirectory(prefix="sftune-eval-") as folder:
-        path = Path(folder) / "items.jsonl"
+    with scratch.folder(prefix="sftune-eval-") as folder:
+        path = folder / "items.jsonl"
         path.write_text("".join(c.to_json() + "\n" for c in conversations), encoding="utf-8")
         # config=None: the file is in sftune's own messages shape, not in the run's training data format
         return metrics.perplexity(replace(loaded, config=None), str(path), policy=policy, max_len=max_len,

@@ -18,6 +18,7 @@ Without bubblewrap this is NOT a security boundary (see NOT_CONTAINED_UNSAFE and
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -26,13 +27,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
+
+from sftune import scratch
 
 STDERR_TAIL = 2000  # characters of stderr / stdout kept in a result
 _UNSHARE = ("unshare", "--net", "--pid", "--fork", "--kill-child")
@@ -331,8 +333,11 @@ def run(program: str, limits: Limits = Limits(), *, network_namespace: bool = Tr
     """Run `program` (Python source) in the sandbox; passed means it exited 0 within the limits.
     `network_namespace=False` / `audit_hook=False` / `bubblewrap=False` switch those layers off (to test the
     others alone; without bubblewrap the program runs as the caller, as before bubblewrap was used)."""
-    work = Path(tempfile.mkdtemp(prefix="sftune-sandbox-"))
-    private = Path(tempfile.mkdtemp(prefix="sftune-sandbox-io-"))  # output and exit status, out of the program's reach
+    folders = contextlib.ExitStack()  # one scratch folder (swept at the next start if this process is killed)
+    root = folders.enter_context(scratch.folder(prefix="sftune-sandbox-"))
+    work, private = root / "work", root / "io"  # the program's folder; its output and exit status, out of its reach
+    work.mkdir(mode=0o700)
+    private.mkdir(mode=0o700)
     (work / "program.py").write_text(program, encoding="utf-8")
     status_path = private / "status.json"
     use_bwrap = bubblewrap and isolated()
@@ -398,8 +403,7 @@ def run(program: str, limits: Limits = Limits(), *, network_namespace: bool = Tr
                 cgroup.rmdir()
             except OSError:
                 pass
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(private, ignore_errors=True)
+        folders.close()
     if timed_out:
         status = "timeout"
         stderr += f"\nsandbox: killed after the wall-clock limit of {limits.timeout:g} s"

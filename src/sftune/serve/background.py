@@ -19,13 +19,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextlib.contextmanager
-def running(app: Any, *, host: str = "127.0.0.1", port: int = 0, start_timeout: float = 30.0) -> Iterator[str]:
+def running(app: Any, *, host: str = "127.0.0.1", port: int = 0, start_timeout: float = 30.0,
+            header_timeout_s: float | None = None) -> Iterator[str]:
     """Serve `app` with uvicorn on host:port (port 0: a free one) until the block ends; yields the base URL
-    (without /v1). Raises RuntimeError if the server has not started within start_timeout seconds."""
+    (without /v1). Raises RuntimeError if the server has not started within start_timeout seconds. A client's
+    request headers have `header_timeout_s` (default guard.HEADER_TIMEOUT_S) to arrive, as under `sftune serve`."""
     import uvicorn
 
+    from sftune.serve.guard import HEADER_TIMEOUT_S, protocol
+
     port = port or free_port(host)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                           http=protocol(header_timeout_s or HEADER_TIMEOUT_S)))
     thread = threading.Thread(target=server.run, daemon=True, name="sftune-server")
     thread.start()
     deadline = time.monotonic() + start_timeout

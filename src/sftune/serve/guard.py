@@ -1,5 +1,8 @@
-"""What an HTTP request passes before the app sees it (an ASGI middleware around the whole app):
+"""What an HTTP request passes before the app sees it: its request line and headers, under a deadline at the
+connection (uvicorn's HTTP protocol, `protocol(header_timeout_s)`), then an ASGI middleware around the whole app:
 
+0. the headers: a connection that has not sent a whole request line and headers `header_timeout_s` after it opened
+   (or after its previous answer) gets a 408 and is closed (a slowloris client holds no connection);
 1. the API key, read from the headers alone: a client without it gets 401 before one byte of its body is read
    (every path but /health, the docs and /openapi.json included);
 2. the body, read whole here: more than `max_body_bytes` (announced by Content-Length or sent) is a 413,
@@ -19,6 +22,7 @@ from typing import Any, Awaitable, Callable
 from sftune.serve.protocol import error_body
 
 OPEN_PATHS = ("/health",)
+HEADER_TIMEOUT_S = 20.0  # a request line and headers still arriving this long after the connection opened: 408
 KEY_HINT = ("send it as the header 'Authorization: Bearer KEY' (the key given to `sftune serve --api-key` or "
             "SFTUNE_API_KEY)")
 
@@ -96,6 +100,54 @@ class Guard:
     def _too_large(self, size: int) -> str:
         return (f"the request body is {size:,} bytes or more, over this server's limit of {self.max_body_bytes:,} "
                 "bytes (`sftune serve --max-body-mb`); send a shorter request")
+
+
+def protocol(header_timeout_s: float = HEADER_TIMEOUT_S) -> type:
+    """uvicorn's h11 HTTP protocol with a deadline for each request's line and headers (uvicorn's own timeouts start
+    only after a request's headers, or while a kept-alive connection is idle); pass it as uvicorn's `http`."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    answer = json.dumps(error_body(f"the request headers did not arrive within {header_timeout_s:g} s "
+                                   "(`sftune serve --header-timeout`); send them at once",
+                                   code="request_timeout")).encode()
+    timeout_response = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                        b"content-length: %d\r\n\r\n%s" % (len(answer), answer))
+
+    class HeaderDeadline(H11Protocol):
+        deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self.cycle is None or self.cycle.response_complete:  # bytes of a new request
+                self._arm()
+            before = self.cycle
+            super().data_received(data)
+            if self.cycle is not before:  # its headers are complete: the app (and the guard's body deadline) has it
+                self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self.deadline is None:
+                self.deadline = self.loop.call_later(header_timeout_s, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self.deadline is not None:
+                self.deadline.cancel()
+                self.deadline = None
+
+        def _too_slow(self) -> None:
+            self.deadline = None
+            if not self.transport.is_closing():
+                self.transport.write(timeout_response)
+                self.transport.close()
+
+    return HeaderDeadline
 
 
 async def _refuse(send: Send, status: int, message: str, *, code: str | None = None) -> None:

@@ -32,7 +32,7 @@ from sftune.serve import images
 from sftune.serve import tools as tool_calls
 from sftune.serve.adapters import Served, activate
 from sftune.serve.batching import Batcher, Request
-from sftune.serve.guard import Guard
+from sftune.serve.guard import HEADER_TIMEOUT_S, Guard, protocol
 from sftune.serve.protocol import (ApiError, ChatRequest, CompletionRequest, chat_chunk, chat_message, error_body,
                                    new_id, now, usage)
 
@@ -317,7 +317,8 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
 
 def serve(run_or_model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           adapters: dict[str, str] | None = None, max_batch_size: int = 16, template: str | None = None,
-          max_body_mb: float = MAX_BODY_MB, body_timeout_s: float = BODY_TIMEOUT_S, console: Any = None) -> None:
+          max_body_mb: float = MAX_BODY_MB, body_timeout_s: float = BODY_TIMEOUT_S,
+          header_timeout_s: float = HEADER_TIMEOUT_S, console: Any = None) -> None:
     """Load the run (and adapters on its base) once, then answer on host:port until interrupted."""
     import uvicorn
 
@@ -334,4 +335,5 @@ def serve(run_or_model: str, *, host: str = "127.0.0.1", port: int = 8000, api_k
         console.print(f"[yellow]{warning}[/yellow]", highlight=False)
     elif warning:
         log.warning(warning)
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=KEEP_ALIVE_S)
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_keep_alive=KEEP_ALIVE_S,
+                http=protocol(header_timeout_s))

@@ -27,14 +27,21 @@ class EncodedData:
 
 def check_data_paths(cfg: Config) -> None:
     """Before the model loads: every file, folder or glob that data.train / data.eval names is there (a typo costs a
-    second, not a model load and then the same error); a missing one is a ConfigError naming its key."""
+    second, not a model load and then the same error); a missing one is a ConfigError naming its key. output.dir
+    may not be a data file, lie inside a data folder or hold a data file (files.refuse_overwrite): the next run
+    would read the run's own files as data, or the run would write over them."""
     for key in ("train", "eval"):
+        inputs = []
         for entry in getattr(cfg.data, key):
             paths = entry.path if isinstance(entry, DataEntry) else entry
             try:
-                files.expand(paths)
+                inputs += [*([paths] if isinstance(paths, str) else paths), *files.expand(paths)]
             except FileNotFoundError as err:
                 raise ConfigError(f"data.{key}: {err} ({cfg.named_in(f'data.{key}')})") from None
+        try:
+            files.refuse_overwrite(inputs, folders=True, **{"output.dir": cfg.output.dir})
+        except files.OverwriteError as err:
+            raise ConfigError(f"data.{key} and output.dir: {err}") from None
 
 
 def read_entries(cfg: Config, key: Literal["train", "eval"], options: dict[str, Any]) -> list[data.Conversation]:

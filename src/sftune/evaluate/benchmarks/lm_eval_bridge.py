@@ -8,11 +8,11 @@ lm-eval's HF model loads the model folder (a run's adapter through `peft=`) and 
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from sftune import scratch
 from sftune.evaluate.benchmarks import multiple_choice as mc
 from sftune.evaluate.results import TaskResult
 
@@ -83,10 +83,10 @@ def evaluate_items(benchmark: str, items: list[mc.Item], args: dict[str, Any], *
     except ImportError as err:
         raise ImportError("--harness lm-eval needs lm-evaluation-harness: pip install 'sftune[eval]' "
                           "(or pip install lm-eval==0.4.13).") from err
-    with tempfile.TemporaryDirectory(prefix="sftune-lm-eval-") as tmp:
-        names = write_tasks(benchmark, items, Path(tmp))
+    with scratch.folder(prefix="sftune-lm-eval-") as tmp:
+        names = write_tasks(benchmark, items, tmp)
         out = lm_eval.simple_evaluate(model="hf", model_args=args, tasks=names, batch_size=batch_size, device=device,
-                                      task_manager=TaskManager(include_path=tmp, include_defaults=False),
+                                      task_manager=TaskManager(include_path=str(tmp), include_defaults=False),
                                       log_samples=True, bootstrap_iters=0, verbosity="ERROR")
     records = []
     for name in names:
