@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from sftune.config import Config, ConfigError, TrainSection
-from sftune.distributed import launcher
+from sftune.distributed import arguments_before_model, launcher
 
 
 def micro_batch_size(t: TrainSection, *, packing: bool, cuda: bool) -> int:
@@ -120,6 +120,16 @@ def training_arguments(cfg: Config, run_dir: Path, *, precision: str, has_eval: 
         ddp_find_unused_parameters=False,
         ddp_backend="gloo" if not cuda and launcher() == "deepspeed" else None,
     )
+
+
+def arguments_for_loading(cfg: Config, run_dir: Path, *, precision: str):
+    """TrainingArguments built before the model loads, where the launch needs them then (DeepSpeed's
+    zero3_init_flag, FSDP's cpu_ram_efficient_loading: see distributed.arguments_before_model), else None.
+    The caller keeps them until the model is loaded (transformers holds their DeepSpeed config by weak
+    reference)."""
+    if not arguments_before_model():
+        return None
+    return training_arguments(cfg, run_dir, precision=precision, has_eval=True, packing=cfg.data.packing)
 
 
 def best_model_metric(cfg: Config) -> tuple[str, bool]:
