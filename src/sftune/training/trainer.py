@@ -22,6 +22,7 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
+from sftune.distributed import shards_weights
 from sftune.training.checkpoints import last_checkpoint
 from sftune.training.loss import count_trained_tokens, linear_token_loss, token_stats, trained_hidden_states
 from sftune.training.objectives import chord
@@ -151,8 +152,9 @@ class SFTTrainer(Trainer):
         (advantage-weighted) and the step's sampled-token count (the GRPO term's denominator)."""
         c = self.chord
         model = self.accelerator.unwrap_model(self.model)
+        synced = chord.synced_sampling(self.accelerator.num_processes, shards_weights())
         rows, sampled, rewards = chord.sample_rollouts(model, self.processing_class, batches, c, self.chord_reward,
-                                                       self.stop_token_ids)
+                                                       self.stop_token_ids, synced_gpus=synced)
         sampled = torch.tensor(sampled, device=device)
         if self.accelerator.num_processes > 1:
             sampled = self.accelerator.reduce(sampled, reduction="sum")
