@@ -51,6 +51,11 @@ ON_THE_GPU_MACHINE = {"torch", "numpy", "triton", "setuptools", "pip", "filelock
                       "mpmath", "networkx", "sympy", "typing_extensions", "packaging", "pyyaml"}
 
 
+# Imported when installed (peft and transformers try them) but not needed: the QLoRA check is skipped without
+# bitsandbytes, and nothing here reads images or sentencepiece vocabularies.
+OPTIONAL = {"bitsandbytes", "scipy", "pillow", "sentencepiece"}
+
+
 class OverBudget(Exception):
     """A section ran past its time budget."""
 
@@ -462,9 +467,12 @@ def generation_speed(report: Report, shape: str) -> None:
 
 # ------------------------------------------------------------------------------------------------- carrying
 
-def carried() -> list[tuple[str, str, int]]:
-    """(distribution, version, bytes of its installed files) of every distribution the check imports that the
-    GPU machine does not have itself (ON_THE_GPU_MACHINE), sftune's own source (src/sftune + bench) first."""
+def carried() -> list[tuple[str, str, int, int]]:
+    """(distribution, version, bytes of its installed files, bytes compressed as in a wheel) of every distribution
+    the check imports that the GPU machine does not have itself (ON_THE_GPU_MACHINE), sftune's own source
+    (src/sftune + bench) first."""
+    import zlib
+
     import importlib.metadata as metadata
     import subprocess
 
@@ -476,28 +484,35 @@ def carried() -> list[tuple[str, str, int]]:
                            check=True, cwd=ROOT).stdout.split()
     owners = metadata.packages_distributions()
     dists = sorted({d for name in names for d in owners.get(name, [])})
-    out = [("sftune (src/sftune, bench)", "tree",
-            sum(p.stat().st_size for folder in ("src/sftune", "bench") for p in (ROOT / folder).rglob("*.py")))]
+    def sizes(paths) -> tuple[int, int]:
+        data = [Path(p).read_bytes() for p in paths]
+        return sum(map(len, data)), sum(len(zlib.compress(d, 6)) for d in data)
+
+    sources = [p for folder in ("src/sftune", "bench") for p in (ROOT / folder).rglob("*.py")]
+    out = [("sftune (src/sftune, bench)", "tree", *sizes(sources))]
     for dist_name in dists:
-        if dist_name.lower().replace("-", "_") in ON_THE_GPU_MACHINE or dist_name.lower().startswith("nvidia"):
+        if dist_name.lower().replace("-", "_") in ON_THE_GPU_MACHINE or dist_name.lower().startswith("nvidia") \
+                or dist_name.lower() == "sftune":
             continue
         dist = metadata.distribution(dist_name)
-        size = sum((dist.locate_file(f).stat().st_size for f in dist.files or []
-                    if dist.locate_file(f).is_file() and "__pycache__" not in str(f)), 0)
-        out.append((dist_name, dist.version, size))
+        files = [dist.locate_file(f) for f in dist.files or [] if "__pycache__" not in str(f)]
+        out.append((dist_name, dist.version, *sizes(f for f in files if Path(f).is_file())))
     return out
 
 
 def carry_check(limit_mib: float = 64.0) -> int:
+    """Print what the GPU machine needs carried and whether it fits `limit_mib`; exit status 1 where it does not."""
     rows = carried()
-    total = sum(size for _, _, size in rows)
-    print(f"what the GPU machine needs carried (its own: {', '.join(sorted(ON_THE_GPU_MACHINE))}):")
-    for name, version, size in sorted(rows, key=lambda r: -r[2]):
-        print(f"  {name:32} {version:12} {size / 2**20:8.2f} MiB")
-    fits = total <= limit_mib * 2**20
-    print(f"total installed size: {total / 2**20:.1f} MiB against the {limit_mib:.0f} MiB carry limit: "
-          + ("fits" if fits else "does NOT fit as installed (wheels are smaller, compressed; bitsandbytes can be "
-             "trimmed to the card's CUDA library; datasets brings pyarrow and pandas)"))
+    print(f"what the GPU machine needs carried (its own: {', '.join(sorted(ON_THE_GPU_MACHINE))}), "
+          "installed and compressed (about a wheel's size):")
+    for name, version, installed, packed in sorted(rows, key=lambda r: -r[3]):
+        flag = "  optional (imported when present)" if name.lower() in OPTIONAL else ""
+        print(f"  {name:32} {version:12} {installed / 2**20:8.2f} MiB {packed / 2**20:8.2f} MiB{flag}")
+    needed = [r for r in rows if r[0].lower() not in OPTIONAL]
+    installed, packed = sum(r[2] for r in needed), sum(r[3] for r in needed)
+    fits = packed <= limit_mib * 2**20
+    print(f"needed (optional ones left out): {installed / 2**20:.1f} MiB installed, {packed / 2**20:.1f} MiB as "
+          f"wheels, against the {limit_mib:.0f} MiB that can be carried: " + ("fits" if fits else "does NOT fit"))
     return 0 if fits else 1
 
 
