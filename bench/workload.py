@@ -116,9 +116,11 @@ class Meter:
 
         class StepClock(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
+                synchronize()
                 meter.start = time.perf_counter()
 
             def on_step_end(self, args, state, control, **kwargs):
+                synchronize()  # a GPU step ends when its kernels have run, not when they were queued
                 meter.step_ends.append(time.perf_counter())
 
         return StepClock()
@@ -140,6 +142,14 @@ class Meter:
             })
             previous = end
         return out
+
+
+def synchronize() -> None:
+    """Wait for the GPU's queued work (nothing on a CPU), so that a clock read after it times the work."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def settings_of(trainer) -> dict[str, Any]:

@@ -130,3 +130,20 @@ def test_quick_benchmark_run_trains_the_same_tokens_in_every_system(tmp_path, sm
     assert all(row["work"]["examples_total"] == 4 for row in table.values())
     assert table["tutorial"]["settings"]["layout"] == "padded to 512"
     assert all(table[s]["settings"]["layout"] == "padding-free" for s in systems if s != "tutorial")
+
+
+def test_gpu_oneshot_dry_run_runs_every_section_on_the_cpu(tmp_path):
+    """bench/gpu_oneshot.py --dry-run (no CUDA): every section runs its CPU fallback, says so, and the report is
+    written to $OUT/gpu_oneshot.md."""
+    import os
+
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    done = subprocess.run([sys.executable, "-m", "bench.gpu_oneshot", "--dry-run", "--shape", "tiny"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=170)
+    report = (tmp_path / "gpu_oneshot.md").read_text()
+    assert done.returncode == 0, report[-3000:] + done.stderr[-2000:]
+    sections = ["environment", "correctness", "sync audit", "throughput", "generation"]
+    assert all(f"## {name} (budget" in report for name in sections)
+    assert report.count("CPU fallback (--dry-run, no CUDA)") == len(sections)
+    assert all(f"| {name} | ok" in report for name in sections)
+    assert "| sftune (defaults) |" in report and "DRY RUN" in report

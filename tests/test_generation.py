@@ -3,6 +3,8 @@ and a log-softmax over one unpadded forward pass."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
+
 import pytest
 import torch
 
@@ -147,3 +149,64 @@ def test_loglikelihood_shared_prefixes_and_left_padding_in_every_family(tiny_arc
             logprobs = torch.log_softmax(model(torch.tensor([whole])).logits[0].float(), -1)
         expected = sum(logprobs[k - 1, whole[k]].item() for k in range(len(head), len(whole)))
         assert score == pytest.approx(expected, abs=1e-4)
+
+
+# --- precision and processes outside training -----------------------------------------------------
+
+@pytest.mark.parametrize("weights, attention, device, bf16, expected", [
+    (torch.float32, "flash_attention_2", "cuda", True, torch.bfloat16),  # full / freeze trained in bf16
+    (torch.float32, "flash_attention_3", "cuda", False, torch.float16),  # a card without bf16 (T4, V100)
+    (torch.bfloat16, "flash_attention_2", "cuda", True, None),  # a bf16 base (LoRA) is already half
+    (torch.float32, "sdpa", "cuda", True, None),  # sdpa takes fp32
+    (torch.float32, "flash_attention_2", "cpu", False, None),
+])
+def test_autocast_dtype_for_generation_outside_training(weights, attention, device, bf16, expected):
+    from sftune.generation import autocast_dtype
+
+    assert autocast_dtype(weights, attention, device, bf16) == expected
+
+
+def test_half_precision_is_autocast_for_fp32_flash_models_on_cuda(monkeypatch):
+    """An fp32 model with flash attention on a bf16 GPU generates under bf16 autocast (flash kernels refuse
+    fp32 q/k/v); on the CPU nothing changes."""
+    import types
+
+    from sftune import generation
+    from tests.test_hardware import fake_gpu
+
+    fake_gpu(monkeypatch, (9, 0))
+    model = types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.float32,
+                                  config=types.SimpleNamespace(_attn_implementation="flash_attention_2"))
+    with pytest.warns(UserWarning, match="CUDA is not available") if not torch.cuda.is_available() else nullcontext():
+        context = generation.half_precision(model)
+    assert isinstance(context, torch.autocast) and context.fast_dtype == torch.bfloat16 and context.device == "cuda"
+    model.device = torch.device("cpu")
+    assert not isinstance(generation.half_precision(model), torch.autocast)
+
+
+def test_generate_runs_under_half_precision_and_passes_synced_gpus(monkeypatch, smollm2_tokenizer):
+    """generation.generate (eval.generate_metrics, CHORD rollouts, replay) generates inside half_precision, and
+    `synced_gpus` reaches transformers' generate."""
+    from sftune import generation
+
+    model = tiny_model("llama", vocab_size=len(smollm2_tokenizer))
+    entered, seen = [], []
+
+    @contextmanager
+    def recorded(m):
+        entered.append(m)
+        yield
+
+    real = model.generate
+
+    def generate(**kwargs):
+        seen.append((len(entered), kwargs.get("synced_gpus")))
+        kwargs.pop("synced_gpus", None)  # one process here: nothing to synchronize with
+        return real(**kwargs)
+
+    monkeypatch.setattr(generation, "half_precision", recorded)
+    monkeypatch.setattr(model, "generate", generate)
+    options = generation.GenerationOptions(max_new_tokens=2)
+    generation.generate(model, smollm2_tokenizer, ["hi"], options)
+    generation.generate(model, smollm2_tokenizer, ["hi"], options, synced_gpus=True)
+    assert entered == [model, model] and seen == [(1, None), (2, True)]

@@ -337,6 +337,22 @@ def test_qlora_that_cannot_run_fails_before_loading():
         methods.load_kwargs(MethodConfig(name="qlora"), device="meta")
 
 
+def test_qlora_checks_and_loads_on_this_processs_gpu(monkeypatch):
+    """Process 3 of a launch runs QLoRA's 4-bit check on cuda:3 and loads its base there, not on cuda:0 (where
+    every process's check and CUDA context landed before the Trainer sets the device)."""
+    from tests.test_hardware import fake_gpu
+
+    fake_gpu(monkeypatch, (8, 0))
+    checked = []
+    monkeypatch.setattr(methods, "_check_4bit_runs", lambda device, dtype, method: checked.append(device))
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    kwargs = methods.load_kwargs(MethodConfig(name="qlora"))
+    assert checked == [torch.device("cuda", 3)] and kwargs["device_map"] == {"": 3}
+    methods.load_kwargs(MethodConfig(name="qlora"), device="cuda:1")  # a named GPU stays
+    assert checked[-1] == torch.device("cuda", 1)
+    assert methods.process_device(torch.device("cpu"), {"LOCAL_RANK": "3"}) == torch.device("cpu")
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_p_tuning_v2_starts_as_if_its_init_text_came_first(arch, smollm2_tokenizer):
     """p_tuning_v2's virtual keys/values start as the frozen model's own for the init text: before

@@ -182,7 +182,8 @@ class TrainSection(_Section):
     warmup: float = Field(0.05, ge=0, description="warm-up: a share of the steps if < 1, else a step count")
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping; 0 = off")
-    optim: str = "adamw_torch"
+    optim: str = Field("auto", description="a transformers optimizer name; auto = transformers' default (fused "
+                       "AdamW) on a CUDA GPU, adamw_torch elsewhere")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto = bf16 on GPUs with bf16, else fp16 on GPU; on a CPU bf16 where it has AMX, else fp32 (sftune.hardware)"
     )
@@ -197,7 +198,8 @@ class TrainSection(_Section):
     save_total_limit: int | None = Field(2, ge=1, description="checkpoints kept (the best one is kept too)")
     resume_from: str | None = Field(None, description="'last' or a checkpoint folder")
     report_to: list[str] = Field(default_factory=lambda: ["none"], description="tensorboard, wandb, mlflow ...")
-    dataloader_workers: int = Field(0, ge=0)
+    dataloader_workers: int | None = Field(None, ge=0, description="processes that read and collate batches; "
+                                           "None = up to 4 per process on a CUDA GPU (the CPUs allowing), 0 elsewhere")
     batch_selection: BatchSelectionSection = Field(
         default_factory=BatchSelectionSection, description="online batch selection {method: none | uds | random, "
         "ratio, alpha, memory}; with packing each sequence of the packed rows is scored and the kept ones repacked")

@@ -4,23 +4,43 @@ it through the environment, and the combinations that cannot run, refused before
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from sftune.config import Config, ConfigError
 
 
-def launcher() -> str:
-    """'deepspeed', 'fsdp', 'ddp' (several processes, no sharding) or 'single'."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+def launcher(environ: Mapping[str, str] | None = None) -> str:
+    """'deepspeed', 'fsdp', 'ddp' (several processes, no sharding) or 'single' (from `environ`, default this
+    process's environment)."""
+    env = os.environ if environ is None else environ
+    if env.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         return "deepspeed"
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+    if env.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         return "fsdp"
-    return "ddp" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "single"
+    return "ddp" if int(env.get("WORLD_SIZE", "1")) > 1 else "single"
 
 
 def shards_weights() -> bool:
     """Whether the weights themselves are split over processes (FSDP, DeepSpeed ZeRO-3)."""
     kind = launcher()
     return kind == "fsdp" or (kind == "deepspeed" and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3")
+
+
+def arguments_before_model(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this launch needs its TrainingArguments built before the model loads, because transformers'
+    from_pretrained decides from what they set up:
+    - DeepSpeed with zero3_init_flag: true creates each weight already split (deepspeed.zero.Init) only while
+      an HfDeepSpeedConfig is alive (is_deepspeed_zero3_enabled), which TrainingArguments creates;
+    - FSDP with fsdp_cpu_ram_efficient_loading: true loads the weights on each machine's first process only,
+      the others on the meta device, once torch.distributed is initialized (is_fsdp_enabled), which
+      TrainingArguments does.
+    Loaded first, every process holds the whole model in host memory. Without those flags the order is kept
+    (an HfDeepSpeedConfig alive at load time would split the weights although zero3_init_flag is false)."""
+    env = os.environ if environ is None else environ
+    kind = launcher(env)
+    if kind == "deepspeed":
+        return env.get("ACCELERATE_DEEPSPEED_ZERO3_INIT", "false").lower() == "true"
+    return kind == "fsdp" and env.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() == "true"
 
 
 def launch_precision(precision: str, configured: str, cuda: bool) -> str:

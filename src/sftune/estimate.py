@@ -388,7 +388,7 @@ def estimate(cfg: Config, shape: ModelShape, *, gpus: int = 1, sharding: str = "
             parts[part] = 0
     if device == "cuda":
         parts["CUDA context"] = CUDA_CONTEXT
-    if t.optim not in ("adamw_torch", "adamw_torch_fused", "adamw_hf", "adamw_apex_fused") and \
+    if t.optim not in ("auto", "adamw_torch", "adamw_torch_fused", "adamw_hf", "adamw_apex_fused") and \
             not any(k in t.optim for k in OPTIMIZER_BYTES):
         notes.append(f"optimizer {t.optim!r} is not known here: counted as AdamW (8 bytes per trained parameter)")
     return Estimate(parts={k: int(v) for k, v in parts.items() if v}, host={k: int(v) for k, v in host.items() if v},

@@ -12,6 +12,7 @@ at stop strings. `loglikelihood` scores continuations in batched forward passes.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -78,12 +79,14 @@ def generate(
     progress: bool = False,
     console: Any = None,
     description: str = "generating",
+    synced_gpus: bool = False,
 ) -> list[Completion]:
     """Answers to `prompts` (texts or token ids), in order; batched, left-padded, with a KV cache.
 
     Stops at any of `stop_token_ids` (the template's end of turn and EOS) or at a stop string.
     `progress` shows a bar with the tokens generated per second, and after the first token steps the longest
-    time all the batches can take.
+    time all the batches can take. `synced_gpus`: every process keeps stepping until all have finished (needed
+    when the weights are sharded over the processes: each forward pass gathers them from all).
     """
     ids = encode_prompts(tokenizer, prompts, add_special_tokens=add_special_tokens)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # the longest prompts first: the slowest batch
@@ -93,17 +96,39 @@ def generate(
         torch.manual_seed(options.seed)
     was_training = model.training
     model.eval()
-    with TokenProgress(progress, console, description, len(ids)) as bar:
+    with TokenProgress(progress, console, description, len(ids)) as bar, half_precision(model):
         batches = math.ceil(len(ids) / batch_size)
         clock = StepClock(bar.note, description, len(ids), batches, options.max_new_tokens) if progress else None
         for lo in range(0, len(order), batch_size):
             chunk = order[lo: lo + batch_size]
             for index, completion in zip(chunk, _generate_batch(model, tokenizer, [ids[i] for i in chunk],
-                                                                 options, stops, clock)):
+                                                                 options, stops, clock, synced_gpus)):
                 results[index] = completion
             bar.advance(len(chunk), sum(results[i].completion_tokens for i in chunk))
     model.train(was_training)
     return results  # type: ignore[return-value]
+
+
+def autocast_dtype(weights: torch.dtype, attention: str | None, device_type: str, bf16: bool) -> torch.dtype | None:
+    """The half dtype a model must run in under autocast outside training, or None: fp32 weights (full / freeze
+    trained under mixed precision keep them) with a flash-attention kernel, which takes only fp16 / bf16 q/k/v,
+    on CUDA. Training runs under the Trainer's autocast; generation and scoring between steps do not. `bf16`:
+    whether the GPU computes bf16 natively (else fp16)."""
+    if device_type != "cuda" or weights != torch.float32 or not (attention or "").startswith("flash_attention"):
+        return None
+    return torch.bfloat16 if bf16 else torch.float16
+
+
+def half_precision(model: Any) -> contextlib.AbstractContextManager:
+    """The context a generation or scoring pass of `model` runs in: autocast where autocast_dtype says so
+    (eval.generate_metrics, CHORD rollouts, replay, UDS scoring), else nothing."""
+    from sftune.hardware import cuda_bf16
+
+    device = getattr(model, "device", torch.device("cpu"))
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    dtype = autocast_dtype(getattr(model, "dtype", torch.float32), attention, device.type,
+                           device.type == "cuda" and cuda_bf16())
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def stop_ids(tokenizer: Any, stop_token_ids: Sequence[int] = ()) -> list[int]:
@@ -162,12 +187,14 @@ class StepClock(StoppingCriteria):
 
 
 def _generate_batch(model: Any, tokenizer: Any, batch: list[list[int]], options: GenerationOptions,
-                    stops: list[int], clock: StepClock | None = None) -> list[Completion]:
+                    stops: list[int], clock: StepClock | None = None, synced_gpus: bool = False) -> list[Completion]:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     width = max(map(len, batch))
     input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in batch], device=model.device)
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch], device=model.device)
     kwargs = generate_kwargs(tokenizer, options, stops, pad)
+    if synced_gpus:
+        kwargs["synced_gpus"] = True
     if clock is not None:
         kwargs["stopping_criteria"] = StoppingCriteriaList([clock])
         clock.start_batch()

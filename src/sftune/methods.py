@@ -137,7 +137,7 @@ def load_kwargs(method: MethodConfig, device: str | torch.device | None = None) 
     import torch
     from transformers import BitsAndBytesConfig
 
-    device = torch.device(device) if device is not None else _default_device()
+    device = process_device(torch.device(device) if device is not None else _default_device())
     compute_dtype = _compute_dtype(method.compute_dtype, device)
     _check_4bit_runs(device, compute_dtype, method)
     kwargs: dict[str, Any] = {
@@ -151,8 +151,20 @@ def load_kwargs(method: MethodConfig, device: str | torch.device | None = None) 
         )
     }
     if device.type == "cuda":  # each process quantizes its own copy onto its own GPU
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+        kwargs["device_map"] = {"": device.index}
     return kwargs
+
+
+def process_device(device: torch.device, environ: Any = None) -> torch.device:
+    """`device` with this process's GPU named: a bare "cuda" becomes cuda:LOCAL_RANK. Before the Trainer calls
+    torch.cuda.set_device, "cuda" means cuda:0 in every process, so each process of a launch would put its
+    4-bit check (and its CUDA context) on the first GPU."""
+    import torch
+
+    env = os.environ if environ is None else environ
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", int(env.get("LOCAL_RANK", 0)))
+    return device
 
 
 def apply_method(model: Any, method: MethodConfig, tokenizer: Any = None, verbose: bool = True) -> Any:

@@ -69,3 +69,29 @@ def test_installed_loggers_pass(monkeypatch):
     monkeypatch.setattr(integration_utils, "is_tensorboard_available", lambda: True)
     check_report_to(["tensorboard"])
     check_report_to(["none"])
+
+
+def test_fast_defaults_on_cuda_and_the_cpus_own():
+    """On a CUDA GPU: transformers' fused AdamW, TF32 from Ampere (8.0) on, dataloader workers; on the CPU the
+    plain AdamW loop, torch's TF32 setting and no workers. A configured value always wins."""
+    from sftune.training.arguments import dataloader_workers, optimizer, tf32
+
+    assert optimizer("auto", cuda=True) == "adamw_torch_fused" and optimizer("auto", cuda=False) == "adamw_torch"
+    assert optimizer("adamw_8bit", cuda=True) == "adamw_8bit"
+    assert [tf32(True, c) for c in ((7, 0), (7, 5), (8, 0), (9, 0))] == [None, None, True, True]
+    assert tf32(False, None) is None
+    assert dataloader_workers(None, cuda=True, cpus=16, local_processes=1) == 4
+    assert dataloader_workers(None, cuda=True, cpus=16, local_processes=8) == 1
+    assert dataloader_workers(None, cuda=True, cpus=2, local_processes=2) == 0
+    assert dataloader_workers(None, cuda=False, cpus=64, local_processes=1) == 0
+    assert dataloader_workers(3, cuda=False, cpus=2, local_processes=1) == 3
+
+
+def test_cpu_arguments_keep_the_cpu_defaults(tmp_path):
+    from sftune import config
+    from sftune.training.arguments import training_arguments
+
+    args = training_arguments(config.load(None), tmp_path, precision="fp32", has_eval=False, packing=True)
+    assert (args.optim, args.tf32, args.dataloader_num_workers, args.dataloader_pin_memory) == \
+        ("adamw_torch", None, 0, False)
+    assert not args.accelerator_config.non_blocking

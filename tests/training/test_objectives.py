@@ -228,3 +228,33 @@ def test_unknown_reward_is_a_config_error(tmp_path, smollm2_tokenizer):
     cfg = run_config(tmp_path, folder, train={"loss": "chord", "chord": {"reward": "no_such_module_x:f"}})
     with pytest.raises(ConfigError, match="cannot import module 'no_such_module_x'"):
         train(cfg)
+
+
+@pytest.mark.parametrize("processes, sharded, expected", [(1, True, False), (2, False, False), (2, True, True)])
+def test_synced_sampling_only_with_sharded_weights_over_processes(processes, sharded, expected):
+    assert chord.synced_sampling(processes, sharded) is expected
+
+
+def test_chord_rollouts_are_synced_under_fsdp_over_two_processes(monkeypatch):
+    """Under FSDP (2 processes) the trainer samples CHORD's rollouts with synced_gpus: a process whose answers end
+    first keeps joining the others' forward passes (each gathers the sharded weights), else they wait forever."""
+    import types
+
+    asked = []
+
+    def sample(model, tokenizer, batches, settings, reward, stops, synced_gpus=False):
+        asked.append(synced_gpus)
+        return [None] * len(batches), 0, []
+
+    monkeypatch.setattr(chord, "sample_rollouts", sample)
+    settings = types.SimpleNamespace(mu_peak=0.5, mu_valley=0.1, mu_warmup_steps=0, mu_decay_steps=2)
+    accelerator = types.SimpleNamespace(num_processes=2, unwrap_model=lambda m: m, reduce=lambda t, reduction: t)
+    trainer = types.SimpleNamespace(chord=settings, accelerator=accelerator, model=None, processing_class=None,
+                                    chord_reward=None, stop_token_ids=[0], state=types.SimpleNamespace(global_step=0),
+                                    _objective_logs={})
+    for env in ({}, {"ACCELERATE_USE_FSDP": "true"}):
+        monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        SFTTrainer._attach_rollouts(trainer, [{}], torch.device("cpu"))
+    assert asked == [False, True]

@@ -194,3 +194,22 @@ def test_uds_with_packing_trains_on_the_kept_share(tmp_path, tiny_checkpoint):
     # each micro-batch reads 2 / 0.5 = 4 packed rows (more than 4 sequences) and keeps round(n / 2) of them
     assert info["candidates"] > 4 * 4 and abs(info["selected"] - info["candidates"] / 2) <= steps / 2
     assert result.summary["trained_tokens"] > 0
+
+
+def test_uds_scores_inside_half_precision(monkeypatch):
+    """UDS's scoring pass runs outside the Trainer's autocast: it goes through generation.half_precision
+    (an fp32 model with flash attention on a GPU would otherwise give the kernel fp32 q/k/v)."""
+    from contextlib import contextmanager
+
+    model = tiny_model("llama", vocab_size=VOCAB)
+    entered = []
+
+    @contextmanager
+    def recorded(m):
+        entered.append(m)
+        yield
+
+    monkeypatch.setattr(selection, "half_precision", recorded)
+    batch, _ = _batch()
+    selection.Selector(method="uds", keep=2, alpha=0.5, memory_size=3, max_len=32, seed=0)(model, batch)
+    assert entered == [model]

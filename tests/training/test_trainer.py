@@ -233,6 +233,33 @@ def test_non_finite_loss_stops_and_names_step_and_checkpoint(tmp_path):
         trainer.train()
 
 
+def test_non_finite_check_reads_the_device_at_logging_steps_only(tmp_path, monkeypatch):
+    """The non-finite loss check costs no host sync per micro-batch: the losses are read once per log (and
+    checkpoint / evaluation), here 2 logs of 8 steps x 2 micro-batches; a NaN at step 3 still names step 3,
+    raised at the next logging step (4), before any later checkpoint."""
+    from sftune.training import trainer as trainer_module
+
+    reads = []
+    real = trainer_module.non_finite_processes
+
+    def counted(record, accelerator):
+        reads.append(record)
+        return real(record, accelerator)
+
+    monkeypatch.setattr(trainer_module, "non_finite_processes", counted)
+    data = encoded_examples(32)
+    SFTTrainer(model=tiny_model("llama", vocab_size=VOCAB), train_dataset=data, data_collator=padding_free_collate,
+               args=make_args(tmp_path / "fine", gradient_accumulation_steps=2, max_steps=8, logging_steps=4)).train()
+    assert len(reads) == 3  # the logs at steps 4 and 8, and the closing log of train()
+    poisoned = SFTTrainer(model=tiny_model("llama", vocab_size=VOCAB), train_dataset=data,
+                          data_collator=padding_free_collate, callbacks=[CheckpointCompleteCallback(), PoisonAt(2)],
+                          args=make_args(tmp_path / "nan", gradient_accumulation_steps=2, max_steps=8, logging_steps=4,
+                                         save_strategy="steps", save_steps=6))
+    with pytest.raises(NonFiniteLossError, match=r"at step 3\b.*No checkpoint"):
+        poisoned.train()
+    assert poisoned.state.global_step == 4
+
+
 # ---------------------------------------------------------------------------------- two processes
 
 ROOT = str(Path(__file__).resolve().parents[2])

@@ -23,7 +23,7 @@ from sftune.preference.encode import encode_pairs
 from sftune.preference.losses import NEEDS_REFERENCE, Settings
 from sftune.preference.reference import add_reference_logps
 from sftune.preference.trainer import PreferenceTrainer
-from sftune.training.arguments import training_arguments
+from sftune.training.arguments import arguments_for_loading, training_arguments
 from sftune.training.callbacks import MetricsFileCallback, RichProgressCallback, close_progress
 from sftune.training.checkpoints import CheckpointCompleteCallback
 from sftune.training.data import read_entries
@@ -43,7 +43,9 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
     set_seed(cfg.train.seed)
     cfg = cfg.model_copy(deep=True)  # setup_model writes the run's template and base into it
     started_from = cfg.model.name
+    loading = arguments_for_loading(cfg, run_dir, precision=precision)  # ZeRO-3 init / FSDP low-RAM loading
     model, tokenizer, template, packing, continued = setup_model(cfg, precision, console)
+    del loading  # the model is loaded: its DeepSpeed config may go
 
     train_pairs, eval_pairs = read_pairs(cfg)
     sets, reports = {}, {}

@@ -4,12 +4,13 @@ divides the batch)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 
 from sftune.config import Config, ConfigError, TrainSection
-from sftune.distributed import launcher
+from sftune.distributed import arguments_before_model, launcher
 
 
 def micro_batch_size(t: TrainSection, *, packing: bool, cuda: bool) -> int:
@@ -24,6 +25,31 @@ def micro_batch_size(t: TrainSection, *, packing: bool, cuda: bool) -> int:
             f"accumulates batch_size / micro_batch_size forward passes; e.g. train.micro_batch_size=1"
         )
     return micro
+
+
+def optimizer(configured: str, *, cuda: bool) -> str:
+    """train.optim with auto decided: on a CUDA GPU transformers' default (fused AdamW: one kernel for all
+    parameters instead of a loop over them), elsewhere adamw_torch."""
+    from transformers import TrainingArguments
+
+    if configured != "auto":
+        return configured
+    return str(TrainingArguments.__dataclass_fields__["optim"].default) if cuda else "adamw_torch"
+
+
+def tf32(cuda: bool, capability: tuple[int, int] | None) -> bool | None:
+    """TF32 matmuls on (True) for CUDA GPUs from Ampere on (compute capability 8.0): fp32 matmuls, such as the
+    output layer's fp32 weight gradient, run on tensor cores. None leaves torch's setting (off) elsewhere."""
+    return True if cuda and capability is not None and capability >= (8, 0) else None
+
+
+def dataloader_workers(configured: int | None, *, cuda: bool, cpus: int, local_processes: int) -> int:
+    """train.dataloader_workers with None decided: on a CUDA GPU up to 4 workers per process (leaving each process
+    a CPU of its own), so batches are read and collated while the GPU computes; 0 elsewhere (a CPU trains on
+    the same cores the workers would take)."""
+    if configured is not None:
+        return configured
+    return max(0, min(4, cpus // max(local_processes, 1) - 1)) if cuda else 0
 
 
 # train.report_to names whose transformers check (integration_utils.is_<name>_available) or pip package differ
@@ -76,6 +102,8 @@ def training_arguments(cfg: Config, run_dir: Path, *, precision: str, has_eval: 
     best_metric, greater = best_model_metric(cfg) if has_eval else (None, None)
     cuda = torch.cuda.is_available()
     micro = micro_batch_size(t, packing=packing, cuda=cuda)
+    workers = dataloader_workers(t.dataloader_workers, cuda=cuda, cpus=len(os.sched_getaffinity(0)),
+                                 local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=micro,
@@ -88,7 +116,8 @@ def training_arguments(cfg: Config, run_dir: Path, *, precision: str, has_eval: 
         warmup_steps=t.warmup if t.warmup < 1 else int(t.warmup),
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        optim=t.optim,
+        optim=optimizer(t.optim, cuda=cuda),
+        tf32=tf32(cuda, torch.cuda.get_device_capability() if cuda else None),
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         # accelerate turns DeepSpeed off in a use_cpu run: without CUDA, DeepSpeed runs on its CPU accelerator
@@ -115,11 +144,23 @@ def training_arguments(cfg: Config, run_dir: Path, *, precision: str, has_eval: 
         disable_tqdm=True,
         remove_unused_columns=False,
         train_sampling_strategy="random" if packing else "group_by_length",
-        dataloader_num_workers=t.dataloader_workers,
+        dataloader_num_workers=workers,
+        dataloader_persistent_workers=workers > 0,  # not started again for every epoch and evaluation
         dataloader_pin_memory=cuda,
+        accelerator_config={"non_blocking": cuda},  # pinned batches copied to the GPU while it computes
         ddp_find_unused_parameters=False,
         ddp_backend="gloo" if not cuda and launcher() == "deepspeed" else None,
     )
+
+
+def arguments_for_loading(cfg: Config, run_dir: Path, *, precision: str):
+    """TrainingArguments built before the model loads, where the launch needs them then (DeepSpeed's
+    zero3_init_flag, FSDP's cpu_ram_efficient_loading: see distributed.arguments_before_model), else None.
+    The caller keeps them until the model is loaded (transformers holds their DeepSpeed config by weak
+    reference)."""
+    if not arguments_before_model():
+        return None
+    return training_arguments(cfg, run_dir, precision=precision, has_eval=True, packing=cfg.data.packing)
 
 
 def best_model_metric(cfg: Config) -> tuple[str, bool]:

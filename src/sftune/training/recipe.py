@@ -23,7 +23,7 @@ from sftune import attention, distributed, methods, models, publish, runs, templ
 from sftune.config import Config, ConfigError, load
 from sftune.hardware import resolve_precision
 from sftune.packing import packing_refused
-from sftune.training.arguments import check_report_to, training_arguments
+from sftune.training.arguments import arguments_for_loading, check_report_to, training_arguments
 from sftune.training.callbacks import MetricsFileCallback, RichProgressCallback, close_progress
 from sftune.training.checkpoints import CheckpointCompleteCallback, last_checkpoint
 from sftune.training.compile import compile_layers, inductor_cache
@@ -77,6 +77,7 @@ def train(
     publish.check(cfg)  # output.push_to_hub: its token, before hours of training
 
     set_seed(cfg.train.seed)  # adapters are initialized randomly: the same seed, the same run
+    loading = arguments_for_loading(cfg, run_dir, precision=precision)  # ZeRO-3 init / FSDP low-RAM loading
     processor = None
     if vision_models.is_vision_model(models.resolve(cfg.model.name)):
         model, processor, packing = setup_vision_model(cfg, precision, console)
@@ -85,7 +86,7 @@ def train(
         model, tokenizer, packing = setup_model(cfg, precision, console)
     template = templates.get(cfg.data.template, tokenizer) if cfg.data.template else templates.default_for(tokenizer)
 
-    probe = training_arguments(cfg, run_dir, precision=precision, has_eval=True, packing=packing)
+    probe = loading or training_arguments(cfg, run_dir, precision=precision, has_eval=True, packing=packing)
     replay = None  # data.replay: the base model's own pairs, generated once (cached in the run folder)
     if cfg.data.replay.ratio > 0:
         replay = functools.partial(replay_pairs, cfg, model, tokenizer, template, run_dir=run_dir, console=console)
@@ -165,14 +166,19 @@ def start_or_resume(cfg: Config, run_dir: Path, console) -> str | None:
     return resume
 
 
+# The half precisions of mixed-precision training, as the dtype a frozen base is held in.
+HALF_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def weights_dtype(cfg: Config, precision: str) -> torch.dtype:
     """The dtype the base model's weights are loaded in: model.dtype, or for auto fp32, except a frozen base
-    under an adapter trained in bf16, held in bf16: autocast would recast the fp32 weights to the same bf16
-    values at every forward; holding them halves the weights' memory (the adapter stays fp32)."""
+    under an adapter trained in bf16 or fp16, held in that dtype: autocast would recast the fp32 weights to the
+    same half values at every forward; holding them halves the weights' memory. The adapter stays fp32 (peft
+    upcasts it, as fp16's gradient scaler needs)."""
     if cfg.model.dtype != "auto":
         return getattr(torch, cfg.model.dtype)
     adapter = cfg.method.name not in ("full", "freeze")
-    return torch.bfloat16 if precision == "bf16" and adapter else torch.float32
+    return HALF_DTYPE.get(precision, torch.float32) if adapter else torch.float32
 
 
 def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, bool]:
@@ -210,10 +216,9 @@ def setup_vision_model(cfg: Config, precision: str, console) -> tuple[Any, Any, 
     from sftune.vision import methods as vision_methods
     from sftune.vision.dataset import packing_refused
 
-    dtype = cfg.model.dtype
-    if dtype == "auto":
-        adapter = cfg.method.name != "full"
-        dtype = "bfloat16" if torch.cuda.is_available() and precision == "bf16" and adapter else "float32"
+    dtype = getattr(torch, cfg.model.dtype) if cfg.model.dtype != "auto" else torch.float32
+    if cfg.model.dtype == "auto" and torch.cuda.is_available() and cfg.method.name != "full":
+        dtype = HALF_DTYPE.get(precision, torch.float32)
     if cfg.method.name not in ("lora", "qlora", "full"):
         raise ConfigError(f"method.name={cfg.method.name}: vision-language models train with lora, qlora or full")
     folder = models.resolve(cfg.model.name)
@@ -224,7 +229,7 @@ def setup_vision_model(cfg: Config, precision: str, console) -> tuple[Any, Any, 
         console.print(f"[yellow]packing off: {why}; batches are padded and batch_size counts sequences[/yellow]")
         packing = False
     model, processor = vision_models.load(
-        folder, dtype=getattr(torch, dtype),
+        folder, dtype=dtype,
         attn_implementation=attention.resolve(cfg.model.attn_implementation, packing=packing),
         trust_remote_code=cfg.model.trust_remote_code, **methods.load_kwargs(cfg.method))
     model = vision_methods.apply(model, cfg.method, train_projector=cfg.vision.train_projector,

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from sftune.encode import IGNORE
+from sftune.generation import half_precision
 from sftune.training.loss import shifted_targets, trained_hidden_states
 
 TOKEN_DIM, VOCAB_DIM = 8, 128  # the projection's size (the authors' projection_dim2 x projection_dim1)
@@ -80,7 +81,8 @@ class Selector:
         return out
 
     def _uds(self, model: Any, batch: dict[str, torch.Tensor], keep: int) -> torch.Tensor:
-        logits = response_logits(model, batch)
+        with half_precision(model):  # outside the Trainer's autocast: flash attention needs half q/k/v
+            logits = response_logits(model, batch)
         rows, cols = self._projections(logits[0].shape[-1], logits[0].device)
         embeddings = project(logits, rows, cols)
         scores = nuclear_norms(logits) + self.alpha * mean_distances(embeddings, self.memory)

@@ -22,6 +22,7 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
+from sftune.distributed import shards_weights
 from sftune.training.checkpoints import last_checkpoint
 from sftune.training.loss import count_trained_tokens, linear_token_loss, token_stats, trained_hidden_states
 from sftune.training.objectives import chord
@@ -37,14 +38,23 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-def non_finite_processes(loss: torch.Tensor, accelerator) -> list[tuple[int, float]]:
-    """(process index, loss) of every process whose loss is NaN or infinite, the same list on every
-    process: all of them stop together, where one stopping alone would leave the others waiting
-    in their next collective operation."""
-    losses = loss.detach().float().reshape(1)
+def first_non_finite(record: torch.Tensor | None, loss: torch.Tensor, step: int) -> torch.Tensor:
+    """[step, loss] of the first NaN or infinite loss seen ([0, 0] while none), updated with one micro-batch's
+    loss on the loss's device: no host sync in the training loop (non_finite_processes reads it)."""
+    value = loss.detach().float().reshape(1)
+    current = torch.cat([torch.full_like(value, step), value])
+    record = torch.zeros_like(current) if record is None else record
+    return torch.where(~torch.isfinite(value[0]) & (record[0] == 0), current, record)
+
+
+def non_finite_processes(record: torch.Tensor | None, accelerator) -> list[tuple[int, int, float]]:
+    """(process index, step, loss) of every process whose loss became NaN or infinite (its first_non_finite
+    record), the same list on every process: all of them stop together, where one stopping alone would leave
+    the others waiting in their next collective operation. One gather and one host sync."""
+    records = (torch.zeros(2, device=accelerator.device) if record is None else record).reshape(1, 2)
     if accelerator.num_processes > 1:
-        losses = accelerator.gather(losses)
-    return [(rank, value) for rank, value in enumerate(losses.tolist()) if not math.isfinite(value)]
+        records = accelerator.gather(records)
+    return [(rank, int(step), value) for rank, (step, value) in enumerate(records.tolist()) if step]
 
 
 class SFTTrainer(Trainer):
@@ -78,6 +88,7 @@ class SFTTrainer(Trainer):
         self.chord_reward: Callable | None = None
         self.stop_token_ids: list[int] = []
         self._objective_logs: dict[str, list[float]] = {}
+        self._non_finite: torch.Tensor | None = None  # first_non_finite's record, checked at logs, saves, evaluations
 
     @property
     def train_seconds(self) -> float:
@@ -102,6 +113,7 @@ class SFTTrainer(Trainer):
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """Trainer.train, with the trained-token count and training time going on from a resumed checkpoint."""
         self.trained_tokens, self._seconds_done, self._stretch_started = 0, 0.0, None
+        self._non_finite = None
         self._wall_done, self._train_started = 0.0, time.perf_counter()
         if resume_from_checkpoint is True:
             resume_from_checkpoint = get_last_checkpoint(self.args.output_dir) or True  # Trainer reports none
@@ -151,8 +163,9 @@ class SFTTrainer(Trainer):
         (advantage-weighted) and the step's sampled-token count (the GRPO term's denominator)."""
         c = self.chord
         model = self.accelerator.unwrap_model(self.model)
+        synced = chord.synced_sampling(self.accelerator.num_processes, shards_weights())
         rows, sampled, rewards = chord.sample_rollouts(model, self.processing_class, batches, c, self.chord_reward,
-                                                       self.stop_token_ids)
+                                                       self.stop_token_ids, synced_gpus=synced)
         sampled = torch.tensor(sampled, device=device)
         if self.accelerator.num_processes > 1:
             sampled = self.accelerator.reduce(sampled, reduction="sum")
@@ -211,14 +224,21 @@ class SFTTrainer(Trainer):
         # without autocast) a bf16 input into fp32 adapter weights needs the copy: it stays on there.
         with disable_input_dtype_casting(model, active=self.accelerator.mixed_precision in ("bf16", "fp16")):
             loss = super().training_step(model, inputs, num_items_in_batch)
-        bad = non_finite_processes(loss, self.accelerator)
+        self._non_finite = first_non_finite(self._non_finite, loss, self.state.global_step + 1)
+        return loss
+
+    def _stop_if_non_finite(self) -> None:
+        """Raise NonFiniteLossError, on every process, if a loss became NaN or infinite on any since the training
+        began. Checked where the Trainer syncs anyway (each log, checkpoint and evaluation), not per micro-batch:
+        a checkpoint is never saved after a non-finite loss, and the run stops at the next logging step."""
+        bad = non_finite_processes(self._non_finite, self.accelerator)
         if bad:
             last = last_checkpoint(self.args.output_dir)
             where = "" if self.accelerator.num_processes == 1 else (
-                f" on process {', '.join(str(rank) for rank, _ in bad)} of {self.accelerator.num_processes}"
+                f" on process {', '.join(str(rank) for rank, _, _ in bad)} of {self.accelerator.num_processes}"
             )
             raise NonFiniteLossError(
-                f"The loss became {bad[0][1]} at step {self.state.global_step + 1}{where}. "
+                f"The loss became {bad[0][2]} at step {min(step for _, step, _ in bad)}{where}. "
                 + (
                     f"Last good checkpoint: {last}; resume from it with a lower learning rate "
                     "(train.lr=...) or check the data."
@@ -227,12 +247,12 @@ class SFTTrainer(Trainer):
                     "use fp32 (train.precision=fp32) or check the data."
                 )
             )
-        return loss
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Held-out loss (per trained token), perplexity and token accuracy, over all processes; and the
         generation metrics of eval.generate_metrics (every process generates the same examples)."""
         self._pause_clock()  # evaluation time is not training time
+        self._stop_if_non_finite()
         dataloader = self.get_eval_dataloader(eval_dataset)
         model = self.model
         was_training = model.training
@@ -267,6 +287,7 @@ class SFTTrainer(Trainer):
     # model; sftune keeps the trained parameters as they are beside the adapter and resumes from those.
     def _save_checkpoint(self, model, trial) -> None:
         self._pause_clock()  # nor is saving
+        self._stop_if_non_finite()  # no checkpoint of a diverged model
         super()._save_checkpoint(model, trial)
         if not self.args.should_save:
             return
@@ -309,6 +330,7 @@ class SFTTrainer(Trainer):
         return True
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        self._stop_if_non_finite()
         if "loss" in logs:
             for name, values in self._objective_logs.items():
                 logs[name] = round(float(sum(values) / len(values)), 4)  # aux_loss's values are tensors: one sync here

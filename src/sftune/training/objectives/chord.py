@@ -118,11 +118,20 @@ def packed_rollouts(prompts: list[list[int]], answers: list[list[int]], advantag
             "position_ids": torch.tensor([positions]), "loss_weights": torch.tensor([weights])}
 
 
+def synced_sampling(processes: int, sharded: bool) -> bool:
+    """Whether the rollouts must be sampled with every process stepping together (transformers' synced_gpus):
+    with the weights sharded (FSDP, ZeRO-3) each forward pass gathers them from all processes, so a process
+    whose answers ended first must go on running forward passes until all have ended, else the others wait
+    forever. transformers turns it on by itself for ZeRO-3 and FSDP1 only, not for accelerate's FSDP2."""
+    return sharded and processes > 1
+
+
 def sample_rollouts(model: Any, tokenizer: Any, batches: list[dict[str, torch.Tensor]], settings: Any,
-                    reward: Callable[..., list[float]], stop_token_ids: Sequence[int]
+                    reward: Callable[..., list[float]], stop_token_ids: Sequence[int], *, synced_gpus: bool = False
                     ) -> tuple[list[dict[str, torch.Tensor] | None], int, list[float]]:
     """On-policy samples for the micro-batches of one optimizer step: (per micro-batch a packed rollout row
-    or None, answer tokens sampled in the step (the GRPO term's denominator), the rewards)."""
+    or None, answer tokens sampled in the step (the GRPO term's denominator), the rewards). `synced_gpus`:
+    see synced_sampling."""
     from sftune import generation
 
     per_batch = [expert_answers(b) for b in batches]
@@ -140,7 +149,7 @@ def sample_rollouts(model: Any, tokenizer: Any, batches: list[dict[str, torch.Te
         return [None] * len(batches), 0, []
     options = generation.GenerationOptions(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature)
     completions = generation.generate(model, tokenizer, [prompt for prompt, _ in flat for _ in range(g)], options,
-                                      stop_token_ids=stop_token_ids, batch_size=max(16, g))
+                                      stop_token_ids=stop_token_ids, batch_size=max(16, g), synced_gpus=synced_gpus)
     stops = set(stop_token_ids)
     answers = []
     for k, completion in enumerate(completions):
