@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from sftune import models, templates
-from sftune.config import path_found
+from sftune.config import DataSection, path_found
+from sftune.encode import options as encode_options
+from sftune.encode.options import EncodeOptions
 
 RUN_CONFIG = "config.yaml"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -52,6 +54,12 @@ class Loaded:
     @property
     def is_adapter(self) -> bool:
         return self.run_dir is not None and (self.run_dir / ADAPTER_CONFIG).exists()
+
+    @property
+    def encode_options(self) -> EncodeOptions:
+        """How training encoded its data (evaluation encodes the same way): the run's encode_options.json, else
+        its config's data section (runs from before the file); a plain model: the defaults of the data section."""
+        return encode_options.for_run(self.run_dir, self.config.data if self.config is not None else DataSection())
 
 
 def is_run(path: str | os.PathLike) -> bool:

@@ -29,7 +29,7 @@ def test_encode_dataset_matches_encode_reports_skips_and_hits_its_cache(smollm2_
     assert {w for w, label in zip(weights, dataset[1]["labels"]) if label != -100} == {0.5}
     again, report2 = E.encode_dataset(conversations, tok, template, cache_dir=tmp_path)
     assert report2.cache == "hit" and again["labels"] == dataset["labels"]
-    _, report3 = E.encode_dataset(conversations, tok, template, policy="all", cache_dir=tmp_path)
+    _, report3 = E.encode_dataset(conversations, tok, template, E.EncodeOptions(policy="all"), cache_dir=tmp_path)
     assert report3.cache == "miss"  # another policy is another fingerprint
 
 
@@ -48,7 +48,7 @@ def test_encode_dataset_equals_encode_on_awkward_text(smollm2_tokenizer, bos_tok
         for name in names:
             template = templates.get(name, tok)
             for policy in E.POLICIES:
-                dataset, _ = E.encode_dataset(conversations, tok, template, policy=policy, use_cache=False,
+                dataset, _ = E.encode_dataset(conversations, tok, template, E.EncodeOptions(policy=policy), use_cache=False,
                                               progress=False)
                 expected = [r for r in (E.encode(c, tok, template, policy=policy) for c in conversations) if r]
                 assert dataset["input_ids"] == [r["input_ids"] for r in expected], (name, policy)
@@ -61,7 +61,8 @@ def test_encode_dataset_truncates_and_skips_like_encode_in_order(smollm2_tokeniz
         + CHAT[3:]
     records = [{"messages": CHAT}, {"messages": long_history}, {"messages": CHAT[:2]}, {"messages": CHAT[:1] + CHAT[3:]}]
     max_len = len(E.encode(CHAT[:1] + CHAT[3:], tok, template)["input_ids"]) + 5
-    dataset, report = E.encode_dataset(records, tok, template, max_len=max_len, use_cache=False, progress=False)
+    dataset, report = E.encode_dataset(records, tok, template, E.EncodeOptions(max_len=max_len), use_cache=False,
+                                       progress=False)
     expected = [E.encode(r, tok, template, max_len=max_len) for r in records]
     assert dataset["input_ids"] == [r["input_ids"] for r in expected if r]
     assert dataset["labels"] == [r["labels"] for r in expected if r]
@@ -77,10 +78,10 @@ def test_encode_dataset_truncates_and_skips_like_encode_in_order(smollm2_tokeniz
 def test_worker_processes_give_the_single_process_result(smollm2_tokenizer):
     template = templates.get("chatml", smollm2_tokenizer)
     records = many(600)
-    one, report1 = E.encode_dataset(records, smollm2_tokenizer, template, max_len=48, batch_size=50, workers=1,
-                                    use_cache=False, progress=False)
-    two, report2 = E.encode_dataset(records, smollm2_tokenizer, template, max_len=48, batch_size=50, workers=2,
-                                    use_cache=False, progress=False)
+    one, report1 = E.encode_dataset(records, smollm2_tokenizer, template, E.EncodeOptions(max_len=48),
+                                    batch_size=50, workers=1, use_cache=False, progress=False)
+    two, report2 = E.encode_dataset(records, smollm2_tokenizer, template, E.EncodeOptions(max_len=48),
+                                    batch_size=50, workers=2, use_cache=False, progress=False)
     assert one["input_ids"] == two["input_ids"] and one["labels"] == two["labels"]
     assert replace(report1, tokenizer="") == replace(report2, tokenizer="")
     assert report1.truncated > 0 and report1.skipped > 0

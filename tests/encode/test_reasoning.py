@@ -99,7 +99,8 @@ def test_multi_turn_reasoning_is_split_into_one_example_per_exchange(smollm2_tok
     assert first == "<think>\nadd them\n</think>\n\n4<|im_end|>"
     assert second == "<think>\nsix, clearly\n</think>\n\n6<|im_end|>"
     whole, report = encode.encode_dataset([{"messages": REASONING_CHAT}], smollm2_tokenizer, template,
-                                          use_cache=False, progress=False, split_reasoning_turns=False)
+                                          encode.EncodeOptions(split_reasoning_turns=False), use_cache=False,
+                                          progress=False)
     assert report.reasoning_split == 0 and len(whole) == 1
     assert "add them" not in smollm2_tokenizer.decode(whole[0]["input_ids"])
     plain, report = encode.encode_dataset([{"messages": REASONING_CHAT}], smollm2_tokenizer,
@@ -193,7 +194,8 @@ def test_deepseek_r1_conversations_are_split_per_reply_with_the_context_the_mode
         expected = [k > 0 and any(c in chars for c in range(a, max(b, a + 1)))
                     for k, (a, b) in enumerate(enc["offset_mapping"])]
         assert [label != encode.IGNORE for label in row["labels"]] == expected
-    whole, report = encode.encode_dataset([{"messages": chat}], smollm2_tokenizer, template, use_cache=False,
-                                          progress=False, split_reasoning_turns=False)
+    whole, report = encode.encode_dataset([{"messages": chat}], smollm2_tokenizer, template,
+                                          encode.EncodeOptions(split_reasoning_turns=False), use_cache=False,
+                                          progress=False)
     assert report.reasoning_split == 0 and len(whole) == 1
     assert "add them" not in smollm2_tokenizer.decode(whole[0]["input_ids"])

@@ -7,7 +7,7 @@ import torch
 
 from sftune import templates
 from sftune.data import Conversation, Message
-from sftune.encode import IGNORE
+from sftune.encode import IGNORE, EncodeOptions
 from sftune.vision import encode as vision_encode
 from sftune.vision import models as vision_models
 from sftune.vision.dataset import collate, encode_dataset
@@ -74,7 +74,7 @@ def test_too_long_and_nothing_to_train_are_reported(vlm_folder, images):
     template = templates.default_for(processor.tokenizer)
     conversation = _conversation(images)
     conversation.meta.update(source="data.jsonl", line=3)
-    _, report = encode_dataset([conversation], processor, template, max_len=20)
+    _, report = encode_dataset([conversation], processor, template, EncodeOptions(max_len=20))
     assert report.skipped == 1 and report.skipped_by_reason == {"too_long": 1}
     assert report.skipped_records[0].where == "data.jsonl:3" and "max_len=20" in report.skipped_records[0].detail
 

@@ -533,15 +533,15 @@ def data_encode_command(
     import time
 
     from sftune.data import Report, read
-    from sftune.encode import encode_dataset
+    from sftune.encode import EncodeOptions, encode_dataset
 
+    options = EncodeOptions(policy=policy, reasoning=reasoning, max_len=max_len, max_turns=max_turns)
     tokenizer = models.load(model, tokenizer_only=True)[1]
     chosen = _template_for(template, tokenizer)
     read_report = Report()
     records = list(_reading(read(path, format=format, on_error="skip", report=read_report, syntax="cli"), "reading"))
     start = time.perf_counter()
-    dataset, report = encode_dataset(records, tokenizer, chosen, policy=policy, max_len=max_len, workers=workers,
-                                     reasoning=reasoning, max_turns=max_turns)
+    dataset, report = encode_dataset(records, tokenizer, chosen, options, workers=workers)
     seconds = time.perf_counter() - start
     console.print(f"template: {chosen.name}   policy: {policy}   max_len: {max_len}", highlight=False)
     if read_report.invalid or not read_report.total:

@@ -14,15 +14,13 @@ import numpy as np
 
 from sftune.data.schema import Conversation
 from sftune.encode import cache
-from sftune.encode.labels import IGNORE, POLICIES, check_reasoning, encode
+from sftune.encode.labels import IGNORE, encode
+from sftune.encode.options import EncodeOptions
 from sftune.encode.reasoning import split_records
 from sftune.encode.workers import Job, batch_results, worker_count
 from sftune.templates import Template
 
 MAX_SKIPPED_SHOWN = 100
-# More messages than this in one conversation is no real training record (the longest agent trajectories
-# have hundreds); it is skipped, counted as too_many_turns (data.max_turns, `data encode --max-turns`).
-MAX_TURNS = 10_000
 
 
 @dataclass
@@ -68,29 +66,25 @@ class EncodeReport:
         return cls(**{**values, "skipped_records": skipped})
 
 
-def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any, template: Template, *,
-                   policy: str = "assistant", max_len: int | None = None, batch_size: int = 1000,
+def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any, template: Template,
+                   options: EncodeOptions = EncodeOptions(), *, batch_size: int = 1000,
                    cache_dir: str | os.PathLike | None = None, use_cache: bool = True, progress: bool = True,
-                   workers: int | None = None, reasoning: str = "think_and_answer",
-                   train_empty_think: bool = False, split_reasoning_turns: bool = True,
-                   max_turns: int | None = MAX_TURNS) -> tuple[Any, EncodeReport]:
-    """Encode many conversations: (datasets.Dataset, EncodeReport).
+                   workers: int | None = None) -> tuple[Any, EncodeReport]:
+    """Encode many conversations under `options` (policy, reasoning, max_len...: options.py): (datasets.Dataset,
+    EncodeReport).
 
     Columns: input_ids, labels, and loss_weights when any message has a weight; the same rows as
     `encode` gives, one by one. Batches of conversations are rendered, tokenized and labelled on
     `workers` processes (default: one per CPU core, up to 4, for large inputs; see workers.py). The
-    result is cached under a fingerprint of the data, template, tokenizer, policy and max_len, so a
-    re-run memory-maps it instead (see cache.py). `reasoning` / `train_empty_think`: which parts of a
-    think block are trained (labels.py); `split_reasoning_turns`: one example per reasoning exchange
-    where the template drops earlier reasoning (reasoning.py). A conversation of more than `max_turns`
-    messages is skipped with the reason too_many_turns.
+    result is cached under a fingerprint of the data, template, tokenizer and options, so a re-run
+    memory-maps it instead (see cache.py). `options.split_reasoning_turns`: one example per reasoning
+    exchange where the template drops earlier reasoning (reasoning.py). A conversation of more than
+    `options.max_turns` messages is skipped with the reason too_many_turns.
     """
-    if policy not in POLICIES:
-        raise ValueError(f"unknown masking policy {policy!r}; use one of {', '.join(POLICIES)}")
-    check_reasoning(reasoning)
     records = list(conversations)
-    options = f"{reasoning}|{train_empty_think}|{split_reasoning_turns}|{max_turns}"
-    fingerprint = cache.fingerprint(records, template, tokenizer, policy, max_len, options)
+    o = options
+    fingerprint = cache.fingerprint(records, template, tokenizer, o.policy, o.max_len,
+                                    f"{o.reasoning}|{o.train_empty_think}|{o.split_reasoning_turns}|{o.max_turns}")
     folder = cache.folder_for(fingerprint, cache_dir)
     if use_cache and (cached := cache.load(folder)) is not None:
         dataset, saved = cached
@@ -100,20 +94,19 @@ def encode_dataset(conversations: Iterable[Conversation | dict], tokenizer: Any,
             if (cached := cache.load(folder)) is not None:
                 dataset, saved = cached
                 return dataset, EncodeReport.from_dict({**saved, "cache": "hit"})
-            return _encode(records, tokenizer, template, policy, max_len, batch_size, True, progress, workers,
-                           reasoning, train_empty_think, split_reasoning_turns, fingerprint, folder, max_turns)
-    return _encode(records, tokenizer, template, policy, max_len, batch_size, False, progress, workers,
-                   reasoning, train_empty_think, split_reasoning_turns, fingerprint, folder, max_turns)
+            return _encode(records, tokenizer, template, options, batch_size, True, progress, workers, fingerprint,
+                           folder)
+    return _encode(records, tokenizer, template, options, batch_size, False, progress, workers, fingerprint, folder)
 
 
-def _encode(records: list, tokenizer: Any, template: Template, policy: str, max_len: int | None, batch_size: int,
-            use_cache: bool, progress: bool, workers: int | None, reasoning: str, train_empty_think: bool,
-            split_reasoning_turns: bool, fingerprint: str, folder: Any,
-            max_turns: int | None = MAX_TURNS) -> tuple[Any, EncodeReport]:
+def _encode(records: list, tokenizer: Any, template: Template, options: EncodeOptions, batch_size: int,
+            use_cache: bool, progress: bool, workers: int | None, fingerprint: str, folder: Any
+            ) -> tuple[Any, EncodeReport]:
     """The encoding itself (a cache miss), saved into `folder` when `use_cache`."""
     import datasets
 
     report = EncodeReport(total=len(records), fingerprint=fingerprint)
+    max_len, max_turns = options.max_len, options.max_turns
     if max_turns is not None:
         kept = []
         for k, conv in enumerate(records):
@@ -127,12 +120,12 @@ def _encode(records: list, tokenizer: Any, template: Template, policy: str, max_
 
     weighted = any(m.weight is not None if not isinstance(m, dict) else m.get("weight") is not None
                    for conv in records for m in (conv.messages if isinstance(conv, Conversation) else conv["messages"]))
-    if split_reasoning_turns:
+    if options.split_reasoning_turns:
         records, report.reasoning_split = split_records(records, template)
     rows = _Rows(weighted)
     bos_id = getattr(tokenizer, "bos_token_id", None)
     nothing_left = "no token left to train" + (f" within max_len={max_len}" if max_len else "")
-    job = Job(records, template, policy, weighted, _plain_backend(tokenizer), reasoning, train_empty_think)
+    job = Job(records, template, options, weighted, _plain_backend(tokenizer))
     with batch_results(job, batch_size, worker_count(workers, len(records), batch_size)) as results:
         bar = _progress(progress, len(records))
         for batch in results:
@@ -163,8 +156,8 @@ def _encode(records: list, tokenizer: Any, template: Template, policy: str, max_
                     report.truncated += 1
                     if len(report.truncated_records) < MAX_SKIPPED_SHOWN:
                         report.truncated_records.append(_where(records[k], k))
-                    result = encode(records[k], tokenizer, template, policy=policy, max_len=max_len,
-                                    reasoning=reasoning, train_empty_think=train_empty_think)
+                    result = encode(records[k], tokenizer, template, policy=options.policy, max_len=max_len,
+                                    reasoning=options.reasoning, train_empty_think=options.train_empty_think)
                     if result is None:
                         report.skip(_where(records[k], k), "no_trained_token", nothing_left)
                     else:

@@ -20,6 +20,7 @@ import numpy as np
 
 from sftune import scratch
 from sftune.encode.labels import messages_and_tools, render_spans, span_labels
+from sftune.encode.options import EncodeOptions
 from sftune.encode.tokencache import PieceCache, tokenize_whole, why_not
 from sftune.templates import Template, TemplateError
 
@@ -35,11 +36,9 @@ class Job:
 
     records: list
     template: Template
-    policy: str
+    options: EncodeOptions
     weighted: bool
     backend: Any  # the `tokenizers` backend, without padding or truncation
-    reasoning: str = "think_and_answer"
-    train_empty_think: bool = False
 
 
 @dataclass
@@ -127,8 +126,8 @@ def encode_batch(job: Job, tokenizer: BatchTokenizer, lo: int, hi: int) -> Batch
     for k in range(lo, hi):
         try:
             messages, tools = messages_and_tools(job.records[k])
-            text, spans = render_spans(job.template, messages, tools, job.policy, job.reasoning,
-                                       job.train_empty_think)
+            text, spans = render_spans(job.template, messages, tools, job.options.policy, job.options.reasoning,
+                                       job.options.train_empty_think)
         except (TemplateError, ValueError) as err:
             errors.append((k, str(err)))
             continue

@@ -12,11 +12,10 @@ is a JSON object (the demo's extraction check), and perplexity on the same conve
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sftune import data, scratch
+from sftune import data
 from sftune.evaluate.results import Sample, TaskResult
 
 MAX_NEW_TOKENS = 256
@@ -131,18 +130,12 @@ def _prompt_text(messages: list[data.Message]) -> str:
 
 
 def _perplexity(loaded: Any, conversations: list[data.Conversation], options: dict[str, Any]) -> dict[str, Any]:
-    """Perplexity on exactly the conversations generated for (written as a messages file, read back as is)."""
+    """Perplexity on exactly the conversations generated for, encoded as the run's training encoded its data."""
     from sftune.evaluate import metrics
 
-    d = getattr(loaded.config, "data", None)
-    policy = options.get("policy") or getattr(d, "policy", "assistant")
-    max_len = options.get("max_len") or getattr(d, "max_len", 1024)
-    with scratch.folder(prefix="sftune-eval-") as folder:
-        path = folder / "items.jsonl"
-        path.write_text("".join(c.to_json() + "\n" for c in conversations), encoding="utf-8")
-        # config=None: the file is in sftune's own messages shape, not in the run's training data format
-        return metrics.perplexity(replace(loaded, config=None), str(path), policy=policy, max_len=max_len,
-                                  batch_size=int(options.get("batch_size") or 8))
+    return metrics.conversation_perplexity(loaded, conversations, policy=options.get("policy"),
+                                           max_len=options.get("max_len"),
+                                           batch_size=int(options.get("batch_size") or 8))
 
 
 def heldout_file(run_dir: str | Path, out_dir: str | Path) -> Path:

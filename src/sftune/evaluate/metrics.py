@@ -5,7 +5,8 @@
     rouge(preds, refs)                  mean ROUGE-1/2/L F1 (0-1); Chinese segmented with jieba
     exact_match, token_f1, accuracy     SQuAD-style normalized answers; Chinese by characters
     pass_at_k(n, c, k)                  unbiased pass@k (Chen et al. 2021)
-    perplexity(loaded, path)            exp(NLL per trained token), encoded exactly as training encodes
+    perplexity(loaded, path)            exp(NLL per trained token), encoded exactly as the run's training encoded
+    conversation_perplexity(loaded, cs) the same on conversations in memory
 
 Each `x(...)` is the mean of `x_items(...)` (per-item scores, in item order) except corpus BLEU.
 A reference may be one string or a list of acceptable strings (the best one counts).
@@ -18,6 +19,7 @@ import re
 import string
 import unicodedata
 from collections import Counter
+from dataclasses import replace
 from typing import Any, Sequence
 
 Reference = str | Sequence[str]
@@ -229,6 +231,10 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - result
 
 
+class NothingToScore(ValueError):
+    """Perplexity was asked of records that have no trained token (none, or all skipped at encoding)."""
+
+
 def perplexity(
     loaded: Any,
     path: str | Sequence[str],
@@ -241,29 +247,54 @@ def perplexity(
 ) -> dict[str, Any]:
     """Perplexity of `loaded` (a `runs.load` result) on a data file sftune reads, over trained positions only.
 
-    Records are read and encoded exactly as training does (sftune.data.read + sftune.encode, the run's
-    template, its data.format / columns / policy / max_len unless overridden); perplexity is
+    Records are read as training reads them (the run's data.format / columns) and scored by
+    `conversation_perplexity`. Returns perplexity, nll, tokens, records, skipped (unreadable ones included).
+    """
+    from sftune import data
+
+    d = getattr(loaded.config, "data", None)
+    options = {"format": getattr(d, "format", None), "columns": getattr(d, "columns", None), "on_error": "skip"}
+    report = data.Report()
+    conversations = list(data.read([str(path)] if isinstance(path, str) else [str(p) for p in path],
+                                   report=report, **options))
+    try:
+        result = conversation_perplexity(loaded, conversations, policy=policy, max_len=max_len, batch_size=batch_size,
+                                         progress=progress, console=console)
+    except NothingToScore as err:
+        raise NothingToScore(f"{path}: {err}, {report.invalid} unreadable; check the file with "
+                             f"`sftune data check {path}`") from None
+    return {**result, "skipped": result["skipped"] + report.invalid}
+
+
+def conversation_perplexity(
+    loaded: Any,
+    conversations: Sequence[Any],
+    *,
+    policy: str | None = None,
+    max_len: int | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+    console: Any = None,
+) -> dict[str, Any]:
+    """Perplexity of `loaded` on conversations in memory, over trained positions only.
+
+    They are encoded exactly as the run's training encoded its data (`loaded.encode_options`: its policy,
+    reasoning options, max_len; `policy` / `max_len` override those two); perplexity is
     exp(sum of token NLL / number of trained tokens). Returns perplexity, nll, tokens, records, skipped.
     """
     import torch
 
-    from sftune import data, encode
+    from sftune import encode
     from sftune.generation import TokenProgress
 
-    d = getattr(loaded.config, "data", None)
-    options = {"format": getattr(d, "format", None), "columns": getattr(d, "columns", None), "on_error": "skip"}
-    policy = policy or getattr(d, "policy", "assistant")
-    max_len = max_len or getattr(d, "max_len", 1024)
-    report = data.Report()
-    conversations = list(data.read([str(path)] if isinstance(path, str) else [str(p) for p in path],
-                                   report=report, **options))
-    dataset, encoded = encode.encode_dataset(conversations, loaded.tokenizer, loaded.template, policy=policy,
-                                             max_len=max_len, use_cache=False, progress=False)
+    options = loaded.encode_options
+    options = replace(options, policy=policy or options.policy, max_len=max_len or options.max_len)
+    dataset, encoded = encode.encode_dataset(conversations, loaded.tokenizer, loaded.template, options,
+                                             use_cache=False, progress=False)
     rows = [(list(ids), list(labels)) for ids, labels in zip(dataset["input_ids"], dataset["labels"])]
     if not rows:
-        raise ValueError(f"{path}: no record with a trained token to score ({report.invalid} unreadable, "
-                         f"{encoded.skipped} skipped at encoding: {encoded.skipped_by_reason}); check the file with "
-                         f"`sftune data check {path}`")
+        raise NothingToScore(f"no record with a trained token to score ({encoded.skipped} skipped at encoding: "
+                             f"{encoded.skipped_by_reason})")
     model = loaded.model
     pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
@@ -292,4 +323,4 @@ def perplexity(
     model.train(was_training)
     mean = total_nll / total_tokens
     return {"perplexity": math.exp(mean), "nll": mean, "tokens": total_tokens, "records": len(rows),
-            "skipped": report.invalid + encoded.skipped}
+            "skipped": encoded.skipped}

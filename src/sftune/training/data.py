@@ -10,18 +10,20 @@ from typing import Any, Callable, Literal
 from sftune import data, encode, packing as packing_module
 from sftune.config import Config, ConfigError, DataEntry
 from sftune.data import files
-from sftune.encode import EncodeReport
+from sftune.encode import EncodeOptions, EncodeReport
 from sftune.templates import Template
 
 
 @dataclass
 class EncodedData:
-    """The encoded training and held-out sets (held-out None when there is none), with their reports, and
-    the held-out conversations themselves (eval.generate_metrics generates answers to them)."""
+    """The encoded training and held-out sets (held-out None when there is none), with their reports, the
+    options both were encoded with (saved in the run folder for evaluation), and the held-out conversations
+    themselves (eval.generate_metrics generates answers to them)."""
 
     train: Any
     eval: Any | None
     reports: dict[str, EncodeReport]
+    options: EncodeOptions
     eval_conversations: list[data.Conversation] | None = None  # the held-out set as read (for generation)
 
 
@@ -90,6 +92,7 @@ def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=Non
         from sftune.training.replay import mix_in
 
         conversations = mix_in(conversations, replay(len(conversations)), d.replay.ratio, d.replay.seed)
+    encoding = EncodeOptions.from_data(d)
     sets, reports = {}, {}
     for name, convs in (("train", conversations), ("eval", held_out)):
         if not convs:
@@ -98,21 +101,17 @@ def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=Non
         if processor is not None:
             from sftune.vision.dataset import encode_dataset as encode_images
 
-            sets[name], reports[name] = encode_images(convs, processor, template, policy=d.policy, max_len=d.max_len,
-                                                      reasoning=d.reasoning, train_empty_think=d.train_empty_think)
+            sets[name], reports[name] = encode_images(convs, processor, template, encoding)
         else:
-            sets[name], reports[name] = encode.encode_dataset(convs, tokenizer, template, policy=d.policy,
-                                                              reasoning=d.reasoning,
-                                                              train_empty_think=d.train_empty_think,
-                                                              split_reasoning_turns=d.split_reasoning_turns,
-                                                              max_len=d.max_len, max_turns=d.max_turns, progress=False)
+            sets[name], reports[name] = encode.encode_dataset(convs, tokenizer, template, encoding, progress=False)
         report = reports[name]
         if console is not None and report.skipped:
             console.print(f"[yellow]{name}: skipped {report.skipped} of {report.total} records: "
                           f"{report.skipped_by_reason}[/yellow]")
     if sets["train"] is None or len(sets["train"]) == 0:
         raise ConfigError("no training example is left after reading and encoding data.train; see the report above")
-    return EncodedData(train=sets["train"], eval=sets["eval"], reports=reports, eval_conversations=held_out or None)
+    return EncodedData(train=sets["train"], eval=sets["eval"], reports=reports, options=encoding,
+                       eval_conversations=held_out or None)
 
 
 def batches(dataset: Any, *, packing: bool, max_len: int, pad_token_id: int, processor: Any = None,

@@ -18,6 +18,7 @@ import torch
 
 from sftune.encode import IGNORE
 from sftune.packing import text_positions
+from sftune.training.objectives import ce
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,21 @@ def _logit_chunks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         yield rows, z, tanh
 
 
+def chunk_loss_and_grad(token_loss: Callable, z: torch.Tensor, y: torch.Tensor, want_grad: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(per-token losses [n], gradient of their sum on the chunk's logits z [n, V], or None): cross-entropy
+    by its hand-written form (objectives/ce.py), every other token loss through autograd on this chunk."""
+    if token_loss is ce.token_loss:
+        return ce.loss_and_grad(z, y, want_grad)
+    if not want_grad:
+        return token_loss(z, y), None
+    z.requires_grad_()
+    with torch.enable_grad():
+        losses = token_loss(z, y)
+        (g,) = torch.autograd.grad(losses.sum(), z)
+    return losses.detach(), g
+
+
 class _LinearTokenLoss(torch.autograd.Function):
     """sum_i w_i * loss(h_i @ W.T + b, y_i), computed chunk by chunk, for a token loss of
     sftune.training.objectives (cross-entropy by default).
@@ -109,7 +125,7 @@ class _LinearTokenLoss(torch.autograd.Function):
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
         for rows, z, tanh in _logit_chunks(hidden, weight, bias, chunk_size, rule):
             y, w = targets[rows], token_weights[rows]
-            losses, g = token_loss(z, y, need_h or need_w or need_b)  # g may be written over z
+            losses, g = chunk_loss_and_grad(token_loss, z, y, need_h or need_w or need_b)  # g may be written over z
             total += (losses * w).sum()
             if g is not None:
                 g.mul_((w * rule.scale)[:, None])
@@ -172,16 +188,12 @@ def linear_token_loss(
 ) -> torch.Tensor:
     """Summed (weighted) `token_loss` of `head(hidden)` against `targets`, one chunk at a time
     (cross-entropy when None; the others are in sftune.training.objectives)."""
-    from sftune.training.objectives import ce
-
     weight, bias = head.weight, getattr(head, "bias", None)
+    token_loss = token_loss or ce.token_loss
     if token_weights is None:
         token_weights = torch.ones(targets.shape, dtype=torch.float32, device=targets.device)
     if is_sharded(weight):
-        if token_loss is not None and token_loss is not ce.token_loss:
-            raise ValueError("train.loss other than ce needs the output layer's weight whole; with ZeRO-3 / FSDP "
-                             "sharding it is split over processes: use train.loss=ce, or ZeRO-2 / DDP")
-        return _through_head(hidden, head, targets, token_weights.float(), logit_rule)
+        return _through_head(hidden, head, targets, token_weights.float(), logit_rule, token_loss)
     return _LinearTokenLoss.apply(
         hidden,
         weight,
@@ -191,7 +203,7 @@ def linear_token_loss(
         chunk_size or chunk_size_for(weight.shape[0]),
         logit_rule,
         torch.is_grad_enabled(),
-        token_loss or ce.token_loss,
+        token_loss,
     )
 
 
@@ -204,11 +216,11 @@ def is_sharded(weight: torch.Tensor) -> bool:
 
 
 def _through_head(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, token_weights: torch.Tensor,
-                  rule: LogitRule) -> torch.Tensor:
-    """The same summed cross-entropy through `head`'s forward, for a sharded output layer; it holds
+                  rule: LogitRule, token_loss: Callable) -> torch.Tensor:
+    """The same summed token loss through `head`'s forward, for a sharded output layer; it holds
     all trained positions' fp32 logits at once (more memory than the chunked path)."""
     z = rule.apply(head(hidden).float())
-    return (torch.nn.functional.cross_entropy(z, targets, reduction="none") * token_weights).sum()
+    return (token_loss(z, targets) * token_weights).sum()
 
 
 @torch.no_grad()

@@ -1,8 +1,8 @@
 """One SFT run, top to bottom: configuration -> model, data, method, trainer -> the run folder.
 
 The run folder (output.dir) holds the model or adapter, the tokenizer with the chat template used
-(inference sees exactly what training saw), config.yaml, metrics.jsonl, curves.png, summary.json,
-and checkpoints/ to resume from.
+(inference sees exactly what training saw), config.yaml, encode_options.json (how the data was labelled, for
+evaluation), metrics.jsonl, curves.png, summary.json, and checkpoints/ to resume from.
 """
 
 from __future__ import annotations
@@ -106,6 +106,7 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_main_process():
         runs.write_config(run_dir, cfg)  # paths that survive moving the folder
+        encoded.options.save(run_dir)  # evaluation encodes as training did (sftune.encode.options)
     templates.save_to_tokenizer(template, tokenizer)  # inference uses exactly the training template
     trainer = setup_trainer(cfg, model, tokenizer, template, encoded, args, packing=packing, console=console,
                             callbacks=callbacks, processor=processor)

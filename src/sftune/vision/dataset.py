@@ -16,7 +16,7 @@ import torch
 from sftune.data import images as image_refs
 from sftune.data.errors import DataError
 from sftune.data.schema import Conversation
-from sftune.encode import IGNORE
+from sftune.encode import IGNORE, EncodeOptions
 from sftune.encode.dataset import EncodeReport, _where
 from sftune.packing import collate_padded
 from sftune.templates import Template
@@ -43,10 +43,10 @@ def packing_refused(model_type: str) -> str | None:
     return PACKING_REFUSED.get(model_type, f"{model_type} rows are not tested packed in sftune yet")
 
 
-def encode_dataset(conversations: Iterable[Conversation], processor: Any, template: Template, *,
-                   policy: str = "assistant", max_len: int | None = None, reasoning: str = "think_and_answer",
-                   train_empty_think: bool = False, progress: bool = False) -> tuple[Any, EncodeReport]:
-    """(datasets.Dataset with input_ids, labels, text, images, length; EncodeReport)."""
+def encode_dataset(conversations: Iterable[Conversation], processor: Any, template: Template,
+                   options: EncodeOptions = EncodeOptions(), *, progress: bool = False) -> tuple[Any, EncodeReport]:
+    """(datasets.Dataset with input_ids, labels, text, images, length; EncodeReport), under `options`' policy,
+    reasoning options and max_len."""
     import datasets
 
     records = list(conversations)
@@ -62,8 +62,8 @@ def encode_dataset(conversations: Iterable[Conversation], processor: Any, templa
         iterator = track(records, description="encoding images and text", transient=True)
     for k, conversation in enumerate(iterator):
         try:
-            row = encode(conversation, processor, template, policy=policy, max_len=max_len, reasoning=reasoning,
-                         train_empty_think=train_empty_think)
+            row = encode(conversation, processor, template, policy=options.policy, max_len=options.max_len,
+                         reasoning=options.reasoning, train_empty_think=options.train_empty_think)
         except VisionEncodeError as err:
             report.skip(_where(conversation, k), "too_long" if "max_len" in str(err) else "render_error", str(err))
             continue

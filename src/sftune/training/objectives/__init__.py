@@ -6,8 +6,9 @@
     phi   cross-entropy scaled by phi = p(1 - p), detached (CHORD's expert weighting)
     chord phi on the expert data + an on-policy GRPO-style loss on the model's own samples (train.chord)
 
-Token losses are functions (logits, targets, want_grad) -> (loss per token, gradient on the logits),
-applied chunk by chunk by sftune.training.loss.linear_token_loss.
+A token loss is a plain function (logits [n, V], targets [n]) -> loss per token [n], differentiable in the
+logits; sftune.training.loss.linear_token_loss applies it chunk by chunk and takes each chunk's gradient from
+autograd. A new one is a short function and an entry in TOKEN_LOSSES.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Callable
 
 from sftune.training.objectives import ce, dft, gem, phi
 
-TokenLoss = Callable  # (z [n, V] fp32, y [n], want_grad) -> (loss [n], grad [n, V] or None)
+TokenLoss = Callable  # (z [n, V] fp32, y [n]) -> loss [n], differentiable in z
 
 TOKEN_LOSSES: dict[str, TokenLoss] = {"ce": ce.token_loss, "dft": dft.token_loss, "phi": phi.token_loss,
                                       "gem": gem.token_loss}

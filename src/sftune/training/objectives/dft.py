@@ -10,15 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from sftune.training.objectives.ce import softmax_minus_onehot
 
-
-def token_loss(z: torch.Tensor, y: torch.Tensor, want_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """p(y) * (-log p(y)) per token, with p(y) held constant; gradient p(y) * (p - onehot(y))."""
-    lse = torch.logsumexp(z, dim=-1)
-    ce = lse - z.gather(1, y[:, None]).squeeze(1)
-    weight = torch.exp(-ce)
-    loss = weight * ce
-    if not want_grad:
-        return loss, None
-    return loss, softmax_minus_onehot(z, y, lse).mul_(weight[:, None])
+def token_loss(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """p(y) * (-log p(y)) per token, p(y) held constant."""
+    ce = torch.nn.functional.cross_entropy(z, y, reduction="none")
+    return torch.exp(-ce).detach() * ce

@@ -17,12 +17,7 @@ import torch
 DEFAULT_BETA = 0.7
 
 
-def token_loss(z: torch.Tensor, y: torch.Tensor, want_grad: bool, *, beta: float = DEFAULT_BETA
-               ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """sum_v q(v) z(v) - z(y) per token (q = softmax(z / beta), held constant); gradient q - onehot(y)."""
-    q = torch.softmax(z / beta, dim=-1)
-    loss = (q * z).sum(-1) - z.gather(1, y[:, None]).squeeze(1)
-    if not want_grad:
-        return loss, None
-    q[torch.arange(len(y), device=y.device), y] -= 1.0
-    return loss, q
+def token_loss(z: torch.Tensor, y: torch.Tensor, *, beta: float = DEFAULT_BETA) -> torch.Tensor:
+    """sum_v q(v) z(v) - z(y) per token, q = softmax(z / beta) held constant (its gradient is q - onehot(y))."""
+    q = torch.softmax(z.detach() / beta, dim=-1)
+    return (q * z).sum(-1) - z.gather(1, y[:, None]).squeeze(1)
