@@ -21,6 +21,28 @@ QWEN_TOOLS_OUTRO = (
     '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n'
     "</tool_call><|im_end|>\n"
 )
+QWEN35_TOOLS_INTRO = "# Tools\n\nYou have access to the following functions:\n\n<tools>"
+QWEN35_TOOLS_OUTRO = (
+    "\n</tools>"
+    "\n\nIf you choose to call a function ONLY reply in the following format with NO suffix:\n\n"
+    "<tool_call>\n<function=example_function_name>\n<parameter=example_parameter_1>\nvalue_1\n"
+    "</parameter>\n<parameter=example_parameter_2>\nThis is the value for the second parameter\n"
+    "that can span\nmultiple lines\n</parameter>\n</function>\n</tool_call>\n\n<IMPORTANT>\nReminder:\n"
+    "- Function calls MUST follow the specified format: an inner <function=...></function> block must be nested within <tool_call></tool_call> XML tags\n"
+    "- Required parameters MUST be specified\n"
+    "- You may provide optional reasoning for your function call in natural language BEFORE the function call, but NOT after\n"
+    "- If there is no function call available, answer the question like normal with your current knowledge and do not tell the user about function calls\n"
+    "</IMPORTANT>"
+)
+GLM_TOOLS_INTRO = (
+    "<|system|>\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+)
+GLM_TOOLS_OUTRO = (
+    "</tools>\n\nFor each function call, output the function name and arguments within the following XML format:\n"
+    "<tool_call>{function-name}\n<arg_key>{arg-key-1}</arg_key>\n<arg_value>{arg-value-1}</arg_value>\n"
+    "<arg_key>{arg-key-2}</arg_key>\n<arg_value>{arg-value-2}</arg_value>\n...\n</tool_call>"
+)
 LLAMA3_TOOLS_INTRO = (
     "Given the following functions, please respond with a JSON for a function call with its proper "
     "arguments that best answers the given prompt.\n\n"
@@ -56,8 +78,20 @@ _ALPACA_SYSTEM_INPUT = (
 #   skip_empty_system  an empty system message renders nothing (Phi-3.5) instead of an empty system turn
 #   strip              "content": strip each message's text (jinja `| trim`); "turn": strip the user
 #                      text after the system is folded in (Llama 2's `content.strip()`); None: as is
-#   tools              None, "qwen" (<tool_call> / <tool_response>) or "llama3" (JSON calls, ipython turns;
-#                      one call per assistant turn and no text beside it, as Llama 3.1's template allows)
+#   tools              None, "qwen" (<tool_call> / <tool_response>), "llama3" (JSON calls, ipython turns;
+#                      one call per assistant turn and no text beside it, as Llama 3.1's template allows),
+#                      "qwen3.5" (<tool_call><function=name><parameter=key> XML) or "glm" (<tool_call>name
+#                      <arg_key>/<arg_value>, results after <|observation|>); the last two come with their
+#                      family's `layout`
+#   layout             "qwen3.5" or "glm4.5": the family's own turn layout (render.py's functions of that
+#                      name), for layouts format strings cannot say; such a built-in has `official`
+#   official           the file in templates/official/ holding the family's verbatim chat_template: the
+#                      built-in renders it byte for byte (tests/templates/test_twins_current.py) and
+#                      exports it as its jinja
+#   arg_values         with tools "qwen3.5": "python" writes a non-JSON-container argument value as jinja's
+#                      `string` filter does (Qwen3.5: True, None), "json" as `tojson` (Qwen3.6: true, null)
+#   stops              texts besides `end` that end a reply (GLM: the next turn's header <|user|> or
+#                      <|observation|>, trained with the reply it ends)
 #   dated_system       with tools "llama3": always write Llama 3.1's system header with its dates
 #   reasoning          None, "qwen3" or "deepseek_r1": assistant replies may open with a <think> block (the
 #                      data layer's layout). qwen3: it is written only after the last user query, and the
@@ -275,7 +309,72 @@ BUILTINS["deepseek_r1"] = {
     "eos": "<｜end▁of▁sentence｜>",
 }
 
+# Qwen3-Instruct-2507 (no thinking): Qwen3's layout without its think blocks, Qwen's tool calls.
+BUILTINS["qwen3_2507"] = {
+    **BUILTINS["qwen3"],
+    "description": "Qwen3-Instruct-2507 (non-thinking): ChatML, no default system prompt, Qwen's tool calls",
+}
+del BUILTINS["qwen3_2507"]["reasoning"]
+
+# Qwen3.5 (and 3.6): ChatML with every text trimmed, a <think> block on every reply after the last user
+# query, tool calls as <function=...> XML. The thinking generation prompt opens the think block.
+BUILTINS["qwen3.5"] = {
+    "description": "Qwen3.5 thinking mode: ChatML, the prompt opens <think>, reasoning kept after the last user "
+                   "query, XML tool calls",
+    "layout": "qwen3.5",
+    "official": "qwen3.5.jinja",
+    "system": "<|im_start|>system\n{content}<|im_end|>\n",
+    "user": "<|im_start|>user\n{content}<|im_end|>\n",
+    "assistant": "<|im_start|>assistant\n{content}<|im_end|>\n",
+    "generation_prompt": "<|im_start|>assistant\n",
+    "end": "<|im_end|>",
+    "strip": "content",
+    "tools": "qwen3.5",
+    "arg_values": "python",
+    "reasoning": "qwen3",
+    "think_prompt": "<think>\n",
+    "eos": "<|im_end|>",
+}
+# Qwen3.5-2B and smaller ship the same template with thinking off by default: the prompt holds an empty
+# think block.
+BUILTINS["qwen3.5_nothink"] = {
+    **BUILTINS["qwen3.5"],
+    "description": "Qwen3.5 non-thinking mode (the default of Qwen3.5-2B and smaller): the prompt holds an empty "
+                   "<think> block",
+    "official": "qwen3.5_nothink.jinja",
+    "think_prompt": "",
+    "enable_thinking": False,
+}
+BUILTINS["qwen3.6"] = {
+    **BUILTINS["qwen3.5"],
+    "description": "Qwen3.6 thinking mode: Qwen3.5's layout; non-string tool arguments written as JSON",
+    "official": "qwen3.6.jinja",
+    "arg_values": "json",
+}
+
+# GLM-4.5 (glm4_moe): [gMASK]<sop>, role headers with no end-of-turn text: a reply ends where the next
+# header begins, and that header (<|user|> or <|observation|>) is the model's stop token, so it is trained
+# with the reply. Every reply opens with a think block (empty before the last user message).
+BUILTINS["glm4.5"] = {
+    "description": "GLM-4.5: [gMASK]<sop><|user|>...<|assistant|>; the next <|user|> / <|observation|> ends a "
+                   "reply; <think> blocks, XML tool calls",
+    "layout": "glm4.5",
+    "official": "glm4.5.jinja",
+    "prefix": "[gMASK]<sop>",
+    "system": "<|system|>\n{content}",
+    "user": "<|user|>\n{content}",
+    "assistant": "<|assistant|>{content}",
+    "generation_prompt": "<|assistant|>",
+    "end": "",
+    "tools": "glm",
+    "reasoning": "qwen3",
+    "stops": ["<|user|>", "<|observation|>"],
+    "eos": "<|endoftext|>",
+}
+
 # Names that also resolve, for users who know a model by another name.
 ALIASES = {"qwen": "qwen2.5", "llama-2": "llama2", "llama-3": "llama3", "gemma2": "gemma", "gemma3": "gemma",
            "phi-3": "phi3", "phi-3.5": "phi3.5",
-           "qwen3-nothink": "qwen3_nothink", "deepseek-r1": "deepseek_r1", "deepseek_r1_distill": "deepseek_r1"}
+           "qwen3-nothink": "qwen3_nothink", "deepseek-r1": "deepseek_r1", "deepseek_r1_distill": "deepseek_r1",
+           "qwen3-2507": "qwen3_2507", "qwen3-instruct-2507": "qwen3_2507", "qwen3.5-nothink": "qwen3.5_nothink",
+           "glm4moe": "glm4.5", "glm-4.5": "glm4.5"}

@@ -6,7 +6,9 @@ produces after the generation prompt (its content and end-of-turn marker); for a
 all of it. `sftune.encode` labels tokens from segments, so nothing searches the text for a marker.
 
 Each tool style ("qwen", "llama3") is a few small functions at the end of this file: its system
-header, its calls and its tool results. `jinja_export` writes the same layout as jinja.
+header, its calls and its tool results. `jinja_export` writes the same layout as jinja. A family whose
+layout format strings cannot say (`layout`: Qwen3.5, GLM-4.5) has its turns here too, and exports its
+official template text instead.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from sftune.data.formats import tool_calls
 from sftune.data.schema import MODEL_ROLES
-from sftune.templates.definitions import (LLAMA3_TOOLS_INTRO, LLAMA31_DATE, NO_THINK, QWEN_TOOLS_INTRO,
+from sftune.templates.definitions import (GLM_TOOLS_INTRO, GLM_TOOLS_OUTRO, LLAMA3_TOOLS_INTRO, LLAMA31_DATE,
+                                          NO_THINK, QWEN35_TOOLS_INTRO, QWEN35_TOOLS_OUTRO, QWEN_TOOLS_INTRO,
                                           QWEN_TOOLS_OUTRO)
 from sftune.templates.errors import TemplateError
 
@@ -56,8 +59,10 @@ class _Turns:
     def __init__(self, t: Template, msgs: list[dict], tools: list[dict] | None):
         self.name, self.spec, self.f, self.msgs, self.tools = t.name, t.spec, _formats(t), msgs, tools
         self.style, self.strip, self.fold = t.spec.get("tools"), t.spec.get("strip"), t.spec.get("system") is None
+        self.layout = t.spec.get("layout")
         self.segs: list[Segment] = []
         self._last_query: int | None = None
+        self.opened = ""  # a header the previous reply wrote as its stop (GLM), not written again
         if t.spec.get("reasoning") == "deepseek_r1":
             _check_no_tools(t.name, msgs, tools)
         self.add(self.f["prefix"], None, False)
@@ -78,7 +83,12 @@ class _Turns:
     def system_header(self) -> None:
         """The opening system turn (or, when the template folds it into the first user turn, nothing)."""
         system, s = self.system, self.spec
-        if self.style == "qwen" and self.tools:
+        if self.layout == "qwen3.5":
+            self.add(_qwen35_system(system, self.tools), self.system_index, True)
+        elif self.layout == "glm4.5":
+            self.add(_glm_tools(self.tools) + ("" if system is None else _put(self.f["system"], content=system)),
+                     self.system_index, True)
+        elif self.style == "qwen" and self.tools:
             self.add(_qwen_system_with_tools(system, self.tools), self.system_index, True)
         elif self.style == "llama3" and s.get("dated_system"):
             self.add(_llama31_system(system, self.tools), self.system_index, True)
@@ -94,6 +104,10 @@ class _Turns:
         role = self.msgs[i]["role"]
         if role == "user":
             self.user(i)
+        elif role in MODEL_ROLES and self.layout == "qwen3.5":
+            return self.qwen35_model_turn(i)
+        elif role in MODEL_ROLES and self.layout == "glm4.5":
+            return self.glm_model_turn(i)
         elif role in MODEL_ROLES and self.spec.get("reasoning") == "qwen3":
             return self.qwen3_model_turn(i)
         elif role == "assistant" and self.spec.get("reasoning") == "deepseek_r1":
@@ -125,7 +139,12 @@ class _Turns:
             values["content"] = _put(f["system_in_user"], system=self.system, content=text)
         if self.strip == "turn":
             values["content"] = values["content"].strip()
-        self.add(_put(user_fmt, **values), i, True)
+        self.add(self.after_stop(_put(user_fmt, **values)), i, True)
+
+    def after_stop(self, text: str) -> str:
+        """A turn's text without the header that the reply before it wrote (and trained) as its stop."""
+        opened, self.opened = self.opened, ""
+        return text[len(opened):] if opened and text.startswith(opened) else text
 
     def model_turn(self, parts: list[tuple[int, str]]) -> None:
         """prompt | reply head + the parts + end (the body, trained) | what the format writes after end."""
@@ -198,15 +217,74 @@ class _Turns:
         self.add(f["end"], i, True)
         self.add(f["after_end"], i, False)
 
+    def qwen35_model_turn(self, i: int) -> int:
+        """Qwen3.5: the trimmed reply; after the last user query its think block (empty if need be) opens
+        it, the thinking prompt's <think>\n being the prompt's; then its <function=...> calls."""
+        msgs, f = self.msgs, self.f
+        j = _calls_end(msgs, i)
+        content = msgs[i]["content"].strip() if msgs[i]["role"] == "assistant" else ""
+        reasoning, answer = split_think(content)
+        if reasoning is not None:
+            content = answer
+        self.add(f["generation_prompt"], i, False)
+        if i > self.last_query(i):
+            inner = (reasoning or "").strip()
+            self.add(f["think_prompt"], i, False)
+            head = "" if f["think_prompt"] else "<think>\n"
+            self.add(head + inner + "\n</think>\n\n", i, THINK if inner else EMPTY_THINK)
+        self.add(content, i, True)
+        calls = [(k, c) for k in range(i, j) if msgs[k]["role"] == "tool_call" for c in tool_calls(msgs[k]["content"])]
+        for n, (k, call) in enumerate(calls):
+            sep = "\n" if n else ("\n\n" if content.strip() else "")
+            self.add(sep + _qwen35_call(self.name, call, self.spec.get("arg_values")), k, True)
+        self.add(f["end"], j - 1, True)
+        self.add(f["after_end"], j - 1, False)
+        return j
+
+    def glm_model_turn(self, i: int) -> int:
+        """GLM-4.5: a think block (kept after the last user message when it has reasoning, else empty), the
+        trimmed answer, the calls; then the next turn's header when it is a stop (<|user|>, <|observation|>)."""
+        msgs, f = self.msgs, self.f
+        j = _calls_end(msgs, i)
+        content = msgs[i]["content"] if msgs[i]["role"] == "assistant" else ""
+        reasoning, answer = split_think(content)
+        if reasoning is not None:
+            content = answer
+        inner = (reasoning or "").strip()
+        self.add(f["generation_prompt"], i, False)
+        if inner and i > self.last_user():
+            self.add("\n<think>" + inner + "</think>", i, THINK)
+        else:
+            self.add("\n<think></think>", i, EMPTY_THINK)
+        self.add("\n" + content.strip() if content.strip() else "", i, True)
+        for k in range(i, j):
+            if msgs[k]["role"] == "tool_call":
+                self.add("".join(_glm_call(self.name, call) for call in tool_calls(msgs[k]["content"])), k, True)
+        following = msgs[j]["role"] if j < len(msgs) else None
+        self.opened = {"user": "<|user|>", "tool": "<|observation|>"}.get(following, "")
+        self.add(self.opened, j - 1, True)
+        return j
+
+    def last_user(self) -> int:
+        """GLM-4.5's last_user_index: the last user message, -1 without one."""
+        return max((k for k, m in enumerate(self.msgs) if m["role"] == "user"), default=-1)
+
     def last_query(self, i: int) -> int:
         """Qwen3's last_query_index, as an index into msgs (see `last_query`)."""
         if self._last_query is None:
-            self._last_query = last_query(self.msgs)
+            self._last_query = _qwen35_last_query(self.name, self.msgs) if self.layout == "qwen3.5" \
+                else last_query(self.msgs)
         return self._last_query
 
     def tool_result(self, i: int) -> None:
         content = self.msgs[i]["content"]
-        if self.style == "qwen":
+        if self.layout == "qwen3.5":
+            text = _qwen35_result(self.msgs, i)
+        elif self.layout == "glm4.5":
+            opens = i == 0 or self.msgs[i - 1]["role"] != "tool"
+            text = self.after_stop(("<|observation|>" if opens else "") + "\n<tool_response>\n" + content
+                                   + "\n</tool_response>")
+        elif self.style == "qwen":
             text = _qwen_result(self.msgs, i)
         elif self.style == "llama3":
             text = _llama3_result(content)
@@ -215,7 +293,7 @@ class _Turns:
         self.add(text, i, True)
 
     def later_system(self, i: int) -> None:
-        if self.fold or self.spec.get("reasoning") == "deepseek_r1":
+        if self.fold or self.spec.get("reasoning") == "deepseek_r1" or self.layout == "qwen3.5":
             raise TemplateError(f"template {self.name!r} has no system turn; a system message is allowed "
                                 f"only first (message {i} is a system message)")
         content = self.msgs[i]["content"]
@@ -295,6 +373,79 @@ def _qwen_result(msgs: list[dict], i: int) -> str:
     text = "" if i > 0 and msgs[i - 1]["role"] == "tool" else "<|im_start|>user"
     text += "\n<tool_response>\n" + msgs[i]["content"] + "\n</tool_response>"
     return text + "<|im_end|>\n" if i + 1 == len(msgs) or msgs[i + 1]["role"] != "tool" else text
+
+
+def _calls_end(msgs: list[dict], i: int) -> int:
+    """The index after the model turn at i: its tool_call messages are part of it."""
+    j = i + 1
+    while j < len(msgs) and msgs[j]["role"] == "tool_call":
+        j += 1
+    return j
+
+
+def _arguments(name: str, call: dict) -> dict:
+    """A call's arguments as the key/value pairs the XML call layouts write; an object is required."""
+    if not isinstance(call["arguments"], dict):
+        raise TemplateError(f"template {name!r}: the call to {call['name']!r} has arguments "
+                            f"{call['arguments']!r}; this family writes each argument as a key and a value, so "
+                            "arguments must be a JSON object")
+    return call["arguments"]
+
+
+# --- the qwen3.5 layout: trimmed texts, <function=...> calls, no system message after the first ---------
+
+
+def _qwen35_system(system: str | None, tools: list[dict] | None) -> str:
+    if not tools:
+        return "" if system is None else "<|im_start|>system\n" + system + "<|im_end|>\n"
+    text = "<|im_start|>system\n" + QWEN35_TOOLS_INTRO + "".join("\n" + _tojson(tool) for tool in tools)
+    return text + QWEN35_TOOLS_OUTRO + ("\n\n" + system if system else "") + "<|im_end|>\n"
+
+
+def _qwen35_last_query(name: str, msgs: list[dict]) -> int:
+    """Qwen3.5's last_query_index (contents trimmed first); its template raises when there is none."""
+    for k in range(len(msgs) - 1, -1, -1):
+        content = msgs[k]["content"].strip()
+        if msgs[k]["role"] == "user" and not (content.startswith("<tool_response>")
+                                              and content.endswith("</tool_response>")):
+            return k
+    raise TemplateError(f"template {name!r}: the conversation has no user query (a user message that is not a "
+                        "<tool_response>); Qwen3.5's template raises 'No user query found in messages.'")
+
+
+def _qwen35_call(name: str, call: dict, values: str | None) -> str:
+    def value(v: Any) -> str:
+        if isinstance(v, str):
+            return v
+        if values == "json" or isinstance(v, (dict, list, tuple)):
+            return _tojson(v)
+        return str(v)  # jinja's `string` filter: True, None, 1.5
+
+    params = "".join("<parameter=" + key + ">\n" + value(v) + "\n</parameter>\n"
+                     for key, v in _arguments(name, call).items())
+    return "<tool_call>\n<function=" + call["name"] + ">\n" + params + "</function>\n</tool_call>"
+
+
+def _qwen35_result(msgs: list[dict], i: int) -> str:
+    """As `_qwen_result`, the content trimmed; a result that is the first message opens no user turn."""
+    text = "<|im_start|>user" if i > 0 and msgs[i - 1]["role"] != "tool" else ""
+    text += "\n<tool_response>\n" + msgs[i]["content"].strip() + "\n</tool_response>"
+    return text + "<|im_end|>\n" if i + 1 == len(msgs) or msgs[i + 1]["role"] != "tool" else text
+
+
+# --- the glm4.5 layout: no end-of-turn text, <arg_key>/<arg_value> calls --------------------------------
+
+
+def _glm_tools(tools: list[dict] | None) -> str:
+    if not tools:
+        return ""
+    return GLM_TOOLS_INTRO + "".join(_tojson(tool) + "\n" for tool in tools) + GLM_TOOLS_OUTRO
+
+
+def _glm_call(name: str, call: dict) -> str:
+    args = "".join("<arg_key>" + key + "</arg_key>\n<arg_value>" + (v if isinstance(v, str) else _tojson(v))
+                   + "</arg_value>\n" for key, v in _arguments(name, call).items())
+    return "\n<tool_call>" + call["name"] + "\n" + args + "</tool_call>"
 
 
 # --- the deepseek_r1 reasoning style: no tool layout ----------------------------------------------------

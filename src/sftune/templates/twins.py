@@ -33,6 +33,11 @@ TWINS = {
     "66291cf0045c2425a3a667cf3cbb7af2b11f09e025c02f97245323ab79119362": "zephyr",
     "a55ee1b1660128b7098723e0abcd92caa0788061051c62d51cbe87d9cf1974d8": "qwen3",  # thinking mode (the default)
     "56a1447ad31926fdc21fb07e56e5642bd9c850c4f52d8c8af7bbe5f079a84f5f": "deepseek_r1",  # prompts; last reply kept
+    "64f85b198065d0fba2a81f37e10ed68161ce2c19a754c7100e67e0ca2ee9c326": "qwen3_2507",
+    "a4aee8afcf2e0711942cf848899be66016f8d14a889ff9ede07bca099c28f715": "qwen3.5",  # Qwen3.5-4B and larger
+    "273d8e0e683b885071fb17e08d71e5f2a5ddfb5309756181681de4f5a1822d80": "qwen3.5_nothink",  # 2B and smaller
+    "e84f32a23fdda27689f868aa4a1a5621f41133e51a48d7f3efcbea2839574259": "qwen3.6",
+    "44f815868bf02fa458dd2f741a338046f4bf45f398eb6d067766726b9d96cce3": "glm4.5",
 }
 # Gemma 1/2's template raises on a system message: a conversation with one is not a twin's.
 REFUSES_SYSTEM = {"ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15cfd6"}
@@ -40,7 +45,8 @@ REFUSES_SYSTEM = {"ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15c
 # Llama 3.1, whose built-ins are checked against these templates on random tool conversations too.
 # (The jinja path cannot even segment Llama 3.1 tool chats with a system message: the render of the
 # system message alone raises, as the tools go into the first user turn.)
-TOOL_TWINS = {digest for digest, name in TWINS.items() if name in ("qwen2.5", "llama3.1", "qwen3")}
+TOOL_TWINS = {digest for digest, name in TWINS.items()
+              if name in ("qwen2.5", "llama3.1", "qwen3", "qwen3_2507", "qwen3.5", "qwen3.5_nothink", "qwen3.6", "glm4.5")}
 
 _FACTS: dict[str, tuple[str | None, bool, bool]] = {}
 
