@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 
 import jinja2
 import pytest
@@ -15,6 +16,7 @@ from sftune import templates
 from sftune.encode.labels import render_spans
 from sftune.encode.reasoning import split_records
 from sftune.templates import jinja_segments, twins
+from sftune.templates.render import split_think
 from sftune.templates.template import official_text
 from tests.templates.chats import CHATS as PLAIN_CHATS
 from tests.templates.chats import FIXTURES, TOOLS, call, prompt_part, trained_chars
@@ -28,6 +30,7 @@ FAMILIES = {
     "qwen3.5_nothink": ("qwen3.5_nothink", {}),
     "qwen3.6": ("qwen3.6", {}),
     "glm4.5": ("glm4.5", {}),
+    "gpt-oss": ("gpt-oss", {}),
 }
 # The same texts called with the other thinking mode are the other built-in.
 MODES = [("qwen3.5_nothink", "qwen3.5", {"enable_thinking": False}),
@@ -46,8 +49,12 @@ CHATS = REASONING_CHATS + PLAIN_CHATS + [TYPED_CALL_CHAT]
 
 def _official(fixture: str, chat: list[dict], tools, prompt: bool, **kwargs) -> str:
     """The official render, a call-only turn's content as "" (GLM's template writes a None content as
-    "None"; its models are shown "" there, and the built-in writes nothing)."""
+    "None", gpt-oss's raises on it; their models are shown "" there, and the built-in writes nothing), and
+    for gpt-oss a reply's <think> block as its `thinking` field (where Harmony's template reads reasoning)."""
     chat = [{**m, "content": "" if m.get("content") is None else m["content"]} for m in chat]
+    if fixture == "gpt-oss":
+        chat = [{**m, **dict(zip(("thinking", "content"), split_think(m["content"])))}
+                if m["role"] == "assistant" and "</think>" in m["content"] else m for m in chat]
     source = (FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8")
     rendered, _ = render_jinja_template(conversations=[chat], tools=tools, chat_template=source,
                                         add_generation_prompt=prompt, **kwargs)
@@ -59,10 +66,14 @@ def _check(name: str, fixture: str, kwargs: dict, chat: list[dict], tools) -> No
     own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8"))
     for prompt in (False, True):
         shown = prompt_part(chat) if prompt else chat
+        if name == "gpt-oss" and any(len(m.get("tool_calls") or []) > 1 for m in shown):
+            with pytest.raises(templates.TemplateError, match="writes only the first call|Cannot pass both"):
+                template.render(shown, tools, prompt)  # the official template drops all calls but the first
+            continue
         try:
             expected = _official(fixture, shown, tools, prompt, **kwargs)
         except jinja2.TemplateError as refused:  # the built-in refuses it too, and says why
-            with pytest.raises(templates.TemplateError, match=str(refused)):
+            with pytest.raises(templates.TemplateError, match=re.escape(str(refused)[:40])):
                 template.render(shown, tools, prompt)
             continue
         assert template.render(shown, tools, prompt) == expected, (name, shown)
@@ -199,3 +210,69 @@ def test_qwen35_refuses_what_its_template_refuses():
     with pytest.raises(templates.TemplateError, match="must be a JSON object"):
         t.render([{"role": "user", "content": "x"},
                   {"role": "assistant", "content": None, "tool_calls": [call("", "[1, 2]")]}], TOOLS)
+
+
+def test_gpt_oss_trains_channels_and_ends_the_last_reply_with_return():
+    t = templates.get("gpt-oss")
+    chat = [{"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "<think>add</think>4"},
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "<think>ask the tool</think>", "tool_calls": [call("Paris")]},
+            {"role": "tool", "content": "21"},
+            {"role": "assistant", "content": "<think>it said 21</think>21°C"}]
+    text = t.render(chat, TOOLS)
+    assert "<|start|>developer<|message|># Instructions\n\nBe brief.\n\n# Tools" in text
+    call_text = ' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}<|call|>'
+    assert _trained(t, chat, TOOLS) == ("<|channel|>final<|message|>4<|end|>" + call_text
+                                        + "<|channel|>analysis<|message|>it said 21<|end|><|start|>assistant"
+                                          "<|channel|>final<|message|>21°C<|return|>")
+    assert "add" not in text and "ask the tool" not in text  # a later final answer drops them
+    assert _trained(t, chat, TOOLS, reasoning="answer_only").endswith(call_text + "<|channel|>final<|message|>21°C"
+                                                                      "<|return|>")
+    assert t.render(chat[:4], TOOLS, True).endswith("<|start|>user<|message|>Weather?<|end|><|start|>assistant")
+    assert t.stop == "<|return|>"
+
+
+def test_gpt_oss_tool_namespace_matches_the_official_macros_on_a_rich_schema():
+    rich = [{"type": "function", "function": {"name": "book", "description": "Book a room", "parameters": {
+        "type": "object", "required": ["city", "when"], "properties": {
+            "city": {"type": "string", "description": "City name"},
+            "kind": {"type": "string", "enum": ["single", "double"], "default": "single"},
+            "when": {"type": "object", "properties": {"day": {"type": "integer"}, "late": {"type": "boolean"}},
+                     "required": ["day"]},
+            "tags": {"type": "array", "items": {"type": "string"}, "nullable": True},
+            "rooms": {"type": "array", "items": {"type": "object", "properties": {"beds": {"type": "number"}}}},
+            "any": {"type": "array"},
+            "note": {"type": "string", "nullable": True, "default": None},
+            "either": {"oneOf": [{"type": "string", "description": "a name"}, {"type": "integer", "default": 3}]},
+            "multi": {"type": ["string", "number"]},
+            "obj": {"type": "object"},
+            "free": {},
+            "rate": {"type": "number", "default": 1.5}}}}},
+        {"type": "function", "function": {"name": "ping", "description": "No arguments"}}]
+    chat = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    assert templates.get("gpt-oss").render(chat, rich) == _official("gpt-oss", chat, rich, False)
+    with pytest.raises(templates.TemplateError, match="has no description"):
+        templates.get("gpt-oss").render(chat, [{"type": "function", "function": {"name": "f"}}])
+
+
+def test_gpt_oss_generation_stops_at_return_and_call():
+    vocab = _Vocab()
+    vocab.ids = {**vocab.ids, "<|return|>": [4], "<|call|>": [5]}
+    assert templates.get("gpt-oss").stop_token_ids(vocab) == [0, 4, 5]
+
+
+def test_gpt_oss_earlier_reasoning_is_split_into_its_own_example():
+    from sftune.data.schema import Conversation, Message
+
+    messages = [{"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": "<think>ask the tool</think>"},
+                {"role": "tool_call", "content": '{"name": "get_weather", "arguments": {"city": "Paris"}}'},
+                {"role": "tool", "content": "21"},
+                {"role": "assistant", "content": "<think>it said 21</think>21°C"}]
+    conversation = Conversation([Message(m["role"], m["content"]) for m in messages], TOOLS, {})
+    records, n_split = split_records([conversation], templates.get("gpt-oss"))
+    assert n_split == 1 and [len(r.messages) for r in records] == [3, 5]  # the first ends after its call
+    first = _trained(templates.get("gpt-oss"), records[0], TOOLS)
+    assert first.startswith("<|channel|>analysis<|message|>ask the tool<|end|><|start|>assistant to=functions.")

@@ -372,9 +372,31 @@ BUILTINS["glm4.5"] = {
     "eos": "<|endoftext|>",
 }
 
+# gpt-oss (Harmony): a system block of its own (identity, today's date, reasoning effort), the conversation's
+# system text as developer instructions, replies in the final channel, reasoning in the analysis channel
+# (kept on the last message only), one tool call per turn in the commentary channel. The last reply ends
+# with <|return|> (what the model emits to stop), earlier ones with <|end|>, as the official template writes.
+BUILTINS["gpt-oss"] = {
+    "description": "gpt-oss Harmony: system + developer blocks, analysis / commentary / final channels, "
+                   "<|return|> on the last reply",
+    "layout": "harmony",
+    "official": "gpt-oss.jinja",
+    "system": "<|start|>developer<|message|># Instructions\n\n{content}\n\n<|end|>",
+    "user": "<|start|>user<|message|>{content}<|end|>",
+    "assistant": "<|start|>assistant<|channel|>final<|message|>{content}<|return|>",
+    "generation_prompt": "<|start|>assistant",
+    "end": "<|return|>",
+    "tools": "harmony",
+    "reasoning": "harmony",
+    "reasoning_effort": "medium",
+    "stops": ["<|call|>"],
+    "eos": "<|return|>",
+}
+
 # Names that also resolve, for users who know a model by another name.
 ALIASES = {"qwen": "qwen2.5", "llama-2": "llama2", "llama-3": "llama3", "gemma2": "gemma", "gemma3": "gemma",
            "phi-3": "phi3", "phi-3.5": "phi3.5",
            "qwen3-nothink": "qwen3_nothink", "deepseek-r1": "deepseek_r1", "deepseek_r1_distill": "deepseek_r1",
            "qwen3-2507": "qwen3_2507", "qwen3-instruct-2507": "qwen3_2507", "qwen3.5-nothink": "qwen3.5_nothink",
-           "glm4moe": "glm4.5", "glm-4.5": "glm4.5"}
+           "glm4moe": "glm4.5", "glm-4.5": "glm4.5",
+           "gptoss": "gpt-oss", "gpt_oss": "gpt-oss", "harmony": "gpt-oss"}

@@ -22,6 +22,7 @@ from sftune.data.schema import MODEL_ROLES
 from sftune.templates.definitions import (GLM_TOOLS_INTRO, GLM_TOOLS_OUTRO, LLAMA3_TOOLS_INTRO, LLAMA31_DATE,
                                           NO_THINK, QWEN35_TOOLS_INTRO, QWEN35_TOOLS_OUTRO, QWEN_TOOLS_INTRO,
                                           QWEN_TOOLS_OUTRO)
+from sftune.templates import harmony
 from sftune.templates.errors import TemplateError
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ def fill(fmt: str, bos: str, eos: str) -> str:
 
 def render(t: Template, msgs: list[dict], tools: list[dict] | None, add_generation_prompt: bool) -> list[Segment]:
     """The segments of a built-in or user dict template for normalized messages."""
-    turns = _Turns(t, msgs, tools)
+    turns = _Turns(t, msgs, tools, add_generation_prompt)
     turns.system_header()
     i = turns.start
     while i < len(msgs):
@@ -56,13 +57,15 @@ def render(t: Template, msgs: list[dict], tools: list[dict] | None, add_generati
 class _Turns:
     """One render: the template's formats, the system prompt decided up front, and the segments so far."""
 
-    def __init__(self, t: Template, msgs: list[dict], tools: list[dict] | None):
+    def __init__(self, t: Template, msgs: list[dict], tools: list[dict] | None, add_generation_prompt: bool = False):
         self.name, self.spec, self.f, self.msgs, self.tools = t.name, t.spec, _formats(t), msgs, tools
         self.style, self.strip, self.fold = t.spec.get("tools"), t.spec.get("strip"), t.spec.get("system") is None
         self.layout = t.spec.get("layout")
         self.segs: list[Segment] = []
         self._last_query: int | None = None
         self.opened = ""  # a header the previous reply wrote as its stop (GLM), not written again
+        self.prompted = add_generation_prompt
+        self.last_call: str | None = None  # Harmony: the function a tool result answers
         if t.spec.get("reasoning") == "deepseek_r1":
             _check_no_tools(t.name, msgs, tools)
         self.add(self.f["prefix"], None, False)
@@ -85,6 +88,9 @@ class _Turns:
         system, s = self.system, self.spec
         if self.layout == "qwen3.5":
             self.add(_qwen35_system(system, self.tools), self.system_index, True)
+        elif self.layout == "harmony":
+            self.add(harmony.system_block(self.tools, s.get("reasoning_effort", "medium")), None, False)
+            self.add(harmony.developer_block(system, self.tools), self.system_index, True)
         elif self.layout == "glm4.5":
             self.add(_glm_tools(self.tools) + ("" if system is None else _put(self.f["system"], content=system)),
                      self.system_index, True)
@@ -108,6 +114,8 @@ class _Turns:
             return self.qwen35_model_turn(i)
         elif role in MODEL_ROLES and self.layout == "glm4.5":
             return self.glm_model_turn(i)
+        elif role in MODEL_ROLES and self.layout == "harmony":
+            return self.harmony_model_turn(i)
         elif role in MODEL_ROLES and self.spec.get("reasoning") == "qwen3":
             return self.qwen3_model_turn(i)
         elif role == "assistant" and self.spec.get("reasoning") == "deepseek_r1":
@@ -179,9 +187,7 @@ class _Turns:
         """Qwen3: a reply's leading <think> block is written only after the last user query (and always,
         empty if need be, on the last message); its tool calls follow in the same turn."""
         msgs, f = self.msgs, self.f
-        j = i + 1
-        while j < len(msgs) and msgs[j]["role"] == "tool_call":
-            j += 1
+        j = turn_end(msgs, i)
         content = msgs[i]["content"] if msgs[i]["role"] == "assistant" else ""
         reasoning, think = split_think(content)
         if reasoning is not None:
@@ -221,7 +227,7 @@ class _Turns:
         """Qwen3.5: the trimmed reply; after the last user query its think block (empty if need be) opens
         it, the thinking prompt's <think>\n being the prompt's; then its <function=...> calls."""
         msgs, f = self.msgs, self.f
-        j = _calls_end(msgs, i)
+        j = turn_end(msgs, i)
         content = msgs[i]["content"].strip() if msgs[i]["role"] == "assistant" else ""
         reasoning, answer = split_think(content)
         if reasoning is not None:
@@ -245,7 +251,7 @@ class _Turns:
         """GLM-4.5: a think block (kept after the last user message when it has reasoning, else empty), the
         trimmed answer, the calls; then the next turn's header when it is a stop (<|user|>, <|observation|>)."""
         msgs, f = self.msgs, self.f
-        j = _calls_end(msgs, i)
+        j = turn_end(msgs, i)
         content = msgs[i]["content"] if msgs[i]["role"] == "assistant" else ""
         reasoning, answer = split_think(content)
         if reasoning is not None:
@@ -265,6 +271,46 @@ class _Turns:
         self.add(self.opened, j - 1, True)
         return j
 
+    def harmony_model_turn(self, i: int) -> int:
+        """gpt-oss: a call goes to the commentary channel, after its reasoning (or text) in the analysis
+        channel unless a later final answer drops it; a reply is a final message, its reasoning kept and
+        <|return|> written on the last message only (earlier ones end with <|end|>)."""
+        msgs, f = self.msgs, self.f
+        j = turn_end(msgs, i)
+        content = msgs[i]["content"] if msgs[i]["role"] == "assistant" else ""
+        reasoning, answer = split_think(content)
+        calls = [(k, c) for k in range(i, j) if msgs[k]["role"] == "tool_call" for c in tool_calls(msgs[k]["content"])]
+        self.add(f["generation_prompt"], i, False)
+        if calls:
+            if len(calls) > 1:
+                raise TemplateError(f"template {self.name!r}: message {calls[1][0]} is a second tool call in one "
+                                    "assistant turn; gpt-oss's template writes only the first call of a turn. Put "
+                                    "each call in its own turn after the previous call's result")
+            if reasoning and answer:
+                raise TemplateError(f"template {self.name!r}: message {i} has reasoning and text beside a tool "
+                                    "call; gpt-oss's template raises 'Cannot pass both content and thinking in an "
+                                    "assistant message with tool calls!'. Keep one of them")
+            final_later = any(msgs[k]["role"] == "assistant" and (k + 1 == len(msgs) or msgs[k + 1]["role"] != "tool_call")
+                              for k in range(j, len(msgs)))
+            if not final_later and (reasoning or answer):
+                text = reasoning or answer
+                self.add(harmony.ANALYSIS + text + "<|end|>" + f["generation_prompt"], i, THINK if reasoning else True)
+            k, first = calls[0]
+            self.add(harmony.call(first["name"], first["arguments"]), k, True)
+            self.last_call = first["name"]
+            return j
+        if i + 1 == len(msgs) and not self.prompted:
+            if reasoning is not None:
+                self.add(harmony.ANALYSIS + reasoning + "<|end|>" + f["generation_prompt"], i,
+                         THINK if reasoning else EMPTY_THINK)
+            self.add(harmony.FINAL + answer, i, True)
+            self.add(f["end"], i, True)
+        else:
+            self.add(harmony.FINAL + answer, i, True)
+            self.add("<|end|>", i, True)
+            self.last_call = None
+        return j
+
     def last_user(self) -> int:
         """GLM-4.5's last_user_index: the last user message, -1 without one."""
         return max((k for k, m in enumerate(self.msgs) if m["role"] == "user"), default=-1)
@@ -280,6 +326,11 @@ class _Turns:
         content = self.msgs[i]["content"]
         if self.layout == "qwen3.5":
             text = _qwen35_result(self.msgs, i)
+        elif self.layout == "harmony":
+            if self.last_call is None:
+                raise TemplateError(f"template {self.name!r}: message {i} is a tool result with no tool call before "
+                                    "it; gpt-oss's template names the function a result answers from the last call")
+            text = harmony.result(self.last_call, content)
         elif self.layout == "glm4.5":
             opens = i == 0 or self.msgs[i - 1]["role"] != "tool"
             text = self.after_stop(("<|observation|>" if opens else "") + "\n<tool_response>\n" + content
@@ -293,7 +344,7 @@ class _Turns:
         self.add(text, i, True)
 
     def later_system(self, i: int) -> None:
-        if self.fold or self.spec.get("reasoning") == "deepseek_r1" or self.layout == "qwen3.5":
+        if self.fold or self.spec.get("reasoning") == "deepseek_r1" or self.layout in ("qwen3.5", "harmony"):
             raise TemplateError(f"template {self.name!r} has no system turn; a system message is allowed "
                                 f"only first (message {i} is a system message)")
         content = self.msgs[i]["content"]
@@ -375,7 +426,7 @@ def _qwen_result(msgs: list[dict], i: int) -> str:
     return text + "<|im_end|>\n" if i + 1 == len(msgs) or msgs[i + 1]["role"] != "tool" else text
 
 
-def _calls_end(msgs: list[dict], i: int) -> int:
+def turn_end(msgs: list[dict], i: int) -> int:
     """The index after the model turn at i: its tool_call messages are part of it."""
     j = i + 1
     while j < len(msgs) and msgs[j]["role"] == "tool_call":

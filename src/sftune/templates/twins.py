@@ -10,6 +10,13 @@ One twin renders more than its official text: DeepSeek-R1-Distill's template dro
 every reply, the last one included, so a conversation rendered through it would train no reasoning.
 Its twin renders the same prompts (byte for byte, the open think block included) and writes the last
 reply as the model writes it after that prompt, its reasoning kept (see definitions.py).
+
+Two render what their official text renders for the messages their models are given, where sftune's
+plain messages would make the jinja write something else: GLM-4.5's template writes a call-only turn's
+None content as "None" (its twin writes nothing, as for ""); gpt-oss's template takes reasoning from a
+`thinking` field, not a <think> block in the content, and raises on a call-only turn's None content (its
+twin writes a <think> block as the analysis channel, the official render with `thinking` set); GLM-4.5's
+twin also trains the header that follows a reply (<|user|>, <|observation|>), the model's stop token.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ TWINS = {
     "273d8e0e683b885071fb17e08d71e5f2a5ddfb5309756181681de4f5a1822d80": "qwen3.5_nothink",  # 2B and smaller
     "e84f32a23fdda27689f868aa4a1a5621f41133e51a48d7f3efcbea2839574259": "qwen3.6",
     "44f815868bf02fa458dd2f741a338046f4bf45f398eb6d067766726b9d96cce3": "glm4.5",
+    "a4c9919cbbd4acdd51ccffe22da049264b1b73e59055fa58811a99efbd7c8146": "gpt-oss",  # <think> -> analysis
 }
 # Gemma 1/2's template raises on a system message: a conversation with one is not a twin's.
 REFUSES_SYSTEM = {"ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15cfd6"}
@@ -46,7 +54,8 @@ REFUSES_SYSTEM = {"ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15c
 # (The jinja path cannot even segment Llama 3.1 tool chats with a system message: the render of the
 # system message alone raises, as the tools go into the first user turn.)
 TOOL_TWINS = {digest for digest, name in TWINS.items()
-              if name in ("qwen2.5", "llama3.1", "qwen3", "qwen3_2507", "qwen3.5", "qwen3.5_nothink", "qwen3.6", "glm4.5")}
+              if name in ("qwen2.5", "llama3.1", "qwen3", "qwen3_2507", "qwen3.5", "qwen3.5_nothink", "qwen3.6", "glm4.5",
+                          "gpt-oss")}
 
 _FACTS: dict[str, tuple[str | None, bool, bool]] = {}
 
