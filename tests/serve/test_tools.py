@@ -115,7 +115,8 @@ def _answer(name: str, turn: dict, tools=TOOLS) -> str:
 
 
 @pytest.mark.parametrize("name,style", [("qwen3.5", "qwen3.5"), ("qwen3.6", "qwen3.5"), ("glm4.5", "glm"),
-                                        ("gpt-oss", "harmony"), ("qwen3_2507", "qwen")])
+                                        ("gpt-oss", "harmony"), ("qwen3_2507", "qwen"),
+                                        ("nemotron3", "qwen3.5")])
 def test_calls_of_the_current_families_as_their_templates_render_them(name, style):
     """Each family's call layout is read back as the call, typed values kept (a string stays a string)."""
     tools = [{"type": "function", "function": {"name": "book", "description": "Book", "parameters": {

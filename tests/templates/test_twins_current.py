@@ -31,6 +31,7 @@ FAMILIES = {
     "qwen3.6": ("qwen3.6", {}),
     "glm4.5": ("glm4.5", {}),
     "gpt-oss": ("gpt-oss", {}),
+    "nemotron3": ("nemotron3_nano", {}),
 }
 # The same texts called with the other thinking mode are the other built-in.
 MODES = [("qwen3.5_nothink", "qwen3.5", {"enable_thinking": False}),
@@ -276,3 +277,22 @@ def test_gpt_oss_earlier_reasoning_is_split_into_its_own_example():
     assert n_split == 1 and [len(r.messages) for r in records] == [3, 5]  # the first ends after its call
     first = _trained(templates.get("gpt-oss"), records[0], TOOLS)
     assert first.startswith("<|channel|>analysis<|message|>ask the tool<|end|><|start|>assistant to=functions.")
+
+
+def test_nemotron3_trains_each_replys_think_block_and_answer_and_lists_rich_tools_as_the_official():
+    t = templates.get("nemotron3")
+    assert t.render(REASONING_CHAT[:2], add_generation_prompt=True).endswith("<|im_start|>assistant\n<think>\n")
+    # an earlier reply keeps what follows its </think> as the official template does ("\n\n4")
+    assert _trained(t, REASONING_CHAT) == "\n\n4<|im_end|><think>\n\nsix, clearly\n\n</think>6<|im_end|>"
+    assert _trained(t, REASONING_CHAT, reasoning="answer_only") == "\n\n4<|im_end|>6<|im_end|>"
+    assert _trained(t, REASONING_CHAT, train_empty_think=True).startswith("<think></think>\n\n4<|im_end|>")
+    assert templates.get("nemotron3").render(PLAIN_CHATS[0]).startswith("<|im_start|>system\n<|im_end|>\n")
+    rich = [{"type": "function", "function": {"name": "book", "description": " Book a room ", "strict": True,
+                                              "parameters": {"type": "object", "required": ["city"],
+                                                             "additionalProperties": False, "properties": {
+            "city": {"type": "string", "description": "City", "minLength": 1},
+            "kind": {"type": ["string", "null"], "enum": ["a", "b"], "default": "a"},
+            "when": {"type": "object", "properties": {"day": {"type": "integer"}}}}}}},
+        {"type": "function", "function": {"name": "ping"}}]
+    chat = [{"role": "system", "content": "S"}, {"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    assert t.render(chat, rich) == _official("nemotron3_nano", chat, rich, False)

@@ -83,7 +83,7 @@ _ALPACA_SYSTEM_INPUT = (
 #                      "qwen3.5" (<tool_call><function=name><parameter=key> XML) or "glm" (<tool_call>name
 #                      <arg_key>/<arg_value>, results after <|observation|>); the last two come with their
 #                      family's `layout`
-#   layout             "qwen3.5" or "glm4.5": the family's own turn layout (render.py's functions of that
+#   layout             "qwen3.5", "glm4.5", "harmony" or "nemotron3": the family's own turn layout (render.py's functions of that
 #                      name), for layouts format strings cannot say; such a built-in has `official`
 #   official           the file in templates/official/ holding the family's verbatim chat_template: the
 #                      built-in renders it byte for byte (tests/templates/test_twins_current.py) and
@@ -393,10 +393,30 @@ BUILTINS["gpt-oss"] = {
     "eos": "<|return|>",
 }
 
+# Nemotron 3 Nano: ChatML with a system turn always written (empty without one), tools as an XML list,
+# every reply opening with a think block (<think></think> when the data has none), calls as Qwen3.5's.
+BUILTINS["nemotron3"] = {
+    "description": "Nemotron 3 Nano: ChatML, the prompt opens <think>, earlier replies lose their reasoning, "
+                   "XML tool calls",
+    "layout": "nemotron3",
+    "official": "nemotron3_nano.jinja",
+    "system": "<|im_start|>system\n{content}<|im_end|>\n",
+    "user": "<|im_start|>user\n{content}<|im_end|>\n",
+    "assistant": "<|im_start|>assistant\n{content}<|im_end|>\n",
+    "generation_prompt": "<|im_start|>assistant\n",
+    "end": "<|im_end|>",
+    "tools": "qwen3.5",
+    "arg_values": "python",
+    "reasoning": "qwen3",
+    "think_prompt": "<think>\n",
+    "eos": "<|im_end|>",
+}
+
 # Names that also resolve, for users who know a model by another name.
 ALIASES = {"qwen": "qwen2.5", "llama-2": "llama2", "llama-3": "llama3", "gemma2": "gemma", "gemma3": "gemma",
            "phi-3": "phi3", "phi-3.5": "phi3.5",
            "qwen3-nothink": "qwen3_nothink", "deepseek-r1": "deepseek_r1", "deepseek_r1_distill": "deepseek_r1",
            "qwen3-2507": "qwen3_2507", "qwen3-instruct-2507": "qwen3_2507", "qwen3.5-nothink": "qwen3.5_nothink",
            "glm4moe": "glm4.5", "glm-4.5": "glm4.5",
-           "gptoss": "gpt-oss", "gpt_oss": "gpt-oss", "harmony": "gpt-oss"}
+           "gptoss": "gpt-oss", "gpt_oss": "gpt-oss", "harmony": "gpt-oss",
+           "nemotron3_nano": "nemotron3", "nemotron-3-nano": "nemotron3"}

@@ -88,6 +88,9 @@ class _Turns:
         system, s = self.system, self.spec
         if self.layout == "qwen3.5":
             self.add(_qwen35_system(system, self.tools), self.system_index, True)
+        elif self.layout == "nemotron3":
+            self.add("<|im_start|>system\n" + (system or "") + _nemotron_tools(system, self.tools) + "<|im_end|>\n",
+                     self.system_index, True)
         elif self.layout == "harmony":
             self.add(harmony.system_block(self.tools, s.get("reasoning_effort", "medium")), None, False)
             self.add(harmony.developer_block(system, self.tools), self.system_index, True)
@@ -116,6 +119,8 @@ class _Turns:
             return self.glm_model_turn(i)
         elif role in MODEL_ROLES and self.layout == "harmony":
             return self.harmony_model_turn(i)
+        elif role in MODEL_ROLES and self.layout == "nemotron3":
+            return self.nemotron_model_turn(i)
         elif role in MODEL_ROLES and self.spec.get("reasoning") == "qwen3":
             return self.qwen3_model_turn(i)
         elif role == "assistant" and self.spec.get("reasoning") == "deepseek_r1":
@@ -311,6 +316,36 @@ class _Turns:
             self.last_call = None
         return j
 
+    def nemotron_model_turn(self, i: int) -> int:
+        """Nemotron 3: the trimmed reply, opening with its think block (<think></think> when it has none); a
+        reply before the last user message keeps only its answer, after an empty block; then its calls."""
+        msgs, f = self.msgs, self.f
+        j = turn_end(msgs, i)
+        content = msgs[i]["content"] if msgs[i]["role"] == "assistant" else ""
+        if "<think>" not in content and "</think>" not in content:
+            content = "<think></think>" + content
+        calls = [(k, c) for k in range(i, j) if msgs[k]["role"] == "tool_call" for c in tool_calls(msgs[k]["content"])]
+        kept = i > self.last_user()
+        if kept:
+            text = content.strip()
+        elif calls:
+            rest = content.split("</think>")[-1] if "</think>" in content else content.split("<think>")[0]
+            text = "<think></think>" + rest.strip()
+        else:
+            text = ("<think></think>" + content.split("</think>")[-1] if "<think>" in content and "</think>" in content
+                    else content).strip()
+        self.add(f["generation_prompt"], i, False)
+        if text.startswith("<think>") and "</think>" in text:
+            cut = text.index("</think>") + len("</think>")
+            self.add(text[:cut], i, THINK if text[len("<think>"):cut - len("</think>")].strip() else EMPTY_THINK)
+            text = text[cut:]
+        self.add(text + ("\n" if calls else ""), i, True)
+        for k, call in calls:
+            self.add(_qwen35_call(self.name, call, "python") + "\n", k, True)
+        self.add(f["end"], j - 1, True)
+        self.add(f["after_end"], j - 1, False)
+        return j
+
     def last_user(self) -> int:
         """GLM-4.5's last_user_index: the last user message, -1 without one."""
         return max((k for k, m in enumerate(self.msgs) if m["role"] == "user"), default=-1)
@@ -326,6 +361,11 @@ class _Turns:
         content = self.msgs[i]["content"]
         if self.layout == "qwen3.5":
             text = _qwen35_result(self.msgs, i)
+        elif self.layout == "nemotron3":
+            opens = i > self.start and self.msgs[i - 1]["role"] != "tool"  # a result first opens no turn
+            closes = i + 1 == len(self.msgs) or self.msgs[i + 1]["role"] != "tool"
+            text = ("<|im_start|>user\n" if opens else "") + "<tool_response>\n" + content + "\n</tool_response>\n" \
+                + ("<|im_end|>\n" if closes else "")
         elif self.layout == "harmony":
             if self.last_call is None:
                 raise TemplateError(f"template {self.name!r}: message {i} is a tool result with no tool call before "
@@ -482,6 +522,45 @@ def _qwen35_result(msgs: list[dict], i: int) -> str:
     text = "<|im_start|>user" if i > 0 and msgs[i - 1]["role"] != "tool" else ""
     text += "\n<tool_response>\n" + msgs[i]["content"].strip() + "\n</tool_response>"
     return text + "<|im_end|>\n" if i + 1 == len(msgs) or msgs[i + 1]["role"] != "tool" else text
+
+
+# --- the nemotron3 layout: the tools as an XML list in the system turn ------------------------------------
+
+
+def _nemotron_tools(system: str | None, tools: list[dict] | None) -> str:
+    if not tools:
+        return ""
+    out = ("\n\n" if system else "") + "# Tools\n\nYou have access to the following functions:\n\n<tools>"
+    for tool in tools:
+        fn = tool.get("function", tool)
+        out += "\n<function>\n<name>" + fn["name"] + "</name>"
+        if "description" in fn:
+            out += "\n<description>" + str(fn["description"]).strip() + "</description>"
+        out += "\n<parameters>"
+        params = fn.get("parameters")
+        if isinstance(params, dict) and isinstance(params.get("properties"), dict):
+            for name, field in params["properties"].items():
+                out += "\n<parameter>\n<name>" + name + "</name>"
+                if "type" in field:
+                    out += "\n<type>" + str(field["type"]) + "</type>"
+                if "description" in field:
+                    out += "\n<description>" + str(field["description"]).strip() + "</description>"
+                if "enum" in field:
+                    out += "\n<enum>" + _tojson(field["enum"]) + "</enum>"
+                out += _extra_keys(field, ("name", "type", "description", "enum")) + "\n</parameter>"
+        out += _extra_keys(params, ("type", "properties", "required"))
+        if isinstance(params, dict) and "required" in params:
+            out += "\n<required>" + _tojson(params["required"]) + "</required>"
+        out += "\n</parameters>" + _extra_keys(fn, ("type", "name", "description", "parameters")) + "\n</function>"
+    return out + QWEN35_TOOLS_OUTRO
+
+
+def _extra_keys(value: Any, handled: tuple[str, ...]) -> str:
+    """Nemotron's render_extra_keys: each other key as <key>value</key> (JSON for containers)."""
+    if not isinstance(value, dict):
+        return ""
+    return "".join("\n<" + key + ">" + (_tojson(v) if isinstance(v, (dict, list, tuple)) else str(v)) + "</" + key + ">"
+                   for key, v in value.items() if key not in handled)
 
 
 # --- the glm4.5 layout: no end-of-turn text, <arg_key>/<arg_value> calls --------------------------------
