@@ -22,16 +22,15 @@ from typing import Any
 
 from sftune.data.errors import DataError
 from sftune.data.formats import parse_tool_calls
-from sftune.templates import BUILTINS, Template
-from sftune.templates import twins
+from sftune.templates import Template
 
 _QWEN_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 _XML_CALL = re.compile(r"<tool_call>\s*<function=([^>\n]+)>(.*?)(?:</function>\s*</tool_call>|$)", re.DOTALL)
 _XML_PARAMETER = re.compile(r"<parameter=([^>\n]+)>\n?(.*?)\n?</parameter>", re.DOTALL)
 _GLM_CALL = re.compile(r"<tool_call>([^\n<]+)(.*?)(?:</tool_call>|$)", re.DOTALL)
 _GLM_ARGUMENT = re.compile(r"<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.DOTALL)
-_HARMONY_MESSAGE = re.compile(r"(?:<\|start\|>assistant)?(.*?)<\|message\|>(.*?)(?:<\|end\|>|<\|call\|>|<\|return\|>|$)",
-                              re.DOTALL)
+_HARMONY_MESSAGE = re.compile(r"(?:<\|start\|>assistant)?(.*?)<\|message\|>(.*?)"
+                              r"(?:<\|end\|>|<\|call\|>|<\|return\|>|$)", re.DOTALL)
 _PYTHON_LITERALS = {"True": True, "False": False, "None": None}
 # Styles written in special tokens: read from the answer decoded with them.
 MARKUP_TOKENS = ("glm", "harmony")
@@ -39,8 +38,7 @@ MARKUP_TOKENS = ("glm", "harmony")
 
 def tool_style(template: Template) -> str | None:
     """The tool-call syntax of a template ("qwen", "llama3"), or None when it has none."""
-    spec = template.spec if template.jinja is None else BUILTINS.get(twins.builtin_of(template.jinja) or "", {})
-    return spec.get("tools")
+    return template.effective_spec.get("tools")
 
 
 def answer_text(tokenizer: Any, token_ids: list[int], text: str, style: str | None) -> str:
@@ -52,12 +50,15 @@ def answer_text(tokenizer: Any, token_ids: list[int], text: str, style: str | No
 def parse(text: str, style: str | None, tools: list[dict] | None = None) -> tuple[str, list[dict[str, Any]]]:
     """(the answer's text without its calls, its calls in OpenAI's shape); no calls when there are none."""
     if style == "harmony":
-        return _harmony(text, tools)
+        return _harmony(text)
     if style in ("qwen3.5", "glm") and "<tool_call>" in text:
-        found = [(name, _XML_PARAMETER.findall(body)) for name, body in _XML_CALL.findall(text)] \
-            if style == "qwen3.5" else [(name, _GLM_ARGUMENT.findall(body)) for name, body in _GLM_CALL.findall(text)]
-        calls = _calls([{"name": name.strip(), "arguments": {key.strip(): _value(tools, name.strip(), key.strip(), value)
-                                                              for key, value in pairs}} for name, pairs in found])
+        calls_of, pairs_of = (_XML_CALL, _XML_PARAMETER) if style == "qwen3.5" else (_GLM_CALL, _GLM_ARGUMENT)
+        values = []
+        for name, body in calls_of.findall(text):
+            name = name.strip()
+            values.append({"name": name, "arguments": {key.strip(): _value(tools, name, key.strip(), value)
+                                                       for key, value in pairs_of.findall(body)}})
+        calls = _calls(values)
         if calls is not None:
             return text[: text.index("<tool_call>")].strip(), calls
     elif style == "qwen" and "<tool_call>" in text:
@@ -75,7 +76,7 @@ def parse(text: str, style: str | None, tools: list[dict] | None = None) -> tupl
     return text, []
 
 
-def _harmony(text: str, tools: list[dict] | None) -> tuple[str, list[dict[str, Any]]]:
+def _harmony(text: str) -> tuple[str, list[dict[str, Any]]]:
     """The final (and plain commentary) channel as the text; commentary messages to a function as calls."""
     answer, found = [], []
     for header, body in _HARMONY_MESSAGE.findall(text):

@@ -28,10 +28,13 @@ QWEN35_TOOLS_OUTRO = (
     "<tool_call>\n<function=example_function_name>\n<parameter=example_parameter_1>\nvalue_1\n"
     "</parameter>\n<parameter=example_parameter_2>\nThis is the value for the second parameter\n"
     "that can span\nmultiple lines\n</parameter>\n</function>\n</tool_call>\n\n<IMPORTANT>\nReminder:\n"
-    "- Function calls MUST follow the specified format: an inner <function=...></function> block must be nested within <tool_call></tool_call> XML tags\n"
+    "- Function calls MUST follow the specified format: an inner <function=...></function> block must be nested "
+    "within <tool_call></tool_call> XML tags\n"
     "- Required parameters MUST be specified\n"
-    "- You may provide optional reasoning for your function call in natural language BEFORE the function call, but NOT after\n"
-    "- If there is no function call available, answer the question like normal with your current knowledge and do not tell the user about function calls\n"
+    "- You may provide optional reasoning for your function call in natural language BEFORE the function call, "
+    "but NOT after\n"
+    "- If there is no function call available, answer the question like normal with your current knowledge and "
+    "do not tell the user about function calls\n"
     "</IMPORTANT>"
 )
 GLM_TOOLS_INTRO = (
@@ -83,8 +86,9 @@ _ALPACA_SYSTEM_INPUT = (
 #                      "qwen3.5" (<tool_call><function=name><parameter=key> XML) or "glm" (<tool_call>name
 #                      <arg_key>/<arg_value>, results after <|observation|>); the last two come with their
 #                      family's `layout`
-#   layout             "qwen3.5", "glm4.5", "harmony" or "nemotron3": the family's own turn layout (render.py's functions of that
-#                      name), for layouts format strings cannot say; such a built-in has `official`
+#   layout             "qwen3.5", "glm4.5", "harmony" or "nemotron3": the family's own turn layout (render.py's
+#                      functions of that name), for layouts format strings cannot say; such a built-in has
+#                      `official`
 #   official           the file in templates/official/ holding the family's verbatim chat_template: the
 #                      built-in renders it byte for byte (tests/templates/test_twins_current.py) and
 #                      exports it as its jinja

@@ -295,7 +295,7 @@ class _Turns:
                 raise TemplateError(f"template {self.name!r}: message {i} has reasoning and text beside a tool "
                                     "call; gpt-oss's template raises 'Cannot pass both content and thinking in an "
                                     "assistant message with tool calls!'. Keep one of them")
-            final_later = any(msgs[k]["role"] == "assistant" and (k + 1 == len(msgs) or msgs[k + 1]["role"] != "tool_call")
+            final_later = any(msgs[k]["role"] == "assistant" and turn_end(msgs, k) == k + 1
                               for k in range(j, len(msgs)))
             if not final_later and (reasoning or answer):
                 text = reasoning or answer

@@ -63,23 +63,27 @@ class Template:
         return to_jinja(self.spec, bos=self.bos if self.spec.get("bos_only_if_added") else None)
 
     @property
+    def effective_spec(self) -> dict[str, Any]:
+        """The template dict this template renders as: its own, or its twin's for an official jinja text
+        (empty for any other jinja)."""
+        return self.spec if self.jinja is None else BUILTINS.get(twins.builtin_of(self.jinja) or "", {})
+
+    @property
     def stop(self) -> str:
         """The end-of-turn text that ends a reply (generation stops there)."""
-        spec = self.spec if self.jinja is None else BUILTINS.get(twins.builtin_of(self.jinja) or "", {})
-        return fill(spec.get("end", ""), self.bos, self.eos).strip() or self.eos
+        return fill(self.effective_spec.get("end", ""), self.bos, self.eos).strip() or self.eos
 
     @property
     def reasoning(self) -> str | None:
         """The reasoning style ("qwen3": think blocks dropped before the last user query; "deepseek_r1":
         dropped from every reply but the last message), or None."""
-        spec = self.spec if self.jinja is None else BUILTINS.get(twins.builtin_of(self.jinja) or "", {})
-        return spec.get("reasoning")
+        return self.effective_spec.get("reasoning")
 
     def stop_token_ids(self, tokenizer: Any) -> list[int]:
-        """The ids generation stops at: the end-of-turn token (when it is one token) and EOS."""
-        spec = self.spec if self.jinja is None else BUILTINS.get(twins.builtin_of(self.jinja) or "", {})
+        """The ids generation stops at: the end-of-turn token (when it is one token), the layout's other
+        stops (GLM's next headers, gpt-oss's <|call|>) and EOS."""
         stops = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-        for text in [self.stop, *spec.get("stops", [])]:
+        for text in [self.stop, *self.effective_spec.get("stops", [])]:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
             stops |= set(ids[:1] if len(ids) == 1 else [])
         return sorted(stops)

@@ -55,8 +55,8 @@ REFUSES_SYSTEM = {"ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15c
 # (The jinja path cannot even segment Llama 3.1 tool chats with a system message: the render of the
 # system message alone raises, as the tools go into the first user turn.)
 TOOL_TWINS = {digest for digest, name in TWINS.items()
-              if name in ("qwen2.5", "llama3.1", "qwen3", "qwen3_2507", "qwen3.5", "qwen3.5_nothink", "qwen3.6", "glm4.5",
-                          "gpt-oss", "nemotron3")}
+              if name in ("qwen2.5", "llama3.1", "qwen3", "qwen3_2507", "qwen3.5", "qwen3.5_nothink", "qwen3.6",
+                          "glm4.5", "gpt-oss", "nemotron3")}
 
 _FACTS: dict[str, tuple[str | None, bool, bool]] = {}
 
