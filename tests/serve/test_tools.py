@@ -114,7 +114,7 @@ def _answer(name: str, turn: dict, tools=TOOLS) -> str:
     return answer.removesuffix("<|im_end|>\n").removesuffix("<|call|>").removesuffix("<|return|>")
 
 
-@pytest.mark.parametrize("name,style", [("qwen3.5", "qwen3.5"), ("qwen3.6", "qwen3.5"), ("glm4.5", "glm"),
+@pytest.mark.parametrize("name,style", [("qwen3.5", "qwen3.5"), ("qwen3.6", "qwen3.5"), ("qwen3.8", "qwen3.5"), ("glm4.5", "glm"),
                                         ("gpt-oss", "harmony"), ("qwen3_2507", "qwen"),
                                         ("nemotron3", "qwen3.5")])
 def test_calls_of_the_current_families_as_their_templates_render_them(name, style):

@@ -29,6 +29,7 @@ FAMILIES = {
     "qwen3.5": ("qwen3.5", {}),
     "qwen3.5_nothink": ("qwen3.5_nothink", {}),
     "qwen3.6": ("qwen3.6", {}),
+    "qwen3.8": ("qwen3.8", {}),
     "glm4.5": ("glm4.5", {}),
     "gpt-oss": ("gpt-oss", {}),
     "nemotron3": ("nemotron3_nano", {}),
@@ -51,10 +52,11 @@ CHATS = REASONING_CHATS + PLAIN_CHATS + [TYPED_CALL_CHAT]
 def _official(fixture: str, chat: list[dict], tools, prompt: bool, **kwargs) -> str:
     """The official render, a call-only turn's content as "" (GLM's template writes a None content as
     "None", gpt-oss's raises on it; their models are shown "" there, and the built-in writes nothing), and
-    for gpt-oss a reply's <think> block as its `thinking` field (where Harmony's template reads reasoning)."""
+    for gpt-oss and Qwen3.8 a reply's <think> block as the field their templates read reasoning from."""
     chat = [{**m, "content": "" if m.get("content") is None else m["content"]} for m in chat]
-    if fixture == "gpt-oss":
-        chat = [{**m, **dict(zip(("thinking", "content"), split_think(m["content"])))}
+    field = {"gpt-oss": "thinking", "qwen3.8": "reasoning_content"}.get(fixture)
+    if field:
+        chat = [{**m, **dict(zip((field, "content"), split_think(m["content"])))}
                 if m["role"] == "assistant" and "</think>" in m["content"] else m for m in chat]
     source = (FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8")
     rendered, _ = render_jinja_template(conversations=[chat], tools=tools, chat_template=source,
@@ -296,3 +298,14 @@ def test_nemotron3_trains_each_replys_think_block_and_answer_and_lists_rich_tool
         {"type": "function", "function": {"name": "ping"}}]
     chat = [{"role": "system", "content": "S"}, {"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
     assert t.render(chat, rich) == _official("nemotron3_nano", chat, rich, False)
+
+
+def test_qwen38_keeps_every_replys_reasoning_so_nothing_is_split():
+    from sftune.data.schema import Conversation, Message
+
+    t = templates.get("qwen3.8")
+    assert t.render(REASONING_CHAT).startswith("<|im_start|>system\nReasoning effort is set to xhigh.")
+    assert _trained(t, REASONING_CHAT) == "add them\n</think>\n\n4<|im_end|>six, clearly\n</think>\n\n6<|im_end|>"
+    assert _trained(t, REASONING_CHAT, reasoning="think_last_turn") == "4<|im_end|>six, clearly\n</think>\n\n6<|im_end|>"
+    conversation = Conversation([Message(m["role"], m["content"]) for m in REASONING_CHAT], None, {})
+    assert split_records([conversation], t) == ([conversation], 0)

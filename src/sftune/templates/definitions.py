@@ -92,6 +92,9 @@ _ALPACA_SYSTEM_INPUT = (
 #   official           the file in templates/official/ holding the family's verbatim chat_template: the
 #                      built-in renders it byte for byte (tests/templates/test_twins_current.py) and
 #                      exports it as its jinja
+#   preserve_thinking  with layout "qwen3.5": every reply keeps its think block (Qwen3.8's default), so no
+#                      reasoning is dropped (reasoning "preserved": nothing to split)
+#   reasoning_instructions  with layout "qwen3.5": text that opens the system turn (Qwen3.8's reasoning effort)
 #   arg_values         with tools "qwen3.5": "python" writes a non-JSON-container argument value as jinja's
 #                      `string` filter does (Qwen3.5: True, None), "json" as `tojson` (Qwen3.6: true, null)
 #   stops              texts besides `end` that end a reply (GLM: the next turn's header <|user|> or
@@ -356,6 +359,21 @@ BUILTINS["qwen3.6"] = {
     "arg_values": "json",
 }
 
+# Qwen3.8: Qwen3.6's layout with a reasoning-effort instruction in the system turn (xhigh, its default) and
+# every reply's reasoning kept (preserve_thinking, its default). Its template reads reasoning from a
+# `reasoning_content` field only; the built-in takes a reply's <think> block as that field.
+BUILTINS["qwen3.8"] = {
+    **BUILTINS["qwen3.6"],
+    "description": "Qwen3.8 thinking mode: Qwen3.6's layout, reasoning effort xhigh in the system turn, every "
+                   "reply's reasoning kept",
+    "official": "qwen3.8.jinja",
+    "reasoning": "preserved",
+    "preserve_thinking": True,
+    "reasoning_instructions": "Reasoning effort is set to xhigh. Please think carefully through the task, validate "
+                              "key assumptions, consider plausible alternatives, and prioritize correctness, "
+                              "consistency, and clarity in the final answer.",
+}
+
 # GLM-4.5 (glm4_moe): [gMASK]<sop>, role headers with no end-of-turn text: a reply ends where the next
 # header begins, and that header (<|user|> or <|observation|>) is the model's stop token, so it is trained
 # with the reply. Every reply opens with a think block (empty before the last user message).
@@ -421,6 +439,7 @@ ALIASES = {"qwen": "qwen2.5", "llama-2": "llama2", "llama-3": "llama3", "gemma2"
            "phi-3": "phi3", "phi-3.5": "phi3.5",
            "qwen3-nothink": "qwen3_nothink", "deepseek-r1": "deepseek_r1", "deepseek_r1_distill": "deepseek_r1",
            "qwen3-2507": "qwen3_2507", "qwen3-instruct-2507": "qwen3_2507", "qwen3.5-nothink": "qwen3.5_nothink",
+           "qwen3_8": "qwen3.8",
            "glm4moe": "glm4.5", "glm-4.5": "glm4.5",
            "gptoss": "gpt-oss", "gpt_oss": "gpt-oss", "harmony": "gpt-oss",
            "nemotron3_nano": "nemotron3", "nemotron-3-nano": "nemotron3"}

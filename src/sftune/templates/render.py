@@ -87,7 +87,8 @@ class _Turns:
         """The opening system turn (or, when the template folds it into the first user turn, nothing)."""
         system, s = self.system, self.spec
         if self.layout == "qwen3.5":
-            self.add(_qwen35_system(system, self.tools), self.system_index, True)
+            self.last_query(0)  # its template raises on a conversation without a user query, whatever follows
+            self.add(_qwen35_system(system, self.tools, s.get("reasoning_instructions")), self.system_index, True)
         elif self.layout == "nemotron3":
             self.add("<|im_start|>system\n" + (system or "") + _nemotron_tools(system, self.tools) + "<|im_end|>\n",
                      self.system_index, True)
@@ -233,12 +234,14 @@ class _Turns:
         it, the thinking prompt's <think>\n being the prompt's; then its <function=...> calls."""
         msgs, f = self.msgs, self.f
         j = turn_end(msgs, i)
-        content = msgs[i]["content"].strip() if msgs[i]["role"] == "assistant" else ""
-        reasoning, answer = split_think(content)
-        if reasoning is not None:
-            content = answer
+        content = msgs[i]["content"] if msgs[i]["role"] == "assistant" else ""
+        preserve = self.spec.get("preserve_thinking")
+        # Qwen3.5 splits the trimmed reply; Qwen3.8 reads reasoning from its own field (here the <think>
+        # block) and trims the answer
+        reasoning, answer = split_think(content if preserve else content.strip())
+        content = answer.strip() if preserve else answer
         self.add(f["generation_prompt"], i, False)
-        if i > self.last_query(i):
+        if i > self.last_query(i) or preserve:
             inner = (reasoning or "").strip()
             self.add(f["think_prompt"], i, False)
             head = "" if f["think_prompt"] else "<think>\n"
@@ -486,10 +489,12 @@ def _arguments(name: str, call: dict) -> dict:
 # --- the qwen3.5 layout: trimmed texts, <function=...> calls, no system message after the first ---------
 
 
-def _qwen35_system(system: str | None, tools: list[dict] | None) -> str:
+def _qwen35_system(system: str | None, tools: list[dict] | None, instructions: str | None) -> str:
+    if not tools and instructions:
+        return "<|im_start|>system\n" + instructions + ("\n\n" + system if system else "") + "<|im_end|>\n"
     if not tools:
         return "" if system is None else "<|im_start|>system\n" + system + "<|im_end|>\n"
-    text = "<|im_start|>system\n" + QWEN35_TOOLS_INTRO + "".join("\n" + _tojson(tool) for tool in tools)
+    text = "<|im_start|>system\n" + (instructions + "\n\n" if instructions else "") + QWEN35_TOOLS_INTRO + "".join("\n" + _tojson(tool) for tool in tools)
     return text + QWEN35_TOOLS_OUTRO + ("\n\n" + system if system else "") + "<|im_end|>\n"
 
 

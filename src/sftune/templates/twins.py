@@ -11,11 +11,12 @@ every reply, the last one included, so a conversation rendered through it would 
 Its twin renders the same prompts (byte for byte, the open think block included) and writes the last
 reply as the model writes it after that prompt, its reasoning kept (see definitions.py).
 
-Two render what their official text renders for the messages their models are given, where sftune's
+Three render what their official text renders for the messages their models are given, where sftune's
 plain messages would make the jinja write something else: GLM-4.5's template writes a call-only turn's
 None content as "None" (its twin writes nothing, as for ""); gpt-oss's template takes reasoning from a
 `thinking` field, not a <think> block in the content, and raises on a call-only turn's None content (its
-twin writes a <think> block as the analysis channel, the official render with `thinking` set); GLM-4.5's
+twin writes a <think> block as the analysis channel, the official render with `thinking` set); Qwen3.8's
+reads it from `reasoning_content` only (its twin takes the <think> block as that field); GLM-4.5's
 twin also trains the header that follows a reply (<|user|>, <|observation|>), the model's stop token.
 """
 
@@ -47,6 +48,7 @@ TWINS = {
     "44f815868bf02fa458dd2f741a338046f4bf45f398eb6d067766726b9d96cce3": "glm4.5",
     "a4c9919cbbd4acdd51ccffe22da049264b1b73e59055fa58811a99efbd7c8146": "gpt-oss",  # <think> -> analysis
     "ab7813c3abdd9cb655905a410728b26c7884eca45ddfab8d9f931553485a7862": "nemotron3",
+    "c3cf9e34abf4f9e36c2d72165aa9c132d3e2a725b6c2586aaa3a8af9d7a81041": "qwen3.8",  # <think> -> reasoning_content
 }
 # Gemma 1/2's template raises on a system message: a conversation with one is not a twin's.
 REFUSES_SYSTEM = {"ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15cfd6"}
@@ -56,7 +58,7 @@ REFUSES_SYSTEM = {"ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15c
 # system message alone raises, as the tools go into the first user turn.)
 TOOL_TWINS = {digest for digest, name in TWINS.items()
               if name in ("qwen2.5", "llama3.1", "qwen3", "qwen3_2507", "qwen3.5", "qwen3.5_nothink", "qwen3.6",
-                          "glm4.5", "gpt-oss", "nemotron3")}
+                          "qwen3.8", "glm4.5", "gpt-oss", "nemotron3")}
 
 _FACTS: dict[str, tuple[str | None, bool, bool]] = {}
 
