@@ -306,6 +306,7 @@ def test_qwen38_keeps_every_replys_reasoning_so_nothing_is_split():
     t = templates.get("qwen3.8")
     assert t.render(REASONING_CHAT).startswith("<|im_start|>system\nReasoning effort is set to xhigh.")
     assert _trained(t, REASONING_CHAT) == "add them\n</think>\n\n4<|im_end|>six, clearly\n</think>\n\n6<|im_end|>"
-    assert _trained(t, REASONING_CHAT, reasoning="think_last_turn") == "4<|im_end|>six, clearly\n</think>\n\n6<|im_end|>"
+    last_only = "4<|im_end|>six, clearly\n</think>\n\n6<|im_end|>"
+    assert _trained(t, REASONING_CHAT, reasoning="think_last_turn") == last_only
     conversation = Conversation([Message(m["role"], m["content"]) for m in REASONING_CHAT], None, {})
     assert split_records([conversation], t) == ([conversation], 0)

@@ -494,7 +494,8 @@ def _qwen35_system(system: str | None, tools: list[dict] | None, instructions: s
         return "<|im_start|>system\n" + instructions + ("\n\n" + system if system else "") + "<|im_end|>\n"
     if not tools:
         return "" if system is None else "<|im_start|>system\n" + system + "<|im_end|>\n"
-    text = "<|im_start|>system\n" + (instructions + "\n\n" if instructions else "") + QWEN35_TOOLS_INTRO + "".join("\n" + _tojson(tool) for tool in tools)
+    text = "<|im_start|>system\n" + (instructions + "\n\n" if instructions else "") + QWEN35_TOOLS_INTRO
+    text += "".join("\n" + _tojson(tool) for tool in tools)
     return text + QWEN35_TOOLS_OUTRO + ("\n\n" + system if system else "") + "<|im_end|>\n"
 
 
