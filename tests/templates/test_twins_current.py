@@ -284,10 +284,11 @@ def test_gpt_oss_earlier_reasoning_is_split_into_its_own_example():
 def test_nemotron3_trains_each_replys_think_block_and_answer_and_lists_rich_tools_as_the_official():
     t = templates.get("nemotron3")
     assert t.render(REASONING_CHAT[:2], add_generation_prompt=True).endswith("<|im_start|>assistant\n<think>\n")
-    # an earlier reply keeps what follows its </think> as the official template does ("\n\n4")
-    assert _trained(t, REASONING_CHAT) == "\n\n4<|im_end|><think>\n\nsix, clearly\n\n</think>6<|im_end|>"
+    # an earlier reply keeps what follows its </think> as the official template does ("\n\n4"); what the
+    # generation prompt holds of a think block ("<think>\n", or "<think>" of an empty one) is not trained
+    assert _trained(t, REASONING_CHAT) == "\n\n4<|im_end|>\nsix, clearly\n\n</think>6<|im_end|>"
     assert _trained(t, REASONING_CHAT, reasoning="answer_only") == "\n\n4<|im_end|>6<|im_end|>"
-    assert _trained(t, REASONING_CHAT, train_empty_think=True).startswith("<think></think>\n\n4<|im_end|>")
+    assert _trained(t, REASONING_CHAT, train_empty_think=True).startswith("</think>\n\n4<|im_end|>")
     assert templates.get("nemotron3").render(PLAIN_CHATS[0]).startswith("<|im_start|>system\n<|im_end|>\n")
     rich = [{"type": "function", "function": {"name": "book", "description": " Book a room ", "strict": True,
                                               "parameters": {"type": "object", "required": ["city"],
@@ -310,3 +311,35 @@ def test_qwen38_keeps_every_replys_reasoning_so_nothing_is_split():
     assert _trained(t, REASONING_CHAT, reasoning="think_last_turn") == last_only
     conversation = Conversation([Message(m["role"], m["content"]) for m in REASONING_CHAT], None, {})
     assert split_records([conversation], t) == ([conversation], 0)
+
+
+@pytest.mark.parametrize("name", [n for n in FAMILIES if n != "glm4.5"])  # GLM: its own test (the stops)
+def test_trained_spans_equal_the_jinja_paths_wherever_it_segments_the_same_text(name):
+    """Where the prefix-segmenting jinja path renders a chat at all (many of these templates refuse prefixes)
+    and writes the same text (Qwen3.8's and gpt-oss's read reasoning from another field), the twin trains
+    the same characters under every policy."""
+    from sftune import encode
+
+    fixture, _ = FAMILIES[name]
+    own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8"))
+    compared = 0
+    for chat in CHATS:
+        tools = TOOLS if any("tool_calls" in m for m in chat) else None
+        for prompt in (False, True):
+            messages = templates.normalize_messages(prompt_part(chat) if prompt else chat)
+            try:
+                slow = jinja_segments.segments(own, messages, tools, prompt)
+            except (templates.TemplateError, jinja2.TemplateError):
+                continue
+            try:
+                fast = own.segments(messages, tools, prompt)
+            except templates.TemplateError:  # gpt-oss: what its template raises on once reasoning is split out
+                assert name == "gpt-oss"
+                continue
+            if "".join(t for t, _, _ in fast) != "".join(t for t, _, _ in slow):
+                assert name in ("qwen3.8", "gpt-oss") and any("</think>" in m["content"] for m in messages)
+                continue
+            compared += 1
+            for policy in encode.POLICIES:
+                assert trained_chars(messages, fast, policy) == trained_chars(messages, slow, policy), (chat, policy)
+    assert compared >= 3

@@ -14,6 +14,7 @@ official template text instead.
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -243,9 +244,7 @@ class _Turns:
         self.add(f["generation_prompt"], i, False)
         if i > self.last_query(i) or preserve:
             inner = (reasoning or "").strip()
-            self.add(f["think_prompt"], i, False)
-            head = "" if f["think_prompt"] else "<think>\n"
-            self.add(head + inner + "\n</think>\n\n", i, THINK if inner else EMPTY_THINK)
+            self.think_block(i, "<think>\n" + inner + "\n</think>\n\n", bool(inner))
         self.add(content, i, True)
         calls = [(k, c) for k in range(i, j) if msgs[k]["role"] == "tool_call" for c in tool_calls(msgs[k]["content"])]
         for n, (k, call) in enumerate(calls):
@@ -340,7 +339,7 @@ class _Turns:
         self.add(f["generation_prompt"], i, False)
         if text.startswith("<think>") and "</think>" in text:
             cut = text.index("</think>") + len("</think>")
-            self.add(text[:cut], i, THINK if text[len("<think>"):cut - len("</think>")].strip() else EMPTY_THINK)
+            self.think_block(i, text[:cut], bool(text[len("<think>"):cut - len("</think>")].strip()))
             text = text[cut:]
         self.add(text + ("\n" if calls else ""), i, True)
         for k, call in calls:
@@ -348,6 +347,14 @@ class _Turns:
         self.add(f["end"], j - 1, True)
         self.add(f["after_end"], j - 1, False)
         return j
+
+    def think_block(self, i: int, block: str, reasoning: bool) -> None:
+        """A reply's think block: what the generation prompt already holds of it (Qwen3.5's `<think>\n`, its
+        no-think mode's whole empty block) is framing; the rest a think / empty-think segment."""
+        prompt = self.f["think_prompt"] + (NO_THINK if self.spec.get("enable_thinking") is False else "")
+        held = len(os.path.commonprefix([prompt, block]))
+        self.add(block[:held], i, False)
+        self.add(block[held:], i, THINK if reasoning else EMPTY_THINK)
 
     def last_user(self) -> int:
         """GLM-4.5's last_user_index: the last user message, -1 without one."""
