@@ -34,3 +34,11 @@ def test_llama3_layout_and_unknown_template_fallback(smollm2_tokenizer):
     assert 'PARAMETER stop "<|eot_id|>"' in text and 'PARAMETER stop "<|im_end|>"' in text
     custom = templates.get({"jinja": "{% for m in messages %}{{ m.content }}{% endfor %}"}, smollm2_tokenizer)
     assert "plain fallback" in modelfile(custom, smollm2_tokenizer, [2])
+
+
+def test_a_family_layout_gets_the_fallback_said_so_and_every_stop(smollm2_tokenizer):
+    """GLM-4.5's turns are not restated in Go: the Modelfile says so, and stops at its next headers too."""
+    template = templates.get("glm4.5", smollm2_tokenizer)
+    text = modelfile(template, smollm2_tokenizer, template.stop_token_ids(smollm2_tokenizer))
+    assert "glm4.5 layout that this Go TEMPLATE does not restate" in text
+    assert 'PARAMETER stop "<|user|>"' in text and 'PARAMETER stop "<|observation|>"' in text

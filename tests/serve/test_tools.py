@@ -13,7 +13,7 @@ import torch
 from sftune import templates
 from sftune.serve.adapters import Served
 from sftune.serve.server import create_app
-from sftune.serve.tools import parse, tool_style
+from sftune.serve.tools import answer_text, parse, tool_style
 from sftune.serve.background import running
 
 CALL = {"name": "get_weather", "arguments": {"city": "Paris", "unit": "°C"}}
@@ -102,3 +102,48 @@ def test_a_tool_call_through_the_openai_client(smollm2_tokenizer):
         plain = client.chat.completions.create(model="tooly", messages=[{"role": "user", "content": "Paris?"}],
                                                temperature=0)
         assert plain.choices[0].message.content == answer and not plain.choices[0].message.tool_calls
+
+
+def _answer(name: str, turn: dict, tools=TOOLS) -> str:
+    """What the model writes after the generation prompt for `turn`, as the template renders it (its stop
+    token left out, as generation cuts it)."""
+    template = templates.get(name)
+    prompt = [{"role": "user", "content": "Weather?"}]
+    rendered = template.render(prompt + [turn], tools)
+    answer = rendered[len(template.render(prompt, tools, add_generation_prompt=True)):]
+    return answer.removesuffix("<|im_end|>\n").removesuffix("<|call|>").removesuffix("<|return|>")
+
+
+@pytest.mark.parametrize("name,style", [("qwen3.5", "qwen3.5"), ("qwen3.6", "qwen3.5"), ("qwen3.8", "qwen3.5"), ("glm4.5", "glm"),
+                                        ("gpt-oss", "harmony"), ("qwen3_2507", "qwen"),
+                                        ("nemotron3", "qwen3.5")])
+def test_calls_of_the_current_families_as_their_templates_render_them(name, style):
+    """Each family's call layout is read back as the call, typed values kept (a string stays a string)."""
+    tools = [{"type": "function", "function": {"name": "book", "description": "Book", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}, "code": {"type": "string"},
+                                         "days": {"type": "integer"}, "late": {"type": "boolean"}}}}}]
+    arguments = {"city": "Zürich", "code": "42", "days": 3, "late": False}
+    thinking = "" if name == "qwen3_2507" else "<think>I should book.</think>"
+    turn = {"role": "assistant", "content": thinking, "tool_calls": [{"type": "function", "function": {
+        "name": "book", "arguments": arguments}}]}
+    assert tool_style(templates.get(name)) == style
+    text, [call] = parse(_answer(name, turn, tools), style, tools)
+    assert call["function"]["name"] == "book" and json.loads(call["function"]["arguments"]) == arguments
+    assert "tool_call" not in text and "to=functions" not in text
+
+
+def test_gpt_oss_answer_is_its_final_channel_and_reasoning_is_left_out():
+    answer = _answer("gpt-oss", {"role": "assistant", "content": "<think>2 and 2</think>It is 4."})
+    assert answer.startswith("<|channel|>analysis<|message|>2 and 2<|end|>")
+    assert parse(answer, "harmony") == ("It is 4.", [])
+    assert parse("<|channel|>commentary to=functions.book <|constrain|>json<|message|>{oops", "harmony")[1] == []
+
+
+def test_glm_and_harmony_calls_are_read_from_the_answer_decoded_with_special_tokens():
+    class Tokenizer:
+        def decode(self, ids, skip_special_tokens):
+            return "<|channel|>final<|message|>hi" if not skip_special_tokens else "finalhi"
+
+    assert answer_text(Tokenizer(), [1, 2], "finalhi", "harmony") == "<|channel|>final<|message|>hi"
+    assert answer_text(Tokenizer(), [1, 2], "finalhi", "glm") == "<|channel|>final<|message|>hi"
+    assert answer_text(Tokenizer(), [1, 2], "as sent", "qwen3.5") == "as sent"

@@ -5,7 +5,7 @@
         reasoning vs answer lengths (characters) of the replies that have reasoning.
 
 `template_reasoning` is the template's reasoning style: "qwen3" (think blocks kept only after the
-last user query), "deepseek_r1" (kept only on the last message), or None for a template without one
+last user query), "deepseek_r1" or "harmony" (kept only on the last message), or None for a template without one
 (every think block is then plain reply text).
 """
 
@@ -103,7 +103,7 @@ def check_reasoning(conversations: Iterable[Conversation], *, template_reasoning
 
     for conversation in conversations:
         n_conversations += 1
-        last_query = _last_query(conversation) if template_reasoning != "deepseek_r1" else \
+        last_query = _last_query(conversation) if template_reasoning not in ("deepseek_r1", "harmony") else \
             len(conversation.messages) - 1
         for i, m in enumerate(conversation.messages):
             if m.role != "assistant":
@@ -123,7 +123,7 @@ def check_reasoning(conversations: Iterable[Conversation], *, template_reasoning
             elif not reasoning.strip():
                 found("empty_think", conversation, i)
             if reasoning.strip():
-                if template_reasoning in ("qwen3", "deepseek_r1") and i < last_query:
+                if template_reasoning in ("qwen3", "deepseek_r1", "harmony") and i < last_query:
                     found("dropped_reasoning", conversation, i)
                 if not answer.strip() and not calls_follow:
                     found("reasoning_without_answer", conversation, i)

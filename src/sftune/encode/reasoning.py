@@ -1,4 +1,4 @@
-"""One example per reasoning turn, for templates that drop earlier turns' reasoning (Qwen3, DeepSeek-R1).
+"""One example per reasoning turn, for templates that drop earlier turns' reasoning (Qwen3, DeepSeek-R1, gpt-oss).
 
 Qwen3's template writes a reply's <think> block only after the last user query, DeepSeek-R1's only on
 the last message: in a conversation of several exchanges, the earlier replies' reasoning is not in the
@@ -13,7 +13,12 @@ from typing import Any
 
 from sftune.data.schema import MODEL_ROLES, Conversation, Message
 from sftune.templates import Template
-from sftune.templates.render import split_think
+from sftune.templates.render import split_think, turn_end
+
+# Reasoning styles that keep a reply's reasoning on the last message only (and, for Harmony, in a tool loop
+# that no final answer has closed yet); "qwen3" keeps it after the last user query.
+LAST_MESSAGE_ONLY = ("deepseek_r1", "harmony")
+STYLES = ("qwen3", *LAST_MESSAGE_ONLY)
 
 
 def queries(messages: list[dict]) -> list[int]:
@@ -24,8 +29,8 @@ def queries(messages: list[dict]) -> list[int]:
 
 def dropped_reasoning(messages: list[dict], style: str = "qwen3") -> list[int]:
     """Replies whose non-empty reasoning the template leaves out: before the last query (qwen3), or
-    every reply but the last message (deepseek_r1)."""
-    if style == "deepseek_r1":
+    every reply but the last message (deepseek_r1, harmony)."""
+    if style in LAST_MESSAGE_ONLY:
         last = len(messages) - 1
     else:
         starts = queries(messages)
@@ -36,11 +41,11 @@ def dropped_reasoning(messages: list[dict], style: str = "qwen3") -> list[int]:
 def split_turns(messages: list[dict], tools: list[dict] | None, meta: dict[str, Any],
                 style: str = "qwen3") -> list[Conversation]:
     """The conversation as examples that each end after an exchange whose reasoning a later message would
-    drop (at the next query for qwen3, right after the reply for deepseek_r1), plus the whole; in each,
-    the messages trained by an earlier example are context (train=False)."""
+    drop (at the next query for qwen3, right after the reply and its tool calls otherwise), plus the whole;
+    in each, the messages trained by an earlier example are context (train=False)."""
     dropped = dropped_reasoning(messages, style)
-    if style == "deepseek_r1":
-        bounds = [i + 1 for i in dropped] + [len(messages)]
+    if style in LAST_MESSAGE_ONLY:
+        bounds = [turn_end(messages, i) for i in dropped if turn_end(messages, i) < len(messages)] + [len(messages)]
     else:
         starts = queries(messages)
         bounds = [b for a, b in zip(starts, starts[1:]) if any(a < i < b for i in dropped)] + [len(messages)]
@@ -58,7 +63,7 @@ def split_records(records: list, template: Template) -> tuple[list, int]:
     from sftune.encode.labels import messages_and_tools
 
     style = template.reasoning
-    if style not in ("qwen3", "deepseek_r1"):
+    if style not in STYLES:
         return records, 0
     out, n_split = [], 0
     for record in records:

@@ -3,7 +3,8 @@
 Ollama renders prompts with its own TEMPLATE (Go's text/template over .Messages), not with the GGUF's
 jinja, so the Modelfile restates the run's template: each built-in layout (ChatML, Llama 3, Gemma, ...)
 is written from the same format strings the trainer rendered with. A template with no built-in twin
-gets a plain role-prefixed fallback, and the Modelfile says so.
+gets a plain role-prefixed fallback, and the Modelfile says so; so does a family whose layout format
+strings cannot say (`layout`: Qwen3.5, GLM-4.5, gpt-oss, Nemotron 3), whose official jinja is in the GGUF.
 """
 
 from __future__ import annotations
@@ -11,16 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sftune.templates import BUILTINS
 from sftune.templates.render import fill
-from sftune.templates.twins import builtin_of
 
 
 def modelfile(template: Any, tokenizer: Any, stop_ids: list[int], gguf_name: str = "model.gguf") -> str:
     """The Modelfile text: FROM the GGUF, TEMPLATE, one PARAMETER stop per stop token or string."""
-    spec = template.spec if template.jinja is None else BUILTINS.get(builtin_of(template.jinja) or "")
+    spec = template.effective_spec
     lines = [f"FROM ./{gguf_name}"]
-    if spec:
+    if spec and spec.get("layout"):
+        lines.append(f"# {template.name!r} has a {spec['layout']} layout that this Go TEMPLATE does not restate (its "
+                     "official jinja chat_template is the run's): this TEMPLATE is a plain fallback. Use a runtime that "
+                     "renders the GGUF's chat_template, or check this one before relying on it.")
+        body = _FALLBACK
+    elif spec:
         with_special = tokenizer("a")["input_ids"]
         adds_bos = bool(with_special) and with_special[0] == tokenizer.bos_token_id
         # a runtime that adds BOS itself (the GGUF's add_bos_token) must not find it in the text too
@@ -28,14 +32,16 @@ def modelfile(template: Any, tokenizer: Any, stop_ids: list[int], gguf_name: str
     else:
         lines.append(f"# {template.name!r} has no built-in layout sftune knows; this TEMPLATE is a plain fallback. "
                      "Check it against the run's tokenizer chat_template before relying on it.")
-        body = ('{{ if .System }}system: {{ .System }}\n{{ end }}{{ range .Messages }}{{ .Role }}: {{ .Content }}\n'
-                '{{ end }}assistant: ')
+        body = _FALLBACK
     lines.append(f'TEMPLATE """{body}"""')
     stops = [tokenizer.convert_ids_to_tokens(i) for i in stop_ids]
-    if template.stop and template.stop not in stops:
-        stops.append(template.stop)
+    stops += [text for text in [template.stop, *spec.get("stops", [])] if text and text not in stops]
     lines += [f"PARAMETER stop {_quoted(stop)}" for stop in dict.fromkeys(s for s in stops if s)]
     return "\n".join(lines) + "\n"
+
+
+_FALLBACK = ('{{ if .System }}system: {{ .System }}\n{{ end }}{{ range .Messages }}{{ .Role }}: {{ .Content }}\n'
+             '{{ end }}assistant: ')
 
 
 def go_template(spec: dict[str, Any], bos: str, eos: str) -> str:

@@ -87,7 +87,8 @@ def create_app(model: Any, tokenizer: Any, names: dict[str, Served], *, api_key:
         body.unsupported()
         served = _served(names, body.model)
         tools = body.active_tools
-        style = tool_calls.tool_style(served.template) if tools else None
+        style = tool_calls.tool_style(served.template)
+        whole = bool(tools) or style == "harmony"  # read whole: calls, or gpt-oss's channels, parsed out
         if tools and style is None:
             raise ApiError(400, f"model {body.model!r} was trained with template {served.template.name!r}, which has "
                                 "no tool-call syntax; send the request without tools", param="tools")
@@ -100,12 +101,12 @@ def create_app(model: Any, tokenizer: Any, names: dict[str, Served], *, api_key:
                 prompt = served.template.render(body.messages, tools=tools, add_generation_prompt=True)
                 ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         request = Request(ids, body.options(_room(ids, body.requested_max_tokens, limit, "messages")),
-                          frozenset(served.stop_token_ids), adapter=served.adapter, stream=body.stream and not tools,
+                          frozenset(served.stop_token_ids), adapter=served.adapter, stream=body.stream and not whole,
                           model_inputs=model_inputs)
         if body.stream:
-            return EventSourceResponse(_chat_stream(batcher, request, http, body, style), ping=15)
+            return EventSourceResponse(_chat_stream(batcher, request, http, body, style, tokenizer), ping=15)
         done = await _answer(batcher, request, http)
-        text, calls = tool_calls.parse(done.text, style) if tools else (done.text, [])
+        text, calls = _parsed(done, style, tools, tokenizer) if whole else (done.text, [])
         return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": body.model,
                 "choices": [{"index": 0, "message": chat_message(text, calls), "logprobs": None,
                              "finish_reason": "tool_calls" if calls else done.finish_reason}],
@@ -202,8 +203,14 @@ async def _answer(batcher: Batcher, request: Request, http: HttpRequest):
     raise ApiError(499, "the client closed the request", kind="client_closed_request")
 
 
+def _parsed(done: Any, style: str | None, tools: list[dict] | None, tokenizer: Any) -> tuple[str, list[dict]]:
+    """The answer's text and tool calls, read in the template family's layout."""
+    text, calls = tool_calls.parse(tool_calls.answer_text(tokenizer, done.token_ids, done.text, style), style, tools)
+    return text, calls if tools else []
+
+
 async def _chat_stream(batcher: Batcher, request: Request, http: HttpRequest, body: ChatRequest,
-                       style: str | None) -> AsyncIterator[dict[str, str]]:
+                       style: str | None, tokenizer: Any) -> AsyncIterator[dict[str, str]]:
     """Server-sent chat.completion.chunk events: the role, text pieces, the finish reason, [DONE]."""
     chunk_id, created = new_id("chatcmpl"), now()
 
@@ -218,8 +225,8 @@ async def _chat_stream(batcher: Batcher, request: Request, http: HttpRequest, bo
                 continue
             done = item["done"]
             finish = done.finish_reason
-            if not request.stream:  # a request with tools: its answer is read whole, then sent
-                text, calls = tool_calls.parse(done.text, style)
+            if not request.stream:  # a request with tools (or gpt-oss's channels): read whole, then sent
+                text, calls = _parsed(done, style, body.active_tools, tokenizer)
                 if text:
                     yield event({"content": text})
                 if calls:

@@ -1,9 +1,16 @@
 """Tool calls in a model's answer, read back with the syntax its template family trained it on.
 
-    qwen    <tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>, one block per call, text before
-    llama3  the whole answer is one JSON call {"name": ..., "parameters": {...}}
+    qwen     <tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>, one block per call, text before
+    llama3   the whole answer is one JSON call {"name": ..., "parameters": {...}}
+    qwen3.5  <tool_call>\\n<function=NAME>\\n<parameter=KEY>\\nVALUE\\n</parameter>...</function>\\n</tool_call>
+    glm      <tool_call>NAME\\n<arg_key>KEY</arg_key>\\n<arg_value>VALUE</arg_value>...</tool_call>
+    harmony  gpt-oss's channels: the final channel is the answer, the analysis channel its reasoning (left
+             out), a commentary message to=functions.NAME a call with JSON arguments
 
-An answer whose call blocks are not valid JSON stays plain text (the client sees what the model wrote).
+An answer whose call blocks are not valid JSON stays plain text (the client sees what the model wrote). A
+value in the XML layouts is JSON when it parses as JSON and the tool does not declare the key a string.
+The GLM and Harmony layouts are written in special tokens, so they are read from the answer decoded with
+them (`answer_text`).
 """
 
 from __future__ import annotations
@@ -15,21 +22,46 @@ from typing import Any
 
 from sftune.data.errors import DataError
 from sftune.data.formats import parse_tool_calls
-from sftune.templates import BUILTINS, Template
-from sftune.templates import twins
+from sftune.templates import Template
 
 _QWEN_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+_XML_CALL = re.compile(r"<tool_call>\s*<function=([^>\n]+)>(.*?)(?:</function>\s*</tool_call>|$)", re.DOTALL)
+_XML_PARAMETER = re.compile(r"<parameter=([^>\n]+)>\n?(.*?)\n?</parameter>", re.DOTALL)
+_GLM_CALL = re.compile(r"<tool_call>([^\n<]+)(.*?)(?:</tool_call>|$)", re.DOTALL)
+_GLM_ARGUMENT = re.compile(r"<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.DOTALL)
+_HARMONY_MESSAGE = re.compile(r"(?:<\|start\|>assistant)?(.*?)<\|message\|>(.*?)"
+                              r"(?:<\|end\|>|<\|call\|>|<\|return\|>|$)", re.DOTALL)
+_PYTHON_LITERALS = {"True": True, "False": False, "None": None}
+# Styles written in special tokens: read from the answer decoded with them.
+MARKUP_TOKENS = ("glm", "harmony")
 
 
 def tool_style(template: Template) -> str | None:
     """The tool-call syntax of a template ("qwen", "llama3"), or None when it has none."""
-    spec = template.spec if template.jinja is None else BUILTINS.get(twins.builtin_of(template.jinja) or "", {})
-    return spec.get("tools")
+    return template.effective_spec.get("tools")
 
 
-def parse(text: str, style: str | None) -> tuple[str, list[dict[str, Any]]]:
+def answer_text(tokenizer: Any, token_ids: list[int], text: str, style: str | None) -> str:
+    """The text to read calls from: the answer decoded with its special tokens for the styles written in
+    them (GLM, Harmony), else the answer as decoded for the client."""
+    return tokenizer.decode(token_ids, skip_special_tokens=False) if style in MARKUP_TOKENS else text
+
+
+def parse(text: str, style: str | None, tools: list[dict] | None = None) -> tuple[str, list[dict[str, Any]]]:
     """(the answer's text without its calls, its calls in OpenAI's shape); no calls when there are none."""
-    if style == "qwen" and "<tool_call>" in text:
+    if style == "harmony":
+        return _harmony(text)
+    if style in ("qwen3.5", "glm") and "<tool_call>" in text:
+        calls_of, pairs_of = (_XML_CALL, _XML_PARAMETER) if style == "qwen3.5" else (_GLM_CALL, _GLM_ARGUMENT)
+        values = []
+        for name, body in calls_of.findall(text):
+            name = name.strip()
+            values.append({"name": name, "arguments": {key.strip(): _value(tools, name, key.strip(), value)
+                                                       for key, value in pairs_of.findall(body)}})
+        calls = _calls(values)
+        if calls is not None:
+            return text[: text.index("<tool_call>")].strip(), calls
+    elif style == "qwen" and "<tool_call>" in text:
         bodies = _QWEN_CALL.findall(text)
         calls = _calls([_json(body) for body in bodies])
         if calls is not None:
@@ -42,6 +74,34 @@ def parse(text: str, style: str | None) -> tuple[str, list[dict[str, Any]]]:
         if calls is not None:
             return "", calls
     return text, []
+
+
+def _harmony(text: str) -> tuple[str, list[dict[str, Any]]]:
+    """The final (and plain commentary) channel as the text; commentary messages to a function as calls."""
+    answer, found = [], []
+    for header, body in _HARMONY_MESSAGE.findall(text):
+        recipient = re.search(r"to=functions\.([^\s<]+)", header)
+        if recipient:
+            found.append({"name": recipient.group(1), "arguments": _json(body.strip())})
+        elif "<|channel|>analysis" not in header:
+            answer.append(body)
+    if any(not isinstance(call["arguments"], dict) for call in found):
+        return text, []  # a call that is not valid JSON: the client sees what the model wrote
+    return "".join(answer).strip(), (_calls(found) or []) if found else []
+
+
+def _value(tools: list[dict] | None, name: str, key: str, text: str) -> Any:
+    """An XML call's value: the text for a key its tool declares a string; else JSON when it parses, or
+    Python's True / False / None (Qwen3.5's template writes those with jinja's `string`)."""
+    for tool in tools or []:
+        fn = tool.get("function", tool)
+        if fn.get("name") == name and ((fn.get("parameters") or {}).get("properties") or {}).get(key, {}).get("type") \
+                == "string":
+            return text
+    if text in _PYTHON_LITERALS:
+        return _PYTHON_LITERALS[text]
+    value = _json(text)
+    return text if value is None and text.strip() != "null" else value
 
 
 def _json(text: str) -> Any:

@@ -21,6 +21,31 @@ QWEN_TOOLS_OUTRO = (
     '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n'
     "</tool_call><|im_end|>\n"
 )
+QWEN35_TOOLS_INTRO = "# Tools\n\nYou have access to the following functions:\n\n<tools>"
+QWEN35_TOOLS_OUTRO = (
+    "\n</tools>"
+    "\n\nIf you choose to call a function ONLY reply in the following format with NO suffix:\n\n"
+    "<tool_call>\n<function=example_function_name>\n<parameter=example_parameter_1>\nvalue_1\n"
+    "</parameter>\n<parameter=example_parameter_2>\nThis is the value for the second parameter\n"
+    "that can span\nmultiple lines\n</parameter>\n</function>\n</tool_call>\n\n<IMPORTANT>\nReminder:\n"
+    "- Function calls MUST follow the specified format: an inner <function=...></function> block must be nested "
+    "within <tool_call></tool_call> XML tags\n"
+    "- Required parameters MUST be specified\n"
+    "- You may provide optional reasoning for your function call in natural language BEFORE the function call, "
+    "but NOT after\n"
+    "- If there is no function call available, answer the question like normal with your current knowledge and "
+    "do not tell the user about function calls\n"
+    "</IMPORTANT>"
+)
+GLM_TOOLS_INTRO = (
+    "<|system|>\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+)
+GLM_TOOLS_OUTRO = (
+    "</tools>\n\nFor each function call, output the function name and arguments within the following XML format:\n"
+    "<tool_call>{function-name}\n<arg_key>{arg-key-1}</arg_key>\n<arg_value>{arg-value-1}</arg_value>\n"
+    "<arg_key>{arg-key-2}</arg_key>\n<arg_value>{arg-value-2}</arg_value>\n...\n</tool_call>"
+)
 LLAMA3_TOOLS_INTRO = (
     "Given the following functions, please respond with a JSON for a function call with its proper "
     "arguments that best answers the given prompt.\n\n"
@@ -56,8 +81,24 @@ _ALPACA_SYSTEM_INPUT = (
 #   skip_empty_system  an empty system message renders nothing (Phi-3.5) instead of an empty system turn
 #   strip              "content": strip each message's text (jinja `| trim`); "turn": strip the user
 #                      text after the system is folded in (Llama 2's `content.strip()`); None: as is
-#   tools              None, "qwen" (<tool_call> / <tool_response>) or "llama3" (JSON calls, ipython turns;
-#                      one call per assistant turn and no text beside it, as Llama 3.1's template allows)
+#   tools              None, "qwen" (<tool_call> / <tool_response>), "llama3" (JSON calls, ipython turns;
+#                      one call per assistant turn and no text beside it, as Llama 3.1's template allows),
+#                      "qwen3.5" (<tool_call><function=name><parameter=key> XML) or "glm" (<tool_call>name
+#                      <arg_key>/<arg_value>, results after <|observation|>); the last two come with their
+#                      family's `layout`
+#   layout             "qwen3.5", "glm4.5", "harmony" or "nemotron3": the family's own turn layout (render.py's
+#                      functions of that name), for layouts format strings cannot say; such a built-in has
+#                      `official`
+#   official           the file in templates/official/ holding the family's verbatim chat_template: the
+#                      built-in renders it byte for byte (tests/templates/test_twins_current.py) and
+#                      exports it as its jinja
+#   preserve_thinking  with layout "qwen3.5": every reply keeps its think block (Qwen3.8's default), so no
+#                      reasoning is dropped (reasoning "preserved": nothing to split)
+#   reasoning_instructions  with layout "qwen3.5": text that opens the system turn (Qwen3.8's reasoning effort)
+#   arg_values         with tools "qwen3.5": "python" writes a non-JSON-container argument value as jinja's
+#                      `string` filter does (Qwen3.5: True, None), "json" as `tojson` (Qwen3.6: true, null)
+#   stops              texts besides `end` that end a reply (GLM: the next turn's header <|user|> or
+#                      <|observation|>, trained with the reply it ends)
 #   dated_system       with tools "llama3": always write Llama 3.1's system header with its dates
 #   reasoning          None, "qwen3" or "deepseek_r1": assistant replies may open with a <think> block (the
 #                      data layer's layout). qwen3: it is written only after the last user query, and the
@@ -275,7 +316,130 @@ BUILTINS["deepseek_r1"] = {
     "eos": "<｜end▁of▁sentence｜>",
 }
 
+# Qwen3-Instruct-2507 (no thinking): Qwen3's layout without its think blocks, Qwen's tool calls.
+BUILTINS["qwen3_2507"] = {
+    **BUILTINS["qwen3"],
+    "description": "Qwen3-Instruct-2507 (non-thinking): ChatML, no default system prompt, Qwen's tool calls",
+}
+del BUILTINS["qwen3_2507"]["reasoning"]
+
+# Qwen3.5 (and 3.6): ChatML with every text trimmed, a <think> block on every reply after the last user
+# query, tool calls as <function=...> XML. The thinking generation prompt opens the think block.
+BUILTINS["qwen3.5"] = {
+    "description": "Qwen3.5 thinking mode: ChatML, the prompt opens <think>, reasoning kept after the last user "
+                   "query, XML tool calls",
+    "layout": "qwen3.5",
+    "official": "qwen3.5.jinja",
+    "system": "<|im_start|>system\n{content}<|im_end|>\n",
+    "user": "<|im_start|>user\n{content}<|im_end|>\n",
+    "assistant": "<|im_start|>assistant\n{content}<|im_end|>\n",
+    "generation_prompt": "<|im_start|>assistant\n",
+    "end": "<|im_end|>",
+    "strip": "content",
+    "tools": "qwen3.5",
+    "arg_values": "python",
+    "reasoning": "qwen3",
+    "think_prompt": "<think>\n",
+    "eos": "<|im_end|>",
+}
+# Qwen3.5-2B and smaller ship the same template with thinking off by default: the prompt holds an empty
+# think block.
+BUILTINS["qwen3.5_nothink"] = {
+    **BUILTINS["qwen3.5"],
+    "description": "Qwen3.5 non-thinking mode (the default of Qwen3.5-2B and smaller): the prompt holds an empty "
+                   "<think> block",
+    "official": "qwen3.5_nothink.jinja",
+    "think_prompt": "",
+    "enable_thinking": False,
+}
+BUILTINS["qwen3.6"] = {
+    **BUILTINS["qwen3.5"],
+    "description": "Qwen3.6 thinking mode: Qwen3.5's layout; non-string tool arguments written as JSON",
+    "official": "qwen3.6.jinja",
+    "arg_values": "json",
+}
+
+# Qwen3.8: Qwen3.6's layout with a reasoning-effort instruction in the system turn (xhigh, its default) and
+# every reply's reasoning kept (preserve_thinking, its default). Its template reads reasoning from a
+# `reasoning_content` field only; the built-in takes a reply's <think> block as that field.
+BUILTINS["qwen3.8"] = {
+    **BUILTINS["qwen3.6"],
+    "description": "Qwen3.8 thinking mode: Qwen3.6's layout, reasoning effort xhigh in the system turn, every "
+                   "reply's reasoning kept",
+    "official": "qwen3.8.jinja",
+    "reasoning": "preserved",
+    "preserve_thinking": True,
+    "reasoning_instructions": "Reasoning effort is set to xhigh. Please think carefully through the task, validate "
+                              "key assumptions, consider plausible alternatives, and prioritize correctness, "
+                              "consistency, and clarity in the final answer.",
+}
+
+# GLM-4.5 (glm4_moe): [gMASK]<sop>, role headers with no end-of-turn text: a reply ends where the next
+# header begins, and that header (<|user|> or <|observation|>) is the model's stop token, so it is trained
+# with the reply. Every reply opens with a think block (empty before the last user message).
+BUILTINS["glm4.5"] = {
+    "description": "GLM-4.5: [gMASK]<sop><|user|>...<|assistant|>; the next <|user|> / <|observation|> ends a "
+                   "reply; <think> blocks, XML tool calls",
+    "layout": "glm4.5",
+    "official": "glm4.5.jinja",
+    "prefix": "[gMASK]<sop>",
+    "system": "<|system|>\n{content}",
+    "user": "<|user|>\n{content}",
+    "assistant": "<|assistant|>{content}",
+    "generation_prompt": "<|assistant|>",
+    "end": "",
+    "tools": "glm",
+    "reasoning": "qwen3",
+    "stops": ["<|user|>", "<|observation|>"],
+    "eos": "<|endoftext|>",
+}
+
+# gpt-oss (Harmony): a system block of its own (identity, today's date, reasoning effort), the conversation's
+# system text as developer instructions, replies in the final channel, reasoning in the analysis channel
+# (kept on the last message only), one tool call per turn in the commentary channel. The last reply ends
+# with <|return|> (what the model emits to stop), earlier ones with <|end|>, as the official template writes.
+BUILTINS["gpt-oss"] = {
+    "description": "gpt-oss Harmony: system + developer blocks, analysis / commentary / final channels, "
+                   "<|return|> on the last reply",
+    "layout": "harmony",
+    "official": "gpt-oss.jinja",
+    "system": "<|start|>developer<|message|># Instructions\n\n{content}\n\n<|end|>",
+    "user": "<|start|>user<|message|>{content}<|end|>",
+    "assistant": "<|start|>assistant<|channel|>final<|message|>{content}<|return|>",
+    "generation_prompt": "<|start|>assistant",
+    "end": "<|return|>",
+    "tools": "harmony",
+    "reasoning": "harmony",
+    "reasoning_effort": "medium",
+    "stops": ["<|call|>"],
+    "eos": "<|return|>",
+}
+
+# Nemotron 3 Nano: ChatML with a system turn always written (empty without one), tools as an XML list,
+# every reply opening with a think block (<think></think> when the data has none), calls as Qwen3.5's.
+BUILTINS["nemotron3"] = {
+    "description": "Nemotron 3 Nano: ChatML, the prompt opens <think>, earlier replies lose their reasoning, "
+                   "XML tool calls",
+    "layout": "nemotron3",
+    "official": "nemotron3_nano.jinja",
+    "system": "<|im_start|>system\n{content}<|im_end|>\n",
+    "user": "<|im_start|>user\n{content}<|im_end|>\n",
+    "assistant": "<|im_start|>assistant\n{content}<|im_end|>\n",
+    "generation_prompt": "<|im_start|>assistant\n",
+    "end": "<|im_end|>",
+    "tools": "qwen3.5",
+    "arg_values": "python",
+    "reasoning": "qwen3",
+    "think_prompt": "<think>\n",
+    "eos": "<|im_end|>",
+}
+
 # Names that also resolve, for users who know a model by another name.
 ALIASES = {"qwen": "qwen2.5", "llama-2": "llama2", "llama-3": "llama3", "gemma2": "gemma", "gemma3": "gemma",
            "phi-3": "phi3", "phi-3.5": "phi3.5",
-           "qwen3-nothink": "qwen3_nothink", "deepseek-r1": "deepseek_r1", "deepseek_r1_distill": "deepseek_r1"}
+           "qwen3-nothink": "qwen3_nothink", "deepseek-r1": "deepseek_r1", "deepseek_r1_distill": "deepseek_r1",
+           "qwen3-2507": "qwen3_2507", "qwen3-instruct-2507": "qwen3_2507", "qwen3.5-nothink": "qwen3.5_nothink",
+           "qwen3_8": "qwen3.8",
+           "glm4moe": "glm4.5", "glm-4.5": "glm4.5",
+           "gptoss": "gpt-oss", "gpt_oss": "gpt-oss", "harmony": "gpt-oss",
+           "nemotron3_nano": "nemotron3", "nemotron-3-nano": "nemotron3"}

@@ -6,19 +6,24 @@ produces after the generation prompt (its content and end-of-turn marker); for a
 all of it. `sftune.encode` labels tokens from segments, so nothing searches the text for a marker.
 
 Each tool style ("qwen", "llama3") is a few small functions at the end of this file: its system
-header, its calls and its tool results. `jinja_export` writes the same layout as jinja.
+header, its calls and its tool results. `jinja_export` writes the same layout as jinja. A family whose
+layout format strings cannot say (`layout`: Qwen3.5, GLM-4.5) has its turns here too, and exports its
+official template text instead.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import TYPE_CHECKING, Any
 
 from sftune.data.formats import tool_calls
 from sftune.data.schema import MODEL_ROLES
-from sftune.templates.definitions import (LLAMA3_TOOLS_INTRO, LLAMA31_DATE, NO_THINK, QWEN_TOOLS_INTRO,
+from sftune.templates.definitions import (GLM_TOOLS_INTRO, GLM_TOOLS_OUTRO, LLAMA3_TOOLS_INTRO, LLAMA31_DATE,
+                                          NO_THINK, QWEN35_TOOLS_INTRO, QWEN35_TOOLS_OUTRO, QWEN_TOOLS_INTRO,
                                           QWEN_TOOLS_OUTRO)
+from sftune.templates import harmony
 from sftune.templates.errors import TemplateError
 
 if TYPE_CHECKING:
@@ -37,7 +42,7 @@ def fill(fmt: str, bos: str, eos: str) -> str:
 
 def render(t: Template, msgs: list[dict], tools: list[dict] | None, add_generation_prompt: bool) -> list[Segment]:
     """The segments of a built-in or user dict template for normalized messages."""
-    turns = _Turns(t, msgs, tools)
+    turns = _Turns(t, msgs, tools, add_generation_prompt)
     turns.system_header()
     i = turns.start
     while i < len(msgs):
@@ -53,11 +58,15 @@ def render(t: Template, msgs: list[dict], tools: list[dict] | None, add_generati
 class _Turns:
     """One render: the template's formats, the system prompt decided up front, and the segments so far."""
 
-    def __init__(self, t: Template, msgs: list[dict], tools: list[dict] | None):
+    def __init__(self, t: Template, msgs: list[dict], tools: list[dict] | None, add_generation_prompt: bool = False):
         self.name, self.spec, self.f, self.msgs, self.tools = t.name, t.spec, _formats(t), msgs, tools
         self.style, self.strip, self.fold = t.spec.get("tools"), t.spec.get("strip"), t.spec.get("system") is None
+        self.layout = t.spec.get("layout")
         self.segs: list[Segment] = []
         self._last_query: int | None = None
+        self.opened = ""  # a header the previous reply wrote as its stop (GLM), not written again
+        self.prompted = add_generation_prompt
+        self.last_call: str | None = None  # Harmony: the function a tool result answers
         if t.spec.get("reasoning") == "deepseek_r1":
             _check_no_tools(t.name, msgs, tools)
         self.add(self.f["prefix"], None, False)
@@ -78,7 +87,19 @@ class _Turns:
     def system_header(self) -> None:
         """The opening system turn (or, when the template folds it into the first user turn, nothing)."""
         system, s = self.system, self.spec
-        if self.style == "qwen" and self.tools:
+        if self.layout == "qwen3.5":
+            self.last_query(0)  # its template raises on a conversation without a user query, whatever follows
+            self.add(_qwen35_system(system, self.tools, s.get("reasoning_instructions")), self.system_index, True)
+        elif self.layout == "nemotron3":
+            self.add("<|im_start|>system\n" + (system or "") + _nemotron_tools(system, self.tools) + "<|im_end|>\n",
+                     self.system_index, True)
+        elif self.layout == "harmony":
+            self.add(harmony.system_block(self.tools, s.get("reasoning_effort", "medium")), None, False)
+            self.add(harmony.developer_block(system, self.tools), self.system_index, True)
+        elif self.layout == "glm4.5":
+            self.add(_glm_tools(self.tools) + ("" if system is None else _put(self.f["system"], content=system)),
+                     self.system_index, True)
+        elif self.style == "qwen" and self.tools:
             self.add(_qwen_system_with_tools(system, self.tools), self.system_index, True)
         elif self.style == "llama3" and s.get("dated_system"):
             self.add(_llama31_system(system, self.tools), self.system_index, True)
@@ -94,6 +115,14 @@ class _Turns:
         role = self.msgs[i]["role"]
         if role == "user":
             self.user(i)
+        elif role in MODEL_ROLES and self.layout == "qwen3.5":
+            return self.qwen35_model_turn(i)
+        elif role in MODEL_ROLES and self.layout == "glm4.5":
+            return self.glm_model_turn(i)
+        elif role in MODEL_ROLES and self.layout == "harmony":
+            return self.harmony_model_turn(i)
+        elif role in MODEL_ROLES and self.layout == "nemotron3":
+            return self.nemotron_model_turn(i)
         elif role in MODEL_ROLES and self.spec.get("reasoning") == "qwen3":
             return self.qwen3_model_turn(i)
         elif role == "assistant" and self.spec.get("reasoning") == "deepseek_r1":
@@ -125,7 +154,12 @@ class _Turns:
             values["content"] = _put(f["system_in_user"], system=self.system, content=text)
         if self.strip == "turn":
             values["content"] = values["content"].strip()
-        self.add(_put(user_fmt, **values), i, True)
+        self.add(self.after_stop(_put(user_fmt, **values)), i, True)
+
+    def after_stop(self, text: str) -> str:
+        """A turn's text without the header that the reply before it wrote (and trained) as its stop."""
+        opened, self.opened = self.opened, ""
+        return text[len(opened):] if opened and text.startswith(opened) else text
 
     def model_turn(self, parts: list[tuple[int, str]]) -> None:
         """prompt | reply head + the parts + end (the body, trained) | what the format writes after end."""
@@ -160,9 +194,7 @@ class _Turns:
         """Qwen3: a reply's leading <think> block is written only after the last user query (and always,
         empty if need be, on the last message); its tool calls follow in the same turn."""
         msgs, f = self.msgs, self.f
-        j = i + 1
-        while j < len(msgs) and msgs[j]["role"] == "tool_call":
-            j += 1
+        j = turn_end(msgs, i)
         content = msgs[i]["content"] if msgs[i]["role"] == "assistant" else ""
         reasoning, think = split_think(content)
         if reasoning is not None:
@@ -198,15 +230,162 @@ class _Turns:
         self.add(f["end"], i, True)
         self.add(f["after_end"], i, False)
 
+    def qwen35_model_turn(self, i: int) -> int:
+        """Qwen3.5: the trimmed reply; after the last user query its think block (empty if need be) opens
+        it, the thinking prompt's <think>\n being the prompt's; then its <function=...> calls."""
+        msgs, f = self.msgs, self.f
+        j = turn_end(msgs, i)
+        content = msgs[i]["content"] if msgs[i]["role"] == "assistant" else ""
+        preserve = self.spec.get("preserve_thinking")
+        # Qwen3.5 splits the trimmed reply; Qwen3.8 reads reasoning from its own field (here the <think>
+        # block) and trims the answer
+        reasoning, answer = split_think(content if preserve else content.strip())
+        content = answer.strip() if preserve else answer
+        self.add(f["generation_prompt"], i, False)
+        if i > self.last_query(i) or preserve:
+            inner = (reasoning or "").strip()
+            self.think_block(i, "<think>\n" + inner + "\n</think>\n\n", bool(inner))
+        self.add(content, i, True)
+        calls = [(k, c) for k in range(i, j) if msgs[k]["role"] == "tool_call" for c in tool_calls(msgs[k]["content"])]
+        for n, (k, call) in enumerate(calls):
+            sep = "\n" if n else ("\n\n" if content.strip() else "")
+            self.add(sep + _qwen35_call(self.name, call, self.spec.get("arg_values")), k, True)
+        self.add(f["end"], j - 1, True)
+        self.add(f["after_end"], j - 1, False)
+        return j
+
+    def glm_model_turn(self, i: int) -> int:
+        """GLM-4.5: a think block (kept after the last user message when it has reasoning, else empty), the
+        trimmed answer, the calls; then the next turn's header when it is a stop (<|user|>, <|observation|>)."""
+        msgs, f = self.msgs, self.f
+        j = turn_end(msgs, i)
+        content = msgs[i]["content"] if msgs[i]["role"] == "assistant" else ""
+        reasoning, answer = split_think(content)
+        if reasoning is not None:
+            content = answer
+        inner = (reasoning or "").strip()
+        self.add(f["generation_prompt"], i, False)
+        if inner and i > self.last_user():
+            self.add("\n<think>" + inner + "</think>", i, THINK)
+        else:
+            self.add("\n<think></think>", i, EMPTY_THINK)
+        self.add("\n" + content.strip() if content.strip() else "", i, True)
+        for k in range(i, j):
+            if msgs[k]["role"] == "tool_call":
+                self.add("".join(_glm_call(self.name, call) for call in tool_calls(msgs[k]["content"])), k, True)
+        following = msgs[j]["role"] if j < len(msgs) else None
+        self.opened = {"user": "<|user|>", "tool": "<|observation|>"}.get(following, "")
+        self.add(self.opened, j - 1, True)
+        return j
+
+    def harmony_model_turn(self, i: int) -> int:
+        """gpt-oss: a call goes to the commentary channel, after its reasoning (or text) in the analysis
+        channel unless a later final answer drops it; a reply is a final message, its reasoning kept and
+        <|return|> written on the last message only (earlier ones end with <|end|>)."""
+        msgs, f = self.msgs, self.f
+        j = turn_end(msgs, i)
+        content = msgs[i]["content"] if msgs[i]["role"] == "assistant" else ""
+        reasoning, answer = split_think(content)
+        calls = [(k, c) for k in range(i, j) if msgs[k]["role"] == "tool_call" for c in tool_calls(msgs[k]["content"])]
+        self.add(f["generation_prompt"], i, False)
+        if calls:
+            if len(calls) > 1:
+                raise TemplateError(f"template {self.name!r}: message {calls[1][0]} is a second tool call in one "
+                                    "assistant turn; gpt-oss's template writes only the first call of a turn. Put "
+                                    "each call in its own turn after the previous call's result")
+            if reasoning and answer:
+                raise TemplateError(f"template {self.name!r}: message {i} has reasoning and text beside a tool "
+                                    "call; gpt-oss's template raises 'Cannot pass both content and thinking in an "
+                                    "assistant message with tool calls!'. Keep one of them")
+            final_later = any(msgs[k]["role"] == "assistant" and turn_end(msgs, k) == k + 1
+                              for k in range(j, len(msgs)))
+            if not final_later and (reasoning or answer):
+                text = reasoning or answer
+                self.add(harmony.ANALYSIS + text + "<|end|>" + f["generation_prompt"], i, THINK if reasoning else True)
+            k, first = calls[0]
+            self.add(harmony.call(first["name"], first["arguments"]), k, True)
+            self.last_call = first["name"]
+            return j
+        if i + 1 == len(msgs) and not self.prompted:
+            if reasoning is not None:
+                self.add(harmony.ANALYSIS + reasoning + "<|end|>" + f["generation_prompt"], i,
+                         THINK if reasoning else EMPTY_THINK)
+            self.add(harmony.FINAL + answer, i, True)
+            self.add(f["end"], i, True)
+        else:
+            self.add(harmony.FINAL + answer, i, True)
+            self.add("<|end|>", i, True)
+            self.last_call = None
+        return j
+
+    def nemotron_model_turn(self, i: int) -> int:
+        """Nemotron 3: the trimmed reply, opening with its think block (<think></think> when it has none); a
+        reply before the last user message keeps only its answer, after an empty block; then its calls."""
+        msgs, f = self.msgs, self.f
+        j = turn_end(msgs, i)
+        content = msgs[i]["content"] if msgs[i]["role"] == "assistant" else ""
+        if "<think>" not in content and "</think>" not in content:
+            content = "<think></think>" + content
+        calls = [(k, c) for k in range(i, j) if msgs[k]["role"] == "tool_call" for c in tool_calls(msgs[k]["content"])]
+        kept = i > self.last_user()
+        if kept:
+            text = content.strip()
+        elif calls:
+            rest = content.split("</think>")[-1] if "</think>" in content else content.split("<think>")[0]
+            text = "<think></think>" + rest.strip()
+        else:
+            text = ("<think></think>" + content.split("</think>")[-1] if "<think>" in content and "</think>" in content
+                    else content).strip()
+        self.add(f["generation_prompt"], i, False)
+        if text.startswith("<think>") and "</think>" in text:
+            cut = text.index("</think>") + len("</think>")
+            self.think_block(i, text[:cut], bool(text[len("<think>"):cut - len("</think>")].strip()))
+            text = text[cut:]
+        self.add(text + ("\n" if calls else ""), i, True)
+        for k, call in calls:
+            self.add(_qwen35_call(self.name, call, "python") + "\n", k, True)
+        self.add(f["end"], j - 1, True)
+        self.add(f["after_end"], j - 1, False)
+        return j
+
+    def think_block(self, i: int, block: str, reasoning: bool) -> None:
+        """A reply's think block: what the generation prompt already holds of it (Qwen3.5's `<think>\n`, its
+        no-think mode's whole empty block) is framing; the rest a think / empty-think segment."""
+        prompt = self.f["think_prompt"] + (NO_THINK if self.spec.get("enable_thinking") is False else "")
+        held = len(os.path.commonprefix([prompt, block]))
+        self.add(block[:held], i, False)
+        self.add(block[held:], i, THINK if reasoning else EMPTY_THINK)
+
+    def last_user(self) -> int:
+        """GLM-4.5's last_user_index: the last user message, -1 without one."""
+        return max((k for k, m in enumerate(self.msgs) if m["role"] == "user"), default=-1)
+
     def last_query(self, i: int) -> int:
         """Qwen3's last_query_index, as an index into msgs (see `last_query`)."""
         if self._last_query is None:
-            self._last_query = last_query(self.msgs)
+            self._last_query = _qwen35_last_query(self.name, self.msgs) if self.layout == "qwen3.5" \
+                else last_query(self.msgs)
         return self._last_query
 
     def tool_result(self, i: int) -> None:
         content = self.msgs[i]["content"]
-        if self.style == "qwen":
+        if self.layout == "qwen3.5":
+            text = _qwen35_result(self.msgs, i)
+        elif self.layout == "nemotron3":
+            opens = i > self.start and self.msgs[i - 1]["role"] != "tool"  # a result first opens no turn
+            closes = i + 1 == len(self.msgs) or self.msgs[i + 1]["role"] != "tool"
+            text = ("<|im_start|>user\n" if opens else "") + "<tool_response>\n" + content + "\n</tool_response>\n" \
+                + ("<|im_end|>\n" if closes else "")
+        elif self.layout == "harmony":
+            if self.last_call is None:
+                raise TemplateError(f"template {self.name!r}: message {i} is a tool result with no tool call before "
+                                    "it; gpt-oss's template names the function a result answers from the last call")
+            text = harmony.result(self.last_call, content)
+        elif self.layout == "glm4.5":
+            opens = i == 0 or self.msgs[i - 1]["role"] != "tool"
+            text = self.after_stop(("<|observation|>" if opens else "") + "\n<tool_response>\n" + content
+                                   + "\n</tool_response>")
+        elif self.style == "qwen":
             text = _qwen_result(self.msgs, i)
         elif self.style == "llama3":
             text = _llama3_result(content)
@@ -215,7 +394,7 @@ class _Turns:
         self.add(text, i, True)
 
     def later_system(self, i: int) -> None:
-        if self.fold or self.spec.get("reasoning") == "deepseek_r1":
+        if self.fold or self.spec.get("reasoning") == "deepseek_r1" or self.layout in ("qwen3.5", "harmony"):
             raise TemplateError(f"template {self.name!r} has no system turn; a system message is allowed "
                                 f"only first (message {i} is a system message)")
         content = self.msgs[i]["content"]
@@ -295,6 +474,121 @@ def _qwen_result(msgs: list[dict], i: int) -> str:
     text = "" if i > 0 and msgs[i - 1]["role"] == "tool" else "<|im_start|>user"
     text += "\n<tool_response>\n" + msgs[i]["content"] + "\n</tool_response>"
     return text + "<|im_end|>\n" if i + 1 == len(msgs) or msgs[i + 1]["role"] != "tool" else text
+
+
+def turn_end(msgs: list[dict], i: int) -> int:
+    """The index after the model turn at i: its tool_call messages are part of it."""
+    j = i + 1
+    while j < len(msgs) and msgs[j]["role"] == "tool_call":
+        j += 1
+    return j
+
+
+def _arguments(name: str, call: dict) -> dict:
+    """A call's arguments as the key/value pairs the XML call layouts write; an object is required."""
+    if not isinstance(call["arguments"], dict):
+        raise TemplateError(f"template {name!r}: the call to {call['name']!r} has arguments "
+                            f"{call['arguments']!r}; this family writes each argument as a key and a value, so "
+                            "arguments must be a JSON object")
+    return call["arguments"]
+
+
+# --- the qwen3.5 layout: trimmed texts, <function=...> calls, no system message after the first ---------
+
+
+def _qwen35_system(system: str | None, tools: list[dict] | None, instructions: str | None) -> str:
+    if not tools and instructions:
+        return "<|im_start|>system\n" + instructions + ("\n\n" + system if system else "") + "<|im_end|>\n"
+    if not tools:
+        return "" if system is None else "<|im_start|>system\n" + system + "<|im_end|>\n"
+    text = "<|im_start|>system\n" + (instructions + "\n\n" if instructions else "") + QWEN35_TOOLS_INTRO
+    text += "".join("\n" + _tojson(tool) for tool in tools)
+    return text + QWEN35_TOOLS_OUTRO + ("\n\n" + system if system else "") + "<|im_end|>\n"
+
+
+def _qwen35_last_query(name: str, msgs: list[dict]) -> int:
+    """Qwen3.5's last_query_index (contents trimmed first); its template raises when there is none."""
+    for k in range(len(msgs) - 1, -1, -1):
+        content = msgs[k]["content"].strip()
+        if msgs[k]["role"] == "user" and not (content.startswith("<tool_response>")
+                                              and content.endswith("</tool_response>")):
+            return k
+    raise TemplateError(f"template {name!r}: the conversation has no user query (a user message that is not a "
+                        "<tool_response>); Qwen3.5's template raises 'No user query found in messages.'")
+
+
+def _qwen35_call(name: str, call: dict, values: str | None) -> str:
+    def value(v: Any) -> str:
+        if isinstance(v, str):
+            return v
+        if values == "json" or isinstance(v, (dict, list, tuple)):
+            return _tojson(v)
+        return str(v)  # jinja's `string` filter: True, None, 1.5
+
+    params = "".join("<parameter=" + key + ">\n" + value(v) + "\n</parameter>\n"
+                     for key, v in _arguments(name, call).items())
+    return "<tool_call>\n<function=" + call["name"] + ">\n" + params + "</function>\n</tool_call>"
+
+
+def _qwen35_result(msgs: list[dict], i: int) -> str:
+    """As `_qwen_result`, the content trimmed; a result that is the first message opens no user turn."""
+    text = "<|im_start|>user" if i > 0 and msgs[i - 1]["role"] != "tool" else ""
+    text += "\n<tool_response>\n" + msgs[i]["content"].strip() + "\n</tool_response>"
+    return text + "<|im_end|>\n" if i + 1 == len(msgs) or msgs[i + 1]["role"] != "tool" else text
+
+
+# --- the nemotron3 layout: the tools as an XML list in the system turn ------------------------------------
+
+
+def _nemotron_tools(system: str | None, tools: list[dict] | None) -> str:
+    if not tools:
+        return ""
+    out = ("\n\n" if system else "") + "# Tools\n\nYou have access to the following functions:\n\n<tools>"
+    for tool in tools:
+        fn = tool.get("function", tool)
+        out += "\n<function>\n<name>" + fn["name"] + "</name>"
+        if "description" in fn:
+            out += "\n<description>" + str(fn["description"]).strip() + "</description>"
+        out += "\n<parameters>"
+        params = fn.get("parameters")
+        if isinstance(params, dict) and isinstance(params.get("properties"), dict):
+            for name, field in params["properties"].items():
+                out += "\n<parameter>\n<name>" + name + "</name>"
+                if "type" in field:
+                    out += "\n<type>" + str(field["type"]) + "</type>"
+                if "description" in field:
+                    out += "\n<description>" + str(field["description"]).strip() + "</description>"
+                if "enum" in field:
+                    out += "\n<enum>" + _tojson(field["enum"]) + "</enum>"
+                out += _extra_keys(field, ("name", "type", "description", "enum")) + "\n</parameter>"
+        out += _extra_keys(params, ("type", "properties", "required"))
+        if isinstance(params, dict) and "required" in params:
+            out += "\n<required>" + _tojson(params["required"]) + "</required>"
+        out += "\n</parameters>" + _extra_keys(fn, ("type", "name", "description", "parameters")) + "\n</function>"
+    return out + QWEN35_TOOLS_OUTRO
+
+
+def _extra_keys(value: Any, handled: tuple[str, ...]) -> str:
+    """Nemotron's render_extra_keys: each other key as <key>value</key> (JSON for containers)."""
+    if not isinstance(value, dict):
+        return ""
+    return "".join("\n<" + key + ">" + (_tojson(v) if isinstance(v, (dict, list, tuple)) else str(v)) + "</" + key + ">"
+                   for key, v in value.items() if key not in handled)
+
+
+# --- the glm4.5 layout: no end-of-turn text, <arg_key>/<arg_value> calls --------------------------------
+
+
+def _glm_tools(tools: list[dict] | None) -> str:
+    if not tools:
+        return ""
+    return GLM_TOOLS_INTRO + "".join(_tojson(tool) + "\n" for tool in tools) + GLM_TOOLS_OUTRO
+
+
+def _glm_call(name: str, call: dict) -> str:
+    args = "".join("<arg_key>" + key + "</arg_key>\n<arg_value>" + (v if isinstance(v, str) else _tojson(v))
+                   + "</arg_value>\n" for key, v in _arguments(name, call).items())
+    return "\n<tool_call>" + call["name"] + "\n" + args + "</tool_call>"
 
 
 # --- the deepseek_r1 reasoning style: no tool layout ----------------------------------------------------

@@ -9,6 +9,7 @@ training template into the tokenizer, so inference renders exactly what training
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Iterable
 
 from sftune.templates import jinja_segments, twins
@@ -56,27 +57,41 @@ class Template:
         """A jinja `chat_template` that renders what `render` renders (OpenAI-shaped messages)."""
         if self.jinja is not None:
             return self.jinja
+        if self.spec.get("official"):  # a family the tests prove byte-equal to its official text
+            return official_text(self.spec["official"])
         # A BOS written only for tokenizers that add one is resolved now, for the tokenizer bound.
         return to_jinja(self.spec, bos=self.bos if self.spec.get("bos_only_if_added") else None)
 
     @property
+    def effective_spec(self) -> dict[str, Any]:
+        """The template dict this template renders as: its own, or its twin's for an official jinja text
+        (empty for any other jinja)."""
+        return self.spec if self.jinja is None else BUILTINS.get(twins.builtin_of(self.jinja) or "", {})
+
+    @property
     def stop(self) -> str:
         """The end-of-turn text that ends a reply (generation stops there)."""
-        spec = self.spec if self.jinja is None else BUILTINS.get(twins.builtin_of(self.jinja) or "", {})
-        return fill(spec.get("end", ""), self.bos, self.eos).strip() or self.eos
+        return fill(self.effective_spec.get("end", ""), self.bos, self.eos).strip() or self.eos
 
     @property
     def reasoning(self) -> str | None:
         """The reasoning style ("qwen3": think blocks dropped before the last user query; "deepseek_r1":
         dropped from every reply but the last message), or None."""
-        spec = self.spec if self.jinja is None else BUILTINS.get(twins.builtin_of(self.jinja) or "", {})
-        return spec.get("reasoning")
+        return self.effective_spec.get("reasoning")
 
     def stop_token_ids(self, tokenizer: Any) -> list[int]:
-        """The ids generation stops at: the end-of-turn token (when it is one token) and EOS."""
-        ids = tokenizer(self.stop, add_special_tokens=False)["input_ids"] if self.stop else []
+        """The ids generation stops at: the end-of-turn token (when it is one token), the layout's other
+        stops (GLM's next headers, gpt-oss's <|call|>) and EOS."""
         stops = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-        return sorted(stops | set(ids[:1] if len(ids) == 1 else []))
+        for text in [self.stop, *self.effective_spec.get("stops", [])]:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+            stops |= set(ids[:1] if len(ids) == 1 else [])
+        return sorted(stops)
+
+
+def official_text(filename: str) -> str:
+    """The verbatim official chat_template shipped in templates/official/ (see its README)."""
+    return (Path(__file__).parent / "official" / filename).read_text(encoding="utf-8")
 
 
 def names() -> list[str]:

@@ -10,6 +10,14 @@ One twin renders more than its official text: DeepSeek-R1-Distill's template dro
 every reply, the last one included, so a conversation rendered through it would train no reasoning.
 Its twin renders the same prompts (byte for byte, the open think block included) and writes the last
 reply as the model writes it after that prompt, its reasoning kept (see definitions.py).
+
+Three render what their official text renders for the messages their models are given, where sftune's
+plain messages would make the jinja write something else: GLM-4.5's template writes a call-only turn's
+None content as "None" (its twin writes nothing, as for ""); gpt-oss's template takes reasoning from a
+`thinking` field, not a <think> block in the content, and raises on a call-only turn's None content (its
+twin writes a <think> block as the analysis channel, the official render with `thinking` set); Qwen3.8's
+reads it from `reasoning_content` only (its twin takes the <think> block as that field); GLM-4.5's
+twin also trains the header that follows a reply (<|user|>, <|observation|>), the model's stop token.
 """
 
 from __future__ import annotations
@@ -33,6 +41,14 @@ TWINS = {
     "66291cf0045c2425a3a667cf3cbb7af2b11f09e025c02f97245323ab79119362": "zephyr",
     "a55ee1b1660128b7098723e0abcd92caa0788061051c62d51cbe87d9cf1974d8": "qwen3",  # thinking mode (the default)
     "56a1447ad31926fdc21fb07e56e5642bd9c850c4f52d8c8af7bbe5f079a84f5f": "deepseek_r1",  # prompts; last reply kept
+    "64f85b198065d0fba2a81f37e10ed68161ce2c19a754c7100e67e0ca2ee9c326": "qwen3_2507",
+    "a4aee8afcf2e0711942cf848899be66016f8d14a889ff9ede07bca099c28f715": "qwen3.5",  # Qwen3.5-4B and larger
+    "273d8e0e683b885071fb17e08d71e5f2a5ddfb5309756181681de4f5a1822d80": "qwen3.5_nothink",  # 2B and smaller
+    "e84f32a23fdda27689f868aa4a1a5621f41133e51a48d7f3efcbea2839574259": "qwen3.6",
+    "44f815868bf02fa458dd2f741a338046f4bf45f398eb6d067766726b9d96cce3": "glm4.5",
+    "a4c9919cbbd4acdd51ccffe22da049264b1b73e59055fa58811a99efbd7c8146": "gpt-oss",  # <think> -> analysis
+    "ab7813c3abdd9cb655905a410728b26c7884eca45ddfab8d9f931553485a7862": "nemotron3",
+    "c3cf9e34abf4f9e36c2d72165aa9c132d3e2a725b6c2586aaa3a8af9d7a81041": "qwen3.8",  # <think> -> reasoning_content
 }
 # Gemma 1/2's template raises on a system message: a conversation with one is not a twin's.
 REFUSES_SYSTEM = {"ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15cfd6"}
@@ -40,7 +56,9 @@ REFUSES_SYSTEM = {"ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15c
 # Llama 3.1, whose built-ins are checked against these templates on random tool conversations too.
 # (The jinja path cannot even segment Llama 3.1 tool chats with a system message: the render of the
 # system message alone raises, as the tools go into the first user turn.)
-TOOL_TWINS = {digest for digest, name in TWINS.items() if name in ("qwen2.5", "llama3.1", "qwen3")}
+TOOL_TWINS = {digest for digest, name in TWINS.items()
+              if name in ("qwen2.5", "llama3.1", "qwen3", "qwen3_2507", "qwen3.5", "qwen3.5_nothink", "qwen3.6",
+                          "qwen3.8", "glm4.5", "gpt-oss", "nemotron3")}
 
 _FACTS: dict[str, tuple[str | None, bool, bool]] = {}
 

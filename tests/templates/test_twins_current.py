@@ -1,0 +1,345 @@
+"""The built-ins of the current families (Qwen3-2507, Qwen3.5 / 3.6, GLM-4.5) render byte for byte what
+their official templates render, on fixed and random chats with reasoning and tool calls; the official
+text of a model renders through its twin; the reasoning options and the stops train what they say."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+
+import jinja2
+import pytest
+from transformers.utils.chat_template_utils import render_jinja_template
+
+from sftune import templates
+from sftune.encode.labels import render_spans
+from sftune.encode.reasoning import split_records
+from sftune.templates import jinja_segments, twins
+from sftune.templates.render import split_think
+from sftune.templates.template import official_text
+from tests.templates.chats import CHATS as PLAIN_CHATS
+from tests.templates.chats import FIXTURES, TOOLS, call, prompt_part, trained_chars
+from tests.templates.test_reasoning import CHATS as REASONING_CHATS
+from tests.templates.test_reasoning import REASONING_CHAT, _random_chat
+
+# built-in -> (official fixture, the keyword arguments its official template is called with)
+FAMILIES = {
+    "qwen3_2507": ("qwen3_2507", {}),
+    "qwen3.5": ("qwen3.5", {}),
+    "qwen3.5_nothink": ("qwen3.5_nothink", {}),
+    "qwen3.6": ("qwen3.6", {}),
+    "qwen3.8": ("qwen3.8", {}),
+    "glm4.5": ("glm4.5", {}),
+    "gpt-oss": ("gpt-oss", {}),
+    "nemotron3": ("nemotron3_nano", {}),
+}
+# The same texts called with the other thinking mode are the other built-in.
+MODES = [("qwen3.5_nothink", "qwen3.5", {"enable_thinking": False}),
+         ("qwen3.5", "qwen3.5_nothink", {"enable_thinking": True})]
+# Non-string argument values, which Qwen3.5 writes with jinja's `string` and Qwen3.6 as JSON.
+TYPED_CALL_CHAT = [
+    {"role": "user", "content": "Book it."},
+    {"role": "assistant", "content": "<think>\nneed the tool\n</think>\n\nBooking.",
+     "tool_calls": [call("", {"city": "Oslo", "days": 3, "late": True, "pets": None, "tags": ["a", "ü"],
+                              "room": {"beds": 2}, "rate": 1.5})]},
+    {"role": "tool", "content": "  booked  "},
+    {"role": "assistant", "content": "Done."},
+]
+CHATS = REASONING_CHATS + PLAIN_CHATS + [TYPED_CALL_CHAT]
+
+
+def _official(fixture: str, chat: list[dict], tools, prompt: bool, **kwargs) -> str:
+    """The official render, a call-only turn's content as "" (GLM's template writes a None content as
+    "None", gpt-oss's raises on it; their models are shown "" there, and the built-in writes nothing), and
+    for gpt-oss and Qwen3.8 a reply's <think> block as the field their templates read reasoning from."""
+    chat = [{**m, "content": "" if m.get("content") is None else m["content"]} for m in chat]
+    field = {"gpt-oss": "thinking", "qwen3.8": "reasoning_content"}.get(fixture)
+    if field:
+        chat = [{**m, **dict(zip((field, "content"), split_think(m["content"])))}
+                if m["role"] == "assistant" and "</think>" in m["content"] else m for m in chat]
+    source = (FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8")
+    rendered, _ = render_jinja_template(conversations=[chat], tools=tools, chat_template=source,
+                                        add_generation_prompt=prompt, **kwargs)
+    return rendered[0]
+
+
+def _check(name: str, fixture: str, kwargs: dict, chat: list[dict], tools) -> None:
+    template = templates.get(name)
+    own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8"))
+    for prompt in (False, True):
+        shown = prompt_part(chat) if prompt else chat
+        if name == "gpt-oss" and any(len(m.get("tool_calls") or []) > 1 for m in shown):
+            with pytest.raises(templates.TemplateError, match="writes only the first call|Cannot pass both"):
+                template.render(shown, tools, prompt)  # the official template drops all calls but the first
+            continue
+        try:
+            expected = _official(fixture, shown, tools, prompt, **kwargs)
+        except jinja2.TemplateError as refused:  # the built-in refuses it too, and says why
+            with pytest.raises(templates.TemplateError, match=re.escape(str(refused)[:40])):
+                template.render(shown, tools, prompt)
+            continue
+        assert template.render(shown, tools, prompt) == expected, (name, shown)
+        if not kwargs:  # the official text as a model's own template, through the twin
+            assert twins.twin(own.jinja, templates.normalize_messages(shown), tools) == name
+            assert own.render(shown, tools, prompt) == expected, (name, shown)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("k", range(len(CHATS)))
+def test_current_family_builtin_is_byte_equal_to_its_official_template(name, k):
+    chat = CHATS[k]
+    _check(name, *FAMILIES[name], chat, TOOLS if any("tool_calls" in m for m in chat) else None)
+
+
+@pytest.mark.parametrize("name,fixture,kwargs", MODES)
+def test_qwen35_thinking_switch_of_one_text_is_the_other_builtin(name, fixture, kwargs):
+    for chat in CHATS:
+        _check(name, fixture, kwargs, chat, TOOLS if any("tool_calls" in m for m in chat) else None)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_current_family_builtin_matches_its_official_template_on_random_reasoning_and_tool_chats(name):
+    rng = random.Random(7)
+    for _ in range(60):
+        chat = _random_chat(rng)
+        _check(name, *FAMILIES[name], chat, TOOLS if rng.random() < 0.8 else None)
+
+
+@pytest.mark.parametrize("name", [n for n in FAMILIES if templates.BUILTINS[n].get("official")])
+def test_the_export_is_the_official_text_shipped_verbatim(name):
+    """The jinja saved into a trained model's tokenizer is the official text, byte for byte."""
+    spec = templates.BUILTINS[name]
+    fixture = (FIXTURES / spec["official"]).read_text(encoding="utf-8")
+    assert official_text(spec["official"]) == fixture
+    assert templates.get(name).to_jinja() == fixture
+    assert twins.TWINS[hashlib.sha256(fixture.encode("utf-8")).hexdigest()] == name
+
+
+def _trained(template, chat, tools=None, **options) -> str:
+    messages = templates.normalize_messages(chat)
+    text, spans = render_spans(template, messages, tools, "assistant", **options)
+    return "".join(text[a:b] for a, b, _ in spans)
+
+
+def test_qwen35_trains_reasoning_and_answers_after_the_prompts_think_opener():
+    t = templates.get("qwen3.5")
+    assert t.render(REASONING_CHAT[:2], add_generation_prompt=True).endswith("<|im_start|>assistant\n<think>\n")
+    assert _trained(t, REASONING_CHAT) == "4<|im_end|>six, clearly\n</think>\n\n6<|im_end|>"
+    assert _trained(t, REASONING_CHAT, reasoning="answer_only") == "4<|im_end|>6<|im_end|>"
+    no_reasoning = REASONING_CHAT[:4] + [{"role": "assistant", "content": "6"}]
+    assert _trained(t, no_reasoning) == "4<|im_end|>6<|im_end|>"  # the empty think block is not trained
+    assert _trained(t, no_reasoning, train_empty_think=True) == "4<|im_end|>\n</think>\n\n6<|im_end|>"
+    nothink = templates.get("qwen3.5_nothink")
+    assert nothink.render(REASONING_CHAT[:2], add_generation_prompt=True).endswith("<think>\n\n</think>\n\n")
+    assert _trained(nothink, no_reasoning) == "4<|im_end|>6<|im_end|>"
+
+
+def test_qwen35_think_last_turn_and_tool_calls():
+    chat = [{"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "<think>call it</think>", "tool_calls": [call("Paris")]},
+            {"role": "tool", "content": "21"},
+            {"role": "assistant", "content": "<think>it said 21</think>It is 21."}]
+    t = templates.get("qwen3.5")
+    call_text = "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>"
+    assert _trained(t, chat, TOOLS) == ("call it\n</think>\n\n" + call_text + "<|im_end|>"
+                                        "it said 21\n</think>\n\nIt is 21.<|im_end|>")
+    assert _trained(t, chat, TOOLS, reasoning="think_last_turn") == (call_text + "<|im_end|>"
+                                                                     "it said 21\n</think>\n\nIt is 21.<|im_end|>")
+
+
+def test_glm_trains_the_next_header_as_the_stop_of_each_reply():
+    """GLM-4.5's turns have no end text: the <|user|> / <|observation|> header after a reply is the model's
+    stop token, so it is trained with the reply (the jinja path gives it to the next message)."""
+    chat = [{"role": "system", "content": "S"},
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "", "tool_calls": [call("Paris")]},
+            {"role": "tool", "content": "21"},
+            {"role": "assistant", "content": "<think> it said 21 </think> It is 21. "},
+            {"role": "user", "content": "Thanks"},
+            {"role": "assistant", "content": "<think>polite</think>You're welcome."}]
+    t = templates.get("glm4.5")
+    assert t.render(chat, TOOLS) == _official("glm4.5", chat, TOOLS, False)
+    call_text = "\n<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n</tool_call>"
+    assert _trained(t, chat, TOOLS) == call_text + "<|observation|>\nIt is 21.<|user|>\n<think>polite</think>\n" \
+                                                   "You're welcome."
+    assert _trained(t, chat, TOOLS, reasoning="answer_only").endswith("<|user|>\nYou're welcome.")
+    # The jinja path gives each header to the next message (compared on a chat it segments: no reasoning
+    # dropped, no call-only turn, whose None content GLM's template writes as "None").
+    stable = [chat[0], chat[1], {"role": "assistant", "content": "It is 21."}] + chat[5:]
+    own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / "glm4.5.jinja").read_text(encoding="utf-8"))
+    messages = templates.normalize_messages(stable)
+    slow = jinja_segments.segments(own, messages, TOOLS, False)
+    fast = own.segments(messages, TOOLS)
+    text = "".join(piece for piece, _, _ in fast)
+    stops = {k + n for header in ("<|user|>", "<|observation|>") for k in range(text.index("<|assistant|>"), len(text))
+             if text.startswith(header, k) for n in range(len(header))}  # the headers after a reply
+    assert trained_chars(messages, fast, "assistant") == trained_chars(messages, slow, "assistant") | stops
+
+
+class _Vocab:
+    """A tokenizer of a few special texts, enough for `stop_token_ids`."""
+
+    eos_token_id = 0
+    ids = {"<|endoftext|>": [0], "<|user|>": [1], "<|observation|>": [2], "<|im_end|>": [3]}
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": self.ids.get(text, [9, 9])}
+
+
+def test_glm_generation_stops_at_the_next_header():
+    assert templates.get("glm4.5").stop_token_ids(_Vocab()) == [0, 1, 2]
+    assert templates.get("qwen3.5").stop_token_ids(_Vocab()) == [0, 3]
+
+
+@pytest.mark.parametrize("name", ["qwen3.5", "glm4.5"])
+def test_earlier_reasoning_is_split_into_its_own_example(name):
+    """Both drop a reply's reasoning before the last user query: each exchange becomes an example."""
+    from sftune.data.schema import Conversation, Message
+
+    conversation = Conversation([Message(m["role"], m["content"]) for m in REASONING_CHAT], None, {})
+    records, n_split = split_records([conversation], templates.get(name))
+    assert n_split == 1 and len(records) == 2
+    assert "add them" in _trained(templates.get(name), records[0])
+
+
+def test_qwen35_refuses_what_its_template_refuses():
+    t = templates.get("qwen3.5")
+    with pytest.raises(templates.TemplateError, match="no user query"):
+        t.render([{"role": "user", "content": "<tool_response>x</tool_response>"},
+                  {"role": "assistant", "content": "y"}])
+    with pytest.raises(templates.TemplateError, match="system message is allowed only first"):
+        t.render([{"role": "user", "content": "x"}, {"role": "system", "content": "late"}])
+    with pytest.raises(templates.TemplateError, match="must be a JSON object"):
+        t.render([{"role": "user", "content": "x"},
+                  {"role": "assistant", "content": None, "tool_calls": [call("", "[1, 2]")]}], TOOLS)
+
+
+def test_gpt_oss_trains_channels_and_ends_the_last_reply_with_return():
+    t = templates.get("gpt-oss")
+    chat = [{"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "<think>add</think>4"},
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "<think>ask the tool</think>", "tool_calls": [call("Paris")]},
+            {"role": "tool", "content": "21"},
+            {"role": "assistant", "content": "<think>it said 21</think>21°C"}]
+    text = t.render(chat, TOOLS)
+    assert "<|start|>developer<|message|># Instructions\n\nBe brief.\n\n# Tools" in text
+    call_text = ' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}<|call|>'
+    assert _trained(t, chat, TOOLS) == ("<|channel|>final<|message|>4<|end|>" + call_text
+                                        + "<|channel|>analysis<|message|>it said 21<|end|><|start|>assistant"
+                                          "<|channel|>final<|message|>21°C<|return|>")
+    assert "add" not in text and "ask the tool" not in text  # a later final answer drops them
+    assert _trained(t, chat, TOOLS, reasoning="answer_only").endswith(call_text + "<|channel|>final<|message|>21°C"
+                                                                      "<|return|>")
+    assert t.render(chat[:4], TOOLS, True).endswith("<|start|>user<|message|>Weather?<|end|><|start|>assistant")
+    assert t.stop == "<|return|>"
+
+
+def test_gpt_oss_tool_namespace_matches_the_official_macros_on_a_rich_schema():
+    rich = [{"type": "function", "function": {"name": "book", "description": "Book a room", "parameters": {
+        "type": "object", "required": ["city", "when"], "properties": {
+            "city": {"type": "string", "description": "City name"},
+            "kind": {"type": "string", "enum": ["single", "double"], "default": "single"},
+            "when": {"type": "object", "properties": {"day": {"type": "integer"}, "late": {"type": "boolean"}},
+                     "required": ["day"]},
+            "tags": {"type": "array", "items": {"type": "string"}, "nullable": True},
+            "rooms": {"type": "array", "items": {"type": "object", "properties": {"beds": {"type": "number"}}}},
+            "any": {"type": "array"},
+            "note": {"type": "string", "nullable": True, "default": None},
+            "either": {"oneOf": [{"type": "string", "description": "a name"}, {"type": "integer", "default": 3}]},
+            "multi": {"type": ["string", "number"]},
+            "obj": {"type": "object"},
+            "free": {},
+            "rate": {"type": "number", "default": 1.5}}}}},
+        {"type": "function", "function": {"name": "ping", "description": "No arguments"}}]
+    chat = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    assert templates.get("gpt-oss").render(chat, rich) == _official("gpt-oss", chat, rich, False)
+    with pytest.raises(templates.TemplateError, match="has no description"):
+        templates.get("gpt-oss").render(chat, [{"type": "function", "function": {"name": "f"}}])
+
+
+def test_gpt_oss_generation_stops_at_return_and_call():
+    vocab = _Vocab()
+    vocab.ids = {**vocab.ids, "<|return|>": [4], "<|call|>": [5]}
+    assert templates.get("gpt-oss").stop_token_ids(vocab) == [0, 4, 5]
+
+
+def test_gpt_oss_earlier_reasoning_is_split_into_its_own_example():
+    from sftune.data.schema import Conversation, Message
+
+    messages = [{"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": "<think>ask the tool</think>"},
+                {"role": "tool_call", "content": '{"name": "get_weather", "arguments": {"city": "Paris"}}'},
+                {"role": "tool", "content": "21"},
+                {"role": "assistant", "content": "<think>it said 21</think>21°C"}]
+    conversation = Conversation([Message(m["role"], m["content"]) for m in messages], TOOLS, {})
+    records, n_split = split_records([conversation], templates.get("gpt-oss"))
+    assert n_split == 1 and [len(r.messages) for r in records] == [3, 5]  # the first ends after its call
+    first = _trained(templates.get("gpt-oss"), records[0], TOOLS)
+    assert first.startswith("<|channel|>analysis<|message|>ask the tool<|end|><|start|>assistant to=functions.")
+
+
+def test_nemotron3_trains_each_replys_think_block_and_answer_and_lists_rich_tools_as_the_official():
+    t = templates.get("nemotron3")
+    assert t.render(REASONING_CHAT[:2], add_generation_prompt=True).endswith("<|im_start|>assistant\n<think>\n")
+    # an earlier reply keeps what follows its </think> as the official template does ("\n\n4"); what the
+    # generation prompt holds of a think block ("<think>\n", or "<think>" of an empty one) is not trained
+    assert _trained(t, REASONING_CHAT) == "\n\n4<|im_end|>\nsix, clearly\n\n</think>6<|im_end|>"
+    assert _trained(t, REASONING_CHAT, reasoning="answer_only") == "\n\n4<|im_end|>6<|im_end|>"
+    assert _trained(t, REASONING_CHAT, train_empty_think=True).startswith("</think>\n\n4<|im_end|>")
+    assert templates.get("nemotron3").render(PLAIN_CHATS[0]).startswith("<|im_start|>system\n<|im_end|>\n")
+    rich = [{"type": "function", "function": {"name": "book", "description": " Book a room ", "strict": True,
+                                              "parameters": {"type": "object", "required": ["city"],
+                                                             "additionalProperties": False, "properties": {
+            "city": {"type": "string", "description": "City", "minLength": 1},
+            "kind": {"type": ["string", "null"], "enum": ["a", "b"], "default": "a"},
+            "when": {"type": "object", "properties": {"day": {"type": "integer"}}}}}}},
+        {"type": "function", "function": {"name": "ping"}}]
+    chat = [{"role": "system", "content": "S"}, {"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    assert t.render(chat, rich) == _official("nemotron3_nano", chat, rich, False)
+
+
+def test_qwen38_keeps_every_replys_reasoning_so_nothing_is_split():
+    from sftune.data.schema import Conversation, Message
+
+    t = templates.get("qwen3.8")
+    assert t.render(REASONING_CHAT).startswith("<|im_start|>system\nReasoning effort is set to xhigh.")
+    assert _trained(t, REASONING_CHAT) == "add them\n</think>\n\n4<|im_end|>six, clearly\n</think>\n\n6<|im_end|>"
+    last_only = "4<|im_end|>six, clearly\n</think>\n\n6<|im_end|>"
+    assert _trained(t, REASONING_CHAT, reasoning="think_last_turn") == last_only
+    conversation = Conversation([Message(m["role"], m["content"]) for m in REASONING_CHAT], None, {})
+    assert split_records([conversation], t) == ([conversation], 0)
+
+
+@pytest.mark.parametrize("name", [n for n in FAMILIES if n != "glm4.5"])  # GLM: its own test (the stops)
+def test_trained_spans_equal_the_jinja_paths_wherever_it_segments_the_same_text(name):
+    """Where the prefix-segmenting jinja path renders a chat at all (many of these templates refuse prefixes)
+    and writes the same text (Qwen3.8's and gpt-oss's read reasoning from another field), the twin trains
+    the same characters under every policy."""
+    from sftune import encode
+
+    fixture, _ = FAMILIES[name]
+    own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8"))
+    compared = 0
+    for chat in CHATS:
+        tools = TOOLS if any("tool_calls" in m for m in chat) else None
+        for prompt in (False, True):
+            messages = templates.normalize_messages(prompt_part(chat) if prompt else chat)
+            try:
+                slow = jinja_segments.segments(own, messages, tools, prompt)
+            except (templates.TemplateError, jinja2.TemplateError):
+                continue
+            try:
+                fast = own.segments(messages, tools, prompt)
+            except templates.TemplateError:  # gpt-oss: what its template raises on once reasoning is split out
+                assert name == "gpt-oss"
+                continue
+            if "".join(t for t, _, _ in fast) != "".join(t for t, _, _ in slow):
+                assert name in ("qwen3.8", "gpt-oss") and any("</think>" in m["content"] for m in messages)
+                continue
+            compared += 1
+            for policy in encode.POLICIES:
+                assert trained_chars(messages, fast, policy) == trained_chars(messages, slow, policy), (chat, policy)
+    assert compared >= 3
