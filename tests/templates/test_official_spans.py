@@ -124,3 +124,26 @@ def test_a_model_without_any_stop_token_is_refused_before_training(smollm2_token
     template = templates.get({"name": "plain", "user": "Q: {content}\n", "assistant": "A: {content}\n"}, tokenizer)
     with pytest.raises(templates.TemplateError, match="has no stop token"):
         stops.audit(template, tokenizer, [])
+
+
+def test_data_inspect_says_and_shows_the_stop_appended_after_glms_last_reply(tmp_path, smollm2_tokenizer):
+    """A model folder whose tokenizer holds GLM-4.5's template and whose generation_config names its stops."""
+    import json
+
+    from transformers import GenerationConfig
+    from typer.testing import CliRunner
+
+    from sftune.cli import app
+
+    tokenizer, eos_ids = stand_in(smollm2_tokenizer, "glm4moe")
+    folder = tmp_path / "glm"
+    tokenizer.save_pretrained(folder)
+    GenerationConfig(eos_token_id=eos_ids).save_pretrained(folder)
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": PLAIN}) + "\n")
+    out = CliRunner().invoke(app, ["data", "inspect", str(data), "--model", str(folder)])
+    assert out.exit_code == 0, out.output
+    assert "appends '<|user|>'" in " ".join(out.output.split())
+    out = CliRunner().invoke(app, ["data", "inspect", str(data), "--model", str(folder), "--plain"])
+    trained = [json.loads(line.split("\t", 1)[1]) for line in out.output.splitlines() if line.startswith("TRAIN")]
+    assert "".join(trained) == "Hello! How can I help?<|user|>It is 4.<|user|>"

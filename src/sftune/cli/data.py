@@ -467,8 +467,8 @@ def data_inspect_command(
     colours = console.color_system is not None and not console.no_color
     opening, closing = TRAINED_MARKS
     if not plain:
-        console.print(f"template: {chosen.name}   policy: {policy}", highlight=False)
-        console.print(checked.summary(), highlight=False)
+        stop_line = f"\n{checked.summary()}" if checked.appended else f"   {checked.summary()}"
+        console.print(f"template: {chosen.name}   policy: {policy}{stop_line}", highlight=False)
     for k, conversation in enumerate(read(path, format=format, syntax="cli")):
         if k >= limit:
             break

@@ -37,11 +37,11 @@ class Audit:
     stops: list[str]
 
     def summary(self) -> str:
-        """The line a run prints once at its start."""
+        """What a run says once at its start (rich markup)."""
         if self.appended is not None:
-            return (f"[yellow]template {self.template.name!r} writes no stop token after the last reply; sftune "
-                    f"appends {self.appended!r} (a stop token of the model) to it and trains it[/yellow]")
-        return f"stop tokens (trained after every reply, generation stops at them): {', '.join(self.stops)}"
+            return (f"[yellow]template {self.template.name!r} writes no stop token after the last reply: sftune "
+                    f"appends {self.appended!r} (a stop token of the model) and trains it[/yellow]")
+        return f"stop tokens: {', '.join(self.stops)}"
 
 
 def eos_ids(source: Any) -> list[int]:
