@@ -147,3 +147,15 @@ def test_data_inspect_says_and_shows_the_stop_appended_after_glms_last_reply(tmp
     out = CliRunner().invoke(app, ["data", "inspect", str(data), "--model", str(folder), "--plain"])
     trained = [json.loads(line.split("\t", 1)[1]) for line in out.output.splitlines() if line.startswith("TRAIN")]
     assert "".join(trained) == "Hello! How can I help?<|user|>It is 4.<|user|>"
+
+
+def test_tool_call_turns_through_qwen35s_template_train_the_calls_and_their_end_of_turn():
+    """Rounds of calls and results, then answers: Qwen3.5 trims the contents and writes its own call layout."""
+    from tests.templates.chats import MULTI_STEP_CHAT, TOOLS
+
+    template = templates.Template(templates.TOKENIZER, eos="<|im_end|>",
+                                  jinja=(FIXTURES / "qwen3_5_think.jinja").read_text(encoding="utf-8"))
+    text, spans = render_spans(template, templates.normalize_messages(MULTI_STEP_CHAT), TOOLS, "assistant")
+    call = "<tool_call>\n<function=get_weather>\n<parameter=city>\n{}\n</parameter>\n</function>\n</tool_call><|im_end|>"
+    assert [text[a:b] for a, b, _ in spans] == [call.format("Zürich"), call.format("Paris"),
+                                                "Zürich 18°C, Paris 21°C.<|im_end|>", "You're welcome.<|im_end|>"]

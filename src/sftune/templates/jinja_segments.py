@@ -378,10 +378,11 @@ def _token_match(full: str, lo: int, hi: int, texts: tuple[str, ...] | None, lea
 
 
 def _find_prompt(full: str, prompt: str, lo: int, hi: int) -> tuple[int, int] | None:
-    """Where the generation prompt (or its longest start, at least half of it) first occurs in full[lo:hi]."""
-    for n in range(len(prompt), (len(prompt) + 1) // 2 - 1, -1):
-        if n == 0:
-            break
+    """Where the generation prompt first occurs in full[lo:hi], or its longest start that ends at a token
+    or a line ("<|im_start|>assistant\n" of Qwen3.5's "<|im_start|>assistant\n<think>\n"), at least half of it."""
+    cuts = {len(prompt)} | {m.end() for m in _TOKEN_LIKE.finditer(prompt)} | {
+        k + 1 for k, c in enumerate(prompt) if c == "\n"}
+    for n in sorted((n for n in cuts if n and 2 * n >= len(prompt)), reverse=True):
         at = full.find(prompt[:n], lo, hi)
         if at >= 0:
             return at, at + n
