@@ -45,11 +45,43 @@ class NotPrefixStable(TemplateError):
 
 def segments(t: Template, msgs: list[dict], tools: list[dict] | None,
              add_generation_prompt: bool) -> list[Segment]:
-    """Segments of a jinja template: from prefix renders where the template allows, else from placeholders."""
-    try:
-        return prefix_segments(t, msgs, tools, add_generation_prompt)
-    except NotPrefixStable:
-        return placeholder_segments(t, msgs, tools, add_generation_prompt)
+    """Segments of a jinja template: from prefix renders where the template allows, else from placeholders.
+
+    A template that is not prefix-stable on a plain multi-turn probe takes placeholders for every
+    conversation (one method for all its records, and no prefix renders spent on each)."""
+    if not _needs_placeholders(t):
+        try:
+            return prefix_segments(t, msgs, tools, add_generation_prompt)
+        except NotPrefixStable:
+            pass
+    return placeholder_segments(t, msgs, tools, add_generation_prompt)
+
+
+_PLACEHOLDERS_FOR: dict[tuple[str | None, str, str], bool] = {}
+
+
+def _needs_placeholders(t: Template) -> bool:
+    """Whether prefix renders fail on [system, user, reply, user, reply] (or, for a template that takes no
+    system message, on the rest), found once per template."""
+    key = (t.jinja, t.bos, t.eos)
+    if key not in _PLACEHOLDERS_FOR:
+        _PLACEHOLDERS_FOR[key] = False
+        for probe in (_PROBE, _PROBE[1:]):
+            try:
+                prefix_segments(t, probe, None, False)
+            except NotPrefixStable:
+                _PLACEHOLDERS_FOR[key] = True
+            except TemplateError:
+                continue
+            break
+    return _PLACEHOLDERS_FOR[key]
+
+
+_PROBE = [{"role": "system", "content": "s", "train": None, "weight": None},
+          {"role": "user", "content": "u", "train": None, "weight": None},
+          {"role": "assistant", "content": "a", "train": None, "weight": None},
+          {"role": "user", "content": "v", "train": None, "weight": None},
+          {"role": "assistant", "content": "b", "train": None, "weight": None}]
 
 
 def prefix_segments(t: Template, msgs: list[dict], tools: list[dict] | None,
