@@ -42,23 +42,28 @@ FAMILIES = {
                "<|channel|>final<|message|>Hello! How can I help?<|end|>"
                "<|channel|>analysis<|message|>Add them.<|end|><|start|>assistant<|channel|>final<|message|>"
                "It is 4.<|return|>"),
-    "deepseekv3": (dict(bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>", stops=["<｜end▁of▁sentence｜>"],
-                        special=["<｜User｜>", "<｜Assistant｜>", "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"]),
-                   [SYSTEM] + PLAIN, "Hello! How can I help?<｜end▁of▁sentence｜>It is 4.<｜end▁of▁sentence｜>"),
+    "deepseekv3": (dict(bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>",
+                        stops=["<｜end▁of▁sentence｜>"],
+                        special=["<｜User｜>", "<｜Assistant｜>", "<｜begin▁of▁sentence｜>",
+                                 "<｜end▁of▁sentence｜>"]),
+                   [SYSTEM] + PLAIN,
+                   "Hello! How can I help?<｜end▁of▁sentence｜>It is 4.<｜end▁of▁sentence｜>"),
     # GLM-4.5: a turn ends where the next role header begins (<|user|>, a stop token); after the last reply the
     # template writes nothing, so the audit appends the stop the template writes after the others.
     "glm4moe": (dict(bos="", eos="<|endoftext|>", stops=["<|endoftext|>", "<|user|>", "<|observation|>"],
                      special=["[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>",
                               "<|endoftext|>"]),
                 [SYSTEM] + THINK, "Hello! How can I help?<|user|>\n<think>Add them.</think>\nIt is 4.<|user|>"),
-    "gemma4": (dict(bos="<bos>", eos="<eos>", stops=["<eos>", "<turn|>"], special=["<|turn>", "<turn|>", "<bos>",
-                                                                                   "<eos>"]),
+    "gemma4": (dict(bos="<bos>", eos="<eos>", stops=["<eos>", "<turn|>"],
+                    special=["<|turn>", "<turn|>", "<bos>", "<eos>"]),
                [SYSTEM] + PLAIN, "Hello! How can I help?<turn|>It is 4.<turn|>"),
-    "llama3_2": (dict(bos="<|begin_of_text|>", eos="<|eot_id|>", stops=["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"],
+    "llama3_2": (dict(bos="<|begin_of_text|>", eos="<|eot_id|>",
+                      stops=["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"],
                       special=["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
                                "<|eot_id|>", "<|eom_id|>"]),
                  [SYSTEM] + PLAIN, "Hello! How can I help?<|eot_id|>It is 4.<|eot_id|>"),
-    "nemotron_3_nano": (QWEN, [SYSTEM] + THINK, "Hello! How can I help?<|im_end|>Add them.\n</think>\nIt is 4.<|im_end|>"),
+    "nemotron_3_nano": (QWEN, [SYSTEM] + THINK,
+                        "Hello! How can I help?<|im_end|>Add them.\n</think>\nIt is 4.<|im_end|>"),
 }
 
 
@@ -66,8 +71,8 @@ def stand_in(smollm2_tokenizer, fixture: str):
     """SmolLM2's tokenizer with the family's special tokens, EOS and template; and its generation_config eos ids."""
     family = FAMILIES[fixture][0]
     tokenizer = copy.deepcopy(smollm2_tokenizer)
-    tokenizer.add_special_tokens({"additional_special_tokens": family["special"] + [family["bos"]] * bool(family["bos"]),
-                                  "eos_token": family["eos"], **({"bos_token": family["bos"]} if family["bos"] else {})})
+    bos = {"bos_token": family["bos"]} if family["bos"] else {}
+    tokenizer.add_special_tokens({"additional_special_tokens": family["special"], "eos_token": family["eos"], **bos})
     if not family["bos"]:
         tokenizer.bos_token = None
     tokenizer.chat_template = (FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8")
@@ -93,10 +98,10 @@ def test_each_reply_and_its_stop_are_trained_through_the_official_template(fixtu
     assert checked.template.render(messages) == official + (checked.appended or "")
     result = encode(chat, tokenizer, checked.template)
     labels = result["labels"]
-    reply_ends = [k for k in range(len(labels)) if labels[k] != IGNORE and (k + 1 == len(labels)
-                                                                            or labels[k + 1] == IGNORE)]
-    assert len(reply_ends) >= 2 and all(labels[k] in checked.stop_ids or tokenizer.convert_ids_to_tokens(labels[k])
-                                        in tokenizer.all_special_tokens for k in reply_ends)
+    reply_ends = [k for k in range(len(labels))
+                  if labels[k] != IGNORE and (k + 1 == len(labels) or labels[k + 1] == IGNORE)]
+    special = set(tokenizer.all_special_ids)
+    assert len(reply_ends) >= 2 and all(labels[k] in checked.stop_ids or labels[k] in special for k in reply_ends)
     assert labels[reply_ends[-1]] in checked.stop_ids
 
 
@@ -156,6 +161,7 @@ def test_tool_call_turns_through_qwen35s_template_train_the_calls_and_their_end_
     template = templates.Template(templates.TOKENIZER, eos="<|im_end|>",
                                   jinja=(FIXTURES / "qwen3_5_think.jinja").read_text(encoding="utf-8"))
     text, spans = render_spans(template, templates.normalize_messages(MULTI_STEP_CHAT), TOOLS, "assistant")
-    call = "<tool_call>\n<function=get_weather>\n<parameter=city>\n{}\n</parameter>\n</function>\n</tool_call><|im_end|>"
+    call = ("<tool_call>\n<function=get_weather>\n<parameter=city>\n{}\n</parameter>\n</function>\n"
+            "</tool_call><|im_end|>")
     assert [text[a:b] for a, b, _ in spans] == [call.format("Zürich"), call.format("Paris"),
                                                 "Zürich 18°C, Paris 21°C.<|im_end|>", "You're welcome.<|im_end|>"]

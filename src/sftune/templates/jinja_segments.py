@@ -222,7 +222,8 @@ _PLACEHOLDER = "SFTUNEx{:05d}x"  # letters and digits: templates that trim or JS
 # "</s>"), for a template bound to no tokenizer; a bound one adds its model's stop texts (Template.stop_texts).
 _TOKEN_LIKE = re.compile(r"<\|[^<>|\s]+\|?>|<[^<>|\s]+\|>|<｜[^<>｜]+｜>|</s>|<end_of_turn>|<eos>")
 _REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
-_REASONING_FIELDS = re.compile(r"""\.(?:reasoning_content|thinking)\b|[\[(]\s*['"](?:reasoning_content|thinking|reasoning)['"]""")
+_REASONING_FIELDS = re.compile(
+    r"""\.(?:reasoning_content|thinking)\b|[\[(]\s*['"](?:reasoning_content|thinking|reasoning)['"]""")
 
 
 def placeholder_segments(t: Template, msgs: list[dict], tools: list[dict] | None,
@@ -243,7 +244,8 @@ def _placeholders(t: Template, hf: list[dict]) -> tuple[list[dict], list[dict], 
     as (message, "content" | "reasoning", real text) in placeholder order).
 
     A reply's reasoning goes into `reasoning_content`, `reasoning` and `thinking` for a template that reads
-    one of those fields (Qwen3.5, GLM, gpt-oss, Gemma 4), else stays in the content as <think>...</think> (the template splits it).
+    one of those fields (Qwen3.5, GLM, gpt-oss, Gemma 4), else stays in the content as <think>...</think>
+    (the template splits it, or keeps it).
     Blank texts keep their value: a template may write other text around an empty content."""
     fields_of_template = bool(_REASONING_FIELDS.search(t.jinja or ""))
     real, marked, fields = [], [], []
