@@ -166,7 +166,8 @@ def load(
         else:
             model, tokenizer = models.load(name, **options)
         chosen = templates.get(template, tokenizer) if template else templates.default_for(tokenizer)
-        return Loaded(name, model.eval(), tokenizer, chosen, chosen.stop_token_ids(tokenizer), processor=processor)
+        return Loaded(name, model.eval(), tokenizer, chosen, stop_token_ids(chosen, tokenizer, model),
+                      processor=processor)
 
     run_dir = Path(name).expanduser()
     cfg = run_config(run_dir)
@@ -185,7 +186,8 @@ def load(
     else:
         model, tokenizer = models.load(run_dir, **load_options(device, dtype, device_map))
     chosen = run_template(run_dir, cfg, tokenizer)
-    return Loaded(name, model.eval(), tokenizer, chosen, chosen.stop_token_ids(tokenizer), base=cfg.model.name,
+    return Loaded(name, model.eval(), tokenizer, chosen, stop_token_ids(chosen, tokenizer, model, run_dir),
+                  base=cfg.model.name,
                   run_dir=run_dir, method=cfg.method.name, config=cfg, processor=processor)
 
 
@@ -220,6 +222,27 @@ def load_options(device: str, dtype: Any, device_map: Any = None, method: Any = 
     if device_map is not None:
         options["device_map"] = device_map
     return options
+
+
+def write_generation_config(run_dir: str | os.PathLike, model: Any, stop_ids: list[int]) -> None:
+    """generation_config.json in the run folder: the model's own, stopping at the stops training trained
+    (the template's end-of-turn, EOS, the model's eos ids; stops.audit), for an adapter run too."""
+    from transformers import GenerationConfig
+
+    own = getattr(model, "generation_config", None)
+    config = GenerationConfig.from_dict(own.to_dict()) if own is not None else GenerationConfig()
+    config.eos_token_id = list(stop_ids) if len(stop_ids) > 1 else stop_ids[0]
+    config.save_pretrained(str(run_dir))
+
+
+def stop_token_ids(template: templates.Template, tokenizer: Any, model: Any, run_dir: Path | None = None
+                   ) -> list[int]:
+    """What generation stops at: the template's end-of-turn and EOS, the model's generation_config eos ids
+    and, for a run, its saved generation_config's (a stop sftune appended while training, GLM's `<|user|>`)."""
+    from sftune.templates.stops import eos_ids
+
+    found = set(template.stop_token_ids(tokenizer)) | set(eos_ids(model))
+    return sorted(found | set(eos_ids(run_dir)) if run_dir is not None else found)
 
 
 def run_template(run_dir: Path, cfg: Any, tokenizer: Any) -> templates.Template:

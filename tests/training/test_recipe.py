@@ -35,14 +35,26 @@ def run_config(tmp_path, model_dir, **sections) -> dict:
 
 
 def test_train_writes_the_run_folder(tmp_path, tiny_checkpoint):
+    from transformers import AutoTokenizer
+
     from sftune import templates
     from sftune import train
 
-    result = train(run_config(tmp_path, tiny_checkpoint))
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    result = train(run_config(tmp_path, tiny_checkpoint), console=console)
     run = result.run_dir
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "config.yaml",
-                 "metrics.jsonl", "curves.png", "summary.json"):
+                 "metrics.jsonl", "curves.png", "summary.json", "generation_config.json"):
         assert (run / name).exists(), name
+    # the stop-token audit is said once, and the run's generation_config stops where training trained the stop
+    assert console.export_text().count("stop tokens: <|im_end|>") == 1
+    from transformers import GenerationConfig
+
+    eos = GenerationConfig.from_pretrained(run).eos_token_id
+    assert AutoTokenizer.from_pretrained(run).convert_tokens_to_ids("<|im_end|>") in ([eos] if isinstance(eos, int)
+                                                                                     else eos)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["trained_tokens"] > 0 and summary["peak_memory_mb"] > 0
     assert summary["trained_tokens_per_second"] > 0 and summary["packing"] is True
@@ -56,8 +68,6 @@ def test_train_writes_the_run_folder(tmp_path, tiny_checkpoint):
     kept = sorted(p.name for p in (run / "checkpoints").glob("checkpoint-*"))
     assert len(kept) <= 2 and "checkpoint-6" in kept
     # the template used in training is the saved tokenizer's chat template (token ids compared)
-    from transformers import AutoTokenizer
-
     saved = AutoTokenizer.from_pretrained(run)
     template = templates.default_for(AutoTokenizer.from_pretrained(tiny_checkpoint))
     messages = [{"role": "user", "content": "你好, hello"}]

@@ -467,16 +467,19 @@ def data_inspect_command(
     from sftune.data import read
     from sftune.data.errors import where as where_from
     from sftune.encode import IGNORE, encode, explain
+    from sftune.templates import stops
     from sftune.vision import encode as vision_encode
     from sftune.vision import models as vision_models
 
     tokenizer, processor = vision_models.tokenizer_and_processor(model)  # images: one masked run each
     image_ids = vision_encode.image_token_ids(processor) if processor is not None else frozenset()
-    chosen = _template_for(template, tokenizer)
+    checked = stops.audit(_template_for(template, tokenizer), tokenizer, stops.eos_ids(models.resolve(model)))
+    chosen = checked.template  # as training renders it: a stop sftune appends shows, trained
     colours = console.color_system is not None and not console.no_color
     opening, closing = TRAINED_MARKS
     if not plain:
-        console.print(f"template: {chosen.name}   policy: {policy}", highlight=False)
+        stop_line = f"\n{checked.summary()}" if checked.appended else f"   {checked.summary()}"
+        console.print(f"template: {chosen.name}   policy: {policy}{stop_line}", highlight=False)
     for k, conversation in enumerate(read(path, format=format, syntax="cli")):
         if k >= limit:
             break

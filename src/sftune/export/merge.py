@@ -75,7 +75,8 @@ def merge_run(run: str | Path, out_dir: str | Path, *, dtype: str = "float32"):
         model, _ = models.load(run_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
     template = templates.get(cfg.data.template, tokenizer) if cfg.data.template else templates.default_for(tokenizer)
-    stops = _stop_ids(template, tokenizer)
+    stops = _stop_ids(template, tokenizer, runs.stop_token_ids(template, tokenizer, model,
+                                                             run_dir if runs.is_run(run_dir) else None))
     templates.save_to_tokenizer(template, tokenizer)
     model = model.to(torch_dtype).eval()
     _set_generation_config(model, tokenizer, stops)
@@ -86,9 +87,9 @@ def merge_run(run: str | Path, out_dir: str | Path, *, dtype: str = "float32"):
     return summary, model, tokenizer, template, stops
 
 
-def _stop_ids(template: templates.Template, tokenizer: Any) -> list[int]:
-    """The end-of-turn token first (runtimes that take one id take the first), then EOS."""
-    stops = template.stop_token_ids(tokenizer)
+def _stop_ids(template: templates.Template, tokenizer: Any, stops: list[int]) -> list[int]:
+    """The end-of-turn token first (runtimes that take one id take the first), then the other stops (EOS, the
+    model's and the run's generation_config eos ids)."""
     turn = tokenizer(template.stop, add_special_tokens=False)["input_ids"] if template.stop else []
     first = turn[:1] if len(turn) == 1 else []
     return first + [i for i in stops if i not in first]

@@ -1,17 +1,25 @@
-"""Segments of a jinja chat_template (the model's own), found by rendering growing prefixes.
+"""Segments of a jinja chat_template (the model's own): which rendered text belongs to which message.
 
-A jinja template cannot say which text belongs to which message, so each message's span is where
-the render of the messages before it stops agreeing with the render of the whole conversation.
-This needs templates that are prefix-stable (most are); those that are not are refused by name.
+A jinja template cannot say which text belongs to which message. Two ways find out:
+- prefix renders (the fast path): message k's span is where the render of the messages before it stops
+  agreeing with the render of the whole conversation. It needs a prefix-stable template.
+- placeholders (for the rest: Qwen3.5+ raise on a prefix without a user turn, gpt-oss rewrites the last
+  turn, DeepSeek-V3 writes its reply header only before a reply): the conversation is rendered once with
+  a unique placeholder in place of each content and reasoning, the placeholders are located, the real
+  contents put back, and the result must equal the real render. The text between placeholders is the
+  template's; a reply owns it from its generation prompt to its end-of-turn token.
+Only a template that rewrites contents (beyond trimming whitespace) is refused, naming what it rewrites.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from typing import TYPE_CHECKING
 
 from sftune.templates.errors import TemplateError
 from sftune.templates.messages import to_hf_messages
-from sftune.templates.render import Segment
+from sftune.templates.render import EMPTY_THINK, THINK, Segment, split_think
 
 if TYPE_CHECKING:
     from sftune.templates.template import Template
@@ -31,8 +39,53 @@ def render_chats(source: str, t: Template, chats: list[list[dict]], tools: list[
     return rendered
 
 
+class NotPrefixStable(TemplateError):
+    """The prefix renders cannot place the messages; the placeholder method can still."""
+
+
 def segments(t: Template, msgs: list[dict], tools: list[dict] | None,
              add_generation_prompt: bool) -> list[Segment]:
+    """Segments of a jinja template: from prefix renders where the template allows, else from placeholders.
+
+    A template that is not prefix-stable on a plain multi-turn probe takes placeholders for every
+    conversation (one method for all its records, and no prefix renders spent on each)."""
+    if not _needs_placeholders(t):
+        try:
+            return prefix_segments(t, msgs, tools, add_generation_prompt)
+        except NotPrefixStable:
+            pass
+    return placeholder_segments(t, msgs, tools, add_generation_prompt)
+
+
+_PLACEHOLDERS_FOR: dict[tuple[str | None, str, str], bool] = {}
+
+
+def _needs_placeholders(t: Template) -> bool:
+    """Whether prefix renders fail on [system, user, reply, user, reply] (or, for a template that takes no
+    system message, on the rest), found once per template."""
+    key = (t.jinja, t.bos, t.eos)
+    if key not in _PLACEHOLDERS_FOR:
+        _PLACEHOLDERS_FOR[key] = False
+        for probe in (_PROBE, _PROBE[1:]):
+            try:
+                prefix_segments(t, probe, None, False)
+            except NotPrefixStable:
+                _PLACEHOLDERS_FOR[key] = True
+            except TemplateError:
+                continue
+            break
+    return _PLACEHOLDERS_FOR[key]
+
+
+_PROBE = [{"role": "system", "content": "s", "train": None, "weight": None},
+          {"role": "user", "content": "u", "train": None, "weight": None},
+          {"role": "assistant", "content": "a", "train": None, "weight": None},
+          {"role": "user", "content": "v", "train": None, "weight": None},
+          {"role": "assistant", "content": "b", "train": None, "weight": None}]
+
+
+def prefix_segments(t: Template, msgs: list[dict], tools: list[dict] | None,
+                    add_generation_prompt: bool) -> list[Segment]:
     """Segments of a jinja template from renders of growing prefixes of the conversation.
 
     Message k spans from where the render of messages[:k] stops agreeing with the full render to where
@@ -50,6 +103,9 @@ def segments(t: Template, msgs: list[dict], tools: list[dict] | None,
             prefixes = shorter + [full] if hf else []
         ends = [_boundary(t, rendered, full) for rendered in prefixes]
         closing = _closing_suffix(t, next((c for _, c in ends if c), ""))
+        cut = next((k for k, (_, c) in enumerate(ends) if c and c != closing and hf[k]["role"] == "assistant"), None)
+        if cut is not None:  # gpt-oss: the last reply ends in <|return|>, the others in <|end|>
+            raise NotPrefixStable(f"template {t.name!r} ends message {owners[cut]} otherwise when it is the last one")
         bounds = [0] + [end for end, _ in ends]
         if closing and not add_generation_prompt and full.endswith(closing):
             bounds[-1] -= len(closing)  # the closing suffix belongs to the template, not to the last turn
@@ -65,25 +121,36 @@ def segments(t: Template, msgs: list[dict], tools: list[dict] | None,
             _render(t, [hf], tools, add_generation_prompt)
         except Exception:
             raise TemplateError(f"template {t.name!r} cannot render this conversation: {err}") from err
-        raise TemplateError(
-            f"template {t.name!r} renders this conversation but not its first messages alone ({err}), so where "
-            "each message starts cannot be found (Llama 3.x templates with tools and a system message do this). "
-            "Use a built-in template with --template, e.g. llama3.1 or qwen2.5") from err
+        raise NotPrefixStable(f"template {t.name!r} renders this conversation but not its first messages alone "
+                              f"({err})") from err
     segs: list[Segment] = []
     for k, m in enumerate(hf):
         lo, hi, owner = bounds[k], bounds[k + 1], owners[k]
         if hi < lo:
-            raise TemplateError(f"template {t.name!r} renders message {owner} before the messages ahead of it; "
-                                "its spans cannot be found. Use a built-in template (--template)")
+            raise NotPrefixStable(f"template {t.name!r} renders message {owner} before the messages ahead of it")
         if k in starts:
             reply = min(max(starts[k], lo), hi)
             body_end = lo + len(full[lo:hi].rstrip()) if full[lo:hi].strip() else hi
             body_end = max(body_end, reply)
-            segs += [(full[lo:reply], owner, False), (full[reply:body_end], owner, True), (full[body_end:hi], owner, False)]
+            segs += [(full[lo:reply], owner, False), *_reply(full[reply:body_end], owner),
+                     (full[body_end:hi], owner, False)]
         else:
             segs.append((full[lo:hi], owner, True))
     segs.append((full[bounds[-1]:], None, False))
     return [seg for seg in segs if seg[0]]
+
+
+_EMPTY_THINK = re.compile(r"\s*(?:<think>\s*)?</think>\s*")
+
+
+def _reply(text: str, owner: int) -> list[Segment]:
+    """A reply's trained text; an empty think block the template writes before a reply (one without reasoning,
+    or whose reasoning it drops: Qwen3.5, GLM, Nemotron 3) is a segment of its own, trained only with
+    train_empty_think."""
+    empty = _EMPTY_THINK.match(text)
+    if empty is None:
+        return [(text, owner, True)]
+    return [(text[:empty.end()], owner, EMPTY_THINK), (text[empty.end():], owner, True)]
 
 
 def _render(t: Template, chats: list[list[dict]], tools: list[dict] | None,
@@ -120,9 +187,8 @@ def _boundary(t: Template, rendered: str, full: str) -> tuple[int, str]:
     for closing in (t.eos, t.eos + "\n", "\n"):
         if closing and rendered.endswith(closing) and full.startswith(rendered[: -len(closing)]):
             return len(rendered) - len(closing), closing
-    raise TemplateError(f"template {t.name!r} is not prefix-stable (rendering the first messages gives text the "
-                        "whole conversation does not start with), so its spans cannot be found. "
-                        "Use a built-in template (--template)")
+    raise NotPrefixStable(f"template {t.name!r} is not prefix-stable (rendering the first messages gives text the "
+                          "whole conversation does not start with)")
 
 
 _SUFFIX_OF: dict[tuple[str, str, str], str | None] = {}
@@ -147,3 +213,232 @@ def _closing_suffix(t: Template, seen: str) -> str:
     suffix = _SUFFIX_OF[key]
     return seen if suffix is None else suffix
 
+
+
+# --- the placeholder method ---------------------------------------------------------------------------
+
+_PLACEHOLDER = "SFTUNEx{:05d}x"  # letters and digits: templates that trim or JSON-quote a content keep it whole
+# Texts shaped like the special tokens that end turns ("<|im_end|>", "<turn|>", "<｜end▁of▁sentence｜>",
+# "</s>"), for a template bound to no tokenizer; a bound one adds its model's stop texts (Template.stop_texts).
+_TOKEN_LIKE = re.compile(r"<\|[^<>|\s]+\|?>|<[^<>|\s]+\|>|<｜[^<>｜]+｜>|</s>|<end_of_turn>|<eos>")
+_REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
+_REASONING_FIELDS = re.compile(
+    r"""\.(?:reasoning_content|thinking)\b|[\[(]\s*['"](?:reasoning_content|thinking|reasoning)['"]""")
+
+
+def placeholder_segments(t: Template, msgs: list[dict], tools: list[dict] | None,
+                         add_generation_prompt: bool) -> list[Segment]:
+    """Segments from one render with placeholder contents, checked against the real render."""
+    hf, owners = _hf_with_owners(msgs)
+    real, marked, fields = _placeholders(t, hf)
+    try:
+        full, probe = _render(t, [real, marked], tools, add_generation_prompt)
+    except Exception as err:  # jinja raises anything (raise_exception, undefined keys)
+        raise TemplateError(f"template {t.name!r} cannot render this conversation: {err}") from err
+    spans = _locate(t, full, probe, fields, hf, owners)
+    return _placeholder_cut(t, full, hf, owners, [(fields[n][0], *spans[n], fields[n][1]) for n in sorted(spans)])
+
+
+def _placeholders(t: Template, hf: list[dict]) -> tuple[list[dict], list[dict], list[tuple[int, str, str]]]:
+    """(the messages as rendered, the same with a placeholder for each content and reasoning, and the fields
+    as (message, "content" | "reasoning", real text) in placeholder order).
+
+    A reply's reasoning goes into `reasoning_content`, `reasoning` and `thinking` for a template that reads
+    one of those fields (Qwen3.5, GLM, gpt-oss, Gemma 4), else stays in the content as <think>...</think>
+    (the template splits it, or keeps it).
+    Blank texts keep their value: a template may write other text around an empty content."""
+    fields_of_template = bool(_REASONING_FIELDS.search(t.jinja or ""))
+    real, marked, fields = [], [], []
+
+    def mark(k: int, kind: str, text: str) -> str:
+        fields.append((k, kind, text))
+        return _PLACEHOLDER.format(len(fields) - 1)
+
+    for k, m in enumerate(hf):
+        content = m.get("content")
+        reasoning = None
+        if m["role"] == "assistant" and isinstance(content, str):
+            reasoning, answer = split_think(content)
+        if reasoning is None:
+            real.append(m)
+            marked.append({**m, "content": mark(k, "content", content)} if isinstance(content, str) and content.strip()
+                          else m)
+            continue
+        think = mark(k, "reasoning", reasoning) if reasoning.strip() else reasoning
+        said = mark(k, "content", answer) if answer.strip() else answer
+        if fields_of_template:
+            real.append({**m, "content": answer, **dict.fromkeys(_REASONING_KEYS, reasoning)})
+            marked.append({**m, "content": said, **dict.fromkeys(_REASONING_KEYS, think)})
+        else:
+            real.append(m)
+            marked.append({**m, "content": "<think>\n" + think + "\n</think>\n\n" + said})
+    return real, marked, fields
+
+
+def _locate(t: Template, full: str, probe: str, fields: list[tuple[int, str, str]], hf: list[dict],
+            owners: list[int]) -> dict[int, tuple[int, int]]:
+    """Where each field's text lies in the real render (by field number); a reasoning the template drops is
+    absent. Raises when the template rewrites a content: drops it, writes it twice, or changes more than
+    the whitespace around it."""
+    found = []
+    for n, (k, kind, _) in enumerate(fields):
+        marker = _PLACEHOLDER.format(n)
+        count = probe.count(marker)
+        where = f"the {kind} of message {owners[k]} ({hf[k]['role']})"
+        if count > 1 or (count == 0 and kind == "content"):
+            how = f"writes it {count} times" if count else "changes it or leaves it out"
+            raise TemplateError(f"template {t.name!r} rewrites {where}: it {how}, so the trained text cannot be "
+                                "placed. Use a built-in template (--template)")
+        if count:
+            found.append((probe.index(marker), n))
+    found.sort()
+    if [n for _, n in found] != sorted(n for _, n in found):
+        raise TemplateError(f"template {t.name!r} writes the messages out of order; their spans cannot be found. "
+                            "Use a built-in template (--template)")
+    glue, last = [], 0
+    for at, n in found:
+        glue.append(probe[last:at])
+        last = at + len(_PLACEHOLDER.format(n))
+    glue.append(probe[last:])
+    spans, pos = {}, 0
+    for (_, n), before, after in zip(found, glue, glue[1:]):
+        k, kind, text = fields[n]
+        if not full.startswith(before, pos):
+            raise _rewrites(t, f"the text before the {kind} of message {owners[k]} ({hf[k]['role']})",
+                            before, full[pos:pos + len(before)])
+        pos += len(before)
+        written = next((c for c in _as_written(text)
+                        if full.startswith(c, pos) and full.startswith(after, pos + len(c))), None)
+        if written is None:
+            stop = full.find(after, pos) if after else len(full)
+            raise _rewrites(t, f"the {kind} of message {owners[k]} ({hf[k]['role']})", text,
+                            full[pos:stop if stop >= 0 else len(full)])
+        spans[n] = (pos, pos + len(written))
+        pos += len(written)
+    if full[pos:] != glue[-1]:
+        raise _rewrites(t, "the end of the conversation", glue[-1], full[pos:])
+    return spans
+
+
+def _as_written(text: str) -> dict[str, None]:
+    """What a template may write for a text without changing it: the text, trimmed (Qwen3.5's `|trim`), or
+    escaped inside a JSON string (Llama 3.1's `tojson` of a tool result)."""
+    quoted = json.dumps(text, ensure_ascii=False)[1:-1]
+    return dict.fromkeys((text, text.strip(), text.lstrip(), text.rstrip(), quoted))
+
+
+def _rewrites(t: Template, what: str, expected: str, written: str) -> TemplateError:
+    return TemplateError(f"template {t.name!r} rewrites {what}: it renders {written[:120]!r} where "
+                         f"{expected[:120]!r} was expected, so the trained text cannot be placed. "
+                         "Use a built-in template (--template), or data the template keeps as it is")
+
+
+def _placeholder_cut(t: Template, full: str, hf: list[dict], owners: list[int],
+                     fields: list[tuple[int, int, int, str]]) -> list[Segment]:
+    """Cut the real render into segments at the message boundaries the located fields imply.
+
+    A reply owns the text from the end of its generation prompt (the longest start of it found before
+    its content) to its end-of-turn token; what precedes is its header, untrained. Any other message
+    owns its text up to the end-of-turn token after its content, or up to the next reply's header."""
+    by_message: dict[int, list[tuple[int, int, str]]] = {}
+    for k, lo, hi, kind in fields:  # (message, start, end, kind) in text order
+        by_message.setdefault(k, []).append((lo, hi, kind))
+    prompt = generation_prompt(t)
+    ends = _end_texts(t, full, hf, by_message)
+    segs: list[Segment] = []
+    start = 0
+    for k, m in enumerate(hf):
+        own = by_message.get(k, [])
+        later = next((by_message[j][0][0] for j in range(k + 1, len(hf)) if j in by_message), len(full))
+        after = own[-1][1] if own else start
+        owner = owners[k]
+        if m["role"] != "assistant":
+            header = _find_prompt(full, prompt, after, later) if k + 1 < len(hf) and hf[k + 1]["role"] == "assistant" \
+                else None
+            end = header[0] if header else (_token_end(full, after, later, ends, leading=True) or after)
+            segs.append((full[start:end], owner, True))
+            start = end
+            continue
+        content_at = next((lo for lo, _, kind in own if kind == "content"), None)
+        head_limit = own[0][0] if own else later
+        header = _find_prompt(full, prompt, start, head_limit)
+        reply = header[1] if header else (own[0][0] if own else start)
+        if m.get("tool_calls") or not own:
+            end = _token_end(full, after, later, ends) or _token_end(full, after, later, None) or after
+        else:
+            end = _token_end(full, after, later, None, leading=True) or after
+        segs.append((full[start:reply], owner, False))
+        if any(kind == "reasoning" for _, _, kind in own):
+            answer = content_at if content_at is not None else own[-1][1]
+            segs += [(full[reply:answer], owner, THINK), (full[answer:end], owner, True)]
+        else:
+            segs += _reply(full[reply:end], owner)
+        start = end
+    segs.append((full[start:], None, False))
+    return [seg for seg in segs if seg[0]]
+
+
+def _end_texts(t: Template, full: str, hf: list[dict], by_message: dict[int, list]) -> tuple[str, ...]:
+    """Texts that end a reply: the model's stop tokens, EOS, and the token written right after each plain
+    reply of this conversation (a reply with tool calls ends at one of these, not at a token inside its calls)."""
+    ends = [*t.stop_texts, t.eos]
+    for k, m in enumerate(hf):
+        if m["role"] == "assistant" and not m.get("tool_calls") and by_message.get(k):
+            after = by_message[k][-1][1]
+            hit = _token_match(full, after, len(full), None, leading=True)
+            if hit:
+                ends.append(full[hit[0]:hit[1]])
+    return tuple(dict.fromkeys(e for e in ends if e))
+
+
+def _token_end(full: str, lo: int, hi: int, texts: tuple[str, ...] | None, leading: bool = False) -> int | None:
+    hit = _token_match(full, lo, hi, texts, leading)
+    return hit[1] if hit else None
+
+
+def _token_match(full: str, lo: int, hi: int, texts: tuple[str, ...] | None, leading: bool = False
+                 ) -> tuple[int, int] | None:
+    """The first of `texts` (None: any special-token-shaped text) in full[lo:hi]; with `leading`, only one
+    that follows nothing but whitespace."""
+    if texts is None:
+        hit = _TOKEN_LIKE.search(full, lo, hi)
+        span = hit.span() if hit else None
+    else:
+        hits = [(i, i + len(x)) for x in texts for i in [full.find(x, lo, hi)] if i >= 0]
+        span = min(hits) if hits else None
+    if span is None or (leading and full[lo:span[0]].strip()):
+        return None
+    return span
+
+
+def _find_prompt(full: str, prompt: str, lo: int, hi: int) -> tuple[int, int] | None:
+    """Where the generation prompt first occurs in full[lo:hi], or its longest start that ends at a token
+    or a line ("<|im_start|>assistant\n" of Qwen3.5's "<|im_start|>assistant\n<think>\n"), at least half of it."""
+    cuts = {len(prompt)} | {m.end() for m in _TOKEN_LIKE.finditer(prompt)} | {
+        k + 1 for k, c in enumerate(prompt) if c == "\n"}
+    for n in sorted((n for n in cuts if n and 2 * n >= len(prompt)), reverse=True):
+        at = full.find(prompt[:n], lo, hi)
+        if at >= 0:
+            return at, at + n
+    return None
+
+
+_PROMPT_OF: dict[tuple[str | None, str, str], str] = {}
+
+
+def generation_prompt(t: Template) -> str:
+    """The text a template adds for add_generation_prompt (a reply's header), from a one-user-turn probe
+    (with a system message for templates that want one); "" when it cannot be told."""
+    key = (t.jinja, t.bos, t.eos)
+    if key not in _PROMPT_OF:
+        _PROMPT_OF[key] = ""
+        for probe in ([{"role": "user", "content": "a"}],
+                      [{"role": "system", "content": "s"}, {"role": "user", "content": "a"}]):
+            try:
+                bare, prompted = _render(t, [probe], None, False)[0], _render(t, [probe], None, True)[0]
+            except Exception:  # jinja raises anything; the next probe may suit the template
+                continue
+            if prompted.startswith(bare):
+                _PROMPT_OF[key] = prompted[len(bare):]
+                break
+    return _PROMPT_OF[key]

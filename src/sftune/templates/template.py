@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from sftune.templates import jinja_segments, twins
+from sftune.templates import jinja_segments, stops, twins
 from sftune.templates.definitions import ALIASES, BUILTINS, TOKENIZER
 from sftune.templates.errors import TemplateError
 from sftune.templates.jinja_export import to_jinja
@@ -30,6 +30,8 @@ class Template:
     bos: str = ""
     eos: str = ""
     special_tokens: dict[str, str] = field(default_factory=dict)  # extra names a jinja template may use
+    stop_texts: tuple[str, ...] = ()  # the model's stop tokens (generation_config eos, EOS) as text
+    append_stop: str = ""  # written after the last reply when the template writes no stop there (stops.audit)
 
     def render(self, messages: Iterable[Any], tools: list[dict] | None = None,
                add_generation_prompt: bool = False) -> str:
@@ -41,11 +43,15 @@ class Template:
         """The rendered text as (text, message index or None, body) pieces; see `render.py`."""
         msgs = normalize_messages(messages)
         if self.jinja is None:
-            return render(self, msgs, tools, add_generation_prompt)
-        name = twins.twin(self.jinja, msgs, tools)
-        if name is None:
-            return jinja_segments.segments(self, msgs, tools, add_generation_prompt)
-        return render(_twin_template(self, name), msgs, tools, add_generation_prompt)
+            segments = render(self, msgs, tools, add_generation_prompt)
+        elif (name := twins.twin(self.jinja, msgs, tools)) is None:
+            segments = jinja_segments.segments(self, msgs, tools, add_generation_prompt)
+        else:
+            segments = render(_twin_template(self, name), msgs, tools, add_generation_prompt)
+        if self.stop_texts:  # audited (stops.audit): every reply's stop trained
+            return stops.train_stops(segments, msgs, self.stop_texts,
+                                     "" if add_generation_prompt else self.append_stop)
+        return segments
 
     def render_jinja(self, messages: Iterable[Any], tools: list[dict] | None = None,
                      add_generation_prompt: bool = False) -> str:

@@ -23,6 +23,7 @@ from sftune import attention, distributed, methods, models, publish, runs, templ
 from sftune.config import Config, ConfigError, load
 from sftune.hardware import resolve_precision
 from sftune.packing import packing_refused
+from sftune.templates import stops
 from sftune.training.arguments import arguments_for_loading, check_report_to, training_arguments
 from sftune.training.callbacks import MetricsFileCallback, RichProgressCallback, close_progress
 from sftune.training.checkpoints import CheckpointCompleteCallback, last_checkpoint
@@ -85,6 +86,9 @@ def train(
     else:
         model, tokenizer, packing = setup_model(cfg, precision, console)
     template = templates.get(cfg.data.template, tokenizer) if cfg.data.template else templates.default_for(tokenizer)
+    checked = stops.audit(template, tokenizer, stops.eos_ids(model))  # every reply ends in a trained stop
+    template = checked.template
+    console.print(checked.summary(), highlight=False)
 
     probe = loading or training_arguments(cfg, run_dir, precision=precision, has_eval=True, packing=packing)
     replay = None  # data.replay: the base model's own pairs, generated once (cached in the run folder)
@@ -125,6 +129,8 @@ def train(
     final_eval = _final_evaluation(trainer) if trainer.eval_dataset is not None else {}
 
     trainer.save_model(str(run_dir))  # model or adapter, plus the tokenizer with its chat template
+    if trainer.is_world_process_zero():
+        runs.write_generation_config(run_dir, model, checked.stop_ids)  # inference stops where training did
     if processor is not None and trainer.is_world_process_zero():
         processor.chat_template = tokenizer.chat_template
         processor.save_pretrained(str(run_dir))  # the image processor beside the tokenizer
