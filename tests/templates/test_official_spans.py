@@ -49,11 +49,13 @@ FAMILIES = {
                    [SYSTEM] + PLAIN,
                    "Hello! How can I help?<｜end▁of▁sentence｜>It is 4.<｜end▁of▁sentence｜>"),
     # GLM-4.5: a turn ends where the next role header begins (<|user|>, a stop token); after the last reply the
-    # template writes nothing, so the audit appends the stop the template writes after the others.
+    # template writes nothing, so the audit appends the stop the template writes after the others. Its generation
+    # prompt is <|assistant|>: the model writes the think block and the "\n" before the answer itself (an empty
+    # block, "\n<think></think>", is trained only with train_empty_think).
     "glm4moe": (dict(bos="", eos="<|endoftext|>", stops=["<|endoftext|>", "<|user|>", "<|observation|>"],
                      special=["[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>",
                               "<|endoftext|>"]),
-                [SYSTEM] + THINK, "Hello! How can I help?<|user|>\n<think>Add them.</think>\nIt is 4.<|user|>"),
+                [SYSTEM] + THINK, "\nHello! How can I help?<|user|>\n<think>Add them.</think>\nIt is 4.<|user|>"),
     "gemma4": (dict(bos="<bos>", eos="<eos>", stops=["<eos>", "<turn|>"],
                     special=["<|turn>", "<turn|>", "<bos>", "<eos>"]),
                [SYSTEM] + PLAIN, "Hello! How can I help?<turn|>It is 4.<turn|>"),
@@ -62,8 +64,10 @@ FAMILIES = {
                       special=["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
                                "<|eot_id|>", "<|eom_id|>"]),
                  [SYSTEM] + PLAIN, "Hello! How can I help?<|eot_id|>It is 4.<|eot_id|>"),
+    # Nemotron 3: the prompt holds "<think>\n" (and so the "<think>" of an earlier reply's "<think></think>"); the
+    # replies are written as the data has them, "</think>\n\n" included (the template splits them itself).
     "nemotron_3_nano": (QWEN, [SYSTEM] + THINK,
-                        "Hello! How can I help?<|im_end|>Add them.\n</think>\nIt is 4.<|im_end|>"),
+                        "\n\nHello! How can I help?<|im_end|>Add them.\n</think>\n\nIt is 4.<|im_end|>"),
 }
 
 
@@ -151,7 +155,7 @@ def test_data_inspect_says_and_shows_the_stop_appended_after_glms_last_reply(tmp
     assert "appends '<|user|>'" in " ".join(out.output.split())
     out = CliRunner().invoke(app, ["data", "inspect", str(data), "--model", str(folder), "--plain"])
     trained = [json.loads(line.split("\t", 1)[1]) for line in out.output.splitlines() if line.startswith("TRAIN")]
-    assert "".join(trained) == "Hello! How can I help?<|user|>It is 4.<|user|>"
+    assert "".join(trained) == "\nHello! How can I help?<|user|>\nIt is 4.<|user|>"
 
 
 def test_tool_call_turns_through_qwen35s_template_train_the_calls_and_their_end_of_turn():
@@ -161,7 +165,13 @@ def test_tool_call_turns_through_qwen35s_template_train_the_calls_and_their_end_
     template = templates.Template(templates.TOKENIZER, eos="<|im_end|>",
                                   jinja=(FIXTURES / "qwen3_5_think.jinja").read_text(encoding="utf-8"))
     text, spans = render_spans(template, templates.normalize_messages(MULTI_STEP_CHAT), TOOLS, "assistant")
+    pieces = []  # the trained text as its runs (one reply's segments are contiguous)
+    for (a, b, _), before in zip(spans, [None, *spans]):
+        if before is not None and before[1] == a:
+            pieces[-1] += text[a:b]
+        else:
+            pieces.append(text[a:b])
     call = ("<tool_call>\n<function=get_weather>\n<parameter=city>\n{}\n</parameter>\n</function>\n"
             "</tool_call><|im_end|>")
-    assert [text[a:b] for a, b, _ in spans] == [call.format("Zürich"), call.format("Paris"),
+    assert pieces == [call.format("Zürich"), call.format("Paris"),
                                                 "Zürich 18°C, Paris 21°C.<|im_end|>", "You're welcome.<|im_end|>"]

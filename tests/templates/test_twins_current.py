@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+import types
 
 import jinja2
 import pytest
@@ -15,7 +16,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 from sftune import templates
 from sftune.encode.labels import render_spans
 from sftune.encode.reasoning import split_records
-from sftune.templates import jinja_segments, twins
+from sftune.templates import jinja_segments, stops, twins
 from sftune.templates.render import split_think
 from sftune.templates.template import official_text
 from tests.templates.chats import CHATS as PLAIN_CHATS
@@ -313,22 +314,34 @@ def test_qwen38_keeps_every_replys_reasoning_so_nothing_is_split():
     assert split_records([conversation], t) == ([conversation], 0)
 
 
-@pytest.mark.parametrize("name", [n for n in FAMILIES if n != "glm4.5"])  # GLM: its own test (the stops)
+def _trained_under(messages, segments, tools, policy, **options) -> set[int]:
+    """The characters `render_spans` trains from these segments (the encoder's rule, options included)."""
+    stub = types.SimpleNamespace(segments=lambda msgs, tls: segments)
+    return {c for a, b, _ in render_spans(stub, messages, tools, policy, **options)[1] for c in range(a, b)}
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
 def test_trained_spans_equal_the_jinja_paths_wherever_it_segments_the_same_text(name):
-    """Where the prefix-segmenting jinja path renders a chat at all (many of these templates refuse prefixes)
-    and writes the same text (Qwen3.8's and gpt-oss's read reasoning from another field), the twin trains
-    the same characters under every policy."""
+    """Where the jinja path (prefix renders, else placeholders) renders a chat and writes the same text, the
+    twin trains the same characters under every policy, with or without empty think blocks: each reply from
+    the end of its generation prompt through its stop token. Both are audited with the family's stops, as a
+    run's template is (GLM's next header trained with the reply it ends)."""
     from sftune import encode
 
     fixture, _ = FAMILIES[name]
-    own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8"))
+    builtin = templates.get(name)
+    stop_texts = tuple(dict.fromkeys(x for x in (builtin.stop, *builtin.spec.get("stops", []), builtin.spec["eos"])
+                                     if x))
+    own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8"),
+                             stop_texts=stop_texts)
     compared = 0
     for chat in CHATS:
         tools = TOOLS if any("tool_calls" in m for m in chat) else None
         for prompt in (False, True):
             messages = templates.normalize_messages(prompt_part(chat) if prompt else chat)
             try:
-                slow = jinja_segments.segments(own, messages, tools, prompt)
+                slow = stops.train_stops(jinja_segments.segments(own, messages, tools, prompt), messages,
+                                         stop_texts, "")
             except (templates.TemplateError, jinja2.TemplateError):
                 continue
             try:
@@ -337,9 +350,12 @@ def test_trained_spans_equal_the_jinja_paths_wherever_it_segments_the_same_text(
                 assert name == "gpt-oss"
                 continue
             if "".join(t for t, _, _ in fast) != "".join(t for t, _, _ in slow):
-                assert name in ("qwen3.8", "gpt-oss") and any("</think>" in m["content"] for m in messages)
+                # GLM's template writes a call-only turn's None content as "None"; its twin writes nothing
+                assert name == "glm4.5" and any(m["role"] == "tool_call" for m in messages)
                 continue
             compared += 1
             for policy in encode.POLICIES:
-                assert trained_chars(messages, fast, policy) == trained_chars(messages, slow, policy), (chat, policy)
-    assert compared >= 3
+                for empty in (False, True):
+                    assert _trained_under(messages, fast, tools, policy, train_empty_think=empty) == \
+                        _trained_under(messages, slow, tools, policy, train_empty_think=empty), (chat, policy, empty)
+    assert compared >= 20

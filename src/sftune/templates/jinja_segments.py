@@ -14,6 +14,7 @@ Only a template that rewrites contents (beyond trimming whitespace) is refused, 
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import TYPE_CHECKING
 
@@ -132,7 +133,7 @@ def prefix_segments(t: Template, msgs: list[dict], tools: list[dict] | None,
             reply = min(max(starts[k], lo), hi)
             body_end = lo + len(full[lo:hi].rstrip()) if full[lo:hi].strip() else hi
             body_end = max(body_end, reply)
-            segs += [(full[lo:reply], owner, False), *_reply(full[reply:body_end], owner),
+            segs += [(full[lo:reply], owner, False), *_reply(t, full[reply:body_end], owner),
                      (full[body_end:hi], owner, False)]
         else:
             segs.append((full[lo:hi], owner, True))
@@ -140,17 +141,41 @@ def prefix_segments(t: Template, msgs: list[dict], tools: list[dict] | None,
     return [seg for seg in segs if seg[0]]
 
 
-_EMPTY_THINK = re.compile(r"\s*(?:<think>\s*)?</think>\s*")
+_EMPTY_THINK = re.compile(r"\s*(?:<think>\s*)?</think>")
 
 
-def _reply(text: str, owner: int) -> list[Segment]:
+def _reply(t: Template, text: str, owner: int) -> list[Segment]:
     """A reply's trained text; an empty think block the template writes before a reply (one without reasoning,
     or whose reasoning it drops: Qwen3.5, GLM, Nemotron 3) is a segment of its own, trained only with
-    train_empty_think."""
-    empty = _EMPTY_THINK.match(text)
+    train_empty_think. The block ends as the template ends it (`_think_tail`)."""
+    tail = _think_tail(t)
+    empty = _EMPTY_THINK.match(text) if tail is not None else None
     if empty is None:
         return [(text, owner, True)]
-    return [(text[:empty.end()], owner, EMPTY_THINK), (text[empty.end():], owner, True)]
+    cut = empty.end() + (len(tail) if text.startswith(tail, empty.end()) else 0)
+    return [(text[:cut], owner, EMPTY_THINK), (text[cut:], owner, True)]
+
+
+_TAIL_OF: dict[tuple[str | None, str, str], str | None] = {}
+
+
+def _think_tail(t: Template) -> str | None:
+    """What the template writes after a reply's </think> whether or not an answer follows (Qwen's "\n\n"):
+    the end of the think block; the rest before the answer is the answer's (GLM's "\n" before its content).
+    None for a template that writes no think block."""
+    key = (t.jinja, t.bos, t.eos)
+    if key not in _TAIL_OF:
+        _TAIL_OF[key] = None
+        chats = [[{"role": "user", "content": "u"}, {"role": "assistant", "content": answer}] for answer in ("A", "")]
+        try:
+            with_answer, without = _render(t, chats, None, False)
+        except Exception:  # jinja raises anything; a template this probe does not suit splits no block
+            return None
+        if "</think>" in with_answer and "</think>" in without:
+            after = [text[text.rindex("</think>") + len("</think>"):] for text in (with_answer, without)]
+            spaces = [text[:len(text) - len(text.lstrip())] for text in after]
+            _TAIL_OF[key] = os.path.commonprefix(spaces)
+    return _TAIL_OF[key]
 
 
 def _render(t: Template, chats: list[list[dict]], tools: list[dict] | None,
@@ -224,6 +249,7 @@ _TOKEN_LIKE = re.compile(r"<\|[^<>|\s]+\|?>|<[^<>|\s]+\|>|<｜[^<>｜]+｜>|</s>
 _REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 _REASONING_FIELDS = re.compile(
     r"""\.(?:reasoning_content|thinking)\b|[\[(]\s*['"](?:reasoning_content|thinking|reasoning)['"]""")
+_SPLITS_THINK = re.compile(r"""['"]</think>['"]\s+in\b|split\(\s*['"]</think>['"]""")
 
 
 def placeholder_segments(t: Template, msgs: list[dict], tools: list[dict] | None,
@@ -244,10 +270,10 @@ def _placeholders(t: Template, hf: list[dict]) -> tuple[list[dict], list[dict], 
     as (message, "content" | "reasoning", real text) in placeholder order).
 
     A reply's reasoning goes into `reasoning_content`, `reasoning` and `thinking` for a template that reads
-    one of those fields (Qwen3.5, GLM, gpt-oss, Gemma 4), else stays in the content as <think>...</think>
-    (the template splits it, or keeps it).
+    reasoning only from one of those fields (gpt-oss, Qwen3.8, Gemma 4), else stays in the content as written
+    (Qwen3.5, GLM, Nemotron 3 split the <think> block out of it themselves, as their built-in twins do).
     Blank texts keep their value: a template may write other text around an empty content."""
-    fields_of_template = bool(_REASONING_FIELDS.search(t.jinja or ""))
+    fields_of_template = bool(_REASONING_FIELDS.search(t.jinja or "")) and not _SPLITS_THINK.search(t.jinja or "")
     real, marked, fields = [], [], []
 
     def mark(k: int, kind: str, text: str) -> str:
@@ -269,9 +295,11 @@ def _placeholders(t: Template, hf: list[dict]) -> tuple[list[dict], list[dict], 
         if fields_of_template:
             real.append({**m, "content": answer, **dict.fromkeys(_REASONING_KEYS, reasoning)})
             marked.append({**m, "content": said, **dict.fromkeys(_REASONING_KEYS, think)})
-        else:
+        else:  # the placeholders in place of the reasoning and the answer, the reply's own text around them
+            opened = content.find(reasoning, content.find("<think>") + len("<think>")) if reasoning else 0
+            cut = len(content) - len(answer)
             real.append(m)
-            marked.append({**m, "content": "<think>\n" + think + "\n</think>\n\n" + said})
+            marked.append({**m, "content": content[:opened] + think + content[opened + len(reasoning):cut] + said})
     return real, marked, fields
 
 
@@ -338,8 +366,10 @@ def _placeholder_cut(t: Template, full: str, hf: list[dict], owners: list[int],
     """Cut the real render into segments at the message boundaries the located fields imply.
 
     A reply owns the text from the end of its generation prompt (the longest start of it found before
-    its content) to its end-of-turn token; what precedes is its header, untrained. Any other message
-    owns its text up to the end-of-turn token after its content, or up to the next reply's header."""
+    its content, and what else of the prompt its text repeats: Nemotron's <think>) through its stop token
+    (the audited template's stop texts, else its end-of-turn token); what precedes is its header, untrained.
+    Any other message owns its text up to the end-of-turn token after its content, or up to the next reply's
+    header."""
     by_message: dict[int, list[tuple[int, int, str]]] = {}
     for k, lo, hi, kind in fields:  # (message, start, end, kind) in text order
         by_message.setdefault(k, []).append((lo, hi, kind))
@@ -363,16 +393,22 @@ def _placeholder_cut(t: Template, full: str, hf: list[dict], owners: list[int],
         head_limit = own[0][0] if own else later
         header = _find_prompt(full, prompt, start, head_limit)
         reply = header[1] if header else (own[0][0] if own else start)
-        if m.get("tool_calls") or not own:
-            end = _token_end(full, after, later, ends) or _token_end(full, after, later, None) or after
+        after = max(after, reply)  # a reply's end is looked for after its header, never inside it
+        if m.get("tool_calls") or not own:  # through the model's stop token where the template is audited
+            end = (_token_end(full, after, later, t.stop_texts) if t.stop_texts else None) \
+                or _token_end(full, after, later, ends) or _token_end(full, after, later, None) or after
         else:
             end = _token_end(full, after, later, None, leading=True) or after
         segs.append((full[start:reply], owner, False))
         if any(kind == "reasoning" for _, _, kind in own):
             answer = content_at if content_at is not None else own[-1][1]
+            closed = full.rfind("</think>", reply, answer)
+            if closed >= 0:  # the think block ends as the template ends it (`_think_tail`)
+                closed += len("</think>")
+                answer = closed + (len(_think_tail(t) or "") if full.startswith(_think_tail(t) or "", closed) else 0)
             segs += [(full[reply:answer], owner, THINK), (full[answer:end], owner, True)]
         else:
-            segs += _reply(full[reply:end], owner)
+            segs += _reply(t, full[reply:end], owner)
         start = end
     segs.append((full[start:], None, False))
     return [seg for seg in segs if seg[0]]
@@ -419,8 +455,18 @@ def _find_prompt(full: str, prompt: str, lo: int, hi: int) -> tuple[int, int] | 
     for n in sorted((n for n in cuts if n and 2 * n >= len(prompt)), reverse=True):
         at = full.find(prompt[:n], lo, hi)
         if at >= 0:
-            return at, at + n
+            return at, at + n + _held(prompt[n:], full[at + n:hi])
     return None
+
+
+_HELD_CUT = re.compile(_TOKEN_LIKE.pattern + r"|<think>|\n")
+
+
+def _held(rest: str, text: str) -> int:
+    """How much of `text` the rest of the generation prompt already holds, to a token, tag or line end
+    (Nemotron's prompt opens <think>\n, a history reply <think></think>: its <think> is the prompt's)."""
+    same = len(os.path.commonprefix([rest, text]))
+    return max((m.end() for m in _HELD_CUT.finditer(rest) if m.end() <= same), default=0)
 
 
 _PROMPT_OF: dict[tuple[str | None, str, str], str] = {}
