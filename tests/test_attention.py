@@ -134,5 +134,30 @@ def test_saved_config_does_not_name_the_training_attention(tmp_path):
 
 def test_resolve_picks_varlen_for_packed_batches_only():
     assert attention.resolve("auto", packing=True) == attention.NAME
-    assert attention.resolve("auto", packing=False) == "sdpa"
+    assert attention.resolve("auto", packing=False) is None  # transformers' default: sdpa, or eager where refused
     assert attention.resolve("eager", packing=True) == "eager"
+
+
+@pytest.mark.parametrize("model_type", ["gemma2", "gpt_oss"])
+def test_models_that_refuse_sdpa_load_and_train_on_padded_batches(tmp_path, smollm2_tokenizer, model_type):
+    """Gemma 2 (soft-capped scores) and gpt-oss (attention sinks) refuse sdpa at load; with packing off, 'auto'
+    lets transformers pick what they accept (eager) and a training step runs."""
+    import transformers
+
+    from sftune import train
+    from tests.test_packing_families import tiny
+    from tests.training.test_recipe import run_config
+
+    config = tiny(model_type).config
+    config.vocab_size = len(smollm2_tokenizer)
+    torch.manual_seed(0)
+    folder = tmp_path / model_type
+    transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(
+        folder, attn_implementation=attention.resolve("auto", packing=False))
+    assert loaded.config._attn_implementation == "eager"
+    cfg = run_config(tmp_path, folder, data={"packing": False}, train={"max_steps": 1, "save_steps": None},
+                     eval={"steps": None})
+    summary = train(cfg).summary
+    assert summary["packing"] is False and summary["steps"] == 1 and summary["trained_tokens"] > 0

@@ -219,12 +219,16 @@ def flash_varlen_available() -> bool:
     return bool(is_flash_attn_2_available())
 
 
-def resolve(name: str, *, packing: bool) -> str:
+def resolve(name: str, *, packing: bool) -> str | None:
     """The attn_implementation to load a model with: 'auto' is, for packed batches, flash-attention 2's
-    varlen kernel on a GPU that has it, else sftune's per-sequence sdpa (right for a CPU); sdpa for
-    padded batches. Any other name is transformers' own."""
+    varlen kernel on a GPU that has the flash_attn package, else sftune's varlen attention (torch's
+    varlen_attn on a GPU, per-sequence sdpa on a CPU); for padded batches None, transformers' own default:
+    sdpa, or eager for the models that refuse sdpa (Gemma 2's soft-capped scores, gpt-oss's attention sinks).
+    Any other name is transformers' own."""
     if name == "auto":
-        name = ("flash_attention_2" if flash_varlen_available() else NAME) if packing else "sdpa"
+        if not packing:
+            return None
+        name = "flash_attention_2" if flash_varlen_available() else NAME
     if name == NAME:
         register()
     return name
