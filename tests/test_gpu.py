@@ -1,5 +1,6 @@
-"""The GPU path (skipped without CUDA): flash-attention varlen keeps packed sequences apart, bf16 training,
-QLoRA through bitsandbytes on CUDA. bench/gpu_check.sh runs these on a lent GPU."""
+"""The GPU path (skipped without CUDA): flash-attention varlen (flash_attn's, and torch's varlen_attn under
+sftune_varlen) keeps packed sequences apart, bf16 training, QLoRA through bitsandbytes on CUDA.
+bench/gpu_check.sh runs these on a lent GPU."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def test_auto_attention_is_flash_varlen_for_packed_rows():
     if not attention.flash_varlen_available():
         pytest.skip("flash_attn is not installed (pip install flash-attn --no-build-isolation)")
     assert attention.resolve("auto", packing=True) == "flash_attention_2"
-    assert attention.resolve("auto", packing=False) == "sdpa"
+    assert attention.resolve("auto", packing=False) is None  # transformers picks sdpa (eager where refused)
 
 
 def test_flash_varlen_packed_equals_alone():
@@ -73,3 +74,46 @@ def test_qlora_forward_backward_on_cuda():
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert torch.isfinite(loss) and grads and all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("window", [None, 24])
+def test_varlen_attn_packed_equals_alone_and_sdpa_gradients(window, monkeypatch):
+    """sftune_varlen on CUDA in bf16: torch's varlen_attn does each layer in one call from the collator's
+    cu_seq_lens (no boundary search in a layer: `pieces` is never called), each sequence's logits equal its
+    logits alone, and the packed loss's gradients equal transformers' sdpa with its block-diagonal mask."""
+    from sftune import packing
+
+    if not torch.cuda.is_bf16_supported(including_emulation=False) or torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("flash attention needs compute capability 8.0+")
+    extra = {} if window is None else {"sliding_window": window, "use_sliding_window": True, "max_window_layers": 0}
+    reference = tiny_model("qwen2", vocab_size=512, hidden_size=256, num_attention_heads=4, **extra)
+    reference = reference.to("cuda", torch.bfloat16)
+    varlen = tiny_model("qwen2", vocab_size=512, hidden_size=256, num_attention_heads=4, **extra)
+    varlen = varlen.to("cuda", torch.bfloat16)
+    varlen.set_attn_implementation(attention.register())
+    calls = []
+    kernel = attention.varlen_attn
+    monkeypatch.setattr(attention, "varlen_attn", lambda *a, **k: calls.append(k) or kernel(*a, **k))
+    lengths = [37, 80, 5, 120]
+    seqs = [torch.randint(0, 512, (n,)).tolist() for n in lengths]
+    batch = packing.collate_packed([{"input_ids": s} for s in seqs])
+    inputs = {k: v.to("cuda") if torch.is_tensor(v) else v for k, v in batch.items() if k != "labels"}
+
+    def no_search(*args):
+        raise AssertionError("the boundaries were searched in a layer")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(attention, "pieces", no_search)
+        packed = varlen(**inputs, use_cache=False).logits[0].float()
+    assert len(calls) == varlen.config.num_hidden_layers
+    with torch.no_grad():
+        for inside, s in zip(packed.split(lengths), seqs):
+            alone = reference(input_ids=torch.tensor([s], device="cuda"), use_cache=False).logits[0].float()
+            torch.testing.assert_close(inside, alone, atol=3e-2, rtol=3e-2)
+    labels = batch["labels"][0, 1:].to("cuda")
+    torch.nn.functional.cross_entropy(packed[:-1], labels, ignore_index=-100).backward()
+    positions = {"input_ids": inputs["input_ids"], "position_ids": inputs["position_ids"]}
+    logits = reference(**positions, use_cache=False).logits[0].float()
+    torch.nn.functional.cross_entropy(logits[:-1], labels, ignore_index=-100).backward()
+    for (name, a), (_, b) in zip(reference.named_parameters(), varlen.named_parameters()):
+        torch.testing.assert_close(b.grad.float(), a.grad.float(), atol=2e-2, rtol=5e-2, msg=f"gradient of {name}")

@@ -52,6 +52,30 @@ def test_collate_packed_restarts_positions_and_masks_boundaries():
     assert batch["labels"].tolist() == [[-100, 6, 7, -100, 9]]
 
 
+def test_collate_packed_gives_the_attention_each_sequences_boundaries():
+    """cu_seq_lens_q/k ([n + 1] int32 on the CPU) and max_length_q/k (int): where flash attention 2/3 and
+    sftune_varlen on a GPU cut the row, without a device sync to find them."""
+    batch = packing.collate_packed([{"input_ids": [5, 6, 7]}, {"input_ids": [8, 9, 10, 11, 12]}, {"input_ids": [13]}])
+    for side in ("q", "k"):
+        cu = batch[f"cu_seq_lens_{side}"]
+        assert cu.tolist() == [0, 3, 8, 9] and cu.dtype == torch.int32 and cu.device.type == "cpu"
+        assert batch[f"max_length_{side}"] == 5 and type(batch[f"max_length_{side}"]) is int
+
+
+def test_boundaries_of_packed_rows_are_their_sequences_not_the_rows():
+    """Rows from packed_rows (position_ids kept) collated together: one boundary per sequence, also where a row
+    ends and the next row's first sequence starts."""
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5], [6, 7, 8, 9], [10]]})
+    rows = list(packing.packed_rows(ds, 5))
+    assert [r["position_ids"] for r in rows] == [[0, 1, 2, 3, 0], [0, 1, 2, 0, 1]]
+    batch = packing.collate_packed(rows)
+    assert batch["cu_seq_lens_q"].tolist() == [0, 4, 5, 8, 10] and batch["max_length_q"] == 4
+    assert packing.sequence_lengths([0, 1, 2, 0, 0, 1]) == [3, 1, 2]
+    assert packing.sequence_lengths([4, 5, 0, 1]) == [2, 2]  # a row that starts inside a sequence
+
+
 def test_collate_padded_pads_with_pad_id_and_keeps_eos_label_equal_to_pad():
     pad = 2  # also the EOS id, as in SmolLM2
     features = [{"input_ids": [1, 5, 2], "labels": [-100, 5, 2]}, {"input_ids": [1, 2], "labels": [-100, 2]}]

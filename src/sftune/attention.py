@@ -18,15 +18,28 @@ It is registered with transformers' own `AttentionInterface` and `AttentionMaskI
 the name `sftune_varlen` (no patching). Anything that is not a packed or plain causal forward
 pass without a cache (padded batches, prefix keys, generation with a cache, sliding windows longer
 than the sequence...) goes to transformers' sdpa unchanged, with the mask sdpa would have had.
+
+On a CUDA GPU (compute capability 8.0+, fp16 / bf16) the sequences of a row go through torch's
+`varlen_attn` (flash attention over cumulative sequence lengths, `torch.nn.attention.varlen`) in one call
+per layer instead: the boundaries are the collator's `cu_seq_lens_q` / `max_length_q` (sftune.packing,
+computed once per batch on the CPU), so no layer waits for the device. `kernel` says which way a layer goes;
+the per-sequence path stays for a CPU, older cards, fp32, shared-prompt branches and what flash attention
+cannot compute (soft-capped scores, attention sinks, dropout).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import torch
 
 NAME = "sftune_varlen"
+VARLEN, PER_SEQUENCE = "varlen_attn", "per_sequence"
+try:  # torch >= 2.10
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:
+    varlen_attn = None
 
 
 def sequence_bounds(position_ids: torch.Tensor | None, length: int) -> list[tuple[int, int]]:
@@ -115,6 +128,64 @@ def _attend(query, key, value, *, scaling, dropout, window, groups, softcap=None
     )
 
 
+def kernel(*, capability: tuple[int, int] | None, dtype: torch.dtype, head_dim: int, value_head_dim: int,
+           dropout: float = 0.0, softcap: float | None = None, sinks: bool = False,
+           available: bool = varlen_attn is not None) -> str:
+    """Which kernel attends the packed sequences of a layer: VARLEN (torch's `varlen_attn`, one flash-attention
+    call for all sequences) where it computes this layer exactly, else PER_SEQUENCE (sdpa, or the scores formed
+    here, one call per sequence). `capability` is the CUDA device's compute capability, None off CUDA (a CPU,
+    MPS, ROCm); flash attention needs 8.0+ (Ampere), fp16 / bf16, a head dim that is a multiple of 8 up to 256
+    (a smaller value head dim is zero-padded), and has no dropout, soft-cap or sink logits."""
+    flash = (
+        available
+        and capability is not None and capability >= (8, 0)
+        and dtype in (torch.float16, torch.bfloat16)
+        and head_dim % 8 == 0 and head_dim <= 256 and value_head_dim <= head_dim
+    )
+    return VARLEN if flash and not dropout and softcap is None and not sinks else PER_SEQUENCE
+
+
+@lru_cache(maxsize=16)
+def _capability(device: torch.device) -> tuple[int, int] | None:
+    """The CUDA compute capability of `device` (asked once per device), None off CUDA or on ROCm."""
+    if device.type != "cuda" or torch.version.hip is not None:
+        return None
+    return torch.cuda.get_device_capability(device)
+
+
+def varlen_bounds(position_ids: torch.Tensor | None, batch: int, length: int) -> tuple[torch.Tensor, int] | None:
+    """(cu_seq_lens [n + 1] int32, longest sequence) of the flattened [batch * length] tokens, from restarting
+    position_ids (each row also starts one): the boundaries for a caller that gave no cu_seq_lens (one host
+    sync). None when a row holds shared-prompt branches, which only the per-sequence path computes."""
+    starts = []
+    for b in range(batch):
+        row = None if position_ids is None else position_ids[min(b, position_ids.shape[0] - 1)]
+        found = pieces(row, length)
+        if any(trunk != -1 for _, _, trunk in found):
+            return None
+        starts += [b * length + s for s, _, _ in found]
+    cu = torch.tensor(starts + [batch * length], dtype=torch.int32)
+    return cu, int(cu.diff().max())
+
+
+def _attend_varlen(query, key, value, cu_seq_lens, longest, *, scaling, window, groups):
+    """All sequences of a [B, H, T, D] batch in one `varlen_attn` call, causally (within a sliding window
+    of `window` tokens, the current one included, as transformers' masks count it); [B, T, H, Dv] out."""
+    batch, heads, length, dim = query.shape
+    value_dim = value.shape[-1]
+    q = query.transpose(1, 2).reshape(batch * length, heads, dim)
+    k = key.transpose(1, 2).reshape(batch * length, key.shape[1], dim)
+    v = value.transpose(1, 2).reshape(batch * length, value.shape[1], value_dim)
+    if value_dim < dim:  # MLA: flash attention wants one head dim
+        v = torch.nn.functional.pad(v, (0, dim - value_dim))
+    cu_seq_lens = cu_seq_lens.to(device=query.device, dtype=torch.int32, non_blocking=True)
+    longest = int(longest)
+    window_size = (window - 1, 0) if window is not None and window < longest else (-1, 0)
+    out = varlen_attn(q, k, v, cu_seq_lens, cu_seq_lens, longest, longest, scale=scaling, window_size=window_size,
+                      enable_gqa=groups > 1)
+    return out[..., :value_dim].reshape(batch, length, heads, value_dim)
+
+
 def varlen_attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -128,7 +199,8 @@ def varlen_attention_forward(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function contract: query [B, H, T, D], key/value [B, H_kv, T, D]
-    in; [B, T, H, D] out. Packed sequences are found from `position_ids`."""
+    in; [B, T, H, D] out. Packed sequences are found from `cu_seq_lens_q` / `max_length_q` when the collator
+    gave them and the kernel is varlen_attn, else from `position_ids`."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     q_len, kv_len = query.shape[2], key.shape[2]
@@ -154,6 +226,13 @@ def varlen_attention_forward(
             sliding_window=sliding_window, **kwargs,
         )
     window = sliding_window if sliding_window is not None else getattr(module, "sliding_window", None)
+    way = kernel(capability=_capability(query.device), dtype=query.dtype, head_dim=query.shape[-1],
+                 value_head_dim=value.shape[-1], dropout=dropout, softcap=softcap, sinks=sinks is not None)
+    if way == VARLEN and key.dtype == value.dtype == query.dtype:
+        given = kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")
+        bounds = given if None not in given else varlen_bounds(position_ids, query.shape[0], q_len)
+        if bounds is not None:
+            return _attend_varlen(query, key, value, *bounds, scaling=scaling, window=window, groups=groups), None
     rows = []
     for b in range(query.shape[0]):
         row_positions = None if position_ids is None else position_ids[min(b, position_ids.shape[0] - 1)]
@@ -219,12 +298,16 @@ def flash_varlen_available() -> bool:
     return bool(is_flash_attn_2_available())
 
 
-def resolve(name: str, *, packing: bool) -> str:
+def resolve(name: str, *, packing: bool) -> str | None:
     """The attn_implementation to load a model with: 'auto' is, for packed batches, flash-attention 2's
-    varlen kernel on a GPU that has it, else sftune's per-sequence sdpa (right for a CPU); sdpa for
-    padded batches. Any other name is transformers' own."""
+    varlen kernel on a GPU that has the flash_attn package, else sftune's varlen attention (torch's
+    varlen_attn on a GPU, per-sequence sdpa on a CPU); for padded batches None, transformers' own default:
+    sdpa, or eager for the models that refuse sdpa (Gemma 2's soft-capped scores, gpt-oss's attention sinks).
+    Any other name is transformers' own."""
     if name == "auto":
-        name = ("flash_attention_2" if flash_varlen_available() else NAME) if packing else "sdpa"
+        if not packing:
+            return None
+        name = "flash_attention_2" if flash_varlen_available() else NAME
     if name == NAME:
         register()
     return name

@@ -43,7 +43,8 @@ class ModelSection(_Section):
     attn_implementation: str = Field(
         "auto",
         description="auto = sftune's varlen attention (each packed sequence attends to itself only, no mask "
-        "built) when packing, else sdpa; or any transformers name: sdpa, eager, flash_attention_2 ...",
+        "built; torch's varlen_attn on a GPU) when packing, else transformers' default (sdpa, or eager for "
+        "models that refuse sdpa); or any transformers name: sdpa, eager, flash_attention_2 ...",
     )
     trust_remote_code: bool = False
 

@@ -5,12 +5,15 @@ for each, and the label of every sequence's first token -100 (no sequence learns
 boundary). There is no attention_mask: transformers (5.x, `masking_utils.find_packed_sequence_indices`)
 builds a block-diagonal causal mask from the restarting position_ids only when attention_mask is None
 AND there is no KV cache, so the model must be called with `use_cache=False` in training, or packed
-sequences silently attend to each other. Flash-attention paths read the same position_ids.
+sequences silently attend to each other. The batch also carries the sequences' boundaries
+(`cu_seq_lens_q/k`, `max_length_q/k`, see `boundaries`), so that flash attention 2/3 and sftune's varlen
+attention on a GPU need not find them on the device in every layer.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 from typing import Any, Sequence
 
 import torch
@@ -64,7 +67,8 @@ def packed_rows(dataset: Any, max_len: int) -> Any:
 
 
 def collate_packed(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Padding-free batch: input_ids, labels, position_ids (and loss_weights) as [1, T]; no attention_mask.
+    """Padding-free batch: input_ids, labels, position_ids (and loss_weights) as [1, T], the sequences'
+    `boundaries`; no attention_mask.
 
     Features are encoded sequences, or rows from `packed_rows` (their position_ids are kept). The label
     at every position where a sequence starts (position 0) is -100.
@@ -91,7 +95,25 @@ def collate_packed(features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     }
     if has_weights:
         batch["loss_weights"] = torch.tensor(weights, dtype=torch.float32)[None]
-    return batch
+    return {**batch, **boundaries(sequence_lengths(positions))}
+
+
+def boundaries(lengths: Sequence[int]) -> dict[str, Any]:
+    """The sequences of a padding-free row, given their lengths in order, as transformers' flash-attention
+    keyword arguments: `cu_seq_lens_q` / `cu_seq_lens_k` ([n + 1] int32: where each sequence starts, then the
+    row's end) and `max_length_q` / `max_length_k` (int, the longest). Computed on the CPU once per batch: the
+    attention reads them instead of finding the boundaries with a device-to-host sync in every layer. Not for
+    shared-prompt rows (their branches are not sequences of their own)."""
+    cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+    longest = max(lengths)
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
+
+
+def sequence_lengths(positions: Sequence[int]) -> list[int]:
+    """The lengths of the sequences of a padding-free row: one starts where its position is 0 (and at the
+    row's first token)."""
+    starts = [i for i, p in enumerate(positions) if p == 0 or i == 0]
+    return [end - start for start, end in zip(starts, starts[1:] + [len(positions)])]
 
 
 def text_positions(position_ids: torch.Tensor) -> torch.Tensor:
@@ -202,7 +224,7 @@ def probe(model: Any, *, branches: bool = False) -> str | None:
         slices = [(0, len(prompt) + len(first), 0), (len(prompt) + len(first), len(ids), len(prompt) - 1)]
     else:
         row = collate_packed([{"input_ids": s} for s in sequences])
-        row = {k: row[k] for k in ("input_ids", "position_ids")}
+        del row["labels"]
         starts = [sum(PROBE_LENGTHS[:i]) for i in range(len(sequences))]
         alone = sequences
         slices = [(start, start + len(s), 0) for start, s in zip(starts, sequences)]
@@ -232,7 +254,7 @@ def probe(model: Any, *, branches: bool = False) -> str | None:
 
 def _logits(model: Any, inputs: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
     """[T, V] fp32 logits of one row, called as training calls the model (no cache)."""
-    inputs = {k: v.to(device) for k, v in inputs.items()}
+    inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
     return model(**inputs, use_cache=False).logits[0].float()
 
 

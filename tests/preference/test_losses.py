@@ -164,5 +164,9 @@ def test_shared_prompt_batches_hold_each_prompt_once_and_need_varlen_attention(e
     prompts = sum(next(i for i, x in enumerate(f["chosen_labels"]) if x != IGNORE) for f in features)
     assert packed["input_ids"].shape[1] - shared["input_ids"].shape[1] == prompts - len(features)
     assert torch.equal((shared["labels"] != IGNORE).sum(), (packed["labels"] != IGNORE).sum())
+    # whole sequences carry their boundaries for the attention; branches are not sequences, so none there
+    lengths = [len(f[f"{answer}_input_ids"]) for answer in ("chosen", "rejected") for f in features]
+    assert packed["cu_seq_lens_q"].tolist() == [sum(lengths[:i]) for i in range(len(lengths) + 1)]
+    assert packed["max_length_q"] == max(lengths) and "cu_seq_lens_q" not in shared
     with pytest.raises(ValueError, match="sftune_varlen"):
         sequence_logps(tiny_model("llama"), shared)

@@ -164,6 +164,7 @@ def test_chord_loss_on_a_small_case(tmp_path):
     expert = encoded_examples(2, seed=4)
     prompts, answers, adv = [[5, 8, 11], [5, 8, 11], [20, 23]], [[14, 17], [99, 3, 7], [26]], [0.9, -0.9, 0.5]
     rollout = chord.packed_rollouts(prompts, answers, adv)
+    assert rollout["cu_seq_lens_q"].tolist() == [0, 5, 11, 14] and rollout["max_length_q"] == 6  # for the attention
     batch = {**padding_free_collate(expert), "rollout": rollout, "rollout_tokens": torch.tensor(9)}
     trainer = SFTTrainer(model=model, args=make_args(tmp_path), data_collator=padding_free_collate)
     trainer.token_loss = objectives.token_loss_for("phi")

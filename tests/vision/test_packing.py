@@ -49,6 +49,8 @@ def test_packed_sequences_equal_each_sequence_alone(family, attn, vlm_folder, im
     assert sorted(row["lengths"]) == sorted(len(r) for r in rows["input_ids"])
     batch = collate_packed([row], processor=processor, rope_index=qwen.rope_index(model))
     assert "attention_mask" not in batch and batch["position_ids"].shape == (4, 1, batch["input_ids"].shape[1])
+    cut = [0] + [sum(row["lengths"][:i + 1]) for i in range(len(row["lengths"]))]  # the attention's boundaries
+    assert batch["cu_seq_lens_q"].tolist() == cut and batch["max_length_q"] == max(row["lengths"])
     with torch.no_grad():
         packed = _per_sequence(model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits,
                                batch)

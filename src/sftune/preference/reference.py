@@ -37,7 +37,7 @@ def add_reference_logps(model: Any, dataset: Any, collate: Callable, *, batch_si
     with off, cast:
         for start in track(starts, description="reference log-probs", disable=not progress):
             features = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            batch = {k: v.to(device) for k, v in collate(features).items()}
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate(features).items()}
             sums, _ = sequence_logps(model, batch)
             half = len(features)
             chosen += sums[:half].tolist()

@@ -38,6 +38,7 @@ import torch
 
 from sftune.encode import IGNORE
 from sftune.generation import half_precision
+from sftune.packing import boundaries
 from sftune.training.loss import shifted_targets, trained_hidden_states
 
 TOKEN_DIM, VOCAB_DIM = 8, 128  # the projection's size (the authors' projection_dim2 x projection_dim1)
@@ -149,8 +150,13 @@ def subset_packed(batch: dict[str, torch.Tensor], chosen: torch.Tensor) -> dict[
     if len(chosen) == len(bounds):
         return batch
     spans = [bounds[i] for i in chosen.tolist()]
-    return {k: torch.cat([v[:, a:b] for a, b in spans], dim=1) if torch.is_tensor(v) and v.dim() == 2 else v
-            for k, v in batch.items()}
+    out = {k: torch.cat([v[:, a:b] for a, b in spans], dim=1) if torch.is_tensor(v) and v.dim() == 2 else v
+           for k, v in batch.items()}
+    if "cu_seq_lens_q" in batch:  # the kept sequences' boundaries, from their spans (on the host already)
+        kept = boundaries([b - a for a, b in spans])
+        out.update(kept, cu_seq_lens_q=kept["cu_seq_lens_q"].to(batch["cu_seq_lens_q"].device),
+                   cu_seq_lens_k=kept["cu_seq_lens_k"].to(batch["cu_seq_lens_k"].device))
+    return out
 
 
 def nuclear_norms(logits: list[torch.Tensor]) -> torch.Tensor:

@@ -18,7 +18,7 @@ from sftune.data.errors import DataError
 from sftune.data.schema import Conversation
 from sftune.encode import IGNORE, EncodeOptions
 from sftune.encode.dataset import EncodeReport, _where
-from sftune.packing import collate_padded
+from sftune.packing import boundaries, collate_padded
 from sftune.templates import Template
 from sftune.vision.encode import VisionEncodeError, encode, processor_inputs
 
@@ -148,7 +148,8 @@ def collate_packed(features: list[dict[str, Any]], *, processor: Any, rope_index
     (each sequence's first label -100), loss_weights, the images' pixel inputs in order, and
     position_ids [4, 1, T]: row 0 the text positions restarting at 0 per sequence (how the attention
     finds the sequences), rows 1-3 each sequence's own 3-D rope positions from the model's
-    `rope_index` (sftune.vision.qwen.rope_index), as if it were alone. No attention_mask."""
+    `rope_index` (sftune.vision.qwen.rope_index), as if it were alone; the sequences' `boundaries` for the
+    attention. No attention_mask."""
     from sftune.vision import qwen
 
     ids: list[int] = []
@@ -182,4 +183,4 @@ def collate_packed(features: list[dict[str, Any]], *, processor: Any, rope_index
         batch["loss_weights"] = torch.tensor([weights], dtype=torch.float32)
     for key, values in extras.items():
         batch[key] = torch.from_numpy(np.concatenate(values, axis=1 if key in PER_TOKEN else 0))
-    return batch
+    return {**batch, **boundaries([len(t) for t in text_positions])}

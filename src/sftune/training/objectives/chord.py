@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from sftune.encode import IGNORE
+from sftune.packing import boundaries
 
 ADVANTAGE_EPS = 1e-6
 
@@ -104,10 +105,11 @@ def packed_rollouts(prompts: list[list[int]], answers: list[list[int]], advantag
                     ) -> dict[str, torch.Tensor] | None:
     """One padding-free row of prompt + answer sequences, the answers trained with weight = their advantage;
     None when every advantage is 0 (nothing to learn)."""
-    ids, labels, positions, weights = [], [], [], []
+    ids, labels, positions, weights, lengths = [], [], [], [], []
     for prompt, answer, advantage in zip(prompts, answers, advantages):
         if advantage == 0.0 or not answer:
             continue
+        lengths.append(len(prompt) + len(answer))
         ids += prompt + answer
         labels += [IGNORE] * len(prompt) + answer
         positions += list(range(len(prompt) + len(answer)))
@@ -115,7 +117,7 @@ def packed_rollouts(prompts: list[list[int]], answers: list[list[int]], advantag
     if not ids:
         return None
     return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-            "position_ids": torch.tensor([positions]), "loss_weights": torch.tensor([weights])}
+            "position_ids": torch.tensor([positions]), "loss_weights": torch.tensor([weights]), **boundaries(lengths)}
 
 
 def synced_sampling(processes: int, sharded: bool) -> bool:
