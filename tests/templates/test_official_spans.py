@@ -30,12 +30,12 @@ QWEN_THINK = "Hello! How can I help?<|im_end|>Add them.\n</think>\n\nIt is 4.<|i
 
 # fixture: (stand-in tokenizer, conversation, trained characters: each reply and its end-of-turn marker)
 FAMILIES = {
-    "qwen3_5_think": (QWEN, [SYSTEM] + THINK, QWEN_THINK),  # reasoning before the last query is dropped
-    "qwen3_5_nothink": (QWEN, [SYSTEM] + THINK, QWEN_THINK),
-    "qwen3_6": (QWEN, [SYSTEM] + THINK, QWEN_THINK),
-    "qwen3_8": (QWEN, [SYSTEM] + THINK, "Greet back.\n</think>\n\n" + QWEN_THINK),  # keeps all reasoning
-    "qwen3_instruct_2507": (QWEN, [SYSTEM] + PLAIN, "Hello! How can I help?<|im_end|>It is 4.<|im_end|>"),
-    "gptoss": (dict(bos="", eos="<|return|>", stops=["<|return|>", "<|endoftext|>", "<|call|>"],
+    "qwen3.5": (QWEN, [SYSTEM] + THINK, QWEN_THINK),  # reasoning before the last query is dropped
+    "qwen3.5_nothink": (QWEN, [SYSTEM] + THINK, QWEN_THINK),
+    "qwen3.6": (QWEN, [SYSTEM] + THINK, QWEN_THINK),
+    "qwen3.8": (QWEN, [SYSTEM] + THINK, "Greet back.\n</think>\n\n" + QWEN_THINK),  # keeps all reasoning
+    "qwen3_2507": (QWEN, [SYSTEM] + PLAIN, "Hello! How can I help?<|im_end|>It is 4.<|im_end|>"),
+    "gpt-oss": (dict(bos="", eos="<|return|>", stops=["<|return|>", "<|endoftext|>", "<|call|>"],
                     special=["<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|return|>", "<|call|>",
                              "<|endoftext|>"]),
                [SYSTEM] + THINK,
@@ -52,7 +52,7 @@ FAMILIES = {
     # template writes nothing, so the audit appends the stop the template writes after the others. Its generation
     # prompt is <|assistant|>: the model writes the think block and the "\n" before the answer itself (an empty
     # block, "\n<think></think>", is trained only with train_empty_think).
-    "glm4moe": (dict(bos="", eos="<|endoftext|>", stops=["<|endoftext|>", "<|user|>", "<|observation|>"],
+    "glm4.5": (dict(bos="", eos="<|endoftext|>", stops=["<|endoftext|>", "<|user|>", "<|observation|>"],
                      special=["[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>",
                               "<|endoftext|>"]),
                 [SYSTEM] + THINK, "\nHello! How can I help?<|user|>\n<think>Add them.</think>\nIt is 4.<|user|>"),
@@ -66,7 +66,7 @@ FAMILIES = {
                  [SYSTEM] + PLAIN, "Hello! How can I help?<|eot_id|>It is 4.<|eot_id|>"),
     # Nemotron 3: the prompt holds "<think>\n" (and so the "<think>" of an earlier reply's "<think></think>"); the
     # replies are written as the data has them, "</think>\n\n" included (the template splits them itself).
-    "nemotron_3_nano": (QWEN, [SYSTEM] + THINK,
+    "nemotron3_nano": (QWEN, [SYSTEM] + THINK,
                         "\n\nHello! How can I help?<|im_end|>Add them.\n</think>\n\nIt is 4.<|im_end|>"),
 }
 
@@ -94,7 +94,7 @@ def test_each_reply_and_its_stop_are_trained_through_the_official_template(fixtu
     _, chat, reference = FAMILIES[fixture]
     checked = stops.audit(templates.get("tokenizer", tokenizer), tokenizer, eos_ids)
     assert trained_text(checked.template, chat) == reference
-    assert (checked.appended == "<|user|>") == (fixture == "glm4moe")  # only GLM's template writes no last stop
+    assert (checked.appended == "<|user|>") == (fixture == "glm4.5")  # only GLM's template writes no last stop
     assert set(eos_ids) <= set(checked.stop_ids)
     # the text is the official render (plus the appended stop), and each reply's last trained token stops
     messages = templates.normalize_messages(chat)
@@ -114,7 +114,7 @@ def jinja_segments_messages(template, messages):
     return jinja_segments._placeholders(template, templates.to_hf_messages(messages))[0]
 
 
-@pytest.mark.parametrize("fixture", ["qwen3_5_think", "gptoss", "deepseekv3"])
+@pytest.mark.parametrize("fixture", ["qwen3.5", "gpt-oss", "deepseekv3"])
 def test_templates_that_are_not_prefix_stable_go_through_placeholders(fixture, smollm2_tokenizer):
     """Qwen3.5 raises on [system] alone, gpt-oss ends the last turn otherwise than the others, DeepSeek-V3 writes
     its reply header only before a reply: the prefix renders cannot place these, the placeholders do."""
@@ -144,7 +144,7 @@ def test_data_inspect_says_and_shows_the_stop_appended_after_glms_last_reply(tmp
 
     from sftune.cli import app
 
-    tokenizer, eos_ids = stand_in(smollm2_tokenizer, "glm4moe")
+    tokenizer, eos_ids = stand_in(smollm2_tokenizer, "glm4.5")
     folder = tmp_path / "glm"
     tokenizer.save_pretrained(folder)
     GenerationConfig(eos_token_id=eos_ids).save_pretrained(folder)
@@ -163,7 +163,7 @@ def test_tool_call_turns_through_qwen35s_template_train_the_calls_and_their_end_
     from tests.templates.chats import MULTI_STEP_CHAT, TOOLS
 
     template = templates.Template(templates.TOKENIZER, eos="<|im_end|>",
-                                  jinja=(FIXTURES / "qwen3_5_think.jinja").read_text(encoding="utf-8"))
+                                  jinja=(FIXTURES / "qwen3.5.jinja").read_text(encoding="utf-8"))
     text, spans = render_spans(template, templates.normalize_messages(MULTI_STEP_CHAT), TOOLS, "assistant")
     pieces = []  # the trained text as its runs (one reply's segments are contiguous)
     for (a, b, _), before in zip(spans, [None, *spans]):
