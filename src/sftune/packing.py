@@ -158,6 +158,10 @@ def collate_padded(features: list[dict[str, Any]], pad_token_id: int, *, pad_to_
 _RECURRENT = ("{} layers carry a state from token to token and transformers' CPU path ({}) reads no sequence "
               "boundaries (position_ids, cu_seq_lens or seq_idx), so a packed sequence starts from the state the "
               "sequence before it left")
+_DELTANET = ("Gated DeltaNet (linear attention){} layers carry a state from token to token; transformers keeps packed "
+             "sequences apart there only with the flash-linear-attention kernels (its torch path, {}, raises on "
+             "sequence boundaries or reads none), so a packed sequence would start from the state the one before it "
+             "left")
 # Decoder architectures (transformers 5.24 model_type) and what packing does with each: None when sftune's
 # varlen attention keeps packed sequences apart (packed == alone, tests/test_packing_families.py), else why
 # their batches are padded. An architecture not listed is decided by `probe` at start-up. Read by the
@@ -171,13 +175,10 @@ ARCHITECTURES: dict[str, str | None] = {
         "minicpm3", "internlm3", "hunyuan_v1_dense", "hunyuan_v1_moe", "helium", "seed_oss", "apertus", "arcee",
         "bitnet", "dots1", "nemotron", "gpt_neox", "gpt2", "minimax_m2", "mimo_v2_flash",
     )),
-    "qwen3_5_text": _RECURRENT.format("Gated DeltaNet (linear attention) and short-convolution",
-                                      "torch_chunk_gated_delta_rule, causal_conv1d_fn"),
-    "qwen3_5_moe_text": _RECURRENT.format("Gated DeltaNet (linear attention) and short-convolution",
-                                          "torch_chunk_gated_delta_rule, causal_conv1d_fn"),
-    "qwen3_next": _RECURRENT.format("Gated DeltaNet (linear attention) and short-convolution",
-                                    "torch_chunk_gated_delta_rule, causal_conv1d_fn"),
-    "olmo_hybrid": _RECURRENT.format("Gated DeltaNet (linear attention)", "torch_chunk_gated_delta_rule"),
+    "qwen3_5_text": _DELTANET.format(" and short-convolution", "torch_chunk_gated_delta_rule"),
+    "qwen3_5_moe_text": _DELTANET.format(" and short-convolution", "torch_chunk_gated_delta_rule"),
+    "qwen3_next": _DELTANET.format(" and short-convolution", "torch_chunk_gated_delta_rule"),
+    "olmo_hybrid": _DELTANET.format("", "torch_chunk_gated_delta_rule"),
     "minimax": _RECURRENT.format("Lightning (linear) attention", "its block-wise decay over the whole row"),
     "nemotron_h": _RECURRENT.format("Mamba-2 (state-space) and convolution", "torch_forward"),
     "bamba": _RECURRENT.format("Mamba-2 (state-space) and convolution", "torch_forward"),
