@@ -258,16 +258,18 @@ def stream(
     stop_token_ids: Sequence[int] = (),
     add_special_tokens: bool = False,
     model_inputs: dict[str, Any] | None = None,
+    special_tokens: bool = False,
 ) -> Iterator[str]:
     """The answer to one prompt as text pieces while it is generated (for chat and streamed replies).
 
     Text that might be the start of a stop string is held back until it is known not to be one.
     `model_inputs` go to the model beside the ids (a vision-language prompt's pixel_values ...).
+    With `special_tokens` the pieces keep them (gpt-oss's channels are written in them), the stop token too.
     """
     from transformers import TextIteratorStreamer
 
     ids = encode_prompts(tokenizer, [prompt], add_special_tokens=add_special_tokens)[0]
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=not special_tokens)
     stops = list(stop_token_ids) or [tokenizer.eos_token_id]
     kwargs = generate_kwargs(tokenizer, options, stops, tokenizer.pad_token_id)
     kwargs.update(model_inputs or {}, streamer=streamer)

@@ -4,7 +4,8 @@
 
 The loop reads lines from any iterator (the terminal, piped stdin, a test's list) and writes to a rich
 console, so it runs the same in a terminal, in a pipe and in tests. Each turn renders the whole
-history with the run's training template and stops at its stop tokens. With a vision-language run,
+history with the run's training template and stops at its stop tokens; the reasoning of a family that
+reasons is shown apart from the answer (serve/reasoning.py) and kept in the history as a <think> block. With a vision-language run,
 `/image PATH` attaches an image to the next message (sftune.vision.generate renders and answers it).
 """
 
@@ -14,6 +15,7 @@ import sys
 from typing import Any, Iterable, Iterator
 
 from sftune import generation
+from sftune.serve import reasoning
 
 COMMANDS = "/system TEXT sets the system prompt, /reset clears the history, /exit (or Ctrl-D) ends"
 IMAGE_COMMAND = "/image PATH attaches an image to your next message"
@@ -73,18 +75,45 @@ def chat_loop(
         else:
             prompt = generation.render_prompts(loaded.template, [conversation(system, history)])[0]
             pieces = generation.stream(loaded.model, loaded.tokenizer, prompt, options,
-                                       stop_token_ids=loaded.stop_token_ids)
-        answer = []
-        try:
-            for piece in pieces:
-                answer.append(piece)
-                console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
-        except KeyboardInterrupt:  # Ctrl-C stops this answer, not the chat
-            pieces.close()
-            console.print("[dim] (stopped)[/dim]", end="")
-        console.print()
-        history.append({"role": "assistant", "content": "".join(answer)})
+                                       stop_token_ids=loaded.stop_token_ids,
+                                       special_tokens=reasoning.style(loaded.template) == "harmony")
+        history.append({"role": "assistant", "content": _shown(pieces, reasoning.Splitter.of(loaded.template),
+                                                               console)})
     return history
+
+
+def _shown(pieces: Iterator[str], splitter: reasoning.Splitter, console: Any) -> str:
+    """Print an answer as it streams, its reasoning apart (dim, under "thinking"); return it as the history
+    keeps a reply: the reasoning in a <think> block before the answer (the layout the templates render)."""
+    parts: dict[str, list[str]] = {reasoning.REASONING: [], reasoning.CONTENT: [], reasoning.CALL: []}
+    shown = None
+
+    def show(split: list[tuple[str, str]]) -> None:
+        nonlocal shown
+        for kind, text in split:
+            if kind != shown:
+                console.print(_LABELS[kind] if shown is None else "\n" + _LABELS[kind], end="", highlight=False)
+                shown = kind
+            parts[kind].append(text)
+            console.print(text, end="", markup=False, highlight=False, soft_wrap=True,
+                          style="dim" if kind == reasoning.REASONING else None)
+
+    try:
+        for piece in pieces:
+            show(splitter.feed(piece))
+        show(splitter.close())
+    except KeyboardInterrupt:  # Ctrl-C stops this answer, not the chat
+        pieces.close()
+        show(splitter.close())
+        console.print("[dim] (stopped)[/dim]", end="")
+    console.print()
+    thought, answer = "".join(parts[reasoning.REASONING]), "".join(parts[reasoning.CONTENT] + parts[reasoning.CALL])
+    return f"<think>{thought}</think>{answer}" if thought else answer
+
+
+# What precedes each part of an answer when it begins.
+_LABELS = {reasoning.REASONING: "[dim italic]thinking:[/dim italic] ", reasoning.CONTENT: "",
+           reasoning.CALL: "[dim italic]tool call:[/dim italic] "}
 
 
 def _attach(loaded: Any, path: str, pending: list[str], console: Any) -> None:

@@ -196,11 +196,17 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def chat_message(text: str, calls: list[dict] | None) -> dict[str, Any]:
-    """The assistant message of a reply: its text, and its tool calls in OpenAI's shape when it made any."""
-    if not calls:
-        return {"role": "assistant", "content": text}
-    return {"role": "assistant", "content": text or None, "tool_calls": calls}
+def chat_message(text: str, calls: list[dict] | None, reasoning: str | None = None,
+                 reasons: bool = False) -> dict[str, Any]:
+    """The assistant message of a reply: its text, its tool calls in OpenAI's shape when it made any, and for
+    a model that reasons (`reasons`) its reasoning as `reasoning_content` (None when it wrote none), as vLLM
+    answers."""
+    message: dict[str, Any] = {"role": "assistant", "content": text or None if calls else text}
+    if reasons:
+        message["reasoning_content"] = reasoning
+    if calls:
+        message["tool_calls"] = calls
+    return message
 
 
 def chat_chunk(chunk_id: str, model: str, created: int, delta: dict[str, Any],

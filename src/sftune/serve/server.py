@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException
 
-from sftune.serve import images
+from sftune.serve import images, reasoning
 from sftune.serve import tools as tool_calls
 from sftune.serve.adapters import Served, activate
 from sftune.serve.batching import Batcher, Request
@@ -104,11 +104,13 @@ def create_app(model: Any, tokenizer: Any, names: dict[str, Served], *, api_key:
                           frozenset(served.stop_token_ids), adapter=served.adapter, stream=body.stream and not whole,
                           model_inputs=model_inputs)
         if body.stream:
-            return EventSourceResponse(_chat_stream(batcher, request, http, body, style, tokenizer), ping=15)
+            return EventSourceResponse(_chat_stream(batcher, request, http, body, served.template, tokenizer),
+                                       ping=15)
         done = await _answer(batcher, request, http)
-        text, calls = _parsed(done, style, tools, tokenizer) if whole else (done.text, [])
+        thought, text, calls = _parsed(done, served.template, tools, tokenizer)
+        message = chat_message(text, calls, thought, reasoning.style(served.template) is not None)
         return {"id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": body.model,
-                "choices": [{"index": 0, "message": chat_message(text, calls), "logprobs": None,
+                "choices": [{"index": 0, "message": message, "logprobs": None,
                              "finish_reason": "tool_calls" if calls else done.finish_reason}],
                 "usage": usage(done.prompt_tokens, done.completion_tokens)}
 
@@ -203,30 +205,51 @@ async def _answer(batcher: Batcher, request: Request, http: HttpRequest):
     raise ApiError(499, "the client closed the request", kind="client_closed_request")
 
 
-def _parsed(done: Any, style: str | None, tools: list[dict] | None, tokenizer: Any) -> tuple[str, list[dict]]:
-    """The answer's text and tool calls, read in the template family's layout."""
-    text, calls = tool_calls.parse(tool_calls.answer_text(tokenizer, done.token_ids, done.text, style), style, tools)
-    return text, calls if tools else []
+def _parsed(done: Any, template: Any, tools: list[dict] | None, tokenizer: Any
+            ) -> tuple[str | None, str, list[dict]]:
+    """The answer's reasoning (None without), its text and its tool calls, read in the template family's layout:
+    the reasoning split off first (serve/reasoning.py), then calls read from the rest (serve/tools.py)."""
+    style = tool_calls.tool_style(template)
+    if not tools and style != "harmony" and reasoning.style(template) is None:
+        return None, done.text, []
+    text = tool_calls.answer_text(tokenizer, done.token_ids, done.text, style)
+    thought, answer = reasoning.split(template, text) if reasoning.style(template) else (None, text)
+    if not tools and style != "harmony":
+        return thought, answer, []
+    text, calls = tool_calls.parse(text if style == "harmony" else answer, style, tools)
+    return thought, text, calls if tools else []
 
 
 async def _chat_stream(batcher: Batcher, request: Request, http: HttpRequest, body: ChatRequest,
-                       style: str | None, tokenizer: Any) -> AsyncIterator[dict[str, str]]:
-    """Server-sent chat.completion.chunk events: the role, text pieces, the finish reason, [DONE]."""
+                       template: Any, tokenizer: Any) -> AsyncIterator[dict[str, str]]:
+    """Server-sent chat.completion.chunk events: the role, text pieces (reasoning as `reasoning_content`
+    deltas), the finish reason, [DONE]."""
     chunk_id, created = new_id("chatcmpl"), now()
+    splitter = reasoning.Splitter.of(template)
 
     def event(delta: dict[str, Any], finish: str | None = None) -> dict[str, str]:
         return {"data": json.dumps(chat_chunk(chunk_id, body.model, created, delta, finish), ensure_ascii=False)}
+
+    def pieces(split: list[tuple[str, str]]) -> Iterator[dict[str, str]]:
+        for kind, text in split:
+            yield event({"reasoning_content" if kind == reasoning.REASONING else "content": text})
 
     try:
         yield event({"role": "assistant", "content": ""})
         async for item in _events(batcher, request, http):
             if "text" in item:
-                yield event({"content": item["text"]})
+                for piece in pieces(splitter.feed(item["text"])):
+                    yield piece
                 continue
             done = item["done"]
             finish = done.finish_reason
-            if not request.stream:  # a request with tools (or gpt-oss's channels): read whole, then sent
-                text, calls = _parsed(done, style, body.active_tools, tokenizer)
+            if request.stream:
+                for piece in pieces(splitter.close()):
+                    yield piece
+            else:  # a request with tools (or gpt-oss's channels): read whole, then sent
+                thought, text, calls = _parsed(done, template, body.active_tools, tokenizer)
+                if thought:
+                    yield event({"reasoning_content": thought})
                 if text:
                     yield event({"content": text})
                 if calls:

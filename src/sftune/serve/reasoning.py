@@ -1,0 +1,179 @@
+"""Reasoning split back out of an answer, in the layout its template family trained: what `chat` shows
+apart and what `serve` returns as the message's `reasoning_content` (as vLLM and OpenAI-compatible
+servers do).
+
+    think    Qwen3 / 3.5 / 3.6 / 3.8, GLM-4.5, Nemotron 3, DeepSeek-R1: the reasoning is what precedes
+             `</think>` (after a `<think>` the model writes, or the one the generation prompt opened),
+             the answer what follows it
+    harmony  gpt-oss: the analysis channel is the reasoning, the final channel (and plain commentary)
+             the answer, a commentary message to a function a call; read from the answer decoded with
+             its special tokens
+
+    splitter = Splitter.of(template); pieces = splitter.feed("Because") + ... + splitter.close()
+    reasoning, answer = split(template, text)
+
+The splitter takes text as it streams and gives ("reasoning" | "content" | "call", text) pieces; a
+marker cut between two pieces is held back until it is whole. Each part is trimmed, as the templates
+trim what they write; the answer of a template without reasoning passes as it is.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+REASONING, CONTENT, CALL = "reasoning", "content", "call"
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+# Harmony's markup tokens: a header runs from <|start|> (or the answer's start, right after the
+# generation prompt's <|start|>assistant) to <|message|>; a message ends at <|end|>, <|call|> or <|return|>.
+_HARMONY_ENDS = ("<|end|>", "<|call|>", "<|return|>")
+_HARMONY_MARKERS = ("<|start|>", "<|message|>", *_HARMONY_ENDS)
+_RECIPIENT = re.compile(r"to=functions\.[^\s<]+")
+
+
+def style(template: Any) -> str | None:
+    """How a template's answers hold reasoning: "think", "harmony" or None (no reasoning)."""
+    reasoning = template.reasoning
+    if template.effective_spec.get("layout") == "gemma4":
+        return None  # its thought channel is written in special tokens: not read back yet
+    if reasoning == "harmony":
+        return "harmony"
+    return "think" if reasoning else None
+
+
+def opened_by_prompt(template: Any) -> bool:
+    """Whether the generation prompt opens the think block (Qwen3.5, Nemotron 3, DeepSeek-R1's `<think>\\n`),
+    so the answer starts inside it."""
+    spec = template.effective_spec
+    return bool(spec.get("think_prompt")) and spec.get("enable_thinking") is not False
+
+
+@dataclass
+class Splitter:
+    """Text pieces in, (kind, text) pieces out; see the module docstring."""
+
+    style: str | None
+    opened: bool = False
+    kind: str = CONTENT
+    _buffer: str = ""
+    _pending: str = ""  # whitespace held back: it ends a part unless more text follows
+    _started: bool = False  # the current part has written text (its leading whitespace is trimmed)
+    _header: str | None = None  # Harmony: the header being read, None inside a message
+    _out: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, template: Any) -> "Splitter":
+        kind = style(template)
+        splitter = cls(kind, opened_by_prompt(template))
+        if kind == "think" and splitter.opened:
+            splitter.kind = REASONING
+        if kind == "harmony":
+            splitter._header = ""
+        return splitter
+
+    def feed(self, piece: str) -> list[tuple[str, str]]:
+        """The pieces `piece` completes (text that may be the start of a marker waits for the next piece)."""
+        self._buffer += piece
+        if self.style == "think":
+            self._think(final=False)
+        elif self.style == "harmony":
+            self._harmony(final=False)
+        elif self._buffer:  # no reasoning: the text as it is, untrimmed
+            self._out.append((CONTENT, self._buffer))
+            self._buffer = ""
+        return self._take()
+
+    def close(self) -> list[tuple[str, str]]:
+        """The last pieces once the answer has ended."""
+        if self.style == "think":
+            self._think(final=True)
+        elif self.style == "harmony":
+            self._harmony(final=True)
+        self._pending = ""
+        return self._take()
+
+    def _think(self, final: bool) -> None:
+        while True:
+            if self.kind == CONTENT and not self._started and not self.opened:
+                stripped = self._buffer.lstrip()
+                if stripped.startswith(THINK_OPEN):  # the model opens its think block itself (Qwen3, GLM)
+                    self._buffer, self.kind, self.opened = stripped[len(THINK_OPEN):], REASONING, True
+                    continue
+                if not final and THINK_OPEN.startswith(stripped):
+                    return  # maybe the start of <think>
+                self.opened = True  # the answer does not open with <think>: plain text from here on
+            if self.kind != REASONING:
+                self._write(self._buffer)
+                self._buffer = ""
+                return
+            at = self._buffer.find(THINK_CLOSE)
+            if at >= 0:
+                self._write(self._buffer[:at])
+                self._buffer = self._buffer[at + len(THINK_CLOSE):]
+                self._switch(CONTENT)
+                continue
+            keep = 0 if final else _partial(self._buffer, (THINK_CLOSE,))
+            self._write(self._buffer[: len(self._buffer) - keep])
+            self._buffer = self._buffer[len(self._buffer) - keep:]
+            return
+
+    def _harmony(self, final: bool) -> None:
+        while self._buffer:
+            if self._header is not None:  # reading a header up to <|message|>
+                at = self._buffer.find("<|message|>")
+                if at < 0:
+                    if final:
+                        self._buffer = ""
+                    return
+                header = (self._header + self._buffer[:at]).replace("<|start|>", "")
+                self._buffer, self._header = self._buffer[at + len("<|message|>"):], None
+                kind = CALL if _RECIPIENT.search(header) else REASONING if "<|channel|>analysis" in header else CONTENT
+                self._switch(kind)
+                continue
+            ends = [(self._buffer.find(m), m) for m in _HARMONY_ENDS if m in self._buffer]
+            if ends:
+                at, marker = min(ends)
+                self._write(self._buffer[:at])
+                self._buffer, self._header = self._buffer[at + len(marker):], ""
+                continue
+            keep = 0 if final else _partial(self._buffer, _HARMONY_MARKERS)
+            self._write(self._buffer[: len(self._buffer) - keep])
+            self._buffer = self._buffer[len(self._buffer) - keep:]
+            return
+
+    def _switch(self, kind: str) -> None:
+        """A new part begins: the whitespace that ended the last one is dropped."""
+        self._pending, self._started, self.kind = "", False, kind
+
+    def _write(self, text: str) -> None:
+        if not self._started:
+            text = text.lstrip()
+        if not text:
+            return
+        body = text.rstrip()
+        if body:
+            self._out.append((self.kind, self._pending + body))
+            self._started, self._pending = True, ""
+        self._pending += text[len(body):]
+
+    def _take(self) -> list[tuple[str, str]]:
+        out, self._out = self._out, []
+        return out
+
+
+def _partial(text: str, markers: tuple[str, ...]) -> int:
+    """How many characters at the end of `text` may be the start of one of `markers`."""
+    for size in range(min(len(text), max(map(len, markers)) - 1), 0, -1):
+        if any(m.startswith(text[-size:]) for m in markers):
+            return size
+    return 0
+
+
+def split(template: Any, text: str) -> tuple[str | None, str]:
+    """(the reasoning, None when the answer has none; the answer) of a whole answer (Harmony's calls are
+    left to serve/tools.py)."""
+    splitter = Splitter.of(template)
+    pieces = splitter.feed(text) + splitter.close()
+    reasoning = "".join(t for kind, t in pieces if kind == REASONING)
+    return reasoning or None, "".join(t for kind, t in pieces if kind == CONTENT)
