@@ -359,3 +359,65 @@ def test_trained_spans_equal_the_jinja_paths_wherever_it_segments_the_same_text(
                     assert _trained_under(messages, fast, tools, policy, train_empty_think=empty) == \
                         _trained_under(messages, slow, tools, policy, train_empty_think=empty), (chat, policy, empty)
     assert compared >= 20
+
+
+# Gemma 4 (its current revision): a twin for plain and reasoning conversations; its tool layout is not built in.
+GEMMA4 = ("gemma4_v5", {})
+
+
+def _plain_reasoning_chat(rng: random.Random) -> list[dict]:
+    """A random chat of user and assistant turns in turn (an optional system first) with reasoning, empty
+    think blocks and awkward whitespace."""
+    words = ["", " ", "\n", "\n\n", "hi", " two words ", "ünï", "<think>", "<|channel>x<channel|>", '{"a": 1}']
+    say = lambda: "".join(rng.choice(words) for _ in range(rng.randint(1, 3))) or "x"  # noqa: E731
+    chat = [{"role": "system", "content": say()}] if rng.random() < 0.5 else []
+    for _ in range(rng.randint(1, 3)):
+        chat.append({"role": "user", "content": say()})
+        shape = rng.random()
+        reply = ("<think>" + rng.choice(["\n", "", "\n\n"]) + say() + rng.choice(["\n", ""]) + "</think>" + say()
+                 if shape < 0.5 else "<think>\n\n</think>\n\n" + say() if shape < 0.65 else say())
+        chat.append({"role": "assistant", "content": reply})
+    return chat
+
+
+def _gemma4_official(chat: list[dict], prompt: bool) -> str:
+    chat = [{**m, **dict(zip(("reasoning_content", "content"), split_think(m["content"])))}
+            if m["role"] == "assistant" and "</think>" in m["content"] else m for m in chat]
+    source = (FIXTURES / "gemma4_v5.jinja").read_text(encoding="utf-8")
+    return render_jinja_template(conversations=[chat], chat_template=source, add_generation_prompt=prompt,
+                                 bos_token="<bos>")[0][0]
+
+
+def _check_gemma4(chat: list[dict]) -> None:
+    template = templates.get("gemma4")
+    own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / "gemma4_v5.jinja").read_text(encoding="utf-8"),
+                             bos="<bos>", eos="<eos>")
+    for prompt in (False, True):
+        shown = prompt_part(chat) if prompt else chat
+        expected = _gemma4_official(shown, prompt)
+        assert template.render(shown, add_generation_prompt=prompt) == expected, shown
+        assert twins.twin(own.jinja, templates.normalize_messages(shown), None) == "gemma4"
+        assert own.render(shown, add_generation_prompt=prompt) == expected, shown
+
+
+@pytest.mark.parametrize("chat", [c for c in CHATS if all(m["role"] in ("system", "user", "assistant")
+                                                          and "tool_calls" not in m for m in c)])
+def test_gemma4_builtin_is_byte_equal_to_its_official_template(chat):
+    _check_gemma4(chat)
+
+
+def test_gemma4_builtin_matches_its_official_template_on_random_reasoning_chats():
+    rng = random.Random(11)
+    for _ in range(60):
+        _check_gemma4(_plain_reasoning_chat(rng))
+
+
+def test_gemma4_trains_the_last_reasoning_and_answers_with_their_end_of_turn():
+    t = templates.get("gemma4")
+    assert t.to_jinja() == (FIXTURES / "gemma4_v5.jinja").read_text(encoding="utf-8")
+    assert t.render(REASONING_CHAT[:2], add_generation_prompt=True) == \
+        "<bos><|turn>system\nThink first.<turn|>\n<|turn>user\n2+2?<turn|>\n<|turn>model\n"
+    assert _trained(t, REASONING_CHAT) == "4<turn|><|channel>thought\nsix, clearly\n<channel|>6<turn|>"
+    assert _trained(t, REASONING_CHAT, reasoning="answer_only") == "4<turn|>6<turn|>"
+    with pytest.raises(templates.TemplateError, match="plain and reasoning conversations only"):
+        t.render(REASONING_CHAT[:2], tools=TOOLS)

@@ -86,9 +86,9 @@ _ALPACA_SYSTEM_INPUT = (
 #                      "qwen3.5" (<tool_call><function=name><parameter=key> XML) or "glm" (<tool_call>name
 #                      <arg_key>/<arg_value>, results after <|observation|>); the last two come with their
 #                      family's `layout`
-#   layout             "qwen3.5", "glm4.5", "harmony" or "nemotron3": the family's own turn layout (render.py's
-#                      functions of that name), for layouts format strings cannot say; such a built-in has
-#                      `official`
+#   layout             "qwen3.5", "glm4.5", "harmony", "nemotron3" or "gemma4": the family's own turn layout
+#                      (render.py's functions of that name), for layouts format strings cannot say; such a
+#                      built-in has `official`
 #   official           the file in templates/official/ holding the family's verbatim chat_template: the
 #                      built-in renders it byte for byte (tests/templates/test_twins_current.py) and
 #                      exports it as its jinja
@@ -434,6 +434,27 @@ BUILTINS["nemotron3"] = {
     "eos": "<|im_end|>",
 }
 
+# Gemma 4 (gemma4_v5.jinja, its current revision, thinking off: its default): <|turn>role ... <turn|>, a
+# system turn only for a system message, a reply's reasoning as a thought channel written only after the
+# last user message. Its template reads reasoning from `reasoning_content`; the built-in takes a reply's
+# <think> block as that field. Plain conversations only (its tool results live inside the model turn).
+BUILTINS["gemma4"] = {
+    "description": "Gemma 4: <|turn>user/model ... <turn|>; reasoning as <|channel>thought ...<channel|> after "
+                   "the last user message",
+    "layout": "gemma4",
+    "official": "gemma4_v5.jinja",
+    "prefix": "{bos}",
+    "system": "<|turn>system\n{content}<turn|>\n",
+    "user": "<|turn>user\n{content}<turn|>\n",
+    "assistant": "<|turn>model\n{content}<turn|>\n",
+    "generation_prompt": "<|turn>model\n",
+    "end": "<turn|>",
+    "strip": "content",
+    "reasoning": "qwen3",
+    "bos": "<bos>",
+    "eos": "<eos>",
+}
+
 # Names that also resolve, for users who know a model by another name.
 ALIASES = {"qwen": "qwen2.5", "llama-2": "llama2", "llama-3": "llama3", "gemma2": "gemma", "gemma3": "gemma",
            "phi-3": "phi3", "phi-3.5": "phi3.5",
@@ -442,4 +463,4 @@ ALIASES = {"qwen": "qwen2.5", "llama-2": "llama2", "llama-3": "llama3", "gemma2"
            "qwen3_8": "qwen3.8",
            "glm4moe": "glm4.5", "glm-4.5": "glm4.5",
            "gptoss": "gpt-oss", "gpt_oss": "gpt-oss", "harmony": "gpt-oss",
-           "nemotron3_nano": "nemotron3", "nemotron-3-nano": "nemotron3"}
+           "nemotron3_nano": "nemotron3", "nemotron-3-nano": "nemotron3", "gemma-4": "gemma4"}

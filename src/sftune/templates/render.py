@@ -67,8 +67,8 @@ class _Turns:
         self.opened = ""  # a header the previous reply wrote as its stop (GLM), not written again
         self.prompted = add_generation_prompt
         self.last_call: str | None = None  # Harmony: the function a tool result answers
-        if t.spec.get("reasoning") == "deepseek_r1":
-            _check_no_tools(t.name, msgs, tools)
+        if t.spec.get("reasoning") == "deepseek_r1" or self.layout == "gemma4":
+            _check_no_tools(t.name, msgs, tools, self.layout)
         self.add(self.f["prefix"], None, False)
         self.start, self.system, self.system_index = 0, t.spec.get("default_system"), None
         if msgs and msgs[0]["role"] == "system":
@@ -123,6 +123,8 @@ class _Turns:
             return self.harmony_model_turn(i)
         elif role in MODEL_ROLES and self.layout == "nemotron3":
             return self.nemotron_model_turn(i)
+        elif role == "assistant" and self.layout == "gemma4":
+            self.gemma4_model_turn(i)
         elif role in MODEL_ROLES and self.spec.get("reasoning") == "qwen3":
             return self.qwen3_model_turn(i)
         elif role == "assistant" and self.spec.get("reasoning") == "deepseek_r1":
@@ -347,6 +349,20 @@ class _Turns:
         self.add(f["end"], j - 1, True)
         self.add(f["after_end"], j - 1, False)
         return j
+
+    def gemma4_model_turn(self, i: int) -> None:
+        """Gemma 4: after the last user message a reply's reasoning opens it as a thought channel (none when
+        it has no reasoning); the answer without thought channels, trimmed; <turn|>."""
+        f = self.f
+        reasoning, answer = split_think(self.msgs[i]["content"])
+        self.add(f["generation_prompt"], i, False)
+        if reasoning and i > self.last_user():
+            self.add("<|channel>thought\n" + reasoning + "\n<channel|>", i, THINK)
+        kept = "".join(part if "<|channel>" not in part else part.split("<|channel>")[0]
+                       for part in answer.split("<channel|>"))
+        self.add(kept.strip(), i, True)
+        self.add(f["end"], i, True)
+        self.add(f["after_end"], i, False)
 
     def think_block(self, i: int, block: str, reasoning: bool) -> None:
         """A reply's think block: what the generation prompt already holds of it (Qwen3.5's `<think>\n`, its
@@ -594,10 +610,16 @@ def _glm_call(name: str, call: dict) -> str:
 # --- the deepseek_r1 reasoning style: no tool layout ----------------------------------------------------
 
 
-def _check_no_tools(name: str, msgs: list[dict], tools: list[dict] | None) -> None:
-    """DeepSeek-R1-Distill's official template has no tool layout a model could learn from: refuse tools."""
+def _check_no_tools(name: str, msgs: list[dict], tools: list[dict] | None, layout: str | None = None) -> None:
+    """DeepSeek-R1-Distill's official template has no tool layout a model could learn from, and Gemma 4's
+    (results inside the model turn) is not built in: refuse tools."""
     where = next((f"message {i} is a {m['role']} message" for i, m in enumerate(msgs)
                   if m["role"] in ("tool_call", "tool")), "the conversation declares tools" if tools else None)
+    if where and layout == "gemma4":
+        raise TemplateError(f"template {name!r}: {where}; the gemma4 built-in renders plain and reasoning "
+                            "conversations only (Gemma 4 writes tool results inside the model turn, which it does "
+                            "not restate). Train tool conversations with the model's own template (data.template: "
+                            "tokenizer), or drop the tools from these records")
     if where:
         raise TemplateError(f"template {name!r}: {where}; DeepSeek-R1-Distill's official template has no sound "
                             "tool-call layout (it drops the calls of a reply with text, ignores the tool list, and "

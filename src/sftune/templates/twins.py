@@ -16,7 +16,8 @@ plain messages would make the jinja write something else: GLM-4.5's template wri
 None content as "None" (its twin writes nothing, as for ""); gpt-oss's template takes reasoning from a
 `thinking` field, not a <think> block in the content, and raises on a call-only turn's None content (its
 twin writes a <think> block as the analysis channel, the official render with `thinking` set); Qwen3.8's
-reads it from `reasoning_content` only (its twin takes the <think> block as that field); GLM-4.5's
+reads it from `reasoning_content` only (its twin takes the <think> block as that field, as Gemma 4's
+does); GLM-4.5's
 twin also trains the header that follows a reply (<|user|>, <|observation|>), the model's stop token.
 """
 
@@ -49,6 +50,7 @@ TWINS = {
     "a4c9919cbbd4acdd51ccffe22da049264b1b73e59055fa58811a99efbd7c8146": "gpt-oss",  # <think> -> analysis
     "ab7813c3abdd9cb655905a410728b26c7884eca45ddfab8d9f931553485a7862": "nemotron3",
     "c3cf9e34abf4f9e36c2d72165aa9c132d3e2a725b6c2586aaa3a8af9d7a81041": "qwen3.8",  # <think> -> reasoning_content
+    "0a2c8073c878ab1da004bee933a998606537bbb62016310352c7285c3f01c5b5": "gemma4",  # <think> -> reasoning_content
 }
 # Gemma 1/2's template raises on a system message: a conversation with one is not a twin's.
 REFUSES_SYSTEM = {"ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15cfd6"}
