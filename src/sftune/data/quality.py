@@ -24,7 +24,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from itertools import combinations
-from typing import Any
+from typing import Any, BinaryIO
 
 from sftune.data import files
 from sftune.data.schema import Conversation, Pair
@@ -274,8 +274,8 @@ def write_dedup(
     return counts
 
 
-def plot_histograms(result: dict[str, Any], path: str) -> None:
-    """The length histograms of a stats() result, side by side, as an image."""
+def plot_histograms(result: dict[str, Any], path: str | BinaryIO) -> None:
+    """The length histograms of a stats() result, side by side, as an image (PNG when `path` is a file object)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -131,7 +131,7 @@ def check_summary(result: dict[str, Any]) -> str:
 
 
 def statistics(paths: list[str], format: str | None = None, tokenizer: str | None = None, *,
-               roots: Roots) -> tuple[dict, str]:
+               roots: Roots) -> tuple[dict, Any]:
     """`sftune data stats`: lengths, turns, languages and noise flags, and the histograms as a PNG image (None
     when no record is valid)."""
     import PIL.Image
