@@ -443,6 +443,14 @@ NOT_KEPT = [
     ("second-format", "d.jsonl", j({**msgs(("user", "q"), ("assistant", "a")), "instruction": "q2", "output": "a2"}), 300,
      {"instruction (second format alpaca, not trained; kept in meta.extra)": 1,
       "output (second format alpaca, not trained; kept in meta.extra)": 1}),
+    ("two-conversation-lists", "d.jsonl", j({**msgs(("user", "q"), ("assistant", "a")),
+                                              "conversations": [{"from": "human", "value": "q2"},
+                                                                {"from": "gpt", "value": "a2"}]}), 300,
+     {"conversations (given beside messages, which is read: not trained; kept in meta.extra)": 1}),
+    ("pair-with-two-prompts", "d.jsonl", j({"prompt": "q", "instruction": "q2", "input": "i2", "chosen": "a",
+                                            "rejected": "b"}), 300,
+     {"instruction (given beside prompt, which is read: not trained; kept in meta.extra)": 1,
+      "input (given beside prompt, which is read: not trained; kept in meta.extra)": 1}),
     ("duplicate-csv-column", "d.csv", b"instruction,output,output\nq,a,b\n", 1,
      {"output (duplicate CSV column 3, kept in meta.extra)": 1}),
     ("nan-parquet-column", "d.parquet", nan_parquet(), 1, {"meta.extra.score (NaN / Infinity written as null)": 1}),
@@ -557,12 +565,13 @@ def test_parquet_timestamp_decimal_and_binary_columns_become_text_or_reject_thei
         "instruction": ["q0", "q1", "q2"], "output": ["a0", "a1", "a2"],
         "at": pa.array([datetime.datetime(2024, 1, 2, 3, 4, 5)] * 3, pa.timestamp("us")),
         "price": pa.array([decimal.Decimal("1.50")] * 3, pa.decimal128(5, 2)),
-        "blob": pa.array([b"text", b"\xff\xfe", None], pa.binary()),
+        "blob": pa.array([b"text", b"\xff", None], pa.binary()),
     }), path)
     report = bounded_reports(path)
     assert (report["valid"], report["invalid"], list(report["reasons"])) == (2, 1, ["bad_value"])
     said = report["examples"]["bad_value"]
     assert f"{path} record 1" in said and "blob" in said and "not UTF-8 text" in said and "string column" in said
+    assert "holds 1 byte of binary data" in said, said
     out = tmp_path / "out.jsonl"
     for command in (["convert", path, "-o", out], ["dedup", path, "-o", out]):
         result = invoke(*command)

@@ -66,3 +66,22 @@ def test_strict_fails_on_an_invalid_pair(jsonl):
 def test_reasoning_checks_are_refused_on_pairs(jsonl):
     result = invoke("check", jsonl([PAIR]), "--reasoning")
     assert result.exit_code == 2 and "--reasoning and --tools check SFT conversations" in result.output
+
+
+def test_dedup_reads_pairs_as_pairs_and_compares_prompt_chosen_and_rejected(jsonl, tmp_path):
+    other_rejected = {**PAIR, "rejected": "Go away."}
+    moved = {"prompt": "Say hi. Hi!", "chosen": "No.", "rejected": "Hi!"}  # the same words, in other parts
+    path = jsonl([PAIR, {**PAIR, "prompt": "  say HI. "}, other_rejected, moved, SAME])
+    out, removed = tmp_path / "out" / "kept.jsonl", tmp_path / "out" / "removed.jsonl"
+    result = invoke("dedup", path, "-o", out, "--removed", removed, "--exact-only")
+    assert result.exit_code == 0, result.output
+    said = result.output.replace("\n", "")
+    assert "pairs: 5   valid: 4   invalid: 1" in said and "kept 3 preference pairs; removed 1 exact" in said
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["meta"]["line"], r["rejected"][0]["content"]) for r in kept] == [(1, "No."), (3, "Go away."), (4, "Hi!")]
+    (duplicate,) = [json.loads(line) for line in removed.read_text().splitlines()]
+    assert duplicate["of"].endswith("line 1") and duplicate["meta"]["line"] == 2
+    again = json.loads(invoke("check", out, "--json").stdout)  # written as check and preference training read pairs
+    assert again["preference"] is True and (again["valid"], again["invalid"]) == (3, 0)
+    as_sft = invoke("dedup", path, "-o", tmp_path / "sft.jsonl", "--sft")
+    assert as_sft.exit_code == 0 and "unsupported" in as_sft.output and "kept 0 conversations" in as_sft.output

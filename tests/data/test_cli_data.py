@@ -53,6 +53,7 @@ def test_convert_writes_the_requested_shape_and_quarantines(jsonl, tmp_path):
     out = tmp_path / "out.jsonl"
     result = invoke("convert", path, "--to", "sharegpt", "-o", out)
     assert result.exit_code == 0, result.output
+    assert "records: 2" in result.output and "Wrote 1 conversation (sharegpt)" in result.output
     assert [json.loads(line) for line in out.read_text().splitlines()] == [
         {"conversations": [{"from": "human", "value": "q?"}, {"from": "gpt", "value": "a."}]}
     ]

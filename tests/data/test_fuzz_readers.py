@@ -66,13 +66,14 @@ def through_the_commands(path: Path) -> None:
 def encodes(path: Path, tokenizer) -> None:
     """What `data encode` and training do with the valid records: every one encoded or skipped with a reason."""
     from sftune import templates
-    from sftune.encode import encode_dataset
+    from sftune.encode import EncodeOptions, encode_dataset
 
     report = Report()
     conversations = list(read(path, on_error="skip", report=report))
     assert report.total == report.valid + report.invalid and len(conversations) == report.valid
     with tempfile.TemporaryDirectory() as cache:
-        _, encoded = encode_dataset(conversations, tokenizer, templates.get("chatml"), max_len=256, cache_dir=cache,
+        _, encoded = encode_dataset(conversations, tokenizer, templates.get("chatml"), EncodeOptions(max_len=256),
+                                    cache_dir=cache,
                                     progress=False, workers=1)
     assert encoded.encoded + encoded.skipped >= len(conversations) or not conversations
 

@@ -24,6 +24,17 @@ def test_validate_through_the_api_gives_the_check_report(served, mixed_file, roo
         client.predict("", "(detect)", api_name="/check")
 
 
+def test_stats_through_the_api_give_the_histograms(served, mixed_file, roots):
+    import PIL.Image
+    from gradio_client import Client
+
+    client = Client(served[0], verbose=False, analytics_enabled=False)
+    text, image = client.predict(str(mixed_file), "(detect)", "", api_name="/stats")
+    result, reference = data_tab.statistics([str(mixed_file)], roots=roots)
+    assert text == data_tab.stats_markdown(result)
+    assert PIL.Image.open(image).size == reference.size  # the image gradio serves: a copy of its own
+
+
 def test_validate_image_data_through_the_api_shows_the_gallery(served, tmp_path, roots):
     from gradio_client import Client
 

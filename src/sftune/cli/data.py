@@ -99,6 +99,11 @@ def _data_errors(function):
     return wrapper
 
 
+def _counted(count: int, noun: str) -> str:
+    """'1 conversation', '2 conversations'."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def _print_report(report, unit: str = "records") -> None:
     from rich.markup import escape
 
@@ -289,7 +294,8 @@ def data_convert_command(
     with Console(stderr=True).status(f"converting to {to}"):
         report = convert(paths, output, to, on_error=on_error, quarantine=quarantine, workers=workers, **options)
     _print_report(report, "pairs" if preference else "records")
-    console.print(f"Wrote {report.valid:,} {'preference pairs' if preference else 'conversations'} ({to}) to {output}")
+    console.print(f"Wrote {_counted(report.valid, 'preference pair' if preference else 'conversation')} ({to}) "
+                  f"to {output}")
 
 
 @data_app.command("stats")
@@ -364,21 +370,28 @@ def data_dedup_command(
     max_record_mb: Optional[float] = _MAX_RECORD_MB,
     max_unpacked_gb: Optional[float] = _MAX_UNPACKED_GB,
     max_ratio: Optional[float] = _MAX_RATIO,
+    preference: Optional[bool] = _PREFERENCE,
 ) -> None:
-    """Remove exact and near duplicates (MinHash/LSH); every removal is written down with what it repeats."""
+    """Remove exact and near duplicates (MinHash/LSH); every removal is written down with what it repeats.
+    Preference pairs are read as pairs (as `data check` reads them) and compared by prompt, chosen and rejected."""
     from sftune.data import Report, read
     from sftune.data.quality import write_dedup
 
     report = Report()
     removed = removed or f"{output}.duplicates.jsonl"
     options = _read_options(format, columns, roles, None, None, dataset)
+    if preference is None:
+        preference = _all_pairs(paths, options)
+    if preference:
+        options["preference"] = True
     reading = read(paths, on_error="skip", report=report, outputs={"output": output, "removed": removed}, **options)
     conversations = _reading(reading, "deduplicating")
     counts = write_dedup(conversations, output, removed, threshold=threshold, near=not exact_only)
-    _print_report(report)
+    unit = "preference pair" if preference else "conversation"
+    _print_report(report, "pairs" if preference else "records")
     console.print(
-        f"kept {counts['kept']:,}; removed {counts['exact']:,} exact and {counts['near']:,} near duplicates "
-        f"(listed in {removed}); wrote {output}"
+        f"kept {_counted(counts['kept'], unit)}; removed {counts['exact']:,} exact and {counts['near']:,} near "
+        f"duplicates (listed in {removed}); wrote {output}"
     )
 
 

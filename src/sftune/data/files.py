@@ -870,7 +870,8 @@ def _plain(value: Any, field: str) -> Any:
         try:
             return bytes(value).decode("utf-8")
         except UnicodeDecodeError:
-            raise _NotText(field, f"holds {len(value):,} bytes of binary data that are not UTF-8 text",
+            size = f"{len(value):,} byte{'s' if len(value) != 1 else ''}"
+            raise _NotText(field, f"holds {size} of binary data that are not UTF-8 text",
                            "store text in a string column (or UTF-8 bytes), or leave this column out of the "
                            "file; sftune trains on text") from None
     if hasattr(value, "item"):  # a numpy scalar (e.g. float16)

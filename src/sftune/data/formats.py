@@ -569,7 +569,7 @@ def prompt_completion(record: dict, options: dict) -> Conversation:
             reply if isinstance(reply, list) else [{"role": "assistant", "content": reply}]
         )
         return messages({"messages": turns, "system": record.get("system"), "tools": record.get("tools"),
-                         "images": record.get("images")}, options)
+                         "images": record.get("images"), "image": record.get("image")}, options)
     return Conversation(
         _system(record)
         + [Message("user", _required(record, prompt_key)), Message("assistant", _required(record, reply_key))],
@@ -764,6 +764,29 @@ KNOWN_FIELDS = {
     "preference": {"prompt", "chosen", "rejected", "system", "tools", "instruction", "input", "history",
                    "conversations", "messages", "meta"},
 }
+
+
+# Fields of which a format reads one, the first given (not null); load counts the others a record also has
+# as not kept (a second conversation list is not trained on silently). A field's companions go with it.
+ALTERNATIVES = {
+    "alpaca": (("images", "image"),),
+    "sharegpt": (("messages", "conversations"), ("images", "image")),
+    "openai": (("messages", "conversations"), ("images", "image")),
+    "prompt_completion": (("prompt", "query"), ("completion", "response"), ("images", "image")),
+    "caption": (("images", "image"), ("caption", "text")),
+    "preference": (("prompt", "instruction", "messages", "conversations"),),
+}
+COMPANIONS = {"instruction": ("input", "history")}
+
+
+def unread_alternatives(record: dict, fmt: str) -> dict[str, str]:
+    """{field: the field read instead} for the fields of ALTERNATIVES that `record` gives but `fmt` does not read."""
+    out = {}
+    for group in ALTERNATIVES.get(fmt, ()):
+        given = [name for name in group if record.get(name) is not None]
+        for name in given[1:]:
+            out.update({field: given[0] for field in (name, *COMPANIONS.get(name, ())) if record.get(field) is not None})
+    return out
 
 
 def format_name(name: str) -> str:

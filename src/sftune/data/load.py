@@ -37,7 +37,7 @@ from typing import Any
 from sftune.data import files, llamafactory
 from sftune.data import images as image_refs
 from sftune.data.errors import DataError, location
-from sftune.data.formats import DETECTORS, FORMATS, KNOWN_FIELDS, detect, format_name, remap
+from sftune.data.formats import DETECTORS, FORMATS, KNOWN_FIELDS, detect, format_name, remap, unread_alternatives
 from sftune.data.pairs import validate_pair
 from sftune.data.schema import Conversation, Pair
 from sftune.data.validate import DEFAULT_MAX_CHARS, validate
@@ -353,10 +353,11 @@ def _read_file(item, reject, max_chars, report, shape) -> Iterator[Any]:
                 meta.update(base)
                 meta[unit] = number
                 if not columns:
-                    extra = [key for key in record if key not in known]
+                    instead = unread_alternatives(record, fmt)
+                    extra = [key for key in record if key not in known or key in instead]
                     if extra:
                         meta["extra"] = {key: record[key] for key in extra}
-                        dropped.update(_unread(record, extra, fmt, item["kind"], item.get("style")))
+                        dropped.update(_unread(record, extra, fmt, item["kind"], item.get("style"), instead))
                 _nulls_for_non_finite(conversation, dropped)
                 shaped = conversation if shape is None else shape(conversation)
             except DataError as error:
@@ -371,10 +372,12 @@ def _read_file(item, reject, max_chars, report, shape) -> Iterator[Any]:
         reject(error.located(source=error.source or source))
 
 
-def _unread(record: dict, extra: list[str], fmt: str, kind: str, style: str | None) -> list[str]:
+def _unread(record: dict, extra: list[str], fmt: str, kind: str, style: str | None,
+            instead: dict[str, str]) -> list[str]:
     """The unread fields worth a count, as "field (why)": those of a second format the record also has
-    (not trained), the later copies of a CSV column named twice (files.DUPLICATE_COLUMN), and, when
-    converting to a `style` that writes no meta (so meta.extra is lost), every one."""
+    (not trained), a field given beside the one its format reads instead (`instead`: a second conversation
+    list), the later copies of a CSV column named twice (files.DUPLICATE_COLUMN), and, when converting to a
+    `style` that writes no meta (so meta.extra is lost), every one."""
     second = {name: other for other, fields in reversed(DETECTORS) if other != fmt
               and all(record.get(name) is not None for name in fields) for name in fields}
     kept = "kept in meta.extra" if style in (None, "messages") else f"--to {style} writes no meta"
@@ -383,6 +386,8 @@ def _unread(record: dict, extra: list[str], fmt: str, kind: str, style: str | No
         copy = files.DUPLICATE_COLUMN.fullmatch(key) if kind in ("csv", "tsv") else None
         if copy:
             out.append(f"{copy[1]} (duplicate CSV column {copy[2]}, {kept})")
+        elif key in instead:
+            out.append(f"{key} (given beside {instead[key]}, which is read: not trained; {kept})")
         elif key in second:
             out.append(f"{key} (second format {second[key]}, not trained; {kept})")
         elif style not in (None, "messages"):

@@ -2,6 +2,7 @@
 
     dedup(conversations, *, threshold=0.85, num_perm=128, near=True)
         -> Iterator[(Conversation, None | {"kind": "exact" | "near", "of": "file line N"})]
+        Conversations or preference pairs (a pair by its prompt, chosen and rejected answers).
         Exact duplicates: the same text after lower-casing and collapsing whitespace. Near
         duplicates: estimated Jaccard similarity of character 5-gram sets >= threshold, by
         MinHash + LSH (datasketch). The first occurrence is kept; later ones point at it.
@@ -23,10 +24,10 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from itertools import combinations
-from typing import Any
+from typing import Any, BinaryIO
 
 from sftune.data import files
-from sftune.data.schema import Conversation
+from sftune.data.schema import Conversation, Pair
 
 THINK_EMPTY = re.compile(r"<think>\s*</think>")
 SPACES = re.compile(r"\s+")
@@ -40,7 +41,13 @@ MIN_NOISE_CHARS = 40
 EXAMPLES_PER_FLAG = 5
 
 
-def text_of(conversation: Conversation) -> str:
+def text_of(conversation: Conversation | Pair) -> str:
+    """The text duplicates are found by: a conversation's messages; a preference pair's prompt, chosen and
+    rejected answers, each part apart (a zero character on a line between them: text moved from one part to the next
+    makes another pair)."""
+    if isinstance(conversation, Pair):
+        parts = (conversation.prompt, conversation.chosen, conversation.rejected)
+        return "\n\x00\n".join("\n".join(message.content for message in part) for part in parts)
     return "\n".join(message.content for message in conversation.messages)
 
 
@@ -60,12 +67,12 @@ def _shingles(text: str, size: int = 5) -> set[bytes]:
 
 
 def dedup(
-    conversations: Iterable[Conversation],
+    conversations: Iterable[Conversation | Pair],
     *,
     threshold: float = 0.85,
     num_perm: int = 128,
     near: bool = True,
-) -> Iterator[tuple[Conversation, dict[str, str] | None]]:
+) -> Iterator[tuple[Conversation | Pair, dict[str, str] | None]]:
     """Each conversation with None (kept) or what it duplicates (see the module docstring)."""
     import xxhash
     from datasketch import MinHash, MinHashLSH
@@ -231,14 +238,15 @@ def stats(
 
 
 def write_dedup(
-    conversations: Iterable[Conversation],
+    conversations: Iterable[Conversation | Pair],
     output: str,
     removed: str,
     *,
     threshold: float = 0.85,
     near: bool = True,
 ) -> dict[str, int]:
-    """Kept conversations to `output` (messages JSONL); each removed one to `removed`, with what it repeats.
+    """Kept conversations to `output` (messages JSONL; preference pairs as prompt / chosen / rejected messages, as
+    `data convert` writes them); each removed one to `removed`, with what it repeats.
 
     Both files appear whole when all is read (files.Replacing); a failure leaves the old ones as they were.
     The caller refuses outputs that would write over its inputs (read(..., outputs=...)).
@@ -252,7 +260,7 @@ def write_dedup(
         for conversation, duplicate in dedup(conversations, threshold=threshold, near=near):
             if duplicate is None:
                 counts["kept"] += 1
-                kept.write(conversation.to_json() + "\n")
+                kept.write(json.dumps(conversation.to_dict(), ensure_ascii=False) + "\n")
             else:
                 counts[duplicate["kind"]] += 1
                 line = {"duplicate": duplicate["kind"], "of": duplicate["of"], **conversation.to_dict()}
@@ -266,8 +274,8 @@ def write_dedup(
     return counts
 
 
-def plot_histograms(result: dict[str, Any], path: str) -> None:
-    """The length histograms of a stats() result, side by side, as an image."""
+def plot_histograms(result: dict[str, Any], path: str | BinaryIO) -> None:
+    """The length histograms of a stats() result, side by side, as an image (PNG when `path` is a file object)."""
     import matplotlib
 
     matplotlib.use("Agg")

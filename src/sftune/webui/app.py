@@ -4,6 +4,8 @@ no web fonts, no share tunnel."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -21,7 +23,8 @@ def build(runs_root: str | Path = "runs", data_roots: Iterable[str | Path] = ())
 
     roots = Roots.of(runs_root, data_roots)
     root = roots.runs
-    context: dict[str, Any] = {"runs_root": root, "roots": roots, "uploads": root / "_uploads", "app_load": []}
+    context: dict[str, Any] = {"runs_root": root, "roots": roots, "uploads": root / "_uploads", "app_load": [],
+                               "scratch": scratch_folder(root)}
     with gr.Blocks(title="sftune", analytics_enabled=False) as app:
         data_text = ", ".join(f"`{d}`" for d in roots.data)
         gr.Markdown(f"## sftune &nbsp; <small>runs folder: `{root}`; data read from: {data_text}</small>")
@@ -41,6 +44,17 @@ def build(runs_root: str | Path = "runs", data_roots: Iterable[str | Path] = ())
         for function, inputs, outputs, *options in context["app_load"]:  # options: the event's keywords
             app.load(function, inputs, outputs, **(options[0] if options else {}))
     return app
+
+
+def scratch_folder(runs: Path) -> Path:
+    """The UI's folder for the files it hands the browser (the configuration to download), in the runs folder:
+    removed when the process ends, and a killed UI's at the next start (sftune.scratch)."""
+    from sftune import scratch
+
+    folders = contextlib.ExitStack()
+    path = folders.enter_context(scratch.folder(runs, prefix=".webui-"))
+    atexit.register(folders.close)
+    return path
 
 
 def theme():

@@ -7,12 +7,13 @@ its images and each image's tokens as one masked run."""
 from __future__ import annotations
 
 import html
+import io
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from sftune import scratch
 from sftune.webui import paths as ui_paths
 from sftune.webui.paths import Roots
 
@@ -51,7 +52,7 @@ def check_files(paths: list[str], format: str | None = None, *, roots: Roots) ->
     if not paths:
         raise ValueError("no data file given: upload a file or type its path")
     ui_paths.data_paths(paths, roots)
-    with tempfile.TemporaryDirectory(prefix="sftune-webui-") as folder:
+    with scratch.folder(prefix="sftune-webui-") as folder:  # a killed UI's: swept at the next check
         quarantine = Path(folder) / "rejected.jsonl"
         report = check(paths, format=format or None, quarantine=quarantine, syntax="cli")
         rejected = []
@@ -130,8 +131,11 @@ def check_summary(result: dict[str, Any]) -> str:
 
 
 def statistics(paths: list[str], format: str | None = None, tokenizer: str | None = None, *,
-               roots: Roots) -> tuple[dict, str]:
-    """`sftune data stats`: lengths, turns, languages and noise flags, and the histograms as a PNG file."""
+               roots: Roots) -> tuple[dict, Any]:
+    """`sftune data stats`: lengths, turns, languages and noise flags, and the histograms as a PNG image (None
+    when no record is valid)."""
+    import PIL.Image
+
     from sftune import models
     from sftune.data import read
     from sftune.data.quality import plot_histograms, stats
@@ -139,10 +143,12 @@ def statistics(paths: list[str], format: str | None = None, tokenizer: str | Non
     ui_paths.data_paths(paths, roots)
     loaded = models.load(ui_paths.model_name(tokenizer, roots), tokenizer_only=True)[1] if tokenizer else None
     result = stats(read(paths, format=format or None, on_error="skip", syntax="cli"), tokenizer=loaded)
-    image = tempfile.NamedTemporaryFile(prefix="sftune-histograms-", suffix=".png", delete=False).name
-    if result["conversations"]:
-        plot_histograms(result, image)
-    return result, image
+    if not result["conversations"]:
+        return result, None
+    buffer = io.BytesIO()  # in memory: gradio keeps the copy it serves, and no file of ours is left behind
+    plot_histograms(result, buffer)
+    buffer.seek(0)
+    return result, PIL.Image.open(buffer)
 
 
 def stats_markdown(result: dict[str, Any]) -> str:
@@ -281,7 +287,7 @@ def tab(context: dict[str, Any]) -> None:
                                        roots=context["roots"])
         except (ValueError, OSError) as err:
             raise gr.Error(str(err)) from None
-        return stats_markdown(result), image if result["conversations"] else None
+        return stats_markdown(result), image
 
     def on_inspect(typed, format_name, model_name, template_name, policy_name, count):
         try:

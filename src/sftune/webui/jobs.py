@@ -26,13 +26,14 @@ _children: dict[int, subprocess.Popen] = {}  # processes this UI started: polled
 
 def find_runs(root: str | Path) -> list[Path]:
     """Run folders under `root` (and `root` itself): those with a config.yaml, metrics.jsonl or a process
-    file, newest first."""
+    file, newest first; hidden folders are not runs."""
     root = Path(root).expanduser()
     if not root.is_dir():
         return []
     marks = ("config.yaml", "metrics.jsonl", PROCESS_FILE)
     found = {p.parent for mark in marks for p in [*root.glob(mark), *root.glob(f"*/{mark}"), *root.glob(f"*/*/{mark}")]}
-    found = {f for f in found if f.name != "checkpoints" and f.parent.name != "checkpoints"}
+    found = {f for f in found if f.name != "checkpoints" and f.parent.name != "checkpoints"
+             and not any(part.startswith(".") for part in f.relative_to(root).parts)}  # nor the UI's scratch folder
     return sorted(found, key=_last_change, reverse=True)
 
 

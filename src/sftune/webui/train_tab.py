@@ -5,7 +5,7 @@ and time left, read from the run folder (see jobs.py)."""
 from __future__ import annotations
 
 import re
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +160,19 @@ def curves(run_dir: str | Path):
             frame(p["train"], "learning_rate", "learning rate"))
 
 
+def config_file(text: str, name: str, scratch: Path) -> Path:
+    """The form's configuration as the file the browser downloads, `NAME.yaml` in the UI's scratch folder; the one
+    written before goes (the form's renderings run one at a time, and gradio copies a file it serves before the
+    next one starts), so the folder holds one configuration however long the UI runs."""
+    folder = scratch / "config"
+    if folder.is_dir():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 def tab(context: dict[str, Any]) -> None:
     """The Train tab's components and events (inside a gr.Tab)."""
     import gradio as gr
@@ -241,9 +254,7 @@ def tab(context: dict[str, Any]) -> None:
         except (config_module.ConfigError, ui_paths.OutsideError) as err:
             return f"# not valid yet:\n# " + str(err).replace("\n", "\n# "), None
         text = config_module.to_yaml(cfg)
-        path = Path(tempfile.mkdtemp(prefix="sftune-config-")) / f"{Path(cfg.output.dir).name}.yaml"
-        path.write_text(text, encoding="utf-8")
-        return text, str(path)
+        return text, str(config_file(text, Path(cfg.output.dir).name, context["scratch"]))
 
     def choices(selected: str | None = None):
         found = [str(p) for p in jobs.find_runs(root)]
