@@ -84,7 +84,7 @@ def test_every_example_config_loads(path):
 
 
 def test_each_method_has_an_example():
-    from sftune.methods import OPTIONS
+    from sftune.config import OPTIONS
 
     names = {config.load(p).method.name for p in EXAMPLES.glob("*.yaml")}
     assert names == set(OPTIONS)
