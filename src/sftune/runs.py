@@ -295,3 +295,25 @@ def _load_vision_run(run_dir: Path, cfg: Any, device: str, dtype: Any, device_ma
     if merge and cfg.method.name == "lora":
         model = model.merge_and_unload()
     return model, processor
+
+
+def tokenizer_and_processor(model: str | os.PathLike) -> tuple[Any, Any]:
+    """(tokenizer, processor) of a model name, model folder or run folder: a vision-language model's
+    processor (its tokenizer with a pad token), else (the model's tokenizer, None). What `sftune data
+    inspect` and the web UI's Data tab encode with, so images show as one masked run each."""
+    from sftune.vision.models import is_vision_model, load_processor
+
+    source = models.resolve(model)
+    if not is_vision_model(source) and not _is_vision_run(source):
+        return models.load(model, tokenizer_only=True)[1], None
+    processor = load_processor(source)
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    return processor.tokenizer, processor
+
+
+def _is_vision_run(folder: str | os.PathLike) -> bool:
+    """A LoRA run folder whose base model is a vision-language model (its processor is saved beside the adapter)."""
+    from sftune.vision.models import is_vision_model
+
+    return is_run(folder) and is_vision_model(models.resolve(run_config(folder).model.name))

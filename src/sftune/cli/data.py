@@ -468,10 +468,10 @@ def data_inspect_command(
     from sftune.data.errors import where as where_from
     from sftune.encode import IGNORE, encode, explain
     from sftune.templates import stops
+    from sftune.runs import tokenizer_and_processor
     from sftune.vision import encode as vision_encode
-    from sftune.vision import models as vision_models
 
-    tokenizer, processor = vision_models.tokenizer_and_processor(model)  # images: one masked run each
+    tokenizer, processor = tokenizer_and_processor(model)  # images: one masked run each
     image_ids = vision_encode.image_token_ids(processor) if processor is not None else frozenset()
     checked = stops.audit(_template_for(template, tokenizer), tokenizer, stops.eos_ids(models.resolve(model)))
     chosen = checked.template  # as training renders it: a stop sftune appends shows, trained

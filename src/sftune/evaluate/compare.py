@@ -11,6 +11,7 @@ into the run's model card (RUN/README.md, sftune.model_card) as its before/after
 
 from __future__ import annotations
 
+import functools
 import gc
 import time
 from contextlib import nullcontext
@@ -35,6 +36,18 @@ def benchmark_tasks() -> dict[str, Task]:
     except ImportError:
         return {}
     return dict(TASKS)
+
+
+def with_harness(name: str, task: Task, harness: str | None) -> Task:
+    """Task `name` as `harness` runs it: sftune's own path (None or 'sftune'), or, for the multiple-choice
+    benchmarks, lm-evaluation-harness ('lm-eval') on the same local questions. Other tasks have one path."""
+    from sftune.evaluate.benchmarks import lm_eval_bridge, multiple_choice
+
+    if name not in multiple_choice.READERS or harness in (None, "sftune"):
+        return task
+    if harness != "lm-eval":
+        raise EvalError(f"unknown harness {harness!r}: use 'sftune' (the default) or 'lm-eval'.")
+    return functools.partial(lm_eval_bridge.run, name)
 
 
 def known_task_names() -> list[str]:
@@ -74,7 +87,8 @@ def _data_task(path: Path, name: str) -> Task:
 def evaluate_model(model: str, tasks: dict[str, Task], *, limit: int | None, options: dict[str, Any],
                    console: Any, role: str, template: str | dict | None = None) -> list[TaskResult]:
     """Load `model` (a run folder or a model; a plain model with `template` if given), run every task on it,
-    free it."""
+    free it. `options["harness"]` picks the harness of the multiple-choice benchmarks (with_harness)."""
+    tasks = {name: with_harness(name, task, options.get("harness")) for name, task in tasks.items()}
     with console.status(f"Loading the {role} model {model}") if console is not None else nullcontext():
         loaded = runs.load(model, template=template)
     results = []

@@ -169,7 +169,7 @@ def inspect_html(paths: list[str], model: str, template: str | None = None, poli
     from sftune.data.errors import where as where_from
     from sftune.encode import IGNORE, encode, explain
     from sftune.vision import encode as vision_encode
-    from sftune.vision.models import tokenizer_and_processor
+    from sftune.runs import tokenizer_and_processor
 
     ui_paths.data_paths(paths, roots)
     tokenizer, processor = tokenizer_and_processor(ui_paths.model_name(model, roots))
