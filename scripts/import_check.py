@@ -1,6 +1,7 @@
 """Check that sftune's imports point down the floors of docs/architecture.md and never form a circle.
 
     python scripts/import_check.py            prints each circle and each upward import; exit 1 when any
+    python scripts/import_check.py --root DIR the same for the checkout at DIR (its src/ and docs/)
 
 Every `import` in src/sftune counts, at module level and inside functions alike. Two kinds do not:
 imports under `if TYPE_CHECKING:` (they never run) and the lazy re-exports in a package's module-level
@@ -8,13 +9,15 @@ imports under `if TYPE_CHECKING:` (they never run) and the lazy re-exports in a 
 module that defines it, so `from sftune.data import DataError` is an import of sftune.data.errors.
 
 The floors are the table in docs/architecture.md: each row gives a floor number and the modules or
-packages on it; a module takes the floor of the longest name there that it starts with. A module may
+packages on it; a module takes the floor of the longest name there that it starts with (the row
+`sftune` is the package's own __init__.py alone). A module may
 import modules on its own floor and below (a package's __init__ may collect its own modules from any
 floor); a module the table does not place is reported too.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
 import re
 import sys
@@ -35,8 +38,8 @@ class Import:
     file: Path
     line: int
 
-    def where(self) -> str:
-        return f"{self.file.relative_to(ROOT)}:{self.line}"
+    def where(self, root: Path) -> str:
+        return f"{self.file.relative_to(root)}:{self.line}"
 
 
 def modules(src: Path) -> dict[str, Path]:
@@ -131,21 +134,24 @@ def floors(doc: Path) -> dict[str, int]:
 
 
 def floor_of(module: str, table: dict[str, int]) -> int | None:
+    """The floor of the longest row name `module` starts with; the row `sftune` places the package alone."""
     parts = module.split(".")
-    for end in range(len(parts), 0, -1):
+    for end in range(len(parts), 1 if len(parts) > 1 else 0, -1):
         if ".".join(parts[:end]) in table:
             return table[".".join(parts[:end])]
     return None
 
 
-def problems(src: Path = ROOT / "src", doc: Path = ROOT / "docs" / "architecture.md") -> list[str]:
-    """One line per circle, per upward import and per module the floors do not place."""
-    found = imports(src)
+def problems(root: Path = ROOT) -> list[str]:
+    """One line per circle (one path around each tangle), per upward import and per module the floors do
+    not place, for the checkout at `root`."""
+    doc = root / "docs" / "architecture.md"
+    found = imports(root / "src")
     table = floors(doc)
     out = []
-    for module in modules(src):
+    for module in modules(root / "src"):
         if floor_of(module, table) is None:
-            out.append(f"unplaced: {module} has no floor in {doc.relative_to(ROOT)}")
+            out.append(f"unplaced: {module} has no floor in {doc.relative_to(root)}")
     graph = networkx.DiGraph()
     first: dict[tuple[str, str], Import] = {}
     for edge in found:
@@ -154,18 +160,20 @@ def problems(src: Path = ROOT / "src", doc: Path = ROOT / "docs" / "architecture
     for component in networkx.strongly_connected_components(graph):
         if len(component) > 1:
             cycle = networkx.find_cycle(graph.subgraph(component))
-            steps = ", ".join(f"{a} -> {b} ({first[(a, b)].where()})" for a, b in cycle)
+            steps = ", ".join(f"{a} -> {b} ({first[(a, b)].where(root)})" for a, b in cycle)
             out.append(f"circle: {steps}")
     for (importer, imported), edge in sorted(first.items()):
         low, high = floor_of(importer, table), floor_of(imported, table)
         collects = first[(importer, imported)].file.name == "__init__.py" and imported.startswith(importer + ".")
         if low is not None and high is not None and high > low and not collects:
-            out.append(f"upward: {importer} (floor {low}) imports {imported} (floor {high}) at {edge.where()}")
+            out.append(f"upward: {importer} (floor {low}) imports {imported} (floor {high}) at {edge.where(root)}")
     return out
 
 
 def main() -> int:
-    found = problems()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=ROOT, help="the checkout to check (default: this one)")
+    found = problems(parser.parse_args().root.resolve())
     for line in found:
         print(line)
     print(f"{len(found)} problem(s)" if found else "imports point down and form no circle")

@@ -39,6 +39,9 @@ import re
 from typing import Any
 
 from sftune.data.errors import DataError
+from sftune.data.fields import (list_field as _list, missing_field as _missing, optional_text as _optional,
+                                 required_text as _required, system_messages as _system, text_field as _text,
+                                 tool_schemas as _tools, wrong_type as _wrong_type)
 from sftune.data import images as image_refs
 from sftune.data.schema import ROLES, Conversation, Message
 
@@ -81,85 +84,6 @@ LANGUAGE_NAMES = {
 }
 
 EXAMPLE_MESSAGE = '{"role": "user", "content": "hi"}'
-
-
-# --- field helpers: each failure names the field and the fix ---------------------------------
-
-
-def _missing(field: str, fix: str) -> DataError:
-    return DataError("missing_field", field, "is missing", fix)
-
-
-def _wrong_type(field: str, value: Any, expected: str, fix: str = "") -> DataError:
-    got = "null" if value is None else type(value).__name__
-    article = "" if value is None else "an " if got[0] in "aeiou" else "a "
-    return DataError("wrong_type", field, f"is {article}{got}, expected {expected}", fix or f"make {field} {expected}")
-
-
-def _text(value: Any, field: str) -> str:
-    """A text field: a string. A number is refused too: training on 42 where "42" was meant (or on
-    a NaN a spreadsheet left) would teach the model text that no file held."""
-    if type(value) is str:
-        return value
-    if isinstance(value, float) and not math.isfinite(value):
-        raise DataError("bad_value", field, f"is {value!r}, not text",
-                        f"write {field} as text; NaN usually marks an empty cell: fill it or drop the record")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        raise _wrong_type(field, value, "a string", f'write {field} as text in quotes, e.g. "{value}" '
-                          "(a JSON number is not text)")
-    raise _wrong_type(field, value, "a string")
-
-
-def _required(record: dict, field: str, fix: str = "") -> str:
-    value = record.get(field)
-    if value is None:
-        raise _missing(field, fix or f"add a {field!r} field")
-    return _text(value, field)
-
-
-def _optional(record: dict, field: str) -> str | None:
-    """An optional text field: absent, null and "" all mean absent."""
-    value = record.get(field)
-    if value is None or value == "":
-        return None
-    return _text(value, field)
-
-
-def _list(record: dict, field: str, fix: str, required: bool = True) -> list | None:
-    """A list field; a string holding a JSON list (CSV cells, LLaMA-Factory tools) is parsed."""
-    value = record.get(field)
-    if value is None or value == "":
-        if required:
-            raise _missing(field, fix)
-        return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise _wrong_type(field, value, "a list", fix) from None
-    if isinstance(value, tuple):
-        value = list(value)
-    if not isinstance(value, list):
-        raise _wrong_type(field, value, "a list", fix)
-    return value
-
-
-def _system(record: dict) -> list[Message]:
-    system = _optional(record, "system")
-    return [Message("system", system)] if system else []
-
-
-def _tools(record: dict) -> list[dict] | None:
-    """Function schemas: a list of objects, or that list as JSON text (ShareGPT, LLaMA-Factory)."""
-    tools = _list(record, "tools", "give tools as a list of function schemas", required=False)
-    if tools is None:
-        return None
-    if isinstance(tools, dict):
-        tools = [tools]
-    for i, tool in enumerate(tools):
-        if not isinstance(tool, dict):
-            raise _wrong_type(f"tools[{i}]", tool, "an object (a function schema)")
-    return tools or None
 
 
 def role_hint(name: str, role: str, options: dict) -> str:
@@ -699,12 +623,8 @@ def caption(record: dict, options: dict) -> Conversation:
 
 
 def preference(record: dict, options: dict) -> Conversation:
-    """Preference pairs (chosen / rejected): a Pair when reading preference data (sftune.data.pairs),
-    refused with the way out in SFT data."""
-    if options.get("preference"):
-        from sftune.data.pairs import convert
-
-        return convert(record, options)
+    """Preference pairs (chosen / rejected) in SFT data: refused with the way out. Reading preference data
+(`preference=True`) converts them with sftune.data.pairs.convert instead (load.converter)."""
     raise DataError(
         "unsupported",
         "",

@@ -11,7 +11,8 @@
     plot.py         curves.png
 """
 
-from sftune.training.recipe import TrainResult, train
+from sftune.training.recipe import train
+from sftune.training.run import TrainResult
 from sftune.training.trainer import NonFiniteLossError, SFTTrainer
 
 __all__ = ["train", "TrainResult", "NonFiniteLossError", "SFTTrainer"]
