@@ -24,6 +24,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from sftune.errors import UserError
+
 MethodName = Literal["full", "freeze", "lora", "qlora", "prompt_tuning", "prefix_tuning", "p_tuning_v2"]
 
 # Which options belong to which method; setting another method's option is an error.
@@ -38,7 +40,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """The configuration file or an override is wrong; the message says where and how to fix it."""
 
 

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sftune import scratch
+from sftune.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 COMPLETE_MARKER = ".sftune-complete"  # written last into a folder once it is complete (models, checkpoints)
 
 
-class ModelNotAvailableError(RuntimeError):
+class ModelNotAvailableError(UserError, RuntimeError):
     """The named model cannot be found locally (and could not be fetched)."""
 
 

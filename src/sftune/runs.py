@@ -23,12 +23,13 @@ from sftune import models, templates
 from sftune.config import DataSection, path_found
 from sftune.encode import options as encode_options
 from sftune.encode.options import EncodeOptions
+from sftune.errors import UserError
 
 RUN_CONFIG = "config.yaml"
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-class RunError(RuntimeError):
+class RunError(UserError, RuntimeError):
     """A run folder is incomplete or inconsistent; the message says what is missing and what to do."""
 
 

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sftune import model_card, runs
+from sftune.errors import UserError
 from sftune.evaluate import data_task, report as report_module
 from sftune.evaluate.results import TaskResult
 
 Task = Callable[..., TaskResult]  # task(loaded, *, limit=None, console=None, options=None) -> TaskResult
 
 
-class EvalError(ValueError):
+class EvalError(UserError, ValueError):
     """A task name, a model or a task's input is wrong; the message says which and what to do."""
 
 

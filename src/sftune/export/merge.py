@@ -15,6 +15,7 @@ from typing import Any
 
 from sftune import runs, templates
 from sftune.data import files
+from sftune.errors import UserError
 
 # Methods whose trained weights are not a change of the base weights: nothing to fold in.
 NOT_MERGEABLE = {
@@ -25,7 +26,7 @@ NOT_MERGEABLE = {
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """A run that cannot be exported as asked; the message says why and what to do instead."""
 
 
