@@ -44,6 +44,7 @@ from sftune.data.fields import (list_field as _list, missing_field as _missing, 
                                  tool_schemas as _tools, wrong_type as _wrong_type)
 from sftune.data import images as image_refs
 from sftune.data.schema import ROLES, Conversation, Message
+from sftune.data.toolcalls import call_list as _call_list, call_text, parse_tool_calls, tool_calls
 
 # Source role names -> schema roles (ShareGPT, OpenAI, and the old OpenAI `function` result role).
 ROLE_ALIASES = {
@@ -204,76 +205,6 @@ def _content(value: Any, field: str, images: list | None = None) -> tuple[str, l
         think = "<think>\n" + "\n".join(reasoning) + "\n</think>"
         text = f"{think}\n\n{text}" if text else think
     return text, calls
-
-
-def tool_calls(content: str, ids: bool = False) -> list[dict]:
-    """The calls a tool_call message holds (its content: a call {"name", "arguments"} as JSON, or a list);
-    with `ids`, each call keeps its "id" when it has one (what a template renders never holds it)."""
-    try:
-        value = json.loads(content)
-    except json.JSONDecodeError:
-        raise DataError("wrong_type", "tool_call content", f"is not JSON: {content[:80]!r}",
-                        'write {"name": ..., "arguments": {...}}') from None
-    return parse_tool_calls(value if isinstance(value, list) else [value], "tool_call content", ids)
-
-
-def call_text(calls: list[dict]) -> str:
-    """A tool_call message's content: one call as a JSON object, several as a JSON list."""
-    return json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
-
-
-def _call_list(calls: Any, field: str) -> list | None:
-    """A message's tool calls as a list: the old single `function_call` object, or JSON text of them."""
-    if calls is None or calls == "" or calls == []:
-        return None
-    if isinstance(calls, str):
-        try:
-            calls = json.loads(calls)
-        except (ValueError, RecursionError):
-            raise _wrong_type(field, calls, "a list of tool calls",
-                              'write tool_calls as a list: [{"type": "function", "function": {"name": ..., '
-                              '"arguments": "{...}"}}]') from None
-    if isinstance(calls, dict):
-        calls = [calls]
-    if not isinstance(calls, list):
-        raise _wrong_type(field, calls, "a list of tool calls",
-                          'write tool_calls as a list: [{"type": "function", "function": {"name": ..., "arguments": "{...}"}}]')
-    return calls
-
-
-def parse_tool_calls(calls: Any, field: str, ids: bool = False) -> list[dict]:
-    """OpenAI tool_calls (or plain {"name", "arguments"} calls) -> [{"name", "arguments": object}], with
-    each call's "id" (a string) after them when `ids` and the call has one."""
-    if not isinstance(calls, list):
-        raise _wrong_type(field, calls, "a list of tool calls")
-    out = []
-    for i, call in enumerate(calls):
-        function = call.get("function", call) if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise DataError(
-                "wrong_type",
-                f"{field}[{i}]",
-                "has no function name",
-                'write each call as {"type": "function", "function": {"name": ..., "arguments": "{...}"}}',
-            )
-        arguments = function.get("arguments")
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments) if arguments.strip() else {}
-            except json.JSONDecodeError:
-                raise DataError(
-                    "wrong_type",
-                    f"{field}[{i}].function.arguments",
-                    "is not valid JSON",
-                    "arguments must be a JSON object, or that object as a JSON string",
-                ) from None
-        parsed = {"name": function["name"], "arguments": arguments if arguments is not None else {}}
-        if ids and call.get("id") is not None:
-            if not isinstance(call["id"], str):
-                raise _wrong_type(f"{field}[{i}].id", call["id"], "a string", 'write the call\'s id as text, e.g. "call_1"')
-            parsed["id"] = call["id"]
-        out.append(parsed)
-    return out
 
 
 def _train_and_weight(item: dict, field: str) -> tuple[bool | None, float | None]:

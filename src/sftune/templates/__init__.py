@@ -10,7 +10,7 @@ render.py (the one built-in renderer), jinja_export.py (a built-in as jinja), ji
 exactly), messages.py (the messages a template takes). How it all works: docs/templates.md.
 """
 
-from sftune.data.formats import tool_calls
+from sftune.data.toolcalls import tool_calls
 from sftune.templates.definitions import ALIASES, BUILTINS, TOKENIZER
 from sftune.templates.errors import TemplateError
 from sftune.templates.messages import normalize_messages, to_hf_messages
