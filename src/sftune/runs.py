@@ -166,7 +166,7 @@ def load(
             tokenizer = processor.tokenizer
         else:
             model, tokenizer = models.load(name, **options)
-        chosen = templates.get(template, tokenizer) if template else templates.default_for(tokenizer)
+        chosen = templates.get(template, tokenizer)
         return Loaded(name, model.eval(), tokenizer, chosen, stop_token_ids(chosen, tokenizer, model),
                       processor=processor)
 
@@ -248,7 +248,7 @@ def stop_token_ids(template: templates.Template, tokenizer: Any, model: Any, run
 
 def run_template(run_dir: Path, cfg: Any, tokenizer: Any) -> templates.Template:
     """The template a run was trained with (from its config), checked against its tokenizer's saved one."""
-    chosen = templates.get(cfg.data.template, tokenizer) if cfg.data.template else templates.default_for(tokenizer)
+    chosen = templates.get(cfg.data.template, tokenizer)
     saved = tokenizer.chat_template
     if saved and chosen.to_jinja() != saved:
         raise RunError(f"{run_dir}: the tokenizer's saved chat_template differs from the template in config.yaml "

@@ -18,8 +18,6 @@ def template_for(name: Optional[str], tokenizer):
     """Template `name` for `tokenizer`; without a name, the tokenizer's own (chatml without a tokenizer)."""
     from sftune import templates
 
-    if name is None:
-        return templates.default_for(tokenizer) if tokenizer is not None else templates.get("chatml")
     return templates.get(name, tokenizer)
 
 

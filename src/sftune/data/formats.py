@@ -555,7 +555,7 @@ def caption(record: dict, options: dict) -> Conversation:
 
 def preference(record: dict, options: dict) -> Conversation:
     """Preference pairs (chosen / rejected) in SFT data: refused with the way out. Reading preference data
-(`preference=True`) converts them with sftune.data.pairs.convert instead (load.converter)."""
+    (`preference=True`) converts them with sftune.data.pairs.convert instead (load.converter)."""
     raise DataError(
         "unsupported",
         "",

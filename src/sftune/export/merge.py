@@ -75,7 +75,7 @@ def merge_run(run: str | Path, out_dir: str | Path, *, dtype: str = "float32"):
     else:
         model, _ = models.load(run_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
-    template = templates.get(cfg.data.template, tokenizer) if cfg.data.template else templates.default_for(tokenizer)
+    template = templates.get(cfg.data.template, tokenizer)
     stops = _stop_ids(template, tokenizer, runs.stop_token_ids(template, tokenizer, model,
                                                              run_dir if runs.is_run(run_dir) else None))
     templates.save_to_tokenizer(template, tokenizer)

@@ -162,7 +162,7 @@ def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, Any, bo
             cfg.data.template = run_cfg.data.template
     else:
         model, tokenizer = models.load(name, **options)
-        template = templates.get(cfg.data.template, tokenizer) if cfg.data.template else templates.default_for(tokenizer)
+        template = templates.get(cfg.data.template, tokenizer)
     if not continued:
         model = methods.apply_method(model, cfg.method, tokenizer, verbose=False)
     console.print(f"[bold]{cfg.stage} ({cfg.preference.loss})[/bold], {cfg.method.name} on {name}"

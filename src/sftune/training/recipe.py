@@ -75,7 +75,7 @@ def train(
         tokenizer = processor.tokenizer
     else:
         model, tokenizer, packing = setup_model(cfg, precision, console)
-    template = templates.get(cfg.data.template, tokenizer) if cfg.data.template else templates.default_for(tokenizer)
+    template = templates.get(cfg.data.template, tokenizer)
     checked = stops.audit(template, tokenizer, stops.eos_ids(model))  # every reply ends in a trained stop
     template = checked.template
     console.print(checked.summary(), highlight=False)
