@@ -1,6 +1,6 @@
 """Chat templates: render a conversation exactly as a model family expects, as labelled segments.
 
-    get(name | dict, tokenizer) -> Template     default_for(tokenizer) -> Template
+    get(name | dict | None, tokenizer) -> Template   (None: default_for(tokenizer), the model's own or ChatML)
     Template.render / segments / render_jinja / to_jinja / stop / stop_token_ids
     save_to_tokenizer(template, tokenizer)      BUILTINS, ALIASES, TOKENIZER, names()
 
