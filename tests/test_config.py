@@ -84,7 +84,7 @@ def test_every_example_config_loads(path):
 
 
 def test_each_method_has_an_example():
-    from sftune.methods import OPTIONS
+    from sftune.config import OPTIONS
 
     names = {config.load(p).method.name for p in EXAMPLES.glob("*.yaml")}
     assert names == set(OPTIONS)
@@ -189,7 +189,7 @@ def test_data_eval_null_on_the_command_line_means_none(tmp_path):
 
 @pytest.mark.parametrize("override, origin", [(None, "named in {path}"), ("data.eval=nope.jsonl", "command line")])
 def test_a_missing_data_file_names_its_key_and_where_it_was_set(tmp_path, monkeypatch, override, origin):
-    from sftune.training.data import read_entries
+    from sftune.data.entries import read_entries
 
     (tmp_path / "train.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}, '
                                           '{"role": "assistant", "content": "hello"}]}\n')
@@ -225,7 +225,7 @@ def test_print_config_shows_absolute_paths(tmp_path, monkeypatch):
 
 def test_a_copied_example_runs_with_only_data_train_changed(tmp_path, monkeypatch):
     """The examples name no held-out file the user did not choose: a copy elsewhere reads the user's file only."""
-    from sftune.training.data import read_entries
+    from sftune.data.entries import read_entries
 
     copy = tmp_path / "mine" / "lora.yaml"
     copy.parent.mkdir()

@@ -20,29 +20,17 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
+from sftune.config import MethodConfig
 from sftune.hardware import cuda_bf16
+from sftune.models import keep_4bit_layout
 
-if TYPE_CHECKING:  # torch is imported where it is used: `sftune.config` reads MethodConfig without it
+if TYPE_CHECKING:  # torch is imported where it is used
     import torch
 
-MethodName = Literal["full", "freeze", "lora", "qlora", "prompt_tuning", "prefix_tuning", "p_tuning_v2"]
 PROMPT_METHODS = ("prompt_tuning", "prefix_tuning", "p_tuning_v2")
 PREFIX_METHODS = ("prefix_tuning", "p_tuning_v2")  # virtual keys/values in every layer
-
-# Which options belong to which method; setting another method's option is an error.
-OPTIONS: dict[str, tuple[str, ...]] = {
-    "full": (),
-    "freeze": ("trainable_layers", "trainable_modules"),
-    "lora": ("r", "alpha", "dropout", "target_modules", "rslora", "dora"),
-    "qlora": ("r", "alpha", "dropout", "target_modules", "rslora", "dora", "quant_type", "double_quant", "compute_dtype"),
-    "prompt_tuning": ("num_virtual_tokens", "init_text"),
-    "prefix_tuning": ("num_virtual_tokens", "prefix_projection", "projection_hidden_size", "init_text"),
-    "p_tuning_v2": ("num_virtual_tokens", "init_text"),
-}
 
 # Learning rates that work for each method (the usual values in the papers and peft examples);
 # the engine uses them when the configuration names none.
@@ -59,64 +47,6 @@ DEFAULT_LEARNING_RATE: dict[str, float] = {
 # Attention implementations that keep packed sequences apart from `position_ids` alone
 # (transformers' masking utilities, and flash-attention's varlen path).
 PACKING_ATTENTION = ("sftune_varlen", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
-
-
-class MethodConfig(BaseModel):
-    """The `method:` section of a training configuration."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: MethodName = "lora"
-    # freeze
-    trainable_layers: int = Field(2, ge=0, description="freeze: train the last N decoder layers")
-    trainable_modules: list[str] = Field(
-        default_factory=list,
-        description="freeze: also train parameters whose name matches one of these patterns (fnmatch, e.g. '*.mlp.*', 'lm_head*')",
-    )
-    # lora / qlora
-    r: int = Field(16, ge=1, description="lora: rank")
-    alpha: float = Field(32, gt=0, description="lora: scaling numerator (alpha / r, or alpha / sqrt(r) with rslora)")
-    dropout: float = Field(
-        0.0, ge=0, lt=1, description="lora: dropout on the adapter input; 0 = off, as in peft, LLaMA-Factory and "
-        "Unsloth (on a CPU, 0.05 costs ~15% of the step time and stores a dropped copy of each adapter's input)",
-    )
-    target_modules: str | list[str] = Field(
-        "all-linear", description="lora: module names, or 'all-linear' (every linear layer except the output layer)"
-    )
-    rslora: bool = False
-    dora: bool = False
-    # qlora
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = True
-    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="qlora: dtype of the 4-bit matmuls; auto = bfloat16 on GPUs that have it, else float16 on GPU, float32 on CPU"
-    )
-    # prompt_tuning / prefix_tuning / p_tuning_v2
-    num_virtual_tokens: int = Field(20, ge=1)
-    init_text: str | None = Field(
-        None, description="prompt_tuning: start the virtual tokens from this text's embeddings; prefix_tuning / "
-        "p_tuning_v2: from the keys and values the model computes for this text (default: PREFIX_INIT_TEXT)",
-    )
-    prefix_projection: bool = Field(True, description="prefix_tuning: learn the prefix through an MLP (off = p_tuning_v2)")
-    projection_hidden_size: int | None = Field(None, ge=1, description="prefix_tuning: MLP width (default: the model's hidden size)")
-
-    @model_validator(mode="after")
-    def _options_match_method(self) -> MethodConfig:
-        # Another method's option set to its default passes, so a dumped configuration loads back.
-        foreign = sorted(
-            field
-            for field in self.model_fields_set - {"name"} - set(OPTIONS[self.name])
-            if getattr(self, field) != type(self).model_fields[field].get_default(call_default_factory=True)
-        )
-        if foreign:
-            owners = {opt: [m for m, opts in OPTIONS.items() if opt in opts] for opt in foreign}
-            detail = "; ".join(f"'{opt}' is an option of {', '.join(ms)}" for opt, ms in owners.items())
-            allowed = ", ".join(OPTIONS[self.name]) or "none"
-            raise ValueError(
-                f"method '{self.name}' does not use {', '.join(repr(o) for o in foreign)} ({detail}). "
-                f"Options of '{self.name}': {allowed}. Remove them or change method.name."
-            )
-        return self
 
 
 def _shards() -> bool:
@@ -459,26 +389,6 @@ def _prepare_4bit(model: Any) -> Any:
     keep_4bit_layout(model)
     # Gradient checkpointing is the engine's choice (train.gradient_checkpointing), not peft's default.
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-
-
-def keep_4bit_layout(model: Any) -> Any:
-    """Keep bitsandbytes from repacking 4-bit weights on CPUs with AVX512-BF16, so an evaluation pass
-    or a save never changes the base model.
-
-    Worked around (bitsandbytes 0.49 to at least 0.50.2): on a CPU where `has_avx512bf16()` is true,
-    `Linear4bit.forward` in eval mode without gradients converts its weight, once, into a bf16
-    inference layout (`quant_state.packing_format_for_cpu`), and `state_dict()` converts it back
-    with a re-quantized absmax (up to 0.4% off). So after `Trainer.evaluate()` the base held in
-    memory is another one, QLoRA's gradients are wrong (measured: relative error 0.95 on a tiny
-    model), and every checkpoint save changes the base again. Each layer decides from its own
-    `support_avx512bf16_for_cpu`, set from the CPU when the layer is built; this turns it off.
-    It can go when tests/test_methods.py::test_bitsandbytes_still_repacks_4bit_weights_in_eval fails
-    (bitsandbytes no longer repacks, or converts back exactly). Returns the model.
-    """
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
-    return model
 
 
 def _default_device() -> torch.device:

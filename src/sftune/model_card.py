@@ -29,7 +29,8 @@ def write(run_dir: str | Path) -> Path:
     from huggingface_hub import ModelCard, ModelCardData
 
     from sftune import config as config_module
-    from sftune.methods import DEFAULT_LEARNING_RATE, OPTIONS
+    from sftune.config import OPTIONS
+    from sftune.methods import DEFAULT_LEARNING_RATE
 
     run = Path(run_dir)
     cfg = config_module.load(run / "config.yaml")

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sftune import scratch
+from sftune.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 COMPLETE_MARKER = ".sftune-complete"  # written last into a folder once it is complete (models, checkpoints)
 
 
-class ModelNotAvailableError(RuntimeError):
+class ModelNotAvailableError(UserError, RuntimeError):
     """The named model cannot be found locally (and could not be fetched)."""
 
 
@@ -207,8 +208,6 @@ def load(
             "download it on a machine with network access first."
         ) from err
     if model is not None and options.get("quantization_config") is not None:
-        from sftune.methods import keep_4bit_layout
-
         keep_4bit_layout(model)  # an evaluation pass must not change a 4-bit base (see there)
     if tokenizer.pad_token is None:
         # Safe: sftune builds labels from message spans, never by masking the pad id.
@@ -231,3 +230,23 @@ def _hub_cached(repo_id: str) -> bool:
 def is_materialized(name: str) -> bool:
     """Whether an embedded model's checkpoint folder is complete in the cache."""
     return (materialized_path(name) / COMPLETE_MARKER).exists()
+
+
+def keep_4bit_layout(model: Any) -> Any:
+    """Keep bitsandbytes from repacking 4-bit weights on CPUs with AVX512-BF16, so an evaluation pass
+    or a save never changes the base model.
+
+    Worked around (bitsandbytes 0.49 to at least 0.50.2): on a CPU where `has_avx512bf16()` is true,
+    `Linear4bit.forward` in eval mode without gradients converts its weight, once, into a bf16
+    inference layout (`quant_state.packing_format_for_cpu`), and `state_dict()` converts it back
+    with a re-quantized absmax (up to 0.4% off). So after `Trainer.evaluate()` the base held in
+    memory is another one, QLoRA's gradients are wrong (measured: relative error 0.95 on a tiny
+    model), and every checkpoint save changes the base again. Each layer decides from its own
+    `support_avx512bf16_for_cpu`, set from the CPU when the layer is built; this turns it off.
+    It can go when tests/test_methods.py::test_bitsandbytes_still_repacks_4bit_weights_in_eval fails
+    (bitsandbytes no longer repacks, or converts back exactly). Returns the model.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model

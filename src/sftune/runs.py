@@ -23,12 +23,13 @@ from sftune import models, templates
 from sftune.config import DataSection, path_found
 from sftune.encode import options as encode_options
 from sftune.encode.options import EncodeOptions
+from sftune.errors import UserError
 
 RUN_CONFIG = "config.yaml"
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-class RunError(RuntimeError):
+class RunError(UserError, RuntimeError):
     """A run folder is incomplete or inconsistent; the message says what is missing and what to do."""
 
 
@@ -165,7 +166,7 @@ def load(
             tokenizer = processor.tokenizer
         else:
             model, tokenizer = models.load(name, **options)
-        chosen = templates.get(template, tokenizer) if template else templates.default_for(tokenizer)
+        chosen = templates.get(template, tokenizer)
         return Loaded(name, model.eval(), tokenizer, chosen, stop_token_ids(chosen, tokenizer, model),
                       processor=processor)
 
@@ -247,7 +248,7 @@ def stop_token_ids(template: templates.Template, tokenizer: Any, model: Any, run
 
 def run_template(run_dir: Path, cfg: Any, tokenizer: Any) -> templates.Template:
     """The template a run was trained with (from its config), checked against its tokenizer's saved one."""
-    chosen = templates.get(cfg.data.template, tokenizer) if cfg.data.template else templates.default_for(tokenizer)
+    chosen = templates.get(cfg.data.template, tokenizer)
     saved = tokenizer.chat_template
     if saved and chosen.to_jinja() != saved:
         raise RunError(f"{run_dir}: the tokenizer's saved chat_template differs from the template in config.yaml "
@@ -295,3 +296,25 @@ def _load_vision_run(run_dir: Path, cfg: Any, device: str, dtype: Any, device_ma
     if merge and cfg.method.name == "lora":
         model = model.merge_and_unload()
     return model, processor
+
+
+def tokenizer_and_processor(model: str | os.PathLike) -> tuple[Any, Any]:
+    """(tokenizer, processor) of a model name, model folder or run folder: a vision-language model's
+    processor (its tokenizer with a pad token), else (the model's tokenizer, None). What `sftune data
+    inspect` and the web UI's Data tab encode with, so images show as one masked run each."""
+    from sftune.vision.models import is_vision_model, load_processor
+
+    source = models.resolve(model)
+    if not is_vision_model(source) and not _is_vision_run(source):
+        return models.load(model, tokenizer_only=True)[1], None
+    processor = load_processor(source)
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    return processor.tokenizer, processor
+
+
+def _is_vision_run(folder: str | os.PathLike) -> bool:
+    """A LoRA run folder whose base model is a vision-language model (its processor is saved beside the adapter)."""
+    from sftune.vision.models import is_vision_model
+
+    return is_run(folder) and is_vision_model(models.resolve(run_config(folder).model.name))

@@ -14,7 +14,7 @@ import pytest
 
 from sftune.config import load
 from sftune.data import DataError, hub, read
-from sftune.training.data import read_entries
+from sftune.data.entries import read_entries
 
 from .conftest import write_jsonl
 

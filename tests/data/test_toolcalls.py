@@ -67,7 +67,7 @@ def _roundtrip(conversation: Conversation, style: str, tmp_path: Path) -> Conver
 
 def _without_ids(m: Message) -> dict:
     """A message as its meaning without call ids (ShareGPT and Hermes have none; OpenAI requires them)."""
-    from sftune.data.formats import call_text, tool_calls
+    from sftune.data.toolcalls import call_text, tool_calls
 
     content = call_text(tool_calls(m.content)) if m.role == "tool_call" else m.content
     return {**m.to_dict(), "content": content, "tool_call_id": None}

@@ -26,6 +26,14 @@ def test_tokenizer_template_needs_a_chat_template():
         templates.get("tokenizer")
 
 
+def test_no_name_is_the_models_default(smollm2_tokenizer):
+    """get(None, tokenizer) (an unset data.template or --template) is the model's own template, ChatML without one."""
+    assert templates.get(None, smollm2_tokenizer).name == templates.default_for(smollm2_tokenizer).name == "tokenizer"
+    assert templates.get(None, smollm2_tokenizer).render(PLAIN) == smollm2_tokenizer.apply_chat_template(
+        PLAIN, tokenize=False)
+    assert templates.get(None).name == "chatml"
+
+
 def test_save_to_tokenizer_makes_inference_render_the_training_template(smollm2_tokenizer):
     import copy
 

@@ -9,7 +9,7 @@ import torch
 from sftune import config as config_module
 from sftune import methods
 from sftune.methods import MethodConfig
-from sftune.training.recipe import weights_dtype
+from sftune.training.run import weights_dtype
 from tests.conftest import tiny_model
 
 

@@ -21,7 +21,7 @@ from sftune.generation import GenerationOptions
 from sftune.vision import encode as vision_encode
 from sftune.vision import generate as vision_generate
 from sftune.vision import shapes
-from sftune.vision.models import tokenizer_and_processor
+from sftune.runs import tokenizer_and_processor
 from sftune.webui import chat_tab, data_tab
 from tests.vision.conftest import images, vision_run, vlm_folder  # noqa: F401  (tiny LLaVA run and checkpoints)
 

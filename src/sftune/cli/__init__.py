@@ -4,6 +4,6 @@ work. A new command is a new module here, imported below so that it registers it
 from sftune.cli.common import app, console, main
 
 # Importing a command module registers its commands on `app` (order = order in `sftune --help`).
-from sftune.cli import train, data, serve, evaluate, inference, export, estimate, webui  # noqa: E402,F401  isort: skip
+from sftune.cli import train, data, template, serve, evaluate, inference, export, estimate, webui  # noqa: E402,F401  isort: skip
 
 __all__ = ["app", "console", "main"]

@@ -1,4 +1,6 @@
-"""The `sftune` command's shared parts: the typer app, its command groups, the console, and how errors end."""
+"""The `sftune` command's shared parts: the typer app, its command groups, the console, and how errors end:
+a UserError (sftune.errors) or an OSError from any command is one `error:` line and exit code 2, here and
+nowhere else; anything else is a bug (exit 1). --verbose shows the traceback."""
 
 from __future__ import annotations
 
@@ -6,10 +8,30 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
-from sftune import __version__, models, quiet
+from sftune import __version__, quiet
+from sftune.errors import UserError
+
+# A user's mistake: sftune's own errors, and a path that is missing, unreadable or refused.
+USER_ERRORS = (UserError, OSError)
+
+
+class _Commands(TyperGroup):
+    """The root command group: every command runs inside its `invoke`, so this is where a user's error ends."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as err:
+            if quiet.is_verbose():
+                raise
+            print_error(err)
+            raise typer.Exit(2) from None
+
 
 app = typer.Typer(
+    cls=_Commands,
     help="sftune: supervised fine-tuning of causal language models.",
     no_args_is_help=True,
     add_completion=True,  # typer's --install-completion / --show-completion (bash, zsh, fish, PowerShell)
@@ -28,9 +50,8 @@ def print_error(message: object) -> None:
 
 # Command groups. Each command stays thin and calls the module that does the work.
 data_app = typer.Typer(help="Read, check, convert, inspect and measure SFT data.", no_args_is_help=True)
-template_app = typer.Typer(help="Chat templates: list them, render data with them.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-app.add_typer(template_app, name="template")
+FORMAT = typer.Option(None, "--format", "-f", help="Force a format (default: detected per file).")
 
 
 def _version(value: bool) -> None:
@@ -52,43 +73,20 @@ def _root(
     quiet.configure(verbose=verbose or quiet.verbose_from_env())
 
 
-def _user_error(err: Exception) -> None:
-    """One `error:` line and exit code 2 (a traceback only with --verbose)."""
-    if quiet.is_verbose():
-        raise err
-    print_error(err)
-    raise typer.Exit(2) from None
-
-
 def json_repr(text: str) -> str:
     import json
 
     return json.dumps(text, ensure_ascii=False)
 
 
-def _caused_by_user(err: Exception) -> bool:
-    """Errors that a user causes and fixes (bad data, config, path, model name), as opposed to bugs."""
-    from sftune.config import ConfigError
-    from sftune.data import DataError
-
-    user_errors = (ConfigError, DataError, models.ModelNotAvailableError, OSError)
-    if isinstance(err, user_errors):
-        return True
-    module = type(err).__module__ or ""
-    return module.startswith("sftune") and isinstance(err, (ValueError, RuntimeError))
-
-
 def main() -> None:
-    """The `sftune` command and `python -m sftune`: errors a user can cause end in one message and
-    exit code 2; anything else is a bug, said so; a traceback only with --verbose."""
+    """The `sftune` command and `python -m sftune`. A user's error has ended in `_Commands` (exit code 2);
+    what reaches here is a bug, said so; a traceback only with --verbose."""
     try:
         app()
     except Exception as err:  # noqa: BLE001 - the last line between a user and a traceback
         if quiet.is_verbose():
             raise
-        if _caused_by_user(err):
-            print_error(err)
-            raise SystemExit(2) from None
         print_error(f"{type(err).__name__}: {err}\nThis looks like a bug in sftune. Run the command again "
                     "with --verbose for the traceback, and report it.")
         raise SystemExit(1) from None

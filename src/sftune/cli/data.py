@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from sftune import models
-from sftune.cli.common import console, data_app, json_repr, print_error, template_app
+from sftune.cli.common import FORMAT as _FORMAT, console, data_app, json_repr, print_error
+from sftune.cli.template import template_for as _template_for
 
 
 def _mapping(text: Optional[str], option: str) -> Optional[dict]:
@@ -41,7 +42,6 @@ def _read_options(format, columns, roles, cot_layout, max_chars, dataset) -> dic
     }
 
 
-_FORMAT = typer.Option(None, "--format", "-f", help="Force a format (default: detected per file).")
 _COLUMNS = typer.Option(None, help="Column mapping, e.g. 'instruction=query,output=meta.answer' or JSON.")
 _ROLES = typer.Option(None, help="Role / speaker map, e.g. 'agent=assistant,customer=user' or JSON.")
 _COT = typer.Option(None, help="Chain-of-thought layout: steps, think, or a format string.")
@@ -398,62 +398,6 @@ def data_dedup_command(
 # --- sftune template list | render, sftune data inspect ---------------------------------------------
 
 
-def _template_for(name: Optional[str], tokenizer):
-    from sftune import templates
-
-    if name is None:
-        return templates.default_for(tokenizer) if tokenizer is not None else templates.get("chatml")
-    return templates.get(name, tokenizer)
-
-
-@template_app.command("list")
-def template_list_command() -> None:
-    """List the chat templates (`tokenizer` is the model's own jinja chat_template)."""
-    from sftune import templates
-
-    table = Table(title="Chat templates (--template NAME)")
-    table.add_column("name")
-    table.add_column("layout")
-    from rich.markup import escape
-
-    for name, spec in templates.BUILTINS.items():
-        table.add_row(name, escape(spec["description"]))
-    table.add_row(templates.TOKENIZER, "the model's own jinja chat_template (default when it has one)")
-    console.print(table)
-
-
-@template_app.command("render")
-@_data_errors
-def template_render_command(
-    path: list[str] = typer.Argument(..., help="Data files (any format the data layer reads)."),
-    template: str = typer.Option(..., "--template", "-t", help="Template name (sftune template list)."),
-    generation_prompt: bool = typer.Option(
-        False, "--generation-prompt", help="Leave out the final reply and end with the generation prompt."
-    ),
-    model: Optional[str] = typer.Option(None, help="Model whose tokenizer gives BOS/EOS (needed for 'tokenizer')."),
-    format: Optional[str] = _FORMAT,
-) -> None:
-    """Print one JSON line {"text": ...} per record, rendered with the template."""
-    import json
-
-    from sftune.data import MODEL_ROLES, read
-    from sftune.data.errors import where
-    from sftune.templates import TemplateError
-
-    tokenizer = models.load(model, tokenizer_only=True)[1] if model else None
-    chosen = _template_for(template, tokenizer)
-    for conversation in read(path, format=format, syntax="cli"):
-        messages = conversation.messages
-        if generation_prompt:
-            while messages and messages[-1].role in MODEL_ROLES:
-                messages = messages[:-1]
-        try:
-            text = chosen.render(messages, tools=conversation.tools, add_generation_prompt=generation_prompt)
-        except TemplateError as err:
-            raise ValueError(f"{where(conversation.meta)}: {err}") from None
-        print(json.dumps({"text": text}, ensure_ascii=False))
-
-
 TRAINED_MARKS = ("⟦", "⟧")  # around trained text where colours cannot show (piped output, NO_COLOR)
 STYLES = {"trained": "bold green", "masked": "grey50", "image": "grey50"}
 
@@ -481,10 +425,10 @@ def data_inspect_command(
     from sftune.data.errors import where as where_from
     from sftune.encode import IGNORE, encode, explain
     from sftune.templates import stops
+    from sftune.runs import tokenizer_and_processor
     from sftune.vision import encode as vision_encode
-    from sftune.vision import models as vision_models
 
-    tokenizer, processor = vision_models.tokenizer_and_processor(model)  # images: one masked run each
+    tokenizer, processor = tokenizer_and_processor(model)  # images: one masked run each
     image_ids = vision_encode.image_token_ids(processor) if processor is not None else frozenset()
     checked = stops.audit(_template_for(template, tokenizer), tokenizer, stops.eos_ids(models.resolve(model)))
     chosen = checked.template  # as training renders it: a stop sftune appends shows, trained

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from sftune.cli.common import _caused_by_user, _user_error, app, console
+from sftune.cli.common import app, console
 
 
 @app.command("estimate")
@@ -26,23 +26,18 @@ def estimate_command(
     from sftune import config as config_module
     from sftune import estimate
 
-    try:
-        cfg = config_module.load(config, overrides or [])
-        device = estimate.resolve_device(gpus)
-        options = {"gpus": gpus or 1, "sharding": sharding, "offload": offload, "device": device}
-        shape = estimate.model_shape(estimate.model_config(cfg.model.name, cfg.model.trust_remote_code))
-        est = estimate.estimate(cfg, shape, **options)
-        if memory is not None:
-            available, what = int(memory * estimate.GiB), "given with --memory"
-        elif device == "cuda" and not estimate.gpu_present():
-            available, what = None, ""
-        else:
-            available, what = estimate.device_memory(device)
-        fits = None if available is None else estimate.largest_micro_batch(cfg, shape, available, **options)
-    except Exception as err:  # a user's error is one line; anything else propagates
-        if _caused_by_user(err):
-            _user_error(err)
-        raise
+    cfg = config_module.load(config, overrides or [])
+    device = estimate.resolve_device(gpus)
+    options = {"gpus": gpus or 1, "sharding": sharding, "offload": offload, "device": device}
+    shape = estimate.model_shape(estimate.model_config(cfg.model.name, cfg.model.trust_remote_code))
+    est = estimate.estimate(cfg, shape, **options)
+    if memory is not None:
+        available, what = int(memory * estimate.GiB), "given with --memory"
+    elif device == "cuda" and not estimate.gpu_present():
+        available, what = None, ""
+    else:
+        available, what = estimate.device_memory(device)
+    fits = None if available is None else estimate.largest_micro_batch(cfg, shape, available, **options)
     console.print(_table(est, cfg, gpus or 1, sharding, offload))
     if available is None:
         console.print(f"Peak per device: [bold]{est.total / estimate.GiB:.2f} GiB[/bold]. There is no GPU here to "

@@ -7,8 +7,7 @@ from typing import Optional
 
 import typer
 
-from sftune import quiet
-from sftune.cli.common import _user_error, app, console
+from sftune.cli.common import app, console
 
 
 def _tasks_help() -> str:
@@ -44,19 +43,14 @@ def eval_command(
                                      "environment."),
 ) -> None:
     """Evaluate a fine-tuned run against its base model: scores, deltas with confidence intervals, what it forgot."""
-    from sftune.evaluate import compare, report, sandbox
+    from sftune.evaluate import compare, report
 
     options = {"data_dir": str(data_dir) if data_dir else None, "judge_url": judge_url, "judge_model": judge_model,
                "harness": harness, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
                "unsafe_exec": unsafe_exec or None}
     names = [t.strip() for t in tasks.split(",") if t.strip()]
-    try:
-        result, paths = compare.compare(model, base=base, tasks=names, limit=limit, out_dir=out,
-                                        options={k: v for k, v in options.items() if v is not None}, console=console)
-    except (compare.EvalError, sandbox.UnsafeExecError) as err:
-        if quiet.is_verbose():
-            raise
-        _user_error(err)
+    result, paths = compare.compare(model, base=base, tasks=names, limit=limit, out_dir=out,
+                                    options={k: v for k, v in options.items() if v is not None}, console=console)
     console.print(report.console_table(result))
     forgot = [f"{f['task']} {f['metric']}" for f in result["forgetting"] if f["forgot"]]
     if forgot:

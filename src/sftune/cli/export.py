@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from sftune.cli.common import _caused_by_user, _user_error, app, console
+from sftune.cli.common import app, console
 
 
 @app.command("export")
@@ -27,14 +27,9 @@ def export_command(
     an Ollama Modelfile, and check that each answers as the run does."""
     from sftune.export import export
 
-    try:
-        with console.status(f"exporting {run}"):
-            summary = export(run, out, gguf=gguf, ollama=ollama, dtype=dtype, check=check, check_data=check_data,
-                             check_count=check_count, check_max_new_tokens=check_max_new_tokens, console=console)
-    except Exception as err:  # noqa: BLE001
-        if not _caused_by_user(err):
-            raise
-        _user_error(err)
+    with console.status(f"exporting {run}"):
+        summary = export(run, out, gguf=gguf, ollama=ollama, dtype=dtype, check=check, check_data=check_data,
+                         check_count=check_count, check_max_new_tokens=check_max_new_tokens, console=console)
     merged = "LoRA merged into the base" if summary["merged"] else "weights saved as trained"
     console.print(f"{out}: {merged} ({summary['dtype']}), template {summary['template']}, stops at "
                   f"{', '.join(summary['stop_tokens'])}", highlight=False)

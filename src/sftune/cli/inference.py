@@ -6,8 +6,7 @@ from typing import Optional
 
 import typer
 
-from sftune.cli.common import _caused_by_user, _user_error, app, console
-from sftune.cli.data import _FORMAT
+from sftune.cli.common import FORMAT, app, console
 
 
 def _load_for_inference(run_or_model: str, template: Optional[str]):
@@ -38,12 +37,7 @@ def chat_command(
     from sftune.generation import GenerationOptions
     from sftune.serve.chat import COMMANDS, IMAGE_COMMAND, chat_loop, terminal_lines
 
-    try:
-        loaded = _load_for_inference(run_or_model, template)
-    except Exception as err:  # noqa: BLE001 - user errors end in one line; bugs re-raise in _caused_by_user
-        if not _caused_by_user(err):
-            raise
-        _user_error(err)
+    loaded = _load_for_inference(run_or_model, template)
     options = GenerationOptions(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
     commands = f"{COMMANDS}, {IMAGE_COMMAND}" if loaded.processor is not None else COMMANDS
     console.print(f"[dim]{loaded.name} · template {loaded.template.name} · {commands}[/dim]")
@@ -62,7 +56,7 @@ def generate_command(
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass."),
     seed: Optional[int] = typer.Option(None, help="Seed for sampling."),
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
-    format: Optional[str] = _FORMAT,
+    format: Optional[str] = FORMAT,
     template: Optional[str] = _INFER_TEMPLATE,
 ) -> None:
     """Answer every conversation of a data file, batched, into a JSONL file (resumable)."""
@@ -72,14 +66,9 @@ def generate_command(
 
     options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
                                 stop=tuple(stop or ()))
-    try:
-        files.refuse_overwrite(load.read_paths(input, load.prepare(input, format=format, syntax="cli")), output=out)
-        loaded = _load_for_inference(run_or_model, template)  # refused above in seconds, not after loading
-        summary = generate_file(loaded, input, out, options, batch_size=batch_size, console=console,
-                                read_options={"format": format, "syntax": "cli"})
-    except Exception as err:  # noqa: BLE001
-        if not _caused_by_user(err):
-            raise
-        _user_error(err)
+    files.refuse_overwrite(load.read_paths(input, load.prepare(input, format=format, syntax="cli")), output=out)
+    loaded = _load_for_inference(run_or_model, template)  # refused above in seconds, not after loading
+    summary = generate_file(loaded, input, out, options, batch_size=batch_size, console=console,
+                            read_options={"format": format, "syntax": "cli"})
     console.print(f"{summary['written']} answered, {summary['skipped']} already in {summary['out']} (of "
                   f"{summary['total']}); {summary['completion_tokens']} tokens generated", highlight=False)

@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from sftune import quiet
-from sftune.cli.common import _user_error, app, console
+from sftune.cli.common import app, console
+from sftune.errors import UserError
 
 
 @app.command("serve")
@@ -30,25 +30,16 @@ def serve_command(
                                          "headers may take to arrive; a slower client gets 408 and is disconnected."),
 ) -> None:
     """Serve a run through an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models)."""
-    from sftune import runs
-    from sftune.serve.adapters import AdapterError
-    from sftune.templates import TemplateError
-
     named: dict[str, str] = {}
     for item in adapter or []:
         name, sep, folder = item.partition("=")
         if not sep or not name or not folder:
-            _user_error(f"--adapter {item!r}: write it as NAME=RUN_DIR, e.g. --adapter support=runs/support-lora")
+            raise UserError(f"--adapter {item!r}: write it as NAME=RUN_DIR, e.g. --adapter support=runs/support-lora")
         named[name] = folder
     try:
         from sftune.serve.server import serve
     except ImportError as err:
-        _user_error(f"serving needs the 'serve' extra ({err.name} is missing): pip install 'sftune[serve]'")
-    try:
-        serve(run_or_model, host=host, port=port, api_key=api_key, adapters=named, max_batch_size=max_batch_size,
-              template=template, max_body_mb=max_body_mb, body_timeout_s=body_timeout,
-              header_timeout_s=header_timeout, console=console)
-    except (AdapterError, runs.RunError, TemplateError, OSError) as err:
-        if quiet.is_verbose():
-            raise
-        _user_error(err)
+        raise UserError(f"serving needs the 'serve' extra ({err.name} is missing): pip install 'sftune[serve]'") from None
+    serve(run_or_model, host=host, port=port, api_key=api_key, adapters=named, max_batch_size=max_batch_size,
+          template=template, max_body_mb=max_body_mb, body_timeout_s=body_timeout,
+          header_timeout_s=header_timeout, console=console)

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from sftune import models, quiet
-from sftune.cli.common import _user_error, app, console
+from sftune import models
+from sftune.cli.common import app, console
 
 
 @app.command("models")
@@ -51,7 +51,6 @@ def demo_command(
 ) -> None:
     """The main job: SFT on a generated Chinese + English task, held-out metric before and after."""
     from sftune import demo
-    from sftune.config import ConfigError
 
     if vision:
         from sftune.vision import demo as vision_demo
@@ -61,17 +60,12 @@ def demo_command(
 
     if config and "=" in config and not Path(config).exists():  # `sftune demo train.max_steps=10`
         overrides, config = [config, *(overrides or [])], None
-    try:
-        if preference:
-            from sftune.preference import demo as preference_demo
+    if preference:
+        from sftune.preference import demo as preference_demo
 
-            preference_demo.run(([config] if config else []) + list(overrides or []), console=console)
-            return
-        demo.run(config, overrides or [], method=method, console=console)
-    except ConfigError as err:
-        if quiet.is_verbose():
-            raise
-        _user_error(err)
+        preference_demo.run(([config] if config else []) + list(overrides or []), console=console)
+        return
+    demo.run(config, overrides or [], method=method, console=console)
 
 
 @app.command("train")
@@ -83,20 +77,14 @@ def train_command(
     """Fine-tune a model as the configuration says; writes the run folder (output.dir)."""
     from sftune import config as config_module
 
-    try:
-        cfg = config_module.load(config, overrides or [])
-    except config_module.ConfigError as err:
-        _user_error(err)
+    cfg = config_module.load(config, overrides or [])
     if print_config:
         typer.echo(config_module.to_yaml(cfg), nl=False)
         return
-    from sftune.training import NonFiniteLossError, train  # the training stack, imported only to train
+    from sftune.training import train  # the training stack, imported only to train
 
-    try:
-        _warn_if_too_big(cfg)
-        result = train(cfg, console=console)
-    except (config_module.ConfigError, NonFiniteLossError) as err:
-        _user_error(err)
+    _warn_if_too_big(cfg)
+    result = train(cfg, console=console)
     s = result.summary
     if os.environ.get("RANK", "0") != "0":  # several processes (torchrun, accelerate launch): the first one reports
         return

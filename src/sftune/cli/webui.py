@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from sftune.cli.common import _user_error, app, console
+from sftune.cli.common import app, console
+from sftune.errors import UserError
 
 
 @app.command("webui")
@@ -26,26 +27,23 @@ def webui_command(
     try:
         import gradio  # noqa: F401
     except ImportError:
-        _user_error(RuntimeError("the web UI needs gradio: pip install 'sftune[webui]'"))
+        raise UserError("the web UI needs gradio: pip install 'sftune[webui]'") from None
     credentials = None
     if auth is not None:
         user, _, password = auth.partition(":")
         if not user or not password:
-            _user_error(ValueError(f"--auth {auth!r}: write USER:PASS, e.g. --auth admin:s3cret"))
+            raise UserError(f"--auth {auth!r}: write USER:PASS, e.g. --auth admin:s3cret")
         credentials = (user, password)
     for folder in data_roots or []:
         if not folder.expanduser().is_dir():
-            _user_error(ValueError(f"--data-root {folder}: no such folder; give a folder that exists"))
+            raise UserError(f"--data-root {folder}: no such folder; give a folder that exists")
     bind = "0.0.0.0" if share_host else host
     if bind not in ("127.0.0.1", "localhost", "::1") and credentials is None:
         console.print(f"[yellow]warning:[/yellow] the UI is open to the network on {bind} without a password; "
                       "add --auth USER:PASS", highlight=False)
     from sftune.webui import launch
 
-    try:
-        ui, url = launch(runs, data_roots=data_roots or (), host=bind, port=port, auth=credentials, block=False)
-    except OSError as err:
-        _user_error(err)
+    ui, url = launch(runs, data_roots=data_roots or (), host=bind, port=port, auth=credentials, block=False)
     console.print(f"sftune web UI: {url}  (runs folder {runs.resolve()}; Ctrl-C to quit; runs keep training)",
                   highlight=False)
     ui.block_thread()

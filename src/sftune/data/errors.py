@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from sftune.errors import UserError
+
 # Every reason a record can be rejected for, with what it means (shown by `sftune data check`).
 REASONS = {
     "invalid_utf8": "the line is not valid UTF-8",
@@ -57,7 +59,7 @@ def where(meta: dict[str, Any], fallback: str = "") -> str:
     return " ".join(part for part in (source, place) if part) or fallback
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A record that cannot become a valid Conversation: where it is, which field, and the fix."""
 
     def __init__(

@@ -50,6 +50,7 @@ from typing import Any
 
 from sftune.data import hub
 from sftune.data.errors import DataError, location
+from sftune.errors import UserError
 
 # File suffix -> file kind.
 SUFFIXES = {
@@ -313,7 +314,7 @@ class Replacing:
             os.remove(self.partial)
 
 
-class OverwriteError(ValueError):
+class OverwriteError(UserError, ValueError):
     """An output that would write over what a command reads (or over another output); refused before writing."""
 
 

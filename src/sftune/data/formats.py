@@ -39,8 +39,12 @@ import re
 from typing import Any
 
 from sftune.data.errors import DataError
+from sftune.data.fields import (list_field as _list, missing_field as _missing, optional_text as _optional,
+                                 required_text as _required, system_messages as _system, text_field as _text,
+                                 tool_schemas as _tools, wrong_type as _wrong_type)
 from sftune.data import images as image_refs
 from sftune.data.schema import ROLES, Conversation, Message
+from sftune.data.toolcalls import call_list as _call_list, call_text, parse_tool_calls, tool_calls
 
 # Source role names -> schema roles (ShareGPT, OpenAI, and the old OpenAI `function` result role).
 ROLE_ALIASES = {
@@ -81,85 +85,6 @@ LANGUAGE_NAMES = {
 }
 
 EXAMPLE_MESSAGE = '{"role": "user", "content": "hi"}'
-
-
-# --- field helpers: each failure names the field and the fix ---------------------------------
-
-
-def _missing(field: str, fix: str) -> DataError:
-    return DataError("missing_field", field, "is missing", fix)
-
-
-def _wrong_type(field: str, value: Any, expected: str, fix: str = "") -> DataError:
-    got = "null" if value is None else type(value).__name__
-    article = "" if value is None else "an " if got[0] in "aeiou" else "a "
-    return DataError("wrong_type", field, f"is {article}{got}, expected {expected}", fix or f"make {field} {expected}")
-
-
-def _text(value: Any, field: str) -> str:
-    """A text field: a string. A number is refused too: training on 42 where "42" was meant (or on
-    a NaN a spreadsheet left) would teach the model text that no file held."""
-    if type(value) is str:
-        return value
-    if isinstance(value, float) and not math.isfinite(value):
-        raise DataError("bad_value", field, f"is {value!r}, not text",
-                        f"write {field} as text; NaN usually marks an empty cell: fill it or drop the record")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        raise _wrong_type(field, value, "a string", f'write {field} as text in quotes, e.g. "{value}" '
-                          "(a JSON number is not text)")
-    raise _wrong_type(field, value, "a string")
-
-
-def _required(record: dict, field: str, fix: str = "") -> str:
-    value = record.get(field)
-    if value is None:
-        raise _missing(field, fix or f"add a {field!r} field")
-    return _text(value, field)
-
-
-def _optional(record: dict, field: str) -> str | None:
-    """An optional text field: absent, null and "" all mean absent."""
-    value = record.get(field)
-    if value is None or value == "":
-        return None
-    return _text(value, field)
-
-
-def _list(record: dict, field: str, fix: str, required: bool = True) -> list | None:
-    """A list field; a string holding a JSON list (CSV cells, LLaMA-Factory tools) is parsed."""
-    value = record.get(field)
-    if value is None or value == "":
-        if required:
-            raise _missing(field, fix)
-        return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise _wrong_type(field, value, "a list", fix) from None
-    if isinstance(value, tuple):
-        value = list(value)
-    if not isinstance(value, list):
-        raise _wrong_type(field, value, "a list", fix)
-    return value
-
-
-def _system(record: dict) -> list[Message]:
-    system = _optional(record, "system")
-    return [Message("system", system)] if system else []
-
-
-def _tools(record: dict) -> list[dict] | None:
-    """Function schemas: a list of objects, or that list as JSON text (ShareGPT, LLaMA-Factory)."""
-    tools = _list(record, "tools", "give tools as a list of function schemas", required=False)
-    if tools is None:
-        return None
-    if isinstance(tools, dict):
-        tools = [tools]
-    for i, tool in enumerate(tools):
-        if not isinstance(tool, dict):
-            raise _wrong_type(f"tools[{i}]", tool, "an object (a function schema)")
-    return tools or None
 
 
 def role_hint(name: str, role: str, options: dict) -> str:
@@ -280,76 +205,6 @@ def _content(value: Any, field: str, images: list | None = None) -> tuple[str, l
         think = "<think>\n" + "\n".join(reasoning) + "\n</think>"
         text = f"{think}\n\n{text}" if text else think
     return text, calls
-
-
-def tool_calls(content: str, ids: bool = False) -> list[dict]:
-    """The calls a tool_call message holds (its content: a call {"name", "arguments"} as JSON, or a list);
-    with `ids`, each call keeps its "id" when it has one (what a template renders never holds it)."""
-    try:
-        value = json.loads(content)
-    except json.JSONDecodeError:
-        raise DataError("wrong_type", "tool_call content", f"is not JSON: {content[:80]!r}",
-                        'write {"name": ..., "arguments": {...}}') from None
-    return parse_tool_calls(value if isinstance(value, list) else [value], "tool_call content", ids)
-
-
-def call_text(calls: list[dict]) -> str:
-    """A tool_call message's content: one call as a JSON object, several as a JSON list."""
-    return json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
-
-
-def _call_list(calls: Any, field: str) -> list | None:
-    """A message's tool calls as a list: the old single `function_call` object, or JSON text of them."""
-    if calls is None or calls == "" or calls == []:
-        return None
-    if isinstance(calls, str):
-        try:
-            calls = json.loads(calls)
-        except (ValueError, RecursionError):
-            raise _wrong_type(field, calls, "a list of tool calls",
-                              'write tool_calls as a list: [{"type": "function", "function": {"name": ..., '
-                              '"arguments": "{...}"}}]') from None
-    if isinstance(calls, dict):
-        calls = [calls]
-    if not isinstance(calls, list):
-        raise _wrong_type(field, calls, "a list of tool calls",
-                          'write tool_calls as a list: [{"type": "function", "function": {"name": ..., "arguments": "{...}"}}]')
-    return calls
-
-
-def parse_tool_calls(calls: Any, field: str, ids: bool = False) -> list[dict]:
-    """OpenAI tool_calls (or plain {"name", "arguments"} calls) -> [{"name", "arguments": object}], with
-    each call's "id" (a string) after them when `ids` and the call has one."""
-    if not isinstance(calls, list):
-        raise _wrong_type(field, calls, "a list of tool calls")
-    out = []
-    for i, call in enumerate(calls):
-        function = call.get("function", call) if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise DataError(
-                "wrong_type",
-                f"{field}[{i}]",
-                "has no function name",
-                'write each call as {"type": "function", "function": {"name": ..., "arguments": "{...}"}}',
-            )
-        arguments = function.get("arguments")
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments) if arguments.strip() else {}
-            except json.JSONDecodeError:
-                raise DataError(
-                    "wrong_type",
-                    f"{field}[{i}].function.arguments",
-                    "is not valid JSON",
-                    "arguments must be a JSON object, or that object as a JSON string",
-                ) from None
-        parsed = {"name": function["name"], "arguments": arguments if arguments is not None else {}}
-        if ids and call.get("id") is not None:
-            if not isinstance(call["id"], str):
-                raise _wrong_type(f"{field}[{i}].id", call["id"], "a string", 'write the call\'s id as text, e.g. "call_1"')
-            parsed["id"] = call["id"]
-        out.append(parsed)
-    return out
 
 
 def _train_and_weight(item: dict, field: str) -> tuple[bool | None, float | None]:
@@ -699,12 +554,8 @@ def caption(record: dict, options: dict) -> Conversation:
 
 
 def preference(record: dict, options: dict) -> Conversation:
-    """Preference pairs (chosen / rejected): a Pair when reading preference data (sftune.data.pairs),
-    refused with the way out in SFT data."""
-    if options.get("preference"):
-        from sftune.data.pairs import convert
-
-        return convert(record, options)
+    """Preference pairs (chosen / rejected) in SFT data: refused with the way out. Reading preference data
+    (`preference=True`) converts them with sftune.data.pairs.convert instead (load.converter)."""
     raise DataError(
         "unsupported",
         "",

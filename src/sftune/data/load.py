@@ -29,7 +29,7 @@ import logging
 import math
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from sftune.data import files, llamafactory
 from sftune.data import images as image_refs
 from sftune.data.errors import DataError, location
 from sftune.data.formats import DETECTORS, FORMATS, KNOWN_FIELDS, detect, format_name, remap, unread_alternatives
-from sftune.data.pairs import validate_pair
+from sftune.data.pairs import convert as convert_pair, validate_pair
 from sftune.data.schema import Conversation, Pair
 from sftune.data.validate import DEFAULT_MAX_CHARS, validate
 
@@ -290,13 +290,21 @@ def read_plan(plan, on_error, quarantine, max_chars, report, shape=None, log: bo
         log_rejections(report)
 
 
+def converter(fmt: str, options: dict) -> Callable[[dict, dict], Conversation | Pair]:
+    """What turns a record of format `fmt` into a Conversation; preference records become a Pair when reading
+    preference data (options["preference"]) and are refused in SFT data (formats.preference)."""
+    if fmt == "preference" and options.get("preference"):
+        return convert_pair
+    return FORMATS[fmt]
+
+
 def _read_file(item, reject, max_chars, report, shape) -> Iterator[Any]:
     source = str(item["path"])
     unit = "line" if item["kind"] in files.LINE_KINDS else "record"
     columns, options = item["columns"], item["options"]
     fmt = item["format"]
     detected_at = item.get("detected_at")  # set by workers: the file's format, found before its range
-    convert = FORMATS[fmt] if fmt else None
+    convert = converter(fmt, options) if fmt else None
     known = KNOWN_FIELDS[fmt] if fmt else None
     report.file(source, fmt)
     if item.get("note") and item["note"] not in report.notes:
@@ -339,7 +347,7 @@ def _read_file(item, reject, max_chars, report, shape) -> Iterator[Any]:
                              "fields, e.g. {'instruction': 'query', 'output': 'answer'}"),
                         )
                     fmt = found
-                    convert, known = FORMATS[fmt], KNOWN_FIELDS[fmt]
+                    convert, known = converter(fmt, options), KNOWN_FIELDS[fmt]
                     report.file(source, fmt)
                     base["format"] = fmt
                 conversation = convert(fields, options)

@@ -16,6 +16,8 @@ import re
 from typing import Any
 
 from sftune.data.errors import DataError
+from sftune.data.fields import system_messages, text_field, tool_schemas
+from sftune.data.formats import alpaca, to_messages
 from sftune.data.schema import MODEL_ROLES, Message, Pair
 
 KNOWN_FIELDS = {"prompt", "chosen", "rejected", "system", "tools", "instruction", "input", "history",
@@ -23,8 +25,6 @@ KNOWN_FIELDS = {"prompt", "chosen", "rejected", "system", "tools", "instruction"
 
 
 def _answer(value: Any, field: str, options: dict) -> list[Message]:
-    from sftune.data.formats import _text, to_messages
-
     if value is None or value == "" or value == []:
         raise DataError("missing_field", field, "is missing or empty",
                         f"give both answers: {field} as text or as a list of assistant messages")
@@ -32,20 +32,17 @@ def _answer(value: Any, field: str, options: dict) -> list[Message]:
         value = [value]
     if isinstance(value, list):
         return to_messages(value, options, field)
-    return [Message("assistant", _text(value, field))]
+    return [Message("assistant", text_field(value, field))]
 
 
 def _prompt(record: dict, options: dict) -> list[Message] | None:
     """The prompt messages the record gives explicitly, or None when chosen/rejected hold it (implicit)."""
-    from sftune.data.formats import _system, alpaca, to_messages
-
     if record.get("prompt") is not None:
         prompt = record["prompt"]
         if isinstance(prompt, list):
             out = to_messages(prompt, options, "prompt")
         else:
-            from sftune.data.formats import _text
-            out = [Message("user", _text(prompt, "prompt"))]
+            out = [Message("user", text_field(prompt, "prompt"))]
     elif record.get("instruction") is not None:
         return alpaca({**record, "output": "-"}, options).messages[:-1]  # the user turn alpaca SFT data has
     elif record.get("conversations") is not None or record.get("messages") is not None:
@@ -57,7 +54,7 @@ def _prompt(record: dict, options: dict) -> list[Message] | None:
     else:
         return None
     if out and out[0].role != "system":
-        out[:0] = _system(record)
+        out[:0] = system_messages(record)
     return out
 
 
@@ -77,8 +74,6 @@ def _implicit(chosen: list[Message], rejected: list[Message]) -> tuple[list[Mess
 
 def convert(record: dict, options: dict) -> Pair:
     """One preference record (any layout above) -> Pair; raises DataError naming the field and the fix."""
-    from sftune.data.formats import _tools
-
     for field in ("chosen", "rejected"):
         if record.get(field) is None:
             raise DataError("not_a_pair" if record.get("chosen") is None and record.get("rejected") is None
@@ -89,10 +84,9 @@ def convert(record: dict, options: dict) -> Pair:
     prompt = _prompt(record, options)
     if prompt is None:
         prompt, chosen, rejected = _implicit(chosen, rejected)
-        from sftune.data.formats import _system
         if prompt and prompt[0].role != "system":
-            prompt[:0] = _system(record)
-    pair = Pair(prompt, chosen, rejected, tools=_tools(record))
+            prompt[:0] = system_messages(record)
+    pair = Pair(prompt, chosen, rejected, tools=tool_schemas(record))
     if isinstance(record.get("meta"), dict):
         pair.meta["origin"] = record["meta"]
     return pair

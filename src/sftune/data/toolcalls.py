@@ -1,4 +1,8 @@
-"""Tool-call data: check each call against the declared tools, and write calls in three shapes.
+"""Tool-call data: the calls a message holds, each call checked against the declared tools, and calls written
+in three shapes.
+
+    tool_calls(content) -> list[dict]        the calls of a tool_call message ({"name", "arguments"})
+    parse_tool_calls(calls, field)           OpenAI tool_calls (or plain calls) -> the same, checked
 
     check_tools(conversations) -> dict       counts and located examples of each kind in KINDS
     to_openai(conversation) -> dict          assistant `tool_calls` (arguments as JSON text), `tool` results
@@ -17,8 +21,78 @@ from collections.abc import Iterable
 from typing import Any
 
 from sftune.data.errors import DataError
-from sftune.data.formats import tool_calls
+from sftune.data.fields import wrong_type
 from sftune.data.schema import Conversation
+
+def tool_calls(content: str, ids: bool = False) -> list[dict]:
+    """The calls a tool_call message holds (its content: a call {"name", "arguments"} as JSON, or a list);
+    with `ids`, each call keeps its "id" when it has one (what a template renders never holds it)."""
+    try:
+        value = json.loads(content)
+    except json.JSONDecodeError:
+        raise DataError("wrong_type", "tool_call content", f"is not JSON: {content[:80]!r}",
+                        'write {"name": ..., "arguments": {...}}') from None
+    return parse_tool_calls(value if isinstance(value, list) else [value], "tool_call content", ids)
+
+
+def call_text(calls: list[dict]) -> str:
+    """A tool_call message's content: one call as a JSON object, several as a JSON list."""
+    return json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
+
+
+def call_list(calls: Any, field: str) -> list | None:
+    """A message's tool calls as a list: the old single `function_call` object, or JSON text of them."""
+    if calls is None or calls == "" or calls == []:
+        return None
+    if isinstance(calls, str):
+        try:
+            calls = json.loads(calls)
+        except (ValueError, RecursionError):
+            raise wrong_type(field, calls, "a list of tool calls",
+                              'write tool_calls as a list: [{"type": "function", "function": {"name": ..., '
+                              '"arguments": "{...}"}}]') from None
+    if isinstance(calls, dict):
+        calls = [calls]
+    if not isinstance(calls, list):
+        raise wrong_type(field, calls, "a list of tool calls",
+                          'write tool_calls as a list: [{"type": "function", "function": {"name": ..., "arguments": "{...}"}}]')
+    return calls
+
+
+def parse_tool_calls(calls: Any, field: str, ids: bool = False) -> list[dict]:
+    """OpenAI tool_calls (or plain {"name", "arguments"} calls) -> [{"name", "arguments": object}], with
+    each call's "id" (a string) after them when `ids` and the call has one."""
+    if not isinstance(calls, list):
+        raise wrong_type(field, calls, "a list of tool calls")
+    out = []
+    for i, call in enumerate(calls):
+        function = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise DataError(
+                "wrong_type",
+                f"{field}[{i}]",
+                "has no function name",
+                'write each call as {"type": "function", "function": {"name": ..., "arguments": "{...}"}}',
+            )
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError:
+                raise DataError(
+                    "wrong_type",
+                    f"{field}[{i}].function.arguments",
+                    "is not valid JSON",
+                    "arguments must be a JSON object, or that object as a JSON string",
+                ) from None
+        parsed = {"name": function["name"], "arguments": arguments if arguments is not None else {}}
+        if ids and call.get("id") is not None:
+            if not isinstance(call["id"], str):
+                raise wrong_type(f"{field}[{i}].id", call["id"], "a string", 'write the call\'s id as text, e.g. "call_1"')
+            parsed["id"] = call["id"]
+        out.append(parsed)
+    return out
+
 
 KINDS = {
     "no_tools_declared": "a tool call in a record without `tools`: the model cannot know the function",

@@ -18,7 +18,7 @@ from typing import Any
 
 from sftune.data.errors import DataError
 from sftune.data.files import Replacing
-from sftune.data.formats import call_text, tool_calls
+from sftune.data.toolcalls import call_text, tool_calls
 from sftune.data.schema import MODEL_ROLES, Conversation
 
 SHAREGPT_ROLES = {"user": "human", "assistant": "gpt", "tool_call": "function_call", "tool": "observation"}

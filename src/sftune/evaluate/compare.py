@@ -11,6 +11,7 @@ into the run's model card (RUN/README.md, sftune.model_card) as its before/after
 
 from __future__ import annotations
 
+import functools
 import gc
 import time
 from contextlib import nullcontext
@@ -18,13 +19,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sftune import model_card, runs
+from sftune.errors import UserError
 from sftune.evaluate import data_task, report as report_module
 from sftune.evaluate.results import TaskResult
 
 Task = Callable[..., TaskResult]  # task(loaded, *, limit=None, console=None, options=None) -> TaskResult
 
 
-class EvalError(ValueError):
+class EvalError(UserError, ValueError):
     """A task name, a model or a task's input is wrong; the message says which and what to do."""
 
 
@@ -35,6 +37,18 @@ def benchmark_tasks() -> dict[str, Task]:
     except ImportError:
         return {}
     return dict(TASKS)
+
+
+def with_harness(name: str, task: Task, harness: str | None) -> Task:
+    """Task `name` as `harness` runs it: sftune's own path (None or 'sftune'), or, for the multiple-choice
+    benchmarks, lm-evaluation-harness ('lm-eval') on the same local questions. Other tasks have one path."""
+    from sftune.evaluate.benchmarks import lm_eval_bridge, multiple_choice
+
+    if name not in multiple_choice.READERS or harness in (None, "sftune"):
+        return task
+    if harness != "lm-eval":
+        raise EvalError(f"unknown harness {harness!r}: use 'sftune' (the default) or 'lm-eval'.")
+    return functools.partial(lm_eval_bridge.run, name)
 
 
 def known_task_names() -> list[str]:
@@ -74,7 +88,8 @@ def _data_task(path: Path, name: str) -> Task:
 def evaluate_model(model: str, tasks: dict[str, Task], *, limit: int | None, options: dict[str, Any],
                    console: Any, role: str, template: str | dict | None = None) -> list[TaskResult]:
     """Load `model` (a run folder or a model; a plain model with `template` if given), run every task on it,
-    free it."""
+    free it. `options["harness"]` picks the harness of the multiple-choice benchmarks (with_harness)."""
+    tasks = {name: with_harness(name, task, options.get("harness")) for name, task in tasks.items()}
     with console.status(f"Loading the {role} model {model}") if console is not None else nullcontext():
         loaded = runs.load(model, template=template)
     results = []

@@ -142,7 +142,7 @@ def heldout_file(run_dir: str | Path, out_dir: str | Path) -> Path:
     """The run's own held-out conversations (data.eval, or the val_ratio split of data.train, exactly as
     training split it) written to OUT/heldout.jsonl, so both models are evaluated on the same file."""
     from sftune import runs
-    from sftune.training.data import read_entries
+    from sftune.data.entries import read_entries
 
     cfg = runs.run_config(run_dir)
     d = cfg.data

@@ -22,6 +22,8 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any, Sequence
 
+from sftune.errors import UserError
+
 Reference = str | Sequence[str]
 
 # CJK ideographs (with extension A and compatibility ideographs), kana and hangul: text written without spaces.
@@ -231,7 +233,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - result
 
 
-class NothingToScore(ValueError):
+class NothingToScore(UserError, ValueError):
     """Perplexity was asked of records that have no trained token (none, or all skipped at encoding)."""
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 from sftune import scratch
+from sftune.errors import UserError
 
 STDERR_TAIL = 2000  # characters of stderr / stdout kept in a result
 _UNSHARE = ("unshare", "--net", "--pid", "--fork", "--kill-child")
@@ -153,7 +154,7 @@ _ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/altern
 UNSAFE_EXEC = "--unsafe-exec"
 
 
-class UnsafeExecError(RuntimeError):
+class UnsafeExecError(UserError, RuntimeError):
     """Generated code would run without the isolation of bubblewrap, and the user did not allow it."""
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from sftune import runs, templates
 from sftune.data import files
+from sftune.errors import UserError
 
 # Methods whose trained weights are not a change of the base weights: nothing to fold in.
 NOT_MERGEABLE = {
@@ -25,7 +26,7 @@ NOT_MERGEABLE = {
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """A run that cannot be exported as asked; the message says why and what to do instead."""
 
 
@@ -74,7 +75,7 @@ def merge_run(run: str | Path, out_dir: str | Path, *, dtype: str = "float32"):
     else:
         model, _ = models.load(run_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
-    template = templates.get(cfg.data.template, tokenizer) if cfg.data.template else templates.default_for(tokenizer)
+    template = templates.get(cfg.data.template, tokenizer)
     stops = _stop_ids(template, tokenizer, runs.stop_token_ids(template, tokenizer, model,
                                                              run_dir if runs.is_run(run_dir) else None))
     templates.save_to_tokenizer(template, tokenizer)

@@ -26,11 +26,11 @@ from sftune.preference.trainer import PreferenceTrainer
 from sftune.training.arguments import arguments_for_loading, training_arguments
 from sftune.training.callbacks import MetricsFileCallback, RichProgressCallback, close_progress
 from sftune.training.checkpoints import CheckpointCompleteCallback
-from sftune.training.data import read_entries
+from sftune.data.entries import read_entries
 from sftune.training.plot import plot_curves
-from sftune.training.recipe import TrainResult, _is_main_process, _peak_memory_mb, start_or_resume, weights_dtype
-from sftune.training.recipe import _final_evaluation
 from sftune.training.records import ResumeScheduleCheck, write_environment
+from sftune.training.run import (TrainResult, final_evaluation, is_main_process, peak_memory_mb, start_or_resume,
+                                 weights_dtype)
 
 
 def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
@@ -77,7 +77,7 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
                                                  precision=precision)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    if _is_main_process():
+    if is_main_process():
         runs.write_config(run_dir, cfg)  # paths that survive moving the folder
     templates.save_to_tokenizer(template, tokenizer)
     own = [CheckpointCompleteCallback(), MetricsFileCallback(run_dir / "metrics.jsonl"), RichProgressCallback(console)]
@@ -92,7 +92,7 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
         output = trainer.train(resume_from_checkpoint=resume)
     finally:
         close_progress(trainer)
-    final_eval = _final_evaluation(trainer) if sets["eval"] is not None else {}
+    final_eval = final_evaluation(trainer) if sets["eval"] is not None else {}
     trainer.save_model(str(run_dir))
     trainable, total = methods.count_parameters(model)
     summary = {
@@ -103,7 +103,7 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
         "trained_tokens": trainer.trained_tokens, "train_loss": output.training_loss,
         "train_seconds": round(trainer.wall_seconds, 3),
         "pairs_per_second": round(len(sets["train"]) * (trainer.state.epoch or 1) / max(trainer.train_seconds, 1e-9), 3),
-        "peak_memory_mb": round(_peak_memory_mb(), 1), "trainable_parameters": trainable,
+        "peak_memory_mb": round(peak_memory_mb(), 1), "trainable_parameters": trainable,
         "total_parameters": total, "resumed_from": resume, **final_eval,
     }
     if trainer.is_world_process_zero():
@@ -162,7 +162,7 @@ def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, Any, bo
             cfg.data.template = run_cfg.data.template
     else:
         model, tokenizer = models.load(name, **options)
-        template = templates.get(cfg.data.template, tokenizer) if cfg.data.template else templates.default_for(tokenizer)
+        template = templates.get(cfg.data.template, tokenizer)
     if not continued:
         model = methods.apply_method(model, cfg.method, tokenizer, verbose=False)
     console.print(f"[bold]{cfg.stage} ({cfg.preference.loss})[/bold], {cfg.method.name} on {name}"

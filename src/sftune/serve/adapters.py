@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sftune import runs
+from sftune.errors import UserError
 from sftune.templates import Template
 
 
@@ -25,7 +26,7 @@ class Served:
     processor: Any = None  # a vision-language run's processor: image parts are read (None: text only)
 
 
-class AdapterError(RuntimeError):
+class AdapterError(UserError, RuntimeError):
     """An --adapter that cannot be served beside the main run; the message says why and what to do."""
 
 

@@ -17,9 +17,10 @@ from typing import Any, Iterable
 
 from sftune import data, generation, templates
 from sftune.data.errors import where
+from sftune.errors import UserError
 
 
-class GenerateError(RuntimeError):
+class GenerateError(UserError, RuntimeError):
     """The output file cannot be resumed (written for other input, or damaged); the message says how to fix."""
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from sftune.errors import UserError
+
 ROLES = ("system", "developer", "user", "assistant", "tool")
 PART_TYPES = {"system": ("text",), "developer": ("text",), "user": ("text", "image_url", "image"),
               "assistant": ("text", "refusal"), "tool": ("text",)}
@@ -19,7 +21,7 @@ TOOL_KEYS = {"type", "function"}
 FUNCTION_KEYS = {"name", "description", "parameters", "strict"}
 
 
-class Refused(ValueError):
+class Refused(UserError, ValueError):
     """A body that breaks one of OpenAI's rules: `param` names the field, the message says what to send."""
 
     def __init__(self, param: str, message: str):

@@ -21,7 +21,7 @@ import uuid
 from typing import Any
 
 from sftune.data.errors import DataError
-from sftune.data.formats import parse_tool_calls
+from sftune.data.toolcalls import parse_tool_calls
 from sftune.templates import Template
 
 _QWEN_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)

@@ -1,6 +1,6 @@
 """Chat templates: render a conversation exactly as a model family expects, as labelled segments.
 
-    get(name | dict, tokenizer) -> Template     default_for(tokenizer) -> Template
+    get(name | dict | None, tokenizer) -> Template   (None: default_for(tokenizer), the model's own or ChatML)
     Template.render / segments / render_jinja / to_jinja / stop / stop_token_ids
     save_to_tokenizer(template, tokenizer)      BUILTINS, ALIASES, TOKENIZER, names()
 
@@ -10,7 +10,7 @@ render.py (the one built-in renderer), jinja_export.py (a built-in as jinja), ji
 exactly), messages.py (the messages a template takes). How it all works: docs/templates.md.
 """
 
-from sftune.data.formats import tool_calls
+from sftune.data.toolcalls import tool_calls
 from sftune.templates.definitions import ALIASES, BUILTINS, TOKENIZER
 from sftune.templates.errors import TemplateError
 from sftune.templates.messages import normalize_messages, to_hf_messages

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from sftune.data.formats import to_messages, tool_calls
+from sftune.data.formats import to_messages
+from sftune.data.toolcalls import tool_calls
 from sftune.data.schema import Message
 
 

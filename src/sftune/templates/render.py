@@ -18,7 +18,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
-from sftune.data.formats import tool_calls
+from sftune.data.toolcalls import tool_calls
 from sftune.data.schema import MODEL_ROLES
 from sftune.templates.definitions import (GLM_TOOLS_INTRO, GLM_TOOLS_OUTRO, LLAMA3_TOOLS_INTRO, LLAMA31_DATE,
                                           NO_THINK, QWEN35_TOOLS_INTRO, QWEN35_TOOLS_OUTRO, QWEN_TOOLS_INTRO,

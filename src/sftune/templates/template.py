@@ -105,12 +105,15 @@ def names() -> list[str]:
     return [*BUILTINS, TOKENIZER]
 
 
-def get(name: str | dict[str, Any] = TOKENIZER, tokenizer: Any = None) -> Template:
-    """A template by name, or from a user dict (template keys, or {"jinja": source}).
+def get(name: str | dict[str, Any] | None = TOKENIZER, tokenizer: Any = None) -> Template:
+    """A template by name, or from a user dict (template keys, or {"jinja": source}); no name (None, as an
+    unset data.template or --template is) means the tokenizer's default (default_for).
 
     With a tokenizer, BOS/EOS are the tokenizer's; `tokenizer` (the default) is the tokenizer's own
     jinja `chat_template` and needs one.
     """
+    if not name:
+        return default_for(tokenizer)
     if isinstance(name, dict):
         spec = dict(name)
         tname = str(spec.pop("name", "custom"))

@@ -1,6 +1,7 @@
 """Training: `train(config)` runs one SFT run and writes its run folder.
 
     recipe.py       the run top to bottom: model, data, method, trainer, run folder
+    run.py          what the SFT and preference recipes share: start or resume, weights dtype, the result
     data.py         data.train / data.eval read, mixed, split, encoded, batched
     loss.py         chunked cross-entropy (or another token loss) on trained positions
     objectives/     train.loss: gem, dft, phi, chord (one module each)
@@ -11,7 +12,8 @@
     plot.py         curves.png
 """
 
-from sftune.training.recipe import TrainResult, train
+from sftune.training.recipe import train
+from sftune.training.run import TrainResult
 from sftune.training.trainer import NonFiniteLossError, SFTTrainer
 
 __all__ = ["train", "TrainResult", "NonFiniteLossError", "SFTTrainer"]

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 from sftune import data, encode, packing as packing_module
 from sftune.config import Config, ConfigError, DataEntry
 from sftune.data import files
+from sftune.data.entries import read_entries
 from sftune.encode import EncodeOptions, EncodeReport
 from sftune.templates import Template
 
@@ -44,24 +45,6 @@ def check_data_paths(cfg: Config) -> None:
             files.refuse_overwrite(inputs, folders=True, **{"output.dir": cfg.output.dir})
         except files.OverwriteError as err:
             raise ConfigError(f"data.{key} and output.dir: {err}") from None
-
-
-def read_entries(cfg: Config, key: Literal["train", "eval"], options: dict[str, Any]) -> list[data.Conversation]:
-    """data.train or data.eval -> Conversations; a missing file is a ConfigError naming the key and its origin.
-
-    Plain paths are read in order. Entries with their own options (weight or ratio, format, columns,
-    the datasets of a dataset_info.json) are read and mixed by `sftune.data.read_mix`, seeded by data.seed.
-    """
-    entries: list[str | DataEntry] = getattr(cfg.data, key)
-    try:
-        with files.reading_limits(cfg.data.max_record_mb, cfg.data.max_unpacked_gb, cfg.data.max_ratio):
-            if all(isinstance(entry, str) for entry in entries):
-                return list(data.read(entries, **options))
-            mixed = [{"path": entry} if isinstance(entry, str) else entry.model_dump(exclude_none=True)
-                     for entry in entries]
-            return data.read_mix(mixed, cfg.data.seed, **options)
-    except FileNotFoundError as err:
-        raise ConfigError(f"data.{key}: {err} ({cfg.named_in(f'data.{key}')})") from None
 
 
 def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=None, processor: Any = None,

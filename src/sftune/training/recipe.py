@@ -10,8 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,26 +24,18 @@ from sftune.packing import packing_refused
 from sftune.templates import stops
 from sftune.training.arguments import arguments_for_loading, check_report_to, training_arguments
 from sftune.training.callbacks import MetricsFileCallback, RichProgressCallback, close_progress
-from sftune.training.checkpoints import CheckpointCompleteCallback, last_checkpoint
+from sftune.training.checkpoints import CheckpointCompleteCallback
 from sftune.training.compile import compile_layers, inductor_cache
 from sftune.training.data import EncodedData, batches, check_data_paths, prepare_data
 from sftune.training.generate_eval import generation_metrics
 from sftune.training.plot import plot_curves
 from sftune.training.records import ResumeScheduleCheck, write_environment
 from sftune.training.replay import replay_pairs
+from sftune.training.run import (HALF_DTYPE, TrainResult, final_evaluation, is_main_process, peak_memory_mb,
+                                 start_or_resume, weights_dtype)
 from sftune.training.selection import candidates, selector_for
 from sftune.training.trainer import SFTTrainer
 from sftune.vision import models as vision_models
-
-
-@dataclass
-class TrainResult:
-    """What a run produced: its folder, the summary written there, and the trained model in memory."""
-
-    run_dir: Path
-    summary: dict[str, Any]
-    model: Any = field(repr=False, default=None)
-    tokenizer: Any = field(repr=False, default=None)
 
 
 def train(
@@ -85,7 +75,7 @@ def train(
         tokenizer = processor.tokenizer
     else:
         model, tokenizer, packing = setup_model(cfg, precision, console)
-    template = templates.get(cfg.data.template, tokenizer) if cfg.data.template else templates.default_for(tokenizer)
+    template = templates.get(cfg.data.template, tokenizer)
     checked = stops.audit(template, tokenizer, stops.eos_ids(model))  # every reply ends in a trained stop
     template = checked.template
     console.print(checked.summary(), highlight=False)
@@ -108,7 +98,7 @@ def train(
         args.per_device_train_batch_size = candidates(selector.keep, cfg.train.batch_selection.ratio)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    if _is_main_process():
+    if is_main_process():
         runs.write_config(run_dir, cfg)  # paths that survive moving the folder
         encoded.options.save(run_dir)  # evaluation encodes as training did (sftune.encode.options)
     templates.save_to_tokenizer(template, tokenizer)  # inference uses exactly the training template
@@ -126,7 +116,7 @@ def train(
         output = trainer.train(resume_from_checkpoint=resume)
     finally:
         close_progress(trainer)
-    final_eval = _final_evaluation(trainer) if trainer.eval_dataset is not None else {}
+    final_eval = final_evaluation(trainer) if trainer.eval_dataset is not None else {}
 
     trainer.save_model(str(run_dir))  # model or adapter, plus the tokenizer with its chat template
     if trainer.is_world_process_zero():
@@ -140,7 +130,7 @@ def train(
         "train_loss": output.training_loss,
         "train_seconds": round(trainer.wall_seconds, 3),  # both clocks add up the resumed sessions
         "train_seconds_excluding_eval": round(trainer.train_seconds, 3),
-        "peak_memory_mb": round(_peak_memory_mb(), 1),
+        "peak_memory_mb": round(peak_memory_mb(), 1),
         "trainable_parameters": trainable,
         "total_parameters": total,
         "best_checkpoint": trainer.state.best_model_checkpoint,
@@ -153,39 +143,6 @@ def train(
         plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
         publish.finish(cfg, run_dir, console)  # the model card (over peft's template); output.push_to_hub
     return TrainResult(run_dir=run_dir, summary=summary, model=trainer.model, tokenizer=tokenizer)
-
-
-def start_or_resume(cfg: Config, run_dir: Path, console) -> str | None:
-    """The checkpoint to resume from, or None for a fresh run (clearing a finished run's files only
-    with output.overwrite=true)."""
-    checkpoints = run_dir / "checkpoints"
-    resume = _resolve_resume(cfg.train.resume_from, checkpoints, console)
-    if resume is None and (last_checkpoint(checkpoints) or (run_dir / "summary.json").exists()):
-        if not cfg.output.overwrite:
-            raise ConfigError(
-                f"{run_dir} already holds a run. Resume it with train.resume_from=last, replace it with "
-                "output.overwrite=true, or choose another output.dir"
-            )
-        if _is_main_process():
-            shutil.rmtree(checkpoints, ignore_errors=True)
-            for name in ("metrics.jsonl", "summary.json"):
-                (run_dir / name).unlink(missing_ok=True)
-    return resume
-
-
-# The half precisions of mixed-precision training, as the dtype a frozen base is held in.
-HALF_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def weights_dtype(cfg: Config, precision: str) -> torch.dtype:
-    """The dtype the base model's weights are loaded in: model.dtype, or for auto fp32, except a frozen base
-    under an adapter trained in bf16 or fp16, held in that dtype: autocast would recast the fp32 weights to the
-    same half values at every forward; holding them halves the weights' memory. The adapter stays fp32 (peft
-    upcasts it, as fp16's gradient scaler needs)."""
-    if cfg.model.dtype != "auto":
-        return getattr(torch, cfg.model.dtype)
-    adapter = cfg.method.name not in ("full", "freeze")
-    return HALF_DTYPE.get(precision, torch.float32) if adapter else torch.float32
 
 
 def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, bool]:
@@ -328,40 +285,3 @@ def run_summary(cfg: Config, trainer: SFTTrainer, encoded: EncodedData, *, preci
         "trained_tokens": trainer.trained_tokens,
         "trained_tokens_per_second": round(trainer.trained_tokens / max(trainer.train_seconds, 1e-9), 2),
     }
-
-
-def _final_evaluation(trainer: SFTTrainer) -> dict[str, Any]:
-    """Held-out metrics of the model as saved: the evaluation of its step when there was one (the last step's,
-    or the best checkpoint's with eval.keep_best), else a new one."""
-    state = trainer.state
-    loaded_best = trainer.args.load_best_model_at_end and state.best_model_checkpoint is not None
-    step = state.best_global_step if loaded_best and state.best_global_step is not None else state.global_step
-    done = next((r for r in reversed(state.log_history) if "eval_loss" in r and r["step"] == step), None)
-    if done is not None:
-        return {k: v for k, v in done.items() if k.startswith("eval_")}
-    return trainer.evaluate()
-
-
-def _resolve_resume(resume_from: str | None, checkpoints: Path, console) -> str | None:
-    if resume_from is None:
-        return None
-    if resume_from == "last":
-        found = last_checkpoint(checkpoints)
-        if found is None:
-            console.print(f"[yellow]resume_from=last: no complete checkpoint in {checkpoints}; starting fresh[/yellow]")
-        return found
-    if not (Path(resume_from) / "trainer_state.json").exists():
-        raise ConfigError(f"train.resume_from={resume_from}: not a checkpoint folder (no trainer_state.json)")
-    return resume_from
-
-
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes

@@ -23,6 +23,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 from sftune.distributed import shards_weights
+from sftune.errors import UserError
 from sftune.training.checkpoints import last_checkpoint
 from sftune.training.loss import count_trained_tokens, linear_token_loss, token_stats, trained_hidden_states
 from sftune.training.objectives import chord
@@ -34,7 +35,7 @@ TRAINABLE_STATE = "sftune_trainable.safetensors"
 PROGRESS = "sftune_progress.json"  # trained tokens, training and wall-clock seconds so far, for resume
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The training loss became NaN or infinite."""
 
 

@@ -17,10 +17,11 @@ import numpy as np
 from sftune.data import images as image_refs
 from sftune.data.schema import Conversation
 from sftune.encode.labels import IGNORE, _labels, messages_and_tools, render_spans
+from sftune.errors import UserError
 from sftune.templates import Template
 
 
-class VisionEncodeError(ValueError):
+class VisionEncodeError(UserError, ValueError):
     """A record that cannot be encoded for a vision-language model (said with the record's place by the caller)."""
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from sftune.methods import MethodConfig
+from sftune.config import MethodConfig
 
 # The module names of each part, after the model's own `model.` prefix, across the families.
 PARTS = {

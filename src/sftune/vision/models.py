@@ -48,28 +48,6 @@ def load_processor(folder: str | os.PathLike) -> Any:
                           chat_template=tokenizer.chat_template)
 
 
-def tokenizer_and_processor(model: str | os.PathLike) -> tuple[Any, Any]:
-    """(tokenizer, processor) of a model name, model folder or run folder: a vision-language model's
-    processor (its tokenizer with a pad token), else (the model's tokenizer, None). What `sftune data
-    inspect` and the web UI's Data tab encode with, so images show as one masked run each."""
-    from sftune import models
-
-    source = models.resolve(model)
-    if not is_vision_model(source) and not _is_vision_run(source):
-        return models.load(model, tokenizer_only=True)[1], None
-    processor = load_processor(source)
-    if processor.tokenizer.pad_token is None:
-        processor.tokenizer.pad_token = processor.tokenizer.eos_token
-    return processor.tokenizer, processor
-
-
-def _is_vision_run(folder: str | os.PathLike) -> bool:
-    """A LoRA run folder whose base model is a vision-language model (its processor is saved beside the adapter)."""
-    from sftune import models, runs
-
-    return runs.is_run(folder) and is_vision_model(models.resolve(runs.run_config(folder).model.name))
-
-
 def load(folder: str | os.PathLike, *, dtype: Any = "auto", attn_implementation: str | None = "sdpa",
          **options: Any) -> tuple[Any, Any]:
     """(model, processor) of a vision-language checkpoint folder; the processor's tokenizer gets a pad token."""

@@ -175,12 +175,12 @@ def inspect_html(paths: list[str], model: str, template: str | None = None, poli
     from sftune.data.errors import where as where_from
     from sftune.encode import IGNORE, encode, explain
     from sftune.vision import encode as vision_encode
-    from sftune.vision.models import tokenizer_and_processor
+    from sftune.runs import tokenizer_and_processor
 
     ui_paths.data_paths(paths, roots)
     tokenizer, processor = tokenizer_and_processor(ui_paths.model_name(model, roots))
     image_ids = vision_encode.image_token_ids(processor) if processor is not None else frozenset()
-    chosen = templates.get(template, tokenizer) if template else templates.default_for(tokenizer)
+    chosen = templates.get(template, tokenizer)
     parts = [f"<p>template: <b>{html.escape(chosen.name)}</b> &nbsp; policy: <b>{html.escape(policy)}</b> &nbsp; "
              "<span class='sftune-trained'>trained</span> <span class='sftune-masked'>masked</span>"
              + (" <span class='sftune-image'>image tokens</span>" if processor is not None else "") + "</p>"]

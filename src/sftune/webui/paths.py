@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from sftune.errors import UserError
+
 GLOB_CHARS = "*?["
 
 
-class OutsideError(PermissionError):
+class OutsideError(UserError, PermissionError):
     """A path outside the folders this UI may touch; the message names the path, the folders and the fix.
     A PermissionError (an OSError): the tabs show it as they show a missing file."""
 

@@ -178,7 +178,7 @@ def tab(context: dict[str, Any]) -> None:
     import gradio as gr
 
     from sftune import models, templates
-    from sftune.methods import OPTIONS
+    from sftune.config import OPTIONS
 
     root = context["runs_root"]
     roots = context["roots"]

@@ -7,12 +7,13 @@ import pytest
 pytest.importorskip("lm_eval")
 
 from sftune.evaluate.benchmarks import TASKS, lm_eval_bridge, multiple_choice as mc  # noqa: E402
+from sftune.evaluate.compare import with_harness  # noqa: E402
 from tests.evaluate.benchmarks.conftest import data  # noqa: E402
 
 
 def test_same_accuracy_and_choices_as_sftunes_own_path(loaded):
     ours = TASKS["mmlu"](loaded, options=data("mmlu"))
-    theirs = TASKS["mmlu"](loaded, options={**data("mmlu"), "harness": "lm-eval"})
+    theirs = with_harness("mmlu", TASKS["mmlu"], "lm-eval")(loaded, options={**data("mmlu"), "harness": "lm-eval"})
     assert theirs.details["harness"].startswith("lm-eval")
     assert theirs.details["predictions"] == ours.details["predictions"]
     assert theirs.item_scores == ours.item_scores and theirs.score == ours.score

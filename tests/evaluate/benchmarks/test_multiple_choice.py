@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sftune.evaluate.benchmarks import TASKS, files, multiple_choice as mc
+from sftune.evaluate.compare import with_harness
 from tests.evaluate.benchmarks.conftest import FIXTURES, data
 
 
@@ -106,5 +107,6 @@ def test_where_data_is_looked_for(monkeypatch, tmp_path):
 
 def test_unknown_harness_is_refused(loaded):
     with pytest.raises(ValueError, match="lm-eval"):
-        TASKS["mmlu"](loaded, options={**data("mmlu"), "harness": "helm"})
-    assert not math.isnan(TASKS["cmmlu"](loaded, options={**data("cmmlu"), "harness": "sftune"}).score)
+        with_harness("mmlu", TASKS["mmlu"], "helm")(loaded, options={**data("mmlu"), "harness": "helm"})
+    cmmlu = with_harness("cmmlu", TASKS["cmmlu"], "sftune")
+    assert not math.isnan(cmmlu(loaded, options={**data("cmmlu"), "harness": "sftune"}).score)

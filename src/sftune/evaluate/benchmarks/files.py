@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sftune.errors import UserError
+
 # Where each dataset is published, and what the folder must hold once unpacked.
 SOURCES = {
     "mmlu": ("https://people.eecs.berkeley.edu/~hendrycks/data.tar (github.com/hendrycks/test)",
@@ -28,7 +30,7 @@ SOURCES = {
 }
 
 
-class BenchmarkDataError(FileNotFoundError):
+class BenchmarkDataError(UserError, FileNotFoundError):
     """A benchmark's file is missing or malformed; the message names the file, its source and where it goes."""
 
 

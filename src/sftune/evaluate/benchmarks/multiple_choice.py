@@ -175,14 +175,9 @@ def letter_loglikelihoods(loaded: Any, items: list[Item], *, batch_size: int = 1
 
 def evaluate(benchmark: str, loaded: Any, *, limit: int | None = None, console: Any = None,
              options: dict[str, Any] | None = None) -> TaskResult:
-    """Accuracy of the model on `benchmark`, overall and per subject."""
+    """Accuracy of the model on `benchmark`, overall and per subject, as sftune scores it (lm_eval_bridge.run
+    is the same through lm-evaluation-harness; `compare.with_harness` chooses)."""
     options = options or {}
-    if options.get("harness") == "lm-eval":
-        from sftune.evaluate.benchmarks import lm_eval_bridge
-
-        return lm_eval_bridge.run(benchmark, loaded, limit=limit, console=console, options=options)
-    if options.get("harness") not in (None, "sftune"):
-        raise ValueError(f"unknown harness {options['harness']!r}: use 'sftune' (the default) or 'lm-eval'.")
     started = time.perf_counter()
     items = load_items(benchmark, options, limit)
     scores = letter_loglikelihoods(loaded, items, batch_size=int(options.get("batch_size", 16)),
