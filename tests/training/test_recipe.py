@@ -249,7 +249,8 @@ def test_keep_best_by_a_metric_that_is_not_generated_is_a_clear_error(tmp_path, 
 def test_an_output_dir_that_would_mix_with_the_data_is_refused_before_the_model_loads(tmp_path, monkeypatch,
                                                                                         train_folder, output):
     """A run folder inside the data folder is read as data by the next run (metrics.jsonl, checkpoints); one that
-    holds a data file may write over it. Refused naming both paths, before anything is loaded or written."""
+    holds a data file beside its own files may write over it. Refused naming both paths, before anything is loaded
+    or written (data in a subfolder of the run is allowed: tests/test_runs.py keeps held-out data there)."""
     from sftune import train
     from sftune.config import ConfigError
     from sftune.training import recipe

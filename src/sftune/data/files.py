@@ -334,13 +334,16 @@ def _how(path: Path, other: Path, real: Path) -> str:
     return " (through a symbolic link)" if path.resolve() == real else " (a hard link to it: one file, two names)"
 
 
-def refuse_overwrite(inputs: Iterable[str | Path], *, folders: bool = False, **outputs: str | Path | None) -> None:
+def refuse_overwrite(inputs: Iterable[str | Path], *, folders: bool = False, holding: bool = True,
+                     **outputs: str | Path | None) -> None:
     """The one output guard of every command that writes, called before anything is opened for writing.
 
     `inputs` are the files and folders a command reads (as the user named them, and as expanded).
     Refused: an output that is an input under any name (a symlink or a hard link too), an output inside
     an input folder, an output folder holding an input, and two outputs that are one file; and an existing
-    folder where a file is written (folders=False, the data commands: export writes a folder).
+    folder where a file is written (folders=False, the data commands: export writes a folder). With
+    holding=False an output folder may hold inputs in its subfolders (a run folder keeping its held-out data in
+    data/: training writes its own files at the top, where an input is still refused).
     """
     named = {name: Path(path).expanduser() for name, path in outputs.items() if path is not None}
     sources = [(source, *_identity(source)) for source in map(Path, inputs) if os.path.lexists(source)]
@@ -360,7 +363,7 @@ def refuse_overwrite(inputs: Iterable[str | Path], *, folders: bool = False, **o
                     f"{name} {path} is inside the input folder {source}: writing there would change the data being "
                     f"read (and the output would be read as data next time); choose an output path outside {source}"
                 )
-            if real in source_real.parents:
+            if real in source_real.parents and (holding or source_real.parent == real):
                 raise OverwriteError(
                     f"{name} {path} is a folder that holds the input {source}: writing it could destroy that input; "
                     f"choose an output path outside {source}"

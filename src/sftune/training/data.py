@@ -31,8 +31,9 @@ class EncodedData:
 def check_data_paths(cfg: Config) -> None:
     """Before the model loads: every file, folder or glob that data.train / data.eval names is there (a typo costs a
     second, not a model load and then the same error); a missing one is a ConfigError naming its key. output.dir
-    may not be a data file, lie inside a data folder or hold a data file (files.refuse_overwrite): the next run
-    would read the run's own files as data, or the run would write over them."""
+    may not be a data file or lie inside a data folder (files.refuse_overwrite): the run would write over the data,
+    or the next run would read the run's own files as data. Data beside the run's own files is refused too; in a
+    subfolder (held-out files kept with the run, runs/r/data/eval.jsonl) it is allowed."""
     for key in ("train", "eval"):
         inputs = []
         for entry in getattr(cfg.data, key):
@@ -42,7 +43,7 @@ def check_data_paths(cfg: Config) -> None:
             except FileNotFoundError as err:
                 raise ConfigError(f"data.{key}: {err} ({cfg.named_in(f'data.{key}')})") from None
         try:
-            files.refuse_overwrite(inputs, folders=True, **{"output.dir": cfg.output.dir})
+            files.refuse_overwrite(inputs, folders=True, holding=False, **{"output.dir": cfg.output.dir})
         except files.OverwriteError as err:
             raise ConfigError(f"data.{key} and output.dir: {err}") from None
 
