@@ -121,6 +121,21 @@ def test_a_packed_forward_that_raises_turns_packing_off_with_the_error(monkeypat
     assert "packed forward pass fails on this model (RuntimeError: shapes do not match)" in packing.probe(model)
 
 
+def test_split_weights_trust_the_table_and_refuse_an_unlisted_architecture(monkeypatch):
+    """Under ZeRO-3 (weights partitioned at load, ds_id on each) no forward can run before the engine: a listed
+    architecture packs on the table's word, an unlisted one trains padded with the reason, and the probe never runs."""
+    def no_probe(*args, **kwargs):
+        raise AssertionError("the probe ran a forward on split weights")
+
+    monkeypatch.setattr(packing, "probe", no_probe)
+    model = tiny("llama")
+    for parameter in model.parameters():
+        parameter.ds_id = 0
+    assert packing.packing_refused(model) is None
+    monkeypatch.delitem(packing.ARCHITECTURES, "llama")
+    assert "split across processes (DeepSpeed ZeRO-3)" in packing.packing_refused(model)
+
+
 def test_training_goes_on_padded_when_the_probe_finds_a_leak(tmp_path, smollm2_tokenizer, monkeypatch):
     """An architecture the table does not list: the probe on the model decides, says why in a yellow line, and
     the run trains on padded batches."""

@@ -267,4 +267,16 @@ def packing_refused(model: Any, *, branches: bool = False) -> str | None:
     known = ARCHITECTURES.get(model_type)
     if known is not None:
         return f"{model_type}: {known}"
+    if _weights_elsewhere(model):
+        if model_type in ARCHITECTURES:
+            return None  # isolated on sftune's table; the probe cannot run on split weights
+        return (f"{model_type}: its weights are split across processes (DeepSpeed ZeRO-3) or not loaded on this "
+                "process yet (FSDP low-RAM loading), so the packed == alone probe cannot run before training, and "
+                "this architecture is not on sftune's table of isolated ones (docs/families.md)")
     return probe(model, branches=branches)
+
+
+def _weights_elsewhere(model: Any) -> bool:
+    """Whether this process holds no usable copy of the weights before training: ZeRO-3 partitions each one at
+    load (DeepSpeed marks it with ds_id and leaves an empty tensor), FSDP low-RAM loading leaves them on meta."""
+    return any(hasattr(p, "ds_id") or p.is_meta for p in model.parameters())
