@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 
+import datasets
+
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 from sftune.training import loss as loss_module
 from sftune.training.loss import fp32_logits, linear_cross_entropy, token_stats, trained_hidden_states, writes_fp32
@@ -137,3 +139,56 @@ def test_zero3_head_is_gathered_and_chunked(monkeypatch):
     reference = torch.nn.functional.cross_entropy(hidden.detach() @ head.weight.detach().T, targets, reduction="sum")
     assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
     assert head.weight.grad is not None and hidden.grad is not None
+
+
+class _Syncs(TorchDispatchMode):
+    """The ops that make a CUDA device wait for the host (a stand-in for torch.cuda.set_sync_debug_mode on CPU):
+    a tensor read as a Python number, nonzero, and indexing with a boolean mask (a nonzero inside)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func)
+        boolean_index = name.startswith("aten.index.") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else []))
+        if boolean_index or name.startswith(("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select")):
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_default_training_path_gathers_trained_positions_without_a_host_sync():
+    """A packed batch from sftune's collator carries its trained positions computed on the CPU: the loss gathers
+    them with an index (no boolean mask, no nonzero on the device) and the step's trained-token count is an int
+    known to the host; both equal the boolean-mask reference."""
+    from sftune.training.data import batches
+    from sftune.training.loss import count_trained_tokens, shifted_targets
+
+    model = tiny_model("llama", vocab_size=VOCAB).train()
+    g = torch.Generator().manual_seed(3)
+    records = []
+    for length, prompt in ((9, 4), (7, 2), (12, 5)):
+        ids = torch.randint(0, VOCAB, (length,), generator=g).tolist()
+        records.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
+    _, collate = batches(datasets.Dataset.from_list(records), packing=True, max_len=64, pad_token_id=0)
+    batch = collate(records)
+    def model_unwatched(**inputs):  # the model's own attention masks are not the loss's business
+        with _disable_current_modes():
+            return model(**inputs)
+
+    model_unwatched.config = model.config
+    model_unwatched.get_output_embeddings = model.get_output_embeddings
+    with _Syncs() as syncs:
+        states = trained_hidden_states(model_unwatched, batch)
+        loss = linear_cross_entropy(states.hidden, states.head, states.targets, logit_rule=states.logit_rule)
+        count = count_trained_tokens([batch, batch])
+    assert syncs.seen == []
+    mask = shifted_targets(batch) != -100
+    assert isinstance(count, int) and count == 2 * int(mask.sum())
+    hidden = model(**{k: v for k, v in batch.items() if k in ("input_ids", "position_ids")},
+                   output_hidden_states=True, use_cache=False).hidden_states[-1]
+    torch.testing.assert_close(states.hidden, hidden[:, :-1][mask])
+    torch.testing.assert_close(states.targets, shifted_targets(batch)[mask])
+    assert loss.item() == pytest.approx(linear_cross_entropy(hidden[:, :-1][mask], states.head,
+                                                             shifted_targets(batch)[mask]).item(), rel=1e-6)

@@ -308,8 +308,32 @@ def shifted_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return targets
 
 
-def count_trained_tokens(batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-    """Trained (predicted) tokens over micro-batches, the loss's denominator for one optimizer step."""
+# The batch key of trained_index, added by the collator (with_trained_index) on the CPU.
+TRAINED_INDEX = "trained_index"
+
+
+def trained_index(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[n] flat positions in the [B, T - 1] grid of shifted_targets that are trained. Computed on the CPU batch
+    by the collator, the loss then gathers with an index tensor whose length the host knows: no boolean-mask
+    indexing and its device-to-host sync per micro-batch."""
+    return (shifted_targets(batch) != IGNORE).flatten().nonzero().squeeze(1)
+
+
+def with_trained_index(collate: Callable[[list], dict]) -> Callable[[list], dict]:
+    """`collate`, its batches carrying their trained_index (under TRAINED_INDEX)."""
+    def collate_with_index(features: list) -> dict:
+        batch = collate(features)
+        batch[TRAINED_INDEX] = trained_index(batch)
+        return batch
+
+    return collate_with_index
+
+
+def count_trained_tokens(batches: list[dict[str, torch.Tensor]]) -> int | torch.Tensor:
+    """Trained (predicted) tokens over micro-batches, the loss's denominator for one optimizer step: an int read
+    from the collator's trained_index (no host sync), else a tensor on the batches' device."""
+    if all(TRAINED_INDEX in b for b in batches):
+        return sum(b[TRAINED_INDEX].numel() for b in batches)
     return sum((shifted_targets(b) != IGNORE).sum() for b in batches)
 
 
@@ -353,7 +377,7 @@ def trained_hidden_states(model, batch: dict[str, torch.Tensor]) -> TrainedState
     The model computes no logits at all (`logits_to_keep` an empty index: the output layer runs on zero
     positions); the loss applies the output layer itself, chunk by chunk, on trained positions only.
     """
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_weights")}
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_weights", TRAINED_INDEX)}
     no_position = torch.empty(0, dtype=torch.long, device=batch["labels"].device)
     outputs = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=no_position)
     labels = batch["labels"]
@@ -361,13 +385,16 @@ def trained_hidden_states(model, batch: dict[str, torch.Tensor]) -> TrainedState
     # Prompt-learning methods prepend virtual tokens: keep the positions of the real tokens.
     hidden = hidden[:, hidden.shape[1] - labels.shape[1] :]
     targets = shifted_targets(batch)
-    mask = targets != IGNORE
+    index = batch.get(TRAINED_INDEX)
+    if index is None:  # a batch from elsewhere (CHORD rollouts, a selected batch): one nonzero, one sync
+        index = (targets != IGNORE).flatten().nonzero().squeeze(1)
+    width = max(targets.shape[1], 1)  # T - 1: row b's position t is b * (T - 1) + t here, b * T + t in hidden
     weights = batch.get("loss_weights")
     aux = getattr(outputs, "aux_loss", None)
     return TrainedStates(
-        hidden[:, :-1][mask],
-        targets[mask],
-        None if weights is None else weights[:, 1:][mask],
+        hidden.reshape(-1, hidden.shape[-1]).index_select(0, index + index // width),
+        targets.flatten().index_select(0, index),
+        None if weights is None else weights[:, 1:].flatten().index_select(0, index),
         _output_model(model).get_output_embeddings(),
         logit_rule(model),
         None if aux is None else router_aux_coef(model) * aux,
