@@ -258,13 +258,16 @@ def is_sharded(weight: torch.Tensor) -> bool:
 
 def gathered(head: torch.nn.Module) -> contextlib.AbstractContextManager:
     """The output layer's whole weight and bias readable inside (DeepSpeed ZeRO-3 splits them over processes
-    and only the layer's own forward gathers them), for the chunked loss; nothing to do otherwise."""
-    params = list(head.parameters(recurse=False))
-    if not any(hasattr(p, "ds_id") for p in params):
+    and only the layer's own forward gathers them), for the chunked loss; nothing to do otherwise. A parameter
+    ZeRO-3 holds whole already (persistent below stage3_param_persistence_threshold, or still gathered) is left
+    as it is: released at the end, the next forward would find it split."""
+    split = [p for p in head.parameters(recurse=False) if getattr(p, "ds_status", None) is not None
+             and p.ds_status.name == "NOT_AVAILABLE"]
+    if not split:
         return contextlib.nullcontext()
     import deepspeed
 
-    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    return deepspeed.zero.GatheredParameters(split, modifier_rank=None)
 
 
 def _through_head(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, token_weights: torch.Tensor,
