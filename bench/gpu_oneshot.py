@@ -52,8 +52,12 @@ ON_THE_GPU_MACHINE = {"torch", "numpy", "triton", "setuptools", "pip", "filelock
 
 
 # Imported when installed (peft and transformers try them) but not needed: the QLoRA check is skipped without
-# bitsandbytes, and nothing here reads images or sentencepiece vocabularies.
+# bitsandbytes, the TRL arms without trl and its datasets (pyarrow alone is ~52 MiB as a wheel), and nothing here
+# reads images or sentencepiece vocabularies.
 OPTIONAL = {"bitsandbytes", "scipy", "pillow", "sentencepiece"}
+# Modules the check runs without: the needed set is probed with them absent (as transformers then sees them:
+# find_spec gives None); what only they bring (datasets' pyarrow, pandas, ...) is optional.
+NOT_NEEDED = ("datasets", "pyarrow", "pandas", "trl", "bitsandbytes")
 
 
 class OverBudget(Exception):
@@ -289,13 +293,12 @@ def qlora_steps(device: Any) -> dict[str, Any]:
 def sftune_trainer(shape: str, examples: list[dict], out: str, *, steps: int, rows_per_step: int, max_len: int,
                    callbacks: list | None = None, collate_wrap: Callable | None = None):
     """sftune's SFTTrainer at sftune's own defaults for this machine (TrainingArguments from its config:
-    fused AdamW and TF32 on CUDA, workers, micro-batches), LoRA r=16 on every linear layer, packed rows."""
-    import datasets
-
-    from sftune import attention, config, methods
+    fused AdamW and TF32 on CUDA, workers, micro-batches), LoRA r=16 on every linear layer, packed rows (a plain
+    list, packed by sftune's bins and collated by sftune's collator: no `datasets` needed on the GPU machine)."""
+    from sftune import attention, config, methods, packing
     from sftune.hardware import resolve_precision
     from sftune.training.arguments import training_arguments
-    from sftune.training.data import batches
+    from sftune.training.loss import with_trained_index
     from sftune.training.recipe import weights_dtype
     from sftune.training.trainer import SFTTrainer
 
@@ -311,9 +314,23 @@ def sftune_trainer(shape: str, examples: list[dict], out: str, *, steps: int, ro
     model = methods.apply_method(model, cfg.method, verbose=False)
     args = training_arguments(cfg, Path(out), precision=precision, has_eval=False, packing=True)
     args.save_strategy = "no"
-    rows, collate = batches(datasets.Dataset.from_list(examples), packing=True, max_len=max_len, pad_token_id=0)
+    rows = packed_list(examples, max_len)
+    collate = with_trained_index(packing.collate_packed)
     return SFTTrainer(model=model, args=args, train_dataset=rows, callbacks=callbacks or [],
                       data_collator=collate_wrap(collate) if collate_wrap else collate)
+
+
+def packed_list(examples: list[dict[str, list[int]]], max_len: int) -> list[dict[str, list[int]]]:
+    """The examples packed into rows of <= max_len tokens by sftune's bins (packing.pack), as
+    packing.packed_rows makes them, in a plain list instead of a datasets.Dataset."""
+    from sftune.packing import pack
+
+    rows = []
+    for members in pack([len(e["input_ids"]) for e in examples], max_len):
+        row = {c: [v for k in members for v in examples[k][c]] for c in ("input_ids", "labels")}
+        row["position_ids"] = [p for k in members for p in range(len(examples[k]["input_ids"]))]
+        rows.append(row)
+    return rows
 
 
 def sync_audit(report: Report, shape: str, steps: int = 4) -> None:
@@ -425,8 +442,8 @@ def throughput(report: Report, shape: str, steps: int) -> None:
         return make
 
     measure("sftune (defaults)", sftune_system)
-    if importlib.util.find_spec("trl") is None:
-        rows.append({"system": "TRL padding-free", "trained tokens/s": "trl not installed: not run"})
+    if importlib.util.find_spec("trl") is None or importlib.util.find_spec("datasets") is None:
+        rows.append({"system": "TRL padding-free", "trained tokens/s": "trl or datasets not installed: not run"})
     else:
         measure("TRL padding-free + packing", trl_system(False))
         if importlib.util.find_spec("liger_kernel") is not None and cuda:
@@ -467,48 +484,56 @@ def generation_speed(report: Report, shape: str) -> None:
 
 # ------------------------------------------------------------------------------------------------- carrying
 
-def carried() -> list[tuple[str, str, int, int]]:
-    """(distribution, version, bytes of its installed files, bytes compressed as in a wheel) of every distribution
-    the check imports that the GPU machine does not have itself (ON_THE_GPU_MACHINE), sftune's own source
-    (src/sftune + bench) first."""
+def carried() -> list[tuple[str, str, int, int, bool]]:
+    """(distribution, version, bytes of its installed files, bytes compressed as in a wheel, needed) of every
+    distribution the check imports that the GPU machine does not have itself (ON_THE_GPU_MACHINE), sftune's own
+    source (src/sftune + bench) first; needed is False for what only NOT_NEEDED brings and for OPTIONAL."""
     import zlib
 
     import importlib.metadata as metadata
     import subprocess
 
-    probe = ("import sys, sftune.training.trainer, sftune.training.recipe, sftune.runs, sftune.generation, "
-             "bench.systems, bench.flops, trl, datasets, peft, bitsandbytes; "
-             "print('\\n'.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    needed = ("sftune.training.trainer, sftune.training.recipe, sftune.runs, sftune.generation, bench.systems, "
+              "bench.flops, bench.gpu_oneshot, peft")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
-    names = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
-                           check=True, cwd=ROOT).stdout.split()
+
+    def imported(modules: str, absent: tuple[str, ...]) -> list[str]:
+        probe = (f"import sys; sys.modules.update(dict.fromkeys({list(absent)!r})); import {modules}; "
+                 "print('\\n'.join(sorted({m.split('.')[0] for m, v in sys.modules.items() if v is not None})))")
+        return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
+                              check=True, cwd=ROOT).stdout.split()
+
     owners = metadata.packages_distributions()
-    dists = sorted({d for name in names for d in owners.get(name, [])})
+    required = {d for name in imported(needed, NOT_NEEDED) for d in owners.get(name, [])}
+    dists = sorted(required | {d for name in imported(f"{needed}, trl, datasets, bitsandbytes", ())
+                               for d in owners.get(name, [])})
     def sizes(paths) -> tuple[int, int]:
         data = [Path(p).read_bytes() for p in paths]
         return sum(map(len, data)), sum(len(zlib.compress(d, 6)) for d in data)
 
     sources = [p for folder in ("src/sftune", "bench") for p in (ROOT / folder).rglob("*.py")]
-    out = [("sftune (src/sftune, bench)", "tree", *sizes(sources))]
+    out = [("sftune (src/sftune, bench)", "tree", *sizes(sources), True)]
     for dist_name in dists:
         if dist_name.lower().replace("-", "_") in ON_THE_GPU_MACHINE or dist_name.lower().startswith("nvidia") \
                 or dist_name.lower() == "sftune":
             continue
         dist = metadata.distribution(dist_name)
         files = [dist.locate_file(f) for f in dist.files or [] if "__pycache__" not in str(f)]
-        out.append((dist_name, dist.version, *sizes(f for f in files if Path(f).is_file())))
+        out.append((dist_name, dist.version, *sizes(f for f in files if Path(f).is_file()),
+                    dist_name in required and dist_name.lower() not in OPTIONAL))
     return out
 
 
-def carry_check(limit_mib: float = 64.0) -> int:
-    """Print what the GPU machine needs carried and whether it fits `limit_mib`; exit status 1 where it does not."""
-    rows = carried()
+def carry_check(limit_mib: float = 64.0, rows: list[tuple[str, str, int, int, bool]] | None = None) -> int:
+    """Print what the GPU machine needs carried (`rows` as carried() gives them) and whether the needed ones fit
+    `limit_mib` as wheels; exit status 1 where they do not."""
+    rows = carried() if rows is None else rows
     print(f"what the GPU machine needs carried (its own: {', '.join(sorted(ON_THE_GPU_MACHINE))}), "
           "installed and compressed (about a wheel's size):")
-    for name, version, installed, packed in sorted(rows, key=lambda r: -r[3]):
-        flag = "  optional (imported when present)" if name.lower() in OPTIONAL else ""
+    for name, version, installed, packed, needed in sorted(rows, key=lambda r: -r[3]):
+        flag = "" if needed else "  optional (imported when present)"
         print(f"  {name:32} {version:12} {installed / 2**20:8.2f} MiB {packed / 2**20:8.2f} MiB{flag}")
-    needed = [r for r in rows if r[0].lower() not in OPTIONAL]
+    needed = [r for r in rows if r[4]]
     installed, packed = sum(r[2] for r in needed), sum(r[3] for r in needed)
     fits = packed <= limit_mib * 2**20
     print(f"needed (optional ones left out): {installed / 2**20:.1f} MiB installed, {packed / 2**20:.1f} MiB as "

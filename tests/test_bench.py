@@ -147,3 +147,32 @@ def test_gpu_oneshot_dry_run_runs_every_section_on_the_cpu(tmp_path):
     assert report.count("CPU fallback (--dry-run, no CUDA)") == len(sections)
     assert all(f"| {name} | ok" in report for name in sections)
     assert "| sftune (defaults) |" in report and "DRY RUN" in report
+
+
+def test_gpu_oneshot_carry_check_adds_up_the_needed_wheels_only(capsys):
+    """--carry-check sums the needed distributions as wheels against the limit (exit 0 where they fit, 1 where
+    not); the optional ones (datasets' pyarrow, bitsandbytes) are listed apart and left out of the sum."""
+    from bench.gpu_oneshot import carry_check
+
+    mib = 2**20
+    rows = [("sftune (src/sftune, bench)", "tree", 2 * mib, 1 * mib, True),
+            ("transformers", "5.24.0", 50 * mib, 12 * mib, True),
+            ("pyarrow", "26.0.1", 160 * mib, 52 * mib, False)]
+    assert carry_check(64.0, rows) == 0
+    out = capsys.readouterr().out
+    assert "13.0 MiB as wheels" in out and "fits" in out
+    assert "pyarrow" in out and "optional (imported when present)" in out.split("pyarrow")[1].splitlines()[0]
+    assert carry_check(12.5, rows) == 1
+    assert "does NOT fit" in capsys.readouterr().out
+
+
+def test_gpu_oneshot_packs_without_datasets():
+    """The one-shot's packed rows (a plain list: no datasets / pyarrow on the GPU machine) are
+    packing.packed_rows' rows."""
+    import datasets
+
+    from bench.gpu_oneshot import packed_list, random_examples
+    from sftune.packing import packed_rows
+
+    examples = random_examples(12, 100, 5, 40)
+    assert packed_list(examples, 64) == packed_rows(datasets.Dataset.from_list(examples), 64).to_list()

@@ -260,6 +260,9 @@ class TrainSection(_Section):
         "auto", description="auto = bf16 on GPUs with bf16, else fp16 on GPU; on a CPU bf16 where it has AMX, else fp32 (sftune.hardware)"
     )
     gradient_checkpointing: bool = False
+    kernels: Literal["torch", "liger"] = Field(
+        "torch", description="liger = Liger Kernel's fused RMSNorm, RoPE and SwiGLU for the model types it covers "
+        "(CUDA only; pip install liger-kernel); sftune's own chunked loss head either way")
     compile: bool = Field(False, description="torch.compile each decoder layer (cache in SFTUNE_HOME/inductor); "
                           "the first step takes minutes on a CPU, later ones are faster: for long runs")
     neftune_alpha: float | None = Field(None, gt=0, description="NEFTune noise alpha (e.g. 5); None = off")

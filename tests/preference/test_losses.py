@@ -15,7 +15,7 @@ from sftune.data.schema import Message, Pair
 from sftune.encode import IGNORE
 from sftune.preference.batches import collate_pairs
 from sftune.preference.encode import encode_pair
-from sftune.preference.logps import sequence_logps
+from sftune.preference.logps import sequence_logps, token_logps
 from sftune.preference.losses import Settings, pair_losses
 from sftune.preference.reference import add_reference_logps
 from tests.conftest import tiny_model
@@ -170,3 +170,26 @@ def test_shared_prompt_batches_hold_each_prompt_once_and_need_varlen_attention(e
     assert packed["max_length_q"] == max(lengths) and "cu_seq_lens_q" not in shared
     with pytest.raises(ValueError, match="sftune_varlen"):
         sequence_logps(tiny_model("llama"), shared)
+
+
+def test_token_logps_backward_recomputes_the_forwards_logits_under_autocast():
+    """The DPO backward recomputes each chunk's logits outside the forward's autocast: it must recompute them in
+    the forward's dtype (bf16 products of an fp32 head), or its softmax no longer matches the forward's
+    log-sum-exp. Gradients equal autograd through the same bf16 logits."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(32, 64, bias=False)
+    torch.nn.init.normal_(head.weight)  # logits of std ~17: their bf16 rounding (~0.07) shows
+    hidden = (3 * torch.randn(10, 32)).requires_grad_()
+    targets = torch.randint(0, 64, (10,))
+    upstream = torch.randn(10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logps = token_logps(hidden, head, targets, chunk_size=4)
+    (logps * upstream).sum().backward()
+    got_h, got_w = hidden.grad.clone(), head.weight.grad.clone()
+    hidden.grad = head.weight.grad = None
+    z = (hidden.bfloat16() @ head.weight.bfloat16().T).float()
+    want = z.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+    (want * upstream).sum().backward()
+    torch.testing.assert_close(logps, want.detach(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(got_h, hidden.grad, atol=2e-2 * hidden.grad.abs().max().item(), rtol=0)
+    torch.testing.assert_close(got_w, head.weight.grad, atol=2e-2 * head.weight.grad.abs().max().item(), rtol=0)

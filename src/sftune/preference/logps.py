@@ -14,6 +14,7 @@ from sftune import attention
 from sftune.encode import IGNORE
 from sftune.training.loss import (
     PLAIN,
+    Head,
     LogitRule,
     _logit_chunks,
     _output_model,
@@ -32,12 +33,13 @@ class _TokenLogps(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, targets, chunk_size, rule):
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         lses = torch.empty_like(out)
-        for rows, z, _ in _logit_chunks(hidden, weight, bias, chunk_size, rule):
+        head = Head.of(weight, bias)
+        for rows, z, _ in _logit_chunks(hidden, head, chunk_size, rule):
             lse = torch.logsumexp(z, dim=-1)
             out[rows] = z.gather(1, targets[rows, None]).squeeze(1) - lse
             lses[rows] = lse
         ctx.save_for_backward(hidden, weight, bias, targets, lses)
-        ctx.chunk_size, ctx.rule = chunk_size, rule
+        ctx.chunk_size, ctx.rule, ctx.dtype = chunk_size, rule, head.weight.dtype
         return out
 
     @staticmethod
@@ -48,7 +50,9 @@ class _TokenLogps(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
-        for rows, z, tanh in _logit_chunks(hidden, weight, bias, ctx.chunk_size, ctx.rule):
+        # backward runs outside the forward's autocast: the logits are recomputed in the forward's dtype
+        head = Head.of(weight, bias, ctx.dtype)
+        for rows, z, tanh in _logit_chunks(hidden, head, ctx.chunk_size, ctx.rule):
             y = targets[rows]
             g = z.sub_(lses[rows, None]).exp_().neg_()  # d logp / d z = onehot - softmax
             g[torch.arange(len(y), device=y.device), y] += 1.0
@@ -56,7 +60,7 @@ class _TokenLogps(torch.autograd.Function):
             if tanh is not None:
                 g.mul_(1.0 - tanh * tanh)
             if need_h:
-                grad_h[rows] = g.to(weight.dtype) @ weight
+                grad_h[rows] = g.to(head.weight.dtype) @ head.weight
             if need_w:
                 grad_w.addmm_(g.T, hidden[rows].float())
             if need_b:

@@ -13,6 +13,7 @@ from sftune.data import files
 from sftune.data.entries import read_entries
 from sftune.encode import EncodeOptions, EncodeReport
 from sftune.templates import Template
+from sftune.training.loss import with_trained_index
 
 
 @dataclass
@@ -106,6 +107,13 @@ def batches(dataset: Any, *, packing: bool, max_len: int, pad_token_id: int, pro
     places each sequence) or padded."""
     if dataset is None:
         return None, None
+    rows, collate = _rows_and_collate(dataset, packing=packing, max_len=max_len, pad_token_id=pad_token_id,
+                                      processor=processor, rope_index=rope_index)
+    return rows, with_trained_index(collate)
+
+
+def _rows_and_collate(dataset: Any, *, packing: bool, max_len: int, pad_token_id: int, processor: Any,
+                      rope_index: Any) -> tuple[Any, Any]:
     if processor is not None and packing:
         from sftune.vision import dataset as vision_dataset
 

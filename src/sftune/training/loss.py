@@ -11,10 +11,12 @@ router load-balancing loss (`TrainedStates.aux_loss`), as `model(labels=...).los
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, Iterator, NamedTuple
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from sftune.encode import IGNORE
 from sftune.packing import text_positions
@@ -70,7 +72,46 @@ def logit_rule(model: torch.nn.Module) -> LogitRule:
     return LogitRule(scale, float(softcap) if softcap else None)
 
 
-def _logit_chunks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, chunk_size: int,
+def compute_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype of the output layer's products: autocast's where it is on for the weight's device (an fp32
+    head under bf16 mixed precision, QLoRA's head after peft's fp32 upcast), else the weight's own."""
+    device = weight.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return weight.dtype
+
+
+def writes_fp32(device_type: str, dtype: torch.dtype) -> bool:
+    """Whether a matmul of `dtype` operands on `device_type` writes its fp32 accumulator as it is (mm / addmm
+    `out_dtype`, on CUDA only in torch 2.13): bf16 / fp16 products, fp32 logits, never rounded to 16 bits."""
+    return device_type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+
+
+def fp32_logits(h: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None, beta: float,
+                fp32_out: bool) -> torch.Tensor:
+    """h @ weight_t (+ beta * bias) as fp32: written as fp32 by the matmul itself where `fp32_out`
+    (writes_fp32), else computed in the operands' dtype and cast."""
+    if fp32_out:
+        if bias is None:
+            return torch.mm(h, weight_t, out_dtype=torch.float32)
+        return torch.addmm(bias, h, weight_t, beta=beta, out_dtype=torch.float32)
+    return (h @ weight_t if bias is None else torch.addmm(bias, h, weight_t, beta=beta)).float()
+
+
+class Head(NamedTuple):
+    """The output layer's weight and bias cast once per loss call to the dtype of its products."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    fp32_out: bool  # writes_fp32 for these operands
+
+    @classmethod
+    def of(cls, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype | None = None) -> "Head":
+        dtype = dtype or compute_dtype(weight)
+        return cls(weight.to(dtype), None if bias is None else bias.to(dtype), writes_fp32(weight.device.type, dtype))
+
+
+def _logit_chunks(hidden: torch.Tensor, head: Head, chunk_size: int,
                   rule: LogitRule) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor | None]]:
     """(rows, fp32 logits of those rows, tanh of the soft-cap or None), one chunk of rows at a time.
 
@@ -78,12 +119,13 @@ def _logit_chunks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     on the output layer's values is then the gradient on the logits times the scale (callers fold it
     into their per-row factor)."""
     softcap = rule.softcap
+    weight_t = head.weight.T
     for start in range(0, hidden.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
-        h = hidden[rows].to(weight.dtype)  # a bf16 head (frozen base held in bf16) takes bf16 states
+        h = hidden[rows].to(head.weight.dtype)
         if rule.scale != 1.0:
             h = h * rule.scale
-        z = (h @ weight.T if bias is None else torch.addmm(bias, h, weight.T, beta=rule.scale)).float()
+        z = fp32_logits(h, weight_t, head.bias, rule.scale, head.fp32_out)
         tanh = None
         if softcap:
             tanh = torch.tanh(z / softcap)
@@ -123,7 +165,8 @@ class _LinearTokenLoss(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
-        for rows, z, tanh in _logit_chunks(hidden, weight, bias, chunk_size, rule):
+        head = Head.of(weight, bias)
+        for rows, z, tanh in _logit_chunks(hidden, head, chunk_size, rule):
             y, w = targets[rows], token_weights[rows]
             losses, g = chunk_loss_and_grad(token_loss, z, y, need_h or need_w or need_b)  # g may be written over z
             total += (losses * w).sum()
@@ -132,8 +175,8 @@ class _LinearTokenLoss(torch.autograd.Function):
                 if tanh is not None:
                     g.mul_(1.0 - tanh * tanh)
                 if need_h:
-                    grad_h[rows] = g.to(weight.dtype) @ weight
-                if need_w:
+                    grad_h[rows] = g.to(head.weight.dtype) @ head.weight
+                if need_w:  # in place in fp32 (TF32 on CUDA): addmm's out_dtype cannot add into an fp32 buffer
                     grad_w.addmm_(g.T, hidden[rows].float())
                 if need_b:
                     grad_b += g.sum(0)
@@ -192,33 +235,45 @@ def linear_token_loss(
     token_loss = token_loss or ce.token_loss
     if token_weights is None:
         token_weights = torch.ones(targets.shape, dtype=torch.float32, device=targets.device)
-    if is_sharded(weight):
+    if isinstance(weight, DTensor):
         return _through_head(hidden, head, targets, token_weights.float(), logit_rule, token_loss)
-    return _LinearTokenLoss.apply(
-        hidden,
-        weight,
-        bias,
-        targets,
-        token_weights.float(),
-        chunk_size or chunk_size_for(weight.shape[0]),
-        logit_rule,
-        torch.is_grad_enabled(),
-        token_loss,
-    )
+    with gathered(head):  # ZeRO-3: the whole weight for this call, its gradient computed in the forward
+        return _LinearTokenLoss.apply(
+            hidden,
+            head.weight,
+            getattr(head, "bias", None),
+            targets,
+            token_weights.float(),
+            chunk_size or chunk_size_for(head.weight.shape[0]),
+            logit_rule,
+            torch.is_grad_enabled(),
+            token_loss,
+        )
 
 
 def is_sharded(weight: torch.Tensor) -> bool:
-    """Whether the output layer's weight is split over processes (DeepSpeed ZeRO-3, FSDP2): only the
-    layer's own forward gathers it, so the loss must call the layer instead of reading the weight."""
-    from torch.distributed.tensor import DTensor
-
+    """Whether the output layer's weight is split over processes (DeepSpeed ZeRO-3, FSDP2)."""
     return hasattr(weight, "ds_id") or isinstance(weight, DTensor)
+
+
+def gathered(head: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """The output layer's whole weight and bias readable inside (DeepSpeed ZeRO-3 splits them over processes
+    and only the layer's own forward gathers them), for the chunked loss; nothing to do otherwise. A parameter
+    ZeRO-3 holds whole already (persistent below stage3_param_persistence_threshold, or still gathered) is left
+    as it is: released at the end, the next forward would find it split."""
+    split = [p for p in head.parameters(recurse=False) if getattr(p, "ds_status", None) is not None
+             and p.ds_status.name == "NOT_AVAILABLE"]
+    if not split:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(split, modifier_rank=None)
 
 
 def _through_head(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, token_weights: torch.Tensor,
                   rule: LogitRule, token_loss: Callable) -> torch.Tensor:
-    """The same summed token loss through `head`'s forward, for a sharded output layer; it holds
-    all trained positions' fp32 logits at once (more memory than the chunked path)."""
+    """The same summed token loss through `head`'s forward, for an output layer FSDP2 splits (its forward
+    gathers the weight and reduces its gradient); it holds all trained positions' fp32 logits at once."""
     z = rule.apply(head(hidden).float())
     return (token_loss(z, targets) * token_weights).sum()
 
@@ -229,16 +284,18 @@ def token_stats(
     chunk_size: int | None = None,
 ) -> tuple[float, int]:
     """(summed cross-entropy, number of argmax hits) over the given positions, chunk by chunk."""
-    weight, bias = head.weight, getattr(head, "bias", None)
-    loss, correct = 0.0, 0
-    if is_sharded(weight):
+    if isinstance(head.weight, DTensor):
         z = logit_rule.apply(head(hidden).float())
         return torch.nn.functional.cross_entropy(z, targets, reduction="sum").item(), int((z.argmax(-1) == targets).sum())
-    for rows, z, _ in _logit_chunks(hidden, weight, bias, chunk_size or chunk_size_for(weight.shape[0]), logit_rule):
-        y = targets[rows]
-        loss += torch.nn.functional.cross_entropy(z, y, reduction="sum").item()
-        correct += int((z.argmax(-1) == y).sum())
-    return loss, correct
+    loss = torch.zeros((), dtype=torch.float64, device=hidden.device)
+    correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+    with gathered(head):
+        weights = Head.of(head.weight, getattr(head, "bias", None))
+        for rows, z, _ in _logit_chunks(hidden, weights, chunk_size or chunk_size_for(head.weight.shape[0]), logit_rule):
+            y = targets[rows]
+            loss += torch.nn.functional.cross_entropy(z, y, reduction="sum")
+            correct += (z.argmax(-1) == y).sum()
+    return loss.item(), int(correct)
 
 
 def shifted_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -254,8 +311,32 @@ def shifted_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return targets
 
 
-def count_trained_tokens(batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-    """Trained (predicted) tokens over micro-batches, the loss's denominator for one optimizer step."""
+# The batch key of trained_index, added by the collator (with_trained_index) on the CPU.
+TRAINED_INDEX = "trained_index"
+
+
+def trained_index(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[n] flat positions in the [B, T - 1] grid of shifted_targets that are trained. Computed on the CPU batch
+    by the collator, the loss then gathers with an index tensor whose length the host knows: no boolean-mask
+    indexing and its device-to-host sync per micro-batch."""
+    return (shifted_targets(batch) != IGNORE).flatten().nonzero().squeeze(1)
+
+
+def with_trained_index(collate: Callable[[list], dict]) -> Callable[[list], dict]:
+    """`collate`, its batches carrying their trained_index (under TRAINED_INDEX)."""
+    def collate_with_index(features: list) -> dict:
+        batch = collate(features)
+        batch[TRAINED_INDEX] = trained_index(batch)
+        return batch
+
+    return collate_with_index
+
+
+def count_trained_tokens(batches: list[dict[str, torch.Tensor]]) -> int | torch.Tensor:
+    """Trained (predicted) tokens over micro-batches, the loss's denominator for one optimizer step: an int read
+    from the collator's trained_index (no host sync), else a tensor on the batches' device."""
+    if all(TRAINED_INDEX in b for b in batches):
+        return sum(b[TRAINED_INDEX].numel() for b in batches)
     return sum((shifted_targets(b) != IGNORE).sum() for b in batches)
 
 
@@ -299,7 +380,7 @@ def trained_hidden_states(model, batch: dict[str, torch.Tensor]) -> TrainedState
     The model computes no logits at all (`logits_to_keep` an empty index: the output layer runs on zero
     positions); the loss applies the output layer itself, chunk by chunk, on trained positions only.
     """
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_weights")}
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_weights", TRAINED_INDEX)}
     no_position = torch.empty(0, dtype=torch.long, device=batch["labels"].device)
     outputs = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=no_position)
     labels = batch["labels"]
@@ -307,13 +388,16 @@ def trained_hidden_states(model, batch: dict[str, torch.Tensor]) -> TrainedState
     # Prompt-learning methods prepend virtual tokens: keep the positions of the real tokens.
     hidden = hidden[:, hidden.shape[1] - labels.shape[1] :]
     targets = shifted_targets(batch)
-    mask = targets != IGNORE
+    index = batch.get(TRAINED_INDEX)
+    if index is None:  # a batch from elsewhere (CHORD rollouts, a selected batch): one nonzero, one sync
+        index = (targets != IGNORE).flatten().nonzero().squeeze(1)
+    width = max(targets.shape[1], 1)  # T - 1: row b's position t is b * (T - 1) + t here, b * T + t in hidden
     weights = batch.get("loss_weights")
     aux = getattr(outputs, "aux_loss", None)
     return TrainedStates(
-        hidden[:, :-1][mask],
-        targets[mask],
-        None if weights is None else weights[:, 1:][mask],
+        hidden.reshape(-1, hidden.shape[-1]).index_select(0, index + index // width),
+        targets.flatten().index_select(0, index),
+        None if weights is None else weights[:, 1:].flatten().index_select(0, index),
         _output_model(model).get_output_embeddings(),
         logit_rule(model),
         None if aux is None else router_aux_coef(model) * aux,

@@ -28,6 +28,7 @@ from sftune.training.checkpoints import CheckpointCompleteCallback
 from sftune.training.compile import compile_layers, inductor_cache
 from sftune.training.data import EncodedData, batches, check_data_paths, prepare_data
 from sftune.training.generate_eval import generation_metrics
+from sftune.training.kernels import apply_kernels, check_kernels
 from sftune.training.plot import plot_curves
 from sftune.training.records import ResumeScheduleCheck, write_environment
 from sftune.training.replay import replay_pairs
@@ -54,6 +55,7 @@ def train(
 
     cfg = config if isinstance(config, Config) else load(config, overrides)
     check_report_to(cfg.train.report_to)  # a missing logger package, before anything is loaded
+    check_kernels(cfg.train.kernels, cuda=torch.cuda.is_available())  # liger: installed, on CUDA
     check_data_paths(cfg)  # and a missing data file
     console = console or Console()
     if cfg.stage == "preference":  # chosen / rejected pairs: DPO, IPO, SimPO, ORPO (sftune.preference)
@@ -155,6 +157,9 @@ def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, bool]:
         trust_remote_code=cfg.model.trust_remote_code,
         **methods.load_kwargs(cfg.method),
     )
+    applied = apply_kernels(model, cfg.train.kernels)
+    if applied:
+        console.print(applied)
     model = methods.apply_method(model, cfg.method, tokenizer, verbose=False)
     console.print(f"[bold]{cfg.method.name}[/bold] on {cfg.model.name}: {methods.trainable_summary(model)}")
     if cfg.data.packing:

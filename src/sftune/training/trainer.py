@@ -25,7 +25,13 @@ from transformers.utils import logging
 from sftune.distributed import shards_weights
 from sftune.errors import UserError
 from sftune.training.checkpoints import last_checkpoint
-from sftune.training.loss import count_trained_tokens, linear_token_loss, token_stats, trained_hidden_states
+from sftune.training.loss import (
+    TRAINED_INDEX,
+    count_trained_tokens,
+    linear_token_loss,
+    token_stats,
+    trained_hidden_states,
+)
 from sftune.training.objectives import chord
 
 logger = logging.get_logger(__name__)
@@ -73,7 +79,8 @@ class SFTTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.remove_callback(PrinterCallback)  # the rich progress bar replaces it
-        self.trained_tokens = 0  # over all processes, since the start of the run (resumes included)
+        self._tokens_done = 0  # trained tokens over all processes, since the start of the run (resumes included)
+        self._tokens_pending: torch.Tensor | int = 0  # counted on the device since trained_tokens was last read
         self._seconds_done = 0.0  # training time before the running stretch
         self._stretch_started = None  # perf_counter() when the running stretch began; None while paused
         self._wall_done = 0.0  # wall-clock seconds of the earlier train() calls of this run (resumes)
@@ -90,6 +97,19 @@ class SFTTrainer(Trainer):
         self.stop_token_ids: list[int] = []
         self._objective_logs: dict[str, list[float]] = {}
         self._non_finite: torch.Tensor | None = None  # first_non_finite's record, checked at logs, saves, evaluations
+
+    @property
+    def trained_tokens(self) -> int:
+        """Trained tokens over all processes since the start of the run (resumes included). A count still on the
+        device is read here, at a log or a save, not once per optimizer step."""
+        if isinstance(self._tokens_pending, torch.Tensor):
+            self._tokens_done += int(self._tokens_pending)
+            self._tokens_pending = 0
+        return self._tokens_done + self._tokens_pending
+
+    @trained_tokens.setter
+    def trained_tokens(self, value: int) -> None:
+        self._tokens_done, self._tokens_pending = value, 0
 
     @property
     def train_seconds(self) -> float:
@@ -150,11 +170,16 @@ class SFTTrainer(Trainer):
         if not batches:
             return batches, None
         if self.batch_selector is not None:  # the model is the same for all micro-batches of a step
+            for batch in batches:  # positions of the candidate batch: the selected one counts its own
+                batch.pop(TRAINED_INDEX, None)
             batches = [self.batch_selector(self.model_wrapped, batch) for batch in batches]
-        count = count_trained_tokens(batches).to(device)
+        count = count_trained_tokens(batches)  # an int from the collator's index: no host sync
         if self.accelerator.num_processes > 1:
-            count = self.accelerator.reduce(count, reduction="sum")
-        self.trained_tokens += int(count)
+            if not isinstance(count, torch.Tensor):  # pinned: the copy to the GPU does not wait for it
+                count = torch.tensor(count)
+                count = count.pin_memory() if device.type == "cuda" else count
+            count = self.accelerator.reduce(count.to(device, non_blocking=True), reduction="sum")
+        self._tokens_pending = self._tokens_pending + (count.detach() if isinstance(count, torch.Tensor) else count)
         if self.chord is not None:
             self._attach_rollouts(batches, device)
         return batches, count
