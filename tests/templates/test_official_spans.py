@@ -135,6 +135,19 @@ def test_a_model_without_any_stop_token_is_refused_before_training(smollm2_token
         stops.audit(template, tokenizer, [])
 
 
+def test_eos_ids_beyond_the_vocabulary_are_left_out_of_the_stops(smollm2_tokenizer):
+    """A generation_config may name an id the tokenizer has no token for (a vision model's config with a larger
+    vocabulary than its tokenizer): the stops are the ids that are tokens; none at all is refused."""
+    template = templates.get("chatml", smollm2_tokenizer)
+    checked = stops.audit(template, smollm2_tokenizer, [len(smollm2_tokenizer) + 10])
+    assert checked.stops == ["<|im_end|>"] and checked.appended is None and "stop tokens: <|im_end|>" in checked.summary()
+    tokenizer = copy.deepcopy(smollm2_tokenizer)
+    tokenizer.eos_token = None
+    plain = templates.get({"name": "plain", "user": "Q: {content}\n", "assistant": "A: {content}\n"}, tokenizer)
+    with pytest.raises(templates.TemplateError, match="is a token of its tokenizer"):
+        stops.audit(plain, tokenizer, [len(tokenizer) + 10])
+
+
 def test_data_inspect_says_and_shows_the_stop_appended_after_glms_last_reply(tmp_path, smollm2_tokenizer):
     """A model folder whose tokenizer holds GLM-4.5's template and whose generation_config names its stops."""
     import json

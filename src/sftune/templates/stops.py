@@ -65,7 +65,12 @@ def audit(template: Template, tokenizer: Any, model_eos_ids: list[int] | tuple[i
         raise TemplateError(f"template {template.name!r}: the model has no stop token (the tokenizer has no EOS "
                             "and its generation_config names no eos_token_id), so a trained model would never "
                             "stop. Set eos_token in the tokenizer or eos_token_id in generation_config.json")
-    texts = tuple(tokenizer.convert_ids_to_tokens(sorted(stops)))
+    # an eos id the tokenizer has no token for (a generation_config beyond the vocabulary) cannot be written
+    named = {i: t for i, t in zip(sorted(stops), tokenizer.convert_ids_to_tokens(sorted(stops))) if t is not None}
+    if not named:
+        raise TemplateError(f"template {template.name!r}: none of the model's stop ids {sorted(stops)} is a token of "
+                            "its tokenizer, so no stop can be trained. Fix eos_token_id in generation_config.json")
+    texts = tuple(named.values())
     template = replace(template, stop_texts=texts, append_stop="")
     messages, segments = _probe(template)
     ends = _reply_ends(segments, messages)
@@ -75,8 +80,8 @@ def audit(template: Template, tokenizer: Any, model_eos_ids: list[int] | tuple[i
     appended = None
     if last_ids[-1] not in stops:
         mid = [token for token in last_ids[:-1] if token in stops]
-        choice = mid[0] if mid else tokenizer.eos_token_id if tokenizer.eos_token_id in stops else min(stops)
-        appended = tokenizer.convert_ids_to_tokens(choice)
+        choice = mid[0] if mid else tokenizer.eos_token_id if tokenizer.eos_token_id in named else min(named)
+        appended = named[choice]
         template = replace(template, append_stop=appended)
     return Audit(template, sorted(stops), appended, list(texts))
 
