@@ -160,8 +160,7 @@ _RECURRENT = ("{} layers carry a state from token to token and transformers' CPU
               "sequence before it left")
 _DELTANET = ("Gated DeltaNet (linear attention){} layers carry a state from token to token; transformers keeps packed "
              "sequences apart there only with the flash-linear-attention kernels (its torch path, {}, raises on "
-             "sequence boundaries or reads none), so a packed sequence would start from the state the one before it "
-             "left")
+             "sequence boundaries or reads none), so a packed sequence starts from the state the one before it left")
 # Decoder architectures (transformers 5.24 model_type) and what packing does with each: None when sftune's
 # varlen attention keeps packed sequences apart (packed == alone, tests/test_packing_families.py), else why
 # their batches are padded. An architecture not listed is decided by `probe` at start-up. Read by the
