@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sftune.data.toolcalls import tool_calls
@@ -196,11 +197,7 @@ class _Turns:
         """Qwen3: a reply's leading <think> block is written only after the last user query (and always,
         empty if need be, on the last message); its tool calls follow in the same turn."""
         msgs, f = self.msgs, self.f
-        j = turn_end(msgs, i)
-        content = msgs[i]["content"] if msgs[i]["role"] == "assistant" else ""
-        reasoning, think = split_think(content)
-        if reasoning is not None:
-            content = think
+        j, content, reasoning = self.reply_and_reasoning(i)
         self.add(f["generation_prompt"], i, False)
         if i > self.last_query(i) and (j == len(msgs) or reasoning):
             inner = (reasoning or "").strip("\n")
@@ -208,10 +205,22 @@ class _Turns:
             self.add(content.lstrip("\n"), i, True)
         else:
             self.add(content, i, True)
+        return self.calls_then_end(i, j, lambda n, call: ("\n" if n or content else "") + "<tool_call>\n"
+                                   + _qwen3_call(call) + "\n</tool_call>")
+
+    def reply_and_reasoning(self, i: int) -> tuple[int, str, str | None]:
+        """(where the model turn at i ends, its reply without a leading think block, that block's text or None)."""
+        j = turn_end(self.msgs, i)
+        content = self.msgs[i]["content"] if self.msgs[i]["role"] == "assistant" else ""
+        reasoning, answer = split_think(content)
+        return j, answer if reasoning is not None else content, reasoning
+
+    def calls_then_end(self, i: int, j: int, written: Callable[[int, dict], str]) -> int:
+        """The tool calls of the turn msgs[i:j], the n-th written as written(n, call), then the turn's end."""
+        msgs, f = self.msgs, self.f
         calls = [(k, c) for k in range(i, j) if msgs[k]["role"] == "tool_call" for c in tool_calls(msgs[k]["content"])]
         for n, (k, call) in enumerate(calls):
-            sep = "\n" if n or content else ""
-            self.add(sep + "<tool_call>\n" + _qwen3_call(call) + "\n</tool_call>", k, True)
+            self.add(written(n, call), k, True)
         self.add(f["end"], j - 1, True)
         self.add(f["after_end"], j - 1, False)
         return j
@@ -248,23 +257,14 @@ class _Turns:
             inner = (reasoning or "").strip()
             self.think_block(i, "<think>\n" + inner + "\n</think>\n\n", bool(inner))
         self.add(content, i, True)
-        calls = [(k, c) for k in range(i, j) if msgs[k]["role"] == "tool_call" for c in tool_calls(msgs[k]["content"])]
-        for n, (k, call) in enumerate(calls):
-            sep = "\n" if n else ("\n\n" if content.strip() else "")
-            self.add(sep + _qwen35_call(self.name, call, self.spec.get("arg_values")), k, True)
-        self.add(f["end"], j - 1, True)
-        self.add(f["after_end"], j - 1, False)
-        return j
+        return self.calls_then_end(i, j, lambda n, call: ("\n" if n else ("\n\n" if content.strip() else ""))
+                                   + _qwen35_call(self.name, call, self.spec.get("arg_values")))
 
     def glm_model_turn(self, i: int) -> int:
         """GLM-4.5: a think block (kept after the last user message when it has reasoning, else empty), the
         trimmed answer, the calls; then the next turn's header when it is a stop (<|user|>, <|observation|>)."""
         msgs, f = self.msgs, self.f
-        j = turn_end(msgs, i)
-        content = msgs[i]["content"] if msgs[i]["role"] == "assistant" else ""
-        reasoning, answer = split_think(content)
-        if reasoning is not None:
-            content = answer
+        j, content, reasoning = self.reply_and_reasoning(i)
         inner = (reasoning or "").strip()
         self.add(f["generation_prompt"], i, False)
         if inner and i > self.last_user():
