@@ -121,6 +121,13 @@ def test_a_packed_forward_that_raises_turns_packing_off_with_the_error(monkeypat
     assert "packed forward pass fails on this model (RuntimeError: shapes do not match)" in packing.probe(model)
 
 
+def test_a_listed_architecture_under_sftunes_attention_is_not_probed_and_under_another_it_is(monkeypatch):
+    calls = []
+    monkeypatch.setattr(packing, "probe", lambda model, branches=False: calls.append(model) or "probed")
+    assert packing.packing_refused(tiny("llama")) is None and calls == []
+    assert packing.packing_refused(tiny("llama", attn="sdpa")) == "probed" and len(calls) == 1
+
+
 def test_split_weights_trust_the_table_and_refuse_an_unlisted_architecture(monkeypatch):
     """Under ZeRO-3 (weights partitioned at load, ds_id on each) no forward can run before the engine: a listed
     architecture packs on the table's word, an unlisted one trains padded with the reason, and the probe never runs."""

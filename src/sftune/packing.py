@@ -20,6 +20,8 @@ import torch
 
 from sftune.encode import IGNORE
 
+VARLEN = "sftune_varlen"  # attention.NAME: the implementation ARCHITECTURES was proven under
+
 
 def pack(lengths: Sequence[int], max_len: int) -> list[list[int]]:
     """Best-fit-decreasing bins of sequence indices, each bin's total length <= max_len.
@@ -260,12 +262,15 @@ def _logits(model: Any, inputs: dict[str, torch.Tensor], device: torch.device) -
 
 def packing_refused(model: Any, *, branches: bool = False) -> str | None:
     """Why this model trains on padded batches rather than packed rows, or None: its architecture's known
-    outcome (ARCHITECTURES), else the probe on the model itself (adapters and attention as they will train)."""
+    outcome (ARCHITECTURES) under sftune's varlen attention, else the probe on the model itself (adapters and
+    attention as they will train: an architecture not on the table, or another attention implementation)."""
     config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
     model_type = config.get_text_config().model_type
     known = ARCHITECTURES.get(model_type)
     if known is not None:
         return f"{model_type}: {known}"
+    if model_type in ARCHITECTURES and getattr(config, "_attn_implementation", None) == VARLEN:
+        return None  # proven isolated under sftune's varlen attention (tests/test_packing_families.py): no probe
     if _weights_elsewhere(model):
         if model_type in ARCHITECTURES:
             return None  # isolated on sftune's table; the probe cannot run on split weights
