@@ -89,10 +89,11 @@ def main() -> None:
     import datasets  # noqa: F401  (imported once here, as in a training run, not inside the timing)
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} (the cores may be shared)")
     with tempfile.TemporaryDirectory() as cache:
+        options = encode.EncodeOptions(max_len=2048)
         for name in args.templates.split(","):
             template = templates.get(name, tokenizer)
             wall, cpu = time.perf_counter(), cpu_seconds()
-            dataset, report = encode.encode_dataset(conversations, tokenizer, template, cache_dir=cache, max_len=2048)
+            dataset, report = encode.encode_dataset(conversations, tokenizer, template, options, cache_dir=cache)
             wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
             print(f"{name:>10}: {n / wall:>9,.0f} conversations/s  {report.tokens / wall:>11,.0f} tokens/s  "
                   f"({wall:.2f} s, {cpu:.2f} CPU s = {n / cpu:,.0f} conversations per CPU s; "
@@ -102,7 +103,7 @@ def main() -> None:
             print(f"{'':>10}  tokenizer alone (encode_batch on the rendered texts): {n / floor_wall:,.0f} "
                   f"conversations/s ({floor_wall:.2f} s, {floor_cpu:.2f} CPU s)")
             start = time.perf_counter()
-            _, again = encode.encode_dataset(conversations, tokenizer, template, cache_dir=cache, max_len=2048)
+            _, again = encode.encode_dataset(conversations, tokenizer, template, options, cache_dir=cache)
             second = time.perf_counter() - start
             print(f"{'':>10}  re-run: cache {again.cache}, {second:.2f} s "
                   f"({n / second:,.0f} conversations/s, fingerprinting the data included)")
