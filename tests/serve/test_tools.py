@@ -111,19 +111,20 @@ def _answer(name: str, turn: dict, tools=TOOLS) -> str:
     prompt = [{"role": "user", "content": "Weather?"}]
     rendered = template.render(prompt + [turn], tools)
     answer = rendered[len(template.render(prompt, tools, add_generation_prompt=True)):]
-    return answer.removesuffix("<|im_end|>\n").removesuffix("<|call|>").removesuffix("<|return|>")
+    return answer.removesuffix("<|im_end|>\n").removesuffix("<|call|>").removesuffix("<|return|>") \
+        .removesuffix("<|eot|>")
 
 
 @pytest.mark.parametrize("name,style", [("qwen3.5", "qwen3.5"), ("qwen3.6", "qwen3.5"), ("qwen3.8", "qwen3.5"), ("glm4.5", "glm"),
                                         ("gpt-oss", "harmony"), ("qwen3_2507", "qwen"),
-                                        ("nemotron3", "qwen3.5")])
+                                        ("nemotron3", "qwen3.5"), ("llama4", "llama4")])
 def test_calls_of_the_current_families_as_their_templates_render_them(name, style):
     """Each family's call layout is read back as the call, typed values kept (a string stays a string)."""
     tools = [{"type": "function", "function": {"name": "book", "description": "Book", "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}, "code": {"type": "string"},
                                          "days": {"type": "integer"}, "late": {"type": "boolean"}}}}}]
     arguments = {"city": "Zürich", "code": "42", "days": 3, "late": False}
-    thinking = "" if name == "qwen3_2507" else "<think>I should book.</think>"
+    thinking = "" if name in ("qwen3_2507", "llama4") else "<think>I should book.</think>"
     turn = {"role": "assistant", "content": thinking, "tool_calls": [{"type": "function", "function": {
         "name": "book", "arguments": arguments}}]}
     assert tool_style(templates.get(name)) == style
@@ -147,3 +148,13 @@ def test_glm_and_harmony_calls_are_read_from_the_answer_decoded_with_special_tok
     assert answer_text(Tokenizer(), [1, 2], "finalhi", "harmony") == "<|channel|>final<|message|>hi"
     assert answer_text(Tokenizer(), [1, 2], "finalhi", "glm") == "<|channel|>final<|message|>hi"
     assert answer_text(Tokenizer(), [1, 2], "as sent", "qwen3.5") == "as sent"
+
+
+def test_llama4_reads_the_text_between_python_tags_and_each_json_call_after_them():
+    answer = ('<|python_start|>Booking both.<|python_end|>{"name": "book", "parameters": {"city": "Oslo"}}'
+              '{"name": "book", "parameters": {"city": "Zürich"}}')
+    text, calls = parse(answer, "llama4")
+    assert text == "Booking both." and [json.loads(c["function"]["arguments"])["city"] for c in calls] == \
+        ["Oslo", "Zürich"]
+    assert parse('<|python_start|><|python_end|>{"name": "book", oops', "llama4")[1] == []
+    assert parse("It is 4.", "llama4") == ("It is 4.", [])

@@ -64,6 +64,11 @@ FAMILIES = {
                       special=["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
                                "<|eot_id|>", "<|eom_id|>"]),
                  [SYSTEM] + PLAIN, "Hello! How can I help?<|eot_id|>It is 4.<|eot_id|>"),
+    # Llama 4: its tokenizer's eos is <|eot|>; its generation_config also stops on <|end_of_text|> and <|eom|>.
+    "llama4": (dict(bos="<|begin_of_text|>", eos="<|eot|>", stops=["<|end_of_text|>", "<|eom|>", "<|eot|>"],
+                    special=["<|begin_of_text|>", "<|end_of_text|>", "<|header_start|>", "<|header_end|>", "<|eot|>",
+                             "<|eom|>", "<|python_start|>", "<|python_end|>"]),
+               [SYSTEM] + PLAIN, "Hello! How can I help?<|eot|>It is 4.<|eot|>"),
     # Nemotron 3: the prompt holds "<think>\n" (and so the "<think>" of an earlier reply's "<think></think>"); the
     # replies are written as the data has them, "</think>\n\n" included (the template splits them itself).
     "nemotron3_nano": (QWEN, [SYSTEM] + THINK,

@@ -34,7 +34,10 @@ FAMILIES = {
     "glm4.5": ("glm4.5", {}),
     "gpt-oss": ("gpt-oss", {}),
     "nemotron3": ("nemotron3_nano", {}),
+    "llama4": ("llama4", {}),
 }
+# The BOS text a fixture's template writes, where it writes one (the built-in writes its family's BOS).
+BOS = {"llama4": "<|begin_of_text|>"}
 # The same texts called with the other thinking mode are the other built-in.
 MODES = [("qwen3.5_nothink", "qwen3.5", {"enable_thinking": False}),
          ("qwen3.5", "qwen3.5_nothink", {"enable_thinking": True})]
@@ -52,7 +55,8 @@ CHATS = REASONING_CHATS + PLAIN_CHATS + [TYPED_CALL_CHAT]
 
 def _official(fixture: str, chat: list[dict], tools, prompt: bool, **kwargs) -> str:
     """The official render, a call-only turn's content as "" (GLM's template writes a None content as
-    "None", gpt-oss's raises on it; their models are shown "" there, and the built-in writes nothing), and
+    "None", gpt-oss's and Llama 4's raise on it; their models are shown "" there, and the built-in writes
+    nothing), and
     for gpt-oss and Qwen3.8 a reply's <think> block as the field their templates read reasoning from."""
     chat = [{**m, "content": "" if m.get("content") is None else m["content"]} for m in chat]
     field = {"gpt-oss": "thinking", "qwen3.8": "reasoning_content"}.get(fixture)
@@ -61,13 +65,14 @@ def _official(fixture: str, chat: list[dict], tools, prompt: bool, **kwargs) -> 
                 if m["role"] == "assistant" and "</think>" in m["content"] else m for m in chat]
     source = (FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8")
     rendered, _ = render_jinja_template(conversations=[chat], tools=tools, chat_template=source,
-                                        add_generation_prompt=prompt, **kwargs)
+                                        add_generation_prompt=prompt, bos_token=BOS.get(fixture, ""), **kwargs)
     return rendered[0]
 
 
 def _check(name: str, fixture: str, kwargs: dict, chat: list[dict], tools) -> None:
     template = templates.get(name)
-    own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8"))
+    own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8"),
+                             bos=BOS.get(fixture, ""))
     for prompt in (False, True):
         shown = prompt_part(chat) if prompt else chat
         if name == "gpt-oss" and any(len(m.get("tool_calls") or []) > 1 for m in shown):
@@ -421,3 +426,41 @@ def test_gemma4_trains_the_last_reasoning_and_answers_with_their_end_of_turn():
     assert _trained(t, REASONING_CHAT, reasoning="answer_only") == "4<turn|>6<turn|>"
     with pytest.raises(templates.TemplateError, match="plain and reasoning conversations only"):
         t.render(REASONING_CHAT[:2], tools=TOOLS)
+
+
+def test_llama4_trains_each_reply_its_calls_and_its_end_of_turn():
+    """Multi-turn with tools: every reply and every turn of calls is trained through its <|eot|>; the header
+    before it, the tool list, the results and the user turns are not."""
+    t = templates.get("llama4")
+    chat = [{"role": "system", "content": " Be brief. "},
+            {"role": "user", "content": " Weather in Paris? "},
+            {"role": "assistant", "content": "Checking.", "tool_calls": [call("Paris"), call("Zürich")]},
+            {"role": "tool", "content": "21"},
+            {"role": "assistant", "content": "21°C."},
+            {"role": "user", "content": "Thanks"},
+            {"role": "assistant", "content": " You're welcome. "}]
+    text = t.render(chat, TOOLS)
+    assert text == _official("llama4", chat, TOOLS, False)
+    assert text.startswith("<|begin_of_text|><|header_start|>system<|header_end|>\n\nEnvironment: ipython\n"
+                           "Be brief.<|eot|><|header_start|>user<|header_end|>\n\nGiven the following functions")
+    assert '\n\nWeather in Paris?<|eot|>' in text and '<|header_start|>ipython<|header_end|>\n\n"21"<|eot|>' in text
+    calls = '{"name": "get_weather", "parameters": {"city": "Paris"}}{"name": "get_weather", "parameters": ' \
+            '{"city": "Zürich"}}'
+    assert _trained(t, chat, TOOLS) == ("<|python_start|>Checking.<|python_end|>" + calls + "<|eot|>21°C.<|eot|>"
+                                        " You're welcome. <|eot|>")
+    assert _trained(t, REASONING_CHAT[:2] + [{"role": "assistant", "content": "4"}]) == "4<|eot|>"
+    assert t.render(chat[:2], TOOLS, True).endswith("<|eot|><|header_start|>assistant<|header_end|>\n\n")
+    assert t.stop == "<|eot|>"
+    vocab = _Vocab()
+    vocab.ids = {**vocab.ids, "<|eot|>": [6]}
+    assert t.stop_token_ids(vocab) == [0, 6]
+
+
+def test_llama4_tool_list_goes_into_the_first_user_message_or_is_refused():
+    t = templates.get("llama4")
+    empty = t.render(PLAIN_CHATS[1], [])  # an empty tool list is still a tool list to its template
+    assert empty == _official("llama4", PLAIN_CHATS[1], [], False) and "Environment: ipython" in empty
+    with pytest.raises(templates.TemplateError, match="first user message"):
+        t.render([{"role": "system", "content": "S"}, {"role": "assistant", "content": "x"}], TOOLS)
+    with pytest.raises(templates.TemplateError, match="no message after the system message"):
+        t.render([{"role": "system", "content": "S"}], TOOLS)

@@ -4,12 +4,14 @@
     llama3   the whole answer is one JSON call {"name": ..., "parameters": {...}}
     qwen3.5  <tool_call>\\n<function=NAME>\\n<parameter=KEY>\\nVALUE\\n</parameter>...</function>\\n</tool_call>
     glm      <tool_call>NAME\\n<arg_key>KEY</arg_key>\\n<arg_value>VALUE</arg_value>...</tool_call>
+    llama4   <|python_start|>text<|python_end|> then the calls as JSON objects {"name": ..., "parameters": {...}},
+             one after another
     harmony  gpt-oss's channels: the final channel is the answer, the analysis channel its reasoning (left
              out), a commentary message to=functions.NAME a call with JSON arguments
 
 An answer whose call blocks are not valid JSON stays plain text (the client sees what the model wrote). A
 value in the XML layouts is JSON when it parses as JSON and the tool does not declare the key a string.
-The GLM and Harmony layouts are written in special tokens, so they are read from the answer decoded with
+The GLM, Llama 4 and Harmony layouts are written in special tokens, so they are read from the answer decoded with
 them (`answer_text`).
 """
 
@@ -33,7 +35,7 @@ _HARMONY_MESSAGE = re.compile(r"(?:<\|start\|>assistant)?(.*?)<\|message\|>(.*?)
                               r"(?:<\|end\|>|<\|call\|>|<\|return\|>|$)", re.DOTALL)
 _PYTHON_LITERALS = {"True": True, "False": False, "None": None}
 # Styles written in special tokens: read from the answer decoded with them.
-MARKUP_TOKENS = ("glm", "harmony")
+MARKUP_TOKENS = ("glm", "harmony", "llama4")
 
 
 def tool_style(template: Template) -> str | None:
@@ -66,6 +68,11 @@ def parse(text: str, style: str | None, tools: list[dict] | None = None) -> tupl
         calls = _calls([_json(body) for body in bodies])
         if calls is not None:
             return text[: text.index("<tool_call>")].strip(), calls
+    elif style == "llama4" and "<|python_end|>" in text:
+        head, _, calls_text = text.partition("<|python_end|>")
+        calls = _calls(_json_objects(calls_text.removesuffix("<|eot|>").strip()))
+        if calls is not None:
+            return head.split("<|python_start|>")[-1].strip(), calls
     elif style == "llama3" and text.strip().startswith("{"):
         value = _json(text.strip())
         if isinstance(value, dict) and "parameters" in value and "arguments" not in value:
@@ -109,6 +116,23 @@ def _json(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return None
+
+
+def _json_objects(text: str) -> list[Any]:
+    """JSON values written one after another (Llama 4's calls), as {"name", "arguments"}; [None] when the text
+    is not such a run."""
+    values, decoder, pos = [], json.JSONDecoder(), 0
+    while pos < len(text):
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            return [None]
+        if isinstance(value, dict) and "parameters" in value and "arguments" not in value:
+            value = {"name": value.get("name"), "arguments": value["parameters"]}
+        values.append(value)
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+    return values
 
 
 def _calls(values: list[Any]) -> list[dict[str, Any]] | None:

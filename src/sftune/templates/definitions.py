@@ -84,9 +84,10 @@ _ALPACA_SYSTEM_INPUT = (
 #   tools              None, "qwen" (<tool_call> / <tool_response>), "llama3" (JSON calls, ipython turns;
 #                      one call per assistant turn and no text beside it, as Llama 3.1's template allows),
 #                      "qwen3.5" (<tool_call><function=name><parameter=key> XML) or "glm" (<tool_call>name
-#                      <arg_key>/<arg_value>, results after <|observation|>); the last two come with their
+#                      <arg_key>/<arg_value>, results after <|observation|>) or "llama4" (JSON calls after
+#                      <|python_start|>text<|python_end|>, ipython turns); the last three come with their
 #                      family's `layout`
-#   layout             "qwen3.5", "glm4.5", "harmony", "nemotron3" or "gemma4": the family's own turn layout
+#   layout             "qwen3.5", "glm4.5", "harmony", "nemotron3", "gemma4" or "llama4": the family's own turn layout
 #                      (render.py's functions of that name), for layouts format strings cannot say; such a
 #                      built-in has `official`
 #   official           the file in templates/official/ holding the family's verbatim chat_template: the
@@ -455,6 +456,25 @@ BUILTINS["gemma4"] = {
     "eos": "<eos>",
 }
 
+# Llama 4 (Scout / Maverick Instruct): <|header_start|>role<|header_end|>\n\n ... <|eot|>, only the first system
+# message trimmed. With tools: "Environment: ipython" in the system turn, the tool list in the first user turn
+# (trimmed), a reply's calls as JSON after <|python_start|>its text<|python_end|>, results as ipython turns.
+BUILTINS["llama4"] = {
+    "description": "Llama 4: <|header_start|>role<|header_end|> ... <|eot|>; JSON tool calls after "
+                   "<|python_start|>...<|python_end|>, results as ipython turns",
+    "layout": "llama4",
+    "official": "llama4.jinja",
+    "prefix": "{bos}",
+    "system": "<|header_start|>system<|header_end|>\n\n{content}<|eot|>",
+    "user": "<|header_start|>user<|header_end|>\n\n{content}<|eot|>",
+    "assistant": "<|header_start|>assistant<|header_end|>\n\n{content}<|eot|>",
+    "generation_prompt": "<|header_start|>assistant<|header_end|>\n\n",
+    "end": "<|eot|>",
+    "tools": "llama4",
+    "bos": "<|begin_of_text|>",
+    "eos": "<|eot|>",
+}
+
 # Names that also resolve, for users who know a model by another name.
 ALIASES = {"qwen": "qwen2.5", "llama-2": "llama2", "llama-3": "llama3", "gemma2": "gemma", "gemma3": "gemma",
            "phi-3": "phi3", "phi-3.5": "phi3.5",
@@ -463,4 +483,5 @@ ALIASES = {"qwen": "qwen2.5", "llama-2": "llama2", "llama-3": "llama3", "gemma2"
            "qwen3_8": "qwen3.8",
            "glm4moe": "glm4.5", "glm-4.5": "glm4.5",
            "gptoss": "gpt-oss", "gpt_oss": "gpt-oss", "harmony": "gpt-oss",
-           "nemotron3_nano": "nemotron3", "nemotron-3-nano": "nemotron3", "gemma-4": "gemma4"}
+           "nemotron3_nano": "nemotron3", "nemotron-3-nano": "nemotron3", "gemma-4": "gemma4",
+           "llama-4": "llama4"}

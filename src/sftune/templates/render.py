@@ -5,7 +5,7 @@ A segment is (text, index of the message it belongs to or None for the template'
 produces after the generation prompt (its content and end-of-turn marker); for any other message,
 all of it. `sftune.encode` labels tokens from segments, so nothing searches the text for a marker.
 
-Each tool style ("qwen", "llama3") is a few small functions at the end of this file: its system
+Each tool style ("qwen", "llama3", "llama4") is a few small functions at the end of this file: its system
 header, its calls and its tool results. `jinja_export` writes the same layout as jinja. A family whose
 layout format strings cannot say (`layout`: Qwen3.5, GLM-4.5) has its turns here too, and exports its
 official template text instead.
@@ -97,6 +97,8 @@ class _Turns:
         elif self.layout == "harmony":
             self.add(harmony.system_block(self.tools, s.get("reasoning_effort", "medium")), None, False)
             self.add(harmony.developer_block(system, self.tools), self.system_index, True)
+        elif self.layout == "llama4":
+            self.llama4_system()
         elif self.layout == "glm4.5":
             self.add(_glm_tools(self.tools) + ("" if system is None else _put(self.f["system"], content=system)),
                      self.system_index, True)
@@ -126,6 +128,8 @@ class _Turns:
             return self.nemotron_model_turn(i)
         elif role == "assistant" and self.layout == "gemma4":
             self.gemma4_model_turn(i)
+        elif role in MODEL_ROLES and self.layout == "llama4":
+            return self.llama4_model_turn(i)
         elif role in MODEL_ROLES and self.spec.get("reasoning") == "qwen3":
             return self.qwen3_model_turn(i)
         elif role == "assistant" and self.spec.get("reasoning") == "deepseek_r1":
@@ -149,6 +153,8 @@ class _Turns:
             text = text.strip()
         if self.style == "llama3" and self.tools and i == self.first_user:
             text = _llama3_tools_intro(self.tools) + text
+        elif self.layout == "llama4" and self.tools is not None and i == self.start:
+            text = _llama3_tools_intro(self.tools) + text.strip()
         user_fmt, values = f["user"], {"content": text}
         if self.spec.get("user_with_input") and "\n\n" in text:
             instruction, extra = text.split("\n\n", 1)
@@ -350,6 +356,33 @@ class _Turns:
         self.add(f["after_end"], j - 1, False)
         return j
 
+    def llama4_system(self) -> None:
+        """Llama 4: the first system message trimmed (with tools, after "Environment: ipython"); the tool list
+        goes into the first message after it, which must be a user message (its template makes it one)."""
+        if self.system is not None:
+            self.add("<|header_start|>system<|header_end|>\n\n" + ("Environment: ipython\n" if self.tools is not None
+                     else "") + self.system.strip() + "<|eot|>", self.system_index, True)
+        if self.tools is not None and (self.start == len(self.msgs) or self.msgs[self.start]["role"] != "user"):
+            where = ("the conversation has no message after the system message" if self.start == len(self.msgs)
+                     else f"message {self.start} is a {self.msgs[self.start]['role']} message")
+            raise TemplateError(f"template {self.name!r}: {where}; Llama 4's template puts the tool list into the "
+                                "first user message, the first message after the system message (it raises "
+                                "\"Cannot put tools in the first user message when there's no first user "
+                                "message!\" or writes another message as the user's). Start the conversation with "
+                                "a user message, or drop the tools from this record")
+
+    def llama4_model_turn(self, i: int) -> int:
+        """Llama 4: a reply as is; a turn with calls writes its text between <|python_start|> and <|python_end|>,
+        then each call as JSON, no separator; <|eot|>."""
+        j = turn_end(self.msgs, i)
+        content = self.msgs[i]["content"] if self.msgs[i]["role"] == "assistant" else ""
+        self.add(self.f["generation_prompt"], i, False)
+        if j == i + 1 and self.msgs[i]["role"] == "assistant":
+            self.add(content, i, True)
+        else:
+            self.add("<|python_start|>" + content + "<|python_end|>", i, True)
+        return self.calls_then_end(i, j, lambda n, call: _llama3_call(call))
+
     def gemma4_model_turn(self, i: int) -> None:
         """Gemma 4: after the last user message a reply's reasoning opens it as a thought channel (none when
         it has no reasoning); the answer without thought channels, trimmed; <turn|>."""
@@ -405,6 +438,8 @@ class _Turns:
             text = _qwen_result(self.msgs, i)
         elif self.style == "llama3":
             text = _llama3_result(content)
+        elif self.layout == "llama4":
+            text = "<|header_start|>ipython<|header_end|>\n\n" + _tojson(content) + "<|eot|>"
         else:
             text = _put(self.f["tool"] or self.f["user"], content=content)
         self.add(text, i, True)

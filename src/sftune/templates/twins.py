@@ -17,8 +17,8 @@ None content as "None" (its twin writes nothing, as for ""); gpt-oss's template 
 `thinking` field, not a <think> block in the content, and raises on a call-only turn's None content (its
 twin writes a <think> block as the analysis channel, the official render with `thinking` set); Qwen3.8's
 reads it from `reasoning_content` only (its twin takes the <think> block as that field, as Gemma 4's
-does); GLM-4.5's
-twin also trains the header that follows a reply (<|user|>, <|observation|>), the model's stop token.
+does); Llama 4's iterates a call-only turn's None content and raises (its twin writes nothing, as for
+""). GLM-4.5's twin also trains the header that follows a reply (<|user|>, <|observation|>), the model's stop token.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ TWINS = {
     "ab7813c3abdd9cb655905a410728b26c7884eca45ddfab8d9f931553485a7862": "nemotron3",
     "c3cf9e34abf4f9e36c2d72165aa9c132d3e2a725b6c2586aaa3a8af9d7a81041": "qwen3.8",  # <think> -> reasoning_content
     "0a2c8073c878ab1da004bee933a998606537bbb62016310352c7285c3f01c5b5": "gemma4",  # <think> -> reasoning_content
+    "95a231a15c8c976ac511e62c6fdf477ea9e3ca7a87cbb9974e0dd653eccb4563": "llama4",  # call-only turn: "" for None
 }
 # Gemma 1/2's template raises on a system message: a conversation with one is not a twin's.
 REFUSES_SYSTEM = {"ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15cfd6"}
@@ -60,7 +61,7 @@ REFUSES_SYSTEM = {"ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15c
 # system message alone raises, as the tools go into the first user turn.)
 TOOL_TWINS = {digest for digest, name in TWINS.items()
               if name in ("qwen2.5", "llama3.1", "qwen3", "qwen3_2507", "qwen3.5", "qwen3.5_nothink", "qwen3.6",
-                          "qwen3.8", "glm4.5", "gpt-oss", "nemotron3")}
+                          "qwen3.8", "glm4.5", "gpt-oss", "nemotron3", "llama4")}
 
 _FACTS: dict[str, tuple[str | None, bool, bool]] = {}
 
