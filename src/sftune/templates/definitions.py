@@ -87,7 +87,8 @@ _ALPACA_SYSTEM_INPUT = (
 #                      <arg_key>/<arg_value>, results after <|observation|>) or "llama4" (JSON calls after
 #                      <|python_start|>text<|python_end|>, ipython turns); the last three come with their
 #                      family's `layout`
-#   layout             "qwen3.5", "glm4.5", "harmony", "nemotron3", "gemma4" or "llama4": the family's own turn layout
+#   layout             "qwen3.5", "glm4.5", "harmony", "nemotron3", "gemma4", "llama4" or "mistral": the family's own
+#                      turn layout
 #                      (render.py's functions of that name), for layouts format strings cannot say; such a
 #                      built-in has `official`
 #   official           the file in templates/official/ holding the family's verbatim chat_template: the
@@ -113,6 +114,10 @@ _ALPACA_SYSTEM_INPUT = (
 #   enable_thinking    with reasoning: False appends the empty think block to the generation prompt
 #                      (Qwen3's enable_thinking=False, the "no-think" mode)
 #   tool               format of a tool result for templates without a tools style (default: as a user turn)
+#   mistral            with layout "mistral": the tokenizer version whose layout it writes ("v3", "v7", "v13")
+#   spaced             with layout "mistral": a sentencepiece tokenizer's space opens each text after a control
+#                      token ("[INST] hi[/INST] Hello</s>"), as mistral-common's encoding gives
+#   think_open, think_close  the markers of a reply's reasoning block in this layout (default <think>, </think>)
 #   bos, eos           the family's BOS / EOS text when no tokenizer is given
 #   bos_only_if_added  {bos} is written only for tokenizers that add a BOS themselves (a convention of
 #                      the layout, not a token of its own: a ChatML model's BOS is not written)
@@ -475,6 +480,52 @@ BUILTINS["llama4"] = {
     "eos": "<|eot|>",
 }
 
+# Mistral's current layouts, as mistral-common (Mistral's own tokenization library) encodes them (reference
+# encodings in tests/fixtures/mistral). No text follows [/INST]: the reply is the model's from there, through
+# </s>. `mistral`: the tokenizer version. v3 (sentencepiece, `spaced`: each text after a control token starts
+# with the tokenizer's space): the system prompt and the tool list go with the last user turn, calls as one
+# JSON list with their ids, results as {"content", "call_id"} JSON. v7: a [SYSTEM_PROMPT] turn where the
+# system message is, results as [TOOL_RESULTS]id[TOOL_CONTENT]content. v13 (Magistral): the tool list before
+# the first user turn, each call [TOOL_CALLS]name[ARGS]arguments, results without ids, and a reply's
+# reasoning as [THINK]...[/THINK], kept in every reply that has it.
+_MISTRAL = {
+    "layout": "mistral",
+    "prefix": "{bos}",
+    "system": "[SYSTEM_PROMPT]{content}[/SYSTEM_PROMPT]",
+    "user": "[INST]{content}[/INST]",
+    "assistant": "{content}{eos}",
+    "generation_prompt": "",
+    "end": "{eos}",
+    "tools": "mistral",
+    "bos": "<s>",
+    "eos": "</s>",
+}
+BUILTINS["mistral_v3"] = {
+    **_MISTRAL,
+    "description": "Mistral tokenizer v3 (Mistral-7B-Instruct-v0.3, Mixtral-8x22B, Codestral): <s>[INST] ...[/INST] "
+                   "reply</s>; system prompt and tools with the last user turn; [TOOL_CALLS] JSON",
+    "official": "mistral_v3.jinja",
+    "mistral": "v3",
+    "spaced": True,
+}
+BUILTINS["mistral_v7_tekken"] = {
+    **_MISTRAL,
+    "description": "Mistral tokenizer v7 tekken (Mistral-Small-3.0 / 3.1, Devstral 2505): [SYSTEM_PROMPT]...; "
+                   "[INST]...[/INST]reply</s>; tools with the last user turn; [TOOL_CALLS] JSON",
+    "official": "mistral_v7_tekken.jinja",
+    "mistral": "v7",
+}
+BUILTINS["magistral"] = {
+    **_MISTRAL,
+    "description": "Magistral (tokenizer v13 tekken): [SYSTEM_PROMPT]...; [INST]...[/INST][THINK]...[/THINK]reply</s>; "
+                   "tools before the first user turn; [TOOL_CALLS]name[ARGS]{...}",
+    "official": "magistral.jinja",
+    "mistral": "v13",
+    "reasoning": "preserved",
+    "think_open": "[THINK]",
+    "think_close": "[/THINK]",
+}
+
 # Names that also resolve, for users who know a model by another name.
 ALIASES = {"qwen": "qwen2.5", "llama-2": "llama2", "llama-3": "llama3", "gemma2": "gemma", "gemma3": "gemma",
            "phi-3": "phi3", "phi-3.5": "phi3.5",
@@ -484,4 +535,6 @@ ALIASES = {"qwen": "qwen2.5", "llama-2": "llama2", "llama-3": "llama3", "gemma2"
            "glm4moe": "glm4.5", "glm-4.5": "glm4.5",
            "gptoss": "gpt-oss", "gpt_oss": "gpt-oss", "harmony": "gpt-oss",
            "nemotron3_nano": "nemotron3", "nemotron-3-nano": "nemotron3", "gemma-4": "gemma4",
-           "llama-4": "llama4"}
+           "llama-4": "llama4",
+           "mistral-v3": "mistral_v3", "mistral_v7": "mistral_v7_tekken", "mistral-v7-tekken": "mistral_v7_tekken",
+           "mistral-small-3": "mistral_v7_tekken", "magistral_v13": "magistral"}

@@ -99,6 +99,9 @@ class _Turns:
             self.add(harmony.developer_block(system, self.tools), self.system_index, True)
         elif self.layout == "llama4":
             self.llama4_system()
+        elif self.layout == "mistral":
+            if system is not None and s["mistral"] != "v3":
+                self.add(_put(self.f["system"], content=system), self.system_index, True)
         elif self.layout == "glm4.5":
             self.add(_glm_tools(self.tools) + ("" if system is None else _put(self.f["system"], content=system)),
                      self.system_index, True)
@@ -126,6 +129,8 @@ class _Turns:
             return self.harmony_model_turn(i)
         elif role in MODEL_ROLES and self.layout == "nemotron3":
             return self.nemotron_model_turn(i)
+        elif role in MODEL_ROLES and self.layout == "mistral":
+            return self.mistral_model_turn(i)
         elif role == "assistant" and self.layout == "gemma4":
             self.gemma4_model_turn(i)
         elif role in MODEL_ROLES and self.layout == "llama4":
@@ -149,6 +154,9 @@ class _Turns:
 
     def user(self, i: int) -> None:
         text, f = self.msgs[i]["content"], self.f
+        if self.layout == "mistral":
+            self.add(_mistral_user(self, i), i, True)
+            return
         if self.strip == "content":
             text = text.strip()
         if self.style == "llama3" and self.tools and i == self.first_user:
@@ -397,6 +405,42 @@ class _Turns:
         self.add(f["end"], i, True)
         self.add(f["after_end"], i, False)
 
+    def mistral_model_turn(self, i: int) -> int:
+        """Mistral: the reply (v13: its [THINK] block first), trailing spaces cut as mistral-common cuts them, then
+        its calls ([TOOL_CALLS] JSON list up to v7, [TOOL_CALLS]name[ARGS]... from v13), then </s>."""
+        msgs, version = self.msgs, self.spec["mistral"]
+        j = turn_end(msgs, i)
+        content = msgs[i]["content"] if msgs[i]["role"] == "assistant" else ""
+        reasoning = None
+        if version == "v13":
+            reasoning, content = split_think(content)
+        calls = [(k, c) for k in range(i, j) if msgs[k]["role"] == "tool_call"
+                 for c in tool_calls(msgs[k]["content"], ids=True)]
+        content = content.rstrip(" ")
+        if version == "v3" and content and calls:
+            raise TemplateError(f"template {self.name!r}: message {i} has text beside tool calls; Mistral's tokenizer "
+                                "v3 raises 'Cannot have tool calls and content defined in the same assistant "
+                                "message'. Keep the text or the calls in that turn")
+        if reasoning is not None:
+            block = self.spec["think_open"] + reasoning + self.spec["think_close"]
+            self.add(block, i, THINK if reasoning else EMPTY_THINK)
+        if content:
+            self.add(self.space + content, i, True)
+        if calls and version == "v13":
+            for k, call in calls:
+                self.add("[TOOL_CALLS]" + call["name"] + "[ARGS]" + _tojson(_json_value(call["arguments"])), k, True)
+        elif calls:
+            listed = [{"name": c["name"], "arguments": _json_value(c["arguments"]),
+                       **({"id": c["id"]} if c.get("id") and c["id"] != "null" else {})} for _, c in calls]
+            self.add("[TOOL_CALLS]" + self.space + _tojson(listed), calls[0][0], True)
+        self.add(self.f["end"], j - 1, True)
+        return j
+
+    @property
+    def space(self) -> str:
+        """What opens each text after a control token: the sentencepiece space (Mistral v3), else nothing."""
+        return " " if self.spec.get("spaced") else ""
+
     def think_block(self, i: int, block: str, reasoning: bool) -> None:
         """A reply's think block: what the generation prompt already holds of it (Qwen3.5's `<think>\n`, its
         no-think mode's whole empty block) is framing; the rest a think / empty-think segment."""
@@ -430,6 +474,8 @@ class _Turns:
                 raise TemplateError(f"template {self.name!r}: message {i} is a tool result with no tool call before "
                                     "it; gpt-oss's template names the function a result answers from the last call")
             text = harmony.result(self.last_call, content)
+        elif self.layout == "mistral":
+            text = _mistral_result(self, i)
         elif self.layout == "glm4.5":
             opens = i == 0 or self.msgs[i - 1]["role"] != "tool"
             text = self.after_stop(("<|observation|>" if opens else "") + "\n<tool_response>\n" + content
@@ -445,6 +491,10 @@ class _Turns:
         self.add(text, i, True)
 
     def later_system(self, i: int) -> None:
+        if self.layout == "mistral" and self.spec["mistral"] == "v3":
+            raise TemplateError(f"template {self.name!r}: message {i} is a system message after the first message; "
+                                "Mistral's tokenizer v3 writes one system prompt, in the last user turn. Merge the "
+                                "system messages into the first one")
         if self.fold or self.spec.get("reasoning") == "deepseek_r1" or self.layout in ("qwen3.5", "harmony"):
             raise TemplateError(f"template {self.name!r} has no system turn; a system message is allowed "
                                 f"only first (message {i} is a system message)")
@@ -700,3 +750,51 @@ def _check_single_call(name: str, msgs: list[dict], i: int, n_calls: int) -> Non
         raise TemplateError(f"template {name!r}: messages {i - 1} and {i} are assistant text and a tool call in "
                             "one turn; Llama 3.1's template renders only the call and drops the text. Remove "
                             "the text, or use a template that keeps both (qwen2.5, chatml)")
+
+
+# --- the mistral layout (mistral-common's encoding of tokenizers v3, v7 and v13) ---------------------------
+
+
+def _mistral_user(turns: "_Turns", i: int) -> str:
+    """[AVAILABLE_TOOLS] before the last user turn (the first from v13), then [INST] text [/INST]; v3 writes the
+    system prompt at the head of the last user turn's text."""
+    msgs, version, sp = turns.msgs, turns.spec["mistral"], turns.space
+    users = [k for k, m in enumerate(msgs) if m["role"] == "user"]
+    text = msgs[i]["content"]
+    head = ""
+    if turns.tools and i == (users[0] if version == "v13" else users[-1]):
+        listed = [{"type": "function", "function": {"name": fn["name"], "description": fn.get("description", ""),
+                                                    "parameters": fn.get("parameters", {})}}
+                  for fn in (tool.get("function", tool) for tool in turns.tools)]
+        head = "[AVAILABLE_TOOLS]" + sp + _tojson(listed) + "[/AVAILABLE_TOOLS]"
+    if version == "v3" and i == users[-1] and turns.system:
+        text = turns.system + "\n\n" + text
+    return head + "[INST]" + sp + text + "[/INST]"
+
+
+def _mistral_result(turns: "_Turns", i: int) -> str:
+    """A tool result: v3 as {"content", "call_id"} JSON (content read as JSON where it is), v7 as the call id then
+    [TOOL_CONTENT] and the content, v13 as the content alone."""
+    message, version, sp = turns.msgs[i], turns.spec["mistral"], turns.space
+    call_id = message.get("tool_call_id")
+    if version != "v13" and not call_id:
+        raise TemplateError(f"template {turns.name!r}: message {i} is a tool result without a tool_call_id; Mistral's "
+                            f"tokenizer {version} writes the id of the call each result answers. Give each call an "
+                            "\"id\" and each result its \"tool_call_id\"")
+    if version == "v3":
+        body = _tojson({"content": _json_value(message["content"]), "call_id": call_id})
+    elif version == "v7":
+        body = call_id + "[TOOL_CONTENT]" + sp + message["content"]
+    else:
+        body = message["content"]
+    return "[TOOL_RESULTS]" + sp + body + "[/TOOL_RESULTS]"
+
+
+def _json_value(text: Any) -> Any:
+    """A value written as JSON text read back (mistral-common reads arguments and results so), else as it is."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
