@@ -14,7 +14,7 @@ from sftune import scratch
 from sftune.data.schema import Conversation
 from sftune.templates import Template
 
-CACHE_VERSION = "encode-v4"  # bumped when labels can change for the same inputs
+CACHE_VERSION = "encode-v5"  # bumped when labels can change for the same inputs
 DATA_FILE = "data.arrow"
 REPORT_FILE = "report.json"
 
