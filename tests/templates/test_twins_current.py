@@ -35,6 +35,8 @@ FAMILIES = {
     "glm4.5": ("glm4.5", {}),
     "gpt-oss": ("gpt-oss", {}),
     "nemotron3": ("nemotron3_nano", {}),
+    "nemotron3_super": ("nemotron3_super", {}),
+    "nemotron3_ultra": ("nemotron3_ultra", {}),
 }
 # The same texts called with the other thinking mode are the other built-in.
 MODES = [("qwen3.5_nothink", "qwen3.5", {"enable_thinking": False}),
@@ -467,3 +469,23 @@ def test_gemma4_trains_the_last_reasoning_and_answers_with_their_end_of_turn():
     assert _trained(t, REASONING_CHAT, reasoning="answer_only") == "4<turn|>6<turn|>"
     with pytest.raises(templates.TemplateError, match="plain and reasoning conversations only"):
         t.render(REASONING_CHAT[:2], tools=TOOLS)
+
+
+def test_nemotron3_super_and_ultra_render_their_own_official_texts_where_they_differ_from_nano():
+    """Super is Nano's text with a low_effort switch (off by default: the same render); Ultra keeps an earlier
+    tool-call turn's text untrimmed after its emptied think block, where Nano trims it."""
+    chat = [{"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "<think>call it</think>\n\n Checking. ", "tool_calls": [call("Paris")]},
+            {"role": "tool", "content": "21"},
+            {"role": "assistant", "content": "It is 21."},
+            {"role": "user", "content": "Thanks"},
+            {"role": "assistant", "content": "<think>polite</think>Welcome."}]
+    rendered = {}
+    for name, (fixture, _) in FAMILIES.items():
+        if name.startswith("nemotron3"):
+            rendered[name] = templates.get(name).render(chat, TOOLS)
+            assert rendered[name] == _official(fixture, chat, TOOLS, False), name
+    assert rendered["nemotron3_super"] == rendered["nemotron3"] != rendered["nemotron3_ultra"]
+    assert "<think></think>\n\n Checking. \n<tool_call>" in rendered["nemotron3_ultra"]
+    low = _official("nemotron3_super", chat, TOOLS, False, low_effort=True)
+    assert low.count("{reasoning effort: low}") == 1 and low != rendered["nemotron3_super"]
