@@ -23,7 +23,9 @@ CHATS = [REASONING_TOOL_CHAT, REASONING_CHAT[:3], HYBRID_CHAT[2:], [
 
 def reference_chars(text: str, option: str, empty_think: bool = False) -> set[int]:
     """Trained characters found in the official render alone: each reply from after its
-    '<|im_start|>assistant\\n' through '<|im_end|>', its leading think block as the option says."""
+    '<|im_start|>assistant\\n' through '<|im_end|>', its leading think block as the option says (think_last_turn:
+    the replies after the last user query, a tool loop's steps included, as the template keeps their reasoning)."""
+    query = max(m.start() for m in re.finditer(r"<\|im_start\|>user\n(?!<tool_response>)", text))
     replies = [(m.end(), text.index("<|im_end|>", m.end()) + len("<|im_end|>"))
                for m in re.finditer(r"<\|im_start\|>assistant\n", text)]
     chars = set()
@@ -32,7 +34,7 @@ def reference_chars(text: str, option: str, empty_think: bool = False) -> set[in
         answer_from = start + (think.end() if think else 0)
         chars.update(range(answer_from, end))
         if think and (think.group(1) == "" and empty_think or think.group(1) != "" and (
-                option == "think_and_answer" or option == "think_last_turn" and k == len(replies) - 1)):
+                option == "think_and_answer" or option == "think_last_turn" and start > query)):
             chars.update(range(start, answer_from))
     return chars
 
@@ -68,7 +70,7 @@ def test_token_labels_follow_the_reasoning_option(smollm2_tokenizer):
     """Tokens are trained exactly where they overlap the reference characters (the tokenizer's offsets)."""
     chat = CHATS[3]
     template = templates.get("qwen3", smollm2_tokenizer)
-    trained = set()
+    trained = {}
     for option in encode.REASONING:
         result = encode.encode({"messages": chat, "tools": TOOLS}, smollm2_tokenizer, template, reasoning=option)
         text = _official(chat, TOOLS, False, "qwen3")
@@ -78,8 +80,10 @@ def test_token_labels_follow_the_reasoning_option(smollm2_tokenizer):
         expected = [k > 0 and any(c in chars for c in range(a, max(b, a + 1)))
                     for k, (a, b) in enumerate(enc["offset_mapping"])]
         assert [label != encode.IGNORE for label in result["labels"]] == expected, option
-        trained.add(sum(expected))
-    assert len(trained) == 3  # two think blocks: each option trains another number of tokens
+        trained[option] = sum(expected)
+    # two think blocks, both in the final exchange (the tool step leads to the last reply): think_last_turn trains
+    # both, as think_and_answer does; answer_only neither
+    assert trained["answer_only"] < trained["think_last_turn"] == trained["think_and_answer"]
 
 
 def test_multi_turn_reasoning_is_split_into_one_example_per_exchange(smollm2_tokenizer, tmp_path):

@@ -9,6 +9,7 @@ characters of the render against a reference written out below.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 
@@ -193,3 +194,32 @@ def test_tool_call_turns_through_qwen35s_template_train_the_calls_and_their_end_
             "</tool_call><|im_end|>")
     assert pieces == [call.format("Zürich"), call.format("Paris"),
                                                 "Zürich 18°C, Paris 21°C.<|im_end|>", "You're welcome.<|im_end|>"]
+
+
+def test_glm_trains_observation_after_a_last_reply_of_tool_calls(smollm2_tokenizer):
+    """GLM-4.5's model stops a reply of tool calls at <|observation|> (the header its template writes before the
+    result), not at <|user|>: a conversation that ends with calls gets <|observation|> appended, trained."""
+    from tests.templates.chats import TOOLS, call
+
+    tokenizer, eos_ids = stand_in(smollm2_tokenizer, "glm4.5")
+    checked = stops.audit(templates.get("tokenizer", tokenizer), tokenizer, eos_ids)
+    assert (checked.appended, checked.appended_after_call) == ("<|user|>", "<|observation|>")
+    assert "'<|observation|>'" in checked.summary()
+    chat = [SYSTEM, PLAIN[0], {"role": "assistant", "content": "<think>ask</think>", "tool_calls": [call("Paris")]}]
+    result = {"role": "tool", "content": "21"}
+    # the official render, continued by the result, writes <|observation|> right after the calls
+    official = tokenizer.apply_chat_template([*chat, result], tools=TOOLS, tokenize=False)
+    assert official.endswith("</tool_call><|observation|>\n<tool_response>\n21\n</tool_response>")
+    ends_with_calls = tokenizer.apply_chat_template(chat, tools=TOOLS, tokenize=False)
+    messages = templates.normalize_messages(chat)
+    assert checked.template.render(messages, TOOLS) == ends_with_calls + "<|observation|>"
+    for template in (checked.template, replace(checked.template, jinja=None, spec=templates.BUILTINS["glm4.5"],
+                                               name="glm4.5")):
+        text, spans = render_spans(template, messages, TOOLS, "assistant")
+        assert "".join(text[a:b] for a, b, _ in spans).endswith("</tool_call><|observation|>")
+    # a plain last reply keeps <|user|>, and so does a call that a later answer follows
+    plain = [*chat, result, {"role": "assistant", "content": "It is 21."}]
+    assert trained_text(checked.template, plain).endswith("\nIt is 21.<|user|>")
+    # a template that writes its end-of-turn after calls gets nothing appended
+    qwen, qwen_eos = stand_in(smollm2_tokenizer, "qwen3.5")
+    assert stops.audit(templates.get("tokenizer", qwen), qwen, qwen_eos).appended_after_call is None

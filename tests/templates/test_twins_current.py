@@ -14,6 +14,7 @@ import pytest
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from sftune import templates
+from sftune.encode import labels as encode_labels
 from sftune.encode.labels import render_spans
 from sftune.encode.reasoning import split_records
 from sftune.templates import jinja_segments, stops, twins
@@ -35,6 +36,8 @@ FAMILIES = {
     "gpt-oss": ("gpt-oss", {}),
     "nemotron3": ("nemotron3_nano", {}),
     "llama4": ("llama4", {}),
+    "nemotron3_super": ("nemotron3_super", {}),
+    "nemotron3_ultra": ("nemotron3_ultra", {}),
 }
 # The BOS text a fixture's template writes, where it writes one (the built-in writes its family's BOS).
 BOS = {"llama4": "<|begin_of_text|>"}
@@ -150,8 +153,9 @@ def test_qwen35_think_last_turn_and_tool_calls():
     call_text = "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>"
     assert _trained(t, chat, TOOLS) == ("call it\n</think>\n\n" + call_text + "<|im_end|>"
                                         "it said 21\n</think>\n\nIt is 21.<|im_end|>")
-    assert _trained(t, chat, TOOLS, reasoning="think_last_turn") == (call_text + "<|im_end|>"
-                                                                     "it said 21\n</think>\n\nIt is 21.<|im_end|>")
+    # the call turn leads to the last reply: both are the final exchange, whose reasoning think_last_turn trains
+    assert _trained(t, chat, TOOLS, reasoning="think_last_turn") == _trained(t, chat, TOOLS)
+    assert _trained(t, chat, TOOLS, reasoning="answer_only") == (call_text + "<|im_end|>It is 21.<|im_end|>")
 
 
 def test_glm_trains_the_next_header_as_the_stop_of_each_reply():
@@ -366,6 +370,50 @@ def test_trained_spans_equal_the_jinja_paths_wherever_it_segments_the_same_text(
     assert compared >= 20
 
 
+# Tool loops with reasoning on each step: the final exchange (the steps after the last query) and one before it.
+TOOL_REASONING_CHATS = [
+    [{"role": "user", "content": "Weather?"},
+     {"role": "assistant", "content": "<think>call it</think>", "tool_calls": [call("Paris")]},
+     {"role": "tool", "content": "21"},
+     {"role": "assistant", "content": "<think>it said 21</think>It is 21."}],
+    [{"role": "system", "content": "S"},
+     {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "<think>greet</think>Hello"},
+     {"role": "user", "content": "Weather?"},
+     {"role": "assistant", "content": "<think>\ncall it\n</think>\n\nChecking.", "tool_calls": [call("Paris")]},
+     {"role": "tool", "content": "21"},
+     {"role": "assistant", "content": "<think>then Oslo</think>", "tool_calls": [call("Oslo")]},
+     {"role": "tool", "content": "18"},
+     {"role": "assistant", "content": "<think>it said 21</think>It is 21."}],
+    [{"role": "user", "content": "Weather?"},
+     {"role": "assistant", "content": "<think>call it</think>Checking.", "tool_calls": [call("Paris")]}],
+]
+
+
+@pytest.mark.parametrize("name,fixture", [("qwen3", "qwen3"), ("qwen3.5", "qwen3.5"), ("qwen3.6", "qwen3.6"),
+                                          ("qwen3.8", "qwen3.8"), ("glm4.5", "glm4.5"), ("nemotron3", "nemotron3_nano")])
+def test_tool_call_turns_train_alike_through_the_twin_and_the_jinja_path_under_each_reasoning_option(name, fixture):
+    """A tool-call turn after the last query belongs to the final exchange: its reasoning, which the official
+    template keeps there, is trained with think_last_turn and left out with answer_only, through the twin and
+    through the jinja segmenter (prefix renders or placeholders) alike; reasoning before the query is not."""
+    builtin = templates.get(name)
+    stop_texts = tuple(dict.fromkeys(x for x in (builtin.stop, *builtin.spec.get("stops", []), builtin.spec["eos"])
+                                     if x))
+    own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8"),
+                             stop_texts=stop_texts)
+    for chat in TOOL_REASONING_CHATS:
+        messages = templates.normalize_messages(chat)
+        fast = own.segments(messages, TOOLS)
+        slow = stops.train_stops(jinja_segments.segments(own, messages, TOOLS, False), messages, stop_texts, "")
+        text = "".join(piece for piece, _, _ in fast)
+        assert text == "".join(piece for piece, _, _ in slow) == _official(fixture, chat, TOOLS, False)
+        for option in encode_labels.REASONING:
+            trained = _trained_under(messages, fast, TOOLS, "assistant", reasoning=option)
+            assert trained == _trained_under(messages, slow, TOOLS, "assistant", reasoning=option), (chat, option)
+            said = "".join(text[c] for c in sorted(trained))
+            assert ("call it" in said) == (option != "answer_only"), (chat, option)
+            assert "greet" not in said or option == "think_and_answer", (chat, option)
+
+
 # Gemma 4 (its current revision): a twin for plain and reasoning conversations; its tool layout is not built in.
 GEMMA4 = ("gemma4_v5", {})
 
@@ -464,3 +512,23 @@ def test_llama4_tool_list_goes_into_the_first_user_message_or_is_refused():
         t.render([{"role": "system", "content": "S"}, {"role": "assistant", "content": "x"}], TOOLS)
     with pytest.raises(templates.TemplateError, match="no message after the system message"):
         t.render([{"role": "system", "content": "S"}], TOOLS)
+
+
+def test_nemotron3_super_and_ultra_render_their_own_official_texts_where_they_differ_from_nano():
+    """Super is Nano's text with a low_effort switch (off by default: the same render); Ultra keeps an earlier
+    tool-call turn's text untrimmed after its emptied think block, where Nano trims it."""
+    chat = [{"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "<think>call it</think>\n\n Checking. ", "tool_calls": [call("Paris")]},
+            {"role": "tool", "content": "21"},
+            {"role": "assistant", "content": "It is 21."},
+            {"role": "user", "content": "Thanks"},
+            {"role": "assistant", "content": "<think>polite</think>Welcome."}]
+    rendered = {}
+    for name, (fixture, _) in FAMILIES.items():
+        if name.startswith("nemotron3"):
+            rendered[name] = templates.get(name).render(chat, TOOLS)
+            assert rendered[name] == _official(fixture, chat, TOOLS, False), name
+    assert rendered["nemotron3_super"] == rendered["nemotron3"] != rendered["nemotron3_ultra"]
+    assert "<think></think>\n\n Checking. \n<tool_call>" in rendered["nemotron3_ultra"]
+    low = _official("nemotron3_super", chat, TOOLS, False, low_effort=True)
+    assert low.count("{reasoning effort: low}") == 1 and low != rendered["nemotron3_super"]

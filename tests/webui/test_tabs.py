@@ -150,3 +150,36 @@ def test_the_train_form_fits_its_labels_and_a_single_evaluation_shows_as_a_point
     shown = plot.postprocess(train_tab.curves(run)[1])
     assert shown.mark == "point" and shown.data == [[1, 10.0]]
     assert plot.y_axis_format == plot.x_axis_format == "~g"
+
+
+def test_inspect_shows_the_stop_token_audit_as_the_command_line_does(tmp_path, smollm2_tokenizer, roots):
+    """A model whose template writes no stop after the last reply (GLM-4.5): the tab says which stop sftune
+    appends, in the words of `sftune data inspect`, and shows it trained after the last reply."""
+    import html
+    import json
+    import re
+
+    from transformers import GenerationConfig
+    from typer.testing import CliRunner
+
+    from sftune import models
+    from sftune.cli import app
+    from tests.templates.test_official_spans import PLAIN, stand_in
+
+    tokenizer, eos_ids = stand_in(smollm2_tokenizer, "glm4.5")
+    folder = tmp_path / "glm"
+    tokenizer.save_pretrained(folder)
+    GenerationConfig(eos_token_id=eos_ids).save_pretrained(folder)
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": PLAIN}) + "\n")
+    page = data_tab.inspect_html([str(data)], str(folder), limit=1, roots=roots)
+    head, record = page.split("</p>", 1)
+    line = html.unescape(re.search(r"<span class='sftune-stops-appended'>(.*?)</span>", head, re.S).group(1))
+    out = CliRunner().invoke(app, ["data", "inspect", str(data), "--model", str(folder)])
+    assert out.exit_code == 0, out.output
+    assert "appends '<|user|>'" in line and " ".join(line.split()) in " ".join(out.output.split())
+    trained = [html.unescape(t) for t in re.findall(r"<span class='sftune-trained'>(.*?)</span>", record, re.S)]
+    assert "".join(trained).endswith("It is 4.<|user|>")
+    # a template that writes its stops: the tab names them, as the command line does
+    plain = data_tab.inspect_html([str(data)], models.DEFAULT_MODEL, limit=1, roots=roots).split("</p>", 1)[0]
+    assert "<span class='sftune-stops'>stop tokens: &lt;|im_end|&gt;</span>" in plain

@@ -14,7 +14,7 @@ from sftune import scratch
 from sftune.data.schema import Conversation
 from sftune.templates import Template
 
-CACHE_VERSION = "encode-v4"  # bumped when labels can change for the same inputs
+CACHE_VERSION = "encode-v5"  # bumped when labels can change for the same inputs
 DATA_FILE = "data.arrow"
 REPORT_FILE = "report.json"
 
@@ -31,6 +31,7 @@ def _tokenizer_fingerprint(tokenizer: Any) -> str:
 
 def _template_fingerprint(template: Template) -> str:
     stops = [template.stop_texts, template.append_stop] if template.stop_texts or template.append_stop else []
+    stops += [template.append_stop_after_call] if template.append_stop_after_call else []
     return json.dumps([template.name, template.spec, template.jinja, template.bos, template.eos,
                        template.special_tokens, *stops], sort_keys=True, ensure_ascii=False)
 

@@ -14,7 +14,9 @@ Reasoning options, for templates that write a reply's <think> block as a segment
 deepseek_r1):
   think_and_answer  the think block and the answer (default)
   answer_only       the answer only; the think block is context
-  think_last_turn   the think block of the last model turn only; every answer
+  think_last_turn   the think blocks of the final exchange only (the model turns after the last user
+                    query: the last reply and the tool-call turns that lead to it, whose reasoning the
+                    official templates keep there); every answer
 An empty think block (`<think>\n\n</think>\n\n`, what a no-think reply or prompt holds) is never
 trained unless train_empty_think: the model would learn to skip thinking (ms-swift's ignore_empty_think).
 
@@ -30,7 +32,7 @@ import numpy as np
 
 from sftune.data.schema import MODEL_ROLES, Conversation
 from sftune.templates import Template, TemplateError, normalize_messages
-from sftune.templates.render import EMPTY_THINK, THINK
+from sftune.templates.render import EMPTY_THINK, THINK, last_query
 
 POLICIES = ("assistant", "last", "all")
 REASONING = ("think_and_answer", "answer_only", "think_last_turn")
@@ -69,6 +71,16 @@ def last_turn(messages: list[dict[str, Any]]) -> tuple[int, int]:
     return first_of_last, last
 
 
+def final_exchange(messages: list[dict[str, Any]]) -> int:
+    """The index of the first model message after the last user query (the final exchange: the last reply and
+    the tool-call turns that lead to it); a user message that is all <tool_response> is no query (Qwen3's
+    last_query_index). The last model turn's first message when no model message follows a query."""
+    query = last_query(messages)
+    first_of_last = last_turn(messages)[0]
+    later = [i for i in range(query + 1, len(messages)) if messages[i]["role"] in MODEL_ROLES]
+    return later[0] if later and messages[query]["role"] == "user" else first_of_last
+
+
 def check_reasoning(reasoning: str) -> None:
     if reasoning not in REASONING:
         raise ValueError(f"unknown reasoning option {reasoning!r}; use one of {', '.join(REASONING)}")
@@ -80,12 +92,12 @@ def render_spans(template: Template, messages: list[dict], tools: list[dict] | N
     """The rendered text and its trained character spans (start, end, weight)."""
     flags = trained_flags(messages, policy)
     check_reasoning(reasoning)
-    first_of_last = last_turn(messages)[0]
+    final = final_exchange(messages)
     pieces, spans, pos = [], [], 0
     for text, index, body in template.segments(messages, tools):
         end = pos + len(text)
         if body == THINK and policy != "all" and (
-                reasoning == "answer_only" or (reasoning == "think_last_turn" and index < first_of_last)):
+                reasoning == "answer_only" or (reasoning == "think_last_turn" and index < final)):
             body = False
         elif body == EMPTY_THINK and policy != "all" and not train_empty_think:
             body = False

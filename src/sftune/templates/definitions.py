@@ -101,6 +101,8 @@ _ALPACA_SYSTEM_INPUT = (
 #                      `string` filter does (Qwen3.5: True, None), "json" as `tojson` (Qwen3.6: true, null)
 #   stops              texts besides `end` that end a reply (GLM: the next turn's header <|user|> or
 #                      <|observation|>, trained with the reply it ends)
+#   trim_earlier_call_text  with layout "nemotron3": False keeps the text of a tool-call turn before the last
+#                      user message untrimmed after its emptied think block (Nemotron 3 Ultra)
 #   dated_system       with tools "llama3": always write Llama 3.1's system header with its dates
 #   reasoning          None, "qwen3" or "deepseek_r1": assistant replies may open with a <think> block (the
 #                      data layer's layout). qwen3: it is written only after the last user query, and the
@@ -440,6 +442,22 @@ BUILTINS["nemotron3"] = {
     "eos": "<|im_end|>",
 }
 
+# Nemotron 3 Super: Nano's text plus a low_effort switch (off by default) that appends "{reasoning effort: low}" to
+# the last user message; with it off, the same render.
+BUILTINS["nemotron3_super"] = {
+    **BUILTINS["nemotron3"],
+    "description": "Nemotron 3 Super: Nemotron 3 Nano's layout (its low_effort switch off, the default)",
+    "official": "nemotron3_super.jinja",
+}
+# Nemotron 3 Ultra: Nano's layout, except that a tool-call turn before the last user message keeps the text after
+# its think block untrimmed (and a medium_effort switch, off by default).
+BUILTINS["nemotron3_ultra"] = {
+    **BUILTINS["nemotron3"],
+    "description": "Nemotron 3 Ultra: Nemotron 3 Nano's layout; an earlier tool-call turn's text kept untrimmed",
+    "official": "nemotron3_ultra.jinja",
+    "trim_earlier_call_text": False,
+}
+
 # Gemma 4 (gemma4_v5.jinja, its current revision, thinking off: its default): <|turn>role ... <turn|>, a
 # system turn only for a system message, a reply's reasoning as a thought channel written only after the
 # last user message. Its template reads reasoning from `reasoning_content`; the built-in takes a reply's
@@ -537,4 +555,5 @@ ALIASES = {"qwen": "qwen2.5", "llama-2": "llama2", "llama-3": "llama3", "gemma2"
            "nemotron3_nano": "nemotron3", "nemotron-3-nano": "nemotron3", "gemma-4": "gemma4",
            "llama-4": "llama4",
            "mistral-v3": "mistral_v3", "mistral_v7": "mistral_v7_tekken", "mistral-v7-tekken": "mistral_v7_tekken",
-           "mistral-small-3": "mistral_v7_tekken", "magistral_v13": "magistral"}
+           "mistral-small-3": "mistral_v7_tekken", "magistral_v13": "magistral",
+           "nemotron-3-super": "nemotron3_super", "nemotron-3-ultra": "nemotron3_ultra"}

@@ -133,7 +133,7 @@ def prefix_segments(t: Template, msgs: list[dict], tools: list[dict] | None,
             reply = min(max(starts[k], lo), hi)
             body_end = lo + len(full[lo:hi].rstrip()) if full[lo:hi].strip() else hi
             body_end = max(body_end, reply)
-            segs += [(full[lo:reply], owner, False), *_reply(t, full[reply:body_end], owner),
+            segs += [(full[lo:reply], owner, False), *_reply(t, full[reply:body_end], owner, m.get("content")),
                      (full[body_end:hi], owner, False)]
         else:
             segs.append((full[lo:hi], owner, True))
@@ -144,11 +144,19 @@ def prefix_segments(t: Template, msgs: list[dict], tools: list[dict] | None,
 _EMPTY_THINK = re.compile(r"\s*(?:<think>\s*)?</think>")
 
 
-def _reply(t: Template, text: str, owner: int) -> list[Segment]:
-    """A reply's trained text; an empty think block the template writes before a reply (one without reasoning,
-    or whose reasoning it drops: Qwen3.5, GLM, Nemotron 3) is a segment of its own, trained only with
-    train_empty_think. The block ends as the template ends it (`_think_tail`)."""
+def _reply(t: Template, text: str, owner: int, content: str | None = None) -> list[Segment]:
+    """A reply's trained text; the think block the template writes of the reply's reasoning (from its
+    `content`, as the data has it) is a think segment, and an empty one the template writes before a reply
+    (one without reasoning, or whose reasoning it drops: Qwen3.5, GLM, Nemotron 3) a segment of its own,
+    trained only with train_empty_think. A block ends as the template ends it (`_think_tail`)."""
     tail = _think_tail(t)
+    reasoning = split_think(content)[0] if isinstance(content, str) else None
+    kept = text.find(reasoning.strip()) if reasoning and reasoning.strip() else -1
+    closed = text.find("</think>", kept) if kept >= 0 else -1
+    if closed >= 0:  # the reasoning the template keeps, through its </think>
+        cut = closed + len("</think>")
+        cut += len(tail) if tail and text.startswith(tail, cut) else 0
+        return [(text[:cut], owner, THINK), (text[cut:], owner, True)]
     empty = _EMPTY_THINK.match(text) if tail is not None else None
     if empty is None:
         return [(text, owner, True)]
@@ -401,7 +409,10 @@ def _placeholder_cut(t: Template, full: str, hf: list[dict], owners: list[int],
             end = _token_end(full, after, later, None, leading=True) or after
         segs.append((full[start:reply], owner, False))
         if any(kind == "reasoning" for _, _, kind in own):
-            answer = content_at if content_at is not None else own[-1][1]
+            # a reply without text (only calls) has its think block end at the </think> after its reasoning
+            thought = next(hi for _, hi, kind in own if kind == "reasoning")
+            answer = content_at if content_at is not None else max(thought, full.find("</think>", thought, end)
+                                                                   + len("</think>"))
             closed = full.rfind("</think>", reply, answer)
             if closed >= 0:  # the think block ends as the template ends it (`_think_tail`)
                 closed += len("</think>")

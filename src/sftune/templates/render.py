@@ -348,7 +348,7 @@ class _Turns:
             text = content.strip()
         elif calls:
             rest = content.split("</think>")[-1] if "</think>" in content else content.split("<think>")[0]
-            text = "<think></think>" + rest.strip()
+            text = "<think></think>" + (rest.strip() if self.spec.get("trim_earlier_call_text", True) else rest)
         else:
             text = ("<think></think>" + content.split("</think>")[-1] if "<think>" in content and "</think>" in content
                     else content).strip()

@@ -32,6 +32,7 @@ class Template:
     special_tokens: dict[str, str] = field(default_factory=dict)  # extra names a jinja template may use
     stop_texts: tuple[str, ...] = ()  # the model's stop tokens (generation_config eos, EOS) as text
     append_stop: str = ""  # written after the last reply when the template writes no stop there (stops.audit)
+    append_stop_after_call: str = ""  # instead, after a last reply of tool calls (GLM's <|observation|>)
 
     def render(self, messages: Iterable[Any], tools: list[dict] | None = None,
                add_generation_prompt: bool = False) -> str:
@@ -49,8 +50,9 @@ class Template:
         else:
             segments = render(_twin_template(self, name), msgs, tools, add_generation_prompt)
         if self.stop_texts:  # audited (stops.audit): every reply's stop trained
-            return stops.train_stops(segments, msgs, self.stop_texts,
-                                     "" if add_generation_prompt else self.append_stop)
+            calls = bool(msgs) and msgs[-1]["role"] == "tool_call"
+            append = "" if add_generation_prompt else (calls and self.append_stop_after_call) or self.append_stop
+            return stops.train_stops(segments, msgs, self.stop_texts, append)
         return segments
 
     def render_jinja(self, messages: Iterable[Any], tools: list[dict] | None = None,

@@ -49,6 +49,8 @@ TWINS = {
     "44f815868bf02fa458dd2f741a338046f4bf45f398eb6d067766726b9d96cce3": "glm4.5",
     "a4c9919cbbd4acdd51ccffe22da049264b1b73e59055fa58811a99efbd7c8146": "gpt-oss",  # <think> -> analysis
     "ab7813c3abdd9cb655905a410728b26c7884eca45ddfab8d9f931553485a7862": "nemotron3",
+    "575fb74f54ed264df9047d0ecce3c98938aae953fb4f50356675706264cbb68a": "nemotron3_super",  # low_effort off
+    "82753bef5cedc4932c1ed509b5c9a12be680fd86d1adb65bc3f7398d11c8eebc": "nemotron3_ultra",  # medium_effort off
     "c3cf9e34abf4f9e36c2d72165aa9c132d3e2a725b6c2586aaa3a8af9d7a81041": "qwen3.8",  # <think> -> reasoning_content
     "0a2c8073c878ab1da004bee933a998606537bbb62016310352c7285c3f01c5b5": "gemma4",  # <think> -> reasoning_content
     "95a231a15c8c976ac511e62c6fdf477ea9e3ca7a87cbb9974e0dd653eccb4563": "llama4",  # call-only turn: "" for None
@@ -61,7 +63,8 @@ REFUSES_SYSTEM = {"ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15c
 # system message alone raises, as the tools go into the first user turn.)
 TOOL_TWINS = {digest for digest, name in TWINS.items()
               if name in ("qwen2.5", "llama3.1", "qwen3", "qwen3_2507", "qwen3.5", "qwen3.5_nothink", "qwen3.6",
-                          "qwen3.8", "glm4.5", "gpt-oss", "nemotron3", "llama4")}
+                          "qwen3.8", "glm4.5", "gpt-oss", "nemotron3", "nemotron3_super",
+                          "nemotron3_ultra", "llama4")}
 
 _FACTS: dict[str, tuple[str | None, bool, bool]] = {}
 

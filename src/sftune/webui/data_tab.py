@@ -167,23 +167,33 @@ def stats_markdown(result: dict[str, Any]) -> str:
 
 def inspect_html(paths: list[str], model: str, template: str | None = None, policy: str = "assistant",
                  limit: int = 3, format: str | None = None, max_len: int | None = None, *, roots: Roots) -> str:
-    """`sftune data inspect` as HTML: each token of the first records, green when trained, grey when masked;
-    with a vision-language model, each record's images and each image's tokens as one masked run. The files,
-    the model folder and the records' images must be inside the roots."""
-    from sftune import templates
+    """`sftune data inspect` as HTML: the stop-token audit's line, then each token of the first records, green when
+    trained, grey when masked (a stop sftune appends shows trained, as training renders it); with a
+    vision-language model, each record's images and each image's tokens as one masked run. The files, the model
+    folder and the records' images must be inside the roots."""
+    from rich.text import Text
+
+    from sftune import models, templates
     from sftune.data import read
     from sftune.data.errors import where as where_from
     from sftune.encode import IGNORE, encode, explain
+    from sftune.templates import stops
     from sftune.vision import encode as vision_encode
     from sftune.runs import tokenizer_and_processor
 
     ui_paths.data_paths(paths, roots)
-    tokenizer, processor = tokenizer_and_processor(ui_paths.model_name(model, roots))
+    name = ui_paths.model_name(model, roots)
+    tokenizer, processor = tokenizer_and_processor(name)
     image_ids = vision_encode.image_token_ids(processor) if processor is not None else frozenset()
-    chosen = templates.get(template, tokenizer)
+    checked = stops.audit(templates.get(template, tokenizer), tokenizer, stops.eos_ids(models.resolve(name)))
+    chosen = checked.template  # as training renders it: a stop sftune appends shows, trained
+    warned = checked.appended is not None or checked.appended_after_call is not None
+    audit_line = (f"<br><span class='sftune-stops{'-appended' if warned else ''}'>"
+                  f"{html.escape(Text.from_markup(checked.summary()).plain)}</span>")
     parts = [f"<p>template: <b>{html.escape(chosen.name)}</b> &nbsp; policy: <b>{html.escape(policy)}</b> &nbsp; "
              "<span class='sftune-trained'>trained</span> <span class='sftune-masked'>masked</span>"
-             + (" <span class='sftune-image'>image tokens</span>" if processor is not None else "") + "</p>"]
+             + (" <span class='sftune-image'>image tokens</span>" if processor is not None else "") + audit_line
+             + "</p>"]
     for k, conversation in enumerate(read(paths, format=format or None, syntax="cli")):
         if k >= limit:
             break
@@ -220,6 +230,7 @@ def _span(text: str, kind: str) -> str:
 CSS = """
 .sftune-trained { color: #15803d; font-weight: 600; background: #dcfce7; }
 .sftune-masked { color: #6b7280; }
+.sftune-stops-appended { color: #a16207; background: #fef9c3; }
 .sftune-image { color: #6b7280; background: #e0e7ff; border-radius: 3px; padding: 0 2px; }
 .sftune-images img.sftune-thumb { max-height: 96px; margin: 0 6px 6px 0; border: 1px solid #d1d5db; }
 pre.sftune-tokens { white-space: pre-wrap; word-break: break-word; font-size: 0.85em; }
