@@ -17,6 +17,7 @@ from sftune.serve.adapters import Served
 from sftune.serve.background import running
 from sftune.serve.server import create_app
 from tests.serve.test_tools import Scripted
+from tests.templates.chats import FIXTURES
 
 PROMPT = [{"role": "user", "content": "What is 2 + 2?"}]
 THINKING = ["qwen3", "qwen3.5", "qwen3.6", "qwen3.8", "glm4.5", "nemotron3", "deepseek_r1", "gpt-oss"]
@@ -60,6 +61,27 @@ def test_a_template_without_thinking_leaves_the_answer_whole(name):
         assert reasoning.split(template, "<think>x</think>y") == (None, "<think>x</think>y")
 
 
+def _own(fixture: str, thinking: bool = False) -> dict:
+    """A model's own template (jinja, no built-in twin) from the official fixtures; V3.1's set to think."""
+    source = (FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8")
+    return {"name": fixture, "jinja": ("{%- set thinking = true -%}" if thinking else "") + source}
+
+
+@pytest.mark.parametrize("fixture,thinking,answer,expected", [
+    ("deepseekv3", False, "Two and two.\n</think>\n\nIt is 4.", ("Two and two.", "It is 4.")),  # prompt: <think>\n
+    ("deepseek_v3.1", False, "It is 4.", (None, "It is 4.")),  # non-thinking: the prompt ends </think>
+    ("deepseek_v3.1", True, "Two and two.</think>It is 4.", ("Two and two.", "It is 4.")),  # the prompt: <think>
+])
+def test_deepseek_v3_and_v31_reasoning_is_read_back_through_their_own_templates(fixture, thinking, answer,
+                                                                                 expected):
+    template = templates.get(_own(fixture, thinking))
+    prompt = template.render(PROMPT, add_generation_prompt=True)
+    assert prompt.endswith("<think>\n" if fixture == "deepseekv3" else "<think>" if thinking else "</think>")
+    assert reasoning.style(template) == "think" and reasoning.opened_by_prompt(template) is (expected[0] is not None)
+    assert reasoning.split(template, answer) == expected
+    assert _streamed(template, answer) == expected
+
+
 def test_an_empty_think_block_is_no_reasoning_and_an_unfinished_one_is_all_reasoning():
     template = templates.get("qwen3.5")  # the prompt opens the think block
     assert reasoning.split(template, "\n</think>\n\nIt is 4.") == (None, "It is 4.")
@@ -85,6 +107,8 @@ def _serve(tokenizer, name: str, answer: str):
 @pytest.mark.parametrize("name,answer", [
     ("qwen3.5", "Two and two.\n</think>\n\nIt is 4."),
     ("qwen3", "<think>\nTwo and two.\n</think>\n\nIt is 4."),
+    (_own("deepseekv3"), "Two and two.\n</think>\n\nIt is 4."),
+    (_own("deepseek_v3.1", thinking=True), "Two and two.</think>It is 4."),
     ("gpt-oss", "<|channel|>analysis<|message|>Two and two.<|end|><|start|>assistant<|channel|>final<|message|>"
                 "It is 4."),
 ])

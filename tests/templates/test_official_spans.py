@@ -27,6 +27,8 @@ THINK = [PLAIN[0], {"role": "assistant", "content": "<think>\nGreet back.\n</thi
 
 QWEN = dict(bos="", eos="<|im_end|>", special=["<|im_start|>", "<|im_end|>", "<|endoftext|>"],
             stops=["<|im_end|>", "<|endoftext|>"])
+DEEPSEEK = dict(bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>", stops=["<｜end▁of▁sentence｜>"],
+                special=["<｜User｜>", "<｜Assistant｜>", "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"])
 QWEN_THINK = "Hello! How can I help?<|im_end|>Add them.\n</think>\n\nIt is 4.<|im_end|>"
 
 # fixture: (stand-in tokenizer, conversation, trained characters: each reply and its end-of-turn marker)
@@ -43,12 +45,12 @@ FAMILIES = {
                "<|channel|>final<|message|>Hello! How can I help?<|end|>"
                "<|channel|>analysis<|message|>Add them.<|end|><|start|>assistant<|channel|>final<|message|>"
                "It is 4.<|return|>"),
-    "deepseekv3": (dict(bos="<｜begin▁of▁sentence｜>", eos="<｜end▁of▁sentence｜>",
-                        stops=["<｜end▁of▁sentence｜>"],
-                        special=["<｜User｜>", "<｜Assistant｜>", "<｜begin▁of▁sentence｜>",
-                                 "<｜end▁of▁sentence｜>"]),
-                   [SYSTEM] + PLAIN,
+    "deepseekv3": (DEEPSEEK, [SYSTEM] + PLAIN,
                    "Hello! How can I help?<｜end▁of▁sentence｜>It is 4.<｜end▁of▁sentence｜>"),
+    # DeepSeek-V3.1 (llama.cpp's re-indented copy): each reply follows "<｜Assistant｜></think>", the generation
+    # prompt of its default non-thinking mode (tests/templates/test_deepseek_v3.py: thinking on, reasoning data).
+    "deepseek_v3.1": (DEEPSEEK, [SYSTEM] + PLAIN,
+                      "Hello! How can I help?<｜end▁of▁sentence｜>It is 4.<｜end▁of▁sentence｜>"),
     # GLM-4.5: a turn ends where the next role header begins (<|user|>, a stop token); after the last reply the
     # template writes nothing, so the audit appends the stop the template writes after the others. Its generation
     # prompt is <|assistant|>: the model writes the think block and the "\n" before the answer itself (an empty

@@ -2,9 +2,9 @@
 apart and what `serve` returns as the message's `reasoning_content` (as vLLM and OpenAI-compatible
 servers do).
 
-    think    Qwen3 / 3.5 / 3.6 / 3.8, GLM-4.5, Nemotron 3, DeepSeek-R1: the reasoning is what precedes
-             `</think>` (after a `<think>` the model writes, or the one the generation prompt opened),
-             the answer what follows it
+    think    Qwen3 / 3.5 / 3.6 / 3.8, GLM-4.5, Nemotron 3, DeepSeek-R1, and a model's own jinja template that
+             writes `</think>` (DeepSeek-V3 / V3.1): the reasoning is what precedes `</think>` (after a
+             `<think>` the model writes, or the one the generation prompt opened), the answer what follows it
     harmony  gpt-oss: the analysis channel is the reasoning, the final channel (and plain commentary)
              the answer, a commentary message to a function a call; read from the answer decoded with
              its special tokens
@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from sftune.templates.jinja_segments import generation_prompt
+
 REASONING, CONTENT, CALL = "reasoning", "content", "call"
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # Harmony's markup tokens: a header runs from <|start|> (or the answer's start, right after the
@@ -39,12 +41,21 @@ def style(template: Any) -> str | None:
         return None  # its thought channel is written in special tokens: not read back yet
     if reasoning == "harmony":
         return "harmony"
-    return "think" if reasoning else None
+    return "think" if reasoning or _own_think_template(template) else None
+
+
+def _own_think_template(template: Any) -> bool:
+    """A jinja template with no built-in twin that writes think blocks (DeepSeek-V3's, V3.1's)."""
+    jinja = getattr(template, "jinja", None)
+    return bool(jinja) and not template.effective_spec and THINK_CLOSE in jinja
 
 
 def opened_by_prompt(template: Any) -> bool:
     """Whether the generation prompt opens the think block (Qwen3.5, Nemotron 3, DeepSeek-R1's `<think>\\n`),
-    so the answer starts inside it."""
+    so the answer starts inside it. A jinja template without a twin is asked: DeepSeek-V3's prompt opens one,
+    V3.1's closes it (`</think>`, its non-thinking default) unless its tokenizer's template thinks."""
+    if _own_think_template(template):
+        return generation_prompt(template).rstrip().endswith(THINK_OPEN)
     spec = template.effective_spec
     return bool(spec.get("think_prompt")) and spec.get("enable_thinking") is not False
 
