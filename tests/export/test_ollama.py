@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
+
 from sftune import templates
 from sftune.export.ollama import modelfile
 
@@ -42,3 +46,25 @@ def test_a_family_layout_gets_the_fallback_said_so_and_every_stop(smollm2_tokeni
     text = modelfile(template, smollm2_tokenizer, template.stop_token_ids(smollm2_tokenizer))
     assert "glm4.5 layout that this Go TEMPLATE does not restate" in text
     assert 'PARAMETER stop "<|user|>"' in text and 'PARAMETER stop "<|observation|>"' in text
+
+
+@pytest.mark.parametrize("name,stop", [("mistral_v7_tekken", "</s>"), ("magistral", "</s>"), ("llama4", "<|eot|>")])
+def test_llama4_and_mistral_plain_turns_are_restated_with_their_stop(smollm2_tokenizer, name, stop):
+    """Their plain chat is the built-in's own render (system, user, reply, generation prompt), the Go actions
+    standing where the contents go; what is not restated (tool calls) is said; the stop is the family's."""
+    template = templates.get(name)  # the family's own BOS / EOS text (no tokenizer of it here)
+    text = modelfile(template, smollm2_tokenizer, [])
+    body = text.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    restated = re.sub(r"\{\{ (?!\$system \}\}|\.Content \}\})[^}]*\}\}", "", body)
+    rendered = template.render([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+                                {"role": "assistant", "content": "Hello!"}], add_generation_prompt=True)
+    assert restated == rendered.replace("Be brief.", "{{ $system }}").replace("Hi there", "{{ .Content }}") \
+        .replace("Hello!", "{{ .Content }}")
+    assert "plain fallback" not in text and "not its tool calls" in text
+    assert [line for line in text.splitlines() if line.startswith("PARAMETER stop")] == [f'PARAMETER stop "{stop}"']
+
+
+def test_mistral_v3_gets_the_fallback_said_so_and_its_stop(smollm2_tokenizer):
+    """Mistral v3 writes the system prompt into the last user turn after the tokenizer's spaces: not restated."""
+    text = modelfile(templates.get("mistral_v3"), smollm2_tokenizer, [])
+    assert "mistral layout that this Go TEMPLATE does not restate" in text and 'PARAMETER stop "</s>"' in text

@@ -19,6 +19,19 @@ def openai_error(response, status: int) -> dict:
 
 
 @pytest.fixture(scope="session")
+def mistral_tokenizer(tmp_path_factory, smollm2_tokenizer):
+    """SmolLM2's tokenizer with Mistral's control tokens added as special tokens, as Magistral's tokenizer has
+    them: a plain decode (skip_special_tokens) drops [THINK], [/THINK], [TOOL_CALLS] and [ARGS]."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("mistral-tokenizer")
+    smollm2_tokenizer.save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["[THINK]", "[/THINK]", "[TOOL_CALLS]", "[ARGS]"]})
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
 def base_dir(tmp_path_factory, smollm2_tokenizer):
     folder = tmp_path_factory.mktemp("serve") / "tiny-base"
     tiny_model("llama", vocab_size=len(smollm2_tokenizer), initializer_range=0.2).save_pretrained(folder)

@@ -20,7 +20,7 @@ from tests.serve.test_tools import Scripted
 from tests.templates.chats import FIXTURES
 
 PROMPT = [{"role": "user", "content": "What is 2 + 2?"}]
-THINKING = ["qwen3", "qwen3.5", "qwen3.6", "qwen3.8", "glm4.5", "nemotron3", "deepseek_r1", "gpt-oss"]
+THINKING = ["qwen3", "qwen3.5", "qwen3.6", "qwen3.8", "glm4.5", "nemotron3", "deepseek_r1", "gpt-oss", "magistral"]
 
 
 def _answer(template, turn: dict) -> str:
@@ -97,6 +97,18 @@ def test_gpt_oss_calls_are_apart_from_reasoning_and_answer():
     assert splitter.feed(text) + splitter.close() == [("reasoning", "Look it up."), ("call", '{"city": "Paris"}')]
 
 
+def test_magistral_reasoning_is_its_think_tokens_and_the_stop_token_ends_the_answer():
+    """Magistral's markers are control tokens: read from the answer decoded with them, where its stop token
+    (</s>) shows too and ends the answer; a <think> in its answer is plain text."""
+    template = templates.get("magistral")
+    assert reasoning.special_tokens(template) and not reasoning.special_tokens(templates.get("qwen3"))
+    answer = "[THINK]Two and two.[/THINK]It is 4.</s>"
+    assert reasoning.split(template, answer) == ("Two and two.", "It is 4.")
+    assert _streamed(template, answer) == ("Two and two.", "It is 4.")
+    assert _streamed(template, "[THINK]Still thinking</s>") == ("Still thinking", "")
+    assert reasoning.split(template, "<think>x</think>y") == (None, "<think>x</think>y")
+
+
 def _serve(tokenizer, name: str, answer: str):
     template = templates.get(name, tokenizer)
     script = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
@@ -123,6 +135,23 @@ def test_the_server_returns_reasoning_as_reasoning_content(smollm2_tokenizer, na
         assert "".join(d.content or "" for d in deltas) == "It is 4."
 
 
+def test_the_server_reads_magistral_s_think_tokens_whole_and_streamed(mistral_tokenizer):
+    """[THINK] / [/THINK] are special tokens: a plain decode drops them, so the server reads the answer decoded
+    with them, whole and while streaming."""
+    tokenizer, answer = mistral_tokenizer, "[THINK]Two and two.[/THINK]It is 4."
+    assert tokenizer.decode(tokenizer(answer, add_special_tokens=False)["input_ids"], skip_special_tokens=True) == \
+        "Two and two.It is 4."
+    with _serve(tokenizer, "magistral", answer) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
+        message = client.chat.completions.create(model="thinker", messages=PROMPT, temperature=0).choices[0].message
+        assert message.content == "It is 4." and message.reasoning_content == "Two and two."
+        streamed = list(client.chat.completions.create(model="thinker", messages=PROMPT, temperature=0, stream=True))
+        deltas = [c.choices[0].delta for c in streamed if c.choices]
+        assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == "Two and two."
+        assert "".join(d.content or "" for d in deltas) == "It is 4."
+        assert sum(bool(getattr(d, "reasoning_content", None)) for d in deltas) > 1  # streamed, not sent whole
+
+
 def test_a_model_without_reasoning_gets_no_reasoning_field(smollm2_tokenizer):
     with _serve(smollm2_tokenizer, "chatml", "<think>kept</think>It is 4.") as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
@@ -135,6 +164,7 @@ def test_a_model_without_reasoning_gets_no_reasoning_field(smollm2_tokenizer):
     ("qwen3.5", ["Two and", " two.\n</th", "ink>\n\nIt is", " 4."], False),
     ("gpt-oss", ["<|channel|>analysis<|mess", "age|>Two and two.<|end|><|start|>assistant<|channel|>final",
                  "<|message|>It is 4.<|return|>"], True),
+    ("magistral", ["[TH", "INK]Two and", " two.[/TH", "INK]It is 4.<", "/s>"], True),
 ])
 def test_chat_shows_reasoning_apart_and_keeps_it_in_the_history(monkeypatch, name, pieces, special):
     asked = {}

@@ -4,6 +4,7 @@ OpenAI `tool_calls` (a scripted model writes a known answer)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import openai
@@ -112,19 +113,21 @@ def _answer(name: str, turn: dict, tools=TOOLS) -> str:
     rendered = template.render(prompt + [turn], tools)
     answer = rendered[len(template.render(prompt, tools, add_generation_prompt=True)):]
     return answer.removesuffix("<|im_end|>\n").removesuffix("<|call|>").removesuffix("<|return|>") \
-        .removesuffix("<|eot|>")
+        .removesuffix("<|eot|>").removesuffix("</s>")
 
 
 @pytest.mark.parametrize("name,style", [("qwen3.5", "qwen3.5"), ("qwen3.6", "qwen3.5"), ("qwen3.8", "qwen3.5"), ("glm4.5", "glm"),
                                         ("gpt-oss", "harmony"), ("qwen3_2507", "qwen"),
-                                        ("nemotron3", "qwen3.5"), ("llama4", "llama4")])
+                                        ("nemotron3", "qwen3.5"), ("llama4", "llama4"), ("mistral_v3", "mistral"),
+                                        ("mistral_v7_tekken", "mistral"), ("magistral", "mistral")])
 def test_calls_of_the_current_families_as_their_templates_render_them(name, style):
     """Each family's call layout is read back as the call, typed values kept (a string stays a string)."""
     tools = [{"type": "function", "function": {"name": "book", "description": "Book", "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}, "code": {"type": "string"},
                                          "days": {"type": "integer"}, "late": {"type": "boolean"}}}}}]
     arguments = {"city": "Zürich", "code": "42", "days": 3, "late": False}
-    thinking = "" if name in ("qwen3_2507", "llama4") else "<think>I should book.</think>"
+    thinking = "" if name in ("qwen3_2507", "llama4", "mistral_v3", "mistral_v7_tekken") else \
+        "<think>I should book.</think>"
     turn = {"role": "assistant", "content": thinking, "tool_calls": [{"type": "function", "function": {
         "name": "book", "arguments": arguments}}]}
     assert tool_style(templates.get(name)) == style
@@ -158,3 +161,54 @@ def test_llama4_reads_the_text_between_python_tags_and_each_json_call_after_them
         ["Oslo", "Zürich"]
     assert parse('<|python_start|><|python_end|>{"name": "book", oops', "llama4")[1] == []
     assert parse("It is 4.", "llama4") == ("It is 4.", [])
+
+
+MISTRAL_FIXTURES = Path(__file__).parents[1] / "fixtures" / "mistral"
+
+
+@pytest.mark.parametrize("fixture", ["v3", "v7_tekken", "magistral"])
+def test_mistral_calls_read_back_from_mistral_common_s_own_encoding(fixture):
+    """The parallel calls of the reference encoding (mistral-common 1.13.1), read back with the ids the model
+    wrote (v3 / v7), so the results a client sends back render as the model was trained."""
+    case = next(c for c in json.loads((MISTRAL_FIXTURES / f"{fixture}.json").read_text(encoding="utf-8"))["cases"]
+                if c["name"] == "parallel_calls")
+    answer = case["text"].split("[/INST]", 1)[1].split("</s>", 1)[0]
+    assert answer.startswith("[TOOL_CALLS]")
+    text, calls = parse(answer, "mistral", TOOLS)
+    assert text == "" and [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == \
+        [("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Zürich"})]
+    if fixture == "magistral":  # v13 writes no ids: each call gets a new one
+        assert all(c["id"].startswith("call_") for c in calls)
+    else:
+        assert [c["id"] for c in calls] == [c["id"] for c in case["messages"][1]["tool_calls"]]
+
+
+@pytest.mark.parametrize("answer", ["Just text.", "[TOOL_CALLS] [{not json}]", "[TOOL_CALLS]book[ARGS]{oops",
+                                    '[TOOL_CALLS][{"no": "name"}]', '[TOOL_CALLS][ARGS]{"city": "Oslo"}'])
+def test_mistral_answers_that_are_not_calls_stay_text(answer):
+    assert parse(answer, "mistral") == (answer, [])
+
+
+def test_magistral_reasoning_and_calls_through_the_server(mistral_tokenizer):
+    """Magistral's [THINK] and [TOOL_CALLS]...[ARGS] are special tokens: the server reads them decoded with them
+    and answers with reasoning_content and tool_calls, whole and streamed."""
+    tokenizer = mistral_tokenizer
+    answer = '[THINK]Ask the tool.[/THINK]Looking.[TOOL_CALLS]get_weather[ARGS]{"city": "Paris"}'
+    script = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    template = templates.get("magistral", tokenizer)
+    names = {"magistral": Served("magistral", None, template, tuple(template.stop_token_ids(tokenizer)))}
+    messages = [{"role": "user", "content": "Paris?"}]
+    with running(create_app(Scripted(script, len(tokenizer)), tokenizer, names)) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
+        choice = client.chat.completions.create(model="magistral", messages=messages, tools=TOOLS,
+                                                temperature=0).choices[0]
+        assert choice.finish_reason == "tool_calls" and choice.message.content == "Looking."
+        assert choice.message.reasoning_content == "Ask the tool."
+        [call] = choice.message.tool_calls
+        assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+        streamed = list(client.chat.completions.create(model="magistral", messages=messages, tools=TOOLS,
+                                                       temperature=0, stream=True))
+        deltas = [c.choices[0].delta for c in streamed if c.choices]
+        assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == "Ask the tool."
+        assert [c.function.name for d in deltas for c in d.tool_calls or []] == ["get_weather"]
+        assert streamed[-1].choices[0].finish_reason == "tool_calls"

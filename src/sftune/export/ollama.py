@@ -4,7 +4,9 @@ Ollama renders prompts with its own TEMPLATE (Go's text/template over .Messages)
 jinja, so the Modelfile restates the run's template: each built-in layout (ChatML, Llama 3, Gemma, ...)
 is written from the same format strings the trainer rendered with. A template with no built-in twin
 gets a plain role-prefixed fallback, and the Modelfile says so; so does a family whose layout format
-strings cannot say (`layout`: Qwen3.5, GLM-4.5, gpt-oss, Nemotron 3), whose official jinja is in the GGUF.
+strings cannot say (`layout`: Qwen3.5, GLM-4.5, gpt-oss, Nemotron 3, Mistral v3), whose official jinja is in the
+GGUF. Llama 4 and Mistral v7 / Magistral write plain chats as format strings say (only their tool calls, and
+Magistral's [THINK] reasoning, need their layout): their plain turns are restated, and the Modelfile says what not.
 """
 
 from __future__ import annotations
@@ -19,16 +21,18 @@ def modelfile(template: Any, tokenizer: Any, stop_ids: list[int], gguf_name: str
     """The Modelfile text: FROM the GGUF, TEMPLATE, one PARAMETER stop per stop token or string."""
     spec = template.effective_spec
     lines = [f"FROM ./{gguf_name}"]
-    if spec and spec.get("layout"):
+    if spec and _plain_turns_restated(spec):
+        lines.append(f"# {template.name!r} has a {spec['layout']} layout: this TEMPLATE restates its plain chat turns, "
+                     "not its tool calls" + (" nor its [THINK] reasoning" if spec.get("think_open") else "")
+                     + " (the GGUF's chat_template has them): use a runtime that renders that for tools.")
+        body = go_template(spec, _bos_text(template, tokenizer), template.eos)
+    elif spec and spec.get("layout"):
         lines.append(f"# {template.name!r} has a {spec['layout']} layout that this Go TEMPLATE does not restate (its "
                      "official jinja chat_template is the run's): this TEMPLATE is a plain fallback. Use a runtime that "
                      "renders the GGUF's chat_template, or check this one before relying on it.")
         body = _FALLBACK
     elif spec:
-        with_special = tokenizer("a")["input_ids"]
-        adds_bos = bool(with_special) and with_special[0] == tokenizer.bos_token_id
-        # a runtime that adds BOS itself (the GGUF's add_bos_token) must not find it in the text too
-        body = go_template(spec, "" if adds_bos else template.bos, template.eos)
+        body = go_template(spec, _bos_text(template, tokenizer), template.eos)
     else:
         lines.append(f"# {template.name!r} has no built-in layout sftune knows; this TEMPLATE is a plain fallback. "
                      "Check it against the run's tokenizer chat_template before relying on it.")
@@ -38,6 +42,20 @@ def modelfile(template: Any, tokenizer: Any, stop_ids: list[int], gguf_name: str
     stops += [text for text in [template.stop, *spec.get("stops", [])] if text and text not in stops]
     lines += [f"PARAMETER stop {_quoted(stop)}" for stop in dict.fromkeys(s for s in stops if s)]
     return "\n".join(lines) + "\n"
+
+
+def _plain_turns_restated(spec: dict[str, Any]) -> bool:
+    """Whether a layout family's plain chat (system, user, assistant) is what its format strings say: Llama 4, and
+    Mistral v7 / v13 (v3 writes the system prompt into the last user turn, after the tokenizer's spaces)."""
+    return spec.get("layout") == "llama4" or (spec.get("layout") == "mistral" and spec.get("mistral") != "v3")
+
+
+def _bos_text(template: Any, tokenizer: Any) -> str:
+    """The BOS text the TEMPLATE writes: none when the tokenizer adds one itself (the GGUF's add_bos_token), as
+    the runtime then adds it too."""
+    with_special = tokenizer("a")["input_ids"]
+    adds_bos = bool(with_special) and with_special[0] == tokenizer.bos_token_id
+    return "" if adds_bos else template.bos
 
 
 _FALLBACK = ('{{ if .System }}system: {{ .System }}\n{{ end }}{{ range .Messages }}{{ .Role }}: {{ .Content }}\n'

@@ -36,7 +36,8 @@ from sftune.vision import qwen
 @dataclass(eq=False)
 class Request:
     """One answer to generate. `on_event` is called from the worker thread with {"text": piece} while
-    streaming, then once with {"done": Completion} or {"error": message}."""
+    streaming, then once with {"done": Completion} or {"error": message}. With `special_tokens` the streamed
+    pieces keep them (Magistral's [THINK] markers are control tokens); the Completion's text never has them."""
 
     prompt_ids: list[int]
     options: GenerationOptions
@@ -44,6 +45,7 @@ class Request:
     on_event: Callable[[dict[str, Any]], None] = lambda event: None
     adapter: str | None = None
     stream: bool = False
+    special_tokens: bool = False
     cancelled: threading.Event = field(default_factory=threading.Event)
     tokens: list[int] = field(default_factory=list)
     sent: int = 0  # characters of the answer already streamed
@@ -213,7 +215,7 @@ class Batcher:
         if token in request.stop_token_ids or len(request.tokens) >= options.max_new_tokens:
             return self._finish(request)
         if options.stop or request.stream:
-            text = self.tokenizer.decode(request.tokens, skip_special_tokens=True)
+            text = self.tokenizer.decode(request.tokens, skip_special_tokens=not request.special_tokens)
             if first_stop(text, options.stop) is not None:
                 return self._finish(request)
             if request.stream:
@@ -228,8 +230,11 @@ class Batcher:
     def _finish(self, request: Request) -> bool:
         done: Completion = completion_of(self.tokenizer, request.tokens, len(request.prompt_ids), request.options,
                                        set(request.stop_token_ids))
-        if request.stream and len(done.text) > request.sent:
-            request.on_event({"text": done.text[request.sent:]})
+        if request.stream:
+            text = self.tokenizer.decode(done.token_ids, skip_special_tokens=False) if request.special_tokens \
+                else done.text
+            if len(text) > request.sent:
+                request.on_event({"text": text[request.sent:]})
         request.on_event({"done": done})
         return True
 

@@ -76,7 +76,7 @@ def chat_loop(
             prompt = generation.render_prompts(loaded.template, [conversation(system, history)])[0]
             pieces = generation.stream(loaded.model, loaded.tokenizer, prompt, options,
                                        stop_token_ids=loaded.stop_token_ids,
-                                       special_tokens=reasoning.style(loaded.template) == "harmony")
+                                       special_tokens=reasoning.special_tokens(loaded.template))
         history.append({"role": "assistant", "content": _shown(pieces, reasoning.Splitter.of(loaded.template),
                                                                console)})
     return history

@@ -4,7 +4,9 @@ servers do).
 
     think    Qwen3 / 3.5 / 3.6 / 3.8, GLM-4.5, Nemotron 3, DeepSeek-R1, and a model's own jinja template that
              writes `</think>` (DeepSeek-V3 / V3.1): the reasoning is what precedes `</think>` (after a
-             `<think>` the model writes, or the one the generation prompt opened), the answer what follows it
+             `<think>` the model writes, or the one the generation prompt opened), the answer what follows it;
+             Magistral the same with its own markers `[THINK]` / `[/THINK]` (the spec's think_open /
+             think_close), special tokens: read from the answer decoded with them
     harmony  gpt-oss: the analysis channel is the reasoning, the final channel (and plain commentary)
              the answer, a commentary message to a function a call; read from the answer decoded with
              its special tokens
@@ -50,6 +52,19 @@ def _own_think_template(template: Any) -> bool:
     return bool(jinja) and not template.effective_spec and THINK_CLOSE in jinja
 
 
+def markers(template: Any) -> tuple[str, str]:
+    """The texts that open and close a reply's reasoning in the template's layout (Magistral: [THINK], [/THINK])."""
+    spec = template.effective_spec
+    return spec.get("think_open") or THINK_OPEN, spec.get("think_close") or THINK_CLOSE
+
+
+def special_tokens(template: Any) -> bool:
+    """Whether the answer is read decoded with its special tokens: gpt-oss's channels, and a layout that names
+    its own think markers (Magistral's [THINK] / [/THINK], control tokens a plain decode drops)."""
+    kind = style(template)
+    return kind == "harmony" or (kind == "think" and markers(template) != (THINK_OPEN, THINK_CLOSE))
+
+
 def opened_by_prompt(template: Any) -> bool:
     """Whether the generation prompt opens the think block (Qwen3.5, Nemotron 3, DeepSeek-R1's `<think>\\n`),
     so the answer starts inside it. A jinja template without a twin is asked: DeepSeek-V3's prompt opens one,
@@ -67,6 +82,10 @@ class Splitter:
     style: str | None
     opened: bool = False
     kind: str = CONTENT
+    think_open: str = THINK_OPEN
+    think_close: str = THINK_CLOSE
+    ends: tuple[str, ...] = ()  # texts that end the answer (the stop token, decoded with the special tokens)
+    _ended: bool = False
     _buffer: str = ""
     _pending: str = ""  # whitespace held back: it ends a part unless more text follows
     _started: bool = False  # the current part has written text (its leading whitespace is trimmed)
@@ -76,7 +95,10 @@ class Splitter:
     @classmethod
     def of(cls, template: Any) -> "Splitter":
         kind = style(template)
-        splitter = cls(kind, opened_by_prompt(template))
+        ends = ()
+        if kind == "think" and special_tokens(template):
+            ends = tuple(t for t in [template.stop, *template.effective_spec.get("stops", [])] if t)
+        splitter = cls(kind, opened_by_prompt(template), CONTENT, *markers(template), ends)
         if kind == "think" and splitter.opened:
             splitter.kind = REASONING
         if kind == "harmony":
@@ -85,6 +107,8 @@ class Splitter:
 
     def feed(self, piece: str) -> list[tuple[str, str]]:
         """The pieces `piece` completes (text that may be the start of a marker waits for the next piece)."""
+        if self._ended:  # past the stop token: nothing more belongs to the answer
+            return []
         self._buffer += piece
         if self.style == "think":
             self._think(final=False)
@@ -105,28 +129,28 @@ class Splitter:
         return self._take()
 
     def _think(self, final: bool) -> None:
+        cut = min((at for at in (self._buffer.find(end) for end in self.ends) if at >= 0), default=-1)
+        if cut >= 0:  # the stop token (decoded with the special tokens): the answer ends before it
+            self._buffer, self._ended, final = self._buffer[:cut], True, True
         while True:
             if self.kind == CONTENT and not self._started and not self.opened:
                 stripped = self._buffer.lstrip()
-                if stripped.startswith(THINK_OPEN):  # the model opens its think block itself (Qwen3, GLM)
-                    self._buffer, self.kind, self.opened = stripped[len(THINK_OPEN):], REASONING, True
+                if stripped.startswith(self.think_open):  # the model opens it (Qwen3, GLM, Magistral)
+                    self._buffer, self.kind, self.opened = stripped[len(self.think_open):], REASONING, True
                     continue
-                if not final and THINK_OPEN.startswith(stripped):
-                    return  # maybe the start of <think>
-                self.opened = True  # the answer does not open with <think>: plain text from here on
+                if not final and self.think_open.startswith(stripped):
+                    return  # maybe the start of the open marker
+                self.opened = True  # the answer does not open with a think block: plain text from here on
             if self.kind != REASONING:
-                self._write(self._buffer)
-                self._buffer = ""
+                self._write_held(self.ends, final)
                 return
-            at = self._buffer.find(THINK_CLOSE)
+            at = self._buffer.find(self.think_close)
             if at >= 0:
                 self._write(self._buffer[:at])
-                self._buffer = self._buffer[at + len(THINK_CLOSE):]
+                self._buffer = self._buffer[at + len(self.think_close):]
                 self._switch(CONTENT)
                 continue
-            keep = 0 if final else _partial(self._buffer, (THINK_CLOSE,))
-            self._write(self._buffer[: len(self._buffer) - keep])
-            self._buffer = self._buffer[len(self._buffer) - keep:]
+            self._write_held((self.think_close, *self.ends), final)
             return
 
     def _harmony(self, final: bool) -> None:
@@ -148,10 +172,14 @@ class Splitter:
                 self._write(self._buffer[:at])
                 self._buffer, self._header = self._buffer[at + len(marker):], ""
                 continue
-            keep = 0 if final else _partial(self._buffer, _HARMONY_MARKERS)
-            self._write(self._buffer[: len(self._buffer) - keep])
-            self._buffer = self._buffer[len(self._buffer) - keep:]
+            self._write_held(_HARMONY_MARKERS, final)
             return
+
+    def _write_held(self, markers: tuple[str, ...], final: bool) -> None:
+        """Write the buffer but for an end that may be the start of one of `markers` (all of it when final)."""
+        keep = 0 if final or not markers else _partial(self._buffer, markers)
+        self._write(self._buffer[: len(self._buffer) - keep])
+        self._buffer = self._buffer[len(self._buffer) - keep:]
 
     def _switch(self, kind: str) -> None:
         """A new part begins: the whitespace that ended the last one is dropped."""

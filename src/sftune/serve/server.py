@@ -102,7 +102,7 @@ def create_app(model: Any, tokenizer: Any, names: dict[str, Served], *, api_key:
                 ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         request = Request(ids, body.options(_room(ids, body.requested_max_tokens, limit, "messages")),
                           frozenset(served.stop_token_ids), adapter=served.adapter, stream=body.stream and not whole,
-                          model_inputs=model_inputs)
+                          special_tokens=reasoning.special_tokens(served.template), model_inputs=model_inputs)
         if body.stream:
             return EventSourceResponse(_chat_stream(batcher, request, http, body, served.template, tokenizer),
                                        ping=15)
@@ -212,7 +212,8 @@ def _parsed(done: Any, template: Any, tools: list[dict] | None, tokenizer: Any
     style = tool_calls.tool_style(template)
     if not tools and style != "harmony" and reasoning.style(template) is None:
         return None, done.text, []
-    text = tool_calls.answer_text(tokenizer, done.token_ids, done.text, style)
+    text = tokenizer.decode(done.token_ids, skip_special_tokens=False) if reasoning.special_tokens(template) \
+        else tool_calls.answer_text(tokenizer, done.token_ids, done.text, style)
     thought, answer = reasoning.split(template, text) if reasoning.style(template) else (None, text)
     if not tools and style != "harmony":
         return thought, answer, []

@@ -6,13 +6,16 @@
     glm      <tool_call>NAME\\n<arg_key>KEY</arg_key>\\n<arg_value>VALUE</arg_value>...</tool_call>
     llama4   <|python_start|>text<|python_end|> then the calls as JSON objects {"name": ..., "parameters": {...}},
              one after another
+    mistral  text, then [TOOL_CALLS] and the calls: a JSON list [{"name", "arguments", "id"}] (tokenizers v3 / v7:
+             Mistral-7B-v0.3, Mistral-Small-3), or name[ARGS]{...} after each [TOOL_CALLS] (v13: Magistral); the
+             id the model writes is kept, so the result the client sends back renders as the model was trained
     harmony  gpt-oss's channels: the final channel is the answer, the analysis channel its reasoning (left
              out), a commentary message to=functions.NAME a call with JSON arguments
 
 An answer whose call blocks are not valid JSON stays plain text (the client sees what the model wrote). A
 value in the XML layouts is JSON when it parses as JSON and the tool does not declare the key a string.
-The GLM, Llama 4 and Harmony layouts are written in special tokens, so they are read from the answer decoded with
-them (`answer_text`).
+The GLM, Llama 4, Mistral and Harmony layouts are written in special tokens, so they are read from the answer
+decoded with them (`answer_text`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ _HARMONY_MESSAGE = re.compile(r"(?:<\|start\|>assistant)?(.*?)<\|message\|>(.*?)
                               r"(?:<\|end\|>|<\|call\|>|<\|return\|>|$)", re.DOTALL)
 _PYTHON_LITERALS = {"True": True, "False": False, "None": None}
 # Styles written in special tokens: read from the answer decoded with them.
-MARKUP_TOKENS = ("glm", "harmony", "llama4")
+MARKUP_TOKENS = ("glm", "harmony", "llama4", "mistral")
 
 
 def tool_style(template: Template) -> str | None:
@@ -45,7 +48,7 @@ def tool_style(template: Template) -> str | None:
 
 def answer_text(tokenizer: Any, token_ids: list[int], text: str, style: str | None) -> str:
     """The text to read calls from: the answer decoded with its special tokens for the styles written in
-    them (GLM, Harmony), else the answer as decoded for the client."""
+    them (MARKUP_TOKENS), else the answer as decoded for the client."""
     return tokenizer.decode(token_ids, skip_special_tokens=False) if style in MARKUP_TOKENS else text
 
 
@@ -73,6 +76,11 @@ def parse(text: str, style: str | None, tools: list[dict] | None = None) -> tupl
         calls = _calls(_json_objects(calls_text.removesuffix("<|eot|>").strip()))
         if calls is not None:
             return head.split("<|python_start|>")[-1].strip(), calls
+    elif style == "mistral" and "[TOOL_CALLS]" in text:
+        head, _, calls_text = text.partition("[TOOL_CALLS]")
+        calls = _calls(_mistral_calls(calls_text), ids=True)
+        if calls is not None:
+            return head.strip(), calls
     elif style == "llama3" and text.strip().startswith("{"):
         value = _json(text.strip())
         if isinstance(value, dict) and "parameters" in value and "arguments" not in value:
@@ -135,14 +143,31 @@ def _json_objects(text: str) -> list[Any]:
     return values
 
 
-def _calls(values: list[Any]) -> list[dict[str, Any]] | None:
-    """OpenAI tool_calls for parsed {"name", "arguments"} values; None when any is not a call."""
+def _mistral_calls(text: str) -> list[Any]:
+    """The calls after Mistral's first [TOOL_CALLS]: name[ARGS]{...} each after its own [TOOL_CALLS] (v13; v11's
+    name[CALL_ID]id[ARGS]{...} too), else one JSON list (or object) of calls; [None] when the text is neither."""
+    if "[ARGS]" not in text:
+        value = _json(text.strip())
+        return value if isinstance(value, list) else [value]
+    values = []
+    for call in text.split("[TOOL_CALLS]"):
+        head, _, arguments = call.partition("[ARGS]")
+        name, _, call_id = head.partition("[CALL_ID]")
+        value = _json(arguments.strip())
+        values.append({"name": name.strip(), "arguments": value, **({"id": call_id.strip()} if call_id else {})}
+                      if isinstance(value, dict) and name.strip() else None)
+    return values
+
+
+def _calls(values: list[Any], ids: bool = False) -> list[dict[str, Any]] | None:
+    """OpenAI tool_calls for parsed {"name", "arguments"} values; None when any is not a call. With `ids`, a call
+    keeps the id the model wrote (Mistral's), else each gets a new one."""
     if not values or any(not isinstance(v, dict) for v in values):
         return None
     try:
-        calls = parse_tool_calls(values, "answer")
+        calls = parse_tool_calls(values, "answer", ids)
     except DataError:
         return None
-    return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+    return [{"id": c.get("id") or f"call_{uuid.uuid4().hex[:24]}", "type": "function",
              "function": {"name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)}}
             for c in calls]
