@@ -27,7 +27,7 @@ import argparse
 import statistics
 import time
 from contextlib import nullcontext
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
