@@ -27,7 +27,7 @@ import argparse
 import statistics
 import time
 from contextlib import nullcontext
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -35,12 +35,15 @@ from bench.workload import DATA, MAX_LENGTH, MODEL, encode_reference, read_conve
 
 
 def old_ce(z: torch.Tensor, y: torch.Tensor, want_grad: bool):
-    """Cross-entropy as sftune computed it before the one-log_softmax lever."""
-    from sftune.training.objectives.ce import softmax_minus_onehot
-
+    """Cross-entropy and its hand-written gradient as sftune computed them before the one-log_softmax lever
+    (in place of sftune.training.objectives.ce.loss_and_grad): logsumexp, gather, then subtract-and-exp."""
     lse = torch.logsumexp(z, dim=-1)
     loss = lse - z.gather(1, y[:, None]).squeeze(1)
-    return loss, (softmax_minus_onehot(z, y, lse) if want_grad else None)
+    if not want_grad:
+        return loss, None
+    g = z.sub_(lse[:, None]).exp_()  # p - onehot(y), written over z
+    g[torch.arange(len(y), device=y.device), y] -= 1.0
+    return loss, g
 
 
 def rows_of(encoded: list[dict[str, list[int]]]) -> list[dict[str, torch.Tensor]]:
@@ -61,7 +64,7 @@ def rows_of(encoded: list[dict[str, list[int]]]) -> list[dict[str, torch.Tensor]
 
 def setup(examples: int):
     from sftune import attention, methods, models
-    from sftune.methods import MethodConfig
+    from sftune.config import MethodConfig
 
     model, tokenizer = models.load(MODEL, dtype=torch.bfloat16,
                                    attn_implementation=attention.resolve("auto", packing=True))
@@ -76,31 +79,33 @@ def setup(examples: int):
 
 def make_step(model, optimizer, *, logits: bool, cast: bool, ce: bool) -> Callable[[list[dict]], float]:
     """One optimizer step over these rows (one row per forward), the levers on or off; returns seconds."""
+    from unittest import mock
+
     from peft.helpers import disable_input_dtype_casting
 
     from sftune.training import loss as sft_loss
     from sftune.training.objectives import ce as ce_module
 
-    token_loss = ce_module.token_loss if ce else old_ce
-
-    def hidden_states(batch):
+    def hidden_states(batch) -> sft_loss.TrainedStates:
         if logits:
             return sft_loss.trained_hidden_states(model, batch)
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         out = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
         targets = sft_loss.shifted_targets(batch)
         mask = targets != -100
-        return out.hidden_states[-1][:, :-1][mask], targets[mask], None, model.get_output_embeddings(), None
+        return sft_loss.TrainedStates(out.hidden_states[-1][:, :-1][mask], targets[mask], None,
+                                      model.get_output_embeddings(), sft_loss.logit_rule(model), None)
 
     def step(rows: list[dict]) -> float:
         started = time.perf_counter()
         count = int(sft_loss.count_trained_tokens(rows))
-        with disable_input_dtype_casting(model, active=cast):
+        old = mock.patch.object(ce_module, "loss_and_grad", old_ce) if not ce else nullcontext()
+        with disable_input_dtype_casting(model, active=cast), old:
             for batch in rows:
                 with torch.autocast("cpu", dtype=torch.bfloat16):
-                    hidden, targets, weights, head, softcap = hidden_states(batch)
-                loss = sft_loss.linear_token_loss(hidden, head, targets, weights, token_loss=token_loss,
-                                                  softcap=softcap) / count
+                    states = hidden_states(batch)
+                loss = sft_loss.linear_token_loss(states.hidden, states.head, states.targets, states.weights,
+                                                  logit_rule=states.logit_rule) / count
                 loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -225,11 +230,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(cores := args.threads)
     if args.attention:
-        from transformers import AutoTokenizer
+        from sftune import models
 
-        from sftune.models import resolve
-
-        tokenizer = AutoTokenizer.from_pretrained(resolve(MODEL))
+        _, tokenizer = models.load(MODEL, tokenizer_only=True)
         print(attention_ab(rows_of(encode_reference(read_conversations(str(DATA), args.examples), tokenizer)),
                            args.repeats))
         return

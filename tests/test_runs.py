@@ -45,6 +45,33 @@ def test_a_lora_run_loads_base_plus_adapter_with_its_template(lora_run):
     assert torch.allclose(merged, tuned, atol=1e-5)
 
 
+def test_load_weights_gives_the_adapter_trainable_merged_or_beside_another(lora_run):
+    """The one loader of a run folder: its adapter frozen (inference), trainable (continued training), folded in
+    (merging), or one more adapter on a model that holds one (serving): each answers as the adapter alone."""
+    from peft import PeftModel
+
+    run_dir, base_dir = lora_run
+    ids = torch.tensor([[1, 2, 3, 4]])
+    frozen, tokenizer, template = runs.load_weights(run_dir)
+    assert isinstance(frozen, PeftModel) and template.name == "chatml" and tokenizer.pad_token is not None
+    assert not any(p.requires_grad for p in frozen.parameters())
+    trainable, _, _ = runs.load_weights(run_dir, trainable=True)
+    grads = [name for name, p in trainable.named_parameters() if p.requires_grad]
+    assert grads and all("lora_" in name for name in grads)
+    merged, _, _ = runs.load_weights(run_dir, merge=True)
+    assert not isinstance(merged, PeftModel)
+    from sftune import models
+
+    base, _ = models.load(base_dir)
+    served = runs.attach_adapter(runs.attach_adapter(base, run_dir), run_dir, name="second")
+    assert set(served.peft_config) == {"default", "second"}
+    served.set_adapter("second")
+    with torch.no_grad():
+        want = frozen.eval()(ids).logits
+        assert torch.allclose(merged.eval()(ids).logits, want, atol=1e-5)
+        assert torch.allclose(served.eval()(ids).logits, want, atol=1e-5)
+
+
 def test_a_run_refuses_another_template_and_an_edited_tokenizer(lora_run, tmp_path):
     run_dir, _ = lora_run
     with pytest.raises(runs.RunError, match="trained with template 'chatml'"):

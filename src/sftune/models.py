@@ -209,10 +209,16 @@ def load(
         ) from err
     if model is not None and options.get("quantization_config") is not None:
         keep_4bit_layout(model)  # an evaluation pass must not change a 4-bit base (see there)
+    return model, with_pad_token(tokenizer)
+
+
+def with_pad_token(tokenizer: Any) -> Any:
+    """The tokenizer, padding with EOS when it has no pad token: the one place that default is set (models.load,
+    and vision.models for a processor's tokenizer). Safe: sftune builds labels from message spans, never by
+    masking the pad id. Returns the tokenizer."""
     if tokenizer.pad_token is None:
-        # Safe: sftune builds labels from message spans, never by masking the pad id.
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return tokenizer
 
 
 def _hub_cached(repo_id: str) -> bool:

@@ -10,6 +10,10 @@ built it and checked against the tokenizer's saved template, so inference render
 rendered; generation stops at the template's end-of-turn token and EOS. A vision-language run
 (its base loads with AutoModelForImageTextToText) also gets the processor saved in its folder, and a
 plain vision-language model folder its own processor: generation with images is sftune.vision.generate.
+
+`load_weights` is the one loader of a text run's weights, tokenizer and template, for every use: inference
+(`load`), continued training (a preference run from an SFT run), merging (export) and serving (`run_tokenizer`
+and `attach_adapter` for more adapters on one base).
 """
 
 from __future__ import annotations
@@ -182,11 +186,10 @@ def load(
     if is_vision_model(run_dir) or is_vision_model(models.resolve(cfg.model.name)):
         model, processor = _load_vision_run(run_dir, cfg, device, dtype, device_map, merge)
         tokenizer = processor.tokenizer
-    elif (run_dir / ADAPTER_CONFIG).is_file():
-        model, tokenizer = _load_adapter_run(run_dir, cfg, device, dtype, device_map, merge)
-    else:
-        model, tokenizer = models.load(run_dir, **load_options(device, dtype, device_map))
-    chosen = run_template(run_dir, cfg, tokenizer)
+        chosen = run_template(run_dir, cfg, tokenizer)
+    else:  # the base as training loaded it (4-bit for qlora); merging into a 4-bit base would round: lora only
+        model, tokenizer, chosen = load_weights(run_dir, cfg, merge=merge and cfg.method.name == "lora",
+                                                **load_options(device, dtype, device_map, cfg.method))
     return Loaded(name, model.eval(), tokenizer, chosen, stop_token_ids(chosen, tokenizer, model, run_dir),
                   base=cfg.model.name,
                   run_dir=run_dir, method=cfg.method.name, config=cfg, processor=processor)
@@ -261,19 +264,45 @@ def _template_name(cfg: Any) -> str:
     return repr(cfg.data.template) if cfg.data.template else "the model's own"
 
 
-def _load_adapter_run(run_dir: Path, cfg: Any, device: str, dtype: Any, device_map: Any, merge: bool):
-    """The base model as training loaded it (4-bit for qlora), the adapter on it, the run's tokenizer."""
-    from peft import PeftModel
-    from transformers import AutoTokenizer
+def load_weights(run_dir: str | os.PathLike, cfg: Any = None, *, trainable: bool = False, merge: bool = False,
+                 **options: Any) -> tuple[Any, Any, templates.Template]:
+    """(model, tokenizer, template) of a text run folder: what inference, continued training, merging and
+    serving load. An adapter run is its base model (cfg.model.name, loaded with `options`: the caller's dtype,
+    device and quantization) with the adapter on it, trainable or not, folded into the base with `merge`; a
+    full run is its own weights (loaded with `options`). The tokenizer is the run's own (run_tokenizer: its
+    saved template checked). `cfg`: the run's config when the caller has read it."""
+    run_dir = Path(run_dir).expanduser()
+    cfg = run_config(run_dir) if cfg is None else cfg
+    if not (run_dir / ADAPTER_CONFIG).is_file():
+        model, tokenizer = models.load(run_dir, **options)
+        return model, tokenizer, run_template(run_dir, cfg, tokenizer)
+    base, _ = models.load(cfg.model.name, **options)
+    tokenizer, template = run_tokenizer(run_dir, cfg, trust_remote_code=options.get("trust_remote_code", False))
+    return attach_adapter(base, run_dir, trainable=trainable, merge=merge), tokenizer, template
 
-    base, _ = models.load(cfg.model.name, **load_options(device, dtype, device_map, cfg.method))
-    tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = PeftModel.from_pretrained(base, str(run_dir))
-    if merge and cfg.method.name in ("lora",):
-        model = model.merge_and_unload()
-    return model, tokenizer
+
+def run_tokenizer(run_dir: str | os.PathLike, cfg: Any = None, *, trust_remote_code: bool = False
+                  ) -> tuple[Any, templates.Template]:
+    """(the tokenizer saved in a run folder, the template the run was trained with): loaded like any model's
+    (models.load: the pad-token default) and checked against each other (run_template)."""
+    run_dir = Path(run_dir).expanduser()
+    cfg = run_config(run_dir) if cfg is None else cfg
+    _, tokenizer = models.load(run_dir, tokenizer_only=True, trust_remote_code=trust_remote_code)
+    return tokenizer, run_template(run_dir, cfg, tokenizer)
+
+
+def attach_adapter(model: Any, run_dir: str | os.PathLike, *, name: str = "default", trainable: bool = False,
+                   merge: bool = False) -> Any:
+    """`model` with the adapter of run folder `run_dir` on it under `name`: a PeftModel around a plain model,
+    one more adapter on a PeftModel (a server's adapters share one base); `trainable` to continue training it,
+    `merge` to fold it into the base weights (peft's merge_and_unload: a plain model again)."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        model.load_adapter(str(run_dir), adapter_name=name, is_trainable=trainable)
+    else:
+        model = PeftModel.from_pretrained(model, str(run_dir), adapter_name=name, is_trainable=trainable)
+    return model.merge_and_unload() if merge else model
 
 
 def _load_vision_run(run_dir: Path, cfg: Any, device: str, dtype: Any, device_map: Any, merge: bool):
@@ -282,20 +311,13 @@ def _load_vision_run(run_dir: Path, cfg: Any, device: str, dtype: Any, device_ma
     from sftune.vision import models as vision_models
 
     processor = vision_models.load_processor(run_dir)
-    if processor.tokenizer.pad_token is None:
-        processor.tokenizer.pad_token = processor.tokenizer.eos_token
     trust = cfg.model.trust_remote_code
     if not (run_dir / ADAPTER_CONFIG).is_file():
         model, _ = vision_models.load(run_dir, trust_remote_code=trust, **load_options(device, dtype, device_map))
         return model, processor
-    from peft import PeftModel
-
     model, _ = vision_models.load(models.resolve(cfg.model.name), trust_remote_code=trust,
                                   **load_options(device, dtype, device_map, cfg.method))
-    model = PeftModel.from_pretrained(model, str(run_dir))
-    if merge and cfg.method.name == "lora":
-        model = model.merge_and_unload()
-    return model, processor
+    return attach_adapter(model, run_dir, merge=merge and cfg.method.name == "lora"), processor
 
 
 def tokenizer_and_processor(model: str | os.PathLike) -> tuple[Any, Any]:
@@ -308,8 +330,6 @@ def tokenizer_and_processor(model: str | os.PathLike) -> tuple[Any, Any]:
     if not is_vision_model(source) and not _is_vision_run(source):
         return models.load(model, tokenizer_only=True)[1], None
     processor = load_processor(source)
-    if processor.tokenizer.pad_token is None:
-        processor.tokenizer.pad_token = processor.tokenizer.eos_token
     return processor.tokenizer, processor
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -44,6 +45,22 @@ def test_tokenizer_template_and_generation_config_are_the_runs(lora_run, exporte
     eos = [eos] if isinstance(eos, int) else eos
     end_of_turn = tokenizer.convert_tokens_to_ids(loaded.template.stop)
     assert eos[0] == end_of_turn and set(eos) == set(loaded.stop_token_ids)
+
+
+def test_a_run_whose_template_was_edited_is_not_exported(lora_run, tmp_path):
+    """export loads the run as every loader does (runs.load_weights): a config.yaml whose template is not the one
+    saved in the run's tokenizer is refused, rather than exported with a template training never rendered."""
+    from sftune import config
+
+    edited = tmp_path / "edited"
+    shutil.copytree(lora_run, edited)
+    cfg = runs.run_config(edited)
+    assert cfg.data.template is None  # trained with SmolLM2's own template; config.yaml now says chatml
+    cfg.data.template = "chatml"
+    (edited / runs.RUN_CONFIG).write_text(config.to_yaml(cfg), encoding="utf-8")
+    with pytest.raises(runs.RunError, match="differs from the template in config.yaml"):
+        export(edited, tmp_path / "out")
+    assert not (tmp_path / "out" / "model.safetensors").exists()
 
 
 def test_prompt_tuning_cannot_be_merged(tmp_path, smollm2_tokenizer):

@@ -72,3 +72,23 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path, tiny_checkpoint):
     import threading
 
     assert not [t for t in threading.enumerate() if type(t).__name__ == "_RefreshThread"]
+
+
+def test_a_full_preference_run_starts_from_the_sft_runs_merged_adapter(tmp_path, tiny_checkpoint):
+    """method full on an SFT LoRA run: runs.load_weights folds the adapter into its base, and training goes on from
+    there (with a negligible lr the saved weights are that start: they answer as the SFT run does)."""
+    import torch
+
+    from sftune import runs, train
+
+    sft = _sft_run(tmp_path, tiny_checkpoint)
+    cfg = _config(tmp_path, sft, {"name": "full"}, "full")
+    cfg["train"]["lr"] = 1e-12  # three AdamW steps move each weight by about 3e-12
+    run = train(cfg).run_dir
+    assert (run / "config.json").exists() and not (run / runs.ADAPTER_CONFIG).exists()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        want, got = runs.load(sft).model(ids).logits, runs.load(run).model(ids).logits
+        base = runs.load(tiny_checkpoint).model(ids).logits
+    assert not torch.allclose(want, base, atol=1e-4)  # the adapter changes the answer: the merge has something to show
+    assert torch.allclose(got, want, atol=1e-4)

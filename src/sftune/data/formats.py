@@ -39,12 +39,11 @@ import re
 from typing import Any
 
 from sftune.data.errors import DataError
-from sftune.data.fields import (list_field as _list, missing_field as _missing, optional_text as _optional,
-                                 required_text as _required, system_messages as _system, text_field as _text,
-                                 tool_schemas as _tools, wrong_type as _wrong_type)
+from sftune.data.fields import (list_field, missing_field, optional_text, required_text, system_messages,
+                                 text_field, tool_schemas, wrong_type)
 from sftune.data import images as image_refs
 from sftune.data.schema import ROLES, Conversation, Message
-from sftune.data.toolcalls import call_list as _call_list, call_text, parse_tool_calls, tool_calls
+from sftune.data.toolcalls import call_list, call_text, parse_tool_calls, tool_calls
 
 # Source role names -> schema roles (ShareGPT, OpenAI, and the old OpenAI `function` result role).
 ROLE_ALIASES = {
@@ -110,7 +109,7 @@ def _role(name: Any, field: str, options: dict) -> str:
     role = ROLE_ALIASES.get(name) if isinstance(name, str) else None
     if role is None:
         if not isinstance(name, str):
-            raise _wrong_type(field, name, "a string role")
+            raise wrong_type(field, name, "a string role")
         guess = closest_role(name)
         known = f"one of {', '.join(ROLES)} (or ShareGPT's human, gpt, function_call, observation)"
         fix = (f"it looks like {guess!r}: write {guess!r}, or map it with {role_hint(name, guess, options)}"
@@ -131,16 +130,16 @@ def with_input(instruction: str, text: str, options: dict) -> str:
 
 def alpaca(record: dict, options: dict) -> Conversation:
     """instruction + input -> user ("instruction\\n\\ninput", see with_input), output -> assistant; history first."""
-    instruction = _required(record, "instruction")
-    output = _required(record, "output")
+    instruction = required_text(record, "instruction")
+    output = required_text(record, "output")
     extra = record.get("input")
     if extra is not None and extra != "":
-        instruction = with_input(instruction, _text(extra, "input"), options)
+        instruction = with_input(instruction, text_field(extra, "input"), options)
     system = record.get("system")
-    messages = [Message("system", _text(system, "system"))] if system else []
+    messages = [Message("system", text_field(system, "system"))] if system else []
     history = record.get("history")
     if history:
-        for i, pair in enumerate(_list(record, "history", "", required=False)):
+        for i, pair in enumerate(list_field(record, "history", "", required=False)):
             if not isinstance(pair, (list, tuple)) or len(pair) != 2:
                 raise DataError(
                     "wrong_type",
@@ -148,8 +147,8 @@ def alpaca(record: dict, options: dict) -> Conversation:
                     f"is {json.dumps(pair, ensure_ascii=False)[:60]}",
                     'each history item is a [question, answer] pair, e.g. [["hi", "hello!"]]',
                 )
-            messages.append(Message("user", _text(pair[0], f"history[{i}][0]")))
-            messages.append(Message("assistant", _text(pair[1], f"history[{i}][1]")))
+            messages.append(Message("user", text_field(pair[0], f"history[{i}][0]")))
+            messages.append(Message("assistant", text_field(pair[1], f"history[{i}][1]")))
     messages.append(Message("user", instruction))
     messages.append(Message("assistant", output))
     return Conversation(messages, images=_image_column(record))
@@ -167,14 +166,14 @@ def _content(value: Any, field: str, images: list | None = None) -> tuple[str, l
     if type(value) is str:
         return value, []
     if not isinstance(value, list):
-        return _text(value, field), []
+        return text_field(value, field), []
     texts, reasoning, calls = [], [], []
     for i, part in enumerate(value):
         if isinstance(part, str):
             texts.append(part)
             continue
         if not isinstance(part, dict):
-            raise _wrong_type(f"{field}[{i}]", part, 'a content part like {"type": "text", "text": "..."}')
+            raise wrong_type(f"{field}[{i}]", part, 'a content part like {"type": "text", "text": "..."}')
         kind = part.get("type", "text")
         if kind in ("image_url", "image") and images is not None:
             images.append(image_refs.from_part(part, f"{field}[{i}]"))
@@ -189,7 +188,8 @@ def _content(value: Any, field: str, images: list | None = None) -> tuple[str, l
                 "sftune trains on text and images: keep only text and image parts, or drop the record",
             )
         if not isinstance(body, str):
-            raise _wrong_type(f"{field}[{i}].text", body, "a string", f'write the part as {{"type": "{kind}", "text": "..."}}')
+            raise wrong_type(f"{field}[{i}].text", body, "a string",
+                             f'write the part as {{"type": "{kind}", "text": "..."}}')
         if kind == "tool_call":
             try:
                 calls.append(json.loads(body))
@@ -213,7 +213,7 @@ def _train_and_weight(item: dict, field: str) -> tuple[bool | None, float | None
     train = item.get("train")
     if weight is not None:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise _wrong_type(f"{field}.weight", weight, "a number", "weight is a number, 0 or 1 in OpenAI's format")
+            raise wrong_type(f"{field}.weight", weight, "a number", "weight is a number, 0 or 1 in OpenAI's format")
         try:
             weight = float(weight)
         except OverflowError:
@@ -224,23 +224,23 @@ def _train_and_weight(item: dict, field: str) -> tuple[bool | None, float | None
         if weight == 0 and train is None:
             train = False
     if train is not None and not isinstance(train, bool):
-        raise _wrong_type(f"{field}.train", train, "true or false")
+        raise wrong_type(f"{field}.train", train, "true or false")
     return train, weight
 
 
 def messages(record: dict, options: dict) -> Conversation:
     """ShareGPT and OpenAI message lists (both key names, both field spellings, tool calls)."""
     key = "messages" if record.get("messages") is not None else "conversations"
-    items = _list(record, key, f"add a {key!r} list of {EXAMPLE_MESSAGE} objects")
+    items = list_field(record, key, f"add a {key!r} list of {EXAMPLE_MESSAGE} objects")
     images: list[str] = []
     out = to_messages(items, options, key, images)
     if out and out[0].role != "system":
-        out[:0] = _system(record)
+        out[:0] = system_messages(record)
     column = _image_column(record)
     if images and column:
         raise DataError("image_count", "images", "is given beside image parts in the messages",
                         "name each image once: as a typed part in its message, or in images with <image> in the text")
-    conversation = Conversation(out, tools=_tools(record), images=images or column)
+    conversation = Conversation(out, tools=tool_schemas(record), images=images or column)
     if isinstance(record.get("meta"), dict):  # written by sftune before: keep where it came from
         conversation.meta["origin"] = record["meta"]
         if record["meta"].get("pretrain"):
@@ -274,12 +274,12 @@ def to_messages(items: list, options: dict, key: str = "messages", images: list 
             )
         name = item.get(role_key) if role_key else item.get("role", item.get("from"))
         if name is None:
-            raise _missing(f"{field}.role", f"each message needs a role and content, e.g. {EXAMPLE_MESSAGE}")
+            raise missing_field(f"{field}.role", f"each message needs a role and content, e.g. {EXAMPLE_MESSAGE}")
         role = _role(name, f"{field}.role", options)
         content = item.get(content_key) if content_key else item.get("content", item.get("value"))
-        calls = _call_list(item.get("tool_calls") or item.get("function_call"), f"{field}.tool_calls")
+        calls = call_list(item.get("tool_calls") or item.get("function_call"), f"{field}.tool_calls")
         if content is None and not calls:
-            raise _missing(f"{field}.content", f"each message needs a role and content, e.g. {EXAMPLE_MESSAGE}")
+            raise missing_field(f"{field}.content", f"each message needs a role and content, e.g. {EXAMPLE_MESSAGE}")
         text, part_calls = _content(content, f"{field}.content", images) if content is not None else ("", [])
         calls = (calls or []) + part_calls
         if role == "assistant" and not calls and "<tool_call>" in text:
@@ -317,7 +317,7 @@ def _call_id(item: dict, field: str) -> str | None:
     value = item.get("tool_call_id")
     if value is None or isinstance(value, str):
         return value
-    raise _wrong_type(f"{field}.tool_call_id", value, "a string", "write the id of the call this result answers as text")
+    raise wrong_type(f"{field}.tool_call_id", value, "a string", "write the id of the call this result answers as text")
 
 
 def _paired_by_id(out: list[Message], sources: list[int], key: str) -> list[Message]:
@@ -351,11 +351,13 @@ def _paired_by_id(out: list[Message], sources: list[int], key: str) -> list[Mess
 
 def _match(calls: list[tuple[str | None, str]], results: list[tuple[str | None, str]]) -> list[int]:
     """The result (by index) that answers each call, in the calls' order; a located DataError otherwise."""
-    fix = "give each tool message the tool_call_id of the call it answers, right after the assistant message with that call"
+    fix = ("give each tool message the tool_call_id of the call it answers, right after the assistant message with "
+           "that call")
     waiting: dict[str, str] = {}
     for call_id, field in calls:
         if call_id is None:
-            raise DataError("tool_call_id", f"{field}.id", "is missing, but the results after it name their calls by id",
+            raise DataError("tool_call_id", f"{field}.id",
+                            "is missing, but the results after it name their calls by id",
                             'give every call an id (e.g. "call_1") and its result that tool_call_id')
         if call_id in waiting:
             raise DataError("tool_call_id", f"{field}.id", f"is {call_id!r}, the id of {waiting[call_id]} too",
@@ -426,18 +428,19 @@ def prompt_completion(record: dict, options: dict) -> Conversation:
         return messages({"messages": turns, "system": record.get("system"), "tools": record.get("tools"),
                          "images": record.get("images"), "image": record.get("image")}, options)
     return Conversation(
-        _system(record)
-        + [Message("user", _required(record, prompt_key)), Message("assistant", _required(record, reply_key))],
+        system_messages(record)
+        + [Message("user", required_text(record, prompt_key)), Message("assistant", required_text(record, reply_key))],
         images=_image_column(record),
     )
 
 
 def qa(record: dict, options: dict) -> Conversation:
     """question (+ context before it, "context\\n\\nquestion") -> user; answer -> assistant."""
-    question = _required(record, "question")
-    context = _optional(record, "context")
+    question = required_text(record, "question")
+    context = optional_text(record, "context")
     user = f"{context}\n\n{question}" if context else question
-    return Conversation(_system(record) + [Message("user", user), Message("assistant", _required(record, "answer"))])
+    return Conversation(system_messages(record)
+                        + [Message("user", user), Message("assistant", required_text(record, "answer"))])
 
 
 def cot(record: dict, options: dict) -> Conversation:
@@ -446,16 +449,17 @@ def cot(record: dict, options: dict) -> Conversation:
     cot_layout is "steps" ("Step 1: ..." lines, then "Final answer: ..."), "think" (the steps inside
     <think>...</think>, then the answer), or a format string using {reasoning}, {steps}, {answer}.
     """
-    steps = _list(record, "reasoning_steps", "add reasoning_steps, a list of strings")
-    steps = [_text(step, f"reasoning_steps[{i}]") for i, step in enumerate(steps)]
+    steps = list_field(record, "reasoning_steps", "add reasoning_steps, a list of strings")
+    steps = [text_field(step, f"reasoning_steps[{i}]") for i, step in enumerate(steps)]
     layout = options.get("cot_layout") or "steps"
     layout = COT_LAYOUTS.get(layout, layout)
     reply = layout.format(
         reasoning="\n".join(steps),
         steps="\n".join(f"Step {i}: {step}" for i, step in enumerate(steps, 1)),
-        answer=_required(record, "final_answer"),
+        answer=required_text(record, "final_answer"),
     )
-    return Conversation(_system(record) + [Message("user", _required(record, "problem")), Message("assistant", reply)])
+    return Conversation(system_messages(record)
+                        + [Message("user", required_text(record, "problem")), Message("assistant", reply)])
 
 
 def multitask(record: dict, options: dict) -> Conversation:
@@ -464,18 +468,19 @@ def multitask(record: dict, options: dict) -> Conversation:
     user = instruction + "\\n\\n" + source_text (or behind it, see with_input); assistant = target_text.
     Language codes are written as names (en -> English) where known.
     """
-    task = _required(record, "task_type")
+    task = required_text(record, "task_type")
     templates = {**TASK_TEMPLATES, **(options.get("task_templates") or {})}
     template = templates.get(task, DEFAULT_TASK_TEMPLATE)
     langs = {}
     for field in ("source_lang", "target_lang"):
-        code = _optional(record, field)
+        code = optional_text(record, field)
         if code is None and "{" + field + "}" in template:
-            raise _missing(field, f"task {task!r} needs {field} (a language code like 'en')")
+            raise missing_field(field, f"task {task!r} needs {field} (a language code like 'en')")
         langs[field] = LANGUAGE_NAMES.get(code, code) if code else "unspecified"
     instruction = template.format(task_type=task, **langs)
-    user = with_input(instruction, _required(record, "source_text"), options)
-    return Conversation(_system(record) + [Message("user", user), Message("assistant", _required(record, "target_text"))])
+    user = with_input(instruction, required_text(record, "source_text"), options)
+    return Conversation(system_messages(record)
+                        + [Message("user", user), Message("assistant", required_text(record, "target_text"))])
 
 
 def dialog(record: dict, options: dict) -> Conversation:
@@ -485,17 +490,17 @@ def dialog(record: dict, options: dict) -> Conversation:
     splits a turn over several lines. Each turn's other fields (timestamp, action, ...) are kept in
     meta["turns"], one dict per turn.
     """
-    turns = _list(record, "turns", "add turns, a list of {speaker, utterance} objects")
+    turns = list_field(record, "turns", "add turns, a list of {speaker, utterance} objects")
     out: list[Message] = []
     turn_meta: list[dict] = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
-            raise _wrong_type(f"turns[{i}]", turn, 'an object like {"speaker": "customer", "utterance": "hi"}')
+            raise wrong_type(f"turns[{i}]", turn, 'an object like {"speaker": "customer", "utterance": "hi"}')
         speaker = turn.get("speaker")
         if speaker is None:
-            raise _missing(f"turns[{i}].speaker", "each turn needs a speaker and an utterance")
+            raise missing_field(f"turns[{i}].speaker", "each turn needs a speaker and an utterance")
         if not isinstance(speaker, str):
-            raise _wrong_type(f"turns[{i}].speaker", speaker, "a string (a speaker name)")
+            raise wrong_type(f"turns[{i}].speaker", speaker, "a string (a speaker name)")
         if not (options.get("roles") and speaker in options["roles"]) and speaker not in ROLE_ALIASES:
             raise DataError(
                 "unknown_role",
@@ -507,14 +512,14 @@ def dialog(record: dict, options: dict) -> Conversation:
         role = _role(speaker, f"turns[{i}].speaker", options)
         utterance = turn.get("utterance")
         if utterance is None:
-            raise _missing(f"turns[{i}].utterance", "each turn needs a speaker and an utterance")
-        text = _text(utterance, f"turns[{i}].utterance")
+            raise missing_field(f"turns[{i}].utterance", "each turn needs a speaker and an utterance")
+        text = text_field(utterance, f"turns[{i}].utterance")
         turn_meta.append({k: v for k, v in turn.items() if k not in ("speaker", "utterance")})
         if out and out[-1].role == role:
             out[-1].content = f"{out[-1].content}\n{text}"
         else:
             out.append(Message(role, text))
-    conversation = Conversation(_system(record) + out)
+    conversation = Conversation(system_messages(record) + out)
     if any(turn_meta):
         conversation.meta["turns"] = turn_meta
     return conversation
@@ -522,35 +527,35 @@ def dialog(record: dict, options: dict) -> Conversation:
 
 def firefly(record: dict, options: dict) -> Conversation:
     """conversation [{input, output}, ...] -> user/assistant pairs in order."""
-    turns = _list(record, "conversation", "add conversation, a list of {input, output} objects")
-    out = _system(record)
+    turns = list_field(record, "conversation", "add conversation, a list of {input, output} objects")
+    out = system_messages(record)
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
-            raise _wrong_type(f"conversation[{i}]", turn, 'an object like {"input": "hi", "output": "hello!"}')
+            raise wrong_type(f"conversation[{i}]", turn, 'an object like {"input": "hi", "output": "hello!"}')
         for field, role in (("input", "user"), ("output", "assistant")):
             if turn.get(field) is None:
-                raise _missing(f"conversation[{i}].{field}", "each turn needs input and output")
-            out.append(Message(role, _text(turn[field], f"conversation[{i}].{field}")))
+                raise missing_field(f"conversation[{i}].{field}", "each turn needs input and output")
+            out.append(Message(role, text_field(turn[field], f"conversation[{i}].{field}")))
     return Conversation(out)
 
 
 def text(record: dict, options: dict) -> Conversation:
     """Continued pre-training: the text is one trained assistant message; meta["pretrain"] = True."""
-    return Conversation([Message("assistant", _required(record, "text"), train=True)], meta={"pretrain": True})
+    return Conversation([Message("assistant", required_text(record, "text"), train=True)], meta={"pretrain": True})
 
 
 def caption(record: dict, options: dict) -> Conversation:
     """An image-caption pair: user = the image(s) as placeholders (+ caption_prompt), assistant = caption."""
     images = _image_column(record)
     if not images:
-        raise _missing("image", 'add the image\'s path, e.g. "image": "images/cat.png"')
+        raise missing_field("image", 'add the image\'s path, e.g. "image": "images/cat.png"')
     key = "caption" if record.get("caption") is not None else "text"
     user = "".join(image_refs.PLACEHOLDER for _ in images)
     prompt = options.get("caption_prompt")
     if prompt:
         user = f"{user}\n{prompt}"
-    return Conversation(_system(record) + [Message("user", user), Message("assistant", _required(record, key))],
-                        images=images)
+    return Conversation(system_messages(record)
+                        + [Message("user", user), Message("assistant", required_text(record, key))], images=images)
 
 
 def preference(record: dict, options: dict) -> Conversation:
@@ -636,7 +641,8 @@ def unread_alternatives(record: dict, fmt: str) -> dict[str, str]:
     for group in ALTERNATIVES.get(fmt, ()):
         given = [name for name in group if record.get(name) is not None]
         for name in given[1:]:
-            out.update({field: given[0] for field in (name, *COMPANIONS.get(name, ())) if record.get(field) is not None})
+            out.update({field: given[0] for field in (name, *COMPANIONS.get(name, ()))
+                        if record.get(field) is not None})
     return out
 
 

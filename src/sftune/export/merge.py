@@ -36,8 +36,6 @@ def merge_run(run: str | Path, out_dir: str | Path, *, dtype: str = "float32"):
     Returns (summary dict, model, tokenizer, template, stop token ids).
     """
     import torch
-    from peft import PeftModel
-    from transformers import AutoTokenizer
 
     from sftune import models
 
@@ -50,7 +48,8 @@ def merge_run(run: str | Path, out_dir: str | Path, *, dtype: str = "float32"):
     cfg = runs.run_config(run_dir)
     base = cfg.model.name
     base_dir = models.materialized_path(base) if base in models.EMBEDDED else Path(base).expanduser()
-    files.refuse_overwrite([run_dir, base_dir], folders=True, output=out_dir)  # neither the run nor its base model is written over
+    # neither the run nor its base model is written over
+    files.refuse_overwrite([run_dir, base_dir], folders=True, output=out_dir)
     method = cfg.method.name
     if method in NOT_MERGEABLE:
         raise ExportError(
@@ -63,21 +62,16 @@ def merge_run(run: str | Path, out_dir: str | Path, *, dtype: str = "float32"):
     out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"run": str(run_dir), "method": method, "base": cfg.model.name, "dtype": dtype,
                                "merged": False}
-    if runs.is_run(run_dir) and (run_dir / runs.ADAPTER_CONFIG).is_file():
-        # The base in full precision (never 4-bit, even for QLoRA), then the adapter folded in.
-        base, _ = models.load(cfg.model.name, dtype=torch.float32)
-        model = PeftModel.from_pretrained(base, str(run_dir)).merge_and_unload()
+    # An adapter's base in full precision (never 4-bit, even for QLoRA), the adapter folded in; full weights as
+    # they are. The run's tokenizer, its saved template checked against config.yaml's.
+    model, tokenizer, template = runs.load_weights(run_dir, cfg, merge=True, dtype=torch.float32)
+    if (run_dir / runs.ADAPTER_CONFIG).is_file():
         summary["merged"] = True
         if method == "qlora":
             summary["note"] = (f"QLoRA: the adapter was merged into the base dequantized to {dtype} (the original "
                                "weights, not the 4-bit ones it was trained against); answers can differ slightly "
                                "from the run's 4-bit ones")
-    else:
-        model, _ = models.load(run_dir, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
-    template = templates.get(cfg.data.template, tokenizer)
-    stops = _stop_ids(template, tokenizer, runs.stop_token_ids(template, tokenizer, model,
-                                                             run_dir if runs.is_run(run_dir) else None))
+    stops = _stop_ids(template, tokenizer, runs.stop_token_ids(template, tokenizer, model, run_dir))
     templates.save_to_tokenizer(template, tokenizer)
     model = model.to(torch_dtype).eval()
     _set_generation_config(model, tokenizer, stops)

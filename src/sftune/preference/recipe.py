@@ -141,23 +141,11 @@ def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, Any, bo
     continued = False
     if runs.is_run(name):
         run_cfg = runs.run_config(name)
-        if (Path(name) / runs.ADAPTER_CONFIG).is_file():
-            from peft import PeftModel
-            from transformers import AutoTokenizer
-
-            base, _ = models.load(run_cfg.model.name, **options)
-            tokenizer = AutoTokenizer.from_pretrained(name)
-            continued = cfg.method.name in ("lora", "qlora")
-            model = PeftModel.from_pretrained(base, name, is_trainable=continued)
-            if continued:
-                cfg.model.name = run_cfg.model.name  # the adapter goes on the SFT run's base, as runs.load reads it
-            else:
-                model = model.merge_and_unload()
-        else:
-            model, tokenizer = models.load(name, **options)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        template = runs.run_template(Path(name), run_cfg, tokenizer)
+        continued = (Path(name) / runs.ADAPTER_CONFIG).is_file() and cfg.method.name in ("lora", "qlora")
+        model, tokenizer, template = runs.load_weights(name, run_cfg, trainable=continued, merge=not continued,
+                                                       **options)
+        if continued:
+            cfg.model.name = run_cfg.model.name  # the adapter goes on the SFT run's base, as runs.load reads it
         if cfg.data.template is None:
             cfg.data.template = run_cfg.data.template
     else:

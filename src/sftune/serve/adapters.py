@@ -38,8 +38,6 @@ def served_name(run_or_model: str) -> str:
 def load(run_or_model: str, adapters: dict[str, str] | None = None, template: str | None = None
          ) -> tuple[Any, Any, dict[str, Served]]:
     """(model, tokenizer, the names it answers as) for a run or model plus named LoRA adapter runs."""
-    from peft import PeftModel
-
     from sftune import methods
 
     adapters = adapters or {}
@@ -63,10 +61,7 @@ def load(run_or_model: str, adapters: dict[str, str] | None = None, template: st
             raise AdapterError(f"--adapter {name}={folder}: the name {name!r} is taken (served names: "
                                f"{', '.join(names)}); pick another name.")
         template_, cfg = _check_adapter(name, folder, base, base_load, loaded.tokenizer)
-        if not hasattr(model, "load_adapter") or not hasattr(model, "peft_config"):
-            model = PeftModel.from_pretrained(model, folder, adapter_name=name).eval()
-        else:
-            model.load_adapter(folder, adapter_name=name)
+        model = runs.attach_adapter(model, folder, name=name)
         names[name] = Served(name, name, template_, tuple(template_.stop_token_ids(loaded.tokenizer)),
                              _processor(folder, loaded.processor))
     model.eval()
@@ -74,9 +69,7 @@ def load(run_or_model: str, adapters: dict[str, str] | None = None, template: st
 
 
 def _check_adapter(name: str, folder: str, base: str, base_load: dict, tokenizer: Any) -> tuple[Template, Any]:
-    """An adapter run trained on the same base, loaded the same way, with the same vocabulary."""
-    from transformers import AutoTokenizer
-
+    """An adapter run trained on the same base, loaded the same way, with the same vocabulary; its template."""
     from sftune import methods
 
     where = f"--adapter {name}={folder}"
@@ -91,11 +84,11 @@ def _check_adapter(name: str, folder: str, base: str, base_load: dict, tokenizer
     if not same_loading(methods.load_kwargs(cfg.method), base_load):
         raise AdapterError(f"{where}: a {cfg.method.name} run, whose base is loaded otherwise than the server's "
                            "(4-bit for qlora); serve adapters of one kind together.")
-    own = AutoTokenizer.from_pretrained(str(run_dir))
+    own, template = runs.run_tokenizer(run_dir, cfg)
     if own.get_vocab() != tokenizer.get_vocab():
         raise AdapterError(f"{where}: its tokenizer's vocabulary differs from the base model's; it cannot share "
                            "the base. Serve it in a server of its own.")
-    return runs.run_template(run_dir, cfg, own), cfg
+    return template, cfg
 
 
 def same_loading(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -114,10 +107,7 @@ def _processor(folder: str, base_processor: Any) -> Any:
         return None
     from sftune.vision import models as vision_models
 
-    processor = vision_models.load_processor(Path(folder).expanduser())
-    if processor.tokenizer.pad_token is None:
-        processor.tokenizer.pad_token = processor.tokenizer.eos_token
-    return processor
+    return vision_models.load_processor(Path(folder).expanduser())
 
 
 def _same_model(a: str, b: str) -> bool:

@@ -59,7 +59,7 @@ def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=Non
     d = cfg.data
     if not d.train:
         raise ConfigError("data.train is empty: give the SFT data files, e.g. data.train=[data/train.jsonl]")
-    if d.instruction_position == "after" and template.spec.get("user_with_input"):
+    if d.instruction_position == "after" and template.effective_spec.get("user_with_input"):
         raise ConfigError(f"data.instruction_position=after: template {template.name!r} writes the instruction and "
                           "the input under their own headings (### Instruction / ### Input) from the first and the "
                           "second part of the user turn, so the input would be shown as the instruction; use a chat "

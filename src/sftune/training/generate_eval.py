@@ -23,11 +23,12 @@ def generation_metrics(model: Any, tokenizer: Any, template: Any, conversations:
     from sftune.evaluate import metrics
     from sftune.evaluate.data_task import split_conversation
 
-    splits = [s for s in map(split_conversation, conversations) if s is not None]
+    splits = [(c.tools, split) for c in conversations if (split := split_conversation(c)) is not None]
     if not splits:
         return {}
-    prompts = [template.render(messages, add_generation_prompt=True) for messages, _ in splits]
-    references = [reference for _, reference in splits]
+    # A tool conversation is asked with its tools, as training rendered it (and as `sftune eval` asks it).
+    prompts = [template.render(messages, tools, add_generation_prompt=True) for tools, (messages, _) in splits]
+    references = [reference for _, (_, reference) in splits]
     completions = generation.generate(model, tokenizer, prompts,
                                       generation.GenerationOptions(max_new_tokens=max_new_tokens),
                                       stop_token_ids=template.stop_token_ids(tokenizer), batch_size=batch_size)

@@ -30,27 +30,31 @@ def is_vision_model(name_or_path: str | os.PathLike) -> bool:
 
 
 def load_processor(folder: str | os.PathLike) -> Any:
-    """The folder's AutoProcessor. Qwen2-VL / Qwen2.5-VL processors also declare a video processor that
-    needs torchvision; where it is absent they are built for images and text alone (vision/qwen.py)."""
+    """The folder's AutoProcessor, its tokenizer with a pad token (models.with_pad_token). Qwen2-VL / Qwen2.5-VL
+    processors also declare a video processor that needs torchvision; where it is absent they are built for
+    images and text alone (vision/qwen.py)."""
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
+    from sftune.models import with_pad_token
     from sftune.vision import qwen
 
     try:
-        return AutoProcessor.from_pretrained(str(folder))
+        processor = AutoProcessor.from_pretrained(str(folder))
     except (ImportError, AttributeError, OSError) as err:  # the video processor: no torchvision, no config
         family = qwen.family(folder)
         about_videos = "torchvision" in str(err).lower() or "video" in str(err).lower()
         if not about_videos or family not in qwen.MODEL_TYPES:
             raise
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    return qwen.processor(family, AutoImageProcessor.from_pretrained(str(folder)), tokenizer,
-                          chat_template=tokenizer.chat_template)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        processor = qwen.processor(family, AutoImageProcessor.from_pretrained(str(folder)), tokenizer,
+                                   chat_template=tokenizer.chat_template)
+    with_pad_token(processor.tokenizer)
+    return processor
 
 
 def load(folder: str | os.PathLike, *, dtype: Any = "auto", attn_implementation: str | None = "sdpa",
          **options: Any) -> tuple[Any, Any]:
-    """(model, processor) of a vision-language checkpoint folder; the processor's tokenizer gets a pad token."""
+    """(model, processor) of a vision-language checkpoint folder (load_processor: its tokenizer pads)."""
     from transformers import AutoModelForImageTextToText
 
     from sftune.models import ModelNotAvailableError
@@ -65,7 +69,4 @@ def load(folder: str | os.PathLike, *, dtype: Any = "auto", attn_implementation:
             f"Could not load the vision-language model in folder '{folder}': {err}\n"
             "The folder needs config.json, the processor files (preprocessor_config.json, tokenizer) and "
             "the weights as *.safetensors.") from err
-    tokenizer = processor.tokenizer
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # labels come from message spans, never from the pad id
     return model, processor
