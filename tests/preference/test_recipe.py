@@ -53,6 +53,39 @@ def test_dpo_continues_an_sft_runs_adapter(tmp_path, tiny_checkpoint):
     assert loaded.is_adapter and loaded.template.name == runs.load(sft).template.name
 
 
+def test_setup_model_returns_what_it_resolved_and_leaves_the_config_alone(tmp_path, tiny_checkpoint):
+    """From an SFT run folder with its adapter continued: the base and the template the saved config names come
+    back from setup_model; the caller's config still names the run folder and no template."""
+    from rich.console import Console
+
+    from sftune import config, runs
+    from sftune.preference.recipe import setup_model
+
+    sft = _sft_run(tmp_path, tiny_checkpoint)
+    cfg = config.load(_config(tmp_path, sft, {"name": "lora", "r": 4}, "dpo"))
+    setup = setup_model(cfg, "fp32", Console(quiet=True))
+    assert setup.continued and setup.base == runs.run_config(sft).model.name == str(tiny_checkpoint)
+    assert setup.template_name == runs.run_config(sft).data.template and setup.template_name is not None
+    assert cfg.model.name == str(sft) and cfg.data.template is None
+
+
+def test_a_preference_run_audits_its_stops_and_its_generation_config_stops_there(tmp_path, tiny_checkpoint):
+    """The stop-token audit runs as in SFT (said once), and the run folder's generation_config stops at every stop
+    the audit found: here the model's own eos (<|endoftext|>) and the template's end of turn (<|im_end|>)."""
+    from rich.console import Console
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from sftune import train
+
+    GenerationConfig(eos_token_id=0).save_pretrained(tiny_checkpoint)  # the base stops at <|endoftext|> only
+    console = Console(record=True, width=200)
+    result = train(_config(tmp_path, tiny_checkpoint, {"name": "full"}, "run"), console=console)
+    assert console.export_text().count("stop tokens: ") == 1
+    tokenizer = AutoTokenizer.from_pretrained(result.run_dir)
+    expected = sorted(tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"]))
+    assert GenerationConfig.from_pretrained(result.run_dir).eos_token_id == expected
+
+
 @pytest.mark.parametrize("method, loss", [({"name": "full"}, "ipo"), ({"name": "lora", "r": 4}, "orpo")])
 def test_other_methods_and_losses_run(tmp_path, tiny_checkpoint, method, loss):
     from sftune import train
