@@ -24,11 +24,11 @@ def _config(tmp_path, model, method, out, **preference):
             "output": {"dir": str(tmp_path / out)}}
 
 
-def _sft_run(tmp_path, model):
+def _sft_run(tmp_path, model, **data):
     from sftune import train
     from tests.training.test_recipe import run_config
 
-    cfg = run_config(tmp_path, model, train={"max_steps": 2, "save_steps": None}, eval={"steps": None})
+    cfg = run_config(tmp_path, model, train={"max_steps": 2, "save_steps": None}, eval={"steps": None}, data=data)
     cfg["output"]["dir"] = str(tmp_path / "sft")
     return train(cfg).run_dir
 
@@ -61,47 +61,31 @@ def test_setup_model_returns_what_it_resolved_and_leaves_the_config_alone(tmp_pa
     from sftune import config, runs
     from sftune.preference.recipe import setup_model
 
-    sft = _sft_run(tmp_path, tiny_checkpoint)
+    sft = _sft_run(tmp_path, tiny_checkpoint, template="chatml")
     cfg = config.load(_config(tmp_path, sft, {"name": "lora", "r": 4}, "dpo"))
     setup = setup_model(cfg, "fp32", Console(quiet=True))
     assert setup.continued and setup.base == runs.run_config(sft).model.name == str(tiny_checkpoint)
-    assert setup.template_name == runs.run_config(sft).data.template and setup.template_name is not None
+    assert setup.template_name == "chatml" and setup.template.name == "chatml"
     assert cfg.model.name == str(sft) and cfg.data.template is None
 
 
 def test_a_preference_run_audits_its_stops_and_its_generation_config_stops_there(tmp_path, tiny_checkpoint):
-    """The stop-token audit runs as in SFT (said once), and the run folder's generation_config stops at every stop
-    the audit found: here the model's own eos (<|endoftext|>) and the template's end of turn (<|im_end|>)."""
-    from rich.console import Console
+    """`sftune train` with stage: preference: the stop-token audit runs as in SFT (said once), and the run folder's
+    generation_config stops at every stop the audit found: here the model's own eos (<|endoftext|>) and the
+    template's end of turn (<|im_end|>)."""
+    import yaml
     from transformers import AutoTokenizer, GenerationConfig
+    from typer.testing import CliRunner
 
-    from sftune import train
+    from sftune.cli import app
 
     GenerationConfig(eos_token_id=0).save_pretrained(tiny_checkpoint)  # the base stops at <|endoftext|> only
-    console = Console(record=True, width=200)
-    result = train(_config(tmp_path, tiny_checkpoint, {"name": "full"}, "run"), console=console)
-    assert console.export_text().count("stop tokens: ") == 1
-    tokenizer = AutoTokenizer.from_pretrained(result.run_dir)
+    path = tmp_path / "dpo.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path, tiny_checkpoint, {"name": "full"}, "run")))
+    result = CliRunner().invoke(app, ["train", str(path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert result.output.count("stop tokens: ") == 1 and "Done: 3 steps" in result.output
+    run = tmp_path / "run"
+    tokenizer = AutoTokenizer.from_pretrained(run)
     expected = sorted(tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"]))
-    assert GenerationConfig.from_pretrained(result.run_dir).eos_token_id == expected
-
-
-@pytest.mark.parametrize("method, loss", [({"name": "full"}, "ipo"), ({"name": "lora", "r": 4}, "orpo")])
-def test_other_methods_and_losses_run(tmp_path, tiny_checkpoint, method, loss):
-    from sftune import train
-
-    result = train(_config(tmp_path, tiny_checkpoint, method, "run", loss=loss))
-    assert result.summary["steps"] == 3 and result.summary["loss"] == loss
-    assert result.summary["train_loss"] == result.summary["train_loss"]  # finite, not NaN
-
-
-def test_non_finite_loss_stops_naming_the_step(tmp_path, tiny_checkpoint):
-    from sftune import train
-    from sftune.training import NonFiniteLossError
-
-    with pytest.raises(NonFiniteLossError, match=r"step 2\b"):
-        train(_config(tmp_path, tiny_checkpoint, {"name": "full"}, "nan"), callbacks=[PoisonAt(1)])
-    # the progress line stopped with the run (its refresh thread redrew a dead line for the rest of the process)
-    import threading
-
-    assert not [t for t in threading.enumerate() if type(t).__name__ == "_RefreshThread"]
+    assert GenerationConfig.from_pretrained(run).eos_token_id == expected
