@@ -13,7 +13,7 @@ __all__ = ["__version__", "train"]
 def __getattr__(name: str):
     # `from sftune import train` without importing torch and transformers at `import sftune`.
     if name == "train":
-        from sftune.training import train
+        from sftune.recipes import train
 
         return train
     raise AttributeError(f"module 'sftune' has no attribute {name!r}")

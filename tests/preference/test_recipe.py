@@ -24,11 +24,11 @@ def _config(tmp_path, model, method, out, **preference):
             "output": {"dir": str(tmp_path / out)}}
 
 
-def _sft_run(tmp_path, model):
+def _sft_run(tmp_path, model, **data):
     from sftune import train
     from tests.training.test_recipe import run_config
 
-    cfg = run_config(tmp_path, model, train={"max_steps": 2, "save_steps": None}, eval={"steps": None})
+    cfg = run_config(tmp_path, model, train={"max_steps": 2, "save_steps": None}, eval={"steps": None}, data=data)
     cfg["output"]["dir"] = str(tmp_path / "sft")
     return train(cfg).run_dir
 
@@ -72,6 +72,44 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path, tiny_checkpoint):
     import threading
 
     assert not [t for t in threading.enumerate() if type(t).__name__ == "_RefreshThread"]
+
+
+def test_setup_model_returns_what_it_resolved_and_leaves_the_config_alone(tmp_path, tiny_checkpoint):
+    """From an SFT run folder with its adapter continued: the base and the template the saved config names come
+    back from setup_model; the caller's config still names the run folder and no template."""
+    from rich.console import Console
+
+    from sftune import config, runs
+    from sftune.preference.recipe import setup_model
+
+    sft = _sft_run(tmp_path, tiny_checkpoint, template="chatml")
+    cfg = config.load(_config(tmp_path, sft, {"name": "lora", "r": 4}, "dpo"))
+    setup = setup_model(cfg, "fp32", Console(quiet=True))
+    assert setup.continued and setup.base == runs.run_config(sft).model.name == str(tiny_checkpoint)
+    assert setup.template_name == "chatml" and setup.template.name == "chatml"
+    assert cfg.model.name == str(sft) and cfg.data.template is None
+
+
+def test_a_preference_run_audits_its_stops_and_its_generation_config_stops_there(tmp_path, tiny_checkpoint):
+    """`sftune train` with stage: preference: the stop-token audit runs as in SFT (said once), and the run folder's
+    generation_config stops at every stop the audit found: here the model's own eos (<|endoftext|>) and the
+    template's end of turn (<|im_end|>)."""
+    import yaml
+    from transformers import AutoTokenizer, GenerationConfig
+    from typer.testing import CliRunner
+
+    from sftune.cli import app
+
+    GenerationConfig(eos_token_id=0).save_pretrained(tiny_checkpoint)  # the base stops at <|endoftext|> only
+    path = tmp_path / "dpo.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path, tiny_checkpoint, {"name": "full"}, "run")))
+    result = CliRunner().invoke(app, ["train", str(path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert result.output.count("stop tokens: ") == 1 and "Done: 3 steps" in result.output
+    run = tmp_path / "run"
+    tokenizer = AutoTokenizer.from_pretrained(run)
+    expected = sorted(tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"]))
+    assert GenerationConfig.from_pretrained(run).eos_token_id == expected
 
 
 def test_a_full_preference_run_starts_from_the_sft_runs_merged_adapter(tmp_path, tiny_checkpoint):

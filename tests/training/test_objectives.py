@@ -113,8 +113,8 @@ def test_accumulation_invariance(tmp_path, name):
         trainer = SFTTrainer(model=tiny_model("llama", vocab_size=VOCAB),
                              args=make_args(tmp_path / f"b{batch}", per_device_train_batch_size=batch,
                                             gradient_accumulation_steps=accumulation, max_steps=2, optim="sgd"),
-                             train_dataset=data, data_collator=padding_free_collate, callbacks=[recorder])
-        trainer.token_loss = objectives.token_loss_for(name)
+                             train_dataset=data, data_collator=padding_free_collate, callbacks=[recorder],
+                             objective=objectives.Objective(token_loss=objectives.token_loss_for(name)))
         trainer.train()
         results.append((losses(trainer), recorder.steps))
     (loss_a, grads_a), (loss_b, grads_b) = results
@@ -166,9 +166,9 @@ def test_chord_loss_on_a_small_case(tmp_path):
     rollout = chord.packed_rollouts(prompts, answers, adv)
     assert rollout["cu_seq_lens_q"].tolist() == [0, 5, 11, 14] and rollout["max_length_q"] == 6  # for the attention
     batch = {**padding_free_collate(expert), "rollout": rollout, "rollout_tokens": torch.tensor(9)}
-    trainer = SFTTrainer(model=model, args=make_args(tmp_path), data_collator=padding_free_collate)
-    trainer.token_loss = objectives.token_loss_for("phi")
-    trainer.chord = type("C", (), dict(mu_peak=0.6, mu_valley=0.1, mu_warmup_steps=0, mu_decay_steps=4))()
+    settings = type("C", (), dict(mu_peak=0.6, mu_valley=0.1, mu_warmup_steps=0, mu_decay_steps=4))()
+    trainer = SFTTrainer(model=model, args=make_args(tmp_path), data_collator=padding_free_collate,
+                         objective=objectives.Objective(token_loss=objectives.token_loss_for("phi"), chord=settings))
     trainer.state.global_step = 2
     mu = 0.1 + 0.5 * 0.5  # half-way down the cosine
     n_expert = sum(sum(1 for v in r["labels"][1:] if v != -100) for r in expert)
@@ -250,9 +250,9 @@ def test_chord_rollouts_are_synced_under_fsdp_over_two_processes(monkeypatch):
     monkeypatch.setattr(chord, "sample_rollouts", sample)
     settings = types.SimpleNamespace(mu_peak=0.5, mu_valley=0.1, mu_warmup_steps=0, mu_decay_steps=2)
     accelerator = types.SimpleNamespace(num_processes=2, unwrap_model=lambda m: m, reduce=lambda t, reduction: t)
-    trainer = types.SimpleNamespace(chord=settings, accelerator=accelerator, model=None, processing_class=None,
-                                    chord_reward=None, stop_token_ids=[0], state=types.SimpleNamespace(global_step=0),
-                                    _objective_logs={})
+    objective = objectives.Objective(chord=settings, stop_token_ids=(0,))
+    trainer = types.SimpleNamespace(objective=objective, accelerator=accelerator, model=None, processing_class=None,
+                                    state=types.SimpleNamespace(global_step=0), _objective_logs={})
     for env in ({}, {"ACCELERATE_USE_FSDP": "true"}):
         monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
         for name, value in env.items():

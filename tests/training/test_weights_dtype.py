@@ -36,3 +36,16 @@ def test_adapter_on_an_fp16_base_trains_in_fp32(options):
     frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
     assert trained and set(trained.values()) == {torch.float32}, trained
     assert frozen == {torch.float16}
+
+
+@pytest.mark.parametrize("method, precision, dtype", [("lora", "bf16", "auto"), ("qlora", "fp16", "auto"),
+                                                      ("full", "bf16", "auto"), ("lora", "bf16", "bfloat16")])
+def test_the_vision_branch_keeps_an_auto_base_in_fp32_on_a_cpu_only(monkeypatch, method, precision, dtype):
+    """half_on_cpu=False (setup_vision_model): without CUDA an auto base stays fp32; with CUDA the rule is the text
+    branch's; a dtype the config names is kept either way."""
+    cfg = config_module.load({"model": {"name": "smollm2-135m-instruct", "dtype": dtype}, "method": {"name": method},
+                              "data": {"train": "x.jsonl"}})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert weights_dtype(cfg, precision, half_on_cpu=False) == (torch.float32 if dtype == "auto" else torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert weights_dtype(cfg, precision, half_on_cpu=False) == weights_dtype(cfg, precision)

@@ -81,7 +81,7 @@ def train_command(
     if print_config:
         typer.echo(config_module.to_yaml(cfg), nl=False)
         return
-    from sftune.training import train  # the training stack, imported only to train
+    from sftune.recipes import train  # the training stack, imported only to train
 
     _warn_if_too_big(cfg)
     result = train(cfg, console=console)

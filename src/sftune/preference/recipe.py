@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +24,37 @@ from sftune.preference.encode import encode_pairs
 from sftune.preference.losses import NEEDS_REFERENCE, Settings
 from sftune.preference.reference import add_reference_logps
 from sftune.preference.trainer import PreferenceTrainer
+from sftune.templates import stops
 from sftune.training.arguments import arguments_for_loading, training_arguments
 from sftune.training.callbacks import MetricsFileCallback, RichProgressCallback, close_progress
 from sftune.training.checkpoints import CheckpointCompleteCallback
 from sftune.data.entries import read_entries
 from sftune.training.plot import plot_curves
 from sftune.training.records import ResumeScheduleCheck, write_environment
-from sftune.training.run import (TrainResult, final_evaluation, is_main_process, peak_memory_mb, start_or_resume,
-                                 weights_dtype)
+from sftune.training.run import (TrainResult, final_evaluation, is_main_process, packing_decision, peak_memory_mb,
+                                 start_or_resume, weights_dtype)
 
 
 def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
-    """Run one preference training (cfg.stage == "preference"); write the run folder; return it."""
+    """Run one preference training (stage: preference) of a loaded and checked Config (sftune.recipes.train); write
+    the run folder; return it."""
     run_dir = Path(cfg.output.dir)
     publish.check(cfg)  # output.push_to_hub: its token, before hours of training
     resume = start_or_resume(cfg, run_dir, console)
     precision = launch_precision(resolve_precision(cfg.train.precision), cfg.train.precision,
                                  torch.cuda.is_available())
     set_seed(cfg.train.seed)
-    cfg = cfg.model_copy(deep=True)  # setup_model writes the run's template and base into it
-    started_from = cfg.model.name
     loading = arguments_for_loading(cfg, run_dir, precision=precision)  # ZeRO-3 init / FSDP low-RAM loading
-    model, tokenizer, template, packing, continued = setup_model(cfg, precision, console)
+    setup = setup_model(cfg, precision, console)
     del loading  # the model is loaded: its DeepSpeed config may go
+    model, tokenizer, packing = setup.model, setup.tokenizer, setup.packing
+    # the config saved with the run names what was trained: an SFT run's base under its continued adapter, and
+    # the SFT run's template when data.template named none
+    saved = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": setup.base}),
+                                   "data": cfg.data.model_copy(update={"template": setup.template_name})})
+    checked = stops.audit(setup.template, tokenizer, stops.eos_ids(model))  # every answer ends in a trained stop
+    template = checked.template
+    console.print(checked.summary(), highlight=False)
 
     train_pairs, eval_pairs = read_pairs(cfg)
     sets, reports = {}, {}
@@ -66,10 +75,10 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
         shared = False
     collate = functools.partial(collate_pairs, packing=packing, pad_token_id=tokenizer.pad_token_id,
                                 shared_prompt=shared)
-    args = training_arguments(cfg, run_dir, precision=precision, has_eval=sets["eval"] is not None, packing=True)
-    args.eval_on_start = args.eval_on_start and resume is None  # the baseline was measured when the run began
+    args = training_arguments(cfg, run_dir, precision=precision, has_eval=sets["eval"] is not None, packing=True,
+                              resumed=resume is not None)
     if NEEDS_REFERENCE[settings.loss]:
-        fresh_adapter = hasattr(model, "disable_adapter") and not continued
+        fresh_adapter = hasattr(model, "disable_adapter") and not setup.continued
         for name in ("train", "eval"):
             if sets[name] is not None:
                 sets[name] = add_reference_logps(model, sets[name], collate, batch_size=args.per_device_eval_batch_size,
@@ -78,14 +87,13 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if is_main_process():
-        runs.write_config(run_dir, cfg)  # paths that survive moving the folder
+        runs.write_config(run_dir, saved)  # paths that survive moving the folder
     templates.save_to_tokenizer(template, tokenizer)
     own = [CheckpointCompleteCallback(), MetricsFileCallback(run_dir / "metrics.jsonl"), RichProgressCallback(console)]
+    own += [ResumeScheduleCheck(resume, console)] if resume is not None else []
     trainer = PreferenceTrainer(model=model, args=args, train_dataset=sets["train"], eval_dataset=sets["eval"],
                                 data_collator=collate, processing_class=tokenizer,
                                 callbacks=own + list(callbacks or []), settings=settings)
-    if resume is not None:
-        trainer.add_callback(ResumeScheduleCheck(resume, console))
     if trainer.is_world_process_zero():
         write_environment(run_dir, precision=precision, resumed_from=resume)
     try:
@@ -94,14 +102,18 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
         close_progress(trainer)
     final_eval = final_evaluation(trainer) if sets["eval"] is not None else {}
     trainer.save_model(str(run_dir))
+    if trainer.is_world_process_zero():
+        runs.write_generation_config(run_dir, model, checked.stop_ids)  # inference stops where training did
     trainable, total = methods.count_parameters(model)
     summary = {
-        "stage": "preference", "loss": settings.loss, "model": cfg.model.name, "started_from": started_from, "method": cfg.method.name,
-        "precision": precision, "packing": packing, "shared_prompt": shared, "steps": trainer.state.global_step, "epochs": trainer.state.epoch,
+        "stage": "preference", "loss": settings.loss, "model": setup.base, "started_from": cfg.model.name,
+        "method": cfg.method.name, "precision": precision, "packing": packing, "shared_prompt": shared,
+        "steps": trainer.state.global_step, "epochs": trainer.state.epoch,
         "train_pairs": len(sets["train"]), "eval_pairs": 0 if sets["eval"] is None else len(sets["eval"]),
         "skipped": {name: reports[name].skipped if reports[name] else 0 for name in ("train", "eval")},
-        "trained_tokens": trainer.trained_tokens, "train_loss": output.training_loss,
-        "train_seconds": round(trainer.wall_seconds, 3),
+        "trained_tokens": trainer.trained_tokens,
+        "trained_tokens_per_second": round(trainer.trained_tokens / max(trainer.train_seconds, 1e-9), 2),
+        "train_loss": output.training_loss, "train_seconds": round(trainer.wall_seconds, 3),
         "pairs_per_second": round(len(sets["train"]) * (trainer.state.epoch or 1) / max(trainer.train_seconds, 1e-9), 3),
         "peak_memory_mb": round(peak_memory_mb(), 1), "trainable_parameters": trainable,
         "total_parameters": total, "resumed_from": resume, **final_eval,
@@ -109,7 +121,7 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
     if trainer.is_world_process_zero():
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
-        publish.finish(cfg, run_dir, console)  # the model card (over peft's template); output.push_to_hub
+        publish.finish(saved, run_dir, console)  # the model card (over peft's template); output.push_to_hub
     return TrainResult(run_dir=run_dir, summary=summary, model=trainer.model, tokenizer=tokenizer)
 
 
@@ -127,14 +139,31 @@ def read_pairs(cfg: Config) -> tuple[list, list]:
     return pairs, []
 
 
-def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, Any, bool, bool]:
-    """(model with the method applied, tokenizer, template, packing, whether an SFT run's adapter is continued).
+@dataclass
+class Setup:
+    """What setup_model loaded and resolved: the model and its tokenizer and template, whether it packs, whether an
+    SFT run's adapter is continued, and the names the run's saved config gives: `base`, the model the weights
+    start from (an SFT run's base under its continued adapter, else model.name), and `template_name`, data.template
+    (an SFT run's own when none was given)."""
+
+    model: Any
+    tokenizer: Any
+    template: Any
+    packing: bool
+    continued: bool
+    base: str
+    template_name: str | None
+
+
+def setup_model(cfg: Config, precision: str, console) -> Setup:
+    """The model with the method applied, and what was resolved on the way (see Setup); `cfg` is left as it is.
 
     model.name may be an SFT run folder: its full weights, or its adapter on its base model (continued
     when method is lora / qlora, merged into the weights for full / freeze); its template is used.
     """
+    cfg = cfg.model_copy(deep=True)  # the run-folder branch resolves the base and the template into this copy
     name = cfg.model.name
-    packing = cfg.data.packing and methods.packing_supported(cfg.method)[0]
+    packing, _ = packing_decision(cfg)  # the method's answer before loading: the attention implementation follows
     options = {"dtype": weights_dtype(cfg, precision),
                "attn_implementation": attention.resolve(cfg.model.attn_implementation, packing=packing),
                "trust_remote_code": cfg.model.trust_remote_code, **methods.load_kwargs(cfg.method)}
@@ -155,10 +184,7 @@ def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, Any, bo
         model = methods.apply_method(model, cfg.method, tokenizer, verbose=False)
     console.print(f"[bold]{cfg.stage} ({cfg.preference.loss})[/bold], {cfg.method.name} on {name}"
                   f"{' (continuing its adapter)' if continued else ''}: {methods.trainable_summary(model)}")
-    if packing and not methods.packing_supported(cfg.method, model)[0]:
-        packing = False
-    why = packing_refused(model) if packing else None  # the model's own packed rows == its sequences alone
+    packing, why = packing_decision(cfg, model)  # the method on this model; its packed rows == its sequences alone
     if why:
         console.print(f"[yellow]packing off: {escape(why)}; pairs are padded batches[/yellow]")
-        packing = False
-    return model, tokenizer, template, packing, continued
+    return Setup(model, tokenizer, template, packing, continued, base=cfg.model.name, template_name=cfg.data.template)

@@ -76,8 +76,11 @@ def check_report_to(report_to: list[str]) -> None:
                               f"pip install {package} (or drop {name} from train.report_to)")
 
 
-def training_arguments(cfg: Config, run_dir: Path, *, precision: str, has_eval: bool, packing: bool):
-    """Map the sftune configuration onto `transformers.TrainingArguments`."""
+def training_arguments(cfg: Config, run_dir: Path, *, precision: str, has_eval: bool, packing: bool,
+                       resumed: bool = False, candidates: int | None = None):
+    """Map the sftune configuration onto `transformers.TrainingArguments`, once, complete. `resumed`: the run goes
+    on from a checkpoint (eval.on_start's baseline was measured when it began); `candidates`: the rows (or
+    sequences) each forward pass reads when train.batch_selection keeps the micro-batch's worth of them."""
     from transformers import TrainingArguments
 
     from sftune.methods import DEFAULT_LEARNING_RATE
@@ -106,7 +109,7 @@ def training_arguments(cfg: Config, run_dir: Path, *, precision: str, has_eval: 
                                  local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
-        per_device_train_batch_size=micro,
+        per_device_train_batch_size=candidates or micro,
         per_device_eval_batch_size=e.batch_size or micro,
         gradient_accumulation_steps=t.grad_accum * (t.batch_size // micro),
         num_train_epochs=t.epochs,
@@ -136,7 +139,7 @@ def training_arguments(cfg: Config, run_dir: Path, *, precision: str, has_eval: 
         save_total_limit=t.save_total_limit,
         eval_strategy=("steps" if e.steps else "epoch") if has_eval else "no",
         eval_steps=e.steps,
-        eval_on_start=e.on_start and has_eval,
+        eval_on_start=e.on_start and has_eval and not resumed,
         load_best_model_at_end=keep_best,
         metric_for_best_model=best_metric,
         greater_is_better=greater,
@@ -144,6 +147,7 @@ def training_arguments(cfg: Config, run_dir: Path, *, precision: str, has_eval: 
         disable_tqdm=True,
         remove_unused_columns=False,
         train_sampling_strategy="random" if packing else "group_by_length",
+        length_column_name="length",  # padded sequences' lengths, a column training.data.batches adds
         dataloader_num_workers=workers,
         dataloader_persistent_workers=workers > 0,  # not started again for every epoch and evaluation
         dataloader_pin_memory=cuda,

@@ -49,13 +49,9 @@ def check_data_paths(cfg: Config) -> None:
             raise ConfigError(f"data.{key} and output.dir: {err}") from None
 
 
-def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=None, processor: Any = None,
-                 replay: Callable[[int], list[dict[str, str]]] | None = None) -> EncodedData:
-    """Read, split and encode data.train (and data.eval, or a val_ratio share of data.train); with a
-    vision-language model's processor, images are expanded into their tokens (sftune/vision).
-
-    `replay(task examples)` gives data.replay's pairs, mixed into the training part only.
-    """
+def read_conversations(cfg: Config, template: Template) -> tuple[list[data.Conversation], list[data.Conversation]]:
+    """(training conversations, held-out ones: data.eval, or a val_ratio share of data.train, or none). Every process
+    reads the same rows in the same order, before the TrainingArguments are built (whether there is held-out data)."""
     d = cfg.data
     if not d.train:
         raise ConfigError("data.train is empty: give the SFT data files, e.g. data.train=[data/train.jsonl]")
@@ -68,11 +64,23 @@ def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=Non
                "instruction_position": d.instruction_position}
     conversations = read_entries(cfg, "train", options)
     if d.eval:
-        held_out = read_entries(cfg, "eval", options)
-    elif d.val_ratio > 0:
-        conversations, held_out = data.split(conversations, val_ratio=d.val_ratio, seed=d.seed)
-    else:
-        held_out = []
+        return conversations, read_entries(cfg, "eval", options)
+    if d.val_ratio > 0:
+        return data.split(conversations, val_ratio=d.val_ratio, seed=d.seed)
+    return conversations, []
+
+
+def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=None, processor: Any = None,
+                 replay: Callable[[int], list[dict[str, str]]] | None = None,
+                 read: tuple[list[data.Conversation], list[data.Conversation]] | None = None) -> EncodedData:
+    """Read (unless `read` holds read_conversations' result), split and encode data.train (and data.eval, or a
+    val_ratio share of data.train); with a vision-language model's processor, images are expanded into their
+    tokens (sftune/vision).
+
+    `replay(task examples)` gives data.replay's pairs, mixed into the training part only.
+    """
+    d = cfg.data
+    conversations, held_out = read if read is not None else read_conversations(cfg, template)
     if replay is not None and d.replay.ratio > 0:
         from sftune.training.replay import mix_in
 

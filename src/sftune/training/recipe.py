@@ -1,4 +1,5 @@
-"""One SFT run, top to bottom: configuration -> model, data, method, trainer -> the run folder.
+"""One SFT run (stage: sft), top to bottom: model, data, method, trainer -> the run folder. A peer of
+sftune.preference.recipe; sftune.recipes.train loads and checks the configuration and picks the stage's recipe.
 
 The run folder (output.dir) holds the model or adapter, the tokenizer with the chat template used
 (inference sees exactly what training saw), config.yaml, encode_options.json (how the data was labelled, for
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,55 +18,35 @@ from rich.markup import escape
 from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 
 from sftune import attention, distributed, methods, models, publish, runs, templates
-from sftune.config import Config, ConfigError, load
+from sftune.config import Config, ConfigError
 from sftune.hardware import resolve_precision
-from sftune.packing import packing_refused
 from sftune.templates import stops
-from sftune.training.arguments import arguments_for_loading, check_report_to, training_arguments
+from sftune.training.arguments import arguments_for_loading, micro_batch_size, training_arguments
 from sftune.training.callbacks import MetricsFileCallback, RichProgressCallback, close_progress
 from sftune.training.checkpoints import CheckpointCompleteCallback
 from sftune.training.compile import compile_layers, inductor_cache
-from sftune.training.data import EncodedData, batches, check_data_paths, prepare_data
+from sftune.training.data import EncodedData, batches, prepare_data, read_conversations
 from sftune.training.generate_eval import generation_metrics
-from sftune.training.kernels import apply_kernels, check_kernels
+from sftune.training.kernels import apply_kernels
+from sftune.training.objectives import objective_for
 from sftune.training.plot import plot_curves
 from sftune.training.records import ResumeScheduleCheck, write_environment
 from sftune.training.replay import replay_pairs
-from sftune.training.run import (HALF_DTYPE, TrainResult, final_evaluation, is_main_process, peak_memory_mb,
+from sftune.training.run import (TrainResult, final_evaluation, is_main_process, packing_decision, peak_memory_mb,
                                  start_or_resume, weights_dtype)
 from sftune.training.selection import candidates, selector_for
 from sftune.training.trainer import SFTTrainer
 from sftune.vision import models as vision_models
 
 
-def train(
-    config: Config | str | os.PathLike | dict,
-    overrides: list[str] | None = None,
-    *,
-    console=None,
-    callbacks: list[TrainerCallback] | None = None,
-) -> TrainResult:
-    """Run one SFT training from a Config, a YAML path or a dict; write the run folder; return it.
-
-    `callbacks`: extra `transformers.TrainerCallback`s (instances or classes), run after sftune's own
-    (checkpoint marker, metrics file, progress bar, early stopping) at every event of the Trainer.
-    """
-    from rich.console import Console
-
-    cfg = config if isinstance(config, Config) else load(config, overrides)
-    check_report_to(cfg.train.report_to)  # a missing logger package, before anything is loaded
-    check_kernels(cfg.train.kernels, cuda=torch.cuda.is_available())  # liger: installed, on CUDA
-    check_data_paths(cfg)  # and a missing data file
-    console = console or Console()
-    if cfg.stage == "preference":  # chosen / rejected pairs: DPO, IPO, SimPO, ORPO (sftune.preference)
-        from sftune.preference.recipe import train_preference
-
-        return train_preference(cfg, console=console, callbacks=callbacks)
+def train_sft(cfg: Config, *, console, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
+    """Run one SFT training (stage: sft) of a loaded and checked Config (sftune.recipes.train); write the run folder;
+    return it. `callbacks`: extra `transformers.TrainerCallback`s, run after sftune's own."""
     run_dir = Path(cfg.output.dir)
     resume = start_or_resume(cfg, run_dir, console)
-    precision = distributed.launch_precision(resolve_precision(cfg.train.precision), cfg.train.precision,
-                                             torch.cuda.is_available())
-    distributed.check_launch(cfg, cuda=torch.cuda.is_available())  # before anything is loaded
+    cuda = torch.cuda.is_available()
+    precision = distributed.launch_precision(resolve_precision(cfg.train.precision), cfg.train.precision, cuda)
+    distributed.check_launch(cfg, cuda=cuda)  # before anything is loaded
     publish.check(cfg)  # output.push_to_hub: its token, before hours of training
 
     set_seed(cfg.train.seed)  # adapters are initialized randomly: the same seed, the same run
@@ -82,37 +62,34 @@ def train(
     template = checked.template
     console.print(checked.summary(), highlight=False)
 
-    probe = loading or training_arguments(cfg, run_dir, precision=precision, has_eval=True, packing=packing)
+    read = read_conversations(cfg, template)  # every process reads the same rows in the same order
+    selector = selector_for(cfg, keep=micro_batch_size(cfg.train, packing=packing, cuda=cuda))  # train.batch_selection
+    args = training_arguments(cfg, run_dir, precision=precision, has_eval=bool(read[1]), packing=packing,
+                              resumed=resume is not None,  # each forward pass reads K / ratio candidates, trains ~K
+                              candidates=candidates(selector.keep, selector.ratio) if selector else None)
+    del loading  # the real arguments hold the launch's DeepSpeed config from here on
     replay = None  # data.replay: the base model's own pairs, generated once (cached in the run folder)
     if cfg.data.replay.ratio > 0:
         replay = functools.partial(replay_pairs, cfg, model, tokenizer, template, run_dir=run_dir, console=console)
     # The first process of each machine encodes (under the cache's file lock: one writer even when several
     # machines share the disk); the others then memory-map its cache. Each process reads the same rows in the same
     # order, and the Trainer's sampler gives each its own share of every step (see docs/distributed.md).
-    with probe.main_process_first(local=True, desc="reading and encoding data"):
-        encoded = prepare_data(cfg, tokenizer, template, console=console, processor=processor, replay=replay)
-    args = training_arguments(cfg, run_dir, precision=precision, has_eval=encoded.eval is not None, packing=packing)
-    args.eval_on_start = args.eval_on_start and resume is None  # the baseline was measured when the run began
-    if not packing:
-        args.length_column_name = "length"
-    selector = selector_for(cfg, keep=args.per_device_train_batch_size)  # train.batch_selection
-    if selector is not None:  # each forward pass reads K / ratio candidates (rows when packed), trains ~K
-        args.per_device_train_batch_size = candidates(selector.keep, cfg.train.batch_selection.ratio)
+    with args.main_process_first(local=True, desc="reading and encoding data"):
+        encoded = prepare_data(cfg, tokenizer, template, console=console, processor=processor, replay=replay,
+                               read=read)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if is_main_process():
         runs.write_config(run_dir, cfg)  # paths that survive moving the folder
         encoded.options.save(run_dir)  # evaluation encodes as training did (sftune.encode.options)
     templates.save_to_tokenizer(template, tokenizer)  # inference uses exactly the training template
+    own = [ResumeScheduleCheck(resume, console)] if resume is not None else []
     trainer = setup_trainer(cfg, model, tokenizer, template, encoded, args, packing=packing, console=console,
-                            callbacks=callbacks, processor=processor)
-    if resume is not None:
-        trainer.add_callback(ResumeScheduleCheck(resume, console))
+                            callbacks=own + list(callbacks or []), processor=processor, batch_selector=selector)
     if trainer.is_world_process_zero():
         write_environment(run_dir, precision=precision, resumed_from=resume)  # versions, command line, revision
-    trainer.batch_selector = selector
 
-    if torch.cuda.is_available():
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
     try:
         output = trainer.train(resume_from_checkpoint=resume)
@@ -149,7 +126,7 @@ def train(
 
 def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, bool]:
     """(model with the method applied, tokenizer, packing on or off for this method and model)."""
-    packing = cfg.data.packing and methods.packing_supported(cfg.method)[0]
+    packing, _ = packing_decision(cfg)  # the method's answer before loading: the attention implementation follows
     model, tokenizer = models.load(
         cfg.model.name,
         dtype=weights_dtype(cfg, precision),
@@ -162,12 +139,9 @@ def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, bool]:
         console.print(applied)
     model = methods.apply_method(model, cfg.method, tokenizer, verbose=False)
     console.print(f"[bold]{cfg.method.name}[/bold] on {cfg.model.name}: {methods.trainable_summary(model)}")
-    if cfg.data.packing:
-        ok, why = methods.packing_supported(cfg.method, model)
-        why = packing_refused(model) if ok else why  # the model's own packed rows == its sequences alone
-        if why:
-            console.print(f"[yellow]packing off: {escape(why)}; batch_size now counts sequences[/yellow]")
-            packing = False
+    packing, why = packing_decision(cfg, model)  # the method on this model; its packed rows == its sequences alone
+    if why:
+        console.print(f"[yellow]packing off: {escape(why)}; batch_size now counts sequences[/yellow]")
     if cfg.train.gradient_checkpointing:
         ok, why = methods.gradient_checkpointing_supported(cfg.method)
         if not ok:
@@ -185,9 +159,7 @@ def setup_vision_model(cfg: Config, precision: str, console) -> tuple[Any, Any, 
     from sftune.vision import methods as vision_methods
     from sftune.vision.dataset import packing_refused
 
-    dtype = getattr(torch, cfg.model.dtype) if cfg.model.dtype != "auto" else torch.float32
-    if cfg.model.dtype == "auto" and torch.cuda.is_available() and cfg.method.name != "full":
-        dtype = HALF_DTYPE.get(precision, torch.float32)
+    dtype = weights_dtype(cfg, precision, half_on_cpu=False)
     if cfg.method.name not in ("lora", "qlora", "full"):
         raise ConfigError(f"method.name={cfg.method.name}: vision-language models train with lora, qlora or full")
     folder = models.resolve(cfg.model.name)
@@ -214,9 +186,11 @@ def setup_vision_model(cfg: Config, precision: str, console) -> tuple[Any, Any, 
 
 
 def setup_trainer(cfg: Config, model: Any, tokenizer: Any, template: Any, encoded: EncodedData, args: Any, *,
-                  packing: bool, console, callbacks: list[TrainerCallback] | None, processor: Any = None) -> SFTTrainer:
-    """The SFTTrainer over the batched data, with sftune's callbacks first and the caller's after, and the
-    generation metrics of eval.generate_metrics on the first validation conversations."""
+                  packing: bool, console, callbacks: list[TrainerCallback] | None, processor: Any = None,
+                  batch_selector: Any = None) -> SFTTrainer:
+    """The SFTTrainer over the batched data, complete: sftune's callbacks first and the caller's after, train.loss's
+    objective, the batch selector (train.batch_selection) and the generation metrics of eval.generate_metrics on
+    the first validation conversations."""
     rope_index = None
     if processor is not None and packing:
         from sftune.vision import qwen
@@ -231,7 +205,18 @@ def setup_trainer(cfg: Config, model: Any, tokenizer: Any, template: Any, encode
     if cfg.eval.early_stopping_patience:
         own.append(EarlyStoppingCallback(early_stopping_patience=cfg.eval.early_stopping_patience,
                                          early_stopping_threshold=cfg.eval.early_stopping_threshold))
-    trainer = SFTTrainer(
+    e = cfg.eval
+    generation_eval = None
+    if e.generate_metrics and processor is not None:
+        console.print("[yellow]eval.generate_metrics left out: the in-training generation metrics send no images yet; "
+                      "the held-out loss and token accuracy are measured (answer a held-out file after training "
+                      "with `sftune generate RUN -i FILE -o OUT`)[/yellow]")
+    if e.generate_metrics and encoded.eval_conversations and processor is None:
+        generation_eval = functools.partial(
+            generation_metrics, tokenizer=tokenizer, template=template,
+            conversations=encoded.eval_conversations[: e.generate_max_examples], names=e.generate_metrics,
+            max_new_tokens=e.generate_max_new_tokens, batch_size=e.batch_size or 16)
+    return SFTTrainer(
         model=model,
         args=args,
         train_dataset=train_rows,
@@ -239,36 +224,10 @@ def setup_trainer(cfg: Config, model: Any, tokenizer: Any, template: Any, encode
         data_collator=collate,
         processing_class=tokenizer,
         callbacks=own + list(callbacks or []),
+        objective=objective_for(cfg.train, template.stop_token_ids(tokenizer)),
+        batch_selector=batch_selector,
+        generation_eval=generation_eval,
     )
-    set_objective(trainer, cfg, template, tokenizer)
-    e = cfg.eval
-    if e.generate_metrics and processor is not None:
-        console.print("[yellow]eval.generate_metrics left out: the in-training generation metrics send no images yet; "
-                      "the held-out loss and token accuracy are measured (answer a held-out file after training "
-                      "with `sftune generate RUN -i FILE -o OUT`)[/yellow]")
-    if e.generate_metrics and encoded.eval_conversations and processor is None:
-        trainer.generation_eval = functools.partial(
-            generation_metrics, tokenizer=tokenizer, template=template,
-            conversations=encoded.eval_conversations[: e.generate_max_examples], names=e.generate_metrics,
-            max_new_tokens=e.generate_max_new_tokens, batch_size=e.batch_size or 16)
-    return trainer
-
-
-def set_objective(trainer: SFTTrainer, cfg: Config, template: Any, tokenizer: Any) -> None:
-    """train.loss on the trainer: the token loss, and for chord its settings, reward and stop tokens."""
-    from sftune.training import objectives
-    from sftune.training.objectives import chord
-
-    t = cfg.train
-    trainer.token_loss = objectives.token_loss_for("ce" if t.loss == "chord" and not t.chord.phi else t.loss,
-                                                   gem_beta=t.gem_beta)
-    if t.loss == "chord":
-        try:
-            trainer.chord_reward = chord.load_reward(t.chord.reward)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-        trainer.chord = t.chord
-        trainer.stop_token_ids = template.stop_token_ids(tokenizer)
 
 
 def run_summary(cfg: Config, trainer: SFTTrainer, encoded: EncodedData, *, precision: str, packing: bool
@@ -290,3 +249,12 @@ def run_summary(cfg: Config, trainer: SFTTrainer, encoded: EncodedData, *, preci
         "trained_tokens": trainer.trained_tokens,
         "trained_tokens_per_second": round(trainer.trained_tokens / max(trainer.train_seconds, 1e-9), 2),
     }
+
+
+def __getattr__(name: str):
+    # `from sftune.training.recipe import train`, as before the stage dispatch moved above both recipes
+    if name == "train":
+        from sftune.recipes import train
+
+        return train
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

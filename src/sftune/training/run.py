@@ -1,6 +1,6 @@
 """What the SFT and preference recipes share about a run: start it or resume it, the dtype of its base
-weights, its final held-out metrics, whether this process writes the run folder, its peak memory, and
-the result a recipe returns."""
+weights, whether it packs its rows, its final held-out metrics, whether this process writes the run folder,
+its peak memory, and the result a recipe returns."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sftune import methods
 from sftune.config import Config, ConfigError
+from sftune.packing import packing_refused
 from sftune.training.checkpoints import last_checkpoint
 
 if TYPE_CHECKING:
@@ -51,15 +53,33 @@ def start_or_resume(cfg: Config, run_dir: Path, console) -> str | None:
 HALF_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def weights_dtype(cfg: Config, precision: str) -> torch.dtype:
+def weights_dtype(cfg: Config, precision: str, *, half_on_cpu: bool = True) -> torch.dtype:
     """The dtype the base model's weights are loaded in: model.dtype, or for auto fp32, except a frozen base
     under an adapter trained in bf16 or fp16, held in that dtype: autocast would recast the fp32 weights to the
     same half values at every forward; holding them halves the weights' memory. The adapter stays fp32 (peft
-    upcasts it, as fp16's gradient scaler needs)."""
+    upcasts it, as fp16's gradient scaler needs). `half_on_cpu=False` keeps an auto base in fp32 without CUDA
+    (the vision-language branch's rule on a CPU)."""
     if cfg.model.dtype != "auto":
         return getattr(torch, cfg.model.dtype)
     adapter = cfg.method.name not in ("full", "freeze")
-    return HALF_DTYPE.get(precision, torch.float32) if adapter else torch.float32
+    if not adapter or not (half_on_cpu or torch.cuda.is_available()):
+        return torch.float32
+    return HALF_DTYPE.get(precision, torch.float32)
+
+
+def packing_decision(cfg: Config, model: Any = None, *, refused: str | None = None) -> tuple[bool, str | None]:
+    """(whether this run packs its rows, why not when data.packing asked for it). Before the model loads
+    (model=None) the method alone decides, so the attention implementation can follow; with the model, the
+    method on this model and then the model's own packed rows against its sequences alone (the start-up probe,
+    packing.packing_refused). `refused`: a reason the caller knows already (a family's rule), which wins."""
+    if not cfg.data.packing:
+        return False, None
+    ok, why = methods.packing_supported(cfg.method, model)
+    if ok and refused is not None:
+        why = refused
+    elif ok and model is not None:
+        why = packing_refused(model)
+    return not why, why or None
 
 
 def final_evaluation(trainer: SFTTrainer) -> dict[str, Any]:

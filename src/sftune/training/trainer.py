@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from peft.helpers import disable_input_dtype_casting
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
@@ -32,7 +32,7 @@ from sftune.training.loss import (
     token_stats,
     trained_hidden_states,
 )
-from sftune.training.objectives import chord
+from sftune.training.objectives import Objective, chord
 
 logger = logging.get_logger(__name__)
 
@@ -76,25 +76,25 @@ class SFTTrainer(Trainer):
     # compute_loss already divides by the whole step's token count: Trainer must not divide again.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, objective: Objective | None = None,
+                 batch_selector: Callable[[Any, dict], dict] | None = None,
+                 generation_eval: Callable[[Any], dict[str, float]] | None = None, **kwargs):
+        """`objective`: train.loss (default cross-entropy); `batch_selector`: (model, candidate batch) -> the batch to
+        train on (train.batch_selection, sftune.training.selection); `generation_eval`: model -> {name: score} of
+        generated answers, added to each evaluation (eval.generate_metrics)."""
+        # first of sftune's callbacks: a checkpoint's extras are written before it is marked complete
+        kwargs["callbacks"] = [CheckpointExtras(self), *(kwargs.get("callbacks") or [])]
         super().__init__(*args, **kwargs)
         self.remove_callback(PrinterCallback)  # the rich progress bar replaces it
+        self.objective = objective or Objective()
+        self.batch_selector = batch_selector
+        self.generation_eval = generation_eval
         self._tokens_done = 0  # trained tokens over all processes, since the start of the run (resumes included)
         self._tokens_pending: torch.Tensor | int = 0  # counted on the device since trained_tokens was last read
         self._seconds_done = 0.0  # training time before the running stretch
         self._stretch_started = None  # perf_counter() when the running stretch began; None while paused
         self._wall_done = 0.0  # wall-clock seconds of the earlier train() calls of this run (resumes)
         self._train_started = None  # perf_counter() when the running train() call began
-        # model -> {name: score} of generated answers, added to each evaluation (eval.generate_metrics)
-        self.generation_eval: Callable[[Any], dict[str, float]] | None = None
-        # (model, candidate batch) -> the batch to train on (train.batch_selection; sftune.training.selection)
-        self.batch_selector: Callable[[Any, dict], dict] | None = None
-        # train.loss: the token loss on the expert data (None = cross-entropy), and train.chord's settings,
-        # reward callable and stop tokens when the on-policy GRPO term is on
-        self.token_loss: Callable | None = None
-        self.chord: Any = None
-        self.chord_reward: Callable | None = None
-        self.stop_token_ids: list[int] = []
         self._objective_logs: dict[str, list[float]] = {}
         self._non_finite: torch.Tensor | None = None  # first_non_finite's record, checked at logs, saves, evaluations
 
@@ -180,18 +180,19 @@ class SFTTrainer(Trainer):
                 count = count.pin_memory() if device.type == "cuda" else count
             count = self.accelerator.reduce(count.to(device, non_blocking=True), reduction="sum")
         self._tokens_pending = self._tokens_pending + (count.detach() if isinstance(count, torch.Tensor) else count)
-        if self.chord is not None:
+        if self.objective.chord is not None:
             self._attach_rollouts(batches, device)
         return batches, count
 
     def _attach_rollouts(self, batches: list[dict], device: torch.device) -> None:
         """CHORD: sample the step's on-policy answers, score them, and give each micro-batch its rollout row
         (advantage-weighted) and the step's sampled-token count (the GRPO term's denominator)."""
-        c = self.chord
+        o = self.objective
+        c = o.chord
         model = self.accelerator.unwrap_model(self.model)
         synced = chord.synced_sampling(self.accelerator.num_processes, shards_weights())
-        rows, sampled, rewards = chord.sample_rollouts(model, self.processing_class, batches, c, self.chord_reward,
-                                                       self.stop_token_ids, synced_gpus=synced)
+        rows, sampled, rewards = chord.sample_rollouts(model, self.processing_class, batches, c, o.chord_reward,
+                                                       list(o.stop_token_ids), synced_gpus=synced)
         sampled = torch.tensor(sampled, device=device)
         if self.accelerator.num_processes > 1:
             sampled = self.accelerator.reduce(sampled, reduction="sum")
@@ -209,7 +210,7 @@ class SFTTrainer(Trainer):
         rollout, rollout_tokens = inputs.pop("rollout", None), inputs.pop("rollout_tokens", None)
         states = trained_hidden_states(model, inputs)
         loss_sum = linear_token_loss(states.hidden, states.head, states.targets, states.weights,
-                                     token_loss=self.token_loss, logit_rule=states.logit_rule)
+                                     token_loss=self.objective.token_loss, logit_rule=states.logit_rule)
         in_training = num_items_in_batch is not None
         if not in_training:  # called outside the training loop: this batch alone
             num_items_in_batch = max(int(states.targets.numel()), 1)
@@ -217,8 +218,8 @@ class SFTTrainer(Trainer):
         else:
             scale = self.accelerator.num_processes  # DDP averages gradients over processes
         loss = loss_sum * scale / num_items_in_batch
-        if self.chord is not None and in_training:
-            c = self.chord
+        if self.objective.chord is not None and in_training:
+            c = self.objective.chord
             mu = chord.mu_at(self.state.global_step, c.mu_peak, c.mu_valley, c.mu_warmup_steps, c.mu_decay_steps)
             loss = mu * loss
             if rollout is not None:  # advantage-weighted cross-entropy: the GRPO gradient at ratio 1
@@ -308,16 +309,15 @@ class SFTTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
-    # Checkpoints of prompt-learning adapters. peft saves them for inference (prefix_tuning folds its
-    # projection MLP into plain keys/values), which Trainer then cannot load back into the training
-    # model; sftune keeps the trained parameters as they are beside the adapter and resumes from those.
-    def _save_checkpoint(self, model, trial) -> None:
-        self._pause_clock()  # nor is saving
-        self._stop_if_non_finite()  # no checkpoint of a diverged model
-        super()._save_checkpoint(model, trial)
-        if not self.args.should_save:
-            return
-        folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+    def _before_save(self) -> None:
+        """Before a checkpoint is written: saving is not training time, and no checkpoint of a diverged model."""
+        self._pause_clock()
+        self._stop_if_non_finite()
+
+    def _save_extras(self, folder: Path) -> None:
+        """Beside a checkpoint Trainer wrote: the progress for resume and, for prompt-learning adapters, the trained
+        parameters as they are. peft saves those for inference (prefix_tuning folds its projection MLP into plain
+        keys/values), which Trainer then cannot load back into the training model; sftune resumes from these."""
         progress = {"trained_tokens": self.trained_tokens, "train_seconds": self.train_seconds,
                     "wall_seconds": self.wall_seconds}
         (folder / PROGRESS).write_text(json.dumps(progress) + "\n", encoding="utf-8")
@@ -365,3 +365,26 @@ class SFTTrainer(Trainer):
             logs["trained_tokens"] = self.trained_tokens
             logs["trained_tokens_per_second"] = round(self.trained_tokens / max(self.train_seconds, 1e-9), 2)
         super().log(logs, start_time)
+
+
+class CheckpointExtras(TrainerCallback):
+    """SFTTrainer's side of each checkpoint. Transformers has no event before a save: a save is due once the
+    step's (or epoch's) end sets control.should_save, so the clock pauses and a non-finite loss stops the run
+    there; after the save, on_save writes the progress and trainable state into the checkpoint folder (a save
+    that an evaluation decides, with save_strategy=best, is preceded by that evaluation's own check)."""
+
+    def __init__(self, trainer: SFTTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            self.trainer._before_save()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            self.trainer._before_save()
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if args.should_save and folder.is_dir():
+            self.trainer._save_extras(folder)
