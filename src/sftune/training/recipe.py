@@ -20,6 +20,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 from sftune import attention, distributed, methods, models, publish, runs, templates
 from sftune.config import Config, ConfigError, load
 from sftune.hardware import resolve_precision
+from sftune.modality import Modality, text as text_modality
 from sftune.packing import packing_refused
 from sftune.templates import stops
 from sftune.training.arguments import arguments_for_loading, check_report_to, training_arguments
@@ -71,12 +72,12 @@ def train(
 
     set_seed(cfg.train.seed)  # adapters are initialized randomly: the same seed, the same run
     loading = arguments_for_loading(cfg, run_dir, precision=precision)  # ZeRO-3 init / FSDP low-RAM loading
-    processor = None
-    if vision_models.is_vision_model(models.resolve(cfg.model.name)):
-        model, processor, packing = setup_vision_model(cfg, precision, console)
-        tokenizer = processor.tokenizer
+    if vision_models.is_vision_model(models.resolve(cfg.model.name)):  # the one place a run's modality is decided
+        model, modality, packing = setup_vision_model(cfg, precision, console)
+        tokenizer = modality.tokenizer
     else:
         model, tokenizer, packing = setup_model(cfg, precision, console)
+        modality = text_modality(tokenizer)
     template = templates.get(cfg.data.template, tokenizer)
     checked = stops.audit(template, tokenizer, stops.eos_ids(model))  # every reply ends in a trained stop
     template = checked.template
@@ -90,7 +91,7 @@ def train(
     # machines share the disk); the others then memory-map its cache. Each process reads the same rows in the same
     # order, and the Trainer's sampler gives each its own share of every step (see docs/distributed.md).
     with probe.main_process_first(local=True, desc="reading and encoding data"):
-        encoded = prepare_data(cfg, tokenizer, template, console=console, processor=processor, replay=replay)
+        encoded = prepare_data(cfg, tokenizer, template, console=console, modality=modality, replay=replay)
     args = training_arguments(cfg, run_dir, precision=precision, has_eval=encoded.eval is not None, packing=packing)
     args.eval_on_start = args.eval_on_start and resume is None  # the baseline was measured when the run began
     if not packing:
@@ -105,7 +106,7 @@ def train(
         encoded.options.save(run_dir)  # evaluation encodes as training did (sftune.encode.options)
     templates.save_to_tokenizer(template, tokenizer)  # inference uses exactly the training template
     trainer = setup_trainer(cfg, model, tokenizer, template, encoded, args, packing=packing, console=console,
-                            callbacks=callbacks, processor=processor)
+                            callbacks=callbacks, modality=modality)
     if resume is not None:
         trainer.add_callback(ResumeScheduleCheck(resume, console))
     if trainer.is_world_process_zero():
@@ -123,9 +124,8 @@ def train(
     trainer.save_model(str(run_dir))  # model or adapter, plus the tokenizer with its chat template
     if trainer.is_world_process_zero():
         runs.write_generation_config(run_dir, model, checked.stop_ids)  # inference stops where training did
-    if processor is not None and trainer.is_world_process_zero():
-        processor.chat_template = tokenizer.chat_template
-        processor.save_pretrained(str(run_dir))  # the image processor beside the tokenizer
+    if trainer.is_world_process_zero():
+        modality.save(run_dir, tokenizer)  # an image-text run: its processor beside the tokenizer
     trainable, total = methods.count_parameters(model)
     summary = {
         **run_summary(cfg, trainer, encoded, precision=precision, packing=packing),
@@ -179,10 +179,10 @@ def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, bool]:
     return model, tokenizer, packing
 
 
-def setup_vision_model(cfg: Config, precision: str, console) -> tuple[Any, Any, bool]:
-    """(vision-language model with the method applied, its processor, packing on or off): see sftune/vision.
+def setup_vision_model(cfg: Config, precision: str, console) -> tuple[Any, Modality, bool]:
+    """(vision-language model with the method applied, its image-text Modality, packing on or off): see sftune/vision.
     Qwen2-VL / Qwen2.5-VL rows pack; other families' batches are padded (vision.dataset.packing_refused)."""
-    from sftune.vision import methods as vision_methods
+    from sftune.vision import methods as vision_methods, modality as vision_modality
     from sftune.vision.dataset import packing_refused
 
     dtype = getattr(torch, cfg.model.dtype) if cfg.model.dtype != "auto" else torch.float32
@@ -210,22 +210,19 @@ def setup_vision_model(cfg: Config, precision: str, console) -> tuple[Any, Any, 
         if not ok:
             console.print(f"[yellow]packing off: {why}; batch_size now counts sequences[/yellow]")
             packing = False
-    return model, processor, packing
+    return model, vision_modality.image_text(processor, model), packing
 
 
 def setup_trainer(cfg: Config, model: Any, tokenizer: Any, template: Any, encoded: EncodedData, args: Any, *,
-                  packing: bool, console, callbacks: list[TrainerCallback] | None, processor: Any = None) -> SFTTrainer:
+                  packing: bool, console, callbacks: list[TrainerCallback] | None,
+                  modality: Modality | None = None) -> SFTTrainer:
     """The SFTTrainer over the batched data, with sftune's callbacks first and the caller's after, and the
     generation metrics of eval.generate_metrics on the first validation conversations."""
-    rope_index = None
-    if processor is not None and packing:
-        from sftune.vision import qwen
-
-        rope_index = qwen.rope_index(model)  # packed Qwen2-VL rows: each sequence's own 3-D positions
+    modality = modality or text_modality(tokenizer)
     train_rows, collate = batches(encoded.train, packing=packing, max_len=cfg.data.max_len,
-                                  pad_token_id=tokenizer.pad_token_id, processor=processor, rope_index=rope_index)
+                                  pad_token_id=tokenizer.pad_token_id, modality=modality)
     eval_rows, _ = batches(encoded.eval, packing=packing, max_len=cfg.data.max_len,
-                           pad_token_id=tokenizer.pad_token_id, processor=processor, rope_index=rope_index)
+                           pad_token_id=tokenizer.pad_token_id, modality=modality)
     own = [CheckpointCompleteCallback(), MetricsFileCallback(Path(cfg.output.dir) / "metrics.jsonl"),
            RichProgressCallback(console)]
     if cfg.eval.early_stopping_patience:
@@ -242,11 +239,9 @@ def setup_trainer(cfg: Config, model: Any, tokenizer: Any, template: Any, encode
     )
     set_objective(trainer, cfg, template, tokenizer)
     e = cfg.eval
-    if e.generate_metrics and processor is not None:
-        console.print("[yellow]eval.generate_metrics left out: the in-training generation metrics send no images yet; "
-                      "the held-out loss and token accuracy are measured (answer a held-out file after training "
-                      "with `sftune generate RUN -i FILE -o OUT`)[/yellow]")
-    if e.generate_metrics and encoded.eval_conversations and processor is None:
+    if e.generate_metrics and modality.generation_eval_refused:
+        console.print(f"[yellow]eval.generate_metrics left out: {modality.generation_eval_refused}[/yellow]")
+    elif e.generate_metrics and encoded.eval_conversations:
         trainer.generation_eval = functools.partial(
             generation_metrics, tokenizer=tokenizer, template=template,
             conversations=encoded.eval_conversations[: e.generate_max_examples], names=e.generate_metrics,
