@@ -24,6 +24,7 @@ from sftune.config import DataSection, path_found
 from sftune.encode import options as encode_options
 from sftune.encode.options import EncodeOptions
 from sftune.errors import UserError
+from sftune.modality import Modality
 
 RUN_CONFIG = "config.yaml"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -311,6 +312,16 @@ def tokenizer_and_processor(model: str | os.PathLike) -> tuple[Any, Any]:
     if processor.tokenizer.pad_token is None:
         processor.tokenizer.pad_token = processor.tokenizer.eos_token
     return processor.tokenizer, processor
+
+
+def modality_of(model: str | os.PathLike) -> Modality:
+    """How data is encoded for a model name, model folder or run folder (what inspect shows): the image-text
+    Modality of a vision-language model or run (its processor), else the text one (its tokenizer)."""
+    from sftune import modality
+    from sftune.vision.modality import image_text
+
+    tokenizer, processor = tokenizer_and_processor(model)
+    return image_text(processor) if processor is not None else modality.text(tokenizer)
 
 
 def _is_vision_run(folder: str | os.PathLike) -> bool:
