@@ -17,14 +17,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sftune import models, templates
 from sftune.config import DataSection, path_found
 from sftune.encode import options as encode_options
 from sftune.encode.options import EncodeOptions
 from sftune.errors import UserError
-from sftune.modality import Modality
+
+if TYPE_CHECKING:
+    from sftune.modality import Modality
 
 RUN_CONFIG = "config.yaml"
 ADAPTER_CONFIG = "adapter_config.json"
