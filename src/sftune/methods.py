@@ -113,7 +113,7 @@ def apply_method(model: Any, method: MethodConfig, tokenizer: Any = None, verbos
 
         if method.name == "qlora":
             model = _prepare_4bit(model)
-        model = get_peft_model(model, _peft_config(model, method, tokenizer))
+        model = get_peft_model(model, peft_config(model, method, tokenizer))
         if method.name in PREFIX_METHODS and tokenizer is not None:
             init_prefix_from_text(model, tokenizer, method.init_text or PREFIX_INIT_TEXT)
     if verbose:
@@ -278,7 +278,8 @@ def load_trainable_state(model: Any, state: dict[str, torch.Tensor]) -> None:
             param.copy_(state[name])
 
 
-def _peft_config(model: Any, method: MethodConfig, tokenizer: Any):
+def peft_config(model: Any, method: MethodConfig, tokenizer: Any):
+    """The peft config of a method on this model (vision.methods builds a vision-language model's from it)."""
     from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType
 
     if method.name in ("lora", "qlora"):

@@ -21,13 +21,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sftune import models, templates
 from sftune.config import DataSection, path_found
 from sftune.encode import options as encode_options
 from sftune.encode.options import EncodeOptions
 from sftune.errors import UserError
+
+if TYPE_CHECKING:
+    from sftune.modality import Modality
 
 RUN_CONFIG = "config.yaml"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -331,6 +334,16 @@ def tokenizer_and_processor(model: str | os.PathLike) -> tuple[Any, Any]:
         return models.load(model, tokenizer_only=True)[1], None
     processor = load_processor(source)
     return processor.tokenizer, processor
+
+
+def modality_of(model: str | os.PathLike) -> Modality:
+    """How data is encoded for a model name, model folder or run folder (what inspect shows): the image-text
+    Modality of a vision-language model or run (its processor), else the text one (its tokenizer)."""
+    from sftune import modality
+    from sftune.vision.modality import image_text
+
+    tokenizer, processor = tokenizer_and_processor(model)
+    return image_text(processor) if processor is not None else modality.text(tokenizer)
 
 
 def _is_vision_run(folder: str | os.PathLike) -> bool:

@@ -421,42 +421,29 @@ def data_inspect_command(
     Images show as one masked "[image k: n tokens]" run each."""
     from rich.text import Text
 
-    from sftune.data import read
-    from sftune.data.errors import where as where_from
-    from sftune.encode import IGNORE, encode, explain
-    from sftune.templates import stops
-    from sftune.runs import tokenizer_and_processor
-    from sftune.vision import encode as vision_encode
+    from sftune.encode import EncodeOptions, explain
+    from sftune.inspection import inspect
 
-    tokenizer, processor = tokenizer_and_processor(model)  # images: one masked run each
-    image_ids = vision_encode.image_token_ids(processor) if processor is not None else frozenset()
-    checked = stops.audit(_template_for(template, tokenizer), tokenizer, stops.eos_ids(models.resolve(model)))
-    chosen = checked.template  # as training renders it: a stop sftune appends shows, trained
+    options = EncodeOptions(policy=policy, reasoning=reasoning, max_len=max_len)
+    shown = inspect(path, model, template=template, options=options, limit=limit, format=format)
+    tokenizer, image_ids = shown.modality.tokenizer, shown.modality.image_token_ids  # images: one masked run each
     colours = console.color_system is not None and not console.no_color
     opening, closing = TRAINED_MARKS
     if not plain:
-        stop_line = f"\n{checked.summary()}" if checked.appended else f"   {checked.summary()}"
-        console.print(f"template: {chosen.name}   policy: {policy}{stop_line}", highlight=False)
-    for k, conversation in enumerate(read(path, format=format, syntax="cli")):
-        if k >= limit:
-            break
-        where = where_from(conversation.meta, f"record {k}")
-        if processor is not None:
-            result = vision_encode.encode(conversation, processor, chosen, policy=policy, max_len=max_len,
-                                          reasoning=reasoning)
-        else:
-            result = encode(conversation, tokenizer, chosen, policy=policy, max_len=max_len, reasoning=reasoning)
-        if result is None:
-            print(f"# {where}: no trained token (skipped in training)")
+        appended = shown.checked.appended is not None or shown.checked.appended_after_call is not None
+        stop_line = f"\n{shown.checked.summary()}" if appended else f"   {shown.checked.summary()}"
+        console.print(f"template: {shown.template.name}   policy: {policy}{stop_line}", highlight=False)
+    for record in shown.records:
+        if record.encoded is None:
+            print(f"# {record.where}: no trained token (skipped in training)")
             continue
-        trained = sum(label != IGNORE for label in result["labels"])
-        header = f"# {where}: {len(result['input_ids'])} tokens, {trained} trained"
+        header = f"# {record.where}: {len(record.encoded['input_ids'])} tokens, {record.trained} trained"
         if plain:
             print(header)
-            for text, kind in explain(result, tokenizer, image_ids=image_ids, per_token=True):
+            for text, kind in explain(record.encoded, tokenizer, image_ids=image_ids, per_token=True):
                 print(("TRAIN" if kind == "trained" else "mask ") + "\t" + json_repr(text))
             continue
-        pieces = explain(result, tokenizer, image_ids=image_ids)
+        pieces = explain(record.encoded, tokenizer, image_ids=image_ids)
         if colours:
             console.print(header, style="bold", highlight=False)
             console.print(Text.assemble(*((text, STYLES[kind]) for text, kind in pieces)), highlight=False)

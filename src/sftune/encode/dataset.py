@@ -112,7 +112,8 @@ def _encode(records: list, tokenizer: Any, template: Template, options: EncodeOp
         for k, conv in enumerate(records):
             count = len(conv.messages if isinstance(conv, Conversation) else conv["messages"])
             if count > max_turns:
-                report.skip(_where(conv, k), "too_many_turns", f"{count:,} messages, over the limit of {max_turns:,}; "
+                report.skip(record_place(conv, k), "too_many_turns",
+                            f"{count:,} messages, over the limit of {max_turns:,}; "
                             "split the conversation, or raise data.max_turns (--max-turns)")
             else:
                 kept.append(conv)
@@ -130,7 +131,7 @@ def _encode(records: list, tokenizer: Any, template: Template, options: EncodeOp
         bar = _progress(progress, len(records))
         for batch in results:
             for k, err in batch.errors:
-                report.skip(_where(records[k], k), "render_error", err)
+                report.skip(record_place(records[k], k), "render_error", err)
             ks, ids, labels, weights, counts = batch.indices, batch.ids, batch.labels, batch.weights, batch.counts
             bounds = np.concatenate([[0], np.cumsum(counts)])
             padded = np.append(ids, [-1, -1])  # every row has a first and a second token to look at
@@ -148,18 +149,18 @@ def _encode(records: list, tokenizer: Any, template: Template, options: EncodeOp
                     break
                 k = ks[special]
                 if two_bos[special]:
-                    report.skip(_where(records[k], k), "two_bos",
+                    report.skip(record_place(records[k], k), "two_bos",
                                 f"template {template.name!r} renders two BOS tokens at the start")
                 elif not too_long[special]:
-                    report.skip(_where(records[k], k), "no_trained_token", nothing_left)
+                    report.skip(record_place(records[k], k), "no_trained_token", nothing_left)
                 else:
                     report.truncated += 1
                     if len(report.truncated_records) < MAX_SKIPPED_SHOWN:
-                        report.truncated_records.append(_where(records[k], k))
+                        report.truncated_records.append(record_place(records[k], k))
                     result = encode(records[k], tokenizer, template, policy=options.policy, max_len=max_len,
                                     reasoning=options.reasoning, train_empty_think=options.train_empty_think)
                     if result is None:
-                        report.skip(_where(records[k], k), "no_trained_token", nothing_left)
+                        report.skip(record_place(records[k], k), "no_trained_token", nothing_left)
                     else:
                         rows.keep_one(result)
             report.tokenizer = batch.tokenized_by
@@ -221,7 +222,8 @@ class _Rows:
         return pa.table(table)
 
 
-def _where(conversation: Conversation | dict, k: int) -> str:
+def record_place(conversation: Conversation | dict, k: int) -> str:
+    """Where a record came from (file:line), for reports; `record k` when it does not say."""
     meta = conversation.meta if isinstance(conversation, Conversation) else (conversation.get("meta") or {})
     source = meta.get("source") or meta.get("file")
     line = meta.get("line") or meta.get("record")

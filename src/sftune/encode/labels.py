@@ -111,9 +111,10 @@ def render_spans(template: Template, messages: list[dict], tools: list[dict] | N
     return "".join(pieces), spans
 
 
-def _labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int, float]],
-            n_chars: int, weighted: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Labels (and per-token weights) of one text: a token is trained if its characters overlap a span."""
+def text_labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int, float]],
+                n_chars: int, weighted: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels (and per-token weights) of one text: a token is trained if its characters overlap a span (the
+    vision encoder labels its text with it too)."""
     off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
     return span_labels(np.asarray(ids, dtype=np.int64), off[:, 0], off[:, 1], np.array([len(ids)]),
                         np.array([n_chars]), [spans], weighted)
@@ -196,7 +197,7 @@ def _encode_messages(messages: list[dict], tools: list[dict] | None, tokenizer: 
     ids, offsets = _tokenize(tokenizer, text)
     _check_bos(ids, tokenizer, template)
     weighted = any(m.get("weight") is not None for m in messages)
-    labels, weights = _labels(ids, offsets, spans, len(text), weighted)
+    labels, weights = text_labels(ids, offsets, spans, len(text), weighted)
     out = {"input_ids": list(ids), "labels": labels.tolist()}
     if weighted:
         out["loss_weights"] = weights.tolist()

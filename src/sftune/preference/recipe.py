@@ -161,8 +161,8 @@ def setup_model(cfg: Config, precision: str, console) -> Setup:
     model.name may be an SFT run folder: its full weights, or its adapter on its base model (continued
     when method is lora / qlora, merged into the weights for full / freeze); its template is used.
     """
-    cfg = cfg.model_copy(deep=True)  # the run-folder branch resolves the base and the template into this copy
-    name = cfg.model.name
+    name = base = cfg.model.name
+    template_name = cfg.data.template
     packing, _ = packing_decision(cfg)  # the method's answer before loading: the attention implementation follows
     options = {"dtype": weights_dtype(cfg, precision),
                "attn_implementation": attention.resolve(cfg.model.attn_implementation, packing=packing),
@@ -174,9 +174,8 @@ def setup_model(cfg: Config, precision: str, console) -> Setup:
         model, tokenizer, template = runs.load_weights(name, run_cfg, trainable=continued, merge=not continued,
                                                        **options)
         if continued:
-            cfg.model.name = run_cfg.model.name  # the adapter goes on the SFT run's base, as runs.load reads it
-        if cfg.data.template is None:
-            cfg.data.template = run_cfg.data.template
+            base = run_cfg.model.name  # the adapter goes on the SFT run's base, as runs.load reads it
+        template_name = template_name or run_cfg.data.template
     else:
         model, tokenizer = models.load(name, **options)
         template = templates.get(cfg.data.template, tokenizer)
@@ -187,4 +186,4 @@ def setup_model(cfg: Config, precision: str, console) -> Setup:
     packing, why = packing_decision(cfg, model)  # the method on this model; its packed rows == its sequences alone
     if why:
         console.print(f"[yellow]packing off: {escape(why)}; pairs are padded batches[/yellow]")
-    return Setup(model, tokenizer, template, packing, continued, base=cfg.model.name, template_name=cfg.data.template)
+    return Setup(model, tokenizer, template, packing, continued, base=base, template_name=template_name)

@@ -3,15 +3,15 @@ as the Trainer sees it (packed padding-free rows, or padded sequences)."""
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from sftune import data, encode, packing as packing_module
+from sftune import data
 from sftune.config import Config, ConfigError, DataEntry
 from sftune.data import files
 from sftune.data.entries import read_entries
 from sftune.encode import EncodeOptions, EncodeReport
+from sftune.modality import Modality, text as text_modality, text_batches
 from sftune.templates import Template
 from sftune.training.loss import with_trained_index
 
@@ -70,12 +70,12 @@ def read_conversations(cfg: Config, template: Template) -> tuple[list[data.Conve
     return conversations, []
 
 
-def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=None, processor: Any = None,
+def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=None, modality: Modality | None = None,
                  replay: Callable[[int], list[dict[str, str]]] | None = None,
                  read: tuple[list[data.Conversation], list[data.Conversation]] | None = None) -> EncodedData:
     """Read (unless `read` holds read_conversations' result), split and encode data.train (and data.eval, or a
-    val_ratio share of data.train); with a vision-language model's processor, images are expanded into their
-    tokens (sftune/vision).
+    val_ratio share of data.train) with the modality's encoder (the tokenizer's text encoder when None; an
+    image-text one expands images into their tokens).
 
     `replay(task examples)` gives data.replay's pairs, mixed into the training part only.
     """
@@ -86,17 +86,13 @@ def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=Non
 
         conversations = mix_in(conversations, replay(len(conversations)), d.replay.ratio, d.replay.seed)
     encoding = EncodeOptions.from_data(d)
+    modality = modality or text_modality(tokenizer)
     sets, reports = {}, {}
     for name, convs in (("train", conversations), ("eval", held_out)):
         if not convs:
             sets[name] = None
             continue
-        if processor is not None:
-            from sftune.vision.dataset import encode_dataset as encode_images
-
-            sets[name], reports[name] = encode_images(convs, processor, template, encoding)
-        else:
-            sets[name], reports[name] = encode.encode_dataset(convs, tokenizer, template, encoding, progress=False)
+        sets[name], reports[name] = modality.encode_dataset(convs, template, encoding)
         report = reports[name]
         if console is not None and report.skipped:
             console.print(f"[yellow]{name}: skipped {report.skipped} of {report.total} records: "
@@ -107,37 +103,12 @@ def prepare_data(cfg: Config, tokenizer: Any, template: Template, *, console=Non
                        eval_conversations=held_out or None)
 
 
-def batches(dataset: Any, *, packing: bool, max_len: int, pad_token_id: int, processor: Any = None,
-            rope_index: Any = None) -> tuple[Any, Any]:
-    """(dataset as the Trainer sees it, collator): packed rows and padding-free batches, or padded
-    sequences with a `length` column for length-grouped sampling (the collator drops it); with a
-    processor, batches with the images' pixel inputs, packed (Qwen2-VL: its model's `rope_index`
-    places each sequence) or padded."""
+def batches(dataset: Any, *, packing: bool, max_len: int, pad_token_id: int, modality: Modality | None = None
+            ) -> tuple[Any, Any]:
+    """(dataset as the Trainer sees it, collator) from the modality (text when None): packed rows and
+    padding-free batches, or padded sequences; an image-text modality's batches carry the pixel inputs."""
     if dataset is None:
         return None, None
-    rows, collate = _rows_and_collate(dataset, packing=packing, max_len=max_len, pad_token_id=pad_token_id,
-                                      processor=processor, rope_index=rope_index)
+    rows_and_collate = modality.batches if modality is not None else text_batches
+    rows, collate = rows_and_collate(dataset, packing=packing, max_len=max_len, pad_token_id=pad_token_id)
     return rows, with_trained_index(collate)
-
-
-def _rows_and_collate(dataset: Any, *, packing: bool, max_len: int, pad_token_id: int, processor: Any,
-                      rope_index: Any) -> tuple[Any, Any]:
-    if processor is not None and packing:
-        from sftune.vision import dataset as vision_dataset
-
-        return vision_dataset.packed_rows(dataset, max_len), functools.partial(
-            vision_dataset.collate_packed, processor=processor, rope_index=rope_index)
-    if processor is not None:
-        from sftune.vision.dataset import collate
-
-        dataset = dataset.add_column("length", [len(x) for x in dataset["input_ids"]])
-        return dataset, functools.partial(collate, processor=processor, pad_token_id=pad_token_id)
-    if packing:
-        return packing_module.packed_rows(dataset, max_len), packing_module.collate_packed
-    dataset = dataset.add_column("length", [len(x) for x in dataset["input_ids"]])
-    return dataset, functools.partial(_without_length, pad_token_id=pad_token_id)
-
-
-def _without_length(features: list[dict[str, Any]], *, pad_token_id: int) -> dict[str, Any]:
-    return packing_module.collate_padded([{k: v for k, v in f.items() if k != "length"} for f in features],
-                                         pad_token_id=pad_token_id)

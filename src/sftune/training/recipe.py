@@ -20,6 +20,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback, set_seed
 from sftune import attention, distributed, methods, models, publish, runs, templates
 from sftune.config import Config, ConfigError
 from sftune.hardware import resolve_precision
+from sftune.modality import Modality, text as text_modality
 from sftune.templates import stops
 from sftune.training.arguments import arguments_for_loading, micro_batch_size, training_arguments
 from sftune.training.callbacks import MetricsFileCallback, RichProgressCallback, close_progress
@@ -51,12 +52,12 @@ def train_sft(cfg: Config, *, console, callbacks: list[TrainerCallback] | None =
 
     set_seed(cfg.train.seed)  # adapters are initialized randomly: the same seed, the same run
     loading = arguments_for_loading(cfg, run_dir, precision=precision)  # ZeRO-3 init / FSDP low-RAM loading
-    processor = None
-    if vision_models.is_vision_model(models.resolve(cfg.model.name)):
-        model, processor, packing = setup_vision_model(cfg, precision, console)
-        tokenizer = processor.tokenizer
+    if vision_models.is_vision_model(models.resolve(cfg.model.name)):  # the one place a run's modality is decided
+        model, modality, packing = setup_vision_model(cfg, precision, console)
+        tokenizer = modality.tokenizer
     else:
         model, tokenizer, packing = setup_model(cfg, precision, console)
+        modality = text_modality(tokenizer)
     template = templates.get(cfg.data.template, tokenizer)
     checked = stops.audit(template, tokenizer, stops.eos_ids(model))  # every reply ends in a trained stop
     template = checked.template
@@ -75,7 +76,7 @@ def train_sft(cfg: Config, *, console, callbacks: list[TrainerCallback] | None =
     # machines share the disk); the others then memory-map its cache. Each process reads the same rows in the same
     # order, and the Trainer's sampler gives each its own share of every step (see docs/distributed.md).
     with args.main_process_first(local=True, desc="reading and encoding data"):
-        encoded = prepare_data(cfg, tokenizer, template, console=console, processor=processor, replay=replay,
+        encoded = prepare_data(cfg, tokenizer, template, console=console, modality=modality, replay=replay,
                                read=read)
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +86,7 @@ def train_sft(cfg: Config, *, console, callbacks: list[TrainerCallback] | None =
     templates.save_to_tokenizer(template, tokenizer)  # inference uses exactly the training template
     own = [ResumeScheduleCheck(resume, console)] if resume is not None else []
     trainer = setup_trainer(cfg, model, tokenizer, template, encoded, args, packing=packing, console=console,
-                            callbacks=own + list(callbacks or []), processor=processor, batch_selector=selector)
+                            callbacks=own + list(callbacks or []), modality=modality, batch_selector=selector)
     if trainer.is_world_process_zero():
         write_environment(run_dir, precision=precision, resumed_from=resume)  # versions, command line, revision
 
@@ -100,9 +101,8 @@ def train_sft(cfg: Config, *, console, callbacks: list[TrainerCallback] | None =
     trainer.save_model(str(run_dir))  # model or adapter, plus the tokenizer with its chat template
     if trainer.is_world_process_zero():
         runs.write_generation_config(run_dir, model, checked.stop_ids)  # inference stops where training did
-    if processor is not None and trainer.is_world_process_zero():
-        processor.chat_template = tokenizer.chat_template
-        processor.save_pretrained(str(run_dir))  # the image processor beside the tokenizer
+    if trainer.is_world_process_zero():
+        modality.save(run_dir, tokenizer)  # an image-text run: its processor beside the tokenizer
     trainable, total = methods.count_parameters(model)
     summary = {
         **run_summary(cfg, trainer, encoded, precision=precision, packing=packing),
@@ -153,10 +153,10 @@ def setup_model(cfg: Config, precision: str, console) -> tuple[Any, Any, bool]:
     return model, tokenizer, packing
 
 
-def setup_vision_model(cfg: Config, precision: str, console) -> tuple[Any, Any, bool]:
-    """(vision-language model with the method applied, its processor, packing on or off): see sftune/vision.
+def setup_vision_model(cfg: Config, precision: str, console) -> tuple[Any, Modality, bool]:
+    """(vision-language model with the method applied, its image-text Modality, packing on or off): see sftune/vision.
     Qwen2-VL / Qwen2.5-VL rows pack; other families' batches are padded (vision.dataset.packing_refused)."""
-    from sftune.vision import methods as vision_methods
+    from sftune.vision import methods as vision_methods, modality as vision_modality
     from sftune.vision.dataset import packing_refused
 
     dtype = weights_dtype(cfg, precision, half_on_cpu=False)
@@ -182,24 +182,20 @@ def setup_vision_model(cfg: Config, precision: str, console) -> tuple[Any, Any, 
         if not ok:
             console.print(f"[yellow]packing off: {why}; batch_size now counts sequences[/yellow]")
             packing = False
-    return model, processor, packing
+    return model, vision_modality.image_text(processor, model), packing
 
 
 def setup_trainer(cfg: Config, model: Any, tokenizer: Any, template: Any, encoded: EncodedData, args: Any, *,
-                  packing: bool, console, callbacks: list[TrainerCallback] | None, processor: Any = None,
-                  batch_selector: Any = None) -> SFTTrainer:
+                  packing: bool, console, callbacks: list[TrainerCallback] | None,
+                  modality: Modality | None = None, batch_selector: Any = None) -> SFTTrainer:
     """The SFTTrainer over the batched data, complete: sftune's callbacks first and the caller's after, train.loss's
     objective, the batch selector (train.batch_selection) and the generation metrics of eval.generate_metrics on
-    the first validation conversations."""
-    rope_index = None
-    if processor is not None and packing:
-        from sftune.vision import qwen
-
-        rope_index = qwen.rope_index(model)  # packed Qwen2-VL rows: each sequence's own 3-D positions
+    the first validation conversations. The modality (text when None) gives the batches."""
+    modality = modality or text_modality(tokenizer)
     train_rows, collate = batches(encoded.train, packing=packing, max_len=cfg.data.max_len,
-                                  pad_token_id=tokenizer.pad_token_id, processor=processor, rope_index=rope_index)
+                                  pad_token_id=tokenizer.pad_token_id, modality=modality)
     eval_rows, _ = batches(encoded.eval, packing=packing, max_len=cfg.data.max_len,
-                           pad_token_id=tokenizer.pad_token_id, processor=processor, rope_index=rope_index)
+                           pad_token_id=tokenizer.pad_token_id, modality=modality)
     own = [CheckpointCompleteCallback(), MetricsFileCallback(Path(cfg.output.dir) / "metrics.jsonl"),
            RichProgressCallback(console)]
     if cfg.eval.early_stopping_patience:
@@ -207,11 +203,9 @@ def setup_trainer(cfg: Config, model: Any, tokenizer: Any, template: Any, encode
                                          early_stopping_threshold=cfg.eval.early_stopping_threshold))
     e = cfg.eval
     generation_eval = None
-    if e.generate_metrics and processor is not None:
-        console.print("[yellow]eval.generate_metrics left out: the in-training generation metrics send no images yet; "
-                      "the held-out loss and token accuracy are measured (answer a held-out file after training "
-                      "with `sftune generate RUN -i FILE -o OUT`)[/yellow]")
-    if e.generate_metrics and encoded.eval_conversations and processor is None:
+    if e.generate_metrics and modality.generation_eval_refused:
+        console.print(f"[yellow]eval.generate_metrics left out: {modality.generation_eval_refused}[/yellow]")
+    elif e.generate_metrics and encoded.eval_conversations:
         generation_eval = functools.partial(
             generation_metrics, tokenizer=tokenizer, template=template,
             conversations=encoded.eval_conversations[: e.generate_max_examples], names=e.generate_metrics,
@@ -228,7 +222,6 @@ def setup_trainer(cfg: Config, model: Any, tokenizer: Any, template: Any, encode
         batch_selector=batch_selector,
         generation_eval=generation_eval,
     )
-
 
 def run_summary(cfg: Config, trainer: SFTTrainer, encoded: EncodedData, *, precision: str, packing: bool
                 ) -> dict[str, Any]:

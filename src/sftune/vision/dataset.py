@@ -17,7 +17,7 @@ from sftune.data import images as image_refs
 from sftune.data.errors import DataError
 from sftune.data.schema import Conversation
 from sftune.encode import IGNORE, EncodeOptions
-from sftune.encode.dataset import EncodeReport, _where
+from sftune.encode.dataset import EncodeReport, record_place
 from sftune.packing import boundaries, collate_padded
 from sftune.templates import Template
 from sftune.vision.encode import VisionEncodeError, encode, processor_inputs
@@ -65,13 +65,14 @@ def encode_dataset(conversations: Iterable[Conversation], processor: Any, templa
             row = encode(conversation, processor, template, policy=options.policy, max_len=options.max_len,
                          reasoning=options.reasoning, train_empty_think=options.train_empty_think)
         except VisionEncodeError as err:
-            report.skip(_where(conversation, k), "too_long" if "max_len" in str(err) else "render_error", str(err))
+            reason = "too_long" if "max_len" in str(err) else "render_error"
+            report.skip(record_place(conversation, k), reason, str(err))
             continue
         except DataError as err:
-            report.skip(_where(conversation, k), err.reason, str(err))
+            report.skip(record_place(conversation, k), err.reason, str(err))
             continue
         if row is None:
-            report.skip(_where(conversation, k), "no_trained_token", "no token left to train")
+            report.skip(record_place(conversation, k), "no_trained_token", "no token left to train")
             continue
         for key in rows:
             rows[key].append(row.get(key, [0.0] * len(row["input_ids"])) if key == "loss_weights" else row[key])
@@ -81,7 +82,7 @@ def encode_dataset(conversations: Iterable[Conversation], processor: Any, templa
     return datasets.Dataset.from_dict(rows), report
 
 
-def _stack(values: list[np.ndarray]) -> torch.Tensor:
+def stack_padded(values: list[np.ndarray]) -> torch.Tensor:
     """Concatenate per-row arrays along the first axis, zero-padding other axes to the largest
     (Idefics3 holds [1, images, ...] per row; padded images are all zero, which it skips)."""
     shape = [max(v.shape[d] for v in values) for d in range(values[0].ndim)]
@@ -118,7 +119,7 @@ def collate(features: list[dict[str, Any]], *, processor: Any, pad_token_id: int
                 value = np.pad(value, [(0, 0), (0, longest - value.shape[1])])
             extras.setdefault(key, []).append(np.asarray(value))
     for key, values in extras.items():
-        batch[key] = _stack(values)
+        batch[key] = stack_padded(values)
     return batch
 
 

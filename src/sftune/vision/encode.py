@@ -16,7 +16,7 @@ import numpy as np
 
 from sftune.data import images as image_refs
 from sftune.data.schema import Conversation
-from sftune.encode.labels import IGNORE, _labels, messages_and_tools, render_spans
+from sftune.encode.labels import IGNORE, messages_and_tools, render_spans, text_labels
 from sftune.errors import UserError
 from sftune.templates import Template
 
@@ -114,7 +114,7 @@ def encode(conversation: Conversation, processor: Any, template: Template, *, po
     tokenizer = processor.tokenizer
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     weighted = any(m.get("weight") is not None for m in messages)
-    labels, weights = _labels(enc["input_ids"], enc["offset_mapping"], spans, len(text), weighted)
+    labels, weights = text_labels(enc["input_ids"], enc["offset_mapping"], spans, len(text), weighted)
     refs = list(conversation.images if isinstance(conversation, Conversation) else conversation.get("images") or [])
     loaded = [image_refs.load(ref, f"images[{i}]") for i, ref in enumerate(refs)]
     expanded = processor_inputs(processor, [text], [loaded])["input_ids"][0].tolist()

@@ -23,7 +23,7 @@ from sftune.data import images as image_refs
 from sftune.data.schema import Conversation
 from sftune.encode.labels import messages_and_tools
 from sftune.generation import Completion, GenerationOptions
-from sftune.vision.dataset import PER_TOKEN, _stack
+from sftune.vision.dataset import PER_TOKEN, stack_padded
 from sftune.vision.encode import image_text, processor_inputs
 
 
@@ -78,7 +78,7 @@ def batch_inputs(rows: list[dict[str, np.ndarray]], pad: int) -> dict[str, torch
             if key in PER_TOKEN:
                 value = np.pad(value, [(0, 0), (missing, 0)])
             out.setdefault(key, []).append(value)
-    return {key: _stack(values) for key, values in out.items()}
+    return {key: stack_padded(values) for key, values in out.items()}
 
 
 def _chunks(order: list[int], rows: list[dict], size: int) -> list[list[int]]:

@@ -89,7 +89,7 @@ def apply(model: Any, method: MethodConfig, *, train_projector: bool = False, tr
     if method.name == "qlora":
         model = methods._prepare_4bit(model)
     targets = lora_targets(model, method.target_modules)
-    config = methods._peft_config(model, method.model_copy(update={"target_modules": targets}), tokenizer)
+    config = methods.peft_config(model, method.model_copy(update={"target_modules": targets}), tokenizer)
     saved = saved_modules(parts, train_projector=train_projector, train_vision_tower=train_vision_tower)
     if saved:
         config.modules_to_save = saved

@@ -173,51 +173,40 @@ def inspect_html(paths: list[str], model: str, template: str | None = None, poli
     folder and the records' images must be inside the roots."""
     from rich.text import Text
 
-    from sftune import models, templates
-    from sftune.data import read
-    from sftune.data.errors import where as where_from
-    from sftune.encode import IGNORE, encode, explain
-    from sftune.templates import stops
-    from sftune.vision import encode as vision_encode
-    from sftune.runs import tokenizer_and_processor
+    from sftune.encode import EncodeOptions, explain
+    from sftune.inspection import inspect
+
+    def images_inside_roots(conversation: Any) -> None:  # before any image is read
+        for ref in conversation.images:
+            ui_paths.image_ref(ref, roots)
 
     ui_paths.data_paths(paths, roots)
-    name = ui_paths.model_name(model, roots)
-    tokenizer, processor = tokenizer_and_processor(name)
-    image_ids = vision_encode.image_token_ids(processor) if processor is not None else frozenset()
-    checked = stops.audit(templates.get(template, tokenizer), tokenizer, stops.eos_ids(models.resolve(name)))
-    chosen = checked.template  # as training renders it: a stop sftune appends shows, trained
+    shown = inspect(paths, ui_paths.model_name(model, roots), template=template,
+                    options=EncodeOptions(policy=policy, max_len=max_len), limit=limit, format=format or None,
+                    check=images_inside_roots)
+    images = shown.modality.reads_images
+    checked = shown.checked
     warned = checked.appended is not None or checked.appended_after_call is not None
     audit_line = (f"<br><span class='sftune-stops{'-appended' if warned else ''}'>"
                   f"{html.escape(Text.from_markup(checked.summary()).plain)}</span>")
-    parts = [f"<p>template: <b>{html.escape(chosen.name)}</b> &nbsp; policy: <b>{html.escape(policy)}</b> &nbsp; "
-             "<span class='sftune-trained'>trained</span> <span class='sftune-masked'>masked</span>"
-             + (" <span class='sftune-image'>image tokens</span>" if processor is not None else "") + audit_line
-             + "</p>"]
-    for k, conversation in enumerate(read(paths, format=format or None, syntax="cli")):
-        if k >= limit:
-            break
-        where = html.escape(where_from(conversation.meta, f"record {k}"))
-        refs = [ui_paths.image_ref(ref, roots) for ref in conversation.images]  # before any image is read
-        if processor is not None:
-            result = vision_encode.encode(conversation, processor, chosen, policy=policy, max_len=max_len)
-        elif conversation.images:
-            raise ValueError(f"{where_from(conversation.meta, f'record {k}')} has images, but {model} is a text-only "
-                             "model: pick a vision-language model folder to inspect image-text data")
-        else:
-            result = encode(conversation, tokenizer, chosen, policy=policy, max_len=max_len)
-        if result is None:
+    parts = [f"<p>template: <b>{html.escape(shown.template.name)}</b> &nbsp; policy: <b>{html.escape(policy)}</b> "
+             "&nbsp; <span class='sftune-trained'>trained</span> <span class='sftune-masked'>masked</span>"
+             + (" <span class='sftune-image'>image tokens</span>" if images else "") + audit_line + "</p>"]
+    for record in shown.records:
+        where = html.escape(record.where)
+        if record.encoded is None:
             parts.append(f"<h4>{where}: no trained token (skipped in training)</h4>")
             continue
-        trained = sum(1 for label in result["labels"] if label != IGNORE)
-        spans = "".join(_span(text, kind) for text, kind in explain(result, tokenizer, image_ids=image_ids))
-        header = f"<h4>{where}: {len(result['input_ids'])} tokens, {trained} trained"
-        if processor is None:
+        spans = "".join(_span(text, kind) for text, kind in explain(
+            record.encoded, shown.modality.tokenizer, image_ids=shown.modality.image_token_ids))
+        header = f"<h4>{where}: {len(record.encoded['input_ids'])} tokens, {record.trained} trained"
+        if not images:
             parts.append(f"{header}</h4><pre class='sftune-tokens'>{spans}</pre>")
             continue
+        refs = record.conversation.images
         pictures = "".join(f"<img class='sftune-thumb' src='{data_url(thumbnail(ref))}' alt='image {i + 1}' "
                            f"title='image {i + 1}'>" for i, ref in enumerate(refs))
-        parts.append(f"{header}, {len(conversation.images)} images</h4>"
+        parts.append(f"{header}, {len(refs)} images</h4>"
                      + (f"<div class='sftune-images'>{pictures}</div>" if pictures else "")
                      + f"<pre class='sftune-tokens'>{spans}</pre>")
     return "\n".join(parts)
