@@ -99,3 +99,44 @@ def test_zero3_head_is_gathered_and_logps_stay_chunked(monkeypatch, head_trained
     torch.testing.assert_close(logps, want.detach(), atol=1e-5, rtol=1e-5)
     for g, w in zip(got, [hidden.grad] + ([head.weight.grad, head.bias.grad] if head_trained else [])):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["shared", "packed", "padded"])
+def test_the_default_preference_path_reads_nothing_back_from_the_device(layout):
+    """A batch from collate_pairs carries its trained positions, their sequences and each sequence's token count,
+    computed on the CPU: the log-probs, the pair losses, the logged metrics' sums and the step's pair and token
+    counts then make no host sync (the stand-in for torch.cuda.set_sync_debug_mode of the SFT loss test), and
+    equal what a batch without them gives (boolean masks, bincount)."""
+    from sftune import attention
+    from sftune.preference.batches import SEQUENCE_TOKENS, TRAINED_SEQUENCE
+    from sftune.preference.losses import Settings, pair_losses
+    from sftune.preference.trainer import PreferenceTrainer, pair_count
+    from sftune.training.loss import TRAINED_INDEX, count_trained_tokens
+    from tests.training.test_loss import _Syncs, _disable_current_modes
+
+    model = tiny_model("llama", vocab_size=VOCAB)
+    model.set_attn_implementation(attention.register())
+    pairs = _pairs(1)
+    for i, f in enumerate(pairs):
+        f["ref_chosen"], f["ref_rejected"] = -3.0 - i, -4.0 + i
+    batch = collate_pairs(pairs, packing=layout != "padded", pad_token_id=0, shared_prompt=layout == "shared")
+
+    def model_unwatched(**inputs):  # the attention's own work is not the loss's business
+        with _disable_current_modes():
+            return model(**inputs)
+
+    model_unwatched.config = model.config
+    model_unwatched.get_output_embeddings = model.get_output_embeddings
+    with _Syncs() as syncs:
+        sums, tokens = sequence_logps(model_unwatched, batch)
+        losses, chosen_r, rejected_r = pair_losses(Settings("dpo"), sums[:3], sums[3:], tokens[:3], tokens[3:],
+                                                   batch["ref_chosen"], batch["ref_rejected"])
+        recorded = PreferenceTrainer._record(None, chosen_r, rejected_r, sums[:3], sums[3:])
+        recorded = PreferenceTrainer._record(recorded, chosen_r, rejected_r, sums[:3], sums[3:])
+        counted = pair_count(batch), count_trained_tokens([batch])
+    assert syncs.seen == []
+    plain = {k: v for k, v in batch.items() if k not in (TRAINED_INDEX, TRAINED_SEQUENCE, SEQUENCE_TOKENS)}
+    want_sums, want_tokens = sequence_logps(model, plain)
+    torch.testing.assert_close(sums, want_sums)
+    assert torch.equal(tokens, want_tokens) and counted == (3, int(want_tokens.sum()))
+    assert recorded[-1].item() == 6 and recorded[0].item() == pytest.approx(2 * chosen_r.sum().item())
