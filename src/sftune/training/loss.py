@@ -303,12 +303,12 @@ def linear_token_loss(
     weight, bias = head.weight, getattr(head, "bias", None)
     if reduction not in ("sum", "none"):
         raise ValueError(f"reduction must be 'sum' or 'none', not {reduction!r}")
+    if isinstance(weight, DTensor):
+        raise ValueError("the output layer's weight is still split by FSDP2 (a DTensor): take the layer from "
+                         "trained_hidden_states, which gathers it for the chunked loss")
     token_loss = token_loss or ce.token_loss
     if token_weights is None:
         token_weights = torch.ones(targets.shape, dtype=torch.float32, device=targets.device)
-    if isinstance(weight, DTensor):
-        losses = _through_head(hidden, head, targets, token_weights.float(), logit_rule, token_loss)
-        return losses if reduction == "none" else losses.sum()
     with gathered(head):  # ZeRO-3: the whole weight for this call (the "sum" gradients are computed in the forward)
         weight, bias = head.weight, getattr(head, "bias", None)
         chunk_size = chunk_size or chunk_size_for(weight.shape[0])
@@ -317,11 +317,6 @@ def linear_token_loss(
                                             logit_rule, torch.is_grad_enabled(), token_loss, head)
         return _LinearTokenLoss.apply(hidden, weight, bias, targets, token_weights.float(), chunk_size, logit_rule,
                                       torch.is_grad_enabled(), token_loss)
-
-
-def is_sharded(weight: torch.Tensor) -> bool:
-    """Whether the output layer's weight is split over processes (DeepSpeed ZeRO-3, FSDP2)."""
-    return hasattr(weight, "ds_id") or isinstance(weight, DTensor)
 
 
 def gathered(head: torch.nn.Module) -> contextlib.AbstractContextManager:
@@ -338,12 +333,25 @@ def gathered(head: torch.nn.Module) -> contextlib.AbstractContextManager:
     return deepspeed.zero.GatheredParameters(split, modifier_rank=None)
 
 
-def _through_head(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, token_weights: torch.Tensor,
-                  rule: LogitRule, token_loss: Callable) -> torch.Tensor:
-    """The same weighted per-token losses through `head`'s forward, for an output layer FSDP2 splits (its forward
-    gathers the weight and reduces its gradient); it holds all trained positions' fp32 logits at once."""
-    z = rule.apply(head(hidden).float())
-    return token_loss(z, targets) * token_weights
+def unsharded_head(model: torch.nn.Module, head: torch.nn.Module) -> torch.nn.Module:
+    """`head` with its whole weight readable, for the chunked loss. FSDP2 leaves an output layer split (DTensors)
+    after the model's forward where its group reshards after forward (the root given reshard_after_forward=True,
+    or a head group of its own that reshards): the FSDP module that owns it is unsharded here, as its own forward
+    would, and stays so until FSDP's post-backward reduces the gradient and reshards. accelerate's FSDP2 keeps
+    the final norm and head unsharded after forward: nothing to do then, nor without FSDP2."""
+    if not isinstance(head.weight, DTensor):
+        return head
+    from torch.distributed.fsdp import FSDPModule
+
+    name = next(n for n, m in model.named_modules() if m is head)
+    owners = {n: m for n, m in model.named_modules() if isinstance(m, FSDPModule)}
+    parts = name.split(".") if name else []
+    owner = next((owners[".".join(parts[:k])] for k in range(len(parts), -1, -1) if ".".join(parts[:k]) in owners),
+                 None)
+    if owner is None:
+        raise ValueError(f"the output layer {name!r} is split by FSDP2 but no fully_shard module above it owns it")
+    owner.unshard()
+    return head
 
 
 @torch.no_grad()
@@ -352,9 +360,6 @@ def token_stats(
     chunk_size: int | None = None,
 ) -> tuple[float, int]:
     """(summed cross-entropy, number of argmax hits) over the given positions, chunk by chunk."""
-    if isinstance(head.weight, DTensor):
-        z = logit_rule.apply(head(hidden).float())
-        return torch.nn.functional.cross_entropy(z, targets, reduction="sum").item(), int((z.argmax(-1) == targets).sum())
     loss = torch.zeros((), dtype=torch.float64, device=hidden.device)
     correct = torch.zeros((), dtype=torch.long, device=hidden.device)
     with gathered(head):
@@ -446,7 +451,8 @@ def trained_hidden_states(model, batch: dict[str, torch.Tensor]) -> TrainedState
     loss, over all positions of the batch, as `model(labels=...).loss` adds it).
 
     The model computes no logits at all (`logits_to_keep` an empty index: the output layer runs on zero
-    positions); the loss applies the output layer itself, chunk by chunk, on trained positions only.
+    positions); the loss applies the output layer itself, chunk by chunk, on trained positions only (an output
+    layer FSDP2 left split is gathered here: unsharded_head).
     """
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_weights", TRAINED_INDEX)}
     no_position = torch.empty(0, dtype=torch.long, device=batch["labels"].device)
@@ -462,11 +468,12 @@ def trained_hidden_states(model, batch: dict[str, torch.Tensor]) -> TrainedState
     width = max(targets.shape[1], 1)  # T - 1: row b's position t is b * (T - 1) + t here, b * T + t in hidden
     weights = batch.get("loss_weights")
     aux = getattr(outputs, "aux_loss", None)
+    head = unsharded_head(model, _output_model(model).get_output_embeddings())
     return TrainedStates(
         hidden.reshape(-1, hidden.shape[-1]).index_select(0, index + index // width),
         targets.flatten().index_select(0, index),
         None if weights is None else weights[:, 1:].flatten().index_select(0, index),
-        _output_model(model).get_output_embeddings(),
+        head,
         logit_rule(model),
         None if aux is None else router_aux_coef(model) * aux,
     )
