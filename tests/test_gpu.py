@@ -1,6 +1,7 @@
 """The GPU path (skipped without CUDA): flash-attention varlen (flash_attn's, and torch's varlen_attn under
 sftune_varlen) keeps packed sequences apart, bf16 training, QLoRA through bitsandbytes on CUDA.
-bench/gpu_check.sh runs these on a lent GPU."""
+Run them on a CUDA machine with a full install (`pytest -m gpu`); a lent GPU machine without one gets
+bench/gpu_oneshot.py instead."""
 
 from __future__ import annotations
 

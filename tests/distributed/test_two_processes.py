@@ -164,12 +164,15 @@ def test_two_processes_see_disjoint_complete_shards(setup):
     assert len(together) - len(set(together)) == len(together) - n
 
 
-def test_fsdp2_loss_and_gradients_match_one_process(tmp_path):
-    """FSDP2 itself runs over gloo: with the model split by `fully_shard` on 2 processes, sftune's loss and
-    every gradient equal those of the unsplit model over both batches (fp32: 1e-5 relative to the largest)."""
+@pytest.mark.parametrize("layout", ["root", "split-root", "split-tail"])
+def test_fsdp2_loss_and_gradients_match_one_process(tmp_path, layout):
+    """FSDP2 itself runs over gloo: with the model split by `fully_shard` on 2 processes, sftune's loss (SFT and
+    DPO's per-token log-probs) and every gradient equal those of the unsplit model over both batches (fp32: 1e-5
+    relative to the largest). Where FSDP leaves the head split after the forward, the loss gathers it and stays
+    chunked: the head's own forward runs on zero rows only (never all fp32 logits at once)."""
     result = subprocess.run(
         [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
-         str(free_port()), str(WORKER.with_name("fsdp2_worker.py")), str(tmp_path)],
+         str(free_port()), str(WORKER.with_name("fsdp2_worker.py")), str(tmp_path), layout],
         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO / 'src'}:{REPO}"},
         capture_output=True, text=True, timeout=180, cwd=REPO)
     assert result.returncode == 0, result.stderr[-6000:]
@@ -177,3 +180,5 @@ def test_fsdp2_loss_and_gradients_match_one_process(tmp_path):
         r = json.loads((tmp_path / f"fsdp2-{rank}.json").read_text())
         assert r["loss"] == pytest.approx(r["reference_loss"], rel=LOSS_RTOL)
         assert r["max_grad_difference"] <= 1e-5 * r["max_grad"] and r["parameters"] > 10
+        assert r["head_split_after_forward"] == [layout != "root"]
+        assert r["head_forward_rows"] == [0]

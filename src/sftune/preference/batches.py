@@ -7,6 +7,10 @@ pair order) and the cached reference log-probs (`ref_chosen`, `ref_rejected`) wh
   shared token is repeated so that its hidden state (the same) predicts the rejected answer's first token.
 - packed: the B chosen then the B rejected sequences whole, in one padding-free row;
 - padded: the same 2B sequences as padded rows.
+
+Every batch also carries what the loss gathers with, computed here on the CPU (no nonzero, boolean-mask indexing
+or bincount on the device per micro-batch): the trained positions (`trained_index`), the sequence of each
+(`trained_sequence`) and the trained tokens of each sequence (`sequence_tokens`, [2B]).
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ import torch
 
 from sftune import packing as packing_module
 from sftune.encode import IGNORE
+from sftune.training.loss import TRAINED_INDEX, shifted_targets, trained_index
+
+TRAINED_SEQUENCE = "trained_sequence"  # [n] the sequence (0..2B-1) of each trained position, in trained_index order
+SEQUENCE_TOKENS = "sequence_tokens"  # [2B] trained tokens of each sequence
 
 
 def sequences(features: list[dict[str, Any]]) -> list[dict[str, list]]:
@@ -66,6 +74,10 @@ def collate_pairs(features: list[dict[str, Any]], *, packing: bool, pad_token_id
     else:
         batch = packing_module.collate_padded(sequences(features), pad_token_id=pad_token_id)
         batch["sequence_ids"] = torch.arange(2 * len(features))[:, None].expand_as(batch["input_ids"]).contiguous()
+    index = trained_index(batch)
+    batch[TRAINED_INDEX] = index
+    batch[TRAINED_SEQUENCE] = batch["sequence_ids"][:, 1:].flatten().index_select(0, index)
+    batch[SEQUENCE_TOKENS] = torch.bincount(batch[TRAINED_SEQUENCE], minlength=2 * len(features))
     if "ref_chosen" in features[0]:
         batch["ref_chosen"] = torch.tensor([f["ref_chosen"] for f in features], dtype=torch.float32)
         batch["ref_rejected"] = torch.tensor([f["ref_rejected"] for f in features], dtype=torch.float32)

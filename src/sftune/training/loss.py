@@ -148,6 +148,23 @@ def chunk_loss_and_grad(token_loss: Callable, z: torch.Tensor, y: torch.Tensor, 
     return losses.detach(), g
 
 
+def _backprop_chunk(g: torch.Tensor, factor: torch.Tensor, tanh: torch.Tensor | None, rows: slice,
+                    hidden: torch.Tensor, head: Head, grad_h: torch.Tensor | None, grad_w: torch.Tensor | None,
+                    grad_b: torch.Tensor | None) -> None:
+    """Carry g, the gradient on one chunk's output values before the soft-cap ([rows, V], written over), times
+    `factor` per row (the token weight, the upstream gradient and the logit scale), into the gradients of the
+    chunk's hidden states (written at `rows`), and added to those of the weight and bias (fp32 buffers)."""
+    g.mul_(factor[:, None])
+    if tanh is not None:
+        g.mul_(1.0 - tanh * tanh)
+    if grad_h is not None:
+        grad_h[rows] = g.to(head.weight.dtype) @ head.weight
+    if grad_w is not None:  # in place in fp32 (TF32 on CUDA): addmm's out_dtype cannot add into an fp32 buffer
+        grad_w.addmm_(g.T, hidden[rows].float())
+    if grad_b is not None:
+        grad_b += g.sum(0)
+
+
 class _LinearTokenLoss(torch.autograd.Function):
     """sum_i w_i * loss(h_i @ W.T + b, y_i), computed chunk by chunk, for a token loss of
     sftune.training.objectives (cross-entropy by default).
@@ -167,19 +184,11 @@ class _LinearTokenLoss(torch.autograd.Function):
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
         head = Head.of(weight, bias)
         for rows, z, tanh in _logit_chunks(hidden, head, chunk_size, rule):
-            y, w = targets[rows], token_weights[rows]
-            losses, g = chunk_loss_and_grad(token_loss, z, y, need_h or need_w or need_b)  # g may be written over z
+            w = token_weights[rows]
+            losses, g = chunk_loss_and_grad(token_loss, z, targets[rows], need_h or need_w or need_b)  # g may be z
             total += (losses * w).sum()
             if g is not None:
-                g.mul_((w * rule.scale)[:, None])
-                if tanh is not None:
-                    g.mul_(1.0 - tanh * tanh)
-                if need_h:
-                    grad_h[rows] = g.to(head.weight.dtype) @ head.weight
-                if need_w:  # in place in fp32 (TF32 on CUDA): addmm's out_dtype cannot add into an fp32 buffer
-                    grad_w.addmm_(g.T, hidden[rows].float())
-                if need_b:
-                    grad_b += g.sum(0)
+                _backprop_chunk(g, w * rule.scale, tanh, rows, hidden, head, grad_h, grad_w, grad_b)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         return total
@@ -194,6 +203,62 @@ class _LinearTokenLoss(torch.autograd.Function):
             None if grad_b is None else (grad_b * grad_out).to(b_dtype),
             None, None, None, None, None, None,
         )
+
+
+class _LinearTokenLosses(torch.autograd.Function):
+    """[n] per-token w_i * loss(h_i @ W.T + b, y_i), chunk by chunk (linear_token_loss's reduction="none").
+
+    The upstream gradient of each token is known only in backward. For a frozen output layer (LoRA, QLoRA,
+    prompt methods) each row's gradient on its hidden state is worked out in the forward, while the chunk's
+    logits exist, and backward scales it: no logits recomputed. A trained output layer needs the upstream
+    gradients for its own: backward recomputes each chunk in the forward's dtype (it runs outside autocast),
+    with the layer gathered again under ZeRO-3.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, token_weights, chunk_size, rule, want_grad, token_loss, layer):
+        need_h = want_grad and hidden.requires_grad
+        trained_head = want_grad and (weight.requires_grad or (bias is not None and bias.requires_grad))
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        row_grads = torch.empty_like(hidden) if need_h and not trained_head else None
+        head = Head.of(weight, bias)
+        for rows, z, tanh in _logit_chunks(hidden, head, chunk_size, rule):
+            w = token_weights[rows]
+            losses, g = chunk_loss_and_grad(token_loss, z, targets[rows], row_grads is not None)
+            out[rows] = losses * w
+            if g is not None:
+                _backprop_chunk(g, w * rule.scale, tanh, rows, hidden, head, row_grads, None, None)
+        if trained_head:
+            ctx.save_for_backward(hidden, targets, token_weights)
+            ctx.layer, ctx.dtype, ctx.chunk_size, ctx.rule, ctx.token_loss = layer, head.weight.dtype, chunk_size, \
+                rule, token_loss
+        else:
+            ctx.save_for_backward(row_grads)
+        ctx.trained_head = trained_head
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if not ctx.trained_head:
+            (row_grads,) = ctx.saved_tensors
+            grad_h = None if row_grads is None else row_grads * grad_out[:, None].to(row_grads.dtype)
+            return grad_h, None, None, None, None, None, None, None, None, None
+        hidden, targets, token_weights = ctx.saved_tensors
+        layer, rule = ctx.layer, ctx.rule
+        need_h = ctx.needs_input_grad[0]
+        with gathered(layer):
+            weight, bias = layer.weight, getattr(layer, "bias", None)
+            need_w, need_b = ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]
+            grad_h = torch.empty_like(hidden) if need_h else None
+            grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+            grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
+            head = Head.of(weight, bias, ctx.dtype)
+            for rows, z, tanh in _logit_chunks(hidden, head, ctx.chunk_size, rule):
+                _, g = chunk_loss_and_grad(ctx.token_loss, z, targets[rows], True)
+                factor = grad_out[rows].float() * token_weights[rows] * rule.scale
+                _backprop_chunk(g, factor, tanh, rows, hidden, head, grad_h, grad_w, grad_b)
+            return (grad_h, None if grad_w is None else grad_w.to(weight.dtype),
+                    None if grad_b is None else grad_b.to(bias.dtype), None, None, None, None, None, None, None)
 
 
 def chunk_size_for(vocab_size: int) -> int:
@@ -228,32 +293,30 @@ def linear_token_loss(
     token_loss: Callable | None = None,
     logit_rule: LogitRule = PLAIN,
     chunk_size: int | None = None,
+    reduction: str = "sum",
 ) -> torch.Tensor:
-    """Summed (weighted) `token_loss` of `head(hidden)` against `targets`, one chunk at a time
-    (cross-entropy when None; the others are in sftune.training.objectives)."""
+    """The chunked output layer: the (weighted) `token_loss` of the logits `logit_rule` makes of `head(hidden)`
+    against `targets`, one chunk of rows at a time (cross-entropy when None; the others are in
+    sftune.training.objectives). reduction="sum" gives their sum (the SFT loss), "none" the [n] per-token
+    values (-log p(y) per token for preference log-probabilities). Differentiable in `hidden` and the head's
+    weight and bias; a head split by DeepSpeed ZeRO-3 is gathered for the call, never applied to all rows."""
     weight, bias = head.weight, getattr(head, "bias", None)
+    if reduction not in ("sum", "none"):
+        raise ValueError(f"reduction must be 'sum' or 'none', not {reduction!r}")
+    if isinstance(weight, DTensor):
+        raise ValueError("the output layer's weight is still split by FSDP2 (a DTensor): take the layer from "
+                         "trained_hidden_states, which gathers it for the chunked loss")
     token_loss = token_loss or ce.token_loss
     if token_weights is None:
         token_weights = torch.ones(targets.shape, dtype=torch.float32, device=targets.device)
-    if isinstance(weight, DTensor):
-        return _through_head(hidden, head, targets, token_weights.float(), logit_rule, token_loss)
-    with gathered(head):  # ZeRO-3: the whole weight for this call, its gradient computed in the forward
-        return _LinearTokenLoss.apply(
-            hidden,
-            head.weight,
-            getattr(head, "bias", None),
-            targets,
-            token_weights.float(),
-            chunk_size or chunk_size_for(head.weight.shape[0]),
-            logit_rule,
-            torch.is_grad_enabled(),
-            token_loss,
-        )
-
-
-def is_sharded(weight: torch.Tensor) -> bool:
-    """Whether the output layer's weight is split over processes (DeepSpeed ZeRO-3, FSDP2)."""
-    return hasattr(weight, "ds_id") or isinstance(weight, DTensor)
+    with gathered(head):  # ZeRO-3: the whole weight for this call (the "sum" gradients are computed in the forward)
+        weight, bias = head.weight, getattr(head, "bias", None)
+        chunk_size = chunk_size or chunk_size_for(weight.shape[0])
+        if reduction == "none":
+            return _LinearTokenLosses.apply(hidden, weight, bias, targets, token_weights.float(), chunk_size,
+                                            logit_rule, torch.is_grad_enabled(), token_loss, head)
+        return _LinearTokenLoss.apply(hidden, weight, bias, targets, token_weights.float(), chunk_size, logit_rule,
+                                      torch.is_grad_enabled(), token_loss)
 
 
 def gathered(head: torch.nn.Module) -> contextlib.AbstractContextManager:
@@ -270,12 +333,25 @@ def gathered(head: torch.nn.Module) -> contextlib.AbstractContextManager:
     return deepspeed.zero.GatheredParameters(split, modifier_rank=None)
 
 
-def _through_head(hidden: torch.Tensor, head: torch.nn.Module, targets: torch.Tensor, token_weights: torch.Tensor,
-                  rule: LogitRule, token_loss: Callable) -> torch.Tensor:
-    """The same summed token loss through `head`'s forward, for an output layer FSDP2 splits (its forward
-    gathers the weight and reduces its gradient); it holds all trained positions' fp32 logits at once."""
-    z = rule.apply(head(hidden).float())
-    return (token_loss(z, targets) * token_weights).sum()
+def unsharded_head(model: torch.nn.Module, head: torch.nn.Module) -> torch.nn.Module:
+    """`head` with its whole weight readable, for the chunked loss. FSDP2 leaves an output layer split (DTensors)
+    after the model's forward where its group reshards after forward (the root given reshard_after_forward=True,
+    or a head group of its own that reshards): the FSDP module that owns it is unsharded here, as its own forward
+    would, and stays so until FSDP's post-backward reduces the gradient and reshards. accelerate's FSDP2 keeps
+    the final norm and head unsharded after forward: nothing to do then, nor without FSDP2."""
+    if not isinstance(head.weight, DTensor):
+        return head
+    from torch.distributed.fsdp import FSDPModule
+
+    name = next(n for n, m in model.named_modules() if m is head)
+    owners = {n: m for n, m in model.named_modules() if isinstance(m, FSDPModule)}
+    parts = name.split(".") if name else []
+    owner = next((owners[".".join(parts[:k])] for k in range(len(parts), -1, -1) if ".".join(parts[:k]) in owners),
+                 None)
+    if owner is None:
+        raise ValueError(f"the output layer {name!r} is split by FSDP2 but no fully_shard module above it owns it")
+    owner.unshard()
+    return head
 
 
 @torch.no_grad()
@@ -284,9 +360,6 @@ def token_stats(
     chunk_size: int | None = None,
 ) -> tuple[float, int]:
     """(summed cross-entropy, number of argmax hits) over the given positions, chunk by chunk."""
-    if isinstance(head.weight, DTensor):
-        z = logit_rule.apply(head(hidden).float())
-        return torch.nn.functional.cross_entropy(z, targets, reduction="sum").item(), int((z.argmax(-1) == targets).sum())
     loss = torch.zeros((), dtype=torch.float64, device=hidden.device)
     correct = torch.zeros((), dtype=torch.long, device=hidden.device)
     with gathered(head):
@@ -378,7 +451,8 @@ def trained_hidden_states(model, batch: dict[str, torch.Tensor]) -> TrainedState
     loss, over all positions of the batch, as `model(labels=...).loss` adds it).
 
     The model computes no logits at all (`logits_to_keep` an empty index: the output layer runs on zero
-    positions); the loss applies the output layer itself, chunk by chunk, on trained positions only.
+    positions); the loss applies the output layer itself, chunk by chunk, on trained positions only (an output
+    layer FSDP2 left split is gathered here: unsharded_head).
     """
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "loss_weights", TRAINED_INDEX)}
     no_position = torch.empty(0, dtype=torch.long, device=batch["labels"].device)
@@ -394,11 +468,12 @@ def trained_hidden_states(model, batch: dict[str, torch.Tensor]) -> TrainedState
     width = max(targets.shape[1], 1)  # T - 1: row b's position t is b * (T - 1) + t here, b * T + t in hidden
     weights = batch.get("loss_weights")
     aux = getattr(outputs, "aux_loss", None)
+    head = unsharded_head(model, _output_model(model).get_output_embeddings())
     return TrainedStates(
         hidden.reshape(-1, hidden.shape[-1]).index_select(0, index + index // width),
         targets.flatten().index_select(0, index),
         None if weights is None else weights[:, 1:].flatten().index_select(0, index),
-        _output_model(model).get_output_embeddings(),
+        head,
         logit_rule(model),
         None if aux is None else router_aux_coef(model) * aux,
     )
