@@ -10,7 +10,7 @@ from rich.table import Table
 
 from sftune import models
 from sftune.cli.common import FORMAT as _FORMAT, console, data_app, json_repr, print_error
-from sftune.cli.template import template_for as _template_for
+from sftune.cli.template import template_for
 
 
 def _mapping(text: Optional[str], option: str) -> Optional[dict]:
@@ -484,7 +484,7 @@ def data_encode_command(
 
     options = EncodeOptions(policy=policy, reasoning=reasoning, max_len=max_len, max_turns=max_turns)
     tokenizer = models.load(model, tokenizer_only=True)[1]
-    chosen = _template_for(template, tokenizer)
+    chosen = template_for(template, tokenizer)
     read_report = Report()
     records = list(_reading(read(path, format=format, on_error="skip", report=read_report, syntax="cli"), "reading"))
     start = time.perf_counter()

@@ -16,7 +16,7 @@ from sftune.preference.batches import SEQUENCE_TOKENS, TRAINED_SEQUENCE
 from sftune.training.loss import (
     PLAIN,
     LogitRule,
-    _output_model,
+    output_model,
     linear_token_loss,
     shifted_targets,
     trained_hidden_states,
@@ -37,7 +37,7 @@ def _check_branches(model, position_ids: torch.Tensor | None) -> None:
     Under it (the default for packed pairs) nothing is read: the check would make the device wait for the host."""
     if position_ids is None or position_ids.shape[1] < 2:
         return
-    implementation = getattr(_output_model(model).config, "_attn_implementation", None)
+    implementation = getattr(output_model(model).config, "_attn_implementation", None)
     if implementation == attention.NAME:
         return
     steps = position_ids[:, 1:]

@@ -59,7 +59,7 @@ SOFTCAP_FIELDS: dict[str, str] = {"recurrent_gemma": "logits_soft_cap"}
 def logit_rule(model: torch.nn.Module) -> LogitRule:
     """How `model` (a transformers causal LM, under any peft / DDP wrapper) post-processes its output
     layer's values into the logits of its own loss: a scale and a final soft-cap, read from its config."""
-    config = _output_model(model).config
+    config = output_model(model).config
     text = config.get_text_config()
     scale = 1.0
     if config.model_type in LOGIT_SCALES:
@@ -413,7 +413,7 @@ def count_trained_tokens(batches: list[dict[str, torch.Tensor]]) -> int | torch.
     return sum((shifted_targets(b) != IGNORE).sum() for b in batches)
 
 
-def _output_model(model: torch.nn.Module) -> torch.nn.Module:
+def output_model(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model under DDP / peft wrappers (it owns the output layer and config)."""
     while hasattr(model, "module"):
         model = model.module
@@ -435,7 +435,7 @@ class TrainedStates(NamedTuple):
 
 def router_aux_coef(model: torch.nn.Module) -> float:
     """The coefficient the model's own loss puts on its router load-balancing loss."""
-    inner = _output_model(model)
+    inner = output_model(model)
     for source in (inner, inner.config, inner.config.get_text_config()):
         for field in ("router_aux_loss_coef", "aux_loss_coef"):  # JetMoe names it aux_loss_coef
             value = getattr(source, field, None)
@@ -468,7 +468,7 @@ def trained_hidden_states(model, batch: dict[str, torch.Tensor]) -> TrainedState
     width = max(targets.shape[1], 1)  # T - 1: row b's position t is b * (T - 1) + t here, b * T + t in hidden
     weights = batch.get("loss_weights")
     aux = getattr(outputs, "aux_loss", None)
-    head = unsharded_head(model, _output_model(model).get_output_embeddings())
+    head = unsharded_head(model, output_model(model).get_output_embeddings())
     return TrainedStates(
         hidden.reshape(-1, hidden.shape[-1]).index_select(0, index + index // width),
         targets.flatten().index_select(0, index),
