@@ -164,10 +164,11 @@ def init_prefix_from_text(model: Any, tokenizer: Any, text: str) -> None:
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
-    """(trainable, total) parameters; 4-bit weights count as the values they hold, not their bytes."""
+    """(trainable, total) parameters; 4-bit weights count as the values they hold, not their bytes, and weights
+    DeepSpeed ZeRO-3 split as they loaded (empty here) as their whole size."""
     trainable = total = 0
     for param in model.parameters():
-        n = param.numel()
+        n = getattr(param, "ds_numel", None) or param.numel()
         if param.__class__.__name__ == "Params4bit":  # two 4-bit values per byte of storage
             n *= 2 * param.quant_storage.itemsize
         total += n

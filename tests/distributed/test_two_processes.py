@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import socket
 import subprocess
@@ -19,6 +20,8 @@ import pytest
 import torch
 
 from tests.conftest import tiny_model
+
+from tests.preference.test_recipe import PAIRS
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("worker.py")
@@ -73,13 +76,27 @@ def setup(tmp_path_factory):
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     (root / "config-full.yaml").write_text(yaml.safe_dump({**config, "method": {"name": "full"},
                                                            "train": {**config["train"], "lr": 1e-3}}))
+    # preference pairs: 12 to train on (3 whole steps of 4: a last step of 3 would be evened out to 4 over 2
+    # processes), 2 held out; no warm-up, so that the first update already moves the weights
+    pairs = root / "data" / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    held_out = root / "data" / "pairs-eval.jsonl"
+    held_out.write_text("".join(json.dumps({"prompt": f"Say a word about {w}.", "chosen": f"{w.capitalize()}! Done.",
+                                            "rejected": f"I will not talk of {w}."}) + "\n" for w in ("moss", "ice")))
+    (root / "config-dpo.yaml").write_text(yaml.safe_dump({
+        **config, "stage": "preference", "preference": {"loss": "dpo", "beta": 0.1}, "method": {"name": "full"},
+        "data": {"train": str(pairs), "eval": str(held_out), "max_len": 128},
+        "train": {**config["train"], "max_steps": 3, "lr": 1e-3, "warmup": 0}}))
     return root
+
+
+CONFIGS = {"lora": "config.yaml", "full": "config-full.yaml", "dpo": "config-dpo.yaml"}
 
 
 def run(setup: Path, kind: str, method: str) -> Path:
     out = setup / f"{kind}-{method}"
     processes = 1 if kind == "single" else 2
-    config = setup / ("config-full.yaml" if method == "full" else "config.yaml")
+    config = setup / CONFIGS[method]
     result = launch(kind, [str(config), f"output.dir={out}", f"train.batch_size={4 // processes}"])  # the same global batch
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return out
@@ -135,6 +152,28 @@ def test_two_processes_match_one(setup, reference, kind, method):
         "trained_tokens"]
     torch.testing.assert_close(logits(out, setup / "model"), logits(reference[method], setup / "model"),
                                atol=LOGITS_ATOL, rtol=0)
+
+
+@needs_deepspeed
+def test_dpo_under_zero3_matches_one_process(setup):
+    """DPO (full fine-tuning) with the weights split by ZeRO-3 over 2 processes: the preference log-probs go
+    through the chunked output layer, which gathers the split head in the forward and again in the backward. The
+    loss curve and the saved weights' logits equal those of 1 process with the same global batch of pairs."""
+    out = run(setup, "deepspeed_zero3.yaml", "dpo")
+    probes = [json.loads((out / f"probe-{rank}.json").read_text()) for rank in (0, 1)]
+    assert all(p["num_processes"] == 2 for p in probes) and probes[0]["deepspeed_stage"] == 3
+    assert probes[0]["summary"]["stage"] == "preference" and probes[0]["summary"]["steps"] == 3
+    single = run(setup, "single", "dpo")
+    expected = losses(single)
+    assert len(expected) == 3 and all(math.isfinite(x) for x in expected)
+    assert expected[0] == pytest.approx(math.log(2), abs=1e-4)  # the first step starts at the reference
+    assert expected[1] < expected[0] - 1e-3  # and the next steps see the weights move
+    assert losses(out) == pytest.approx(expected, rel=LOSS_RTOL)
+    summaries = probes[0]["summary"], json.loads((single / "summary.json").read_text())
+    for key in ("train_pairs", "eval_pairs", "trained_tokens", "trainable_parameters", "total_parameters"):
+        assert summaries[0][key] == summaries[1][key], key
+    assert summaries[0]["eval_loss"] == pytest.approx(summaries[1]["eval_loss"], rel=LOSS_RTOL)
+    torch.testing.assert_close(logits(out, setup / "model"), logits(single, setup / "model"), atol=LOGITS_ATOL, rtol=0)
 
 
 def test_fsdp_on_cpu_is_refused_before_any_work(setup):
