@@ -166,6 +166,27 @@ def test_bf16_on_gpu_halves_an_adapter_base_and_deepspeed_keeps_fp32_master_weig
     assert ds.parts["weights"] == 2 * shape.total and ds.parts["master weights"] == 4 * shape.total
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("method", ["full", "freeze", "lora", "qlora", "prompt_tuning"])
+def test_the_estimate_loads_the_weights_in_the_dtype_training_does(monkeypatch, method, precision, device):
+    """One rule (training.run.weights_dtype) for the frozen base, whatever this machine has: an fp16 adapter run
+    and a bf16 one on a CPU hold a half base in the estimate as in training. The weights part follows it."""
+    from sftune.training.run import weights_dtype
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: device == "cuda")  # the machine the run would have
+    shape = E.model_shape(tiny_config("llama"))
+    for dtype in ("auto", "float32", "bfloat16"):
+        cfg = load({"model": {"name": "unused", "dtype": dtype}, "method": {"name": method}, "data": {"max_len": 128},
+                    "train": {"batch_size": 1, "precision": precision}})
+        est = E.estimate(cfg, shape, device=device)
+        trained = weights_dtype(cfg, precision)
+        assert est.weights_dtype == str(trained).removeprefix("torch."), (dtype, est.weights_dtype, trained)
+        if method in ("full", "lora"):
+            adapter = E.parameters(shape, cfg.method)["adapter"]
+            assert est.parts["weights"] == shape.total * trained.itemsize + adapter * (4 if method == "lora" else 0)
+
+
 # ------------------------------------------------------------------------------------------ sharding
 
 

@@ -109,7 +109,8 @@ class _Section(BaseModel):
 class ModelSection(_Section):
     name: str = Field("smollm2-135m-instruct", description="embedded model name, checkpoint folder or hub id")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="weights dtype; auto = bfloat16 for a frozen base trained in bf16 (adapter methods), else float32"
+        "auto", description="weights dtype; auto = the half dtype of a frozen base trained in bf16 or fp16 (adapter "
+        "methods), else float32"
     )
     attn_implementation: str = Field(
         "auto",

@@ -19,7 +19,6 @@ from sftune.config import Config, ConfigError
 
 GiB = 1024**3
 SHARDINGS = ("none", "ddp", "zero2", "zero3", "fsdp")
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # Optimizer state bytes per trained parameter: AdamW keeps two fp32 moments; 8-bit AdamW two 8-bit ones
 # (plus per-block scales, ~1%); SGD without momentum and Adafactor's factored moments next to nothing.
 OPTIMIZER_BYTES = {"adamw": 8.0, "adam": 8.0, "8bit": 2.04, "sgd": 0.0, "adafactor": 0.0, "lion": 4.0}
@@ -60,6 +59,7 @@ class Estimate:
     device: str
     precision: str
     notes: list[str]
+    weights_dtype: str = "float32"  # the dtype training loads the base weights in (training.run.weights_dtype)
 
     accumulating: bool = False  # gradients persist across micro-batches (grad_accum or batch > micro-batch)
 
@@ -279,6 +279,7 @@ def estimate(cfg: Config, shape: ModelShape, *, gpus: int = 1, sharding: str = "
     from sftune import methods
     from sftune.training.arguments import micro_batch_size
     from sftune.training.loss import chunk_size_for
+    from sftune.training.run import weights_dtype
 
     if sharding not in SHARDINGS:
         raise ConfigError(f"--sharding {sharding!r}: choose one of {', '.join(SHARDINGS)}")
@@ -291,11 +292,8 @@ def estimate(cfg: Config, shape: ModelShape, *, gpus: int = 1, sharding: str = "
     precision = _precision(cfg, device)
     half = precision in ("bf16", "fp16")
     adapter_method = m.name not in ("full", "freeze")
-    # Weight dtype as training loads it (sftune.training.recipe.setup_model).
-    dtype = cfg.model.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if device == "cuda" and precision == "bf16" and adapter_method else "float32"
-    wbytes = DTYPE_BYTES[dtype]
+    dtype = weights_dtype(cfg, precision, cuda=device == "cuda")  # as training loads the weights
+    wbytes = dtype.itemsize
     deepspeed_half = sharding in ("zero2", "zero3") and half  # DeepSpeed holds half weights + fp32 master copy
     if deepspeed_half:
         wbytes = 2
@@ -394,6 +392,7 @@ def estimate(cfg: Config, shape: ModelShape, *, gpus: int = 1, sharding: str = "
     return Estimate(parts={k: int(v) for k, v in parts.items() if v}, host={k: int(v) for k, v in host.items() if v},
                     trainable=trainable, total_params=shape.total + counts["adapter"], tokens=tokens,
                     micro_batch=micro, device=device, precision=precision, notes=notes,
+                    weights_dtype=str(dtype).removeprefix("torch."),
                     accumulating=t.grad_accum > 1 or t.batch_size > micro)
 
 

@@ -62,7 +62,8 @@ def _table(est, cfg, gpus: int, sharding: str, offload: bool) -> Table:
     from sftune.estimate import GiB
 
     title = (f"{cfg.method.name} on {cfg.model.name}: {est.micro_batch} x {cfg.data.max_len} tokens per micro-batch, "
-             f"{est.precision}, {'checkpointing' if cfg.train.gradient_checkpointing else 'no checkpointing'}, "
+             f"{est.precision} (weights {est.weights_dtype}), "
+             f"{'checkpointing' if cfg.train.gradient_checkpointing else 'no checkpointing'}, "
              f"{gpus} {'GPU' if est.device == 'cuda' else 'CPU process'}{'s' if gpus > 1 else ''}, "
              f"sharding {sharding}{' + offload' if offload else ''}")
     table = Table(title=title)

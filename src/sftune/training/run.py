@@ -53,16 +53,17 @@ def start_or_resume(cfg: Config, run_dir: Path, console) -> str | None:
 HALF_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def weights_dtype(cfg: Config, precision: str, *, half_on_cpu: bool = True) -> torch.dtype:
+def weights_dtype(cfg: Config, precision: str, *, half_on_cpu: bool = True, cuda: bool | None = None) -> torch.dtype:
     """The dtype the base model's weights are loaded in: model.dtype, or for auto fp32, except a frozen base
     under an adapter trained in bf16 or fp16, held in that dtype: autocast would recast the fp32 weights to the
     same half values at every forward; holding them halves the weights' memory. The adapter stays fp32 (peft
     upcasts it, as fp16's gradient scaler needs). `half_on_cpu=False` keeps an auto base in fp32 without CUDA
-    (the vision-language branch's rule on a CPU)."""
+    (the vision-language branch's rule on a CPU). `cuda`: whether the run has CUDA (default: this machine's);
+    the memory estimate passes the device it estimates for."""
     if cfg.model.dtype != "auto":
         return getattr(torch, cfg.model.dtype)
     adapter = cfg.method.name not in ("full", "freeze")
-    if not adapter or not (half_on_cpu or torch.cuda.is_available()):
+    if not adapter or not (half_on_cpu or (torch.cuda.is_available() if cuda is None else cuda)):
         return torch.float32
     return HALF_DTYPE.get(precision, torch.float32)
 
