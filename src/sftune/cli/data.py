@@ -42,6 +42,7 @@ def _read_options(format, columns, roles, cot_layout, max_chars, dataset) -> dic
     }
 
 
+_PATHS = typer.Argument(..., help="Files, folders, globs, dataset_info.json, hub:ORG/NAME[:SPLIT] datasets.")
 _COLUMNS = typer.Option(None, help="Column mapping, e.g. 'instruction=query,output=meta.answer' or JSON.")
 _ROLES = typer.Option(None, help="Role / speaker map, e.g. 'agent=assistant,customer=user' or JSON.")
 _COT = typer.Option(None, help="Chain-of-thought layout: steps, think, or a format string.")
@@ -143,7 +144,7 @@ def _print_report(report, unit: str = "records") -> None:
 @data_app.command("check")
 @_data_errors
 def data_check_command(
-    paths: list[str] = typer.Argument(..., help="Files, folders, globs, dataset_info.json, hub:ORG/NAME[:SPLIT] datasets."),
+    paths: list[str] = _PATHS,
     format: Optional[str] = _FORMAT,
     columns: Optional[str] = _COLUMNS,
     roles: Optional[str] = _ROLES,
@@ -263,7 +264,7 @@ def _print_reasoning(found: dict) -> None:
 @data_app.command("convert")
 @_data_errors
 def data_convert_command(
-    paths: list[str] = typer.Argument(..., help="Files, folders, globs, dataset_info.json, hub:ORG/NAME[:SPLIT] datasets."),
+    paths: list[str] = _PATHS,
     output: str = typer.Option(..., "--output", "-o", help="Output JSONL file."),
     to: str = typer.Option("messages", help="Output shape: messages, alpaca, sharegpt (function_call / "
                            "observation turns), openai (tool_calls) or hermes (<tool_call> tags)."),
@@ -301,7 +302,7 @@ def data_convert_command(
 @data_app.command("stats")
 @_data_errors
 def data_stats_command(
-    paths: list[str] = typer.Argument(..., help="Files, folders, globs, dataset_info.json, hub:ORG/NAME[:SPLIT] datasets."),
+    paths: list[str] = _PATHS,
     format: Optional[str] = _FORMAT,
     columns: Optional[str] = _COLUMNS,
     roles: Optional[str] = _ROLES,
@@ -358,7 +359,7 @@ def data_stats_command(
 @data_app.command("dedup")
 @_data_errors
 def data_dedup_command(
-    paths: list[str] = typer.Argument(..., help="Files, folders, globs, dataset_info.json, hub:ORG/NAME[:SPLIT] datasets."),
+    paths: list[str] = _PATHS,
     output: str = typer.Option(..., "--output", "-o", help="Output JSONL (messages) with duplicates removed."),
     threshold: float = typer.Option(0.85, help="Near-duplicate Jaccard similarity threshold (MinHash LSH)."),
     exact_only: bool = typer.Option(False, help="Remove exact duplicates only."),
