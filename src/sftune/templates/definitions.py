@@ -85,8 +85,8 @@ _ALPACA_SYSTEM_INPUT = (
 #                      one call per assistant turn and no text beside it, as Llama 3.1's template allows),
 #                      "qwen3.5" (<tool_call><function=name><parameter=key> XML) or "glm" (<tool_call>name
 #                      <arg_key>/<arg_value>, results after <|observation|>) or "llama4" (JSON calls after
-#                      <|python_start|>text<|python_end|>, ipython turns); the last three come with their
-#                      family's `layout`
+#                      <|python_start|>text<|python_end|>, ipython turns) or "gemma4" (call:name{...} inside
+#                      <|tool_call>, results in the model turn); the last four come with their family's `layout`
 #   layout             "qwen3.5", "glm4.5", "harmony", "nemotron3", "gemma4", "llama4" or "mistral": the family's own
 #                      turn layout
 #                      (render.py's functions of that name), for layouts format strings cannot say; such a
@@ -479,6 +479,9 @@ BUILTINS["gemma4"] = {
     "stops": ["<|tool_response>"],
     "strip": "content",
     "reasoning": "qwen3",
+    "think_open": "<|channel>thought",
+    "think_close": "<channel|>",
+    "tools": "gemma4",
     "bos": "<bos>",
     "eos": "<eos>",
 }
