@@ -8,7 +8,7 @@ all of it. `sftune.encode` labels tokens from segments, so nothing searches the 
 Each tool style ("qwen", "llama3", "llama4") is a few small functions at the end of this file: its system
 header, its calls and its tool results. `jinja_export` writes the same layout as jinja. A family whose
 layout format strings cannot say (`layout`: Qwen3.5, GLM-4.5) has its turns here too, and exports its
-official template text instead.
+official template text instead; gpt-oss's and Gemma 4's texts are in harmony.py and gemma4.py.
 """
 
 from __future__ import annotations
