@@ -32,6 +32,21 @@ def mistral_tokenizer(tmp_path_factory, smollm2_tokenizer):
 
 
 @pytest.fixture(scope="session")
+def gemma4_tokenizer(tmp_path_factory, smollm2_tokenizer):
+    """SmolLM2's tokenizer with Gemma 4's turn, channel, call and quote tokens added as special tokens, as Gemma
+    4's tokenizer has them: a plain decode (skip_special_tokens) drops the thought channel's markers."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("gemma4-tokenizer")
+    smollm2_tokenizer.save_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": [
+        "<|turn>", "<turn|>", "<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>", "<|tool_response>",
+        "<tool_response|>", '<|"|>']})
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
 def base_dir(tmp_path_factory, smollm2_tokenizer):
     folder = tmp_path_factory.mktemp("serve") / "tiny-base"
     tiny_model("llama", vocab_size=len(smollm2_tokenizer), initializer_range=0.2).save_pretrained(folder)

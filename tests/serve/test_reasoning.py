@@ -20,7 +20,8 @@ from tests.serve.test_tools import Scripted
 from tests.templates.chats import FIXTURES
 
 PROMPT = [{"role": "user", "content": "What is 2 + 2?"}]
-THINKING = ["qwen3", "qwen3.5", "qwen3.6", "qwen3.8", "glm4.5", "nemotron3", "deepseek_r1", "gpt-oss", "magistral"]
+THINKING = ["qwen3", "qwen3.5", "qwen3.6", "qwen3.8", "glm4.5", "nemotron3", "deepseek_r1", "gpt-oss", "magistral",
+            "gemma4"]
 
 
 def _answer(template, turn: dict) -> str:
@@ -109,6 +110,19 @@ def test_magistral_reasoning_is_its_think_tokens_and_the_stop_token_ends_the_ans
     assert reasoning.split(template, "<think>x</think>y") == (None, "<think>x</think>y")
 
 
+def test_gemma4_reasoning_is_its_thought_channel_and_the_stop_tokens_end_the_answer():
+    """Gemma 4's thought channel is written in special tokens: read from the answer decoded with them, where
+    <turn|> (or EOS, or the <|tool_response> after calls) shows too and ends the answer."""
+    template = templates.get("gemma4")
+    assert reasoning.special_tokens(template) and reasoning.style(template) == "think"
+    answer = "<|channel>thought\nTwo and two.\n<channel|>It is 4.<turn|>"
+    assert reasoning.split(template, answer) == ("Two and two.", "It is 4.")
+    assert _streamed(template, answer) == ("Two and two.", "It is 4.")
+    assert _streamed(template, "<|channel>thought\nStill thinking<eos>") == ("Still thinking", "")
+    assert reasoning.split(template, "It is 4.<eos>") == (None, "It is 4.")
+    assert reasoning.split(template, "<think>x</think>y") == (None, "<think>x</think>y")
+
+
 def _serve(tokenizer, name: str, answer: str):
     template = templates.get(name, tokenizer)
     script = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
@@ -152,6 +166,20 @@ def test_the_server_reads_magistral_s_think_tokens_whole_and_streamed(mistral_to
         assert sum(bool(getattr(d, "reasoning_content", None)) for d in deltas) > 1  # streamed, not sent whole
 
 
+def test_the_server_reads_gemma4_s_thought_channel_whole_and_streamed(gemma4_tokenizer):
+    tokenizer, answer = gemma4_tokenizer, "<|channel>thought\nTwo and two.\n<channel|>It is 4."
+    assert tokenizer.decode(tokenizer(answer, add_special_tokens=False)["input_ids"], skip_special_tokens=True) == \
+        "thought\nTwo and two.\nIt is 4."
+    with _serve(tokenizer, "gemma4", answer) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
+        message = client.chat.completions.create(model="thinker", messages=PROMPT, temperature=0).choices[0].message
+        assert message.content == "It is 4." and message.reasoning_content == "Two and two."
+        streamed = list(client.chat.completions.create(model="thinker", messages=PROMPT, temperature=0, stream=True))
+        deltas = [c.choices[0].delta for c in streamed if c.choices]
+        assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == "Two and two."
+        assert "".join(d.content or "" for d in deltas) == "It is 4."
+
+
 def test_a_model_without_reasoning_gets_no_reasoning_field(smollm2_tokenizer):
     with _serve(smollm2_tokenizer, "chatml", "<think>kept</think>It is 4.") as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
@@ -165,6 +193,7 @@ def test_a_model_without_reasoning_gets_no_reasoning_field(smollm2_tokenizer):
     ("gpt-oss", ["<|channel|>analysis<|mess", "age|>Two and two.<|end|><|start|>assistant<|channel|>final",
                  "<|message|>It is 4.<|return|>"], True),
     ("magistral", ["[TH", "INK]Two and", " two.[/TH", "INK]It is 4.<", "/s>"], True),
+    ("gemma4", ["<|channel>tho", "ught\nTwo and", " two.\n<chan", "nel|>It is 4.<tu", "rn|>"], True),
 ])
 def test_chat_shows_reasoning_apart_and_keeps_it_in_the_history(monkeypatch, name, pieces, special):
     asked = {}

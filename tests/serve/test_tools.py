@@ -113,13 +113,14 @@ def _answer(name: str, turn: dict, tools=TOOLS) -> str:
     rendered = template.render(prompt + [turn], tools)
     answer = rendered[len(template.render(prompt, tools, add_generation_prompt=True)):]
     return answer.removesuffix("<|im_end|>\n").removesuffix("<|call|>").removesuffix("<|return|>") \
-        .removesuffix("<|eot|>").removesuffix("</s>")
+        .removesuffix("<|eot|>").removesuffix("</s>").removesuffix("<|tool_response>")
 
 
 @pytest.mark.parametrize("name,style", [("qwen3.5", "qwen3.5"), ("qwen3.6", "qwen3.5"), ("qwen3.8", "qwen3.5"), ("glm4.5", "glm"),
                                         ("gpt-oss", "harmony"), ("qwen3_2507", "qwen"),
                                         ("nemotron3", "qwen3.5"), ("llama4", "llama4"), ("mistral_v3", "mistral"),
-                                        ("mistral_v7_tekken", "mistral"), ("magistral", "mistral")])
+                                        ("mistral_v7_tekken", "mistral"), ("magistral", "mistral"),
+                                        ("gemma4", "gemma4")])
 def test_calls_of_the_current_families_as_their_templates_render_them(name, style):
     """Each family's call layout is read back as the call, typed values kept (a string stays a string)."""
     tools = [{"type": "function", "function": {"name": "book", "description": "Book", "parameters": {
@@ -212,3 +213,45 @@ def test_magistral_reasoning_and_calls_through_the_server(mistral_tokenizer):
         assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == "Ask the tool."
         assert [c.function.name for d in deltas for c in d.tool_calls or []] == ["get_weather"]
         assert streamed[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_gemma4_calls_in_its_notation_are_read_back_typed():
+    """Gemma 4 quotes strings with <|"|>, so "42" stays a string and 42 a number; nested objects and lists too;
+    the text beside the calls (its template writes a call turn's text after them) is the answer's text."""
+    answer = ('<|tool_call>call:book{city:<|"|>Zürich, CH<|"|>,code:<|"|>42<|"|>,days:3,late:false,rate:1.5,'
+              'room:{beds:2,tags:[<|"|>a<|"|>,null]}}<tool_call|><|tool_call>call:ping{}<tool_call|>Booking.')
+    text, calls = parse(answer, "gemma4")
+    assert text == "Booking." and [c["function"]["name"] for c in calls] == ["book", "ping"]
+    assert json.loads(calls[0]["function"]["arguments"]) == {
+        "city": "Zürich, CH", "code": "42", "days": 3, "late": False, "rate": 1.5,
+        "room": {"beds": 2, "tags": ["a", None]}}
+    assert json.loads(calls[1]["function"]["arguments"]) == {}
+
+
+@pytest.mark.parametrize("answer", ["Just text.", "<|tool_call>call:book{city:Paris}<tool_call|>",
+                                    '<|tool_call>call:book{city:<|"|>Paris<tool_call|>', "<|tool_call>book{}",
+                                    '<|tool_call>call:{a:1}<tool_call|>', '<|tool_call>call:book{a:1}} trailing'])
+def test_gemma4_answers_that_are_not_calls_stay_text(answer):
+    assert parse(answer, "gemma4") == (answer, [])
+
+
+def test_gemma4_reasoning_and_calls_through_the_server(gemma4_tokenizer):
+    """Gemma 4's thought channel and calls are special tokens: the server reads them decoded with them and
+    answers with reasoning_content and tool_calls; generation stops at <|tool_response>, after the calls."""
+    tokenizer = gemma4_tokenizer
+    answer = ('<|channel>thought\nAsk the tool.\n<channel|>'
+              '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}<tool_call|>')
+    script = tokenizer(answer + "<|tool_response>", add_special_tokens=False)["input_ids"]
+    template = templates.get("gemma4", tokenizer)
+    stops = template.stop_token_ids(tokenizer)
+    assert tokenizer.convert_tokens_to_ids("<|tool_response>") in stops
+    names = {"gemma": Served("gemma", None, template, tuple(stops))}
+    messages = [{"role": "user", "content": "Paris?"}]
+    with running(create_app(Scripted(script, len(tokenizer)), tokenizer, names)) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
+        choice = client.chat.completions.create(model="gemma", messages=messages, tools=TOOLS,
+                                                temperature=0).choices[0]
+        assert choice.finish_reason == "tool_calls" and not choice.message.content
+        assert choice.message.reasoning_content == "Ask the tool."
+        [call] = choice.message.tool_calls
+        assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}

@@ -21,7 +21,7 @@ from sftune.templates import jinja_segments, stops, twins
 from sftune.templates.render import split_think
 from sftune.templates.template import official_text
 from tests.templates.chats import CHATS as PLAIN_CHATS
-from tests.templates.chats import FIXTURES, TOOLS, call, prompt_part, trained_chars
+from tests.templates.chats import FIXTURES, TOOLS, call, prompt_part, random_tool_chat, trained_chars
 from tests.templates.test_reasoning import CHATS as REASONING_CHATS
 from tests.templates.test_reasoning import REASONING_CHAT, _random_chat
 
@@ -38,9 +38,10 @@ FAMILIES = {
     "llama4": ("llama4", {}),
     "nemotron3_super": ("nemotron3_super", {}),
     "nemotron3_ultra": ("nemotron3_ultra", {}),
+    "gemma4": ("gemma4_v5", {}),
 }
 # The BOS text a fixture's template writes, where it writes one (the built-in writes its family's BOS).
-BOS = {"llama4": "<|begin_of_text|>"}
+BOS = {"llama4": "<|begin_of_text|>", "gemma4_v5": "<bos>"}
 # The same texts called with the other thinking mode are the other built-in.
 MODES = [("qwen3.5_nothink", "qwen3.5", {"enable_thinking": False}),
          ("qwen3.5", "qwen3.5_nothink", {"enable_thinking": True})]
@@ -60,9 +61,9 @@ def _official(fixture: str, chat: list[dict], tools, prompt: bool, **kwargs) -> 
     """The official render, a call-only turn's content as "" (GLM's template writes a None content as
     "None", gpt-oss's and Llama 4's raise on it; their models are shown "" there, and the built-in writes
     nothing), and
-    for gpt-oss and Qwen3.8 a reply's <think> block as the field their templates read reasoning from."""
+    for gpt-oss, Qwen3.8 and Gemma 4 a reply's <think> block as the field their templates read reasoning from."""
     chat = [{**m, "content": "" if m.get("content") is None else m["content"]} for m in chat]
-    field = {"gpt-oss": "thinking", "qwen3.8": "reasoning_content"}.get(fixture)
+    field = {"gpt-oss": "thinking", "qwen3.8": "reasoning_content", "gemma4_v5": "reasoning_content"}.get(fixture)
     if field:
         chat = [{**m, **dict(zip((field, "content"), split_think(m["content"])))}
                 if m["role"] == "assistant" and "</think>" in m["content"] else m for m in chat]
@@ -359,8 +360,10 @@ def test_trained_spans_equal_the_jinja_paths_wherever_it_segments_the_same_text(
                 assert name == "gpt-oss"
                 continue
             if "".join(t for t, _, _ in fast) != "".join(t for t, _, _ in slow):
-                # GLM's template writes a call-only turn's None content as "None"; its twin writes nothing
-                assert name == "glm4.5" and any(m["role"] == "tool_call" for m in messages)
+                # GLM's template writes a call-only turn's None content as "None"; its twin writes nothing.
+                # Gemma 4's reads reasoning from a field only: prefix renders write a <think> block as text
+                assert (name == "glm4.5" and any(m["role"] == "tool_call" for m in messages)) or \
+                    (name == "gemma4" and any("</think>" in m["content"] for m in messages))
                 continue
             compared += 1
             for policy in encode.POLICIES:
@@ -414,7 +417,7 @@ def test_tool_call_turns_train_alike_through_the_twin_and_the_jinja_path_under_e
             assert "greet" not in said or option == "think_and_answer", (chat, option)
 
 
-# Gemma 4 (its current revision): a twin for plain and reasoning conversations; its tool layout is not built in.
+# Gemma 4 (its current revision): plain and reasoning conversations here; tool conversations in FAMILIES above.
 GEMMA4 = ("gemma4_v5", {})
 
 
@@ -472,8 +475,96 @@ def test_gemma4_trains_the_last_reasoning_and_answers_with_their_end_of_turn():
         "<bos><|turn>system\nThink first.<turn|>\n<|turn>user\n2+2?<turn|>\n<|turn>model\n"
     assert _trained(t, REASONING_CHAT) == "4<turn|><|channel>thought\nsix, clearly\n<channel|>6<turn|>"
     assert _trained(t, REASONING_CHAT, reasoning="answer_only") == "4<turn|>6<turn|>"
-    with pytest.raises(templates.TemplateError, match="plain and reasoning conversations only"):
-        t.render(REASONING_CHAT[:2], tools=TOOLS)
+
+
+def test_gemma4_runs_calls_results_and_answer_in_one_model_turn_and_trains_the_stop_after_the_calls():
+    """A model turn holds the calls, the results the environment writes after the model's <|tool_response>
+    stop, then the answer, which runs on without a header; calls and answer are trained, the results not."""
+    t = templates.get("gemma4")
+    chat = [{"role": "system", "content": "S"},
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "<think>call it</think>", "tool_calls": [call("Paris"), call("Oslo")]},
+            {"role": "tool", "content": "21"},
+            {"role": "tool", "content": "18"},
+            {"role": "assistant", "content": "<think>both in</think> Paris 21, Oslo 18. "}]
+    text = t.render(chat, TOOLS)
+    assert text == _official("gemma4_v5", chat, TOOLS, False)
+    calls = ('<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}<tool_call|>'
+             '<|tool_call>call:get_weather{city:<|"|>Oslo<|"|>}<tool_call|>')
+    results = ('<|tool_response>response:get_weather{value:<|"|>21<|"|>}<tool_response|>'
+               '<|tool_response>response:get_weather{value:<|"|>18<|"|>}<tool_response|>')
+    assert text.startswith('<bos><|turn>system\nS<|tool>declaration:get_weather{description:<|"|>Weather in a city')
+    assert text.endswith("<|turn>model\n<|channel>thought\ncall it\n<channel|>" + calls + results
+                         + "<|channel>thought\nboth in\n<channel|>Paris 21, Oslo 18.<turn|>\n")
+    assert _trained(t, chat, TOOLS) == ("<|channel>thought\ncall it\n<channel|>" + calls + "<|tool_response>"
+                                        "<|channel>thought\nboth in\n<channel|>Paris 21, Oslo 18.<turn|>")
+    assert _trained(t, chat, TOOLS, reasoning="answer_only") == calls + "<|tool_response>Paris 21, Oslo 18.<turn|>"
+    # no generation prompt after the results or after calls: the model writes on in its turn
+    assert t.render(chat[:5], TOOLS, True) == text[:text.index("<|channel>thought\nboth")]
+    assert t.render(chat[:3], TOOLS, True).endswith(calls + "<|tool_response>")
+    vocab = _Vocab()
+    vocab.ids = {**vocab.ids, "<turn|>": [7], "<|tool_response>": [8]}
+    assert t.stop_token_ids(vocab) == [0, 7, 8]
+
+
+def test_gemma4_random_tool_chats_match_the_official_render_and_the_jinja_paths_spans():
+    """Parallel calls, several results, text beside calls, multi-turn, with and without a system message: the
+    twin writes the official text, and trains what the jinja path trains (audited with the same stops) wherever
+    that path can segment the chat (not a call turn's text, which the template writes after the results)."""
+    from sftune import encode
+
+    rng = random.Random(3)
+    words = ["", " ", "\n", "hi", " two words ", "ünï", '{"a": 1}', "<|channel>x<channel|>"]
+    say = lambda: "".join(rng.choice(words) for _ in range(rng.randint(1, 3))) or "x"  # noqa: E731
+    stop_texts = ("<turn|>", "<|tool_response>", "<eos>")
+    own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / "gemma4_v5.jinja").read_text(encoding="utf-8"),
+                             bos="<bos>", eos="<eos>", stop_texts=stop_texts)
+    segmented = 0
+    for _ in range(60):
+        chat = random_tool_chat(rng, say, parallel=True)
+        tools = TOOLS if rng.random() < 0.8 else None
+        assert twins.twin(own.jinja, templates.normalize_messages(chat), tools) == "gemma4"
+        for prompt in (False, True):
+            shown = prompt_part(chat) if prompt else chat
+            messages = templates.normalize_messages(shown)
+            fast = own.segments(messages, tools, prompt)
+            assert "".join(t for t, _, _ in fast) == _official("gemma4_v5", shown, tools, prompt), shown
+            if any(m.get("content") and m.get("tool_calls") for m in shown):
+                continue  # text the template writes after later messages: the jinja path cannot place it
+            slow = stops.train_stops(jinja_segments.segments(own, messages, tools, prompt), messages, stop_texts, "")
+            segmented += 1
+            for policy in encode.POLICIES:
+                assert trained_chars(messages, fast, policy) == trained_chars(messages, slow, policy), (shown, policy)
+    assert segmented > 40
+
+
+def test_gemma4_names_each_result_from_its_call_and_refuses_a_result_its_template_drops():
+    t = templates.get("gemma4")
+    by_id = [{"role": "user", "content": "x"},
+             {"role": "assistant", "content": None, "tool_calls": [
+                 {"type": "function", "id": "a",
+                  "function": {"name": "find", "arguments": {"Q": "b", "k": [1, None]}}},
+                 {"type": "function", "id": "b", "function": {"name": "ping", "arguments": {}}}]},
+             {"role": "tool", "content": "found", "tool_call_id": "a"},
+             {"role": "tool", "content": "pong", "tool_call_id": "b"},
+             {"role": "assistant", "content": "ok"}]
+    text = t.render(by_id, TOOLS)
+    assert text == _official("gemma4_v5", by_id, TOOLS, False)
+    assert '<|tool_call>call:find{k:[1,null],Q:<|"|>b<|"|>}' in text  # keys sorted without regard to case
+    assert "response:find{value:<|\"|>found" in text and "response:ping{value:<|\"|>pong" in text
+    # without ids, the template names every result after the last call of the turn
+    no_ids = [{**m, "tool_calls": [{k: v for k, v in c.items() if k != "id"} for c in m["tool_calls"]]}
+              if m.get("tool_calls") else {k: v for k, v in m.items() if k != "tool_call_id"} for m in by_id]
+    assert t.render(no_ids, TOOLS) == _official("gemma4_v5", no_ids, TOOLS, False)
+    assert t.render(no_ids, TOOLS).count("response:ping") == 2
+    dropped = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "a"},
+               {"role": "tool", "content": "RESULT"}, {"role": "assistant", "content": "b"}]
+    assert "RESULT" not in _official("gemma4_v5", dropped, TOOLS, False)
+    with pytest.raises(templates.TemplateError, match="message 2 is a tool result that follows no tool call"):
+        t.render(dropped, TOOLS)
+    with pytest.raises(templates.TemplateError, match="must be a JSON object"):
+        t.render([{"role": "user", "content": "x"},
+                  {"role": "assistant", "content": None, "tool_calls": [call("", "[1, 2]")]}], TOOLS)
 
 
 def test_llama4_trains_each_reply_its_calls_and_its_end_of_turn():

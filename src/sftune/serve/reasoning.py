@@ -6,7 +6,8 @@ servers do).
              writes `</think>` (DeepSeek-V3 / V3.1): the reasoning is what precedes `</think>` (after a
              `<think>` the model writes, or the one the generation prompt opened), the answer what follows it;
              Magistral the same with its own markers `[THINK]` / `[/THINK]` (the spec's think_open /
-             think_close), special tokens: read from the answer decoded with them
+             think_close), and Gemma 4 with its thought channel `<|channel>thought` / `<channel|>`: special
+             tokens, read from the answer decoded with them
     harmony  gpt-oss: the analysis channel is the reasoning, the final channel (and plain commentary)
              the answer, a commentary message to a function a call; read from the answer decoded with
              its special tokens
@@ -39,8 +40,6 @@ _RECIPIENT = re.compile(r"to=functions\.[^\s<]+")
 def style(template: Any) -> str | None:
     """How a template's answers hold reasoning: "think", "harmony" or None (no reasoning)."""
     reasoning = template.reasoning
-    if template.effective_spec.get("layout") == "gemma4":
-        return None  # its thought channel is written in special tokens: not read back yet
     if reasoning == "harmony":
         return "harmony"
     return "think" if reasoning or _own_think_template(template) else None
@@ -60,7 +59,8 @@ def markers(template: Any) -> tuple[str, str]:
 
 def special_tokens(template: Any) -> bool:
     """Whether the answer is read decoded with its special tokens: gpt-oss's channels, and a layout that names
-    its own think markers (Magistral's [THINK] / [/THINK], control tokens a plain decode drops)."""
+    its own think markers (Magistral's [THINK] / [/THINK], Gemma 4's thought channel: control tokens a plain
+    decode drops)."""
     kind = style(template)
     return kind == "harmony" or (kind == "think" and markers(template) != (THINK_OPEN, THINK_CLOSE))
 
@@ -84,7 +84,7 @@ class Splitter:
     kind: str = CONTENT
     think_open: str = THINK_OPEN
     think_close: str = THINK_CLOSE
-    ends: tuple[str, ...] = ()  # texts that end the answer (the stop token, decoded with the special tokens)
+    ends: tuple[str, ...] = ()  # texts that end the answer (the stop tokens and EOS, decoded with the special tokens)
     _ended: bool = False
     _buffer: str = ""
     _pending: str = ""  # whitespace held back: it ends a part unless more text follows
@@ -97,7 +97,8 @@ class Splitter:
         kind = style(template)
         ends = ()
         if kind == "think" and special_tokens(template):
-            ends = tuple(t for t in [template.stop, *template.effective_spec.get("stops", [])] if t)
+            ends = tuple(dict.fromkeys(t for t in [template.stop, *template.effective_spec.get("stops", []),
+                                                   template.eos] if t))
         splitter = cls(kind, opened_by_prompt(template), CONTENT, *markers(template), ends)
         if kind == "think" and splitter.opened:
             splitter.kind = REASONING

@@ -11,10 +11,12 @@
              id the model writes is kept, so the result the client sends back renders as the model was trained
     harmony  gpt-oss's channels: the final channel is the answer, the analysis channel its reasoning (left
              out), a commentary message to=functions.NAME a call with JSON arguments
+    gemma4   <|tool_call>call:NAME{key:value,...}<tool_call|>, one block per call, values in Gemma's notation
+             (strings between <|"|> quotes, so a string stays a string); the text is the rest of the answer
 
 An answer whose call blocks are not valid JSON stays plain text (the client sees what the model wrote). A
 value in the XML layouts is JSON when it parses as JSON and the tool does not declare the key a string.
-The GLM, Llama 4, Mistral and Harmony layouts are written in special tokens, so they are read from the answer
+The GLM, Llama 4, Mistral, Harmony and Gemma 4 layouts are written in special tokens, so they are read from the answer
 decoded with them (`answer_text`).
 """
 
@@ -28,6 +30,7 @@ from typing import Any
 from sftune.data.errors import DataError
 from sftune.data.toolcalls import parse_tool_calls
 from sftune.templates import Template
+from sftune.templates.gemma4 import CALL_CLOSE, CALL_OPEN, QUOTE
 
 _QWEN_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 _XML_CALL = re.compile(r"<tool_call>\s*<function=([^>\n]+)>(.*?)(?:</function>\s*</tool_call>|$)", re.DOTALL)
@@ -38,7 +41,7 @@ _HARMONY_MESSAGE = re.compile(r"(?:<\|start\|>assistant)?(.*?)<\|message\|>(.*?)
                               r"(?:<\|end\|>|<\|call\|>|<\|return\|>|$)", re.DOTALL)
 _PYTHON_LITERALS = {"True": True, "False": False, "None": None}
 # Styles written in special tokens: read from the answer decoded with them.
-MARKUP_TOKENS = ("glm", "harmony", "llama4", "mistral")
+MARKUP_TOKENS = ("glm", "harmony", "llama4", "mistral", "gemma4")
 
 
 def tool_style(template: Template) -> str | None:
@@ -56,6 +59,11 @@ def parse(text: str, style: str | None, tools: list[dict] | None = None) -> tupl
     """(the answer's text without its calls, its calls in OpenAI's shape); no calls when there are none."""
     if style == "harmony":
         return _harmony(text)
+    if style == "gemma4" and CALL_OPEN in text:
+        rest, values = _gemma4_calls(text)
+        calls = _calls(values)
+        if calls is not None:
+            return rest, calls
     if style in ("qwen3.5", "glm") and "<tool_call>" in text:
         calls_of, pairs_of = (_XML_CALL, _XML_PARAMETER) if style == "qwen3.5" else (_GLM_CALL, _GLM_ARGUMENT)
         values = []
@@ -103,6 +111,64 @@ def _harmony(text: str) -> tuple[str, list[dict[str, Any]]]:
     if any(not isinstance(call["arguments"], dict) for call in found):
         return text, []  # a call that is not valid JSON: the client sees what the model wrote
     return "".join(answer).strip(), (_calls(found) or []) if found else []
+
+
+def _gemma4_calls(text: str) -> tuple[str, list[Any]]:
+    """(the answer without its call blocks, each block's {"name", "arguments"}, or None for one that does not
+    read as a call in Gemma's notation)."""
+    rest, values, pos = [], [], 0
+    while (at := text.find(CALL_OPEN, pos)) >= 0:
+        rest.append(text[pos:at])
+        head = at + len(CALL_OPEN)
+        brace = text.find("{", head)
+        name = text[head + len("call:"):brace].strip() if text.startswith("call:", head) and brace >= 0 else ""
+        arguments, end = _gemma_value(text, brace) if name else (None, -1)
+        if not isinstance(arguments, dict) or not (text.startswith(CALL_CLOSE, end) or end == len(text)):
+            return text, [None]
+        values.append({"name": name, "arguments": arguments})
+        pos = end + len(CALL_CLOSE) if text.startswith(CALL_CLOSE, end) else end
+    return "".join(rest + [text[pos:]]).strip(), values
+
+
+_GEMMA_WORDS = {"true": True, "false": False, "null": None}
+_GEMMA_STOPS = re.compile(r"[,}\]]")
+
+
+def _gemma_value(text: str, pos: int) -> tuple[Any, int]:
+    """One value in Gemma's notation at text[pos:] and where it ends; (None, -1) when it is not one. Keys are
+    bare (calls) or quoted (declarations); numbers and words as JSON reads them."""
+    if text.startswith(QUOTE, pos):
+        end = text.find(QUOTE, pos + len(QUOTE))
+        return (text[pos + len(QUOTE):end], end + len(QUOTE)) if end >= 0 else (None, -1)
+    if text.startswith("{", pos) or text.startswith("[", pos):
+        mapping = text[pos] == "{"
+        close, out, pos = "}" if mapping else "]", {} if mapping else [], pos + 1
+        while not text.startswith(close, pos):
+            if out:
+                if not text.startswith(",", pos):
+                    return None, -1
+                pos += 1
+            if mapping:
+                key, pos = _gemma_value(text, pos) if text.startswith(QUOTE, pos) else (
+                    text[pos:text.find(":", pos)], text.find(":", pos))
+                if not isinstance(key, str) or pos < 0 or not text.startswith(":", pos):
+                    return None, -1
+                item, pos = _gemma_value(text, pos + 1)
+                if pos < 0:
+                    return None, -1
+                out[key] = item
+            else:
+                item, pos = _gemma_value(text, pos)
+                if pos < 0:
+                    return None, -1
+                out.append(item)
+        return out, pos + 1
+    stop = _GEMMA_STOPS.search(text, pos)
+    word = text[pos:stop.start() if stop else len(text)]
+    if word in _GEMMA_WORDS:
+        return _GEMMA_WORDS[word], pos + len(word)
+    number = _json(word)
+    return (number, pos + len(word)) if isinstance(number, (int, float)) and word.strip() == word else (None, -1)
 
 
 def _value(tools: list[dict] | None, name: str, key: str, text: str) -> Any:

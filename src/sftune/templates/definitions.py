@@ -85,8 +85,8 @@ _ALPACA_SYSTEM_INPUT = (
 #                      one call per assistant turn and no text beside it, as Llama 3.1's template allows),
 #                      "qwen3.5" (<tool_call><function=name><parameter=key> XML) or "glm" (<tool_call>name
 #                      <arg_key>/<arg_value>, results after <|observation|>) or "llama4" (JSON calls after
-#                      <|python_start|>text<|python_end|>, ipython turns); the last three come with their
-#                      family's `layout`
+#                      <|python_start|>text<|python_end|>, ipython turns) or "gemma4" (call:name{...} inside
+#                      <|tool_call>, results in the model turn); the last four come with their family's `layout`
 #   layout             "qwen3.5", "glm4.5", "harmony", "nemotron3", "gemma4", "llama4" or "mistral": the family's own
 #                      turn layout
 #                      (render.py's functions of that name), for layouts format strings cannot say; such a
@@ -459,12 +459,15 @@ BUILTINS["nemotron3_ultra"] = {
 }
 
 # Gemma 4 (gemma4_v5.jinja, its current revision, thinking off: its default): <|turn>role ... <turn|>, a
-# system turn only for a system message, a reply's reasoning as a thought channel written only after the
+# system turn for a system message or tools, a reply's reasoning as a thought channel written only after the
 # last user message. Its template reads reasoning from `reasoning_content`; the built-in takes a reply's
-# <think> block as that field. Plain conversations only (its tool results live inside the model turn).
+# <think> block as that field. Tools are declared in the system turn (gemma4.py); a model turn holds the calls
+# (<|tool_call>call:name{...}<tool_call|>), then the results (<|tool_response>response:name{...}<tool_response|>),
+# then the reply's text, and the answer after the results runs on in the same turn. The model stops after its
+# calls at <|tool_response>.
 BUILTINS["gemma4"] = {
     "description": "Gemma 4: <|turn>user/model ... <turn|>; reasoning as <|channel>thought ...<channel|> after "
-                   "the last user message",
+                   "the last user message; calls and their results inside the model turn",
     "layout": "gemma4",
     "official": "gemma4_v5.jinja",
     "prefix": "{bos}",
@@ -473,8 +476,12 @@ BUILTINS["gemma4"] = {
     "assistant": "<|turn>model\n{content}<turn|>\n",
     "generation_prompt": "<|turn>model\n",
     "end": "<turn|>",
+    "stops": ["<|tool_response>"],
     "strip": "content",
     "reasoning": "qwen3",
+    "think_open": "<|channel>thought",
+    "think_close": "<channel|>",
+    "tools": "gemma4",
     "bos": "<bos>",
     "eos": "<eos>",
 }

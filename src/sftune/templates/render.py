@@ -8,7 +8,7 @@ all of it. `sftune.encode` labels tokens from segments, so nothing searches the 
 Each tool style ("qwen", "llama3", "llama4") is a few small functions at the end of this file: its system
 header, its calls and its tool results. `jinja_export` writes the same layout as jinja. A family whose
 layout format strings cannot say (`layout`: Qwen3.5, GLM-4.5) has its turns here too, and exports its
-official template text instead.
+official template text instead; gpt-oss's and Gemma 4's texts are in harmony.py and gemma4.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from sftune.data.schema import MODEL_ROLES
 from sftune.templates.definitions import (GLM_TOOLS_INTRO, GLM_TOOLS_OUTRO, LLAMA3_TOOLS_INTRO, LLAMA31_DATE,
                                           NO_THINK, QWEN35_TOOLS_INTRO, QWEN35_TOOLS_OUTRO, QWEN_TOOLS_INTRO,
                                           QWEN_TOOLS_OUTRO)
-from sftune.templates import harmony
+from sftune.templates import gemma4, harmony
 from sftune.templates.errors import TemplateError
 
 if TYPE_CHECKING:
@@ -50,7 +50,8 @@ def render(t: Template, msgs: list[dict], tools: list[dict] | None, add_generati
         i = turns.message(i)
     if add_generation_prompt:
         no_think = NO_THINK if t.spec.get("reasoning") and t.spec.get("enable_thinking") is False else ""
-        turns.add(turns.f["generation_prompt"] + turns.f["think_prompt"] + no_think, None, False)
+        if not turns.continues():
+            turns.add(turns.f["generation_prompt"] + turns.f["think_prompt"] + no_think, None, False)
     else:
         turns.add(turns.f["suffix"], None, False)
     return turns.segs
@@ -68,8 +69,8 @@ class _Turns:
         self.opened = ""  # a header the previous reply wrote as its stop (GLM), not written again
         self.prompted = add_generation_prompt
         self.last_call: str | None = None  # Harmony: the function a tool result answers
-        if t.spec.get("reasoning") == "deepseek_r1" or self.layout == "gemma4":
-            _check_no_tools(t.name, msgs, tools, self.layout)
+        if t.spec.get("reasoning") == "deepseek_r1":
+            _check_no_tools(t.name, msgs, tools)
         self.add(self.f["prefix"], None, False)
         self.start, self.system, self.system_index = 0, t.spec.get("default_system"), None
         if msgs and msgs[0]["role"] == "system":
@@ -80,6 +81,12 @@ class _Turns:
         if (self.system_index is None and t.spec.get("default_system_with_input") and self.first_user is not None
                 and "\n\n" in msgs[self.first_user]["content"]):
             self.system = t.spec["default_system_with_input"]
+
+    def continues(self) -> bool:
+        """Gemma 4: the conversation ends in a model turn of calls, which the next reply runs on in (after
+        the results), so no generation prompt opens it."""
+        last = next((m["role"] for m in reversed(self.msgs) if m["role"] != "tool"), None)
+        return self.layout == "gemma4" and last == "tool_call"
 
     def add(self, text: str, index: int | None, body: bool) -> None:
         if text:
@@ -99,6 +106,9 @@ class _Turns:
             self.add(harmony.developer_block(system, self.tools), self.system_index, True)
         elif self.layout == "llama4":
             self.llama4_system()
+        elif self.layout == "gemma4" and self.tools:
+            self.add("<|turn>system\n" + (system or "").strip() + gemma4.declarations(self.tools) + "<turn|>\n",
+                     self.system_index, True)
         elif self.layout == "mistral":
             if system is not None and s["mistral"] != "v3":
                 self.add(_put(self.f["system"], content=system), self.system_index, True)
@@ -131,8 +141,8 @@ class _Turns:
             return self.nemotron_model_turn(i)
         elif role in MODEL_ROLES and self.layout == "mistral":
             return self.mistral_model_turn(i)
-        elif role == "assistant" and self.layout == "gemma4":
-            self.gemma4_model_turn(i)
+        elif role in MODEL_ROLES and self.layout == "gemma4":
+            return self.gemma4_model_turn(i)
         elif role in MODEL_ROLES and self.layout == "llama4":
             return self.llama4_model_turn(i)
         elif role in MODEL_ROLES and self.spec.get("reasoning") == "qwen3":
@@ -391,19 +401,47 @@ class _Turns:
             self.add("<|python_start|>" + content + "<|python_end|>", i, True)
         return self.calls_then_end(i, j, lambda n, call: _llama3_call(call))
 
-    def gemma4_model_turn(self, i: int) -> None:
-        """Gemma 4: after the last user message a reply's reasoning opens it as a thought channel (none when
-        it has no reasoning); the answer without thought channels, trimmed; <turn|>."""
-        f = self.f
-        reasoning, answer = split_think(self.msgs[i]["content"])
-        self.add(f["generation_prompt"], i, False)
+    def gemma4_model_turn(self, i: int) -> int:
+        """Gemma 4: one model turn holds a reply's thought channel (after the last user message), its calls,
+        the results of those calls (each named from its call), then its text; <turn|> ends it. A reply right
+        after a model turn (the answer after the results) runs on in that turn, without a header. The model
+        stops after its calls at <|tool_response>, trained with them; the results follow it."""
+        msgs, f = self.msgs, self.f
+        j = turn_end(msgs, i)
+        calls = [(k, c) for k in range(i, j) if msgs[k]["role"] == "tool_call"
+                 for c in tool_calls(msgs[k]["content"], ids=True)]
+        n = j  # the results this turn takes in: the tool messages right after its calls
+        while calls and n < len(msgs) and msgs[n]["role"] == "tool":
+            n += 1
+        results = range(j, n)
+        reasoning, answer = split_think(msgs[i]["content"]) if msgs[i]["role"] == "assistant" else (None, "")
+        before = next((msgs[k]["role"] for k in range(i - 1, self.start - 1, -1) if msgs[k]["role"] != "tool"), None)
+        self.add("" if before in MODEL_ROLES else f["generation_prompt"], i, False)
         if reasoning and i > self.last_user():
-            self.add("<|channel>thought\n" + reasoning + "\n<channel|>", i, THINK)
-        kept = "".join(part if "<|channel>" not in part else part.split("<|channel>")[0]
-                       for part in answer.split("<channel|>"))
-        self.add(kept.strip(), i, True)
-        self.add(f["end"], i, True)
-        self.add(f["after_end"], i, False)
+            self.add(gemma4.THOUGHT_OPEN + reasoning + gemma4.THOUGHT_CLOSE, i, THINK)
+        for k, call in calls:
+            self.add(gemma4.call(self.name, call["name"], call["arguments"]), k, True)
+        for r in results:
+            named = "unknown"  # the template's name for a result no call answers; with no ids, the last call's
+            for _, call in calls:
+                if call.get("id") == msgs[r].get("tool_call_id"):
+                    named = call["name"]
+            self.add(gemma4.RESULT_OPEN, j - 1 if r == j else r, True)  # the first is the calls' stop
+            self.add(gemma4.result(named, msgs[r]["content"]), r, True)
+        text = "".join(part if "<|channel>" not in part else part.split("<|channel>")[0]
+                       for part in answer.split("<channel|>")).strip()
+        self.add(text, i, True)
+        following = msgs[n]["role"] if n < len(msgs) else None
+        if calls and not results:
+            self.add(gemma4.RESULT_OPEN, j - 1, True)  # the stop after calls no result follows
+        elif following in MODEL_ROLES:
+            pass  # the next reply runs on in this turn
+        elif text or not results:
+            self.add(f["end"], i if text else j - 1, True)
+            self.add(f["after_end"], i if text else j - 1, False)
+        elif following is not None:  # results, then a user turn: the template closes the turn for it
+            self.add(f["end"] + f["after_end"], None, False)
+        return n
 
     def mistral_model_turn(self, i: int) -> int:
         """Mistral: the reply (v13: its [THINK] block first), trailing spaces cut as mistral-common cuts them, then
@@ -476,6 +514,10 @@ class _Turns:
             text = harmony.result(self.last_call, content)
         elif self.layout == "mistral":
             text = _mistral_result(self, i)
+        elif self.layout == "gemma4":  # a result a model turn with calls takes in; any other is dropped there
+            raise TemplateError(f"template {self.name!r}: message {i} is a tool result that follows no tool call; "
+                                "Gemma 4's template writes a result only inside the model turn of its call and "
+                                "leaves this one out. Put the call before its result, or drop the result")
         elif self.layout == "glm4.5":
             opens = i == 0 or self.msgs[i - 1]["role"] != "tool"
             text = self.after_stop(("<|observation|>" if opens else "") + "\n<tool_response>\n" + content
@@ -695,16 +737,10 @@ def _glm_call(name: str, call: dict) -> str:
 # --- the deepseek_r1 reasoning style: no tool layout ----------------------------------------------------
 
 
-def _check_no_tools(name: str, msgs: list[dict], tools: list[dict] | None, layout: str | None = None) -> None:
-    """DeepSeek-R1-Distill's official template has no tool layout a model could learn from, and Gemma 4's
-    (results inside the model turn) is not built in: refuse tools."""
+def _check_no_tools(name: str, msgs: list[dict], tools: list[dict] | None) -> None:
+    """DeepSeek-R1-Distill's official template has no tool layout a model could learn from: refuse tools."""
     where = next((f"message {i} is a {m['role']} message" for i, m in enumerate(msgs)
                   if m["role"] in ("tool_call", "tool")), "the conversation declares tools" if tools else None)
-    if where and layout == "gemma4":
-        raise TemplateError(f"template {name!r}: {where}; the gemma4 built-in renders plain and reasoning "
-                            "conversations only (Gemma 4 writes tool results inside the model turn, which it does "
-                            "not restate). Train tool conversations with the model's own template (data.template: "
-                            "tokenizer), or drop the tools from these records")
     if where:
         raise TemplateError(f"template {name!r}: {where}; DeepSeek-R1-Distill's official template has no sound "
                             "tool-call layout (it drops the calls of a reply with text, ignores the tool list, and "

@@ -64,7 +64,7 @@ REFUSES_SYSTEM = {"ecd6ae513fe103f0eb62e8ab5bfa8d0fe45c1074fa398b089c93a7e70c15c
 TOOL_TWINS = {digest for digest, name in TWINS.items()
               if name in ("qwen2.5", "llama3.1", "qwen3", "qwen3_2507", "qwen3.5", "qwen3.5_nothink", "qwen3.6",
                           "qwen3.8", "glm4.5", "gpt-oss", "nemotron3", "nemotron3_super",
-                          "nemotron3_ultra", "llama4")}
+                          "nemotron3_ultra", "llama4", "gemma4")}
 
 _FACTS: dict[str, tuple[str | None, bool, bool]] = {}
 
