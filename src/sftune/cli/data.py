@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sftune import models
-from sftune.cli.common import FORMAT as _FORMAT, console, data_app, json_repr, print_error
+from sftune.cli.common import FORMAT as _FORMAT, console, data_app, json_repr, print_error, template_kwargs
 from sftune.cli.template import template_for
 
 
@@ -58,6 +58,8 @@ _PREFERENCE = typer.Option(
     "reads them) or as SFT data; default: preference when every file's records are pairs.")
 _MODEL = typer.Option(models.DEFAULT_MODEL, help="Model name or folder (its tokenizer).")
 _TEMPLATE = typer.Option(None, "--template", "-t", help="Default: the model's own template.")
+_TEMPLATE_KWARGS = typer.Option(None, "--template-kwargs", help="Switches the template reads, as JSON, e.g. "
+                                "'{\"thinking\": true}' (train's data.template_kwargs).")
 _POLICY = typer.Option("assistant", help="Masking policy: assistant, last or all.")
 _REASONING = typer.Option("think_and_answer", "--reasoning", help="With a reasoning template (qwen3, deepseek_r1): "
                           "think_and_answer, answer_only or think_last_turn.")
@@ -408,6 +410,7 @@ def data_inspect_command(
     path: list[str] = typer.Argument(..., help="Data files (any format the data layer reads)."),
     model: str = _MODEL,
     template: Optional[str] = _TEMPLATE,
+    kwargs: Optional[str] = _TEMPLATE_KWARGS,
     policy: str = _POLICY,
     reasoning: str = _REASONING,
     max_len: Optional[int] = typer.Option(None, help="Truncate as training would."),
@@ -425,7 +428,8 @@ def data_inspect_command(
     from sftune.inspection import inspect
 
     options = EncodeOptions(policy=policy, reasoning=reasoning, max_len=max_len)
-    shown = inspect(path, model, template=template, options=options, limit=limit, format=format)
+    shown = inspect(path, model, template=template, template_kwargs=template_kwargs(kwargs), options=options,
+                    limit=limit, format=format)
     tokenizer, image_ids = shown.modality.tokenizer, shown.modality.image_token_ids  # images: one masked run each
     colours = console.color_system is not None and not console.no_color
     opening, closing = TRAINED_MARKS
@@ -465,6 +469,7 @@ def data_encode_command(
     path: list[str] = typer.Argument(..., help="Data files (any format the data layer reads)."),
     model: str = _MODEL,
     template: Optional[str] = _TEMPLATE,
+    kwargs: Optional[str] = _TEMPLATE_KWARGS,
     policy: str = _POLICY,
     reasoning: str = _REASONING,
     max_len: int = typer.Option(1024, help="Truncate as training would (train's data.max_len)."),
@@ -484,7 +489,7 @@ def data_encode_command(
 
     options = EncodeOptions(policy=policy, reasoning=reasoning, max_len=max_len, max_turns=max_turns)
     tokenizer = models.load(model, tokenizer_only=True)[1]
-    chosen = template_for(template, tokenizer)
+    chosen = template_for(template, tokenizer, template_kwargs(kwargs))
     read_report = Report()
     records = list(_reading(read(path, format=format, on_error="skip", report=read_report, syntax="cli"), "reading"))
     start = time.perf_counter()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from sftune.templates import jinja_segments, stops, twins
+from sftune.templates import jinja_segments, stops, switches, twins
 from sftune.templates.definitions import ALIASES, BUILTINS, TOKENIZER
 from sftune.templates.errors import TemplateError
 from sftune.templates.jinja_export import to_jinja
@@ -33,6 +33,7 @@ class Template:
     stop_texts: tuple[str, ...] = ()  # the model's stop tokens (generation_config eos, EOS) as text
     append_stop: str = ""  # written after the last reply when the template writes no stop there (stops.audit)
     append_stop_after_call: str = ""  # instead, after a last reply of tool calls (GLM's <|observation|>)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # data.template_kwargs (switches.py), in `jinja` already
 
     def render(self, messages: Iterable[Any], tools: list[dict] | None = None,
                add_generation_prompt: bool = False) -> str:
@@ -66,15 +67,19 @@ class Template:
         if self.jinja is not None:
             return self.jinja
         if self.spec.get("official"):  # a family the tests prove byte-equal to its official text
-            return official_text(self.spec["official"])
+            return switches.bake(official_text(self.spec["official"]), self.kwargs)
         # A BOS written only for tokenizers that add one is resolved now, for the tokenizer bound.
-        return to_jinja(self.spec, bos=self.bos if self.spec.get("bos_only_if_added") else None)
+        return switches.bake(to_jinja(self.spec, bos=self.bos if self.spec.get("bos_only_if_added") else None),
+                             self.kwargs)
 
     @property
     def effective_spec(self) -> dict[str, Any]:
         """The template dict this template renders as: its own, or its twin's for an official jinja text
-        (empty for any other jinja)."""
-        return self.spec if self.jinja is None else BUILTINS.get(twins.builtin_of(self.jinja) or "", {})
+        (empty for any other jinja; a twin's switched by data.template_kwargs renders through jinja, and still
+        tells its stops and reasoning style)."""
+        if self.jinja is None:
+            return self.spec
+        return BUILTINS.get(twins.builtin_of(switches.unbaked(self.jinja)) or "", {})
 
     @property
     def stop(self) -> str:
@@ -107,20 +112,26 @@ def names() -> list[str]:
     return [*BUILTINS, TOKENIZER]
 
 
-def get(name: str | dict[str, Any] | None = TOKENIZER, tokenizer: Any = None) -> Template:
+def get(name: str | dict[str, Any] | None = TOKENIZER, tokenizer: Any = None,
+        kwargs: dict[str, Any] | None = None) -> Template:
     """A template by name, or from a user dict (template keys, or {"jinja": source}); no name (None, as an
     unset data.template or --template is) means the tokenizer's default (default_for).
 
     With a tokenizer, BOS/EOS are the tokenizer's; `tokenizer` (the default) is the tokenizer's own
-    jinja `chat_template` and needs one.
+    jinja `chat_template` and needs one. `kwargs` (data.template_kwargs) are the template's switches: written
+    into a jinja template's text, applied to a built-in that renders them, refused otherwise (switches.py).
     """
+    kwargs = dict(kwargs or {})
     if not name:
-        return default_for(tokenizer)
+        return default_for(tokenizer, kwargs)
     if isinstance(name, dict):
         spec = dict(name)
         tname = str(spec.pop("name", "custom"))
         if "jinja" in spec:
-            return _bind(Template(tname, jinja=spec["jinja"]), tokenizer)
+            return _jinja(tname, spec["jinja"], kwargs, tokenizer)
+        if kwargs:
+            raise TemplateError(f"data.template_kwargs: template {tname!r} is a dict of formats, which reads no "
+                                "switches; leave data.template_kwargs out, or use a jinja template")
         missing = [key for key in ("user", "assistant") if key not in spec]
         if missing:
             raise TemplateError(f"template {tname!r}: missing {', '.join(missing)}; a template needs at least "
@@ -137,15 +148,22 @@ def get(name: str | dict[str, Any] | None = TOKENIZER, tokenizer: Any = None) ->
             )
         if isinstance(source, dict):
             source = source.get("default") or next(iter(source.values()))
-        return _bind(Template(TOKENIZER, jinja=source), tokenizer)
+        return _jinja(TOKENIZER, source, kwargs, tokenizer)
     if key not in BUILTINS:
         raise TemplateError(f"unknown template {name!r}; known: {', '.join(names())}")
-    return _bind(Template(key, spec=_checked(key, BUILTINS[key])), tokenizer)
+    spec = switches.builtin(key, BUILTINS[key], kwargs)
+    return _bind(Template(key, spec=_checked(key, spec), kwargs=kwargs), tokenizer)
 
 
-def default_for(tokenizer: Any) -> Template:
+def default_for(tokenizer: Any, kwargs: dict[str, Any] | None = None) -> Template:
     """The model's own template when it has one, else ChatML."""
-    return get(TOKENIZER if getattr(tokenizer, "chat_template", None) else "chatml", tokenizer)
+    return get(TOKENIZER if getattr(tokenizer, "chat_template", None) else "chatml", tokenizer, kwargs)
+
+
+def _jinja(name: str, source: str, kwargs: dict[str, Any], tokenizer: Any) -> Template:
+    """A jinja template with its switches written into its text (a run's saved one has them already)."""
+    switches.check_jinja(name, source, kwargs)
+    return _bind(Template(name, jinja=switches.bake(source, kwargs), kwargs=kwargs), tokenizer)
 
 
 def save_to_tokenizer(template: Template, tokenizer: Any) -> None:

@@ -58,7 +58,7 @@ def train_sft(cfg: Config, *, console, callbacks: list[TrainerCallback] | None =
     else:
         model, tokenizer, packing = setup_model(cfg, precision, console)
         modality = text_modality(tokenizer)
-    template = templates.get(cfg.data.template, tokenizer)
+    template = templates.get(cfg.data.template, tokenizer, cfg.data.template_kwargs)
     checked = stops.audit(template, tokenizer, stops.eos_ids(model))  # every reply ends in a trained stop
     template = checked.template
     console.print(checked.summary(), highlight=False)
