@@ -163,6 +163,9 @@ def data_check_command(
                                    "by the template, answers repeating the reasoning...)."),
     template: Optional[str] = typer.Option(None, "--template", "-t", help="With --reasoning: the template trained "
                                            "with (default: a Qwen3-style reasoning template)."),
+    model: Optional[str] = typer.Option(None, "--model", help="With --reasoning: the model whose template is "
+                                        "checked (its own unless -t names one)."),
+    kwargs: Optional[str] = _TEMPLATE_KWARGS,
     tools: bool = typer.Option(False, "--tools", help="Also check tool calls: each names a declared tool, its "
                                "arguments match the tool's JSON schema, each result follows a call."),
     preference: Optional[bool] = _PREFERENCE,
@@ -185,7 +188,7 @@ def data_check_command(
         options["preference"] = True
     with Console(stderr=True).status("checking (large JSONL files on worker processes)"):
         report = check(paths, quarantine=quarantine, workers=workers, **options)
-    found = _reasoning_check(paths, options, template) if reasoning else None
+    found = _reasoning_check(paths, options, template, model, template_kwargs(kwargs)) if reasoning else None
     calls = _tools_check(paths, options) if tools else None
     if json_output:
         extra = {**({"reasoning": found} if found else {}), **({"tools": calls} if calls else {})}
@@ -218,16 +221,22 @@ def _all_pairs(paths: list[str], options: dict) -> bool:
     return bool(plan) and all(first_format(item)[0] == "preference" for item in plan)
 
 
-def _reasoning_check(paths: list[str], options: dict, template: Optional[str]) -> dict:
-    """The reasoning checker over the valid records, for the template's reasoning style."""
+def _reasoning_check(paths: list[str], options: dict, template: Optional[str], model: Optional[str] = None,
+                     kwargs: Optional[dict] = None) -> dict:
+    """The reasoning checker over the valid records, for the template's reasoning style ("dropped" for a template
+    that drops every reply's reasoning, as DeepSeek-V3's does)."""
     from sftune import templates
     from sftune.data import read
     from sftune.data.reasoning import check_reasoning
 
-    try:
-        style = templates.get(template).reasoning if template else "qwen3"
-    except templates.TemplateError as err:
-        raise ValueError(str(err)) from None
+    style = "qwen3"
+    if template or model or kwargs:
+        try:
+            tokenizer = models.load(model, tokenizer_only=True)[1] if model else None
+            chosen = templates.get(template, tokenizer, kwargs)
+        except templates.TemplateError as err:
+            raise ValueError(str(err)) from None
+        style = "dropped" if chosen.drops_reasoning else chosen.reasoning
     return check_reasoning(_reading(read(paths, on_error="skip", **options), "checking reasoning"),
                            template_reasoning=style)
 
@@ -437,7 +446,9 @@ def data_inspect_command(
         appended = shown.checked.appended is not None or shown.checked.appended_after_call is not None
         stop_line = f"\n{shown.checked.summary()}" if appended else f"   {shown.checked.summary()}"
         console.print(f"template: {shown.template.name}   policy: {policy}{stop_line}", highlight=False)
+    seen = []
     for record in shown.records:
+        seen.append(record.conversation)
         if record.encoded is None:
             print(f"# {record.where}: no trained token (skipped in training)")
             continue
@@ -455,6 +466,12 @@ def data_inspect_command(
         else:
             print(header)
             print("".join(opening + text + closing if kind == "trained" else text for text, kind in pieces) + "\n")
+    from rich.markup import escape
+
+    from sftune.templates import dropped_reasoning
+
+    if (dropped := dropped_reasoning(shown.template, seen)) is not None:  # of the records shown
+        Console(stderr=True).print(f"[yellow]{escape(dropped)}[/yellow]", highlight=False)
     if plain:
         return
     if colours:

@@ -8,6 +8,7 @@ training template into the tokenizer, so inference renders exactly what training
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
@@ -91,6 +92,20 @@ class Template:
         """The reasoning style ("qwen3": think blocks dropped before the last user query; "deepseek_r1":
         dropped from every reply but the last message), or None."""
         return self.effective_spec.get("reasoning")
+
+    @property
+    def drops_reasoning(self) -> bool:
+        """Whether the template leaves out the reasoning of a conversation's last reply (DeepSeek-V3 / V3.1's
+        official templates write only what follows </think>): then no reasoning in the data is ever trained.
+        Found by rendering a reply with a think block and looking for its reasoning."""
+        key = (self.jinja, json.dumps(self.spec, sort_keys=True, default=str), self.bos, self.eos)
+        if key not in _DROPS:
+            probe = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": f"<think>\n{_MARK}\n</think>\n\nA"}]
+            try:
+                _DROPS[key] = _MARK not in replace(self, stop_texts=()).render(probe)
+            except TemplateError:  # a template that renders no such chat drops nothing it trains
+                _DROPS[key] = False
+        return _DROPS[key]
 
     def stop_token_ids(self, tokenizer: Any) -> list[int]:
         """The ids generation stops at: the end-of-turn token (when it is one token), the layout's other
@@ -202,6 +217,33 @@ def _bind(template: Template, tokenizer: Any) -> Template:
         with_special = tokenizer("a")["input_ids"]
         bos = bos if with_special and with_special[0] == bos_id else ""
     return replace(template, bos=bos, eos=tokenizer.eos_token or "", special_tokens=special)
+
+
+_MARK = "SFTUNEreasoning7"
+_DROPS: dict[tuple, bool] = {}
+
+
+def dropped_reasoning(template: Template, conversations: Iterable[Any]) -> str | None:
+    """What to say once when `template` drops reasoning that the data holds (None when it keeps it, or the data
+    has none): how many replies lose it, and the fix."""
+    if not template.drops_reasoning:
+        return None
+    from sftune.data.reasoning import think_parts
+
+    replies = held = 0
+    for conversation in conversations:
+        for m in getattr(conversation, "messages", conversation):
+            role, content = (m.role, m.content) if hasattr(m, "role") else (m["role"], m.get("content"))
+            if role == "assistant" and isinstance(content, str):
+                replies += 1
+                reasoning = think_parts(content)[0]
+                held += bool(reasoning and reasoning.strip())
+    if not held:
+        return None
+    return (f"template {template.name!r} drops every reply's reasoning (it writes only what follows </think>, the "
+            f"last reply's too): {held:,} of {replies:,} replies hold reasoning, and none of it is trained. To train "
+            "it, pick a built-in that writes the last reply's reasoning as the model does (data.template: "
+            "deepseek_r1 for DeepSeek-R1-Distill, qwen3, ...; sftune template list), or leave the think blocks out")
 
 
 _TWIN_OF: dict[tuple[str, str, str], Template] = {}
