@@ -213,8 +213,8 @@ def test_a_run_answers_in_the_mode_its_template_kwargs_chose(tmp_path, tiny_chec
     from sftune import train
     from sftune.templates.definitions import NO_THINK
 
-    cfg = run_config(tmp_path, tiny_checkpoint, data={"template": "qwen3", "template_kwargs": {"enable_thinking": False}},
-                     train={"max_steps": 1})
+    data = {"template": "qwen3", "template_kwargs": {"enable_thinking": False}}
+    cfg = run_config(tmp_path, tiny_checkpoint, data=data, train={"max_steps": 1})
     run_dir = train(cfg).run_dir
     loaded = runs.load(run_dir)
     chat = [{"role": "user", "content": "Hi"}]

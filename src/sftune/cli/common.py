@@ -73,8 +73,8 @@ def _root(
     quiet.configure(verbose=verbose or quiet.verbose_from_env())
 
 
-TEMPLATE_KWARGS_HELP = ("Switches the chat template reads, as JSON, e.g. '{\"thinking\": true}' (data.template_kwargs); "
-                       "a run always uses its own.")
+TEMPLATE_KWARGS_HELP = ("Switches the chat template reads, as JSON, e.g. '{\"thinking\": true}' "
+                        "(data.template_kwargs); a run always uses its own.")
 
 
 def template_kwargs(text: str | None) -> dict:

@@ -42,5 +42,6 @@ def serve_command(
     except ImportError as err:
         raise UserError(f"serving needs the 'serve' extra ({err.name} is missing): pip install 'sftune[serve]'") from None
     serve(run_or_model, host=host, port=port, api_key=api_key, adapters=named, max_batch_size=max_batch_size,
-          template=template, template_kwargs=template_kwargs(kwargs), max_body_mb=max_body_mb, body_timeout_s=body_timeout,
+          template=template, template_kwargs=template_kwargs(kwargs),
+          max_body_mb=max_body_mb, body_timeout_s=body_timeout,
           header_timeout_s=header_timeout, console=console)

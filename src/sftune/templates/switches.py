@@ -37,7 +37,8 @@ SWITCHES: dict[str, dict[str, dict[Any, dict[str, Any]]]] = {
     "qwen3.5": {"enable_thinking": {True: {}, False: _QWEN35_OFF}},
     "qwen3.6": {"enable_thinking": {True: {}, False: _QWEN35_OFF}},
     "qwen3.5_nothink": {"enable_thinking": {True: _QWEN35_ON, False: {}}},
-    "qwen3.8": {"reasoning_effort": {effort: {"reasoning_instructions": text} for effort, text in _QWEN38_EFFORT.items()}},
+    "qwen3.8": {"reasoning_effort": {effort: {"reasoning_instructions": text}
+                                     for effort, text in _QWEN38_EFFORT.items()}},
     "gpt-oss": {"reasoning_effort": {effort: {"reasoning_effort": effort} for effort in ("low", "medium", "high")}},
 }
 
@@ -100,7 +101,8 @@ def _literal(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_literal(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k), ensure_ascii=False)}: {_literal(v)}" for k, v in value.items()) + "}"
+        pairs = (f"{json.dumps(str(k), ensure_ascii=False)}: {_literal(v)}" for k, v in value.items())
+        return "{" + ", ".join(pairs) + "}"
     raise TemplateError(f"data.template_kwargs: {value!r} is not a value a template can read (use true / false, "
                         "numbers, text, lists or mappings)")
 

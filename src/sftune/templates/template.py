@@ -100,7 +100,8 @@ class Template:
         Found by rendering a reply with a think block and looking for its reasoning."""
         key = (self.jinja, json.dumps(self.spec, sort_keys=True, default=str), self.bos, self.eos)
         if key not in _DROPS:
-            probe = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": f"<think>\n{_MARK}\n</think>\n\nA"}]
+            probe = [{"role": "user", "content": "Q"},
+                     {"role": "assistant", "content": f"<think>\n{_MARK}\n</think>\n\nA"}]
             try:
                 _DROPS[key] = _MARK not in replace(self, stop_texts=()).render(probe)
             except TemplateError:  # a template that renders no such chat drops nothing it trains
