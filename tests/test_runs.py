@@ -205,3 +205,23 @@ def test_a_qlora_run_loads_its_4bit_base_on_the_gpu_with_one_device_map(monkeypa
     assert options["dtype"] == torch.bfloat16
     assert options["quantization_config"].bnb_4bit_compute_dtype == torch.bfloat16
     assert runs.load_options("cuda", torch.bfloat16, "auto", cfg.method)["device_map"] == "auto"  # the caller's wins
+
+
+def test_a_run_answers_in_the_mode_its_template_kwargs_chose(tmp_path, tiny_checkpoint):  # noqa: F811
+    """data.template_kwargs is saved with the run (config.yaml, and written into the tokenizer's chat_template, so
+    any tool rendering it gets the mode): loading the run renders the switched generation prompt."""
+    from sftune import train
+    from sftune.templates.definitions import NO_THINK
+
+    data = {"template": "qwen3", "template_kwargs": {"enable_thinking": False}}
+    cfg = run_config(tmp_path, tiny_checkpoint, data=data, train={"max_steps": 1})
+    run_dir = train(cfg).run_dir
+    loaded = runs.load(run_dir)
+    chat = [{"role": "user", "content": "Hi"}]
+    assert loaded.template.kwargs == {"enable_thinking": False}
+    assert loaded.template.render(chat, add_generation_prompt=True).endswith("<|im_start|>assistant\n" + NO_THINK)
+    assert loaded.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == \
+        loaded.template.render(chat, add_generation_prompt=True)
+    assert "{% set enable_thinking = false %}" in loaded.tokenizer.chat_template
+    with pytest.raises(runs.RunError, match="trained with data.template_kwargs"):
+        runs.load(run_dir, template_kwargs={"enable_thinking": True})

@@ -165,6 +165,10 @@ class DataSection(_Section):
     template: str | dict[str, Any] | None = Field(
         None, description="chat template name or definition; default: the model's own, else chatml"
     )
+    template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="switches the chat template reads, e.g. {thinking: true} (DeepSeek-V3.1), "
+        "{enable_thinking: false} (Qwen3), {reasoning_effort: low} (gpt-oss): written into the model's own template "
+        "(saved with the run), applied by a built-in that renders them, refused otherwise")
     policy: Literal["assistant", "last", "all"] = "assistant"
     reasoning: Literal["think_and_answer", "answer_only", "think_last_turn"] = Field(
         "think_and_answer", description="with a reasoning template (qwen3, deepseek_r1): train the think block and the answer, "

@@ -50,13 +50,15 @@ class Inspection:
 
 
 def inspect(paths: list[str], model: str | os.PathLike, *, template: str | dict | None = None,
+            template_kwargs: dict | None = None,
             options: EncodeOptions = EncodeOptions(), limit: int = 3, format: str | None = None,
             check: Callable[[Conversation], None] | None = None) -> Inspection:
     """The first `limit` records of `paths` encoded for `model` (a name, model folder or run folder) under
-    `options` (policy, reasoning, max_len) with `template` (default: the model's own). `check(conversation)`
+    `options` (policy, reasoning, max_len) with `template` (default: the model's own) and its switches
+    `template_kwargs` (data.template_kwargs). `check(conversation)`
     runs before a record is encoded (the web UI checks its images are inside its roots)."""
     modality = runs.modality_of(model)
-    checked = stops.audit(templates.get(template, modality.tokenizer), modality.tokenizer,
+    checked = stops.audit(templates.get(template, modality.tokenizer, template_kwargs), modality.tokenizer,
                           stops.eos_ids(models.resolve(model)))
     return Inspection(checked, modality, _records(paths, model, checked.template, modality, options, limit, format,
                                                   check))

@@ -151,6 +151,7 @@ def load(
     run_or_model: str | os.PathLike,
     *,
     template: str | dict | None = None,
+    template_kwargs: dict[str, Any] | None = None,
     dtype: Any = None,
     device_map: Any = None,
     merge: bool = False,
@@ -158,7 +159,8 @@ def load(
     """Load a run folder or a model for inference, in eval mode, on the GPU when there is one (see placement).
 
     A run gets its own template (from its config, checked against its saved tokenizer); `template`
-    overrides it only for plain models (a run trained with one template answers with that one).
+    overrides it only for plain models (a run trained with one template answers with that one), with its switches
+    `template_kwargs` (a run's are its data.template_kwargs, written into its saved template).
     `merge=True` folds a LoRA adapter into the base weights (faster generation, same outputs).
     `dtype` and `device_map` override placement's choice.
     """
@@ -173,7 +175,7 @@ def load(
             tokenizer = processor.tokenizer
         else:
             model, tokenizer = models.load(name, **options)
-        chosen = templates.get(template, tokenizer)
+        chosen = templates.get(template, tokenizer, template_kwargs)
         return Loaded(name, model.eval(), tokenizer, chosen, stop_token_ids(chosen, tokenizer, model),
                       processor=processor)
 
@@ -184,6 +186,9 @@ def load(
     if template is not None and template != cfg.data.template:
         raise RunError(f"{run_dir} was trained with template {_template_name(cfg)}; a run answers "
                        "with the template it was trained with. Drop the template option.")
+    if template_kwargs and template_kwargs != cfg.data.template_kwargs:
+        raise RunError(f"{run_dir} was trained with data.template_kwargs {cfg.data.template_kwargs or '{}'}; a run "
+                       "answers in the mode it was trained in. Drop the template kwargs option.")
     device, dtype = placement(cfg.train.precision, dtype)
     processor = None
     if is_vision_model(run_dir) or is_vision_model(models.resolve(cfg.model.name)):
@@ -254,7 +259,7 @@ def stop_token_ids(template: templates.Template, tokenizer: Any, model: Any, run
 
 def run_template(run_dir: Path, cfg: Any, tokenizer: Any) -> templates.Template:
     """The template a run was trained with (from its config), checked against its tokenizer's saved one."""
-    chosen = templates.get(cfg.data.template, tokenizer)
+    chosen = templates.get(cfg.data.template, tokenizer, cfg.data.template_kwargs)
     saved = tokenizer.chat_template
     if saved and chosen.to_jinja() != saved:
         raise RunError(f"{run_dir}: the tokenizer's saved chat_template differs from the template in config.yaml "

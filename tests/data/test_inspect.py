@@ -72,3 +72,24 @@ def test_a_terminal_gets_colours_and_no_marks(jsonl, monkeypatch):
     shown = terminal.getvalue()
     assert "⟦" not in shown and "\ufffd" not in shown and "\x1b[1;32m" in shown  # bold green
     assert ALPACA_ZH["output"].split("\n")[0] in re.sub(r"\x1b\[[0-9;]*m", "", shown)
+
+
+def test_inspect_says_when_the_template_drops_the_reasoning_and_passes_template_kwargs(jsonl, smollm2_tokenizer,
+                                                                                      tmp_path):
+    """A DeepSeek-V3.1 template (a tokenizer folder): the records shown lose their reasoning, and inspect says how
+    many replies, with or without --template-kwargs, which reaches the template (a misspelt switch is refused)."""
+    from tests.templates.test_official_spans import stand_in
+
+    tokenizer, _ = stand_in(smollm2_tokenizer, "deepseek_v3.1")
+    tokenizer.save_pretrained(tmp_path / "model")
+    data = jsonl([{"messages": [{"role": "user", "content": "Hi"},
+                                {"role": "assistant", "content": "<think>\nGreet.\n</think>\n\nHello."}]}])
+    for kwargs in ([], ["--template-kwargs", '{"thinking": true}']):
+        result = runner.invoke(app, ["data", "inspect", str(data), "--model", str(tmp_path / "model"), *kwargs],
+                               env={"COLUMNS": "200", "NO_COLOR": "1"})
+        assert result.exit_code == 0, result.output
+        assert "Greet." not in result.stdout
+        assert "drops every reply's reasoning" in result.output and "1 of 1 replies hold reasoning" in result.output
+    bad = runner.invoke(app, ["data", "inspect", str(data), "--model", str(tmp_path / "model"),
+                              "--template-kwargs", '{"thinkng": true}'])
+    assert bad.exit_code == 2 and "never reads 'thinkng'" in bad.output

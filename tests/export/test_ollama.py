@@ -68,3 +68,12 @@ def test_mistral_v3_gets_the_fallback_said_so_and_its_stop(smollm2_tokenizer):
     """Mistral v3 writes the system prompt into the last user turn after the tokenizer's spaces: not restated."""
     text = modelfile(templates.get("mistral_v3"), smollm2_tokenizer, [])
     assert "mistral layout that this Go TEMPLATE does not restate" in text and 'PARAMETER stop "</s>"' in text
+
+
+def test_template_kwargs_are_said_to_be_in_the_ggufs_chat_template_only(smollm2_tokenizer):
+    """The Go TEMPLATE restates no switch: the Modelfile names the run's data.template_kwargs and where they live."""
+    template = templates.get("qwen3", smollm2_tokenizer, {"enable_thinking": False})
+    text = modelfile(template, smollm2_tokenizer, template.stop_token_ids(smollm2_tokenizer))
+    assert '# the run was trained with data.template_kwargs {"enable_thinking": false}' in text
+    assert "{% set enable_thinking = false %}" in template.to_jinja()  # what write_gguf stores as chat_template
+    assert "data.template_kwargs" not in modelfile(templates.get("qwen3", smollm2_tokenizer), smollm2_tokenizer, [2])

@@ -89,3 +89,44 @@ def test_reasoning_the_template_drops_is_never_trained(fixture, option, smollm2_
     assert "Greet back" not in text and "Add them" not in text
     assert _trained(checked.template, chat, reasoning=option) == \
         "\n\nHello! How can I help?" + EOS + "\n\nIt is 4." + EOS
+
+
+@pytest.mark.parametrize("fixture,drops", [("deepseekv3", True), ("deepseek_v3.1", True), ("deepseek_r1", False),
+                                           ("qwen3", False), ("gpt-oss", False), ("chatml", False)])
+def test_a_template_that_drops_the_last_replys_reasoning_is_found_by_rendering(fixture, drops):
+    """Any template, found by rendering: V3 / V3.1 write only what follows </think> (their twin-less jinja), R1's
+    official text renders through its twin, which keeps the last reply's; a plain template writes it as text."""
+    source = (FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8")
+    assert templates.get({"jinja": source}).drops_reasoning is drops
+    assert templates.get({"jinja": source}, None, {"thinking": True} if "v3.1" in fixture else {}).drops_reasoning \
+        is drops
+
+
+def test_reasoning_a_template_drops_is_said_with_its_count_and_the_fix(smollm2_tokenizer):
+    tokenizer, checked = _audited(smollm2_tokenizer, "deepseek_v3.1")
+    chats = [[SYSTEM] + THINK, PLAIN, [PLAIN[0], {"role": "assistant", "content": "<think>\n\n</think>\n\nHi."}]]
+    note = templates.dropped_reasoning(checked.template, chats)
+    assert "2 of 5 replies hold reasoning, and none of it is trained" in note and "deepseek_r1" in note
+    assert templates.dropped_reasoning(checked.template, [PLAIN]) is None  # no reasoning in the data: nothing lost
+    assert templates.dropped_reasoning(templates.get("qwen3"), chats) is None
+
+
+def test_data_check_says_the_models_template_drops_the_reasoning_not_that_it_trains_it(smollm2_tokenizer, tmp_path):
+    """`data check --reasoning --model M` on a DeepSeek-V3 template: reasoning_dropped_by_template, never
+    think_in_plain_template (which would say it is trained as reply text)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from sftune.cli import app
+
+    tokenizer, _ = stand_in(smollm2_tokenizer, "deepseekv3")
+    tokenizer.save_pretrained(tmp_path / "model")
+    data = tmp_path / "think.jsonl"
+    data.write_text(json.dumps({"messages": [SYSTEM] + THINK}) + "\n", encoding="utf-8")
+    out = CliRunner().invoke(app, ["data", "check", str(data), "--reasoning", "--model", str(tmp_path / "model"),
+                                   "--json"])
+    assert out.exit_code == 0, out.output
+    kinds = json.loads(out.output.strip().splitlines()[-1])["reasoning"]["kinds"]
+    assert kinds["reasoning_dropped_by_template"]["count"] == 2 and kinds["think_in_plain_template"]["count"] == 0
+    assert kinds["dropped_reasoning"]["count"] == 0

@@ -73,6 +73,26 @@ def _root(
     quiet.configure(verbose=verbose or quiet.verbose_from_env())
 
 
+TEMPLATE_KWARGS_HELP = ("Switches the chat template reads, as JSON, e.g. '{\"thinking\": true}' "
+                        "(data.template_kwargs); a run always uses its own.")
+
+
+def template_kwargs(text: str | None) -> dict:
+    """The --template-kwargs option: a JSON object of template switches (data.template_kwargs)."""
+    import json
+
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"--template-kwargs {text!r} is not JSON ({err.msg}); write an object, e.g. "
+                        "'{\"enable_thinking\": false}'") from None
+    if not isinstance(value, dict):
+        raise UserError(f"--template-kwargs {text!r}: write a JSON object, e.g. '{{\"thinking\": true}}'")
+    return value
+
+
 def json_repr(text: str) -> str:
     import json
 

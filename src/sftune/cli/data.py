@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sftune import models
-from sftune.cli.common import FORMAT as _FORMAT, console, data_app, json_repr, print_error
+from sftune.cli.common import FORMAT as _FORMAT, console, data_app, json_repr, print_error, template_kwargs
 from sftune.cli.template import template_for
 
 
@@ -59,6 +59,8 @@ _PREFERENCE = typer.Option(
     "reads them) or as SFT data; default: preference when every file's records are pairs.")
 _MODEL = typer.Option(models.DEFAULT_MODEL, help="Model name or folder (its tokenizer).")
 _TEMPLATE = typer.Option(None, "--template", "-t", help="Default: the model's own template.")
+_TEMPLATE_KWARGS = typer.Option(None, "--template-kwargs", help="Switches the template reads, as JSON, e.g. "
+                                "'{\"thinking\": true}' (train's data.template_kwargs).")
 _POLICY = typer.Option("assistant", help="Masking policy: assistant, last or all.")
 _REASONING = typer.Option("think_and_answer", "--reasoning", help="With a reasoning template (qwen3, deepseek_r1): "
                           "think_and_answer, answer_only or think_last_turn.")
@@ -162,6 +164,9 @@ def data_check_command(
                                    "by the template, answers repeating the reasoning...)."),
     template: Optional[str] = typer.Option(None, "--template", "-t", help="With --reasoning: the template trained "
                                            "with (default: a Qwen3-style reasoning template)."),
+    model: Optional[str] = typer.Option(None, "--model", help="With --reasoning: the model whose template is "
+                                        "checked (its own unless -t names one)."),
+    kwargs: Optional[str] = _TEMPLATE_KWARGS,
     tools: bool = typer.Option(False, "--tools", help="Also check tool calls: each names a declared tool, its "
                                "arguments match the tool's JSON schema, each result follows a call."),
     preference: Optional[bool] = _PREFERENCE,
@@ -184,7 +189,7 @@ def data_check_command(
         options["preference"] = True
     with Console(stderr=True).status("checking (large JSONL files on worker processes)"):
         report = check(paths, quarantine=quarantine, workers=workers, **options)
-    found = _reasoning_check(paths, options, template) if reasoning else None
+    found = _reasoning_check(paths, options, template, model, template_kwargs(kwargs)) if reasoning else None
     calls = _tools_check(paths, options) if tools else None
     if json_output:
         extra = {**({"reasoning": found} if found else {}), **({"tools": calls} if calls else {})}
@@ -217,16 +222,22 @@ def _all_pairs(paths: list[str], options: dict) -> bool:
     return bool(plan) and all(first_format(item)[0] == "preference" for item in plan)
 
 
-def _reasoning_check(paths: list[str], options: dict, template: Optional[str]) -> dict:
-    """The reasoning checker over the valid records, for the template's reasoning style."""
+def _reasoning_check(paths: list[str], options: dict, template: Optional[str], model: Optional[str] = None,
+                     kwargs: Optional[dict] = None) -> dict:
+    """The reasoning checker over the valid records, for the template's reasoning style ("dropped" for a template
+    that drops every reply's reasoning, as DeepSeek-V3's does)."""
     from sftune import templates
     from sftune.data import read
     from sftune.data.reasoning import check_reasoning
 
-    try:
-        style = templates.get(template).reasoning if template else "qwen3"
-    except templates.TemplateError as err:
-        raise ValueError(str(err)) from None
+    style = "qwen3"
+    if template or model or kwargs:
+        try:
+            tokenizer = models.load(model, tokenizer_only=True)[1] if model else None
+            chosen = templates.get(template, tokenizer, kwargs)
+        except templates.TemplateError as err:
+            raise ValueError(str(err)) from None
+        style = "dropped" if chosen.drops_reasoning else chosen.reasoning
     return check_reasoning(_reading(read(paths, on_error="skip", **options), "checking reasoning"),
                            template_reasoning=style)
 
@@ -409,6 +420,7 @@ def data_inspect_command(
     path: list[str] = typer.Argument(..., help="Data files (any format the data layer reads)."),
     model: str = _MODEL,
     template: Optional[str] = _TEMPLATE,
+    kwargs: Optional[str] = _TEMPLATE_KWARGS,
     policy: str = _POLICY,
     reasoning: str = _REASONING,
     max_len: Optional[int] = typer.Option(None, help="Truncate as training would."),
@@ -426,7 +438,8 @@ def data_inspect_command(
     from sftune.inspection import inspect
 
     options = EncodeOptions(policy=policy, reasoning=reasoning, max_len=max_len)
-    shown = inspect(path, model, template=template, options=options, limit=limit, format=format)
+    shown = inspect(path, model, template=template, template_kwargs=template_kwargs(kwargs), options=options,
+                    limit=limit, format=format)
     tokenizer, image_ids = shown.modality.tokenizer, shown.modality.image_token_ids  # images: one masked run each
     colours = console.color_system is not None and not console.no_color
     opening, closing = TRAINED_MARKS
@@ -434,7 +447,9 @@ def data_inspect_command(
         appended = shown.checked.appended is not None or shown.checked.appended_after_call is not None
         stop_line = f"\n{shown.checked.summary()}" if appended else f"   {shown.checked.summary()}"
         console.print(f"template: {shown.template.name}   policy: {policy}{stop_line}", highlight=False)
+    seen = []
     for record in shown.records:
+        seen.append(record.conversation)
         if record.encoded is None:
             print(f"# {record.where}: no trained token (skipped in training)")
             continue
@@ -452,6 +467,12 @@ def data_inspect_command(
         else:
             print(header)
             print("".join(opening + text + closing if kind == "trained" else text for text, kind in pieces) + "\n")
+    from rich.markup import escape
+
+    from sftune.templates import dropped_reasoning
+
+    if (dropped := dropped_reasoning(shown.template, seen)) is not None:  # of the records shown
+        Console(stderr=True).print(f"[yellow]{escape(dropped)}[/yellow]", highlight=False)
     if plain:
         return
     if colours:
@@ -466,6 +487,7 @@ def data_encode_command(
     path: list[str] = typer.Argument(..., help="Data files (any format the data layer reads)."),
     model: str = _MODEL,
     template: Optional[str] = _TEMPLATE,
+    kwargs: Optional[str] = _TEMPLATE_KWARGS,
     policy: str = _POLICY,
     reasoning: str = _REASONING,
     max_len: int = typer.Option(1024, help="Truncate as training would (train's data.max_len)."),
@@ -485,7 +507,7 @@ def data_encode_command(
 
     options = EncodeOptions(policy=policy, reasoning=reasoning, max_len=max_len, max_turns=max_turns)
     tokenizer = models.load(model, tokenizer_only=True)[1]
-    chosen = template_for(template, tokenizer)
+    chosen = template_for(template, tokenizer, template_kwargs(kwargs))
     read_report = Report()
     records = list(_reading(read(path, format=format, on_error="skip", report=read_report, syntax="cli"), "reading"))
     start = time.perf_counter()

@@ -6,20 +6,21 @@ from typing import Optional
 
 import typer
 
-from sftune.cli.common import FORMAT, app, console
+from sftune.cli.common import FORMAT, TEMPLATE_KWARGS_HELP, app, console, template_kwargs
 
 
-def _load_for_inference(run_or_model: str, template: Optional[str]):
+def _load_for_inference(run_or_model: str, template: Optional[str], kwargs: Optional[str] = None):
     from sftune import runs
 
     with console.status(f"loading {run_or_model}"):
-        return runs.load(run_or_model, template=template)
+        return runs.load(run_or_model, template=template, template_kwargs=template_kwargs(kwargs))
 
 
 _RUN_OR_MODEL = typer.Argument(..., help="A run folder (sftune train's output.dir), an embedded model name or a model "
                                "folder.")
 _INFER_TEMPLATE = typer.Option(None, "--template", help="Template for a plain model (a run always uses the one it was "
                                "trained with).")
+_INFER_KWARGS = typer.Option(None, "--template-kwargs", help=TEMPLATE_KWARGS_HELP)
 
 
 @app.command("chat")
@@ -31,13 +32,14 @@ def chat_command(
     max_tokens: int = typer.Option(512, "--max-tokens", help="Longest answer, in tokens."),
     seed: Optional[int] = typer.Option(None, help="Seed for sampling (repeatable answers)."),
     template: Optional[str] = _INFER_TEMPLATE,
+    kwargs: Optional[str] = _INFER_KWARGS,
 ) -> None:
     """Chat with a run in the terminal: streamed answers, multi-turn history, the run's training template.
     Commands: /system TEXT, /reset, /exit (or Ctrl-D); /image PATH with a vision-language run."""
     from sftune.generation import GenerationOptions
     from sftune.serve.chat import COMMANDS, IMAGE_COMMAND, chat_loop, terminal_lines
 
-    loaded = _load_for_inference(run_or_model, template)
+    loaded = _load_for_inference(run_or_model, template, kwargs)
     options = GenerationOptions(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
     commands = f"{COMMANDS}, {IMAGE_COMMAND}" if loaded.processor is not None else COMMANDS
     console.print(f"[dim]{loaded.name} · template {loaded.template.name} · {commands}[/dim]")
@@ -58,6 +60,7 @@ def generate_command(
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
     format: Optional[str] = FORMAT,
     template: Optional[str] = _INFER_TEMPLATE,
+    kwargs: Optional[str] = _INFER_KWARGS,
 ) -> None:
     """Answer every conversation of a data file, batched, into a JSONL file (resumable)."""
     from sftune.data import files, load
@@ -67,7 +70,7 @@ def generate_command(
     options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
                                 stop=tuple(stop or ()))
     files.refuse_overwrite(load.read_paths(input, load.prepare(input, format=format, syntax="cli")), output=out)
-    loaded = _load_for_inference(run_or_model, template)  # refused above in seconds, not after loading
+    loaded = _load_for_inference(run_or_model, template, kwargs)  # refused above in seconds, not after loading
     summary = generate_file(loaded, input, out, options, batch_size=batch_size, console=console,
                             read_options={"format": format, "syntax": "cli"})
     console.print(f"{summary['written']} answered, {summary['skipped']} already in {summary['out']} (of "

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from sftune.cli.common import app, console
+from sftune.cli.common import TEMPLATE_KWARGS_HELP, app, console, template_kwargs
 from sftune.errors import UserError
 
 
@@ -22,6 +22,7 @@ def serve_command(
     max_batch_size: int = typer.Option(16, "--max-batch-size", min=1, help="Most requests decoded together."),
     template: Optional[str] = typer.Option(None, "--template", help="Chat template for a plain model (a run "
                                            "always uses the template it was trained with)."),
+    kwargs: Optional[str] = typer.Option(None, "--template-kwargs", help=TEMPLATE_KWARGS_HELP),
     max_body_mb: float = typer.Option(8.0, "--max-body-mb", min=0.001, help="Largest request body in MiB; a larger "
                                       "one is refused with 413 before it is read (raise it for large images)."),
     body_timeout: float = typer.Option(60.0, "--body-timeout", min=0.1, help="Seconds a request body may take to "
@@ -41,5 +42,6 @@ def serve_command(
     except ImportError as err:
         raise UserError(f"serving needs the 'serve' extra ({err.name} is missing): pip install 'sftune[serve]'") from None
     serve(run_or_model, host=host, port=port, api_key=api_key, adapters=named, max_batch_size=max_batch_size,
-          template=template, max_body_mb=max_body_mb, body_timeout_s=body_timeout,
+          template=template, template_kwargs=template_kwargs(kwargs),
+          max_body_mb=max_body_mb, body_timeout_s=body_timeout,
           header_timeout_s=header_timeout, console=console)

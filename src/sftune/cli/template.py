@@ -14,11 +14,12 @@ template_app = typer.Typer(help="Chat templates: list them, render data with the
 app.add_typer(template_app, name="template")
 
 
-def template_for(name: Optional[str], tokenizer):
-    """Template `name` for `tokenizer`; without a name, the tokenizer's own (chatml without a tokenizer)."""
+def template_for(name: Optional[str], tokenizer, kwargs: Optional[dict] = None):
+    """Template `name` for `tokenizer` with its switches `kwargs`; without a name, the tokenizer's own (chatml
+    without a tokenizer)."""
     from sftune import templates
 
-    return templates.get(name, tokenizer)
+    return templates.get(name, tokenizer, kwargs)
 
 
 @template_app.command("list")

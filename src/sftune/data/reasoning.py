@@ -5,8 +5,9 @@
         reasoning vs answer lengths (characters) of the replies that have reasoning.
 
 `template_reasoning` is the template's reasoning style: "qwen3" (think blocks kept only after the
-last user query), "deepseek_r1" or "harmony" (kept only on the last message), or None for a template without one
-(every think block is then plain reply text).
+last user query), "deepseek_r1" or "harmony" (kept only on the last message), "dropped" for a template that
+drops every reply's reasoning, the last one's too (DeepSeek-V3 / V3.1's official templates: Template.drops_reasoning),
+or None for a template without one (every think block is then plain reply text).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ KINDS = {
                        "only what follows as the answer",
     "think_in_plain_template": "a <think> block while the template has no reasoning support: it is trained "
                                "as plain reply text and inference never shows it",
+    "reasoning_dropped_by_template": "reasoning in a reply while the template drops every reply's reasoning, the last "
+                                     "one's too (it writes only what follows </think>): it is never trained; pick a "
+                                     "built-in that writes it (deepseek_r1, qwen3, ...)",
     "dropped_reasoning": "reasoning in a reply that the template drops from the rendered text (qwen3: before "
                          "the last user query; deepseek_r1: any reply but the last message); encode splits such "
                          "conversations per exchange (see data.split_reasoning_turns)",
@@ -118,6 +122,8 @@ def check_reasoning(conversations: Iterable[Conversation], *, template_reasoning
             calls_follow = i + 1 < len(conversation.messages) and conversation.messages[i + 1].role == "tool_call"
             if template_reasoning is None:
                 found("think_in_plain_template", conversation, i)
+            elif template_reasoning == "dropped" and reasoning.strip():
+                found("reasoning_dropped_by_template", conversation, i)
             if m.content.startswith(NO_THINK_PREFIX):
                 found("no_think_prefix", conversation, i)
             elif not reasoning.strip():

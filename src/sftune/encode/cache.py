@@ -32,6 +32,7 @@ def _tokenizer_fingerprint(tokenizer: Any) -> str:
 def _template_fingerprint(template: Template) -> str:
     stops = [template.stop_texts, template.append_stop] if template.stop_texts or template.append_stop else []
     stops += [template.append_stop_after_call] if template.append_stop_after_call else []
+    stops += [template.kwargs] if template.kwargs else []
     return json.dumps([template.name, template.spec, template.jinja, template.bos, template.eos,
                        template.special_tokens, *stops], sort_keys=True, ensure_ascii=False)
 

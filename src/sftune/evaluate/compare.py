@@ -86,12 +86,14 @@ def _data_task(path: Path, name: str) -> Task:
 
 
 def evaluate_model(model: str, tasks: dict[str, Task], *, limit: int | None, options: dict[str, Any],
-                   console: Any, role: str, template: str | dict | None = None) -> list[TaskResult]:
-    """Load `model` (a run folder or a model; a plain model with `template` if given), run every task on it,
+                   console: Any, role: str, template: str | dict | None = None,
+                   template_kwargs: dict | None = None) -> list[TaskResult]:
+    """Load `model` (a run folder or a model; a plain model with `template` and its switches if given), run every
+    task on it,
     free it. `options["harness"]` picks the harness of the multiple-choice benchmarks (with_harness)."""
     tasks = {name: with_harness(name, task, options.get("harness")) for name, task in tasks.items()}
     with console.status(f"Loading the {role} model {model}") if console is not None else nullcontext():
-        loaded = runs.load(model, template=template)
+        loaded = runs.load(model, template=template, template_kwargs=template_kwargs)
     results = []
     try:
         for name, task in tasks.items():
@@ -123,17 +125,19 @@ def compare(model: str, *, base: str | None = None, tasks: list[str], limit: int
     out = Path(out_dir) if out_dir else (Path(model) / "eval" if runs.is_run(model) else Path("eval"))
     options = dict(options or {})
     refuse_overwrite(model, base, tasks, options.get("data_dir"), out)
-    template = None
+    template, kwargs = None, None
     if runs.is_run(model):
         d = runs.run_config(model).data  # both models score perplexity with the run's encoding
         options.setdefault("policy", d.policy)
         options.setdefault("max_len", d.max_len)
         template = d.template  # a run that names a template: its base answers in the same format
+        kwargs = d.template_kwargs  # and in the same mode (data.template_kwargs)
     resolved = resolve_tasks(tasks, model, out)
     base_results: list[TaskResult | None] = [None] * len(resolved)
     if base is not None:
         base_results = list(evaluate_model(base, resolved, limit=limit, options=options, console=console, role="base",
-                                           template=template if not runs.is_run(base) else None))
+                                           template=template if not runs.is_run(base) else None,
+                                           template_kwargs=kwargs if not runs.is_run(base) else None))
     tuned = evaluate_model(model, resolved, limit=limit, options=options, console=console,
                            role="fine-tuned" if base else "model")
     report = report_module.build(model, base, list(zip(base_results, tuned)))

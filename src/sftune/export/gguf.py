@@ -2,7 +2,8 @@
 
 Supported: the families sftune trains, llama (SmolLM2, Llama 3), qwen2 and gemma3. The file holds the
 architecture's hyperparameters, the tokenizer (tokens, scores, types, merges, special ids), the
-training template as `tokenizer.chat_template` and the weights under llama.cpp's names, taken from
+training template as `tokenizer.chat_template` (with the run's data.template_kwargs written into it: a runtime
+renders the mode training used without being told) and the weights under llama.cpp's names, taken from
 gguf's own name map (the one transformers' GGUF loader reads back). Two value changes llama.cpp
 expects: llama's q/k rows are permuted to its rotary layout, gemma's norm weights are stored as 1 + w.
 """

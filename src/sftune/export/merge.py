@@ -77,7 +77,8 @@ def merge_run(run: str | Path, out_dir: str | Path, *, dtype: str = "float32"):
     _set_generation_config(model, tokenizer, stops)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    summary.update(template=template.name, stop_token_ids=stops,
+    summary.update(template=template.name, **({"template_kwargs": template.kwargs} if template.kwargs else {}),
+                   stop_token_ids=stops,
                    stop_tokens=[tokenizer.convert_ids_to_tokens(i) for i in stops])
     return summary, model, tokenizer, template, stops
 

@@ -7,6 +7,8 @@ gets a plain role-prefixed fallback, and the Modelfile says so; so does a family
 strings cannot say (`layout`: Qwen3.5, GLM-4.5, gpt-oss, Nemotron 3, Mistral v3), whose official jinja is in the
 GGUF. Llama 4 and Mistral v7 / Magistral write plain chats as format strings say (only their tool calls, and
 Magistral's [THINK] reasoning, need their layout): their plain turns are restated, and the Modelfile says what not.
+A run's data.template_kwargs (DeepSeek-V3.1's thinking, Qwen3's enable_thinking) are written into the GGUF's
+chat_template; the Go TEMPLATE does not restate what they switch, and the Modelfile says so.
 """
 
 from __future__ import annotations
@@ -37,11 +39,21 @@ def modelfile(template: Any, tokenizer: Any, stop_ids: list[int], gguf_name: str
         lines.append(f"# {template.name!r} has no built-in layout sftune knows; this TEMPLATE is a plain fallback. "
                      "Check it against the run's tokenizer chat_template before relying on it.")
         body = _FALLBACK
+    if template.kwargs:
+        lines.append(f"# the run was trained with data.template_kwargs {_kwargs_text(template.kwargs)}: the GGUF's "
+                     "chat_template has them written in; this TEMPLATE does not restate what they switch (a thinking "
+                     "mode's prompt, a reasoning effort). Use a runtime that renders the GGUF's chat_template.")
     lines.append(f'TEMPLATE """{body}"""')
     stops = [tokenizer.convert_ids_to_tokens(i) for i in stop_ids]
     stops += [text for text in [template.stop, *spec.get("stops", [])] if text and text not in stops]
     lines += [f"PARAMETER stop {_quoted(stop)}" for stop in dict.fromkeys(s for s in stops if s)]
     return "\n".join(lines) + "\n"
+
+
+def _kwargs_text(kwargs: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(kwargs, ensure_ascii=False)
 
 
 def _plain_turns_restated(spec: dict[str, Any]) -> bool:

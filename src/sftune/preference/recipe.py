@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,8 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
     # the config saved with the run names what was trained: an SFT run's base under its continued adapter, and
     # the SFT run's template when data.template named none
     saved = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": setup.base}),
-                                   "data": cfg.data.model_copy(update={"template": setup.template_name})})
+                                   "data": cfg.data.model_copy(update={"template": setup.template_name,
+                                                                      "template_kwargs": setup.template_kwargs})})
     checked = stops.audit(setup.template, tokenizer, stops.eos_ids(model))  # every answer ends in a trained stop
     template = checked.template
     console.print(checked.summary(), highlight=False)
@@ -144,7 +145,7 @@ class Setup:
     """What setup_model loaded and resolved: the model and its tokenizer and template, whether it packs, whether an
     SFT run's adapter is continued, and the names the run's saved config gives: `base`, the model the weights
     start from (an SFT run's base under its continued adapter, else model.name), and `template_name`, data.template
-    (an SFT run's own when none was given)."""
+    (an SFT run's own when none was given), and `template_kwargs` likewise."""
 
     model: Any
     tokenizer: Any
@@ -153,6 +154,7 @@ class Setup:
     continued: bool
     base: str
     template_name: str | None
+    template_kwargs: dict = field(default_factory=dict)
 
 
 def setup_model(cfg: Config, precision: str, console) -> Setup:
@@ -162,7 +164,7 @@ def setup_model(cfg: Config, precision: str, console) -> Setup:
     when method is lora / qlora, merged into the weights for full / freeze); its template is used.
     """
     name = base = cfg.model.name
-    template_name = cfg.data.template
+    template_name, kwargs = cfg.data.template, cfg.data.template_kwargs
     packing, _ = packing_decision(cfg)  # the method's answer before loading: the attention implementation follows
     options = {"dtype": weights_dtype(cfg, precision),
                "attn_implementation": attention.resolve(cfg.model.attn_implementation, packing=packing),
@@ -176,9 +178,10 @@ def setup_model(cfg: Config, precision: str, console) -> Setup:
         if continued:
             base = run_cfg.model.name  # the adapter goes on the SFT run's base, as runs.load reads it
         template_name = template_name or run_cfg.data.template
+        kwargs = cfg.data.template_kwargs or run_cfg.data.template_kwargs
     else:
         model, tokenizer = models.load(name, **options)
-        template = templates.get(cfg.data.template, tokenizer)
+        template = templates.get(cfg.data.template, tokenizer, kwargs)
     if not continued:
         model = methods.apply_method(model, cfg.method, tokenizer, verbose=False)
     console.print(f"[bold]{cfg.stage} ({cfg.preference.loss})[/bold], {cfg.method.name} on {name}"
@@ -186,4 +189,5 @@ def setup_model(cfg: Config, precision: str, console) -> Setup:
     packing, why = packing_decision(cfg, model)  # the method on this model; its packed rows == its sequences alone
     if why:
         console.print(f"[yellow]packing off: {escape(why)}; pairs are padded batches[/yellow]")
-    return Setup(model, tokenizer, template, packing, continued, base=base, template_name=template_name)
+    return Setup(model, tokenizer, template, packing, continued, base=base, template_name=template_name,
+                 template_kwargs=kwargs)

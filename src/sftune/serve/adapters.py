@@ -35,13 +35,13 @@ def served_name(run_or_model: str) -> str:
     return Path(run_or_model).name if runs.is_run(run_or_model) else str(run_or_model)
 
 
-def load(run_or_model: str, adapters: dict[str, str] | None = None, template: str | None = None
-         ) -> tuple[Any, Any, dict[str, Served]]:
+def load(run_or_model: str, adapters: dict[str, str] | None = None, template: str | None = None,
+         template_kwargs: dict | None = None) -> tuple[Any, Any, dict[str, Served]]:
     """(model, tokenizer, the names it answers as) for a run or model plus named LoRA adapter runs."""
     from sftune import methods
 
     adapters = adapters or {}
-    loaded = runs.load(run_or_model, template=template)
+    loaded = runs.load(run_or_model, template=template, template_kwargs=template_kwargs)
     stops = tuple(loaded.stop_token_ids)
     primary = served_name(run_or_model)
     if loaded.run_dir is not None and not loaded.is_adapter and adapters:

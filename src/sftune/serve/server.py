@@ -348,6 +348,7 @@ def exposure_warning(host: str, api_key: str | None) -> str | None:
 
 def serve(run_or_model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           adapters: dict[str, str] | None = None, max_batch_size: int = 16, template: str | None = None,
+          template_kwargs: dict | None = None,
           max_body_mb: float = MAX_BODY_MB, body_timeout_s: float = BODY_TIMEOUT_S,
           header_timeout_s: float = HEADER_TIMEOUT_S, console: Any = None) -> None:
     """Load the run (and adapters on its base) once, then answer on host:port until interrupted."""
@@ -356,7 +357,8 @@ def serve(run_or_model: str, *, host: str = "127.0.0.1", port: int = 8000, api_k
     from sftune.serve import adapters as adapters_module
 
     warning = exposure_warning(host, api_key)
-    model, tokenizer, names = adapters_module.load(run_or_model, adapters, template=template)
+    model, tokenizer, names = adapters_module.load(run_or_model, adapters, template=template,
+                                                  template_kwargs=template_kwargs)
     app = create_app(model, tokenizer, names, api_key=api_key, max_batch_size=max_batch_size,
                      max_body_bytes=int(max_body_mb * 2**20), body_timeout_s=body_timeout_s)
     if console is not None:

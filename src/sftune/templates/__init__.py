@@ -15,7 +15,7 @@ from sftune.templates.definitions import ALIASES, BUILTINS, TOKENIZER
 from sftune.templates.errors import TemplateError
 from sftune.templates.messages import normalize_messages, to_hf_messages
 from sftune.templates.render import Segment
-from sftune.templates.template import Template, default_for, get, names, save_to_tokenizer
+from sftune.templates.template import Template, default_for, dropped_reasoning, get, names, save_to_tokenizer
 
 __all__ = [
     "ALIASES",
@@ -25,6 +25,7 @@ __all__ = [
     "Template",
     "TemplateError",
     "default_for",
+    "dropped_reasoning",
     "get",
     "names",
     "normalize_messages",

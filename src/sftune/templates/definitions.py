@@ -78,7 +78,7 @@ _ALPACA_SYSTEM_INPUT = (
 #   generation_prompt  what add_generation_prompt appends: the model's reply starts after it
 #   end                the end-of-turn text right after {content} in `assistant`; trained with the reply
 #   suffix             text after the last message when no generation prompt is asked (Phi-3's EOS)
-#   skip_empty_system  an empty system message renders nothing (Phi-3.5) instead of an empty system turn
+#   skip_empty_system  an empty system message renders nothing (Phi-3.5, Qwen3.8) instead of an empty system turn
 #   strip              "content": strip each message's text (jinja `| trim`); "turn": strip the user
 #                      text after the system is folded in (Llama 2's `content.strip()`); None: as is
 #   tools              None, "qwen" (<tool_call> / <tool_response>), "llama3" (JSON calls, ipython turns;
@@ -377,6 +377,7 @@ BUILTINS["qwen3.8"] = {
     "official": "qwen3.8.jinja",
     "reasoning": "preserved",
     "preserve_thinking": True,
+    "skip_empty_system": True,  # seen only without reasoning_instructions (reasoning_effort medium)
     "reasoning_instructions": "Reasoning effort is set to xhigh. Please think carefully through the task, validate "
                               "key assumptions, consider plausible alternatives, and prioritize correctness, "
                               "consistency, and clarity in the final answer.",

@@ -97,7 +97,9 @@ class _Turns:
         system, s = self.system, self.spec
         if self.layout == "qwen3.5":
             self.last_query(0)  # its template raises on a conversation without a user query, whatever follows
-            self.add(_qwen35_system(system, self.tools, s.get("reasoning_instructions")), self.system_index, True)
+            skip = s.get("skip_empty_system") and not (system or "").strip()  # Qwen3.8 at reasoning effort medium
+            self.add(_qwen35_system(None if skip else system, self.tools, s.get("reasoning_instructions")),
+                     self.system_index, True)
         elif self.layout == "nemotron3":
             self.add("<|im_start|>system\n" + (system or "") + _nemotron_tools(system, self.tools) + "<|im_end|>\n",
                      self.system_index, True)

@@ -8,11 +8,12 @@ training template into the tokenizer, so inference renders exactly what training
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from sftune.templates import jinja_segments, stops, twins
+from sftune.templates import jinja_segments, stops, switches, twins
 from sftune.templates.definitions import ALIASES, BUILTINS, TOKENIZER
 from sftune.templates.errors import TemplateError
 from sftune.templates.jinja_export import to_jinja
@@ -33,6 +34,7 @@ class Template:
     stop_texts: tuple[str, ...] = ()  # the model's stop tokens (generation_config eos, EOS) as text
     append_stop: str = ""  # written after the last reply when the template writes no stop there (stops.audit)
     append_stop_after_call: str = ""  # instead, after a last reply of tool calls (GLM's <|observation|>)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # data.template_kwargs (switches.py), in `jinja` already
 
     def render(self, messages: Iterable[Any], tools: list[dict] | None = None,
                add_generation_prompt: bool = False) -> str:
@@ -66,15 +68,19 @@ class Template:
         if self.jinja is not None:
             return self.jinja
         if self.spec.get("official"):  # a family the tests prove byte-equal to its official text
-            return official_text(self.spec["official"])
+            return switches.bake(official_text(self.spec["official"]), self.kwargs)
         # A BOS written only for tokenizers that add one is resolved now, for the tokenizer bound.
-        return to_jinja(self.spec, bos=self.bos if self.spec.get("bos_only_if_added") else None)
+        return switches.bake(to_jinja(self.spec, bos=self.bos if self.spec.get("bos_only_if_added") else None),
+                             self.kwargs)
 
     @property
     def effective_spec(self) -> dict[str, Any]:
         """The template dict this template renders as: its own, or its twin's for an official jinja text
-        (empty for any other jinja)."""
-        return self.spec if self.jinja is None else BUILTINS.get(twins.builtin_of(self.jinja) or "", {})
+        (empty for any other jinja; a twin's switched by data.template_kwargs renders through jinja, and still
+        tells its stops and reasoning style)."""
+        if self.jinja is None:
+            return self.spec
+        return BUILTINS.get(twins.builtin_of(switches.unbaked(self.jinja)) or "", {})
 
     @property
     def stop(self) -> str:
@@ -86,6 +92,21 @@ class Template:
         """The reasoning style ("qwen3": think blocks dropped before the last user query; "deepseek_r1":
         dropped from every reply but the last message), or None."""
         return self.effective_spec.get("reasoning")
+
+    @property
+    def drops_reasoning(self) -> bool:
+        """Whether the template leaves out the reasoning of a conversation's last reply (DeepSeek-V3 / V3.1's
+        official templates write only what follows </think>): then no reasoning in the data is ever trained.
+        Found by rendering a reply with a think block and looking for its reasoning."""
+        key = (self.jinja, json.dumps(self.spec, sort_keys=True, default=str), self.bos, self.eos)
+        if key not in _DROPS:
+            probe = [{"role": "user", "content": "Q"},
+                     {"role": "assistant", "content": f"<think>\n{_MARK}\n</think>\n\nA"}]
+            try:
+                _DROPS[key] = _MARK not in replace(self, stop_texts=()).render(probe)
+            except TemplateError:  # a template that renders no such chat drops nothing it trains
+                _DROPS[key] = False
+        return _DROPS[key]
 
     def stop_token_ids(self, tokenizer: Any) -> list[int]:
         """The ids generation stops at: the end-of-turn token (when it is one token), the layout's other
@@ -107,20 +128,26 @@ def names() -> list[str]:
     return [*BUILTINS, TOKENIZER]
 
 
-def get(name: str | dict[str, Any] | None = TOKENIZER, tokenizer: Any = None) -> Template:
+def get(name: str | dict[str, Any] | None = TOKENIZER, tokenizer: Any = None,
+        kwargs: dict[str, Any] | None = None) -> Template:
     """A template by name, or from a user dict (template keys, or {"jinja": source}); no name (None, as an
     unset data.template or --template is) means the tokenizer's default (default_for).
 
     With a tokenizer, BOS/EOS are the tokenizer's; `tokenizer` (the default) is the tokenizer's own
-    jinja `chat_template` and needs one.
+    jinja `chat_template` and needs one. `kwargs` (data.template_kwargs) are the template's switches: written
+    into a jinja template's text, applied to a built-in that renders them, refused otherwise (switches.py).
     """
+    kwargs = dict(kwargs or {})
     if not name:
-        return default_for(tokenizer)
+        return default_for(tokenizer, kwargs)
     if isinstance(name, dict):
         spec = dict(name)
         tname = str(spec.pop("name", "custom"))
         if "jinja" in spec:
-            return _bind(Template(tname, jinja=spec["jinja"]), tokenizer)
+            return _jinja(tname, spec["jinja"], kwargs, tokenizer)
+        if kwargs:
+            raise TemplateError(f"data.template_kwargs: template {tname!r} is a dict of formats, which reads no "
+                                "switches; leave data.template_kwargs out, or use a jinja template")
         missing = [key for key in ("user", "assistant") if key not in spec]
         if missing:
             raise TemplateError(f"template {tname!r}: missing {', '.join(missing)}; a template needs at least "
@@ -137,15 +164,22 @@ def get(name: str | dict[str, Any] | None = TOKENIZER, tokenizer: Any = None) ->
             )
         if isinstance(source, dict):
             source = source.get("default") or next(iter(source.values()))
-        return _bind(Template(TOKENIZER, jinja=source), tokenizer)
+        return _jinja(TOKENIZER, source, kwargs, tokenizer)
     if key not in BUILTINS:
         raise TemplateError(f"unknown template {name!r}; known: {', '.join(names())}")
-    return _bind(Template(key, spec=_checked(key, BUILTINS[key])), tokenizer)
+    spec = switches.builtin(key, BUILTINS[key], kwargs)
+    return _bind(Template(key, spec=_checked(key, spec), kwargs=kwargs), tokenizer)
 
 
-def default_for(tokenizer: Any) -> Template:
+def default_for(tokenizer: Any, kwargs: dict[str, Any] | None = None) -> Template:
     """The model's own template when it has one, else ChatML."""
-    return get(TOKENIZER if getattr(tokenizer, "chat_template", None) else "chatml", tokenizer)
+    return get(TOKENIZER if getattr(tokenizer, "chat_template", None) else "chatml", tokenizer, kwargs)
+
+
+def _jinja(name: str, source: str, kwargs: dict[str, Any], tokenizer: Any) -> Template:
+    """A jinja template with its switches written into its text (a run's saved one has them already)."""
+    switches.check_jinja(name, source, kwargs)
+    return _bind(Template(name, jinja=switches.bake(source, kwargs), kwargs=kwargs), tokenizer)
 
 
 def save_to_tokenizer(template: Template, tokenizer: Any) -> None:
@@ -184,6 +218,33 @@ def _bind(template: Template, tokenizer: Any) -> Template:
         with_special = tokenizer("a")["input_ids"]
         bos = bos if with_special and with_special[0] == bos_id else ""
     return replace(template, bos=bos, eos=tokenizer.eos_token or "", special_tokens=special)
+
+
+_MARK = "SFTUNEreasoning7"
+_DROPS: dict[tuple, bool] = {}
+
+
+def dropped_reasoning(template: Template, conversations: Iterable[Any]) -> str | None:
+    """What to say once when `template` drops reasoning that the data holds (None when it keeps it, or the data
+    has none): how many replies lose it, and the fix."""
+    if not template.drops_reasoning:
+        return None
+    from sftune.data.reasoning import think_parts
+
+    replies = held = 0
+    for conversation in conversations:
+        for m in getattr(conversation, "messages", conversation):
+            role, content = (m.role, m.content) if hasattr(m, "role") else (m["role"], m.get("content"))
+            if role == "assistant" and isinstance(content, str):
+                replies += 1
+                reasoning = think_parts(content)[0]
+                held += bool(reasoning and reasoning.strip())
+    if not held:
+        return None
+    return (f"template {template.name!r} drops every reply's reasoning (it writes only what follows </think>, the "
+            f"last reply's too): {held:,} of {replies:,} replies hold reasoning, and none of it is trained. To train "
+            "it, pick a built-in that writes the last reply's reasoning as the model does (data.template: "
+            "deepseek_r1 for DeepSeek-R1-Distill, qwen3, ...; sftune template list), or leave the think blocks out")
 
 
 _TWIN_OF: dict[tuple[str, str, str], Template] = {}

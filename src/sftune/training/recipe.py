@@ -58,12 +58,14 @@ def train_sft(cfg: Config, *, console, callbacks: list[TrainerCallback] | None =
     else:
         model, tokenizer, packing = setup_model(cfg, precision, console)
         modality = text_modality(tokenizer)
-    template = templates.get(cfg.data.template, tokenizer)
+    template = templates.get(cfg.data.template, tokenizer, cfg.data.template_kwargs)
     checked = stops.audit(template, tokenizer, stops.eos_ids(model))  # every reply ends in a trained stop
     template = checked.template
     console.print(checked.summary(), highlight=False)
 
     read = read_conversations(cfg, template)  # every process reads the same rows in the same order
+    if (dropped := templates.dropped_reasoning(template, read[0])) is not None:  # never silently
+        console.print(f"[yellow]{escape(dropped)}[/yellow]", highlight=False)
     selector = selector_for(cfg, keep=micro_batch_size(cfg.train, packing=packing, cuda=cuda))  # train.batch_selection
     args = training_arguments(cfg, run_dir, precision=precision, has_eval=bool(read[1]), packing=packing,
                               resumed=resume is not None,  # each forward pass reads K / ratio candidates, trains ~K

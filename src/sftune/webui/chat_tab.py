@@ -19,14 +19,14 @@ _loaded: OrderedDict[tuple[str, str | None], runs.Loaded] = OrderedDict()
 _lock = threading.Lock()
 
 
-def load(name: str, template: str | dict | None = None) -> runs.Loaded:
+def load(name: str, template: str | dict | None = None, template_kwargs: dict | None = None) -> runs.Loaded:
     """runs.load, kept for the next message (loading takes seconds; a chat sends many)."""
-    key = (str(name), repr(template) if template is not None else None)
+    key = (str(name), repr(template) if template is not None else None, repr(template_kwargs or {}))
     with _lock:
         if key in _loaded:
             _loaded.move_to_end(key)
             return _loaded[key]
-        loaded = runs.load(name, template=template)
+        loaded = runs.load(name, template=template, template_kwargs=template_kwargs)
         _loaded[key] = loaded
         while len(_loaded) > KEEP_LOADED:
             _loaded.popitem(last=False)
@@ -37,8 +37,9 @@ def base_of(loaded: runs.Loaded) -> runs.Loaded:
     """The run's base model, answering in the run's template when the run named one (as `sftune eval` does)."""
     if loaded.base is None:
         raise ValueError(f"{loaded.name} is not a run folder: there is no base model to compare with")
-    template = loaded.config.data.template if loaded.config is not None and not runs.is_run(loaded.base) else None
-    return load(loaded.base, template=template)
+    plain = loaded.config is not None and not runs.is_run(loaded.base)  # the run's template and mode
+    return load(loaded.base, template=loaded.config.data.template if plain else None,
+                template_kwargs=loaded.config.data.template_kwargs if plain else None)
 
 
 def text_of(content: Any) -> str:
