@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
+import numpy as np
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -107,6 +108,17 @@ def generate(
             bar.advance(len(chunk), sum(results[i].completion_tokens for i in chunk))
     model.train(was_training)
     return results  # type: ignore[return-value]
+
+
+def model_inputs(inputs: dict[str, Any], model: Any) -> dict[str, torch.Tensor]:
+    """What a model takes beside the ids (an image prompt's pixels ...; arrays or tensors) as tensors on its
+    device, the floating ones in its dtype."""
+    dtype = next(model.parameters()).dtype
+    out = {}
+    for key, value in inputs.items():
+        tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
+        out[key] = tensor.to(model.device, dtype) if tensor.is_floating_point() else tensor.to(model.device)
+    return out
 
 
 def autocast_dtype(weights: torch.dtype, attention: str | None, device_type: str, bf16: bool) -> torch.dtype | None:

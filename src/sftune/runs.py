@@ -7,9 +7,13 @@ A run folder is what `sftune train` writes: config.yaml, the tokenizer with the 
 saved as its `chat_template`, and either an adapter (adapter_config.json, loaded on its base model)
 or full weights (config.json). The template is rebuilt from the run's config exactly as training
 built it and checked against the tokenizer's saved template, so inference renders what training
-rendered; generation stops at the template's end-of-turn token and EOS. A vision-language run
-(its base loads with AutoModelForImageTextToText) also gets the processor saved in its folder, and a
-plain vision-language model folder its own processor: generation with images is sftune.vision.generate.
+rendered; generation stops at the template's end-of-turn token and EOS. `load` decides the model's
+modality once (sftune.modality): a vision-language run (its base loads with AutoModelForImageTextToText) gets
+the processor saved in its folder, a plain vision-language model folder its own processor, and chat, generate,
+serve and the web UI answer through the Loaded (`prompt`, `generate`, `stream`), images or not:
+
+    [answer] = loaded.generate([[{"role": "user", "content": "Hi"}]], GenerationOptions(max_new_tokens=64))
+    pieces = loaded.stream(messages, options)        # text pieces while they are generated
 
 `load_weights` is the one loader of a text run's weights, tokenizer and template, for every use: inference
 (`load`), continued training (a preference run from an SFT run), merging (export) and serving (`run_tokenizer`
@@ -21,7 +25,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from sftune import models, templates
 from sftune.config import DataSection, path_found
@@ -30,6 +34,7 @@ from sftune.encode.options import EncodeOptions
 from sftune.errors import UserError
 
 if TYPE_CHECKING:
+    from sftune.generation import Completion, GenerationOptions
     from sftune.modality import Modality
 
 RUN_CONFIG = "config.yaml"
@@ -42,7 +47,8 @@ class RunError(UserError, RuntimeError):
 
 @dataclass
 class Loaded:
-    """A model ready to answer: weights, tokenizer, the training template and its stop tokens."""
+    """A model ready to answer: weights, tokenizer, the training template, its stop tokens and its modality (how a
+    prompt, images or not, becomes the model's inputs: the text one when not given)."""
 
     name: str  # what the user named: a run folder, an embedded name, a model folder or a hub id
     model: Any = field(repr=False)
@@ -53,11 +59,50 @@ class Loaded:
     run_dir: Path | None = None
     method: str | None = None  # the run's training method; None for a plain model
     config: Any = field(default=None, repr=False)  # the run's sftune Config
-    processor: Any = field(default=None, repr=False)  # a vision-language run's processor (None: text only)
+    modality: Modality = field(default=None, repr=False)  # type: ignore[assignment]  # None: the text modality
+
+    def __post_init__(self) -> None:
+        if self.modality is None:
+            from sftune import modality
+
+            self.modality = modality.text(self.tokenizer)
+
+    @property
+    def processor(self) -> Any:
+        """A vision-language model's processor (None: text only)."""
+        return self.modality.processor
 
     @property
     def is_vision(self) -> bool:
-        return self.processor is not None
+        """Whether the model reads images (its modality's reads_images)."""
+        return self.modality.reads_images
+
+    def prompt(self, messages: Any, *, tools: list[dict] | None = None,
+               read_images: Callable[[list[str]], list[Any]] | None = None) -> tuple[list[int], dict[str, Any]]:
+        """(prompt ids, what the model takes beside them: an image prompt's pixels, as arrays) of a conversation
+        (OpenAI messages or a Conversation) in the training template, as training encoded it."""
+        return self.modality.prompt(messages, self.template, tools=tools, read_images=read_images)
+
+    def generate(self, conversations: Sequence[Any], options: GenerationOptions | None = None, *,
+                 batch_size: int = 16, progress: bool = False, console: Any = None) -> list[Completion]:
+        """The answers to conversations (Conversations or message lists, with images for a vision-language model),
+        in order, batched, stopped at the run's stop tokens and at stop strings."""
+        from sftune.generation import GenerationOptions
+
+        return self.modality.generate(self.model, self.template, list(conversations), options or GenerationOptions(),
+                                      stop_token_ids=self.stop_token_ids, batch_size=batch_size, progress=progress,
+                                      console=console)
+
+    def stream(self, messages: Any, options: GenerationOptions | None = None, *, tools: list[dict] | None = None,
+               special_tokens: bool = False) -> Iterator[str]:
+        """The answer to one conversation as text pieces while it is generated (chat); `special_tokens` keeps
+        them in the pieces (a reasoning family's channels are written in them)."""
+        from sftune import generation
+
+        ids, extra = self.prompt(messages, tools=tools)
+        return generation.stream(self.model, self.tokenizer, ids, options or generation.GenerationOptions(),
+                                 stop_token_ids=self.stop_token_ids, special_tokens=special_tokens,
+                                 model_inputs=generation.model_inputs(extra, self.model) if extra else None)
 
     @property
     def is_adapter(self) -> bool:
@@ -164,20 +209,23 @@ def load(
     `merge=True` folds a LoRA adapter into the base weights (faster generation, same outputs).
     `dtype` and `device_map` override placement's choice.
     """
+    from sftune.modality import text as text_modality
+    from sftune.vision.modality import image_text
+
     name = str(run_or_model)
     if not is_run(name):
         from sftune.vision import models as vision_models
 
         options = load_options(*placement(dtype=dtype), device_map)
-        processor = None
         if vision_models.is_vision_model(models.resolve(name)):  # a vision-language model folder
             model, processor = vision_models.load(models.resolve(name), **options)
-            tokenizer = processor.tokenizer
+            kind = image_text(processor, model)
         else:
             model, tokenizer = models.load(name, **options)
-        chosen = templates.get(template, tokenizer, template_kwargs)
-        return Loaded(name, model.eval(), tokenizer, chosen, stop_token_ids(chosen, tokenizer, model),
-                      processor=processor)
+            kind = text_modality(tokenizer)
+        chosen = templates.get(template, kind.tokenizer, template_kwargs)
+        return Loaded(name, model.eval(), kind.tokenizer, chosen, stop_token_ids(chosen, kind.tokenizer, model),
+                      modality=kind)
 
     run_dir = Path(name).expanduser()
     cfg = run_config(run_dir)
@@ -190,17 +238,16 @@ def load(
         raise RunError(f"{run_dir} was trained with data.template_kwargs {cfg.data.template_kwargs or '{}'}; a run "
                        "answers in the mode it was trained in. Drop the template kwargs option.")
     device, dtype = placement(cfg.train.precision, dtype)
-    processor = None
     if is_vision_model(run_dir) or is_vision_model(models.resolve(cfg.model.name)):
         model, processor = _load_vision_run(run_dir, cfg, device, dtype, device_map, merge)
-        tokenizer = processor.tokenizer
-        chosen = run_template(run_dir, cfg, tokenizer)
+        kind = image_text(processor, model)
+        chosen = run_template(run_dir, cfg, kind.tokenizer)
     else:  # the base as training loaded it (4-bit for qlora); merging into a 4-bit base would round: lora only
         model, tokenizer, chosen = load_weights(run_dir, cfg, merge=merge and cfg.method.name == "lora",
                                                 **load_options(device, dtype, device_map, cfg.method))
-    return Loaded(name, model.eval(), tokenizer, chosen, stop_token_ids(chosen, tokenizer, model, run_dir),
-                  base=cfg.model.name,
-                  run_dir=run_dir, method=cfg.method.name, config=cfg, processor=processor)
+        kind = text_modality(tokenizer)
+    return Loaded(name, model.eval(), kind.tokenizer, chosen, stop_token_ids(chosen, kind.tokenizer, model, run_dir),
+                  base=cfg.model.name, run_dir=run_dir, method=cfg.method.name, config=cfg, modality=kind)
 
 
 def placement(trained: str | None = None, dtype: Any = None, *, cuda: bool | None = None,
@@ -330,25 +377,23 @@ def _load_vision_run(run_dir: Path, cfg: Any, device: str, dtype: Any, device_ma
 
 def tokenizer_and_processor(model: str | os.PathLike) -> tuple[Any, Any]:
     """(tokenizer, processor) of a model name, model folder or run folder: a vision-language model's
-    processor (its tokenizer with a pad token), else (the model's tokenizer, None). What `sftune data
-    inspect` and the web UI's Data tab encode with, so images show as one masked run each."""
-    from sftune.vision.models import is_vision_model, load_processor
-
-    source = models.resolve(model)
-    if not is_vision_model(source) and not _is_vision_run(source):
-        return models.load(model, tokenizer_only=True)[1], None
-    processor = load_processor(source)
-    return processor.tokenizer, processor
+    processor (its tokenizer with a pad token), else (the model's tokenizer, None); see modality_of."""
+    kind = modality_of(model)
+    return kind.tokenizer, kind.processor
 
 
 def modality_of(model: str | os.PathLike) -> Modality:
-    """How data is encoded for a model name, model folder or run folder (what inspect shows): the image-text
+    """How data is encoded for a model name, model folder or run folder without loading its weights (what
+    `sftune data inspect` and the web UI's Data tab encode with, and a served adapter's prompts): the image-text
     Modality of a vision-language model or run (its processor), else the text one (its tokenizer)."""
     from sftune import modality
+    from sftune.vision.models import is_vision_model, load_processor
     from sftune.vision.modality import image_text
 
-    tokenizer, processor = tokenizer_and_processor(model)
-    return image_text(processor) if processor is not None else modality.text(tokenizer)
+    source = models.resolve(model)
+    if is_vision_model(source) or _is_vision_run(source):
+        return image_text(load_processor(source))
+    return modality.text(models.load(model, tokenizer_only=True)[1])
 
 
 def _is_vision_run(folder: str | os.PathLike) -> bool:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import io
 import json
-from types import SimpleNamespace
 
 import openai
 import pytest
 from rich.console import Console
 
-from sftune import templates
+from sftune import runs, templates
 from sftune.serve import chat, reasoning
 from sftune.serve.adapters import Served
 from sftune.serve.background import running
@@ -195,16 +194,16 @@ def test_a_model_without_reasoning_gets_no_reasoning_field(smollm2_tokenizer):
     ("magistral", ["[TH", "INK]Two and", " two.[/TH", "INK]It is 4.<", "/s>"], True),
     ("gemma4", ["<|channel>tho", "ught\nTwo and", " two.\n<chan", "nel|>It is 4.<tu", "rn|>"], True),
 ])
-def test_chat_shows_reasoning_apart_and_keeps_it_in_the_history(monkeypatch, name, pieces, special):
+def test_chat_shows_reasoning_apart_and_keeps_it_in_the_history(monkeypatch, smollm2_tokenizer, name, pieces,
+                                                                 special):
     asked = {}
 
-    def stream(model, tokenizer, prompt, options, *, stop_token_ids, special_tokens=False):
+    def stream(model, tokenizer, prompt, options, *, stop_token_ids, special_tokens=False, model_inputs=None):
         asked["special_tokens"] = special_tokens
         yield from pieces
 
     monkeypatch.setattr(chat.generation, "stream", stream)
-    loaded = SimpleNamespace(template=templates.get(name), model=None, tokenizer=None, stop_token_ids=[],
-                             processor=None)
+    loaded = runs.Loaded("chat", None, smollm2_tokenizer, templates.get(name), [])  # its prompt ids go unread
     out = io.StringIO()
     history = chat.chat_loop(loaded, iter(["What is 2 + 2?"]), Console(file=out, width=200))
     assert asked["special_tokens"] is special  # gpt-oss's channels are read from its special tokens

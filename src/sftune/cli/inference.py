@@ -41,7 +41,7 @@ def chat_command(
 
     loaded = _load_for_inference(run_or_model, template, kwargs)
     options = GenerationOptions(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    commands = f"{COMMANDS}, {IMAGE_COMMAND}" if loaded.processor is not None else COMMANDS
+    commands = f"{COMMANDS}, {IMAGE_COMMAND}" if loaded.modality.reads_images else COMMANDS
     console.print(f"[dim]{loaded.name} · template {loaded.template.name} · {commands}[/dim]")
     chat_loop(loaded, terminal_lines(console), console, options, system=system)
 

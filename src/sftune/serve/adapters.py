@@ -1,29 +1,38 @@
 """What one server answers as: a run or model, the base model under a LoRA run, and more LoRA adapters on
 that same base, each named by the request's `model` field. The base weights are loaded once; every adapter
-is a peft adapter on the one PeftModel, switched on per batch (`activate`), or all off for the base. On a
-vision-language base every name reads image parts, each with the processor saved in its own run folder.
+is a peft adapter on the one PeftModel, switched on per batch (`activate`), or all off for the base. Each name
+answers through its run's modality (runs.load's, or an adapter's own: runs.modality_of), so on a vision-language
+base every name reads image parts, each with the processor saved in its own run folder.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sftune import runs
 from sftune.errors import UserError
 from sftune.templates import Template
 
+if TYPE_CHECKING:
+    from sftune.modality import Modality
+
 
 @dataclass(frozen=True)
 class Served:
-    """One name a request can ask for: the adapter switched on for it (None: none) and its template."""
+    """One name a request can ask for: the adapter switched on for it (None: none), its template and its modality."""
 
     name: str
     adapter: str | None
     template: Template
     stop_token_ids: tuple[int, ...]
-    processor: Any = None  # a vision-language run's processor: image parts are read (None: text only)
+    modality: Modality | None = None  # how its prompts become the model's inputs (None: the server tokenizer's text)
+
+    @property
+    def processor(self) -> Any:
+        """A vision-language run's processor (None: text only)."""
+        return self.modality.processor if self.modality is not None else None
 
 
 class AdapterError(UserError, RuntimeError):
@@ -51,10 +60,10 @@ def load(run_or_model: str, adapters: dict[str, str] | None = None, template: st
     base_load = methods.load_kwargs(loaded.config.method) if loaded.is_adapter else {}
     names: dict[str, Served] = {}
     if loaded.is_adapter:
-        names[primary] = Served(primary, "default", loaded.template, stops, loaded.processor)
-        names[base] = Served(base, None, loaded.template, stops, loaded.processor)
+        names[primary] = Served(primary, "default", loaded.template, stops, loaded.modality)
+        names[base] = Served(base, None, loaded.template, stops, loaded.modality)
     else:
-        names[primary] = Served(primary, None, loaded.template, stops, loaded.processor)
+        names[primary] = Served(primary, None, loaded.template, stops, loaded.modality)
     model = loaded.model
     for name, folder in adapters.items():
         if name in names:
@@ -63,7 +72,7 @@ def load(run_or_model: str, adapters: dict[str, str] | None = None, template: st
         template_, cfg = _check_adapter(name, folder, base, base_load, loaded.tokenizer)
         model = runs.attach_adapter(model, folder, name=name)
         names[name] = Served(name, name, template_, tuple(template_.stop_token_ids(loaded.tokenizer)),
-                             _processor(folder, loaded.processor))
+                             runs.modality_of(folder))
     model.eval()
     return model, loaded.tokenizer, names
 
@@ -98,16 +107,6 @@ def same_loading(a: dict[str, Any], b: dict[str, Any]) -> bool:
         return {key: value.to_dict() if hasattr(value, "to_dict") else value for key, value in kwargs.items()}
 
     return fields(a) == fields(b)
-
-
-def _processor(folder: str, base_processor: Any) -> Any:
-    """An adapter run's processor on a vision-language base (the one saved in its folder: it carries the run's
-    template); None on a text-only base."""
-    if base_processor is None:
-        return None
-    from sftune.vision import models as vision_models
-
-    return vision_models.load_processor(Path(folder).expanduser())
 
 
 def _same_model(a: str, b: str) -> bool:

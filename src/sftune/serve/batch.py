@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from sftune import data, generation, templates
+from sftune import data, generation
 from sftune.data.errors import where
 from sftune.errors import UserError
 
@@ -107,7 +107,7 @@ def generate_file(
     done = done_indices(out, items)
     todo = [item for item in items if item["index"] not in done]
     with_images = next((item for item in todo if item["images"]), None)
-    if with_images is not None and getattr(loaded, "processor", None) is None:
+    if with_images is not None and not loaded.modality.reads_images:
         raise GenerateError(f"{with_images['source']} has images, but {loaded.name} is a text-only run; answer "
                             "image records with a vision-language run, or drop them from the input")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -116,17 +116,9 @@ def generate_file(
             generation.TokenProgress(progress, console, "generating", len(todo)) as bar:
         for lo in range(0, len(todo), batch_size):
             batch = todo[lo: lo + batch_size]
-            if getattr(loaded, "processor", None) is not None:  # a vision-language run: images with the text
-                from sftune.vision import generate as vision_generate
-
-                answers = vision_generate.generate(loaded, [data.Conversation(
-                    [data.Message(m["role"], m["content"]) for m in item["messages"]], tools=item["tools"],
-                    images=item["images"]) for item in batch], options, batch_size=batch_size)
-            else:
-                prompts = [loaded.template.render(templates.normalize_messages(item["messages"]),
-                                                  tools=item["tools"], add_generation_prompt=True) for item in batch]
-                answers = generation.generate(loaded.model, loaded.tokenizer, prompts, options,
-                                              stop_token_ids=loaded.stop_token_ids, batch_size=batch_size)
+            answers = loaded.generate([data.Conversation(  # a vision-language run: each record's images with it
+                [data.Message(m["role"], m["content"]) for m in item["messages"]], tools=item["tools"],
+                images=item["images"]) for item in batch], options, batch_size=batch_size)
             for item, answer in zip(batch, answers):
                 handle.write(json.dumps(_record(item, answer), ensure_ascii=False) + "\n")
             handle.flush()

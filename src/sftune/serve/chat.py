@@ -5,8 +5,9 @@
 The loop reads lines from any iterator (the terminal, piped stdin, a test's list) and writes to a rich
 console, so it runs the same in a terminal, in a pipe and in tests. Each turn renders the whole
 history with the run's training template and stops at its stop tokens; the reasoning of a family that
-reasons is shown apart from the answer (serve/reasoning.py) and kept in the history as a <think> block. With a vision-language run,
-`/image PATH` attaches an image to the next message (sftune.vision.generate renders and answers it).
+reasons is shown apart from the answer (serve/reasoning.py) and kept in the history as a <think> block. With a
+vision-language run, `/image PATH` attaches an image to the next message (runs.Loaded.stream answers messages with
+or without images).
 """
 
 from __future__ import annotations
@@ -68,15 +69,8 @@ def chat_loop(
             pending = []
         else:
             history.append({"role": "user", "content": text})
-        if getattr(loaded, "processor", None) is not None:
-            from sftune.vision import generate as vision_generate
-
-            pieces = vision_generate.stream(loaded, conversation(system, history), options)
-        else:
-            prompt = generation.render_prompts(loaded.template, [conversation(system, history)])[0]
-            pieces = generation.stream(loaded.model, loaded.tokenizer, prompt, options,
-                                       stop_token_ids=loaded.stop_token_ids,
-                                       special_tokens=reasoning.special_tokens(loaded.template))
+        pieces = loaded.stream(conversation(system, history), options,
+                               special_tokens=reasoning.special_tokens(loaded.template))
         history.append({"role": "assistant", "content": _shown(pieces, reasoning.Splitter.of(loaded.template),
                                                                console)})
     return history
@@ -123,7 +117,7 @@ def _attach(loaded: Any, path: str, pending: list[str], console: Any) -> None:
     from sftune.data import images as image_refs
     from sftune.data.errors import DataError
 
-    if getattr(loaded, "processor", None) is None:
+    if not loaded.modality.reads_images:
         console.print(f"[yellow]{loaded.name} is a text-only run: /image needs a vision-language run[/yellow]")
         return
     if not path:

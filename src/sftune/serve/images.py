@@ -1,4 +1,5 @@
-"""OpenAI `image_url` parts in /v1/chat/completions: read for a vision-language run, refused for a text-only one.
+"""OpenAI `image_url` parts in /v1/chat/completions: read for a vision-language run, refused for a text-only one;
+`prompt` turns a request's messages into the served model's inputs either way (its modality's prompt).
 
 Images arrive as `data:image/...;base64,` URLs only. File paths and web URLs are refused: a server
 that opened any path a client names would let every client read (and probe) the server's disk, and
@@ -9,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
+from sftune import generation
+from sftune.data import images as image_refs
 from sftune.data.errors import DataError
 from sftune.serve.protocol import ApiError
 
@@ -39,35 +41,30 @@ def refuse(messages: list[dict[str, Any]], model: str) -> None:
 
 
 def prompt(messages: list[dict[str, Any]], tools: list[dict] | None, served: Any, model: Any
-           ) -> tuple[list[int], dict[str, torch.Tensor]]:
-    """(prompt ids, the processor's pixel inputs) for a vision-language run, rendered as training encoded it."""
-    from sftune.data import images as image_refs
-    from sftune.vision import generate as vision_generate
+           ) -> tuple[list[int], dict[str, torch.Tensor] | None]:
+    """(prompt ids, the model's other inputs on its device: an image prompt's pixels, else None) of a chat request,
+    rendered as training encoded it by the served name's modality; image parts refused for a text-only run."""
+    if not served.modality.reads_images:
+        refuse(messages, served.name)  # the name the request asked for
+
+    def decoded(refs: list[str]) -> list[Any]:
+        found = []
+        for (field, _), ref in zip(parts(messages), refs):
+            if not ref.startswith("data:"):
+                raise ApiError(400, f"{field}: this server reads images sent as data URLs only "
+                                    f"(data:image/png;base64,...), not {ref[:60]!r}: it opens no file paths and "
+                                    "downloads nothing. Send the image's bytes base64-encoded in the URL.", param=field,
+                               code="invalid_image_url")
+            try:
+                found.append(image_refs.load(ref, field))
+            except DataError as err:
+                raise ApiError(400, str(err), param=field, code="invalid_image") from None
+        return found
 
     try:
-        conversation = vision_generate.conversation_of(messages, tools)
+        ids, extra = served.modality.prompt(messages, served.template, tools=tools, read_images=decoded)
     except DataError as err:
         raise ApiError(400, str(err), param=err.field) from None
-    decoded = []
-    for (field, _), ref in zip(parts(messages), conversation.images):
-        if not ref.startswith("data:"):
-            raise ApiError(400, f"{field}: this server reads images sent as data URLs only "
-                                f"(data:image/png;base64,...), not {ref[:60]!r}: it opens no file paths and downloads "
-                                "nothing. Send the image's bytes base64-encoded in the URL.", param=field,
-                           code="invalid_image_url")
-        try:
-            decoded.append(image_refs.load(ref, field))
-        except DataError as err:
-            raise ApiError(400, str(err), param=field, code="invalid_image") from None
-    try:
-        inputs = vision_generate.prompt_inputs(conversation, served.processor, served.template, images=decoded)
     except ValueError as err:
         raise ApiError(400, f"messages: {err}", param="messages") from None
-    ids = inputs.pop("input_ids")[0].tolist()
-    inputs.pop("attention_mask", None)
-    dtype = next(model.parameters()).dtype
-    tensors = {}
-    for key, value in inputs.items():
-        tensor = torch.from_numpy(np.asarray(value)).to(model.device)
-        tensors[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
-    return ids, tensors
+    return ids, generation.model_inputs(extra, model) if extra else None

@@ -16,6 +16,7 @@ own failures). The API key, the body's size and its read deadline are checked be
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -28,6 +29,7 @@ from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException
 
+from sftune import modality
 from sftune.serve import images, reasoning
 from sftune.serve import tools as tool_calls
 from sftune.serve.adapters import Served, activate
@@ -58,6 +60,8 @@ def create_app(model: Any, tokenizer: Any, names: dict[str, Served], *, api_key:
                body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
     """The FastAPI app answering as `names` (see adapters.load); its batcher runs while the app runs. With an
     api_key every path but /health needs it (checked before the body is read, see guard.py)."""
+    text = modality.text(tokenizer)  # a name served without a modality (built by hand) answers in text
+    names = {name: s if s.modality is not None else dataclasses.replace(s, modality=text) for name, s in names.items()}
     batcher = Batcher(model, tokenizer, lambda adapter: activate(model, adapter), max_batch_size=max_batch_size)
     limit = max_context or context_length(model, tokenizer)
 
@@ -92,14 +96,8 @@ def create_app(model: Any, tokenizer: Any, names: dict[str, Served], *, api_key:
         if tools and style is None:
             raise ApiError(400, f"model {body.model!r} was trained with template {served.template.name!r}, which has "
                                 "no tool-call syntax; send the request without tools", param="tools")
-        model_inputs = None
         with _body_at_fault("messages"):
-            if served.processor is not None:
-                ids, model_inputs = images.prompt(body.messages, tools, served, model)
-            else:
-                images.refuse(body.messages, body.model)
-                prompt = served.template.render(body.messages, tools=tools, add_generation_prompt=True)
-                ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            ids, model_inputs = images.prompt(body.messages, tools, served, model)
         request = Request(ids, body.options(_room(ids, body.requested_max_tokens, limit, "messages")),
                           frozenset(served.stop_token_ids), adapter=served.adapter, stream=body.stream and not whole,
                           special_tokens=reasoning.special_tokens(served.template), model_inputs=model_inputs)

@@ -165,12 +165,12 @@ def setup_vision_model(cfg: Config, precision: str, console) -> tuple[Any, Modal
     if cfg.method.name not in ("lora", "qlora", "full"):
         raise ConfigError(f"method.name={cfg.method.name}: vision-language models train with lora, qlora or full")
     folder = models.resolve(cfg.model.name)
-    packing, why = cfg.data.packing, packing_refused(vision_models.model_type(folder) or "")
-    if packing and why is None and cfg.train.batch_selection.method != "none":
-        why = f"train.batch_selection={cfg.train.batch_selection.method} selects whole sequences"
-    if packing and why is not None:
+    refused = packing_refused(vision_models.model_type(folder) or "")  # the family's rule, then batch selection's
+    if refused is None and cfg.train.batch_selection.method != "none":
+        refused = f"train.batch_selection={cfg.train.batch_selection.method} selects whole sequences"
+    packing, why = packing_decision(cfg, refused=refused)  # before loading: the attention implementation follows
+    if why:
         console.print(f"[yellow]packing off: {why}; batches are padded and batch_size counts sequences[/yellow]")
-        packing = False
     model, processor = vision_models.load(
         folder, dtype=dtype,
         attn_implementation=attention.resolve(cfg.model.attn_implementation, packing=packing),

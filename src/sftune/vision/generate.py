@@ -13,7 +13,7 @@ and sampling are sftune.generation's.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -91,19 +91,27 @@ def _chunks(order: list[int], rows: list[dict], size: int) -> list[list[int]]:
     return chunks
 
 
-def _to(inputs: dict[str, torch.Tensor], model: Any) -> dict[str, torch.Tensor]:
-    dtype = next(model.parameters()).dtype
-    return {k: (v.to(model.device, dtype) if v.is_floating_point() else v.to(model.device)) for k, v in inputs.items()}
+def prompt(processor: Any, messages: Any, template: Any, *, tools: list[dict] | None = None,
+           read_images: Callable[[list[str]], list[Any]] | None = None) -> tuple[list[int], dict[str, np.ndarray]]:
+    """(prompt ids, the processor's other inputs: pixels ...) of one conversation (OpenAI messages or a
+    Conversation) as training encoded it; `read_images` decodes its image references (default: image_refs.load)."""
+    conversation = conversation_of(messages, tools)
+    images = read_images(list(conversation.images)) if read_images is not None else None
+    inputs = prompt_inputs(conversation, processor, template, images=images)
+    ids = inputs.pop("input_ids")[0].tolist()
+    inputs.pop("attention_mask", None)
+    return ids, inputs
 
 
-def generate(loaded: Any, conversations: Sequence[Any], options: GenerationOptions = GenerationOptions(), *,
-             batch_size: int = 8, progress: bool = False, console: Any = None) -> list[Completion]:
-    """Answers of a vision-language run (runs.load) to conversations, in order; batched with left padding
-    (batch_size=1: one at a time), stopped at the run's stop tokens and at stop strings."""
-    processor, tokenizer, model = loaded.processor, loaded.tokenizer, loaded.model
-    rows = [prompt_inputs(conversation_of(c), processor, loaded.template) for c in conversations]
+def answers(processor: Any, model: Any, template: Any, conversations: Sequence[Any],
+            options: GenerationOptions = GenerationOptions(), *, stop_token_ids: Sequence[int] = (),
+            batch_size: int = 8, progress: bool = False, console: Any = None) -> list[Completion]:
+    """Answers of a vision-language model to conversations, in order; batched with left padding (batch_size=1:
+    one at a time), stopped at `stop_token_ids` (else EOS) and at stop strings."""
+    tokenizer = processor.tokenizer
+    rows = [prompt_inputs(conversation_of(c), processor, template) for c in conversations]
     order = sorted(range(len(rows)), key=lambda i: (sorted(rows[i]), -rows[i]["input_ids"].shape[1]))
-    stops = list(loaded.stop_token_ids) or [tokenizer.eos_token_id]
+    stops = list(stop_token_ids) or [tokenizer.eos_token_id]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
     kwargs = generation.generate_kwargs(tokenizer, options, stops, pad)
     if options.sampling and options.seed is not None:
@@ -113,7 +121,7 @@ def generate(loaded: Any, conversations: Sequence[Any], options: GenerationOptio
     model.eval()
     with generation.TokenProgress(progress, console, "generating", len(rows)) as bar:
         for chunk in _chunks(order, rows, batch_size):
-            batch = _to(batch_inputs([rows[i] for i in chunk], pad), model)
+            batch = generation.model_inputs(batch_inputs([rows[i] for i in chunk], pad), model)
             width = batch["input_ids"].shape[1]
             with torch.no_grad():
                 out = model.generate(**batch, **kwargs)
@@ -125,11 +133,13 @@ def generate(loaded: Any, conversations: Sequence[Any], options: GenerationOptio
     return results  # type: ignore[return-value]
 
 
+def generate(loaded: Any, conversations: Sequence[Any], options: GenerationOptions = GenerationOptions(), *,
+             batch_size: int = 8, progress: bool = False, console: Any = None) -> list[Completion]:
+    """Answers of a vision-language run (runs.load) to conversations (see `answers`)."""
+    return answers(loaded.processor, loaded.model, loaded.template, conversations, options,
+                   stop_token_ids=loaded.stop_token_ids, batch_size=batch_size, progress=progress, console=console)
+
+
 def stream(loaded: Any, conversation: Any, options: GenerationOptions = GenerationOptions()) -> Iterator[str]:
-    """The answer to one conversation with images as text pieces while it is generated (for chat)."""
-    inputs = prompt_inputs(conversation_of(conversation), loaded.processor, loaded.template)
-    tensors = _to({k: torch.from_numpy(np.asarray(v)) for k, v in inputs.items() if k != "attention_mask"},
-                  loaded.model)
-    ids = tensors.pop("input_ids")[0].tolist()
-    return generation.stream(loaded.model, loaded.tokenizer, ids, options, stop_token_ids=loaded.stop_token_ids,
-                             model_inputs=tensors)
+    """The answer to one conversation with images as text pieces while it is generated (runs.Loaded.stream)."""
+    return loaded.stream(conversation, options)

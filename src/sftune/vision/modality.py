@@ -1,5 +1,6 @@
 """The image-text Modality (sftune.modality): the processor encodes each conversation with its images
-expanded into image tokens (vision.encode), and the collator adds each batch's pixel inputs (vision.dataset)."""
+expanded into image tokens (vision.encode), the collator adds each batch's pixel inputs (vision.dataset), and
+prompts and answers carry the images the same way (vision.generate)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sftune.data.schema import Conversation
 from sftune.encode import EncodeOptions
 from sftune.modality import Modality
 from sftune.templates import Template
-from sftune.vision import dataset, encode, qwen
+from sftune.vision import dataset, encode, generate, qwen
 
 # Why eval.generate_metrics is left out of an image-text run's training.
 NO_GENERATION_EVAL = ("the in-training generation metrics send no images yet; the held-out loss and token accuracy "
@@ -39,6 +40,7 @@ def image_text(processor: Any, model: Any = None) -> Modality:
         processor.chat_template = tokenizer.chat_template
         processor.save_pretrained(str(run_dir))  # the image processor beside the tokenizer
 
-    return Modality("image-text", processor.tokenizer, encode_one, encode_many, batches, save=save, reads_images=True,
-                    image_token_ids=frozenset(encode.image_token_ids(processor)),
-                    generation_eval_refused=NO_GENERATION_EVAL)
+    return Modality("image-text", processor.tokenizer, encode_one, encode_many, batches,
+                    functools.partial(generate.prompt, processor), functools.partial(generate.answers, processor),
+                    save=save, reads_images=True, image_token_ids=frozenset(encode.image_token_ids(processor)),
+                    generation_eval_refused=NO_GENERATION_EVAL, processor=processor)

@@ -1,7 +1,6 @@
 """The Chat tab: a streaming chat with a run's model (runs.load: its training template and stop tokens;
-generation.stream), and beside it the base model answering the same prompt. A vision-language run also
-takes images with the message (sftune.vision.generate.stream, as `sftune chat`'s /image does); a text-only
-run refuses them."""
+runs.Loaded.stream), and beside it the base model answering the same prompt. A vision-language run also
+takes images with the message (as `sftune chat`'s /image does); a text-only run refuses them."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ from collections import OrderedDict
 from typing import Any, Iterator
 
 from sftune import runs
-from sftune.generation import GenerationOptions, render_prompts, stream
+from sftune.generation import GenerationOptions
 from sftune.webui import paths as ui_paths
 from sftune.webui.paths import Roots
 
@@ -93,13 +92,7 @@ def user_message(message: str | dict | None) -> dict[str, Any]:
 def answer(loaded: runs.Loaded, history: list[dict[str, Any]], options: GenerationOptions) -> Iterator[str]:
     """The reply to a conversation (ending with the user's message) as text pieces, in the run's template;
     with a vision-language run the messages' images go with it."""
-    messages = messages_of(history)
-    if loaded.is_vision:
-        from sftune.vision import generate as vision_generate
-
-        return vision_generate.stream(loaded, messages, options)
-    prompt = render_prompts(loaded.template, [messages])[0]
-    return stream(loaded.model, loaded.tokenizer, prompt, options, stop_token_ids=loaded.stop_token_ids)
+    return loaded.stream(messages_of(history), options)
 
 
 def chat(model: str, with_base: bool, history: list, base_history: list, message: str | dict,
@@ -119,7 +112,7 @@ def chat(model: str, with_base: bool, history: list, base_history: list, message
             ui_paths.allowed(image, roots)
     if any(images_of(m["content"]) for m in history):
         tuned = load(model)  # a text-only run refuses images before the message is shown
-        if not tuned.is_vision:
+        if not tuned.modality.reads_images:
             raise ValueError(f"{tuned.name} is a text-only run: it cannot read images. Send text only, or "
                              "choose a run trained from a vision-language model.")
     yield history, base_history  # the message shows at once; loading a model takes seconds
