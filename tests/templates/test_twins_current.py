@@ -509,8 +509,8 @@ def test_gemma4_runs_calls_results_and_answer_in_one_model_turn_and_trains_the_s
 
 def test_gemma4_random_tool_chats_match_the_official_render_and_the_jinja_paths_spans():
     """Parallel calls, several results, text beside calls, multi-turn, with and without a system message: the
-    twin writes the official text, and trains what the jinja path trains (audited with the same stops) wherever
-    that path can segment the chat (not a call turn's text, which the template writes after the results)."""
+    twin writes the official text, and trains what the jinja path trains (audited with the same stops), a call
+    turn's text included, which the template writes after the results of its calls."""
     from sftune import encode
 
     rng = random.Random(3)
@@ -529,13 +529,82 @@ def test_gemma4_random_tool_chats_match_the_official_render_and_the_jinja_paths_
             messages = templates.normalize_messages(shown)
             fast = own.segments(messages, tools, prompt)
             assert "".join(t for t, _, _ in fast) == _official("gemma4_v5", shown, tools, prompt), shown
-            if any(m.get("content") and m.get("tool_calls") for m in shown):
-                continue  # text the template writes after later messages: the jinja path cannot place it
-            slow = stops.train_stops(jinja_segments.segments(own, messages, tools, prompt), messages, stop_texts, "")
+            try:
+                slow = stops.train_stops(jinja_segments.segments(own, messages, tools, prompt), messages,
+                                         stop_texts, "")
+            except templates.TemplateError as refused:  # its strip_thinking cuts a channel out of a reply's text
+                assert "rewrites the content" in str(refused)
+                assert any("<channel|>" in (m.get("content") or "") for m in shown if m["role"] == "assistant")
+                continue
             segmented += 1
             for policy in encode.POLICIES:
                 assert trained_chars(messages, fast, policy) == trained_chars(messages, slow, policy), (shown, policy)
-    assert segmented > 40
+    assert segmented > 80
+
+
+def _gemma4_jinja_path(chat: list[dict]) -> tuple[str, list, list, list]:
+    """(text, messages, the twin's segments, the jinja path's: prefix renders, else placeholders), both audited."""
+    stop_texts = ("<turn|>", "<|tool_response>", "<eos>")
+    own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / "gemma4_v5.jinja").read_text(encoding="utf-8"),
+                             bos="<bos>", eos="<eos>", stop_texts=stop_texts)
+    messages = templates.normalize_messages(chat)
+    fast = own.segments(messages, TOOLS)
+    slow = stops.train_stops(jinja_segments.segments(own, messages, TOOLS, False), messages, stop_texts, "")
+    return "".join(t for t, _, _ in fast), messages, fast, slow
+
+
+@pytest.mark.parametrize("text", ["Let me check.", "", " ", None])
+@pytest.mark.parametrize("result", ["21", " "])
+def test_gemma4_jinja_path_gives_a_call_turns_text_written_after_its_results_to_that_turn(text, result):
+    """Gemma 4 writes a call turn's text after the results of its calls. The jinja path trains it with its
+    turn, never a result; a blank result or text is placed too (before, a blank result hid the order, and the
+    result's text was trained as the next call turn's)."""
+    chat = [{"role": "user", "content": "Paris?"},
+            {"role": "assistant", "content": text, "tool_calls": [call("Paris")]},
+            {"role": "tool", "content": result},
+            {"role": "assistant", "content": "Oslo too.", "tool_calls": [call("Oslo")]},
+            {"role": "tool", "content": "18"},
+            {"role": "assistant", "content": "21 and 18."}]
+    rendered, messages, fast, slow = _gemma4_jinja_path(chat)
+    assert rendered == "".join(t for t, _, _ in slow) == _official("gemma4_v5", chat, TOOLS, False)
+    trained = "".join(rendered[c] for c in sorted(trained_chars(messages, slow, "assistant")))
+    calls = ['<|tool_call>call:get_weather{city:<|"|>' + city + '<|"|>}<tool_call|><|tool_response>'
+             for city in ("Paris", "Oslo")]
+    assert trained == calls[0] + (text or "").strip() + calls[1] + "Oslo too.21 and 18.<turn|>"
+    assert "response:" not in trained
+    for policy in ("assistant", "last", "all"):
+        assert trained_chars(messages, fast, policy) == trained_chars(messages, slow, policy), policy
+
+
+def test_jinja_path_refuses_a_template_writing_a_reply_after_the_next_user_turn_naming_it():
+    swapped = ("{% for m in messages %}{% if m.role == 'user' %}<u>{{ m.content }}</u>{% if loop.index0 > 0 %}"
+               "<a>{{ messages[loop.index0 - 1].content }}</a>{% endif %}{% endif %}{% endfor %}"
+               "{% if messages[-1].role == 'assistant' %}<a>{{ messages[-1].content }}</a>{% endif %}")
+    own = templates.Template(templates.TOKENIZER, jinja=swapped)
+    chat = templates.normalize_messages([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                                         {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}])
+    with pytest.raises(templates.TemplateError, match=r"writes the content of message 1 \(assistant\) after "
+                                                      r"message 2 \(user\)"):
+        jinja_segments.placeholder_segments(own, chat, None, False)
+
+
+def test_placeholders_render_a_conversation_once_with_its_probe(monkeypatch):
+    """The placeholder method renders the real and the marked conversation in one call of two renders, blank
+    contents included where the template writes the same text around them (the common case)."""
+    calls = []
+    real_render = jinja_segments.render_chats
+    monkeypatch.setattr(jinja_segments, "render_chats",
+                        lambda *a, **k: calls.append(len(a[2])) or real_render(*a, **k))
+    own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / "gemma4_v5.jinja").read_text(encoding="utf-8"),
+                             bos="<bos>", eos="<eos>")
+    chat = [{"role": "user", "content": "Paris?"}, {"role": "assistant", "content": "", "tool_calls": [call("P")]},
+            {"role": "tool", "content": " "}, {"role": "assistant", "content": "ok"}]
+    messages = templates.normalize_messages(chat)
+    jinja_segments.placeholder_segments(own, messages, TOOLS, False)  # once: the template's probes, cached
+    calls.clear()
+    for chat in (chat, PLAIN_CHATS[1]):
+        jinja_segments.placeholder_segments(own, templates.normalize_messages(chat), TOOLS, False)
+    assert calls == [2, 2]
 
 
 def test_gemma4_names_each_result_from_its_call_and_refuses_a_result_its_template_drops():

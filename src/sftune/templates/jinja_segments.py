@@ -262,25 +262,121 @@ _SPLITS_THINK = re.compile(r"""['"]</think>['"]\s+in\b|split\(\s*['"]</think>['"
 
 def placeholder_segments(t: Template, msgs: list[dict], tools: list[dict] | None,
                          add_generation_prompt: bool) -> list[Segment]:
-    """Segments from one render with placeholder contents, checked against the real render."""
+    """Segments from one render with placeholder contents, checked against the real render.
+
+    Blank contents get placeholders too, so that every message is placed, whatever order the template writes
+    them in (Gemma 4 writes a call turn's text after the results of its calls). A template that writes other
+    text around a blank content than around a placeholder (or raises on it) is rendered once more with blank
+    contents as they are; it is refused where a blank content is written out of the messages' order."""
     hf, owners = _hf_with_owners(msgs)
-    real, marked, fields = _placeholders(t, hf)
+    real, marked, fields = _placeholders(t, hf, blanks=True)
+    blank = any(not text.strip() for _, _, text in fields)
     try:
         full, probe = _render(t, [real, marked], tools, add_generation_prompt)
     except Exception as err:  # jinja raises anything (raise_exception, undefined keys)
-        raise TemplateError(f"template {t.name!r} cannot render this conversation: {err}") from err
-    spans = _locate(t, full, probe, fields, hf, owners)
-    return _placeholder_cut(t, full, hf, owners, [(fields[n][0], *spans[n], fields[n][1]) for n in sorted(spans)])
+        if not blank:
+            raise TemplateError(f"template {t.name!r} cannot render this conversation: {err}") from err
+        full = probe = None  # it may raise on a placeholder in place of a blank content (gpt-oss: content and thinking)
+    spans = None
+    if probe is not None:
+        try:
+            spans = _locate(t, full, probe, fields, hf, owners)
+        except TemplateError:
+            if not blank:
+                raise
+    if spans is None:  # blank contents as they are; the order seen with placeholders in them, where it was seen
+        order = _text_order(probe, fields) if probe is not None else []
+        real, marked, fields = _placeholders(t, hf, blanks=False)
+        try:
+            full, probe = _render(t, [real, marked], tools, add_generation_prompt)
+        except Exception as err:  # jinja raises anything (raise_exception, undefined keys)
+            raise TemplateError(f"template {t.name!r} cannot render this conversation: {err}") from err
+        spans = _locate(t, full, probe, fields, hf, owners)
+        _refuse_hidden_order(t, order, hf, owners)
+    located = [(fields[n][0], *spans[n], fields[n][1]) for n in sorted(spans, key=lambda n: (spans[n], n))]
+    in_order, late = _late_fields(t, located, hf, owners)
+    ends = _end_texts(t, full, hf, _by_message(in_order))
+    # a late content owns the end-of-turn token right after it, unless another message's (blank) content lies between
+    starts = sorted(lo for _, lo, _, _ in located)
+    pieces = [(lo, _token_end(full, hi, next((x for x in starts if x >= hi and x > lo), len(full)), ends, leading=True)
+               or hi, owners[k]) for k, lo, hi, _ in late]
+    return _overlay(_placeholder_cut(t, full, hf, owners, in_order, [hi for _, hi, _ in pieces]), pieces, full)
 
 
-def _placeholders(t: Template, hf: list[dict]) -> tuple[list[dict], list[dict], list[tuple[int, str, str]]]:
+def _text_order(probe: str, fields: list[tuple[int, str, str]]) -> list[tuple[int, str, bool]]:
+    """(message, kind, blank) of each field in the order a probe writes its placeholders."""
+    at = sorted((probe.find(_PLACEHOLDER.format(n)), n) for n in range(len(fields)))
+    return [(fields[n][0], fields[n][1], not fields[n][2].strip()) for pos, n in at if pos >= 0]
+
+
+def _refuse_hidden_order(t: Template, order: list[tuple[int, str, bool]], hf: list[dict], owners: list[int]) -> None:
+    """Refuse a template that writes a message after a later one where a blank content is involved: the blank
+    content's span cannot be placed (the template writes other text around it when blank), nor its neighbours'."""
+    for i, (k, kind, blank) in enumerate(order):
+        for j, kind_j, blank_j in order[i + 1:]:
+            if j < k and (blank or blank_j):
+                raise TemplateError(
+                    f"template {t.name!r} writes the {kind} of message {owners[k]} ({hf[k]['role']}) before the "
+                    f"{kind_j} of message {owners[j]} ({hf[j]['role']}), and writes other text around a blank "
+                    "content than around a written one, so the spans cannot be found. Use a built-in template "
+                    "(--template), or data without blank contents")
+
+
+def _late_fields(t: Template, located: list[tuple[int, int, int, str]], hf: list[dict], owners: list[int]
+                 ) -> tuple[list[tuple[int, int, int, str]], list[tuple[int, int, int, str]]]:
+    """Split the located fields (message, start, end, kind; in text order) into those written in message order
+    and those written after a later message's. A late field is placed only where it is the content of a turn
+    with tool calls written after the results of those calls (Gemma 4); any other is refused, named."""
+    in_order, late = [], []
+    for i, (k, lo, hi, kind) in enumerate(located):
+        before = [j for j, *_ in located[:i] if j > k]
+        if not before:
+            in_order.append((k, lo, hi, kind))
+            continue
+        results = all(hf[j]["role"] == "tool" for j in range(k + 1, max(before) + 1))
+        if kind != "content" or not hf[k].get("tool_calls") or not results:
+            j = min(before)
+            raise TemplateError(f"template {t.name!r} writes the {kind} of message {owners[k]} ({hf[k]['role']}) "
+                                f"after message {owners[j]} ({hf[j]['role']}), so its span cannot be placed. "
+                                "Use a built-in template (--template)")
+        late.append((k, lo, hi, kind))
+    return in_order, late
+
+
+def _overlay(segs: list[Segment], pieces: list[tuple[int, int, int]], full: str) -> list[Segment]:
+    """Give each late content (start, end with the end-of-turn token right after it, owner) to its own message,
+    trained, cutting the segments it lies in."""
+    if not pieces:
+        return segs
+    out: list[Segment] = []
+    pos = 0
+    for text, owner, body in segs:
+        lo, hi = pos, pos + len(text)
+        pos = hi
+        cuts = sorted({lo, hi} | {c for a, b, _ in pieces for c in (a, b) if lo < c < hi})
+        for a, b in zip(cuts, cuts[1:]):
+            mine = next((o for pa, pb, o in pieces if pa <= a and b <= pb), None)
+            out.append((full[a:b], owner, body) if mine is None else (full[a:b], mine, True))
+    return [seg for seg in out if seg[0]]
+
+
+def _by_message(fields: list[tuple[int, int, int, str]]) -> dict[int, list[tuple[int, int, str]]]:
+    by_message: dict[int, list[tuple[int, int, str]]] = {}
+    for k, lo, hi, kind in fields:  # (message, start, end, kind) in text order
+        by_message.setdefault(k, []).append((lo, hi, kind))
+    return by_message
+
+
+def _placeholders(t: Template, hf: list[dict], blanks: bool = False
+                  ) -> tuple[list[dict], list[dict], list[tuple[int, str, str]]]:
     """(the messages as rendered, the same with a placeholder for each content and reasoning, and the fields
     as (message, "content" | "reasoning", real text) in placeholder order).
 
     A reply's reasoning goes into `reasoning_content`, `reasoning` and `thinking` for a template that reads
     reasoning only from one of those fields (gpt-oss, Qwen3.8, Gemma 4), else stays in the content as written
     (Qwen3.5, GLM, Nemotron 3 split the <think> block out of it themselves, as their built-in twins do).
-    Blank texts keep their value: a template may write other text around an empty content."""
+    With `blanks` false, blank texts keep their value (a template may write other text around an empty content);
+    a None content always does."""
     fields_of_template = bool(_REASONING_FIELDS.search(t.jinja or "")) and not _SPLITS_THINK.search(t.jinja or "")
     real, marked, fields = [], [], []
 
@@ -295,11 +391,11 @@ def _placeholders(t: Template, hf: list[dict]) -> tuple[list[dict], list[dict], 
             reasoning, answer = split_think(content)
         if reasoning is None:
             real.append(m)
-            marked.append({**m, "content": mark(k, "content", content)} if isinstance(content, str) and content.strip()
-                          else m)
+            marked.append({**m, "content": mark(k, "content", content)}
+                          if isinstance(content, str) and (blanks or content.strip()) else m)
             continue
         think = mark(k, "reasoning", reasoning) if reasoning.strip() else reasoning
-        said = mark(k, "content", answer) if answer.strip() else answer
+        said = mark(k, "content", answer) if blanks or answer.strip() else answer
         if fields_of_template:
             real.append({**m, "content": answer, **dict.fromkeys(_REASONING_KEYS, reasoning)})
             marked.append({**m, "content": said, **dict.fromkeys(_REASONING_KEYS, think)})
@@ -327,10 +423,7 @@ def _locate(t: Template, full: str, probe: str, fields: list[tuple[int, str, str
                                 "placed. Use a built-in template (--template)")
         if count:
             found.append((probe.index(marker), n))
-    found.sort()
-    if [n for _, n in found] != sorted(n for _, n in found):
-        raise TemplateError(f"template {t.name!r} writes the messages out of order; their spans cannot be found. "
-                            "Use a built-in template (--template)")
+    found.sort()  # in text order, which may not be the messages' (`_late_fields` decides)
     glue, last = [], 0
     for at, n in found:
         glue.append(probe[last:at])
@@ -370,17 +463,16 @@ def _rewrites(t: Template, what: str, expected: str, written: str) -> TemplateEr
 
 
 def _placeholder_cut(t: Template, full: str, hf: list[dict], owners: list[int],
-                     fields: list[tuple[int, int, int, str]]) -> list[Segment]:
+                     fields: list[tuple[int, int, int, str]], late_ends: tuple[int, ...] | list[int] = ()
+                     ) -> list[Segment]:
     """Cut the real render into segments at the message boundaries the located fields imply.
 
     A reply owns the text from the end of its generation prompt (the longest start of it found before
     its content, and what else of the prompt its text repeats: Nemotron's <think>) through its stop token
     (the audited template's stop texts, else its end-of-turn token); what precedes is its header, untrained.
     Any other message owns its text up to the end-of-turn token after its content, or up to the next reply's
-    header."""
-    by_message: dict[int, list[tuple[int, int, str]]] = {}
-    for k, lo, hi, kind in fields:  # (message, start, end, kind) in text order
-        by_message.setdefault(k, []).append((lo, hi, kind))
+    header. A reply that runs on without a header after a late content (`late_ends`: where each ends) starts there."""
+    by_message = _by_message(fields)
     prompt = generation_prompt(t)
     ends = _end_texts(t, full, hf, by_message)
     segs: list[Segment] = []
@@ -393,14 +485,21 @@ def _placeholder_cut(t: Template, full: str, hf: list[dict], owners: list[int],
         if m["role"] != "assistant":
             header = _find_prompt(full, prompt, after, later) if k + 1 < len(hf) and hf[k + 1]["role"] == "assistant" \
                 else None
-            end = header[0] if header else (_token_end(full, after, later, ends, leading=True) or after)
+            close = _result_close(t) if m["role"] == "tool" and own else ""
+            if header:
+                end = header[0]
+            elif close and full.startswith(close, after):  # a result closed in a turn that runs on (Gemma 4)
+                end = after + len(close)
+            else:
+                end = _token_end(full, after, later, ends, leading=True) or after
             segs.append((full[start:end], owner, True))
             start = end
             continue
         content_at = next((lo for lo, _, kind in own if kind == "content"), None)
         head_limit = own[0][0] if own else later
         header = _find_prompt(full, prompt, start, head_limit)
-        reply = header[1] if header else (own[0][0] if own else start)
+        reply = header[1] if header else (own[0][0] if own else
+                                          max([start] + [e for e in late_ends if start <= e <= head_limit]))
         after = max(after, reply)  # a reply's end is looked for after its header, never inside it
         if m.get("tool_calls") or not own:  # through the model's stop token where the template is audited
             end = (_token_end(full, after, later, t.stop_texts) if t.stop_texts else None) \
@@ -478,6 +577,34 @@ def _held(rest: str, text: str) -> int:
     (Nemotron's prompt opens <think>\n, a history reply <think></think>: its <think> is the prompt's)."""
     same = len(os.path.commonprefix([rest, text]))
     return max((m.end() for m in _HELD_CUT.finditer(rest) if m.end() <= same), default=0)
+
+
+_CLOSE_OF: dict[tuple[str | None, str, str], str] = {}
+_CLOSE_PROBE = [{"role": "user", "content": "u"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+                {"role": "tool", "content": "SFTUNExRESULTx"}]
+_CLOSE_TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                                  "parameters": {"type": "object", "required": ["city"],
+                                                                 "properties": {"city": {"type": "string"}}}}}]
+
+
+def _result_close(t: Template) -> str:
+    """The text a template writes after a tool result's content whether the conversation ends there or a turn of
+    calls follows (Gemma 4's '<|"|>}<tool_response|>'): the result's own, from a probe once per template; ""
+    when the probe cannot tell."""
+    key = (t.jinja, t.bos, t.eos)
+    if key not in _CLOSE_OF:
+        _CLOSE_OF[key] = ""
+        marker = _CLOSE_PROBE[-1]["content"]
+        try:
+            alone, followed = _render(t, [_CLOSE_PROBE, _CLOSE_PROBE + [_CLOSE_PROBE[1]]], _CLOSE_TOOLS, False)
+        except Exception:  # jinja raises anything; a template this probe does not suit closes no result here
+            return ""
+        if alone.count(marker) == 1 and followed.count(marker) == 1:
+            after = [text[text.index(marker) + len(marker):] for text in (alone, followed)]
+            _CLOSE_OF[key] = os.path.commonprefix(after)
+    return _CLOSE_OF[key]
 
 
 _PROMPT_OF: dict[tuple[str | None, str, str], str] = {}
