@@ -6,8 +6,8 @@
 
 `template_reasoning` is the template's reasoning style: "qwen3" (think blocks kept only after the
 last user query), "deepseek_r1", "deepseek_v3.1" or "harmony" (kept only on the last message), "dropped" for a
-template that drops every reply's reasoning, the last one's too (DeepSeek-V3 / V3.1's official templates: Template.drops_reasoning),
-or None for a template without one (every think block is then plain reply text).
+template that drops every reply's reasoning, the last one's too (DeepSeek-V3 / V3.1's official templates:
+Template.drops_reasoning), or None for a template without one (every think block is then plain reply text).
 """
 
 from __future__ import annotations

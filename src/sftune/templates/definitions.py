@@ -108,8 +108,8 @@ _ALPACA_SYSTEM_INPUT = (
 #   trim_earlier_call_text  with layout "nemotron3": False keeps the text of a tool-call turn before the last
 #                      user message untrimmed after its emptied think block (Nemotron 3 Ultra)
 #   dated_system       with tools "llama3": always write Llama 3.1's system header with its dates
-#   reasoning          None, "qwen3", "deepseek_r1" or "deepseek_v3.1": assistant replies may open with a <think> block (the
-#                      data layer's layout). qwen3: it is written only after the last user query, and the
+#   reasoning          None, "qwen3", "deepseek_r1" or "deepseek_v3.1": assistant replies may open with a <think>
+#                      block (the data layer's layout). qwen3: it is written only after the last user query, and the
 #                      last reply always has one (empty when the data has none), as Qwen3's template does.
 #                      deepseek_r1: every reply but the last loses what precedes its </think> (as the
 #                      official template writes all replies); the last reply is written as the model writes
@@ -355,8 +355,8 @@ BUILTINS["deepseek_v3.1"] = {
 # included, is what follows its first </think>, so reasoning in the data is dropped (and said so at the start).
 BUILTINS["deepseek_v3.1_nothink"] = {
     **BUILTINS["deepseek_v3.1"],
-    "description": "DeepSeek-V3.1 non-thinking mode (its template's default): the prompt ends <｜Assistant｜></think>; "
-                   "replies without reasoning",
+    "description": "DeepSeek-V3.1 non-thinking mode (its template's default): the prompt ends "
+                   "<｜Assistant｜></think>; replies without reasoning",
     "official_switches": {"thinking": False},
     "reasoning": None,
     "think_prompt": "</think>",
@@ -594,8 +594,8 @@ BUILTINS["magistral"] = {
 ALIASES = {"qwen": "qwen2.5", "llama-2": "llama2", "llama-3": "llama3", "gemma2": "gemma", "gemma3": "gemma",
            "phi-3": "phi3", "phi-3.5": "phi3.5",
            "qwen3-nothink": "qwen3_nothink", "deepseek-r1": "deepseek_r1", "deepseek_r1_distill": "deepseek_r1",
-           "deepseek-v3.1": "deepseek_v3.1", "deepseek_v31": "deepseek_v3.1", "deepseek-v3.1-nothink": "deepseek_v3.1_nothink",
-           "deepseek_v31_nothink": "deepseek_v3.1_nothink",
+           "deepseek-v3.1": "deepseek_v3.1", "deepseek_v31": "deepseek_v3.1",
+           "deepseek-v3.1-nothink": "deepseek_v3.1_nothink", "deepseek_v31_nothink": "deepseek_v3.1_nothink",
            "qwen3-2507": "qwen3_2507", "qwen3-instruct-2507": "qwen3_2507", "qwen3.5-nothink": "qwen3.5_nothink",
            "qwen3_8": "qwen3.8",
            "glm4moe": "glm4.5", "glm-4.5": "glm4.5",
