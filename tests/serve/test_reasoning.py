@@ -20,7 +20,7 @@ from tests.templates.chats import FIXTURES
 
 PROMPT = [{"role": "user", "content": "What is 2 + 2?"}]
 THINKING = ["qwen3", "qwen3.5", "qwen3.6", "qwen3.8", "glm4.5", "nemotron3", "deepseek_r1", "gpt-oss", "magistral",
-            "gemma4"]
+            "gemma4", "deepseek_v3.1"]
 
 
 def _answer(template, turn: dict) -> str:
@@ -53,7 +53,8 @@ def test_each_family_s_reasoning_is_read_back_from_its_own_layout(name):
     assert _streamed(template, answer) == ("Two and two.\nFour.", "It is 4.")
 
 
-@pytest.mark.parametrize("name", ["qwen3_nothink", "qwen3.5_nothink", "qwen3_2507", "chatml", "llama3"])
+@pytest.mark.parametrize("name", ["qwen3_nothink", "qwen3.5_nothink", "qwen3_2507", "chatml", "llama3",
+                                  "deepseek_v3.1_nothink"])
 def test_a_template_without_thinking_leaves_the_answer_whole(name):
     template = templates.get(name)
     assert reasoning.split(template, "It is 4.") == (None, "It is 4.")
@@ -134,6 +135,7 @@ def _serve(tokenizer, name: str, answer: str):
     ("qwen3", "<think>\nTwo and two.\n</think>\n\nIt is 4."),
     (_own("deepseekv3"), "Two and two.\n</think>\n\nIt is 4."),
     (_own("deepseek_v3.1", thinking=True), "Two and two.</think>It is 4."),
+    ("deepseek_v3.1", "Two and two.</think>It is 4."),  # the built-in: the prompt opens <think>
     ("gpt-oss", "<|channel|>analysis<|message|>Two and two.<|end|><|start|>assistant<|channel|>final<|message|>"
                 "It is 4."),
 ])
@@ -189,6 +191,7 @@ def test_a_model_without_reasoning_gets_no_reasoning_field(smollm2_tokenizer):
 
 @pytest.mark.parametrize("name,pieces,special", [
     ("qwen3.5", ["Two and", " two.\n</th", "ink>\n\nIt is", " 4."], False),
+    ("deepseek_v3.1", ["Two and", " two.</th", "ink>It is", " 4."], False),
     ("gpt-oss", ["<|channel|>analysis<|mess", "age|>Two and two.<|end|><|start|>assistant<|channel|>final",
                  "<|message|>It is 4.<|return|>"], True),
     ("magistral", ["[TH", "INK]Two and", " two.[/TH", "INK]It is 4.<", "/s>"], True),

@@ -34,12 +34,13 @@ def test_builtin_matches_official_template_with_tools(name, chat, prompt):
 def test_every_builtin_of_a_model_family_is_checked_against_an_official_template():
     """Only the layouts without a published jinja template (Vicuna, Alpaca, Chinese) are checked otherwise."""
     from tests.templates.test_reasoning import MODES  # the reasoning built-ins, checked there (and deepseek_r1
-    # in test_deepseek_r1.py, the current families in test_twins_current.py)
+    # in test_deepseek_r1.py, deepseek_v3.1 in test_deepseek_v31.py, the current families in test_twins_current.py)
     from tests.templates.test_mistral import FAMILIES as MISTRAL  # against mistral-common's encodings
     from tests.templates.test_twins_current import FAMILIES
 
     assert set(templates.BUILTINS) - set(OFFICIAL) - set(MODES) - set(FAMILIES) - set(MISTRAL) - {"deepseek_r1",
-                                                                                                   "gemma4"} == {
+                                                                                                   "gemma4"} - {
+        "deepseek_v3.1", "deepseek_v3.1_nothink"} == {
         "vicuna", "alpaca", "zh_instruct", "zh_qa"}  # gemma4: plain and reasoning chats, in test_twins_current.py
     readme = (FIXTURES / "README.md").read_text(encoding="utf-8")
     for path in FIXTURES.glob("*.jinja"):

@@ -5,9 +5,9 @@
         reasoning vs answer lengths (characters) of the replies that have reasoning.
 
 `template_reasoning` is the template's reasoning style: "qwen3" (think blocks kept only after the
-last user query), "deepseek_r1" or "harmony" (kept only on the last message), "dropped" for a template that
-drops every reply's reasoning, the last one's too (DeepSeek-V3 / V3.1's official templates: Template.drops_reasoning),
-or None for a template without one (every think block is then plain reply text).
+last user query), "deepseek_r1", "deepseek_v3.1" or "harmony" (kept only on the last message), "dropped" for a
+template that drops every reply's reasoning, the last one's too (DeepSeek-V3 / V3.1's official templates:
+Template.drops_reasoning), or None for a template without one (every think block is then plain reply text).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ KINDS = {
                                "as plain reply text and inference never shows it",
     "reasoning_dropped_by_template": "reasoning in a reply while the template drops every reply's reasoning, the last "
                                      "one's too (it writes only what follows </think>): it is never trained; pick a "
-                                     "built-in that writes it (deepseek_r1, qwen3, ...)",
+                                     "built-in that writes it (deepseek_v3.1, deepseek_r1, qwen3, ...)",
     "dropped_reasoning": "reasoning in a reply that the template drops from the rendered text (qwen3: before "
                          "the last user query; deepseek_r1: any reply but the last message); encode splits such "
                          "conversations per exchange (see data.split_reasoning_turns)",
@@ -42,6 +42,8 @@ KINDS = {
     "reasoning_without_answer": "a think block and no answer after it",
 }
 NO_THINK_PREFIX = "<think>\n\n</think>\n\n"
+# The reasoning styles whose template keeps a reply's reasoning on the last message only.
+LAST_MESSAGE_ONLY = ("deepseek_r1", "deepseek_v3.1", "harmony")
 EXAMPLES_PER_KIND = 5
 MIN_REPEAT_CHARS = 20
 _SPACES = re.compile(r"\s+")
@@ -107,7 +109,7 @@ def check_reasoning(conversations: Iterable[Conversation], *, template_reasoning
 
     for conversation in conversations:
         n_conversations += 1
-        last_query = _last_query(conversation) if template_reasoning not in ("deepseek_r1", "harmony") else \
+        last_query = _last_query(conversation) if template_reasoning not in LAST_MESSAGE_ONLY else \
             len(conversation.messages) - 1
         for i, m in enumerate(conversation.messages):
             if m.role != "assistant":
@@ -129,7 +131,7 @@ def check_reasoning(conversations: Iterable[Conversation], *, template_reasoning
             elif not reasoning.strip():
                 found("empty_think", conversation, i)
             if reasoning.strip():
-                if template_reasoning in ("qwen3", "deepseek_r1", "harmony") and i < last_query:
+                if template_reasoning in ("qwen3", *LAST_MESSAGE_ONLY) and i < last_query:
                     found("dropped_reasoning", conversation, i)
                 if not answer.strip() and not calls_follow:
                     found("reasoning_without_answer", conversation, i)

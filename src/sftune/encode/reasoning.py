@@ -1,4 +1,5 @@
-"""One example per reasoning turn, for templates that drop earlier turns' reasoning (Qwen3, DeepSeek-R1, gpt-oss).
+"""One example per reasoning turn, for templates that drop earlier turns' reasoning (Qwen3, DeepSeek-R1 / V3.1,
+gpt-oss).
 
 Qwen3's template writes a reply's <think> block only after the last user query, DeepSeek-R1's only on
 the last message: in a conversation of several exchanges, the earlier replies' reasoning is not in the
@@ -11,13 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from sftune.data.reasoning import LAST_MESSAGE_ONLY
 from sftune.data.schema import MODEL_ROLES, Conversation, Message
 from sftune.templates import Template
 from sftune.templates.render import split_think, turn_end
 
-# Reasoning styles that keep a reply's reasoning on the last message only (and, for Harmony, in a tool loop
-# that no final answer has closed yet); "qwen3" keeps it after the last user query.
-LAST_MESSAGE_ONLY = ("deepseek_r1", "harmony")
+# LAST_MESSAGE_ONLY: the reasoning styles that keep a reply's reasoning on the last message only (and, for Harmony,
+# in a tool loop that no final answer has closed yet); "qwen3" keeps it after the last user query.
 STYLES = ("qwen3", *LAST_MESSAGE_ONLY)
 
 
@@ -29,7 +30,7 @@ def queries(messages: list[dict]) -> list[int]:
 
 def dropped_reasoning(messages: list[dict], style: str = "qwen3") -> list[int]:
     """Replies whose non-empty reasoning the template leaves out: before the last query (qwen3), or
-    every reply but the last message (deepseek_r1, harmony)."""
+    every reply but the last message (deepseek_r1, deepseek_v3.1, harmony)."""
     if style in LAST_MESSAGE_ONLY:
         last = len(messages) - 1
     else:

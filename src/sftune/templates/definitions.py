@@ -87,13 +87,17 @@ _ALPACA_SYSTEM_INPUT = (
 #                      <arg_key>/<arg_value>, results after <|observation|>) or "llama4" (JSON calls after
 #                      <|python_start|>text<|python_end|>, ipython turns) or "gemma4" (call:name{...} inside
 #                      <|tool_call>, results in the model turn); the last four come with their family's `layout`
-#   layout             "qwen3.5", "glm4.5", "harmony", "nemotron3", "gemma4", "llama4" or "mistral": the family's own
+#   layout             "qwen3.5", "glm4.5", "harmony", "nemotron3", "gemma4", "llama4", "mistral" or "deepseek_v3.1":
+#                      the family's own
 #                      turn layout
 #                      (render.py's functions of that name), for layouts format strings cannot say; such a
 #                      built-in has `official`
 #   official           the file in templates/official/ holding the family's verbatim chat_template: the
 #                      built-in renders it byte for byte (tests/templates/test_twins_current.py) and
-#                      exports it as its jinja
+#                      exports it as its jinja (deepseek_v3.1: its prompts byte for byte, its last reply as the
+#                      model writes it; tests/templates/test_deepseek_v31.py)
+#   official_switches  the template switches (switches.py) written into the exported official text: the mode the
+#                      built-in renders (DeepSeek-V3.1's thinking)
 #   preserve_thinking  with layout "qwen3.5": every reply keeps its think block (Qwen3.8's default), so no
 #                      reasoning is dropped (reasoning "preserved": nothing to split)
 #   reasoning_instructions  with layout "qwen3.5": text that opens the system turn (Qwen3.8's reasoning effort)
@@ -104,13 +108,14 @@ _ALPACA_SYSTEM_INPUT = (
 #   trim_earlier_call_text  with layout "nemotron3": False keeps the text of a tool-call turn before the last
 #                      user message untrimmed after its emptied think block (Nemotron 3 Ultra)
 #   dated_system       with tools "llama3": always write Llama 3.1's system header with its dates
-#   reasoning          None, "qwen3" or "deepseek_r1": assistant replies may open with a <think> block (the
-#                      data layer's layout). qwen3: it is written only after the last user query, and the
+#   reasoning          None, "qwen3", "deepseek_r1" or "deepseek_v3.1": assistant replies may open with a <think>
+#                      block (the data layer's layout). qwen3: it is written only after the last user query, and the
 #                      last reply always has one (empty when the data has none), as Qwen3's template does.
 #                      deepseek_r1: every reply but the last loses what precedes its </think> (as the
 #                      official template writes all replies); the last reply is written as the model writes
 #                      it after the generation prompt: reasoning (empty when the data has none),
-#                      "\n</think>\n\n", the answer. No tool calls (the official template has no sound layout)
+#                      "\n</think>\n\n", the answer. No tool calls (the official template has no sound layout).
+#                      deepseek_v3.1 (with its layout): the same, the last reply written reasoning</think>answer
 #   think_prompt       with reasoning: text the generation prompt adds after `generation_prompt` (the open
 #                      think block DeepSeek-R1's template prefills), written before the last reply too
 #   enable_thinking    with reasoning: False appends the empty think block to the generation prompt
@@ -322,6 +327,39 @@ BUILTINS["deepseek_r1"] = {
     "think_prompt": "<think>\n",
     "bos": "<｜begin▁of▁sentence｜>",
     "eos": "<｜end▁of▁sentence｜>",
+}
+
+# DeepSeek-V3.1 (hybrid thinking), thinking on: BOS, every system message joined by blank lines, <｜User｜> /
+# <｜Assistant｜> without separators. An earlier reply is written as its official template writes every reply:
+# </think> and what follows the reply's first </think>. The prompt opens <think>, and the last reply is written as
+# the model writes it after that prompt: reasoning, </think>, the answer (the official template would drop that
+# reasoning too). Exported as its official text with thinking written in. No tool calls (not rendered yet).
+BUILTINS["deepseek_v3.1"] = {
+    "description": "DeepSeek-V3.1 thinking mode: <｜User｜>...<｜Assistant｜><think>; the last reply's reasoning "
+                   "kept, earlier replies written </think>answer",
+    "layout": "deepseek_v3.1",
+    "official": "deepseek_v3.1.jinja",
+    "official_switches": {"thinking": True},
+    "prefix": "{bos}",
+    "system": "{content}",
+    "user": "<｜User｜>{content}",
+    "assistant": "<｜Assistant｜>{content}<｜end▁of▁sentence｜>",
+    "generation_prompt": "<｜Assistant｜>",
+    "end": "<｜end▁of▁sentence｜>",
+    "reasoning": "deepseek_v3.1",
+    "think_prompt": "<think>",
+    "bos": "<｜begin▁of▁sentence｜>",
+    "eos": "<｜end▁of▁sentence｜>",
+}
+# Its non-thinking mode (the official template's default): the prompt ends </think>; every reply, the last one
+# included, is what follows its first </think>, so reasoning in the data is dropped (and said so at the start).
+BUILTINS["deepseek_v3.1_nothink"] = {
+    **BUILTINS["deepseek_v3.1"],
+    "description": "DeepSeek-V3.1 non-thinking mode (its template's default): the prompt ends "
+                   "<｜Assistant｜></think>; replies without reasoning",
+    "official_switches": {"thinking": False},
+    "reasoning": None,
+    "think_prompt": "</think>",
 }
 
 # Qwen3-Instruct-2507 (no thinking): Qwen3's layout without its think blocks, Qwen's tool calls.
@@ -556,6 +594,8 @@ BUILTINS["magistral"] = {
 ALIASES = {"qwen": "qwen2.5", "llama-2": "llama2", "llama-3": "llama3", "gemma2": "gemma", "gemma3": "gemma",
            "phi-3": "phi3", "phi-3.5": "phi3.5",
            "qwen3-nothink": "qwen3_nothink", "deepseek-r1": "deepseek_r1", "deepseek_r1_distill": "deepseek_r1",
+           "deepseek-v3.1": "deepseek_v3.1", "deepseek_v31": "deepseek_v3.1",
+           "deepseek-v3.1-nothink": "deepseek_v3.1_nothink", "deepseek_v31_nothink": "deepseek_v3.1_nothink",
            "qwen3-2507": "qwen3_2507", "qwen3-instruct-2507": "qwen3_2507", "qwen3.5-nothink": "qwen3.5_nothink",
            "qwen3_8": "qwen3.8",
            "glm4moe": "glm4.5", "glm-4.5": "glm4.5",

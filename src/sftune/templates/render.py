@@ -71,6 +71,8 @@ class _Turns:
         self.last_call: str | None = None  # Harmony: the function a tool result answers
         if t.spec.get("reasoning") == "deepseek_r1":
             _check_no_tools(t.name, msgs, tools)
+        elif self.layout == "deepseek_v3.1":
+            _check_no_v31_tools(t.name, msgs, tools)
         self.add(self.f["prefix"], None, False)
         self.start, self.system, self.system_index = 0, t.spec.get("default_system"), None
         if msgs and msgs[0]["role"] == "system":
@@ -83,8 +85,11 @@ class _Turns:
             self.system = t.spec["default_system_with_input"]
 
     def continues(self) -> bool:
-        """Gemma 4: the conversation ends in a model turn of calls, which the next reply runs on in (after
-        the results), so no generation prompt opens it."""
+        """Whether no generation prompt follows the conversation. Gemma 4: it ends in a model turn of calls, which
+        the next reply runs on in (after the results). DeepSeek-V3.1: its last message other than a system one
+        is no user message (the official template opens a reply only after one)."""
+        if self.layout == "deepseek_v3.1":
+            return next((m["role"] for m in reversed(self.msgs) if m["role"] != "system"), None) != "user"
         last = next((m["role"] for m in reversed(self.msgs) if m["role"] != "tool"), None)
         return self.layout == "gemma4" and last == "tool_call"
 
@@ -114,6 +119,10 @@ class _Turns:
         elif self.layout == "mistral":
             if system is not None and s["mistral"] != "v3":
                 self.add(_put(self.f["system"], content=system), self.system_index, True)
+        elif self.layout == "deepseek_v3.1":  # every system message, wherever it is, joined by blank lines
+            systems = [k for k, m in enumerate(self.msgs) if m["role"] == "system"]
+            for n, k in enumerate(systems):
+                self.add(("\n\n" if n else "") + self.msgs[k]["content"], k, True)
         elif self.layout == "glm4.5":
             self.add(_glm_tools(self.tools) + ("" if system is None else _put(self.f["system"], content=system)),
                      self.system_index, True)
@@ -147,6 +156,10 @@ class _Turns:
             return self.gemma4_model_turn(i)
         elif role in MODEL_ROLES and self.layout == "llama4":
             return self.llama4_model_turn(i)
+        elif self.layout == "deepseek_v3.1" and role == "system":
+            pass  # written at the top with the other system messages
+        elif role == "assistant" and self.layout == "deepseek_v3.1":
+            self.deepseek_v31_model_turn(i)
         elif role in MODEL_ROLES and self.spec.get("reasoning") == "qwen3":
             return self.qwen3_model_turn(i)
         elif role == "assistant" and self.spec.get("reasoning") == "deepseek_r1":
@@ -264,6 +277,30 @@ class _Turns:
             self.add(f["think_prompt"], i, False)
             self.add(inner + "\n</think>\n\n", i, THINK if inner else EMPTY_THINK)
             self.add(answer.lstrip("\n"), i, True)
+        self.add(f["end"], i, True)
+        self.add(f["after_end"], i, False)
+
+    def deepseek_v31_model_turn(self, i: int) -> None:
+        """DeepSeek-V3.1: a reply is what follows its first </think> after "<｜Assistant｜></think>" (its official
+        template, every reply); with thinking on, the last reply follows the prompt's <think> as the model writes
+        it: its reasoning (none when the data has none), </think>, the answer."""
+        f, content = self.f, self.msgs[i]["content"]
+        before = next((m["role"] for m in reversed(self.msgs[:i]) if m["role"] != "system"), None)
+        if before != "user":
+            raise TemplateError(f"template {self.name!r}: message {i} is an assistant message that follows no user "
+                                "message; DeepSeek-V3.1's template opens a reply (<｜Assistant｜>) only after a user "
+                                "message. Merge consecutive replies, or start the conversation with a user message")
+        thinking = self.spec.get("reasoning") == "deepseek_v3.1"
+        self.add(f["generation_prompt"], i, False)
+        if thinking and i + 1 == len(self.msgs):
+            self.add(f["think_prompt"], i, False)
+            reasoning, answer = content.split("</think>", 1) if "</think>" in content else ("", content)
+            inner = reasoning.split("<think>", 1)[-1].strip("\n")
+            self.add(inner + "</think>", i, THINK if inner else EMPTY_THINK)
+            self.add(answer.lstrip("\n"), i, True)
+        else:  # thinking on, the </think> is the model's (an empty think block); off, the prompt's
+            self.add("</think>", i, EMPTY_THINK if thinking else False)
+            self.add(content.split("</think>", 1)[1] if "</think>" in content else content, i, True)
         self.add(f["end"], i, True)
         self.add(f["after_end"], i, False)
 
@@ -748,6 +785,18 @@ def _check_no_tools(name: str, msgs: list[dict], tools: list[dict] | None) -> No
                             "tool-call layout (it drops the calls of a reply with text, ignores the tool list, and "
                             "closes a turn of calls only after a second call). Train tool use with a template that "
                             "has one (qwen3, qwen2.5, llama3.1), or drop the tools from these records")
+
+
+def _check_no_v31_tools(name: str, msgs: list[dict], tools: list[dict] | None) -> None:
+    """DeepSeek-V3.1's tool layout is not rendered by this built-in yet: refuse tools rather than guess it."""
+    where = next((f"message {i} is a {m['role']} message" for i, m in enumerate(msgs)
+                  if m["role"] in ("tool_call", "tool")), "the conversation declares tools" if tools else None)
+    if where:
+        raise TemplateError(f"template {name!r}: {where}; sftune's DeepSeek-V3.1 built-in does not write that "
+                            "family's tool layout yet (its template ignores the tool list, writes calls only in "
+                            "non-thinking turns, with arguments as JSON text, and opens no reply after a result). "
+                            "Train tool use with a template that has a tool layout (qwen3, qwen2.5, llama3.1), or "
+                            "drop the tools from these records")
 
 
 # --- the llama3 tool style (Llama 3.1): tools in the first user turn, JSON calls, ipython results -------

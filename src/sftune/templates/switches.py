@@ -30,6 +30,8 @@ _QWEN38_EFFORT = {
 }
 _QWEN35_OFF = {"enable_thinking": False, "think_prompt": ""}
 _QWEN35_ON = {"enable_thinking": True, "think_prompt": "<think>\n"}
+_V31_OFF = {"reasoning": None, "think_prompt": "</think>", "official_switches": {"thinking": False}}
+_V31_ON = {"reasoning": "deepseek_v3.1", "think_prompt": "<think>", "official_switches": {"thinking": True}}
 # built-in -> switch -> value -> the keys of the built-in's dict that render its official template with that value
 SWITCHES: dict[str, dict[str, dict[Any, dict[str, Any]]]] = {
     "qwen3": {"enable_thinking": {True: {}, False: {"enable_thinking": False}}},
@@ -39,6 +41,8 @@ SWITCHES: dict[str, dict[str, dict[Any, dict[str, Any]]]] = {
     "qwen3.5_nothink": {"enable_thinking": {True: _QWEN35_ON, False: {}}},
     "qwen3.8": {"reasoning_effort": {effort: {"reasoning_instructions": text}
                                      for effort, text in _QWEN38_EFFORT.items()}},
+    "deepseek_v3.1": {"thinking": {True: {}, False: _V31_OFF}},
+    "deepseek_v3.1_nothink": {"thinking": {True: _V31_ON, False: {}}},
     "gpt-oss": {"reasoning_effort": {effort: {"reasoning_effort": effort} for effort in ("low", "medium", "high")}},
 }
 

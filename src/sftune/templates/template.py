@@ -68,7 +68,8 @@ class Template:
         if self.jinja is not None:
             return self.jinja
         if self.spec.get("official"):  # a family the tests prove byte-equal to its official text
-            return switches.bake(official_text(self.spec["official"]), self.kwargs)
+            return switches.bake(official_text(self.spec["official"]),
+                                 {**self.spec.get("official_switches", {}), **self.kwargs})
         # A BOS written only for tokenizers that add one is resolved now, for the tokenizer bound.
         return switches.bake(to_jinja(self.spec, bos=self.bos if self.spec.get("bos_only_if_added") else None),
                              self.kwargs)
@@ -89,8 +90,8 @@ class Template:
 
     @property
     def reasoning(self) -> str | None:
-        """The reasoning style ("qwen3": think blocks dropped before the last user query; "deepseek_r1":
-        dropped from every reply but the last message), or None."""
+        """The reasoning style ("qwen3": think blocks dropped before the last user query; "deepseek_r1",
+        "deepseek_v3.1": dropped from every reply but the last message), or None."""
         return self.effective_spec.get("reasoning")
 
     @property
@@ -241,10 +242,21 @@ def dropped_reasoning(template: Template, conversations: Iterable[Any]) -> str |
                 held += bool(reasoning and reasoning.strip())
     if not held:
         return None
+    if _deepseek_v3(template):
+        fix = ("pick data.template: deepseek_v3.1 (DeepSeek-V3 / V3.1's layout with thinking on: the same prompts, the "
+               "last reply's reasoning written as the model writes it; deepseek_r1 is R1-Distill's)")
+    else:
+        fix = ("pick a built-in that writes the last reply's reasoning as the model does (data.template: "
+               "deepseek_v3.1 for DeepSeek-V3 / V3.1, deepseek_r1 for DeepSeek-R1-Distill, qwen3, ...; sftune "
+               "template list)")
     return (f"template {template.name!r} drops every reply's reasoning (it writes only what follows </think>, the "
             f"last reply's too): {held:,} of {replies:,} replies hold reasoning, and none of it is trained. To train "
-            "it, pick a built-in that writes the last reply's reasoning as the model does (data.template: "
-            "deepseek_r1 for DeepSeek-R1-Distill, qwen3, ...; sftune template list), or leave the think blocks out")
+            f"it, {fix}, or leave the think blocks out")
+
+
+def _deepseek_v3(template: Template) -> bool:
+    """A DeepSeek-V3 / V3.1 layout (their official jinja, or the non-thinking built-in): <｜Assistant｜> turns."""
+    return template.spec.get("layout") == "deepseek_v3.1" or "<｜Assistant｜>" in (template.jinja or "")
 
 
 _TWIN_OF: dict[tuple[str, str, str], Template] = {}
