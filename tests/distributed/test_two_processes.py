@@ -76,13 +76,21 @@ def setup(tmp_path_factory):
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     (root / "config-full.yaml").write_text(yaml.safe_dump({**config, "method": {"name": "full"},
                                                            "train": {**config["train"], "lr": 1e-3}}))
+    # held out: 3 examples in batches of 2, which 2 processes cannot share evenly (sequences, not packed rows)
+    eval3 = root / "data" / "eval3.jsonl"
+    eval3.write_text("".join(eval_path.read_text(encoding="utf-8").splitlines(keepends=True)[:3]), encoding="utf-8")
+    (root / "config-eval.yaml").write_text(yaml.safe_dump({
+        **config, "data": {**config["data"], "eval": str(eval3), "packing": False},
+        "eval": {**config["eval"], "batch_size": 2}}))
     # preference pairs: 12 to train on (3 whole steps of 4: a last step of 3 would be evened out to 4 over 2
-    # processes), 2 held out; no warm-up, so that the first update already moves the weights
+    # processes), 3 held out (2 processes cannot share them evenly); no warm-up, so that the first update already
+    # moves the weights
     pairs = root / "data" / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
     held_out = root / "data" / "pairs-eval.jsonl"
     held_out.write_text("".join(json.dumps({"prompt": f"Say a word about {w}.", "chosen": f"{w.capitalize()}! Done.",
-                                            "rejected": f"I will not talk of {w}."}) + "\n" for w in ("moss", "ice")))
+                                            "rejected": f"I will not talk of {w}."}) + "\n"
+                                for w in ("moss", "ice", "fern")))
     (root / "config-dpo.yaml").write_text(yaml.safe_dump({
         **config, "stage": "preference", "preference": {"loss": "dpo", "beta": 0.1}, "method": {"name": "full"},
         "data": {"train": str(pairs), "eval": str(held_out), "max_len": 128},
@@ -90,7 +98,8 @@ def setup(tmp_path_factory):
     return root
 
 
-CONFIGS = {"lora": "config.yaml", "full": "config-full.yaml", "dpo": "config-dpo.yaml"}
+CONFIGS = {"lora": "config.yaml", "full": "config-full.yaml", "dpo": "config-dpo.yaml",
+           "eval": "config-eval.yaml"}
 
 
 def run(setup: Path, kind: str, method: str) -> Path:
@@ -154,8 +163,41 @@ def test_two_processes_match_one(setup, reference, kind, method):
                                atol=LOGITS_ATOL, rtol=0)
 
 
+def test_held_out_set_not_shared_evenly_counts_each_example_once(setup):
+    """SFT under DDP with 3 held-out examples in batches of 2 on 2 processes: the held-out loss, token accuracy and
+    token count equal one process's (accelerate's even batches would give the second process a repeated example)."""
+    out, single = run(setup, "torchrun", "eval"), run(setup, "single", "eval")
+    assert losses(out) == pytest.approx(losses(single), rel=LOSS_RTOL)
+    two = json.loads((out / "probe-0.json").read_text())["summary"]
+    one = json.loads((single / "summary.json").read_text())
+    assert (two["processes"], one["processes"]) == (2, 1)
+    assert two["eval_examples"] == one["eval_examples"] == 3
+    assert two["eval_tokens"] == one["eval_tokens"] > 0
+    for key in ("eval_loss", "eval_token_accuracy"):
+        assert two[key] == pytest.approx(one[key], rel=LOSS_RTOL), key
+
+
+@pytest.fixture(scope="module")
+def single_dpo(setup):
+    """The 1-process DPO run the 2-process ones are compared with."""
+    return run(setup, "single", "dpo")
+
+
+def test_dpo_under_ddp_matches_one_process(setup, single_dpo):
+    """DPO under DDP with 3 held-out pairs on 2 processes: the loss curve, and the held-out loss, reward accuracy
+    and pair count of one process (each held-out pair counted once)."""
+    out = run(setup, "torchrun", "dpo")
+    assert losses(out) == pytest.approx(losses(single_dpo), rel=LOSS_RTOL)
+    two = json.loads((out / "probe-0.json").read_text())["summary"]
+    one = json.loads((single_dpo / "summary.json").read_text())
+    assert (two["processes"], one["processes"]) == (2, 1)
+    assert two["eval_pairs"] == one["eval_pairs"] == 3
+    for key in ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_logps/chosen"):
+        assert two[key] == pytest.approx(one[key], rel=LOSS_RTOL, abs=1e-6), key  # the rewards are logged to 1e-6
+
+
 @needs_deepspeed
-def test_dpo_under_zero3_matches_one_process(setup):
+def test_dpo_under_zero3_matches_one_process(setup, single_dpo):
     """DPO (full fine-tuning) with the weights split by ZeRO-3 over 2 processes: the preference log-probs go
     through the chunked output layer, which gathers the split head in the forward and again in the backward. The
     loss curve and the saved weights' logits equal those of 1 process with the same global batch of pairs."""
@@ -163,7 +205,7 @@ def test_dpo_under_zero3_matches_one_process(setup):
     probes = [json.loads((out / f"probe-{rank}.json").read_text()) for rank in (0, 1)]
     assert all(p["num_processes"] == 2 for p in probes) and probes[0]["deepspeed_stage"] == 3
     assert probes[0]["summary"]["stage"] == "preference" and probes[0]["summary"]["steps"] == 3
-    single = run(setup, "single", "dpo")
+    single = single_dpo
     expected = losses(single)
     assert len(expected) == 3 and all(math.isfinite(x) for x in expected)
     assert expected[0] == pytest.approx(math.log(2), abs=1e-4)  # the first step starts at the reference

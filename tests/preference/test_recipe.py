@@ -58,7 +58,7 @@ def test_other_methods_and_losses_run(tmp_path, tiny_checkpoint, method, loss):
     from sftune import train
 
     result = train(_config(tmp_path, tiny_checkpoint, method, "run", loss=loss))
-    assert result.summary["steps"] == 3 and result.summary["loss"] == loss
+    assert result.summary["steps"] == 3 and result.summary["loss"] == loss and result.summary["processes"] == 1
     assert result.summary["train_loss"] == result.summary["train_loss"]  # finite, not NaN
 
 

@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 from sftune import methods
 from sftune.methods import MethodConfig
 from sftune.training import NonFiniteLossError, SFTTrainer
+from sftune.training.trainer import held_out_share
 from sftune.training.checkpoints import CheckpointCompleteCallback, last_checkpoint
 from tests.conftest import tiny_model
 from tests.test_methods import ALL_METHODS
@@ -91,6 +92,20 @@ def test_eval_metrics_equal_reference(tmp_path):
     assert metrics["eval_loss"] == pytest.approx(loss_sum / count, abs=1e-5)
     assert metrics["eval_perplexity"] == pytest.approx(math.exp(loss_sum / count), rel=1e-5)
     assert metrics["eval_token_accuracy"] == pytest.approx(hits / count)
+
+
+@pytest.mark.parametrize("items, batch", [(0, 2), (1, 1), (1, 4), (3, 1), (5, 2), (8, 2), (7, 3)])
+@pytest.mark.parametrize("processes", [1, 2, 3])
+def test_held_out_share_counts_every_item_once(items, batch, processes):
+    """Over the processes, the batches that count are one process's batches, each once; every process runs the
+    same number of batches (a split model needs every forward on every process)."""
+    shares = [held_out_share(items, batch, rank, processes) for rank in range(processes)]
+    alone = [indices for indices, _ in held_out_share(items, batch, 0, 1)]
+    assert alone == [list(range(i, min(i + batch, items))) for i in range(0, items, batch)]
+    assert len({len(share) for share in shares}) == 1
+    counted = [indices for share in shares for indices, counts in share if counts]
+    assert sorted(counted) == alone
+    assert all(indices for share in shares for indices, _ in share)  # a repeat is a whole real batch, never empty
 
 
 # ------------------------------------------------------------------------------ resume and stop
@@ -309,6 +324,44 @@ def test_two_processes_equal_one_process(tmp_path):
     assert runs[2]["losses"] == pytest.approx(runs[1]["losses"], abs=1e-5)
     for name, values in runs[1]["params"].items():
         assert runs[2]["params"][name] == pytest.approx(values, abs=1e-5), name
+
+
+EVAL_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, {root!r})
+from tests.training.helpers import encoded_examples, make_args, padding_free_collate, VOCAB
+from tests.conftest import tiny_model
+from sftune.training import SFTTrainer
+from pathlib import Path
+out = Path(sys.argv[1])
+trainer = SFTTrainer(model=tiny_model("llama", vocab_size=VOCAB),
+                     args=make_args(out, per_device_eval_batch_size=2, ddp_backend="gloo"),
+                     data_collator=padding_free_collate)
+held_out = encoded_examples(5, seed=11)
+metrics = {{n: trainer.evaluate(held_out[:n]) for n in (5, 1)}}
+if trainer.is_world_process_zero():
+    (out / "metrics.json").write_text(json.dumps(metrics))
+"""
+
+
+def test_two_processes_evaluate_as_one(tmp_path):
+    """A held-out set that the processes cannot share evenly (5 examples, 1 example; batches of 2 on 2 processes):
+    the same loss, accuracy and token count as one process, each example counted once (accelerate's even batches
+    repeat examples to give every process a batch)."""
+    script = tmp_path / "eval_run.py"
+    script.write_text(EVAL_SCRIPT.format(root=ROOT))
+    metrics = {}
+    for procs in (1, 2):
+        out = tmp_path / f"p{procs}"
+        out.mkdir()
+        done = torchrun(script, procs, str(out), timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        metrics[procs] = json.loads((out / "metrics.json").read_text())
+    for n in ("5", "1"):
+        one, two = metrics[1][n], metrics[2][n]
+        assert two["eval_tokens"] == one["eval_tokens"] > 0
+        assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-5)
+        assert two["eval_token_accuracy"] == pytest.approx(one["eval_token_accuracy"], rel=1e-5)
 
 
 NON_FINITE_SCRIPT = r"""

@@ -108,7 +108,8 @@ def train_preference(cfg: Config, *, console, callbacks: list[TrainerCallback] |
     trainable, total = methods.count_parameters(model)
     summary = {
         "stage": "preference", "loss": settings.loss, "model": setup.base, "started_from": cfg.model.name,
-        "method": cfg.method.name, "precision": precision, "packing": packing, "shared_prompt": shared,
+        "method": cfg.method.name, "precision": precision, "processes": trainer.accelerator.num_processes,
+        "packing": packing, "shared_prompt": shared,
         "steps": trainer.state.global_step, "epochs": trainer.state.epoch,
         "train_pairs": len(sets["train"]), "eval_pairs": 0 if sets["eval"] is None else len(sets["eval"]),
         "skipped": {name: reports[name].skipped if reports[name] else 0 for name in ("train", "eval")},

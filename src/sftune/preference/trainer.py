@@ -73,20 +73,20 @@ class PreferenceTrainer(SFTTrainer):
         return {f"{prefix}{name}": round(float(value) / count, 6) for name, value in zip(METRICS, sums[:-1])}
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Held-out preference loss and the reward metrics over every held-out pair."""
+        """Held-out preference loss and the reward metrics, each held-out pair counted once over all processes
+        (SFTTrainer.held_out_batches)."""
         self._pause_clock()
-        dataloader = self.get_eval_dataloader(eval_dataset)
         model = self.model
         was_training = model.training
         model.eval()
         sums, loss_sum = None, 0.0  # metric sums and the pair count, and the summed loss, on the device
         with torch.no_grad():
-            for batch in dataloader:
-                batch = self._prepare_inputs(batch)
+            for batch, counts in self.held_out_batches(eval_dataset):
                 with self.compute_loss_context_manager():
                     losses, chosen_r, rejected_r, chosen_lp, rejected_lp = self.pair_losses(model, batch)
-                sums = self._record(sums, chosen_r, rejected_r, chosen_lp, rejected_lp)
-                loss_sum = loss_sum + losses.double().sum()
+                if counts:
+                    sums = self._record(sums, chosen_r, rejected_r, chosen_lp, rejected_lp)
+                    loss_sum = loss_sum + losses.double().sum()
         sums = torch.zeros(len(METRICS) + 2, dtype=torch.float64) if sums is None else \
             torch.cat([sums, torch.as_tensor(loss_sum, dtype=torch.float64, device=sums.device).reshape(1)])
         if self.accelerator.num_processes > 1:

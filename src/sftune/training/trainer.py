@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+from torch.utils.data import DataLoader
 from peft.helpers import disable_input_dtype_casting
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import PrinterCallback
@@ -64,6 +65,18 @@ def non_finite_processes(record: torch.Tensor | None, accelerator) -> list[tuple
     return [(rank, int(step), value) for rank, (step, value) in enumerate(records.tolist()) if step]
 
 
+def held_out_share(items: int, batch_size: int, rank: int, processes: int) -> list[tuple[list[int], bool]]:
+    """This process's held-out batches (item indices), each with whether it counts. The set is cut into consecutive
+    batches as one process cuts it, dealt to the processes in turn; each process runs as many batches as the busiest
+    (a model split over processes needs every forward on every process), a missing one as a repeat of the first
+    batch that counts for nothing. accelerate's even batches would instead repeat items that are then counted twice.
+    """
+    batches = [list(range(start, min(start + batch_size, items))) for start in range(0, items, batch_size)]
+    mine = batches[rank::processes]
+    rounds = -(-len(batches) // processes)
+    return [(b, True) for b in mine] + [(batches[0], False) for _ in range(rounds - len(mine))]
+
+
 class SFTTrainer(Trainer):
     """`transformers.Trainer` with the SFT loss, token-level evaluation, a non-finite check agreed by
     all processes, trained-token bookkeeping and exact resume of every method.
@@ -97,6 +110,7 @@ class SFTTrainer(Trainer):
         self._train_started = None  # perf_counter() when the running train() call began
         self._objective_logs: dict[str, list[float]] = {}
         self._non_finite: torch.Tensor | None = None  # first_non_finite's record, checked at logs, saves, evaluations
+        self._held_out: tuple | None = None  # (held-out set, its loader, held_out_share) of held_out_batches
 
     @property
     def trained_tokens(self) -> int:
@@ -275,23 +289,44 @@ class SFTTrainer(Trainer):
                 )
             )
 
+    def held_out_batches(self, eval_dataset=None) -> Iterator[tuple[dict[str, Any], bool]]:
+        """This process's held-out batches on its device, each with whether it counts (held_out_share): over all
+        processes every held-out example counts once, in the batches one process would make."""
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if isinstance(dataset, str):
+            dataset = self.eval_dataset[dataset]
+        if self._held_out is None or self._held_out[0] is not dataset:  # kept: persistent workers start once
+            a = self.args
+            share = held_out_share(len(dataset), a.eval_batch_size, self.accelerator.process_index,
+                                   self.accelerator.num_processes)
+            workers = {} if not a.dataloader_num_workers else {
+                "num_workers": a.dataloader_num_workers, "prefetch_factor": a.dataloader_prefetch_factor,
+                "persistent_workers": a.dataloader_persistent_workers,
+                "multiprocessing_context": a.dataloader_multiprocessing_context}
+            loader = DataLoader(dataset, batch_sampler=[indices for indices, _ in share],
+                                collate_fn=self.data_collator, pin_memory=a.dataloader_pin_memory, **workers)
+            self._held_out = dataset, loader, share
+        _, loader, share = self._held_out
+        for batch, (_, counts) in zip(loader, share):
+            yield self._prepare_inputs(batch), counts
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Held-out loss (per trained token), perplexity and token accuracy, over all processes; and the
-        generation metrics of eval.generate_metrics (every process generates the same examples)."""
+        """Held-out loss (per trained token), perplexity and token accuracy, each held-out example counted once
+        over all processes; and the generation metrics of eval.generate_metrics (every process generates the same
+        examples)."""
         self._pause_clock()  # evaluation time is not training time
         self._stop_if_non_finite()
-        dataloader = self.get_eval_dataloader(eval_dataset)
         model = self.model
         was_training = model.training
         model.eval()
         totals = torch.zeros(3, dtype=torch.float64)
         with torch.no_grad():
-            for batch in dataloader:
-                batch = self._prepare_inputs(batch)
+            for batch, counts in self.held_out_batches(eval_dataset):
                 with self.compute_loss_context_manager():
                     hidden, targets, _, head, rule, _ = trained_hidden_states(model, batch)
                     loss, correct = token_stats(hidden, head, targets, logit_rule=rule)
-                totals += torch.tensor([loss, correct, targets.numel()], dtype=torch.float64)
+                if counts:
+                    totals += torch.tensor([loss, correct, targets.numel()], dtype=torch.float64)
         if self.accelerator.num_processes > 1:
             totals = self.accelerator.reduce(totals.to(self.args.device), reduction="sum").cpu()
         model.train(was_training)
