@@ -93,3 +93,25 @@ def test_inspect_says_when_the_template_drops_the_reasoning_and_passes_template_
     bad = runner.invoke(app, ["data", "inspect", str(data), "--model", str(tmp_path / "model"),
                               "--template-kwargs", '{"thinkng": true}'])
     assert bad.exit_code == 2 and "never reads 'thinkng'" in bad.output
+
+
+def test_inspect_shows_what_a_builtins_switch_changes(jsonl, smollm2_tokenizer, tmp_path):
+    """--template-kwargs on a built-in: the header names the switches, and the records show their effect (GLM-4.5's
+    /nothink and the prompt's empty think block, Nemotron 3 Super's effort line), outside the trained text."""
+    from tests.templates.test_official_spans import stand_in
+
+    data = jsonl([{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}])
+    for fixture, template, kwargs, shown in [
+            ("glm4.5", "glm4.5", '{"enable_thinking": false}', "<|user|>\nHi/nothink<|assistant|>\n<think></think>⟦\n"
+                                                                "Hello.<|user|>⟧"),
+            ("nemotron3_nano", "nemotron3_super", '{"low_effort": true}',
+             "<|im_start|>user\nHi\n\n{reasoning effort: low}<|im_end|>\n<|im_start|>assistant\n<think></think>⟦"
+             "Hello.<|im_end|>⟧"),
+    ]:
+        tokenizer, _ = stand_in(smollm2_tokenizer, fixture)
+        tokenizer.save_pretrained(tmp_path / fixture)
+        result = runner.invoke(app, ["data", "inspect", str(data), "--model", str(tmp_path / fixture), "--template",
+                                     template, "--template-kwargs", kwargs],
+                               env={"COLUMNS": "200", "NO_COLOR": "1"})
+        assert result.exit_code == 0, result.output
+        assert f"template: {template} {kwargs}" in result.stdout and shown in result.stdout, result.stdout

@@ -1,21 +1,27 @@
-"""data.template_kwargs: a template's switches (DeepSeek-V3.1's thinking, Qwen3's enable_thinking, gpt-oss's
-reasoning_effort) reach the model's own template in every render and in its saved text; a built-in applies the
-switches its official template reads, rendering byte for byte what that template renders with them, and refuses
-any other switch, naming what it takes."""
+"""data.template_kwargs: a template's switches (DeepSeek-V3.1's thinking, Qwen3's, GLM-4.5's and Nemotron 3's
+enable_thinking, gpt-oss's reasoning_effort, Nemotron 3 Super's low_effort and Ultra's medium_effort) reach the
+model's own template in every render and in its saved text; a built-in applies the switches its official template
+reads, rendering byte for byte what that template renders with them, training what the reasoning options say, and
+refuses any other switch, naming what it takes."""
 
 from __future__ import annotations
+
+import random
+from dataclasses import replace
 
 import jinja2
 import pytest
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from sftune import templates
+from sftune import encode
 from sftune.encode import cache
-from sftune.templates import stops, switches
+from sftune.templates import jinja_segments, stops, switches
 from sftune.templates.render import split_think
 from tests.templates.chats import FIXTURES, PLAIN, TOOLS, prompt_part
 from tests.templates.test_official_spans import stand_in
-from tests.templates.test_twins_current import CHATS, _official
+from tests.templates.test_reasoning import REASONING_CHAT, _random_chat
+from tests.templates.test_twins_current import CHATS, _official, _trained, _trained_under
 
 # built-in, its official fixture, the switch and its values
 SWITCHED = [("qwen3", "qwen3", "enable_thinking", [True, False]),
@@ -24,7 +30,17 @@ SWITCHED = [("qwen3", "qwen3", "enable_thinking", [True, False]),
             ("qwen3.6", "qwen3.6", "enable_thinking", [True, False]),
             ("qwen3.5_nothink", "qwen3.5_nothink", "enable_thinking", [True, False]),
             ("qwen3.8", "qwen3.8", "reasoning_effort", ["xhigh", "medium", "low"]),
-            ("gpt-oss", "gpt-oss", "reasoning_effort", ["low", "medium", "high"])]
+            ("gpt-oss", "gpt-oss", "reasoning_effort", ["low", "medium", "high"]),
+            ("glm4.5", "glm4.5", "enable_thinking", [True, False]),
+            ("nemotron3", "nemotron3_nano", "enable_thinking", [True, False]),
+            ("nemotron3_super", "nemotron3_super", "enable_thinking", [True, False]),
+            ("nemotron3_super", "nemotron3_super", "low_effort", [True, False]),
+            ("nemotron3_ultra", "nemotron3_ultra", "enable_thinking", [True, False]),
+            ("nemotron3_ultra", "nemotron3_ultra", "medium_effort", [True, False])]
+# built-in, its official fixture, the switches it is called with: each value alone, and Nemotron's two together
+SWITCHINGS = [(name, fixture, {key: value}) for name, fixture, key, values in SWITCHED for value in values] + [
+    ("nemotron3_super", "nemotron3_super", {"enable_thinking": False, "low_effort": True}),
+    ("nemotron3_ultra", "nemotron3_ultra", {"enable_thinking": False, "medium_effort": True})]
 
 
 def _plain_official(source: str, chat: list[dict], prompt: bool, **kwargs) -> str:
@@ -71,6 +87,106 @@ def _official_text_render(source: str, fixture: str, chat, tools, prompt) -> str
     return rendered[0]
 
 
+@pytest.mark.parametrize("name,fixture,kwargs", SWITCHINGS)
+def test_a_builtin_switched_matches_its_official_template_on_random_reasoning_and_tool_chats(name, fixture, kwargs):
+    """Random chats (think blocks, empty ones, calls, results, several user turns): the switched built-in renders
+    what the official template called with the switches renders, or refuses what it raises on."""
+    rng = random.Random(11)
+    template = templates.get(name, None, kwargs)
+    for _ in range(30):
+        chat = _random_chat(rng)
+        tools = TOOLS if rng.random() < 0.8 else None
+        for prompt in (False, True):
+            shown = prompt_part(chat) if prompt else chat
+            if name == "gpt-oss" and any(len(m.get("tool_calls") or []) > 1 for m in shown):
+                continue  # the official template writes only the first call (test_twins_current)
+            try:
+                expected = _official(fixture, shown, tools, prompt, **kwargs)
+            except jinja2.TemplateError:
+                with pytest.raises(templates.TemplateError):
+                    template.render(shown, tools, prompt)
+                continue
+            assert template.render(shown, tools, prompt) == expected, (kwargs, shown)
+
+
+NO_REASONING = REASONING_CHAT[:4] + [{"role": "assistant", "content": "6"}]
+
+
+def test_glm_without_thinking_ends_each_user_message_with_nothink_and_prompts_the_empty_think_block():
+    """GLM-4.5 with enable_thinking false: "/nothink" ends each user message (once) and the generation prompt closes
+    the empty think block, so a reply's empty block is the prompt's, never trained (train_empty_think or not);
+    reasoning the data holds after the last user message is trained as the reasoning options say."""
+    on, off = templates.get("glm4.5"), templates.get("glm4.5", None, {"enable_thinking": False})
+    assert off.render(REASONING_CHAT[:2], add_generation_prompt=True) == \
+        "[gMASK]<sop><|system|>\nThink first.<|user|>\n2+2?/nothink<|assistant|>\n<think></think>"
+    said = [{"role": "user", "content": "hi /nothink"}, {"role": "assistant", "content": "x"}]
+    assert off.render(said) == "[gMASK]<sop><|user|>\nhi /nothink<|assistant|>\n<think></think>\nx"
+    assert _trained(on, NO_REASONING, train_empty_think=True) == "\n<think></think>\n4<|user|>\n<think></think>\n6"
+    for empty in (False, True):
+        assert _trained(off, NO_REASONING, train_empty_think=empty) == "\n4<|user|>\n6"
+    assert _trained(off, REASONING_CHAT) == "\n4<|user|>six, clearly</think>\n6"
+    assert _trained(off, REASONING_CHAT, reasoning="answer_only") == "\n4<|user|>\n6"
+
+
+def test_nemotron_switches_prompt_the_empty_think_block_and_add_the_effort_line_to_the_last_user_message():
+    """Nemotron 3 with enable_thinking false: the prompt ends <think></think>, the replies' empty blocks are the
+    prompt's (not trained). Super's low_effort / Ultra's medium_effort: a line after the last user message only, in
+    its (untrained) turn; the replies train as without it."""
+    for name in ("nemotron3", "nemotron3_super", "nemotron3_ultra"):
+        off = templates.get(name, None, {"enable_thinking": False})
+        assert off.render(REASONING_CHAT[:2], add_generation_prompt=True).endswith(
+            "<|im_start|>assistant\n<think></think>")
+        for empty in (False, True):
+            assert _trained(off, NO_REASONING, train_empty_think=empty) == "\n\n4<|im_end|>6<|im_end|>"
+        assert _trained(off, REASONING_CHAT) == "\n\n4<|im_end|>\n\nsix, clearly\n\n</think>6<|im_end|>"
+        assert _trained(off, REASONING_CHAT, reasoning="answer_only") == "\n\n4<|im_end|>6<|im_end|>"
+    for name, key, line in (("nemotron3_super", "low_effort", "low"), ("nemotron3_ultra", "medium_effort",
+                                                                       "efficient")):
+        plain, effort = templates.get(name), templates.get(name, None, {key: True})
+        text = effort.render(REASONING_CHAT)
+        assert text.count("{reasoning effort:") == 1
+        assert f"<|im_start|>user\nand 3+3?\n\n{{reasoning effort: {line}}}<|im_end|>\n" in text
+        assert text == plain.render(REASONING_CHAT).replace("and 3+3?", f"and 3+3?\n\n{{reasoning effort: {line}}}")
+        for options in ({}, {"reasoning": "answer_only"}, {"train_empty_think": True}):
+            assert _trained(effort, REASONING_CHAT, **options) == _trained(plain, REASONING_CHAT, **options)
+
+
+@pytest.mark.parametrize("name,fixture,kwargs", [case for case in SWITCHINGS if case[0].startswith(("glm", "nemo"))])
+def test_a_switched_builtin_trains_what_the_jinja_path_trains_on_the_switched_official_text(name, fixture, kwargs):
+    """The official text with the switches written in, as a model's own template (segmented by jinja renders),
+    trains the same characters as the switched built-in under every policy, reasoning option and empty-think
+    rule, both audited with the family's stops, wherever both write the same text."""
+    builtin = templates.get(name, None, kwargs)
+    stop_texts = tuple(dict.fromkeys(x for x in (builtin.stop, *builtin.spec.get("stops", []), builtin.spec["eos"])
+                                     if x))
+    builtin = replace(builtin, stop_texts=stop_texts)
+    source = switches.bake((FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8"), kwargs)
+    own = templates.Template(templates.TOKENIZER, jinja=source, stop_texts=stop_texts)
+    compared = 0
+    for chat in CHATS:
+        tools = TOOLS if any("tool_calls" in m for m in chat) else None
+        for prompt in (False, True):
+            messages = templates.normalize_messages(prompt_part(chat) if prompt else chat)
+            try:
+                slow = stops.train_stops(jinja_segments.segments(own, messages, tools, prompt), messages,
+                                         stop_texts, "")
+            except (templates.TemplateError, jinja2.TemplateError):
+                continue
+            fast = builtin.segments(messages, tools, prompt)
+            if "".join(t for t, _, _ in fast) != "".join(t for t, _, _ in slow):
+                # GLM's template writes a call-only turn's None content as "None"; its built-in writes nothing
+                assert name == "glm4.5" and any(m["role"] == "tool_call" for m in messages)
+                continue
+            compared += 1
+            for policy in encode.POLICIES:
+                for reasoning in ("think_and_answer", "answer_only", "think_last_turn"):
+                    for empty in (False, True):
+                        options = {"reasoning": reasoning, "train_empty_think": empty}
+                        assert _trained_under(messages, fast, tools, policy, **options) == \
+                            _trained_under(messages, slow, tools, policy, **options), (chat, policy, options)
+    assert compared >= 15
+
+
 def test_qwen3_switched_off_is_the_nothink_builtin():
     off = templates.get("qwen3", None, {"enable_thinking": False})
     assert off.render(PLAIN[:1], add_generation_prompt=True) == \
@@ -82,7 +198,10 @@ def test_qwen3_switched_off_is_the_nothink_builtin():
     ("qwen3", {"thinking": True}, "it takes enable_thinking (true | false)"),
     ("qwen3", {"enable_thinking": 1}, "does not read enable_thinking=1"),
     ("gpt-oss", {"reasoning_effort": "xhigh"}, 'reasoning_effort ("low" | "medium" | "high")'),
-    ("glm4.5", {"enable_thinking": False}, "built-in template 'glm4.5' does not read 'enable_thinking'"),
+    ("glm4.5", {"thinking": False}, "built-in template 'glm4.5' does not read 'thinking'; it takes enable_thinking"),
+    ("nemotron3", {"low_effort": True}, "it takes enable_thinking (true | false)"),
+    ("nemotron3_super", {"low_effort": "yes"}, 'does not read low_effort="yes"; it takes enable_thinking (true | '
+                                               'false); low_effort (true | false)'),
 ])
 def test_a_builtin_refuses_a_switch_it_does_not_render_and_names_what_it_takes(name, kwargs, message):
     with pytest.raises(templates.TemplateError, match="data.template_kwargs") as err:

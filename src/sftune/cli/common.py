@@ -93,7 +93,7 @@ def template_kwargs(text: str | None) -> dict:
     return value
 
 
-def json_repr(text: str) -> str:
+def json_repr(text: object) -> str:
     import json
 
     return json.dumps(text, ensure_ascii=False)

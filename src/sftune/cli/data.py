@@ -446,7 +446,8 @@ def data_inspect_command(
     if not plain:
         appended = shown.checked.appended is not None or shown.checked.appended_after_call is not None
         stop_line = f"\n{shown.checked.summary()}" if appended else f"   {shown.checked.summary()}"
-        console.print(f"template: {shown.template.name}   policy: {policy}{stop_line}", highlight=False)
+        switched = f" {json_repr(shown.template.kwargs)}" if shown.template.kwargs else ""
+        console.print(f"template: {shown.template.name}{switched}   policy: {policy}{stop_line}", highlight=False)
     seen = []
     for record in shown.records:
         seen.append(record.conversation)

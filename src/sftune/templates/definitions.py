@@ -120,6 +120,10 @@ _ALPACA_SYSTEM_INPUT = (
 #                      think block DeepSeek-R1's template prefills), written before the last reply too
 #   enable_thinking    with reasoning: False appends the empty think block to the generation prompt
 #                      (Qwen3's enable_thinking=False, the "no-think" mode)
+#   no_think           with enable_thinking False: that empty block, where the family's is not Qwen's
+#                      <think>\n\n</think>\n\n (GLM-4.5: \n<think></think>; Nemotron 3: <think></think>)
+#   user_suffix        text ending every user message that does not end with it already (GLM-4.5's /nothink)
+#   last_user_suffix   text appended to the last user message (Nemotron 3 Super's "\n\n{reasoning effort: low}")
 #   tool               format of a tool result for templates without a tools style (default: as a user turn)
 #   mistral            with layout "mistral": the tokenizer version whose layout it writes ("v3", "v7", "v13")
 #   spaced             with layout "mistral": a sentencepiece tokenizer's space opens each text after a control

@@ -49,7 +49,7 @@ def render(t: Template, msgs: list[dict], tools: list[dict] | None, add_generati
     while i < len(msgs):
         i = turns.message(i)
     if add_generation_prompt:
-        no_think = NO_THINK if t.spec.get("reasoning") and t.spec.get("enable_thinking") is False else ""
+        no_think = turns.no_think if t.spec.get("reasoning") else ""
         if not turns.continues():
             turns.add(turns.f["generation_prompt"] + turns.f["think_prompt"] + no_think, None, False)
     else:
@@ -184,6 +184,7 @@ class _Turns:
             return
         if self.strip == "content":
             text = text.strip()
+        text = self.switched_user(i, text)
         if self.style == "llama3" and self.tools and i == self.first_user:
             text = _llama3_tools_intro(self.tools) + text
         elif self.layout == "llama4" and self.tools is not None and i == self.start:
@@ -197,6 +198,16 @@ class _Turns:
         if self.strip == "turn":
             values["content"] = values["content"].strip()
         self.add(self.after_stop(_put(user_fmt, **values)), i, True)
+
+    def switched_user(self, i: int, text: str) -> str:
+        """A user text with what a switch appends to it: GLM-4.5's "/nothink" to each (enable_thinking false,
+        once), Nemotron 3's reasoning-effort line to the last (Super's low_effort, Ultra's medium_effort)."""
+        every, last = self.spec.get("user_suffix"), self.spec.get("last_user_suffix")
+        if every and not text.endswith(every):
+            text += every
+        if last and i == self.last_user():
+            text += last
+        return text
 
     def after_stop(self, text: str) -> str:
         """A turn's text without the header that the reply before it wrote (and trained) as its stop."""
@@ -330,10 +341,8 @@ class _Turns:
         j, content, reasoning = self.reply_and_reasoning(i)
         inner = (reasoning or "").strip()
         self.add(f["generation_prompt"], i, False)
-        if inner and i > self.last_user():
-            self.add("\n<think>" + inner + "</think>", i, THINK)
-        else:
-            self.add("\n<think></think>", i, EMPTY_THINK)
+        kept = bool(inner) and i > self.last_user()
+        self.think_block(i, "\n<think>" + inner + "</think>" if kept else "\n<think></think>", kept)
         self.add("\n" + content.strip() if content.strip() else "", i, True)
         for k in range(i, j):
             if msgs[k]["role"] == "tool_call":
@@ -518,10 +527,16 @@ class _Turns:
         """What opens each text after a control token: the sentencepiece space (Mistral v3), else nothing."""
         return " " if self.spec.get("spaced") else ""
 
+    @property
+    def no_think(self) -> str:
+        """The empty think block that a no-think mode's generation prompt closes (enable_thinking false), else ""."""
+        return self.spec.get("no_think", NO_THINK) if self.spec.get("enable_thinking") is False else ""
+
     def think_block(self, i: int, block: str, reasoning: bool) -> None:
-        """A reply's think block: what the generation prompt already holds of it (Qwen3.5's `<think>\n`, its
-        no-think mode's whole empty block) is framing; the rest a think / empty-think segment."""
-        prompt = self.f["think_prompt"] + (NO_THINK if self.spec.get("enable_thinking") is False else "")
+        """A reply's think block: what the generation prompt already holds of it (Qwen3.5's `<think>\n`, a
+        no-think mode's whole empty block: Qwen3.5's, GLM-4.5's, Nemotron 3's) is framing; the rest a think /
+        empty-think segment."""
+        prompt = self.f["think_prompt"] + self.no_think
         held = len(os.path.commonprefix([prompt, block]))
         self.add(block[:held], i, False)
         self.add(block[held:], i, THINK if reasoning else EMPTY_THINK)

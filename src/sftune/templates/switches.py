@@ -1,5 +1,6 @@
 """Template switches (data.template_kwargs): keyword arguments a chat template reads, such as DeepSeek-V3.1's
-`thinking`, Qwen3's `enable_thinking`, gpt-oss's `reasoning_effort`.
+`thinking`, Qwen3's, GLM-4.5's and Nemotron 3's `enable_thinking`, gpt-oss's `reasoning_effort`, Nemotron 3
+Super's `low_effort`.
 
 A model's own jinja template gets them written into its text (`bake`: a `{% set %}` line per switch before the
 template), so every render, the tokenizer's saved chat_template and a GGUF file built from it render the mode
@@ -30,6 +31,11 @@ _QWEN38_EFFORT = {
 }
 _QWEN35_OFF = {"enable_thinking": False, "think_prompt": ""}
 _QWEN35_ON = {"enable_thinking": True, "think_prompt": "<think>\n"}
+# GLM-4.5 and Nemotron 3 with enable_thinking false: the generation prompt closes an empty think block (GLM-4.5 also
+# ends each user message with /nothink)
+_GLM_OFF = {"enable_thinking": False, "no_think": "\n<think></think>", "user_suffix": "/nothink"}
+_NEMOTRON_OFF = {"enable_thinking": False, "think_prompt": "", "no_think": "<think></think>"}
+_NEMOTRON_THINKING = {True: {}, False: _NEMOTRON_OFF}
 _V31_OFF = {"reasoning": None, "think_prompt": "</think>", "official_switches": {"thinking": False}}
 _V31_ON = {"reasoning": "deepseek_v3.1", "think_prompt": "<think>", "official_switches": {"thinking": True}}
 # built-in -> switch -> value -> the keys of the built-in's dict that render its official template with that value
@@ -44,6 +50,12 @@ SWITCHES: dict[str, dict[str, dict[Any, dict[str, Any]]]] = {
     "deepseek_v3.1": {"thinking": {True: {}, False: _V31_OFF}},
     "deepseek_v3.1_nothink": {"thinking": {True: _V31_ON, False: {}}},
     "gpt-oss": {"reasoning_effort": {effort: {"reasoning_effort": effort} for effort in ("low", "medium", "high")}},
+    "glm4.5": {"enable_thinking": {True: {}, False: _GLM_OFF}},
+    "nemotron3": {"enable_thinking": _NEMOTRON_THINKING},
+    "nemotron3_super": {"enable_thinking": _NEMOTRON_THINKING,
+                        "low_effort": {True: {"last_user_suffix": "\n\n{reasoning effort: low}"}, False: {}}},
+    "nemotron3_ultra": {"enable_thinking": _NEMOTRON_THINKING,
+                        "medium_effort": {True: {"last_user_suffix": "\n\n{reasoning effort: efficient}"}, False: {}}},
 }
 
 
