@@ -171,12 +171,14 @@ class DataSection(_Section):
         "(saved with the run), applied by a built-in that renders them, refused otherwise")
     policy: Literal["assistant", "last", "all"] = "assistant"
     reasoning: Literal["think_and_answer", "answer_only", "think_last_turn"] = Field(
-        "think_and_answer", description="with a reasoning template (qwen3, deepseek_r1): train the think block and the answer, "
-        "the answer only, or the think block of the last turn only")
+        "think_and_answer", description="with a reasoning template (qwen3, qwen3.5, qwen3.6, qwen3.8, deepseek_r1, "
+        "deepseek_v3.1, glm4.5, gpt-oss, nemotron3, gemma4, magistral, or a model's own that writes think blocks): "
+        "train the think block and the answer, the answer only, or the think block of the last turn only")
     train_empty_think: bool = Field(False, description="train empty <think></think> blocks (off: a model taught "
                                     "them learns to skip thinking)")
     split_reasoning_turns: bool = Field(True, description="one example per exchange whose reasoning the template "
-                                        "drops later (qwen3, deepseek_r1), so each reply's reasoning is trained")
+                                        "drops later (qwen3, qwen3.5, qwen3.6, deepseek_r1, deepseek_v3.1, glm4.5, "
+                                        "gpt-oss, nemotron3, gemma4), so each reply's reasoning is trained")
     max_len: int = Field(1024, ge=8, description="tokens per sequence (longer ones are truncated)")
     max_record_mb: float = Field(64, gt=0, description="a record (one line of JSONL, CSV or text) over this many MiB "
                                  "is rejected by its line, never held whole")

@@ -62,8 +62,10 @@ _TEMPLATE = typer.Option(None, "--template", "-t", help="Default: the model's ow
 _TEMPLATE_KWARGS = typer.Option(None, "--template-kwargs", help="Switches the template reads, as JSON, e.g. "
                                 "'{\"thinking\": true}' (train's data.template_kwargs).")
 _POLICY = typer.Option("assistant", help="Masking policy: assistant, last or all.")
-_REASONING = typer.Option("think_and_answer", "--reasoning", help="With a reasoning template (qwen3, deepseek_r1): "
-                          "think_and_answer, answer_only or think_last_turn.")
+_REASONING = typer.Option("think_and_answer", "--reasoning", help="With a reasoning template (qwen3, qwen3.5, "
+                          "qwen3.6, qwen3.8, deepseek_r1, deepseek_v3.1, glm4.5, gpt-oss, nemotron3, gemma4, "
+                          "magistral, or a model's own that writes think blocks): think_and_answer, answer_only or "
+                          "think_last_turn.")
 
 
 def _reading(conversations, description: str):
