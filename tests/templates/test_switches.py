@@ -1,8 +1,8 @@
 """data.template_kwargs: a template's switches (DeepSeek-V3.1's thinking, Qwen3's, GLM-4.5's and Nemotron 3's
-enable_thinking, gpt-oss's reasoning_effort, Nemotron 3 Super's low_effort and Ultra's medium_effort) reach the
-model's own template in every render and in its saved text; a built-in applies the switches its official template
-reads, rendering byte for byte what that template renders with them, training what the reasoning options say, and
-refuses any other switch, naming what it takes."""
+enable_thinking, gpt-oss's reasoning_effort, Nemotron 3's truncate_history_thinking, Super's low_effort and Ultra's
+medium_effort) reach the model's own template in every render and in its saved text; a built-in applies the
+switches its official template reads, rendering byte for byte what that template renders with them, training what
+the reasoning options say, and refuses any other switch, naming what it takes."""
 
 from __future__ import annotations
 
@@ -36,7 +36,10 @@ SWITCHED = [("qwen3", "qwen3", "enable_thinking", [True, False]),
             ("nemotron3_super", "nemotron3_super", "enable_thinking", [True, False]),
             ("nemotron3_super", "nemotron3_super", "low_effort", [True, False]),
             ("nemotron3_ultra", "nemotron3_ultra", "enable_thinking", [True, False]),
-            ("nemotron3_ultra", "nemotron3_ultra", "medium_effort", [True, False])]
+            ("nemotron3_ultra", "nemotron3_ultra", "medium_effort", [True, False]),
+            ("nemotron3", "nemotron3_nano", "truncate_history_thinking", [True, False]),
+            ("nemotron3_super", "nemotron3_super", "truncate_history_thinking", [True, False]),
+            ("nemotron3_ultra", "nemotron3_ultra", "truncate_history_thinking", [True, False])]
 # built-in, its official fixture, the switches it is called with: each value alone, and Nemotron's two together
 SWITCHINGS = [(name, fixture, {key: value}) for name, fixture, key, values in SWITCHED for value in values] + [
     ("nemotron3_super", "nemotron3_super", {"enable_thinking": False, "low_effort": True}),
@@ -151,6 +154,23 @@ def test_nemotron_switches_prompt_the_empty_think_block_and_add_the_effort_line_
             assert _trained(effort, REASONING_CHAT, **options) == _trained(plain, REASONING_CHAT, **options)
 
 
+def test_nemotron_keeping_history_thinking_trains_every_replys_reasoning_and_splits_nothing():
+    """truncate_history_thinking false: an earlier reply keeps its think block (trained, as in one example: nothing
+    to split); think_last_turn trains the last exchange's only, answer_only none."""
+    from sftune.data.schema import Conversation, Message
+    from sftune.encode.reasoning import split_records
+
+    t = templates.get("nemotron3", None, {"truncate_history_thinking": False})
+    assert "<|im_start|>assistant\n<think>\nadd them\n</think>\n\n4<|im_end|>" in t.render(REASONING_CHAT)
+    assert _trained(t, REASONING_CHAT) == "add them\n</think>\n\n4<|im_end|>\nsix, clearly\n\n</think>6<|im_end|>"
+    assert _trained(t, REASONING_CHAT, reasoning="think_last_turn") == \
+        "\n\n4<|im_end|>\nsix, clearly\n\n</think>6<|im_end|>"
+    assert _trained(t, REASONING_CHAT, reasoning="answer_only") == "\n\n4<|im_end|>6<|im_end|>"
+    conversation = Conversation([Message(m["role"], m["content"]) for m in REASONING_CHAT], None, {})
+    assert split_records([conversation], t) == ([conversation], 0)
+    assert split_records([conversation], templates.get("nemotron3"))[1] == 1  # truncated (the default): split
+
+
 @pytest.mark.parametrize("name,fixture,kwargs", [case for case in SWITCHINGS if case[0].startswith(("glm", "nemo"))])
 def test_a_switched_builtin_trains_what_the_jinja_path_trains_on_the_switched_official_text(name, fixture, kwargs):
     """The official text with the switches written in, as a model's own template (segmented by jinja renders),
@@ -201,7 +221,7 @@ def test_qwen3_switched_off_is_the_nothink_builtin():
     ("glm4.5", {"thinking": False}, "built-in template 'glm4.5' does not read 'thinking'; it takes enable_thinking"),
     ("nemotron3", {"low_effort": True}, "it takes enable_thinking (true | false)"),
     ("nemotron3_super", {"low_effort": "yes"}, 'does not read low_effort="yes"; it takes enable_thinking (true | '
-                                               'false); low_effort (true | false)'),
+                                               'false); truncate_history_thinking (true | false); low_effort'),
 ])
 def test_a_builtin_refuses_a_switch_it_does_not_render_and_names_what_it_takes(name, kwargs, message):
     with pytest.raises(templates.TemplateError, match="data.template_kwargs") as err:

@@ -98,8 +98,9 @@ _ALPACA_SYSTEM_INPUT = (
 #                      model writes it; tests/templates/test_deepseek_v31.py)
 #   official_switches  the template switches (switches.py) written into the exported official text: the mode the
 #                      built-in renders (DeepSeek-V3.1's thinking)
-#   preserve_thinking  with layout "qwen3.5": every reply keeps its think block (Qwen3.8's default), so no
-#                      reasoning is dropped (reasoning "preserved": nothing to split)
+#   preserve_thinking  with layout "qwen3.5" or "nemotron3": every reply keeps its think block (Qwen3.8's default,
+#                      Nemotron 3's truncate_history_thinking false), so no reasoning is dropped (reasoning
+#                      "preserved": nothing to split)
 #   reasoning_instructions  with layout "qwen3.5": text that opens the system turn (Qwen3.8's reasoning effort)
 #   arg_values         with tools "qwen3.5": "python" writes a non-JSON-container argument value as jinja's
 #                      `string` filter does (Qwen3.5: True, None), "json" as `tojson` (Qwen3.6: true, null)

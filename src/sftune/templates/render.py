@@ -394,14 +394,15 @@ class _Turns:
 
     def nemotron_model_turn(self, i: int) -> int:
         """Nemotron 3: the trimmed reply, opening with its think block (<think></think> when it has none); a
-        reply before the last user message keeps only its answer, after an empty block; then its calls."""
+        reply before the last user message keeps only its answer, after an empty block (unless its
+        truncate_history_thinking switch is off); then its calls."""
         msgs, f = self.msgs, self.f
         j = turn_end(msgs, i)
         content = msgs[i]["content"] if msgs[i]["role"] == "assistant" else ""
         if "<think>" not in content and "</think>" not in content:
             content = "<think></think>" + content
         calls = [(k, c) for k in range(i, j) if msgs[k]["role"] == "tool_call" for c in tool_calls(msgs[k]["content"])]
-        kept = i > self.last_user()
+        kept = i > self.last_user() or self.spec.get("preserve_thinking")  # truncate_history_thinking false
         if kept:
             text = content.strip()
         elif calls:

@@ -36,6 +36,8 @@ _QWEN35_ON = {"enable_thinking": True, "think_prompt": "<think>\n"}
 _GLM_OFF = {"enable_thinking": False, "no_think": "\n<think></think>", "user_suffix": "/nothink"}
 _NEMOTRON_OFF = {"enable_thinking": False, "think_prompt": "", "no_think": "<think></think>"}
 _NEMOTRON_THINKING = {True: {}, False: _NEMOTRON_OFF}
+# truncate_history_thinking false: every reply keeps its think block, so no reasoning is dropped (nothing to split)
+_NEMOTRON_HISTORY = {True: {}, False: {"reasoning": "preserved", "preserve_thinking": True}}
 _V31_OFF = {"reasoning": None, "think_prompt": "</think>", "official_switches": {"thinking": False}}
 _V31_ON = {"reasoning": "deepseek_v3.1", "think_prompt": "<think>", "official_switches": {"thinking": True}}
 # built-in -> switch -> value -> the keys of the built-in's dict that render its official template with that value
@@ -51,10 +53,10 @@ SWITCHES: dict[str, dict[str, dict[Any, dict[str, Any]]]] = {
     "deepseek_v3.1_nothink": {"thinking": {True: _V31_ON, False: {}}},
     "gpt-oss": {"reasoning_effort": {effort: {"reasoning_effort": effort} for effort in ("low", "medium", "high")}},
     "glm4.5": {"enable_thinking": {True: {}, False: _GLM_OFF}},
-    "nemotron3": {"enable_thinking": _NEMOTRON_THINKING},
-    "nemotron3_super": {"enable_thinking": _NEMOTRON_THINKING,
+    "nemotron3": {"enable_thinking": _NEMOTRON_THINKING, "truncate_history_thinking": _NEMOTRON_HISTORY},
+    "nemotron3_super": {"enable_thinking": _NEMOTRON_THINKING, "truncate_history_thinking": _NEMOTRON_HISTORY,
                         "low_effort": {True: {"last_user_suffix": "\n\n{reasoning effort: low}"}, False: {}}},
-    "nemotron3_ultra": {"enable_thinking": _NEMOTRON_THINKING,
+    "nemotron3_ultra": {"enable_thinking": _NEMOTRON_THINKING, "truncate_history_thinking": _NEMOTRON_HISTORY,
                         "medium_effort": {True: {"last_user_suffix": "\n\n{reasoning effort: efficient}"}, False: {}}},
 }
 
