@@ -576,6 +576,48 @@ def test_gemma4_jinja_path_gives_a_call_turns_text_written_after_its_results_to_
         assert trained_chars(messages, fast, policy) == trained_chars(messages, slow, policy), policy
 
 
+def test_gemma4_jinja_path_gives_the_end_of_turn_after_a_late_blank_text_to_the_blank_reply_written_there():
+    """A blank call-turn text written after its results ends where the blank last reply is written: the <turn|>
+    there ends that reply (before, the call turn took it, and `last` trained nothing)."""
+    chat = [{"role": "user", "content": "q"},
+            {"role": "assistant", "content": "hi ", "tool_calls": [call("Paris")]},
+            {"role": "tool", "content": "r"},
+            {"role": "assistant", "content": " ", "tool_calls": [call("Paris")]},
+            {"role": "tool", "content": "r1"},
+            {"role": "assistant", "content": " "}]
+    rendered, messages, fast, slow = _gemma4_jinja_path(chat)
+    assert rendered == "".join(t for t, _, _ in slow)
+    assert "".join(rendered[c] for c in sorted(trained_chars(messages, slow, "last"))) == "<turn|>"
+    for policy in ("assistant", "last", "all"):
+        assert trained_chars(messages, fast, policy) == trained_chars(messages, slow, policy), policy
+
+
+def test_qwen35_jinja_path_trains_a_blank_reply_after_tool_results_through_its_end_of_turn():
+    """A blank text beside calls makes the template write other text around it than around a placeholder; with
+    blank contents left unmarked, a blank reply after the results and a blank user turn have no field. The blank
+    reply's header is the first one after the results (before, the next reply's longer header was taken, and the
+    blank reply trained nothing of its own, its <|im_end|> neither)."""
+    builtin = templates.get("qwen3.5")
+    stop_texts = tuple(dict.fromkeys(x for x in (builtin.stop, *builtin.spec.get("stops", []), builtin.spec["eos"])
+                                     if x))
+    own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / "qwen3.5.jinja").read_text(encoding="utf-8"),
+                             stop_texts=stop_texts)
+    chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "\n", "tool_calls": [call("Paris")]},
+            {"role": "tool", "content": "21"}, {"role": "assistant", "content": " "},
+            {"role": "user", "content": " "}, {"role": "assistant", "content": "ok"}]
+    messages = templates.normalize_messages(chat)
+    fast = own.segments(messages, TOOLS)
+    slow = stops.train_stops(jinja_segments.segments(own, messages, TOOLS, False), messages, stop_texts, "")
+    text = "".join(t for t, _, _ in slow)
+    assert text == "".join(t for t, _, _ in fast) == _official("qwen3.5", chat, TOOLS, False)
+    blank_reply = [(t, body) for t, k, body in slow if k == 4]  # 1 and 2: the text and the calls
+    assert blank_reply == [("<|im_start|>assistant\n", False), ("<|im_end|>", True)]
+    for policy in ("assistant", "last", "all"):
+        for empty in (False, True):
+            assert _trained_under(messages, fast, TOOLS, policy, train_empty_think=empty) == \
+                _trained_under(messages, slow, TOOLS, policy, train_empty_think=empty), (policy, empty)
+
+
 def test_jinja_path_refuses_a_template_writing_a_reply_after_the_next_user_turn_naming_it():
     swapped = ("{% for m in messages %}{% if m.role == 'user' %}<u>{{ m.content }}</u>{% if loop.index0 > 0 %}"
                "<a>{{ messages[loop.index0 - 1].content }}</a>{% endif %}{% endif %}{% endfor %}"

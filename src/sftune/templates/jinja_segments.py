@@ -296,10 +296,11 @@ def placeholder_segments(t: Template, msgs: list[dict], tools: list[dict] | None
     located = [(fields[n][0], *spans[n], fields[n][1]) for n in sorted(spans, key=lambda n: (spans[n], n))]
     in_order, late = _late_fields(t, located, hf, owners)
     ends = _end_texts(t, full, hf, _by_message(in_order))
-    # a late content owns the end-of-turn token right after it, unless another message's (blank) content lies between
-    starts = sorted(lo for _, lo, _, _ in located)
-    pieces = [(lo, _token_end(full, hi, next((x for x in starts if x >= hi and x > lo), len(full)), ends, leading=True)
-               or hi, owners[k]) for k, lo, hi, _ in late]
+    # a late content owns the end-of-turn token right after it, unless the next field in the text comes first (a
+    # blank reply written where the late content ends: the token is that reply's)
+    following = {field: nxt[1] for field, nxt in zip(located, located[1:])}
+    pieces = [(lo, _token_end(full, hi, following.get((k, lo, hi, kind), len(full)), ends, leading=True) or hi,
+               owners[k]) for k, lo, hi, kind in late]
     return _overlay(_placeholder_cut(t, full, hf, owners, in_order, [hi for _, hi, _ in pieces]), pieces, full)
 
 
@@ -558,15 +559,17 @@ def _token_match(full: str, lo: int, hi: int, texts: tuple[str, ...] | None, lea
 
 
 def _find_prompt(full: str, prompt: str, lo: int, hi: int) -> tuple[int, int] | None:
-    """Where the generation prompt first occurs in full[lo:hi], or its longest start that ends at a token
-    or a line ("<|im_start|>assistant\n" of Qwen3.5's "<|im_start|>assistant\n<think>\n"), at least half of it."""
+    """Where the generation prompt first occurs in full[lo:hi], or a start of it that ends at a token or a line
+    ("<|im_start|>assistant\n" of Qwen3.5's "<|im_start|>assistant\n<think>\n"), at least half of it: the first
+    header in the range (a blank reply's bare header comes before the next reply's full prompt), as long as it goes."""
     cuts = {len(prompt)} | {m.end() for m in _TOKEN_LIKE.finditer(prompt)} | {
         k + 1 for k, c in enumerate(prompt) if c == "\n"}
-    for n in sorted((n for n in cuts if n and 2 * n >= len(prompt)), reverse=True):
-        at = full.find(prompt[:n], lo, hi)
-        if at >= 0:
-            return at, at + n + _held(prompt[n:], full[at + n:hi])
-    return None
+    found = [(at, -n) for n in cuts if n and 2 * n >= len(prompt) for at in [full.find(prompt[:n], lo, hi)] if at >= 0]
+    if not found:
+        return None
+    at, longest = min(found)
+    end = at - longest
+    return at, end + _held(prompt[end - at:], full[end:hi])
 
 
 _HELD_CUT = re.compile(_TOKEN_LIKE.pattern + r"|<think>|\n")
