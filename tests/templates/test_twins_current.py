@@ -176,7 +176,7 @@ def test_glm_trains_the_next_header_as_the_stop_of_each_reply():
                                                    "You're welcome."
     assert _trained(t, chat, TOOLS, reasoning="answer_only").endswith("<|user|>\nYou're welcome.")
     # The jinja path gives each header to the next message (compared on a chat it segments: no reasoning
-    # dropped, no call-only turn, whose None content GLM's template writes as "None").
+    # dropped).
     stable = [chat[0], chat[1], {"role": "assistant", "content": "It is 21."}] + chat[5:]
     own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / "glm4.5.jinja").read_text(encoding="utf-8"))
     messages = templates.normalize_messages(stable)
@@ -360,10 +360,8 @@ def test_trained_spans_equal_the_jinja_paths_wherever_it_segments_the_same_text(
                 assert name == "gpt-oss"
                 continue
             if "".join(t for t, _, _ in fast) != "".join(t for t, _, _ in slow):
-                # GLM's template writes a call-only turn's None content as "None"; its twin writes nothing.
                 # Gemma 4's reads reasoning from a field only: prefix renders write a <think> block as text
-                assert (name == "glm4.5" and any(m["role"] == "tool_call" for m in messages)) or \
-                    (name == "gemma4" and any("</think>" in m["content"] for m in messages))
+                assert name == "gemma4" and any("</think>" in m["content"] for m in messages)
                 continue
             compared += 1
             for policy in encode.POLICIES:
@@ -616,6 +614,24 @@ def test_qwen35_jinja_path_trains_a_blank_reply_after_tool_results_through_its_e
         for empty in (False, True):
             assert _trained_under(messages, fast, TOOLS, policy, train_empty_think=empty) == \
                 _trained_under(messages, slow, TOOLS, policy, train_empty_think=empty), (policy, empty)
+
+
+@pytest.mark.parametrize("name", ["glm4.5", "gpt-oss", "llama4"])
+def test_a_turn_of_calls_without_text_renders_through_its_own_template_as_through_the_twin(name):
+    """A call-only turn reaches a model's own template with content "", as its official renders are made: GLM-4.5's
+    template wrote a None content as "None" (trained as the reply's text), gpt-oss's and Llama 4's raised on it."""
+    fixture, _ = FAMILIES[name]
+    own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8"),
+                             bos=BOS.get(fixture, ""))
+    chat = [{"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [call("Paris")]},
+            {"role": "tool", "content": "21"}, {"role": "assistant", "content": "It is 21."}]
+    messages = templates.normalize_messages(chat)
+    assert templates.to_hf_messages(messages)[1]["content"] == ""
+    text = own.render(chat, TOOLS)
+    assert text == templates.get(name).render(chat, TOOLS) == _official(fixture, chat, TOOLS, False)
+    assert "None" not in text
+    assert "".join(t for t, _, _ in jinja_segments.segments(own, messages, TOOLS, False)) == text
 
 
 def test_jinja_path_refuses_a_template_writing_a_reply_after_the_next_user_turn_naming_it():

@@ -392,8 +392,9 @@ def _placeholders(t: Template, hf: list[dict], blanks: bool = False
             reasoning, answer = split_think(content)
         if reasoning is None:
             real.append(m)
+            called = m.get("tool_calls") and content == ""  # a turn of calls without text (`to_hf_messages`)
             marked.append({**m, "content": mark(k, "content", content)}
-                          if isinstance(content, str) and (blanks or content.strip()) else m)
+                          if isinstance(content, str) and (blanks or content.strip()) and not called else m)
             continue
         think = mark(k, "reasoning", reasoning) if reasoning.strip() else reasoning
         said = mark(k, "content", answer) if blanks or answer.strip() else answer
