@@ -371,6 +371,47 @@ def test_trained_spans_equal_the_jinja_paths_wherever_it_segments_the_same_text(
     assert compared >= 20
 
 
+@pytest.mark.parametrize("name", [*FAMILIES, "qwen3"])
+def test_random_tool_chats_train_alike_through_the_twin_and_the_families_own_template(name):
+    """Random tool chats (parallel calls where the family writes them, blank and whitespace contents, multi-turn,
+    with and without a system message and a generation prompt), the official jinja segmented by the jinja path:
+    it writes the twin's text and trains the twin's characters under every policy, with or without empty think
+    blocks, or refuses the chat naming a message; most are compared."""
+    from sftune import encode
+
+    fixture, _ = FAMILIES.get(name, (name, {}))
+    builtin = templates.get(name)
+    stop_texts = tuple(dict.fromkeys(x for x in (builtin.stop, *builtin.spec.get("stops", []), builtin.spec["eos"])
+                                     if x))
+    own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8"),
+                             bos=BOS.get(fixture, ""), eos=builtin.spec["eos"], stop_texts=stop_texts)
+    rng = random.Random(3)
+    words = ["", " ", "\n", "hi", " two words ", "ünï", '{"a": 1}']
+    say = lambda: "".join(rng.choice(words) for _ in range(rng.randint(1, 3))) or "x"  # noqa: E731
+    compared, refused = 0, []
+    for _ in range(60):
+        chat = random_tool_chat(rng, say, parallel=name != "gpt-oss")  # gpt-oss's template writes one call a turn
+        tools = TOOLS if rng.random() < 0.8 else None
+        for prompt in (False, True):
+            messages = templates.normalize_messages(prompt_part(chat) if prompt else chat)
+            fast = own.segments(messages, tools, prompt)
+            try:
+                slow = stops.train_stops(jinja_segments.segments(own, messages, tools, prompt), messages,
+                                         stop_texts, "")
+            except templates.TemplateError as refusal:
+                assert re.search(r"message \d+", str(refusal)), refusal
+                refused.append(str(refusal))
+                continue
+            assert "".join(t for t, _, _ in slow) == "".join(t for t, _, _ in fast), (messages, prompt)
+            compared += 1
+            for policy in encode.POLICIES:
+                assert trained_chars(messages, fast, policy) == trained_chars(messages, slow, policy), \
+                    (messages, prompt, policy)
+            assert _trained_under(messages, fast, tools, "assistant", train_empty_think=True) == \
+                _trained_under(messages, slow, tools, "assistant", train_empty_think=True), (messages, prompt)
+    assert compared >= 110, refused
+
+
 # Tool loops with reasoning on each step: the final exchange (the steps after the last query) and one before it.
 TOOL_REASONING_CHATS = [
     [{"role": "user", "content": "Weather?"},
