@@ -359,10 +359,7 @@ def test_trained_spans_equal_the_jinja_paths_wherever_it_segments_the_same_text(
             except templates.TemplateError:  # gpt-oss: what its template raises on once reasoning is split out
                 assert name == "gpt-oss"
                 continue
-            if "".join(t for t, _, _ in fast) != "".join(t for t, _, _ in slow):
-                # Gemma 4's reads reasoning from a field only: prefix renders write a <think> block as text
-                assert name == "gemma4" and any("</think>" in m["content"] for m in messages)
-                continue
+            assert "".join(t for t, _, _ in fast) == "".join(t for t, _, _ in slow), (chat, prompt)
             compared += 1
             for policy in encode.POLICIES:
                 for empty in (False, True):
@@ -432,7 +429,8 @@ TOOL_REASONING_CHATS = [
 
 
 @pytest.mark.parametrize("name,fixture", [("qwen3", "qwen3"), ("qwen3.5", "qwen3.5"), ("qwen3.6", "qwen3.6"),
-                                          ("qwen3.8", "qwen3.8"), ("glm4.5", "glm4.5"), ("nemotron3", "nemotron3_nano")])
+                                          ("qwen3.8", "qwen3.8"), ("glm4.5", "glm4.5"),
+                                          ("nemotron3", "nemotron3_nano")])
 def test_tool_call_turns_train_alike_through_the_twin_and_the_jinja_path_under_each_reasoning_option(name, fixture):
     """A tool-call turn after the last query belongs to the final exchange: its reasoning, which the official
     template keeps there, is trained with think_last_turn and left out with answer_only, through the twin and
@@ -673,6 +671,25 @@ def test_a_turn_of_calls_without_text_renders_through_its_own_template_as_throug
     assert text == templates.get(name).render(chat, TOOLS) == _official(fixture, chat, TOOLS, False)
     assert "None" not in text
     assert "".join(t for t, _, _ in jinja_segments.segments(own, messages, TOOLS, False)) == text
+
+
+@pytest.mark.parametrize("text", ["Checking.", None])
+def test_gemma4_jinja_path_trains_a_run_on_replys_thought_channel_as_thinking_under_each_reasoning_option(text):
+    """After results, Gemma 4's answer runs on in the model turn and opens its own thought channel: the opener is
+    thinking (before, it was taken for a header and left untrained); a call-only turn's thought ends at its
+    <channel|>; a reasoning the template reads from a field is put there, never written as <think> text."""
+    chat = [{"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "<think>call it</think>" + (text or ""), "tool_calls": [call("Paris")]},
+            {"role": "tool", "content": "21"},
+            {"role": "assistant", "content": "<think>it said 21</think>Paris 21."}]
+    rendered, messages, fast, slow = _gemma4_jinja_path(chat)
+    assert rendered == "".join(t for t, _, _ in slow)
+    for option in encode_labels.REASONING:
+        trained = _trained_under(messages, fast, TOOLS, "assistant", reasoning=option)
+        assert trained == _trained_under(messages, slow, TOOLS, "assistant", reasoning=option), option
+        said = "".join(rendered[c] for c in sorted(trained))
+        assert ("<|channel>thought\nit said 21\n<channel|>Paris 21.<turn|>" in said) == (option != "answer_only")
+        assert ("<channel|>" in said) == (option != "answer_only"), option
 
 
 def test_jinja_path_refuses_a_template_writing_a_reply_after_the_next_user_turn_naming_it():
