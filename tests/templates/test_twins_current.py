@@ -176,7 +176,7 @@ def test_glm_trains_the_next_header_as_the_stop_of_each_reply():
                                                    "You're welcome."
     assert _trained(t, chat, TOOLS, reasoning="answer_only").endswith("<|user|>\nYou're welcome.")
     # The jinja path gives each header to the next message (compared on a chat it segments: no reasoning
-    # dropped, no call-only turn, whose None content GLM's template writes as "None").
+    # dropped).
     stable = [chat[0], chat[1], {"role": "assistant", "content": "It is 21."}] + chat[5:]
     own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / "glm4.5.jinja").read_text(encoding="utf-8"))
     messages = templates.normalize_messages(stable)
@@ -359,18 +359,54 @@ def test_trained_spans_equal_the_jinja_paths_wherever_it_segments_the_same_text(
             except templates.TemplateError:  # gpt-oss: what its template raises on once reasoning is split out
                 assert name == "gpt-oss"
                 continue
-            if "".join(t for t, _, _ in fast) != "".join(t for t, _, _ in slow):
-                # GLM's template writes a call-only turn's None content as "None"; its twin writes nothing.
-                # Gemma 4's reads reasoning from a field only: prefix renders write a <think> block as text
-                assert (name == "glm4.5" and any(m["role"] == "tool_call" for m in messages)) or \
-                    (name == "gemma4" and any("</think>" in m["content"] for m in messages))
-                continue
+            assert "".join(t for t, _, _ in fast) == "".join(t for t, _, _ in slow), (chat, prompt)
             compared += 1
             for policy in encode.POLICIES:
                 for empty in (False, True):
                     assert _trained_under(messages, fast, tools, policy, train_empty_think=empty) == \
                         _trained_under(messages, slow, tools, policy, train_empty_think=empty), (chat, policy, empty)
     assert compared >= 20
+
+
+@pytest.mark.parametrize("name", [*FAMILIES, "qwen3"])
+def test_random_tool_chats_train_alike_through_the_twin_and_the_families_own_template(name):
+    """Random tool chats (parallel calls where the family writes them, blank and whitespace contents, multi-turn,
+    with and without a system message and a generation prompt), the official jinja segmented by the jinja path:
+    it writes the twin's text and trains the twin's characters under every policy, with or without empty think
+    blocks, or refuses the chat naming a message; most are compared."""
+    from sftune import encode
+
+    fixture, _ = FAMILIES.get(name, (name, {}))
+    builtin = templates.get(name)
+    stop_texts = tuple(dict.fromkeys(x for x in (builtin.stop, *builtin.spec.get("stops", []), builtin.spec["eos"])
+                                     if x))
+    own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8"),
+                             bos=BOS.get(fixture, ""), eos=builtin.spec["eos"], stop_texts=stop_texts)
+    rng = random.Random(3)
+    words = ["", " ", "\n", "hi", " two words ", "ünï", '{"a": 1}']
+    say = lambda: "".join(rng.choice(words) for _ in range(rng.randint(1, 3))) or "x"  # noqa: E731
+    compared, refused = 0, []
+    for _ in range(60):
+        chat = random_tool_chat(rng, say, parallel=name != "gpt-oss")  # gpt-oss's template writes one call a turn
+        tools = TOOLS if rng.random() < 0.8 else None
+        for prompt in (False, True):
+            messages = templates.normalize_messages(prompt_part(chat) if prompt else chat)
+            fast = own.segments(messages, tools, prompt)
+            try:
+                slow = stops.train_stops(jinja_segments.segments(own, messages, tools, prompt), messages,
+                                         stop_texts, "")
+            except templates.TemplateError as refusal:
+                assert re.search(r"message \d+", str(refusal)), refusal
+                refused.append(str(refusal))
+                continue
+            assert "".join(t for t, _, _ in slow) == "".join(t for t, _, _ in fast), (messages, prompt)
+            compared += 1
+            for policy in encode.POLICIES:
+                assert trained_chars(messages, fast, policy) == trained_chars(messages, slow, policy), \
+                    (messages, prompt, policy)
+            assert _trained_under(messages, fast, tools, "assistant", train_empty_think=True) == \
+                _trained_under(messages, slow, tools, "assistant", train_empty_think=True), (messages, prompt)
+    assert compared >= 110, refused
 
 
 # Tool loops with reasoning on each step: the final exchange (the steps after the last query) and one before it.
@@ -393,7 +429,8 @@ TOOL_REASONING_CHATS = [
 
 
 @pytest.mark.parametrize("name,fixture", [("qwen3", "qwen3"), ("qwen3.5", "qwen3.5"), ("qwen3.6", "qwen3.6"),
-                                          ("qwen3.8", "qwen3.8"), ("glm4.5", "glm4.5"), ("nemotron3", "nemotron3_nano")])
+                                          ("qwen3.8", "qwen3.8"), ("glm4.5", "glm4.5"),
+                                          ("nemotron3", "nemotron3_nano")])
 def test_tool_call_turns_train_alike_through_the_twin_and_the_jinja_path_under_each_reasoning_option(name, fixture):
     """A tool-call turn after the last query belongs to the final exchange: its reasoning, which the official
     template keeps there, is trained with think_last_turn and left out with answer_only, through the twin and
@@ -574,6 +611,85 @@ def test_gemma4_jinja_path_gives_a_call_turns_text_written_after_its_results_to_
     assert "response:" not in trained
     for policy in ("assistant", "last", "all"):
         assert trained_chars(messages, fast, policy) == trained_chars(messages, slow, policy), policy
+
+
+def test_gemma4_jinja_path_gives_the_end_of_turn_after_a_late_blank_text_to_the_blank_reply_written_there():
+    """A blank call-turn text written after its results ends where the blank last reply is written: the <turn|>
+    there ends that reply (before, the call turn took it, and `last` trained nothing)."""
+    chat = [{"role": "user", "content": "q"},
+            {"role": "assistant", "content": "hi ", "tool_calls": [call("Paris")]},
+            {"role": "tool", "content": "r"},
+            {"role": "assistant", "content": " ", "tool_calls": [call("Paris")]},
+            {"role": "tool", "content": "r1"},
+            {"role": "assistant", "content": " "}]
+    rendered, messages, fast, slow = _gemma4_jinja_path(chat)
+    assert rendered == "".join(t for t, _, _ in slow)
+    assert "".join(rendered[c] for c in sorted(trained_chars(messages, slow, "last"))) == "<turn|>"
+    for policy in ("assistant", "last", "all"):
+        assert trained_chars(messages, fast, policy) == trained_chars(messages, slow, policy), policy
+
+
+def test_qwen35_jinja_path_trains_a_blank_reply_after_tool_results_through_its_end_of_turn():
+    """A blank text beside calls makes the template write other text around it than around a placeholder; with
+    blank contents left unmarked, a blank reply after the results and a blank user turn have no field. The blank
+    reply's header is the first one after the results (before, the next reply's longer header was taken, and the
+    blank reply trained nothing of its own, its <|im_end|> neither)."""
+    builtin = templates.get("qwen3.5")
+    stop_texts = tuple(dict.fromkeys(x for x in (builtin.stop, *builtin.spec.get("stops", []), builtin.spec["eos"])
+                                     if x))
+    own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / "qwen3.5.jinja").read_text(encoding="utf-8"),
+                             stop_texts=stop_texts)
+    chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "\n", "tool_calls": [call("Paris")]},
+            {"role": "tool", "content": "21"}, {"role": "assistant", "content": " "},
+            {"role": "user", "content": " "}, {"role": "assistant", "content": "ok"}]
+    messages = templates.normalize_messages(chat)
+    fast = own.segments(messages, TOOLS)
+    slow = stops.train_stops(jinja_segments.segments(own, messages, TOOLS, False), messages, stop_texts, "")
+    text = "".join(t for t, _, _ in slow)
+    assert text == "".join(t for t, _, _ in fast) == _official("qwen3.5", chat, TOOLS, False)
+    blank_reply = [(t, body) for t, k, body in slow if k == 4]  # 1 and 2: the text and the calls
+    assert blank_reply == [("<|im_start|>assistant\n", False), ("<|im_end|>", True)]
+    for policy in ("assistant", "last", "all"):
+        for empty in (False, True):
+            assert _trained_under(messages, fast, TOOLS, policy, train_empty_think=empty) == \
+                _trained_under(messages, slow, TOOLS, policy, train_empty_think=empty), (policy, empty)
+
+
+@pytest.mark.parametrize("name", ["glm4.5", "gpt-oss", "llama4"])
+def test_a_turn_of_calls_without_text_renders_through_its_own_template_as_through_the_twin(name):
+    """A call-only turn reaches a model's own template with content "", as its official renders are made: GLM-4.5's
+    template wrote a None content as "None" (trained as the reply's text), gpt-oss's and Llama 4's raised on it."""
+    fixture, _ = FAMILIES[name]
+    own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8"),
+                             bos=BOS.get(fixture, ""))
+    chat = [{"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [call("Paris")]},
+            {"role": "tool", "content": "21"}, {"role": "assistant", "content": "It is 21."}]
+    messages = templates.normalize_messages(chat)
+    assert templates.to_hf_messages(messages)[1]["content"] == ""
+    text = own.render(chat, TOOLS)
+    assert text == templates.get(name).render(chat, TOOLS) == _official(fixture, chat, TOOLS, False)
+    assert "None" not in text
+    assert "".join(t for t, _, _ in jinja_segments.segments(own, messages, TOOLS, False)) == text
+
+
+@pytest.mark.parametrize("text", ["Checking.", None])
+def test_gemma4_jinja_path_trains_a_run_on_replys_thought_channel_as_thinking_under_each_reasoning_option(text):
+    """After results, Gemma 4's answer runs on in the model turn and opens its own thought channel: the opener is
+    thinking (before, it was taken for a header and left untrained); a call-only turn's thought ends at its
+    <channel|>; a reasoning the template reads from a field is put there, never written as <think> text."""
+    chat = [{"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "<think>call it</think>" + (text or ""), "tool_calls": [call("Paris")]},
+            {"role": "tool", "content": "21"},
+            {"role": "assistant", "content": "<think>it said 21</think>Paris 21."}]
+    rendered, messages, fast, slow = _gemma4_jinja_path(chat)
+    assert rendered == "".join(t for t, _, _ in slow)
+    for option in encode_labels.REASONING:
+        trained = _trained_under(messages, fast, TOOLS, "assistant", reasoning=option)
+        assert trained == _trained_under(messages, slow, TOOLS, "assistant", reasoning=option), option
+        said = "".join(rendered[c] for c in sorted(trained))
+        assert ("<|channel>thought\nit said 21\n<channel|>Paris 21.<turn|>" in said) == (option != "answer_only")
+        assert ("<channel|>" in said) == (option != "answer_only"), option
 
 
 def test_jinja_path_refuses_a_template_writing_a_reply_after_the_next_user_turn_naming_it():

@@ -50,12 +50,23 @@ def segments(t: Template, msgs: list[dict], tools: list[dict] | None,
 
     A template that is not prefix-stable on a plain multi-turn probe takes placeholders for every
     conversation (one method for all its records, and no prefix renders spent on each)."""
-    if not _needs_placeholders(t):
+    if not _needs_placeholders(t) and not _reasoning_in_fields(t, msgs):
         try:
             return prefix_segments(t, msgs, tools, add_generation_prompt)
         except NotPrefixStable:
             pass
     return placeholder_segments(t, msgs, tools, add_generation_prompt)
+
+
+def _reasoning_in_fields(t: Template, msgs: list[dict]) -> bool:
+    """Whether a reply carries reasoning that the template reads from a field (gpt-oss, Qwen3.8, Gemma 4): prefix
+    renders would write it as <think> text, placeholders put it in the field (`_placeholders`)."""
+    return _fields_of_template(t) and any(m["role"] == "assistant" and split_think(m["content"] or "")[0] is not None
+                                          for m in msgs)
+
+
+def _fields_of_template(t: Template) -> bool:
+    return bool(_REASONING_FIELDS.search(t.jinja or "")) and not _SPLITS_THINK.search(t.jinja or "")
 
 
 _PLACEHOLDERS_FOR: dict[tuple[str | None, str, str], bool] = {}
@@ -296,10 +307,11 @@ def placeholder_segments(t: Template, msgs: list[dict], tools: list[dict] | None
     located = [(fields[n][0], *spans[n], fields[n][1]) for n in sorted(spans, key=lambda n: (spans[n], n))]
     in_order, late = _late_fields(t, located, hf, owners)
     ends = _end_texts(t, full, hf, _by_message(in_order))
-    # a late content owns the end-of-turn token right after it, unless another message's (blank) content lies between
-    starts = sorted(lo for _, lo, _, _ in located)
-    pieces = [(lo, _token_end(full, hi, next((x for x in starts if x >= hi and x > lo), len(full)), ends, leading=True)
-               or hi, owners[k]) for k, lo, hi, _ in late]
+    # a late content owns the end-of-turn token right after it, unless the next field in the text comes first (a
+    # blank reply written where the late content ends: the token is that reply's)
+    following = {field: nxt[1] for field, nxt in zip(located, located[1:])}
+    pieces = [(lo, _token_end(full, hi, following.get((k, lo, hi, kind), len(full)), ends, leading=True) or hi,
+               owners[k]) for k, lo, hi, kind in late]
     return _overlay(_placeholder_cut(t, full, hf, owners, in_order, [hi for _, hi, _ in pieces]), pieces, full)
 
 
@@ -377,7 +389,7 @@ def _placeholders(t: Template, hf: list[dict], blanks: bool = False
     (Qwen3.5, GLM, Nemotron 3 split the <think> block out of it themselves, as their built-in twins do).
     With `blanks` false, blank texts keep their value (a template may write other text around an empty content);
     a None content always does."""
-    fields_of_template = bool(_REASONING_FIELDS.search(t.jinja or "")) and not _SPLITS_THINK.search(t.jinja or "")
+    fields_of_template = _fields_of_template(t)
     real, marked, fields = [], [], []
 
     def mark(k: int, kind: str, text: str) -> str:
@@ -391,8 +403,9 @@ def _placeholders(t: Template, hf: list[dict], blanks: bool = False
             reasoning, answer = split_think(content)
         if reasoning is None:
             real.append(m)
+            called = m.get("tool_calls") and content == ""  # a turn of calls without text (`to_hf_messages`)
             marked.append({**m, "content": mark(k, "content", content)}
-                          if isinstance(content, str) and (blanks or content.strip()) else m)
+                          if isinstance(content, str) and (blanks or content.strip()) and not called else m)
             continue
         think = mark(k, "reasoning", reasoning) if reasoning.strip() else reasoning
         said = mark(k, "content", answer) if blanks or answer.strip() else answer
@@ -498,8 +511,13 @@ def _placeholder_cut(t: Template, full: str, hf: list[dict], owners: list[int],
         content_at = next((lo for lo, _, kind in own if kind == "content"), None)
         head_limit = own[0][0] if own else later
         header = _find_prompt(full, prompt, start, head_limit)
-        reply = header[1] if header else (own[0][0] if own else
-                                          max([start] + [e for e in late_ends if start <= e <= head_limit]))
+        if header:
+            reply = header[1]
+        elif not own:
+            reply = max([start] + [e for e in late_ends if start <= e <= head_limit])
+        else:  # a reply that runs on after results (Gemma 4) opens its think block itself: the opener is its own
+            runs_on = k and hf[k - 1]["role"] == "tool" and own[0][2] == "reasoning"
+            reply = start if runs_on else own[0][0]
         after = max(after, reply)  # a reply's end is looked for after its header, never inside it
         if m.get("tool_calls") or not own:  # through the model's stop token where the template is audited
             end = (_token_end(full, after, later, t.stop_texts) if t.stop_texts else None) \
@@ -508,10 +526,15 @@ def _placeholder_cut(t: Template, full: str, hf: list[dict], owners: list[int],
             end = _token_end(full, after, later, None, leading=True) or after
         segs.append((full[start:reply], owner, False))
         if any(kind == "reasoning" for _, _, kind in own):
-            # a reply without text (only calls) has its think block end at the </think> after its reasoning
+            # a reply without text (only calls) has its think block end at the </think> after its reasoning, or
+            # at the token that closes it (Gemma 4's <channel|>)
             thought = next(hi for _, hi, kind in own if kind == "reasoning")
-            answer = content_at if content_at is not None else max(thought, full.find("</think>", thought, end)
-                                                                   + len("</think>"))
+            if content_at is not None:
+                answer = content_at
+            elif full.find("</think>", thought, end) >= 0:
+                answer = full.find("</think>", thought, end) + len("</think>")
+            else:
+                answer = (_token_match(full, thought, end, None, leading=True) or (thought, thought))[1]
             closed = full.rfind("</think>", reply, answer)
             if closed >= 0:  # the think block ends as the template ends it (`_think_tail`)
                 closed += len("</think>")
@@ -558,15 +581,17 @@ def _token_match(full: str, lo: int, hi: int, texts: tuple[str, ...] | None, lea
 
 
 def _find_prompt(full: str, prompt: str, lo: int, hi: int) -> tuple[int, int] | None:
-    """Where the generation prompt first occurs in full[lo:hi], or its longest start that ends at a token
-    or a line ("<|im_start|>assistant\n" of Qwen3.5's "<|im_start|>assistant\n<think>\n"), at least half of it."""
+    """Where the generation prompt first occurs in full[lo:hi], or a start of it that ends at a token or a line
+    ("<|im_start|>assistant\n" of Qwen3.5's "<|im_start|>assistant\n<think>\n"), at least half of it: the first
+    header in the range (a blank reply's bare header comes before the next reply's full prompt), as long as it goes."""
     cuts = {len(prompt)} | {m.end() for m in _TOKEN_LIKE.finditer(prompt)} | {
         k + 1 for k, c in enumerate(prompt) if c == "\n"}
-    for n in sorted((n for n in cuts if n and 2 * n >= len(prompt)), reverse=True):
-        at = full.find(prompt[:n], lo, hi)
-        if at >= 0:
-            return at, at + n + _held(prompt[n:], full[at + n:hi])
-    return None
+    found = [(at, -n) for n in cuts if n and 2 * n >= len(prompt) for at in [full.find(prompt[:n], lo, hi)] if at >= 0]
+    if not found:
+        return None
+    at, longest = min(found)
+    end = at - longest
+    return at, end + _held(prompt[end - at:], full[end:hi])
 
 
 _HELD_CUT = re.compile(_TOKEN_LIKE.pattern + r"|<think>|\n")

@@ -33,7 +33,10 @@ def normalize_messages(messages: Iterable[Any]) -> Normalized:
 
 def to_hf_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The OpenAI / Hugging Face shape that jinja chat templates expect (tool calls merged into the turn;
-    call ids and results' tool_call_id where the data gave them, for templates that render them)."""
+    call ids and results' tool_call_id where the data gave them, for templates that render them).
+
+    A turn of calls without text has content "", as the official templates are shown it: GLM-4.5's writes a
+    None content as "None", gpt-oss's, Llama 4's and DeepSeek-R1's raise on it; the others write both alike."""
     out: list[dict[str, Any]] = []
     for m in messages:
         if m["role"] == "tool_call":
@@ -43,7 +46,7 @@ def to_hf_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if previous is not None and previous["role"] == "assistant":
                 previous.setdefault("tool_calls", []).extend(calls)
             else:
-                out.append({"role": "assistant", "content": None, "tool_calls": calls})
+                out.append({"role": "assistant", "content": "", "tool_calls": calls})
         else:
             out.append({"role": m["role"], "content": m["content"],
                         **({"tool_call_id": m["tool_call_id"]} if m.get("tool_call_id") is not None else {})})
