@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sftune import encode
+from sftune import encode, modality
 from sftune.encode import EncodeOptions
 from tests.templates.test_reasoning import HYBRID_CHAT, REASONING_CHAT
 
@@ -49,6 +49,7 @@ def reasoning_run(tmp_path_factory, smollm2_tokenizer):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(encode, "encode_dataset", recorded)
+        patch.setattr(modality, "encode_dataset", recorded)  # the name training's text modality calls
         train({"model": {"name": str(base)},
                "data": {"train": str(train_path), "eval": str(eval_path), "template": "qwen3", "max_len": 128,
                         **OPTIONS},
