@@ -69,6 +69,13 @@ def _fields_of_template(t: Template) -> bool:
     return bool(_REASONING_FIELDS.search(t.jinja or "")) and not _SPLITS_THINK.search(t.jinja or "")
 
 
+def _has_reasoning(t: Template) -> bool:
+    """Whether the template knows reasoning at all: it reads a reasoning field or writes or splits at </think>.
+    In one that does not (Llama 4, Qwen3-2507), a reply's think block is plain reply text, trained as the
+    reply (data check's think_in_plain_template), and the reasoning options do not apply to it."""
+    return "</think>" in (t.jinja or "") or bool(_REASONING_FIELDS.search(t.jinja or ""))
+
+
 _PLACEHOLDERS_FOR: dict[tuple[str | None, str, str], bool] = {}
 
 
@@ -161,7 +168,7 @@ def _reply(t: Template, text: str, owner: int, content: str | None = None) -> li
     (one without reasoning, or whose reasoning it drops: Qwen3.5, GLM, Nemotron 3) a segment of its own,
     trained only with train_empty_think. A block ends as the template ends it (`_think_tail`)."""
     tail = _think_tail(t)
-    reasoning = split_think(content)[0] if isinstance(content, str) else None
+    reasoning = split_think(content)[0] if isinstance(content, str) and _has_reasoning(t) else None
     kept = text.find(reasoning.strip()) if reasoning and reasoning.strip() else -1
     closed = text.find("</think>", kept) if kept >= 0 else -1
     if closed >= 0:  # the reasoning the template keeps, through its </think>
@@ -389,7 +396,7 @@ def _placeholders(t: Template, hf: list[dict], blanks: bool = False
     (Qwen3.5, GLM, Nemotron 3 split the <think> block out of it themselves, as their built-in twins do).
     With `blanks` false, blank texts keep their value (a template may write other text around an empty content);
     a None content always does."""
-    fields_of_template = _fields_of_template(t)
+    fields_of_template, reasons = _fields_of_template(t), _has_reasoning(t)
     real, marked, fields = [], [], []
 
     def mark(k: int, kind: str, text: str) -> str:
@@ -399,7 +406,7 @@ def _placeholders(t: Template, hf: list[dict], blanks: bool = False
     for k, m in enumerate(hf):
         content = m.get("content")
         reasoning = None
-        if m["role"] == "assistant" and isinstance(content, str):
+        if m["role"] == "assistant" and isinstance(content, str) and reasons:
             reasoning, answer = split_think(content)
         if reasoning is None:
             real.append(m)
@@ -408,7 +415,8 @@ def _placeholders(t: Template, hf: list[dict], blanks: bool = False
                           if isinstance(content, str) and (blanks or content.strip()) and not called else m)
             continue
         think = mark(k, "reasoning", reasoning) if reasoning.strip() else reasoning
-        said = mark(k, "content", answer) if blanks or answer.strip() else answer
+        called = m.get("tool_calls") and answer == ""  # calls without text after the reasoning, as above
+        said = mark(k, "content", answer) if (blanks or answer.strip()) and not called else answer
         if fields_of_template:
             real.append({**m, "content": answer, **dict.fromkeys(_REASONING_KEYS, reasoning)})
             marked.append({**m, "content": said, **dict.fromkeys(_REASONING_KEYS, think)})
@@ -529,12 +537,14 @@ def _placeholder_cut(t: Template, full: str, hf: list[dict], owners: list[int],
             # a reply without text (only calls) has its think block end at the </think> after its reasoning, or
             # at the token that closes it (Gemma 4's <channel|>)
             thought = next(hi for _, hi, kind in own if kind == "reasoning")
-            if content_at is not None:
-                answer = content_at
-            elif full.find("</think>", thought, end) >= 0:
-                answer = full.find("</think>", thought, end) + len("</think>")
-            else:
-                answer = (_token_match(full, thought, end, None, leading=True) or (thought, thought))[1]
+            limit = end if content_at is None else content_at
+            if full.find("</think>", thought, limit) >= 0:
+                answer = full.find("</think>", thought, limit) + len("</think>")
+            else:  # the thought's own end-of-message token, and the header the next message opens with after it
+                # (gpt-oss: <|end|><|start|>assistant; the answer's channel header is the answer's)
+                answer = (_token_match(full, thought, limit, None, leading=True) or (thought, thought))[1]
+                answer += len(prompt) if prompt and full.startswith(prompt, answer) and answer + len(prompt) < end else 0
+                answer = limit if content_at is not None and answer == thought else answer
             closed = full.rfind("</think>", reply, answer)
             if closed >= 0:  # the think block ends as the template ends it (`_think_tail`)
                 closed += len("</think>")
