@@ -525,7 +525,8 @@ def _placeholder_cut(t: Template, full: str, hf: list[dict], owners: list[int],
             reply = max([start] + [e for e in late_ends if start <= e <= head_limit])
         else:  # a reply that runs on after results (Gemma 4) opens its think block itself: the opener is its own
             runs_on = k and hf[k - 1]["role"] == "tool" and own[0][2] == "reasoning"
-            reply = start if runs_on else own[0][0]
+            blank = _blank_thought(t, full, m, start, own[0][0]) if k and hf[k - 1]["role"] == "tool" else None
+            reply = start if runs_on else blank[0] if blank else own[0][0]
         after = max(after, reply)  # a reply's end is looked for after its header, never inside it
         if m.get("tool_calls") or not own:  # through the model's stop token where the template is audited
             end = (_token_end(full, after, later, t.stop_texts) if t.stop_texts else None) \
@@ -550,11 +551,53 @@ def _placeholder_cut(t: Template, full: str, hf: list[dict], owners: list[int],
                 closed += len("</think>")
                 answer = closed + (len(_think_tail(t) or "") if full.startswith(_think_tail(t) or "", closed) else 0)
             segs += [(full[reply:answer], owner, THINK), (full[answer:end], owner, True)]
+        elif (blank := _blank_thought(t, full, m, reply, end if content_at is None else content_at)):
+            segs += [(full[reply:blank[1]], owner, blank[2]), (full[blank[1]:end], owner, True)]
         else:
             segs += _reply(t, full[reply:end], owner)
         start = end
     segs.append((full[start:], None, False))
     return [seg for seg in segs if seg[0]]
+
+
+def _blank_thought(t: Template, full: str, m: dict, lo: int, hi: int) -> tuple[int, int, str] | None:
+    """Where the block a template writes of a reply's blank reasoning lies in full[lo:hi] (start, end) and its kind
+    (THINK for whitespace, EMPTY_THINK for nothing, as the twins say), for a template that reads reasoning from a
+    field and frames it with tokens (`_thought_frame`). None where the reply has no blank reasoning or no such block."""
+    content, frame = m.get("content"), _thought_frame(t)
+    reasoning = split_think(content)[0] if isinstance(content, str) and frame else None
+    if reasoning is None or reasoning.strip():
+        return None
+    hit = re.compile(re.escape(frame[0]) + r"\s*" + re.escape(frame[1])).search(full, lo, hi)
+    return (hit.start(), hit.end(), THINK if reasoning else EMPTY_THINK) if hit and hit.end() <= hi else None
+
+
+_FRAME_OF: dict[tuple[str | None, str, str], tuple[str, str] | None] = {}
+
+
+def _thought_frame(t: Template) -> tuple[str, str] | None:
+    """The text a template that reads reasoning from a field writes before and after it in a reply, up to the answer
+    or to the header the answer's message opens with (gpt-oss: '<|channel|>analysis<|message|>' and
+    '<|end|><|start|>assistant'; Gemma 4: '<|channel>thought\\n' and '\\n<channel|>'), from a probe once per
+    template; None for one that frames it with <think> tags (found by `_reply`) or where the probe cannot tell."""
+    key = (t.jinja, t.bos, t.eos)
+    if key not in _FRAME_OF:
+        _FRAME_OF[key] = None
+        thought, answer, prompt = _PLACEHOLDER.format(0), _PLACEHOLDER.format(1), generation_prompt(t)
+        chat = [{"role": "user", "content": "u"},
+                {"role": "assistant", "content": answer, **dict.fromkeys(_REASONING_KEYS, thought)}]
+        try:
+            text = _render(t, [chat], None, False)[0] if _fields_of_template(t) and prompt else ""
+        except Exception:  # jinja raises anything; a template this probe does not suit frames nothing here
+            return None
+        at, then = text.find(thought), text.find(answer)
+        opened = text.rfind(prompt, 0, at) if 0 <= at < then else -1
+        if opened >= 0 and "think>" not in text:
+            before, after = text[opened + len(prompt):at], text[at + len(thought):then]
+            header = after.find(prompt)
+            after = after[:header + len(prompt)] if header >= 0 else after
+            _FRAME_OF[key] = (before, after) if before and after else None
+    return _FRAME_OF[key]
 
 
 def _end_texts(t: Template, full: str, hf: list[dict], by_message: dict[int, list]) -> tuple[str, ...]:
