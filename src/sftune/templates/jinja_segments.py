@@ -528,9 +528,13 @@ def _placeholder_cut(t: Template, full: str, hf: list[dict], owners: list[int],
             blank = _blank_thought(t, full, m, start, own[0][0]) if k and hf[k - 1]["role"] == "tool" else None
             reply = start if runs_on else blank[0] if blank else own[0][0]
         after = max(after, reply)  # a reply's end is looked for after its header, never inside it
+        if own and own[-1][2] == "reasoning" and full[after:later].lstrip().startswith("</think>"):
+            after = full.index("</think>", after) + len("</think>")  # a blank answer after it: the block is the reply's
         if m.get("tool_calls") or not own:  # through the model's stop token where the template is audited
             end = (_token_end(full, after, later, t.stop_texts) if t.stop_texts else None) \
                 or _token_end(full, after, later, ends) or _token_end(full, after, later, None) or after
+            empty = _EMPTY_THINK.match(full, after, later) if end == after and not own else None
+            end = empty.end() if empty else end  # a blank reply that ends a conversation: its empty think block (GLM)
         else:
             end = _token_end(full, after, later, None, leading=True) or after
         segs.append((full[start:reply], owner, False))
