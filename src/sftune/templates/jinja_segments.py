@@ -179,7 +179,10 @@ def _reply(t: Template, text: str, owner: int, content: str | None = None) -> li
     if empty is None:
         return [(text, owner, True)]
     cut = empty.end() + (len(tail) if text.startswith(tail, empty.end()) else 0)
-    return [(text[:cut], owner, EMPTY_THINK), (text[cut:], owner, True)]
+    block = empty.group()[:-len("</think>")]
+    inner = block[block.find("<think>") + len("<think>"):] if "<think>" in block else ""
+    # a block that holds spaces (reasoning of whitespace, written as it is: Qwen3) is a thought, as the twins say
+    return [(text[:cut], owner, THINK if inner.strip("\n") else EMPTY_THINK), (text[cut:], owner, True)]
 
 
 _TAIL_OF: dict[tuple[str | None, str, str], str | None] = {}
