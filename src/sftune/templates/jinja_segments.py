@@ -474,10 +474,12 @@ def _locate(t: Template, full: str, probe: str, fields: list[tuple[int, str, str
 
 
 def _as_written(text: str) -> dict[str, None]:
-    """What a template may write for a text without changing it: the text, trimmed (Qwen3.5's `|trim`), or
-    escaped inside a JSON string (Llama 3.1's `tojson` of a tool result)."""
+    """What a template may write for a text without changing it: the text, trimmed (Qwen3.5's `|trim`; Qwen3's
+    answer after a think block, its leading newlines only), or escaped inside a JSON string (Llama 3.1's `tojson`
+    of a tool result)."""
     quoted = json.dumps(text, ensure_ascii=False)[1:-1]
-    return dict.fromkeys((text, text.strip(), text.lstrip(), text.rstrip(), quoted))
+    return dict.fromkeys((text, text.strip(), text.lstrip(), text.rstrip(), text.lstrip("\n"), text.strip("\n"),
+                          quoted))
 
 
 def _rewrites(t: Template, what: str, expected: str, written: str) -> TemplateError:
