@@ -553,7 +553,8 @@ def _placeholder_cut(t: Template, full: str, hf: list[dict], owners: list[int],
             else:  # the thought's own end-of-message token, and the header the next message opens with after it
                 # (gpt-oss: <|end|><|start|>assistant; the answer's channel header is the answer's)
                 answer = (_token_match(full, thought, limit, None, leading=True) or (thought, thought))[1]
-                answer += len(prompt) if prompt and full.startswith(prompt, answer) and answer + len(prompt) < end else 0
+                if prompt and full.startswith(prompt, answer) and answer + len(prompt) < end:
+                    answer += len(prompt)
                 answer = limit if content_at is not None and answer == thought else answer
             closed = full.rfind("</think>", reply, answer)
             if closed >= 0:  # the think block ends as the template ends it (`_think_tail`)
