@@ -69,6 +69,13 @@ def _fields_of_template(t: Template) -> bool:
     return bool(_REASONING_FIELDS.search(t.jinja or "")) and not _SPLITS_THINK.search(t.jinja or "")
 
 
+def _has_reasoning(t: Template) -> bool:
+    """Whether the template knows reasoning at all: it reads a reasoning field or writes or splits at </think>.
+    In one that does not (Llama 4, Qwen3-2507), a reply's think block is plain reply text, trained as the
+    reply (data check's think_in_plain_template), and the reasoning options do not apply to it."""
+    return "</think>" in (t.jinja or "") or bool(_REASONING_FIELDS.search(t.jinja or ""))
+
+
 _PLACEHOLDERS_FOR: dict[tuple[str | None, str, str], bool] = {}
 
 
@@ -161,7 +168,7 @@ def _reply(t: Template, text: str, owner: int, content: str | None = None) -> li
     (one without reasoning, or whose reasoning it drops: Qwen3.5, GLM, Nemotron 3) a segment of its own,
     trained only with train_empty_think. A block ends as the template ends it (`_think_tail`)."""
     tail = _think_tail(t)
-    reasoning = split_think(content)[0] if isinstance(content, str) else None
+    reasoning = split_think(content)[0] if isinstance(content, str) and _has_reasoning(t) else None
     kept = text.find(reasoning.strip()) if reasoning and reasoning.strip() else -1
     closed = text.find("</think>", kept) if kept >= 0 else -1
     if closed >= 0:  # the reasoning the template keeps, through its </think>
@@ -172,7 +179,10 @@ def _reply(t: Template, text: str, owner: int, content: str | None = None) -> li
     if empty is None:
         return [(text, owner, True)]
     cut = empty.end() + (len(tail) if text.startswith(tail, empty.end()) else 0)
-    return [(text[:cut], owner, EMPTY_THINK), (text[cut:], owner, True)]
+    block = empty.group()[:-len("</think>")]
+    inner = block[block.find("<think>") + len("<think>"):] if "<think>" in block else ""
+    # a block that holds spaces (reasoning of whitespace, written as it is: Qwen3) is a thought, as the twins say
+    return [(text[:cut], owner, THINK if inner.strip("\n") else EMPTY_THINK), (text[cut:], owner, True)]
 
 
 _TAIL_OF: dict[tuple[str | None, str, str], str | None] = {}
@@ -389,7 +399,7 @@ def _placeholders(t: Template, hf: list[dict], blanks: bool = False
     (Qwen3.5, GLM, Nemotron 3 split the <think> block out of it themselves, as their built-in twins do).
     With `blanks` false, blank texts keep their value (a template may write other text around an empty content);
     a None content always does."""
-    fields_of_template = _fields_of_template(t)
+    fields_of_template, reasons = _fields_of_template(t), _has_reasoning(t)
     real, marked, fields = [], [], []
 
     def mark(k: int, kind: str, text: str) -> str:
@@ -399,7 +409,7 @@ def _placeholders(t: Template, hf: list[dict], blanks: bool = False
     for k, m in enumerate(hf):
         content = m.get("content")
         reasoning = None
-        if m["role"] == "assistant" and isinstance(content, str):
+        if m["role"] == "assistant" and isinstance(content, str) and reasons:
             reasoning, answer = split_think(content)
         if reasoning is None:
             real.append(m)
@@ -408,7 +418,8 @@ def _placeholders(t: Template, hf: list[dict], blanks: bool = False
                           if isinstance(content, str) and (blanks or content.strip()) and not called else m)
             continue
         think = mark(k, "reasoning", reasoning) if reasoning.strip() else reasoning
-        said = mark(k, "content", answer) if blanks or answer.strip() else answer
+        called = m.get("tool_calls") and answer == ""  # calls without text after the reasoning, as above
+        said = mark(k, "content", answer) if (blanks or answer.strip()) and not called else answer
         if fields_of_template:
             real.append({**m, "content": answer, **dict.fromkeys(_REASONING_KEYS, reasoning)})
             marked.append({**m, "content": said, **dict.fromkeys(_REASONING_KEYS, think)})
@@ -463,10 +474,12 @@ def _locate(t: Template, full: str, probe: str, fields: list[tuple[int, str, str
 
 
 def _as_written(text: str) -> dict[str, None]:
-    """What a template may write for a text without changing it: the text, trimmed (Qwen3.5's `|trim`), or
-    escaped inside a JSON string (Llama 3.1's `tojson` of a tool result)."""
+    """What a template may write for a text without changing it: the text, trimmed (Qwen3.5's `|trim`; Qwen3's
+    answer after a think block, its leading newlines only), or escaped inside a JSON string (Llama 3.1's `tojson`
+    of a tool result)."""
     quoted = json.dumps(text, ensure_ascii=False)[1:-1]
-    return dict.fromkeys((text, text.strip(), text.lstrip(), text.rstrip(), quoted))
+    return dict.fromkeys((text, text.strip(), text.lstrip(), text.rstrip(), text.lstrip("\n"), text.strip("\n"),
+                          quoted))
 
 
 def _rewrites(t: Template, what: str, expected: str, written: str) -> TemplateError:
@@ -517,11 +530,16 @@ def _placeholder_cut(t: Template, full: str, hf: list[dict], owners: list[int],
             reply = max([start] + [e for e in late_ends if start <= e <= head_limit])
         else:  # a reply that runs on after results (Gemma 4) opens its think block itself: the opener is its own
             runs_on = k and hf[k - 1]["role"] == "tool" and own[0][2] == "reasoning"
-            reply = start if runs_on else own[0][0]
+            blank = _blank_thought(t, full, m, start, own[0][0]) if k and hf[k - 1]["role"] == "tool" else None
+            reply = start if runs_on else blank[0] if blank else own[0][0]
         after = max(after, reply)  # a reply's end is looked for after its header, never inside it
+        if own and own[-1][2] == "reasoning" and full[after:later].lstrip().startswith("</think>"):
+            after = full.index("</think>", after) + len("</think>")  # a blank answer after it: the block is the reply's
         if m.get("tool_calls") or not own:  # through the model's stop token where the template is audited
             end = (_token_end(full, after, later, t.stop_texts) if t.stop_texts else None) \
                 or _token_end(full, after, later, ends) or _token_end(full, after, later, None) or after
+            empty = _EMPTY_THINK.match(full, after, later) if end == after and not own else None
+            end = empty.end() if empty else end  # a blank reply that ends a conversation: its empty think block (GLM)
         else:
             end = _token_end(full, after, later, None, leading=True) or after
         segs.append((full[start:reply], owner, False))
@@ -529,22 +547,67 @@ def _placeholder_cut(t: Template, full: str, hf: list[dict], owners: list[int],
             # a reply without text (only calls) has its think block end at the </think> after its reasoning, or
             # at the token that closes it (Gemma 4's <channel|>)
             thought = next(hi for _, hi, kind in own if kind == "reasoning")
-            if content_at is not None:
-                answer = content_at
-            elif full.find("</think>", thought, end) >= 0:
-                answer = full.find("</think>", thought, end) + len("</think>")
-            else:
-                answer = (_token_match(full, thought, end, None, leading=True) or (thought, thought))[1]
+            limit = end if content_at is None else content_at
+            if full.find("</think>", thought, limit) >= 0:
+                answer = full.find("</think>", thought, limit) + len("</think>")
+            else:  # the thought's own end-of-message token, and the header the next message opens with after it
+                # (gpt-oss: <|end|><|start|>assistant; the answer's channel header is the answer's)
+                answer = (_token_match(full, thought, limit, None, leading=True) or (thought, thought))[1]
+                if prompt and full.startswith(prompt, answer) and answer + len(prompt) < end:
+                    answer += len(prompt)
+                answer = limit if content_at is not None and answer == thought else answer
             closed = full.rfind("</think>", reply, answer)
             if closed >= 0:  # the think block ends as the template ends it (`_think_tail`)
                 closed += len("</think>")
                 answer = closed + (len(_think_tail(t) or "") if full.startswith(_think_tail(t) or "", closed) else 0)
             segs += [(full[reply:answer], owner, THINK), (full[answer:end], owner, True)]
+        elif (blank := _blank_thought(t, full, m, reply, end if content_at is None else content_at)):
+            segs += [(full[reply:blank[1]], owner, blank[2]), (full[blank[1]:end], owner, True)]
         else:
             segs += _reply(t, full[reply:end], owner)
         start = end
     segs.append((full[start:], None, False))
     return [seg for seg in segs if seg[0]]
+
+
+def _blank_thought(t: Template, full: str, m: dict, lo: int, hi: int) -> tuple[int, int, str] | None:
+    """Where the block a template writes of a reply's blank reasoning lies in full[lo:hi] (start, end) and its kind
+    (THINK for whitespace, EMPTY_THINK for nothing, as the twins say), for a template that reads reasoning from a
+    field and frames it with tokens (`_thought_frame`). None where the reply has no blank reasoning or no such block."""
+    content, frame = m.get("content"), _thought_frame(t)
+    reasoning = split_think(content)[0] if isinstance(content, str) and frame else None
+    if reasoning is None or reasoning.strip():
+        return None
+    hit = re.compile(re.escape(frame[0]) + r"\s*" + re.escape(frame[1])).search(full, lo, hi)
+    return (hit.start(), hit.end(), THINK if reasoning else EMPTY_THINK) if hit and hit.end() <= hi else None
+
+
+_FRAME_OF: dict[tuple[str | None, str, str], tuple[str, str] | None] = {}
+
+
+def _thought_frame(t: Template) -> tuple[str, str] | None:
+    """The text a template that reads reasoning from a field writes before and after it in a reply, up to the answer
+    or to the header the answer's message opens with (gpt-oss: '<|channel|>analysis<|message|>' and
+    '<|end|><|start|>assistant'; Gemma 4: '<|channel>thought\\n' and '\\n<channel|>'), from a probe once per
+    template; None for one that frames it with <think> tags (found by `_reply`) or where the probe cannot tell."""
+    key = (t.jinja, t.bos, t.eos)
+    if key not in _FRAME_OF:
+        _FRAME_OF[key] = None
+        thought, answer, prompt = _PLACEHOLDER.format(0), _PLACEHOLDER.format(1), generation_prompt(t)
+        chat = [{"role": "user", "content": "u"},
+                {"role": "assistant", "content": answer, **dict.fromkeys(_REASONING_KEYS, thought)}]
+        try:
+            text = _render(t, [chat], None, False)[0] if _fields_of_template(t) and prompt else ""
+        except Exception:  # jinja raises anything; a template this probe does not suit frames nothing here
+            return None
+        at, then = text.find(thought), text.find(answer)
+        opened = text.rfind(prompt, 0, at) if 0 <= at < then else -1
+        if opened >= 0 and "think>" not in text:
+            before, after = text[opened + len(prompt):at], text[at + len(thought):then]
+            header = after.find(prompt)
+            after = after[:header + len(prompt)] if header >= 0 else after
+            _FRAME_OF[key] = (before, after) if before and after else None
+    return _FRAME_OF[key]
 
 
 def _end_texts(t: Template, full: str, hf: list[dict], by_message: dict[int, list]) -> tuple[str, ...]:
