@@ -129,43 +129,45 @@ def _encode(records: list, tokenizer: Any, template: Template, options: EncodeOp
     job = Job(records, template, options, weighted, _plain_backend(tokenizer))
     with batch_results(job, batch_size, worker_count(workers, len(records), batch_size)) as results:
         bar = _progress(progress, len(records))
-        for batch in results:
-            for k, err in batch.errors:
-                report.skip(record_place(records[k], k), "render_error", err)
-            ks, ids, labels, weights, counts = batch.indices, batch.ids, batch.labels, batch.weights, batch.counts
-            bounds = np.concatenate([[0], np.cumsum(counts)])
-            padded = np.append(ids, [-1, -1])  # every row has a first and a second token to look at
-            two_bos = ((counts > 1) & (padded[bounds[:-1]] == bos_id) & (padded[bounds[:-1] + 1] == bos_id)
-                       if bos_id is not None else np.zeros(len(ks), dtype=bool))
-            too_long = counts > max_len if max_len is not None else np.zeros(len(ks), dtype=bool)
-            trained = np.concatenate([[0], np.cumsum(labels != IGNORE)])[bounds]
-            unusual = np.flatnonzero(two_bos | too_long | (trained[1:] == trained[:-1])).tolist()
-            row = 0  # rows are kept in order: runs of ordinary rows as slices, the unusual ones one by one
-            for special in unusual + [len(ks)]:
-                lo, hi = bounds[row], bounds[special]
-                rows.keep(ids[lo:hi], labels[lo:hi], weights[lo:hi] if weighted else None, counts[row:special])
-                row = special + 1
-                if special == len(ks):
-                    break
-                k = ks[special]
-                if two_bos[special]:
-                    report.skip(record_place(records[k], k), "two_bos",
-                                f"template {template.name!r} renders two BOS tokens at the start")
-                elif not too_long[special]:
-                    report.skip(record_place(records[k], k), "no_trained_token", nothing_left)
-                else:
-                    report.truncated += 1
-                    if len(report.truncated_records) < MAX_SKIPPED_SHOWN:
-                        report.truncated_records.append(record_place(records[k], k))
-                    result = encode(records[k], tokenizer, template, policy=options.policy, max_len=max_len,
-                                    reasoning=options.reasoning, train_empty_think=options.train_empty_think)
-                    if result is None:
+        try:  # the bar's refresh thread ends with the loop, however it ends
+            for batch in results:
+                for k, err in batch.errors:
+                    report.skip(record_place(records[k], k), "render_error", err)
+                ks, ids, labels, weights, counts = batch.indices, batch.ids, batch.labels, batch.weights, batch.counts
+                bounds = np.concatenate([[0], np.cumsum(counts)])
+                padded = np.append(ids, [-1, -1])  # every row has a first and a second token to look at
+                two_bos = ((counts > 1) & (padded[bounds[:-1]] == bos_id) & (padded[bounds[:-1] + 1] == bos_id)
+                           if bos_id is not None else np.zeros(len(ks), dtype=bool))
+                too_long = counts > max_len if max_len is not None else np.zeros(len(ks), dtype=bool)
+                trained = np.concatenate([[0], np.cumsum(labels != IGNORE)])[bounds]
+                unusual = np.flatnonzero(two_bos | too_long | (trained[1:] == trained[:-1])).tolist()
+                row = 0  # rows are kept in order: runs of ordinary rows as slices, the unusual ones one by one
+                for special in unusual + [len(ks)]:
+                    lo, hi = bounds[row], bounds[special]
+                    rows.keep(ids[lo:hi], labels[lo:hi], weights[lo:hi] if weighted else None, counts[row:special])
+                    row = special + 1
+                    if special == len(ks):
+                        break
+                    k = ks[special]
+                    if two_bos[special]:
+                        report.skip(record_place(records[k], k), "two_bos",
+                                    f"template {template.name!r} renders two BOS tokens at the start")
+                    elif not too_long[special]:
                         report.skip(record_place(records[k], k), "no_trained_token", nothing_left)
                     else:
-                        rows.keep_one(result)
-            report.tokenizer = batch.tokenized_by
-            bar(batch.done)
-        bar(None)
+                        report.truncated += 1
+                        if len(report.truncated_records) < MAX_SKIPPED_SHOWN:
+                            report.truncated_records.append(record_place(records[k], k))
+                        result = encode(records[k], tokenizer, template, policy=options.policy, max_len=max_len,
+                                        reasoning=options.reasoning, train_empty_think=options.train_empty_think)
+                        if result is None:
+                            report.skip(record_place(records[k], k), "no_trained_token", nothing_left)
+                        else:
+                            rows.keep_one(result)
+                report.tokenizer = batch.tokenized_by
+                bar(batch.done)
+        finally:
+            bar(None)
 
     table = rows.table()
     report.encoded = len(rows.lengths)
