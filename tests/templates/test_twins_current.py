@@ -368,26 +368,23 @@ def test_trained_spans_equal_the_jinja_paths_wherever_it_segments_the_same_text(
     assert compared >= 20
 
 
-@pytest.mark.parametrize("name", [*FAMILIES, "qwen3"])
-def test_random_tool_chats_train_alike_through_the_twin_and_the_families_own_template(name):
+def _both_paths(name: str, seed: int, chats: int, reasoning: bool = False):
     """Random tool chats (parallel calls where the family writes them, blank and whitespace contents, multi-turn,
-    with and without a system message and a generation prompt), the official jinja segmented by the jinja path:
-    it writes the twin's text and trains the twin's characters under every policy, with or without empty think
-    blocks, or refuses the chat naming a message; most are compared."""
-    from sftune import encode
-
+    with and without a system message and a generation prompt; with think blocks when `reasoning`), each segmented
+    by the twin and by the jinja path over the family's official text: yields (messages, tools, prompt, twin's
+    segments, jinja path's segments, or the refusal's message, which must name a message)."""
     fixture, _ = FAMILIES.get(name, (name, {}))
     builtin = templates.get(name)
     stop_texts = tuple(dict.fromkeys(x for x in (builtin.stop, *builtin.spec.get("stops", []), builtin.spec["eos"])
                                      if x))
     own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8"),
                              bos=BOS.get(fixture, ""), eos=builtin.spec["eos"], stop_texts=stop_texts)
-    rng = random.Random(3)
+    rng = random.Random(seed)
     words = ["", " ", "\n", "hi", " two words ", "ünï", '{"a": 1}']
     say = lambda: "".join(rng.choice(words) for _ in range(rng.randint(1, 3))) or "x"  # noqa: E731
-    compared, refused = 0, []
-    for _ in range(60):
+    for _ in range(chats):
         chat = random_tool_chat(rng, say, parallel=name != "gpt-oss")  # gpt-oss's template writes one call a turn
+        chat = _with_reasoning(chat, rng, say) if reasoning else chat
         tools = TOOLS if rng.random() < 0.8 else None
         for prompt in (False, True):
             messages = templates.normalize_messages(prompt_part(chat) if prompt else chat)
@@ -397,15 +394,30 @@ def test_random_tool_chats_train_alike_through_the_twin_and_the_families_own_tem
                                          stop_texts, "")
             except templates.TemplateError as refusal:
                 assert re.search(r"message \d+", str(refusal)), refusal
-                refused.append(str(refusal))
+                yield messages, tools, prompt, fast, str(refusal)
                 continue
             assert "".join(t for t, _, _ in slow) == "".join(t for t, _, _ in fast), (messages, prompt)
-            compared += 1
-            for policy in encode.POLICIES:
-                assert trained_chars(messages, fast, policy) == trained_chars(messages, slow, policy), \
-                    (messages, prompt, policy)
-            assert _trained_under(messages, fast, tools, "assistant", train_empty_think=True) == \
-                _trained_under(messages, slow, tools, "assistant", train_empty_think=True), (messages, prompt)
+            yield messages, tools, prompt, fast, slow
+
+
+@pytest.mark.parametrize("name", [*FAMILIES, "qwen3"])
+def test_random_tool_chats_train_alike_through_the_twin_and_the_families_own_template(name):
+    """Random tool chats through the official jinja segmented by the jinja path: it writes the twin's text and
+    trains the twin's characters under every policy, with or without empty think blocks, or refuses the chat
+    naming a message; most are compared."""
+    from sftune import encode
+
+    compared, refused = 0, []
+    for messages, tools, prompt, fast, slow in _both_paths(name, seed=3, chats=60):
+        if isinstance(slow, str):
+            refused.append(slow)
+            continue
+        compared += 1
+        for policy in encode.POLICIES:
+            assert trained_chars(messages, fast, policy) == trained_chars(messages, slow, policy), \
+                (messages, prompt, policy)
+        assert _trained_under(messages, fast, tools, "assistant", train_empty_think=True) == \
+            _trained_under(messages, slow, tools, "assistant", train_empty_think=True), (messages, prompt)
     assert compared >= 110, refused
 
 
@@ -422,37 +434,18 @@ def test_random_tool_chats_with_reasoning_train_alike_under_each_reasoning_optio
     blocks, or a refusal naming a message. A template without reasoning (Llama 4, Qwen3-2507) trains the block as
     reply text; a blank reasoning gpt-oss or Gemma 4 reads from a field is the thought block their twins train.
     Known gap: Gemma 4 may refuse a blank call-turn text written after the results of its calls, naming it."""
-    fixture, _ = FAMILIES.get(name, (name, {}))
-    builtin = templates.get(name)
-    stop_texts = tuple(dict.fromkeys(x for x in (builtin.stop, *builtin.spec.get("stops", []), builtin.spec["eos"])
-                                     if x))
-    own = templates.Template(templates.TOKENIZER, jinja=(FIXTURES / f"{fixture}.jinja").read_text(encoding="utf-8"),
-                             bos=BOS.get(fixture, ""), eos=builtin.spec["eos"], stop_texts=stop_texts)
-    rng = random.Random(5)
-    words = ["", " ", "\n", "hi", " two words ", "ünï", '{"a": 1}']
-    say = lambda: "".join(rng.choice(words) for _ in range(rng.randint(1, 3))) or "x"  # noqa: E731
     compared, refused = 0, []
-    for _ in range(40):
-        chat = _with_reasoning(random_tool_chat(rng, say, parallel=name != "gpt-oss"), rng, say)
-        tools = TOOLS if rng.random() < 0.8 else None
-        for prompt in (False, True):
-            messages = templates.normalize_messages(prompt_part(chat) if prompt else chat)
-            fast = own.segments(messages, tools, prompt)
-            try:
-                slow = stops.train_stops(jinja_segments.segments(own, messages, tools, prompt), messages,
-                                         stop_texts, "")
-            except templates.TemplateError as refusal:
-                assert re.search(r"message \d+", str(refusal)), refusal
-                refused.append(str(refusal))
-                continue
-            assert "".join(t for t, _, _ in slow) == "".join(t for t, _, _ in fast), (messages, prompt)
-            compared += 1
-            for option in encode_labels.REASONING:
-                for empty in (False, True):
-                    assert _trained_under(messages, fast, tools, "assistant", reasoning=option,
-                                          train_empty_think=empty) == \
-                        _trained_under(messages, slow, tools, "assistant", reasoning=option,
-                                       train_empty_think=empty), (messages, prompt, option, empty)
+    for messages, tools, prompt, fast, slow in _both_paths(name, seed=5, chats=40, reasoning=True):
+        if isinstance(slow, str):
+            refused.append(slow)
+            continue
+        compared += 1
+        for option in encode_labels.REASONING:
+            for empty in (False, True):
+                assert _trained_under(messages, fast, tools, "assistant", reasoning=option,
+                                      train_empty_think=empty) == \
+                    _trained_under(messages, slow, tools, "assistant", reasoning=option,
+                                   train_empty_think=empty), (messages, prompt, option, empty)
     assert compared >= 76, refused
 
 
