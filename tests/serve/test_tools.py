@@ -255,3 +255,56 @@ def test_gemma4_reasoning_and_calls_through_the_server(gemma4_tokenizer):
         assert choice.message.reasoning_content == "Ask the tool."
         [call] = choice.message.tool_calls
         assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+
+
+V31_TOOLS = [{"type": "function", "function": {"name": "book", "parameters": {"type": "object", "properties": {}}}}]
+
+
+@pytest.mark.parametrize("name", ["deepseek_v3.1", "deepseek_v3.1_nothink"])
+def test_deepseek_v31_calls_as_its_template_renders_them(name):
+    """DeepSeek-V3.1 writes calls only after "<｜Assistant｜></think>" (non-thinking): what follows that, through the
+    calls' end, is read back as the text and the calls, typed arguments kept; in both built-ins."""
+    template = templates.get(name)
+    assert tool_style(template) == "deepseek_v3.1"
+    arguments = [{"city": "Zürich", "code": "42", "days": 3, "late": False}, {"city": "Oslo", "room": {"beds": 2}}]
+    turn = {"role": "assistant", "content": "Booking both.",
+            "tool_calls": [{"type": "function", "function": {"name": "book", "arguments": a}} for a in arguments]}
+    prompt = [{"role": "user", "content": "Book?"}]
+    rendered = template.render(prompt + [turn], V31_TOOLS)
+    head = template.render(prompt, V31_TOOLS) + "<｜Assistant｜></think>"
+    assert rendered.startswith(head) and rendered.endswith("<｜end▁of▁sentence｜>")
+    text, calls = parse(rendered[len(head):].removesuffix("<｜end▁of▁sentence｜>"), "deepseek_v3.1", V31_TOOLS)
+    assert text == "Booking both." and [c["function"]["name"] for c in calls] == ["book", "book"]
+    assert [json.loads(c["function"]["arguments"]) for c in calls] == arguments
+
+
+@pytest.mark.parametrize("answer", [
+    "Just text.", "<｜tool▁calls▁begin｜>",
+    "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>book<｜tool▁sep｜>{oops<｜tool▁call▁end｜>",
+    "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>book<｜tool▁sep｜>[1]<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+    "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜><｜tool▁sep｜>{}<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+    "<｜tool▁calls▁begin｜>stray<｜tool▁call▁begin｜>book<｜tool▁sep｜>{}<｜tool▁call▁end｜><｜tool▁calls▁end｜>"])
+def test_deepseek_v31_answers_that_are_not_calls_stay_text(answer):
+    assert parse(answer, "deepseek_v3.1") == (answer, [])
+
+
+def test_deepseek_v31_reasoning_and_calls_through_the_server(smollm2_tokenizer):
+    """Thinking on, the answer after the <think> prompt: reasoning, </think>, the calls in DeepSeek's special tokens;
+    the server answers with reasoning_content and tool_calls, and stops at the end-of-sentence token after them."""
+    from tests.templates.test_official_spans import stand_in
+
+    tokenizer, _ = stand_in(smollm2_tokenizer, "deepseek_v3.1")
+    answer = ('Ask the tool.</think><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Paris"}'
+              "<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>")
+    script = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    template = templates.get("deepseek_v3.1", tokenizer)
+    names = {"v31": Served("v31", None, template, tuple(template.stop_token_ids(tokenizer)))}
+    messages = [{"role": "user", "content": "Paris?"}]
+    with running(create_app(Scripted(script, len(tokenizer)), tokenizer, names)) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
+        choice = client.chat.completions.create(model="v31", messages=messages, tools=TOOLS,
+                                                temperature=0).choices[0]
+        assert choice.finish_reason == "tool_calls" and not choice.message.content
+        assert choice.message.reasoning_content == "Ask the tool."
+        [call] = choice.message.tool_calls
+        assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}

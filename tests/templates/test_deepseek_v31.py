@@ -5,6 +5,7 @@ The official text is llama.cpp's re-indented copy (tests/fixtures/templates/READ
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -16,7 +17,9 @@ from sftune.encode import IGNORE, encode
 from sftune.encode.labels import render_spans
 from sftune.encode.reasoning import split_records
 from sftune.templates import stops, switches
-from tests.templates.chats import CHINESE, EMPTY_SYSTEM, FIXTURES, PLAIN, SPACED_SYSTEM, SYSTEM, TOOL_CHAT, TOOLS
+from tests.templates.chats import (CHINESE, EMPTY_SYSTEM, FIXTURES, MULTI_STEP_CHAT, PLAIN, SINGLE_CALL_CHAT,
+                                   SPACED_SYSTEM, SYSTEM, TEXT_AND_CALL_CHAT, TOOL_CHAT, TOOLS, call, prompt_part,
+                                   random_tool_chat)
 from tests.templates.test_official_spans import stand_in
 
 BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
@@ -185,15 +188,129 @@ def test_the_export_is_the_official_text_with_its_mode_written_in(smollm2_tokeni
         templates.get("deepseek_v3.1", None, {"enable_thinking": True})
 
 
-def test_tool_conversations_and_replies_without_a_user_turn_are_refused_with_the_reason():
+def test_replies_without_a_user_turn_or_a_result_before_them_are_refused_with_the_reason():
     template = templates.get("deepseek_v3.1")
-    for chat, tools in ((TOOL_CHAT, TOOLS), (TOOL_CHAT, None), (PLAIN, TOOLS)):
-        with pytest.raises(templates.TemplateError, match="does not write that family's tool layout"):
-            template.render(chat, tools)
     with pytest.raises(templates.TemplateError, match="follows no user message"):
         template.render([PLAIN[0], PLAIN[1], {"role": "assistant", "content": "More."}])
     with pytest.raises(templates.TemplateError, match="message 1 is an assistant message that follows no user"):
         template.render([{"role": "system", "content": "S"}, PLAIN[1]])
+    with pytest.raises(templates.TemplateError, match="message 1 is a tool call that follows no user message or tool"):
+        template.render([{"role": "system", "content": "S"},
+                         {"role": "assistant", "content": None, "tool_calls": [call("Oslo")]}])
+
+
+def _text_arguments(chat: list[dict]) -> list[dict]:
+    """The chat with each call's arguments as JSON text, as OpenAI's API sends them (the official template joins them
+    to its markers with `+`, so an object raises there)."""
+    def text(c: dict) -> dict:
+        arguments = c["function"]["arguments"]
+        return {**c, "function": {**c["function"], "arguments": arguments if isinstance(arguments, str)
+                                  else json.dumps(arguments, ensure_ascii=False)}}
+    return [{**m, "tool_calls": [text(c) for c in m["tool_calls"]]} if m.get("tool_calls") else m for m in chat]
+
+
+def _official_tools(chat: list[dict], prompt: bool, thinking: bool, tools=None) -> str:
+    rendered, _ = render_jinja_template(conversations=[_text_arguments(chat)], tools=tools, chat_template=SOURCE,
+                                        add_generation_prompt=prompt, bos_token=BOS, eos_token=EOS, thinking=thinking)
+    return rendered[0]
+
+
+def _expected(chat: list[dict], tools, thinking: bool) -> str:
+    """The official render; with thinking on, a last text reply right after a user message as the model writes it
+    after the official thinking prompt (the rule above): what the template keeps of it with its reasoning before."""
+    full = _official_tools(chat, False, thinking, tools)
+    before = [m["role"] for m in chat[:-1] if m["role"] != "system"][-1:]
+    last = chat[-1]
+    if not thinking or last["role"] != "assistant" or last.get("tool_calls") or before != ["user"]:
+        return full
+    content = last["content"] or ""
+    reasoning, answer = content.split("</think>", 1) if "</think>" in content else ("", content)
+    return (_official_tools(chat[:-1], True, thinking, tools) + reasoning.split("<think>", 1)[-1].strip("\n")
+            + "</think>" + answer.lstrip("\n") + EOS)
+
+
+V31_TOOL_CHATS = [TOOL_CHAT, SINGLE_CALL_CHAT, MULTI_STEP_CHAT, TEXT_AND_CALL_CHAT, TOOL_CHAT[1:],
+                  [*MULTI_STEP_CHAT[:3]], [*TOOL_CHAT[:5]]]
+
+
+@pytest.mark.parametrize("k", range(len(V31_TOOL_CHATS)))
+@pytest.mark.parametrize("name, thinking", [("deepseek_v3.1", True), ("deepseek_v3.1_nothink", False)])
+def test_tool_chats_render_as_the_official_template_writes_them(name, thinking, k):
+    """Calls (several in a turn, text before them), results, the answer after them, more exchanges, with and without
+    a system message: byte-equal to the official render, every prompt too (after a result it opens no reply). The
+    tool list changes nothing, as in the official template, which never reads it."""
+    template, chat = templates.get(name), V31_TOOL_CHATS[k]
+    for tools in (TOOLS, None):
+        assert template.render(chat, tools) == _expected(chat, tools, thinking), (name, k)
+        shown = prompt_part(chat)
+        assert template.render(shown, tools, True) == _official_tools(shown, True, thinking, tools), (name, k)
+
+
+def test_a_tool_loop_written_out():
+    expected = (BOS + "You can look up the weather.<｜User｜>Weather in Paris and Zürich?<｜Assistant｜></think>"
+                "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{\"city\": \"Paris\"}<｜tool▁call▁end｜>"
+                "<｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{\"city\": \"Zürich\"}<｜tool▁call▁end｜><｜tool▁calls▁end｜>"
+                + EOS + "<｜tool▁output▁begin｜>{\"temp\": 21}<｜tool▁output▁end｜><｜tool▁output▁begin｜>{\"temp\": 18}"
+                "<｜tool▁output▁end｜>Paris 21°C, Zürich 18°C." + EOS)
+    for name in ("deepseek_v3.1", "deepseek_v3.1_nothink"):
+        assert templates.get(name).render(TOOL_CHAT, TOOLS) == expected
+    # arguments given as JSON text are written as they are
+    chat = [PLAIN[0], {"role": "assistant", "content": None, "tool_calls": [call("", '{"city":"Oslo"}')]}]
+    assert templates.get("deepseek_v3.1").render(chat).endswith('<｜tool▁sep｜>{"city": "Oslo"}<｜tool▁call▁end｜>'
+                                                                "<｜tool▁calls▁end｜>" + EOS)
+
+
+def test_calls_are_trained_with_their_stop_and_results_are_not():
+    calls = ("<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{\"city\": \"Paris\"}<｜tool▁call▁end｜>"
+             "<｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{\"city\": \"Zürich\"}<｜tool▁call▁end｜><｜tool▁calls▁end｜>")
+    for name in ("deepseek_v3.1", "deepseek_v3.1_nothink"):
+        template = templates.get(name)
+        assert _trained(template, TOOL_CHAT) == calls + EOS + "Paris 21°C, Zürich 18°C." + EOS
+        # thinking on, the </think> before the calls is the model's: an empty think block
+        assert _trained(template, TOOL_CHAT, train_empty_think=True) == \
+            ("</think>" if name == "deepseek_v3.1" else "") + calls + EOS + "Paris 21°C, Zürich 18°C." + EOS
+    text = _trained(templates.get("deepseek_v3.1"), TEXT_AND_CALL_CHAT)
+    assert text.startswith("Let me check.<｜tool▁calls▁begin｜>")
+    assert text.endswith("<｜tool▁calls▁end｜>" + EOS + "21°C." + EOS)
+
+
+@pytest.mark.parametrize("name", ["deepseek_v3.1", "deepseek_v3.1_nothink"])
+def test_tool_chats_encode_with_the_stop_trained_after_calls(name, smollm2_tokenizer):
+    tokenizer, eos_ids = stand_in(smollm2_tokenizer, "deepseek_v3.1")
+    checked = stops.audit(templates.get(name, tokenizer), tokenizer, eos_ids)
+    encoded = encode({"messages": MULTI_STEP_CHAT, "tools": TOOLS}, tokenizer, checked.template)
+    labels, ids = encoded["labels"], encoded["input_ids"]
+    assert ids == tokenizer(checked.template.render(MULTI_STEP_CHAT, TOOLS), add_special_tokens=False)["input_ids"]
+    eos = tokenizer.convert_tokens_to_ids(EOS)
+    assert labels.count(eos) == 4 and labels[-1] == eos  # two call turns, the answer, the last reply
+    trained = tokenizer.decode([label for label in labels if label != IGNORE])
+    assert "bewölkt" not in trained and "21<" not in trained.replace("21°C", "")  # results are context
+
+
+def test_random_tool_chats_match_the_official_template_in_both_modes():
+    """The random tool chats of the other families' tests (parallel calls, text before calls, blank contents, results,
+    several exchanges, with and without a system message): byte-equal to the official render and its prompts in each
+    mode (thinking on: the last reply after a user message as the rule above writes it), calls trained with their
+    stop, results never."""
+    rng = random.Random(11)
+    words = ["", " ", "\n", "hi", " two words ", "ünï", '{"a": 1}', "</think>"]
+    say = lambda: "".join(rng.choice(words) for _ in range(rng.randint(1, 3))) or "x"  # noqa: E731
+    for _ in range(80):
+        chat = random_tool_chat(rng, say, parallel=True)
+        tools = TOOLS if rng.random() < 0.5 else None
+        for name, thinking in (("deepseek_v3.1", True), ("deepseek_v3.1_nothink", False)):
+            template = templates.get(name)
+            assert template.render(chat, tools) == _expected(chat, tools, thinking), (name, chat)
+            shown = prompt_part(chat)
+            assert template.render(shown, tools, True) == _official_tools(shown, True, thinking, tools), (name, chat)
+            messages = templates.normalize_messages(chat)
+            text, spans = render_spans(template, messages, tools, "assistant")
+            trained = "".join(text[a:b] for a, b, _ in spans)
+            n_turns = sum(1 for k, m in enumerate(messages) if m["role"] in ("assistant", "tool_call")
+                          and (k + 1 == len(messages) or messages[k + 1]["role"] != "tool_call"))
+            assert trained.count(EOS) == n_turns and trained.count("<｜tool▁calls▁end｜>" + EOS) == \
+                sum(1 for m in chat if m.get("tool_calls")), chat
+            assert "<｜tool▁output▁begin｜>" not in trained, chat
 
 
 def test_the_dropped_reasoning_warning_points_to_the_builtin():

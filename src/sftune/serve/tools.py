@@ -13,11 +13,13 @@
              out), a commentary message to=functions.NAME a call with JSON arguments
     gemma4   <|tool_call>call:NAME{key:value,...}<tool_call|>, one block per call, values in Gemma's notation
              (strings between <|"|> quotes, so a string stays a string); the text is the rest of the answer
+    deepseek_v3.1  text, then <｜tool▁calls▁begin｜> and each call <｜tool▁call▁begin｜>NAME<｜tool▁sep｜>{JSON arguments}
+             <｜tool▁call▁end｜>, closed by <｜tool▁calls▁end｜> (DeepSeek-V3.1, thinking on or off)
 
 An answer whose call blocks are not valid JSON stays plain text (the client sees what the model wrote). A
 value in the XML layouts is JSON when it parses as JSON and the tool does not declare the key a string.
-The GLM, Llama 4, Mistral, Harmony and Gemma 4 layouts are written in special tokens, so they are read from the answer
-decoded with them (`answer_text`).
+The GLM, Llama 4, Mistral, Harmony, Gemma 4 and DeepSeek-V3.1 layouts are written in special tokens, so they
+are read from the answer decoded with them (`answer_text`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ _HARMONY_MESSAGE = re.compile(r"(?:<\|start\|>assistant)?(.*?)<\|message\|>(.*?)
                               r"(?:<\|end\|>|<\|call\|>|<\|return\|>|$)", re.DOTALL)
 _PYTHON_LITERALS = {"True": True, "False": False, "None": None}
 # Styles written in special tokens: read from the answer decoded with them.
-MARKUP_TOKENS = ("glm", "harmony", "llama4", "mistral", "gemma4")
+MARKUP_TOKENS = ("glm", "harmony", "llama4", "mistral", "gemma4", "deepseek_v3.1")
+_V31_CALLS_BEGIN, _V31_CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
+_V31_CALL = re.compile(r"<｜tool▁call▁begin｜>(.*?)<｜tool▁sep｜>(.*?)(?:<｜tool▁call▁end｜>|$)", re.DOTALL)
 
 
 def tool_style(template: Template) -> str | None:
@@ -87,6 +91,11 @@ def parse(text: str, style: str | None, tools: list[dict] | None = None) -> tupl
     elif style == "mistral" and "[TOOL_CALLS]" in text:
         head, _, calls_text = text.partition("[TOOL_CALLS]")
         calls = _calls(_mistral_calls(calls_text), ids=True)
+        if calls is not None:
+            return head.strip(), calls
+    elif style == "deepseek_v3.1" and _V31_CALLS_BEGIN in text:
+        head, _, calls_text = text.partition(_V31_CALLS_BEGIN)
+        calls = _calls(_v31_calls(calls_text))
         if calls is not None:
             return head.strip(), calls
     elif style == "llama3" and text.strip().startswith("{"):
@@ -223,6 +232,21 @@ def _mistral_calls(text: str) -> list[Any]:
         values.append({"name": name.strip(), "arguments": value, **({"id": call_id.strip()} if call_id else {})}
                       if isinstance(value, dict) and name.strip() else None)
     return values
+
+
+def _v31_calls(text: str) -> list[Any]:
+    """DeepSeek-V3.1's calls after <｜tool▁calls▁begin｜> (through <｜tool▁calls▁end｜> or the end), each
+    {"name", "arguments"}; [None] when the text holds something else or arguments that are not a JSON object."""
+    body = text.split(_V31_CALLS_END, 1)[0]
+    values, pos = [], 0
+    for match in _V31_CALL.finditer(body):
+        if body[pos:match.start()].strip():
+            return [None]
+        arguments = _json(match.group(2).strip())
+        values.append({"name": match.group(1).strip(), "arguments": arguments}
+                      if isinstance(arguments, dict) and match.group(1).strip() else None)
+        pos = match.end()
+    return values if not body[pos:].strip() else [None]
 
 
 def _calls(values: list[Any], ids: bool = False) -> list[dict[str, Any]] | None:

@@ -86,7 +86,8 @@ _ALPACA_SYSTEM_INPUT = (
 #                      "qwen3.5" (<tool_call><function=name><parameter=key> XML) or "glm" (<tool_call>name
 #                      <arg_key>/<arg_value>, results after <|observation|>) or "llama4" (JSON calls after
 #                      <|python_start|>text<|python_end|>, ipython turns) or "gemma4" (call:name{...} inside
-#                      <|tool_call>, results in the model turn); the last four come with their family's `layout`
+#                      <|tool_call>, results in the model turn) or "deepseek_v3.1" (name<｜tool▁sep｜>JSON arguments
+#                      between DeepSeek's call markers); the last five come with their family's `layout`
 #   layout             "qwen3.5", "glm4.5", "harmony", "nemotron3", "gemma4", "llama4", "mistral" or "deepseek_v3.1":
 #                      the family's own
 #                      turn layout
@@ -117,6 +118,7 @@ _ALPACA_SYSTEM_INPUT = (
 #                      it after the generation prompt: reasoning (empty when the data has none),
 #                      "\n</think>\n\n", the answer. No tool calls (the official template has no sound layout).
 #                      deepseek_v3.1 (with its layout): the same, the last reply written reasoning</think>answer
+#                      (with tool calls: those of its official template, see the built-in)
 #   think_prompt       with reasoning: text the generation prompt adds after `generation_prompt` (the open
 #                      think block DeepSeek-R1's template prefills), written before the last reply too
 #   enable_thinking    with reasoning: False appends the empty think block to the generation prompt
@@ -338,10 +340,16 @@ BUILTINS["deepseek_r1"] = {
 # <｜Assistant｜> without separators. An earlier reply is written as its official template writes every reply:
 # </think> and what follows the reply's first </think>. The prompt opens <think>, and the last reply is written as
 # the model writes it after that prompt: reasoning, </think>, the answer (the official template would drop that
-# reasoning too). Exported as its official text with thinking written in. No tool calls (not rendered yet).
+# reasoning too). Exported as its official text with thinking written in. Tool turns as the official template writes
+# them, in both modes: a turn of calls after a user message opens "<｜Assistant｜></think>" (its calls are non-thinking),
+# then its text as it is, <｜tool▁calls▁begin｜>, each <｜tool▁call▁begin｜>name<｜tool▁sep｜>arguments (JSON text)
+# <｜tool▁call▁end｜>, <｜tool▁calls▁end｜> and the stop; each result <｜tool▁output▁begin｜>...<｜tool▁output▁end｜>; after a
+# result no reply header: the reply runs on, as it is, through its stop. The tool list is written nowhere (the official
+# template never reads it): declare the tools in the system message if the model should see them.
 BUILTINS["deepseek_v3.1"] = {
     "description": "DeepSeek-V3.1 thinking mode: <｜User｜>...<｜Assistant｜><think>; the last reply's reasoning "
-                   "kept, earlier replies written </think>answer",
+                   "kept, earlier replies written </think>answer; tool calls as its template writes them (the tool "
+                   "list is not written: it ignores it)",
     "layout": "deepseek_v3.1",
     "official": "deepseek_v3.1.jinja",
     "official_switches": {"thinking": True},
@@ -353,6 +361,7 @@ BUILTINS["deepseek_v3.1"] = {
     "end": "<｜end▁of▁sentence｜>",
     "reasoning": "deepseek_v3.1",
     "think_prompt": "<think>",
+    "tools": "deepseek_v3.1",
     "bos": "<｜begin▁of▁sentence｜>",
     "eos": "<｜end▁of▁sentence｜>",
 }
@@ -361,7 +370,8 @@ BUILTINS["deepseek_v3.1"] = {
 BUILTINS["deepseek_v3.1_nothink"] = {
     **BUILTINS["deepseek_v3.1"],
     "description": "DeepSeek-V3.1 non-thinking mode (its template's default): the prompt ends "
-                   "<｜Assistant｜></think>; replies without reasoning",
+                   "<｜Assistant｜></think>; replies without reasoning; tool calls as its template writes them (the "
+                   "tool list is not written: it ignores it)",
     "official_switches": {"thinking": False},
     "reasoning": None,
     "think_prompt": "</think>",

@@ -71,8 +71,6 @@ class _Turns:
         self.last_call: str | None = None  # Harmony: the function a tool result answers
         if t.spec.get("reasoning") == "deepseek_r1":
             _check_no_tools(t.name, msgs, tools)
-        elif self.layout == "deepseek_v3.1":
-            _check_no_v31_tools(t.name, msgs, tools)
         self.add(self.f["prefix"], None, False)
         self.start, self.system, self.system_index = 0, t.spec.get("default_system"), None
         if msgs and msgs[0]["role"] == "system":
@@ -158,8 +156,8 @@ class _Turns:
             return self.llama4_model_turn(i)
         elif self.layout == "deepseek_v3.1" and role == "system":
             pass  # written at the top with the other system messages
-        elif role == "assistant" and self.layout == "deepseek_v3.1":
-            self.deepseek_v31_model_turn(i)
+        elif role in MODEL_ROLES and self.layout == "deepseek_v3.1":
+            return self.deepseek_v31_model_turn(i)
         elif role in MODEL_ROLES and self.spec.get("reasoning") == "qwen3":
             return self.qwen3_model_turn(i)
         elif role == "assistant" and self.spec.get("reasoning") == "deepseek_r1":
@@ -291,19 +289,36 @@ class _Turns:
         self.add(f["end"], i, True)
         self.add(f["after_end"], i, False)
 
-    def deepseek_v31_model_turn(self, i: int) -> None:
-        """DeepSeek-V3.1: a reply is what follows its first </think> after "<｜Assistant｜></think>" (its official
-        template, every reply); with thinking on, the last reply follows the prompt's <think> as the model writes
-        it: its reasoning (none when the data has none), </think>, the answer."""
-        f, content = self.f, self.msgs[i]["content"]
-        before = next((m["role"] for m in reversed(self.msgs[:i]) if m["role"] != "system"), None)
-        if before != "user":
-            raise TemplateError(f"template {self.name!r}: message {i} is an assistant message that follows no user "
-                                "message; DeepSeek-V3.1's template opens a reply (<｜Assistant｜>) only after a user "
-                                "message. Merge consecutive replies, or start the conversation with a user message")
-        thinking = self.spec.get("reasoning") == "deepseek_v3.1"
-        self.add(f["generation_prompt"], i, False)
-        if thinking and i + 1 == len(self.msgs):
+    def deepseek_v31_model_turn(self, i: int) -> int:
+        """DeepSeek-V3.1, as its official template writes a model turn. After a user message: "<｜Assistant｜></think>",
+        then a reply is what follows its first </think>; with thinking on, the last reply follows the prompt's <think>
+        as the model writes it: its reasoning (none when the data has none), </think>, the answer. A turn of calls:
+        its text as it is, then <｜tool▁calls▁begin｜>, each call name<｜tool▁sep｜>JSON arguments, <｜tool▁calls▁end｜>
+        (after a user message always "</think>" first, thinking on or off). After a tool result: no header, the
+        reply as it is. Each turn ends with the end-of-sentence stop; the next index."""
+        f, msgs, thinking = self.f, self.msgs, self.spec.get("reasoning") == "deepseek_v3.1"
+        j, content = turn_end(msgs, i), msgs[i]["content"] if msgs[i]["role"] == "assistant" else ""
+        before = next((m["role"] for m in reversed(msgs[:i]) if m["role"] != "system"), None)
+        if before not in ("user", "tool"):
+            kind = "an assistant message" if msgs[i]["role"] == "assistant" else "a tool call"
+            raise TemplateError(f"template {self.name!r}: message {i} is {kind} that follows no user message or tool "
+                                "result; DeepSeek-V3.1's template opens a reply (<｜Assistant｜>) only after a user "
+                                "message and runs one on only after a result. Merge consecutive replies, or start the "
+                                "conversation with a user message")
+        if before == "user":
+            self.add(f["generation_prompt"], i, False)
+        if j > i + 1 or msgs[i]["role"] == "tool_call":  # calls: the text is written as it is
+            if before == "user":
+                self.add("</think>", i, EMPTY_THINK if thinking else False)
+            self.add(content, i, True)
+            for k in range(i, j):
+                if msgs[k]["role"] == "tool_call":
+                    opens = V31_CALLS_BEGIN if k == i + (msgs[i]["role"] == "assistant") else ""
+                    self.add(opens + "".join(_v31_call(call) for call in tool_calls(msgs[k]["content"])), k, True)
+            self.add(V31_CALLS_END, j - 1, True)
+        elif before == "tool":  # the official template splits no think block here
+            self.add(content, i, True)
+        elif thinking and j == len(msgs):
             self.add(f["think_prompt"], i, False)
             reasoning, answer = content.split("</think>", 1) if "</think>" in content else ("", content)
             inner = reasoning.split("<think>", 1)[-1].strip("\n")
@@ -312,8 +327,9 @@ class _Turns:
         else:  # thinking on, the </think> is the model's (an empty think block); off, the prompt's
             self.add("</think>", i, EMPTY_THINK if thinking else False)
             self.add(content.split("</think>", 1)[1] if "</think>" in content else content, i, True)
-        self.add(f["end"], i, True)
-        self.add(f["after_end"], i, False)
+        self.add(f["end"], j - 1, True)
+        self.add(f["after_end"], j - 1, False)
+        return j
 
     def qwen35_model_turn(self, i: int) -> int:
         """Qwen3.5: the trimmed reply; after the last user query its think block (empty if need be) opens
@@ -569,6 +585,8 @@ class _Turns:
             text = harmony.result(self.last_call, content)
         elif self.layout == "mistral":
             text = _mistral_result(self, i)
+        elif self.layout == "deepseek_v3.1":
+            text = V31_OUTPUT_BEGIN + content + V31_OUTPUT_END
         elif self.layout == "gemma4":  # a result a model turn with calls takes in; any other is dropped there
             raise TemplateError(f"template {self.name!r}: message {i} is a tool result that follows no tool call; "
                                 "Gemma 4's template writes a result only inside the model turn of its call and "
@@ -803,16 +821,19 @@ def _check_no_tools(name: str, msgs: list[dict], tools: list[dict] | None) -> No
                             "has one (qwen3, qwen2.5, llama3.1), or drop the tools from these records")
 
 
-def _check_no_v31_tools(name: str, msgs: list[dict], tools: list[dict] | None) -> None:
-    """DeepSeek-V3.1's tool layout is not rendered by this built-in yet: refuse tools rather than guess it."""
-    where = next((f"message {i} is a {m['role']} message" for i, m in enumerate(msgs)
-                  if m["role"] in ("tool_call", "tool")), "the conversation declares tools" if tools else None)
-    if where:
-        raise TemplateError(f"template {name!r}: {where}; sftune's DeepSeek-V3.1 built-in does not write that "
-                            "family's tool layout yet (its template ignores the tool list, writes calls only in "
-                            "non-thinking turns, with arguments as JSON text, and opens no reply after a result). "
-                            "Train tool use with a template that has a tool layout (qwen3, qwen2.5, llama3.1), or "
-                            "drop the tools from these records")
+# --- the deepseek_v3.1 layout's tool calls: name<｜tool▁sep｜>arguments as JSON text, results in output markers -----
+
+V31_CALLS_BEGIN, V31_CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
+V31_CALL_BEGIN, V31_CALL_SEP, V31_CALL_END = "<｜tool▁call▁begin｜>", "<｜tool▁sep｜>", "<｜tool▁call▁end｜>"
+V31_OUTPUT_BEGIN, V31_OUTPUT_END = "<｜tool▁output▁begin｜>", "<｜tool▁output▁end｜>"
+
+
+def _v31_call(call: dict) -> str:
+    """One call as DeepSeek-V3.1's template writes it: its arguments are JSON text there (as OpenAI's API sends them),
+    written here as `tojson` writes an object (non-ASCII kept)."""
+    arguments = call["arguments"]
+    text = arguments if isinstance(arguments, str) else _tojson(arguments)
+    return V31_CALL_BEGIN + call["name"] + V31_CALL_SEP + text + V31_CALL_END
 
 
 # --- the llama3 tool style (Llama 3.1): tools in the first user turn, JSON calls, ipython results -------
