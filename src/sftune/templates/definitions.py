@@ -321,19 +321,22 @@ NO_THINK = "<think>\n\n</think>\n\n"
 
 # DeepSeek-R1's distilled models (Qwen and Llama bases ship the same template): the system text right
 # after BOS, <｜User｜> / <｜Assistant｜> without separators, the generation prompt opens the think block.
-BUILTINS["deepseek_r1"] = {
-    "description": "DeepSeek-R1-Distill (Qwen / Llama): <｜User｜>...<｜Assistant｜>; the prompt opens <think>, "
-                   "earlier replies lose their reasoning",
+_DEEPSEEK_TURNS = {  # DeepSeek's turns (R1-Distill, V3.1): BOS, the system text, <｜User｜> / <｜Assistant｜>
     "prefix": "{bos}",
     "system": "{content}",
     "user": "<｜User｜>{content}",
     "assistant": "<｜Assistant｜>{content}<｜end▁of▁sentence｜>",
     "generation_prompt": "<｜Assistant｜>",
     "end": "<｜end▁of▁sentence｜>",
-    "reasoning": "deepseek_r1",
-    "think_prompt": "<think>\n",
     "bos": "<｜begin▁of▁sentence｜>",
     "eos": "<｜end▁of▁sentence｜>",
+}
+BUILTINS["deepseek_r1"] = {
+    **_DEEPSEEK_TURNS,
+    "description": "DeepSeek-R1-Distill (Qwen / Llama): <｜User｜>...<｜Assistant｜>; the prompt opens <think>, "
+                   "earlier replies lose their reasoning",
+    "reasoning": "deepseek_r1",
+    "think_prompt": "<think>\n",
 }
 
 # DeepSeek-V3.1 (hybrid thinking), thinking on: BOS, every system message joined by blank lines, <｜User｜> /
@@ -347,23 +350,16 @@ BUILTINS["deepseek_r1"] = {
 # result no reply header: the reply runs on, as it is, through its stop. The tool list is written nowhere (the official
 # template never reads it): declare the tools in the system message if the model should see them.
 BUILTINS["deepseek_v3.1"] = {
+    **_DEEPSEEK_TURNS,
     "description": "DeepSeek-V3.1 thinking mode: <｜User｜>...<｜Assistant｜><think>; the last reply's reasoning "
                    "kept, earlier replies written </think>answer; tool calls as its template writes them (the tool "
                    "list is not written: it ignores it)",
     "layout": "deepseek_v3.1",
     "official": "deepseek_v3.1.jinja",
     "official_switches": {"thinking": True},
-    "prefix": "{bos}",
-    "system": "{content}",
-    "user": "<｜User｜>{content}",
-    "assistant": "<｜Assistant｜>{content}<｜end▁of▁sentence｜>",
-    "generation_prompt": "<｜Assistant｜>",
-    "end": "<｜end▁of▁sentence｜>",
     "reasoning": "deepseek_v3.1",
     "think_prompt": "<think>",
     "tools": "deepseek_v3.1",
-    "bos": "<｜begin▁of▁sentence｜>",
-    "eos": "<｜end▁of▁sentence｜>",
 }
 # Its non-thinking mode (the official template's default): the prompt ends </think>; every reply, the last one
 # included, is what follows its first </think>, so reasoning in the data is dropped (and said so at the start).
